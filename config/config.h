@@ -1,0 +1,120 @@
+// Typed configuration: what config/loader.cc produces from a TOML file.
+//
+// Every value is validated by the loader; the rest of grelay trusts these structs.
+// Defaults here are the documented defaults (README, "Configuration").
+#pragma once
+
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <chrono>
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace grelay::config {
+
+using Duration = std::chrono::milliseconds;
+
+// Where a value came from, for error messages and --check output.
+struct Location {
+  std::string file;
+  uint32_t line = 0;
+  uint32_t column = 0;
+};
+
+// A resolved socket address (IPv4 or IPv6) plus the text the user wrote.
+struct Address {
+  sockaddr_storage storage{};
+  socklen_t length = 0;
+  std::string text;  // as written, e.g. "127.0.0.1:8080" or "[::1]:8080"
+
+  int family() const { return storage.ss_family; }
+  const sockaddr* sockaddrPtr() const { return reinterpret_cast<const sockaddr*>(&storage); }
+};
+
+enum class RelayPath { Auto, Group, Mainline, Copy };
+enum class Balance { RoundRobin, LeastConn };
+enum class MirrorDirection { Request, Both };
+
+const char* toString(RelayPath path);
+const char* toString(Balance balance);
+const char* toString(MirrorDirection direction);
+
+struct ServerConfig {
+  uint32_t workers = 1;  // 0 = one per CPU (resolved by the proxy at start)
+  RelayPath relay_path = RelayPath::Auto;
+  uint32_t chunk_size = 64 * 1024;       // bytes, 4KiB..1MiB
+  uint32_t max_connections = 10000;      // across all listeners and workers, >= 1
+  Duration drain_timeout{10'000};        // SIGTERM/SIGINT: finish sessions up to this long
+  uint64_t buffer_pool = 16 * 1024 * 1024;  // bytes of receive buffers per worker
+  std::string user;                      // drop root to this user after binding ("" = stay)
+  Location location;
+};
+
+struct AdminConfig {
+  std::optional<Address> listen;  // GET /metrics; absent = no admin endpoint
+};
+
+struct UpstreamTlsConfig {
+  bool enabled = false;
+  std::string ca;   // PEM file of trusted CAs; "" = system default store
+  std::string sni;  // server name sent and verified; "" = none
+  bool verify = true;
+};
+
+struct UpstreamConfig {
+  std::string name;
+  std::vector<Address> servers;  // at least one
+  Balance balance = Balance::RoundRobin;
+  UpstreamTlsConfig tls;
+  Location location;
+};
+
+struct MirrorConfig {
+  std::string name;
+  Address address;
+  uint32_t sample_percent = 100;  // 0..100
+  uint64_t max_lag = 8 * 1024 * 1024;  // bytes, >= chunk_size
+  MirrorDirection direction = MirrorDirection::Request;
+  Location location;
+};
+
+struct TapConfig {
+  std::string path;  // directory for this listener's tap files
+  uint64_t max_size = 1024ull * 1024 * 1024;  // bytes on disk; past it recording stops (counted)
+  uint64_t max_lag = 8 * 1024 * 1024;         // bytes of unfinished tap writes per session
+  Location location;
+};
+
+struct ListenerTlsConfig {
+  std::string cert;  // PEM certificate chain
+  std::string key;   // PEM private key
+  Duration handshake_timeout{10'000};
+  Location location;
+};
+
+struct ListenerConfig {
+  std::string name;
+  Address listen;
+  std::string upstream;      // name of an [upstream.NAME] table
+  size_t upstream_index = 0;  // index into Config::upstreams
+  Duration connect_timeout{5'000};
+  Duration idle_timeout{3'600'000};
+  uint32_t max_connections = 0;  // per listener; 0 = only the server-wide limit
+  std::optional<ListenerTlsConfig> tls;
+  std::vector<MirrorConfig> mirrors;
+  std::optional<TapConfig> tap;
+  Location location;
+};
+
+struct Config {
+  std::string path;  // the file it was loaded from
+  ServerConfig server;
+  AdminConfig admin;
+  std::vector<UpstreamConfig> upstreams;
+  std::vector<ListenerConfig> listeners;  // at least one
+};
+
+}  // namespace grelay::config

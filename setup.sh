@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# Installs the Debian packages of the given groups (see packages.txt) that are missing,
+# then, with --build, configures and builds grelay into build/release (and build/asan
+# with --asan). Used by demo.sh, test.sh, bench/ and docker/.
+set -euo pipefail
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+
+usage() { echo "usage: setup.sh [--build] [--asan] GROUP..." >&2; exit 2; }
+
+build=0 asan=0 groups=()
+for a in "$@"; do
+  case "$a" in
+    --build) build=1 ;;
+    --asan) asan=1 ;;
+    -h|--help) usage ;;
+    *) groups+=("$a") ;;
+  esac
+done
+
+packagesOf() {
+  local g
+  for g in "$@"; do
+    awk -v g="$g" '$1 == g { print $2 }' "$here/packages.txt"
+  done | sort -u
+}
+
+if [ ${#groups[@]} -gt 0 ]; then
+  mapfile -t wanted < <(packagesOf "${groups[@]}")
+  missing=()
+  for p in "${wanted[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+  done
+  if [ ${#missing[@]} -gt 0 ]; then
+    echo "setup: installing ${missing[*]}"
+    sudo=""
+    [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    export DEBIAN_FRONTEND=noninteractive
+    $sudo apt-get update -qq
+    $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    # Debian starts nginx on install; the demo, tests and bench start their own.
+    if printf '%s\n' "${missing[@]}" | grep -qx nginx; then
+      $sudo service nginx stop >/dev/null 2>&1 || $sudo pkill -x nginx || true
+    fi
+  fi
+fi
+
+buildTree() {  # buildTree DIR [cmake args...]
+  local dir=$1; shift
+  local gen=()
+  command -v ninja >/dev/null && gen=(-G Ninja)
+  local launcher=()
+  command -v ccache >/dev/null && launcher=(-DCMAKE_CXX_COMPILER_LAUNCHER=ccache -DCMAKE_C_COMPILER_LAUNCHER=ccache)
+  if [ ! -f "$dir/CMakeCache.txt" ]; then
+    cmake -S "$here" -B "$dir" "${gen[@]}" "${launcher[@]}" "$@" >/dev/null
+  fi
+  cmake --build "$dir" -j"$(nproc)"
+}
+
+if [ $build -eq 1 ]; then
+  buildTree "$here/build/release" -DCMAKE_BUILD_TYPE=RelWithDebInfo
+fi
+if [ $asan -eq 1 ]; then
+  buildTree "$here/build/asan" -DCMAKE_BUILD_TYPE=Debug -DGRELAY_SANITIZE=ON
+fi
