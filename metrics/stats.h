@@ -1,0 +1,105 @@
+// The numbers grelay counts. Each worker thread owns one WorkerStats and is its only
+// writer (plain relaxed loads/stores, no locked instructions, no lookups on the data
+// path: sessions hold pointers to their listener's and mirror's stats). The exposer
+// sums all workers at scrape time.
+#pragma once
+
+#include <array>
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace grelay::metrics {
+
+// Written by one thread, read by any.
+class Counter {
+public:
+  void add(uint64_t n) { value_.store(value_.load(std::memory_order_relaxed) + n, std::memory_order_relaxed); }
+  void inc() { add(1); }
+  uint64_t value() const { return value_.load(std::memory_order_relaxed); }
+
+private:
+  std::atomic<uint64_t> value_{0};
+};
+
+class Gauge {
+public:
+  void add(int64_t n) { value_.store(value_.load(std::memory_order_relaxed) + n, std::memory_order_relaxed); }
+  void inc() { add(1); }
+  void dec() { add(-1); }
+  int64_t value() const { return value_.load(std::memory_order_relaxed); }
+
+private:
+  std::atomic<int64_t> value_{0};
+};
+
+// Upstream connect latency: buckets from 50us to 10s (seconds, strictly increasing).
+inline constexpr std::array<double, 17> kConnectBuckets = {
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
+    0.05,    0.1,    0.25,    0.5,    1.0,   2.5,    5.0,   10.0};
+
+class Histogram {
+public:
+  void observe(double seconds) {
+    size_t i = 0;
+    while (i < kConnectBuckets.size() && seconds > kConnectBuckets[i]) {
+      ++i;
+    }
+    buckets_[i].inc();  // i == size() is the +Inf bucket
+    sumNanos_.add(static_cast<uint64_t>(seconds * 1e9));
+  }
+  // Non-cumulative count of bucket i (i == kConnectBuckets.size() is +Inf).
+  uint64_t bucket(size_t i) const { return buckets_[i].value(); }
+  double sum() const { return static_cast<double>(sumNanos_.value()) / 1e9; }
+
+private:
+  std::array<Counter, kConnectBuckets.size() + 1> buckets_;
+  Counter sumNanos_;
+};
+
+enum Direction : uint8_t { kRequest = 0, kResponse = 1 };
+inline const char* directionName(int d) { return d == kRequest ? "request" : "response"; }
+
+enum PathIndex : uint8_t { kGroupPath = 0, kMainlinePath = 1, kCopyPath = 2 };
+inline constexpr int kPathCount = 3;
+inline const char* pathName(int p) {
+  return p == kGroupPath ? "group" : (p == kMainlinePath ? "mainline" : "copy");
+}
+
+struct MirrorStats {
+  Counter sentBytes;       // bytes the mirror accepted
+  Counter cuts;            // sessions on which the mirror was cut (lag, error, unreachable)
+  Counter droppedBytes;    // bytes of sampled sessions the mirror did not get
+  Counter connectErrors;   // connects that failed or timed out
+  Counter sessions;        // sessions sampled for this mirror
+  Counter discardedBytes;  // bytes the mirror sent back (read and discarded)
+};
+
+struct ListenerStats {
+  explicit ListenerStats(size_t mirrorCount) : mirrors(mirrorCount) {}
+
+  Counter connections;         // accepted client connections
+  Gauge active;                // open sessions
+  Counter rejected;            // closed at once: over max_connections
+  std::array<Counter, 2> receivedBytes;  // by Direction
+  Counter sentUpstreamBytes;   // to the primary (target = upstream pool name)
+  Counter sentClientBytes;     // back to clients
+  std::array<Counter, kPathCount> chunks;  // by PathIndex
+  Counter upstreamConnectErrors;
+  Counter noUpstream;          // sessions closed because every server failed
+  Counter idleTimeouts;
+  Counter resets;              // sessions ended by a reset (either side)
+  Histogram connectDuration;
+  std::vector<MirrorStats> mirrors;  // in config order
+  Counter tapBytes;            // payload bytes written to the tap
+  Counter tapDroppedBytes;     // payload bytes the tap did not record
+  Counter tapErrors;           // write errors that disabled the tap
+};
+
+struct WorkerStats {
+  std::vector<std::unique_ptr<ListenerStats>> listeners;  // in config order
+};
+
+}  // namespace grelay::metrics

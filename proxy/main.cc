@@ -1,0 +1,81 @@
+// grelay's command line (README, "Command line"):
+//   grelay -c FILE            run
+//   grelay -c FILE --check    validate; errors as FILE:LINE:COL: message; exit 1 on error
+//   grelay --features         io_uring features found and the relay path "auto" picks
+//   grelay tap export --pcap OUT TAP...
+//   grelay --version
+#include <cstring>
+#include <iostream>
+#include <string>
+
+#include "config/check.h"
+#include "config/loader.h"
+#include "proxy/log.h"
+#include "proxy/server.h"
+#include "proxy/tap/tap_cli.h"
+#include "relay/probe.h"
+
+namespace {
+
+const char* kUsage =
+    "usage: grelay -c FILE [--check]\n"
+    "       grelay --features\n"
+    "       grelay tap export --pcap OUT TAP...\n"
+    "       grelay --version\n";
+
+int usage(const char* problem) {
+  std::cerr << "grelay: " << problem << "\n" << kUsage;
+  return grelay::proxy::kExitConfig;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  using namespace grelay;
+  if (argc >= 2 && std::strcmp(argv[1], "tap") == 0) {
+    return tap::tapMain(argc - 1, argv + 1, std::cout, std::cerr);
+  }
+  std::string configPath;
+  bool check = false;
+  for (int i = 1; i < argc; ++i) {
+    const char* a = argv[i];
+    if (std::strcmp(a, "--version") == 0 || std::strcmp(a, "-V") == 0) {
+      std::cout << "grelay " << GRELAY_VERSION << "\n";
+      return 0;
+    }
+    if (std::strcmp(a, "--help") == 0 || std::strcmp(a, "-h") == 0) {
+      std::cout << kUsage;
+      return 0;
+    }
+    if (std::strcmp(a, "--features") == 0) {
+      relay::printFeatures(relay::probeFeatures(), std::cout);
+      return 0;
+    }
+    if (std::strcmp(a, "-c") == 0 || std::strcmp(a, "--config") == 0) {
+      if (i + 1 >= argc) {
+        return usage("-c needs a file");
+      }
+      configPath = argv[++i];
+      continue;
+    }
+    if (std::strcmp(a, "--check") == 0) {
+      check = true;
+      continue;
+    }
+    return usage((std::string("unknown argument '") + a + "'").c_str());
+  }
+  if (configPath.empty()) {
+    return usage("no configuration: use -c FILE");
+  }
+  if (check) {
+    return config::runCheck(configPath, std::cout, std::cerr);
+  }
+  config::LoadResult loaded = config::loadFile(configPath);
+  if (!loaded.config) {
+    for (const auto& e : loaded.errors) {
+      std::cerr << e.toString() << "\n";
+    }
+    return proxy::kExitConfig;
+  }
+  return proxy::runServer(*loaded.config, relay::probeFeatures());
+}

@@ -1,0 +1,663 @@
+#include "proxy/session.h"
+
+#include <cerrno>
+#include <cstring>
+
+#include "relay/uring_compat.h"
+
+namespace grelay::proxy {
+namespace {
+
+constexpr int kSendFlags = MSG_NOSIGNAL | MSG_WAITALL;
+
+uint64_t nanos(config::Duration d) {
+  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(d).count());
+}
+
+std::string describe(int32_t err) { return std::strerror(err < 0 ? -err : err); }
+
+}  // namespace
+
+// ---------------------------------------------------------------------------------------
+// Peer
+
+Peer::Peer(Session& session, Kind kind, size_t mirrorIndex)
+    : session_(session), kind_(kind), mirrorIndex_(mirrorIndex) {}
+
+void Peer::enqueue(relay::ChunkRef chunk) {
+  unsent_ += chunk.size();
+  queue_.push_back(PendingSend{std::move(chunk), 0});
+  if (connected_ && !sending_ && !failed_) {
+    sendNext();
+  }
+}
+
+void Peer::finishWriting() {
+  finWanted_ = true;
+  if (connected_ && !sending_ && !failed_ && queue_.empty() && !finSent_) {
+    session_.host_.sockets().shutdownWrite(fd_);
+    finSent_ = true;
+  }
+}
+
+void Peer::dropQueue() {
+  // The send in flight still reads its buffer: keep that one until it completes.
+  while (queue_.size() > (sending_ ? 1u : 0u)) {
+    const PendingSend& last = queue_.back();
+    unsent_ -= last.chunk.size() - last.offset;
+    queue_.pop_back();
+  }
+}
+
+void Peer::sendNext() {
+  const PendingSend& front = queue_.front();
+  sending_ = true;
+  ++session_.inflight_;
+  session_.host_.ring().send(fd_, front.chunk.data() + front.offset,
+                             front.chunk.size() - front.offset, kSendFlags, &sendDone_);
+}
+
+void Peer::onSend(int32_t res, uint32_t) noexcept {
+  sending_ = false;
+  --session_.inflight_;
+  if (failed_ || (session_.closing() && kind_ != Kind::Mirror)) {
+    dropQueue();
+    session_.opDone(*this);
+    return;
+  }
+  if (res <= 0) {
+    session_.peerFailed(*this, res == 0 ? -EPIPE : res);
+    return;
+  }
+  PendingSend& front = queue_.front();
+  front.offset += static_cast<uint32_t>(res);
+  unsent_ -= static_cast<uint32_t>(res);
+  if (front.offset >= front.chunk.size()) {
+    queue_.pop_front();  // a short send leaves the rest at the front and goes on below
+  }
+  session_.peerSent(*this, static_cast<uint32_t>(res));
+  if (failed_ || fd_ < 0) {
+    return;
+  }
+  if (!queue_.empty()) {
+    sendNext();
+  } else if (finWanted_ && !finSent_) {
+    session_.host_.sockets().shutdownWrite(fd_);
+    finSent_ = true;
+  }
+  if (kind_ == Kind::Mirror && session_.closing()) {
+    session_.opDone(*this);  // a finished session's mirror closes once it has drained
+  } else {
+    session_.maybeFinish();
+  }
+}
+
+void Peer::onConnect(int32_t res, uint32_t) noexcept {
+  connecting_ = false;
+  --session_.inflight_;
+  if (kind_ == Kind::Primary) {
+    session_.primaryConnected(res);
+  } else {
+    session_.mirrorConnected(mirrorIndex_, res);
+  }
+}
+
+void Peer::onDiscard(int32_t res, uint32_t) noexcept {
+  reading_ = false;
+  --session_.inflight_;
+  Session& s = session_;
+  if (failed_) {
+    s.opDone(*this);
+    return;
+  }
+  if (res > 0) {
+    s.stats().mirrors[mirrorIndex_].discardedBytes.add(static_cast<uint64_t>(res));
+    if (!(s.closing() && drained() && finSent_)) {
+      uint32_t len = 0;
+      uint8_t* buf = s.host_.discardBuffer(&len);
+      reading_ = true;
+      ++s.inflight_;
+      s.host_.ring().recv(fd_, buf, len, &discardDone_);
+      return;
+    }
+  } else if (res < 0 && res != -ECANCELED) {
+    s.cutMirror(mirrorIndex_, ("receive failed: " + describe(res)).c_str());
+    return;
+  }
+  // EOF from the mirror: it may still read; nothing more to discard.
+  s.opDone(*this);
+}
+
+// ---------------------------------------------------------------------------------------
+// Flow
+
+Flow::Flow(Session& session, uint8_t direction, Peer& source, Peer& target)
+    : session_(session), direction_(direction), source_(source), target_(target) {}
+
+void Flow::arm() {
+  if (session_.closing() || ended_ || receiving_ || waitingBuffers_ || !source_.connected_ ||
+      source_.fd_ < 0) {
+    return;
+  }
+  if (target_.unsent_ >= 2ull * session_.listener_.chunkSize) {
+    paused_ = true;  // back-pressure: resumed by Session::peerSent
+    return;
+  }
+  paused_ = false;
+  receiving_ = true;
+  ++session_.inflight_;
+  SessionHost& host = session_.host_;
+  host.ring().recvSelect(source_.fd_, host.pool().groupId(), session_.listener_.chunkSize,
+                         &recvDone_);
+}
+
+void Flow::resumeAfterBuffers() {
+  waitingBuffers_ = false;
+  arm();
+}
+
+void Flow::onRecv(int32_t res, uint32_t flags) noexcept {
+  receiving_ = false;
+  --session_.inflight_;
+  relay::ChunkRef chunk;
+  if (flags & IORING_CQE_F_BUFFER) {
+    chunk = session_.host_.pool().take(static_cast<uint16_t>(flags >> IORING_CQE_BUFFER_SHIFT),
+                                       res > 0 ? static_cast<uint32_t>(res) : 0);
+  }
+  if (session_.closing()) {
+    chunk.reset();
+    session_.opDone(source_);
+    return;
+  }
+  if (res > 0) {
+    session_.deliver(*this, chunk);
+    chunk.reset();
+    arm();
+    return;
+  }
+  chunk.reset();
+  if (res == 0) {
+    ended_ = true;
+    session_.sourceEnded(*this);
+  } else if (res == -ENOBUFS) {
+    waitingBuffers_ = true;
+    session_.host_.waitForBuffers(*this);
+  } else if (res == -EINTR || res == -EAGAIN) {
+    arm();
+  } else {
+    session_.sourceFailed(*this, res);
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// Session
+
+Session::Session(SessionHost& host, ListenerContext& listener, int clientFd)
+    : host_(host),
+      listener_(listener),
+      client_(*this, Peer::Kind::Client),
+      primary_(*this, Peer::Kind::Primary),
+      request_(*this, metrics::kRequest, client_, primary_),
+      response_(*this, metrics::kResponse, primary_, client_) {
+  client_.fd_ = clientFd;
+  client_.connected_ = true;
+  mirrors_.reserve(cfg().mirrors.size());
+  for (size_t i = 0; i < cfg().mirrors.size(); ++i) {
+    mirrors_.push_back(std::make_unique<Mirror>(*this, i));
+  }
+}
+
+Session::~Session() { host_.timers().cancel(*this); }
+
+void Session::start() {
+  stats().connections.inc();
+  stats().active.inc();
+  counted_ = true;
+  host_.sockets().addresses(client_.fd_, &clientAddress_, &localAddress_);
+  activity();
+  listener_.upstream->pickOrder(serverOrder_);
+  connectMirrors();
+  connectPrimary();
+}
+
+bool Session::sampled(uint32_t percent) const {
+  if (percent >= 100) {
+    return true;
+  }
+  // FNV-1a of the client's address and port: the same sessions for every mirror with the
+  // same percentage, on every worker and across restarts.
+  const uint8_t* bytes = nullptr;
+  size_t len = 0;
+  uint16_t port = 0;
+  if (clientAddress_.ss_family == AF_INET) {
+    const auto& a = reinterpret_cast<const sockaddr_in&>(clientAddress_);
+    bytes = reinterpret_cast<const uint8_t*>(&a.sin_addr);
+    len = sizeof(a.sin_addr);
+    port = a.sin_port;
+  } else if (clientAddress_.ss_family == AF_INET6) {
+    const auto& a = reinterpret_cast<const sockaddr_in6&>(clientAddress_);
+    bytes = reinterpret_cast<const uint8_t*>(&a.sin6_addr);
+    len = sizeof(a.sin6_addr);
+    port = a.sin6_port;
+  }
+  uint64_t h = 1469598103934665603ull;
+  auto mix = [&h](uint8_t b) {
+    h ^= b;
+    h *= 1099511628211ull;
+  };
+  for (size_t i = 0; i < len; ++i) {
+    mix(bytes[i]);
+  }
+  mix(static_cast<uint8_t>(port >> 8));
+  mix(static_cast<uint8_t>(port & 0xff));
+  return (h % 100) < percent;
+}
+
+void Session::connectPrimary() {
+  const UpstreamPool& pool = *listener_.upstream;
+  while (serverAttempt_ < serverOrder_.size()) {
+    const uint32_t index = serverOrder_[serverAttempt_++];
+    const config::Address& address = pool.server(index);
+    int fd = host_.sockets().openStream(address.family());
+    if (fd < 0) {
+      stats().upstreamConnectErrors.inc();
+      continue;
+    }
+    primary_.fd_ = fd;
+    primary_.connecting_ = true;
+    server_ = index;
+    connectStart_ = host_.now();
+    connectDeadline_ = connectStart_ + nanos(cfg().connect_timeout);
+    connectTimedOut_ = false;
+    ++inflight_;
+    host_.ring().connect(fd, address.sockaddrPtr(), address.length, &primary_.connectDone_);
+    rescheduleTimer();
+    return;
+  }
+  // Every server failed: the client learns it by a reset, as if it had tried itself.
+  stats().noUpstream.inc();
+  close(true, false, true);
+}
+
+void Session::primaryConnected(int32_t res) {
+  if (state_ == State::Closing) {
+    opDone(primary_);
+    return;
+  }
+  if (res == -ECANCELED && connectTimedOut_) {
+    res = -ETIMEDOUT;
+  }
+  if (res < 0) {
+    stats().upstreamConnectErrors.inc();
+    host_.sockets().close(primary_.fd_, false);
+    primary_.fd_ = -1;
+    server_ = -1;
+    connectPrimary();
+    return;
+  }
+  stats().connectDuration.observe(static_cast<double>(host_.now() - connectStart_) / 1e9);
+  listener_.upstream->connected(static_cast<uint32_t>(server_));
+  upstreamCounted_ = true;
+  primary_.connected_ = true;
+  startRelaying();
+}
+
+void Session::connectMirrors() {
+  for (size_t i = 0; i < mirrors_.size(); ++i) {
+    Mirror& m = *mirrors_[i];
+    const config::MirrorConfig& mc = cfg().mirrors[i];
+    if (!sampled(mc.sample_percent)) {
+      continue;
+    }
+    stats().mirrors[i].sessions.inc();
+    m.wantsResponses = mc.direction == config::MirrorDirection::Both;
+    m.state = MirrorState::Connecting;
+    int fd = host_.sockets().openStream(mc.address.family());
+    if (fd < 0) {
+      stats().mirrors[i].connectErrors.inc();
+      cutMirror(i, ("cannot create socket: " + describe(fd)).c_str());
+      continue;
+    }
+    m.peer.fd_ = fd;
+    m.peer.connecting_ = true;
+    m.connectStart = host_.now();
+    m.connectDeadline = m.connectStart + nanos(cfg().connect_timeout);
+    ++inflight_;
+    host_.ring().connect(fd, mc.address.sockaddrPtr(), mc.address.length, &m.peer.connectDone_);
+  }
+}
+
+void Session::mirrorConnected(size_t index, int32_t res) {
+  Mirror& m = *mirrors_[index];
+  if (m.state == MirrorState::Cut || (closing() && resetMirrors_)) {
+    opDone(m.peer);
+    return;
+  }
+  if (res == -ECANCELED && m.timedOut) {
+    res = -ETIMEDOUT;
+  }
+  if (res < 0) {
+    stats().mirrors[index].connectErrors.inc();
+    cutMirror(index, ("connect failed: " + describe(res)).c_str());
+    return;
+  }
+  m.state = MirrorState::Open;
+  m.peer.connected_ = true;
+  uint32_t len = 0;
+  uint8_t* buf = host_.discardBuffer(&len);
+  m.peer.reading_ = true;
+  ++inflight_;
+  host_.ring().recv(m.peer.fd_, buf, len, &m.peer.discardDone_);
+  if (!m.peer.queue_.empty()) {
+    m.peer.sendNext();
+  } else if (m.peer.finWanted_) {
+    m.peer.finishWriting();
+    closeMirrorIfDone(index);
+  }
+}
+
+void Session::startRelaying() {
+  state_ = State::Relaying;
+  activity();
+  request_.arm();
+  response_.arm();
+  rescheduleTimer();
+}
+
+void Session::deliver(Flow& flow, const relay::ChunkRef& chunk) {
+  activity();
+  const uint32_t n = chunk.size();
+  metrics::ListenerStats& st = stats();
+  st.receivedBytes[flow.direction_].add(n);
+  st.chunks[host_.pathIndex()].inc();
+  flow.target_.enqueue(chunk);
+  for (size_t i = 0; i < mirrors_.size(); ++i) {
+    Mirror& m = *mirrors_[i];
+    if (m.state == MirrorState::Unsampled ||
+        (flow.direction_ == metrics::kResponse && !m.wantsResponses)) {
+      continue;
+    }
+    if (m.state == MirrorState::Cut) {
+      st.mirrors[i].droppedBytes.add(n);
+      continue;
+    }
+    if (m.peer.unsent_ + n > cfg().mirrors[i].max_lag) {
+      cutMirror(i, "fell behind by more than max_lag");
+      st.mirrors[i].droppedBytes.add(n);
+      continue;
+    }
+    m.peer.enqueue(chunk);
+  }
+}
+
+void Session::sourceEnded(Flow& flow) {
+  flow.target_.finishWriting();
+  for (size_t i = 0; i < mirrors_.size(); ++i) {
+    Mirror& m = *mirrors_[i];
+    if (m.state != MirrorState::Connecting && m.state != MirrorState::Open) {
+      continue;
+    }
+    const bool allEnded = request_.ended_ && (!m.wantsResponses || response_.ended_);
+    if (allEnded) {
+      m.peer.finishWriting();
+    }
+  }
+  maybeFinish();
+}
+
+void Session::peerSent(Peer& peer, uint32_t bytes) {
+  activity();
+  const uint64_t low = listener_.chunkSize;
+  switch (peer.kind_) {
+    case Peer::Kind::Client:
+      stats().sentClientBytes.add(bytes);
+      if (response_.paused_ && client_.unsent_ <= low) {
+        response_.arm();
+      }
+      break;
+    case Peer::Kind::Primary:
+      stats().sentUpstreamBytes.add(bytes);
+      if (request_.paused_ && primary_.unsent_ <= low) {
+        request_.arm();
+      }
+      break;
+    case Peer::Kind::Mirror:
+      stats().mirrors[peer.mirrorIndex_].sentBytes.add(bytes);
+      break;
+  }
+}
+
+void Session::peerFailed(Peer& peer, int32_t err) {
+  if (peer.kind_ == Peer::Kind::Mirror) {
+    cutMirror(peer.mirrorIndex_, ("send failed: " + describe(err)).c_str());
+    return;
+  }
+  // The peer is gone (EPIPE, ECONNRESET): the other side learns it by a reset.
+  stats().resets.inc();
+  const bool clientGone = peer.kind_ == Peer::Kind::Client;
+  close(clientGone, !clientGone, true);
+}
+
+void Session::sourceFailed(Flow&, int32_t) {
+  // A reset (or any receive error) on one side resets every other connection; the
+  // failed socket itself is closed with RST too, so nothing lingers in FIN_WAIT.
+  stats().resets.inc();
+  close(true, true, true);
+}
+
+void Session::cutMirror(size_t index, const char* why) {
+  Mirror& m = *mirrors_[index];
+  if (m.state != MirrorState::Connecting && m.state != MirrorState::Open) {
+    return;
+  }
+  m.state = MirrorState::Cut;
+  metrics::MirrorStats& ms = stats().mirrors[index];
+  ms.cuts.inc();
+  ms.droppedBytes.add(m.peer.unsent_);
+  host_.mirrorTrouble(listener_, index, why);
+  m.peer.failed_ = true;
+  cancelPeer(m.peer);
+  m.peer.dropQueue();
+  closeMirrorIfDone(index);
+  maybeFinish();
+}
+
+void Session::cancelPeer(Peer& peer) {
+  relay::Ring& ring = host_.ring();
+  if (peer.connecting_) {
+    ring.cancel(&peer.connectDone_, nullptr);
+  }
+  if (peer.sending_) {
+    ring.cancel(&peer.sendDone_, nullptr);
+  }
+  if (peer.reading_) {
+    ring.cancel(&peer.discardDone_, nullptr);
+  }
+}
+
+void Session::opDone(Peer& peer) {
+  if (peer.kind_ == Peer::Kind::Mirror) {
+    closeMirrorIfDone(peer.mirrorIndex_);
+  } else if (closing()) {
+    closePeerIfIdle(peer, peer.kind_ == Peer::Kind::Client ? resetClient_ : resetPrimary_);
+  }
+  maybeFinish();
+}
+
+void Session::closePeerIfIdle(Peer& peer, bool reset) {
+  if (peer.fd_ >= 0 && peer.idle()) {
+    host_.sockets().close(peer.fd_, reset);
+    peer.fd_ = -1;
+    peer.connected_ = false;
+    peer.dropQueue();
+  }
+}
+
+void Session::closeMirrorIfDone(size_t index) {
+  Mirror& m = *mirrors_[index];
+  Peer& p = m.peer;
+  if (p.fd_ < 0) {
+    return;
+  }
+  if (m.state == MirrorState::Cut) {
+    if (p.idle()) {
+      host_.sockets().close(p.fd_, true);
+      p.fd_ = -1;
+      p.dropQueue();
+    }
+    return;
+  }
+  if (!closing()) {
+    return;
+  }
+  // The primary side is done: a mirror may still drain what it was given, then FIN.
+  if (p.connected_ && p.drained() && p.finSent_) {
+    if (p.reading_) {
+      host_.ring().cancel(&p.discardDone_, nullptr);
+      return;
+    }
+    host_.sockets().close(p.fd_, resetMirrors_);
+    p.fd_ = -1;
+  }
+}
+
+void Session::maybeFinish() {
+  if (state_ == State::Relaying && request_.ended_ && response_.ended_ && client_.finSent_ &&
+      primary_.finSent_ && client_.drained() && primary_.drained()) {
+    close(false, false, false);
+    return;
+  }
+  if (state_ != State::Closing || inflight_ != 0 || done_) {
+    return;
+  }
+  // Every request has completed: nothing refers to this session any more.
+  closePeerIfIdle(client_, resetClient_);
+  closePeerIfIdle(primary_, resetPrimary_);
+  for (auto& m : mirrors_) {
+    if (m->peer.fd_ >= 0) {
+      host_.sockets().close(m->peer.fd_, resetMirrors_ || m->state == MirrorState::Cut);
+      m->peer.fd_ = -1;
+    }
+    m->peer.dropQueue();
+  }
+  if (upstreamCounted_) {
+    listener_.upstream->disconnected(static_cast<uint32_t>(server_));
+    upstreamCounted_ = false;
+  }
+  done_ = true;
+  host_.timers().cancel(*this);
+  if (counted_) {
+    stats().active.dec();
+  }
+  host_.sessionDone(*this);
+}
+
+void Session::close(bool resetClient, bool resetPrimary, bool resetMirrors) {
+  resetClient_ = resetClient_ || resetClient;
+  resetPrimary_ = resetPrimary_ || resetPrimary;
+  resetMirrors_ = resetMirrors_ || resetMirrors;
+  const bool wasClosing = state_ == State::Closing;
+  state_ = State::Closing;
+  relay::Ring& ring = host_.ring();
+  for (Flow* flow : {&request_, &response_}) {
+    if (flow->receiving_) {
+      ring.cancel(&flow->recvDone_, nullptr);
+    }
+    if (flow->waitingBuffers_) {
+      flow->waitingBuffers_ = false;
+      host_.cancelWaitForBuffers(*flow);
+    }
+  }
+  if (!wasClosing || resetClient || resetPrimary) {
+    cancelPeer(client_);
+    cancelPeer(primary_);
+    closePeerIfIdle(client_, resetClient_);
+    closePeerIfIdle(primary_, resetPrimary_);
+  }
+  for (size_t i = 0; i < mirrors_.size(); ++i) {
+    Mirror& m = *mirrors_[i];
+    if (m.state != MirrorState::Connecting && m.state != MirrorState::Open) {
+      continue;
+    }
+    if (resetMirrors_) {
+      // The session was reset: mirrors get a reset too, without counting a cut.
+      m.state = MirrorState::Cut;
+      m.peer.failed_ = true;
+      cancelPeer(m.peer);
+      m.peer.dropQueue();
+    } else {
+      m.peer.finishWriting();
+    }
+    closeMirrorIfDone(i);
+  }
+  rescheduleTimer();
+  maybeFinish();
+}
+
+void Session::abort() { close(true, true, true); }
+
+size_t Session::largestMirrorQueue(size_t* mirror) const {
+  size_t best = 0;
+  for (size_t i = 0; i < mirrors_.size(); ++i) {
+    const Mirror& m = *mirrors_[i];
+    if (m.state == MirrorState::Open || m.state == MirrorState::Connecting) {
+      if (m.peer.queue_.size() > best) {
+        best = m.peer.queue_.size();
+        *mirror = i;
+      }
+    }
+  }
+  return best;
+}
+
+void Session::onTimer(uint64_t now) noexcept {
+  if (done_) {
+    return;
+  }
+  relay::Ring& ring = host_.ring();
+  if (primary_.connecting_ && !connectTimedOut_ && now >= connectDeadline_) {
+    connectTimedOut_ = true;
+    ring.cancel(&primary_.connectDone_, nullptr);
+  }
+  for (auto& m : mirrors_) {
+    if (m->peer.connecting_ && !m->timedOut && now >= m->connectDeadline) {
+      m->timedOut = true;
+      ring.cancel(&m->peer.connectDone_, nullptr);
+    }
+  }
+  if (now >= lastActivity_ + nanos(cfg().idle_timeout)) {
+    if (state_ == State::Closing) {
+      // Only mirrors that stopped reading keep a finished session: cut them.
+      for (size_t i = 0; i < mirrors_.size(); ++i) {
+        cutMirror(i, "did not drain before idle_timeout");
+      }
+    } else {
+      stats().idleTimeouts.inc();
+      close(false, false, false);
+    }
+    if (done_) {
+      return;
+    }
+  }
+  rescheduleTimer();
+}
+
+void Session::rescheduleTimer() {
+  if (done_) {
+    return;
+  }
+  uint64_t next = lastActivity_ + nanos(cfg().idle_timeout);
+  if (primary_.connecting_ && !connectTimedOut_) {
+    next = std::min(next, connectDeadline_);
+  }
+  for (auto& m : mirrors_) {
+    if (m->peer.connecting_ && !m->timedOut) {
+      next = std::min(next, m->connectDeadline);
+    }
+  }
+  host_.timers().schedule(*this, next);
+}
+
+size_t Session::heldChunks(size_t mirror) const { return mirrors_[mirror]->peer.queue_.size(); }
+
+}  // namespace grelay::proxy

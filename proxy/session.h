@@ -1,0 +1,227 @@
+// A session: one client connection, its primary upstream connection, its mirror
+// connections and its tap stream, relayed in both directions.
+//
+// Two Flows move bytes: request (client -> primary, mirrors, tap) and response
+// (primary -> client, mirrors with direction "both", tap). A Flow receives a chunk from
+// its source and hands the same buffer to every sink; each Peer sends its queue with one
+// send in flight. Rules kept here, whatever the relay path:
+//  - back-pressure: a Flow stops receiving while its primary sink has >= 2 chunks unsent;
+//  - a mirror never slows the primary: past max_lag unsent bytes it is cut (closed with
+//    RST, counted), and connect failures only cut that mirror;
+//  - half-close: EOF on a source becomes shutdown(SHUT_WR) on its sinks once their queues
+//    drain; a reset (or a send error) on either side resets the other;
+//  - teardown cancels the session's own requests and frees the session only when every
+//    request it submitted has completed.
+#pragma once
+
+#include <netinet/in.h>
+
+#include <cstdint>
+#include <deque>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "config/config.h"
+#include "metrics/stats.h"
+#include "proxy/sockets.h"
+#include "proxy/timer.h"
+#include "proxy/upstream.h"
+#include "relay/buffer.h"
+#include "relay/completion.h"
+#include "relay/ring.h"
+
+namespace grelay::proxy {
+
+class Session;
+class TapStream;
+
+// What a session needs from its worker (a fake in unit tests).
+class SessionHost {
+public:
+  virtual relay::Ring& ring() = 0;
+  virtual Sockets& sockets() = 0;
+  virtual relay::ProvidedBufferPool& pool() = 0;
+  virtual TimerQueue& timers() = 0;
+  virtual uint64_t now() = 0;  // monotonic ns, cached per loop iteration
+  // A Flow got -ENOBUFS: call flow.resumeAfterBuffers() when buffers come back.
+  virtual void waitForBuffers(class Flow& flow) = 0;
+  virtual void cancelWaitForBuffers(class Flow& flow) = 0;
+  // The session finished; the host deletes it after the current completion returns.
+  virtual void sessionDone(Session& session) = 0;
+  // Rate-limited logging of mirror trouble (once per mirror and minute).
+  virtual void mirrorTrouble(const struct ListenerContext& listener, size_t mirrorIndex,
+                             const std::string& what) = 0;
+  // Where mirrors' responses are received and dropped (contents never read).
+  virtual uint8_t* discardBuffer(uint32_t* length) = 0;
+  virtual uint8_t pathIndex() const = 0;  // metrics::PathIndex of this worker's relay path
+
+protected:
+  ~SessionHost() = default;
+};
+
+// Per-listener state a worker keeps and its sessions share.
+struct ListenerContext {
+  const config::ListenerConfig* config = nullptr;
+  UpstreamPool* upstream = nullptr;
+  metrics::ListenerStats* stats = nullptr;
+  uint32_t chunkSize = 64 * 1024;
+};
+
+struct PendingSend {
+  relay::ChunkRef chunk;
+  uint32_t offset = 0;
+};
+
+// One socket of a session and its send side.
+class Peer {
+public:
+  enum class Kind : uint8_t { Client, Primary, Mirror };
+
+  Peer(Session& session, Kind kind, size_t mirrorIndex = 0);
+
+  void enqueue(relay::ChunkRef chunk);
+  // Sends FIN once everything queued is sent.
+  void finishWriting();
+  void dropQueue();
+
+  bool idle() const { return !sending_ && !connecting_ && !reading_; }
+  bool drained() const { return queue_.empty() && !sending_; }
+
+  Session& session_;
+  const Kind kind_;
+  const size_t mirrorIndex_;
+  int fd_ = -1;
+  bool connected_ = false;
+  bool connecting_ = false;
+  bool sending_ = false;
+  bool reading_ = false;  // mirrors: discarding their responses
+  bool finWanted_ = false;
+  bool finSent_ = false;
+  bool failed_ = false;
+  uint64_t unsent_ = 0;  // bytes queued, including the send in flight
+  std::deque<PendingSend> queue_;
+
+  void onSend(int32_t res, uint32_t flags) noexcept;
+  void onConnect(int32_t res, uint32_t flags) noexcept;
+  void onDiscard(int32_t res, uint32_t flags) noexcept;
+  relay::BoundCompletion<Peer, &Peer::onSend> sendDone_{*this};
+  relay::BoundCompletion<Peer, &Peer::onConnect> connectDone_{*this};
+  relay::BoundCompletion<Peer, &Peer::onDiscard> discardDone_{*this};
+
+  void sendNext();
+};
+
+// One direction of a session.
+class Flow {
+public:
+  Flow(Session& session, uint8_t direction, Peer& source, Peer& target);
+
+  // Arms a receive if the flow may receive now.
+  void arm();
+  void resumeAfterBuffers();
+  void onRecv(int32_t res, uint32_t flags) noexcept;
+
+  Session& session_;
+  const uint8_t direction_;
+  Peer& source_;
+  Peer& target_;
+  bool receiving_ = false;
+  bool paused_ = false;
+  bool waitingBuffers_ = false;
+  bool ended_ = false;
+  Flow* nextWaiting_ = nullptr;  // the host's -ENOBUFS wait list
+  relay::BoundCompletion<Flow, &Flow::onRecv> recvDone_{*this};
+};
+
+class Session final : public Timer {
+public:
+  Session(SessionHost& host, ListenerContext& listener, int clientFd);
+  ~Session();
+  Session(const Session&) = delete;
+  Session& operator=(const Session&) = delete;
+
+  void start();
+  // Drain deadline or shutdown: reset everything now.
+  void abort();
+  void onTimer(uint64_t now) noexcept override;
+
+  bool closing() const { return state_ == State::Closing; }
+  uint64_t id() const { return id_; }
+  void setId(uint64_t id) { id_ = id; }
+  size_t heldChunks(size_t mirror) const;
+  // Buffer pressure: the largest mirror queue (in chunks) and cutting it.
+  size_t largestMirrorQueue(size_t* mirror) const;
+  void cutMirror(size_t index, const char* why);
+
+  // Intrusive list of the host's sessions.
+  Session* prev_ = nullptr;
+  Session* next_ = nullptr;
+
+private:
+  friend class Peer;
+  friend class Flow;
+  enum class State : uint8_t { Connecting, Relaying, Closing };
+  enum class MirrorState : uint8_t { Unsampled, Connecting, Open, Cut };
+
+  struct Mirror {
+    explicit Mirror(Session& s, size_t index) : peer(s, Peer::Kind::Mirror, index) {}
+    Peer peer;
+    MirrorState state = MirrorState::Unsampled;
+    uint64_t connectDeadline = 0;
+    uint64_t connectStart = 0;
+    bool timedOut = false;
+    bool wantsResponses = false;
+  };
+
+  const config::ListenerConfig& cfg() const { return *listener_.config; }
+  metrics::ListenerStats& stats() { return *listener_.stats; }
+  void connectPrimary();
+  void primaryConnected(int32_t res);
+  void connectMirrors();
+  void mirrorConnected(size_t index, int32_t res);
+  void startRelaying();
+  void deliver(Flow& flow, const relay::ChunkRef& chunk);
+  void sourceEnded(Flow& flow);
+  void peerSent(Peer& peer, uint32_t bytes);
+  void peerFailed(Peer& peer, int32_t err);
+  void sourceFailed(Flow& flow, int32_t err);
+  void opDone(Peer& peer);
+  void maybeFinish();
+  // Starts teardown: cancels outstanding requests; `reset*` choose RST over FIN.
+  void close(bool resetClient, bool resetPrimary, bool resetMirrors);
+  void closePeerIfIdle(Peer& peer, bool reset);
+  void closeMirrorIfDone(size_t index);
+  void cancelPeer(Peer& peer);
+  void activity() { lastActivity_ = host_.now(); }
+  void rescheduleTimer();
+  bool sampled(uint32_t percent) const;
+
+  SessionHost& host_;
+  ListenerContext& listener_;
+  uint64_t id_ = 0;
+  State state_ = State::Connecting;
+  Peer client_;
+  Peer primary_;
+  std::vector<std::unique_ptr<Mirror>> mirrors_;
+  Flow request_;
+  Flow response_;
+  sockaddr_storage clientAddress_{};
+  sockaddr_storage localAddress_{};
+  std::vector<uint32_t> serverOrder_;
+  size_t serverAttempt_ = 0;
+  int64_t server_ = -1;  // index of the connected server
+  uint64_t connectStart_ = 0;
+  uint64_t connectDeadline_ = 0;
+  bool connectTimedOut_ = false;
+  uint64_t lastActivity_ = 0;
+  uint32_t inflight_ = 0;
+  bool resetClient_ = false;
+  bool resetPrimary_ = false;
+  bool resetMirrors_ = false;
+  bool counted_ = false;
+  bool upstreamCounted_ = false;
+  bool done_ = false;
+};
+
+}  // namespace grelay::proxy

@@ -1,0 +1,81 @@
+#include "proxy/sockets.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <string>
+
+namespace grelay::proxy {
+
+int SystemSockets::openStream(int family) {
+  int fd = ::socket(family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    return -errno;
+  }
+  setNoDelay(fd);
+  return fd;
+}
+
+void SystemSockets::shutdownWrite(int fd) { ::shutdown(fd, SHUT_WR); }
+
+void SystemSockets::close(int fd, bool reset) {
+  if (reset) {
+    linger l{1, 0};
+    ::setsockopt(fd, SOL_SOCKET, SO_LINGER, &l, sizeof(l));
+  }
+  ::close(fd);
+}
+
+bool SystemSockets::addresses(int fd, sockaddr_storage* peer, sockaddr_storage* local) {
+  socklen_t len = sizeof(*peer);
+  if (::getpeername(fd, reinterpret_cast<sockaddr*>(peer), &len) != 0) {
+    return false;
+  }
+  len = sizeof(*local);
+  return ::getsockname(fd, reinterpret_cast<sockaddr*>(local), &len) == 0;
+}
+
+void SystemSockets::setNoDelay(int fd) {
+  int one = 1;
+  ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+}
+
+int openListener(const config::Address& address, int backlog) {
+  int fd = ::socket(address.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    return -errno;
+  }
+  int one = 1;
+  ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  ::setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
+  if (address.family() == AF_INET6) {
+    // "[::]:80" means IPv6 only; list 0.0.0.0 separately for IPv4.
+    ::setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+  }
+  if (::bind(fd, address.sockaddrPtr(), address.length) != 0 || ::listen(fd, backlog) != 0) {
+    int err = -errno;
+    ::close(fd);
+    return err;
+  }
+  return fd;
+}
+
+std::string formatAddress(const sockaddr_storage& address) {
+  char host[INET6_ADDRSTRLEN] = "?";
+  if (address.ss_family == AF_INET) {
+    const auto& a = reinterpret_cast<const sockaddr_in&>(address);
+    inet_ntop(AF_INET, &a.sin_addr, host, sizeof(host));
+    return std::string(host) + ":" + std::to_string(ntohs(a.sin_port));
+  }
+  if (address.ss_family == AF_INET6) {
+    const auto& a = reinterpret_cast<const sockaddr_in6&>(address);
+    inet_ntop(AF_INET6, &a.sin6_addr, host, sizeof(host));
+    return "[" + std::string(host) + "]:" + std::to_string(ntohs(a.sin6_port));
+  }
+  return "?";
+}
+
+}  // namespace grelay::proxy

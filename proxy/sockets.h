@@ -1,0 +1,38 @@
+// The few synchronous socket calls sessions make (everything else goes through the
+// ring), behind an interface so unit tests can run sessions on fake descriptors.
+#pragma once
+
+#include <sys/socket.h>
+
+#include "config/config.h"
+
+namespace grelay::proxy {
+
+class Sockets {
+public:
+  virtual ~Sockets() = default;
+  // A non-blocking, close-on-exec TCP socket with TCP_NODELAY; -errno on failure.
+  virtual int openStream(int family) = 0;
+  virtual void shutdownWrite(int fd) = 0;
+  // Closes fd; with `reset`, the peer gets an RST instead of a FIN (SO_LINGER 0).
+  virtual void close(int fd, bool reset) = 0;
+  // The peer's and the local address of a connected socket (false on error).
+  virtual bool addresses(int fd, sockaddr_storage* peer, sockaddr_storage* local) = 0;
+  virtual void setNoDelay(int fd) = 0;
+};
+
+class SystemSockets final : public Sockets {
+public:
+  int openStream(int family) override;
+  void shutdownWrite(int fd) override;
+  void close(int fd, bool reset) override;
+  bool addresses(int fd, sockaddr_storage* peer, sockaddr_storage* local) override;
+  void setNoDelay(int fd) override;
+};
+
+// Binds a listening socket with SO_REUSEPORT (one per worker); -errno on failure.
+int openListener(const config::Address& address, int backlog);
+
+std::string formatAddress(const sockaddr_storage& address);
+
+}  // namespace grelay::proxy

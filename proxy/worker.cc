@@ -1,0 +1,399 @@
+#include "proxy/worker.h"
+
+#include <sys/eventfd.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "relay/uring_compat.h"
+#include "relay/uring_ring.h"
+
+namespace grelay::proxy {
+namespace {
+
+constexpr uint16_t kBufferGroup = 0;
+constexpr uint32_t kDiscardBytes = 64 * 1024;
+
+uint32_t bufferCount(const config::ServerConfig& server) {
+  uint64_t n = server.buffer_pool / server.chunk_size;
+  uint32_t count = 8;
+  while (count * 2 <= n && count < 32768) {
+    count *= 2;
+  }
+  return count;
+}
+
+uint8_t pathIndexOf(config::RelayPath path) {
+  switch (path) {
+    case config::RelayPath::Group: return metrics::kGroupPath;
+    case config::RelayPath::Copy: return metrics::kCopyPath;
+    default: return metrics::kMainlinePath;
+  }
+}
+
+}  // namespace
+
+Runtime::Runtime(const config::Config& cfg)
+    : config(cfg), listenerConnections(new std::atomic<int64_t>[cfg.listeners.size()]) {
+  for (const auto& u : cfg.upstreams) {
+    upstreams.push_back(std::make_unique<UpstreamPool>(u));
+  }
+  for (size_t i = 0; i < cfg.listeners.size(); ++i) {
+    listenerConnections[i].store(0);
+    auto& logs = mirrorLogs.emplace_back();
+    for (size_t m = 0; m < cfg.listeners[i].mirrors.size(); ++m) {
+      logs.push_back(std::make_unique<LogLimiter>());
+    }
+  }
+}
+
+Worker::Worker(Runtime& runtime, uint32_t index, metrics::WorkerStats& stats,
+               std::vector<int> listenFds)
+    : runtime_(runtime), index_(index), stats_(stats), discard_(kDiscardBytes) {
+  pathIndex_ = pathIndexOf(runtime.path);
+  const config::Config& cfg = runtime.config;
+  for (size_t i = 0; i < cfg.listeners.size(); ++i) {
+    auto a = std::make_unique<Acceptor>(*this, i);
+    a->fd = i < listenFds.size() ? listenFds[i] : -1;
+    a->context.config = &cfg.listeners[i];
+    a->context.upstream = runtime.upstreams[cfg.listeners[i].upstream_index].get();
+    a->context.stats = stats.listeners[i].get();
+    a->context.chunkSize = cfg.server.chunk_size;
+    acceptors_.push_back(std::move(a));
+  }
+  controlFd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+}
+
+Worker::~Worker() {
+  while (sessions_ != nullptr) {
+    Session* s = sessions_;
+    sessions_ = s->next_;
+    delete s;
+  }
+  for (Session* s : finished_) {
+    delete s;
+  }
+  for (auto& a : acceptors_) {
+    if (a->fd >= 0) {
+      ::close(a->fd);
+    }
+  }
+  pool_.reset();
+  ring_.reset();
+  if (controlFd_ >= 0) {
+    ::close(controlFd_);
+  }
+}
+
+void Worker::useRing(relay::RingPtr ring, std::unique_ptr<Sockets> sockets) {
+  ring_ = std::move(ring);
+  sockets_ = std::move(sockets);
+}
+
+void Worker::run(std::promise<int>& ready) {
+  const config::ServerConfig& server = runtime_.config.server;
+  if (!ring_) {
+    int err = 0;
+    auto ring = relay::UringRing::create(relay::RingOptions{}, &err);
+    if (!ring) {
+      ready.set_value(err);
+      return;
+    }
+    ring_ = std::move(ring);
+    sockets_ = std::make_unique<SystemSockets>();
+  }
+  int err = 0;
+  auto buffers = ring_->registerBuffers(kBufferGroup, bufferCount(server), server.chunk_size, &err);
+  if (!buffers) {
+    ready.set_value(err);
+    return;
+  }
+  pool_ = std::make_unique<relay::ProvidedBufferPool>(std::move(buffers));
+  pool_->setListener(this);
+  now_ = monotonicNanos();
+  for (auto& a : acceptors_) {
+    armAccept(*a);
+  }
+  armControl();
+  ring_->submit();
+  ready.set_value(0);
+
+  while (!finished()) {
+    now_ = monotonicNanos();
+    timers_.expire(now_);
+    afterDispatch();
+    if (finished()) {
+      break;
+    }
+    __kernel_timespec ts{1, 0};
+    uint64_t next = timers_.next();
+    for (const auto& a : acceptors_) {
+      if (!a->armed && a->retryAt > now_ && (next == 0 || a->retryAt < next)) {
+        next = a->retryAt;
+      }
+    }
+    if (next != 0) {
+      uint64_t wait = next > now_ ? next - now_ : 0;
+      if (wait < 1000000000ull) {
+        ts.tv_sec = 0;
+        ts.tv_nsec = static_cast<long long>(wait);
+      }
+    }
+    int ret = ring_->run(&ts);
+    if (ret < 0 && ret != -ETIME && ret != -EINTR) {
+      GRELAY_LOG_ERROR("worker %u: io_uring_enter failed: %s", index_, strerror(-ret));
+      break;
+    }
+    now_ = monotonicNanos();
+    afterDispatch();
+  }
+}
+
+bool Worker::finished() const {
+  // A pending control read does not keep the worker: the ring's teardown cancels it.
+  if (!drainStarted_ || sessionCount_ != 0) {
+    return false;
+  }
+  for (const auto& a : acceptors_) {
+    if (a->armed) {
+      return false;
+    }
+  }
+  return true;
+}
+
+void Worker::wake() {
+  uint64_t one = 1;
+  ssize_t ignored = ::write(controlFd_, &one, sizeof(one));
+  (void)ignored;
+}
+
+void Worker::armControl() {
+  if (controlFd_ < 0) {
+    return;
+  }
+  controlArmed_ = true;
+  ring_->read(controlFd_, &controlValue_, sizeof(controlValue_), &controlDone_);
+}
+
+void Worker::onControl(int32_t res, uint32_t) noexcept {
+  controlArmed_ = false;
+  if (runtime_.draining.load() && !drainStarted_) {
+    beginDrain();
+  }
+  if (runtime_.aborting.load() && !abortStarted_) {
+    abortAll();
+  }
+  if (res == -ECANCELED) {
+    return;
+  }
+  if (!abortStarted_) {
+    armControl();
+  }
+}
+
+void Worker::armAccept(Acceptor& a) {
+  if (a.fd < 0 || a.armed || drainStarted_) {
+    return;
+  }
+  a.armed = true;
+  ring_->acceptMultishot(a.fd, &a.done);
+}
+
+void Worker::Acceptor::onAccept(int32_t res, uint32_t flags) noexcept {
+  const bool more = (flags & IORING_CQE_F_MORE) != 0;
+  if (!more) {
+    armed = false;
+  }
+  if (res >= 0) {
+    worker.accepted(*this, res);
+  } else if (res != -ECANCELED && res != -EAGAIN && res != -EINTR) {
+    uint64_t suppressed = 0;
+    if (worker.runtime_.acceptErrorLog.allow(worker.now_, &suppressed)) {
+      GRELAY_LOG_WARN("listener %s: accept failed: %s (%llu similar messages suppressed)",
+                      context.config->name.c_str(), strerror(-res),
+                      static_cast<unsigned long long>(suppressed));
+    }
+  }
+  if (!more && !worker.drainStarted_) {
+    if (res == -EMFILE || res == -ENFILE || res == -ENOMEM || res == -ENOBUFS) {
+      // Out of descriptors or memory: re-arming at once would spin; closing sessions
+      // free some. Retry in 100ms (the connection waits in the backlog meanwhile).
+      retryAt = worker.now_ + 100'000'000ull;
+    } else {
+      worker.armAccept(*this);
+    }
+  }
+  if (!armed && worker.drainStarted_ && fd >= 0) {
+    ::close(fd);
+    fd = -1;
+    closed = true;
+  }
+}
+
+void Worker::accepted(Acceptor& a, int fd) {
+  metrics::ListenerStats& st = *a.context.stats;
+  if (drainStarted_) {
+    sockets_->close(fd, true);
+    return;
+  }
+  const config::ListenerConfig& lc = *a.context.config;
+  const int64_t global = runtime_.connections.fetch_add(1) + 1;
+  const int64_t local = runtime_.listenerConnections[a.index].fetch_add(1) + 1;
+  if (global > static_cast<int64_t>(runtime_.config.server.max_connections) ||
+      (lc.max_connections != 0 && local > static_cast<int64_t>(lc.max_connections))) {
+    runtime_.connections.fetch_sub(1);
+    runtime_.listenerConnections[a.index].fetch_sub(1);
+    st.rejected.inc();
+    sockets_->close(fd, true);
+    return;
+  }
+  sockets_->setNoDelay(fd);
+  auto* s = new Session(*this, a.context, fd);
+  s->setId(nextSessionId_++);
+  s->next_ = sessions_;
+  if (sessions_ != nullptr) {
+    sessions_->prev_ = s;
+  }
+  sessions_ = s;
+  ++sessionCount_;
+  s->start();
+}
+
+void Worker::sessionDone(Session& s) {
+  if (s.prev_ != nullptr) {
+    s.prev_->next_ = s.next_;
+  } else {
+    sessions_ = s.next_;
+  }
+  if (s.next_ != nullptr) {
+    s.next_->prev_ = s.prev_;
+  }
+  s.prev_ = s.next_ = nullptr;
+  --sessionCount_;
+  finished_.push_back(&s);
+}
+
+void Worker::beginDrain() {
+  drainStarted_ = true;
+  for (auto& a : acceptors_) {
+    if (a->armed) {
+      ring_->cancel(&a->done, nullptr);
+    } else if (a->fd >= 0) {
+      ::close(a->fd);
+      a->fd = -1;
+    }
+  }
+}
+
+void Worker::abortAll() {
+  abortStarted_ = true;
+  if (!drainStarted_) {
+    beginDrain();
+  }
+  if (controlArmed_) {
+    ring_->cancel(&controlDone_, nullptr);
+  }
+  for (Session* s = sessions_; s != nullptr;) {
+    Session* next = s->next_;
+    s->abort();
+    s = next;
+  }
+}
+
+void Worker::waitForBuffers(Flow& flow) {
+  flow.nextWaiting_ = nullptr;
+  if (waitTail_ != nullptr) {
+    waitTail_->nextWaiting_ = &flow;
+  } else {
+    waitHead_ = &flow;
+  }
+  waitTail_ = &flow;
+  pressureChecked_ = false;
+}
+
+void Worker::cancelWaitForBuffers(Flow& flow) {
+  Flow* prev = nullptr;
+  for (Flow* f = waitHead_; f != nullptr; prev = f, f = f->nextWaiting_) {
+    if (f == &flow) {
+      (prev != nullptr ? prev->nextWaiting_ : waitHead_) = f->nextWaiting_;
+      if (waitTail_ == f) {
+        waitTail_ = prev;
+      }
+      f->nextWaiting_ = nullptr;
+      return;
+    }
+  }
+}
+
+void Worker::afterDispatch() {
+  for (Session* s : finished_) {
+    runtime_.connections.fetch_sub(1);
+    delete s;
+  }
+  finished_.clear();
+  if (waitHead_ != nullptr && !pressureChecked_) {
+    relieveBufferPressure();
+  }
+  if (buffersFreed_ || waitHead_ != nullptr) {
+    buffersFreed_ = false;
+    // Each starved flow needs one buffer to make progress; wake as many as are free.
+    uint32_t budget = pool_->available();
+    while (waitHead_ != nullptr && budget > 0) {
+      Flow* f = waitHead_;
+      waitHead_ = f->nextWaiting_;
+      if (waitHead_ == nullptr) {
+        waitTail_ = nullptr;
+      }
+      f->nextWaiting_ = nullptr;
+      --budget;
+      f->resumeAfterBuffers();
+    }
+  }
+  for (auto& a : acceptors_) {
+    if (!a->armed && !drainStarted_ && now_ >= a->retryAt) {
+      armAccept(*a);
+    }
+  }
+}
+
+void Worker::relieveBufferPressure() {
+  // Receives starve while mirrors hold buffers: the primary never waits for a mirror, so
+  // cut the mirror connection holding the most chunks (if it holds a real share).
+  pressureChecked_ = true;
+  Session* worst = nullptr;
+  size_t worstMirror = 0;
+  size_t worstChunks = 0;
+  for (Session* s = sessions_; s != nullptr; s = s->next_) {
+    size_t mirror = 0;
+    size_t chunks = s->largestMirrorQueue(&mirror);
+    if (chunks > worstChunks) {
+      worst = s;
+      worstMirror = mirror;
+      worstChunks = chunks;
+    }
+  }
+  if (worst != nullptr && worstChunks >= 2) {
+    worst->cutMirror(worstMirror, "held receive buffers the primary needed (buffer_pool exhausted)");
+  }
+}
+
+void Worker::mirrorTrouble(const ListenerContext& listener, size_t mirrorIndex,
+                           const std::string& what) {
+  size_t li = static_cast<size_t>(listener.config - runtime_.config.listeners.data());
+  uint64_t suppressed = 0;
+  if (runtime_.mirrorLogs[li][mirrorIndex]->allow(now_, &suppressed)) {
+    GRELAY_LOG_WARN("listener %s: mirror %s cut: %s (%llu more in the last minute not logged)",
+                    listener.config->name.c_str(),
+                    listener.config->mirrors[mirrorIndex].name.c_str(), what.c_str(),
+                    static_cast<unsigned long long>(suppressed));
+  }
+}
+
+uint8_t* Worker::discardBuffer(uint32_t* length) {
+  *length = static_cast<uint32_t>(discard_.size());
+  return discard_.data();
+}
+
+}  // namespace grelay::proxy

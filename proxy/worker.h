@@ -1,0 +1,127 @@
+// A worker thread: its own ring, receive buffers, timers and sessions, and one
+// SO_REUSEPORT listening socket per listener. Workers share nothing on the data path
+// but the upstream pools' counters and the connection limits.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <future>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "config/config.h"
+#include "metrics/stats.h"
+#include "proxy/log.h"
+#include "proxy/session.h"
+#include "proxy/sockets.h"
+#include "proxy/timer.h"
+#include "proxy/upstream.h"
+#include "relay/buffer.h"
+#include "relay/ring.h"
+
+namespace grelay::proxy {
+
+// State shared by all workers (read-mostly).
+struct Runtime {
+  explicit Runtime(const config::Config& cfg);
+
+  const config::Config& config;
+  config::RelayPath path = config::RelayPath::Mainline;  // resolved, never Auto
+  std::vector<std::unique_ptr<UpstreamPool>> upstreams;   // config order
+  std::atomic<int64_t> connections{0};
+  std::unique_ptr<std::atomic<int64_t>[]> listenerConnections;
+  std::vector<std::vector<std::unique_ptr<LogLimiter>>> mirrorLogs;  // [listener][mirror]
+  LogLimiter acceptErrorLog;
+  std::atomic<bool> draining{false};
+  std::atomic<bool> aborting{false};
+};
+
+class Worker final : public SessionHost, public relay::ProvidedBufferPool::Listener {
+public:
+  // `listenFds[i]` is this worker's socket for listener i (the worker closes them).
+  Worker(Runtime& runtime, uint32_t index, metrics::WorkerStats& stats, std::vector<int> listenFds);
+  ~Worker();
+
+  // The thread body. Reports 0 or -errno through `ready` once the ring exists.
+  void run(std::promise<int>& ready);
+  // From any thread: stop accepting and let sessions finish (Runtime::draining) or reset
+  // what is left (Runtime::aborting).
+  void wake();
+
+  // SessionHost
+  relay::Ring& ring() override { return *ring_; }
+  Sockets& sockets() override { return *sockets_; }
+  relay::ProvidedBufferPool& pool() override { return *pool_; }
+  TimerQueue& timers() override { return timers_; }
+  uint64_t now() override { return now_; }
+  void waitForBuffers(Flow& flow) override;
+  void cancelWaitForBuffers(Flow& flow) override;
+  void sessionDone(Session& session) override;
+  void mirrorTrouble(const ListenerContext& listener, size_t mirrorIndex,
+                     const std::string& what) override;
+  uint8_t* discardBuffer(uint32_t* length) override;
+  uint8_t pathIndex() const override { return pathIndex_; }
+
+  // ProvidedBufferPool::Listener
+  void onBuffersAvailable() noexcept override { buffersFreed_ = true; }
+
+  // For tests: replace the ring and sockets before run() (run() then skips creating them).
+  void useRing(relay::RingPtr ring, std::unique_ptr<Sockets> sockets);
+  size_t sessionCount() const { return sessionCount_; }
+
+private:
+  struct Acceptor {
+    Acceptor(Worker& w, size_t i) : worker(w), index(i), done(*this) {}
+    void onAccept(int32_t res, uint32_t flags) noexcept;
+    Worker& worker;
+    size_t index;
+    int fd = -1;
+    bool armed = false;
+    bool closed = false;
+    uint64_t retryAt = 0;  // re-arm no earlier than this after EMFILE and the like
+    ListenerContext context;
+    relay::BoundCompletion<Acceptor, &Acceptor::onAccept> done;
+  };
+
+  void onControl(int32_t res, uint32_t flags) noexcept;
+  void armControl();
+  void armAccept(Acceptor& acceptor);
+  void accepted(Acceptor& acceptor, int fd);
+  void beginDrain();
+  void abortAll();
+  void afterDispatch();
+  void relieveBufferPressure();
+  bool finished() const;
+
+  Runtime& runtime_;
+  const uint32_t index_;
+  metrics::WorkerStats& stats_;
+  uint8_t pathIndex_ = metrics::kMainlinePath;
+  relay::RingPtr ring_;
+  std::unique_ptr<Sockets> sockets_;
+  std::unique_ptr<relay::ProvidedBufferPool> pool_;
+  TimerQueue timers_;
+  uint64_t now_ = 0;
+  std::vector<std::unique_ptr<Acceptor>> acceptors_;
+  int controlFd_ = -1;
+  uint64_t controlValue_ = 0;
+  bool controlArmed_ = false;
+  bool drainStarted_ = false;
+  bool abortStarted_ = false;
+  relay::BoundCompletion<Worker, &Worker::onControl> controlDone_{*this};
+
+  Session* sessions_ = nullptr;  // intrusive list of live sessions
+  size_t sessionCount_ = 0;
+  uint64_t nextSessionId_ = 1;
+  std::vector<Session*> finished_;  // deleted after the current batch of completions
+
+  Flow* waitHead_ = nullptr;  // flows starved of buffers (-ENOBUFS), FIFO
+  Flow* waitTail_ = nullptr;
+  bool buffersFreed_ = false;
+  bool pressureChecked_ = false;
+
+  std::vector<uint8_t> discard_;
+};
+
+}  // namespace grelay::proxy
