@@ -1,0 +1,112 @@
+#include "metrics/admin.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <exception>
+#include <utility>
+
+#include <civetweb.h>
+#include <prometheus/exposer.h>
+
+#include "metrics/collector.h"
+
+namespace grelay::metrics {
+namespace {
+
+// civetweb's mg_check_feature() bit for IPv6 support.
+constexpr unsigned kCivetFeatureIpv6 = 8;
+
+// civetweb's listening_ports syntax: "1.2.3.4:9100" or "[::1]:9100" (numeric, no names).
+std::string civetAddress(const config::Address& address) {
+  char host[INET6_ADDRSTRLEN] = {};
+  if (address.family() == AF_INET6) {
+    const auto* in6 = reinterpret_cast<const sockaddr_in6*>(&address.storage);
+    inet_ntop(AF_INET6, &in6->sin6_addr, host, sizeof(host));
+    return "[" + std::string(host) + "]:" + std::to_string(ntohs(in6->sin6_port));
+  }
+  const auto* in4 = reinterpret_cast<const sockaddr_in*>(&address.storage);
+  inet_ntop(AF_INET, &in4->sin_addr, host, sizeof(host));
+  return std::string(host) + ":" + std::to_string(ntohs(in4->sin_port));
+}
+
+// civetweb only says "null context ... Possible problem binding to port": bind the same
+// address ourselves to report the real reason (e.g. "Address already in use").
+std::string bindFailureReason(const config::Address& address) {
+  const int fd = socket(address.family(), SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    return std::strerror(errno);
+  }
+  const int one = 1;
+  setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));  // as civetweb does
+  std::string reason;
+  if (bind(fd, address.sockaddrPtr(), address.length) != 0 || listen(fd, 1) != 0) {
+    reason = std::strerror(errno);
+  }
+  close(fd);
+  return reason;
+}
+
+class ExposerAdminServer : public AdminServer {
+public:
+  ExposerAdminServer(std::shared_ptr<StatsCollector> collector,
+                     std::unique_ptr<prometheus::Exposer> exposer, uint16_t port)
+      : collector_(std::move(collector)), exposer_(std::move(exposer)), port_(port) {}
+
+  std::string render() const override { return collector_->render(); }
+  uint16_t port() const override { return port_; }
+
+private:
+  // Declared before the exposer so it outlives the HTTP threads that call it.
+  std::shared_ptr<StatsCollector> collector_;
+  std::unique_ptr<prometheus::Exposer> exposer_;
+  uint16_t port_;
+};
+
+}  // namespace
+
+std::unique_ptr<AdminServer> startAdmin(const AdminInputs& inputs, std::string* error) {
+  auto fail = [&](const std::string& where, const std::string& reason) {
+    if (error != nullptr) {
+      *error = "cannot serve metrics on " + where + ": " + reason;
+    }
+    return nullptr;
+  };
+  if (inputs.config == nullptr || !inputs.config->admin.listen) {
+    return fail("(none)", "no [admin] listen address configured");
+  }
+  const config::Address& address = *inputs.config->admin.listen;
+  if (address.family() != AF_INET && address.family() != AF_INET6) {
+    return fail(address.text, "not an IPv4 or IPv6 address");
+  }
+  const std::string where = civetAddress(address);
+  if (address.family() == AF_INET6 && mg_check_feature(kCivetFeatureIpv6) == 0) {
+    return fail(where,
+                "the installed civetweb (the HTTP server of prometheus-cpp) was built without "
+                "IPv6; use an IPv4 address such as 127.0.0.1:9100 or 0.0.0.0:9100");
+  }
+
+  auto collector = std::make_shared<StatsCollector>(inputs);
+  std::unique_ptr<prometheus::Exposer> exposer;
+  try {
+    exposer = std::make_unique<prometheus::Exposer>(where, /*num_threads=*/2);
+    exposer->RegisterCollectable(collector);
+  } catch (const std::exception& e) {
+    const std::string reason = bindFailureReason(address);
+    return fail(where, reason.empty() ? e.what() : reason);
+  } catch (...) {
+    return fail(where, "unknown error from the HTTP server");
+  }
+  uint16_t port = 0;
+  const std::vector<int> ports = exposer->GetListeningPorts();
+  if (!ports.empty()) {
+    port = static_cast<uint16_t>(ports.front());
+  }
+  return std::make_unique<ExposerAdminServer>(std::move(collector), std::move(exposer), port);
+}
+
+}  // namespace grelay::metrics

@@ -1,0 +1,304 @@
+#include "metrics/collector.h"
+
+#include <array>
+#include <cstdint>
+#include <deque>
+#include <utility>
+
+#include <prometheus/text_serializer.h>
+
+#include "metrics/process.h"
+
+namespace grelay::metrics {
+namespace {
+
+using prometheus::ClientMetric;
+using prometheus::MetricFamily;
+using prometheus::MetricType;
+using Labels = std::vector<ClientMetric::Label>;
+
+struct MirrorTotals {
+  uint64_t sentBytes = 0;
+  uint64_t cuts = 0;
+  uint64_t droppedBytes = 0;
+  uint64_t connectErrors = 0;
+  uint64_t sessions = 0;
+  uint64_t discardedBytes = 0;
+};
+
+// One listener's stats summed over all workers.
+struct ListenerTotals {
+  uint64_t connections = 0;
+  int64_t active = 0;
+  uint64_t rejected = 0;
+  std::array<uint64_t, 2> receivedBytes{};
+  uint64_t sentUpstreamBytes = 0;
+  uint64_t sentClientBytes = 0;
+  std::array<uint64_t, kPathCount> chunks{};
+  uint64_t upstreamConnectErrors = 0;
+  uint64_t noUpstream = 0;
+  uint64_t idleTimeouts = 0;
+  uint64_t resets = 0;
+  std::array<uint64_t, kConnectBuckets.size() + 1> connectBuckets{};  // non-cumulative
+  double connectSeconds = 0;
+  std::vector<MirrorTotals> mirrors;
+  uint64_t tapBytes = 0;
+  uint64_t tapDroppedBytes = 0;
+  uint64_t tapErrors = 0;
+};
+
+void addTo(ListenerTotals& total, const ListenerStats& stats) {
+  total.connections += stats.connections.value();
+  total.active += stats.active.value();
+  total.rejected += stats.rejected.value();
+  for (size_t d = 0; d < total.receivedBytes.size(); ++d) {
+    total.receivedBytes[d] += stats.receivedBytes[d].value();
+  }
+  total.sentUpstreamBytes += stats.sentUpstreamBytes.value();
+  total.sentClientBytes += stats.sentClientBytes.value();
+  for (size_t p = 0; p < total.chunks.size(); ++p) {
+    total.chunks[p] += stats.chunks[p].value();
+  }
+  total.upstreamConnectErrors += stats.upstreamConnectErrors.value();
+  total.noUpstream += stats.noUpstream.value();
+  total.idleTimeouts += stats.idleTimeouts.value();
+  total.resets += stats.resets.value();
+  for (size_t b = 0; b < total.connectBuckets.size(); ++b) {
+    total.connectBuckets[b] += stats.connectDuration.bucket(b);
+  }
+  total.connectSeconds += stats.connectDuration.sum();
+  for (size_t m = 0; m < total.mirrors.size() && m < stats.mirrors.size(); ++m) {
+    const MirrorStats& mirror = stats.mirrors[m];
+    MirrorTotals& sum = total.mirrors[m];
+    sum.sentBytes += mirror.sentBytes.value();
+    sum.cuts += mirror.cuts.value();
+    sum.droppedBytes += mirror.droppedBytes.value();
+    sum.connectErrors += mirror.connectErrors.value();
+    sum.sessions += mirror.sessions.value();
+    sum.discardedBytes += mirror.discardedBytes.value();
+  }
+  total.tapBytes += stats.tapBytes.value();
+  total.tapDroppedBytes += stats.tapDroppedBytes.value();
+  total.tapErrors += stats.tapErrors.value();
+}
+
+// Families in the order they are declared (a deque: add() hands out references that
+// must stay valid while more families are added).
+class FamilyList {
+public:
+  MetricFamily& add(const char* name, const char* help, MetricType type) {
+    return families_.emplace_back(MetricFamily{name, help, type, {}});
+  }
+
+  // Families without samples are left out (e.g. tap families when no listener has a tap).
+  std::vector<MetricFamily> take() {
+    std::vector<MetricFamily> out;
+    for (MetricFamily& family : families_) {
+      if (!family.metric.empty()) {
+        out.push_back(std::move(family));
+      }
+    }
+    return out;
+  }
+
+private:
+  std::deque<MetricFamily> families_;
+};
+
+// Adds a sample to a counter or gauge family.
+void sample(MetricFamily& family, Labels labels, double value) {
+  ClientMetric& metric = family.metric.emplace_back();
+  metric.label = std::move(labels);
+  if (family.type == MetricType::Counter) {
+    metric.counter.value = value;
+  } else {
+    metric.gauge.value = value;
+  }
+}
+
+double asDouble(uint64_t value) {
+  return static_cast<double>(value);
+}
+
+}  // namespace
+
+StatsCollector::StatsCollector(AdminInputs inputs)
+    : inputs_(std::move(inputs)), startTimeSeconds_(processStartTimeSeconds()) {}
+
+std::vector<MetricFamily> StatsCollector::Collect() const {
+  std::vector<MetricFamily> families = collectGrelay();
+  for (MetricFamily& family : collectProcessMetrics(startTimeSeconds_)) {
+    families.push_back(std::move(family));
+  }
+  return families;
+}
+
+std::string StatsCollector::render() const {
+  return prometheus::TextSerializer().Serialize(Collect());
+}
+
+std::vector<MetricFamily> StatsCollector::collectGrelay() const {
+  const config::Config& config = *inputs_.config;
+
+  std::vector<ListenerTotals> totals(config.listeners.size());
+  for (size_t l = 0; l < totals.size(); ++l) {
+    totals[l].mirrors.resize(config.listeners[l].mirrors.size());
+  }
+  for (const WorkerStats* worker : inputs_.workers) {
+    if (worker == nullptr) {
+      continue;
+    }
+    for (size_t l = 0; l < totals.size() && l < worker->listeners.size(); ++l) {
+      if (worker->listeners[l] != nullptr) {
+        addTo(totals[l], *worker->listeners[l]);
+      }
+    }
+  }
+
+  FamilyList list;
+  // Declared up front so the exposition order is fixed (one family after another).
+  auto& buildInfo = list.add(
+      "grelay_build_info", "Always 1; the version label is the grelay version.", MetricType::Gauge);
+  auto& pathInfo = list.add("grelay_relay_path_info",
+                            "Always 1; the path label is the relay path in use (group, mainline "
+                            "or copy).",
+                            MetricType::Gauge);
+  auto& workers = list.add("grelay_workers", "Worker threads relaying traffic.", MetricType::Gauge);
+  auto& maxConnections = list.add("grelay_max_connections",
+                                  "Server-wide limit on open client connections "
+                                  "([server] max_connections).",
+                                  MetricType::Gauge);
+  auto& listenerMax = list.add("grelay_listener_max_connections",
+                               "Per-listener limit on open client connections (listeners that "
+                               "set max_connections).",
+                               MetricType::Gauge);
+  auto& connections =
+      list.add("grelay_connections_total", "Client connections accepted.", MetricType::Counter);
+  auto& active =
+      list.add("grelay_connections_active", "Client sessions open now.", MetricType::Gauge);
+  auto& rejected = list.add("grelay_connections_rejected_total",
+                            "Client connections closed at once because a max_connections limit "
+                            "was reached.",
+                            MetricType::Counter);
+  auto& received = list.add("grelay_received_bytes_total",
+                            "Bytes received: direction=request from clients, direction=response "
+                            "from upstream servers.",
+                            MetricType::Counter);
+  auto& sent = list.add("grelay_sent_bytes_total",
+                        "Bytes sent to a target: the listener's upstream pool or one of its "
+                        "mirrors.",
+                        MetricType::Counter);
+  auto& clientSent = list.add("grelay_client_sent_bytes_total", "Bytes sent back to clients.",
+                              MetricType::Counter);
+  auto& chunks =
+      list.add("grelay_chunks_total", "Chunks relayed, by relay path (group, mainline, copy).",
+               MetricType::Counter);
+  auto& idleTimeouts =
+      list.add("grelay_idle_timeouts_total", "Sessions closed by the listener's idle_timeout.",
+               MetricType::Counter);
+  auto& resets = list.add("grelay_session_resets_total",
+                          "Sessions ended by a TCP reset from either side.", MetricType::Counter);
+  auto& connectErrors =
+      list.add("grelay_upstream_connect_errors_total",
+               "Connects to upstream servers that failed or timed out.", MetricType::Counter);
+  auto& unavailable = list.add("grelay_upstream_unavailable_total",
+                               "Client sessions closed because every server of the upstream "
+                               "pool failed.",
+                               MetricType::Counter);
+  auto& connectDuration = list.add("grelay_upstream_connect_duration_seconds",
+                                   "Time to connect to an upstream server (successful connects).",
+                                   MetricType::Histogram);
+  auto& mirrorSessions = list.add("grelay_mirror_sessions_total",
+                                  "Client sessions sampled for a mirror.", MetricType::Counter);
+  auto& mirrorCuts = list.add("grelay_mirror_cuts_total",
+                              "Sessions on which a mirror was cut (max_lag exceeded, error or "
+                              "unreachable).",
+                              MetricType::Counter);
+  auto& mirrorDropped =
+      list.add("grelay_mirror_dropped_bytes_total",
+               "Bytes of sampled sessions a mirror did not get.", MetricType::Counter);
+  auto& mirrorConnectErrors =
+      list.add("grelay_mirror_connect_errors_total",
+               "Connects to a mirror that failed or timed out.", MetricType::Counter);
+  auto& mirrorResponse =
+      list.add("grelay_mirror_response_bytes_total",
+               "Bytes a mirror sent back (read and discarded).", MetricType::Counter);
+  auto& tapBytes =
+      list.add("grelay_tap_bytes_total", "Payload bytes written to the tap.", MetricType::Counter);
+  auto& tapDropped = list.add("grelay_tap_dropped_bytes_total",
+                              "Payload bytes the tap did not record (max_size, max_lag, errors).",
+                              MetricType::Counter);
+  auto& tapErrors = list.add("grelay_tap_errors_total", "Tap write errors that disabled the tap.",
+                             MetricType::Counter);
+
+  sample(buildInfo, {{"version", inputs_.version.empty() ? "unknown" : inputs_.version}}, 1);
+  if (!inputs_.relayPath.empty()) {
+    sample(pathInfo, {{"path", inputs_.relayPath}}, 1);
+  }
+  sample(workers, {}, asDouble(inputs_.workers.size()));
+  sample(maxConnections, {}, config.server.max_connections);
+
+  for (size_t l = 0; l < totals.size(); ++l) {
+    const config::ListenerConfig& listener = config.listeners[l];
+    const ListenerTotals& total = totals[l];
+    const ClientMetric::Label name{"listener", listener.name};
+
+    if (listener.max_connections > 0) {
+      sample(listenerMax, {name}, listener.max_connections);
+    }
+    sample(connections, {name}, asDouble(total.connections));
+    sample(active, {name}, static_cast<double>(total.active));
+    sample(rejected, {name}, asDouble(total.rejected));
+    for (int d = kRequest; d <= kResponse; ++d) {
+      sample(received, {name, {"direction", directionName(d)}}, asDouble(total.receivedBytes[d]));
+    }
+    sample(sent, {name, {"target", listener.upstream}}, asDouble(total.sentUpstreamBytes));
+    for (size_t m = 0; m < listener.mirrors.size(); ++m) {
+      // A mirror named like the upstream pool would repeat a series: keep them apart.
+      const std::string& mirror = listener.mirrors[m].name;
+      sample(sent, {name, {"target", mirror == listener.upstream ? "mirror:" + mirror : mirror}},
+             asDouble(total.mirrors[m].sentBytes));
+    }
+    sample(clientSent, {name}, asDouble(total.sentClientBytes));
+    for (int p = 0; p < kPathCount; ++p) {
+      sample(chunks, {name, {"path", pathName(p)}}, asDouble(total.chunks[p]));
+    }
+    sample(idleTimeouts, {name}, asDouble(total.idleTimeouts));
+    sample(resets, {name}, asDouble(total.resets));
+
+    const ClientMetric::Label upstream{"upstream", listener.upstream};
+    sample(connectErrors, {name, upstream}, asDouble(total.upstreamConnectErrors));
+    sample(unavailable, {name}, asDouble(total.noUpstream));
+    {
+      ClientMetric& metric = connectDuration.metric.emplace_back();
+      metric.label = {name, upstream};
+      uint64_t cumulative = 0;
+      for (size_t b = 0; b < kConnectBuckets.size(); ++b) {
+        cumulative += total.connectBuckets[b];
+        metric.histogram.bucket.push_back({cumulative, kConnectBuckets[b]});
+      }
+      // The serializer writes le="+Inf" from sample_count.
+      metric.histogram.sample_count = cumulative + total.connectBuckets[kConnectBuckets.size()];
+      metric.histogram.sample_sum = total.connectSeconds;
+    }
+
+    for (size_t m = 0; m < listener.mirrors.size(); ++m) {
+      const MirrorTotals& mirror = total.mirrors[m];
+      const Labels labels{name, {"mirror", listener.mirrors[m].name}};
+      sample(mirrorSessions, labels, asDouble(mirror.sessions));
+      sample(mirrorCuts, labels, asDouble(mirror.cuts));
+      sample(mirrorDropped, labels, asDouble(mirror.droppedBytes));
+      sample(mirrorConnectErrors, labels, asDouble(mirror.connectErrors));
+      sample(mirrorResponse, labels, asDouble(mirror.discardedBytes));
+    }
+
+    if (listener.tap) {
+      sample(tapBytes, {name}, asDouble(total.tapBytes));
+      sample(tapDropped, {name}, asDouble(total.tapDroppedBytes));
+      sample(tapErrors, {name}, asDouble(total.tapErrors));
+    }
+  }
+  return list.take();
+}
+
+}  // namespace grelay::metrics
