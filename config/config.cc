@@ -4,26 +4,34 @@ namespace grelay::config {
 
 const char* toString(RelayPath path) {
   switch (path) {
-    case RelayPath::Auto: return "auto";
-    case RelayPath::Group: return "group";
-    case RelayPath::Mainline: return "mainline";
-    case RelayPath::Copy: return "copy";
+    case RelayPath::Auto:
+      return "auto";
+    case RelayPath::Group:
+      return "group";
+    case RelayPath::Mainline:
+      return "mainline";
+    case RelayPath::Copy:
+      return "copy";
   }
   return "?";
 }
 
 const char* toString(Balance balance) {
   switch (balance) {
-    case Balance::RoundRobin: return "round_robin";
-    case Balance::LeastConn: return "least_conn";
+    case Balance::RoundRobin:
+      return "round_robin";
+    case Balance::LeastConn:
+      return "least_conn";
   }
   return "?";
 }
 
 const char* toString(MirrorDirection direction) {
   switch (direction) {
-    case MirrorDirection::Request: return "request";
-    case MirrorDirection::Both: return "both";
+    case MirrorDirection::Request:
+      return "request";
+    case MirrorDirection::Both:
+      return "both";
   }
   return "?";
 }
