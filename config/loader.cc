@@ -1,0 +1,918 @@
+#include "config/loader.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netdb.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <toml++/toml.h>
+#include <algorithm>
+#include <cctype>
+#include <cerrno>
+#include <cstring>
+#include <exception>
+#include <functional>
+#include <limits>
+#include <tuple>
+#include <utility>
+
+namespace grelay::config {
+namespace {
+
+using namespace std::chrono_literals;
+
+constexpr uint64_t kKiB = 1024;
+constexpr uint64_t kMiB = 1024 * kKiB;
+constexpr uint64_t kGiB = 1024 * kMiB;
+constexpr uint64_t kTiB = 1024 * kGiB;
+constexpr uint64_t kNoLimit = std::numeric_limits<uint64_t>::max();
+constexpr Duration kMaxTimeout = 24h;
+
+std::string errnoText(int error) {
+  char buffer[256];
+  return strerror_r(error, buffer, sizeof(buffer));  // GNU variant: returns the text
+}
+
+// A name or value from the file, quoted for a message; control bytes are escaped.
+std::string quoted(std::string_view text) {
+  std::string out = "'";
+  for (unsigned char c : text) {
+    if (c < 0x20 || c == 0x7f) {
+      static constexpr char kHex[] = "0123456789abcdef";
+      out += "\\x";
+      out += kHex[c >> 4];
+      out += kHex[c & 15];
+    } else {
+      out += static_cast<char>(c);
+    }
+  }
+  return out + "'";
+}
+
+bool isName(std::string_view text) {
+  return !text.empty() && std::all_of(text.begin(), text.end(), [](unsigned char c) {
+    return std::isalnum(c) || c == '_' || c == '-';
+  });
+}
+
+bool isDigit(char c) {
+  return c >= '0' && c <= '9';
+}
+
+// Parses leading decimal digits of `text` from `pos` into `value`. Returns the number of
+// digits, or -1 on overflow.
+int parseDigits(std::string_view text, size_t& pos, uint64_t& value) {
+  value = 0;
+  int digits = 0;
+  for (; pos < text.size() && isDigit(text[pos]); ++pos, ++digits) {
+    uint64_t d = text[pos] - '0';
+    if (value > (kNoLimit - d) / 10)
+      return -1;
+    value = value * 10 + d;
+  }
+  return digits;
+}
+
+size_t editDistance(std::string_view a, std::string_view b) {
+  std::vector<size_t> row(b.size() + 1);
+  for (size_t j = 0; j <= b.size(); ++j)
+    row[j] = j;
+  for (size_t i = 1; i <= a.size(); ++i) {
+    size_t diagonal = row[0];
+    row[0] = i;
+    for (size_t j = 1; j <= b.size(); ++j) {
+      size_t above = row[j];
+      row[j] = std::min({row[j] + 1, row[j - 1] + 1, diagonal + (a[i - 1] != b[j - 1])});
+      diagonal = above;
+    }
+  }
+  return row[b.size()];
+}
+
+const char* typeName(toml::node_type type) {
+  switch (type) {
+    case toml::node_type::none:
+      return "nothing";
+    case toml::node_type::table:
+      return "table";
+    case toml::node_type::array:
+      return "array";
+    case toml::node_type::string:
+      return "string";
+    case toml::node_type::integer:
+      return "integer";
+    case toml::node_type::floating_point:
+      return "float";
+    case toml::node_type::boolean:
+      return "boolean";
+    case toml::node_type::date:
+      return "date";
+    case toml::node_type::time:
+      return "time";
+    case toml::node_type::date_time:
+      return "date-time";
+  }
+  return "?";
+}
+
+bool sameEndpoint(const Address& a, const Address& b) {
+  if (a.family() != b.family())
+    return false;
+  if (a.family() == AF_INET) {
+    auto& x = reinterpret_cast<const sockaddr_in&>(a.storage);
+    auto& y = reinterpret_cast<const sockaddr_in&>(b.storage);
+    return x.sin_port == y.sin_port && x.sin_addr.s_addr == y.sin_addr.s_addr;
+  }
+  auto& x = reinterpret_cast<const sockaddr_in6&>(a.storage);
+  auto& y = reinterpret_cast<const sockaddr_in6&>(b.storage);
+  return x.sin6_port == y.sin6_port && x.sin6_scope_id == y.sin6_scope_id &&
+         std::memcmp(&x.sin6_addr, &y.sin6_addr, sizeof(x.sin6_addr)) == 0;
+}
+
+// "" when `path` is a readable regular file, otherwise why not.
+std::string unreadableReason(const std::string& path) {
+  // O_NONBLOCK: a FIFO must not block the loader.
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NONBLOCK | O_NOCTTY);
+  if (fd < 0)
+    return errnoText(errno);
+  struct stat st {};
+  std::string reason;
+  if (::fstat(fd, &st) != 0) {
+    reason = errnoText(errno);
+  } else if (!S_ISREG(st.st_mode)) {
+    reason = S_ISDIR(st.st_mode) ? "is a directory" : "not a regular file";
+  }
+  ::close(fd);
+  return reason;
+}
+
+// Walks a parsed TOML document and fills a Config, collecting every error.
+//
+// Each table is read by readTable() from a list of Fields: the key, whether it is
+// required, and a Reader that checks the node's type and range and stores it. Fields
+// are read in list order (so chunk_size is known before the sizes that depend on it);
+// keys not in the list are reported as unknown.
+class Loader {
+public:
+  explicit Loader(std::string file) : file_(std::move(file)) {}
+
+  LoadResult load(std::string_view text) {
+    config_.server.location.file = file_;  // line 0: no [server] table, all defaults
+    try {
+      toml::table root = toml::parse(text, std::string_view(file_));
+      readRoot(root);
+    } catch (const toml::parse_error& e) {
+      error(e.source(), std::string(e.description()));
+    } catch (const std::exception& e) {
+      errors_.push_back({{file_, 1, 1}, std::string("cannot load config: ") + e.what()});
+    } catch (...) {
+      errors_.push_back({{file_, 1, 1}, "cannot load config: unknown error"});
+    }
+    std::stable_sort(errors_.begin(), errors_.end(), [](const auto& a, const auto& b) {
+      return std::tie(a.where.line, a.where.column) < std::tie(b.where.line, b.where.column);
+    });
+    LoadResult result;
+    if (errors_.empty()) {
+      config_.path = file_;
+      result.config = std::move(config_);
+    }
+    result.errors = std::move(errors_);
+    return result;
+  }
+
+private:
+  // Checks and stores one value; false (after reporting) if it is not acceptable.
+  using Reader = std::function<bool(std::string_view key, const toml::node& node)>;
+  struct Field {
+    std::string_view key;
+    Reader read;
+    bool required = false;
+  };
+  struct Seen {  // first definition of a unique name or address
+    std::string name;
+    Address address;
+    Location where;
+  };
+
+  Location locate(const toml::source_region& region) const {
+    return {file_, std::max<uint32_t>(region.begin.line, 1),
+            std::max<uint32_t>(region.begin.column, 1)};
+  }
+
+  void error(const toml::source_region& where, std::string message) {
+    errors_.push_back({locate(where), std::move(message)});
+  }
+
+  bool typeError(std::string_view key, const toml::node& node, std::string_view expected) {
+    error(node.source(),
+          quoted(key) + " must be " + std::string(expected) + ", got " + typeName(node.type()));
+    return false;
+  }
+
+  bool rangeError(std::string_view key, const toml::node& node, const std::string& min,
+                  const std::string& max, const std::string& got) {
+    std::string range = max.empty() ? "at least " + min : "in " + min + ".." + max;
+    error(node.source(), quoted(key) + " must be " + range + ", got " + got);
+    return false;
+  }
+
+  static std::string firstAt(const Location& where) {
+    return " (first at " + std::to_string(where.line) + ":" + std::to_string(where.column) + ")";
+  }
+
+  void readTable(const toml::table& table, const std::string& label,
+                 const std::vector<Field>& fields) {
+    for (const Field& field : fields) {
+      if (const toml::node* node = table.get(field.key)) {
+        field.read(field.key, *node);
+      } else if (field.required) {
+        error(table.source(), "missing required key " + quoted(field.key) + " " + label);
+      }
+    }
+    for (const auto& entry : table) {
+      const toml::key& key = entry.first;  // not a structured binding: lambdas capture it
+      auto known = [&](const Field& f) { return f.key == key.str(); };
+      if (std::any_of(fields.begin(), fields.end(), known))
+        continue;
+      std::string message = "unknown key " + quoted(key.str()) + " " + label;
+      for (const Field& f : fields) {
+        if (editDistance(key.str(), f.key) <= std::min<size_t>(2, f.key.size() / 2)) {
+          message += " (did you mean " + quoted(f.key) + "?)";
+          break;
+        }
+      }
+      error(key.source(), message);
+    }
+  }
+
+  // ---- Readers, one per value kind ----
+
+  Reader subtable(std::string_view header, std::function<void(const toml::table&)> read) {
+    return [this, header, read](std::string_view key, const toml::node& node) {
+      if (const toml::table* t = node.as_table()) {
+        read(*t);
+        return true;
+      }
+      return typeError(key, node, "a table (" + std::string(header) + ")");
+    };
+  }
+
+  Reader arrayOfTables(std::string_view header, std::function<void(const toml::table&)> read) {
+    return [this, header, read](std::string_view key, const toml::node& node) {
+      const toml::array* array = node.as_array();
+      if (array == nullptr || !(array->empty() || array->is_array_of_tables())) {
+        return typeError(key, node, "an array of tables (" + std::string(header) + ")");
+      }
+      for (const toml::node& element : *array)
+        read(*element.as_table());
+      return true;
+    };
+  }
+
+  template <typename T>
+  Reader integer(T* out, int64_t min, int64_t max) {
+    return [this, out, min, max](std::string_view key, const toml::node& node) {
+      const auto* value = node.as_integer();
+      if (value == nullptr)
+        return typeError(key, node, "an integer");
+      if (value->get() < min || value->get() > max) {
+        return rangeError(key, node, std::to_string(min), std::to_string(max),
+                          std::to_string(value->get()));
+      }
+      *out = static_cast<T>(value->get());
+      return true;
+    };
+  }
+
+  Reader boolean(bool* out) {
+    return [this, out](std::string_view key, const toml::node& node) {
+      const auto* value = node.as_boolean();
+      if (value == nullptr)
+        return typeError(key, node, "a boolean");
+      *out = value->get();
+      return true;
+    };
+  }
+
+  // Any string without NUL bytes (they would silently cut paths and names short).
+  Reader string(std::string* out, bool non_empty = false) {
+    return [this, out, non_empty](std::string_view key, const toml::node& node) {
+      const auto* value = node.as_string();
+      if (value == nullptr)
+        return typeError(key, node, "a string");
+      const std::string& text = value->get();
+      if (text.find('\0') != std::string::npos) {
+        error(node.source(), quoted(key) + " must not contain NUL characters");
+        return false;
+      }
+      if (non_empty && text.empty()) {
+        error(node.source(), quoted(key) + " must not be empty");
+        return false;
+      }
+      *out = text;
+      return true;
+    };
+  }
+
+  Reader name(std::string* out) {
+    return [this, out](std::string_view key, const toml::node& node) {
+      std::string text;
+      if (!string(&text)(key, node))
+        return false;
+      if (!isName(text)) {
+        error(node.source(), quoted(key) + " must match [A-Za-z0-9_-]+, got " + quoted(text));
+        return false;
+      }
+      *out = std::move(text);
+      return true;
+    };
+  }
+
+  // A path to a file that must be readable now; `what` names it in messages.
+  Reader file(std::string* out, std::string_view what) {
+    return [this, out, what](std::string_view key, const toml::node& node) {
+      std::string path;
+      if (!string(&path, true)(key, node))
+        return false;
+      std::string reason = unreadableReason(path);
+      if (!reason.empty()) {
+        error(node.source(),
+              "cannot read " + std::string(what) + " file " + quoted(path) + ": " + reason);
+        return false;
+      }
+      *out = std::move(path);
+      return true;
+    };
+  }
+
+  template <typename E>
+  Reader oneOf(E* out, std::vector<E> choices) {
+    return [this, out, choices](std::string_view key, const toml::node& node) {
+      std::string text;
+      if (!string(&text)(key, node))
+        return false;
+      std::string names;
+      for (E choice : choices) {
+        if (text == toString(choice)) {
+          *out = choice;
+          return true;
+        }
+        names += (names.empty() ? "" : ", ") + std::string(toString(choice));
+      }
+      error(node.source(), quoted(key) + " must be one of " + names + ", got " + quoted(text));
+      return false;
+    };
+  }
+
+  // Sizes: a string like "64KiB" or an integer byte count. `min_text` describes the
+  // minimum when it is derived from another value ("chunk_size (64KiB)").
+  template <typename T>
+  Reader size(T* out, uint64_t min, uint64_t max, std::string min_text = "") {
+    return [this, out, min, max, min_text](std::string_view key, const toml::node& node) {
+      std::string low = min_text.empty() ? formatSize(min) : min_text;
+      std::string high = max == kNoLimit ? "" : formatSize(max);
+      uint64_t bytes = 0;
+      if (const auto* number = node.as_integer()) {
+        if (number->get() < 0)
+          return rangeError(key, node, low, high, std::to_string(**number));
+        bytes = static_cast<uint64_t>(number->get());
+      } else if (const auto* text = node.as_string()) {
+        std::string why;
+        std::optional<uint64_t> parsed = parseSize(text->get(), &why);
+        if (!parsed) {
+          error(node.source(),
+                "bad size " + quoted(text->get()) + " for " + quoted(key) + ": " + why);
+          return false;
+        }
+        bytes = *parsed;
+      } else {
+        return typeError(key, node, "a size like \"64KiB\" or a byte count");
+      }
+      if (bytes < min || bytes > max)
+        return rangeError(key, node, low, high, formatSize(bytes));
+      *out = static_cast<T>(bytes);
+      return true;
+    };
+  }
+
+  Reader duration(Duration* out, Duration min, Duration max) {
+    return [this, out, min, max](std::string_view key, const toml::node& node) {
+      if (const auto* number = node.as_integer()) {
+        error(node.source(), quoted(key) + " must be a duration with a unit, e.g. \"" +
+                                 std::to_string(**number) + "s\" or \"" + std::to_string(**number) +
+                                 "ms\", got integer " + std::to_string(**number));
+        return false;
+      }
+      const auto* text = node.as_string();
+      if (text == nullptr)
+        return typeError(key, node, "a duration like \"5s\"");
+      std::string why;
+      std::optional<Duration> parsed = parseDuration(text->get(), &why);
+      if (!parsed) {
+        error(node.source(),
+              "bad duration " + quoted(text->get()) + " for " + quoted(key) + ": " + why);
+        return false;
+      }
+      if (*parsed < min || *parsed > max) {
+        return rangeError(key, node, formatDuration(min), formatDuration(max),
+                          formatDuration(*parsed));
+      }
+      *out = *parsed;
+      return true;
+    };
+  }
+
+  Reader address(Address* out) {
+    return [this, out](std::string_view key, const toml::node& node) {
+      std::string text;
+      if (!string(&text)(key, node))
+        return false;
+      std::string why;
+      std::optional<Address> parsed = parseAddress(text, &why);
+      if (!parsed) {
+        error(node.source(), "bad address " + quoted(text) + " for " + quoted(key) + ": " + why);
+        return false;
+      }
+      *out = std::move(*parsed);
+      return true;
+    };
+  }
+
+  // A socket grelay binds (admin and listener listen addresses): unique across the file.
+  Reader listenAddress(Address* out) {
+    return [this, out](std::string_view key, const toml::node& node) {
+      if (!address(out)(key, node))
+        return false;
+      for (const Seen& seen : endpoints_) {
+        if (sameEndpoint(seen.address, *out)) {
+          error(node.source(),
+                "duplicate listen address " + quoted(out->text) + firstAt(seen.where));
+          return false;
+        }
+      }
+      endpoints_.push_back({"", *out, locate(node.source())});
+      return true;
+    };
+  }
+
+  // A name that must be unique within `seen`; `what` says what kind of name it is.
+  Reader uniqueName(std::string* out, std::vector<Seen>* seen, std::string_view what) {
+    return [this, out, seen, what](std::string_view key, const toml::node& node) {
+      if (!name(out)(key, node))
+        return false;
+      for (const Seen& first : *seen) {
+        if (first.name == *out) {
+          error(node.source(),
+                "duplicate " + std::string(what) + " name " + quoted(*out) + firstAt(first.where));
+          return false;
+        }
+      }
+      seen->push_back({*out, {}, locate(node.source())});
+      return true;
+    };
+  }
+
+  // ---- Tables ----
+
+  void readRoot(const toml::table& root) {
+    readTable(
+        root, "at top level",
+        {
+            {"server", subtable("[server]", [this](const auto& t) { readServer(t); })},
+            {"admin", subtable("[admin]", [this](const auto& t) { readAdmin(t); })},
+            {"upstream", subtable("[upstream.NAME]", [this](const auto& t) { readUpstreams(t); })},
+            {"listener", arrayOfTables("[[listener]]", [this](const auto& t) { readListener(t); })},
+        });
+    if (config_.upstreams.empty()) {
+      const toml::node* node = root.get("upstream");
+      error(node ? node->source() : root.source(),
+            "no upstream defined (add an [upstream.NAME] table)");
+    }
+    if (config_.listeners.empty()) {
+      const toml::node* node = root.get("listener");
+      error(node ? node->source() : root.source(),
+            "no listener defined (add a [[listener]] table)");
+    }
+  }
+
+  void readServer(const toml::table& table) {
+    ServerConfig& s = config_.server;
+    s.location = locate(table.source());
+    readTable(table, "in [server]",
+              {
+                  {"workers", integer(&s.workers, 0, 1024)},
+                  {"relay_path", oneOf(&s.relay_path, {RelayPath::Auto, RelayPath::Group,
+                                                       RelayPath::Mainline, RelayPath::Copy})},
+                  {"chunk_size",
+                   [this, &s](std::string_view key, const toml::node& node) {
+                     chunk_size_valid_ = size(&s.chunk_size, 4 * kKiB, kMiB)(key, node);
+                     return chunk_size_valid_;
+                   }},
+                  {"max_connections", integer(&s.max_connections, 1, 10'000'000)},
+                  {"drain_timeout", duration(&s.drain_timeout, 0ms, kMaxTimeout)},
+                  {"buffer_pool",
+                   [this, &s](std::string_view key, const toml::node& node) {
+                     uint64_t min = chunk_size_valid_ ? 4ull * s.chunk_size : 0;
+                     std::string min_text =
+                         chunk_size_valid_ ? "4 x chunk_size (" + formatSize(min) + ")" : "";
+                     return size(&s.buffer_pool, min, 4 * kGiB, min_text)(key, node);
+                   }},
+                  {"user", string(&s.user)},
+              });
+  }
+
+  void readAdmin(const toml::table& table) {
+    Address listen;
+    readTable(table, "in [admin]", {{"listen", listenAddress(&listen)}});
+    if (table.get("listen"))
+      config_.admin.listen = std::move(listen);
+  }
+
+  void readUpstreams(const toml::table& pools) {
+    for (auto&& [key, node] : pools) {
+      UpstreamConfig& u = config_.upstreams.emplace_back();
+      u.name = key.str();
+      u.location = locate(node.source());
+      std::string header = "[upstream." + u.name + "]";
+      if (!isName(u.name)) {
+        error(key.source(), "upstream name " + quoted(u.name) + " must match [A-Za-z0-9_-]+");
+      }
+      const toml::table* t = node.as_table();
+      if (t == nullptr) {
+        typeError(u.name, node, "a table (" + header + ")");
+        continue;
+      }
+      readTable(*t, "in " + header,
+                {
+                    {"servers", servers(&u, "in " + header), true},
+                    {"balance", oneOf(&u.balance, {Balance::RoundRobin, Balance::LeastConn})},
+                    {"tls", upstreamTls(&u.tls, "in " + header + " tls")},
+                });
+    }
+  }
+
+  Reader servers(UpstreamConfig* u, const std::string& label) {
+    return [this, u, label](std::string_view key, const toml::node& node) {
+      const toml::array* array = node.as_array();
+      if (array == nullptr)
+        return typeError(key, node, "an array of addresses");
+      if (array->empty()) {
+        error(node.source(), quoted(key) + " must not be empty " + label);
+        return false;
+      }
+      std::vector<Location> first;
+      for (const toml::node& element : *array) {
+        Address server;
+        if (!address(&server)(key, element))
+          continue;
+        auto same = [&](const Address& a) { return sameEndpoint(a, server); };
+        auto it = std::find_if(u->servers.begin(), u->servers.end(), same);
+        if (it != u->servers.end()) {
+          error(element.source(), "duplicate server " + quoted(server.text) + " " + label +
+                                      firstAt(first[it - u->servers.begin()]));
+          continue;
+        }
+        first.push_back(locate(element.source()));
+        u->servers.push_back(std::move(server));
+      }
+      return true;
+    };
+  }
+
+  Reader upstreamTls(UpstreamTlsConfig* tls, const std::string& label) {
+    return [this, tls, label](std::string_view key, const toml::node& node) {
+      if (const auto* enabled = node.as_boolean()) {
+        tls->enabled = enabled->get();
+        return true;
+      }
+      if (const toml::table* t = node.as_table()) {
+        tls->enabled = true;
+        readTable(*t, label,
+                  {
+                      {"ca", file(&tls->ca, "ca")},
+                      {"sni", string(&tls->sni)},
+                      {"verify", boolean(&tls->verify)},
+                  });
+        return true;
+      }
+      return typeError(key, node, "true, false or a table like { ca = \"...\", sni = \"...\" }");
+    };
+  }
+
+  void readListener(const toml::table& table) {
+    ListenerConfig l;
+    l.location = locate(table.source());
+    bool upstream_ok = false;
+    mirror_names_.clear();
+    readTable(table, "in [[listener]]",
+              {
+                  {"name", uniqueName(&l.name, &listener_names_, "listener"), true},
+                  {"listen", listenAddress(&l.listen), true},
+                  {"upstream",
+                   [&](std::string_view key, const toml::node& node) {
+                     return upstream_ok = string(&l.upstream)(key, node);
+                   },
+                   true},
+                  {"connect_timeout", duration(&l.connect_timeout, 1ms, kMaxTimeout)},
+                  {"idle_timeout", duration(&l.idle_timeout, 1ms, kMaxTimeout)},
+                  {"max_connections", integer(&l.max_connections, 0, 10'000'000)},
+                  {"tls", subtable("tls = { cert = \"...\", key = \"...\" }",
+                                   [&](const auto& t) { readListenerTls(t, l.tls.emplace()); })},
+                  {"mirror",
+                   arrayOfTables("[[listener.mirror]]",
+                                 [&](const auto& t) { readMirror(t, l.mirrors.emplace_back()); })},
+                  {"tap",
+                   subtable("[listener.tap]", [&](const auto& t) { readTap(t, l.tap.emplace()); })},
+              });
+    if (const toml::node* node = table.get("upstream"); upstream_ok) {
+      auto named = [&](const UpstreamConfig& u) { return u.name == l.upstream; };
+      auto it = std::find_if(config_.upstreams.begin(), config_.upstreams.end(), named);
+      if (it == config_.upstreams.end()) {
+        error(node->source(), "unknown upstream " + quoted(l.upstream));
+      } else {
+        l.upstream_index = it - config_.upstreams.begin();
+      }
+    }
+    config_.listeners.push_back(std::move(l));
+  }
+
+  void readListenerTls(const toml::table& table, ListenerTlsConfig& tls) {
+    tls.location = locate(table.source());
+    readTable(table, "in [[listener]] tls",
+              {
+                  {"cert", file(&tls.cert, "cert"), true},
+                  {"key", file(&tls.key, "key"), true},
+                  {"handshake_timeout", duration(&tls.handshake_timeout, 1ms, kMaxTimeout)},
+              });
+  }
+
+  void readMirror(const toml::table& table, MirrorConfig& m) {
+    m.location = locate(table.source());
+    readTable(
+        table, "in [[listener.mirror]]",
+        {
+            {"name", uniqueName(&m.name, &mirror_names_, "mirror"), true},
+            {"address", address(&m.address), true},
+            {"sample_percent", integer(&m.sample_percent, 0, 100)},
+            {"max_lag", maxLag(&m.max_lag)},
+            {"direction", oneOf(&m.direction, {MirrorDirection::Request, MirrorDirection::Both})},
+        });
+  }
+
+  void readTap(const toml::table& table, TapConfig& tap) {
+    tap.location = locate(table.source());
+    readTable(table, "in [listener.tap]",
+              {
+                  {"path", string(&tap.path, true), true},
+                  {"max_size", size(&tap.max_size, kMiB, kNoLimit)},
+                  {"max_lag", maxLag(&tap.max_lag)},
+              });
+  }
+
+  // Mirror and tap byte budgets: at least one chunk.
+  Reader maxLag(uint64_t* out) {
+    if (!chunk_size_valid_)
+      return size(out, 0, kNoLimit);
+    uint64_t chunk = config_.server.chunk_size;
+    return size(out, chunk, kNoLimit, "chunk_size (" + formatSize(chunk) + ")");
+  }
+
+  std::string file_;
+  Config config_;
+  std::vector<ConfigError> errors_;
+  bool chunk_size_valid_ = true;
+  std::vector<Seen> endpoints_;       // admin and listener listen addresses
+  std::vector<Seen> listener_names_;  // listener names
+  std::vector<Seen> mirror_names_;    // mirror names of the listener being read
+};
+
+}  // namespace
+
+std::string ConfigError::toString() const {
+  return where.file + ":" + std::to_string(where.line) + ":" + std::to_string(where.column) + ": " +
+         message;
+}
+
+LoadResult loadString(std::string_view text, const std::string& file_name) {
+  try {
+    return Loader(file_name).load(text);
+  } catch (...) {  // only allocation failures can get here
+    LoadResult result;
+    result.errors.push_back({{file_name, 1, 1}, "cannot load config: out of memory"});
+    return result;
+  }
+}
+
+LoadResult loadFile(const std::string& path) {
+  auto fail = [&](int error) {
+    LoadResult result;
+    result.errors.push_back({{path, 1, 1}, "cannot read config: " + errnoText(error)});
+    return result;
+  };
+  // Blocking open: `grelay -c <(generate-config)` passes a pipe.
+  int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC | O_NOCTTY);
+  if (fd < 0)
+    return fail(errno);
+  std::string text;
+  char buffer[16384];
+  for (;;) {
+    ssize_t n = ::read(fd, buffer, sizeof(buffer));
+    if (n < 0 && errno == EINTR)
+      continue;
+    if (n < 0) {
+      int error = errno;
+      ::close(fd);
+      return fail(error);
+    }
+    if (n == 0)
+      break;
+    text.append(buffer, n);
+  }
+  ::close(fd);
+  return loadString(text, path);
+}
+
+std::optional<uint64_t> parseSize(std::string_view text, std::string* error) {
+  auto fail = [error](const char* why) -> std::optional<uint64_t> {
+    if (error)
+      *error = why;
+    return std::nullopt;
+  };
+  static constexpr std::pair<std::string_view, uint64_t> kUnits[] = {
+      {"", 1},
+      {"B", 1},
+      {"KB", 1000},
+      {"MB", 1000'000},
+      {"GB", 1000'000'000},
+      {"TB", 1000'000'000'000},
+      {"KiB", kKiB},
+      {"MiB", kMiB},
+      {"GiB", kGiB},
+      {"TiB", kTiB},
+  };
+  if (!text.empty() && text[0] == '-')
+    return fail("negative sizes are not allowed");
+  size_t pos = 0;
+  uint64_t value = 0;
+  int digits = parseDigits(text, pos, value);
+  if (digits < 0)
+    return fail("too large");
+  if (digits == 0)
+    return fail("expected a number with an optional unit, e.g. 64KiB or 8MiB");
+  if (pos < text.size() && (text[pos] == '.' || text[pos] == ',')) {
+    return fail("fractions are not allowed; use a smaller unit (e.g. 1536KiB)");
+  }
+  if (pos + 1 < text.size() && text[pos] == ' ')
+    ++pos;
+  std::string_view unit = text.substr(pos);
+  for (auto [name, factor] : kUnits) {
+    if (unit != name)
+      continue;
+    if (value > kNoLimit / factor)
+      return fail("too large");
+    return value * factor;
+  }
+  return fail("unknown unit (use B, KiB, MiB, GiB, TiB, KB, MB, GB or TB)");
+}
+
+std::optional<Duration> parseDuration(std::string_view text, std::string* error) {
+  auto fail = [error](const char* why) -> std::optional<Duration> {
+    if (error)
+      *error = why;
+    return std::nullopt;
+  };
+  static constexpr std::pair<std::string_view, uint64_t> kUnits[] = {
+      {"us", 1}, {"ms", 1000}, {"s", 1000'000}, {"m", 60'000'000}, {"h", 3600'000'000},
+  };
+  if (!text.empty() && text[0] == '-')
+    return fail("negative durations are not allowed");
+  if (text.empty())
+    return fail("expected a number with a unit, e.g. 5s, 250ms, 1h");
+  uint64_t total_us = 0;
+  size_t pos = 0;
+  while (pos < text.size()) {
+    uint64_t value = 0;
+    int digits = parseDigits(text, pos, value);
+    if (digits < 0)
+      return fail("too large");
+    if (digits == 0)
+      return fail("expected a number with a unit, e.g. 5s, 250ms, 1h");
+    if (pos < text.size() && (text[pos] == '.' || text[pos] == ',')) {
+      return fail("fractions are not allowed; use a smaller unit (e.g. 1500ms)");
+    }
+    size_t unit_start = pos;
+    while (pos < text.size() && std::isalpha(static_cast<unsigned char>(text[pos])))
+      ++pos;
+    std::string_view unit = text.substr(unit_start, pos - unit_start);
+    if (unit.empty())
+      return fail("missing unit (e.g. 5s, 250ms, 1h)");
+    auto match = [unit](const auto& u) { return u.first == unit; };
+    const auto* found = std::find_if(std::begin(kUnits), std::end(kUnits), match);
+    if (found == std::end(kUnits))
+      return fail("unknown unit (use us, ms, s, m or h)");
+    if (value > kNoLimit / found->second)
+      return fail("too large");
+    uint64_t part = value * found->second;
+    if (total_us > kNoLimit - part)
+      return fail("too large");
+    total_us += part;
+  }
+  return Duration(total_us / 1000 + (total_us % 1000 != 0));  // at most ~1.8e16 ms: fits
+}
+
+std::optional<Address> parseAddress(std::string_view text, std::string* error) {
+  auto fail = [error](std::string why) -> std::optional<Address> {
+    if (error)
+      *error = std::move(why);
+    return std::nullopt;
+  };
+  std::string host;
+  std::string_view port;
+  bool bracketed = !text.empty() && text[0] == '[';
+  if (bracketed) {
+    size_t close = text.find(']');
+    if (close == std::string_view::npos)
+      return fail("missing ']' after the IPv6 address");
+    host = text.substr(1, close - 1);
+    if (close + 1 >= text.size() || text[close + 1] != ':') {
+      return fail("missing port (expected [IPV6]:PORT)");
+    }
+    port = text.substr(close + 2);
+  } else {
+    size_t colon = text.rfind(':');
+    if (colon == std::string_view::npos)
+      return fail("missing port (expected HOST:PORT)");
+    host = text.substr(0, colon);
+    port = text.substr(colon + 1);
+    if (host.find(':') != std::string::npos) {
+      return fail("an IPv6 address must be in brackets, e.g. [::1]:8080");
+    }
+  }
+  if (host.empty())
+    return fail("missing host (use 0.0.0.0 or [::] for all addresses)");
+  size_t pos = 0;
+  uint64_t port_number = 0;
+  if (port.empty() || port.size() > 5 || parseDigits(port, pos, port_number) <= 0 ||
+      pos != port.size() || port_number < 1 || port_number > 65535) {
+    return fail("port " + quoted(port) + " is not in 1..65535");
+  }
+  auto hostChar = [](unsigned char c) {
+    return std::isalnum(c) || c == '.' || c == '-' || c == '_';
+  };
+  auto ipv4Char = [](char c) { return isDigit(c) || c == '.'; };
+  if (!bracketed && !std::all_of(host.begin(), host.end(), hostChar)) {
+    return fail("invalid host name " + quoted(host));
+  }
+  if (!bracketed && std::all_of(host.begin(), host.end(), ipv4Char)) {
+    in_addr unused{};
+    if (inet_pton(AF_INET, host.c_str(), &unused) != 1) {
+      return fail("invalid IPv4 address " + quoted(host));
+    }
+  }
+  if (bracketed && host.find('\0') != std::string::npos) {
+    return fail("invalid IPv6 address " + quoted(host));
+  }
+  addrinfo hints{};
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_family = bracketed ? AF_INET6 : AF_UNSPEC;
+  hints.ai_flags = AI_NUMERICSERV | (bracketed ? AI_NUMERICHOST : 0);
+  addrinfo* found = nullptr;
+  std::string service(port);
+  int rc = getaddrinfo(host.c_str(), service.c_str(), &hints, &found);
+  if (rc != 0 || found == nullptr) {
+    if (bracketed)
+      return fail("invalid IPv6 address " + quoted(host));
+    return fail("cannot resolve host " + quoted(host) + ": " +
+                (rc == EAI_SYSTEM ? errnoText(errno) : gai_strerror(rc)));
+  }
+  Address address;
+  std::memcpy(&address.storage, found->ai_addr, found->ai_addrlen);
+  address.length = found->ai_addrlen;
+  address.text = text;
+  freeaddrinfo(found);
+  return address;
+}
+
+std::string formatSize(uint64_t bytes) {
+  static constexpr std::pair<std::string_view, uint64_t> kUnits[] = {
+      {"TiB", kTiB}, {"GiB", kGiB}, {"MiB", kMiB}, {"KiB", kKiB}};
+  for (auto [unit, factor] : kUnits) {
+    if (bytes != 0 && bytes % factor == 0)
+      return std::to_string(bytes / factor) + std::string(unit);
+  }
+  return std::to_string(bytes) + "B";
+}
+
+std::string formatDuration(Duration duration) {
+  int64_t ms = duration.count();
+  if (ms != 0 && ms % 3600'000 == 0)
+    return std::to_string(ms / 3600'000) + "h";
+  if (ms != 0 && ms % 60'000 == 0)
+    return std::to_string(ms / 60'000) + "m";
+  if (ms % 1000 == 0)
+    return std::to_string(ms / 1000) + "s";
+  return std::to_string(ms) + "ms";
+}
+
+}  // namespace grelay::config
