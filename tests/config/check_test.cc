@@ -1,0 +1,48 @@
+// `grelay -c FILE --check`: output and exit status.
+#include <gtest/gtest.h>
+
+#include <sstream>
+
+#include "config/check.h"
+#include "tests/config/test_util.h"
+
+namespace grelay::config {
+namespace {
+
+using test::TempDir;
+
+TEST(CheckTest, ValidFilePrintsASummaryAndReturnsZero) {
+  std::string path = std::string(GRELAY_SOURCE_DIR) + "/config/examples/full.toml";
+  std::ostringstream out, err;
+  EXPECT_EQ(runCheck(path, out, err), 0);
+  EXPECT_EQ(out.str(), path + ": ok (2 listeners, 2 upstreams, 2 mirrors, 1 tap)\n");
+  EXPECT_EQ(err.str(), "");
+}
+
+TEST(CheckTest, SummaryUsesSingularForOne) {
+  std::string path = std::string(GRELAY_SOURCE_DIR) + "/config/examples/demo.toml";
+  std::ostringstream out, err;
+  EXPECT_EQ(runCheck(path, out, err), 0);
+  EXPECT_EQ(out.str(), path + ": ok (1 listener, 1 upstream, 1 mirror, 1 tap)\n");
+}
+
+TEST(CheckTest, EveryErrorGoesToErrOneLineEachAndReturnsOne) {
+  TempDir dir;
+  std::string path = dir.write("bad.toml", "[server]\nworkers = \"two\"\nfoo = 1\n");
+  std::ostringstream out, err;
+  EXPECT_EQ(runCheck(path, out, err), 1);
+  EXPECT_EQ(out.str(), "");
+  EXPECT_EQ(err.str(), path + ":1:1: no upstream defined (add an [upstream.NAME] table)\n" + path +
+                           ":1:1: no listener defined (add a [[listener]] table)\n" + path +
+                           ":2:11: 'workers' must be an integer, got string\n" + path +
+                           ":3:1: unknown key 'foo' in [server]\n");
+}
+
+TEST(CheckTest, UnreadableFileIsReported) {
+  std::ostringstream out, err;
+  EXPECT_EQ(runCheck("/nonexistent.toml", out, err), 1);
+  EXPECT_EQ(err.str(), "/nonexistent.toml:1:1: cannot read config: No such file or directory\n");
+}
+
+}  // namespace
+}  // namespace grelay::config

@@ -1,0 +1,618 @@
+// Validation of whole config files: every error kind with its exact
+// "FILE:LINE:COL: message" text, defaults, stored values and the shipped examples.
+#include <netdb.h>
+
+#include <gmock/gmock.h>
+#include <gtest/gtest.h>
+#include <filesystem>
+
+#include "config/loader.h"
+#include "tests/config/test_util.h"
+
+namespace grelay::config {
+namespace {
+
+using test::errorsOf;
+using test::lines;
+using test::TempDir;
+using ::testing::ElementsAre;
+
+// A valid file: one upstream (lines 1-2) and one listener (lines 4-7). Tests
+// append keys to the listener table after line 7.
+const std::string kValid = lines({
+    R"([upstream.app])",
+    R"(servers = ["127.0.0.1:8000"])",
+    R"()",
+    R"([[listener]])",
+    R"(name = "web")",
+    R"(listen = "127.0.0.1:8080")",
+    R"(upstream = "app")",
+});
+
+std::string validWith(std::initializer_list<std::string_view> more) {
+  return kValid + lines(more);
+}
+
+TEST(LoaderTest, MinimalFileLoadsWithDefaults) {
+  LoadResult result = loadString(kValid, "t.toml");
+  ASSERT_TRUE(result.ok()) << result.errors[0].toString();
+  const Config& config = *result.config;
+  EXPECT_EQ(config.path, "t.toml");
+  EXPECT_EQ(config.server.workers, 1u);
+  EXPECT_EQ(config.server.relay_path, RelayPath::Auto);
+  EXPECT_EQ(config.server.chunk_size, 64u * 1024);
+  EXPECT_EQ(config.server.max_connections, 10000u);
+  EXPECT_EQ(config.server.drain_timeout, Duration(10'000));
+  EXPECT_EQ(config.server.buffer_pool, 16u * 1024 * 1024);
+  EXPECT_EQ(config.server.user, "");
+  EXPECT_EQ(config.server.location.line, 0u);  // no [server] table
+  EXPECT_FALSE(config.admin.listen.has_value());
+
+  ASSERT_EQ(config.upstreams.size(), 1u);
+  const UpstreamConfig& app = config.upstreams[0];
+  EXPECT_EQ(app.name, "app");
+  ASSERT_EQ(app.servers.size(), 1u);
+  EXPECT_EQ(app.servers[0].text, "127.0.0.1:8000");
+  EXPECT_EQ(app.balance, Balance::RoundRobin);
+  EXPECT_FALSE(app.tls.enabled);
+  EXPECT_EQ(app.location.line, 1u);
+
+  ASSERT_EQ(config.listeners.size(), 1u);
+  const ListenerConfig& web = config.listeners[0];
+  EXPECT_EQ(web.name, "web");
+  EXPECT_EQ(web.listen.text, "127.0.0.1:8080");
+  EXPECT_EQ(web.listen.family(), AF_INET);
+  EXPECT_EQ(web.upstream, "app");
+  EXPECT_EQ(web.upstream_index, 0u);
+  EXPECT_EQ(web.connect_timeout, Duration(5'000));
+  EXPECT_EQ(web.idle_timeout, Duration(3'600'000));
+  EXPECT_EQ(web.max_connections, 0u);
+  EXPECT_FALSE(web.tls.has_value());
+  EXPECT_TRUE(web.mirrors.empty());
+  EXPECT_FALSE(web.tap.has_value());
+  EXPECT_EQ(web.location.file, "t.toml");
+  EXPECT_EQ(web.location.line, 4u);
+  EXPECT_EQ(web.location.column, 1u);
+}
+
+TEST(LoaderTest, MirrorAndTapDefaultsApplied) {
+  LoadResult result = loadString(validWith({
+                                     R"([[listener.mirror]])",
+                                     R"(name = "m")",
+                                     R"(address = "127.0.0.1:9001")",
+                                     R"([listener.tap])",
+                                     R"(path = "var/tap")",
+                                 }),
+                                 "t.toml");
+  ASSERT_TRUE(result.ok()) << result.errors[0].toString();
+  const ListenerConfig& web = result.config->listeners[0];
+  ASSERT_EQ(web.mirrors.size(), 1u);
+  EXPECT_EQ(web.mirrors[0].sample_percent, 100u);
+  EXPECT_EQ(web.mirrors[0].max_lag, 8u * 1024 * 1024);
+  EXPECT_EQ(web.mirrors[0].direction, MirrorDirection::Request);
+  EXPECT_EQ(web.mirrors[0].location.line, 8u);
+  ASSERT_TRUE(web.tap.has_value());
+  EXPECT_EQ(web.tap->path, "var/tap");
+  EXPECT_EQ(web.tap->max_size, 1024ull * 1024 * 1024);
+  EXPECT_EQ(web.tap->max_lag, 8u * 1024 * 1024);
+  EXPECT_EQ(web.tap->location.line, 11u);
+}
+
+TEST(LoaderTest, EveryValueIsStored) {
+  TempDir dir;
+  std::string cert = dir.write("cert.pem", "cert");
+  std::string key = dir.write("key.pem", "key");
+  std::string ca = dir.write("ca.pem", "ca");
+  LoadResult result = loadString(
+      lines({
+          R"([server])",
+          R"(workers = 0)",
+          R"(relay_path = "mainline")",
+          R"(chunk_size = 16384)",
+          R"(max_connections = 20)",
+          R"(drain_timeout = "1m30s")",
+          R"(buffer_pool = "1MB")",
+          R"(user = "nobody")",
+          R"([admin])",
+          R"(listen = "[::1]:9100")",
+          R"([upstream.app])",
+          R"(servers = ["127.0.0.1:8000", "localhost:8001"])",
+          R"(balance = "least_conn")",
+          "tls = { ca = \"" + ca + "\", sni = \"app.test\", verify = false }",
+          R"([[listener]])",
+          R"(name = "web-1_a")",
+          R"(listen = "0.0.0.0:8080")",
+          R"(upstream = "app")",
+          R"(connect_timeout = "250ms")",
+          R"(idle_timeout = "100us")",
+          R"(max_connections = 7)",
+          "tls = { cert = \"" + cert + "\", key = \"" + key + "\", handshake_timeout = \"3s\" }",
+          R"([[listener.mirror]])",
+          R"(name = "shadow")",
+          R"(address = "[::1]:9001")",
+          R"(sample_percent = 0)",
+          R"(max_lag = "16KiB")",
+          R"(direction = "both")",
+          R"([listener.tap])",
+          R"(path = "tap dir")",
+          R"(max_size = "2GB")",
+          R"(max_lag = 65536)",
+      }),
+      "t.toml");
+  ASSERT_TRUE(result.ok()) << result.errors[0].toString();
+  const Config& c = *result.config;
+  EXPECT_EQ(c.server.workers, 0u);
+  EXPECT_EQ(c.server.relay_path, RelayPath::Mainline);
+  EXPECT_EQ(c.server.chunk_size, 16384u);
+  EXPECT_EQ(c.server.max_connections, 20u);
+  EXPECT_EQ(c.server.drain_timeout, Duration(90'000));
+  EXPECT_EQ(c.server.buffer_pool, 1'000'000u);
+  EXPECT_EQ(c.server.user, "nobody");
+  EXPECT_EQ(c.server.location.line, 1u);
+  ASSERT_TRUE(c.admin.listen.has_value());
+  EXPECT_EQ(c.admin.listen->family(), AF_INET6);
+  EXPECT_EQ(c.admin.listen->text, "[::1]:9100");
+  const UpstreamConfig& app = c.upstreams[0];
+  ASSERT_EQ(app.servers.size(), 2u);
+  EXPECT_EQ(app.servers[1].text, "localhost:8001");
+  EXPECT_EQ(ntohs(reinterpret_cast<const sockaddr_in&>(app.servers[1].storage).sin_port), 8001);
+  EXPECT_EQ(app.balance, Balance::LeastConn);
+  EXPECT_TRUE(app.tls.enabled);
+  EXPECT_EQ(app.tls.ca, ca);
+  EXPECT_EQ(app.tls.sni, "app.test");
+  EXPECT_FALSE(app.tls.verify);
+  const ListenerConfig& web = c.listeners[0];
+  EXPECT_EQ(web.name, "web-1_a");
+  EXPECT_EQ(web.connect_timeout, Duration(250));
+  EXPECT_EQ(web.idle_timeout, Duration(1));  // 100us rounds up, never to 0
+  EXPECT_EQ(web.max_connections, 7u);
+  ASSERT_TRUE(web.tls.has_value());
+  EXPECT_EQ(web.tls->cert, cert);
+  EXPECT_EQ(web.tls->key, key);
+  EXPECT_EQ(web.tls->handshake_timeout, Duration(3'000));
+  EXPECT_EQ(web.tls->location.line, 22u);
+  EXPECT_EQ(web.tls->location.column, 7u);
+  const MirrorConfig& shadow = web.mirrors.at(0);
+  EXPECT_EQ(shadow.name, "shadow");
+  EXPECT_EQ(shadow.address.family(), AF_INET6);
+  EXPECT_EQ(shadow.sample_percent, 0u);
+  EXPECT_EQ(shadow.max_lag, 16384u);
+  EXPECT_EQ(shadow.direction, MirrorDirection::Both);
+  EXPECT_EQ(web.tap->path, "tap dir");
+  EXPECT_EQ(web.tap->max_size, 2'000'000'000u);
+  EXPECT_EQ(web.tap->max_lag, 65536u);
+}
+
+TEST(LoaderTest, UpstreamTlsTrueEnablesWithDefaults) {
+  LoadResult result =
+      loadString(lines({R"([upstream.app])", R"(servers = ["127.0.0.1:8000"])", R"(tls = true)"}) +
+                     lines({R"([[listener]])", R"(name = "web")", R"(listen = "127.0.0.1:8080")",
+                            R"(upstream = "app")"}),
+                 "t.toml");
+  ASSERT_TRUE(result.ok()) << result.errors[0].toString();
+  EXPECT_TRUE(result.config->upstreams[0].tls.enabled);
+  EXPECT_TRUE(result.config->upstreams[0].tls.verify);
+  EXPECT_EQ(result.config->upstreams[0].tls.ca, "");
+}
+
+TEST(LoaderTest, ListenerResolvesItsUpstreamIndex) {
+  LoadResult result = loadString(lines({
+                                     R"([upstream.b])",
+                                     R"(servers = ["127.0.0.1:8001"])",
+                                     R"([upstream.a])",
+                                     R"(servers = ["127.0.0.1:8000"])",
+                                     R"([[listener]])",
+                                     R"(name = "x")",
+                                     R"(listen = "127.0.0.1:8080")",
+                                     R"(upstream = "b")",
+                                 }),
+                                 "t.toml");
+  ASSERT_TRUE(result.ok()) << result.errors[0].toString();
+  const Config& c = *result.config;
+  EXPECT_EQ(c.upstreams.at(c.listeners[0].upstream_index).name, "b");
+}
+
+// ---- One test per error kind, exact text ----
+
+TEST(LoaderErrorTest, SyntaxErrorUsesTomlPositionAndDescription) {
+  EXPECT_THAT(errorsOf(lines({"[server]", "workers = ", "max_connections = 5"})),
+              ElementsAre("t.toml:2:11: Error while parsing key-value pair: expected value, saw "
+                          "'\\n'"));
+  EXPECT_THAT(errorsOf(lines({"[server]", "workers = 1", "workers = 2"})),
+              ElementsAre("t.toml:3:11: Error while parsing key-value pair: cannot redefine "
+                          "existing integer 'workers'"));
+}
+
+TEST(LoaderErrorTest, UnknownKeyAtTopLevel) {
+  EXPECT_THAT(errorsOf("colour = 1\n" + kValid),
+              ElementsAre("t.toml:1:1: unknown key 'colour' at top level"));
+}
+
+TEST(LoaderErrorTest, UnknownKeyInServer) {
+  EXPECT_THAT(errorsOf("[server]\nfoo = 1\n" + kValid),
+              ElementsAre("t.toml:2:1: unknown key 'foo' in [server]"));
+}
+
+TEST(LoaderErrorTest, UnknownKeySuggestsTheClosestKnownKey) {
+  EXPECT_THAT(errorsOf("[server]\nwrokers = 1\n" + kValid),
+              ElementsAre("t.toml:2:1: unknown key 'wrokers' in [server] (did you mean "
+                          "'workers'?)"));
+}
+
+TEST(LoaderErrorTest, UnknownKeyInAdmin) {
+  EXPECT_THAT(errorsOf("[admin]\nfoo = 1\n" + kValid),
+              ElementsAre("t.toml:2:1: unknown key 'foo' in [admin]"));
+}
+
+TEST(LoaderErrorTest, UnknownKeyInUpstream) {
+  EXPECT_THAT(errorsOf(lines({"[upstream.app]", R"(servers = ["127.0.0.1:8000"])", "foo = 1",
+                              "[[listener]]", R"(name = "web")", R"(listen = "127.0.0.1:8080")",
+                              R"(upstream = "app")"})),
+              ElementsAre("t.toml:3:1: unknown key 'foo' in [upstream.app]"));
+}
+
+TEST(LoaderErrorTest, UnknownKeyInUpstreamTls) {
+  EXPECT_THAT(errorsOf(lines({"[upstream.app]", R"(servers = ["127.0.0.1:8000"])",
+                              "tls = { foo = 1 }", "[[listener]]", R"(name = "web")",
+                              R"(listen = "127.0.0.1:8080")", R"(upstream = "app")"})),
+              ElementsAre("t.toml:3:9: unknown key 'foo' in [upstream.app] tls"));
+}
+
+TEST(LoaderErrorTest, UnknownKeyInListener) {
+  EXPECT_THAT(errorsOf(validWith({"foo = 1"})),
+              ElementsAre("t.toml:8:1: unknown key 'foo' in [[listener]]"));
+}
+
+TEST(LoaderErrorTest, UnknownKeyInListenerTls) {
+  TempDir dir;
+  std::string cert = dir.write("cert.pem", "x");
+  EXPECT_THAT(
+      errorsOf(validWith({"tls = { cert = \"" + cert + "\", key = \"" + cert + "\", foo = 1 }"})),
+      ElementsAre("t.toml:8:" + std::to_string(30 + 2 * cert.size()) +
+                  ": unknown key 'foo' in [[listener]] tls"));
+}
+
+TEST(LoaderErrorTest, UnknownKeyInMirror) {
+  EXPECT_THAT(errorsOf(validWith({"[[listener.mirror]]", R"(name = "m")",
+                                  R"(address = "127.0.0.1:9001")", "  foo = 1"})),
+              ElementsAre("t.toml:11:3: unknown key 'foo' in [[listener.mirror]]"));
+}
+
+TEST(LoaderErrorTest, UnknownKeyInTap) {
+  EXPECT_THAT(errorsOf(validWith({"[listener.tap]", R"(path = "t")", "foo = 1"})),
+              ElementsAre("t.toml:10:1: unknown key 'foo' in [listener.tap]"));
+}
+
+TEST(LoaderErrorTest, WrongTypeNamesExpectedAndActualType) {
+  EXPECT_THAT(errorsOf("[server]\nworkers = \"4\"\n" + kValid),
+              ElementsAre("t.toml:2:11: 'workers' must be an integer, got string"));
+  EXPECT_THAT(errorsOf("[server]\nuser = 0\n" + kValid),
+              ElementsAre("t.toml:2:8: 'user' must be a string, got integer"));
+  EXPECT_THAT(errorsOf("server = 1\n" + kValid),
+              ElementsAre("t.toml:1:10: 'server' must be a table ([server]), got integer"));
+  EXPECT_THAT(errorsOf(validWith({"connect_timeout = 1.5"})),
+              ElementsAre("t.toml:8:19: 'connect_timeout' must be a duration like \"5s\", got "
+                          "float"));
+  EXPECT_THAT(errorsOf("[server]\nchunk_size = true\n" + kValid),
+              ElementsAre("t.toml:2:14: 'chunk_size' must be a size like \"64KiB\" or a byte "
+                          "count, got boolean"));
+}
+
+TEST(LoaderErrorTest, ListenerMustBeAnArrayOfTables) {
+  EXPECT_THAT(errorsOf(lines({"[upstream.app]", R"(servers = ["127.0.0.1:8000"])", "[listener]",
+                              R"(name = "web")"})),
+              ElementsAre("t.toml:3:1: 'listener' must be an array of tables ([[listener]]), "
+                          "got table",
+                          "t.toml:3:1: no listener defined (add a [[listener]] table)"));
+}
+
+TEST(LoaderErrorTest, DurationWithoutUnitIsRejected) {
+  EXPECT_THAT(errorsOf(validWith({R"(connect_timeout = "5")"})),
+              ElementsAre("t.toml:8:19: bad duration '5' for 'connect_timeout': missing unit "
+                          "(e.g. 5s, 250ms, 1h)"));
+  EXPECT_THAT(errorsOf(validWith({R"(connect_timeout = 5)"})),
+              ElementsAre("t.toml:8:19: 'connect_timeout' must be a duration with a unit, e.g. "
+                          "\"5s\" or \"5ms\", got integer 5"));
+}
+
+TEST(LoaderErrorTest, BadDuration) {
+  EXPECT_THAT(errorsOf(validWith({R"(idle_timeout = "1d")"})),
+              ElementsAre("t.toml:8:16: bad duration '1d' for 'idle_timeout': unknown unit "
+                          "(use us, ms, s, m or h)"));
+  EXPECT_THAT(errorsOf(validWith({R"(idle_timeout = "-5s")"})),
+              ElementsAre("t.toml:8:16: bad duration '-5s' for 'idle_timeout': negative "
+                          "durations are not allowed"));
+}
+
+TEST(LoaderErrorTest, BadSize) {
+  EXPECT_THAT(errorsOf("[server]\nchunk_size = \"64XB\"\n" + kValid),
+              ElementsAre("t.toml:2:14: bad size '64XB' for 'chunk_size': unknown unit (use B, "
+                          "KiB, MiB, GiB, TiB, KB, MB, GB or TB)"));
+  EXPECT_THAT(errorsOf("[server]\nchunk_size = \"1.5MiB\"\n" + kValid),
+              ElementsAre("t.toml:2:14: bad size '1.5MiB' for 'chunk_size': fractions are not "
+                          "allowed; use a smaller unit (e.g. 1536KiB)"));
+}
+
+TEST(LoaderErrorTest, OutOfRangeValuesNameTheRange) {
+  EXPECT_THAT(errorsOf("[server]\nworkers = 2000\n" + kValid),
+              ElementsAre("t.toml:2:11: 'workers' must be in 0..1024, got 2000"));
+  EXPECT_THAT(errorsOf("[server]\nmax_connections = 0\n" + kValid),
+              ElementsAre("t.toml:2:19: 'max_connections' must be in 1..10000000, got 0"));
+  EXPECT_THAT(errorsOf("[server]\nchunk_size = \"2MiB\"\n" + kValid),
+              ElementsAre("t.toml:2:14: 'chunk_size' must be in 4KiB..1MiB, got 2MiB"));
+  EXPECT_THAT(errorsOf("[server]\nchunk_size = -4096\n" + kValid),
+              ElementsAre("t.toml:2:14: 'chunk_size' must be in 4KiB..1MiB, got -4096"));
+  EXPECT_THAT(errorsOf("[server]\ndrain_timeout = \"25h\"\n" + kValid),
+              ElementsAre("t.toml:2:17: 'drain_timeout' must be in 0s..24h, got 25h"));
+  EXPECT_THAT(errorsOf(validWith({R"(connect_timeout = "0s")"})),
+              ElementsAre("t.toml:8:19: 'connect_timeout' must be in 1ms..24h, got 0s"));
+  EXPECT_THAT(errorsOf(validWith({"[[listener.mirror]]", R"(name = "m")",
+                                  R"(address = "127.0.0.1:9001")", "sample_percent = 101"})),
+              ElementsAre("t.toml:11:18: 'sample_percent' must be in 0..100, got 101"));
+  EXPECT_THAT(errorsOf(validWith({"[listener.tap]", R"(path = "t")", R"(max_size = "512KiB")"})),
+              ElementsAre("t.toml:10:12: 'max_size' must be at least 1MiB, got 512KiB"));
+}
+
+TEST(LoaderErrorTest, SizeLimitsDerivedFromChunkSize) {
+  EXPECT_THAT(errorsOf("[server]\nchunk_size = \"128KiB\"\nbuffer_pool = \"256KiB\"\n" + kValid),
+              ElementsAre("t.toml:3:15: 'buffer_pool' must be in 4 x chunk_size (512KiB)..4GiB, "
+                          "got 256KiB"));
+  EXPECT_THAT(errorsOf("[server]\nbuffer_pool = \"5GiB\"\n" + kValid),
+              ElementsAre("t.toml:2:15: 'buffer_pool' must be in 4 x chunk_size (256KiB)..4GiB, "
+                          "got 5GiB"));
+  EXPECT_THAT(errorsOf("[server]\nchunk_size = \"128KiB\"\n" +
+                       validWith({"[[listener.mirror]]", R"(name = "m")",
+                                  R"(address = "127.0.0.1:9001")", R"(max_lag = "64KiB")",
+                                  "[listener.tap]", R"(path = "t")", "max_lag = 1000"})),
+              ElementsAre("t.toml:13:11: 'max_lag' must be at least chunk_size (128KiB), got 64KiB",
+                          "t.toml:16:11: 'max_lag' must be at least chunk_size (128KiB), got "
+                          "1000B"));
+}
+
+TEST(LoaderErrorTest, BadEnumValueListsTheChoices) {
+  EXPECT_THAT(errorsOf("[server]\nrelay_path = \"fast\"\n" + kValid),
+              ElementsAre("t.toml:2:14: 'relay_path' must be one of auto, group, mainline, copy, "
+                          "got 'fast'"));
+  EXPECT_THAT(errorsOf(validWith({"[[listener.mirror]]", R"(name = "m")",
+                                  R"(address = "127.0.0.1:9001")", R"(direction = "response")"})),
+              ElementsAre("t.toml:11:13: 'direction' must be one of request, both, got "
+                          "'response'"));
+}
+
+TEST(LoaderErrorTest, UnparsableAddress) {
+  EXPECT_THAT(errorsOf(validWith({"[[listener.mirror]]", R"(name = "m")", R"(address = "9001")"})),
+              ElementsAre("t.toml:10:11: bad address '9001' for 'address': missing port "
+                          "(expected HOST:PORT)"));
+  EXPECT_THAT(errorsOf("[admin]\nlisten = \"::1:9100\"\n" + kValid),
+              ElementsAre("t.toml:2:10: bad address '::1:9100' for 'listen': an IPv6 address "
+                          "must be in brackets, e.g. [::1]:8080"));
+  EXPECT_THAT(errorsOf("[admin]\nlisten = \"10.1:9100\"\n" + kValid),
+              ElementsAre("t.toml:2:10: bad address '10.1:9100' for 'listen': invalid IPv4 "
+                          "address '10.1'"));
+  EXPECT_THAT(errorsOf("[admin]\nlisten = \"[::g]:9100\"\n" + kValid),
+              ElementsAre("t.toml:2:10: bad address '[::g]:9100' for 'listen': invalid IPv6 "
+                          "address '::g'"));
+}
+
+TEST(LoaderErrorTest, BadPort) {
+  EXPECT_THAT(errorsOf("[admin]\nlisten = \"127.0.0.1:0\"\n" + kValid),
+              ElementsAre("t.toml:2:10: bad address '127.0.0.1:0' for 'listen': port '0' is not "
+                          "in 1..65535"));
+  EXPECT_THAT(errorsOf("[admin]\nlisten = \"127.0.0.1:65536\"\n" + kValid),
+              ElementsAre("t.toml:2:10: bad address '127.0.0.1:65536' for 'listen': port "
+                          "'65536' is not in 1..65535"));
+  EXPECT_THAT(errorsOf("[admin]\nlisten = \"127.0.0.1:http\"\n" + kValid),
+              ElementsAre("t.toml:2:10: bad address '127.0.0.1:http' for 'listen': port 'http' "
+                          "is not in 1..65535"));
+}
+
+TEST(LoaderErrorTest, UnresolvableHostIsNamed) {
+  // The reason comes from the resolver; ask it the same question.
+  addrinfo hints{};
+  hints.ai_socktype = SOCK_STREAM;
+  hints.ai_flags = AI_NUMERICSERV;
+  addrinfo* found = nullptr;
+  int rc = getaddrinfo("nosuch.invalid", "80", &hints, &found);
+  ASSERT_NE(rc, 0) << "nosuch.invalid resolved on this machine";
+  EXPECT_THAT(
+      errorsOf(lines({"[upstream.app]", R"(servers = ["nosuch.invalid:80"])", "[[listener]]",
+                      R"(name = "web")", R"(listen = "127.0.0.1:8080")", R"(upstream = "app")"})),
+      ElementsAre("t.toml:2:12: bad address 'nosuch.invalid:80' for 'servers': cannot "
+                  "resolve host 'nosuch.invalid': " +
+                  std::string(gai_strerror(rc))));
+}
+
+TEST(LoaderErrorTest, UnknownUpstream) {
+  EXPECT_THAT(
+      errorsOf(lines({"[upstream.app]", R"(servers = ["127.0.0.1:8000"])", "[[listener]]",
+                      R"(name = "web")", R"(listen = "127.0.0.1:8080")", R"(upstream = "ap")"})),
+      ElementsAre("t.toml:6:12: unknown upstream 'ap'"));
+}
+
+TEST(LoaderErrorTest, DuplicateListenerName) {
+  EXPECT_THAT(errorsOf(validWith({"[[listener]]", R"(name = "web")", R"(listen = "127.0.0.1:8081")",
+                                  R"(upstream = "app")"})),
+              ElementsAre("t.toml:9:8: duplicate listener name 'web' (first at 5:8)"));
+}
+
+TEST(LoaderErrorTest, DuplicateMirrorNameWithinAListener) {
+  EXPECT_THAT(errorsOf(validWith({"[[listener.mirror]]", R"(name = "m")",
+                                  R"(address = "127.0.0.1:9001")", "[[listener.mirror]]",
+                                  R"(name = "m")", R"(address = "127.0.0.1:9002")"})),
+              ElementsAre("t.toml:12:8: duplicate mirror name 'm' (first at 9:8)"));
+}
+
+TEST(LoaderErrorTest, SameMirrorNameInTwoListenersIsFine) {
+  LoadResult result =
+      loadString(validWith({"[[listener.mirror]]", R"(name = "m")", R"(address = "127.0.0.1:9001")",
+                            "[[listener]]", R"(name = "api")", R"(listen = "127.0.0.1:8081")",
+                            R"(upstream = "app")", "[[listener.mirror]]", R"(name = "m")",
+                            R"(address = "127.0.0.1:9001")"}),
+                 "t.toml");
+  EXPECT_TRUE(result.ok()) << result.errors[0].toString();
+}
+
+TEST(LoaderErrorTest, DuplicateListenAddress) {
+  EXPECT_THAT(errorsOf(validWith({"[[listener]]", R"(name = "api")", R"(listen = "127.0.0.1:8080")",
+                                  R"(upstream = "app")"})),
+              ElementsAre("t.toml:10:10: duplicate listen address '127.0.0.1:8080' (first at "
+                          "6:10)"));
+  // Compared after resolution, and [admin] takes part.
+  EXPECT_THAT(errorsOf("[admin]\nlisten = \"localhost:8080\"\n" + kValid),
+              ElementsAre("t.toml:8:10: duplicate listen address '127.0.0.1:8080' (first at "
+                          "2:10)"));
+}
+
+TEST(LoaderErrorTest, DuplicateServerInAPool) {
+  EXPECT_THAT(errorsOf(lines({"[upstream.app]",
+                              R"(servers = ["127.0.0.1:8000", "127.0.0.1:8001", "127.0.0.1:8000"])",
+                              "[[listener]]", R"(name = "web")", R"(listen = "127.0.0.1:8080")",
+                              R"(upstream = "app")"})),
+              ElementsAre("t.toml:2:48: duplicate server '127.0.0.1:8000' in [upstream.app] "
+                          "(first at 2:12)"));
+}
+
+TEST(LoaderErrorTest, EmptyServerList) {
+  EXPECT_THAT(errorsOf(lines({"[upstream.app]", "servers = []", "[[listener]]", R"(name = "web")",
+                              R"(listen = "127.0.0.1:8080")", R"(upstream = "app")"})),
+              ElementsAre("t.toml:2:11: 'servers' must not be empty in [upstream.app]"));
+}
+
+TEST(LoaderErrorTest, MissingRequiredKeyPointsAtItsTable) {
+  EXPECT_THAT(errorsOf(lines({"[upstream.app]", "balance = \"least_conn\"", "[[listener]]",
+                              R"(listen = "127.0.0.1:8080")", R"(upstream = "app")"})),
+              ElementsAre("t.toml:1:1: missing required key 'servers' in [upstream.app]",
+                          "t.toml:3:1: missing required key 'name' in [[listener]]"));
+  EXPECT_THAT(errorsOf(validWith({"  [[listener.mirror]]", R"(  name = "m")", "  [listener.tap]",
+                                  "  max_size = \"1GiB\""})),
+              ElementsAre("t.toml:8:3: missing required key 'address' in [[listener.mirror]]",
+                          "t.toml:10:3: missing required key 'path' in [listener.tap]"));
+}
+
+TEST(LoaderErrorTest, MissingCertFileIsNamed) {
+  TempDir dir;
+  std::string key = dir.write("key.pem", "x");
+  EXPECT_THAT(errorsOf(validWith({"tls = { cert = \"no-such-cert.pem\", key = \"" + key + "\" }"})),
+              ElementsAre("t.toml:8:16: cannot read cert file 'no-such-cert.pem': No such file "
+                          "or directory"));
+  EXPECT_THAT(
+      errorsOf(validWith({"tls = { cert = \"" + key + "\", key = \"" + dir.path() + "\" }"})),
+      ElementsAre("t.toml:8:" + std::to_string(26 + key.size()) + ": cannot read key file '" +
+                  dir.path() + "': is a directory"));
+  EXPECT_THAT(errorsOf(validWith({"tls = { key = \"" + key + "\" }"})),
+              ElementsAre("t.toml:8:7: missing required key 'cert' in [[listener]] tls"));
+}
+
+TEST(LoaderErrorTest, MissingCaFileIsNamed) {
+  EXPECT_THAT(
+      errorsOf(lines({"[upstream.app]", R"(servers = ["127.0.0.1:8000"])",
+                      R"(tls = { ca = "no-such-ca.pem" })", "[[listener]]", R"(name = "web")",
+                      R"(listen = "127.0.0.1:8080")", R"(upstream = "app")"})),
+      ElementsAre("t.toml:3:14: cannot read ca file 'no-such-ca.pem': No such file or "
+                  "directory"));
+}
+
+TEST(LoaderErrorTest, NamesMustBeLabelSafe) {
+  EXPECT_THAT(errorsOf(lines({R"(["upstream"."my app"])", R"(servers = ["127.0.0.1:8000"])",
+                              "[[listener]]", R"(name = "web.1")", R"(listen = "127.0.0.1:8080")",
+                              R"(upstream = "my app")"})),
+              ElementsAre("t.toml:1:13: upstream name 'my app' must match [A-Za-z0-9_-]+",
+                          "t.toml:4:8: 'name' must match [A-Za-z0-9_-]+, got 'web.1'"));
+}
+
+TEST(LoaderErrorTest, EmptyFileNeedsAnUpstreamAndAListener) {
+  EXPECT_THAT(errorsOf(""),
+              ElementsAre("t.toml:1:1: no upstream defined (add an [upstream.NAME] table)",
+                          "t.toml:1:1: no listener defined (add a [[listener]] table)"));
+}
+
+TEST(LoaderErrorTest, SeveralErrorsAreAllReportedInFileOrder) {
+  EXPECT_THAT(errorsOf(lines({
+                  "[[listener]]",                   // 1
+                  R"(name = "web")",                // 2
+                  R"(listen = "127.0.0.1:99999")",  // 3
+                  R"(upstream = "nope")",           // 4
+                  R"(idle_timeout = "soon")",       // 5
+                  "[server]",                       // 6
+                  "workers = -1",                   // 7
+                  "bogus = true",                   // 8
+                  "[upstream.app]",                 // 9
+                  R"(servers = ["127.0.0.1"])",     // 10
+              })),
+              ElementsAre("t.toml:3:10: bad address '127.0.0.1:99999' for 'listen': port '99999' "
+                          "is not in 1..65535",
+                          "t.toml:4:12: unknown upstream 'nope'",
+                          "t.toml:5:16: bad duration 'soon' for 'idle_timeout': expected a number "
+                          "with a unit, e.g. 5s, 250ms, 1h",
+                          "t.toml:7:11: 'workers' must be in 0..1024, got -1",
+                          "t.toml:8:1: unknown key 'bogus' in [server]",
+                          "t.toml:10:12: bad address '127.0.0.1' for 'servers': missing port "
+                          "(expected HOST:PORT)"));
+}
+
+TEST(LoaderErrorTest, NulInAStringIsRejected) {
+  EXPECT_THAT(errorsOf(validWith({"[listener.tap]", R"(path = "a\u0000b")"})),
+              ElementsAre("t.toml:9:8: 'path' must not contain NUL characters"));
+}
+
+// ---- Files ----
+
+TEST(LoadFileTest, MissingFileIsOneError) {
+  LoadResult result = loadFile("/nonexistent/grelay.toml");
+  EXPECT_FALSE(result.ok());
+  ASSERT_EQ(result.errors.size(), 1u);
+  EXPECT_EQ(result.errors[0].toString(),
+            "/nonexistent/grelay.toml:1:1: cannot read config: No such file or directory");
+}
+
+TEST(LoadFileTest, DirectoryIsOneError) {
+  TempDir dir;
+  LoadResult result = loadFile(dir.path());
+  ASSERT_EQ(result.errors.size(), 1u);
+  EXPECT_EQ(result.errors[0].toString(), dir.path() + ":1:1: cannot read config: Is a directory");
+}
+
+TEST(LoadFileTest, ErrorsCarryThePathGiven) {
+  TempDir dir;
+  std::string path = dir.write("bad.toml", "[server]\nworkers = \"x\"\n" + kValid);
+  LoadResult result = loadFile(path);
+  ASSERT_EQ(result.errors.size(), 1u);
+  EXPECT_EQ(result.errors[0].toString(), path + ":2:11: 'workers' must be an integer, got string");
+}
+
+TEST(LoadFileTest, EveryExampleFileLoads) {
+  std::filesystem::path examples = std::filesystem::path(GRELAY_SOURCE_DIR) / "config/examples";
+  int loaded = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(examples)) {
+    if (entry.path().extension() != ".toml")
+      continue;
+    LoadResult result = loadFile(entry.path());
+    for (const ConfigError& error : result.errors)
+      ADD_FAILURE() << error.toString();
+    EXPECT_TRUE(result.ok()) << entry.path();
+    ++loaded;
+  }
+  EXPECT_GE(loaded, 2);
+}
+
+TEST(LoadFileTest, DemoExampleIsTheReadmeDemo) {
+  LoadResult result = loadFile(std::string(GRELAY_SOURCE_DIR) + "/config/examples/demo.toml");
+  ASSERT_TRUE(result.ok());
+  const Config& c = *result.config;
+  EXPECT_EQ(c.server.workers, 1u);
+  EXPECT_EQ(c.admin.listen->text, "127.0.0.1:9100");
+  ASSERT_EQ(c.listeners.size(), 1u);
+  const ListenerConfig& web = c.listeners[0];
+  EXPECT_EQ(web.name, "web");
+  EXPECT_EQ(web.listen.text, "127.0.0.1:8080");
+  EXPECT_EQ(c.upstreams.at(web.upstream_index).name, "app");
+  EXPECT_EQ(c.upstreams[0].servers.at(0).text, "127.0.0.1:8000");
+  ASSERT_EQ(web.mirrors.size(), 1u);
+  EXPECT_EQ(web.mirrors[0].name, "analytics");
+  EXPECT_EQ(web.mirrors[0].address.text, "127.0.0.1:9001");
+  EXPECT_EQ(web.mirrors[0].direction, MirrorDirection::Request);
+  EXPECT_EQ(web.tap->path, "var/tap/web");
+}
+
+}  // namespace
+}  // namespace grelay::config
