@@ -5,9 +5,12 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <exception>
+#include <thread>
 #include <utility>
 
 #include <civetweb.h>
@@ -51,11 +54,60 @@ std::string bindFailureReason(const config::Address& address) {
   return reason;
 }
 
+// Where to connect to reach a server bound to `bound` on `port` (a wildcard address is
+// reached through loopback).
+config::Address reachable(const config::Address& bound, uint16_t port) {
+  config::Address out = bound;
+  if (out.family() == AF_INET6) {
+    auto* in6 = reinterpret_cast<sockaddr_in6*>(&out.storage);
+    if (IN6_IS_ADDR_UNSPECIFIED(&in6->sin6_addr)) {
+      in6->sin6_addr = in6addr_loopback;
+    }
+    in6->sin6_port = htons(port);
+  } else {
+    auto* in4 = reinterpret_cast<sockaddr_in*>(&out.storage);
+    if (in4->sin_addr.s_addr == htonl(INADDR_ANY)) {
+      in4->sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    }
+    in4->sin_port = htons(port);
+  }
+  return out;
+}
+
+// Connects and closes at once: wakes civetweb's accept loop.
+void knock(const config::Address& address) {
+  const int fd = socket(address.family(), SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd >= 0) {
+    connect(fd, address.sockaddrPtr(), address.length);
+    close(fd);
+  }
+}
+
 class ExposerAdminServer : public AdminServer {
 public:
   ExposerAdminServer(std::shared_ptr<StatsCollector> collector,
-                     std::unique_ptr<prometheus::Exposer> exposer, uint16_t port)
-      : collector_(std::move(collector)), exposer_(std::move(exposer)), port_(port) {}
+                     std::unique_ptr<prometheus::Exposer> exposer, const config::Address& bound,
+                     uint16_t port)
+      : collector_(std::move(collector)),
+        exposer_(std::move(exposer)),
+        port_(port),
+        reachable_(reachable(bound, port)) {}
+
+  ~ExposerAdminServer() override {
+    // civetweb's accept loop sees the stop request only when its poll() times out (2s)
+    // or a connection arrives: knock until it has stopped, so shutdown takes
+    // milliseconds.
+    std::atomic<bool> stopped{false};
+    std::thread knocker([&] {
+      while (!stopped.load()) {
+        knock(reachable_);
+        std::this_thread::sleep_for(std::chrono::milliseconds(10));
+      }
+    });
+    exposer_.reset();
+    stopped.store(true);
+    knocker.join();
+  }
 
   std::string render() const override { return collector_->render(); }
   uint16_t port() const override { return port_; }
@@ -65,6 +117,7 @@ private:
   std::shared_ptr<StatsCollector> collector_;
   std::unique_ptr<prometheus::Exposer> exposer_;
   uint16_t port_;
+  config::Address reachable_;
 };
 
 }  // namespace
@@ -106,7 +159,8 @@ std::unique_ptr<AdminServer> startAdmin(const AdminInputs& inputs, std::string* 
   if (!ports.empty()) {
     port = static_cast<uint16_t>(ports.front());
   }
-  return std::make_unique<ExposerAdminServer>(std::move(collector), std::move(exposer), port);
+  return std::make_unique<ExposerAdminServer>(std::move(collector), std::move(exposer), address,
+                                              port);
 }
 
 }  // namespace grelay::metrics
