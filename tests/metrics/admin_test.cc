@@ -1,0 +1,510 @@
+// The admin endpoint: exact sums across workers, histogram layout, label hygiene, bind
+// failures, a real HTTP scrape, and promtool's verdict on the exposition.
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <set>
+#include <sstream>
+#include <string>
+
+#include <gtest/gtest.h>
+
+#include "metrics/admin.h"
+#include "metrics/collector.h"
+#include "tests/metrics/exposition.h"
+#include "tests/metrics/fixture.h"
+
+namespace grelay::metrics {
+namespace {
+
+using testing::address;
+using testing::makeConfig;
+using testing::makeWorkers;
+using testing::parseExposition;
+using testing::sampleLines;
+
+// Every grelay_* sample of the fixture (fixture.h) with two filled workers, in order.
+// Counters are 11 * (BASE + 100 * listener index); worked out by hand, not by the code.
+constexpr const char* kExpectedGrelaySamples = R"golden(grelay_build_info{version="0.0.0-test"} 1
+grelay_relay_path_info{path="mainline"} 1
+grelay_workers 2
+grelay_max_connections 5000
+grelay_listener_max_connections{listener="api"} 100
+grelay_connections_total{listener="web"} 11
+grelay_connections_total{listener="api"} 1111
+grelay_connections_active{listener="web"} 22
+grelay_connections_active{listener="api"} 1122
+grelay_connections_rejected_total{listener="web"} 33
+grelay_connections_rejected_total{listener="api"} 1133
+grelay_received_bytes_total{listener="web",direction="request"} 44
+grelay_received_bytes_total{listener="web",direction="response"} 55
+grelay_received_bytes_total{listener="api",direction="request"} 1144
+grelay_received_bytes_total{listener="api",direction="response"} 1155
+grelay_sent_bytes_total{listener="web",target="app"} 66
+grelay_sent_bytes_total{listener="web",target="analytics"} 330
+grelay_sent_bytes_total{listener="web",target="shadow"} 440
+grelay_sent_bytes_total{listener="api",target="secure_api"} 1166
+grelay_client_sent_bytes_total{listener="web"} 77
+grelay_client_sent_bytes_total{listener="api"} 1177
+grelay_chunks_total{listener="web",path="group"} 88
+grelay_chunks_total{listener="web",path="mainline"} 99
+grelay_chunks_total{listener="web",path="copy"} 110
+grelay_chunks_total{listener="api",path="group"} 1188
+grelay_chunks_total{listener="api",path="mainline"} 1199
+grelay_chunks_total{listener="api",path="copy"} 1210
+grelay_idle_timeouts_total{listener="web"} 143
+grelay_idle_timeouts_total{listener="api"} 1243
+grelay_session_resets_total{listener="web"} 154
+grelay_session_resets_total{listener="api"} 1254
+grelay_upstream_connect_errors_total{listener="web",upstream="app"} 121
+grelay_upstream_connect_errors_total{listener="api",upstream="secure_api"} 1221
+grelay_upstream_unavailable_total{listener="web"} 132
+grelay_upstream_unavailable_total{listener="api"} 1232
+grelay_upstream_connect_duration_seconds_count{listener="web",upstream="app"} 6
+grelay_upstream_connect_duration_seconds_sum{listener="web",upstream="app"} 23.02064
+grelay_upstream_connect_duration_seconds_bucket{listener="web",upstream="app",le="5e-05"} 1
+grelay_upstream_connect_duration_seconds_bucket{listener="web",upstream="app",le="0.0001"} 1
+grelay_upstream_connect_duration_seconds_bucket{listener="web",upstream="app",le="0.00025"} 1
+grelay_upstream_connect_duration_seconds_bucket{listener="web",upstream="app",le="0.0005"} 3
+grelay_upstream_connect_duration_seconds_bucket{listener="web",upstream="app",le="0.001"} 3
+grelay_upstream_connect_duration_seconds_bucket{listener="web",upstream="app",le="0.0025"} 3
+grelay_upstream_connect_duration_seconds_bucket{listener="web",upstream="app",le="0.005"} 3
+grelay_upstream_connect_duration_seconds_bucket{listener="web",upstream="app",le="0.01"} 3
+grelay_upstream_connect_duration_seconds_bucket{listener="web",upstream="app",le="0.025"} 4
+grelay_upstream_connect_duration_seconds_bucket{listener="web",upstream="app",le="0.05"} 4
+grelay_upstream_connect_duration_seconds_bucket{listener="web",upstream="app",le="0.1"} 4
+grelay_upstream_connect_duration_seconds_bucket{listener="web",upstream="app",le="0.25"} 4
+grelay_upstream_connect_duration_seconds_bucket{listener="web",upstream="app",le="0.5"} 4
+grelay_upstream_connect_duration_seconds_bucket{listener="web",upstream="app",le="1"} 4
+grelay_upstream_connect_duration_seconds_bucket{listener="web",upstream="app",le="2.5"} 4
+grelay_upstream_connect_duration_seconds_bucket{listener="web",upstream="app",le="5"} 5
+grelay_upstream_connect_duration_seconds_bucket{listener="web",upstream="app",le="10"} 5
+grelay_upstream_connect_duration_seconds_bucket{listener="web",upstream="app",le="+Inf"} 6
+grelay_upstream_connect_duration_seconds_count{listener="api",upstream="secure_api"} 7
+grelay_upstream_connect_duration_seconds_sum{listener="api",upstream="secure_api"} 23.02214
+grelay_upstream_connect_duration_seconds_bucket{listener="api",upstream="secure_api",le="5e-05"} 1
+grelay_upstream_connect_duration_seconds_bucket{listener="api",upstream="secure_api",le="0.0001"} 1
+grelay_upstream_connect_duration_seconds_bucket{listener="api",upstream="secure_api",le="0.00025"} 1
+grelay_upstream_connect_duration_seconds_bucket{listener="api",upstream="secure_api",le="0.0005"} 3
+grelay_upstream_connect_duration_seconds_bucket{listener="api",upstream="secure_api",le="0.001"} 3
+grelay_upstream_connect_duration_seconds_bucket{listener="api",upstream="secure_api",le="0.0025"} 4
+grelay_upstream_connect_duration_seconds_bucket{listener="api",upstream="secure_api",le="0.005"} 4
+grelay_upstream_connect_duration_seconds_bucket{listener="api",upstream="secure_api",le="0.01"} 4
+grelay_upstream_connect_duration_seconds_bucket{listener="api",upstream="secure_api",le="0.025"} 5
+grelay_upstream_connect_duration_seconds_bucket{listener="api",upstream="secure_api",le="0.05"} 5
+grelay_upstream_connect_duration_seconds_bucket{listener="api",upstream="secure_api",le="0.1"} 5
+grelay_upstream_connect_duration_seconds_bucket{listener="api",upstream="secure_api",le="0.25"} 5
+grelay_upstream_connect_duration_seconds_bucket{listener="api",upstream="secure_api",le="0.5"} 5
+grelay_upstream_connect_duration_seconds_bucket{listener="api",upstream="secure_api",le="1"} 5
+grelay_upstream_connect_duration_seconds_bucket{listener="api",upstream="secure_api",le="2.5"} 5
+grelay_upstream_connect_duration_seconds_bucket{listener="api",upstream="secure_api",le="5"} 6
+grelay_upstream_connect_duration_seconds_bucket{listener="api",upstream="secure_api",le="10"} 6
+grelay_upstream_connect_duration_seconds_bucket{listener="api",upstream="secure_api",le="+Inf"} 7
+grelay_mirror_sessions_total{listener="web",mirror="analytics"} 374
+grelay_mirror_sessions_total{listener="web",mirror="shadow"} 484
+grelay_mirror_cuts_total{listener="web",mirror="analytics"} 341
+grelay_mirror_cuts_total{listener="web",mirror="shadow"} 451
+grelay_mirror_dropped_bytes_total{listener="web",mirror="analytics"} 352
+grelay_mirror_dropped_bytes_total{listener="web",mirror="shadow"} 462
+grelay_mirror_connect_errors_total{listener="web",mirror="analytics"} 363
+grelay_mirror_connect_errors_total{listener="web",mirror="shadow"} 473
+grelay_mirror_response_bytes_total{listener="web",mirror="analytics"} 385
+grelay_mirror_response_bytes_total{listener="web",mirror="shadow"} 495
+grelay_tap_bytes_total{listener="web"} 165
+grelay_tap_dropped_bytes_total{listener="web"} 176
+grelay_tap_errors_total{listener="web"} 187
+)golden";
+
+std::vector<std::string> splitLines(const std::string& text) {
+  std::vector<std::string> lines;
+  std::istringstream in(text);
+  for (std::string line; std::getline(in, line);) {
+    lines.push_back(line);
+  }
+  return lines;
+}
+
+// A listening TCP socket on 127.0.0.1 with a kernel-chosen port.
+struct ListeningSocket {
+  ListeningSocket() {
+    fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in in{};
+    in.sin_family = AF_INET;
+    in.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    EXPECT_EQ(bind(fd, reinterpret_cast<sockaddr*>(&in), sizeof(in)), 0);
+    EXPECT_EQ(listen(fd, 4), 0);
+    socklen_t len = sizeof(in);
+    getsockname(fd, reinterpret_cast<sockaddr*>(&in), &len);
+    port = ntohs(in.sin_port);
+  }
+  ~ListeningSocket() { close(fd); }
+  int fd = -1;
+  uint16_t port = 0;
+};
+
+// A plain HTTP/1.0 GET on 127.0.0.1:port; returns the whole response (headers + body).
+std::string httpGet(uint16_t port, const std::string& path) {
+  const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  sockaddr_in in{};
+  in.sin_family = AF_INET;
+  in.sin_port = htons(port);
+  in.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+  if (connect(fd, reinterpret_cast<sockaddr*>(&in), sizeof(in)) != 0) {
+    close(fd);
+    return "connect failed";
+  }
+  const std::string request = "GET " + path + " HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
+  EXPECT_EQ(write(fd, request.data(), request.size()), static_cast<ssize_t>(request.size()));
+  std::string response;
+  char buf[4096];
+  for (ssize_t n; (n = read(fd, buf, sizeof(buf))) > 0;) {
+    response.append(buf, static_cast<size_t>(n));
+  }
+  close(fd);
+  return response;
+}
+
+std::string bodyOf(const std::string& response) {
+  const size_t end = response.find("\r\n\r\n");
+  return end == std::string::npos ? "" : response.substr(end + 4);
+}
+
+// Runs `promtool check metrics` on `text`; returns its exit status and output.
+std::pair<int, std::string> promtoolCheckMetrics(const std::string& text) {
+  char path[] = "/tmp/grelay-metrics-XXXXXX";
+  const int fd = mkstemp(path);
+  EXPECT_GE(fd, 0);
+  EXPECT_EQ(write(fd, text.data(), text.size()), static_cast<ssize_t>(text.size()));
+  close(fd);
+  const std::string command = std::string("promtool check metrics < ") + path + " 2>&1";
+  FILE* pipe = popen(command.c_str(), "r");
+  std::string output;
+  char buf[512];
+  while (size_t n = fread(buf, 1, sizeof(buf), pipe)) {
+    output.append(buf, n);
+  }
+  const int status = pclose(pipe);
+  unlink(path);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, output};
+}
+
+bool havePromtool() {
+  return std::system("command -v promtool >/dev/null 2>&1") == 0;
+}
+
+class AdminTest : public ::testing::Test {
+protected:
+  AdminTest() : config_(makeConfig(address("127.0.0.1", 0))), workers_(makeWorkers(config_, 2)) {
+    testing::fillKnownValues(*workers_[0], 0);
+    testing::fillKnownValues(*workers_[1], 1);
+  }
+
+  AdminInputs inputs() const {
+    AdminInputs in;
+    in.config = &config_;
+    for (const auto& w : workers_) {
+      in.workers.push_back(w.get());
+    }
+    in.relayPath = "mainline";
+    in.version = "0.0.0-test";
+    return in;
+  }
+
+  std::unique_ptr<AdminServer> start() {
+    std::string error;
+    auto admin = startAdmin(inputs(), &error);
+    EXPECT_NE(admin, nullptr) << error;
+    return admin;
+  }
+
+  config::Config config_;
+  std::vector<std::unique_ptr<WorkerStats>> workers_;
+};
+
+TEST_F(AdminTest, RenderHasExactlyTheSummedValueOfEverySeries) {
+  const auto admin = start();
+  ASSERT_NE(admin, nullptr);
+  EXPECT_EQ(sampleLines(admin->render(), "grelay_"), splitLines(kExpectedGrelaySamples));
+}
+
+TEST_F(AdminTest, CollectorRendersTheSameWithoutAServer) {
+  const StatsCollector collector(inputs());
+  EXPECT_EQ(sampleLines(collector.render(), "grelay_"), splitLines(kExpectedGrelaySamples));
+}
+
+TEST_F(AdminTest, ScrapesReadLiveCountersEachTime) {
+  const auto admin = start();
+  ASSERT_NE(admin, nullptr);
+  workers_[1]->listeners[0]->connections.add(1000);
+  workers_[0]->listeners[0]->active.add(-20);
+  const auto lines = sampleLines(admin->render(), "grelay_connections_");
+  EXPECT_NE(
+      std::find(lines.begin(), lines.end(), "grelay_connections_total{listener=\"web\"} 1011"),
+      lines.end());
+  EXPECT_NE(std::find(lines.begin(), lines.end(), "grelay_connections_active{listener=\"web\"} 2"),
+            lines.end());
+}
+
+TEST(AdminHistogramTest, BucketsAreCumulativeAndInfEqualsCount) {
+  const config::Config config = makeConfig(address("127.0.0.1", 0));
+  auto workers = makeWorkers(config, 3);  // worker 2 observes nothing
+  Histogram& h0 = workers[0]->listeners[0]->connectDuration;
+  Histogram& h1 = workers[1]->listeners[0]->connectDuration;
+  h0.observe(0.00005);  // on a bound: counts in le="5e-05"
+  h0.observe(0.0002);   // le="0.00025"
+  h1.observe(0.0002);
+  h1.observe(10.0);  // the last finite bucket
+  h1.observe(10.5);  // +Inf only
+  AdminInputs inputs;
+  inputs.config = &config;
+  for (const auto& w : workers) {
+    inputs.workers.push_back(w.get());
+  }
+  const auto expo = parseExposition(StatsCollector(inputs).render());
+
+  std::vector<std::pair<std::string, std::string>> buckets;  // le -> cumulative count
+  std::string count, sum;
+  for (const auto& s : expo.samples) {
+    if (s.labels.empty() || s.labels[0].second != "web") {
+      continue;
+    }
+    if (s.name == "grelay_upstream_connect_duration_seconds_bucket") {
+      ASSERT_EQ(s.labels.size(), 3u);
+      EXPECT_EQ(s.labels[1], (std::pair<std::string, std::string>{"upstream", "app"}));
+      EXPECT_EQ(s.labels[2].first, "le");
+      buckets.emplace_back(s.labels[2].second, s.value);
+    } else if (s.name == "grelay_upstream_connect_duration_seconds_count") {
+      count = s.value;
+    } else if (s.name == "grelay_upstream_connect_duration_seconds_sum") {
+      sum = s.value;
+    }
+  }
+  const std::vector<std::pair<std::string, std::string>> expected = {
+      {"5e-05", "1"},  {"0.0001", "1"}, {"0.00025", "3"}, {"0.0005", "3"}, {"0.001", "3"},
+      {"0.0025", "3"}, {"0.005", "3"},  {"0.01", "3"},    {"0.025", "3"},  {"0.05", "3"},
+      {"0.1", "3"},    {"0.25", "3"},   {"0.5", "3"},     {"1", "3"},      {"2.5", "3"},
+      {"5", "3"},      {"10", "4"},     {"+Inf", "5"}};
+  EXPECT_EQ(buckets, expected);
+  EXPECT_EQ(count, "5");
+  EXPECT_EQ(sum, "20.50045");
+  ASSERT_EQ(kConnectBuckets.size() + 1, expected.size());
+}
+
+TEST_F(AdminTest, EveryFamilyHasHelpAndTypeAndCountersEndInTotal) {
+  const auto expo = parseExposition(StatsCollector(inputs()).render());
+  std::set<std::string> families;
+  for (const auto& s : expo.samples) {
+    families.insert(testing::familyOf(s, expo));
+  }
+  EXPECT_EQ(families.size(), 31u);  // 25 grelay_* and 6 process_*
+  for (const auto& family : families) {
+    ASSERT_EQ(expo.type.count(family), 1u) << family;
+    EXPECT_FALSE(expo.help.at(family).empty()) << family;
+    const bool total = family.size() > 6 && family.substr(family.size() - 6) == "_total";
+    EXPECT_EQ(expo.type.at(family) == "counter", total) << family;
+  }
+  // The contract of design.md ("Metrics") and issue 4, by name and type.
+  const std::map<std::string, std::string> contract = {
+      {"grelay_connections_total", "counter"},
+      {"grelay_connections_active", "gauge"},
+      {"grelay_received_bytes_total", "counter"},
+      {"grelay_sent_bytes_total", "counter"},
+      {"grelay_chunks_total", "counter"},
+      {"grelay_mirror_cuts_total", "counter"},
+      {"grelay_mirror_dropped_bytes_total", "counter"},
+      {"grelay_tap_bytes_total", "counter"},
+      {"grelay_tap_dropped_bytes_total", "counter"},
+      {"grelay_upstream_connect_errors_total", "counter"},
+      {"grelay_upstream_connect_duration_seconds", "histogram"},
+      {"grelay_relay_path_info", "gauge"},
+      {"grelay_build_info", "gauge"},
+      {"process_resident_memory_bytes", "gauge"},
+      {"process_virtual_memory_bytes", "gauge"},
+      {"process_open_fds", "gauge"},
+      {"process_max_fds", "gauge"},
+      {"process_cpu_seconds_total", "counter"},
+      {"process_start_time_seconds", "gauge"},
+  };
+  for (const auto& [name, type] : contract) {
+    ASSERT_EQ(expo.type.count(name), 1u) << name;
+    EXPECT_EQ(expo.type.at(name), type) << name;
+  }
+}
+
+TEST_F(AdminTest, LabelsComeOnlyFromConfigNames) {
+  std::set<std::string> allowedValues = {"request",  "response", "group",
+                                         "mainline", "copy",     "0.0.0-test"};
+  for (const auto& u : config_.upstreams) {
+    allowedValues.insert(u.name);
+  }
+  for (const auto& l : config_.listeners) {
+    allowedValues.insert(l.name);
+    for (const auto& m : l.mirrors) {
+      allowedValues.insert(m.name);
+    }
+  }
+  std::set<std::string> bucketBounds = {"+Inf"};
+  for (double b : kConnectBuckets) {
+    std::ostringstream text;
+    text.precision(16);
+    text << b;
+    bucketBounds.insert(text.str());
+  }
+  const std::set<std::string> allowedNames = {"listener", "direction", "target", "path",
+                                              "mirror",   "upstream",  "version"};
+  const auto expo = parseExposition(StatsCollector(inputs()).render());
+  size_t labelled = 0;
+  for (const auto& s : expo.samples) {
+    for (const auto& [name, value] : s.labels) {
+      ++labelled;
+      if (name == "le") {
+        EXPECT_EQ(bucketBounds.count(value), 1u) << s.line;
+        continue;
+      }
+      EXPECT_EQ(allowedNames.count(name), 1u) << s.line;
+      EXPECT_EQ(allowedValues.count(value), 1u) << s.line;
+    }
+  }
+  EXPECT_GT(labelled, 100u);
+}
+
+TEST(AdminLabelsTest, MirrorNamedLikeItsUpstreamGetsItsOwnTarget) {
+  config::Config config = makeConfig(address("127.0.0.1", 0));
+  config.listeners[0].mirrors[0].name = "app";  // the web listener's upstream pool
+  auto workers = makeWorkers(config, 1);
+  workers[0]->listeners[0]->sentUpstreamBytes.add(5);
+  workers[0]->listeners[0]->mirrors[0].sentBytes.add(7);
+  AdminInputs inputs;
+  inputs.config = &config;
+  inputs.workers = {workers[0].get()};
+  const auto lines = sampleLines(StatsCollector(inputs).render(), "grelay_sent_bytes_total");
+  const std::vector<std::string> expected = {
+      R"(grelay_sent_bytes_total{listener="web",target="app"} 5)",
+      R"(grelay_sent_bytes_total{listener="web",target="mirror:app"} 7)",
+      R"(grelay_sent_bytes_total{listener="web",target="shadow"} 0)",
+      R"(grelay_sent_bytes_total{listener="api",target="secure_api"} 0)",
+  };
+  EXPECT_EQ(lines, expected);
+}
+
+TEST(AdminWorkersTest, NoWorkersExposesZerosForEveryConfiguredSeries) {
+  const config::Config config = makeConfig(address("127.0.0.1", 0));
+  AdminInputs inputs;
+  inputs.config = &config;
+  inputs.relayPath = "group";
+  const auto expo = parseExposition(StatsCollector(inputs).render());
+  size_t grelay = 0;
+  for (const auto& s : expo.samples) {
+    if (s.name.rfind("grelay_", 0) != 0) {
+      continue;
+    }
+    ++grelay;
+    if (s.name == "grelay_build_info" || s.name == "grelay_relay_path_info") {
+      EXPECT_EQ(s.value, "1") << s.line;
+    } else if (s.name == "grelay_max_connections") {
+      EXPECT_EQ(s.value, "5000");
+    } else if (s.name == "grelay_listener_max_connections") {
+      EXPECT_EQ(s.value, "100");
+    } else {
+      EXPECT_EQ(s.value, "0") << s.line;
+    }
+  }
+  EXPECT_EQ(grelay, splitLines(kExpectedGrelaySamples).size());
+}
+
+TEST_F(AdminTest, BusyPortFailsWithAClearError) {
+  ListeningSocket busy;
+  config_.admin.listen = address("127.0.0.1", busy.port);
+  std::string error;
+  std::unique_ptr<AdminServer> admin;
+  EXPECT_NO_THROW(admin = startAdmin(inputs(), &error));
+  EXPECT_EQ(admin, nullptr);
+  EXPECT_EQ(error, "cannot serve metrics on 127.0.0.1:" + std::to_string(busy.port) +
+                       ": Address already in use");
+}
+
+TEST_F(AdminTest, AddressNotOnThisHostFailsWithAClearError) {
+  config_.admin.listen = address("192.0.2.1", 9100);  // TEST-NET-1, never local
+  std::string error;
+  std::unique_ptr<AdminServer> admin;
+  EXPECT_NO_THROW(admin = startAdmin(inputs(), &error));
+  EXPECT_EQ(admin, nullptr);
+  EXPECT_EQ(error, "cannot serve metrics on 192.0.2.1:9100: Cannot assign requested address");
+}
+
+TEST_F(AdminTest, Ipv6AddressServesOrSaysCivetwebLacksIpv6) {
+  config_.admin.listen = address("::1", 0);
+  std::string error;
+  std::unique_ptr<AdminServer> admin;
+  EXPECT_NO_THROW(admin = startAdmin(inputs(), &error));
+  if (admin == nullptr) {
+    EXPECT_EQ(error.rfind("cannot serve metrics on [::1]:0: the installed civetweb", 0), 0u)
+        << error;
+    EXPECT_NE(error.find("without IPv6"), std::string::npos) << error;
+  } else {
+    EXPECT_GT(admin->port(), 0);
+  }
+}
+
+TEST_F(AdminTest, HttpGetOnMetricsReturnsTheExposition) {
+  const auto admin = start();
+  ASSERT_NE(admin, nullptr);
+  ASSERT_GT(admin->port(), 0);
+  const std::string response = httpGet(admin->port(), "/metrics");
+  ASSERT_EQ(response.rfind("HTTP/1.1 200 OK\r\n", 0), 0u) << response.substr(0, 200);
+  const std::string headers = response.substr(0, response.find("\r\n\r\n"));
+  EXPECT_NE(headers.find("Content-Type: text/plain"), std::string::npos) << headers;
+  const std::string body = bodyOf(response);
+  EXPECT_EQ(sampleLines(body, "grelay_"), splitLines(kExpectedGrelaySamples));
+  EXPECT_EQ(sampleLines(body, "grelay_"), sampleLines(admin->render(), "grelay_"));
+  EXPECT_EQ(sampleLines(body, "process_").size(), 6u);
+  EXPECT_EQ(sampleLines(body, "exposer_scrapes_total").size(), 1u);  // prometheus-cpp's own
+}
+
+TEST_F(AdminTest, HttpGetOnAnotherPathIsNotFound) {
+  const auto admin = start();
+  ASSERT_NE(admin, nullptr);
+  const std::string response = httpGet(admin->port(), "/");
+  const std::string status = response.substr(0, response.find("\r\n"));
+  EXPECT_EQ(status.substr(status.find(' ')), " 404 Not Found") << response;
+}
+
+TEST_F(AdminTest, DestroyingTheServerReleasesThePort) {
+  auto admin = start();
+  ASSERT_NE(admin, nullptr);
+  const uint16_t port = admin->port();
+  admin.reset();
+  EXPECT_EQ(httpGet(port, "/metrics"), "connect failed");
+  config_.admin.listen = address("127.0.0.1", port);
+  admin = start();  // the same port again (a restart or a reload)
+  ASSERT_NE(admin, nullptr);
+  EXPECT_EQ(admin->port(), port);
+}
+
+TEST_F(AdminTest, PromtoolAcceptsTheRenderedExposition) {
+  if (!havePromtool()) {
+    GTEST_SKIP() << "promtool not installed (Debian package prometheus)";
+  }
+  const auto [status, output] = promtoolCheckMetrics(StatsCollector(inputs()).render());
+  EXPECT_EQ(status, 0) << output;
+  EXPECT_EQ(output, "");
+}
+
+TEST_F(AdminTest, PromtoolAcceptsTheScrapedExposition) {
+  if (!havePromtool()) {
+    GTEST_SKIP() << "promtool not installed (Debian package prometheus)";
+  }
+  const auto admin = start();
+  ASSERT_NE(admin, nullptr);
+  httpGet(admin->port(), "/metrics");  // so exposer_* carry numbers, not NaN only
+  const auto [status, output] = promtoolCheckMetrics(bodyOf(httpGet(admin->port(), "/metrics")));
+  EXPECT_EQ(status, 0) << output;
+}
+
+}  // namespace
+}  // namespace grelay::metrics

@@ -1,0 +1,168 @@
+// A hand-built config and synthetic worker stats with known values, shared by the unit
+// tests and metrics_test_exporter (whose numbers prometheus_scrape_test.py checks).
+//
+// Config: upstream pools "app" and "secure_api"; listener "web" (upstream app, mirrors
+// "analytics" and "shadow", a tap) and listener "api" (upstream secure_api, no mirrors, no
+// tap, max_connections = 100); [server] max_connections = 5000.
+//
+// fillKnownValues(stats, worker): every counter of listener L (0 = web, 1 = api) holds
+// (BASE + 100 * L) * (worker == 0 ? 1 : 10), so two workers sum to 11 * (BASE + 100 * L).
+// BASE per field is in kBase* below; mirror M's fields use 30 + 10 * M + k. Upstream
+// connect durations: worker 0 observes 40us, 300us and 20ms, worker 1 observes 300us, 3s
+// and 20s (past the last bucket); on listener api, worker 0 also observes 1.5ms.
+#pragma once
+
+#include <arpa/inet.h>
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "config/config.h"
+#include "metrics/stats.h"
+
+namespace grelay::metrics::testing {
+
+inline config::Address address(const std::string& host, uint16_t port) {
+  config::Address out;
+  if (host.find(':') != std::string::npos) {
+    auto* in6 = reinterpret_cast<sockaddr_in6*>(&out.storage);
+    in6->sin6_family = AF_INET6;
+    in6->sin6_port = htons(port);
+    inet_pton(AF_INET6, host.c_str(), &in6->sin6_addr);
+    out.length = sizeof(sockaddr_in6);
+    out.text = "[" + host + "]:" + std::to_string(port);
+  } else {
+    auto* in4 = reinterpret_cast<sockaddr_in*>(&out.storage);
+    in4->sin_family = AF_INET;
+    in4->sin_port = htons(port);
+    inet_pton(AF_INET, host.c_str(), &in4->sin_addr);
+    out.length = sizeof(sockaddr_in);
+    out.text = host + ":" + std::to_string(port);
+  }
+  return out;
+}
+
+inline config::Config makeConfig(const config::Address& admin) {
+  config::Config c;
+  c.path = "metrics-test.toml";
+  c.server.workers = 2;
+  c.server.max_connections = 5000;
+  c.admin.listen = admin;
+
+  config::UpstreamConfig app;
+  app.name = "app";
+  app.servers = {address("127.0.0.1", 8000)};
+  config::UpstreamConfig secure;
+  secure.name = "secure_api";
+  secure.servers = {address("127.0.0.1", 8443)};
+  c.upstreams = {app, secure};
+
+  config::ListenerConfig web;
+  web.name = "web";
+  web.listen = address("127.0.0.1", 8080);
+  web.upstream = "app";
+  web.upstream_index = 0;
+  config::MirrorConfig analytics;
+  analytics.name = "analytics";
+  analytics.address = address("127.0.0.1", 9001);
+  config::MirrorConfig shadow;
+  shadow.name = "shadow";
+  shadow.address = address("127.0.0.1", 9002);
+  web.mirrors = {analytics, shadow};
+  web.tap = config::TapConfig{};
+  web.tap->path = "var/tap/web";
+
+  config::ListenerConfig api;
+  api.name = "api";
+  api.listen = address("127.0.0.1", 8081);
+  api.upstream = "secure_api";
+  api.upstream_index = 1;
+  api.max_connections = 100;
+
+  c.listeners = {web, api};
+  return c;
+}
+
+inline std::vector<std::unique_ptr<WorkerStats>> makeWorkers(const config::Config& c,
+                                                             size_t count) {
+  std::vector<std::unique_ptr<WorkerStats>> workers;
+  for (size_t w = 0; w < count; ++w) {
+    auto stats = std::make_unique<WorkerStats>();
+    for (const auto& listener : c.listeners) {
+      stats->listeners.push_back(std::make_unique<ListenerStats>(listener.mirrors.size()));
+    }
+    workers.push_back(std::move(stats));
+  }
+  return workers;
+}
+
+enum Base : uint64_t {
+  kBaseConnections = 1,
+  kBaseActive = 2,
+  kBaseRejected = 3,
+  kBaseReceivedRequest = 4,
+  kBaseReceivedResponse = 5,
+  kBaseSentUpstream = 6,
+  kBaseSentClient = 7,
+  kBaseChunksGroup = 8,
+  kBaseChunksMainline = 9,
+  kBaseChunksCopy = 10,
+  kBaseConnectErrors = 11,
+  kBaseNoUpstream = 12,
+  kBaseIdleTimeouts = 13,
+  kBaseResets = 14,
+  kBaseTapBytes = 15,
+  kBaseTapDropped = 16,
+  kBaseTapErrors = 17,
+};
+
+inline void fillKnownValues(WorkerStats& stats, int worker) {
+  const uint64_t scale = worker == 0 ? 1 : 10;
+  for (size_t l = 0; l < stats.listeners.size(); ++l) {
+    ListenerStats& s = *stats.listeners[l];
+    auto v = [&](uint64_t base) { return (base + 100 * l) * scale; };
+    s.connections.add(v(kBaseConnections));
+    s.active.add(static_cast<int64_t>(v(kBaseActive)));
+    s.rejected.add(v(kBaseRejected));
+    s.receivedBytes[kRequest].add(v(kBaseReceivedRequest));
+    s.receivedBytes[kResponse].add(v(kBaseReceivedResponse));
+    s.sentUpstreamBytes.add(v(kBaseSentUpstream));
+    s.sentClientBytes.add(v(kBaseSentClient));
+    s.chunks[kGroupPath].add(v(kBaseChunksGroup));
+    s.chunks[kMainlinePath].add(v(kBaseChunksMainline));
+    s.chunks[kCopyPath].add(v(kBaseChunksCopy));
+    s.upstreamConnectErrors.add(v(kBaseConnectErrors));
+    s.noUpstream.add(v(kBaseNoUpstream));
+    s.idleTimeouts.add(v(kBaseIdleTimeouts));
+    s.resets.add(v(kBaseResets));
+    s.tapBytes.add(v(kBaseTapBytes));
+    s.tapDroppedBytes.add(v(kBaseTapDropped));
+    s.tapErrors.add(v(kBaseTapErrors));
+    for (size_t m = 0; m < s.mirrors.size(); ++m) {
+      MirrorStats& ms = s.mirrors[m];
+      const uint64_t base = 30 + 10 * m;
+      ms.sentBytes.add(v(base + 0));
+      ms.cuts.add(v(base + 1));
+      ms.droppedBytes.add(v(base + 2));
+      ms.connectErrors.add(v(base + 3));
+      ms.sessions.add(v(base + 4));
+      ms.discardedBytes.add(v(base + 5));
+    }
+    if (worker == 0) {
+      s.connectDuration.observe(0.00004);
+      s.connectDuration.observe(0.0003);
+      s.connectDuration.observe(0.02);
+      if (l == 1) {
+        s.connectDuration.observe(0.0015);
+      }
+    } else {
+      s.connectDuration.observe(0.0003);
+      s.connectDuration.observe(3.0);
+      s.connectDuration.observe(20.0);
+    }
+  }
+}
+
+}  // namespace grelay::metrics::testing
