@@ -2,6 +2,8 @@
 
 #include <arpa/inet.h>
 #include <netinet/in.h>
+#include <pthread.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -98,12 +100,17 @@ public:
     // or a connection arrives: knock until it has stopped, so shutdown takes
     // milliseconds.
     std::atomic<bool> stopped{false};
+    sigset_t all;
+    sigset_t saved;
+    sigfillset(&all);
+    pthread_sigmask(SIG_SETMASK, &all, &saved);  // the knocker takes no signals
     std::thread knocker([&] {
       while (!stopped.load()) {
         knock(reachable_);
         std::this_thread::sleep_for(std::chrono::milliseconds(10));
       }
     });
+    pthread_sigmask(SIG_SETMASK, &saved, nullptr);
     exposer_.reset();
     stopped.store(true);
     knocker.join();
@@ -145,14 +152,28 @@ std::unique_ptr<AdminServer> startAdmin(const AdminInputs& inputs, std::string* 
 
   auto collector = std::make_shared<StatsCollector>(inputs);
   std::unique_ptr<prometheus::Exposer> exposer;
+  std::string reason;
+  // civetweb's threads inherit this thread's signal mask: block every signal while they
+  // are created so SIGTERM/SIGINT/SIGHUP always reach grelay's own handling, whatever the
+  // caller's mask is at this point.
+  sigset_t all;
+  sigset_t saved;
+  sigfillset(&all);
+  pthread_sigmask(SIG_SETMASK, &all, &saved);
   try {
     exposer = std::make_unique<prometheus::Exposer>(where, /*num_threads=*/2);
     exposer->RegisterCollectable(collector);
   } catch (const std::exception& e) {
-    const std::string reason = bindFailureReason(address);
-    return fail(where, reason.empty() ? e.what() : reason);
+    reason = bindFailureReason(address);
+    if (reason.empty()) {
+      reason = e.what();
+    }
   } catch (...) {
-    return fail(where, "unknown error from the HTTP server");
+    reason = "unknown error from the HTTP server";
+  }
+  pthread_sigmask(SIG_SETMASK, &saved, nullptr);
+  if (exposer == nullptr) {
+    return fail(where, reason);
   }
   uint16_t port = 0;
   const std::vector<int> ports = exposer->GetListeningPorts();

@@ -1,7 +1,10 @@
 // The admin endpoint: exact sums across workers, histogram layout, label hygiene, bind
 // failures, a real HTTP scrape, and promtool's verdict on the exposition.
 #include <arpa/inet.h>
+#include <dirent.h>
 #include <netinet/in.h>
+#include <pthread.h>
+#include <signal.h>
 #include <sys/socket.h>
 #include <unistd.h>
 
@@ -464,6 +467,55 @@ TEST_F(AdminTest, HttpGetOnMetricsReturnsTheExposition) {
   EXPECT_EQ(sampleLines(body, "grelay_"), sampleLines(admin->render(), "grelay_"));
   EXPECT_EQ(sampleLines(body, "process_").size(), 6u);
   EXPECT_EQ(sampleLines(body, "exposer_scrapes_total").size(), 1u);  // prometheus-cpp's own
+}
+
+std::set<std::string> threadIds() {
+  std::set<std::string> ids;
+  DIR* dir = opendir("/proc/self/task");
+  while (const dirent* entry = readdir(dir)) {
+    if (entry->d_name[0] != '.') {
+      ids.insert(entry->d_name);
+    }
+  }
+  closedir(dir);
+  return ids;
+}
+
+// The "SigBlk:" mask of a thread of this process, as a number.
+unsigned long long blockedSignals(const std::string& tid) {
+  std::ifstream in("/proc/self/task/" + tid + "/status");
+  for (std::string line; std::getline(in, line);) {
+    if (line.rfind("SigBlk:", 0) == 0) {
+      return std::stoull(line.substr(7), nullptr, 16);
+    }
+  }
+  return 0;
+}
+
+TEST_F(AdminTest, HttpThreadsNeverTakeTermIntOrHup) {
+  // grelay waits for SIGTERM/SIGINT/SIGHUP synchronously in its main thread; a civetweb
+  // thread that left them unblocked would get them instead and die of SIGTERM.
+  sigset_t none;
+  sigemptyset(&none);
+  ASSERT_EQ(pthread_sigmask(SIG_SETMASK, &none, nullptr), 0);
+  const auto before = threadIds();
+  const auto admin = start();
+  ASSERT_NE(admin, nullptr);
+  size_t created = 0;
+  for (const auto& tid : threadIds()) {
+    if (before.count(tid) != 0) {
+      continue;
+    }
+    ++created;
+    const unsigned long long mask = blockedSignals(tid);
+    for (int sig : {SIGTERM, SIGINT, SIGHUP}) {
+      EXPECT_TRUE(mask & (1ull << (sig - 1))) << "thread " << tid << " signal " << sig;
+    }
+  }
+  EXPECT_GE(created, 2u);  // civetweb's master and workers
+  sigset_t current;
+  pthread_sigmask(SIG_SETMASK, nullptr, &current);
+  EXPECT_EQ(sigismember(&current, SIGTERM), 0);  // the caller's mask is restored
 }
 
 TEST_F(AdminTest, HttpGetOnAnotherPathIsNotFound) {
