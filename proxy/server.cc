@@ -92,6 +92,16 @@ int runServer(const config::Config& cfg, const relay::Features& features) {
     stats.push_back(std::move(ws));
   }
 
+  // Signals are taken synchronously by this thread only; workers and the admin
+  // server's threads (created below) inherit the blocked mask.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGINT);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGHUP);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+  ::signal(SIGPIPE, SIG_IGN);
+
   std::unique_ptr<metrics::AdminServer> admin;
   if (cfg.admin.listen) {
     metrics::AdminInputs inputs;
@@ -113,15 +123,6 @@ int runServer(const config::Config& cfg, const relay::Features& features) {
       return kExitConfig;
     }
   }
-
-  // Signals are taken synchronously by this thread only; workers never see them.
-  sigset_t signals;
-  sigemptyset(&signals);
-  sigaddset(&signals, SIGINT);
-  sigaddset(&signals, SIGTERM);
-  sigaddset(&signals, SIGHUP);
-  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
-  ::signal(SIGPIPE, SIG_IGN);
 
   std::vector<std::unique_ptr<Worker>> pool;
   std::vector<std::thread> threads;

@@ -434,8 +434,7 @@ void Session::peerFailed(Peer& peer, int32_t err) {
   }
   // The peer is gone (EPIPE, ECONNRESET): the other side learns it by a reset.
   stats().resets.inc();
-  const bool clientGone = peer.kind_ == Peer::Kind::Client;
-  close(clientGone, !clientGone, true);
+  close(true, true, true);
 }
 
 void Session::sourceFailed(Flow&, int32_t) {
@@ -557,6 +556,9 @@ void Session::close(bool resetClient, bool resetPrimary, bool resetMirrors) {
   resetPrimary_ = resetPrimary_ || resetPrimary;
   resetMirrors_ = resetMirrors_ || resetMirrors;
   const bool wasClosing = state_ == State::Closing;
+  if (!wasClosing) {
+    closeStart_ = host_.now();
+  }
   state_ = State::Closing;
   relay::Ring& ring = host_.ring();
   for (Flow* flow : {&request_, &response_}) {
@@ -625,7 +627,8 @@ void Session::onTimer(uint64_t now) noexcept {
       ring.cancel(&m->peer.connectDone_, nullptr);
     }
   }
-  if (now >= lastActivity_ + nanos(cfg().idle_timeout)) {
+  const uint64_t idleSince = state_ == State::Closing ? std::max(lastActivity_, closeStart_) : lastActivity_;
+  if (now >= idleSince + nanos(cfg().idle_timeout)) {
     if (state_ == State::Closing) {
       // Only mirrors that stopped reading keep a finished session: cut them.
       for (size_t i = 0; i < mirrors_.size(); ++i) {
@@ -644,6 +647,19 @@ void Session::onTimer(uint64_t now) noexcept {
 
 void Session::rescheduleTimer() {
   if (done_) {
+    return;
+  }
+  if (state_ == State::Closing) {
+    // Only mirrors still draining what they were given need a deadline now.
+    bool mirrorOpen = false;
+    for (auto& m : mirrors_) {
+      mirrorOpen = mirrorOpen || m->state == MirrorState::Open || m->state == MirrorState::Connecting;
+    }
+    if (!mirrorOpen) {
+      host_.timers().cancel(*this);
+      return;
+    }
+    host_.timers().schedule(*this, std::max(lastActivity_, closeStart_) + nanos(cfg().idle_timeout));
     return;
   }
   uint64_t next = lastActivity_ + nanos(cfg().idle_timeout);

@@ -215,6 +215,7 @@ private:
   uint64_t connectDeadline_ = 0;
   bool connectTimedOut_ = false;
   uint64_t lastActivity_ = 0;
+  uint64_t closeStart_ = 0;
   uint32_t inflight_ = 0;
   bool resetClient_ = false;
   bool resetPrimary_ = false;

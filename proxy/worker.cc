@@ -92,22 +92,32 @@ void Worker::useRing(relay::RingPtr ring, std::unique_ptr<Sockets> sockets) {
 }
 
 void Worker::run(std::promise<int>& ready) {
+  int err = init();
+  ready.set_value(err);
+  if (err != 0) {
+    return;
+  }
+  while (!finished()) {
+    if (!loopOnce()) {
+      break;
+    }
+  }
+}
+
+int Worker::init() {
   const config::ServerConfig& server = runtime_.config.server;
+  int err = 0;
   if (!ring_) {
-    int err = 0;
     auto ring = relay::UringRing::create(relay::RingOptions{}, &err);
     if (!ring) {
-      ready.set_value(err);
-      return;
+      return err;
     }
     ring_ = std::move(ring);
     sockets_ = std::make_unique<SystemSockets>();
   }
-  int err = 0;
   auto buffers = ring_->registerBuffers(kBufferGroup, bufferCount(server), server.chunk_size, &err);
   if (!buffers) {
-    ready.set_value(err);
-    return;
+    return err;
   }
   pool_ = std::make_unique<relay::ProvidedBufferPool>(std::move(buffers));
   pool_->setListener(this);
@@ -117,37 +127,38 @@ void Worker::run(std::promise<int>& ready) {
   }
   armControl();
   ring_->submit();
-  ready.set_value(0);
+  return 0;
+}
 
-  while (!finished()) {
-    now_ = monotonicNanos();
-    timers_.expire(now_);
-    afterDispatch();
-    if (finished()) {
-      break;
-    }
-    __kernel_timespec ts{1, 0};
-    uint64_t next = timers_.next();
-    for (const auto& a : acceptors_) {
-      if (!a->armed && a->retryAt > now_ && (next == 0 || a->retryAt < next)) {
-        next = a->retryAt;
-      }
-    }
-    if (next != 0) {
-      uint64_t wait = next > now_ ? next - now_ : 0;
-      if (wait < 1000000000ull) {
-        ts.tv_sec = 0;
-        ts.tv_nsec = static_cast<long long>(wait);
-      }
-    }
-    int ret = ring_->run(&ts);
-    if (ret < 0 && ret != -ETIME && ret != -EINTR) {
-      GRELAY_LOG_ERROR("worker %u: io_uring_enter failed: %s", index_, strerror(-ret));
-      break;
-    }
-    now_ = monotonicNanos();
-    afterDispatch();
+bool Worker::loopOnce() {
+  now_ = monotonicNanos();
+  timers_.expire(now_);
+  afterDispatch();
+  if (finished()) {
+    return true;
   }
+  __kernel_timespec ts{1, 0};
+  uint64_t next = timers_.next();
+  for (const auto& a : acceptors_) {
+    if (!a->armed && a->retryAt > now_ && (next == 0 || a->retryAt < next)) {
+      next = a->retryAt;
+    }
+  }
+  if (next != 0) {
+    uint64_t wait = next > now_ ? next - now_ : 0;
+    if (wait < 1000000000ull) {
+      ts.tv_sec = 0;
+      ts.tv_nsec = static_cast<long long>(wait);
+    }
+  }
+  int ret = ring_->run(&ts);
+  if (ret < 0 && ret != -ETIME && ret != -EINTR) {
+    GRELAY_LOG_ERROR("worker %u: io_uring_enter failed: %s", index_, strerror(-ret));
+    return false;
+  }
+  now_ = monotonicNanos();
+  afterDispatch();
+  return true;
 }
 
 bool Worker::finished() const {

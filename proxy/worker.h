@@ -66,7 +66,12 @@ public:
   // ProvidedBufferPool::Listener
   void onBuffersAvailable() noexcept override { buffersFreed_ = true; }
 
-  // For tests: replace the ring and sockets before run() (run() then skips creating them).
+  // run() = init() + loopOnce() until finished(); split for tests driving a fake ring.
+  // init() returns 0 or -errno; loopOnce() false on a fatal ring error.
+  int init();
+  bool loopOnce();
+  bool finished() const;
+  // For tests: replace the ring and sockets before init() (init() then keeps them).
   void useRing(relay::RingPtr ring, std::unique_ptr<Sockets> sockets);
   size_t sessionCount() const { return sessionCount_; }
 
@@ -92,7 +97,6 @@ private:
   void abortAll();
   void afterDispatch();
   void relieveBufferPressure();
-  bool finished() const;
 
   Runtime& runtime_;
   const uint32_t index_;

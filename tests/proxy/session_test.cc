@@ -1,0 +1,356 @@
+// Session logic on a scripted ring: every completion a test delivers is one the kernel
+// could deliver, including the awkward ones (-EAGAIN, -ENOBUFS, short sends, resets).
+#include "proxy/session.h"
+
+#include <gtest/gtest.h>
+
+#include <map>
+#include <set>
+
+#include "config/loader.h"
+#include "tests/proxy/fake_sockets.h"
+#include "tests/relay/fake_ring.h"
+
+namespace grelay::proxy {
+namespace {
+
+using testing::FakeOp;
+using testing::FakeSockets;
+using testing::FakeRing;
+using testing::OpKind;
+
+constexpr int kClientFd = 7;
+constexpr uint32_t kChunk = 4096;
+
+class FakeHost final : public SessionHost {
+public:
+  FakeHost() {
+    int err = 0;
+    pool_ = std::make_unique<relay::ProvidedBufferPool>(ring_.registerBuffers(0, 16, kChunk, &err));
+  }
+  relay::Ring& ring() override { return ring_; }
+  Sockets& sockets() override { return sockets_; }
+  relay::ProvidedBufferPool& pool() override { return *pool_; }
+  TimerQueue& timers() override { return timers_; }
+  uint64_t now() override { return now_; }
+  void waitForBuffers(Flow& flow) override { waiting.insert(&flow); }
+  void cancelWaitForBuffers(Flow& flow) override { waiting.erase(&flow); }
+  void sessionDone(Session&) override { ++done; }
+  void mirrorTrouble(const ListenerContext&, size_t index, const std::string& what) override {
+    troubles.push_back(std::to_string(index) + ": " + what);
+  }
+  uint8_t* discardBuffer(uint32_t* len) override {
+    *len = sizeof(discard_);
+    return discard_;
+  }
+  uint8_t pathIndex() const override { return metrics::kMainlinePath; }
+
+  void advance(uint64_t nanos) {
+    now_ += nanos;
+    timers_.expire(now_);
+  }
+
+  FakeRing ring_;
+  FakeSockets sockets_;
+  std::unique_ptr<relay::ProvidedBufferPool> pool_;
+  TimerQueue timers_;
+  uint64_t now_ = 1'000'000'000;
+  std::set<Flow*> waiting;
+  int done = 0;
+  std::vector<std::string> troubles;
+  uint8_t discard_[256];
+};
+
+config::Address address(const char* text) {
+  auto a = config::parseAddress(text);
+  EXPECT_TRUE(a.has_value()) << text;
+  return *a;
+}
+
+class SessionTest : public ::testing::Test {
+protected:
+  void SetUp() override { configure(0); }
+
+  void configure(size_t mirrors, uint64_t maxLag = 4 * kChunk, size_t servers = 1) {
+    upstreamConfig_.name = "app";
+    upstreamConfig_.servers.clear();
+    for (size_t i = 0; i < servers; ++i) {
+      upstreamConfig_.servers.push_back(address(("127.0.0.1:" + std::to_string(8000 + i)).c_str()));
+    }
+    listenerConfig_.name = "web";
+    listenerConfig_.connect_timeout = std::chrono::milliseconds(5000);
+    listenerConfig_.idle_timeout = std::chrono::milliseconds(60000);
+    listenerConfig_.mirrors.clear();
+    for (size_t i = 0; i < mirrors; ++i) {
+      config::MirrorConfig m;
+      m.name = "m" + std::to_string(i);
+      m.address = address(("127.0.0.1:" + std::to_string(9000 + i)).c_str());
+      m.max_lag = maxLag;
+      listenerConfig_.mirrors.push_back(m);
+    }
+    pool_ = std::make_unique<UpstreamPool>(upstreamConfig_);
+    stats_ = std::make_unique<metrics::ListenerStats>(mirrors);
+    context_.config = &listenerConfig_;
+    context_.upstream = pool_.get();
+    context_.stats = stats_.get();
+    context_.chunkSize = kChunk;
+  }
+
+  // Starts a session and connects its primary (fd 100 + mirrors first).
+  Session& startConnected() {
+    session_ = std::make_unique<Session>(host_, context_, kClientFd);
+    session_->start();
+    FakeOp* connect = host_.ring_.pending(OpKind::Connect, primaryFd());
+    EXPECT_NE(connect, nullptr);
+    host_.ring_.complete(connect, 0);
+    return *session_;
+  }
+  int primaryFd() const { return 100 + static_cast<int>(listenerConfig_.mirrors.size()); }
+  FakeRing& ring() { return host_.ring_; }
+
+  FakeHost host_;
+  config::UpstreamConfig upstreamConfig_;
+  config::ListenerConfig listenerConfig_;
+  std::unique_ptr<UpstreamPool> pool_;
+  std::unique_ptr<metrics::ListenerStats> stats_;
+  ListenerContext context_;
+  std::unique_ptr<Session> session_;
+};
+
+TEST_F(SessionTest, SendsTheReceivedBufferItselfAndRecyclesItAfterTheSend) {
+  startConnected();
+  FakeOp* recv = ring().pending(OpKind::RecvSelect, kClientFd);
+  ASSERT_NE(recv, nullptr);
+  ring().receive(recv, "hello");
+  FakeOp* send = ring().pending(OpKind::Send, primaryFd());
+  ASSERT_NE(send, nullptr);
+  // Zero copy in userspace: the send points into the provided buffer the kernel filled.
+  EXPECT_EQ(send->buf, ring().buffers()->address(0));
+  EXPECT_EQ(send->len, 5u);
+  EXPECT_EQ(std::string(static_cast<const char*>(send->buf), 5), "hello");
+  EXPECT_EQ(ring().buffers()->recycled(), 0u);
+  ring().complete(send, 5);
+  EXPECT_EQ(ring().buffers()->recycled(), 1u);
+  EXPECT_EQ(stats_->receivedBytes[metrics::kRequest].value(), 5u);
+  EXPECT_EQ(stats_->sentUpstreamBytes.value(), 5u);
+  EXPECT_EQ(stats_->chunks[metrics::kMainlinePath].value(), 1u);
+}
+
+TEST_F(SessionTest, ShortSendContinuesWithTheRest) {
+  startConnected();
+  ring().receive(ring().pending(OpKind::RecvSelect, kClientFd), "0123456789");
+  FakeOp* send = ring().pending(OpKind::Send, primaryFd());
+  ring().complete(send, 4);
+  FakeOp* rest = ring().pending(OpKind::Send, primaryFd());
+  ASSERT_NE(rest, nullptr);
+  EXPECT_EQ(std::string(static_cast<const char*>(rest->buf), rest->len), "456789");
+  EXPECT_EQ(ring().buffers()->recycled(), 0u);
+  ring().complete(rest, 6);
+  EXPECT_EQ(ring().buffers()->recycled(), 1u);
+}
+
+TEST_F(SessionTest, OneSendInFlightPerSocketAndOrderKept) {
+  startConnected();
+  ring().receive(ring().pending(OpKind::RecvSelect, kClientFd), "first");
+  ring().receive(ring().pending(OpKind::RecvSelect, kClientFd), "second");
+  EXPECT_EQ(ring().pendingCount(OpKind::Send, primaryFd()), 1u);
+  FakeOp* send = ring().pending(OpKind::Send, primaryFd());
+  EXPECT_EQ(std::string(static_cast<const char*>(send->buf), send->len), "first");
+  ring().complete(send, 5);
+  send = ring().pending(OpKind::Send, primaryFd());
+  EXPECT_EQ(std::string(static_cast<const char*>(send->buf), send->len), "second");
+}
+
+TEST_F(SessionTest, EagainOnReceiveRearms) {
+  startConnected();
+  ring().complete(ring().pending(OpKind::RecvSelect, kClientFd), -EAGAIN);
+  EXPECT_EQ(ring().pendingCount(OpKind::RecvSelect, kClientFd), 1u);
+}
+
+TEST_F(SessionTest, EnobufsWaitsForBuffersThenResumes) {
+  startConnected();
+  ring().complete(ring().pending(OpKind::RecvSelect, kClientFd), -ENOBUFS);
+  EXPECT_EQ(ring().pendingCount(OpKind::RecvSelect, kClientFd), 0u);
+  ASSERT_EQ(host_.waiting.size(), 1u);
+  Flow* flow = *host_.waiting.begin();
+  host_.waiting.clear();
+  flow->resumeAfterBuffers();
+  EXPECT_EQ(ring().pendingCount(OpKind::RecvSelect, kClientFd), 1u);
+}
+
+TEST_F(SessionTest, BackPressurePausesAtTwoUnsentChunksAndResumesWhenDrained) {
+  startConnected();
+  const std::string full(kChunk, 'x');
+  ring().receive(ring().pending(OpKind::RecvSelect, kClientFd), full);
+  ring().receive(ring().pending(OpKind::RecvSelect, kClientFd), full);
+  // Two chunks unsent toward a slow primary: stop reading the client.
+  EXPECT_EQ(ring().pendingCount(OpKind::RecvSelect, kClientFd), 0u);
+  ring().complete(ring().pending(OpKind::Send, primaryFd()), static_cast<int32_t>(kChunk));
+  EXPECT_EQ(ring().pendingCount(OpKind::RecvSelect, kClientFd), 1u);
+}
+
+TEST_F(SessionTest, EofBecomesShutdownOnlyAfterTheQueueDrains) {
+  startConnected();
+  ring().receive(ring().pending(OpKind::RecvSelect, kClientFd), "bye");
+  ring().complete(ring().pending(OpKind::RecvSelect, kClientFd), 0);
+  EXPECT_TRUE(host_.sockets_.shutdowns.empty());
+  ring().complete(ring().pending(OpKind::Send, primaryFd()), 3);
+  ASSERT_EQ(host_.sockets_.shutdowns.size(), 1u);
+  EXPECT_EQ(host_.sockets_.shutdowns[0], primaryFd());
+  // The response direction still flows after the request half-closed.
+  EXPECT_EQ(ring().pendingCount(OpKind::RecvSelect, primaryFd()), 1u);
+  EXPECT_EQ(host_.done, 0);
+}
+
+TEST_F(SessionTest, BothDirectionsEndedClosesGracefullyAndFreesTheSession) {
+  startConnected();
+  ring().complete(ring().pending(OpKind::RecvSelect, kClientFd), 0);
+  ring().complete(ring().pending(OpKind::RecvSelect, primaryFd()), 0);
+  EXPECT_EQ(host_.done, 1);
+  EXPECT_FALSE(host_.sockets_.closed.at(kClientFd));
+  EXPECT_FALSE(host_.sockets_.closed.at(primaryFd()));
+  EXPECT_EQ(stats_->active.value(), 0);
+}
+
+TEST_F(SessionTest, ClientResetResetsThePrimaryAfterItsSendCompletes) {
+  startConnected();
+  ring().receive(ring().pending(OpKind::RecvSelect, kClientFd), "data");
+  FakeOp* send = ring().pending(OpKind::Send, primaryFd());
+  ring().complete(ring().pending(OpKind::RecvSelect, kClientFd), -ECONNRESET);
+  // The send still reads its buffer: nothing is closed or recycled until it completes.
+  EXPECT_TRUE(send->cancelRequested);
+  EXPECT_EQ(host_.sockets_.closed.count(primaryFd()), 0u);
+  EXPECT_EQ(ring().buffers()->recycled(), 0u);
+  ring().completeCancelled();
+  EXPECT_TRUE(host_.sockets_.closed.at(primaryFd()));  // reset
+  EXPECT_EQ(ring().buffers()->recycled(), 1u);
+  EXPECT_EQ(host_.done, 1);
+  EXPECT_EQ(stats_->resets.value(), 1u);
+}
+
+TEST_F(SessionTest, UpstreamSendFailureResetsTheClient) {
+  startConnected();
+  ring().receive(ring().pending(OpKind::RecvSelect, kClientFd), "data");
+  ring().complete(ring().pending(OpKind::Send, primaryFd()), -EPIPE);
+  ring().completeCancelled();
+  EXPECT_TRUE(host_.sockets_.closed.at(kClientFd));
+  EXPECT_EQ(host_.done, 1);
+}
+
+TEST_F(SessionTest, ConnectFailureTriesTheNextServerThenResetsTheClient) {
+  configure(0, 4 * kChunk, 2);
+  session_ = std::make_unique<Session>(host_, context_, kClientFd);
+  session_->start();
+  ring().complete(ring().pending(OpKind::Connect, 100), -ECONNREFUSED);
+  FakeOp* second = ring().pending(OpKind::Connect, 101);
+  ASSERT_NE(second, nullptr);
+  ring().complete(second, -ECONNREFUSED);
+  EXPECT_EQ(stats_->upstreamConnectErrors.value(), 2u);
+  EXPECT_EQ(stats_->noUpstream.value(), 1u);
+  EXPECT_TRUE(host_.sockets_.closed.at(kClientFd));
+  EXPECT_EQ(host_.done, 1);
+}
+
+TEST_F(SessionTest, ConnectTimeoutCancelsAndCountsAsAFailure) {
+  session_ = std::make_unique<Session>(host_, context_, kClientFd);
+  session_->start();
+  FakeOp* connect = ring().pending(OpKind::Connect, 100);
+  host_.advance(4'000'000'000ull);
+  EXPECT_FALSE(connect->cancelRequested);
+  host_.advance(1'500'000'000ull);
+  EXPECT_TRUE(connect->cancelRequested);
+  ring().completeCancelled();
+  EXPECT_EQ(stats_->upstreamConnectErrors.value(), 1u);
+  EXPECT_EQ(host_.done, 1);
+}
+
+TEST_F(SessionTest, IdleTimeoutClosesTheSession) {
+  startConnected();
+  host_.advance(59'000'000'000ull);
+  EXPECT_EQ(host_.done, 0);
+  host_.advance(2'000'000'000ull);
+  ring().completeCancelled();
+  EXPECT_EQ(host_.done, 1);
+  EXPECT_EQ(stats_->idleTimeouts.value(), 1u);
+}
+
+TEST_F(SessionTest, MirrorGetsTheSameBufferAndIsCutPastMaxLagWithoutSlowingThePrimary) {
+  configure(1, 2 * kChunk);
+  startConnected();
+  const int mirrorFd = 100;
+  ring().complete(ring().pending(OpKind::Connect, mirrorFd), 0);
+  const std::string full(kChunk, 'y');
+  ring().receive(ring().pending(OpKind::RecvSelect, kClientFd), full);
+  FakeOp* toMirror = ring().pending(OpKind::Send, mirrorFd);
+  FakeOp* toPrimary = ring().pending(OpKind::Send, primaryFd());
+  ASSERT_NE(toMirror, nullptr);
+  EXPECT_EQ(toMirror->buf, toPrimary->buf);  // one buffer, two consumers
+  // The primary keeps up; the mirror never completes its send.
+  for (int i = 0; i < 3; ++i) {
+    ring().complete(ring().pending(OpKind::Send, primaryFd()), static_cast<int32_t>(kChunk));
+    ring().receive(ring().pending(OpKind::RecvSelect, kClientFd), full);
+  }
+  EXPECT_EQ(stats_->mirrors[0].cuts.value(), 1u);
+  EXPECT_GT(stats_->mirrors[0].droppedBytes.value(), 0u);
+  EXPECT_EQ(host_.troubles.size(), 1u);
+  EXPECT_EQ(ring().pendingCount(OpKind::RecvSelect, kClientFd), 1u);  // primary unaffected
+  ring().completeCancelled();
+  EXPECT_TRUE(host_.sockets_.closed.at(mirrorFd));  // cut = reset
+}
+
+TEST_F(SessionTest, RefusedMirrorIsCutAndThePrimaryRelaysOn) {
+  configure(1);
+  startConnected();
+  ring().complete(ring().pending(OpKind::Connect, 100), -ECONNREFUSED);
+  EXPECT_EQ(stats_->mirrors[0].cuts.value(), 1u);
+  EXPECT_EQ(stats_->mirrors[0].connectErrors.value(), 1u);
+  ring().receive(ring().pending(OpKind::RecvSelect, kClientFd), "abc");
+  EXPECT_EQ(ring().pendingCount(OpKind::Send, 100), 0u);
+  EXPECT_EQ(ring().pendingCount(OpKind::Send, primaryFd()), 1u);
+  EXPECT_EQ(stats_->mirrors[0].droppedBytes.value(), 3u);
+}
+
+TEST_F(SessionTest, MirrorStillConnectingQueuesThenSendsInOrder) {
+  configure(1);
+  startConnected();
+  ring().receive(ring().pending(OpKind::RecvSelect, kClientFd), "one");
+  ring().receive(ring().pending(OpKind::RecvSelect, kClientFd), "two");
+  EXPECT_EQ(ring().pendingCount(OpKind::Send, 100), 0u);
+  ring().complete(ring().pending(OpKind::Connect, 100), 0);
+  FakeOp* send = ring().pending(OpKind::Send, 100);
+  ASSERT_NE(send, nullptr);
+  EXPECT_EQ(std::string(static_cast<const char*>(send->buf), send->len), "one");
+}
+
+TEST_F(SessionTest, FinishedSessionLetsTheMirrorDrainThenClosesIt) {
+  configure(1);
+  startConnected();
+  ring().complete(ring().pending(OpKind::Connect, 100), 0);
+  ring().receive(ring().pending(OpKind::RecvSelect, kClientFd), "tail");
+  ring().complete(ring().pending(OpKind::Send, primaryFd()), 4);
+  ring().complete(ring().pending(OpKind::RecvSelect, kClientFd), 0);
+  ring().complete(ring().pending(OpKind::RecvSelect, primaryFd()), 0);
+  EXPECT_EQ(host_.done, 0);  // the mirror still has "tail" in flight
+  ring().complete(ring().pending(OpKind::Send, 100), 4);
+  EXPECT_NE(std::find(host_.sockets_.shutdowns.begin(), host_.sockets_.shutdowns.end(), 100),
+            host_.sockets_.shutdowns.end());
+  ring().completeCancelled();  // the discard read
+  EXPECT_EQ(host_.done, 1);
+  EXPECT_FALSE(host_.sockets_.closed.at(100));
+  EXPECT_EQ(stats_->mirrors[0].sentBytes.value(), 4u);
+  EXPECT_EQ(stats_->mirrors[0].cuts.value(), 0u);
+}
+
+TEST_F(SessionTest, HalfSampledMirrorsPickTheSameSessions) {
+  // Same percentage -> same decision for every mirror (hash of client address+port).
+  configure(2);
+  listenerConfig_.mirrors[0].sample_percent = 50;
+  listenerConfig_.mirrors[1].sample_percent = 50;
+  startConnected();
+  const bool first = stats_->mirrors[0].sessions.value() == 1;
+  const bool second = stats_->mirrors[1].sessions.value() == 1;
+  EXPECT_EQ(first, second);
+}
+
+}  // namespace
+}  // namespace grelay::proxy

@@ -1,0 +1,102 @@
+// The worker's accept loop and drain on a scripted ring.
+#include "proxy/worker.h"
+
+#include <gtest/gtest.h>
+
+#include "config/loader.h"
+#include "tests/proxy/fake_sockets.h"
+#include "tests/relay/fake_ring.h"
+
+namespace grelay::proxy {
+namespace {
+
+using testing::FakeRing;
+using testing::FakeSockets;
+using testing::OpKind;
+
+constexpr int kListenFd = 5;
+
+class WorkerTest : public ::testing::Test {
+protected:
+  void load(const std::string& extra = "") {
+    auto result = config::loadString(
+        "[server]\nworkers = 1\n" + extra +
+            "\n[upstream.app]\nservers = [\"127.0.0.1:8000\"]\n"
+            "[[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:8080\"\nupstream = \"app\"\n",
+        "test.toml");
+    ASSERT_TRUE(result.config) << (result.errors.empty() ? "" : result.errors[0].toString());
+    config_ = std::move(*result.config);
+    runtime_ = std::make_unique<Runtime>(config_);
+    stats_.listeners.push_back(std::make_unique<metrics::ListenerStats>(0));
+    worker_ = std::make_unique<Worker>(*runtime_, 0, stats_, std::vector<int>{kListenFd});
+    auto ring = std::make_unique<FakeRing>();
+    auto sockets = std::make_unique<FakeSockets>();
+    ring_ = ring.get();
+    sockets_ = sockets.get();
+    worker_->useRing(std::move(ring), std::move(sockets));
+    ASSERT_EQ(worker_->init(), 0);
+  }
+
+  config::Config config_;
+  std::unique_ptr<Runtime> runtime_;
+  metrics::WorkerStats stats_;
+  std::unique_ptr<Worker> worker_;
+  FakeRing* ring_ = nullptr;
+  FakeSockets* sockets_ = nullptr;
+};
+
+TEST_F(WorkerTest, MultishotAcceptThatEndsWithoutMoreIsRearmed) {
+  load();
+  auto* accept = ring_->pending(OpKind::Accept, kListenFd);
+  ASSERT_NE(accept, nullptr);
+  ring_->complete(accept, 50, IORING_CQE_F_MORE);
+  EXPECT_EQ(worker_->sessionCount(), 1u);
+  EXPECT_EQ(ring_->pendingCount(OpKind::Accept, kListenFd), 1u);
+  ring_->complete(accept, 51, 0);  // the kernel ended the multishot
+  EXPECT_EQ(worker_->sessionCount(), 2u);
+  EXPECT_TRUE(accept->done);
+  auto* rearmed = ring_->pending(OpKind::Accept, kListenFd);
+  ASSERT_NE(rearmed, nullptr);
+  EXPECT_NE(rearmed, accept);
+  EXPECT_EQ(stats_.listeners[0]->connections.value(), 2u);
+}
+
+TEST_F(WorkerTest, AcceptErrorEmfileRetriesLaterInsteadOfSpinning) {
+  load();
+  auto* accept = ring_->pending(OpKind::Accept, kListenFd);
+  ring_->complete(accept, -EMFILE, 0);
+  ASSERT_TRUE(worker_->loopOnce());
+  EXPECT_EQ(ring_->pendingCount(OpKind::Accept, kListenFd), 0u);
+}
+
+TEST_F(WorkerTest, ConnectionsOverMaxConnectionsAreClosedAtOnceAndCounted) {
+  load("max_connections = 1");
+  auto* accept = ring_->pending(OpKind::Accept, kListenFd);
+  ring_->complete(accept, 50, IORING_CQE_F_MORE);
+  ring_->complete(accept, 51, IORING_CQE_F_MORE);
+  EXPECT_EQ(worker_->sessionCount(), 1u);
+  EXPECT_EQ(stats_.listeners[0]->rejected.value(), 1u);
+  ASSERT_EQ(sockets_->closed.count(51), 1u);
+  EXPECT_TRUE(sockets_->closed.at(51));
+}
+
+TEST_F(WorkerTest, DrainStopsAcceptingAndFinishesWhenSessionsAreGone) {
+  load();
+  auto* accept = ring_->pending(OpKind::Accept, kListenFd);
+  ring_->complete(accept, 50, IORING_CQE_F_MORE);
+  runtime_->draining = true;
+  ring_->complete(ring_->pending(OpKind::Read), 8);  // the control eventfd
+  EXPECT_TRUE(accept->cancelRequested);
+  ring_->complete(accept, -ECANCELED, 0);
+  EXPECT_FALSE(worker_->finished());  // one session still open
+  runtime_->aborting = true;
+  ring_->complete(ring_->pending(OpKind::Read), 8);
+  ring_->completeCancelled();
+  ASSERT_TRUE(worker_->loopOnce());
+  EXPECT_EQ(worker_->sessionCount(), 0u);
+  EXPECT_TRUE(worker_->finished());
+  EXPECT_TRUE(sockets_->closed.at(50));  // aborted sessions are reset
+}
+
+}  // namespace
+}  // namespace grelay::proxy
