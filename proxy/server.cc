@@ -2,7 +2,9 @@
 
 #include <pthread.h>
 #include <signal.h>
+#include <fcntl.h>
 #include <sys/resource.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -13,6 +15,7 @@
 #include "metrics/admin.h"
 #include "proxy/log.h"
 #include "proxy/sockets.h"
+#include "proxy/tap/layout.h"
 #include "proxy/worker.h"
 
 namespace grelay::proxy {
@@ -31,6 +34,58 @@ void raiseFileLimit() {
     GRELAY_LOG_INFO("raised the open-file limit from %llu to %llu",
                     static_cast<unsigned long long>(old),
                     static_cast<unsigned long long>(lim.rlim_max));
+  }
+}
+
+// mkdir -p; 0 or -errno.
+int makeDirectories(const std::string& path) {
+  std::string prefix;
+  size_t pos = 0;
+  while (pos != std::string::npos) {
+    pos = path.find('/', pos + 1);
+    prefix = path.substr(0, pos);
+    if (prefix.empty()) {
+      continue;
+    }
+    if (::mkdir(prefix.c_str(), 0750) != 0 && errno != EEXIST) {
+      return -errno;
+    }
+  }
+  struct stat st{};
+  if (::stat(path.c_str(), &st) != 0) {
+    return -errno;
+  }
+  return S_ISDIR(st.st_mode) ? 0 : -ENOTDIR;
+}
+
+// Creates this worker's tap file of a listener; fd or -errno, *path set either way.
+int openTapFile(const config::ListenerConfig& l, uint32_t worker, std::string* path) {
+  const std::string& dir = l.tap->path;
+  int err = makeDirectories(dir);
+  *path = dir;
+  if (err < 0) {
+    return err;
+  }
+  *path = dir + "/" +
+          tap::tapFileName(l.name, worker, tap::tapNowNs(), static_cast<uint32_t>(getpid()));
+  int fd = ::open(path->c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
+  return fd < 0 ? -errno : fd;
+}
+
+void closeAll(std::vector<std::vector<int>>& listenFds, std::vector<std::vector<TapFile>>& taps) {
+  for (auto& fds : listenFds) {
+    for (int f : fds) {
+      ::close(f);
+    }
+    fds.clear();
+  }
+  for (auto& ts : taps) {
+    for (auto& t : ts) {
+      if (t.fd >= 0) {
+        ::close(t.fd);
+      }
+    }
+    ts.clear();
   }
 }
 
@@ -62,24 +117,33 @@ int runServer(const config::Config& cfg, const relay::Features& features) {
     long n = sysconf(_SC_NPROCESSORS_ONLN);
     workers = n > 0 ? static_cast<uint32_t>(n) : 1;
   }
+  runtime.workers = workers;
   raiseFileLimit();
 
   // Listening sockets: one per worker and listener (SO_REUSEPORT spreads connections).
   std::vector<std::vector<int>> listenFds(workers);
+  std::vector<std::vector<TapFile>> tapFiles(workers);
   for (uint32_t w = 0; w < workers; ++w) {
     for (const auto& l : cfg.listeners) {
       int fd = openListener(l.listen, kBacklog);
       if (fd < 0) {
         GRELAY_LOG_ERROR("listener %s: cannot listen on %s: %s", l.name.c_str(),
                          l.listen.text.c_str(), strerror(-fd));
-        for (auto& fds : listenFds) {
-          for (int f : fds) {
-            ::close(f);
-          }
-        }
+        closeAll(listenFds, tapFiles);
         return kExitConfig;
       }
       listenFds[w].push_back(fd);
+      TapFile tap;
+      if (l.tap) {
+        tap.fd = openTapFile(l, w, &tap.path);
+        if (tap.fd < 0) {
+          GRELAY_LOG_ERROR("listener %s: cannot create tap file %s: %s", l.name.c_str(),
+                           tap.path.c_str(), strerror(-tap.fd));
+          closeAll(listenFds, tapFiles);
+          return kExitConfig;
+        }
+      }
+      tapFiles[w].push_back(std::move(tap));
     }
   }
 
@@ -115,11 +179,7 @@ int runServer(const config::Config& cfg, const relay::Features& features) {
     admin = metrics::startAdmin(inputs, &error);
     if (!admin) {
       GRELAY_LOG_ERROR("%s", error.c_str());
-      for (auto& fds : listenFds) {
-        for (int f : fds) {
-          ::close(f);
-        }
-      }
+      closeAll(listenFds, tapFiles);
       return kExitConfig;
     }
   }
@@ -129,7 +189,8 @@ int runServer(const config::Config& cfg, const relay::Features& features) {
   std::atomic<uint32_t> running{0};
   int startError = 0;
   for (uint32_t w = 0; w < workers; ++w) {
-    pool.push_back(std::make_unique<Worker>(runtime, w, *stats[w], std::move(listenFds[w])));
+    pool.push_back(std::make_unique<Worker>(runtime, w, *stats[w], std::move(listenFds[w]),
+                                            std::move(tapFiles[w])));
   }
   for (uint32_t w = 0; w < workers && startError == 0; ++w) {
     std::promise<int> ready;

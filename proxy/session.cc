@@ -276,7 +276,8 @@ void Session::connectPrimary() {
   }
   // Every server failed: the client learns it by a reset, as if it had tried itself.
   stats().noUpstream.inc();
-  close(true, false, true);
+  openTap(false);
+  close(true, false, true, tap::CloseReason::kConnectFailed);
 }
 
 void Session::primaryConnected(int32_t res) {
@@ -299,6 +300,7 @@ void Session::primaryConnected(int32_t res) {
   listener_.upstream->connected(static_cast<uint32_t>(server_));
   upstreamCounted_ = true;
   primary_.connected_ = true;
+  openTap(true);
   startRelaying();
 }
 
@@ -356,6 +358,33 @@ void Session::mirrorConnected(size_t index, int32_t res) {
   }
 }
 
+void Session::openTap(bool withUpstream) {
+  TapWriter* tw = listener_.tap;
+  if (tw == nullptr || tap_.opened) {
+    return;
+  }
+  tap_.owner = this;
+  tap::TapSessionInfo info;
+  info.sessionId = id_;
+  info.timeNs = tap::tapNowNs();
+  info.client = tap::TapAddress::fromSockaddr(reinterpret_cast<const sockaddr*>(&clientAddress_),
+                                              sizeof(clientAddress_));
+  info.local = tap::TapAddress::fromSockaddr(reinterpret_cast<const sockaddr*>(&localAddress_),
+                                             sizeof(localAddress_));
+  if (withUpstream && server_ >= 0) {
+    const config::Address& a = listener_.upstream->server(static_cast<size_t>(server_));
+    info.upstream = tap::TapAddress::fromSockaddr(a.sockaddrPtr(), a.length);
+  }
+  tw->open(tap_, info);
+}
+
+void Session::tapWriteFinished() noexcept {
+  --inflight_;
+  if (closing()) {
+    maybeFinish();
+  }
+}
+
 void Session::startRelaying() {
   state_ = State::Relaying;
   activity();
@@ -371,6 +400,9 @@ void Session::deliver(Flow& flow, const relay::ChunkRef& chunk) {
   st.receivedBytes[flow.direction_].add(n);
   st.chunks[host_.pathIndex()].inc();
   flow.target_.enqueue(chunk);
+  if (listener_.tap != nullptr) {
+    listener_.tap->chunk(tap_, static_cast<tap::Direction>(flow.direction_), chunk);
+  }
   for (size_t i = 0; i < mirrors_.size(); ++i) {
     Mirror& m = *mirrors_[i];
     if (m.state == MirrorState::Unsampled ||
@@ -392,6 +424,9 @@ void Session::deliver(Flow& flow, const relay::ChunkRef& chunk) {
 
 void Session::sourceEnded(Flow& flow) {
   flow.target_.finishWriting();
+  if (listener_.tap != nullptr) {
+    listener_.tap->end(tap_, static_cast<tap::Direction>(flow.direction_), tap::EndKind::kFin, 0);
+  }
   for (size_t i = 0; i < mirrors_.size(); ++i) {
     Mirror& m = *mirrors_[i];
     if (m.state != MirrorState::Connecting && m.state != MirrorState::Open) {
@@ -434,14 +469,18 @@ void Session::peerFailed(Peer& peer, int32_t err) {
   }
   // The peer is gone (EPIPE, ECONNRESET): the other side learns it by a reset.
   stats().resets.inc();
-  close(true, true, true);
+  close(true, true, true, tap::CloseReason::kError);
 }
 
-void Session::sourceFailed(Flow&, int32_t) {
+void Session::sourceFailed(Flow& flow, int32_t err) {
   // A reset (or any receive error) on one side resets every other connection; the
   // failed socket itself is closed with RST too, so nothing lingers in FIN_WAIT.
   stats().resets.inc();
-  close(true, true, true);
+  if (listener_.tap != nullptr) {
+    listener_.tap->end(tap_, static_cast<tap::Direction>(flow.direction_), tap::EndKind::kReset,
+                       err);
+  }
+  close(true, true, true, tap::CloseReason::kError);
 }
 
 void Session::cutMirror(size_t index, const char* why) {
@@ -523,7 +562,7 @@ void Session::closeMirrorIfDone(size_t index) {
 void Session::maybeFinish() {
   if (state_ == State::Relaying && request_.ended_ && response_.ended_ && client_.finSent_ &&
       primary_.finSent_ && client_.drained() && primary_.drained()) {
-    close(false, false, false);
+    close(false, false, false, tap::CloseReason::kNormal);
     return;
   }
   if (state_ != State::Closing || inflight_ != 0 || done_) {
@@ -551,13 +590,20 @@ void Session::maybeFinish() {
   host_.sessionDone(*this);
 }
 
-void Session::close(bool resetClient, bool resetPrimary, bool resetMirrors) {
+void Session::close(bool resetClient, bool resetPrimary, bool resetMirrors,
+                    tap::CloseReason reason) {
   resetClient_ = resetClient_ || resetClient;
   resetPrimary_ = resetPrimary_ || resetPrimary;
   resetMirrors_ = resetMirrors_ || resetMirrors;
   const bool wasClosing = state_ == State::Closing;
   if (!wasClosing) {
     closeStart_ = host_.now();
+    if (TapWriter* tw = listener_.tap; tw != nullptr) {
+      const tap::EndKind end = resetClient_ ? tap::EndKind::kReset : tap::EndKind::kFin;
+      tw->end(tap_, tap::Direction::kRequest, end, 0);
+      tw->end(tap_, tap::Direction::kResponse, end, 0);
+      tw->close(tap_, reason, 0);
+    }
   }
   state_ = State::Closing;
   relay::Ring& ring = host_.ring();
@@ -596,7 +642,7 @@ void Session::close(bool resetClient, bool resetPrimary, bool resetMirrors) {
   maybeFinish();
 }
 
-void Session::abort() { close(true, true, true); }
+void Session::abort() { close(true, true, true, tap::CloseReason::kShutdown); }
 
 size_t Session::largestMirrorQueue(size_t* mirror) const {
   size_t best = 0;
@@ -636,7 +682,7 @@ void Session::onTimer(uint64_t now) noexcept {
       }
     } else {
       stats().idleTimeouts.inc();
-      close(false, false, false);
+      close(false, false, false, tap::CloseReason::kIdleTimeout);
     }
     if (done_) {
       return;

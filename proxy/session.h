@@ -25,6 +25,7 @@
 #include "config/config.h"
 #include "metrics/stats.h"
 #include "proxy/sockets.h"
+#include "proxy/tap_writer.h"
 #include "proxy/timer.h"
 #include "proxy/upstream.h"
 #include "relay/buffer.h"
@@ -65,6 +66,7 @@ struct ListenerContext {
   const config::ListenerConfig* config = nullptr;
   UpstreamPool* upstream = nullptr;
   metrics::ListenerStats* stats = nullptr;
+  TapWriter* tap = nullptr;  // this worker's tap of the listener, if it has one
   uint32_t chunkSize = 64 * 1024;
 };
 
@@ -134,7 +136,7 @@ public:
   relay::BoundCompletion<Flow, &Flow::onRecv> recvDone_{*this};
 };
 
-class Session final : public Timer {
+class Session final : public Timer, public TapStreamOwner {
 public:
   Session(SessionHost& host, ListenerContext& listener, int clientFd);
   ~Session();
@@ -145,6 +147,8 @@ public:
   // Drain deadline or shutdown: reset everything now.
   void abort();
   void onTimer(uint64_t now) noexcept override;
+  void tapWriteStarted() noexcept override { ++inflight_; }
+  void tapWriteFinished() noexcept override;
 
   bool closing() const { return state_ == State::Closing; }
   uint64_t id() const { return id_; }
@@ -189,7 +193,8 @@ private:
   void opDone(Peer& peer);
   void maybeFinish();
   // Starts teardown: cancels outstanding requests; `reset*` choose RST over FIN.
-  void close(bool resetClient, bool resetPrimary, bool resetMirrors);
+  void close(bool resetClient, bool resetPrimary, bool resetMirrors, tap::CloseReason reason);
+  void openTap(bool withUpstream);
   void closePeerIfIdle(Peer& peer, bool reset);
   void closeMirrorIfDone(size_t index);
   void cancelPeer(Peer& peer);
@@ -220,6 +225,7 @@ private:
   bool resetClient_ = false;
   bool resetPrimary_ = false;
   bool resetMirrors_ = false;
+  TapStream tap_;
   bool counted_ = false;
   bool upstreamCounted_ = false;
   bool done_ = false;

@@ -49,8 +49,12 @@ Runtime::Runtime(const config::Config& cfg)
 }
 
 Worker::Worker(Runtime& runtime, uint32_t index, metrics::WorkerStats& stats,
-               std::vector<int> listenFds)
-    : runtime_(runtime), index_(index), stats_(stats), discard_(kDiscardBytes) {
+               std::vector<int> listenFds, std::vector<TapFile> taps)
+    : runtime_(runtime),
+      index_(index),
+      stats_(stats),
+      tapFiles_(std::move(taps)),
+      discard_(kDiscardBytes) {
   pathIndex_ = pathIndexOf(runtime.path);
   const config::Config& cfg = runtime.config;
   for (size_t i = 0; i < cfg.listeners.size(); ++i) {
@@ -79,6 +83,12 @@ Worker::~Worker() {
       ::close(a->fd);
     }
   }
+  for (auto& t : tapFiles_) {
+    if (t.fd >= 0) {
+      ::close(t.fd);  // never handed to a TapWriter (init failed)
+    }
+  }
+  taps_.clear();
   pool_.reset();
   ring_.reset();
   if (controlFd_ >= 0) {
@@ -102,6 +112,9 @@ void Worker::run(std::promise<int>& ready) {
       break;
     }
   }
+  for (auto& t : taps_) {
+    t->finish();
+  }
 }
 
 int Worker::init() {
@@ -122,6 +135,20 @@ int Worker::init() {
   pool_ = std::make_unique<relay::ProvidedBufferPool>(std::move(buffers));
   pool_->setListener(this);
   now_ = monotonicNanos();
+  const config::Config& cfg = runtime_.config;
+  for (size_t i = 0; i < tapFiles_.size() && i < acceptors_.size(); ++i) {
+    TapFile& t = tapFiles_[i];
+    if (t.fd < 0 || !cfg.listeners[i].tap) {
+      continue;
+    }
+    auto writer = std::make_unique<TapWriter>(*ring_, t.fd, t.path, *cfg.listeners[i].tap,
+                                              cfg.listeners[i].name, index_, runtime_.workers,
+                                              *stats_.listeners[i]);
+    t.fd = -1;  // owned by the writer now
+    writer->start();
+    acceptors_[i]->context.tap = writer.get();
+    taps_.push_back(std::move(writer));
+  }
   for (auto& a : acceptors_) {
     armAccept(*a);
   }
@@ -165,6 +192,11 @@ bool Worker::finished() const {
   // A pending control read does not keep the worker: the ring's teardown cancels it.
   if (!drainStarted_ || sessionCount_ != 0) {
     return false;
+  }
+  for (const auto& t : taps_) {
+    if (t->writesInFlight() != 0) {
+      return false;
+    }
   }
   for (const auto& a : acceptors_) {
     if (a->armed) {

@@ -33,14 +33,23 @@ struct Runtime {
   std::unique_ptr<std::atomic<int64_t>[]> listenerConnections;
   std::vector<std::vector<std::unique_ptr<LogLimiter>>> mirrorLogs;  // [listener][mirror]
   LogLimiter acceptErrorLog;
+  uint32_t workers = 1;
   std::atomic<bool> draining{false};
   std::atomic<bool> aborting{false};
 };
 
+// A tap file opened for a worker (fd -1 = the listener has no tap).
+struct TapFile {
+  int fd = -1;
+  std::string path;
+};
+
 class Worker final : public SessionHost, public relay::ProvidedBufferPool::Listener {
 public:
-  // `listenFds[i]` is this worker's socket for listener i (the worker closes them).
-  Worker(Runtime& runtime, uint32_t index, metrics::WorkerStats& stats, std::vector<int> listenFds);
+  // `listenFds[i]` is this worker's socket for listener i and `taps[i]` its tap file, if
+  // any (the worker closes them).
+  Worker(Runtime& runtime, uint32_t index, metrics::WorkerStats& stats, std::vector<int> listenFds,
+         std::vector<TapFile> taps = {});
   ~Worker();
 
   // The thread body. Reports 0 or -errno through `ready` once the ring exists.
@@ -108,6 +117,8 @@ private:
   TimerQueue timers_;
   uint64_t now_ = 0;
   std::vector<std::unique_ptr<Acceptor>> acceptors_;
+  std::vector<TapFile> tapFiles_;
+  std::vector<std::unique_ptr<TapWriter>> taps_;
   int controlFd_ = -1;
   uint64_t controlValue_ = 0;
   bool controlArmed_ = false;

@@ -1,0 +1,108 @@
+// The tap of one listener on one worker: lays out its file with tap::TapLayout and writes
+// it through the worker's ring, from the same buffers the relay sends (FORMAT.md).
+//
+// The tap never slows the relay: payload writes are fire-and-forget; a session whose
+// unfinished tap writes exceed tap.max_lag records a gap instead; past max_size the file
+// stops growing (bytes counted as dropped); a write error (ENOSPC, EIO...) disables this
+// tap for good (counted, logged) and the relay goes on.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "config/config.h"
+#include "metrics/stats.h"
+#include "proxy/tap/layout.h"
+#include "relay/buffer.h"
+#include "relay/completion.h"
+#include "relay/ring.h"
+
+namespace grelay::proxy {
+
+// Told when a session's payload writes start and finish, so the session outlives them.
+class TapStreamOwner {
+public:
+  virtual void tapWriteStarted() noexcept = 0;
+  virtual void tapWriteFinished() noexcept = 0;
+
+protected:
+  ~TapStreamOwner() = default;
+};
+
+// A session's tap state.
+struct TapStream {
+  tap::TapSession session;
+  uint64_t unwritten = 0;  // payload bytes whose writes have not completed
+  TapStreamOwner* owner = nullptr;
+  bool opened = false;
+};
+
+class TapWriter {
+public:
+  TapWriter(relay::Ring& ring, int fd, std::string path, const config::TapConfig& config,
+            const std::string& listener, uint32_t worker, uint32_t workers,
+            metrics::ListenerStats& stats);
+  ~TapWriter();
+  TapWriter(const TapWriter&) = delete;
+  TapWriter& operator=(const TapWriter&) = delete;
+
+  // Writes the file header.
+  void start();
+  bool active() const { return !failed_; }
+
+  void open(TapStream& stream, const tap::TapSessionInfo& info);
+  // A chunk whose length is known (mainline and copy paths).
+  void chunk(TapStream& stream, tap::Direction direction, const relay::ChunkRef& chunk);
+  void end(TapStream& stream, tap::Direction direction, tap::EndKind kind, int32_t error);
+  void close(TapStream& stream, tap::CloseReason reason, int32_t error);
+  // The worker is stopping and every write has completed: the file-end record.
+  void finish();
+
+  uint32_t writesInFlight() const { return inflight_; }
+  const std::string& path() const { return path_; }
+
+private:
+  enum class Stage : uint8_t { Record, Payload, Header };
+  struct Write {
+    explicit Write(TapWriter& w) : writer(w), done(*this) {}
+    void onDone(int32_t res, uint32_t flags) noexcept;
+    TapWriter& writer;
+    Stage stage = Stage::Record;
+    TapStream* stream = nullptr;
+    relay::ChunkRef chunk;
+    tap::TapRecord record;  // Record: its bytes; Payload: the header to write after it
+    uint64_t offset = 0;
+    uint32_t length = 0;
+    uint32_t written = 0;
+    relay::BoundCompletion<Write, &Write::onDone> done;
+    Write* nextFree = nullptr;
+  };
+
+  Write* acquire();
+  void release(Write* w);
+  void writeRecord(const tap::TapRecord& record);
+  void submit(Write& w);
+  void completed(Write& w, int32_t res);
+  void payloadDone(Write& w, bool ok);
+  void gap(TapStream& stream, tap::Direction direction, uint64_t bytes, tap::GapReason reason);
+  void fail(int32_t error);
+  void noteFull();
+
+  relay::Ring& ring_;
+  int fd_;
+  std::string path_;
+  const config::TapConfig& config_;
+  std::string listener_;
+  metrics::ListenerStats& stats_;
+  tap::TapLayout layout_;
+  std::vector<std::unique_ptr<Write>> writes_;
+  Write* free_ = nullptr;
+  uint32_t inflight_ = 0;
+  uint64_t dropped_ = 0;
+  bool failed_ = false;
+  bool fullLogged_ = false;
+};
+
+}  // namespace grelay::proxy
