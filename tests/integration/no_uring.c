@@ -1,0 +1,78 @@
+// no_uring: runs a command with io_uring unavailable, the way a container runtime's
+// seccomp profile makes it unavailable, so tests can check how grelay reports it.
+//
+//   no_uring eperm  COMMAND [ARG...]   io_uring_setup/enter/register fail with EPERM
+//   no_uring enosys COMMAND [ARG...]   ... with ENOSYS (as on a kernel without io_uring)
+//
+// Installs a classic-BPF seccomp filter (after PR_SET_NO_NEW_PRIVS, so no privilege is
+// needed): a foreign architecture is killed, the three io_uring syscalls return the
+// chosen errno, everything else is allowed. Then execs COMMAND (the filter is inherited).
+#include <errno.h>
+#include <linux/audit.h>
+#include <linux/filter.h>
+#include <linux/seccomp.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <string.h>
+#include <sys/prctl.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
+#if defined(__x86_64__)
+#define NATIVE_ARCH AUDIT_ARCH_X86_64
+#elif defined(__aarch64__)
+#define NATIVE_ARCH AUDIT_ARCH_AARCH64
+#elif defined(__riscv) && __riscv_xlen == 64
+#define NATIVE_ARCH AUDIT_ARCH_RISCV64
+#else
+#error "no_uring: add this architecture's AUDIT_ARCH_* value"
+#endif
+
+// The io_uring syscalls share their numbers on every architecture (since Linux 5.1).
+#ifndef __NR_io_uring_setup
+#define __NR_io_uring_setup 425
+#endif
+#ifndef __NR_io_uring_enter
+#define __NR_io_uring_enter 426
+#endif
+#ifndef __NR_io_uring_register
+#define __NR_io_uring_register 427
+#endif
+
+static int installFilter(unsigned int err) {
+  struct sock_filter code[] = {
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, NATIVE_ARCH, 1, 0),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS),
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_io_uring_setup, 3, 0),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_io_uring_enter, 2, 0),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_io_uring_register, 1, 0),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (err & SECCOMP_RET_DATA)),
+  };
+  struct sock_fprog prog = {.len = (unsigned short)(sizeof(code) / sizeof(code[0])),
+                            .filter = code};
+  if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) {
+    perror("no_uring: prctl(PR_SET_NO_NEW_PRIVS)");
+    return -1;
+  }
+  if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog) != 0) {
+    perror("no_uring: seccomp(SECCOMP_SET_MODE_FILTER)");
+    return -1;
+  }
+  return 0;
+}
+
+int main(int argc, char** argv) {
+  if (argc < 3 || (strcmp(argv[1], "eperm") != 0 && strcmp(argv[1], "enosys") != 0)) {
+    fprintf(stderr, "usage: no_uring eperm|enosys COMMAND [ARG...]\n");
+    return 125;
+  }
+  if (installFilter(strcmp(argv[1], "eperm") == 0 ? EPERM : ENOSYS) != 0) {
+    return 125;
+  }
+  execvp(argv[2], argv + 2);
+  fprintf(stderr, "no_uring: cannot run %s: %s\n", argv[2], strerror(errno));
+  return 127;
+}

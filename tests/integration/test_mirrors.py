@@ -1,0 +1,220 @@
+#!/usr/bin/env python3
+"""Mirrors (issue 3 item 4).
+
+- Every mirror receives exactly the client bytes of every sampled session, byte for
+  byte, matched per session; sample_percent = 50 picks about half the sessions and the
+  same ones on every mirror with 50%.
+- A mirror that accepts and never reads is cut past max_lag and does not slow the
+  primary (no more than 1.5x the time of the same run without it).
+- An unreachable mirror costs the primary nothing.
+- direction = "both": the mirror gets the request bytes, then the response bytes.
+"""
+
+import random
+import time
+
+import harness as h
+
+
+def seed_of(data) -> int:
+    """A Stream starts with its seed (little-endian u64)."""
+    return int.from_bytes(bytes(data[:8]), "little")
+
+
+class MirrorTest(h.GrelayTest):
+    def _assert_mirror_exact(self, name, sink, streams: dict, expected_seeds=None):
+        """`sink` got exactly one connection per expected session, each carrying exactly
+        that session's bytes and ending with EOF. Returns the set of seeds it got."""
+        recs = sink.records()
+        seeds = []
+        for rec in recs:
+            self.assertEqual(rec.end, "eof", f"mirror {name}: connection {rec.index} ended "
+                                             f"with {rec.end} after {rec.received} bytes")
+            self.assertGreater(rec.received, 0, f"mirror {name}: an empty connection")
+            seed = seed_of(rec.data)
+            self.assertIn(seed, streams, f"mirror {name}: bytes of no session")
+            want = streams[seed]
+            self.assertEqual(rec.received, len(want),
+                             f"mirror {name}: session {seed} length")
+            c = h.Checker(want)
+            c.feed(memoryview(rec.data))
+            self.assertTrue(c.complete, f"mirror {name}: session {seed}: {c.describe()}")
+            seeds.append(seed)
+        self.assertEqual(len(seeds), len(set(seeds)), f"mirror {name}: a session twice")
+        if expected_seeds is not None:
+            self.assertEqual(set(seeds), set(expected_seeds),
+                             f"mirror {name}: sessions missing or extra")
+        return set(seeds)
+
+    def test_three_mirrors_get_every_session_byte_for_byte(self):
+        n = 40
+        rng = random.Random(11)
+        streams = {s: h.Stream(s, rng.randint(h.scaled(256 * h.KiB), h.scaled(2 * h.MiB)))
+                   for s in range(5000, 5000 + n)}
+        with h.EchoServer() as echo, h.SinkServer() as m1, h.SinkServer() as m2, \
+                h.SinkServer() as m3:
+            mirrors = {"m1": m1, "m2": m2, "m3": m3}
+            cfg = h.Config()
+            cfg.upstream("app", [echo.address])
+            port = cfg.listener("web", "app", mirrors=[
+                {"name": k, "address": v.address} for k, v in mirrors.items()])
+            with h.Grelay(cfg):
+                results = h.run_concurrently(h.stream_session,
+                                             [(port, s) for s in streams.values()])
+                bad = [r for r in results if not r.ok]
+                self.assertEqual(bad, [], "\n".join(map(str, bad)))
+                for name, sink in mirrors.items():
+                    self.assertTrue(sink.wait_connections(n, timeout=30),
+                                    f"mirror {name} got {len(sink.conns)} of {n} sessions")
+                    self._assert_mirror_exact(name, sink, streams, streams.keys())
+
+    def test_half_sampling_picks_the_same_sessions_on_every_mirror(self):
+        n = 200
+        streams = {s: h.Stream(s, 16 * h.KiB + s % 7 * 1000) for s in range(7000, 7000 + n)}
+        with h.EchoServer() as echo, h.SinkServer() as m1, h.SinkServer() as m2, \
+                h.SinkServer() as m3, h.SinkServer() as full:
+            halves = {"h1": m1, "h2": m2, "h3": m3}
+            cfg = h.Config()
+            cfg.upstream("app", [echo.address])
+            port = cfg.listener("web", "app", mirrors=[
+                {"name": k, "address": v.address, "sample_percent": 50}
+                for k, v in halves.items()] + [{"name": "all", "address": full.address}])
+            cfg.with_admin()
+            with h.Grelay(cfg) as g:
+                results = h.run_concurrently(h.stream_session,
+                                             [(port, s) for s in streams.values()])
+                bad = [r for r in results if not r.ok]
+                self.assertEqual(bad, [], "\n".join(map(str, bad)))
+                self.assertTrue(full.wait_connections(n, timeout=30))
+                self._assert_mirror_exact("all", full, streams, streams.keys())
+                picked = []
+                for name, sink in halves.items():
+                    sink.settle()
+                    picked.append(self._assert_mirror_exact(name, sink, streams))
+                counts = [len(p) for p in picked]
+                h.log(f"sample_percent 50 picked {counts} of {n} sessions")
+                for c in counts:
+                    self.assertTrue(70 <= c <= 130, f"50% of {n} sessions picked {c}")
+                self.assertEqual(picked[0], picked[1], "mirrors with 50% differ in sessions")
+                self.assertEqual(picked[0], picked[2], "mirrors with 50% differ in sessions")
+                for name in halves:
+                    self.assertEqual(g.metric("grelay_mirror_sessions_total", mirror=name),
+                                     counts[0])
+
+    def _timed_run(self, port, sessions, size, seed0):
+        t0 = time.monotonic()
+        results = h.run_concurrently(
+            h.stream_session, [(port, h.Stream(seed0 + i, size)) for i in range(sessions)],
+            kwargs_list=[{"timeout": 60}] * sessions)
+        took = time.monotonic() - t0
+        bad = [r for r in results if not r.ok]
+        self.assertEqual(bad, [], "\n".join(map(str, bad)))
+        self.assertLess(max(r.elapsed for r in results), 30, "a session stalled")
+        return took
+
+    def test_stalled_mirror_is_cut_and_does_not_slow_the_primary(self):
+        sessions = h.scaled(16, 4)
+        size = 8 * h.MiB  # well past max_lag plus what the kernel buffers toward the mirror
+        with h.EchoServer() as echo, h.StallServer() as stall:
+            cfg = h.Config()
+            cfg.upstream("app", [echo.address])
+            plain = cfg.listener("plain", "app")
+            stalled = cfg.listener("stalled", "app", mirrors=[
+                {"name": "stall", "address": stall.address, "max_lag": "1MiB"}])
+            cfg.with_admin()
+            with h.Grelay(cfg) as g:
+                times = {"plain": 0.0, "stalled": 0.0}
+                for rnd in range(2):  # interleaved, to even out noise
+                    times["plain"] += self._timed_run(plain, sessions, size, 100 * rnd)
+                    times["stalled"] += self._timed_run(stalled, sessions, size, 100 * rnd + 50)
+                h.log(f"{sessions} sessions x {size / h.MiB:.0f} MiB, two rounds: "
+                      f"without the mirror {times['plain']:.2f}s, with the stalled mirror "
+                      f"{times['stalled']:.2f}s")
+                self.assertLessEqual(times["stalled"], 1.5 * times["plain"],
+                                     "the stalled mirror slowed the primary down")
+                cuts = g.metric("grelay_mirror_cuts_total", listener="stalled", mirror="stall")
+                self.assertEqual(cuts, 2 * sessions, "every session should cut the mirror")
+                self.assertGreater(g.metric("grelay_mirror_dropped_bytes_total",
+                                            listener="stalled", mirror="stall"), 0)
+                self.assertEqual(len(stall.conns), 2 * sessions)
+                self.assertIn("max_lag", g.log())
+
+    def test_unreachable_mirror_costs_the_primary_nothing(self):
+        with h.EchoServer() as echo, h.RefusingPort() as dead, h.SinkServer() as live:
+            cfg = h.Config()
+            cfg.upstream("app", [echo.address])
+            port = cfg.listener("web", "app", mirrors=[
+                {"name": "dead", "address": dead.address},
+                {"name": "live", "address": live.address}])
+            cfg.with_admin()
+            streams = {s: h.Stream(s, h.scaled(1 * h.MiB)) for s in range(20)}
+            with h.Grelay(cfg) as g:
+                results = h.run_concurrently(h.stream_session,
+                                             [(port, s) for s in streams.values()])
+                bad = [r for r in results if not r.ok]
+                self.assertEqual(bad, [], "\n".join(map(str, bad)))
+                self.assertTrue(live.wait_connections(len(streams), timeout=30))
+                self._assert_mirror_exact("live", live, streams, streams.keys())
+                self.assertEqual(g.metric("grelay_mirror_connect_errors_total", mirror="dead"),
+                                 len(streams))
+
+    def test_direction_both_mirrors_request_then_response(self):
+        sessions = 10
+        req_size, resp_size = 300 * h.KiB, h.scaled(2 * h.MiB)
+        requests = {s: h.Stream(s, req_size) for s in range(900, 900 + sessions)}
+
+        def reply(rec):
+            return h.Stream(seed_of(rec.data) + 10000, resp_size)
+
+        with h.SinkServer(reply=reply) as answering, h.SinkServer() as silent, \
+                h.EchoServer() as echo, h.SinkServer() as m_answer, \
+                h.SinkServer() as m_silent, h.SinkServer() as m_echo:
+            cfg = h.Config()
+            cfg.upstream("answering", [answering.address])
+            cfg.upstream("silent", [silent.address])
+            cfg.upstream("echo", [echo.address])
+            p_answer = cfg.listener("answer", "answering", mirrors=[
+                {"name": "both", "address": m_answer.address, "direction": "both"}])
+            p_silent = cfg.listener("silent", "silent", mirrors=[
+                {"name": "both", "address": m_silent.address, "direction": "both"}])
+            p_echo = cfg.listener("echo", "echo", mirrors=[
+                {"name": "both", "address": m_echo.address, "direction": "both"}])
+            with h.Grelay(cfg):
+                # The upstream answers only after the request's EOF: the mirror sees the
+                # whole request, then the whole response.
+                results = h.run_concurrently(
+                    h.stream_session, [(p_answer, s) for s in requests.values()],
+                    kwargs_list=[{"expect": h.Stream(s + 10000, resp_size)} for s in requests])
+                bad = [r for r in results if not r.ok]
+                self.assertEqual(bad, [], "\n".join(map(str, bad)))
+                self.assertTrue(m_answer.wait_connections(sessions, timeout=30))
+                for rec in m_answer.records():
+                    seed = seed_of(rec.data)
+                    want = requests[seed].bytes() + h.Stream(seed + 10000, resp_size).bytes()
+                    self.assertEqual(rec.received, len(want), "request + response bytes")
+                    self.assertTrue(bytes(rec.data) == want,
+                                    f"session {seed}: the mirror's bytes are not the request "
+                                    "followed by the response")
+                # An upstream that never answers: exactly the request, in order.
+                results = h.run_concurrently(h.stream_session,
+                                             [(p_silent, s) for s in requests.values()],
+                                             kwargs_list=[{"expect": b""}] * sessions)
+                bad = [r for r in results if not r.ok]
+                self.assertEqual(bad, [], "\n".join(map(str, bad)))
+                self.assertTrue(m_silent.wait_connections(sessions, timeout=30))
+                self._assert_mirror_exact("both/silent", m_silent, requests, requests.keys())
+                # An echo upstream: both directions interleave; the total is request + response.
+                results = h.run_concurrently(h.stream_session,
+                                             [(p_echo, s) for s in requests.values()])
+                bad = [r for r in results if not r.ok]
+                self.assertEqual(bad, [], "\n".join(map(str, bad)))
+                self.assertTrue(m_echo.wait_connections(sessions, timeout=30))
+                recs = m_echo.records()
+                self.assertEqual(len(recs), sessions)
+                for rec in recs:
+                    self.assertEqual(rec.end, "eof")
+                    self.assertEqual(rec.received, 2 * req_size)
+
+
+if __name__ == "__main__":
+    h.main()

@@ -1,0 +1,177 @@
+#!/usr/bin/env python3
+"""Timeouts and connection limits.
+
+- idle_timeout: an idle session is closed about idle_timeout after its last byte; a
+  session that keeps talking is not.
+- connect_timeout: against an upstream that never answers the SYN (a full listen
+  backlog), the client is reset within connect_timeout + slack; a pool falls over to
+  the next server after connect_timeout.
+- max_connections (server-wide and per listener): connections past the limit are
+  closed at once without reaching the upstream, counted, and grelay serves again as
+  soon as a session ends.
+"""
+
+import socket
+import threading
+import time
+
+import harness as h
+
+
+def open_session(port: int) -> socket.socket:
+    """A session through grelay to an echo upstream, proven live by one round trip."""
+    s = h.connect(port)
+    s.sendall(b"ping")
+    got = b""
+    s.settimeout(5)
+    while len(got) < 4:
+        d = s.recv(4 - len(got))
+        if not d:
+            raise AssertionError("session closed before the echo came back")
+        got += d
+    assert got == b"ping", got
+    return s
+
+
+def end_session(s: socket.socket) -> str:
+    s.shutdown(socket.SHUT_WR)
+    end, _ = h.read_outcome(s, 5)
+    s.close()
+    return end
+
+
+class TimeoutTest(h.GrelayTest):
+    def test_idle_session_is_closed_and_active_one_is_not(self):
+        with h.EchoServer() as echo:
+            cfg = h.Config()
+            cfg.upstream("app", [echo.address])
+            port = cfg.listener("web", "app", idle_timeout="1s")
+            cfg.with_admin()
+            with h.Grelay(cfg) as g:
+                active_result = {}
+
+                def active():
+                    # One byte every 250 ms for 3 s: never idle for a whole second.
+                    s = open_session(port)
+                    try:
+                        for i in range(12):
+                            time.sleep(0.25)
+                            s.sendall(bytes([i]))
+                            if s.recv(1) != bytes([i]):
+                                active_result["error"] = f"echo {i} missing"
+                                return
+                        active_result["end"] = end_session(s)
+                    except OSError as e:
+                        active_result["error"] = repr(e)
+
+                t = threading.Thread(target=active)
+                t.start()
+                idle = open_session(port)
+                t_last = time.monotonic()
+                end, data = h.read_outcome(idle, timeout=6)
+                idle_for = time.monotonic() - t_last
+                idle.close()
+                t.join()
+                self.assertIn(end, ("eof", "reset"), "the idle session was not closed")
+                self.assertEqual(data, b"")
+                self.assertGreaterEqual(idle_for, 0.9, "closed before idle_timeout")
+                self.assertLessEqual(idle_for, 3.0, "closed long after idle_timeout")
+                self.assertEqual(active_result, {"end": "eof"},
+                                 "the active session should live on and end cleanly")
+                self.assertGreaterEqual(g.metric("grelay_idle_timeouts_total", listener="web"), 1)
+
+    def test_connect_timeout_against_a_blackhole(self):
+        with h.Blackhole() as hole, h.EchoServer() as echo:
+            cfg = h.Config()
+            cfg.upstream("hole", [hole.address])
+            cfg.upstream("mixed", [hole.address, echo.address])
+            cfg.upstream("live", [echo.address])
+            p_hole = cfg.listener("hole", "hole", connect_timeout="500ms")
+            p_mixed = cfg.listener("mixed", "mixed", connect_timeout="500ms")
+            p_live = cfg.listener("live", "live", connect_timeout="500ms")
+            cfg.with_admin()
+            with h.Grelay(cfg) as g:
+                for _ in range(3):
+                    # An idle pause first: the deadline must count from the connect,
+                    # not from when the worker last woke up.
+                    time.sleep(0.7)
+                    end, data, took = h.try_request(p_hole, b"hello", timeout=10)
+                    self.assertEqual((end, data), ("reset", b""),
+                                     "a client whose upstream never answers gets a reset")
+                    self.assertGreaterEqual(took, 0.45, "reset before connect_timeout")
+                    self.assertLessEqual(took, 2.0, "connect_timeout (500ms) not honoured")
+                self.assertGreaterEqual(
+                    g.metric("grelay_upstream_connect_errors_total", listener="hole"), 3)
+                # A pool moves on to its next server after connect_timeout.
+                took = []
+                for i in range(4):
+                    time.sleep(0.7)
+                    r = h.stream_session(p_mixed, h.Stream(i, 64 * h.KiB), timeout=10)
+                    self.assertTrue(r.ok, str(r))
+                    took.append(r.elapsed)
+                self.assertTrue(any(0.45 <= t <= 2.0 for t in took),
+                                f"no session waited for the blackhole's timeout: {took}")
+                r = h.stream_session(p_live, h.Stream(9, 1 * h.MiB))
+                self.assertTrue(r.ok, str(r))
+
+
+class LimitTest(h.GrelayTest):
+    def _assert_rejected(self, port: int, what: str) -> None:
+        end, data, took = h.try_request(port, b"hello", timeout=5)
+        self.assertIn(end, ("reset", "eof"), f"{what}: the excess connection stayed open")
+        self.assertEqual(data, b"", what)
+        self.assertLess(took, 1.0, f"{what}: not closed at once")
+
+    def _assert_serves_again(self, port: int, what: str) -> socket.socket:
+        deadline = time.monotonic() + 3
+        while True:
+            try:
+                return open_session(port)
+            except (OSError, AssertionError):
+                if time.monotonic() > deadline:
+                    raise AssertionError(f"{what}: grelay does not serve again after a "
+                                         "session ended")
+                time.sleep(0.05)
+
+    def test_server_wide_max_connections(self):
+        with h.EchoServer() as echo:
+            cfg = h.Config(max_connections=4)
+            cfg.upstream("app", [echo.address])
+            a = cfg.listener("a", "app")
+            b = cfg.listener("b", "app")
+            cfg.with_admin()
+            with h.Grelay(cfg) as g:
+                held = [open_session(a), open_session(a), open_session(b), open_session(b)]
+                self._assert_rejected(a, "listener a at the server-wide limit")
+                self._assert_rejected(b, "listener b at the server-wide limit")
+                self.assertEqual(len(echo.conns), 4, "a rejected connection reached the upstream")
+                self.assertEqual(end_session(held.pop(0)), "eof")
+                held.append(self._assert_serves_again(b, "listener b"))
+                self._assert_rejected(a, "back at the limit")
+                self.assertEqual(g.metric("grelay_connections_rejected_total"), 3)
+                for s in held:
+                    self.assertEqual(end_session(s), "eof")
+
+    def test_per_listener_max_connections(self):
+        with h.EchoServer() as echo:
+            cfg = h.Config(max_connections=100)
+            cfg.upstream("app", [echo.address])
+            a = cfg.listener("a", "app", max_connections=2)
+            b = cfg.listener("b", "app")
+            cfg.with_admin()
+            with h.Grelay(cfg) as g:
+                held = [open_session(a), open_session(a)]
+                self._assert_rejected(a, "listener a at its own limit")
+                # The other listener is not limited by a's cap.
+                held += [open_session(b) for _ in range(3)]
+                self.assertEqual(end_session(held.pop(0)), "eof")
+                held.append(self._assert_serves_again(a, "listener a"))
+                self._assert_rejected(a, "listener a back at its limit")
+                self.assertEqual(g.metric("grelay_connections_rejected_total", listener="a"), 2)
+                self.assertEqual(g.metric("grelay_connections_rejected_total", listener="b"), 0)
+                for s in held:
+                    self.assertEqual(end_session(s), "eof")
+
+
+if __name__ == "__main__":
+    h.main()
