@@ -48,8 +48,9 @@ int main(int argc, char** argv) {
       return 0;
     }
     if (std::strcmp(a, "--features") == 0) {
-      relay::printFeatures(relay::probeFeatures(), std::cout);
-      return 0;
+      relay::Features features = relay::probeFeatures();
+      relay::printFeatures(features, std::cout);
+      return features.uringAvailable ? 0 : proxy::kExitNoUring;
     }
     if (std::strcmp(a, "-c") == 0 || std::strcmp(a, "--config") == 0) {
       if (i + 1 >= argc) {

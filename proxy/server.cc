@@ -121,6 +121,13 @@ int runServer(const config::Config& cfg, const relay::Features& features) {
   raiseFileLimit();
 
   // Listening sockets: one per worker and listener (SO_REUSEPORT spreads connections).
+  for (const auto& l : cfg.listeners) {
+    if (int err = addressFree(l.listen); err < 0) {
+      GRELAY_LOG_ERROR("listener %s: cannot listen on %s: %s", l.name.c_str(),
+                       l.listen.text.c_str(), strerror(-err));
+      return kExitConfig;
+    }
+  }
   std::vector<std::vector<int>> listenFds(workers);
   std::vector<std::vector<TapFile>> tapFiles(workers);
   for (uint32_t w = 0; w < workers; ++w) {

@@ -16,6 +16,7 @@
 
 #include <netinet/in.h>
 
+#include <atomic>
 #include <cstdint>
 #include <deque>
 #include <memory>
@@ -67,6 +68,7 @@ struct ListenerContext {
   UpstreamPool* upstream = nullptr;
   metrics::ListenerStats* stats = nullptr;
   TapWriter* tap = nullptr;  // this worker's tap of the listener, if it has one
+  std::atomic<int64_t>* connections = nullptr;  // the listener's open sessions (all workers)
   uint32_t chunkSize = 64 * 1024;
 };
 
@@ -151,6 +153,7 @@ public:
   void tapWriteFinished() noexcept override;
 
   bool closing() const { return state_ == State::Closing; }
+  ListenerContext& listener() { return listener_; }
   uint64_t id() const { return id_; }
   void setId(uint64_t id) { id_ = id; }
   size_t heldChunks(size_t mirror) const;

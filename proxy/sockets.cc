@@ -43,6 +43,24 @@ void SystemSockets::setNoDelay(int fd) {
   ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 }
 
+int addressFree(const config::Address& address) {
+  // SO_REUSEPORT would let us join another process's listening socket and silently share
+  // its traffic. A probe with SO_REUSEADDR only binds despite TIME_WAIT leftovers but not
+  // despite a live listener, so it tells whether someone else has the address.
+  int fd = ::socket(address.family(), SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) {
+    return -errno;
+  }
+  int one = 1;
+  ::setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
+  if (address.family() == AF_INET6) {
+    ::setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
+  }
+  int err = ::bind(fd, address.sockaddrPtr(), address.length) == 0 ? 0 : -errno;
+  ::close(fd);
+  return err;
+}
+
 int openListener(const config::Address& address, int backlog) {
   int fd = ::socket(address.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (fd < 0) {

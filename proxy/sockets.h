@@ -30,6 +30,10 @@ public:
   void setNoDelay(int fd) override;
 };
 
+// 0 if nobody (no other process, no other socket) is bound to `address`, else -errno
+// (EADDRINUSE). Call before the first openListener() of an address.
+int addressFree(const config::Address& address);
+
 // Binds a listening socket with SO_REUSEPORT (one per worker); -errno on failure.
 int openListener(const config::Address& address, int backlog);
 

@@ -64,6 +64,7 @@ Worker::Worker(Runtime& runtime, uint32_t index, metrics::WorkerStats& stats,
     a->context.upstream = runtime.upstreams[cfg.listeners[i].upstream_index].get();
     a->context.stats = stats.listeners[i].get();
     a->context.chunkSize = cfg.server.chunk_size;
+    a->context.connections = &runtime.listenerConnections[i];
     acceptors_.push_back(std::move(a));
   }
   controlFd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -254,7 +255,7 @@ void Worker::Acceptor::onAccept(int32_t res, uint32_t flags) noexcept {
   } else if (res != -ECANCELED && res != -EAGAIN && res != -EINTR) {
     uint64_t suppressed = 0;
     if (worker.runtime_.acceptErrorLog.allow(worker.now_, &suppressed)) {
-      GRELAY_LOG_WARN("listener %s: accept failed: %s (%llu similar messages suppressed)",
+      GRELAY_LOG_WARN("listener %s: accept failed: %s (%llu more not logged in the last minute)",
                       context.config->name.c_str(), strerror(-res),
                       static_cast<unsigned long long>(suppressed));
     }
@@ -373,6 +374,7 @@ void Worker::cancelWaitForBuffers(Flow& flow) {
 void Worker::afterDispatch() {
   for (Session* s : finished_) {
     runtime_.connections.fetch_sub(1);
+    s->listener().connections->fetch_sub(1);
     delete s;
   }
   finished_.clear();
@@ -427,10 +429,13 @@ void Worker::mirrorTrouble(const ListenerContext& listener, size_t mirrorIndex,
   size_t li = static_cast<size_t>(listener.config - runtime_.config.listeners.data());
   uint64_t suppressed = 0;
   if (runtime_.mirrorLogs[li][mirrorIndex]->allow(now_, &suppressed)) {
-    GRELAY_LOG_WARN("listener %s: mirror %s cut: %s (%llu more in the last minute not logged)",
-                    listener.config->name.c_str(),
-                    listener.config->mirrors[mirrorIndex].name.c_str(), what.c_str(),
-                    static_cast<unsigned long long>(suppressed));
+    char more[64] = "";
+    if (suppressed > 0) {
+      snprintf(more, sizeof(more), " (%llu more cuts not logged in the last minute)",
+               static_cast<unsigned long long>(suppressed));
+    }
+    GRELAY_LOG_WARN("listener %s: mirror %s cut: %s%s", listener.config->name.c_str(),
+                    listener.config->mirrors[mirrorIndex].name.c_str(), what.c_str(), more);
   }
 }
 
