@@ -1,20 +1,23 @@
 #!/usr/bin/env bash
 # Installs the Debian packages of the given groups (see packages.txt) that are missing,
 # then, with --build, configures and builds grelay into build/release (and build/asan
-# with --asan). Used by demo.sh, test.sh, bench/ and docker/.
+# with --asan); --target T builds only target T (e.g. grelay). Used by demo.sh, test.sh,
+# bench/ and docker/.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 
-usage() { echo "usage: setup.sh [--build] [--asan] GROUP..." >&2; exit 2; }
+usage() { echo "usage: setup.sh [--build] [--asan] [--target T] GROUP..." >&2; exit 2; }
 
-build=0 asan=0 groups=()
-for a in "$@"; do
-  case "$a" in
+build=0 asan=0 groups=() targets=()
+while [ $# -gt 0 ]; do
+  case "$1" in
     --build) build=1 ;;
     --asan) asan=1 ;;
+    --target) shift; [ $# -gt 0 ] || usage; targets+=(--target "$1") ;;
     -h|--help) usage ;;
-    *) groups+=("$a") ;;
+    *) groups+=("$1") ;;
   esac
+  shift
 done
 
 packagesOf() {
@@ -53,7 +56,7 @@ buildTree() {  # buildTree DIR [cmake args...]
   if [ ! -f "$dir/CMakeCache.txt" ]; then
     cmake -S "$here" -B "$dir" "${gen[@]}" "${launcher[@]}" "$@" >/dev/null
   fi
-  cmake --build "$dir" -j"$(nproc)"
+  cmake --build "$dir" -j"$(nproc)" "${targets[@]}"
 }
 
 if [ $build -eq 1 ]; then
