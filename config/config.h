@@ -92,6 +92,9 @@ struct ListenerTlsConfig {
   std::string cert;  // PEM certificate chain
   std::string key;   // PEM private key
   Duration handshake_timeout{10'000};
+  std::string min_version = "1.2";  // "1.2" or "1.3"
+  std::string ciphers;       // TLS 1.2 cipher list; "" = Mozilla "intermediate"
+  std::string ciphersuites;  // TLS 1.3 suites; "" = OpenSSL's defaults (all AEAD)
   Location location;
 };
 

@@ -644,6 +644,19 @@ private:
                   {"cert", file(&tls.cert, "cert"), true},
                   {"key", file(&tls.key, "key"), true},
                   {"handshake_timeout", duration(&tls.handshake_timeout, 1ms, kMaxTimeout)},
+                  {"min_version",
+                   [this, &tls](std::string_view key, const toml::node& node) {
+                     if (!string(&tls.min_version)(key, node))
+                       return false;
+                     if (tls.min_version != "1.2" && tls.min_version != "1.3") {
+                       error(node.source(), quoted(key) + " must be one of 1.2, 1.3, got " +
+                                                quoted(tls.min_version));
+                       return false;
+                     }
+                     return true;
+                   }},
+                  {"ciphers", string(&tls.ciphers, true)},
+                  {"ciphersuites", string(&tls.ciphersuites, true)},
               });
   }
 

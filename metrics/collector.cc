@@ -45,6 +45,11 @@ struct ListenerTotals {
   uint64_t tapBytes = 0;
   uint64_t tapDroppedBytes = 0;
   uint64_t tapErrors = 0;
+  uint64_t tlsHandshakes = 0;
+  uint64_t tlsHandshakeFailures = 0;
+  uint64_t tlsHandshakeTimeouts = 0;
+  uint64_t ktlsSessions = 0;
+  uint64_t upstreamTlsFailures = 0;
 };
 
 void addTo(ListenerTotals& total, const ListenerStats& stats) {
@@ -80,6 +85,11 @@ void addTo(ListenerTotals& total, const ListenerStats& stats) {
   total.tapBytes += stats.tapBytes.value();
   total.tapDroppedBytes += stats.tapDroppedBytes.value();
   total.tapErrors += stats.tapErrors.value();
+  total.tlsHandshakes += stats.tlsHandshakes.value();
+  total.tlsHandshakeFailures += stats.tlsHandshakeFailures.value();
+  total.tlsHandshakeTimeouts += stats.tlsHandshakeTimeouts.value();
+  total.ktlsSessions += stats.ktlsSessions.value();
+  total.upstreamTlsFailures += stats.upstreamTlsFailures.value();
 }
 
 // Families in the order they are declared (a deque: add() hands out references that
@@ -230,6 +240,21 @@ std::vector<MetricFamily> StatsCollector::collectGrelay() const {
                               MetricType::Counter);
   auto& tapErrors = list.add("grelay_tap_errors_total", "Tap write errors that disabled the tap.",
                              MetricType::Counter);
+  auto& tlsHandshakes = list.add("grelay_tls_handshakes_total",
+                                 "Client TLS handshakes completed on a TLS listener.",
+                                 MetricType::Counter);
+  auto& tlsFailures = list.add("grelay_tls_handshake_failures_total",
+                               "Client TLS handshakes that failed (reason=error: protocol, "
+                               "version, plaintext client; reason=timeout: handshake_timeout).",
+                               MetricType::Counter);
+  auto& ktls = list.add("grelay_ktls_sessions_total",
+                        "TLS connections handed to kernel TLS after the handshake (their chunks "
+                        "then count under the group or mainline path).",
+                        MetricType::Counter);
+  auto& upstreamTls = list.add("grelay_upstream_tls_failures_total",
+                               "TLS handshakes with upstream servers that failed (certificate "
+                               "verification, protocol); counted in connect errors too.",
+                               MetricType::Counter);
 
   sample(buildInfo, {{"version", inputs_.version.empty() ? "unknown" : inputs_.version}}, 1);
   if (!inputs_.relayPath.empty()) {
@@ -290,6 +315,18 @@ std::vector<MetricFamily> StatsCollector::collectGrelay() const {
       sample(mirrorDropped, labels, asDouble(mirror.droppedBytes));
       sample(mirrorConnectErrors, labels, asDouble(mirror.connectErrors));
       sample(mirrorResponse, labels, asDouble(mirror.discardedBytes));
+    }
+
+    if (listener.tls) {
+      sample(tlsHandshakes, {name}, asDouble(total.tlsHandshakes));
+      sample(tlsFailures, {name, {"reason", "error"}}, asDouble(total.tlsHandshakeFailures));
+      sample(tlsFailures, {name, {"reason", "timeout"}}, asDouble(total.tlsHandshakeTimeouts));
+    }
+    if (listener.tls || config.upstreams[listener.upstream_index].tls.enabled) {
+      sample(ktls, {name}, asDouble(total.ktlsSessions));
+    }
+    if (config.upstreams[listener.upstream_index].tls.enabled) {
+      sample(upstreamTls, {name, upstream}, asDouble(total.upstreamTlsFailures));
     }
 
     if (listener.tap) {

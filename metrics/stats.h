@@ -93,6 +93,11 @@ struct ListenerStats {
   Counter resets;              // sessions ended by a reset (either side)
   Histogram connectDuration;
   std::vector<MirrorStats> mirrors;  // in config order
+  Counter tlsHandshakes;         // client TLS handshakes completed
+  Counter tlsHandshakeFailures;  // client handshakes that failed (protocol, plaintext client...)
+  Counter tlsHandshakeTimeouts;  // client handshakes cut by handshake_timeout
+  Counter ktlsSessions;          // TLS sessions (either side) handed to kernel TLS
+  Counter upstreamTlsFailures;   // upstream handshakes that failed (certificate, protocol)
   Counter tapBytes;            // payload bytes written to the tap
   Counter tapDroppedBytes;     // payload bytes the tap did not record
   Counter tapErrors;           // write errors that disabled the tap

@@ -112,6 +112,16 @@ int runServer(const config::Config& cfg, const relay::Features& features) {
   }
   runtime.path = path;
 
+  TlsContexts tls;
+  std::vector<std::string> tlsErrors;
+  if (!tls.build(cfg, features.ktls, &tlsErrors)) {
+    for (const auto& e : tlsErrors) {
+      GRELAY_LOG_ERROR("%s", e.c_str());
+    }
+    return kExitConfig;
+  }
+  runtime.tls = &tls;
+
   uint32_t workers = cfg.server.workers;
   if (workers == 0) {
     long n = sysconf(_SC_NPROCESSORS_ONLN);
@@ -279,6 +289,7 @@ int runServer(const config::Config& cfg, const relay::Features& features) {
 std::string pathNotBuilt(config::RelayPath path) {
   switch (path) {
     case config::RelayPath::Mainline:
+    case config::RelayPath::Copy:
       return "";
     default:
       return "this path is not implemented in this build yet";

@@ -1,7 +1,11 @@
 #include "proxy/session.h"
 
+#include <poll.h>
+
 #include <cerrno>
 #include <cstring>
+
+#include "proxy/tls_context.h"
 
 #include "relay/uring_compat.h"
 
@@ -25,6 +29,21 @@ Peer::Peer(Session& session, Kind kind, size_t mirrorIndex)
     : session_(session), kind_(kind), mirrorIndex_(mirrorIndex) {}
 
 void Peer::enqueue(relay::ChunkRef chunk) {
+  if (tlsInUserspace()) {
+    // Encrypt now: the plaintext buffer goes back to its pool at once and what waits in
+    // the queue (and counts against back-pressure) is the ciphertext.
+    if (!tls_->write(chunk.data(), chunk.size())) {
+      session_.host_.tlsTrouble(session_.listener_, "encrypt: " + tls_->error());
+      session_.peerFailed(*this, -EPROTO);
+      return;
+    }
+    flushTls();
+    return;
+  }
+  enqueueWire(std::move(chunk));
+}
+
+void Peer::enqueueWire(relay::ChunkRef chunk) {
   unsent_ += chunk.size();
   queue_.push_back(PendingSend{std::move(chunk), 0});
   if (connected_ && !sending_ && !failed_) {
@@ -32,12 +51,34 @@ void Peer::enqueue(relay::ChunkRef chunk) {
   }
 }
 
-void Peer::finishWriting() {
-  finWanted_ = true;
-  if (connected_ && !sending_ && !failed_ && queue_.empty() && !finSent_) {
-    session_.host_.sockets().shutdownWrite(fd_);
-    finSent_ = true;
+void Peer::flushTls() {
+  std::vector<relay::ChunkRef> out;
+  tls_->takeOutbound(out);
+  for (auto& c : out) {
+    enqueueWire(std::move(c));
   }
+}
+
+void Peer::finishWriting() {
+  if (finWanted_) {
+    return;
+  }
+  finWanted_ = true;
+  if (tlsInUserspace() && connected_ && !failed_) {
+    tls_->shutdown();  // close_notify, queued behind everything sent so far
+    flushTls();
+  }
+  if (connected_ && !sending_ && !failed_ && queue_.empty() && !finSent_) {
+    sendFin();
+  }
+}
+
+void Peer::sendFin() {
+  if (tls_ != nullptr && !tlsMemory_) {
+    tls_->shutdown();  // kTLS: OpenSSL sends close_notify through the kernel
+  }
+  session_.host_.sockets().shutdownWrite(fd_);
+  finSent_ = true;
 }
 
 void Peer::dropQueue() {
@@ -82,8 +123,7 @@ void Peer::onSend(int32_t res, uint32_t) noexcept {
   if (!queue_.empty()) {
     sendNext();
   } else if (finWanted_ && !finSent_) {
-    session_.host_.sockets().shutdownWrite(fd_);
-    finSent_ = true;
+    sendFin();
   }
   if (kind_ == Kind::Mirror && session_.closing()) {
     session_.opDone(*this);  // a finished session's mirror closes once it has drained
@@ -100,6 +140,25 @@ void Peer::onConnect(int32_t res, uint32_t) noexcept {
   } else {
     session_.mirrorConnected(mirrorIndex_, res);
   }
+}
+
+void Peer::onPoll(int32_t res, uint32_t) noexcept {
+  polling_ = false;
+  --session_.inflight_;
+  if (session_.closing()) {
+    session_.opDone(*this);
+    return;
+  }
+  if (session_.handshakeTimedOut_) {
+    session_.handshakeTimedOut_ = false;
+    session_.handshakeFailed(*this, true);
+    return;
+  }
+  if (res < 0) {
+    session_.handshakeFailed(*this, false);
+    return;
+  }
+  session_.continueHandshake(*this);
 }
 
 void Peer::onDiscard(int32_t res, uint32_t) noexcept {
@@ -170,12 +229,23 @@ void Flow::onRecv(int32_t res, uint32_t flags) noexcept {
     return;
   }
   if (res > 0) {
-    session_.deliver(*this, chunk);
-    chunk.reset();
+    if (copy_) {
+      if (!processCopy(std::move(chunk))) {
+        return;
+      }
+    } else {
+      session_.deliver(*this, chunk);
+      chunk.reset();
+    }
     arm();
     return;
   }
   chunk.reset();
+  if (res == -EIO && source_.tls_ != nullptr && !source_.tlsMemory_) {
+    // Kernel TLS hands non-data records (an alert: close_notify) to recvmsg with a
+    // control message only; a plain receive fails with EIO. The peer is done sending.
+    res = 0;
+  }
   if (res == 0) {
     ended_ = true;
     session_.sourceEnded(*this);
@@ -187,6 +257,55 @@ void Flow::onRecv(int32_t res, uint32_t flags) noexcept {
   } else {
     session_.sourceFailed(*this, res);
   }
+}
+
+bool Flow::processCopy(relay::ChunkRef chunk) {
+  Session& s = session_;
+  if (source_.tls_ == nullptr) {
+    // relay_path = "copy" on plaintext: the bytes pass through a user buffer, as TLS
+    // plaintext would (the baseline the copy path is measured by).
+    relay::ChunkRef plain = s.host_.userPool().allocate();
+    if (!plain) {
+      s.host_.tlsTrouble(s.listener_, "out of copy buffers (buffer_pool)");
+      s.sourceFailed(*this, -ENOBUFS);
+      return false;
+    }
+    std::memcpy(plain.mutableData(), chunk.data(), chunk.size());
+    plain.get()->length = chunk.size();
+    chunk.reset();
+    s.deliver(*this, plain);
+    return true;
+  }
+  relay::TlsChannel& tls = *source_.tls_;
+  tls.feed(std::move(chunk));
+  while (true) {
+    relay::ChunkRef plain;
+    switch (tls.read(&plain)) {
+      case relay::TlsChannel::ReadStatus::Data:
+        s.deliver(*this, plain);
+        if (s.closing()) {
+          return false;
+        }
+        continue;
+      case relay::TlsChannel::ReadStatus::NeedMore:
+        break;
+      case relay::TlsChannel::ReadStatus::Closed:
+        source_.flushTls();
+        ended_ = true;
+        s.sourceEnded(*this);
+        return false;
+      case relay::TlsChannel::ReadStatus::Failed:
+        s.host_.tlsTrouble(s.listener_, "TLS receive: " + tls.error());
+        s.sourceFailed(*this, -EPROTO);
+        return false;
+    }
+    break;
+  }
+  // Reading may have produced records to send back (alerts, key updates).
+  if (source_.tls_->hasOutbound()) {
+    source_.flushTls();
+  }
+  return true;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -215,8 +334,100 @@ void Session::start() {
   counted_ = true;
   host_.sockets().addresses(client_.fd_, &clientAddress_, &localAddress_);
   activity();
+  if (listener_.tls == nullptr) {
+    beginSession();
+    return;
+  }
+  // TLS termination: nothing is connected upstream (or mirrored) before the handshake.
+  client_.tls_ = std::make_unique<relay::TlsChannel>(listener_.tls, client_.fd_, true,
+                                                     host_.userPool());
+  if (!client_.tls_->valid()) {
+    host_.tlsTrouble(listener_, client_.tls_->error());
+    close(true, false, false, tap::CloseReason::kError);
+    return;
+  }
+  state_ = State::Handshaking;
+  handshakeDeadline_ = host_.now() + nanos(cfg().tls->handshake_timeout);
+  rescheduleTimer();
+  continueHandshake(client_);
+}
+
+void Session::beginSession() {
+  state_ = State::Connecting;
   listener_.upstream->pickOrder(serverOrder_);
   connectMirrors();
+  connectPrimary();
+}
+
+void Session::continueHandshake(Peer& peer) {
+  using Step = relay::TlsChannel::Step;
+  Step step = peer.tls_->handshake();
+  if (step == Step::Done) {
+    handshakeDone(peer);
+    return;
+  }
+  if (step == Step::Failed) {
+    handshakeFailed(peer, false);
+    return;
+  }
+  peer.polling_ = true;
+  ++inflight_;
+  host_.ring().pollAdd(peer.fd_, step == Step::WantRead ? POLLIN : POLLOUT, &peer.pollDone_);
+}
+
+void Session::handshakeDone(Peer& peer) {
+  relay::TlsChannel& tls = *peer.tls_;
+  if (tls.ktls()) {
+    // The kernel encrypts and decrypts from now on: plain receives and sends, and the
+    // session stays on the worker's zero-copy path.
+    peer.tlsMemory_ = false;
+    stats().ktlsSessions.inc();
+  } else if (tls.useMemoryBio()) {
+    peer.tlsMemory_ = true;
+  } else {
+    handshakeFailed(peer, false);
+    return;
+  }
+  activity();
+  if (peer.kind_ == Peer::Kind::Client) {
+    stats().tlsHandshakes.inc();
+    beginSession();
+  } else {
+    openTap(true);
+    startRelaying();
+  }
+}
+
+void Session::handshakeFailed(Peer& peer, bool timedOut) {
+  if (peer.kind_ == Peer::Kind::Client) {
+    // A plaintext client on a TLS port, an old protocol version, a scanner: OpenSSL has
+    // sent its alert; close cleanly.
+    if (timedOut) {
+      stats().tlsHandshakeTimeouts.inc();
+    } else {
+      stats().tlsHandshakeFailures.inc();
+    }
+    close(false, false, false, tap::CloseReason::kError);
+    return;
+  }
+  // The upstream server's certificate or protocol was refused: like a failed connect,
+  // try the pool's next server.
+  stats().upstreamTlsFailures.inc();
+  stats().upstreamConnectErrors.inc();
+  const config::Address& a = listener_.upstream->server(static_cast<size_t>(server_));
+  host_.tlsTrouble(listener_, "upstream " + a.text + ": " +
+                                  (timedOut ? std::string("TLS handshake timed out")
+                                            : primary_.tls_->error()));
+  if (upstreamCounted_) {
+    listener_.upstream->disconnected(static_cast<uint32_t>(server_));
+    upstreamCounted_ = false;
+  }
+  primary_.tls_.reset();
+  host_.sockets().close(primary_.fd_, true);
+  primary_.fd_ = -1;
+  primary_.connected_ = false;
+  server_ = -1;
+  state_ = State::Connecting;
   connectPrimary();
 }
 
@@ -300,6 +511,23 @@ void Session::primaryConnected(int32_t res) {
   listener_.upstream->connected(static_cast<uint32_t>(server_));
   upstreamCounted_ = true;
   primary_.connected_ = true;
+  if (listener_.upstreamTls != nullptr) {
+    const config::Address& a = listener_.upstream->server(static_cast<size_t>(server_));
+    primary_.tls_ = std::make_unique<relay::TlsChannel>(listener_.upstreamTls, primary_.fd_,
+                                                        false, host_.userPool());
+    const config::UpstreamConfig& uc = listener_.upstream->config();
+    const std::string host = upstreamVerifyHost(uc, a);
+    // SNI: the configured name, else the host as written when it is a name, not an IP.
+    const bool isName = host.find_first_not_of("0123456789.:abcdefABCDEF") != std::string::npos;
+    primary_.tls_->setPeerName(!uc.tls.sni.empty() ? uc.tls.sni : (isName ? host : ""),
+                               uc.tls.verify ? host : "");
+    state_ = State::UpstreamHandshake;
+    handshakeTimedOut_ = false;
+    handshakeDeadline_ = host_.now() + nanos(cfg().connect_timeout);
+    rescheduleTimer();
+    continueHandshake(primary_);
+    return;
+  }
   openTap(true);
   startRelaying();
 }
@@ -371,6 +599,9 @@ void Session::openTap(bool withUpstream) {
                                               sizeof(clientAddress_));
   info.local = tap::TapAddress::fromSockaddr(reinterpret_cast<const sockaddr*>(&localAddress_),
                                              sizeof(localAddress_));
+  if (client_.tls_ != nullptr) {
+    info.flags |= tap::kSessionTlsTerminated;
+  }
   if (withUpstream && server_ >= 0) {
     const config::Address& a = listener_.upstream->server(static_cast<size_t>(server_));
     info.upstream = tap::TapAddress::fromSockaddr(a.sockaddrPtr(), a.length);
@@ -388,6 +619,10 @@ void Session::tapWriteFinished() noexcept {
 void Session::startRelaying() {
   state_ = State::Relaying;
   activity();
+  for (Flow* flow : {&request_, &response_}) {
+    flow->copy_ = host_.pathIndex() == metrics::kCopyPath || flow->source_.tlsInUserspace();
+    flow->path_ = flow->copy_ ? static_cast<uint8_t>(metrics::kCopyPath) : host_.pathIndex();
+  }
   request_.arm();
   response_.arm();
   rescheduleTimer();
@@ -398,7 +633,7 @@ void Session::deliver(Flow& flow, const relay::ChunkRef& chunk) {
   const uint32_t n = chunk.size();
   metrics::ListenerStats& st = stats();
   st.receivedBytes[flow.direction_].add(n);
-  st.chunks[host_.pathIndex()].inc();
+  st.chunks[flow.path_].inc();
   flow.target_.enqueue(chunk);
   if (listener_.tap != nullptr) {
     listener_.tap->chunk(tap_, static_cast<tap::Direction>(flow.direction_), chunk);
@@ -510,6 +745,9 @@ void Session::cancelPeer(Peer& peer) {
   }
   if (peer.reading_) {
     ring.cancel(&peer.discardDone_, nullptr);
+  }
+  if (peer.polling_) {
+    ring.cancel(&peer.pollDone_, nullptr);
   }
 }
 
@@ -663,6 +901,21 @@ void Session::onTimer(uint64_t now) noexcept {
     return;
   }
   relay::Ring& ring = host_.ring();
+  if ((state_ == State::Handshaking || state_ == State::UpstreamHandshake) &&
+      now >= handshakeDeadline_ && !handshakeTimedOut_) {
+    Peer& peer = state_ == State::Handshaking ? client_ : primary_;
+    if (!handshakeTimedOut_) {
+      handshakeTimedOut_ = true;
+      if (peer.polling_) {
+        ring.cancel(&peer.pollDone_, nullptr);  // onPoll fails the handshake
+      } else {
+        handshakeFailed(peer, true);
+        if (done_) {
+          return;
+        }
+      }
+    }
+  }
   if (primary_.connecting_ && !connectTimedOut_ && now >= connectDeadline_) {
     connectTimedOut_ = true;
     ring.cancel(&primary_.connectDone_, nullptr);
@@ -709,6 +962,10 @@ void Session::rescheduleTimer() {
     return;
   }
   uint64_t next = lastActivity_ + nanos(cfg().idle_timeout);
+  if ((state_ == State::Handshaking || state_ == State::UpstreamHandshake) &&
+      !handshakeTimedOut_) {
+    next = std::min(next, handshakeDeadline_);
+  }
   if (primary_.connecting_ && !connectTimedOut_) {
     next = std::min(next, connectDeadline_);
   }

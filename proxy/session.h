@@ -32,6 +32,7 @@
 #include "relay/buffer.h"
 #include "relay/completion.h"
 #include "relay/ring.h"
+#include "relay/tls_channel.h"
 
 namespace grelay::proxy {
 
@@ -44,6 +45,8 @@ public:
   virtual relay::Ring& ring() = 0;
   virtual Sockets& sockets() = 0;
   virtual relay::ProvidedBufferPool& pool() = 0;
+  // User buffers for the copy path (TLS plaintext and ciphertext).
+  virtual relay::UserBufferPool& userPool() = 0;
   virtual TimerQueue& timers() = 0;
   virtual uint64_t now() = 0;  // monotonic ns, cached per loop iteration
   // A Flow got -ENOBUFS: call flow.resumeAfterBuffers() when buffers come back.
@@ -57,6 +60,8 @@ public:
   // Where mirrors' responses are received and dropped (contents never read).
   virtual uint8_t* discardBuffer(uint32_t* length) = 0;
   virtual uint8_t pathIndex() const = 0;  // metrics::PathIndex of this worker's relay path
+  // Rate-limited logging of TLS trouble (once per listener and minute).
+  virtual void tlsTrouble(const struct ListenerContext& listener, const std::string& what) = 0;
 
 protected:
   ~SessionHost() = default;
@@ -68,6 +73,8 @@ struct ListenerContext {
   UpstreamPool* upstream = nullptr;
   metrics::ListenerStats* stats = nullptr;
   TapWriter* tap = nullptr;  // this worker's tap of the listener, if it has one
+  SSL_CTX* tls = nullptr;           // TLS termination on this listener
+  SSL_CTX* upstreamTls = nullptr;   // TLS toward the upstream pool
   std::atomic<int64_t>* connections = nullptr;  // the listener's open sessions (all workers)
   uint32_t chunkSize = 64 * 1024;
 };
@@ -84,12 +91,18 @@ public:
 
   Peer(Session& session, Kind kind, size_t mirrorIndex = 0);
 
+  // Relay bytes for this peer (encrypted first if the peer speaks TLS in userspace).
   void enqueue(relay::ChunkRef chunk);
-  // Sends FIN once everything queued is sent.
+  // Bytes exactly as they go on the wire.
+  void enqueueWire(relay::ChunkRef chunk);
+  // Sends FIN (after close_notify on TLS) once everything queued is sent.
   void finishWriting();
   void dropQueue();
+  // Moves ciphertext the TLS channel produced into the send queue; false if it failed.
+  void flushTls();
 
-  bool idle() const { return !sending_ && !connecting_ && !reading_; }
+  bool idle() const { return !sending_ && !connecting_ && !reading_ && !polling_; }
+  bool tlsInUserspace() const { return tls_ != nullptr && tlsMemory_; }
   bool drained() const { return queue_.empty() && !sending_; }
 
   Session& session_;
@@ -100,20 +113,26 @@ public:
   bool connecting_ = false;
   bool sending_ = false;
   bool reading_ = false;  // mirrors: discarding their responses
+  bool polling_ = false;  // TLS handshake waiting for readiness
   bool finWanted_ = false;
   bool finSent_ = false;
   bool failed_ = false;
+  std::unique_ptr<relay::TlsChannel> tls_;
+  bool tlsMemory_ = false;  // TLS in userspace (copy path); false with kTLS
   uint64_t unsent_ = 0;  // bytes queued, including the send in flight
   std::deque<PendingSend> queue_;
 
   void onSend(int32_t res, uint32_t flags) noexcept;
   void onConnect(int32_t res, uint32_t flags) noexcept;
   void onDiscard(int32_t res, uint32_t flags) noexcept;
+  void onPoll(int32_t res, uint32_t flags) noexcept;
   relay::BoundCompletion<Peer, &Peer::onSend> sendDone_{*this};
   relay::BoundCompletion<Peer, &Peer::onConnect> connectDone_{*this};
   relay::BoundCompletion<Peer, &Peer::onDiscard> discardDone_{*this};
+  relay::BoundCompletion<Peer, &Peer::onPoll> pollDone_{*this};
 
   void sendNext();
+  void sendFin();
 };
 
 // One direction of a session.
@@ -125,11 +144,16 @@ public:
   void arm();
   void resumeAfterBuffers();
   void onRecv(int32_t res, uint32_t flags) noexcept;
+  // Copy path: decrypts (or copies) a received chunk and delivers the plaintext. False if
+  // the session was torn down.
+  bool processCopy(relay::ChunkRef chunk);
 
   Session& session_;
   const uint8_t direction_;
   Peer& source_;
   Peer& target_;
+  bool copy_ = false;  // bytes pass through userspace processing (TLS, or relay_path copy)
+  uint8_t path_ = 0;   // metrics::PathIndex its chunks count under
   bool receiving_ = false;
   bool paused_ = false;
   bool waitingBuffers_ = false;
@@ -168,7 +192,7 @@ public:
 private:
   friend class Peer;
   friend class Flow;
-  enum class State : uint8_t { Connecting, Relaying, Closing };
+  enum class State : uint8_t { Handshaking, Connecting, UpstreamHandshake, Relaying, Closing };
   enum class MirrorState : uint8_t { Unsampled, Connecting, Open, Cut };
 
   struct Mirror {
@@ -183,6 +207,10 @@ private:
 
   const config::ListenerConfig& cfg() const { return *listener_.config; }
   metrics::ListenerStats& stats() { return *listener_.stats; }
+  void beginSession();
+  void continueHandshake(Peer& peer);
+  void handshakeDone(Peer& peer);
+  void handshakeFailed(Peer& peer, bool timedOut);
   void connectPrimary();
   void primaryConnected(int32_t res);
   void connectMirrors();
@@ -222,6 +250,8 @@ private:
   uint64_t connectStart_ = 0;
   uint64_t connectDeadline_ = 0;
   bool connectTimedOut_ = false;
+  uint64_t handshakeDeadline_ = 0;
+  bool handshakeTimedOut_ = false;
   uint64_t lastActivity_ = 0;
   uint64_t closeStart_ = 0;
   uint32_t inflight_ = 0;

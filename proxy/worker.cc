@@ -41,6 +41,7 @@ Runtime::Runtime(const config::Config& cfg)
   }
   for (size_t i = 0; i < cfg.listeners.size(); ++i) {
     listenerConnections[i].store(0);
+    tlsLogs.push_back(std::make_unique<LogLimiter>());
     auto& logs = mirrorLogs.emplace_back();
     for (size_t m = 0; m < cfg.listeners[i].mirrors.size(); ++m) {
       logs.push_back(std::make_unique<LogLimiter>());
@@ -65,6 +66,10 @@ Worker::Worker(Runtime& runtime, uint32_t index, metrics::WorkerStats& stats,
     a->context.stats = stats.listeners[i].get();
     a->context.chunkSize = cfg.server.chunk_size;
     a->context.connections = &runtime.listenerConnections[i];
+    if (runtime.tls != nullptr) {
+      a->context.tls = runtime.tls->listener(i);
+      a->context.upstreamTls = runtime.tls->upstream(cfg.listeners[i].upstream_index);
+    }
     acceptors_.push_back(std::move(a));
   }
   controlFd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
@@ -135,6 +140,8 @@ int Worker::init() {
   }
   pool_ = std::make_unique<relay::ProvidedBufferPool>(std::move(buffers));
   pool_->setListener(this);
+  // TLS plaintext and ciphertext, and relay_path = "copy": bounded like the kernel pool.
+  userPool_ = std::make_unique<relay::UserBufferPool>(server.chunk_size, 4 * pool_->count());
   now_ = monotonicNanos();
   const config::Config& cfg = runtime_.config;
   for (size_t i = 0; i < tapFiles_.size() && i < acceptors_.size(); ++i) {
@@ -436,6 +443,19 @@ void Worker::mirrorTrouble(const ListenerContext& listener, size_t mirrorIndex,
     }
     GRELAY_LOG_WARN("listener %s: mirror %s cut: %s%s", listener.config->name.c_str(),
                     listener.config->mirrors[mirrorIndex].name.c_str(), what.c_str(), more);
+  }
+}
+
+void Worker::tlsTrouble(const ListenerContext& listener, const std::string& what) {
+  size_t li = static_cast<size_t>(listener.config - runtime_.config.listeners.data());
+  uint64_t suppressed = 0;
+  if (runtime_.tlsLogs[li]->allow(now_, &suppressed)) {
+    char more[64] = "";
+    if (suppressed > 0) {
+      snprintf(more, sizeof(more), " (%llu more not logged in the last minute)",
+               static_cast<unsigned long long>(suppressed));
+    }
+    GRELAY_LOG_WARN("listener %s: TLS: %s%s", listener.config->name.c_str(), what.c_str(), more);
   }
 }
 

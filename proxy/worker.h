@@ -16,6 +16,7 @@
 #include "proxy/session.h"
 #include "proxy/sockets.h"
 #include "proxy/timer.h"
+#include "proxy/tls_context.h"
 #include "proxy/upstream.h"
 #include "relay/buffer.h"
 #include "relay/ring.h"
@@ -32,6 +33,8 @@ struct Runtime {
   std::atomic<int64_t> connections{0};
   std::unique_ptr<std::atomic<int64_t>[]> listenerConnections;
   std::vector<std::vector<std::unique_ptr<LogLimiter>>> mirrorLogs;  // [listener][mirror]
+  std::vector<std::unique_ptr<LogLimiter>> tlsLogs;                  // [listener]
+  const TlsContexts* tls = nullptr;
   LogLimiter acceptErrorLog;
   uint32_t workers = 1;
   std::atomic<bool> draining{false};
@@ -62,6 +65,7 @@ public:
   relay::Ring& ring() override { return *ring_; }
   Sockets& sockets() override { return *sockets_; }
   relay::ProvidedBufferPool& pool() override { return *pool_; }
+  relay::UserBufferPool& userPool() override { return *userPool_; }
   TimerQueue& timers() override { return timers_; }
   // Read fresh (vDSO, ~20 ns): completions are dispatched after the ring's wait, and a
   // deadline set from a value cached before the wait would fire early.
@@ -73,6 +77,7 @@ public:
                      const std::string& what) override;
   uint8_t* discardBuffer(uint32_t* length) override;
   uint8_t pathIndex() const override { return pathIndex_; }
+  void tlsTrouble(const ListenerContext& listener, const std::string& what) override;
 
   // ProvidedBufferPool::Listener
   void onBuffersAvailable() noexcept override { buffersFreed_ = true; }
@@ -116,6 +121,7 @@ private:
   relay::RingPtr ring_;
   std::unique_ptr<Sockets> sockets_;
   std::unique_ptr<relay::ProvidedBufferPool> pool_;
+  std::unique_ptr<relay::UserBufferPool> userPool_;
   TimerQueue timers_;
   uint64_t now_ = 0;
   std::vector<std::unique_ptr<Acceptor>> acceptors_;

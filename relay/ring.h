@@ -58,6 +58,8 @@ public:
   virtual void write(int fd, const void* buf, uint32_t len, uint64_t offset, Completion* c) = 0;
   virtual void read(int fd, void* buf, uint32_t len, Completion* c) = 0;
   virtual void connect(int fd, const sockaddr* addr, socklen_t addrLen, Completion* c) = 0;
+  // One-shot readiness: completes with the ready events (POLLIN, POLLOUT...) or -errno.
+  virtual void pollAdd(int fd, uint32_t events, Completion* c) = 0;
   // Cancels the request whose completion is `target` (its CQE then reports -ECANCELED).
   virtual void cancel(const Completion* target, Completion* c) = 0;
   // Cancels every request on `fd`.

@@ -170,6 +170,12 @@ void UringRing::connect(int fd, const sockaddr* addr, socklen_t addrLen, Complet
   io_uring_sqe_set_data64(s, tag(c));
 }
 
+void UringRing::pollAdd(int fd, uint32_t events, Completion* c) {
+  io_uring_sqe* s = sqe();
+  io_uring_prep_poll_add(s, fd, events);
+  io_uring_sqe_set_data64(s, tag(c));
+}
+
 void UringRing::cancel(const Completion* target, Completion* c) {
   io_uring_sqe* s = sqe();
   io_uring_prep_cancel64(s, tag(target), 0);

@@ -27,6 +27,7 @@ public:
   void write(int fd, const void* buf, uint32_t len, uint64_t offset, Completion* c) override;
   void read(int fd, void* buf, uint32_t len, Completion* c) override;
   void connect(int fd, const sockaddr* addr, socklen_t addrLen, Completion* c) override;
+  void pollAdd(int fd, uint32_t events, Completion* c) override;
   void cancel(const Completion* target, Completion* c) override;
   void cancelFd(int fd, Completion* c) override;
   void recvGroup(int fd, uint32_t maxLen, Completion* leader,

@@ -31,6 +31,10 @@ public:
   relay::Ring& ring() override { return ring_; }
   Sockets& sockets() override { return sockets_; }
   relay::ProvidedBufferPool& pool() override { return *pool_; }
+  relay::UserBufferPool& userPool() override { return userPool_; }
+  void tlsTrouble(const ListenerContext&, const std::string& what) override {
+    troubles.push_back("tls: " + what);
+  }
   TimerQueue& timers() override { return timers_; }
   uint64_t now() override { return now_; }
   void waitForBuffers(Flow& flow) override { waiting.insert(&flow); }
@@ -53,6 +57,7 @@ public:
   FakeRing ring_;
   FakeSockets sockets_;
   std::unique_ptr<relay::ProvidedBufferPool> pool_;
+  relay::UserBufferPool userPool_{kChunk, 16};
   TimerQueue timers_;
   uint64_t now_ = 1'000'000'000;
   std::set<Flow*> waiting;

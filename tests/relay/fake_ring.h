@@ -16,7 +16,7 @@
 namespace grelay::testing {
 
 enum class OpKind {
-  Accept, RecvMultishot, RecvSelect, Recv, Send, Write, Read, Connect, Cancel, CancelFd, Group
+  Accept, RecvMultishot, RecvSelect, Recv, Send, Write, Read, Connect, Poll, Cancel, CancelFd, Group
 };
 
 struct FakeOp {
@@ -103,6 +103,11 @@ public:
   }
   void connect(int fd, const sockaddr*, socklen_t, relay::Completion* c) override {
     add({OpKind::Connect, fd}, c);
+  }
+  void pollAdd(int fd, uint32_t events, relay::Completion* c) override {
+    FakeOp op{OpKind::Poll, fd};
+    op.len = events;
+    add(op, c);
   }
   void cancel(const relay::Completion* target, relay::Completion* c) override {
     FakeOp op{OpKind::Cancel};

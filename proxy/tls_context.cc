@@ -1,0 +1,137 @@
+#include "proxy/tls_context.h"
+
+#include <openssl/err.h>
+
+namespace grelay::proxy {
+namespace {
+
+std::string lastError() {
+  unsigned long e = ERR_peek_last_error();
+  std::string out;
+  if (e != 0) {
+    const char* r = ERR_reason_error_string(e);
+    out = r != nullptr ? r : "unknown OpenSSL error";
+  }
+  ERR_clear_error();
+  return out.empty() ? "unknown OpenSSL error" : out;
+}
+
+std::string at(const config::Location& l, const std::string& message) {
+  return l.file + ":" + std::to_string(l.line) + ":" + std::to_string(l.column) + ": " + message;
+}
+
+void commonOptions(SSL_CTX* ctx, bool ktls) {
+  SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
+  SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION);
+  // Idle sessions keep no read/write buffers (memory per connection).
+  SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
+  SSL_CTX_set1_groups_list(ctx, "X25519:prime256v1:secp384r1");
+  if (ktls) {
+    SSL_CTX_set_options(ctx, SSL_OP_ENABLE_KTLS);
+  }
+}
+
+}  // namespace
+
+TlsContexts::~TlsContexts() {
+  for (SSL_CTX* c : listeners_) {
+    SSL_CTX_free(c);
+  }
+  for (SSL_CTX* c : upstreams_) {
+    SSL_CTX_free(c);
+  }
+}
+
+bool TlsContexts::build(const config::Config& cfg, bool ktls, std::vector<std::string>* errors) {
+  const size_t before = errors->size();
+  listeners_.assign(cfg.listeners.size(), nullptr);
+  upstreams_.assign(cfg.upstreams.size(), nullptr);
+  for (size_t i = 0; i < cfg.listeners.size(); ++i) {
+    const auto& l = cfg.listeners[i];
+    if (!l.tls) {
+      continue;
+    }
+    const config::ListenerTlsConfig& t = *l.tls;
+    SSL_CTX* ctx = SSL_CTX_new(TLS_server_method());
+    if (ctx == nullptr) {
+      errors->push_back(at(t.location, "cannot create a TLS context: " + lastError()));
+      continue;
+    }
+    listeners_[i] = ctx;
+    commonOptions(ctx, ktls);
+    if (t.min_version == "1.3") {
+      SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION);
+    }
+    // No session tickets: nothing to send after the handshake, so kTLS starts clean, and
+    // no ticket keys to rotate across workers.
+    SSL_CTX_set_num_tickets(ctx, 0);
+    SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
+    const std::string ciphers = t.ciphers.empty() ? kIntermediateCiphers : t.ciphers;
+    if (SSL_CTX_set_cipher_list(ctx, ciphers.c_str()) != 1) {
+      errors->push_back(at(t.location, "ciphers '" + ciphers + "': " + lastError()));
+    }
+    if (!t.ciphersuites.empty() && SSL_CTX_set_ciphersuites(ctx, t.ciphersuites.c_str()) != 1) {
+      errors->push_back(at(t.location, "ciphersuites '" + t.ciphersuites + "': " + lastError()));
+    }
+    if (SSL_CTX_use_certificate_chain_file(ctx, t.cert.c_str()) != 1) {
+      errors->push_back(at(
+          t.location, "cannot load certificate from cert file '" + t.cert + "': " + lastError()));
+      continue;
+    }
+    if (SSL_CTX_use_PrivateKey_file(ctx, t.key.c_str(), SSL_FILETYPE_PEM) != 1) {
+      errors->push_back(
+          at(t.location, "cannot load private key from key file '" + t.key + "': " + lastError()));
+      continue;
+    }
+    if (SSL_CTX_check_private_key(ctx) != 1) {
+      errors->push_back(at(t.location, "key file '" + t.key + "' does not match cert file '" +
+                                           t.cert + "': " + lastError()));
+    }
+  }
+  for (size_t i = 0; i < cfg.upstreams.size(); ++i) {
+    const auto& u = cfg.upstreams[i];
+    if (!u.tls.enabled) {
+      continue;
+    }
+    SSL_CTX* ctx = SSL_CTX_new(TLS_client_method());
+    if (ctx == nullptr) {
+      errors->push_back(at(u.location, "cannot create a TLS context: " + lastError()));
+      continue;
+    }
+    upstreams_[i] = ctx;
+    // Upstream TLS stays in userspace: servers send post-handshake messages (session
+    // tickets) that a plain receive on a kernel-TLS socket cannot take.
+    commonOptions(ctx, false);
+    SSL_CTX_set_cipher_list(ctx, kIntermediateCiphers);
+    if (u.tls.verify) {
+      SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, nullptr);
+      int ok = u.tls.ca.empty() ? SSL_CTX_set_default_verify_paths(ctx)
+                                : SSL_CTX_load_verify_locations(ctx, u.tls.ca.c_str(), nullptr);
+      if (ok != 1) {
+        errors->push_back(
+            at(u.location, "cannot load CA certificates" +
+                               (u.tls.ca.empty() ? std::string(" (system store)")
+                                                 : " from ca file '" + u.tls.ca + "'") +
+                               ": " + lastError()));
+      }
+    } else {
+      SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, nullptr);
+    }
+  }
+  return errors->size() == before;
+}
+
+std::string upstreamVerifyHost(const config::UpstreamConfig& u, const config::Address& server) {
+  if (!u.tls.sni.empty()) {
+    return u.tls.sni;
+  }
+  const std::string& text = server.text;
+  if (!text.empty() && text.front() == '[') {
+    size_t close = text.find(']');
+    return close == std::string::npos ? "" : text.substr(1, close - 1);
+  }
+  size_t colon = text.rfind(':');
+  return colon == std::string::npos ? text : text.substr(0, colon);
+}
+
+}  // namespace grelay::proxy

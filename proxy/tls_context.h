@@ -1,0 +1,46 @@
+// The OpenSSL contexts a configuration needs: one server context per TLS listener and
+// one client context per TLS upstream pool, built once at startup (and by --check, so a
+// bad certificate, key or cipher string is reported before anything runs).
+#pragma once
+
+#include <openssl/ssl.h>
+
+#include <string>
+#include <vector>
+
+#include "config/config.h"
+
+namespace grelay::proxy {
+
+// Mozilla's "intermediate" TLS 1.2 ciphers (TLS 1.3 suites are OpenSSL's defaults).
+inline constexpr const char* kIntermediateCiphers =
+    "ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-RSA-AES128-GCM-SHA256:"
+    "ECDHE-ECDSA-AES256-GCM-SHA384:ECDHE-RSA-AES256-GCM-SHA384:"
+    "ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-RSA-CHACHA20-POLY1305:"
+    "DHE-RSA-AES128-GCM-SHA256:DHE-RSA-AES256-GCM-SHA384:DHE-RSA-CHACHA20-POLY1305";
+
+class TlsContexts {
+public:
+  TlsContexts() = default;
+  ~TlsContexts();
+  TlsContexts(const TlsContexts&) = delete;
+  TlsContexts& operator=(const TlsContexts&) = delete;
+
+  // Builds every context `config` needs. `ktls`: let OpenSSL hand records to kernel TLS.
+  // On failure returns false and appends "FILE:LINE:COL: message" lines to `errors`.
+  bool build(const config::Config& config, bool ktls, std::vector<std::string>* errors);
+
+  SSL_CTX* listener(size_t i) const { return i < listeners_.size() ? listeners_[i] : nullptr; }
+  SSL_CTX* upstream(size_t i) const { return i < upstreams_.size() ? upstreams_[i] : nullptr; }
+
+private:
+  std::vector<SSL_CTX*> listeners_;  // by listener index; nullptr = plaintext
+  std::vector<SSL_CTX*> upstreams_;  // by upstream index; nullptr = plaintext
+};
+
+// The name an upstream server's certificate must match: `sni` if set, else the host part
+// of the address as written ("10.0.0.1", "api.internal").
+std::string upstreamVerifyHost(const config::UpstreamConfig& upstream,
+                               const config::Address& server);
+
+}  // namespace grelay::proxy

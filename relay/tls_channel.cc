@@ -1,0 +1,261 @@
+#include "relay/tls_channel.h"
+
+#include <openssl/err.h>
+#include <openssl/x509v3.h>
+
+#include <cstring>
+
+namespace grelay::relay {
+
+BIO_METHOD* TlsChannel::method() {
+  static BIO_METHOD* m = [] {
+    BIO_METHOD* bm = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "grelay ring");
+    BIO_meth_set_read(bm, &TlsChannel::bioRead);
+    BIO_meth_set_write(bm, &TlsChannel::bioWrite);
+    BIO_meth_set_ctrl(bm, &TlsChannel::bioCtrl);
+    return bm;
+  }();
+  return m;
+}
+
+TlsChannel::TlsChannel(SSL_CTX* ctx, int fd, bool server, UserBufferPool& pool) : pool_(pool) {
+  ssl_ = SSL_new(ctx);
+  if (ssl_ == nullptr) {
+    recordError("SSL_new", 0);
+    return;
+  }
+  if (SSL_set_fd(ssl_, fd) != 1) {
+    recordError("SSL_set_fd", 0);
+    SSL_free(ssl_);
+    ssl_ = nullptr;
+    return;
+  }
+  if (server) {
+    SSL_set_accept_state(ssl_);
+  } else {
+    SSL_set_connect_state(ssl_);
+  }
+}
+
+TlsChannel::~TlsChannel() {
+  if (ssl_ != nullptr) {
+    SSL_free(ssl_);
+  }
+}
+
+void TlsChannel::setPeerName(const std::string& sni, const std::string& verifyHost) {
+  if (!sni.empty()) {
+    SSL_set_tlsext_host_name(ssl_, sni.c_str());
+  }
+  if (verifyHost.empty()) {
+    return;
+  }
+  X509_VERIFY_PARAM* param = SSL_get0_param(ssl_);
+  // An IP literal is matched against the certificate's IP SANs, a name against DNS names.
+  if (X509_VERIFY_PARAM_set1_ip_asc(param, verifyHost.c_str()) != 1) {
+    X509_VERIFY_PARAM_set_hostflags(param, X509_CHECK_FLAG_NO_PARTIAL_WILDCARDS);
+    SSL_set1_host(ssl_, verifyHost.c_str());
+  }
+}
+
+void TlsChannel::recordError(const char* what, int ret) {
+  char buf[256];
+  unsigned long e = ERR_peek_last_error();
+  std::string reason;
+  if (e != 0) {
+    ERR_error_string_n(e, buf, sizeof(buf));
+    const char* r = ERR_reason_error_string(e);
+    reason = r != nullptr ? r : buf;
+  }
+  if (ssl_ != nullptr) {
+    long verify = SSL_get_verify_result(ssl_);
+    if (verify != X509_V_OK) {
+      reason = std::string("certificate verify failed: ") + X509_verify_cert_error_string(verify);
+    }
+  }
+  if (reason.empty()) {
+    int err = ssl_ != nullptr ? SSL_get_error(ssl_, ret) : 0;
+    if (err == SSL_ERROR_SYSCALL) {
+      reason = errno != 0 ? std::strerror(errno) : "connection closed by peer";
+    } else if (outOfBuffers_) {
+      reason = "out of TLS buffers (buffer_pool)";
+    } else {
+      reason = "error " + std::to_string(err);
+    }
+  }
+  error_ = std::string(what) + ": " + reason;
+  ERR_clear_error();
+}
+
+TlsChannel::Step TlsChannel::handshake() {
+  ERR_clear_error();
+  errno = 0;
+  int ret = SSL_do_handshake(ssl_);
+  if (ret == 1) {
+    return Step::Done;
+  }
+  switch (SSL_get_error(ssl_, ret)) {
+    case SSL_ERROR_WANT_READ:
+      return Step::WantRead;
+    case SSL_ERROR_WANT_WRITE:
+      return Step::WantWrite;
+    default:
+      recordError("handshake", ret);
+      return Step::Failed;
+  }
+}
+
+bool TlsChannel::ktls() const {
+  return BIO_get_ktls_send(SSL_get_wbio(ssl_)) && BIO_get_ktls_recv(SSL_get_rbio(ssl_));
+}
+
+bool TlsChannel::useMemoryBio() {
+  BIO* bio = BIO_new(method());
+  if (bio == nullptr) {
+    recordError("BIO_new", 0);
+    return false;
+  }
+  BIO_set_data(bio, this);
+  BIO_set_init(bio, 1);
+  BIO_up_ref(bio);
+  SSL_set_bio(ssl_, bio, bio);  // takes both references
+  return true;
+}
+
+void TlsChannel::feed(ChunkRef ciphertext) {
+  inBytes_ += ciphertext.size();
+  in_.push_back(Inbound{std::move(ciphertext), 0});
+}
+
+TlsChannel::ReadStatus TlsChannel::read(ChunkRef* plaintext) {
+  ChunkRef chunk = pool_.allocate();
+  if (!chunk) {
+    outOfBuffers_ = true;
+    error_ = "out of TLS buffers (buffer_pool)";
+    return ReadStatus::Failed;
+  }
+  Chunk* c = chunk.get();
+  ERR_clear_error();
+  // Fill the buffer with as many records as are available: fewer, larger chunks.
+  while (c->length < c->capacity) {
+    int ret = SSL_read(ssl_, c->data + c->length, static_cast<int>(c->capacity - c->length));
+    if (ret > 0) {
+      c->length += static_cast<uint32_t>(ret);
+      continue;
+    }
+    int err = SSL_get_error(ssl_, ret);
+    if (c->length > 0) {
+      break;  // deliver what we have; the next read reports the condition again
+    }
+    if (err == SSL_ERROR_WANT_READ) {
+      return ReadStatus::NeedMore;
+    }
+    if (err == SSL_ERROR_ZERO_RETURN) {
+      return ReadStatus::Closed;
+    }
+    recordError("decrypt", ret);
+    return ReadStatus::Failed;
+  }
+  *plaintext = std::move(chunk);
+  return ReadStatus::Data;
+}
+
+bool TlsChannel::write(const uint8_t* data, size_t len) {
+  ERR_clear_error();
+  size_t done = 0;
+  while (done < len) {
+    size_t written = 0;
+    int ret = SSL_write_ex(ssl_, data + done, len - done, &written);
+    if (ret != 1) {
+      recordError("encrypt", ret);
+      return false;
+    }
+    done += written;
+  }
+  return true;
+}
+
+void TlsChannel::shutdown() {
+  ERR_clear_error();
+  SSL_shutdown(ssl_);
+  ERR_clear_error();
+}
+
+void TlsChannel::takeOutbound(std::vector<ChunkRef>& out) {
+  for (auto& c : out_) {
+    out.push_back(std::move(c));
+  }
+  out_.clear();
+  if (current_ && current_.size() > 0) {
+    out.push_back(std::move(current_));
+    current_.reset();
+  }
+}
+
+std::string TlsChannel::describe() const {
+  return std::string(SSL_get_version(ssl_)) + " " + SSL_get_cipher_name(ssl_);
+}
+
+int TlsChannel::bioRead(BIO* bio, char* buf, int len) {
+  auto* self = static_cast<TlsChannel*>(BIO_get_data(bio));
+  BIO_clear_retry_flags(bio);
+  if (self->in_.empty()) {
+    BIO_set_retry_read(bio);
+    return -1;
+  }
+  int copied = 0;
+  while (copied < len && !self->in_.empty()) {
+    Inbound& front = self->in_.front();
+    uint32_t avail = front.chunk.size() - front.offset;
+    uint32_t n = std::min<uint32_t>(avail, static_cast<uint32_t>(len - copied));
+    std::memcpy(buf + copied, front.chunk.data() + front.offset, n);
+    copied += static_cast<int>(n);
+    front.offset += n;
+    self->inBytes_ -= n;
+    if (front.offset == front.chunk.size()) {
+      self->in_.pop_front();
+    }
+  }
+  return copied;
+}
+
+int TlsChannel::bioWrite(BIO* bio, const char* buf, int len) {
+  auto* self = static_cast<TlsChannel*>(BIO_get_data(bio));
+  BIO_clear_retry_flags(bio);
+  int written = 0;
+  while (written < len) {
+    Chunk* c = self->current_.get();
+    if (c == nullptr || c->length == c->capacity) {
+      if (c != nullptr) {
+        self->out_.push_back(std::move(self->current_));
+      }
+      self->current_ = self->pool_.allocate();
+      if (!self->current_) {
+        self->outOfBuffers_ = true;
+        return written > 0 ? written : -1;
+      }
+      c = self->current_.get();
+    }
+    uint32_t n = std::min<uint32_t>(c->capacity - c->length, static_cast<uint32_t>(len - written));
+    std::memcpy(c->data + c->length, buf + written, n);
+    c->length += n;
+    written += static_cast<int>(n);
+  }
+  return written;
+}
+
+long TlsChannel::bioCtrl(BIO* bio, int cmd, long, void*) {
+  auto* self = static_cast<TlsChannel*>(BIO_get_data(bio));
+  switch (cmd) {
+    case BIO_CTRL_FLUSH:
+      return 1;
+    case BIO_CTRL_PENDING:
+      return static_cast<long>(self->inBytes_);
+    case BIO_CTRL_WPENDING:
+      return 0;
+    default:
+      return 0;
+  }
+}
+
+}  // namespace grelay::relay

@@ -1,0 +1,88 @@
+// One TLS connection of a session: the copy path's transport.
+//
+// The handshake runs on a socket BIO: OpenSSL reads and writes the non-blocking socket
+// itself and the ring only reports readiness (pollAdd), so nothing ever blocks a ring and
+// OpenSSL can switch the socket to kernel TLS (SSL_OP_ENABLE_KTLS) where the kernel has
+// the "tls" ULP. After the handshake either
+//  - kTLS is on in both directions: the kernel encrypts and decrypts, and the session
+//    goes on like a plaintext one (mainline or group path); or
+//  - the channel moves to a memory BIO: the ring receives ciphertext into user buffers,
+//    OpenSSL decrypts it into plaintext chunks (feed/read) and encrypts outgoing chunks
+//    into ciphertext chunks (write/takeOutbound) that the ring sends. No copy beyond
+//    OpenSSL's own: the BIO reads straight from received chunks and writes straight into
+//    pool buffers.
+#pragma once
+
+#include <openssl/ssl.h>
+
+#include <cstdint>
+#include <deque>
+#include <string>
+#include <vector>
+
+#include "relay/buffer.h"
+
+namespace grelay::relay {
+
+class TlsChannel {
+public:
+  enum class Step : uint8_t { Done, WantRead, WantWrite, Failed };
+  enum class ReadStatus : uint8_t { Data, NeedMore, Closed, Failed };
+
+  // `ctx` is shared (up-referenced); `pool` supplies plaintext and ciphertext buffers.
+  TlsChannel(SSL_CTX* ctx, int fd, bool server, UserBufferPool& pool);
+  ~TlsChannel();
+  TlsChannel(const TlsChannel&) = delete;
+  TlsChannel& operator=(const TlsChannel&) = delete;
+
+  bool valid() const { return ssl_ != nullptr; }
+  // Client side: SNI to send ("" = none) and the name or IP address the certificate must
+  // match ("" = chain only). Call before the first handshake().
+  void setPeerName(const std::string& sni, const std::string& verifyHost);
+
+  // Advances the handshake on the socket. WantRead/WantWrite: poll for it and call again.
+  Step handshake();
+  // Kernel TLS took over both directions (after Done).
+  bool ktls() const;
+  // After Done without kTLS: from now on the ring does the socket I/O (feed/read/write).
+  bool useMemoryBio();
+
+  // Ciphertext the ring received.
+  void feed(ChunkRef ciphertext);
+  // The next plaintext (up to one pool buffer). NeedMore: feed more ciphertext.
+  // Closed: the peer sent close_notify.
+  ReadStatus read(ChunkRef* plaintext);
+  // Encrypts `len` bytes into outbound ciphertext. False on failure (see error()).
+  bool write(const uint8_t* data, size_t len);
+  // Queues close_notify (memory BIO) or sends it (kTLS). Best effort.
+  void shutdown();
+  // Ciphertext produced since the last call, in order.
+  void takeOutbound(std::vector<ChunkRef>& out);
+  bool hasOutbound() const { return !out_.empty() || (current_ && current_.size() > 0); }
+
+  // What went wrong last (OpenSSL's reason, or a certificate verification error).
+  const std::string& error() const { return error_; }
+  std::string describe() const;  // "TLSv1.3 TLS_AES_128_GCM_SHA256"
+
+private:
+  struct Inbound {
+    ChunkRef chunk;
+    uint32_t offset = 0;
+  };
+  static BIO_METHOD* method();
+  static int bioRead(BIO* bio, char* buf, int len);
+  static int bioWrite(BIO* bio, const char* buf, int len);
+  static long bioCtrl(BIO* bio, int cmd, long num, void* ptr);
+  void recordError(const char* what, int ret);
+
+  SSL* ssl_ = nullptr;
+  UserBufferPool& pool_;
+  std::deque<Inbound> in_;
+  size_t inBytes_ = 0;
+  std::vector<ChunkRef> out_;
+  ChunkRef current_;  // the ciphertext chunk being filled
+  bool outOfBuffers_ = false;
+  std::string error_;
+};
+
+}  // namespace grelay::relay
