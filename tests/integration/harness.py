@@ -397,6 +397,7 @@ class Grelay:
         self.expect_exit = expect_exit
         self.proc: subprocess.Popen | None = None
         self.exit_code: int | None = None
+        self.signals_sent: list = []
         Grelay.instances.append(self)
 
     # -- lifecycle
@@ -449,6 +450,7 @@ class Grelay:
             self._finish(self.proc.returncode, self.expect_exit)
 
     def send_signal(self, sig=signal.SIGTERM) -> None:
+        self.signals_sent.append(sig)
         self.proc.send_signal(sig)
 
     def wait_exit(self, timeout: float) -> int | None:
@@ -463,7 +465,7 @@ class Grelay:
     def stop(self, sig=signal.SIGTERM, timeout: float = 20.0, expect: int | None = 0) -> int:
         """Sends `sig`, waits for the exit; asserts the exit code (unless expect=None)."""
         if self.proc.poll() is None:
-            self.proc.send_signal(sig)
+            self.send_signal(sig)
         code = self.wait_exit(timeout)
         if code is None:
             self.proc.kill()
@@ -538,8 +540,12 @@ class Grelay:
 
     def log_tail(self, lines: int = 60) -> str:
         text = self.log().splitlines()
+        note = ""
+        if not self.signals_sent and any(re.search(r"\b(SIGTERM|SIGINT):", l) for l in text):
+            note = ("NOTE: grelay logged a SIGTERM/SIGINT this test never sent: another "
+                    "process on this machine signalled it (a stale pid?)\n")
         return f"--- grelay log, last {min(lines, len(text))} of {len(text)} lines " \
-               f"({self.log_path}) ---\n" + "\n".join(text[-lines:])
+               f"({self.log_path}) ---\n" + note + "\n".join(text[-lines:])
 
     def cleanup(self) -> None:
         self.kill()
@@ -1357,3 +1363,356 @@ def _uring_cached() -> tuple[bool, str]:
     if _uring_cache is None:
         _uring_cache = uring_status()
     return _uring_cache
+
+
+# ----------------------------------------------------------------------------------------
+# TLS: certificates made at test time with the openssl CLI, TLS clients and servers
+
+
+class Certs:
+    """Test certificates, generated with the `openssl` CLI into a temp dir on creation:
+
+      ca              a CA (ca.pem / ca.key)
+      server          CA-signed, SAN DNS:localhost, IP:127.0.0.1 (RSA 2048)
+      upstream        CA-signed, same names (EC P-256)
+      expired         CA-signed, same names, valid Jan 2020 only (`openssl ca -startdate/-enddate`)
+      self_signed     self-signed, same names
+      wrong_host      CA-signed, SAN DNS:wrong.example.org, IP:10.9.8.7 only
+
+    Each name is a (cert path, key path) pair; `ca` is the CA certificate path.
+    """
+
+    NAMES = "DNS:localhost,IP:127.0.0.1"
+
+    def __init__(self):
+        self.dir = tempfile.mkdtemp(prefix="grelay-certs-")
+        d = self.dir
+        self.ca = os.path.join(d, "ca.pem")
+        self.ca_key = os.path.join(d, "ca.key")
+        self._openssl("req", "-x509", *self._ec(), "-nodes", "-keyout", self.ca_key,
+                      "-out", self.ca, "-days", "30", "-subj", "/CN=grelay test CA",
+                      "-addext", "basicConstraints=critical,CA:TRUE",
+                      "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+        os.makedirs(os.path.join(d, "db"))
+        open(os.path.join(d, "db", "index.txt"), "w").close()
+        with open(os.path.join(d, "db", "serial"), "w") as f:
+            f.write("1000\n")
+        self.server = self._signed("server", "/CN=localhost", self.NAMES, rsa=True)
+        self.upstream = self._signed("upstream", "/CN=localhost", self.NAMES)
+        self.expired = self._signed("expired", "/CN=localhost", self.NAMES,
+                                    dates=("20200101000000Z", "20200201000000Z"))
+        self.wrong_host = self._signed("wrong_host", "/CN=wrong.example.org",
+                                       "DNS:wrong.example.org,IP:10.9.8.7")
+        cert, key = os.path.join(d, "self_signed.pem"), os.path.join(d, "self_signed.key")
+        self._openssl("req", "-x509", *self._ec(), "-nodes", "-keyout", key, "-out", cert,
+                      "-days", "30", "-subj", "/CN=localhost",
+                      "-addext", f"subjectAltName={self.NAMES}")
+        self.self_signed = (cert, key)
+
+    @staticmethod
+    def available() -> str:
+        """'' when certificates can be made here, else why not."""
+        return "" if shutil.which("openssl") else "the openssl command is not installed"
+
+    @staticmethod
+    def _ec() -> list[str]:
+        return ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256"]
+
+    def _openssl(self, *args) -> str:
+        r = subprocess.run(["openssl", *args], capture_output=True, text=True, cwd=self.dir,
+                           timeout=60)
+        if r.returncode != 0:
+            raise RuntimeError(f"openssl {' '.join(args)} failed:\n{r.stdout}{r.stderr}")
+        return r.stdout
+
+    def _signed(self, name: str, subject: str, san: str, rsa: bool = False,
+                dates: tuple[str, str] | None = None) -> tuple[str, str]:
+        d = self.dir
+        key, csr, cert = (os.path.join(d, f"{name}.{x}") for x in ("key", "csr", "pem"))
+        keyopts = ["-newkey", "rsa:2048"] if rsa else self._ec()
+        self._openssl("req", *keyopts, "-nodes", "-keyout", key, "-out", csr, "-subj", subject)
+        cnf = os.path.join(d, f"{name}.cnf")
+        with open(cnf, "w") as f:
+            f.write(f"""[ca]
+default_ca = test
+[test]
+dir = {d}
+database = {d}/db/index.txt
+serial = {d}/db/serial
+new_certs_dir = {d}/db
+certificate = {self.ca}
+private_key = {self.ca_key}
+default_md = sha256
+default_days = 30
+policy = anything
+unique_subject = no
+[anything]
+commonName = supplied
+[ext]
+subjectAltName = {san}
+basicConstraints = CA:FALSE
+keyUsage = critical,digitalSignature,keyEncipherment
+extendedKeyUsage = serverAuth
+""")
+        args = ["ca", "-batch", "-config", cnf, "-in", csr, "-out", cert, "-extensions", "ext",
+                "-notext"]
+        if dates:
+            args += ["-startdate", dates[0], "-enddate", dates[1]]
+        self._openssl(*args)
+        return cert, key
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def tls_client_context(cafile: str | None = None, *, verify: bool = True,
+                       minimum=None, maximum=None, ciphers: str | None = None):
+    """An ssl.SSLContext for a client of grelay (ssl is imported lazily: stdlib)."""
+    import ssl
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    if verify:
+        ctx.load_verify_locations(cafile)
+    else:
+        ctx.check_hostname = False
+        ctx.verify_mode = ssl.CERT_NONE
+    if minimum is not None:
+        ctx.minimum_version = minimum
+    if maximum is not None:
+        ctx.maximum_version = maximum
+    if ciphers:
+        ctx.set_ciphers(ciphers)
+    return ctx
+
+
+def tls_server_context(cert: str, key: str):
+    import ssl
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    ctx.load_cert_chain(cert, key)
+    return ctx
+
+
+@dataclasses.dataclass
+class TlsSessionResult(SessionResult):
+    version: str = ""              # negotiated protocol, e.g. "TLSv1.3"
+    cipher: str = ""               # negotiated cipher, e.g. "TLS_AES_256_GCM_SHA384"
+    handshake_error: str | None = None
+    close_notify: bool = False     # the peer ended its direction with close_notify
+
+    def __str__(self) -> str:
+        return (f"{SessionResult.__str__(self)}, {self.version or '-'} {self.cipher or '-'}, "
+                f"close_notify={self.close_notify}, handshake_error={self.handshake_error}")
+
+
+def tls_stream_session(port: int, data=b"", *, context, server_hostname: str = "localhost",
+                       expect="echo", keep: bool = False, half_close: bool = True,
+                       timeout: float = 60.0, host: str = "127.0.0.1",
+                       index: int = -1) -> TlsSessionResult:
+    """stream_session() over TLS, in one thread: a non-blocking socket and an
+    ssl.SSLObject on memory BIOs, so sending and receiving interleave without sharing an
+    SSL object between threads. After the last byte (half_close): close_notify, then TCP
+    SHUT_WR; reads until EOF, reset or `timeout` s of silence. ok means the expected bytes
+    came back exactly, the peer sent close_notify and the stream ended with EOF."""
+    import selectors
+    import ssl
+    res = TlsSessionResult(index=index)
+    src = as_stream(data)
+    exp = src if expect == "echo" else expect
+    checker = Checker(exp) if exp is not None else None
+    kept = bytearray() if keep else None
+    t0 = time.monotonic()
+    try:
+        s = connect(port, host, timeout)
+    except OSError as e:
+        res.connect_error = repr(e)
+        res.end = "reset" if isinstance(e, ConnectionResetError) else "connect failed"
+        res.check = "not connected"
+        res.elapsed = time.monotonic() - t0
+        return res
+    res.local_port = s.getsockname()[1]
+    s.setblocking(False)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = context.wrap_bio(incoming, outgoing, server_side=False,
+                           server_hostname=server_hostname)
+    sel = selectors.DefaultSelector()
+    sel.register(s, selectors.EVENT_READ)
+    pieces = src.chunks(64 * KiB)
+    wire = bytearray()     # ciphertext not yet sent
+    handshaken = src_done = notify_queued = shut = tcp_eof = False
+    last = time.monotonic()
+    try:
+        while True:
+            if not handshaken:
+                try:
+                    obj.do_handshake()
+                    handshaken = True
+                    res.version = obj.version() or ""
+                    res.cipher = (obj.cipher() or ("",))[0]
+                except ssl.SSLWantReadError:
+                    pass
+            if handshaken and not src_done and len(wire) < 256 * KiB:
+                piece = next(pieces, None)
+                if piece is None:
+                    src_done = True
+                else:
+                    obj.write(piece)
+                    res.sent += len(piece)
+            if src_done and half_close and not notify_queued:
+                notify_queued = True
+                try:
+                    obj.unwrap()  # queues close_notify; the peer's comes later
+                except ssl.SSLWantReadError:
+                    pass
+            wire += outgoing.read()
+            while wire:
+                try:
+                    n = s.send(wire)
+                except BlockingIOError:
+                    break
+                del wire[:n]
+                last = time.monotonic()
+            if notify_queued and not wire and not shut:
+                s.shutdown(socket.SHUT_WR)
+                shut = True
+            sel.modify(s, selectors.EVENT_READ | (selectors.EVENT_WRITE if wire else 0))
+            if sel.select(0.05) and not tcp_eof:
+                try:
+                    got = s.recv(256 * KiB)
+                except BlockingIOError:
+                    got = None
+                if got == b"":
+                    tcp_eof = True
+                    incoming.write_eof()
+                elif got:
+                    incoming.write(got)
+                    last = time.monotonic()
+            while handshaken and not res.close_notify:
+                try:
+                    plain = obj.read(256 * KiB)
+                except ssl.SSLWantReadError:
+                    break
+                except ssl.SSLZeroReturnError:
+                    res.close_notify = True
+                    break
+                if not plain:
+                    break
+                res.received += len(plain)
+                if checker:
+                    checker.feed(plain)
+                if kept is not None:
+                    kept += plain
+            if tcp_eof:
+                if not handshaken:
+                    obj.do_handshake()  # raises why the handshake could not finish
+                res.end = "eof"
+                break
+            if time.monotonic() - last > timeout:
+                res.end = "timeout"
+                break
+    except ssl.SSLError as e:
+        if not handshaken:
+            res.handshake_error = f"{type(e).__name__}: {e}"
+            res.end = "handshake failed"
+        else:
+            res.end = f"error: {type(e).__name__}: {e}"
+    except OSError as e:
+        res.end = _read_end(e)
+        if not handshaken:
+            res.handshake_error = res.end
+    sel.close()
+    s.close()
+    res.elapsed = time.monotonic() - t0
+    if kept is not None:
+        res.data = bytes(kept)
+    ended = res.end == "eof" and res.sent == len(src) and (res.close_notify or not half_close)
+    if checker:
+        res.check = checker.describe()
+        res.ok = checker.complete and ended
+    else:
+        res.check = "unchecked"
+        res.ok = ended
+    return res
+
+
+class TlsEchoServer(Server):
+    """A TLS server (Python ssl; `cert`, `key` paths) that echoes every byte. After the
+    client's close_notify (or EOF) it answers with close_notify and FIN. A failed handshake
+    ends the record with "error: SSLError(...)"; `handshakes` counts completed ones."""
+
+    def __init__(self, cert: str, key: str, **kw):
+        self.context = tls_server_context(cert, key)
+        self.handshakes = 0
+        self.server_names: list = []  # the SNI of every ClientHello (None: none sent)
+        self.context.sni_callback = self._sni
+        super().__init__(**kw)
+
+    def _sni(self, _obj, name, _ctx):
+        with self._cond:
+            self.server_names.append(name)
+
+    def handle(self, c, rec):
+        c.settimeout(30)
+        t = self.context.wrap_socket(c, server_side=True)
+        with self._cond:
+            self.handshakes += 1
+        while True:
+            d = t.recv(256 * KiB)
+            if not d:
+                break
+            self._record(rec, d)
+            t.sendall(d)
+            rec.sent += len(d)
+        try:
+            t.unwrap().shutdown(socket.SHUT_WR)
+        except OSError:
+            pass
+        self._end(rec, "eof")
+
+
+def tap_session_flags(paths) -> dict:
+    """Reads the SessionOpen records of tap files (proxy/tap/FORMAT.md): {(file, session
+    id): flags}. `grelay tap export` has no output for the flags; this walks the blocks."""
+    out = {}
+    files = []
+    for p in ([paths] if isinstance(paths, str) else paths):
+        if os.path.isdir(p):
+            files += sorted(os.path.join(p, f) for f in os.listdir(p) if f.endswith(".gtap"))
+        else:
+            files.append(p)
+    for path in files:
+        with open(path, "rb") as f:
+            data = f.read()
+        if data[:8] != b"GRELAYTP":
+            raise ValueError(f"{path}: not a tap file")
+        off = struct.unpack_from("<H", data, 10)[0]
+        while off + 16 <= len(data):
+            magic, btype, _flags, size = struct.unpack_from("<4sHHI", data, off)
+            if magic != b"GTBK" or size < 16 or size % 8:
+                off += 8  # a block never written (writer still running): scan on
+                continue
+            if btype == 2 and off + 40 <= len(data):
+                sid, _t, flags = struct.unpack_from("<QQI", data, off + 16)
+                out[(path, sid)] = flags
+            if btype == 6:
+                break
+            off += size
+    return out
+
+
+TAP_SESSION_TLS_TERMINATED = 1
+
+
+def tshark_follow(pcap: str, stream: int = 0) -> tuple[bytes, bytes]:
+    """`tshark -q -z follow,tcp,raw,N`: (bytes node 0 sent, bytes node 1 sent); node 0 is
+    the side that sent the first packet (the client of a grelay tap export)."""
+    out = subprocess.run(["tshark", "-r", pcap, "-q", "-z", f"follow,tcp,raw,{stream}"],
+                         capture_output=True, text=True, timeout=120)
+    if out.returncode != 0:
+        raise RuntimeError(f"tshark failed: {out.stderr}")
+    text = out.stdout
+    body = text.split("Node 1:", 1)[1].split("\n", 1)[1] if "Node 1:" in text else ""
+    sides = [bytearray(), bytearray()]
+    for line in body.split("\n"):
+        if not line.strip() or line.startswith("="):
+            continue
+        sides[1 if line.startswith("\t") else 0] += bytes.fromhex(line.strip())
+    return bytes(sides[0]), bytes(sides[1])

@@ -3,7 +3,8 @@
 
 - `grelay -c bad.toml --check` exits 1 and prints every error as FILE:LINE:COL: message;
   a valid file exits 0; running with a bad file exits 1 with the same errors.
-- A listener (or admin) address already in use: exit 1, naming the address and why.
+- A listener (or admin) address already in use, also by another grelay: exit 1,
+  naming the address and why.
 - Forcing a relay path the kernel lacks: exit 1, naming the path (never a downgrade).
 """
 
@@ -120,6 +121,22 @@ class StartupErrorTest(h.GrelayTest):
             self.assertIn(f"127.0.0.1:{port}", out)
             self.assertIn("web", out, "the message should name the listener")
             self.assertIn("Address already in use", out)
+
+    def test_second_grelay_on_the_same_address(self):
+        # Listening sockets use SO_REUSEPORT (one per worker): a second grelay must not
+        # silently join the first one's listener and take half its traffic.
+        with h.EchoServer() as echo:
+            cfg = h.Config()
+            cfg.upstream("app", [echo.address])
+            port = cfg.listener("web", "app")
+            with h.Grelay(cfg):
+                r = h.run_grelay(["-c", write(cfg.render())], timeout=30)
+                out = r.stdout + r.stderr
+                self.assertEqual(r.returncode, 1, out)
+                self.assertIn(f"127.0.0.1:{port}", out)
+                self.assertIn("Address already in use", out)
+                s = h.stream_session(port, h.Stream(1, 64 * h.KiB))
+                self.assertTrue(s.ok, f"the first grelay after the second one's attempt: {s}")
 
     def test_admin_address_in_use(self):
         with socket.socket() as busy:

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """io_uring unavailable (a seccomp filter makes io_uring_setup fail with EPERM, or
 ENOSYS as on a kernel without io_uring): `grelay -c valid.toml` exits 2 with a message
-naming the cause and the fix, and `grelay --features` reports io_uring unavailable."""
+naming the cause and the fix, and `grelay --features` reports io_uring unavailable
+(exit 2 as well)."""
 
 import os
 import subprocess
@@ -63,6 +64,7 @@ class NoUringTest(h.GrelayTest):
             with self.subTest(mode=mode):
                 r = h.run_grelay(["--features"], wrapper=[self.helper, mode], timeout=30)
                 out = r.stdout + r.stderr
+                self.assertEqual(r.returncode, 2, f"--features without io_uring ({mode}):\n{out}")
                 self.assertIn("io_uring: unavailable", out)
                 self.assertIn(errname, out)
                 self.assertIn(fix, out)

@@ -1,0 +1,176 @@
+#!/usr/bin/env python3
+"""TLS toward upstream servers, with verification (issue 5 item 5.5).
+
+Python ssl echo upstreams with certificates made at test time (harness.Certs):
+
+- a valid CA-signed certificate, verified against the server address's IP (no SNI sent)
+  or against sni = "localhost" (sent): concurrent sessions byte for byte; also behind a
+  TLS listener (TLS on both sides);
+- an expired certificate, a self-signed one, one for another host (IP and name),
+  and our CA's certificate checked against the system store (tls = true): each refused
+  like a failed connect: the client is reset without data,
+  grelay_upstream_tls_failures_total and grelay_upstream_connect_errors_total count it,
+  and the log line names the upstream and the reason;
+- verify = false accepts the self-signed certificate;
+- a pool [self-signed server, good server] fails over to the good one for every session;
+- an upstream that accepts TCP but never answers the handshake is given up after
+  connect_timeout.
+"""
+
+import re
+
+import harness as h
+
+PAYLOAD = b"request that must not reach a refused upstream\n"
+
+
+class TlsUpstreamTest(h.GrelayTest):
+    @classmethod
+    def setUpClass(cls):
+        cls.certs = None if h.Certs.available() else h.Certs()
+
+    @classmethod
+    def tearDownClass(cls):
+        if cls.certs:
+            cls.certs.cleanup()
+
+    def setUp(self):
+        super().setUp()
+        if self.certs is None:
+            self.skipTest(h.Certs.available())
+
+    def test_valid_certificate_is_verified_and_streams_are_byte_exact(self):
+        c = self.certs
+        with h.TlsEchoServer(*c.upstream) as up:
+            cfg = h.Config()
+            cfg.with_admin()
+            cfg.upstream("by_ip", [up.address], tls={"ca": c.ca})
+            cfg.upstream("by_sni", [up.address], tls={"ca": c.ca, "sni": "localhost"})
+            p_ip = cfg.listener("by_ip", "by_ip")
+            p_sni = cfg.listener("by_sni", "by_sni")
+            p_both = cfg.listener("both", "by_sni", tls={"cert": c.server[0], "key": c.server[1]})
+            with h.Grelay(cfg) as g:
+                streams = [h.Stream(4000 + i, h.scaled((i + 1) * 700 * h.KiB)) for i in range(6)]
+                args = [((p_ip if i % 2 else p_sni), s) for i, s in enumerate(streams)]
+                results = h.run_concurrently(h.stream_session, args)
+                bad = [r for r in results if not r.ok]
+                self.assertEqual(bad, [], "\n".join(map(str, bad)))
+                ctx = h.tls_client_context(c.ca)
+                tls_streams = [h.Stream(4100 + i, h.scaled(1536 * h.KiB) + i) for i in range(3)]
+                results = h.run_concurrently(
+                    h.tls_stream_session, [(p_both, s) for s in tls_streams],
+                    kwargs_list=[{"context": ctx, "index": i} for i in range(3)])
+                bad = [r for r in results if not getattr(r, "ok", False)]
+                self.assertEqual(bad, [], "\n".join(map(str, bad)))
+                self.assertTrue(up.wait_connections(9, timeout=30))
+                self.assertEqual(sorted(r.received for r in up.conns),
+                                 sorted(len(s) for s in streams + tls_streams))
+                self.assertTrue(all(r.end == "eof" for r in up.conns),
+                                [r.end for r in up.conns])
+                # SNI: none for an IP address, the configured name otherwise.
+                self.assertEqual(sorted(up.server_names, key=str),
+                                 sorted([None] * 3 + ["localhost"] * 6, key=str))
+                for name in ("by_ip", "by_sni", "both"):
+                    self.assertEqual(g.metric("grelay_upstream_tls_failures_total",
+                                              listener=name), 0, name)
+
+    def _refused(self, g: h.Grelay, port: int, listener: str, server, reason: str):
+        outcome, data, took = h.try_request(port, PAYLOAD, timeout=10)
+        self.assertEqual(outcome, "reset", f"{listener}: client saw {outcome}")
+        self.assertEqual(data, b"", f"{listener}: client got bytes")
+        self.assertLess(took, 5.0, f"{listener}: reset after {took:.1f}s")
+        self.assertTrue(h.wait_for(lambda: g.metric("grelay_upstream_tls_failures_total",
+                                                    listener=listener) == 1, 5),
+                        f"{listener}: upstream TLS failures = "
+                        f"{g.metric('grelay_upstream_tls_failures_total', listener=listener)}")
+        self.assertEqual(g.metric("grelay_upstream_connect_errors_total", listener=listener), 1)
+        self.assertEqual(g.metric("grelay_upstream_unavailable_total", listener=listener), 1)
+        pattern = (rf"listener {re.escape(listener)}: TLS: upstream "
+                   rf"{re.escape(server.address)}: .*{reason}")
+        self.assertTrue(h.wait_for(lambda: re.search(pattern, g.log()), 5),
+                        f"{listener}: no log line matching {pattern!r}")
+        self.assertEqual(sum(r.received for r in server.conns), 0,
+                         f"{listener}: the refused upstream received plaintext")
+
+    def test_bad_certificates_are_refused_with_a_reason(self):
+        c = self.certs
+        with h.TlsEchoServer(*c.expired) as expired, \
+                h.TlsEchoServer(*c.self_signed) as self_signed, \
+                h.TlsEchoServer(*c.wrong_host) as wrong, \
+                h.TlsEchoServer(*c.upstream) as good:
+            cases = {
+                # listener: (server, upstream tls, reason in the log)
+                "expired": (expired, {"ca": c.ca}, "certificate has expired"),
+                "self_signed": (self_signed, {"ca": c.ca}, "self-signed certificate"),
+                "wrong_ip": (wrong, {"ca": c.ca}, "IP address mismatch"),
+                "wrong_name": (wrong, {"ca": c.ca, "sni": "localhost"}, "hostname mismatch"),
+                "system_store": (good, True, "unable to get local issuer certificate"),
+            }
+            cfg = h.Config()
+            cfg.with_admin()
+            ports = {}
+            for name, (server, tls, _) in cases.items():
+                cfg.upstream(name, [server.address], tls=tls)
+                ports[name] = cfg.listener(name, name)
+            with h.Grelay(cfg) as g:
+                for name, (server, _, reason) in cases.items():
+                    with self.subTest(name):
+                        self._refused(g, ports[name], name, server, reason)
+                self.assertEqual(good.handshakes, 0)
+
+    def test_verify_false_accepts_a_self_signed_certificate(self):
+        with h.TlsEchoServer(*self.certs.self_signed) as up:
+            cfg = h.Config()
+            cfg.with_admin()
+            cfg.upstream("app", [up.address], tls={"verify": False})
+            port = cfg.listener("noverify", "app")
+            with h.Grelay(cfg) as g:
+                r = h.stream_session(port, h.Stream(77, h.scaled(2 * h.MiB)))
+                self.assertTrue(r.ok, str(r))
+                self.assertEqual(g.metric("grelay_upstream_tls_failures_total",
+                                          listener="noverify"), 0)
+
+    def test_pool_fails_over_from_a_bad_certificate_to_a_good_server(self):
+        c = self.certs
+        with h.TlsEchoServer(*c.self_signed) as bad, h.TlsEchoServer(*c.upstream) as good:
+            cfg = h.Config()
+            cfg.with_admin()
+            cfg.upstream("pool", [bad.address, good.address], tls={"ca": c.ca})
+            port = cfg.listener("failover", "pool")
+            with h.Grelay(cfg) as g:
+                n = 6
+                for i in range(n):
+                    r = h.stream_session(port, h.Stream(8800 + i, h.scaled(256 * h.KiB)),
+                                         index=i)
+                    self.assertTrue(r.ok, str(r))
+                self.assertTrue(good.wait_connections(n, timeout=30))
+                self.assertEqual(len(good.conns), n)
+                bad.settle()
+                self.assertGreaterEqual(len(bad.conns), 1, "the bad server was never tried")
+                self.assertEqual(bad.handshakes, 0)
+                self.assertTrue(all(r.received == 0 for r in bad.conns))
+                self.assertEqual(g.metric("grelay_upstream_tls_failures_total",
+                                          listener="failover"), len(bad.conns))
+                self.assertEqual(g.metric("grelay_upstream_unavailable_total",
+                                          listener="failover"), 0)
+
+    def test_upstream_that_never_answers_the_handshake_is_given_up(self):
+        with h.StallServer() as stall:
+            cfg = h.Config()
+            cfg.with_admin()
+            cfg.upstream("app", [stall.address], tls={"ca": self.certs.ca})
+            port = cfg.listener("stall", "app", connect_timeout="500ms")
+            with h.Grelay(cfg) as g:
+                outcome, data, took = h.try_request(port, PAYLOAD, timeout=10)
+                self.assertEqual(outcome, "reset", outcome)
+                self.assertEqual(data, b"")
+                self.assertGreaterEqual(took, 0.45, f"reset after {took:.2f}s")
+                self.assertLess(took, 3.0, f"reset after {took:.2f}s")
+                self.assertEqual(g.metric("grelay_upstream_tls_failures_total", listener="stall"),
+                                 1)
+                self.assertTrue(h.wait_for(lambda: "TLS handshake timed out" in g.log(), 5),
+                                "no log line for the timeout")
+
+
+if __name__ == "__main__":
+    h.main()
