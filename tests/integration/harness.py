@@ -1320,6 +1320,8 @@ class GrelayTest(unittest.TestCase):
                 print(f"\n--- {self.id()}: grelay log ({g.config_path}) ---\n{g.text}\n"
                       f"{g.log_tail(200)}", file=sys.stderr)
             g.kill()
+            if not failed:
+                shutil.rmtree(g.dir, ignore_errors=True)  # kept for a failure's post-mortem
         log(f"{self.id()} took {time.monotonic() - t0:.1f}s")
         return result
 
