@@ -106,10 +106,6 @@ int runServer(const config::Config& cfg, const relay::Features& features) {
                      missing.c_str());
     return kExitConfig;
   }
-  if (std::string why = pathNotBuilt(path); !why.empty()) {
-    GRELAY_LOG_ERROR("relay_path = \"%s\": %s", config::toString(path), why.c_str());
-    return kExitConfig;
-  }
   runtime.path = path;
 
   TlsContexts tls;
@@ -284,16 +280,6 @@ int runServer(const config::Config& cfg, const relay::Features& features) {
   admin.reset();
   GRELAY_LOG_INFO("stopped");
   return 0;
-}
-
-std::string pathNotBuilt(config::RelayPath path) {
-  switch (path) {
-    case config::RelayPath::Mainline:
-    case config::RelayPath::Copy:
-      return "";
-    default:
-      return "this path is not implemented in this build yet";
-  }
 }
 
 }  // namespace grelay::proxy

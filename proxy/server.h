@@ -15,7 +15,4 @@ inline constexpr int kExitNoUring = 2;  // io_uring unavailable (seccomp, sysctl
 
 int runServer(const config::Config& config, const relay::Features& features);
 
-// "" when this build implements `path`, else why not.
-std::string pathNotBuilt(config::RelayPath path);
-
 }  // namespace grelay::proxy

@@ -68,7 +68,7 @@ void Peer::finishWriting() {
     tls_->shutdown();  // close_notify, queued behind everything sent so far
     flushTls();
   }
-  if (connected_ && !sending_ && !failed_ && queue_.empty() && !finSent_) {
+  if (connected_ && !sending_ && groupSends_ == 0 && !failed_ && queue_.empty() && !finSent_) {
     sendFin();
   }
 }
@@ -93,6 +93,7 @@ void Peer::dropQueue() {
 void Peer::sendNext() {
   const PendingSend& front = queue_.front();
   sending_ = true;
+  activeSend_ = &sendDone_;
   ++session_.inflight_;
   session_.host_.ring().send(fd_, front.chunk.data() + front.offset,
                              front.chunk.size() - front.offset, kSendFlags, &sendDone_);
@@ -203,6 +204,19 @@ void Flow::arm() {
     return;
   }
   paused_ = false;
+  if (groupCapable_) {
+    // One send per socket: the group's SEND to the target must not overlap another.
+    if (target_.sending_ || !target_.queue_.empty()) {
+      waitingTarget_ = true;
+      return;
+    }
+    if (session_.groupReady(*this) && session_.host_.now() >= groupBackoffUntil_) {
+      submitGroup();
+      return;
+    }
+    // A mirror still connecting (or still draining mainline chunks) can't take a group
+    // member: this chunk goes the mainline way and queues for it.
+  }
   receiving_ = true;
   ++session_.inflight_;
   SessionHost& host = session_.host_;
@@ -257,6 +271,187 @@ void Flow::onRecv(int32_t res, uint32_t flags) noexcept {
   } else {
     session_.sourceFailed(*this, res);
   }
+}
+
+void Flow::submitGroup() {
+  Session& s = session_;
+  SessionHost& host = s.host_;
+  GroupOp* op = freeGroups_;
+  if (op != nullptr) {
+    freeGroups_ = op->nextFree;
+  } else {
+    groups_.push_back(std::make_unique<GroupOp>(*this, s.mirrors_.size()));
+    op = groups_.back().get();
+  }
+  op->nextFree = nullptr;
+  op->length = 0;
+  std::fill(op->mirrorMember.begin(), op->mirrorMember.end(), 0);
+
+  uint32_t maxLength = s.listener_.chunkSize;
+  TapWriter* tap = s.listener_.tap;
+  op->tapMember = tap != nullptr &&
+                  tap->reserve(s.tap_, static_cast<tap::Direction>(direction_), &maxLength,
+                               &op->reservation);
+  members_.clear();
+  relay::GroupMember m;
+  m.kind = relay::GroupMember::Kind::Send;
+  m.fd = target_.fd_;
+  m.msgFlags = MSG_WAITALL | MSG_NOSIGNAL;
+  m.completion = &op->primaryDone;
+  members_.push_back(m);
+  target_.sending_ = true;
+  target_.activeSend_ = &op->primaryDone;
+  for (size_t i = 0; i < s.mirrors_.size(); ++i) {
+    Peer& p = s.mirrors_[i]->peer;
+    if (!s.takesFlow(i, *this) || s.mirrors_[i]->state != Session::MirrorState::Open) {
+      continue;
+    }
+    // Never wait for a mirror: a send that does not fit its socket buffer at once comes
+    // back short (or -EAGAIN) and the mirror is cut.
+    m.fd = p.fd_;
+    m.msgFlags = MSG_DONTWAIT | MSG_NOSIGNAL;
+    m.completion = &op->mirrorDone[i]->done;
+    members_.push_back(m);
+    op->mirrorMember[i] = 1;
+    ++p.groupSends_;
+  }
+  if (op->tapMember) {
+    relay::GroupMember w;
+    w.kind = relay::GroupMember::Kind::Write;
+    w.fd = tap->fd();
+    w.fileOffset = op->reservation.payloadOffset;
+    w.completion = &op->tapDone;
+    members_.push_back(w);
+  }
+  op->pending = 1 + static_cast<uint32_t>(members_.size());
+  // The tap member is counted by the tap writer (reserve() -> tapWriteStarted()).
+  s.inflight_ += op->pending - (op->tapMember ? 1 : 0);
+  receiving_ = true;
+  group_ = op;
+  host.ring().recvGroup(source_.fd_, maxLength, &op->leaderDone, members_);
+}
+
+void Flow::releaseGroup(GroupOp* op) {
+  op->nextFree = freeGroups_;
+  freeGroups_ = op;
+}
+
+// ---------------------------------------------------------------------------------------
+// GroupOp
+
+GroupOp::GroupOp(Flow& f, size_t mirrors) : flow(f), mirrorMember(mirrors, 0) {
+  for (size_t i = 0; i < mirrors; ++i) {
+    mirrorDone.push_back(std::make_unique<MirrorMember>(*this, i));
+  }
+}
+
+void GroupOp::completed() {
+  if (--pending == 0) {
+    flow.releaseGroup(this);
+  }
+}
+
+void GroupOp::onLeader(int32_t res, uint32_t) noexcept {
+  Session& s = flow.session_;
+  --s.inflight_;
+  flow.receiving_ = false;
+  flow.group_ = nullptr;
+  TapWriter* tap = s.listener_.tap;
+  const auto direction = static_cast<tap::Direction>(flow.direction_);
+  if (res > 0 && !s.closing()) {
+    length = static_cast<uint32_t>(res);
+    if (tapMember) {
+      tap->committed(s.tap_, reservation, length, &header);
+    } else if (tap != nullptr) {
+      tap->dropped(s.tap_, direction, length);
+    }
+    s.groupReceived(flow, *this);
+    completed();
+    return;
+  }
+  if (tapMember) {
+    tap->abandoned(s.tap_, reservation);
+  }
+  if (s.closing()) {
+    s.opDone(flow.source_);
+  } else if (res == 0) {
+    flow.ended_ = true;
+    s.sourceEnded(flow);  // FIN goes out once the (cancelled) target member is back
+  } else if (res == -ENOBUFS) {
+    // The ring's group buffers are at their bound: mainline receives for a moment.
+    flow.groupBackoffUntil_ = s.host_.now() + 10'000'000ull;
+  } else if (res != -ECANCELED) {
+    s.sourceFailed(flow, res);
+  }
+  completed();
+}
+
+void GroupOp::onPrimary(int32_t res, uint32_t) noexcept {
+  Session& s = flow.session_;
+  Peer& target = flow.target_;
+  --s.inflight_;
+  target.sending_ = false;
+  target.activeSend_ = nullptr;
+  if (s.closing()) {
+    s.opDone(target);
+  } else if (res == -ECANCELED) {
+    // The leader got nothing (EOF, -ENOBUFS...): the target is free again.
+    if (target.finWanted_ && !target.finSent_ && target.queue_.empty()) {
+      target.sendFin();
+    }
+    flow.arm();
+    s.maybeFinish();
+  } else if (res == static_cast<int32_t>(length)) {
+    target.unsent_ -= length;
+    s.peerSent(target, length);
+    if (!s.closing()) {
+      if (target.finWanted_ && !target.finSent_ && target.queue_.empty()) {
+        target.sendFin();
+      }
+      flow.arm();
+      s.maybeFinish();
+    }
+  } else {
+    // The pages are gone with the group: a short send cannot be completed.
+    target.unsent_ -= length;
+    s.peerFailed(target, res < 0 ? res : -EPIPE);
+  }
+  completed();
+}
+
+void GroupOp::onMirror(size_t index, int32_t res) {
+  Session& s = flow.session_;
+  Session::Mirror& m = *s.mirrors_[index];
+  --s.inflight_;
+  --m.peer.groupSends_;
+  if (m.state == Session::MirrorState::Cut) {
+    s.opDone(m.peer);  // what it misses was counted as dropped when it was cut
+  } else if (res == static_cast<int32_t>(length) || res == -ECANCELED) {
+    if (res > 0) {
+      s.stats().mirrors[index].sentBytes.add(length);
+    }
+    Peer& p = m.peer;
+    if (p.finWanted_ && !p.finSent_ && p.groupSends_ == 0 && !p.sending_ && p.queue_.empty()) {
+      p.sendFin();
+    }
+    if (s.closing()) {
+      s.opDone(p);
+    }
+  } else {
+    const uint32_t sent = res > 0 ? static_cast<uint32_t>(res) : 0;
+    s.stats().mirrors[index].sentBytes.add(sent);
+    s.stats().mirrors[index].droppedBytes.add(length - sent);
+    s.cutMirror(index, res >= 0 || res == -EAGAIN
+                           ? "fell behind (its socket buffer was full)"
+                           : ("send failed: " + std::string(std::strerror(-res))).c_str());
+  }
+  completed();
+}
+
+void GroupOp::onTap(int32_t res, uint32_t) noexcept {
+  Session& s = flow.session_;
+  s.listener_.tap->memberDone(s.tap_, length, header, res);
+  completed();
 }
 
 bool Flow::processCopy(relay::ChunkRef chunk) {
@@ -621,7 +816,10 @@ void Session::startRelaying() {
   activity();
   for (Flow* flow : {&request_, &response_}) {
     flow->copy_ = host_.pathIndex() == metrics::kCopyPath || flow->source_.tlsInUserspace();
-    flow->path_ = flow->copy_ ? static_cast<uint8_t>(metrics::kCopyPath) : host_.pathIndex();
+    flow->groupCapable_ = host_.pathIndex() == metrics::kGroupPath && !flow->copy_ &&
+                          !flow->target_.tlsInUserspace();
+    flow->path_ = flow->copy_ ? static_cast<uint8_t>(metrics::kCopyPath)
+                              : static_cast<uint8_t>(metrics::kMainlinePath);
   }
   request_.arm();
   response_.arm();
@@ -657,6 +855,39 @@ void Session::deliver(Flow& flow, const relay::ChunkRef& chunk) {
   }
 }
 
+bool Session::takesFlow(size_t mirror, const Flow& flow) const {
+  const Mirror& m = *mirrors_[mirror];
+  return m.state != MirrorState::Unsampled &&
+         (flow.direction_ == metrics::kRequest || m.wantsResponses);
+}
+
+bool Session::groupReady(const Flow& flow) const {
+  for (size_t i = 0; i < mirrors_.size(); ++i) {
+    const Mirror& m = *mirrors_[i];
+    if (!takesFlow(i, flow)) {
+      continue;
+    }
+    if (m.state == MirrorState::Connecting ||
+        (m.state == MirrorState::Open && (m.peer.sending_ || !m.peer.queue_.empty()))) {
+      return false;
+    }
+  }
+  return true;
+}
+
+void Session::groupReceived(Flow& flow, GroupOp& op) {
+  activity();
+  metrics::ListenerStats& st = stats();
+  st.receivedBytes[flow.direction_].add(op.length);
+  st.chunks[metrics::kGroupPath].inc();
+  flow.target_.unsent_ += op.length;
+  for (size_t i = 0; i < mirrors_.size(); ++i) {
+    if (takesFlow(i, flow) && !op.mirrorMember[i]) {
+      st.mirrors[i].droppedBytes.add(op.length);  // cut earlier: it misses this chunk too
+    }
+  }
+}
+
 void Session::sourceEnded(Flow& flow) {
   flow.target_.finishWriting();
   if (listener_.tap != nullptr) {
@@ -681,13 +912,17 @@ void Session::peerSent(Peer& peer, uint32_t bytes) {
   switch (peer.kind_) {
     case Peer::Kind::Client:
       stats().sentClientBytes.add(bytes);
-      if (response_.paused_ && client_.unsent_ <= low) {
+      if ((response_.paused_ && client_.unsent_ <= low) ||
+          (response_.waitingTarget_ && client_.queue_.empty())) {
+        response_.waitingTarget_ = false;
         response_.arm();
       }
       break;
     case Peer::Kind::Primary:
       stats().sentUpstreamBytes.add(bytes);
-      if (request_.paused_ && primary_.unsent_ <= low) {
+      if ((request_.paused_ && primary_.unsent_ <= low) ||
+          (request_.waitingTarget_ && primary_.queue_.empty())) {
+        request_.waitingTarget_ = false;
         request_.arm();
       }
       break;
@@ -740,8 +975,8 @@ void Session::cancelPeer(Peer& peer) {
   if (peer.connecting_) {
     ring.cancel(&peer.connectDone_, nullptr);
   }
-  if (peer.sending_) {
-    ring.cancel(&peer.sendDone_, nullptr);
+  if (peer.sending_ && peer.activeSend_ != nullptr) {
+    ring.cancel(peer.activeSend_, nullptr);
   }
   if (peer.reading_) {
     ring.cancel(&peer.discardDone_, nullptr);
@@ -847,7 +1082,11 @@ void Session::close(bool resetClient, bool resetPrimary, bool resetMirrors,
   relay::Ring& ring = host_.ring();
   for (Flow* flow : {&request_, &response_}) {
     if (flow->receiving_) {
-      ring.cancel(&flow->recvDone_, nullptr);
+      // A group is cancelled through its leader: unissued members then complete with
+      // -ECANCELED too.
+      ring.cancel(flow->group_ != nullptr ? static_cast<relay::Completion*>(&flow->group_->leaderDone)
+                                          : &flow->recvDone_,
+                  nullptr);
     }
     if (flow->waitingBuffers_) {
       flow->waitingBuffers_ = false;

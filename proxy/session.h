@@ -101,7 +101,11 @@ public:
   // Moves ciphertext the TLS channel produced into the send queue; false if it failed.
   void flushTls();
 
-  bool idle() const { return !sending_ && !connecting_ && !reading_ && !polling_; }
+  // No request of ours refers to the socket (a group member not yet issued would look the
+  // fd up when it is: the fd must stay ours until then).
+  bool idle() const {
+    return !sending_ && !connecting_ && !reading_ && !polling_ && groupSends_ == 0;
+  }
   bool tlsInUserspace() const { return tls_ != nullptr && tlsMemory_; }
   bool drained() const { return queue_.empty() && !sending_; }
 
@@ -114,6 +118,8 @@ public:
   bool sending_ = false;
   bool reading_ = false;  // mirrors: discarding their responses
   bool polling_ = false;  // TLS handshake waiting for readiness
+  uint32_t groupSends_ = 0;  // mirrors: group members sending to this socket
+  relay::Completion* activeSend_ = nullptr;  // the send in flight (ours or a group member)
   bool finWanted_ = false;
   bool finSent_ = false;
   bool failed_ = false;
@@ -136,6 +142,40 @@ public:
 };
 
 // One direction of a session.
+class Flow;
+
+// One chunk on the group path: a RECV leader into a group kernel buffer and its members
+// (SEND to the primary and to each mirror, WRITE to the tap), in flight together.
+struct GroupOp {
+  GroupOp(Flow& flow, size_t mirrors);
+  void onLeader(int32_t res, uint32_t flags) noexcept;
+  void onPrimary(int32_t res, uint32_t flags) noexcept;
+  void onTap(int32_t res, uint32_t flags) noexcept;
+  void onMirror(size_t index, int32_t res);
+  void completed();
+
+  struct MirrorMember {
+    MirrorMember(GroupOp& o, size_t i) : op(o), index(i), done(*this) {}
+    void onDone(int32_t res, uint32_t) noexcept { op.onMirror(index, res); }
+    GroupOp& op;
+    size_t index;
+    relay::BoundCompletion<MirrorMember, &MirrorMember::onDone> done;
+  };
+
+  Flow& flow;
+  uint32_t length = 0;   // what the leader received
+  uint32_t pending = 0;  // CQEs still to come
+  bool tapMember = false;
+  std::vector<uint8_t> mirrorMember;  // by mirror index: 1 = a member of this group
+  tap::TapReservation reservation;
+  tap::TapRecord header;
+  relay::BoundCompletion<GroupOp, &GroupOp::onLeader> leaderDone{*this};
+  relay::BoundCompletion<GroupOp, &GroupOp::onPrimary> primaryDone{*this};
+  relay::BoundCompletion<GroupOp, &GroupOp::onTap> tapDone{*this};
+  std::vector<std::unique_ptr<MirrorMember>> mirrorDone;
+  GroupOp* nextFree = nullptr;
+};
+
 class Flow {
 public:
   Flow(Session& session, uint8_t direction, Peer& source, Peer& target);
@@ -147,13 +187,23 @@ public:
   // Copy path: decrypts (or copies) a received chunk and delivers the plaintext. False if
   // the session was torn down.
   bool processCopy(relay::ChunkRef chunk);
+  // Group path: submits one group for the next chunk.
+  void submitGroup();
+  void releaseGroup(GroupOp* op);
 
   Session& session_;
   const uint8_t direction_;
   Peer& source_;
   Peer& target_;
   bool copy_ = false;  // bytes pass through userspace processing (TLS, or relay_path copy)
-  uint8_t path_ = 0;   // metrics::PathIndex its chunks count under
+  uint8_t path_ = 0;   // metrics::PathIndex its (non-group) chunks count under
+  bool groupCapable_ = false;  // the worker runs the group path and no side needs userspace TLS
+  bool waitingTarget_ = false;  // group path: the next receive waits for the target's send
+  uint64_t groupBackoffUntil_ = 0;  // after -ENOBUFS from the kernel: mainline until then
+  GroupOp* group_ = nullptr;        // the group whose leader is in flight
+  GroupOp* freeGroups_ = nullptr;
+  std::vector<std::unique_ptr<GroupOp>> groups_;
+  std::vector<relay::GroupMember> members_;  // reused for every submission
   bool receiving_ = false;
   bool paused_ = false;
   bool waitingBuffers_ = false;
@@ -192,6 +242,7 @@ public:
 private:
   friend class Peer;
   friend class Flow;
+  friend struct GroupOp;
   enum class State : uint8_t { Handshaking, Connecting, UpstreamHandshake, Relaying, Closing };
   enum class MirrorState : uint8_t { Unsampled, Connecting, Open, Cut };
 
@@ -217,6 +268,11 @@ private:
   void mirrorConnected(size_t index, int32_t res);
   void startRelaying();
   void deliver(Flow& flow, const relay::ChunkRef& chunk);
+  // Group path: may this flow's next chunk go as a group (every mirror that takes it is
+  // connected and has nothing queued from the mainline path)?
+  bool groupReady(const Flow& flow) const;
+  void groupReceived(Flow& flow, GroupOp& op);
+  bool takesFlow(size_t mirror, const Flow& flow) const;
   void sourceEnded(Flow& flow);
   void peerSent(Peer& peer, uint32_t bytes);
   void peerFailed(Peer& peer, int32_t err);

@@ -188,6 +188,66 @@ void TapWriter::chunk(TapStream& stream, tap::Direction direction, const relay::
   submit(*w);
 }
 
+bool TapWriter::reserve(TapStream& stream, tap::Direction direction, uint32_t* maxLength,
+                        tap::TapReservation* r) {
+  if (!stream.opened || failed_ || stream.unwritten + *maxLength > config_.max_lag) {
+    return false;
+  }
+  if (layout_.reserveChunk(stream.session, direction, *maxLength, tap::Fit::kCapToExtent, r) !=
+      tap::TapStatus::kOk) {
+    noteFull();
+    return false;
+  }
+  if (r->hasExtentHeader) {
+    writeRecord(r->extentHeader);
+  }
+  *maxLength = r->capacity;
+  stream.unwritten += r->capacity;
+  stream.owner->tapWriteStarted();  // the member's completion ends it
+  return true;
+}
+
+void TapWriter::committed(TapStream& stream, const tap::TapReservation& r, uint32_t length,
+                          tap::TapRecord* header) {
+  stream.unwritten -= r.capacity - length;
+  layout_.commitChunk(stream.session, r, length, tap::tapNowNs(), header);
+}
+
+void TapWriter::abandoned(TapStream& stream, const tap::TapReservation& r) {
+  stream.unwritten -= r.capacity;
+  layout_.abandonChunk(stream.session, r, false);
+}
+
+void TapWriter::memberDone(TapStream& stream, uint32_t length, const tap::TapRecord& header,
+                           int32_t res) {
+  if (res == -ECANCELED) {
+    // The leader got nothing (EOF or an error): abandoned() already accounted for it.
+    stream.owner->tapWriteFinished();
+    return;
+  }
+  stream.unwritten -= length;
+  if (res == static_cast<int32_t>(length)) {
+    stats_.tapBytes.add(length);
+    writeRecord(header);  // the payload is on file: now its header may say so
+  } else {
+    fail(res < 0 ? res : -EIO);  // a short file write means the disk is full
+    stats_.tapDroppedBytes.add(length);
+    dropped_ += length;
+  }
+  stream.owner->tapWriteFinished();
+}
+
+void TapWriter::dropped(TapStream& stream, tap::Direction direction, uint32_t length) {
+  if (!stream.opened) {
+    stats_.tapDroppedBytes.add(length);
+    dropped_ += length;
+    return;
+  }
+  gap(stream, direction, length,
+      failed_ ? tap::GapReason::kWriteError
+              : (layout_.full() ? tap::GapReason::kFull : tap::GapReason::kMaxLag));
+}
+
 void TapWriter::gap(TapStream& stream, tap::Direction direction, uint64_t bytes,
                     tap::GapReason reason) {
   stats_.tapDroppedBytes.add(bytes);

@@ -55,6 +55,20 @@ public:
   void open(TapStream& stream, const tap::TapSessionInfo& info);
   // A chunk whose length is known (mainline and copy paths).
   void chunk(TapStream& stream, tap::Direction direction, const relay::ChunkRef& chunk);
+  // Group path: the payload is written by a group member at an offset fixed before the
+  // received length is known. reserve() caps the receive (*maxLength) to the stream's
+  // extent; false = this chunk is not recorded (full, lagging, disabled): call dropped()
+  // with its length once known. After the leader: committed() with the length (the
+  // header is kept in *header) or abandoned(); after the tap member: memberDone().
+  bool reserve(TapStream& stream, tap::Direction direction, uint32_t* maxLength,
+               tap::TapReservation* reservation);
+  void committed(TapStream& stream, const tap::TapReservation& reservation, uint32_t length,
+                 tap::TapRecord* header);
+  void abandoned(TapStream& stream, const tap::TapReservation& reservation);
+  void memberDone(TapStream& stream, uint32_t length, const tap::TapRecord& header, int32_t res);
+  void dropped(TapStream& stream, tap::Direction direction, uint32_t length);
+  int fd() const { return fd_; }
+
   void end(TapStream& stream, tap::Direction direction, tap::EndKind kind, int32_t error);
   void close(TapStream& stream, tap::CloseReason reason, int32_t error);
   // The worker is stopping and every write has completed: the file-end record.

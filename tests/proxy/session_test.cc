@@ -47,7 +47,7 @@ public:
     *len = sizeof(discard_);
     return discard_;
   }
-  uint8_t pathIndex() const override { return metrics::kMainlinePath; }
+  uint8_t pathIndex() const override { return path; }
 
   void advance(uint64_t nanos) {
     now_ += nanos;
@@ -64,6 +64,7 @@ public:
   int done = 0;
   std::vector<std::string> troubles;
   uint8_t discard_[256];
+  uint8_t path = metrics::kMainlinePath;
 };
 
 config::Address address(const char* text) {
@@ -355,6 +356,112 @@ TEST_F(SessionTest, HalfSampledMirrorsPickTheSameSessions) {
   const bool first = stats_->mirrors[0].sessions.value() == 1;
   const bool second = stats_->mirrors[1].sessions.value() == 1;
   EXPECT_EQ(first, second);
+}
+
+// --- the group path ------------------------------------------------------------------
+
+class GroupPathTest : public SessionTest {
+protected:
+  void SetUp() override {
+    SessionTest::SetUp();
+    host_.path = metrics::kGroupPath;
+  }
+  static void completeMember(FakeOp* group, size_t i, int32_t res) {
+    group->members[i].completion->complete(res, 0);
+  }
+};
+
+TEST_F(GroupPathTest, OneGroupPerChunkWithThePrimaryAndEveryMirrorAsMembers) {
+  configure(1);
+  startConnected();
+  ring().complete(ring().pending(OpKind::Connect, 100), 0);  // the mirror
+  // The mirror connected after the relay started: the first chunk went the mainline way.
+  ring().receive(ring().pending(OpKind::RecvSelect, kClientFd), "early");
+  ring().complete(ring().pending(OpKind::Send, 100), 5);
+  ring().complete(ring().pending(OpKind::Send, primaryFd()), 5);
+  // Both drained: the next chunk goes as a group.
+  FakeOp* group = ring().pending(OpKind::Group, kClientFd);
+  ASSERT_NE(group, nullptr);
+  EXPECT_EQ(group->len, kChunk);
+  ASSERT_EQ(group->members.size(), 2u);
+  EXPECT_EQ(group->members[0].fd, primaryFd());
+  EXPECT_TRUE(group->members[0].msgFlags & MSG_WAITALL);
+  EXPECT_EQ(group->members[1].fd, 100);
+  EXPECT_TRUE(group->members[1].msgFlags & MSG_DONTWAIT);  // never wait for a mirror
+
+  ring().complete(group, 100);  // the leader's CQE comes first
+  EXPECT_EQ(stats_->receivedBytes[metrics::kRequest].value(), 105u);
+  EXPECT_EQ(stats_->chunks[metrics::kGroupPath].value(), 1u);
+  EXPECT_EQ(stats_->chunks[metrics::kMainlinePath].value(), 1u);
+  // One send per socket: no new group before the primary's member is back.
+  EXPECT_EQ(ring().pendingCount(OpKind::Group, kClientFd), 0u);
+  completeMember(group, 1, 100);
+  completeMember(group, 0, 100);
+  EXPECT_EQ(ring().pendingCount(OpKind::Group, kClientFd), 1u);
+  EXPECT_EQ(stats_->sentUpstreamBytes.value(), 105u);
+  EXPECT_EQ(stats_->mirrors[0].sentBytes.value(), 105u);
+}
+
+TEST_F(GroupPathTest, MirrorShortSendCutsOnlyThatMirror) {
+  configure(1);
+  startConnected();
+  ring().complete(ring().pending(OpKind::Connect, 100), 0);
+  ring().receive(ring().pending(OpKind::RecvSelect, kClientFd), "x");
+  ring().complete(ring().pending(OpKind::Send, 100), 1);
+  ring().complete(ring().pending(OpKind::Send, primaryFd()), 1);
+  FakeOp* group = ring().pending(OpKind::Group, kClientFd);
+  ring().complete(group, 1000);
+  completeMember(group, 1, 400);  // the mirror's socket buffer was full
+  EXPECT_EQ(stats_->mirrors[0].cuts.value(), 1u);
+  EXPECT_EQ(stats_->mirrors[0].droppedBytes.value(), 600u);
+  completeMember(group, 0, 1000);
+  FakeOp* next = ring().pending(OpKind::Group, kClientFd);
+  ASSERT_NE(next, nullptr);
+  EXPECT_EQ(next->members.size(), 1u);  // the primary only
+  ring().completeCancelled();
+  EXPECT_TRUE(host_.sockets_.closed.at(100));
+}
+
+TEST_F(GroupPathTest, LeaderEofCancelsMembersAndTheFinFollowsThem) {
+  startConnected();
+  FakeOp* group = ring().pending(OpKind::Group, kClientFd);
+  ASSERT_NE(group, nullptr);
+  ring().complete(group, 0);
+  EXPECT_TRUE(host_.sockets_.shutdowns.empty());  // the target's member is still out
+  completeMember(group, 0, -ECANCELED);
+  ASSERT_EQ(host_.sockets_.shutdowns.size(), 1u);
+  EXPECT_EQ(host_.sockets_.shutdowns[0], primaryFd());
+}
+
+TEST_F(GroupPathTest, AMirrorStillDrainingMainlineChunksNeverHoldsThePrimary) {
+  configure(1);
+  startConnected();
+  ring().complete(ring().pending(OpKind::Connect, 100), 0);
+  ring().receive(ring().pending(OpKind::RecvSelect, kClientFd), "a");
+  ring().complete(ring().pending(OpKind::Send, primaryFd()), 1);
+  // The mirror has not taken "a" yet: the primary does not wait, the next chunk goes the
+  // mainline way (and queues for the mirror behind "a").
+  EXPECT_EQ(ring().pendingCount(OpKind::Group, kClientFd), 0u);
+  EXPECT_EQ(ring().pendingCount(OpKind::RecvSelect, kClientFd), 1u);
+}
+
+TEST_F(GroupPathTest, EnobufsFromTheKernelFallsBackToMainlineForAMoment) {
+  startConnected();
+  FakeOp* group = ring().pending(OpKind::Group, kClientFd);
+  ring().complete(group, -ENOBUFS);
+  completeMember(group, 0, -ECANCELED);
+  EXPECT_EQ(ring().pendingCount(OpKind::RecvSelect, kClientFd), 1u);
+  EXPECT_EQ(ring().pendingCount(OpKind::Group, kClientFd), 0u);
+}
+
+TEST_F(GroupPathTest, ResetOnTheSourceResetsTheOtherSide) {
+  startConnected();
+  FakeOp* group = ring().pending(OpKind::Group, kClientFd);
+  ring().complete(group, -ECONNRESET);
+  completeMember(group, 0, -ECANCELED);
+  ring().completeCancelled();
+  EXPECT_TRUE(host_.sockets_.closed.at(primaryFd()));
+  EXPECT_EQ(host_.done, 1);
 }
 
 }  // namespace

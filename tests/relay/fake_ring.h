@@ -183,13 +183,19 @@ public:
     complete(op, static_cast<int32_t>(data.size()),
              IORING_CQE_F_BUFFER | (static_cast<uint32_t>(id) << IORING_CQE_BUFFER_SHIFT));
   }
-  // Completes every op a cancel was requested for with -ECANCELED.
+  // Completes every op a cancel was requested for with -ECANCELED (a cancelled group
+  // leader takes its unissued members with it, as the kernel does).
   size_t completeCancelled() {
     size_t n = 0;
     for (size_t i = 0; i < ops_.size(); ++i) {
       FakeOp* o = ops_[i].get();
       if (!o->done && o->cancelRequested) {
         complete(o, -ECANCELED);
+        if (o->kind == OpKind::Group) {
+          for (auto& m : o->members) {
+            m.completion->complete(-ECANCELED, 0);
+          }
+        }
         ++n;
       }
     }
