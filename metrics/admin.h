@@ -4,7 +4,9 @@
 #pragma once
 
 #include <cstdint>
+#include <map>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -13,14 +15,54 @@
 
 namespace grelay::metrics {
 
-// What the exposer reads. The config and every WorkerStats must outlive the AdminServer
+struct RetiredTotals;
+
+// Every configuration generation's stats (a SIGHUP reload starts a new generation while
+// the old one drains). Counters are summed by listener and mirror name across live and
+// retired generations, so they never go backwards; the newest generation's config says
+// which listeners and mirrors exist. Thread-safe: the server adds and retires
+// generations, the exposer reads on every scrape.
+class StatsRegistry {
+public:
+  StatsRegistry();
+  ~StatsRegistry();
+
+  // `workers[i]` has one ListenerStats per listener of `config` and one MirrorStats per
+  // mirror, in config order; both must stay valid until retire(config).
+  void add(std::shared_ptr<const config::Config> config, std::vector<const WorkerStats*> workers,
+           std::string relayPath);
+  // Folds the generation's counters into the retired totals and forgets its pointers.
+  void retire(const config::Config* config);
+
+  struct Generation {
+    std::shared_ptr<const config::Config> config;
+    std::vector<const WorkerStats*> workers;
+  };
+  // Runs `f(generations, retired, relayPath)` under the registry's lock; the newest
+  // generation is last.
+  template <typename F>
+  auto read(F&& f) const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return f(generations_, *retired_, relayPath_);
+  }
+
+private:
+  mutable std::mutex mutex_;
+  std::vector<Generation> generations_;
+  std::unique_ptr<RetiredTotals> retired_;
+  std::string relayPath_;
+};
+
+// What the exposer reads: either a registry (the server), or one fixed config and its
+// workers' stats (tests). The config and every WorkerStats must outlive the AdminServer
 // (it reads them from the HTTP server's threads on every scrape); workers[i] must have
 // one ListenerStats per config listener and one MirrorStats per mirror, in config order.
 struct AdminInputs {
-  const config::Config* config = nullptr;
+  const config::Config* config = nullptr;  // also: [admin] listen
   std::vector<const WorkerStats*> workers;
   std::string relayPath;  // the path in use: "group", "mainline" or "copy"
   std::string version;
+  const StatsRegistry* registry = nullptr;  // when set, read instead of config/workers
 };
 
 class AdminServer {

@@ -3,6 +3,7 @@
 #include <array>
 #include <cstdint>
 #include <deque>
+#include <map>
 #include <utility>
 
 #include <prometheus/text_serializer.h>
@@ -52,7 +53,9 @@ struct ListenerTotals {
   uint64_t upstreamTlsFailures = 0;
 };
 
-void addTo(ListenerTotals& total, const ListenerStats& stats) {
+// Adds one worker's listener stats; mirrorMap[m] = index of stats.mirrors[m] in
+// total.mirrors (-1: that mirror no longer exists).
+void addTo(ListenerTotals& total, const ListenerStats& stats, const std::vector<int>& mirrorMap) {
   total.connections += stats.connections.value();
   total.active += stats.active.value();
   total.rejected += stats.rejected.value();
@@ -72,9 +75,12 @@ void addTo(ListenerTotals& total, const ListenerStats& stats) {
     total.connectBuckets[b] += stats.connectDuration.bucket(b);
   }
   total.connectSeconds += stats.connectDuration.sum();
-  for (size_t m = 0; m < total.mirrors.size() && m < stats.mirrors.size(); ++m) {
+  for (size_t m = 0; m < stats.mirrors.size() && m < mirrorMap.size(); ++m) {
+    if (mirrorMap[m] < 0) {
+      continue;
+    }
     const MirrorStats& mirror = stats.mirrors[m];
-    MirrorTotals& sum = total.mirrors[m];
+    MirrorTotals& sum = total.mirrors[static_cast<size_t>(mirrorMap[m])];
     sum.sentBytes += mirror.sentBytes.value();
     sum.cuts += mirror.cuts.value();
     sum.droppedBytes += mirror.droppedBytes.value();
@@ -90,6 +96,58 @@ void addTo(ListenerTotals& total, const ListenerStats& stats) {
   total.tlsHandshakeTimeouts += stats.tlsHandshakeTimeouts.value();
   total.ktlsSessions += stats.ktlsSessions.value();
   total.upstreamTlsFailures += stats.upstreamTlsFailures.value();
+}
+
+void addTotals(ListenerTotals& into, const ListenerTotals& from) {
+  into.connections += from.connections;
+  into.active += from.active;
+  into.rejected += from.rejected;
+  for (size_t d = 0; d < into.receivedBytes.size(); ++d) {
+    into.receivedBytes[d] += from.receivedBytes[d];
+  }
+  into.sentUpstreamBytes += from.sentUpstreamBytes;
+  into.sentClientBytes += from.sentClientBytes;
+  for (size_t p = 0; p < into.chunks.size(); ++p) {
+    into.chunks[p] += from.chunks[p];
+  }
+  into.upstreamConnectErrors += from.upstreamConnectErrors;
+  into.noUpstream += from.noUpstream;
+  into.idleTimeouts += from.idleTimeouts;
+  into.resets += from.resets;
+  for (size_t b = 0; b < into.connectBuckets.size(); ++b) {
+    into.connectBuckets[b] += from.connectBuckets[b];
+  }
+  into.connectSeconds += from.connectSeconds;
+  into.tapBytes += from.tapBytes;
+  into.tapDroppedBytes += from.tapDroppedBytes;
+  into.tapErrors += from.tapErrors;
+  into.tlsHandshakes += from.tlsHandshakes;
+  into.tlsHandshakeFailures += from.tlsHandshakeFailures;
+  into.tlsHandshakeTimeouts += from.tlsHandshakeTimeouts;
+  into.ktlsSessions += from.ktlsSessions;
+  into.upstreamTlsFailures += from.upstreamTlsFailures;
+}
+
+void addMirror(MirrorTotals& into, const MirrorTotals& from) {
+  into.sentBytes += from.sentBytes;
+  into.cuts += from.cuts;
+  into.droppedBytes += from.droppedBytes;
+  into.connectErrors += from.connectErrors;
+  into.sessions += from.sessions;
+  into.discardedBytes += from.discardedBytes;
+}
+
+// Where each mirror of `from` sits among the mirrors of `to` (by name; -1 = gone).
+std::vector<int> mirrorMap(const config::ListenerConfig& from, const config::ListenerConfig& to) {
+  std::vector<int> map(from.mirrors.size(), -1);
+  for (size_t m = 0; m < from.mirrors.size(); ++m) {
+    for (size_t n = 0; n < to.mirrors.size(); ++n) {
+      if (from.mirrors[m].name == to.mirrors[n].name) {
+        map[m] = static_cast<int>(n);
+      }
+    }
+  }
+  return map;
 }
 
 // Families in the order they are declared (a deque: add() hands out references that
@@ -132,6 +190,56 @@ double asDouble(uint64_t value) {
 
 }  // namespace
 
+// Counters of generations that finished, by listener and mirror name.
+struct RetiredTotals {
+  struct Listener {
+    ListenerTotals totals;
+    std::map<std::string, MirrorTotals> mirrors;
+  };
+  std::map<std::string, Listener> listeners;
+};
+
+StatsRegistry::StatsRegistry() : retired_(std::make_unique<RetiredTotals>()) {}
+StatsRegistry::~StatsRegistry() = default;
+
+void StatsRegistry::add(std::shared_ptr<const config::Config> config,
+                        std::vector<const WorkerStats*> workers, std::string relayPath) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  generations_.push_back(Generation{std::move(config), std::move(workers)});
+  relayPath_ = std::move(relayPath);
+}
+
+void StatsRegistry::retire(const config::Config* config) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  for (auto it = generations_.begin(); it != generations_.end(); ++it) {
+    if (it->config.get() != config) {
+      continue;
+    }
+    for (size_t l = 0; l < config->listeners.size(); ++l) {
+      const config::ListenerConfig& lc = config->listeners[l];
+      ListenerTotals sum;
+      sum.mirrors.resize(lc.mirrors.size());
+      std::vector<int> identity(lc.mirrors.size());
+      for (size_t m = 0; m < identity.size(); ++m) {
+        identity[m] = static_cast<int>(m);
+      }
+      for (const WorkerStats* w : it->workers) {
+        if (w != nullptr && l < w->listeners.size() && w->listeners[l] != nullptr) {
+          addTo(sum, *w->listeners[l], identity);
+        }
+      }
+      sum.active = 0;  // a retired generation has no open session
+      RetiredTotals::Listener& into = retired_->listeners[lc.name];
+      addTotals(into.totals, sum);
+      for (size_t m = 0; m < lc.mirrors.size(); ++m) {
+        addMirror(into.mirrors[lc.mirrors[m].name], sum.mirrors[m]);
+      }
+    }
+    generations_.erase(it);
+    return;
+  }
+}
+
 StatsCollector::StatsCollector(AdminInputs inputs)
     : inputs_(std::move(inputs)), startTimeSeconds_(processStartTimeSeconds()) {}
 
@@ -148,19 +256,59 @@ std::string StatsCollector::render() const {
 }
 
 std::vector<MetricFamily> StatsCollector::collectGrelay() const {
-  const config::Config& config = *inputs_.config;
+  if (inputs_.registry != nullptr) {
+    return inputs_.registry->read([this](const std::vector<StatsRegistry::Generation>& gens,
+                                         const RetiredTotals& retired, const std::string& path) {
+      if (gens.empty()) {
+        return std::vector<MetricFamily>{};
+      }
+      return collectFrom(gens, &retired, path);
+    });
+  }
+  std::shared_ptr<const config::Config> unowned(inputs_.config, [](const config::Config*) {});
+  return collectFrom({StatsRegistry::Generation{unowned, inputs_.workers}}, nullptr,
+                     inputs_.relayPath);
+}
+
+std::vector<MetricFamily> StatsCollector::collectFrom(
+    const std::vector<StatsRegistry::Generation>& gens, const RetiredTotals* retired,
+    const std::string& relayPath) const {
+  const config::Config& config = *gens.back().config;
+  const size_t workerCount = gens.back().workers.size();
 
   std::vector<ListenerTotals> totals(config.listeners.size());
   for (size_t l = 0; l < totals.size(); ++l) {
     totals[l].mirrors.resize(config.listeners[l].mirrors.size());
   }
-  for (const WorkerStats* worker : inputs_.workers) {
-    if (worker == nullptr) {
-      continue;
+  for (const StatsRegistry::Generation& gen : gens) {
+    for (size_t gl = 0; gl < gen.config->listeners.size(); ++gl) {
+      const config::ListenerConfig& from = gen.config->listeners[gl];
+      for (size_t l = 0; l < config.listeners.size(); ++l) {
+        if (config.listeners[l].name != from.name) {
+          continue;
+        }
+        const std::vector<int> map = mirrorMap(from, config.listeners[l]);
+        for (const WorkerStats* worker : gen.workers) {
+          if (worker != nullptr && gl < worker->listeners.size() &&
+              worker->listeners[gl] != nullptr) {
+            addTo(totals[l], *worker->listeners[gl], map);
+          }
+        }
+      }
     }
-    for (size_t l = 0; l < totals.size() && l < worker->listeners.size(); ++l) {
-      if (worker->listeners[l] != nullptr) {
-        addTo(totals[l], *worker->listeners[l]);
+  }
+  if (retired != nullptr) {
+    for (size_t l = 0; l < config.listeners.size(); ++l) {
+      auto it = retired->listeners.find(config.listeners[l].name);
+      if (it == retired->listeners.end()) {
+        continue;
+      }
+      addTotals(totals[l], it->second.totals);
+      for (size_t m = 0; m < config.listeners[l].mirrors.size(); ++m) {
+        auto mi = it->second.mirrors.find(config.listeners[l].mirrors[m].name);
+        if (mi != it->second.mirrors.end()) {
+          addMirror(totals[l].mirrors[m], mi->second);
+        }
       }
     }
   }
@@ -257,10 +405,10 @@ std::vector<MetricFamily> StatsCollector::collectGrelay() const {
                                MetricType::Counter);
 
   sample(buildInfo, {{"version", inputs_.version.empty() ? "unknown" : inputs_.version}}, 1);
-  if (!inputs_.relayPath.empty()) {
-    sample(pathInfo, {{"path", inputs_.relayPath}}, 1);
+  if (!relayPath.empty()) {
+    sample(pathInfo, {{"path", relayPath}}, 1);
   }
-  sample(workers, {}, asDouble(inputs_.workers.size()));
+  sample(workers, {}, asDouble(workerCount));
   sample(maxConnections, {}, config.server.max_connections);
 
   for (size_t l = 0; l < totals.size(); ++l) {

@@ -27,6 +27,9 @@ public:
 
 private:
   std::vector<prometheus::MetricFamily> collectGrelay() const;
+  std::vector<prometheus::MetricFamily> collectFrom(
+      const std::vector<StatsRegistry::Generation>& generations, const RetiredTotals* retired,
+      const std::string& relayPath) const;
 
   AdminInputs inputs_;
   std::optional<double> startTimeSeconds_;  // process_start_time_seconds, read once

@@ -97,5 +97,5 @@ int main(int argc, char** argv) {
     }
     return proxy::kExitConfig;
   }
-  return proxy::runServer(*loaded.config, relay::probeFeatures());
+  return proxy::runServer(std::move(*loaded.config), relay::probeFeatures());
 }

@@ -7,12 +7,17 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
+#include <grp.h>
+#include <pwd.h>
+
 #include <cerrno>
 #include <cstring>
 #include <future>
+#include <memory>
 #include <thread>
 
 #include "metrics/admin.h"
+#include "config/loader.h"
 #include "proxy/log.h"
 #include "proxy/sockets.h"
 #include "proxy/tap/layout.h"
@@ -72,104 +77,272 @@ int openTapFile(const config::ListenerConfig& l, uint32_t worker, std::string* p
   return fd < 0 ? -errno : fd;
 }
 
-void closeAll(std::vector<std::vector<int>>& listenFds, std::vector<std::vector<TapFile>>& taps) {
-  for (auto& fds : listenFds) {
-    for (int f : fds) {
-      ::close(f);
-    }
-    fds.clear();
+uint64_t nanos(config::Duration d) {
+  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(d).count());
+}
+
+bool sameAddress(const config::Address& a, const config::Address& b) {
+  return a.length == b.length && std::memcmp(&a.storage, &b.storage, a.length) == 0;
+}
+
+// Switches to `user` (after everything privileged is done). "" = stay.
+bool dropPrivileges(const std::string& user, std::string* error) {
+  if (user.empty()) {
+    return true;
   }
-  for (auto& ts : taps) {
-    for (auto& t : ts) {
-      if (t.fd >= 0) {
-        ::close(t.fd);
+  errno = 0;
+  passwd* pw = getpwnam(user.c_str());
+  if (pw == nullptr) {
+    *error = "[server] user '" + user + "': no such user" + (errno != 0 ? std::string(": ") + strerror(errno) : "");
+    return false;
+  }
+  if (geteuid() == pw->pw_uid) {
+    return true;
+  }
+  if (geteuid() != 0) {
+    *error = "[server] user '" + user + "': only root can switch users (running as uid " +
+             std::to_string(geteuid()) + ")";
+    return false;
+  }
+  if (initgroups(pw->pw_name, pw->pw_gid) != 0 || setgid(pw->pw_gid) != 0 ||
+      setuid(pw->pw_uid) != 0) {
+    *error = "[server] user '" + user + "': cannot switch: " + strerror(errno);
+    return false;
+  }
+  if (setuid(0) == 0) {
+    *error = "[server] user '" + user + "': root privileges could be regained; refusing to run";
+    return false;
+  }
+  GRELAY_LOG_INFO("running as user %s (uid %u, gid %u)", pw->pw_name,
+                  static_cast<unsigned>(pw->pw_uid), static_cast<unsigned>(pw->pw_gid));
+  return true;
+}
+
+// One configuration's workers, sockets, TLS contexts and stats. A reload starts a new
+// generation; the old one drains and is retired when its last session is gone.
+struct Generation {
+  std::shared_ptr<const config::Config> config;
+  config::RelayPath path = config::RelayPath::Mainline;
+  uint32_t workerCount = 1;
+  std::unique_ptr<Runtime> runtime;
+  std::unique_ptr<TlsContexts> tls;
+  std::vector<std::unique_ptr<metrics::WorkerStats>> stats;
+  std::vector<std::vector<int>> listenFds;  // [worker][listener], until the workers own them
+  std::vector<std::vector<int>> handover;   // the same numbers, owned by the workers
+  std::vector<std::vector<TapFile>> tapFiles;
+  std::vector<std::unique_ptr<Worker>> workers;
+  std::vector<std::thread> threads;
+  std::atomic<uint32_t> running{0};
+  bool draining = false;
+  uint64_t deadline = 0;  // 0 = drain without a deadline (a reload's old generation)
+
+  ~Generation() {
+    for (auto& t : threads) {
+      if (t.joinable()) {
+        t.join();
       }
     }
-    ts.clear();
+    workers.clear();
+    for (auto& fds : listenFds) {
+      for (int f : fds) {
+        if (f >= 0) {
+          ::close(f);
+        }
+      }
+    }
+    for (auto& ts : tapFiles) {
+      for (auto& t : ts) {
+        if (t.fd >= 0) {
+          ::close(t.fd);
+        }
+      }
+    }
+  }
+
+  void wakeAll() {
+    for (auto& w : workers) {
+      w->wake();
+    }
+  }
+  void drain(uint64_t until) {
+    draining = true;
+    deadline = until;
+    runtime->draining = true;
+    wakeAll();
+  }
+  void abort() {
+    runtime->draining = true;
+    runtime->aborting = true;
+    wakeAll();
+  }
+};
+
+// Builds everything a configuration needs before any worker runs; on failure returns
+// nullptr with *error set and leaves nothing open. `previous` hands over its listening
+// sockets for addresses it shares with `cfg` (they are dup'ed: both generations accept
+// from the same socket until the previous one stops).
+std::unique_ptr<Generation> buildGeneration(std::shared_ptr<const config::Config> cfg,
+                                            const relay::Features& features,
+                                            const Generation* previous, int* exitCode,
+                                            std::string* error) {
+  auto gen = std::make_unique<Generation>();
+  gen->config = cfg;
+  *exitCode = kExitConfig;
+  config::RelayPath path = cfg->server.relay_path;
+  if (path == config::RelayPath::Auto) {
+    path = features.autoPath();
+  } else if (std::string missing = features.pathMissing(path); !missing.empty()) {
+    *error = cfg->path + ": relay_path = \"" + config::toString(path) +
+             "\" is not available on this kernel (" + features.kernelRelease + "): " + missing;
+    return nullptr;
+  }
+  gen->path = path;
+  gen->runtime = std::make_unique<Runtime>(*cfg);
+  gen->runtime->path = path;
+
+  gen->tls = std::make_unique<TlsContexts>();
+  std::vector<std::string> tlsErrors;
+  if (!gen->tls->build(*cfg, features.ktls, &tlsErrors)) {
+    *error = tlsErrors.front();
+    for (size_t i = 1; i < tlsErrors.size(); ++i) {
+      *error += "\n" + tlsErrors[i];
+    }
+    return nullptr;
+  }
+  gen->runtime->tls = gen->tls.get();
+
+  uint32_t workers = cfg->server.workers;
+  if (workers == 0) {
+    long n = sysconf(_SC_NPROCESSORS_ONLN);
+    workers = n > 0 ? static_cast<uint32_t>(n) : 1;
+  }
+  gen->workerCount = workers;
+  gen->runtime->workers = workers;
+
+  gen->listenFds.assign(workers, std::vector<int>(cfg->listeners.size(), -1));
+  gen->tapFiles.resize(workers);
+  for (size_t li = 0; li < cfg->listeners.size(); ++li) {
+    const config::ListenerConfig& l = cfg->listeners[li];
+    int inherited = -1;
+    if (previous != nullptr) {
+      for (size_t pi = 0; pi < previous->config->listeners.size(); ++pi) {
+        if (sameAddress(previous->config->listeners[pi].listen, l.listen)) {
+          inherited = static_cast<int>(pi);
+        }
+      }
+    }
+    if (inherited < 0) {
+      if (int err = addressFree(l.listen); err < 0) {
+        *error = "listener " + l.name + ": cannot listen on " + l.listen.text + ": " +
+                 strerror(-err);
+        return nullptr;
+      }
+    }
+    for (uint32_t w = 0; w < workers; ++w) {
+      int fd;
+      if (inherited >= 0) {
+        int old = previous->handover[w % previous->workerCount][static_cast<size_t>(inherited)];
+        fd = ::fcntl(old, F_DUPFD_CLOEXEC, 0);
+        fd = fd < 0 ? -errno : fd;
+      } else {
+        fd = openListener(l.listen, kBacklog);
+      }
+      if (fd < 0) {
+        *error = "listener " + l.name + ": cannot listen on " + l.listen.text + ": " +
+                 strerror(-fd);
+        return nullptr;
+      }
+      gen->listenFds[w][li] = fd;
+    }
+  }
+  for (uint32_t w = 0; w < workers; ++w) {
+    for (const auto& l : cfg->listeners) {
+      TapFile tap;
+      if (l.tap) {
+        tap.fd = openTapFile(l, w, &tap.path);
+        if (tap.fd < 0) {
+          *error = "listener " + l.name + ": cannot create tap file " + tap.path + ": " +
+                   strerror(-tap.fd);
+          return nullptr;
+        }
+      }
+      gen->tapFiles[w].push_back(std::move(tap));
+    }
+  }
+  for (uint32_t w = 0; w < workers; ++w) {
+    auto ws = std::make_unique<metrics::WorkerStats>();
+    for (const auto& l : cfg->listeners) {
+      ws->listeners.push_back(std::make_unique<metrics::ListenerStats>(l.mirrors.size()));
+    }
+    gen->stats.push_back(std::move(ws));
+  }
+  *exitCode = kExitOk;
+  return gen;
+}
+
+// Starts the generation's workers; on failure stops what started and returns an exit code.
+int startGeneration(Generation& gen, std::string* error) {
+  for (uint32_t w = 0; w < gen.workerCount; ++w) {
+    gen.workers.push_back(std::make_unique<Worker>(*gen.runtime, w, *gen.stats[w],
+                                                   gen.listenFds[w], std::move(gen.tapFiles[w])));
+  }
+  gen.tapFiles.clear();
+  // The workers own the sockets now; the numbers stay known for a reload's hand-over.
+  gen.handover = std::move(gen.listenFds);
+  gen.listenFds.clear();
+  int startError = 0;
+  for (uint32_t w = 0; w < gen.workerCount && startError == 0; ++w) {
+    std::promise<int> ready;
+    std::future<int> result = ready.get_future();
+    gen.running.fetch_add(1);
+    gen.threads.emplace_back([&gen, w, p = std::move(ready)]() mutable {
+      gen.workers[w]->run(p);
+      gen.running.fetch_sub(1);
+    });
+    startError = result.get();
+  }
+  if (startError == 0) {
+    return kExitOk;
+  }
+  const bool noUring = startError == -EPERM || startError == -ENOSYS || startError == -EACCES;
+  *error = std::string("cannot start worker: ") +
+           (noUring ? relay::explainSetupError(startError) : strerror(-startError));
+  gen.abort();
+  for (auto& t : gen.threads) {
+    t.join();
+  }
+  gen.threads.clear();
+  return noUring ? kExitNoUring : kExitConfig;
+}
+
+void logGeneration(const Generation& gen) {
+  for (const auto& l : gen.config->listeners) {
+    GRELAY_LOG_INFO("listener %s on %s -> upstream %s (%zu mirror%s%s%s)", l.name.c_str(),
+                    l.listen.text.c_str(), l.upstream.c_str(), l.mirrors.size(),
+                    l.mirrors.size() == 1 ? "" : "s", l.tap ? ", tap" : "",
+                    l.tls ? ", TLS" : "");
   }
 }
 
 }  // namespace
 
-int runServer(const config::Config& cfg, const relay::Features& features) {
+int runServer(config::Config initial, const relay::Features& features) {
   if (!features.uringAvailable) {
     GRELAY_LOG_ERROR("io_uring is unavailable: %s", features.unavailableWhy.c_str());
     return kExitNoUring;
   }
-  Runtime runtime(cfg);
-  config::RelayPath path = cfg.server.relay_path;
-  if (path == config::RelayPath::Auto) {
-    path = features.autoPath();
-  } else if (std::string missing = features.pathMissing(path); !missing.empty()) {
-    GRELAY_LOG_ERROR("%s: relay_path = \"%s\" is not available on this kernel (%s): %s",
-                     cfg.path.c_str(), config::toString(path), features.kernelRelease.c_str(),
-                     missing.c_str());
-    return kExitConfig;
-  }
-  runtime.path = path;
-
-  TlsContexts tls;
-  std::vector<std::string> tlsErrors;
-  if (!tls.build(cfg, features.ktls, &tlsErrors)) {
-    for (const auto& e : tlsErrors) {
-      GRELAY_LOG_ERROR("%s", e.c_str());
-    }
-    return kExitConfig;
-  }
-  runtime.tls = &tls;
-
-  uint32_t workers = cfg.server.workers;
-  if (workers == 0) {
-    long n = sysconf(_SC_NPROCESSORS_ONLN);
-    workers = n > 0 ? static_cast<uint32_t>(n) : 1;
-  }
-  runtime.workers = workers;
   raiseFileLimit();
-
-  // Listening sockets: one per worker and listener (SO_REUSEPORT spreads connections).
-  for (const auto& l : cfg.listeners) {
-    if (int err = addressFree(l.listen); err < 0) {
-      GRELAY_LOG_ERROR("listener %s: cannot listen on %s: %s", l.name.c_str(),
-                       l.listen.text.c_str(), strerror(-err));
-      return kExitConfig;
-    }
-  }
-  std::vector<std::vector<int>> listenFds(workers);
-  std::vector<std::vector<TapFile>> tapFiles(workers);
-  for (uint32_t w = 0; w < workers; ++w) {
-    for (const auto& l : cfg.listeners) {
-      int fd = openListener(l.listen, kBacklog);
-      if (fd < 0) {
-        GRELAY_LOG_ERROR("listener %s: cannot listen on %s: %s", l.name.c_str(),
-                         l.listen.text.c_str(), strerror(-fd));
-        closeAll(listenFds, tapFiles);
-        return kExitConfig;
-      }
-      listenFds[w].push_back(fd);
-      TapFile tap;
-      if (l.tap) {
-        tap.fd = openTapFile(l, w, &tap.path);
-        if (tap.fd < 0) {
-          GRELAY_LOG_ERROR("listener %s: cannot create tap file %s: %s", l.name.c_str(),
-                           tap.path.c_str(), strerror(-tap.fd));
-          closeAll(listenFds, tapFiles);
-          return kExitConfig;
-        }
-      }
-      tapFiles[w].push_back(std::move(tap));
-    }
+  auto cfg = std::make_shared<const config::Config>(std::move(initial));
+  int exitCode = kExitOk;
+  std::string error;
+  std::unique_ptr<Generation> current =
+      buildGeneration(cfg, features, nullptr, &exitCode, &error);
+  if (!current) {
+    GRELAY_LOG_ERROR("%s", error.c_str());
+    return exitCode;
   }
 
-  std::vector<std::unique_ptr<metrics::WorkerStats>> stats;
-  for (uint32_t w = 0; w < workers; ++w) {
-    auto ws = std::make_unique<metrics::WorkerStats>();
-    for (const auto& l : cfg.listeners) {
-      ws->listeners.push_back(std::make_unique<metrics::ListenerStats>(l.mirrors.size()));
-    }
-    stats.push_back(std::move(ws));
-  }
-
-  // Signals are taken synchronously by this thread only; workers and the admin
+  // Signals are taken synchronously by this thread only; the workers and the admin
   // server's threads (created below) inherit the blocked mask.
   sigset_t signals;
   sigemptyset(&signals);
@@ -179,105 +352,154 @@ int runServer(const config::Config& cfg, const relay::Features& features) {
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   ::signal(SIGPIPE, SIG_IGN);
 
-  std::unique_ptr<metrics::AdminServer> admin;
-  if (cfg.admin.listen) {
-    metrics::AdminInputs inputs;
-    inputs.config = &cfg;
-    for (auto& s : stats) {
-      inputs.workers.push_back(s.get());
+  metrics::StatsRegistry registry;
+  auto publish = [&registry](const Generation& gen) {
+    std::vector<const metrics::WorkerStats*> ws;
+    for (auto& s : gen.stats) {
+      ws.push_back(s.get());
     }
-    inputs.relayPath = config::toString(path);
+    registry.add(gen.config, std::move(ws), config::toString(gen.path));
+  };
+  publish(*current);
+
+  std::unique_ptr<metrics::AdminServer> admin;
+  if (cfg->admin.listen) {
+    metrics::AdminInputs inputs;
+    inputs.config = cfg.get();
+    inputs.registry = &registry;
     inputs.version = GRELAY_VERSION;
-    std::string error;
     admin = metrics::startAdmin(inputs, &error);
     if (!admin) {
       GRELAY_LOG_ERROR("%s", error.c_str());
-      closeAll(listenFds, tapFiles);
       return kExitConfig;
     }
   }
+  // Everything privileged (binding, creating tap files) is done.
+  if (!dropPrivileges(cfg->server.user, &error)) {
+    GRELAY_LOG_ERROR("%s", error.c_str());
+    return kExitConfig;
+  }
+  exitCode = startGeneration(*current, &error);
+  if (exitCode != kExitOk) {
+    GRELAY_LOG_ERROR("%s", error.c_str());
+    return exitCode;
+  }
+  logGeneration(*current);
+  GRELAY_LOG_INFO("grelay %s running: %u worker%s, relay path %s%s%s", GRELAY_VERSION,
+                  current->workerCount, current->workerCount == 1 ? "" : "s",
+                  config::toString(current->path), cfg->admin.listen ? ", metrics on http://" : "",
+                  cfg->admin.listen ? (cfg->admin.listen->text + "/metrics").c_str() : "");
 
-  std::vector<std::unique_ptr<Worker>> pool;
-  std::vector<std::thread> threads;
-  std::atomic<uint32_t> running{0};
-  int startError = 0;
-  for (uint32_t w = 0; w < workers; ++w) {
-    pool.push_back(std::make_unique<Worker>(runtime, w, *stats[w], std::move(listenFds[w]),
-                                            std::move(tapFiles[w])));
-  }
-  for (uint32_t w = 0; w < workers && startError == 0; ++w) {
-    std::promise<int> ready;
-    std::future<int> result = ready.get_future();
-    running.fetch_add(1);
-    threads.emplace_back([&, w, p = std::move(ready)]() mutable {
-      pool[w]->run(p);
-      running.fetch_sub(1);
-    });
-    startError = result.get();
-  }
-  if (startError != 0) {
-    const bool noUring = startError == -EPERM || startError == -ENOSYS || startError == -EACCES;
-    GRELAY_LOG_ERROR("cannot start worker: %s", noUring ? relay::explainSetupError(startError).c_str()
-                                                        : strerror(-startError));
-    runtime.draining = true;
-    runtime.aborting = true;
-    for (auto& w : pool) {
-      w->wake();
+  std::vector<std::unique_ptr<Generation>> old;  // draining after a reload
+  bool stopping = false;
+  auto all = [&](auto&& f) {
+    f(*current);
+    for (auto& g : old) {
+      f(*g);
     }
-    for (auto& t : threads) {
-      t.join();
+  };
+
+  auto reload = [&]() {
+    const std::string path = current->config->path;
+    config::LoadResult loaded = config::loadFile(path);
+    if (!loaded.config) {
+      GRELAY_LOG_ERROR("SIGHUP: %s is invalid; keeping the running configuration:", path.c_str());
+      for (const auto& e : loaded.errors) {
+        GRELAY_LOG_ERROR("  %s", e.toString().c_str());
+      }
+      return;
     }
-    return noUring ? kExitNoUring : kExitConfig;
-  }
+    const config::Config& next = *loaded.config;
+    const auto& before = current->config->admin.listen;
+    if (next.admin.listen.has_value() != before.has_value() ||
+        (before && !sameAddress(*before, *next.admin.listen))) {
+      GRELAY_LOG_WARN("SIGHUP: [admin] listen changes need a restart; metrics stay on %s",
+                      before ? before->text.c_str() : "(none)");
+    }
+    if (next.server.user != current->config->server.user) {
+      GRELAY_LOG_WARN("SIGHUP: [server] user changes need a restart");
+    }
+    auto nextCfg = std::make_shared<const config::Config>(std::move(*loaded.config));
+    int code = kExitOk;
+    std::string why;
+    std::unique_ptr<Generation> gen = buildGeneration(nextCfg, features, current.get(), &code, &why);
+    if (!gen) {
+      GRELAY_LOG_ERROR("SIGHUP: cannot apply %s; keeping the running configuration: %s",
+                       path.c_str(), why.c_str());
+      return;
+    }
+    publish(*gen);
+    if (startGeneration(*gen, &why) != kExitOk) {
+      registry.retire(gen->config.get());
+      GRELAY_LOG_ERROR("SIGHUP: cannot start the new workers; keeping the running "
+                       "configuration: %s",
+                       why.c_str());
+      return;
+    }
+    // The new generation accepts; the old one stops accepting and finishes its sessions.
+    current->drain(0);
+    old.push_back(std::move(current));
+    current = std::move(gen);
+    logGeneration(*current);
+    GRELAY_LOG_INFO("SIGHUP: reloaded %s: %u worker%s, relay path %s; %zu older "
+                    "generation%s finishing their sessions",
+                    path.c_str(), current->workerCount, current->workerCount == 1 ? "" : "s",
+                    config::toString(current->path), old.size(), old.size() == 1 ? "" : "s");
+  };
 
-  for (const auto& l : cfg.listeners) {
-    GRELAY_LOG_INFO("listener %s on %s -> upstream %s (%zu mirror%s%s)", l.name.c_str(),
-                    l.listen.text.c_str(), l.upstream.c_str(), l.mirrors.size(),
-                    l.mirrors.size() == 1 ? "" : "s", l.tap ? ", tap" : "");
-  }
-  GRELAY_LOG_INFO("grelay %s running: %u worker%s, relay path %s%s%s", GRELAY_VERSION, workers,
-                  workers == 1 ? "" : "s", config::toString(path),
-                  cfg.admin.listen ? ", metrics on http://" : "",
-                  cfg.admin.listen ? (cfg.admin.listen->text + "/metrics").c_str() : "");
-
-  // Wait for a signal, then drain up to drain_timeout, then reset what is left.
-  bool draining = false;
-  uint64_t deadline = 0;
-  while (running.load() > 0) {
+  while (true) {
     timespec tick{0, 100 * 1000 * 1000};
     int sig = sigtimedwait(&signals, nullptr, &tick);
     if (sig == SIGHUP) {
-      GRELAY_LOG_WARN("SIGHUP: configuration reload is not supported yet; restart grelay to apply changes");
-      continue;
-    }
-    if (sig == SIGINT || sig == SIGTERM) {
-      if (!draining) {
-        draining = true;
-        deadline = monotonicNanos() + static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(cfg.server.drain_timeout).count());
+      if (stopping) {
+        GRELAY_LOG_WARN("SIGHUP while stopping: ignored");
+      } else {
+        reload();
+      }
+    } else if (sig == SIGINT || sig == SIGTERM) {
+      if (!stopping) {
+        stopping = true;
+        const config::Duration d = current->config->server.drain_timeout;
         GRELAY_LOG_INFO("%s: no longer accepting; draining sessions for up to %lld ms",
-                        sig == SIGINT ? "SIGINT" : "SIGTERM",
-                        static_cast<long long>(cfg.server.drain_timeout.count()));
-        runtime.draining = true;
+                        sig == SIGINT ? "SIGINT" : "SIGTERM", static_cast<long long>(d.count()));
+        const uint64_t until = monotonicNanos() + nanos(d);
+        all([until](Generation& g) { g.drain(until); });
       } else {
         GRELAY_LOG_INFO("second signal: resetting open sessions now");
-        runtime.aborting = true;
-      }
-      for (auto& w : pool) {
-        w->wake();
+        all([](Generation& g) { g.abort(); });
       }
     }
-    if (draining && !runtime.aborting && monotonicNanos() >= deadline) {
+    const uint64_t now = monotonicNanos();
+    bool deadlinePassed = false;
+    all([&](Generation& g) {
+      if (g.deadline != 0 && now >= g.deadline && !g.runtime->aborting) {
+        deadlinePassed = true;
+        g.abort();
+      }
+    });
+    if (deadlinePassed) {
       GRELAY_LOG_WARN("drain_timeout reached: resetting the sessions still open");
-      runtime.aborting = true;
-      for (auto& w : pool) {
-        w->wake();
+    }
+    // Retire the generations whose workers have all finished.
+    for (auto it = old.begin(); it != old.end();) {
+      if ((*it)->running.load() == 0) {
+        registry.retire((*it)->config.get());
+        it = old.erase(it);
+        GRELAY_LOG_INFO("an older configuration generation finished its last session");
+      } else {
+        ++it;
       }
     }
-  }
-  for (auto& t : threads) {
-    t.join();
+    if (stopping && current->running.load() == 0 && old.empty()) {
+      break;
+    }
+    if (!stopping && current->running.load() == 0) {
+      GRELAY_LOG_ERROR("every worker stopped unexpectedly");
+      break;
+    }
   }
   admin.reset();
+  current.reset();
   GRELAY_LOG_INFO("stopped");
   return 0;
 }
