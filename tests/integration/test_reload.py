@@ -1,0 +1,161 @@
+#!/usr/bin/env python3
+"""SIGHUP reloads the configuration without dropping open sessions: listener, upstream
+and mirror changes apply to new sessions, sessions already open finish byte-exact on the
+old configuration, a broken file keeps the running configuration, TLS certificates are
+reloaded, counters continue; and [server] user drops root after binding."""
+
+import os
+import pwd
+import signal
+import ssl
+import threading
+import time
+
+import harness as h
+
+
+def write(path, text):
+    with open(path, "w") as f:
+        f.write(h.inject_server_defaults(text))
+
+
+class ReloadTest(h.GrelayTest):
+    def reload(self, g, expect):
+        before = g.log().count(expect)
+        g.send_signal(signal.SIGHUP)
+        self.assertTrue(h.wait_for(lambda: g.log().count(expect) > before, 10),
+                        f"no '{expect}' after SIGHUP:\n{g.log_tail()}")
+
+    def test_reload_applies_changes_and_keeps_open_sessions(self):
+        with h.EchoServer() as echo_a, h.EchoServer() as echo_b, h.SinkServer() as sink:
+            cfg = h.Config()
+            cfg.upstream("app", [echo_a.address])
+            admin = cfg.with_admin()
+            port = cfg.listener("web", "app")
+            g = h.Grelay(cfg).start()
+            # A long session, streaming across the reload.
+            long_result = {}
+
+            def long_session():
+                long_result["r"] = h.stream_session(port, h.Stream(7, 6 * h.MiB),
+                                                    send_pause=0.05, timeout=60)
+
+            t = threading.Thread(target=long_session)
+            t.start()
+            time.sleep(0.5)
+
+            port2 = h.free_port()
+            write(g.config_path, cfg.render().replace(echo_a.address, echo_b.address) + f"""
+[[listener]]
+name = "second"
+listen = "127.0.0.1:{port2}"
+upstream = "app"
+
+  [[listener.mirror]]
+  name = "copy"
+  address = "{sink.address}"
+""")
+            self.reload(g, "SIGHUP: reloaded")
+            g.addresses.append(("127.0.0.1", port2))
+            # New sessions use the new upstream; the new listener and its mirror work.
+            r = h.stream_session(port, h.Stream(1, 256 * h.KiB))
+            self.assertTrue(r.ok, str(r))
+            r2 = h.stream_session(port2, h.Stream(2, 300 * h.KiB))
+            self.assertTrue(r2.ok, str(r2))
+            self.assertTrue(h.wait_for(lambda: len(echo_b.conns) >= 2, 5),
+                            "new sessions did not go to the new upstream")
+            self.assertTrue(h.wait_for(lambda: any(c.received == 300 * h.KiB
+                                                   for c in sink.conns), 5),
+                            "the new mirror did not get the new listener's bytes")
+            t.join(60)
+            self.assertTrue(long_result["r"].ok, f"session open across the reload: {long_result['r']}")
+            self.assertEqual(len(echo_a.conns), 1, "only the long session used the old upstream")
+            # The old generation retires once its session ended; counters continue.
+            self.assertTrue(h.wait_for(lambda: "older configuration generation finished" in g.log(), 10))
+            m = h.parse_metrics(h.scrape_metrics(admin))
+            self.assertEqual(m[("grelay_connections_total", (("listener", "web"),))], 2)
+            self.assertEqual(m[("grelay_connections_total", (("listener", "second"),))], 1)
+            g.stop()
+
+    def test_invalid_file_keeps_the_running_configuration(self):
+        with h.EchoServer() as echo:
+            cfg = h.Config()
+            cfg.upstream("app", [echo.address])
+            port = cfg.listener("web", "app")
+            g = h.Grelay(cfg).start()
+            good = open(g.config_path).read()
+            write(g.config_path, good + "\nbogus_key = 1\n")
+            self.reload(g, "keeping the running configuration")
+            self.assertIn("unknown key 'bogus_key'", g.log())
+            r = h.stream_session(port, h.Stream(3, 128 * h.KiB))
+            self.assertTrue(r.ok, str(r))
+            # An address already taken by someone else: refused as a whole, still serving.
+            with h.EchoServer() as squatter:
+                write(g.config_path, good + f"""
+[[listener]]
+name = "taken"
+listen = "{squatter.address}"
+upstream = "app"
+""")
+                self.reload(g, "cannot apply")
+            r = h.stream_session(port, h.Stream(4, 128 * h.KiB))
+            self.assertTrue(r.ok, str(r))
+            g.stop()
+
+    def test_tls_certificates_are_reloaded(self):
+        certs = h.Certs()
+        self.addCleanup(certs.cleanup)
+        first, second = certs.server, certs.upstream  # both for localhost, different keys
+        with h.EchoServer() as echo:
+            cfg = h.Config()
+            cfg.upstream("app", [echo.address])
+            port = cfg.listener("web", "app", tls={"cert": first[0], "key": first[1]})
+            g = h.Grelay(cfg).start()
+
+            def serial():
+                ctx = ssl.create_default_context(cafile=certs.ca)
+                with ctx.wrap_socket(h.connect(port), server_hostname="localhost") as s:
+                    return s.getpeercert()["serialNumber"]
+
+            s1 = serial()
+            write(g.config_path, open(g.config_path).read().replace(first[0], second[0])
+                  .replace(first[1], second[1]))
+            self.reload(g, "SIGHUP: reloaded")
+            s2 = serial()
+            self.assertNotEqual(s1, s2, "the new certificate is not served after SIGHUP")
+            g.stop()
+
+
+class UserTest(h.GrelayTest):
+    def test_drops_root_after_binding(self):
+        if os.geteuid() != 0:
+            self.skipTest("needs root to switch users")
+        try:
+            nobody = pwd.getpwnam("nobody")
+        except KeyError:
+            self.skipTest("no user 'nobody'")
+        with h.EchoServer() as echo:
+            cfg = h.Config(user="nobody")
+            cfg.upstream("app", [echo.address])
+            port = cfg.listener("web", "app")
+            g = h.Grelay(cfg).start()
+            with open(f"/proc/{g.pid}/status") as f:
+                uids = [line for line in f if line.startswith("Uid:")][0].split()[1:]
+            self.assertEqual({int(u) for u in uids}, {nobody.pw_uid}, "real/effective/saved uid")
+            r = h.stream_session(port, h.Stream(5, 512 * h.KiB))
+            self.assertTrue(r.ok, str(r))
+            g.stop()
+
+    def test_unknown_user_is_a_startup_error(self):
+        with h.EchoServer() as echo:
+            cfg = h.Config(user="no-such-user-here")
+            cfg.upstream("app", [echo.address])
+            cfg.listener("web", "app")
+            g = h.Grelay(cfg, expect_exit=1)
+            g.start(wait=False)
+            self.assertEqual(g.wait_exit(10), 1)
+            self.assertIn("no such user", g.log())
+
+
+if __name__ == "__main__":
+    h.main()
