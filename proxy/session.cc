@@ -123,7 +123,7 @@ void Peer::onSend(int32_t res, uint32_t) noexcept {
   }
   if (!queue_.empty()) {
     sendNext();
-  } else if (finWanted_ && !finSent_) {
+  } else if (finWanted_ && !finSent_ && groupSends_ == 0) {
     sendFin();
   }
   if (kind_ == Kind::Mirror && session_.closing()) {

@@ -262,9 +262,13 @@ void Worker::Acceptor::onAccept(int32_t res, uint32_t flags) noexcept {
   } else if (res != -ECANCELED && res != -EAGAIN && res != -EINTR) {
     uint64_t suppressed = 0;
     if (worker.runtime_.acceptErrorLog.allow(worker.now_, &suppressed)) {
-      GRELAY_LOG_WARN("listener %s: accept failed: %s (%llu more not logged in the last minute)",
-                      context.config->name.c_str(), strerror(-res),
-                      static_cast<unsigned long long>(suppressed));
+      char more[64] = "";
+      if (suppressed > 0) {
+        snprintf(more, sizeof(more), " (%llu more not logged in the last minute)",
+                 static_cast<unsigned long long>(suppressed));
+      }
+      GRELAY_LOG_WARN("listener %s: accept failed: %s%s", context.config->name.c_str(),
+                      strerror(-res), more);
     }
   }
   if (!more && !worker.drainStarted_) {
