@@ -20,6 +20,10 @@ Pieces:
   slow_reader()      a client that reads a little every few ms
   EchoServer, SinkServer, FloodServer, ResetServer, StallServer, RefusingPort, Blackhole
   NginxServer, run_wrk()
+  TLS: Certs (CA, server, expired, self-signed, wrong-host certificates made with the
+       openssl CLI), tls_client_context(), tls_server_context(), tls_stream_session()
+       (stream_session over TLS, close_notify half-close), TlsEchoServer (records SNI),
+       tap_session_flags() (SessionOpen flags of .gtap files), tshark_follow()
   GrelayTest         unittest.TestCase that prints grelay's log when a test fails
   main()             runs a test module: exit 0 pass, 77 all skipped, 1 failure
 """

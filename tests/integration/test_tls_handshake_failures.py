@@ -19,7 +19,6 @@ import socket
 import ssl
 import subprocess
 import threading
-import time
 import warnings
 
 import harness as h
@@ -31,9 +30,8 @@ OLD = {"TLSv1": ssl.TLSVersion.TLSv1, "TLSv1.1": ssl.TLSVersion.TLSv1_1}
 
 def old_client_context(version: str) -> ssl.SSLContext:
     """A client that offers exactly `version` (TLSv1 / TLSv1.1) and nothing newer."""
-    ctx = h.tls_client_context(verify=False, minimum=OLD[version], maximum=OLD[version],
-                               ciphers="DEFAULT@SECLEVEL=0")
-    return ctx
+    return h.tls_client_context(verify=False, minimum=OLD[version], maximum=OLD[version],
+                                ciphers="DEFAULT@SECLEVEL=0")
 
 
 def control_handshake(certs: h.Certs, client: ssl.SSLContext) -> str:

@@ -7,6 +7,7 @@
   shows the plaintext of both directions, and the tap's SessionOpen record carries the
   TLS-terminated flag (read from the .gtap file itself: `grelay tap export` does not
   print session flags); a plaintext listener's session does not carry it.
+- A stalled mirror on a TLS listener is cut; the TLS session completes byte for byte.
 """
 
 import os
@@ -70,6 +71,25 @@ class TlsMirrorTapTest(h.GrelayTest):
                     self.assertTrue(c.complete, f"mirror, session {seed}: {c.describe()}")
                     got.add(seed)
                 self.assertEqual(got, set(streams))
+
+    def test_stalled_mirror_is_cut_and_the_tls_session_completes(self):
+        # A mirror that never reads holds the decrypted chunks given to it. When they use
+        # up the copy path's buffers, the mirror must be cut (as on the plaintext paths),
+        # never the primary session.
+        data = h.Stream(6150, h.scaled(16 * h.MiB, 8 * h.MiB))
+        with h.EchoServer() as echo, h.StallServer() as stalled:
+            cfg = h.Config(workers=1, buffer_pool="1MiB")
+            cfg.with_admin()
+            cfg.upstream("app", [echo.address])
+            port = cfg.listener("tls", "app", tls=self.tls(),
+                                mirrors=[{"name": "stalled", "address": stalled.address}])
+            with h.Grelay(cfg) as g:
+                r = h.tls_stream_session(port, data, context=h.tls_client_context(self.certs.ca),
+                                         timeout=30)
+                self.assertTrue(r.ok, f"the TLS session suffered from a stalled mirror: {r}")
+                self.assertEqual(g.metric("grelay_mirror_cuts_total", listener="tls",
+                                          mirror="stalled"), 1)
+                self.assertEqual(g.metric("grelay_session_resets_total", listener="tls"), 0)
 
     def _export(self, tap_dir: str) -> str:
         pcap = os.path.join(self.tmp, "out.pcap")

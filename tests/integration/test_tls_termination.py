@@ -10,6 +10,8 @@ Certificates are made at test time with the openssl CLI (harness.Certs).
   client's close_notify answered by grelay's close_notify and FIN; the handshakes are
   counted and the decrypted request chunks count under path="copy" (no kTLS on this host:
   grelay_ktls_sessions_total stays 0 unless the kernel has the tls ULP).
+- Resets propagate both ways: an upstream reset reaches the TLS client as a TCP reset
+  (no close_notify); a TLS client's reset reaches the upstream after the bytes it sent.
 """
 
 import random
@@ -129,6 +131,35 @@ class TlsTerminationTest(h.GrelayTest):
                                    0)
                 self.assertEqual(g.metric("grelay_chunks_total", listener="tls",
                                           path="mainline"), 0)
+
+    def test_resets_propagate_both_ways(self):
+        import socket
+        import struct
+        ctx = h.tls_client_context(self.certs.ca)
+        with h.ResetServer(after=100 * h.KiB, reply=b"hi") as resetter, \
+                h.SinkServer(keep="count") as sink:
+            cfg = h.Config()
+            cfg.upstream("resetter", [resetter.address])
+            cfg.upstream("sink", [sink.address])
+            p_up = cfg.listener("upstream_resets", "resetter", tls=tls_listener(self.certs))
+            p_client = cfg.listener("client_resets", "sink", tls=tls_listener(self.certs))
+            with h.Grelay(cfg):
+                # The upstream resets: the TLS client sees a TCP reset, no close_notify.
+                r = h.tls_stream_session(p_up, h.Stream(12, h.MiB), context=ctx, expect=None,
+                                         keep=True, timeout=10)
+                self.assertEqual(r.end, "reset", str(r))
+                self.assertFalse(r.close_notify, str(r))
+                self.assertEqual(r.data, b"hi")
+                # The client resets: the upstream sees a reset after the decrypted bytes.
+                s = socket.create_connection(("127.0.0.1", p_client), timeout=10)
+                t = ctx.wrap_socket(s, server_hostname="localhost")
+                t.sendall(b"x" * 50000)
+                self.assertTrue(h.wait_for(lambda: sink.conns and sink.conns[0].received ==
+                                           50000, 10))
+                t.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+                t.close()
+                self.assertTrue(sink.wait_connections(1, timeout=10))
+                self.assertEqual((sink.conns[0].received, sink.conns[0].end), (50000, "reset"))
 
 
 if __name__ == "__main__":
