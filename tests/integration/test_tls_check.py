@@ -10,6 +10,7 @@ value. A config with every TLS key set correctly passes.
 
 import os
 import re
+import shutil
 import tempfile
 
 import harness as h
@@ -54,6 +55,7 @@ class TlsCheckTest(h.GrelayTest):
         if self.certs is None:
             self.skipTest(h.Certs.available())
         self.dir = tempfile.mkdtemp(prefix="grelay-tls-check-")
+        self.addCleanup(shutil.rmtree, self.dir, True)
         self.garbage = os.path.join(self.dir, "garbage.pem")
         with open(self.garbage, "w") as f:
             f.write("-----BEGIN CERTIFICATE-----\nnot base64 at all !!!\n"
