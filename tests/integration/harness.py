@@ -378,7 +378,7 @@ class Grelay:
     instances: list["Grelay"] = []  # every instance of this process, for failure reports
 
     def __init__(self, config, *, args=(), env=None, ready_timeout: float = 15.0,
-                 expect_exit: int | None = 0):
+                 expect_exit: int | None = 0, preexec_fn=None):
         self.dir = tempfile.mkdtemp(prefix="grelay-it-")
         self.admin_port: int | None = None
         if isinstance(config, Config):
@@ -399,6 +399,7 @@ class Grelay:
         self.env = env
         self.ready_timeout = ready_timeout
         self.expect_exit = expect_exit
+        self.preexec_fn = preexec_fn  # runs in the child before exec (e.g. setrlimit)
         self.proc: subprocess.Popen | None = None
         self.exit_code: int | None = None
         self.signals_sent: list = []
@@ -415,7 +416,8 @@ class Grelay:
         self._logf = open(self.log_path, "wb")
         self.proc = subprocess.Popen([GRELAY_BIN, "-c", self.config_path, *self.args],
                                      stdin=subprocess.DEVNULL, stdout=self._logf,
-                                     stderr=subprocess.STDOUT, env=env, cwd=self.dir)
+                                     stderr=subprocess.STDOUT, env=env, cwd=self.dir,
+                                     preexec_fn=self.preexec_fn)
         if wait:
             self.wait_ready()
         return self
@@ -1722,3 +1724,287 @@ def tshark_follow(pcap: str, stream: int = 0) -> tuple[bytes, bytes]:
             continue
         sides[1 if line.startswith("\t") else 0] += bytes.fromhex(line.strip())
     return bytes(sides[0]), bytes(sides[1])
+
+
+# ----------------------------------------------------------------------------------------
+# Fault injection, many idle connections, long runs (test_faults, test_idle_connections,
+# test_soak)
+
+
+class BackgroundSessions:
+    """Byte-exact echo sessions run back to back, `parallel` at a time, until stop(): the
+    healthy traffic that must go on through grelay while a test injects a fault elsewhere.
+    Each session sends Stream(seed, size) and checks what comes back (stream_session()).
+
+        with h.BackgroundSessions(port) as bg:
+            ... inject the fault ...
+        bg.assert_healthy(self)          # every session ok, at least `minimum` of them
+    """
+
+    def __init__(self, port: int, *, size: int = 256 * KiB, parallel: int = 2,
+                 seed_base: int = 7_000_000, timeout: float = 30.0, pause: float = 0.0,
+                 **session_kw):
+        self.port = port
+        self.size = size
+        self.parallel = parallel
+        self.timeout = timeout
+        self.pause = pause
+        self.session_kw = session_kw
+        self.results: list[SessionResult] = []
+        self._seed = seed_base
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def __enter__(self) -> "BackgroundSessions":
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+    def start(self) -> "BackgroundSessions":
+        for _ in range(self.parallel):
+            t = threading.Thread(target=self._loop, daemon=True)
+            t.start()
+            self._threads.append(t)
+        return self
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            with self._lock:
+                self._seed += 1
+                seed = self._seed
+            r = stream_session(self.port, Stream(seed, self.size), timeout=self.timeout,
+                               index=seed, **self.session_kw)
+            with self._lock:
+                self.results.append(r)
+            if self.pause:
+                self._stop.wait(self.pause)
+
+    def stop(self) -> list[SessionResult]:
+        self._stop.set()
+        for t in self._threads:
+            t.join(self.timeout + 10)
+        self._threads = []
+        return self.results
+
+    @property
+    def failures(self) -> list[SessionResult]:
+        with self._lock:
+            return [r for r in self.results if not r.ok]
+
+    def completed(self) -> int:
+        with self._lock:
+            return sum(1 for r in self.results if r.ok)
+
+    def assert_healthy(self, test: unittest.TestCase, minimum: int = 1) -> None:
+        self.stop()
+        bad = self.failures
+        test.assertFalse(bad, f"{len(bad)} of {len(self.results)} healthy sessions failed; "
+                              f"first: {bad[0] if bad else ''}")
+        test.assertGreaterEqual(len(self.results), minimum,
+                                f"only {len(self.results)} healthy sessions ran")
+
+
+_SINK_PROCESS = r"""
+import socket, sys, threading, time
+delay = float(sys.argv[1])
+s = socket.socket()
+s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+s.bind(("127.0.0.1", 0))
+s.listen(1024)
+print(s.getsockname()[1], flush=True)
+def drain(c):
+    while True:
+        try:
+            d = c.recv(65536)
+        except OSError:
+            return
+        if not d:
+            return
+        if delay:
+            time.sleep(delay)
+while True:
+    c, _ = s.accept()
+    threading.Thread(target=drain, args=(c,), daemon=True).start()
+"""
+
+
+class KillableSink:
+    """A sink (reads and discards) in its own python3 process, so a test can kill -9 it the
+    way a crashing mirror dies: the kernel closes its sockets (RST where bytes were unread).
+    `read_delay` seconds of sleep after every read keeps bytes unread."""
+
+    def __init__(self, read_delay: float = 0.0):
+        self.proc = subprocess.Popen([sys.executable, "-c", _SINK_PROCESS, str(read_delay)],
+                                     stdout=subprocess.PIPE, stdin=subprocess.DEVNULL)
+        line = self.proc.stdout.readline()
+        if not line:
+            raise RuntimeError("the sink process did not start")
+        self.port = int(line)
+        self.address = f"127.0.0.1:{self.port}"
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.kill()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+
+
+class EpollEchoServer:
+    """An echo server for thousands of connections in one thread (selectors/epoll), where
+    EchoServer's thread per connection would not scale. Counts accepted and open
+    connections and bytes echoed."""
+
+    def __init__(self, host: str = "127.0.0.1", backlog: int = 4096):
+        import selectors
+        self._sel = selectors.DefaultSelector()
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((host, 0))
+        self.sock.listen(backlog)
+        self.sock.setblocking(False)
+        self.host, self.port = self.sock.getsockname()[:2]
+        self.address = f"{self.host}:{self.port}"
+        self.accepted = 0
+        self.open = 0
+        self.echoed = 0
+        self._stop = False
+        self._sel.register(self.sock, selectors.EVENT_READ, None)
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def _loop(self) -> None:
+        import selectors
+        while not self._stop:
+            for key, _ in self._sel.select(0.1):
+                if key.data is None:
+                    while True:
+                        try:
+                            c, _ = self.sock.accept()
+                        except (BlockingIOError, OSError):
+                            break
+                        c.setblocking(False)
+                        self._sel.register(c, selectors.EVENT_READ, "conn")
+                        self.accepted += 1
+                        self.open += 1
+                    continue
+                c = key.fileobj
+                try:
+                    d = c.recv(65536)
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError:
+                    d = b""
+                if d:
+                    try:
+                        c.sendall(d)  # small messages: fits the send buffer
+                        self.echoed += len(d)
+                        continue
+                    except OSError:
+                        pass
+                self._sel.unregister(c)
+                c.close()
+                self.open -= 1
+
+    def stop(self) -> None:
+        self._stop = True
+        self._thread.join(5)
+        for key in list(self._sel.get_map().values()):
+            key.fileobj.close()
+        self._sel.close()
+
+
+def process_cpu_seconds(pid: int) -> float:
+    """utime + stime of a process (all threads), in seconds."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def open_fd_count(pid: int) -> int:
+    return len(os.listdir(f"/proc/{pid}/fd"))
+
+
+def raise_nofile(n: int) -> int:
+    """Raises this process's soft RLIMIT_NOFILE to at least n (up to the hard limit);
+    returns the soft limit now in force."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    want = n if hard == resource.RLIM_INFINITY else min(n, hard)
+    if soft != resource.RLIM_INFINITY and soft < want:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
+        soft = want
+    return soft
+
+
+class Tmpfs:
+    """A tmpfs of `size` (mount -t tmpfs -o size=SIZE) on a fresh temp dir; needs root.
+    Tmpfs.mount("2m") returns (Tmpfs, "") or (None, why it could not be mounted)."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    @staticmethod
+    def mount(size: str) -> "tuple[Tmpfs | None, str]":
+        path = tempfile.mkdtemp(prefix="grelay-tmpfs-")
+        if not shutil.which("mount"):
+            return None, "no mount command"
+        r = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size},mode=0777", "tmpfs",
+                            path], capture_output=True, text=True)
+        if r.returncode != 0:
+            os.rmdir(path)
+            return None, f"cannot mount a tmpfs: {(r.stderr or r.stdout).strip()}"
+        return Tmpfs(path), ""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.unmount()
+
+    def unmount(self) -> None:
+        subprocess.run(["umount", "-l", self.path], capture_output=True)
+        try:
+            os.rmdir(self.path)
+        except OSError:
+            pass
+
+
+def tls_client_hello(server_hostname: str = "localhost") -> bytes:
+    """The bytes of a real TLS ClientHello (Python's defaults): sent slowly, a handshake
+    that is valid so far but never completes."""
+    import ssl
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(incoming, outgoing, server_hostname=server_hostname)
+    try:
+        obj.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    return outgoing.read()
+
+
+def sample_rss(pid: int) -> int:
+    """VmRSS of a process in KiB (0 if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0

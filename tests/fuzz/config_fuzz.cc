@@ -1,0 +1,160 @@
+// Fuzz target: config::loadString() on any bytes. It must never crash, throw or hang, its
+// result must be consistent (a config exactly when there are no errors; every error placed
+// in this file at a 1-based line and column, sorted, with a message), and a config it
+// accepts must keep every rule the loader documents (loader.h, config.h, README
+// "Configuration"): the rest of grelay trusts those structs without checking again.
+//
+// Host names never reach the network: offline_resolver.cc. Seeds: config_corpus/ (the
+// example configs, one file per feature, and inputs the fuzzer found interesting).
+#include <netinet/in.h>
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <cstring>
+#include <set>
+#include <string>
+#include <string_view>
+#include <tuple>
+
+#include "config/loader.h"
+#include "tests/fuzz/fuzz_util.h"
+
+namespace {
+
+using namespace grelay::config;
+using grelay::fuzz::printable;
+
+constexpr uint64_t kKiB = 1024;
+constexpr uint64_t kMiB = 1024 * kKiB;
+constexpr uint64_t kGiB = 1024 * kMiB;
+constexpr Duration kDay = std::chrono::hours(24);
+
+bool isName(const std::string& s) {
+  return !s.empty() && std::all_of(s.begin(), s.end(), [](unsigned char c) {
+    return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '_' ||
+           c == '-';
+  });
+}
+
+void checkAddress(const Address& a, const char* what) {
+  const std::string ctx = std::string(what) + " '" + printable(a.text) + "'";
+  FUZZ_CHECK(a.family() == AF_INET || a.family() == AF_INET6, ctx);
+  FUZZ_CHECK(a.length == (a.family() == AF_INET ? sizeof(sockaddr_in) : sizeof(sockaddr_in6)), ctx);
+  const uint16_t port = a.family() == AF_INET
+                            ? reinterpret_cast<const sockaddr_in&>(a.storage).sin_port
+                            : reinterpret_cast<const sockaddr_in6&>(a.storage).sin6_port;
+  FUZZ_CHECK(port != 0, ctx + ": port 0");
+  FUZZ_CHECK(!a.text.empty(), ctx);
+}
+
+// The same endpoint (family, address, port): listeners and [admin] must not share one.
+std::string endpointKey(const Address& a) {
+  std::string key(1, static_cast<char>(a.family()));
+  if (a.family() == AF_INET) {
+    const auto& in = reinterpret_cast<const sockaddr_in&>(a.storage);
+    key.append(reinterpret_cast<const char*>(&in.sin_addr), sizeof(in.sin_addr));
+    key.append(reinterpret_cast<const char*>(&in.sin_port), sizeof(in.sin_port));
+  } else {
+    const auto& in6 = reinterpret_cast<const sockaddr_in6&>(a.storage);
+    key.append(reinterpret_cast<const char*>(&in6.sin6_addr), sizeof(in6.sin6_addr));
+    key.append(reinterpret_cast<const char*>(&in6.sin6_port), sizeof(in6.sin6_port));
+    key.append(reinterpret_cast<const char*>(&in6.sin6_scope_id), sizeof(in6.sin6_scope_id));
+  }
+  return key;
+}
+
+void checkAccepted(const Config& c) {
+  const ServerConfig& s = c.server;
+  FUZZ_CHECK(s.workers <= 1024, "workers 0..1024");
+  FUZZ_CHECK(s.chunk_size >= 4 * kKiB && s.chunk_size <= kMiB, "chunk_size 4KiB..1MiB");
+  FUZZ_CHECK(s.max_connections >= 1 && s.max_connections <= 10'000'000,
+             "max_connections 1..10000000");
+  FUZZ_CHECK(s.drain_timeout.count() >= 0 && s.drain_timeout <= kDay, "drain_timeout 0s..24h");
+  FUZZ_CHECK(s.buffer_pool >= 4ull * s.chunk_size && s.buffer_pool <= 4 * kGiB,
+             "buffer_pool 4 x chunk_size..4GiB");
+
+  std::set<std::string> endpoints;
+  if (c.admin.listen) {
+    checkAddress(*c.admin.listen, "admin listen");
+    endpoints.insert(endpointKey(*c.admin.listen));
+  }
+
+  std::set<std::string> upstreamNames;
+  for (const UpstreamConfig& u : c.upstreams) {
+    FUZZ_CHECK(isName(u.name), "upstream name '" + printable(u.name) + "'");
+    FUZZ_CHECK(upstreamNames.insert(u.name).second, "duplicate upstream " + u.name);
+    FUZZ_CHECK(!u.servers.empty(), "upstream " + u.name + " without servers");
+    std::set<std::string> servers;
+    for (const Address& a : u.servers) {
+      checkAddress(a, "upstream server");
+      FUZZ_CHECK(servers.insert(endpointKey(a)).second, "duplicate server in " + u.name);
+    }
+  }
+
+  FUZZ_CHECK(!c.listeners.empty(), "at least one listener");
+  std::set<std::string> listenerNames;
+  for (const ListenerConfig& l : c.listeners) {
+    FUZZ_CHECK(isName(l.name), "listener name '" + printable(l.name) + "'");
+    FUZZ_CHECK(listenerNames.insert(l.name).second, "duplicate listener " + l.name);
+    checkAddress(l.listen, "listener listen");
+    FUZZ_CHECK(endpoints.insert(endpointKey(l.listen)).second,
+               "listen address shared: " + l.listen.text);
+    FUZZ_CHECK(
+        l.upstream_index < c.upstreams.size() && c.upstreams[l.upstream_index].name == l.upstream,
+        "listener " + l.name + " upstream '" + printable(l.upstream) + "'");
+    FUZZ_CHECK(l.connect_timeout.count() >= 1 && l.connect_timeout <= kDay, "connect_timeout");
+    FUZZ_CHECK(l.idle_timeout.count() >= 1 && l.idle_timeout <= kDay, "idle_timeout");
+    if (l.tls) {
+      FUZZ_CHECK(!l.tls->cert.empty() && !l.tls->key.empty(), "tls cert and key");
+      FUZZ_CHECK(l.tls->handshake_timeout.count() >= 1 && l.tls->handshake_timeout <= kDay,
+                 "handshake_timeout");
+      FUZZ_CHECK(l.tls->min_version == "1.2" || l.tls->min_version == "1.3", "min_version");
+    }
+    std::set<std::string> mirrorNames;
+    for (const MirrorConfig& m : l.mirrors) {
+      FUZZ_CHECK(isName(m.name), "mirror name '" + printable(m.name) + "'");
+      FUZZ_CHECK(mirrorNames.insert(m.name).second, "duplicate mirror " + m.name);
+      checkAddress(m.address, "mirror address");
+      FUZZ_CHECK(m.sample_percent <= 100, "sample_percent 0..100");
+      FUZZ_CHECK(m.max_lag >= s.chunk_size, "mirror max_lag >= chunk_size");
+    }
+    if (l.tap) {
+      FUZZ_CHECK(!l.tap->path.empty(), "tap path non-empty");
+      FUZZ_CHECK(l.tap->max_size >= kMiB, "tap max_size >= 1MiB");
+      FUZZ_CHECK(l.tap->max_lag >= s.chunk_size, "tap max_lag >= chunk_size");
+    }
+  }
+}
+
+}  // namespace
+
+extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
+  const std::string_view text(reinterpret_cast<const char*>(data), size);
+  static const std::string kFile = "fuzz.toml";
+  LoadResult result;
+  try {
+    result = loadString(text, kFile);
+  } catch (...) {
+    FUZZ_CHECK(false, "loadString threw");
+  }
+  FUZZ_CHECK(result.config.has_value() == result.errors.empty(),
+             "a config exactly when there are no errors");
+  for (size_t i = 0; i < result.errors.size(); ++i) {
+    const ConfigError& e = result.errors[i];
+    FUZZ_CHECK(e.where.file == kFile, e.toString());
+    FUZZ_CHECK(e.where.line >= 1 && e.where.column >= 1, e.toString());
+    FUZZ_CHECK(!e.message.empty(), e.toString());
+    FUZZ_CHECK(e.message.find('\n') == std::string::npos, "one line per error: " + e.toString());
+    if (i > 0) {
+      const Location& before = result.errors[i - 1].where;
+      FUZZ_CHECK(std::tie(before.line, before.column) <= std::tie(e.where.line, e.where.column),
+                 "errors sorted: " + e.toString());
+    }
+  }
+  if (result.config) {
+    checkAccepted(*result.config);
+  }
+  return 0;
+}
