@@ -62,6 +62,7 @@ struct UpstreamTlsConfig {
   std::string ca;   // PEM file of trusted CAs; "" = system default store
   std::string sni;  // server name sent and verified; "" = none
   bool verify = true;
+  Location location;  // of the tls value
 };
 
 struct UpstreamConfig {

@@ -582,6 +582,7 @@ private:
 
   Reader upstreamTls(UpstreamTlsConfig* tls, const std::string& label) {
     return [this, tls, label](std::string_view key, const toml::node& node) {
+      tls->location = locate(node.source());
       if (const auto* enabled = node.as_boolean()) {
         tls->enabled = enabled->get();
         return true;

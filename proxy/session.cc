@@ -29,18 +29,59 @@ Peer::Peer(Session& session, Kind kind, size_t mirrorIndex)
     : session_(session), kind_(kind), mirrorIndex_(mirrorIndex) {}
 
 void Peer::enqueue(relay::ChunkRef chunk) {
-  if (tlsInUserspace()) {
-    // Encrypt now: the plaintext buffer goes back to its pool at once and what waits in
-    // the queue (and counts against back-pressure) is the ciphertext.
-    if (!tls_->write(chunk.data(), chunk.size())) {
-      session_.host_.tlsTrouble(session_.listener_, "encrypt: " + tls_->error());
-      session_.peerFailed(*this, -EPROTO);
-      return;
-    }
-    flushTls();
+  if (!tlsInUserspace()) {
+    enqueueWire(std::move(chunk));
     return;
   }
-  enqueueWire(std::move(chunk));
+  relay::UserBufferPool& pool = session_.host_.userPool();
+  if (!tlsBacklog_.empty() ||
+      pool.available() < relay::TlsChannel::outputBuffers(chunk.size(), pool.bufferSize())) {
+    // No room for the ciphertext: keep the plaintext (it counts against back-pressure)
+    // and encrypt when buffers come back.
+    unsent_ += chunk.size();
+    tlsBacklog_.push_back(std::move(chunk));
+    if (!waitingBuffers_) {
+      waitingBuffers_ = true;
+      session_.host_.waitForBuffers(*this);
+    }
+    return;
+  }
+  encrypt(chunk);
+}
+
+bool Peer::encrypt(const relay::ChunkRef& chunk) {
+  // Encrypt now: the plaintext buffer goes back to its pool at once and what waits in the
+  // queue (and counts against back-pressure) is the ciphertext.
+  if (!tls_->write(chunk.data(), chunk.size())) {
+    session_.host_.tlsTrouble(session_.listener_, tls_->error());
+    session_.peerFailed(*this, -EPROTO);
+    return false;
+  }
+  flushTls();
+  return true;
+}
+
+void Peer::resumeAfterBuffers() noexcept {
+  waitingBuffers_ = false;
+  if (session_.closing() || failed_ || fd_ < 0) {
+    return;
+  }
+  relay::UserBufferPool& pool = session_.host_.userPool();
+  while (!tlsBacklog_.empty()) {
+    if (pool.available() <
+        relay::TlsChannel::outputBuffers(tlsBacklog_.front().size(), pool.bufferSize())) {
+      waitingBuffers_ = true;
+      session_.host_.waitForBuffers(*this);
+      return;
+    }
+    relay::ChunkRef chunk = std::move(tlsBacklog_.front());
+    tlsBacklog_.pop_front();
+    unsent_ -= chunk.size();
+    if (!encrypt(chunk)) {
+      return;
+    }
+  }
+  maybeFinish();
 }
 
 void Peer::enqueueWire(relay::ChunkRef chunk) {
@@ -64,11 +105,19 @@ void Peer::finishWriting() {
     return;
   }
   finWanted_ = true;
-  if (tlsInUserspace() && connected_ && !failed_) {
-    tls_->shutdown();  // close_notify, queued behind everything sent so far
+  maybeFinish();
+}
+
+void Peer::maybeFinish() {
+  if (!finWanted_ || !connected_ || failed_ || !tlsBacklog_.empty()) {
+    return;
+  }
+  if (tlsInUserspace() && !closeNotifySent_) {
+    closeNotifySent_ = true;
+    tls_->shutdown();  // close_notify, queued behind everything encrypted so far
     flushTls();
   }
-  if (connected_ && !sending_ && groupSends_ == 0 && !failed_ && queue_.empty() && !finSent_) {
+  if (!sending_ && groupSends_ == 0 && queue_.empty() && !finSent_) {
     sendFin();
   }
 }
@@ -82,6 +131,10 @@ void Peer::sendFin() {
 }
 
 void Peer::dropQueue() {
+  for (const auto& c : tlsBacklog_) {
+    unsent_ -= c.size();
+  }
+  tlsBacklog_.clear();
   // The send in flight still reads its buffer: keep that one until it completes.
   while (queue_.size() > (sending_ ? 1u : 0u)) {
     const PendingSend& last = queue_.back();
@@ -123,8 +176,8 @@ void Peer::onSend(int32_t res, uint32_t) noexcept {
   }
   if (!queue_.empty()) {
     sendNext();
-  } else if (finWanted_ && !finSent_ && groupSends_ == 0) {
-    sendFin();
+  } else {
+    maybeFinish();
   }
   if (kind_ == Kind::Mirror && session_.closing()) {
     session_.opDone(*this);  // a finished session's mirror closes once it has drained
@@ -224,8 +277,14 @@ void Flow::arm() {
                          &recvDone_);
 }
 
-void Flow::resumeAfterBuffers() {
+void Flow::resumeAfterBuffers() noexcept {
   waitingBuffers_ = false;
+  if (copyWaiting_) {
+    copyWaiting_ = false;
+    if (session_.closing() || !processCopy(std::move(copyHold_))) {
+      return;
+    }
+  }
   arm();
 }
 
@@ -456,14 +515,22 @@ void GroupOp::onTap(int32_t res, uint32_t) noexcept {
 
 bool Flow::processCopy(relay::ChunkRef chunk) {
   Session& s = session_;
+  relay::UserBufferPool& pool = s.host_.userPool();
+  auto waitForRoom = [&]() {
+    // Like -ENOBUFS on a receive: stop, keep what we have, go on when buffers return
+    // (the host may cut a mirror that holds too many of them).
+    copyWaiting_ = true;
+    waitingBuffers_ = true;
+    s.host_.waitForBuffers(*this);
+    return false;
+  };
   if (source_.tls_ == nullptr) {
     // relay_path = "copy" on plaintext: the bytes pass through a user buffer, as TLS
     // plaintext would (the baseline the copy path is measured by).
-    relay::ChunkRef plain = s.host_.userPool().allocate();
+    relay::ChunkRef plain = pool.allocate();
     if (!plain) {
-      s.host_.tlsTrouble(s.listener_, "out of copy buffers (buffer_pool)");
-      s.sourceFailed(*this, -ENOBUFS);
-      return false;
+      copyHold_ = std::move(chunk);
+      return waitForRoom();
     }
     std::memcpy(plain.mutableData(), chunk.data(), chunk.size());
     plain.get()->length = chunk.size();
@@ -472,8 +539,13 @@ bool Flow::processCopy(relay::ChunkRef chunk) {
     return true;
   }
   relay::TlsChannel& tls = *source_.tls_;
-  tls.feed(std::move(chunk));
+  if (chunk) {
+    tls.feed(std::move(chunk));
+  }
   while (true) {
+    if (pool.available() == 0) {
+      return waitForRoom();  // the ciphertext stays fed to the channel
+    }
     relay::ChunkRef plain;
     switch (tls.read(&plain)) {
       case relay::TlsChannel::ReadStatus::Data:
@@ -490,7 +562,7 @@ bool Flow::processCopy(relay::ChunkRef chunk) {
         s.sourceEnded(*this);
         return false;
       case relay::TlsChannel::ReadStatus::Failed:
-        s.host_.tlsTrouble(s.listener_, "TLS receive: " + tls.error());
+        s.host_.tlsTrouble(s.listener_, tls.error());
         s.sourceFailed(*this, -EPROTO);
         return false;
     }
@@ -818,8 +890,11 @@ void Session::startRelaying() {
     flow->copy_ = host_.pathIndex() == metrics::kCopyPath || flow->source_.tlsInUserspace();
     flow->groupCapable_ = host_.pathIndex() == metrics::kGroupPath && !flow->copy_ &&
                           !flow->target_.tlsInUserspace();
-    flow->path_ = flow->copy_ ? static_cast<uint8_t>(metrics::kCopyPath)
-                              : static_cast<uint8_t>(metrics::kMainlinePath);
+    // A direction whose bytes are encrypted in userspace on the way out is on the copy
+    // path too, even though it receives like mainline.
+    flow->path_ = flow->copy_ || flow->target_.tlsInUserspace()
+                      ? static_cast<uint8_t>(metrics::kCopyPath)
+                      : static_cast<uint8_t>(metrics::kMainlinePath);
   }
   request_.arm();
   response_.arm();
@@ -1091,6 +1166,13 @@ void Session::close(bool resetClient, bool resetPrimary, bool resetMirrors,
     if (flow->waitingBuffers_) {
       flow->waitingBuffers_ = false;
       host_.cancelWaitForBuffers(*flow);
+    }
+    flow->copyHold_.reset();
+  }
+  for (Peer* peer : {&client_, &primary_}) {
+    if (peer->waitingBuffers_) {
+      peer->waitingBuffers_ = false;
+      host_.cancelWaitForBuffers(*peer);
     }
   }
   if (!wasClosing || resetClient || resetPrimary) {

@@ -39,6 +39,18 @@ namespace grelay::proxy {
 class Session;
 class TapStream;
 
+// Something stopped for lack of buffers (the provided-buffer ring or the copy path's user
+// buffers) and resumed by the host when buffers come back (FIFO).
+class BufferWaiter {
+public:
+  virtual void resumeAfterBuffers() noexcept = 0;
+  BufferWaiter* nextWaiting_ = nullptr;
+  bool waitingBuffers_ = false;
+
+protected:
+  ~BufferWaiter() = default;
+};
+
 // What a session needs from its worker (a fake in unit tests).
 class SessionHost {
 public:
@@ -49,9 +61,9 @@ public:
   virtual relay::UserBufferPool& userPool() = 0;
   virtual TimerQueue& timers() = 0;
   virtual uint64_t now() = 0;  // monotonic ns, cached per loop iteration
-  // A Flow got -ENOBUFS: call flow.resumeAfterBuffers() when buffers come back.
-  virtual void waitForBuffers(class Flow& flow) = 0;
-  virtual void cancelWaitForBuffers(class Flow& flow) = 0;
+  // Out of buffers: call waiter.resumeAfterBuffers() when buffers come back.
+  virtual void waitForBuffers(BufferWaiter& waiter) = 0;
+  virtual void cancelWaitForBuffers(BufferWaiter& waiter) = 0;
   // The session finished; the host deletes it after the current completion returns.
   virtual void sessionDone(Session& session) = 0;
   // Rate-limited logging of mirror trouble (once per mirror and minute).
@@ -85,7 +97,7 @@ struct PendingSend {
 };
 
 // One socket of a session and its send side.
-class Peer {
+class Peer final : public BufferWaiter {
 public:
   enum class Kind : uint8_t { Client, Primary, Mirror };
 
@@ -98,8 +110,10 @@ public:
   // Sends FIN (after close_notify on TLS) once everything queued is sent.
   void finishWriting();
   void dropQueue();
-  // Moves ciphertext the TLS channel produced into the send queue; false if it failed.
+  // Moves ciphertext the TLS channel produced into the send queue.
   void flushTls();
+  // TLS in userspace: encrypts what waits for buffers (then close_notify and FIN if due).
+  void resumeAfterBuffers() noexcept override;
 
   // No request of ours refers to the socket (a group member not yet issued would look the
   // fd up when it is: the fd must stay ours until then).
@@ -125,6 +139,8 @@ public:
   bool failed_ = false;
   std::unique_ptr<relay::TlsChannel> tls_;
   bool tlsMemory_ = false;  // TLS in userspace (copy path); false with kTLS
+  bool closeNotifySent_ = false;
+  std::deque<relay::ChunkRef> tlsBacklog_;  // plaintext waiting for room to be encrypted
   uint64_t unsent_ = 0;  // bytes queued, including the send in flight
   std::deque<PendingSend> queue_;
 
@@ -139,6 +155,9 @@ public:
 
   void sendNext();
   void sendFin();
+  bool encrypt(const relay::ChunkRef& chunk);
+  // close_notify and FIN once everything before them is out (or queued).
+  void maybeFinish();
 };
 
 // One direction of a session.
@@ -176,13 +195,13 @@ struct GroupOp {
   GroupOp* nextFree = nullptr;
 };
 
-class Flow {
+class Flow final : public BufferWaiter {
 public:
   Flow(Session& session, uint8_t direction, Peer& source, Peer& target);
 
   // Arms a receive if the flow may receive now.
   void arm();
-  void resumeAfterBuffers();
+  void resumeAfterBuffers() noexcept override;
   void onRecv(int32_t res, uint32_t flags) noexcept;
   // Copy path: decrypts (or copies) a received chunk and delivers the plaintext. False if
   // the session was torn down.
@@ -195,7 +214,7 @@ public:
   const uint8_t direction_;
   Peer& source_;
   Peer& target_;
-  bool copy_ = false;  // bytes pass through userspace processing (TLS, or relay_path copy)
+  bool copy_ = false;  // received bytes pass through userspace (TLS, or relay_path copy)
   uint8_t path_ = 0;   // metrics::PathIndex its (non-group) chunks count under
   bool groupCapable_ = false;  // the worker runs the group path and no side needs userspace TLS
   bool waitingTarget_ = false;  // group path: the next receive waits for the target's send
@@ -206,9 +225,9 @@ public:
   std::vector<relay::GroupMember> members_;  // reused for every submission
   bool receiving_ = false;
   bool paused_ = false;
-  bool waitingBuffers_ = false;
   bool ended_ = false;
-  Flow* nextWaiting_ = nullptr;  // the host's -ENOBUFS wait list
+  bool copyWaiting_ = false;  // processCopy() stopped for lack of user buffers
+  relay::ChunkRef copyHold_;  // plaintext copy path: the chunk it stopped at
   relay::BoundCompletion<Flow, &Flow::onRecv> recvDone_{*this};
 };
 

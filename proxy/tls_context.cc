@@ -108,8 +108,9 @@ bool TlsContexts::build(const config::Config& cfg, bool ktls, std::vector<std::s
       int ok = u.tls.ca.empty() ? SSL_CTX_set_default_verify_paths(ctx)
                                 : SSL_CTX_load_verify_locations(ctx, u.tls.ca.c_str(), nullptr);
       if (ok != 1) {
+        const config::Location& where = u.tls.location.line != 0 ? u.tls.location : u.location;
         errors->push_back(
-            at(u.location, "cannot load CA certificates" +
+            at(where, "cannot load CA certificates" +
                                (u.tls.ca.empty() ? std::string(" (system store)")
                                                  : " from ca file '" + u.tls.ca + "'") +
                                ": " + lastError()));

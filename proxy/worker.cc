@@ -142,6 +142,7 @@ int Worker::init() {
   pool_->setListener(this);
   // TLS plaintext and ciphertext, and relay_path = "copy": bounded like the kernel pool.
   userPool_ = std::make_unique<relay::UserBufferPool>(server.chunk_size, 4 * pool_->count());
+  userPool_->setListener(this);
   now_ = monotonicNanos();
   const config::Config& cfg = runtime_.config;
   for (size_t i = 0; i < tapFiles_.size() && i < acceptors_.size(); ++i) {
@@ -357,21 +358,21 @@ void Worker::abortAll() {
   }
 }
 
-void Worker::waitForBuffers(Flow& flow) {
-  flow.nextWaiting_ = nullptr;
+void Worker::waitForBuffers(BufferWaiter& waiter) {
+  waiter.nextWaiting_ = nullptr;
   if (waitTail_ != nullptr) {
-    waitTail_->nextWaiting_ = &flow;
+    waitTail_->nextWaiting_ = &waiter;
   } else {
-    waitHead_ = &flow;
+    waitHead_ = &waiter;
   }
-  waitTail_ = &flow;
+  waitTail_ = &waiter;
   pressureChecked_ = false;
 }
 
-void Worker::cancelWaitForBuffers(Flow& flow) {
-  Flow* prev = nullptr;
-  for (Flow* f = waitHead_; f != nullptr; prev = f, f = f->nextWaiting_) {
-    if (f == &flow) {
+void Worker::cancelWaitForBuffers(BufferWaiter& waiter) {
+  BufferWaiter* prev = nullptr;
+  for (BufferWaiter* f = waitHead_; f != nullptr; prev = f, f = f->nextWaiting_) {
+    if (f == &waiter) {
       (prev != nullptr ? prev->nextWaiting_ : waitHead_) = f->nextWaiting_;
       if (waitTail_ == f) {
         waitTail_ = prev;
@@ -394,10 +395,11 @@ void Worker::afterDispatch() {
   }
   if (buffersFreed_ || waitHead_ != nullptr) {
     buffersFreed_ = false;
-    // Each starved flow needs one buffer to make progress; wake as many as are free.
-    uint32_t budget = pool_->available();
+    // Each starved waiter needs a buffer to make progress; wake as many as are free (one
+    // that still lacks room queues up again at the tail).
+    uint32_t budget = pool_->available() + userPool_->available();
     while (waitHead_ != nullptr && budget > 0) {
-      Flow* f = waitHead_;
+      BufferWaiter* f = waitHead_;
       waitHead_ = f->nextWaiting_;
       if (waitHead_ == nullptr) {
         waitTail_ = nullptr;

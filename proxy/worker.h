@@ -47,7 +47,7 @@ struct TapFile {
   std::string path;
 };
 
-class Worker final : public SessionHost, public relay::ProvidedBufferPool::Listener {
+class Worker final : public SessionHost, public relay::BufferListener {
 public:
   // `listenFds[i]` is this worker's socket for listener i and `taps[i]` its tap file, if
   // any (the worker closes them).
@@ -70,8 +70,8 @@ public:
   // Read fresh (vDSO, ~20 ns): completions are dispatched after the ring's wait, and a
   // deadline set from a value cached before the wait would fire early.
   uint64_t now() override { return now_ = monotonicNanos(); }
-  void waitForBuffers(Flow& flow) override;
-  void cancelWaitForBuffers(Flow& flow) override;
+  void waitForBuffers(BufferWaiter& waiter) override;
+  void cancelWaitForBuffers(BufferWaiter& waiter) override;
   void sessionDone(Session& session) override;
   void mirrorTrouble(const ListenerContext& listener, size_t mirrorIndex,
                      const std::string& what) override;
@@ -79,7 +79,7 @@ public:
   uint8_t pathIndex() const override { return pathIndex_; }
   void tlsTrouble(const ListenerContext& listener, const std::string& what) override;
 
-  // ProvidedBufferPool::Listener
+  // BufferListener (both pools)
   void onBuffersAvailable() noexcept override { buffersFreed_ = true; }
 
   // run() = init() + loopOnce() until finished(); split for tests driving a fake ring.
@@ -139,8 +139,8 @@ private:
   uint64_t nextSessionId_ = 1;
   std::vector<Session*> finished_;  // deleted after the current batch of completions
 
-  Flow* waitHead_ = nullptr;  // flows starved of buffers (-ENOBUFS), FIFO
-  Flow* waitTail_ = nullptr;
+  BufferWaiter* waitHead_ = nullptr;  // starved of buffers (-ENOBUFS, copy path), FIFO
+  BufferWaiter* waitTail_ = nullptr;
   bool buffersFreed_ = false;
   bool pressureChecked_ = false;
 

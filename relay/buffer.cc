@@ -40,12 +40,15 @@ UserBufferPool::~UserBufferPool() {
   }
 }
 
-ChunkRef UserBufferPool::allocate() {
+ChunkRef UserBufferPool::allocate(bool overdraft) {
   Chunk* c = nullptr;
+  if (leased_ >= maxBuffers_ && !overdraft) {
+    return ChunkRef();
+  }
   if (!free_.empty()) {
     c = free_.back();
     free_.pop_back();
-  } else if (all_.size() < maxBuffers_) {
+  } else {
     void* mem = std::malloc(bufferSize_);
     if (mem == nullptr) {
       return ChunkRef();
@@ -57,8 +60,6 @@ ChunkRef UserBufferPool::allocate() {
     chunk->source = this;
     c = chunk.get();
     all_.push_back(std::move(chunk));
-  } else {
-    return ChunkRef();
   }
   c->length = 0;
   ++leased_;
@@ -69,6 +70,9 @@ void UserBufferPool::release(Chunk& chunk) noexcept {
   chunk.length = 0;
   --leased_;
   free_.push_back(&chunk);
+  if (listener_ != nullptr) {
+    listener_->onBuffersAvailable();
+  }
 }
 
 }  // namespace grelay::relay

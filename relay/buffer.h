@@ -66,18 +66,22 @@ private:
   Chunk* chunk_ = nullptr;
 };
 
+// Told (from the buffer's owner thread) when a pool gets buffers back, so starved
+// receivers can be resumed; the callee must not touch sessions from inside the call.
+class BufferListener {
+public:
+  virtual void onBuffersAvailable() noexcept = 0;
+
+protected:
+  ~BufferListener() = default;
+};
+
 // Receive buffers of the mainline path: a kernel provided-buffer ring. A buffer the
 // kernel filled becomes a Chunk; when its last lease is released it is handed back to
 // the kernel and, if receivers were starved (-ENOBUFS), the listener is told.
 class ProvidedBufferPool final : public ChunkSource {
 public:
-  class Listener {
-  public:
-    virtual void onBuffersAvailable() noexcept = 0;
-
-  protected:
-    ~Listener() = default;
-  };
+  using Listener = BufferListener;
 
   explicit ProvidedBufferPool(std::unique_ptr<ProvidedBuffers> buffers);
 
@@ -108,18 +112,23 @@ public:
   UserBufferPool(const UserBufferPool&) = delete;
   UserBufferPool& operator=(const UserBufferPool&) = delete;
 
-  // An empty chunk (length 0) to fill; an empty ChunkRef when the cap is reached.
-  ChunkRef allocate();
+  // An empty chunk (length 0) to fill; an empty ChunkRef when the cap is reached (or
+  // malloc fails). `overdraft`: past the cap too — for output whose room the caller
+  // checked beforehand with available() (estimates of TLS record overhead can be short).
+  ChunkRef allocate(bool overdraft = false);
   void release(Chunk& chunk) noexcept override;
 
+  void setListener(BufferListener* listener) { listener_ = listener; }
   uint32_t bufferSize() const { return bufferSize_; }
   uint32_t leased() const { return leased_; }
   uint32_t maxBuffers() const { return maxBuffers_; }
+  uint32_t available() const { return leased_ < maxBuffers_ ? maxBuffers_ - leased_ : 0; }
 
 private:
   uint32_t bufferSize_;
   uint32_t maxBuffers_;
   uint32_t leased_ = 0;
+  BufferListener* listener_ = nullptr;
   std::vector<Chunk*> free_;
   std::vector<std::unique_ptr<Chunk>> all_;
 };

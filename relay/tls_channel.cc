@@ -75,10 +75,10 @@ void TlsChannel::recordError(const char* what, int ret) {
   }
   if (reason.empty()) {
     int err = ssl_ != nullptr ? SSL_get_error(ssl_, ret) : 0;
-    if (err == SSL_ERROR_SYSCALL) {
-      reason = errno != 0 ? std::strerror(errno) : "connection closed by peer";
-    } else if (outOfBuffers_) {
+    if (outOfBuffers_) {
       reason = "out of TLS buffers (buffer_pool)";
+    } else if (err == SSL_ERROR_SYSCALL) {
+      reason = errno != 0 ? std::strerror(errno) : "connection closed by peer";
     } else {
       reason = "error " + std::to_string(err);
     }
@@ -117,8 +117,7 @@ bool TlsChannel::useMemoryBio() {
   }
   BIO_set_data(bio, this);
   BIO_set_init(bio, 1);
-  BIO_up_ref(bio);
-  SSL_set_bio(ssl_, bio, bio);  // takes both references
+  SSL_set_bio(ssl_, bio, bio);  // rbio == wbio: takes our one reference
   return true;
 }
 
@@ -229,7 +228,8 @@ int TlsChannel::bioWrite(BIO* bio, const char* buf, int len) {
       if (c != nullptr) {
         self->out_.push_back(std::move(self->current_));
       }
-      self->current_ = self->pool_.allocate();
+      // Room for output was checked before encrypting (UserBufferPool::available()).
+      self->current_ = self->pool_.allocate(true);
       if (!self->current_) {
         self->outOfBuffers_ = true;
         return written > 0 ? written : -1;

@@ -53,7 +53,13 @@ public:
   // Closed: the peer sent close_notify.
   ReadStatus read(ChunkRef* plaintext);
   // Encrypts `len` bytes into outbound ciphertext. False on failure (see error()).
+  // Check room first: outputBuffers(len) pool buffers are taken.
   bool write(const uint8_t* data, size_t len);
+  static uint32_t outputBuffers(size_t len, uint32_t bufferSize) {
+    // Up to 16 KiB of plaintext per record, each record at most 32 bytes larger.
+    const size_t overhead = (len / 16384 + 1) * 32;
+    return static_cast<uint32_t>((len + overhead) / bufferSize + 2);
+  }
   // Queues close_notify (memory BIO) or sends it (kTLS). Best effort.
   void shutdown();
   // Ciphertext produced since the last call, in order.

@@ -37,8 +37,8 @@ public:
   }
   TimerQueue& timers() override { return timers_; }
   uint64_t now() override { return now_; }
-  void waitForBuffers(Flow& flow) override { waiting.insert(&flow); }
-  void cancelWaitForBuffers(Flow& flow) override { waiting.erase(&flow); }
+  void waitForBuffers(BufferWaiter& w) override { waiting.insert(&w); }
+  void cancelWaitForBuffers(BufferWaiter& w) override { waiting.erase(&w); }
   void sessionDone(Session&) override { ++done; }
   void mirrorTrouble(const ListenerContext&, size_t index, const std::string& what) override {
     troubles.push_back(std::to_string(index) + ": " + what);
@@ -60,7 +60,7 @@ public:
   relay::UserBufferPool userPool_{kChunk, 16};
   TimerQueue timers_;
   uint64_t now_ = 1'000'000'000;
-  std::set<Flow*> waiting;
+  std::set<BufferWaiter*> waiting;
   int done = 0;
   std::vector<std::string> troubles;
   uint8_t discard_[256];
@@ -178,7 +178,7 @@ TEST_F(SessionTest, EnobufsWaitsForBuffersThenResumes) {
   ring().complete(ring().pending(OpKind::RecvSelect, kClientFd), -ENOBUFS);
   EXPECT_EQ(ring().pendingCount(OpKind::RecvSelect, kClientFd), 0u);
   ASSERT_EQ(host_.waiting.size(), 1u);
-  Flow* flow = *host_.waiting.begin();
+  BufferWaiter* flow = *host_.waiting.begin();
   host_.waiting.clear();
   flow->resumeAfterBuffers();
   EXPECT_EQ(ring().pendingCount(OpKind::RecvSelect, kClientFd), 1u);
