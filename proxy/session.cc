@@ -273,6 +273,15 @@ void Flow::arm() {
   receiving_ = true;
   ++session_.inflight_;
   SessionHost& host = session_.host_;
+  if (!copy_ && !groupCapable_) {
+    // Mainline: one multishot receive stays armed (no re-arm and no poll per chunk);
+    // back-pressure cancels it (see onRecv) and arm() starts a new one.
+    multishot_ = true;
+    cancelling_ = false;
+    host.ring().recvMultishot(source_.fd_, host.pool().groupId(), &recvDone_);
+    return;
+  }
+  multishot_ = false;
   host.ring().recvSelect(source_.fd_, host.pool().groupId(), session_.listener_.chunkSize,
                          &recvDone_);
 }
@@ -289,8 +298,14 @@ void Flow::resumeAfterBuffers() noexcept {
 }
 
 void Flow::onRecv(int32_t res, uint32_t flags) noexcept {
-  receiving_ = false;
-  --session_.inflight_;
+  // A multishot receive goes on while F_MORE is set; its last CQE ends it.
+  const bool more = multishot_ && (flags & IORING_CQE_F_MORE) != 0;
+  if (!more) {
+    receiving_ = false;
+    multishot_ = false;
+    cancelling_ = false;
+    --session_.inflight_;
+  }
   relay::ChunkRef chunk;
   if (flags & IORING_CQE_F_BUFFER) {
     chunk = session_.host_.pool().take(static_cast<uint16_t>(flags >> IORING_CQE_BUFFER_SHIFT),
@@ -298,7 +313,9 @@ void Flow::onRecv(int32_t res, uint32_t flags) noexcept {
   }
   if (session_.closing()) {
     chunk.reset();
-    session_.opDone(source_);
+    if (!more) {
+      session_.opDone(source_);
+    }
     return;
   }
   if (res > 0) {
@@ -309,8 +326,25 @@ void Flow::onRecv(int32_t res, uint32_t flags) noexcept {
     } else {
       session_.deliver(*this, chunk);
       chunk.reset();
+      if (session_.closing()) {
+        return;
+      }
+    }
+    if (receiving_) {
+      // Still armed: stop it if the target is now too far behind. Chunks received
+      // before the cancel takes effect still arrive and are delivered in order.
+      if (!cancelling_ && target_.unsent_ >= 2ull * session_.listener_.chunkSize) {
+        cancelling_ = true;
+        paused_ = true;
+        session_.host_.ring().cancel(&recvDone_, nullptr);
+      }
+      return;
     }
     arm();
+    return;
+  }
+  if (res == -ECANCELED) {
+    arm();  // back-pressure stopped the multishot receive: arm() decides when to go on
     return;
   }
   chunk.reset();

@@ -223,7 +223,9 @@ public:
   GroupOp* freeGroups_ = nullptr;
   std::vector<std::unique_ptr<GroupOp>> groups_;
   std::vector<relay::GroupMember> members_;  // reused for every submission
-  bool receiving_ = false;
+  bool receiving_ = false;   // a receive (or a multishot receive) is armed
+  bool multishot_ = false;   // ...and it is a multishot one
+  bool cancelling_ = false;  // back-pressure asked the multishot receive to stop
   bool paused_ = false;
   bool ended_ = false;
   bool copyWaiting_ = false;  // processCopy() stopped for lack of user buffers

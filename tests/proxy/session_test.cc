@@ -125,7 +125,7 @@ protected:
 
 TEST_F(SessionTest, SendsTheReceivedBufferItselfAndRecyclesItAfterTheSend) {
   startConnected();
-  FakeOp* recv = ring().pending(OpKind::RecvSelect, kClientFd);
+  FakeOp* recv = ring().pendingReceive(kClientFd);
   ASSERT_NE(recv, nullptr);
   ring().receive(recv, "hello");
   FakeOp* send = ring().pending(OpKind::Send, primaryFd());
@@ -144,7 +144,7 @@ TEST_F(SessionTest, SendsTheReceivedBufferItselfAndRecyclesItAfterTheSend) {
 
 TEST_F(SessionTest, ShortSendContinuesWithTheRest) {
   startConnected();
-  ring().receive(ring().pending(OpKind::RecvSelect, kClientFd), "0123456789");
+  ring().receive(ring().pendingReceive(kClientFd), "0123456789");
   FakeOp* send = ring().pending(OpKind::Send, primaryFd());
   ring().complete(send, 4);
   FakeOp* rest = ring().pending(OpKind::Send, primaryFd());
@@ -157,8 +157,8 @@ TEST_F(SessionTest, ShortSendContinuesWithTheRest) {
 
 TEST_F(SessionTest, OneSendInFlightPerSocketAndOrderKept) {
   startConnected();
-  ring().receive(ring().pending(OpKind::RecvSelect, kClientFd), "first");
-  ring().receive(ring().pending(OpKind::RecvSelect, kClientFd), "second");
+  ring().receive(ring().pendingReceive(kClientFd), "first");
+  ring().receive(ring().pendingReceive(kClientFd), "second");
   EXPECT_EQ(ring().pendingCount(OpKind::Send, primaryFd()), 1u);
   FakeOp* send = ring().pending(OpKind::Send, primaryFd());
   EXPECT_EQ(std::string(static_cast<const char*>(send->buf), send->len), "first");
@@ -167,51 +167,73 @@ TEST_F(SessionTest, OneSendInFlightPerSocketAndOrderKept) {
   EXPECT_EQ(std::string(static_cast<const char*>(send->buf), send->len), "second");
 }
 
+TEST_F(SessionTest, MultishotReceiveStaysArmedAndBackPressureCancelsIt) {
+  startConnected();
+  FakeOp* recv = ring().pending(OpKind::RecvMultishot, kClientFd);
+  ASSERT_NE(recv, nullptr);
+  const std::string full(kChunk, 'm');
+  ring().receive(recv, full, true);
+  EXPECT_EQ(ring().pendingReceives(kClientFd), 1u);  // the same request, still armed
+  EXPECT_FALSE(recv->cancelRequested);
+  ring().receive(recv, full, true);  // two chunks unsent toward the primary
+  EXPECT_TRUE(recv->cancelRequested);
+  // A chunk that raced with the cancel is still delivered, in order.
+  ring().receive(recv, "late", true);
+  ring().complete(recv, -ECANCELED);
+  EXPECT_EQ(ring().pendingReceives(kClientFd), 0u);  // paused
+  ring().complete(ring().pending(OpKind::Send, primaryFd()), static_cast<int32_t>(kChunk));
+  ring().complete(ring().pending(OpKind::Send, primaryFd()), static_cast<int32_t>(kChunk));
+  FakeOp* last = ring().pending(OpKind::Send, primaryFd());
+  ASSERT_NE(last, nullptr);
+  EXPECT_EQ(std::string(static_cast<const char*>(last->buf), last->len), "late");
+  EXPECT_EQ(ring().pendingReceives(kClientFd), 1u);  // resumed: a new multishot receive
+}
+
 TEST_F(SessionTest, EagainOnReceiveRearms) {
   startConnected();
-  ring().complete(ring().pending(OpKind::RecvSelect, kClientFd), -EAGAIN);
-  EXPECT_EQ(ring().pendingCount(OpKind::RecvSelect, kClientFd), 1u);
+  ring().complete(ring().pendingReceive(kClientFd), -EAGAIN);
+  EXPECT_EQ(ring().pendingReceives(kClientFd), 1u);
 }
 
 TEST_F(SessionTest, EnobufsWaitsForBuffersThenResumes) {
   startConnected();
-  ring().complete(ring().pending(OpKind::RecvSelect, kClientFd), -ENOBUFS);
-  EXPECT_EQ(ring().pendingCount(OpKind::RecvSelect, kClientFd), 0u);
+  ring().complete(ring().pendingReceive(kClientFd), -ENOBUFS);
+  EXPECT_EQ(ring().pendingReceives(kClientFd), 0u);
   ASSERT_EQ(host_.waiting.size(), 1u);
   BufferWaiter* flow = *host_.waiting.begin();
   host_.waiting.clear();
   flow->resumeAfterBuffers();
-  EXPECT_EQ(ring().pendingCount(OpKind::RecvSelect, kClientFd), 1u);
+  EXPECT_EQ(ring().pendingReceives(kClientFd), 1u);
 }
 
 TEST_F(SessionTest, BackPressurePausesAtTwoUnsentChunksAndResumesWhenDrained) {
   startConnected();
   const std::string full(kChunk, 'x');
-  ring().receive(ring().pending(OpKind::RecvSelect, kClientFd), full);
-  ring().receive(ring().pending(OpKind::RecvSelect, kClientFd), full);
+  ring().receive(ring().pendingReceive(kClientFd), full);
+  ring().receive(ring().pendingReceive(kClientFd), full);
   // Two chunks unsent toward a slow primary: stop reading the client.
-  EXPECT_EQ(ring().pendingCount(OpKind::RecvSelect, kClientFd), 0u);
+  EXPECT_EQ(ring().pendingReceives(kClientFd), 0u);
   ring().complete(ring().pending(OpKind::Send, primaryFd()), static_cast<int32_t>(kChunk));
-  EXPECT_EQ(ring().pendingCount(OpKind::RecvSelect, kClientFd), 1u);
+  EXPECT_EQ(ring().pendingReceives(kClientFd), 1u);
 }
 
 TEST_F(SessionTest, EofBecomesShutdownOnlyAfterTheQueueDrains) {
   startConnected();
-  ring().receive(ring().pending(OpKind::RecvSelect, kClientFd), "bye");
-  ring().complete(ring().pending(OpKind::RecvSelect, kClientFd), 0);
+  ring().receive(ring().pendingReceive(kClientFd), "bye");
+  ring().complete(ring().pendingReceive(kClientFd), 0);
   EXPECT_TRUE(host_.sockets_.shutdowns.empty());
   ring().complete(ring().pending(OpKind::Send, primaryFd()), 3);
   ASSERT_EQ(host_.sockets_.shutdowns.size(), 1u);
   EXPECT_EQ(host_.sockets_.shutdowns[0], primaryFd());
   // The response direction still flows after the request half-closed.
-  EXPECT_EQ(ring().pendingCount(OpKind::RecvSelect, primaryFd()), 1u);
+  EXPECT_EQ(ring().pendingReceives(primaryFd()), 1u);
   EXPECT_EQ(host_.done, 0);
 }
 
 TEST_F(SessionTest, BothDirectionsEndedClosesGracefullyAndFreesTheSession) {
   startConnected();
-  ring().complete(ring().pending(OpKind::RecvSelect, kClientFd), 0);
-  ring().complete(ring().pending(OpKind::RecvSelect, primaryFd()), 0);
+  ring().complete(ring().pendingReceive(kClientFd), 0);
+  ring().complete(ring().pendingReceive(primaryFd()), 0);
   EXPECT_EQ(host_.done, 1);
   EXPECT_FALSE(host_.sockets_.closed.at(kClientFd));
   EXPECT_FALSE(host_.sockets_.closed.at(primaryFd()));
@@ -220,9 +242,9 @@ TEST_F(SessionTest, BothDirectionsEndedClosesGracefullyAndFreesTheSession) {
 
 TEST_F(SessionTest, ClientResetResetsThePrimaryAfterItsSendCompletes) {
   startConnected();
-  ring().receive(ring().pending(OpKind::RecvSelect, kClientFd), "data");
+  ring().receive(ring().pendingReceive(kClientFd), "data");
   FakeOp* send = ring().pending(OpKind::Send, primaryFd());
-  ring().complete(ring().pending(OpKind::RecvSelect, kClientFd), -ECONNRESET);
+  ring().complete(ring().pendingReceive(kClientFd), -ECONNRESET);
   // The send still reads its buffer: nothing is closed or recycled until it completes.
   EXPECT_TRUE(send->cancelRequested);
   EXPECT_EQ(host_.sockets_.closed.count(primaryFd()), 0u);
@@ -236,7 +258,7 @@ TEST_F(SessionTest, ClientResetResetsThePrimaryAfterItsSendCompletes) {
 
 TEST_F(SessionTest, UpstreamSendFailureResetsTheClient) {
   startConnected();
-  ring().receive(ring().pending(OpKind::RecvSelect, kClientFd), "data");
+  ring().receive(ring().pendingReceive(kClientFd), "data");
   ring().complete(ring().pending(OpKind::Send, primaryFd()), -EPIPE);
   ring().completeCancelled();
   EXPECT_TRUE(host_.sockets_.closed.at(kClientFd));
@@ -286,7 +308,7 @@ TEST_F(SessionTest, MirrorGetsTheSameBufferAndIsCutPastMaxLagWithoutSlowingThePr
   const int mirrorFd = 100;
   ring().complete(ring().pending(OpKind::Connect, mirrorFd), 0);
   const std::string full(kChunk, 'y');
-  ring().receive(ring().pending(OpKind::RecvSelect, kClientFd), full);
+  ring().receive(ring().pendingReceive(kClientFd), full);
   FakeOp* toMirror = ring().pending(OpKind::Send, mirrorFd);
   FakeOp* toPrimary = ring().pending(OpKind::Send, primaryFd());
   ASSERT_NE(toMirror, nullptr);
@@ -294,12 +316,12 @@ TEST_F(SessionTest, MirrorGetsTheSameBufferAndIsCutPastMaxLagWithoutSlowingThePr
   // The primary keeps up; the mirror never completes its send.
   for (int i = 0; i < 3; ++i) {
     ring().complete(ring().pending(OpKind::Send, primaryFd()), static_cast<int32_t>(kChunk));
-    ring().receive(ring().pending(OpKind::RecvSelect, kClientFd), full);
+    ring().receive(ring().pendingReceive(kClientFd), full);
   }
   EXPECT_EQ(stats_->mirrors[0].cuts.value(), 1u);
   EXPECT_GT(stats_->mirrors[0].droppedBytes.value(), 0u);
   EXPECT_EQ(host_.troubles.size(), 1u);
-  EXPECT_EQ(ring().pendingCount(OpKind::RecvSelect, kClientFd), 1u);  // primary unaffected
+  EXPECT_EQ(ring().pendingReceives(kClientFd), 1u);  // primary unaffected
   ring().completeCancelled();
   EXPECT_TRUE(host_.sockets_.closed.at(mirrorFd));  // cut = reset
 }
@@ -310,7 +332,7 @@ TEST_F(SessionTest, RefusedMirrorIsCutAndThePrimaryRelaysOn) {
   ring().complete(ring().pending(OpKind::Connect, 100), -ECONNREFUSED);
   EXPECT_EQ(stats_->mirrors[0].cuts.value(), 1u);
   EXPECT_EQ(stats_->mirrors[0].connectErrors.value(), 1u);
-  ring().receive(ring().pending(OpKind::RecvSelect, kClientFd), "abc");
+  ring().receive(ring().pendingReceive(kClientFd), "abc");
   EXPECT_EQ(ring().pendingCount(OpKind::Send, 100), 0u);
   EXPECT_EQ(ring().pendingCount(OpKind::Send, primaryFd()), 1u);
   EXPECT_EQ(stats_->mirrors[0].droppedBytes.value(), 3u);
@@ -319,8 +341,8 @@ TEST_F(SessionTest, RefusedMirrorIsCutAndThePrimaryRelaysOn) {
 TEST_F(SessionTest, MirrorStillConnectingQueuesThenSendsInOrder) {
   configure(1);
   startConnected();
-  ring().receive(ring().pending(OpKind::RecvSelect, kClientFd), "one");
-  ring().receive(ring().pending(OpKind::RecvSelect, kClientFd), "two");
+  ring().receive(ring().pendingReceive(kClientFd), "one");
+  ring().receive(ring().pendingReceive(kClientFd), "two");
   EXPECT_EQ(ring().pendingCount(OpKind::Send, 100), 0u);
   ring().complete(ring().pending(OpKind::Connect, 100), 0);
   FakeOp* send = ring().pending(OpKind::Send, 100);
@@ -332,10 +354,10 @@ TEST_F(SessionTest, FinishedSessionLetsTheMirrorDrainThenClosesIt) {
   configure(1);
   startConnected();
   ring().complete(ring().pending(OpKind::Connect, 100), 0);
-  ring().receive(ring().pending(OpKind::RecvSelect, kClientFd), "tail");
+  ring().receive(ring().pendingReceive(kClientFd), "tail");
   ring().complete(ring().pending(OpKind::Send, primaryFd()), 4);
-  ring().complete(ring().pending(OpKind::RecvSelect, kClientFd), 0);
-  ring().complete(ring().pending(OpKind::RecvSelect, primaryFd()), 0);
+  ring().complete(ring().pendingReceive(kClientFd), 0);
+  ring().complete(ring().pendingReceive(primaryFd()), 0);
   EXPECT_EQ(host_.done, 0);  // the mirror still has "tail" in flight
   ring().complete(ring().pending(OpKind::Send, 100), 4);
   EXPECT_NE(std::find(host_.sockets_.shutdowns.begin(), host_.sockets_.shutdowns.end(), 100),
@@ -376,7 +398,7 @@ TEST_F(GroupPathTest, OneGroupPerChunkWithThePrimaryAndEveryMirrorAsMembers) {
   startConnected();
   ring().complete(ring().pending(OpKind::Connect, 100), 0);  // the mirror
   // The mirror connected after the relay started: the first chunk went the mainline way.
-  ring().receive(ring().pending(OpKind::RecvSelect, kClientFd), "early");
+  ring().receive(ring().pendingReceive(kClientFd), "early");
   ring().complete(ring().pending(OpKind::Send, 100), 5);
   ring().complete(ring().pending(OpKind::Send, primaryFd()), 5);
   // Both drained: the next chunk goes as a group.
@@ -406,7 +428,7 @@ TEST_F(GroupPathTest, MirrorShortSendCutsOnlyThatMirror) {
   configure(1);
   startConnected();
   ring().complete(ring().pending(OpKind::Connect, 100), 0);
-  ring().receive(ring().pending(OpKind::RecvSelect, kClientFd), "x");
+  ring().receive(ring().pendingReceive(kClientFd), "x");
   ring().complete(ring().pending(OpKind::Send, 100), 1);
   ring().complete(ring().pending(OpKind::Send, primaryFd()), 1);
   FakeOp* group = ring().pending(OpKind::Group, kClientFd);
@@ -437,12 +459,12 @@ TEST_F(GroupPathTest, AMirrorStillDrainingMainlineChunksNeverHoldsThePrimary) {
   configure(1);
   startConnected();
   ring().complete(ring().pending(OpKind::Connect, 100), 0);
-  ring().receive(ring().pending(OpKind::RecvSelect, kClientFd), "a");
+  ring().receive(ring().pendingReceive(kClientFd), "a");
   ring().complete(ring().pending(OpKind::Send, primaryFd()), 1);
   // The mirror has not taken "a" yet: the primary does not wait, the next chunk goes the
   // mainline way (and queues for the mirror behind "a").
   EXPECT_EQ(ring().pendingCount(OpKind::Group, kClientFd), 0u);
-  EXPECT_EQ(ring().pendingCount(OpKind::RecvSelect, kClientFd), 1u);
+  EXPECT_EQ(ring().pendingReceives(kClientFd), 1u);
 }
 
 TEST_F(GroupPathTest, EnobufsFromTheKernelFallsBackToMainlineForAMoment) {
@@ -450,7 +472,7 @@ TEST_F(GroupPathTest, EnobufsFromTheKernelFallsBackToMainlineForAMoment) {
   FakeOp* group = ring().pending(OpKind::Group, kClientFd);
   ring().complete(group, -ENOBUFS);
   completeMember(group, 0, -ECANCELED);
-  EXPECT_EQ(ring().pendingCount(OpKind::RecvSelect, kClientFd), 1u);
+  EXPECT_EQ(ring().pendingReceives(kClientFd), 1u);
   EXPECT_EQ(ring().pendingCount(OpKind::Group, kClientFd), 0u);
 }
 

@@ -172,16 +172,29 @@ public:
       op->completion->complete(res, flags);
     }
   }
-  // A RecvSelect that receives `data`: the fake kernel picks a provided buffer.
-  void receive(FakeOp* op, const std::string& data) {
+  // A receive selecting a provided buffer (RecvSelect or RecvMultishot) gets `data`: the
+  // fake kernel picks a buffer. `more`: a multishot receive stays armed (F_MORE).
+  void receive(FakeOp* op, const std::string& data, bool more = false) {
     int id = buffers_->pick();
     if (id < 0) {
       complete(op, -ENOBUFS);
       return;
     }
     std::memcpy(buffers_->address(static_cast<uint16_t>(id)), data.data(), data.size());
-    complete(op, static_cast<int32_t>(data.size()),
-             IORING_CQE_F_BUFFER | (static_cast<uint32_t>(id) << IORING_CQE_BUFFER_SHIFT));
+    uint32_t flags =
+        IORING_CQE_F_BUFFER | (static_cast<uint32_t>(id) << IORING_CQE_BUFFER_SHIFT);
+    if (more && op->kind == OpKind::RecvMultishot) {
+      flags |= IORING_CQE_F_MORE;
+    }
+    complete(op, static_cast<int32_t>(data.size()), flags);
+  }
+  // The pending receive on `fd` that selects provided buffers, whichever kind it is.
+  FakeOp* pendingReceive(int fd) {
+    FakeOp* op = pending(OpKind::RecvMultishot, fd);
+    return op != nullptr ? op : pending(OpKind::RecvSelect, fd);
+  }
+  size_t pendingReceives(int fd) const {
+    return pendingCount(OpKind::RecvMultishot, fd) + pendingCount(OpKind::RecvSelect, fd);
   }
   // Completes every op a cancel was requested for with -ECANCELED (a cancelled group
   // leader takes its unissued members with it, as the kernel does).
