@@ -64,13 +64,14 @@ void checkTapContents(size_t size, const TapContents& contents, const TapDiagnos
       uint64_t next = 0;
       for (size_t i = 0; i < st.chunks.size(); ++i) {
         const TapChunk& c = st.chunks[i];
-        FUZZ_CHECK(c.length > 0, ctx + ": empty chunk");
+        FUZZ_CHECK_KNOWN(c.length > 0, "empty-chunk", ctx + ": empty chunk");
         FUZZ_CHECK(
             c.payloadOffset >= sizeof(FileHeader) + sizeof(ExtentHeader) + sizeof(ChunkHeader) &&
                 c.payloadOffset <= size && c.length <= size - c.payloadOffset,
             ctx + ": chunk payload inside the file");
         FUZZ_CHECK(i == 0 || c.streamOffset >= next, ctx + ": chunks ordered, no overlap");
-        FUZZ_CHECK(c.streamOffset + c.length > c.streamOffset, ctx + ": stream offset overflow");
+        FUZZ_CHECK_KNOWN(c.streamOffset + c.length > c.streamOffset, "stream-offset-overflow",
+                         ctx + ": stream offset overflow");
         next = c.streamOffset + c.length;
       }
       FUZZ_CHECK(st.endOffset() >= next, ctx + ": end at or past the last chunk");

@@ -35,9 +35,9 @@ namespace {
 using namespace grelay::tap;
 using grelay::fuzz::ByteReader;
 
-constexpr uint64_t kMaxImage = 8u << 20;  // stop acting once the file is this large
+constexpr uint64_t kMaxImage = 2u << 20;  // stop acting once the file is this large
 constexpr size_t kMaxLive = 12;
-constexpr size_t kMaxOps = 3000;
+constexpr size_t kMaxOps = 2000;
 
 uint64_t splitmix(uint64_t& x) {
   uint64_t z = (x += 0x9e3779b97f4a7c15ull);

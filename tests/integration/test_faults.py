@@ -222,6 +222,15 @@ class FaultTest(h.GrelayTest):
                 bg.assert_healthy(self, minimum=3)
                 st = os.statvfs(fs.path)
                 self.assertLess(st.f_bfree * st.f_frsize, 64 * h.KiB, "the tmpfs never filled")
+            # What the tap recorded before the disk filled still exports (exit 1: the files
+            # are unfinished, which is reported, not fatal).
+            pcap = os.path.join(h.tempfile.mkdtemp(prefix="grelay-faults-"), "tap.pcap")
+            self.addCleanup(h.shutil.rmtree, os.path.dirname(pcap), True)
+            r = h.run_grelay(["tap", "export", "--pcap", pcap, tap_dir], timeout=120)
+            self.assertFalse(re.search(r"DEADLYSIGNAL|Sanitizer", r.stderr),
+                             f"tap export crashed: {r.stderr[-3000:]}")
+            self.assertIn(r.returncode, (0, 1), f"tap export: {r.stdout}{r.stderr}")
+            self.assertRegex(r.stdout, r"exported [1-9]\d* sessions", r.stdout + r.stderr)
 
     # -- file descriptors
 
