@@ -6,6 +6,7 @@
 #include <cstring>
 
 #include "proxy/log.h"
+#include "proxy/tap/format.h"
 
 namespace grelay::proxy {
 namespace {
@@ -71,9 +72,34 @@ void TapWriter::release(Write* w) {
 }
 
 void TapWriter::submit(Write& w) {
-  const uint8_t* data =
-      w.stage == Stage::Payload ? w.chunk.data() : w.record.data();
-  ring_.write(fd_, data + w.written, w.length - w.written, w.offset + w.written, &w.done);
+  if (w.stage == Stage::Combined && w.written == 0) {
+    ring_.writev(fd_, w.iov, 2, w.offset, &w.done);
+    return;
+  }
+  const uint8_t* data;
+  uint32_t skip = w.written;
+  switch (w.stage) {
+    case Stage::Payload:
+      data = w.chunk.data();
+      break;
+    case Stage::Staged:
+      data = w.stageData;
+      break;
+    case Stage::Combined:
+      // The rest of a short writev: the header went out first, then part of the payload.
+      if (skip < w.record.size) {
+        ring_.write(fd_, w.record.data() + skip, w.record.size - skip, w.offset + skip,
+                    &w.done);
+      } else {
+        ring_.write(fd_, w.chunk.data() + (skip - w.record.size), w.length - skip,
+                    w.offset + skip, &w.done);
+      }
+      return;
+    default:
+      data = w.record.data();
+      break;
+  }
+  ring_.write(fd_, data + skip, w.length - skip, w.offset + skip, &w.done);
 }
 
 void TapWriter::writeRecord(const tap::TapRecord& record) {
@@ -102,15 +128,42 @@ void TapWriter::completed(Write& w, int32_t res) {
   }
   switch (w.stage) {
     case Stage::Record:
+    case Stage::Header:
       release(&w);
       break;
     case Stage::Payload:
       payloadDone(w, ok);
       break;
-    case Stage::Header:
-      release(&w);
+    case Stage::Combined:
+    case Stage::Staged:
+      combinedDone(w, ok);
       break;
   }
+}
+
+void TapWriter::combinedDone(Write& w, bool ok) {
+  TapStream* stream = w.stream;
+  stream->unwritten -= w.payload;
+  if (ok) {
+    stats_.tapBytes.add(w.payload);
+  } else {
+    stats_.tapDroppedBytes.add(w.payload);
+    dropped_ += w.payload;
+    // Headers went out with their payloads: one that now claims bytes that are not
+    // there must not be read. A zero header ends the extent's data for readers.
+    tap::TapRecord zero;
+    zero.offset = w.offset;
+    zero.size = sizeof(tap::ChunkHeader);
+    ssize_t n = ::pwrite(fd_, zero.data(), zero.size, static_cast<off_t>(zero.offset));
+    (void)n;
+  }
+  if (w.stage == Stage::Staged) {
+    freeStages_.push_back(w.stageData);
+    w.stageData = nullptr;
+  }
+  TapStreamOwner* owner = stream->owner;
+  release(&w);
+  owner->tapWriteFinished();
 }
 
 void TapWriter::payloadDone(Write& w, bool ok) {
@@ -176,16 +229,107 @@ void TapWriter::chunk(TapStream& stream, tap::Direction direction, const relay::
   if (r.hasExtentHeader) {
     writeRecord(r.extentHeader);
   }
+  tap::TapRecord header;
+  layout_.commitChunk(stream.session, r, n, tap::tapNowNs(), &header);
+  stream.unwritten += n;
+  if (n <= kStagedChunkMax && header.offset + header.size == r.payloadOffset) {
+    stageChunk(stream, direction, r, header, chunk);
+    return;
+  }
+  // One write: the header right before its payload (a failure zeroes the header again).
+  flushStage(stream.stages[tap::index(direction)]);
   Write* w = acquire();
-  w->stage = Stage::Payload;
-  layout_.commitChunk(stream.session, r, n, tap::tapNowNs(), &w->record);
+  w->stage = Stage::Combined;
+  w->record = header;
   w->stream = &stream;
   w->chunk = chunk;
-  w->offset = r.payloadOffset;
-  w->length = n;
-  stream.unwritten += n;
+  w->offset = header.offset;
+  w->length = header.size + n;
+  w->payload = n;
+  w->iov[0] = {w->record.bytes.data(), header.size};
+  w->iov[1] = {const_cast<uint8_t*>(chunk.data()), n};
   stream.owner->tapWriteStarted();
   submit(*w);
+}
+
+void TapWriter::stageChunk(TapStream& stream, tap::Direction direction,
+                           const tap::TapReservation& r, const tap::TapRecord& header,
+                           const relay::ChunkRef& chunk) {
+  TapStage& st = stream.stages[tap::index(direction)];
+  const uint32_t n = chunk.size();
+  const uint32_t need = static_cast<uint32_t>(tap::alignUp(header.size + n));
+  if (st.data != nullptr && (st.offset + st.used != header.offset || st.used + need > kStageSize)) {
+    flushStage(st);  // not contiguous (a new extent), or full
+  }
+  if (st.data == nullptr) {
+    if (freeStages_.empty()) {
+      stageBuffers_.push_back(std::make_unique<uint8_t[]>(kStageSize));
+      freeStages_.push_back(stageBuffers_.back().get());
+    }
+    st.data = freeStages_.back();
+    freeStages_.pop_back();
+    st.offset = header.offset;
+    st.used = 0;
+    st.payload = 0;
+    st.since = monotonicNanos();
+    st.stream = &stream;
+    st.dirty = true;
+    st.prevDirty = dirtyTail_;
+    st.nextDirty = nullptr;
+    (dirtyTail_ != nullptr ? dirtyTail_->nextDirty : dirtyHead_) = &st;
+    dirtyTail_ = &st;
+  }
+  std::memcpy(st.data + st.used, header.data(), header.size);
+  std::memcpy(st.data + st.used + header.size, chunk.data(), n);
+  std::memset(st.data + st.used + header.size + n, 0, need - header.size - n);
+  (void)r;
+  st.used += need;
+  st.payload += n;
+}
+
+void TapWriter::unlinkDirty(TapStage& st) {
+  if (!st.dirty) {
+    return;
+  }
+  (st.prevDirty != nullptr ? st.prevDirty->nextDirty : dirtyHead_) = st.nextDirty;
+  (st.nextDirty != nullptr ? st.nextDirty->prevDirty : dirtyTail_) = st.prevDirty;
+  st.prevDirty = st.nextDirty = nullptr;
+  st.dirty = false;
+}
+
+void TapWriter::flushStage(TapStage& st) {
+  if (st.data == nullptr) {
+    return;
+  }
+  unlinkDirty(st);
+  Write* w = acquire();
+  w->stage = Stage::Staged;
+  w->stageData = st.data;
+  w->stream = st.stream;
+  w->offset = st.offset;
+  w->length = st.used;
+  w->payload = st.payload;
+  st.data = nullptr;
+  st.used = 0;
+  st.payload = 0;
+  w->stream->owner->tapWriteStarted();
+  if (failed_) {
+    combinedDone(*w, false);
+    return;
+  }
+  submit(*w);
+}
+
+void TapWriter::flushStages(TapStream& stream) {
+  flushStage(stream.stages[0]);
+  flushStage(stream.stages[1]);
+}
+
+uint64_t TapWriter::flushDue(uint64_t now) {
+  while (dirtyHead_ != nullptr && dirtyHead_->since + kStageDelayNanos <= now) {
+    flushStage(*dirtyHead_);
+  }
+  return dirtyHead_ != nullptr ? dirtyHead_->since + kStageDelayNanos : 0;
 }
 
 bool TapWriter::reserve(TapStream& stream, tap::Direction direction, uint32_t* maxLength,
@@ -261,6 +405,7 @@ void TapWriter::gap(TapStream& stream, tap::Direction direction, uint64_t bytes,
 
 void TapWriter::end(TapStream& stream, tap::Direction direction, tap::EndKind kind,
                     int32_t error) {
+  flushStage(stream.stages[tap::index(direction)]);
   if (!stream.opened || stream.session.ended(direction)) {
     return;
   }
@@ -272,6 +417,7 @@ void TapWriter::end(TapStream& stream, tap::Direction direction, tap::EndKind ki
 }
 
 void TapWriter::close(TapStream& stream, tap::CloseReason reason, int32_t error) {
+  flushStages(stream);
   if (!stream.opened || !stream.session.isOpen()) {
     return;
   }

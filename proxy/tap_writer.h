@@ -7,6 +7,9 @@
 // tap for good (counted, logged) and the relay goes on.
 #pragma once
 
+#include <sys/uio.h>
+
+#include <array>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -31,12 +34,28 @@ protected:
   ~TapStreamOwner() = default;
 };
 
+// Small chunks of one direction, staged with their headers as they lie in the stream's
+// extent ([header | payload | pad] ...), so many chunks cost one WRITE (file writes through
+// io_uring go to io-wq: each one is a thread hand-off).
+struct TapStage {
+  uint8_t* data = nullptr;   // a buffer of the writer's stage pool (nullptr = none)
+  uint64_t offset = 0;       // file offset of data[0]
+  uint32_t used = 0;
+  uint32_t payload = 0;      // payload bytes staged (what tap_bytes counts)
+  uint64_t since = 0;        // monotonic ns of the first staged chunk
+  struct TapStream* stream = nullptr;
+  TapStage* nextDirty = nullptr;
+  TapStage* prevDirty = nullptr;
+  bool dirty = false;
+};
+
 // A session's tap state.
 struct TapStream {
   tap::TapSession session;
-  uint64_t unwritten = 0;  // payload bytes whose writes have not completed
+  uint64_t unwritten = 0;  // payload bytes whose writes have not completed (staged too)
   TapStreamOwner* owner = nullptr;
   bool opened = false;
+  std::array<TapStage, 2> stages;  // by direction
 };
 
 class TapWriter {
@@ -48,8 +67,16 @@ public:
   TapWriter(const TapWriter&) = delete;
   TapWriter& operator=(const TapWriter&) = delete;
 
+  // Small chunks wait in a stage at most this long before they are written.
+  static constexpr uint64_t kStageDelayNanos = 5'000'000;
+  static constexpr uint32_t kStageSize = 16 * 1024;
+  static constexpr uint32_t kStagedChunkMax = 4 * 1024;  // larger chunks: one WRITEV
+
   // Writes the file header.
   void start();
+  // Writes the stages older than kStageDelayNanos; returns when the next one is due (0 =
+  // none). Called by the worker after each round of completions.
+  uint64_t flushDue(uint64_t now);
   bool active() const { return !failed_; }
 
   void open(TapStream& stream, const tap::TapSessionInfo& info);
@@ -78,7 +105,7 @@ public:
   const std::string& path() const { return path_; }
 
 private:
-  enum class Stage : uint8_t { Record, Payload, Header };
+  enum class Stage : uint8_t { Record, Payload, Header, Combined, Staged };
   struct Write {
     explicit Write(TapWriter& w) : writer(w), done(*this) {}
     void onDone(int32_t res, uint32_t flags) noexcept;
@@ -87,6 +114,9 @@ private:
     TapStream* stream = nullptr;
     relay::ChunkRef chunk;
     tap::TapRecord record;  // Record: its bytes; Payload: the header to write after it
+    uint8_t* stageData = nullptr;  // Staged: the stage buffer being written
+    uint32_t payload = 0;      // Combined, Staged: payload bytes in the write
+    struct iovec iov[2];       // Combined: header, payload
     uint64_t offset = 0;
     uint32_t length = 0;
     uint32_t written = 0;
@@ -101,6 +131,12 @@ private:
   void completed(Write& w, int32_t res);
   void payloadDone(Write& w, bool ok);
   void gap(TapStream& stream, tap::Direction direction, uint64_t bytes, tap::GapReason reason);
+  void stageChunk(TapStream& stream, tap::Direction direction, const tap::TapReservation& r,
+                  const tap::TapRecord& header, const relay::ChunkRef& chunk);
+  void flushStage(TapStage& stage);
+  void flushStages(TapStream& stream);
+  void unlinkDirty(TapStage& stage);
+  void combinedDone(Write& w, bool ok);
   void fail(int32_t error);
   void noteFull();
 
@@ -113,6 +149,10 @@ private:
   tap::TapLayout layout_;
   std::vector<std::unique_ptr<Write>> writes_;
   Write* free_ = nullptr;
+  std::vector<std::unique_ptr<uint8_t[]>> stageBuffers_;
+  std::vector<uint8_t*> freeStages_;
+  TapStage* dirtyHead_ = nullptr;  // staged, oldest first
+  TapStage* dirtyTail_ = nullptr;
   uint32_t inflight_ = 0;
   uint64_t dropped_ = 0;
   bool failed_ = false;

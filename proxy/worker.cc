@@ -175,6 +175,9 @@ bool Worker::loopOnce() {
   }
   __kernel_timespec ts{1, 0};
   uint64_t next = timers_.next();
+  if (tapDue_ != 0 && (next == 0 || tapDue_ < next)) {
+    next = tapDue_;  // small tap chunks staged for a few ms
+  }
   for (const auto& a : acceptors_) {
     if (!a->armed && a->retryAt > now_ && (next == 0 || a->retryAt < next)) {
       next = a->retryAt;
@@ -412,6 +415,13 @@ void Worker::afterDispatch() {
   for (auto& a : acceptors_) {
     if (!a->armed && !drainStarted_ && now_ >= a->retryAt) {
       armAccept(*a);
+    }
+  }
+  tapDue_ = 0;
+  for (auto& t : taps_) {
+    uint64_t due = t->flushDue(now_);
+    if (due != 0 && (tapDue_ == 0 || due < tapDue_)) {
+      tapDue_ = due;
     }
   }
 }

@@ -142,6 +142,7 @@ private:
   BufferWaiter* waitHead_ = nullptr;  // starved of buffers (-ENOBUFS, copy path), FIFO
   BufferWaiter* waitTail_ = nullptr;
   bool buffersFreed_ = false;
+  uint64_t tapDue_ = 0;  // when the taps' oldest staged chunks must be written
   bool pressureChecked_ = false;
 
   std::vector<uint8_t> discard_;

@@ -8,6 +8,7 @@
 
 #include <linux/time_types.h>
 #include <sys/socket.h>
+#include <sys/uio.h>
 
 #include <cstdint>
 #include <memory>
@@ -56,6 +57,9 @@ public:
   virtual void recv(int fd, void* buf, uint32_t len, Completion* c) = 0;
   virtual void send(int fd, const void* buf, uint32_t len, int msgFlags, Completion* c) = 0;
   virtual void write(int fd, const void* buf, uint32_t len, uint64_t offset, Completion* c) = 0;
+  // Gathers `count` buffers into one positioned write (the iovecs must stay valid too).
+  virtual void writev(int fd, const struct iovec* iov, uint32_t count, uint64_t offset,
+                      Completion* c) = 0;
   virtual void read(int fd, void* buf, uint32_t len, Completion* c) = 0;
   virtual void connect(int fd, const sockaddr* addr, socklen_t addrLen, Completion* c) = 0;
   // One-shot readiness: completes with the ready events (POLLIN, POLLOUT...) or -errno.

@@ -158,6 +158,13 @@ void UringRing::write(int fd, const void* buf, uint32_t len, uint64_t offset, Co
   io_uring_sqe_set_data64(s, tag(c));
 }
 
+void UringRing::writev(int fd, const struct iovec* iov, uint32_t count, uint64_t offset,
+                       Completion* c) {
+  io_uring_sqe* s = sqe();
+  io_uring_prep_writev(s, fd, iov, count, offset);
+  io_uring_sqe_set_data64(s, tag(c));
+}
+
 void UringRing::read(int fd, void* buf, uint32_t len, Completion* c) {
   io_uring_sqe* s = sqe();
   io_uring_prep_read(s, fd, buf, len, 0);

@@ -25,6 +25,8 @@ public:
   void recv(int fd, void* buf, uint32_t len, Completion* c) override;
   void send(int fd, const void* buf, uint32_t len, int msgFlags, Completion* c) override;
   void write(int fd, const void* buf, uint32_t len, uint64_t offset, Completion* c) override;
+  void writev(int fd, const struct iovec* iov, uint32_t count, uint64_t offset,
+              Completion* c) override;
   void read(int fd, void* buf, uint32_t len, Completion* c) override;
   void connect(int fd, const sockaddr* addr, socklen_t addrLen, Completion* c) override;
   void pollAdd(int fd, uint32_t events, Completion* c) override;

@@ -30,6 +30,7 @@ struct FakeOp {
   const relay::Completion* target = nullptr;  // Cancel
   relay::Completion* completion = nullptr;
   std::vector<relay::GroupMember> members{};  // Group
+  std::vector<struct iovec> iov{};            // Write from writev
   bool done = false;
   bool cancelRequested = false;
 };
@@ -95,6 +96,16 @@ public:
   }
   void write(int fd, const void* buf, uint32_t len, uint64_t off, relay::Completion* c) override {
     FakeOp op{OpKind::Write, fd, buf, len, 0, off};
+    add(op, c);
+  }
+  void writev(int fd, const struct iovec* iov, uint32_t count, uint64_t off,
+              relay::Completion* c) override {
+    FakeOp op{OpKind::Write, fd};
+    op.offset = off;
+    for (uint32_t i = 0; i < count; ++i) {
+      op.iov.push_back(iov[i]);
+      op.len += static_cast<uint32_t>(iov[i].iov_len);
+    }
     add(op, c);
   }
   void read(int fd, void* buf, uint32_t len, relay::Completion* c) override {
