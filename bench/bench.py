@@ -10,8 +10,9 @@ origin serving /100b and /1m, through one proxy with one worker (or directly). C
 repeated round-robin (repetition 1 of every case, then repetition 2, ...) so drift and
 other load on the machine hit all of them alike; the tables report medians.
 
-Writes PREFIX.json, PREFIX.md and PREFIX.png (default bench/results/latest, or
-bench/results/tmp/quick with --quick). Exit status: 0 when every run completed and no
+Writes PREFIX.json, PREFIX.md and PREFIX.png: bench/results/latest.* (and the results
+section of bench/README.md) for a full run, bench/results/tmp/{quick,partial}.* for
+--quick, --cases or --compare runs, or --out PREFIX. Exit status: 0 when every run completed and no
 grelay run had errors (socket errors, non-2xx, wrong response sizes, a proxy that died,
 a healthy mirror missing requests); 1 otherwise; 2 on a usage error. Performance targets
 are reported, never gate the exit status.
@@ -56,7 +57,7 @@ class Case:
     size: str  # 100b | 1m
     title: str
     section: str
-    mirrors: int = 0  # healthy mirrors (http204 sinks)
+    mirrors: int = 0  # healthy mirrors (sinks that read everything)
     stall: bool = False  # one extra mirror that accepts and never reads
     tap: bool = False
     peers: tuple = ()  # peer cases this case is compared with ("vs best peer")
@@ -887,15 +888,16 @@ def write_outputs(prefix: str, doc: dict, plot: bool) -> None:
     with open(prefix + ".md", "w") as f:
         f.write(markdown(doc, os.path.basename(prefix) + ".png" if plot else None))
     if os.path.abspath(prefix) == os.path.join(RESULTS, "latest") and update_readme(
-            markdown(doc, "results/latest.png" if plot else None)):
+            markdown(doc, "results/latest.png" if plot else None, heading=False)):
         log("updated the results section of bench/README.md")
     if plot:
         gnuplot(prefix, doc)
 
 
-def markdown(doc: dict, png: str | None) -> str:
+def markdown(doc: dict, png: str | None, heading: bool = True) -> str:
     m, s, summary = doc["machine"], doc["settings"], doc["summary"]
-    out = [f"## Results ({doc['finished'][:16].replace('T', ' ')} UTC)", ""]
+    when = f"{doc['finished'][:16].replace('T', ' ')} UTC"
+    out = [f"## Results ({when})" if heading else f"Measured {when}.", ""]
     out.append(f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB, kernel "
                f"{m['kernel']}; nginx {m['nginx']}, {m['haproxy']}, {m['wrk']}, "
                f"{m['grelay']}, relay path `{m['grelay_relay_path']}`.")
@@ -909,6 +911,12 @@ def markdown(doc: dict, png: str | None) -> str:
                f"{doc['load_before']} / {doc['load_after']}; CPU used by other processes "
                f"during the runs (median per run): {fmt_num(doc['foreign_cpu_s_median'], 2)} s "
                f"of {s['duration_s'] * m['cores']:g} CPU-s available.")
+    avail = s["duration_s"] * (m.get("cores") or 1)
+    if doc["foreign_cpu_s_median"] and doc["foreign_cpu_s_median"] > 0.25 * avail:
+        out += ["", f"⚠ **Busy machine**: other processes used "
+                f"{doc['foreign_cpu_s_median'] / avail:.0%} of the CPU during a median run, so "
+                "req/s are low and spread out and p99s mostly measure the scheduler; the CPU "
+                "µs/req column (the proxy's own cost) is the steadiest number here."]
     out.append("")
     sections = []
     for c in CASES:
