@@ -4,6 +4,7 @@
 //   grelay --features         io_uring features found and the relay path "auto" picks
 //   grelay tap export --pcap OUT TAP...
 //   grelay --version
+#include <cstdlib>
 #include <cstring>
 #include <iostream>
 #include <sstream>
@@ -34,6 +35,14 @@ int usage(const char* problem) {
 
 int main(int argc, char** argv) {
   using namespace grelay;
+  // GRELAY_LOG=debug|info|warn|error (default info).
+  if (const char* level = std::getenv("GRELAY_LOG"); level != nullptr) {
+    const std::string l = level;
+    proxy::setLogLevel(l == "debug"  ? proxy::LogLevel::Debug
+                       : l == "warn" ? proxy::LogLevel::Warn
+                       : l == "error" ? proxy::LogLevel::Error
+                                      : proxy::LogLevel::Info);
+  }
   if (argc >= 2 && std::strcmp(argv[1], "tap") == 0) {
     return tap::tapMain(argc - 1, argv + 1, std::cout, std::cerr);
   }

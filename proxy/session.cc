@@ -5,14 +5,13 @@
 #include <cerrno>
 #include <cstring>
 
+#include "proxy/log.h"
 #include "proxy/tls_context.h"
 
 #include "relay/uring_compat.h"
 
 namespace grelay::proxy {
 namespace {
-
-constexpr int kSendFlags = MSG_NOSIGNAL | MSG_WAITALL;
 
 uint64_t nanos(config::Duration d) {
   return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(d).count());
@@ -123,7 +122,7 @@ void Peer::maybeFinish() {
 }
 
 void Peer::sendFin() {
-  if (tls_ != nullptr && !tlsMemory_) {
+  if (ktlsSend()) {
     tls_->shutdown();  // kTLS: OpenSSL sends close_notify through the kernel
   }
   session_.host_.sockets().shutdownWrite(fd_);
@@ -149,7 +148,7 @@ void Peer::sendNext() {
   activeSend_ = &sendDone_;
   ++session_.inflight_;
   session_.host_.ring().send(fd_, front.chunk.data() + front.offset,
-                             front.chunk.size() - front.offset, kSendFlags, &sendDone_);
+                             front.chunk.size() - front.offset, sendFlags(), &sendDone_);
 }
 
 void Peer::onSend(int32_t res, uint32_t) noexcept {
@@ -348,7 +347,7 @@ void Flow::onRecv(int32_t res, uint32_t flags) noexcept {
     return;
   }
   chunk.reset();
-  if (res == -EIO && source_.tls_ != nullptr && !source_.tlsMemory_) {
+  if (res == -EIO && source_.tls_ != nullptr && !source_.tlsReceiveUser_) {
     // Kernel TLS hands non-data records (an alert: close_notify) to recvmsg with a
     // control message only; a plain receive fails with EIO. The peer is done sending.
     res = 0;
@@ -465,6 +464,9 @@ void GroupOp::onLeader(int32_t res, uint32_t) noexcept {
   if (tapMember) {
     tap->abandoned(s.tap_, reservation);
   }
+  if (res == -EIO && flow.source_.tls_ != nullptr && !flow.source_.tlsReceiveUser_) {
+    res = 0;  // kernel TLS: an alert (close_notify) ends the direction (see Flow::onRecv)
+  }
   if (s.closing()) {
     s.opDone(flow.source_);
   } else if (res == 0) {
@@ -534,9 +536,11 @@ void GroupOp::onMirror(size_t index, int32_t res) {
     const uint32_t sent = res > 0 ? static_cast<uint32_t>(res) : 0;
     s.stats().mirrors[index].sentBytes.add(sent);
     s.stats().mirrors[index].droppedBytes.add(length - sent);
-    s.cutMirror(index, res >= 0 || res == -EAGAIN
-                           ? "fell behind (its socket buffer was full)"
-                           : ("send failed: " + std::string(std::strerror(-res))).c_str());
+    s.cutMirror(index,
+                res >= 0 || res == -EAGAIN
+                    ? "fell behind by more than max_lag or its socket send buffer holds (on the "
+                      "group path a chunk the buffer cannot take at once is lost to the mirror)"
+                    : ("send failed: " + std::string(std::strerror(-res))).c_str());
   }
   completed();
 }
@@ -678,16 +682,20 @@ void Session::continueHandshake(Peer& peer) {
 
 void Session::handshakeDone(Peer& peer) {
   relay::TlsChannel& tls = *peer.tls_;
-  if (tls.ktls()) {
-    // The kernel encrypts and decrypts from now on: plain receives and sends, and the
-    // session stays on the worker's zero-copy path.
-    peer.tlsMemory_ = false;
-    stats().ktlsSessions.inc();
-  } else if (tls.useMemoryBio()) {
-    peer.tlsMemory_ = true;
-  } else {
+  GRELAY_LOG_DEBUG("TLS %s: %s, kernel TLS send %s, receive %s",
+                   peer.kind_ == Peer::Kind::Client ? "client" : "upstream",
+                   tls.describe().c_str(), tls.ktlsSend() ? "on" : "off",
+                   tls.ktlsReceive() ? "on" : "off");
+  // Each direction the kernel took is a plain receive or send from now on (the session
+  // stays on the worker's zero-copy path for it); the others go through OpenSSL.
+  peer.tlsSendUser_ = !tls.ktlsSend();
+  peer.tlsReceiveUser_ = !tls.ktlsReceive();
+  if (!tls.useMemoryBio(peer.tlsReceiveUser_, peer.tlsSendUser_)) {
     handshakeFailed(peer, false);
     return;
+  }
+  if (!peer.tlsSendUser_ || !peer.tlsReceiveUser_) {
+    stats().ktlsSessions.inc();
   }
   activity();
   if (peer.kind_ == Peer::Kind::Client) {
@@ -921,9 +929,12 @@ void Session::startRelaying() {
   state_ = State::Relaying;
   activity();
   for (Flow* flow : {&request_, &response_}) {
-    flow->copy_ = host_.pathIndex() == metrics::kCopyPath || flow->source_.tlsInUserspace();
+    flow->copy_ =
+        host_.pathIndex() == metrics::kCopyPath || flow->source_.tlsReceiveInUserspace();
+    // A group's SEND to the target must send it all (MSG_WAITALL): not to a TLS target,
+    // whatever encrypts for it (kernel TLS refuses MSG_WAITALL).
     flow->groupCapable_ = host_.pathIndex() == metrics::kGroupPath && !flow->copy_ &&
-                          !flow->target_.tlsInUserspace();
+                          flow->target_.tls_ == nullptr;
     // A direction whose bytes are encrypted in userspace on the way out is on the copy
     // path too, even though it receives like mainline.
     flow->path_ = flow->copy_ || flow->target_.tlsInUserspace()
@@ -1042,6 +1053,11 @@ void Session::peerSent(Peer& peer, uint32_t bytes) {
 }
 
 void Session::peerFailed(Peer& peer, int32_t err) {
+  GRELAY_LOG_DEBUG("session %llu: send to the %s failed: %s", static_cast<unsigned long long>(id_),
+                   peer.kind_ == Peer::Kind::Client    ? "client"
+                   : peer.kind_ == Peer::Kind::Primary ? "upstream"
+                                                       : "mirror",
+                   describe(err).c_str());
   if (peer.kind_ == Peer::Kind::Mirror) {
     cutMirror(peer.mirrorIndex_, ("send failed: " + describe(err)).c_str());
     return;
@@ -1052,6 +1068,9 @@ void Session::peerFailed(Peer& peer, int32_t err) {
 }
 
 void Session::sourceFailed(Flow& flow, int32_t err) {
+  GRELAY_LOG_DEBUG("session %llu: receive from the %s failed: %s",
+                   static_cast<unsigned long long>(id_),
+                   &flow == &request_ ? "client" : "upstream", describe(err).c_str());
   // A reset (or any receive error) on one side resets every other connection; the
   // failed socket itself is closed with RST too, so nothing lingers in FIN_WAIT.
   stats().resets.inc();

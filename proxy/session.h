@@ -120,7 +120,13 @@ public:
   bool idle() const {
     return !sending_ && !connecting_ && !reading_ && !polling_ && groupSends_ == 0;
   }
-  bool tlsInUserspace() const { return tls_ != nullptr && tlsMemory_; }
+  // TLS records this peer sends are made by OpenSSL (copy path), not by kernel TLS.
+  bool tlsInUserspace() const { return tls_ != nullptr && tlsSendUser_; }
+  // What this peer sends must be decrypted by OpenSSL first.
+  bool tlsReceiveInUserspace() const { return tls_ != nullptr && tlsReceiveUser_; }
+  bool ktlsSend() const { return tls_ != nullptr && !tlsSendUser_; }
+  // Kernel TLS refuses MSG_WAITALL (EOPNOTSUPP): short sends are continued here anyway.
+  int sendFlags() const { return ktlsSend() ? MSG_NOSIGNAL : MSG_NOSIGNAL | MSG_WAITALL; }
   bool drained() const { return queue_.empty() && !sending_; }
 
   Session& session_;
@@ -138,7 +144,8 @@ public:
   bool finSent_ = false;
   bool failed_ = false;
   std::unique_ptr<relay::TlsChannel> tls_;
-  bool tlsMemory_ = false;  // TLS in userspace (copy path); false with kTLS
+  bool tlsSendUser_ = false;     // OpenSSL encrypts what we send (else kernel TLS does)
+  bool tlsReceiveUser_ = false;  // OpenSSL decrypts what we receive (else kernel TLS does)
   bool closeNotifySent_ = false;
   std::deque<relay::ChunkRef> tlsBacklog_;  // plaintext waiting for room to be encrypted
   uint64_t unsent_ = 0;  // bytes queued, including the send in flight

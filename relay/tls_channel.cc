@@ -105,11 +105,14 @@ TlsChannel::Step TlsChannel::handshake() {
   }
 }
 
-bool TlsChannel::ktls() const {
-  return BIO_get_ktls_send(SSL_get_wbio(ssl_)) && BIO_get_ktls_recv(SSL_get_rbio(ssl_));
-}
+bool TlsChannel::ktls() const { return ktlsSend() && ktlsReceive(); }
+bool TlsChannel::ktlsSend() const { return BIO_get_ktls_send(SSL_get_wbio(ssl_)); }
+bool TlsChannel::ktlsReceive() const { return BIO_get_ktls_recv(SSL_get_rbio(ssl_)); }
 
-bool TlsChannel::useMemoryBio() {
+bool TlsChannel::useMemoryBio(bool receive, bool send) {
+  if (!receive && !send) {
+    return true;
+  }
   BIO* bio = BIO_new(method());
   if (bio == nullptr) {
     recordError("BIO_new", 0);
@@ -117,7 +120,13 @@ bool TlsChannel::useMemoryBio() {
   }
   BIO_set_data(bio, this);
   BIO_set_init(bio, 1);
-  SSL_set_bio(ssl_, bio, bio);  // rbio == wbio: takes our one reference
+  if (receive && send) {
+    SSL_set_bio(ssl_, bio, bio);  // rbio == wbio: takes our one reference
+  } else if (receive) {
+    SSL_set0_rbio(ssl_, bio);  // the socket BIO (kernel TLS) keeps sending
+  } else {
+    SSL_set0_wbio(ssl_, bio);
+  }
   return true;
 }
 

@@ -44,8 +44,12 @@ public:
   Step handshake();
   // Kernel TLS took over both directions (after Done).
   bool ktls() const;
-  // After Done without kTLS: from now on the ring does the socket I/O (feed/read/write).
-  bool useMemoryBio();
+  bool ktlsSend() const;
+  bool ktlsReceive() const;
+  // After Done: the directions kernel TLS did not take move to a memory BIO, and the ring
+  // does their socket I/O (feed/read for receiving, write/takeOutbound for sending).
+  // OpenSSL 3.0 offloads TLS 1.3 sending but not receiving, so half and half is common.
+  bool useMemoryBio(bool receive = true, bool send = true);
 
   // Ciphertext the ring received.
   void feed(ChunkRef ciphertext);

@@ -1,0 +1,94 @@
+#!/usr/bin/env python3
+"""Kernel TLS (issue 5 item 4): where the kernel has the "tls" ULP, a TLS session is
+handed to kernel TLS after the handshake and continues on the worker's zero-copy path.
+OpenSSL 3.0 offloads both directions for TLS 1.2 and only sending for TLS 1.3. Skipped on
+kernels without the ULP (the host); the kernel/ VM has it (CONFIG_TLS=y)."""
+
+import os
+import shutil
+import subprocess
+import tempfile
+
+import harness as h
+
+
+def ktls_available() -> bool:
+    out = subprocess.run([h.GRELAY_BIN, "--features"], capture_output=True, text=True)
+    return 'kTLS (tcp ULP "tls"):             yes' in out.stdout
+
+
+class KtlsTest(h.GrelayTest):
+    @classmethod
+    def setUpClass(cls):
+        cls.certs = None if h.Certs.available() else h.Certs()
+
+    @classmethod
+    def tearDownClass(cls):
+        if cls.certs:
+            cls.certs.cleanup()
+
+    def setUp(self):
+        super().setUp()
+        if self.certs is None:
+            self.skipTest(h.Certs.available())
+        if not ktls_available():
+            self.skipTest("the kernel has no TLS ULP (kTLS): run inside kernel/vm.sh")
+
+    def test_tls12_sessions_run_on_kernel_tls_both_ways_with_mirror_and_tap(self):
+        import ssl
+        tap_dir = tempfile.mkdtemp(prefix="grelay-ktls-")
+        self.addCleanup(shutil.rmtree, tap_dir, True)
+        with h.EchoServer() as echo, h.SinkServer(keep="bytes") as sink:
+            cfg = h.Config()
+            cfg.with_admin()
+            cfg.upstream("app", [echo.address])
+            port = cfg.listener("tls", "app",
+                                tls={"cert": self.certs.server[0], "key": self.certs.server[1]},
+                                mirrors=[{"name": "copy", "address": sink.address}],
+                                tap={"path": tap_dir})
+            with h.Grelay(cfg) as g:
+                ctx = h.tls_client_context(self.certs.ca, maximum=ssl.TLSVersion.TLSv1_2)
+                streams = [h.Stream(900 + i, h.scaled(1 * h.MiB) + i * 4099) for i in range(4)]
+                for s in streams:
+                    r = h.tls_stream_session(port, s, context=ctx)
+                    self.assertTrue(r.ok, str(r))
+                    self.assertEqual(r.version, "TLSv1.2")
+                self.assertEqual(g.metric("grelay_ktls_sessions_total", listener="tls"), 4)
+                # Both directions are plain sends and receives for grelay: nothing is
+                # decrypted or encrypted in userspace.
+                self.assertEqual(g.metric("grelay_chunks_total", listener="tls", path="copy"), 0)
+                self.assertTrue(h.wait_for(lambda: len([c for c in sink.conns if c.done]) == 4, 10))
+                got = sorted(bytes(c.data) for c in sink.conns)
+                self.assertEqual(got, sorted(s.bytes() for s in streams),
+                                 "the mirror gets the plaintext")
+                expected_path = "group" if h.RELAY_PATH == "group" else "mainline"
+                self.assertGreater(g.metric("grelay_chunks_total", listener="tls",
+                                            path=expected_path), 0)
+        pcap = os.path.join(tap_dir, "out.pcap")
+        r = h.run_grelay(["tap", "export", "--pcap", pcap, tap_dir], timeout=300)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        flags = h.tap_session_flags(tap_dir)
+        self.assertEqual(len(flags), 4)
+        self.assertTrue(all(f & h.TAP_SESSION_TLS_TERMINATED for f in flags.values()))
+
+    def test_tls13_sends_through_kernel_tls_and_decrypts_in_userspace(self):
+        import ssl
+        with h.EchoServer() as echo:
+            cfg = h.Config()
+            cfg.with_admin()
+            cfg.upstream("app", [echo.address])
+            port = cfg.listener("tls", "app",
+                                tls={"cert": self.certs.server[0], "key": self.certs.server[1]})
+            with h.Grelay(cfg) as g:
+                ctx = h.tls_client_context(self.certs.ca, minimum=ssl.TLSVersion.TLSv1_3)
+                r = h.tls_stream_session(port, h.Stream(950, h.scaled(2 * h.MiB)), context=ctx)
+                self.assertTrue(r.ok, str(r))
+                self.assertEqual(r.version, "TLSv1.3")
+                self.assertEqual(g.metric("grelay_ktls_sessions_total", listener="tls"), 1)
+                # Requests are decrypted by OpenSSL (copy path); responses go out as plain
+                # sends that the kernel encrypts.
+                self.assertGreater(g.metric("grelay_chunks_total", listener="tls", path="copy"), 0)
+
+
+if __name__ == "__main__":
+    h.main()

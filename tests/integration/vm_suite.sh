@@ -1,0 +1,43 @@
+#!/usr/bin/env bash
+# The integration tests on the group path, inside the kernel/ VM (issue 10): the same
+# tests as on the host, with relay_path = "group" written into every config, plus kTLS.
+# Run by test.sh as
+#   GRELAY_BIN=... kernel/vm.sh --timeout N -- tests/integration/vm_suite.sh
+# Prints one line per test and ends with "N passed, N failed".
+#
+# Left out on purpose (under TCG emulation they measure the emulator, or move more bytes
+# than it can in their timeouts): the timing/memory tests (slow_client_memory,
+# timeouts_limits, wrk_nginx, soak, idle connections, faults) and tls_backpressure
+# (160 MB of TLS at ~3 MB/s). They run on the host.
+set -u
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+export GRELAY_RELAY_PATH=${GRELAY_RELAY_PATH:-group}
+export GRELAY_TEST_SCALE=${GRELAY_TEST_SCALE:-0.25}
+: "${GRELAY_BIN:?set GRELAY_BIN to the grelay binary}"
+
+tests=(half_close resets upstream_refused drain mirrors echo_concurrent tap reload
+       cli_config ktls tls_termination tls_mirror_tap tls_upstream tls_handshake_failures)
+[ $# -gt 0 ] && tests=("$@")
+
+case "$("$GRELAY_BIN" --features | sed -n 's/^relay path chosen by auto: //p')" in
+  group) ;;
+  *) echo "vm_suite: this kernel has no group path (run it inside kernel/vm.sh)"; echo "0 passed, 1 failed"; exit 1 ;;
+esac
+
+passed=0 failed=0 skipped=0
+for t in "${tests[@]}"; do
+  log=$(mktemp)
+  start=$SECONDS
+  python3 "$here/test_$t.py" >"$log" 2>&1
+  rc=$?
+  took=$((SECONDS - start))
+  case $rc in
+    0) echo "PASS group/$t (${took}s)"; passed=$((passed + 1)) ;;
+    77) echo "SKIP group/$t: $(grep -m1 'SKIPPED' "$log" || echo skipped)"; skipped=$((skipped + 1)) ;;
+    *) echo "FAIL group/$t (${took}s)"; tail -60 "$log" | sed 's/^/    /'; failed=$((failed + 1)) ;;
+  esac
+  rm -f "$log"
+done
+echo "$skipped skipped"
+echo "$passed passed, $failed failed"
+[ $failed -eq 0 ]
