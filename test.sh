@@ -75,6 +75,31 @@ if [ $quick -eq 0 ]; then
     fi
     rm -f "$klog"
   fi
+
+  if [ -x kernel/vm.sh ]; then
+    # The group relay path exists only on the patched kernel: the integration tests run
+    # again inside the VM with relay_path = "group" (and kTLS).
+    echo "=== group path: integration tests inside the kernel/ VM"
+    vlog=$(mktemp)
+    GRELAY_BIN="$here/build/release/proxy/grelay" ./kernel/vm.sh --timeout 2400 -- \
+      tests/integration/vm_suite.sh 2>&1 | tee "$vlog"
+    vrc=${PIPESTATUS[0]}
+    summary=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$vlog" | tail -1)
+    vskip=$(sed -n 's/^\([0-9]*\) skipped$/\1/p' "$vlog" | tail -1)
+    skipped=$((skipped + ${vskip:-0}))
+    if [ -n "$summary" ]; then
+      vp=$(echo "$summary" | awk '{print $1}')
+      vf=$(echo "$summary" | awk '{print $3}')
+      passed=$((passed + vp)); failed=$((failed + vf))
+      [ "$vf" -eq 0 ] || failures+=("group path (VM): $vf failed")
+    fi
+    if [ "$vrc" -eq 123 ]; then
+      failed=$((failed + 1)); failures+=("group path (VM): the kernel logged a problem (see above)")
+    elif [ -z "$summary" ] || { [ "$vrc" -ne 0 ] && [ "$vrc" -ne 1 ]; }; then
+      failed=$((failed + 1)); failures+=("group path (VM): kernel/vm.sh exited $vrc")
+    fi
+    rm -f "$vlog"
+  fi
 fi
 
 echo
