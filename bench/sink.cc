@@ -1,12 +1,17 @@
 // bench-sink: the benchmark's mirror sinks. One thread, epoll, level-triggered.
 //
-//   bench-sink MODE PORT       MODE = discard | http204 | stall; PORT 0 = any free port
+//   bench-sink MODE PORT [BATCH_US]   MODE = discard | http204 | stall; PORT 0 = any free port
 //
 //   discard  reads everything and throws it away (counting request heads, "\r\n\r\n")
 //   http204  reads everything and answers every request head ("\r\n\r\n", so GET-style
 //            requests without a body) with "204 No Content", keep-alive: what nginx's
 //            mirror module needs from a mirror, usable by grelay's mirrors too
 //   stall    accepts and never reads (receive buffer 4 KiB): a mirror that hangs
+//
+// BATCH_US > 0 (discard only): after handling a round of events, sleep that long before
+// waiting again, so each wakeup drains several requests per connection — how a collector
+// that batches behaves, and far less CPU than one wakeup per mirrored request on a small
+// machine shared with the proxy under test.
 //
 // Prints "listening 127.0.0.1:PORT" once ready; on SIGUSR1 prints
 // "stats connections=N bytes=N requests=N"; exits 0 on SIGTERM/SIGINT.
@@ -28,6 +33,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
+#include <ctime>
 #include <string>
 #include <unordered_map>
 #include <vector>
@@ -83,7 +89,7 @@ uint64_t countHeads(Connection& c, const char* data, size_t n) {
 
 class Sink {
 public:
-  Sink(Mode mode, int port) : mode_(mode) {
+  Sink(Mode mode, int port, long batchMicros) : mode_(mode), batchMicros_(batchMicros) {
     listenFd_ = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (listenFd_ < 0)
       die("socket");
@@ -146,6 +152,10 @@ public:
         } else {
           onConnection(fd, events[i].events);
         }
+      }
+      if (batchMicros_ > 0 && mode_ == Mode::Discard) {
+        timespec ts{batchMicros_ / 1000000, (batchMicros_ % 1000000) * 1000};
+        nanosleep(&ts, nullptr);
       }
     }
   }
@@ -260,6 +270,7 @@ private:
   }
 
   Mode mode_;
+  long batchMicros_ = 0;
   int port_ = 0;
   int listenFd_ = -1;
   int signalFd_ = -1;
@@ -274,8 +285,8 @@ private:
 }  // namespace
 
 int main(int argc, char** argv) {
-  if (argc != 3) {
-    std::fprintf(stderr, "usage: bench-sink discard|http204|stall PORT\n");
+  if (argc != 3 && argc != 4) {
+    std::fprintf(stderr, "usage: bench-sink discard|http204|stall PORT [BATCH_US]\n");
     return 2;
   }
   const std::string m = argv[1];
@@ -291,6 +302,6 @@ int main(int argc, char** argv) {
     return 2;
   }
   signal(SIGPIPE, SIG_IGN);
-  static Sink sink(mode, std::atoi(argv[2]));
+  static Sink sink(mode, std::atoi(argv[2]), argc == 4 ? std::atol(argv[3]) : 0);
   return sink.run();
 }
