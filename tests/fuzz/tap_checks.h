@@ -17,8 +17,9 @@ void checkTapContents(size_t size, const tap::TapContents& contents,
 
 // A pcap as FORMAT.md promises: nanosecond magic, LINKTYPE_RAW, records tiling the output,
 // IPv4/IPv6 + TCP packets with consistent lengths and correct IP and TCP checksums; packet
-// count and payload bytes equal to the exporter's stats.
-void checkPcap(const std::string& pcap, const tap::PcapExportStats& stats);
+// count and payload bytes equal to the exporter's stats (`emptyChunks`: the contents hold a
+// zero-length chunk, a known bug that truncates the export; see tap_checks.cc).
+void checkPcap(const std::string& pcap, const tap::PcapExportStats& stats, bool emptyChunks);
 
 // parseTap() was true: export `contents` to memory and check the pcap.
 void exportAndCheck(const uint8_t* data, size_t size, const tap::TapContents& contents);
