@@ -139,6 +139,8 @@ class UserTest(h.GrelayTest):
             cfg.upstream("app", [echo.address])
             port = cfg.listener("web", "app")
             g = h.Grelay(cfg).start()
+            # The sockets listen before the switch: wait for grelay to say it switched.
+            self.assertTrue(h.wait_for(lambda: "running as user nobody" in g.log(), 10), g.log())
             with open(f"/proc/{g.pid}/status") as f:
                 uids = [line for line in f if line.startswith("Uid:")][0].split()[1:]
             self.assertEqual({int(u) for u in uids}, {nobody.pw_uid}, "real/effective/saved uid")
