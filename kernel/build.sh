@@ -12,8 +12,8 @@
 #   build-normal/   build-debug/   out-of-tree build dirs (O=)
 #   tests/          the uapi test binaries and the patched uapi headers they use
 #   ccache/         CCACHE_DIR
-# Re-running with nothing changed is a no-op (stamp files). Safe to run concurrently
-# (flock on the cache).
+# Re-running with nothing changed is a no-op (stamp files). Safe to run concurrently:
+# flock on the source tree (shared while building from it), the tests and each build dir.
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -75,8 +75,6 @@ if upToDate; then
   result
   exit 0
 fi
-exec 9>"$cache/.lock"
-flock 9
 
 # --- source tree: pristine tarball + series ------------------------------------------------
 prepareSource() {
@@ -179,11 +177,10 @@ buildTests() {
   say "building uapi tests in $out"
   rm -rf "$out"
   mkdir -p "$out"
-  # `make headers` exports the uapi headers into $O/usr/include (headers_install only
-  # copies them on, with rsync)
-  make -s -C "$src" O="$out/kbuild" ARCH=x86_64 headers >/dev/null
-  mkdir -p "$out/usr"
-  cp -r "$out/kbuild/usr/include" "$out/usr/include"
+  # The patched <linux/io_uring.h> (the installed uapi header is the same file) in front
+  # of the system's headers, which provide the rest (linux/types.h, ...).
+  mkdir -p "$out/usr/include/linux"
+  cp "$src/include/uapi/linux/io_uring.h" "$out/usr/include/linux/"
   local cflags=(-O2 -g -Wall -Wextra -Wno-missing-field-initializers -Werror -D_GNU_SOURCE
     -I"$out/usr/include" -I"$repo")
   gcc "${cflags[@]}" -static -o "$out/group_kbuf_test" "$here/tests/group_kbuf_test.c" \
@@ -193,11 +190,21 @@ buildTests() {
   g++ -std=c++20 -O2 -Wall -Wextra -Werror -I"$repo" -o "$out/uapi_check" \
     "$here/tests/uapi_check_compat.cc" "$out/uapi_kernel.o"
   "$out/uapi_check" >&2 || die "relay/uring_compat.h disagrees with the kernel's uapi"
-  rm -rf "$out/kbuild"
   echo "$testsStamp" > "$out/.grelay-stamp"
 }
 
+# The source tree is replaced only while nobody builds from it.
+exec 7>"$cache/.src.lock"
+flock -x 7
 prepareSource
+flock -s 7
+exec 8>"$cache/.tests.lock"
+flock -x 8
 buildTests
-[ $tests_only -eq 1 ] || buildKernel
+flock -u 8
+if [ $tests_only -eq 0 ]; then
+  exec 9>"$cache/.build-$variant.lock"
+  flock -x 9
+  buildKernel
+fi
 result

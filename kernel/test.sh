@@ -68,7 +68,8 @@ trap 'rm -rf "$tmp"' EXIT
 pids=()
 for v in "${variants[@]}"; do
   args=(--no-hostroot --timeout 1200)
-  [ "$v" = debug ] && args+=(--debug)
+  # kmemleak's scan time grows with the VM's memory: 1G is plenty for the tests
+  [ "$v" = debug ] && args+=(--debug --mem 1G)
   "$here/vm.sh" "${args[@]}" -- group_kbuf_test "${cases[@]}" > "$tmp/$v.out" 2> "$tmp/$v.err" &
   pids+=($!)
 done
@@ -83,10 +84,15 @@ for v in "${variants[@]}"; do
       "FAIL "*) fail "[$v] ${line#FAIL }" ;;
     esac
   done < "$tmp/$v.out"
+  summary=0
+  grep -Eq '^[0-9]+ passed, [0-9]+ failed$' "$tmp/$v.out" && summary=1
   case $rc in
     0) ;;
     1)  # failing cases are listed above; the kernel may have complained as well
-      if grep -q '^vm.sh:' "$tmp/$v.err"; then
+      if [ $summary -eq 0 ]; then
+        fail "[$v] group_kbuf_test did not run to the end (exit 1):"
+        sed 's/^/    /' "$tmp/$v.err"
+      elif grep -q '^vm.sh:' "$tmp/$v.err"; then
         fail "[$v] kernel log: the kernel reported problems during the tests:"
         sed 's/^/    /' "$tmp/$v.err"
       fi ;;

@@ -3,7 +3,7 @@
 #
 #   kernel/vm.sh [--debug] [--timeout SECS] [--share DIR]... [--env NAME=VALUE]...
 #                [--no-hostroot] [--mem SIZE] [--keep-logs] [--kernel BZIMAGE]
-#                -- COMMAND [ARG...]
+#                [--append KERNEL-ARGS] -- COMMAND [ARG...]
 #
 # The VM (qemu-system-x86_64 -accel tcg -smp 2 -m 4G) sees the host's root filesystem
 # read-only through virtio-9p, under a tmpfs overlay (writable, discarded at exit), and runs
@@ -26,6 +26,7 @@
 # --debug boots the debug kernel (KASAN, kmemleak, lockdep); debugfs is mounted, and after
 # COMMAND kmemleak is scanned and any leak fails the run. --kernel boots BZIMAGE (from an
 # out-of-tree build dir, e.g. while developing the series) instead of building one.
+# --append adds kernel command line arguments (e.g. "loglevel=7" to see the boot).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -37,6 +38,7 @@ hostroot=1
 mem=4G
 keep=0
 kernel=
+append=
 shares=()
 envs=()
 usage() { sed -n '2,30p' "$0" | sed 's/^# \{0,1\}//' >&2; exit 2; }
@@ -50,6 +52,7 @@ while [ $# -gt 0 ]; do
     --mem) mem=$2; shift ;;
     --keep-logs) keep=1 ;;
     --kernel) kernel=$(readlink -f "$2"); shift ;;
+    --append) append="$append $2"; shift ;;
     --) shift; break ;;
     -h|--help) usage ;;
     *) echo "vm.sh: unknown argument '$1' (the command goes after --)" >&2; exit 2 ;;
@@ -101,12 +104,15 @@ if [ ! -f "$initrd" ]; then
       [ -x "$t" ] && echo "file /grelay/tests/$(basename "$t") $t 0755 0 0"
     done
   } > "$spec"
-  "$gen" "$spec" | gzip -1 > "$initrd.tmp"
+  # concurrent runs may build the same one: write a private file, rename it in place
+  tmp=$(mktemp "$initrd.XXXXXX")
+  "$gen" "$spec" | gzip -1 > "$tmp"
   rm -f "$spec"
-  mv "$initrd.tmp" "$initrd"
-  find "$cache" -maxdepth 1 -name 'initramfs-*.cpio.gz' ! -newer "$initrd" ! -name "$(basename "$initrd")" \
-    -mmin +60 -delete 2>/dev/null || true
+  mv -f "$tmp" "$initrd"
+  # initramfs images nobody used for a day
+  find "$cache" -maxdepth 1 -name 'initramfs-*.cpio.gz' -mmin +1440 -delete 2>/dev/null || true
 fi
+touch "$initrd"
 
 # --- the run directory: settings and the command --------------------------------------------
 mkdir -p "$cache/runs"
@@ -150,10 +156,15 @@ done
 : > "$share/stderr"
 
 # --- boot -------------------------------------------------------------------------------------
+# The debug kernel (KASAN, lockdep) interprets ACPI's AML so slowly under TCG that the PCI
+# interrupt routing times out: it boots without ACPI (the BIOS' MP and PIRQ tables do).
+cmdline="console=ttyS0 quiet panic=-1 oops=panic rcupdate.rcu_cpu_stall_timeout=120"
+[ $debug -eq 1 ] && cmdline+=" acpi=off"
+cmdline+=$append
 qemu=(qemu-system-x86_64 -accel tcg -cpu max -smp 2 -m "$mem" -nographic -no-reboot
   -monitor none -serial "file:$rundir/console.log" -nic none
   -kernel "$bzImage" -initrd "$initrd"
-  -append "console=ttyS0 quiet panic=-1 oops=panic rcupdate.rcu_cpu_stall_timeout=120"
+  -append "$cmdline"
   -virtfs "local,path=$share,mount_tag=grelayrun,security_model=none,multidevs=remap")
 if [ $hostroot -eq 1 ]; then
   qemu+=(-virtfs "local,path=/,mount_tag=hostroot,security_model=none,readonly=on,multidevs=remap")

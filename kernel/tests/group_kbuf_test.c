@@ -29,6 +29,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <time.h>
@@ -1280,7 +1281,7 @@ static int test_invalid_combinations(void)
  */
 static int test_many_groups(void)
 {
-	enum { CONNS = 64, ROUNDS = 4, CHUNK = 6000 };
+	enum { CONNS = 128, ROUNDS = 2, CHUNK = 6000 };
 	int client[CONNS], server[CONNS], tx[CONNS][2], rx[CONNS][2], file = -1;
 	uint8_t *data = NULL, *buf = malloc(CHUNK);
 	struct result *r = calloc(CONNS * 4, sizeof(*r));
@@ -1297,7 +1298,7 @@ static int test_many_groups(void)
 	}
 	file = tmp_file();
 	CHECK(file >= 0, "tmp file");
-	CHECK(ring_init(&ring, 512, 0) == 0, "ring");
+	CHECK(ring_init(&ring, 4096, 0) == 0, "ring");
 	ring_ok = true;
 
 	for (round = 0; round < ROUNDS; round++) {
@@ -1623,9 +1624,15 @@ static bool kernel_has_groups(void)
 int main(int argc, char **argv)
 {
 	int passed = 0, failed = 0, i, a, first = 1;
+	struct rlimit rl;
 	size_t c;
 
 	signal(SIGPIPE, SIG_IGN);
+	/* many_groups holds ~800 sockets */
+	if (getrlimit(RLIMIT_NOFILE, &rl) == 0 && rl.rlim_cur < rl.rlim_max) {
+		rl.rlim_cur = rl.rlim_max;
+		setrlimit(RLIMIT_NOFILE, &rl);
+	}
 	setvbuf(stdout, NULL, _IOLBF, 0);
 	if (argc > 1 && !strcmp(argv[1], "-v")) {
 		verbose = true;
