@@ -30,6 +30,29 @@ def client_ports_by_stream(pcap):
     return streams
 
 
+def follow_all(pcap, streams):
+    """tshark_follow() for many streams in one tshark run: {stream: (node 0, node 1)}."""
+    args = ["tshark", "-r", pcap, "-q"]
+    for n in streams:
+        args += ["-z", f"follow,tcp,raw,{n}"]
+    out = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    if out.returncode != 0:
+        raise RuntimeError(out.stderr)
+    result = {}
+    for block in out.stdout.split("Follow: tcp,raw")[1:]:
+        header, _, body = block.partition("Node 1:")
+        stream = int(header.split("Filter: tcp.stream eq ")[1].split()[0])
+        sides = [bytearray(), bytearray()]
+        for line in body.split("\n")[1:]:
+            if not line.strip():
+                continue
+            if line.startswith("="):
+                break
+            sides[1 if line.startswith("\t") else 0] += bytes.fromhex(line.strip())
+        result[stream] = (bytes(sides[0]), bytes(sides[1]))
+    return result
+
+
 def ping_pong(port, seed, count):
     """`count` small request/response exchanges on one connection (the kind of traffic
     whose tap writes grelay batches), then a half-close. Returns (client port, sent)."""
@@ -110,8 +133,9 @@ class TapTest(h.GrelayTest):
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
         ports = client_ports_by_stream(pcap)
         self.assertEqual(sorted(ports.values()), sorted(expected))
+        followed = follow_all(pcap, sorted(ports))
         for stream, client_port in ports.items():
-            sent, received = h.tshark_follow(pcap, stream)
+            sent, received = followed[stream]
             want = expected[client_port]
             self.assertEqual(len(sent), len(want), f"stream {stream} (client port {client_port})")
             self.assertTrue(sent == want, f"stream {stream}: request bytes differ")
@@ -128,9 +152,14 @@ class TapTest(h.GrelayTest):
             for i in range(4):
                 r = h.stream_session(port, h.Stream(200 + i, 1 * h.MiB))
                 self.assertTrue(r.ok, f"the relay must not care about the tap: {r}")
-            m = h.parse_metrics(h.scrape_metrics(admin))
-            recorded = m[("grelay_tap_bytes_total", (("listener", "web"),))]
-            dropped = m[("grelay_tap_dropped_bytes_total", (("listener", "web"),))]
+            def counted():
+                m = h.parse_metrics(h.scrape_metrics(admin))
+                return (m[("grelay_tap_bytes_total", (("listener", "web"),))],
+                        m[("grelay_tap_dropped_bytes_total", (("listener", "web"),))])
+
+            # Tap writes complete after the sessions: wait for the last ones.
+            h.wait_for(lambda: sum(counted()) >= 2 * 4 * h.MiB, 10)
+            recorded, dropped = counted()
             self.assertEqual(recorded + dropped, 2 * 4 * h.MiB)
             self.assertGreater(dropped, 0)
             self.assertIn("reached its share of max_size", g.log())
