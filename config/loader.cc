@@ -163,7 +163,20 @@ public:
       toml::table root = toml::parse(text, std::string_view(file_));
       readRoot(root);
     } catch (const toml::parse_error& e) {
-      error(e.source(), std::string(e.description()));
+      // toml++ quotes the offending character raw, a newline included: one error must
+      // stay one line (--check's output is parsed line by line).
+      std::string text;
+      for (unsigned char c : e.description()) {
+        if (c < 0x20 || c == 0x7f) {
+          static constexpr char kHex[] = "0123456789abcdef";
+          text += "\\x";
+          text += kHex[c >> 4];
+          text += kHex[c & 15];
+        } else {
+          text += static_cast<char>(c);
+        }
+      }
+      error(e.source(), text);
     } catch (const std::exception& e) {
       errors_.push_back({{file_, 1, 1}, std::string("cannot load config: ") + e.what()});
     } catch (...) {

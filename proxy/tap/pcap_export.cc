@@ -131,7 +131,9 @@ public:
 
   // Next packet, or false when the session is done.
   bool next(Packet* p) {
-    if (queue_.empty()) {
+    // A step may produce no packet (e.g. an empty chunk): go on until one is queued or
+    // the session is done.
+    while (queue_.empty() && !done_) {
       produce();
     }
     if (queue_.empty()) {

@@ -244,6 +244,13 @@ void Parser::walkExtent(uint64_t pos, const ExtentHeader& eh) {
       q = next;
       continue;
     }
+    if (ch.length == 0 || ch.streamOffset + ch.length < ch.streamOffset) {
+      // The writer never commits an empty chunk, and no stream is 2^64 bytes long.
+      diag_->error(q, ch.length == 0 ? "empty chunk (corrupt); skipped"
+                                     : "chunk stream offset overflows; skipped");
+      q = alignUp(q + sizeof(ChunkHeader) + ch.length);
+      continue;
+    }
     const uint64_t payload = q + sizeof(ChunkHeader);
     if (ch.length > size_ - payload) {
       diag_->error(q, "truncated chunk: header says " + std::to_string(ch.length) +
@@ -303,7 +310,7 @@ void Parser::handleBlock(uint64_t pos, const BlockHeader& bh) {
     }
     case BlockType::kGap: {
       const auto r = load<GapRecord>(data_, pos);
-      if (r.direction > 1) {
+      if (r.direction > 1 || r.streamOffset + r.bytes < r.streamOffset) {
         diag_->error(pos, "invalid gap record");
         return;
       }
@@ -499,21 +506,30 @@ std::unique_ptr<MappedFile> MappedFile::open(const std::string& path, std::strin
     ::close(fd);
     return std::unique_ptr<MappedFile>(new MappedFile(nullptr, 0));
   }
-  void* p = mmap(nullptr, size, PROT_READ, MAP_PRIVATE, fd, 0);
-  const int saved = errno;
-  ::close(fd);
-  if (p == MAP_FAILED) {
-    *error = std::strerror(saved);
+  // Read, not mmap: a tap file is sparse (unwritten extent tails), and on a full tmpfs —
+  // exactly where a tap stops after ENOSPC — a read fault on a hole must allocate a page
+  // and the kernel sends SIGBUS instead. pread() returns zeros for holes.
+  uint8_t* buf = static_cast<uint8_t*>(std::malloc(size));
+  if (buf == nullptr) {
+    *error = "out of memory reading " + std::to_string(size) + " bytes";
+    ::close(fd);
     return nullptr;
   }
-  madvise(p, size, MADV_SEQUENTIAL);
-  return std::unique_ptr<MappedFile>(new MappedFile(static_cast<const uint8_t*>(p), size));
+  size_t done = 0;
+  while (done < size) {
+    ssize_t n = ::pread(fd, buf + done, size - done, static_cast<off_t>(done));
+    if (n < 0 && errno == EINTR) {
+      continue;
+    }
+    if (n <= 0) {
+      break;  // truncated while reading: what was read is parsed (and reported short)
+    }
+    done += static_cast<size_t>(n);
+  }
+  ::close(fd);
+  return std::unique_ptr<MappedFile>(new MappedFile(buf, done));
 }
 
-MappedFile::~MappedFile() {
-  if (data_ != nullptr) {
-    munmap(const_cast<uint8_t*>(data_), size_);
-  }
-}
+MappedFile::~MappedFile() { std::free(const_cast<uint8_t*>(data_)); }
 
 }  // namespace grelay::tap
