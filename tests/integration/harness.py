@@ -94,6 +94,17 @@ def scaled(n: float, minimum: int = 1) -> int:
     return max(minimum, int(n * SCALE))
 
 
+# Time limits that protect against hangs, not performance targets, stretch under
+# emulation: the kernel/ VM runs on TCG, several times slower (vm.sh sets GRELAY_IN_VM).
+TIME_SCALE = float(os.environ.get("GRELAY_TIME_SCALE",
+                                  "5" if os.environ.get("GRELAY_IN_VM") else "1"))
+
+
+def slack(seconds: float) -> float:
+    """A time limit, stretched by GRELAY_TIME_SCALE (5 inside the VM)."""
+    return seconds * TIME_SCALE
+
+
 def free_port(host: str = "127.0.0.1") -> int:
     """A port nothing listens on right now (the kernel's choice, released at once)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
