@@ -59,6 +59,21 @@ if [ $quick -eq 0 ]; then
   GRELAY_TEST_SCALE=${GRELAY_TEST_SCALE:-0.25} runCtest "asan integration" "$here/build/asan" -L integration
   unset ASAN_OPTIONS UBSAN_OPTIONS
 
+  # Every fuzz target for a bounded time (the corpora already replayed in both builds).
+  echo "=== fuzz: tests/fuzz/fuzz.sh (clang, libFuzzer, ${GRELAY_FUZZ_SECONDS:-20} s per target)"
+  flog=$(mktemp)
+  tests/fuzz/fuzz.sh "${GRELAY_FUZZ_SECONDS:-20}" "$here/build/fuzz" 2>&1 | tee "$flog"
+  summary=$(grep -E '^[0-9]+ passed, [0-9]+ failed' "$flog" | tail -1)
+  if [ -n "$summary" ]; then
+    fp=$(echo "$summary" | awk '{print $1}')
+    ff=$(echo "$summary" | awk '{print $3}')
+    passed=$((passed + fp)); failed=$((failed + ff))
+    [ "$ff" -eq 0 ] || failures+=("fuzz: $ff failed")
+  else
+    failed=$((failed + 1)); failures+=("fuzz: fuzz.sh did not finish")
+  fi
+  rm -f "$flog"
+
   if [ -x kernel/test.sh ]; then
     echo "=== kernel: kernel/test.sh (patched 6.12 in qemu)"
     klog=$(mktemp)
