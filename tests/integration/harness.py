@@ -1484,6 +1484,25 @@ extendedKeyUsage = serverAuth
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+class TlsTest(GrelayTest):
+    """A GrelayTest with a Certs set made once per class (`self.certs`); skips when
+    certificates cannot be made here."""
+
+    @classmethod
+    def setUpClass(cls):
+        cls.certs = None if Certs.available() else Certs()
+
+    @classmethod
+    def tearDownClass(cls):
+        if cls.certs:
+            cls.certs.cleanup()
+
+    def setUp(self):
+        super().setUp()
+        if self.certs is None:
+            self.skipTest(Certs.available())
+
+
 def tls_client_context(cafile: str | None = None, *, verify: bool = True,
                        minimum=None, maximum=None, ciphers: str | None = None):
     """An ssl.SSLContext for a client of grelay (ssl is imported lazily: stdlib)."""

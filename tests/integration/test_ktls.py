@@ -17,20 +17,9 @@ def ktls_available() -> bool:
     return 'kTLS (tcp ULP "tls"):             yes' in out.stdout
 
 
-class KtlsTest(h.GrelayTest):
-    @classmethod
-    def setUpClass(cls):
-        cls.certs = None if h.Certs.available() else h.Certs()
-
-    @classmethod
-    def tearDownClass(cls):
-        if cls.certs:
-            cls.certs.cleanup()
-
+class KtlsTest(h.TlsTest):
     def setUp(self):
         super().setUp()
-        if self.certs is None:
-            self.skipTest(h.Certs.available())
         if not ktls_available():
             self.skipTest("the kernel has no TLS ULP (kTLS): run inside kernel/vm.sh")
 

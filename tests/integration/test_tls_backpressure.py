@@ -19,21 +19,7 @@ TOTAL = 8 * h.MiB
 PAUSE = 1.5  # seconds each client reads nothing
 
 
-class TlsBackpressureTest(h.GrelayTest):
-    @classmethod
-    def setUpClass(cls):
-        cls.certs = None if h.Certs.available() else h.Certs()
-
-    @classmethod
-    def tearDownClass(cls):
-        if cls.certs:
-            cls.certs.cleanup()
-
-    def setUp(self):
-        super().setUp()
-        if self.certs is None:
-            self.skipTest(h.Certs.available())
-
+class TlsBackpressureTest(h.TlsTest):
     def _run(self, tls: bool):
         total = h.scaled(TOTAL, 4 * h.MiB)
         with h.FloodServer(total, seed=55) as flood:

@@ -38,22 +38,11 @@ def toml_table(d: dict) -> str:
     return "{ " + ", ".join(f'{k} = "{v}"' for k, v in d.items()) + " }"
 
 
-class TlsCheckTest(h.GrelayTest):
+class TlsCheckTest(h.TlsTest):
     needs_uring = False
-
-    @classmethod
-    def setUpClass(cls):
-        cls.certs = None if h.Certs.available() else h.Certs()
-
-    @classmethod
-    def tearDownClass(cls):
-        if cls.certs:
-            cls.certs.cleanup()
 
     def setUp(self):
         super().setUp()
-        if self.certs is None:
-            self.skipTest(h.Certs.available())
         self.dir = tempfile.mkdtemp(prefix="grelay-tls-check-")
         self.addCleanup(shutil.rmtree, self.dir, True)
         self.garbage = os.path.join(self.dir, "garbage.pem")

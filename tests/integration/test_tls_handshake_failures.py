@@ -65,21 +65,7 @@ def control_handshake(certs: h.Certs, client: ssl.SSLContext) -> str:
         lsock.close()
 
 
-class TlsHandshakeFailureTest(h.GrelayTest):
-    @classmethod
-    def setUpClass(cls):
-        cls.certs = None if h.Certs.available() else h.Certs()
-
-    @classmethod
-    def tearDownClass(cls):
-        if cls.certs:
-            cls.certs.cleanup()
-
-    def setUp(self):
-        super().setUp()
-        if self.certs is None:
-            self.skipTest(h.Certs.available())
-
+class TlsHandshakeFailureTest(h.TlsTest):
     def tls(self, **kw) -> dict:
         return {"cert": self.certs.server[0], "key": self.certs.server[1], **kw}
 

@@ -22,20 +22,9 @@ def seed_of(data) -> int:
     return int.from_bytes(bytes(data[:8]), "little")
 
 
-class TlsMirrorTapTest(h.GrelayTest):
-    @classmethod
-    def setUpClass(cls):
-        cls.certs = None if h.Certs.available() else h.Certs()
-
-    @classmethod
-    def tearDownClass(cls):
-        if cls.certs:
-            cls.certs.cleanup()
-
+class TlsMirrorTapTest(h.TlsTest):
     def setUp(self):
         super().setUp()
-        if self.certs is None:
-            self.skipTest(h.Certs.available())
         self.tmp = tempfile.mkdtemp(prefix="grelay-tls-tap-")
         self.addCleanup(shutil.rmtree, self.tmp, True)
 

@@ -25,23 +25,7 @@ def tls_listener(certs: h.Certs, **kw) -> dict:
     return {"cert": certs.server[0], "key": certs.server[1], **kw}
 
 
-class TlsTerminationTest(h.GrelayTest):
-    @classmethod
-    def setUpClass(cls):
-        cls.certs = None
-        if not h.Certs.available():
-            cls.certs = h.Certs()
-
-    @classmethod
-    def tearDownClass(cls):
-        if cls.certs:
-            cls.certs.cleanup()
-
-    def setUp(self):
-        super().setUp()
-        if self.certs is None:
-            self.skipTest(h.Certs.available())
-
+class TlsTerminationTest(h.TlsTest):
     def test_curl_through_grelay_to_nginx_gets_the_file_exactly(self):
         if h.NginxServer.available():
             self.skipTest(h.NginxServer.available())

@@ -24,21 +24,7 @@ import harness as h
 PAYLOAD = b"request that must not reach a refused upstream\n"
 
 
-class TlsUpstreamTest(h.GrelayTest):
-    @classmethod
-    def setUpClass(cls):
-        cls.certs = None if h.Certs.available() else h.Certs()
-
-    @classmethod
-    def tearDownClass(cls):
-        if cls.certs:
-            cls.certs.cleanup()
-
-    def setUp(self):
-        super().setUp()
-        if self.certs is None:
-            self.skipTest(h.Certs.available())
-
+class TlsUpstreamTest(h.TlsTest):
     def test_valid_certificate_is_verified_and_streams_are_byte_exact(self):
         c = self.certs
         with h.TlsEchoServer(*c.upstream) as up:
