@@ -417,10 +417,13 @@ struct member {
 	bool plain;	    /* don't set IOSQE_GROUP_KBUF */
 };
 
+/* extra sqe->ioprio bits for the next leaders (IORING_RECVSEND_POLL_FIRST) */
+static unsigned leader_ioprio;
+
 static void prep_recv_leader(struct io_uring_sqe *sqe, int fd, unsigned len, unsigned msg_flags)
 {
 	io_uring_prep_recv(sqe, fd, NULL, len, (int)msg_flags);
-	sqe->ioprio = IORING_RECV_GROUP_KBUF;
+	sqe->ioprio = IORING_RECV_GROUP_KBUF | leader_ioprio;
 	sqe->flags |= IOSQE_GROUP;
 }
 
@@ -661,6 +664,56 @@ static int test_kbuf_sqpoll(void)
 static int test_kbuf_async(void)
 {
 	return fanout(0, IOSQE_ASYNC, IOSQE_ASYNC, 64 * KB);
+}
+
+static int test_kbuf_poll_first(void)
+{
+	int ret;
+
+	leader_ioprio = IORING_RECVSEND_POLL_FIRST;
+	ret = fanout(0, 0, 0, 64 * KB);
+	leader_ioprio = 0;
+	return ret;
+}
+
+/* A leader with IOSQE_CQE_SKIP_SUCCESS posts nothing; its members run. */
+static int test_kbuf_leader_cqe_skip(void)
+{
+	const size_t size = 2000;
+	int client = -1, server = -1, tx = -1, rx = -1;
+	uint8_t *data = pattern_buf(29, size), *buf = malloc(size);
+	struct member m = { .op = M_SEND, .msg_flags = MSG_WAITALL };
+	struct result r[2];
+	struct io_uring ring;
+	bool ring_ok = false;
+	int ret = -1;
+
+	CHECK(tcp_pair(&client, &server) == 0 && tcp_pair(&tx, &rx) == 0, "tcp_pair");
+	CHECK(ring_init(&ring, 8, 0) == 0, "ring");
+	ring_ok = true;
+	m.fd = tx;
+	CHECK(queue_group(&ring, 1, server, (unsigned)size, MSG_WAITALL, IOSQE_CQE_SKIP_SUCCESS,
+			  &m, 1) == 0, "queue");
+	CHECK(submit_all(&ring) == 0, "submit");
+	CHECK(write_all(client, data, size) == 0, "client write");
+	CHECK(collect(&ring, r, 1, WAIT_MS) == 1, "no member CQE");
+	CHECK(r[0].ud == UD(1, 1), "CQE %llu.%llu, want the member's only",
+	      (unsigned long long)UD_GROUP(r[0].ud), (unsigned long long)UD_IDX(r[0].ud));
+	CHECK_RES(r[0].res, (int)size, "member");
+	CHECK(read_n(rx, buf, size, WAIT_MS) == (ssize_t)size && !memcmp(buf, data, size),
+	      "member's bytes");
+	CHECK(collect(&ring, r + 1, 1, 200) == 0, "a CQE for the skipped leader");
+	ret = 0;
+out:
+	if (ring_ok)
+		io_uring_queue_exit(&ring);
+	close_fd(&client);
+	close_fd(&server);
+	close_fd(&tx);
+	close_fd(&rx);
+	free(data);
+	free(buf);
+	return ret;
 }
 
 /* Offsets, lengths, 0 = the rest; a short read without MSG_WAITALL. */
@@ -1603,6 +1656,8 @@ static const struct {
 	{ "kbuf_defer_taskrun", test_kbuf_defer_taskrun },
 	{ "kbuf_sqpoll", test_kbuf_sqpoll },
 	{ "kbuf_async", test_kbuf_async },
+	{ "kbuf_poll_first", test_kbuf_poll_first },
+	{ "kbuf_leader_cqe_skip", test_kbuf_leader_cqe_skip },
 	{ "many_groups", test_many_groups },
 	{ "kbuf_target_closed_mid_send", test_kbuf_target_closed_mid_send },
 	{ "kbuf_enobufs", test_kbuf_enobufs },
