@@ -48,6 +48,7 @@ case "$cmd" in
       branch=$(git_ symbolic-ref --short HEAD)
       desc=$(awk '
         /^Subject: / && !subj { sub(/^Subject: (\[[^]]*\] )?/, ""); subj = $0; next }
+        subj && !body && /^ / { sub(/^ /, ""); subj = subj " " $0; next }
         subj && !body && /^$/ { body = 1; print subj; print ""; next }
         body && /^[^ ].* \([0-9]+\):$/ { exit }
         body { print }' "$cover")
