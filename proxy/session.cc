@@ -1185,10 +1185,13 @@ void Session::maybeFinish() {
   }
   done_ = true;
   host_.timers().cancel(*this);
+  // The host frees the session's admission slot first, so that a client that sees the
+  // gauge drop is never rejected for a session that is already gone. The session itself
+  // is deleted only after this dispatch round.
+  host_.sessionDone(*this);
   if (counted_) {
     stats().active.dec();
   }
-  host_.sessionDone(*this);
 }
 
 void Session::close(bool resetClient, bool resetPrimary, bool resetMirrors,

@@ -331,6 +331,8 @@ void Worker::sessionDone(Session& s) {
   }
   s.prev_ = s.next_ = nullptr;
   --sessionCount_;
+  runtime_.connections.fetch_sub(1);
+  s.listener().connections->fetch_sub(1);
   finished_.push_back(&s);
 }
 
@@ -388,8 +390,6 @@ void Worker::cancelWaitForBuffers(BufferWaiter& waiter) {
 
 void Worker::afterDispatch() {
   for (Session* s : finished_) {
-    runtime_.connections.fetch_sub(1);
-    s->listener().connections->fetch_sub(1);
     delete s;
   }
   finished_.clear();

@@ -122,16 +122,15 @@ class LimitTest(h.GrelayTest):
         self.assertEqual(data, b"", what)
         self.assertLess(took, 1.0, f"{what}: not closed at once")
 
-    def _assert_serves_again(self, port: int, what: str) -> socket.socket:
-        deadline = time.monotonic() + 3
-        while True:
-            try:
-                return open_session(port)
-            except (OSError, AssertionError):
-                if time.monotonic() > deadline:
-                    raise AssertionError(f"{what}: grelay does not serve again after a "
-                                         "session ended")
-                time.sleep(0.05)
+    def _assert_serves_again(self, g, port: int, what: str, limit: int,
+                             listener: str | None = None) -> socket.socket:
+        # grelay frees the slot when it has closed both sockets of the session, a moment
+        # after the client saw EOF: wait for the gauge, so that no connection made in
+        # between is rejected (and counted) before the one that must be served.
+        labels = {"listener": listener} if listener else {}
+        if not h.wait_for(lambda: g.metric("grelay_connections_active", **labels) < limit, 3):
+            raise AssertionError(f"{what}: a session ended but grelay still counts it open")
+        return open_session(port)
 
     def test_server_wide_max_connections(self):
         with h.EchoServer() as echo:
@@ -146,7 +145,7 @@ class LimitTest(h.GrelayTest):
                 self._assert_rejected(b, "listener b at the server-wide limit")
                 self.assertEqual(len(echo.conns), 4, "a rejected connection reached the upstream")
                 self.assertEqual(end_session(held.pop(0)), "eof")
-                held.append(self._assert_serves_again(b, "listener b"))
+                held.append(self._assert_serves_again(g, b, "listener b", 4))
                 self._assert_rejected(a, "back at the limit")
                 self.assertEqual(g.metric("grelay_connections_rejected_total"), 3)
                 for s in held:
@@ -165,7 +164,7 @@ class LimitTest(h.GrelayTest):
                 # The other listener is not limited by a's cap.
                 held += [open_session(b) for _ in range(3)]
                 self.assertEqual(end_session(held.pop(0)), "eof")
-                held.append(self._assert_serves_again(a, "listener a"))
+                held.append(self._assert_serves_again(g, a, "listener a", 2, listener="a"))
                 self._assert_rejected(a, "listener a back at its limit")
                 self.assertEqual(g.metric("grelay_connections_rejected_total", listener="a"), 2)
                 self.assertEqual(g.metric("grelay_connections_rejected_total", listener="b"), 0)
