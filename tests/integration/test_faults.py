@@ -235,6 +235,11 @@ class FaultTest(h.GrelayTest):
     # -- file descriptors
 
     def test_fd_exhaustion_neither_crashes_nor_spins_and_recovers(self):
+        if h.SANITIZED:
+            # UBSan's vptr check reads a vtable only after probing it with a pipe (two fds,
+            # sanitizer_common's IsAccessibleMemoryRange); with every fd in use the probe
+            # fails and UBSan reports a false "invalid vptr" and aborts grelay.
+            self.skipTest("UBSan's vptr check needs free fds: a false report when they run out")
         limit = 64
 
         def low_nofile():
@@ -275,6 +280,8 @@ class FaultTest(h.GrelayTest):
                                     "an open session broke while fds were exhausted")
                 for s in clients:
                     s.close()
+                time.sleep(0.5)
+                self.assertTrue(g.alive(), "grelay died when the sessions closed\n" + g.log_tail())
                 # Serves again once sessions close (the backlog drains; its clients are gone).
                 ok = h.wait_for(lambda: h.stream_session(port, h.Stream(9, 64 * h.KiB),
                                                          timeout=5).ok, 15, interval=0.2)
