@@ -45,11 +45,11 @@ const char* toString(MirrorDirection direction);
 struct ServerConfig {
   uint32_t workers = 1;  // 0 = one per CPU (resolved by the proxy at start)
   RelayPath relay_path = RelayPath::Auto;
-  uint32_t chunk_size = 64 * 1024;       // bytes, 4KiB..1MiB
-  uint32_t max_connections = 10000;      // across all listeners and workers, >= 1
-  Duration drain_timeout{10'000};        // SIGTERM/SIGINT: finish sessions up to this long
+  uint32_t chunk_size = 64 * 1024;          // bytes, 4KiB..1MiB
+  uint32_t max_connections = 10000;         // across all listeners and workers, >= 1
+  Duration drain_timeout{10'000};           // SIGTERM/SIGINT: finish sessions up to this long
   uint64_t buffer_pool = 16 * 1024 * 1024;  // bytes of receive buffers per worker
-  std::string user;                      // drop root to this user after binding ("" = stay)
+  std::string user;                         // drop root to this user after binding ("" = stay)
   Location location;
 };
 
@@ -76,14 +76,14 @@ struct UpstreamConfig {
 struct MirrorConfig {
   std::string name;
   Address address;
-  uint32_t sample_percent = 100;  // 0..100
+  uint32_t sample_percent = 100;       // 0..100
   uint64_t max_lag = 8 * 1024 * 1024;  // bytes, >= chunk_size
   MirrorDirection direction = MirrorDirection::Request;
   Location location;
 };
 
 struct TapConfig {
-  std::string path;  // directory for this listener's tap files
+  std::string path;                           // directory for this listener's tap files
   uint64_t max_size = 1024ull * 1024 * 1024;  // bytes on disk; past it recording stops (counted)
   uint64_t max_lag = 8 * 1024 * 1024;         // bytes of unfinished tap writes per session
   Location location;
@@ -94,15 +94,15 @@ struct ListenerTlsConfig {
   std::string key;   // PEM private key
   Duration handshake_timeout{10'000};
   std::string min_version = "1.2";  // "1.2" or "1.3"
-  std::string ciphers;       // TLS 1.2 cipher list; "" = Mozilla "intermediate"
-  std::string ciphersuites;  // TLS 1.3 suites; "" = OpenSSL's defaults (all AEAD)
+  std::string ciphers;              // TLS 1.2 cipher list; "" = Mozilla "intermediate"
+  std::string ciphersuites;         // TLS 1.3 suites; "" = OpenSSL's defaults (all AEAD)
   Location location;
 };
 
 struct ListenerConfig {
   std::string name;
   Address listen;
-  std::string upstream;      // name of an [upstream.NAME] table
+  std::string upstream;       // name of an [upstream.NAME] table
   size_t upstream_index = 0;  // index into Config::upstreams
   Duration connect_timeout{5'000};
   Duration idle_timeout{3'600'000};

@@ -388,9 +388,9 @@ std::vector<MetricFamily> StatsCollector::collectFrom(
                               MetricType::Counter);
   auto& tapErrors = list.add("grelay_tap_errors_total", "Tap write errors that disabled the tap.",
                              MetricType::Counter);
-  auto& tlsHandshakes = list.add("grelay_tls_handshakes_total",
-                                 "Client TLS handshakes completed on a TLS listener.",
-                                 MetricType::Counter);
+  auto& tlsHandshakes =
+      list.add("grelay_tls_handshakes_total", "Client TLS handshakes completed on a TLS listener.",
+               MetricType::Counter);
   auto& tlsFailures = list.add("grelay_tls_handshake_failures_total",
                                "Client TLS handshakes that failed (reason=error: protocol, "
                                "version, plaintext client; reason=timeout: handshake_timeout).",

@@ -16,7 +16,9 @@ namespace grelay::metrics {
 // Written by one thread, read by any.
 class Counter {
 public:
-  void add(uint64_t n) { value_.store(value_.load(std::memory_order_relaxed) + n, std::memory_order_relaxed); }
+  void add(uint64_t n) {
+    value_.store(value_.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+  }
   void inc() { add(1); }
   uint64_t value() const { return value_.load(std::memory_order_relaxed); }
 
@@ -26,7 +28,9 @@ private:
 
 class Gauge {
 public:
-  void add(int64_t n) { value_.store(value_.load(std::memory_order_relaxed) + n, std::memory_order_relaxed); }
+  void add(int64_t n) {
+    value_.store(value_.load(std::memory_order_relaxed) + n, std::memory_order_relaxed);
+  }
   void inc() { add(1); }
   void dec() { add(-1); }
   int64_t value() const { return value_.load(std::memory_order_relaxed); }
@@ -60,7 +64,9 @@ private:
 };
 
 enum Direction : uint8_t { kRequest = 0, kResponse = 1 };
-inline const char* directionName(int d) { return d == kRequest ? "request" : "response"; }
+inline const char* directionName(int d) {
+  return d == kRequest ? "request" : "response";
+}
 
 enum PathIndex : uint8_t { kGroupPath = 0, kMainlinePath = 1, kCopyPath = 2 };
 inline constexpr int kPathCount = 3;
@@ -80,27 +86,27 @@ struct MirrorStats {
 struct ListenerStats {
   explicit ListenerStats(size_t mirrorCount) : mirrors(mirrorCount) {}
 
-  Counter connections;         // accepted client connections
-  Gauge active;                // open sessions
-  Counter rejected;            // closed at once: over max_connections
-  std::array<Counter, 2> receivedBytes;  // by Direction
-  Counter sentUpstreamBytes;   // to the primary (target = upstream pool name)
-  Counter sentClientBytes;     // back to clients
+  Counter connections;                     // accepted client connections
+  Gauge active;                            // open sessions
+  Counter rejected;                        // closed at once: over max_connections
+  std::array<Counter, 2> receivedBytes;    // by Direction
+  Counter sentUpstreamBytes;               // to the primary (target = upstream pool name)
+  Counter sentClientBytes;                 // back to clients
   std::array<Counter, kPathCount> chunks;  // by PathIndex
   Counter upstreamConnectErrors;
-  Counter noUpstream;          // sessions closed because every server failed
+  Counter noUpstream;  // sessions closed because every server failed
   Counter idleTimeouts;
-  Counter resets;              // sessions ended by a reset (either side)
+  Counter resets;  // sessions ended by a reset (either side)
   Histogram connectDuration;
   std::vector<MirrorStats> mirrors;  // in config order
-  Counter tlsHandshakes;         // client TLS handshakes completed
+  Counter tlsHandshakes;             // client TLS handshakes completed
   Counter tlsHandshakeFailures;  // client handshakes that failed (protocol, plaintext client...)
   Counter tlsHandshakeTimeouts;  // client handshakes cut by handshake_timeout
   Counter ktlsSessions;          // TLS sessions (either side) handed to kernel TLS
   Counter upstreamTlsFailures;   // upstream handshakes that failed (certificate, protocol)
-  Counter tapBytes;            // payload bytes written to the tap
-  Counter tapDroppedBytes;     // payload bytes the tap did not record
-  Counter tapErrors;           // write errors that disabled the tap
+  Counter tapBytes;              // payload bytes written to the tap
+  Counter tapDroppedBytes;       // payload bytes the tap did not record
+  Counter tapErrors;             // write errors that disabled the tap
 };
 
 struct WorkerStats {

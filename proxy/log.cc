@@ -11,16 +11,22 @@ namespace {
 std::atomic<int> gLevel{static_cast<int>(LogLevel::Info)};
 const char* levelName(LogLevel l) {
   switch (l) {
-    case LogLevel::Debug: return "DEBUG";
-    case LogLevel::Info: return "INFO";
-    case LogLevel::Warn: return "WARN";
-    case LogLevel::Error: return "ERROR";
+    case LogLevel::Debug:
+      return "DEBUG";
+    case LogLevel::Info:
+      return "INFO";
+    case LogLevel::Warn:
+      return "WARN";
+    case LogLevel::Error:
+      return "ERROR";
   }
   return "?";
 }
 }  // namespace
 
-void setLogLevel(LogLevel level) { gLevel.store(static_cast<int>(level)); }
+void setLogLevel(LogLevel level) {
+  gLevel.store(static_cast<int>(level));
+}
 
 void logLine(LogLevel level, const char* format, ...) {
   if (static_cast<int>(level) < gLevel.load(std::memory_order_relaxed)) {

@@ -15,8 +15,10 @@ void logLine(LogLevel level, const char* format, ...) __attribute__((format(prin
 
 #define GRELAY_LOG_INFO(...) ::grelay::proxy::logLine(::grelay::proxy::LogLevel::Info, __VA_ARGS__)
 #define GRELAY_LOG_WARN(...) ::grelay::proxy::logLine(::grelay::proxy::LogLevel::Warn, __VA_ARGS__)
-#define GRELAY_LOG_ERROR(...) ::grelay::proxy::logLine(::grelay::proxy::LogLevel::Error, __VA_ARGS__)
-#define GRELAY_LOG_DEBUG(...) ::grelay::proxy::logLine(::grelay::proxy::LogLevel::Debug, __VA_ARGS__)
+#define GRELAY_LOG_ERROR(...) \
+  ::grelay::proxy::logLine(::grelay::proxy::LogLevel::Error, __VA_ARGS__)
+#define GRELAY_LOG_DEBUG(...) \
+  ::grelay::proxy::logLine(::grelay::proxy::LogLevel::Debug, __VA_ARGS__)
 
 // Lets one message through per interval (any thread) and counts the ones it held back.
 class LogLimiter {

@@ -14,8 +14,8 @@
 #include "config/loader.h"
 #include "proxy/log.h"
 #include "proxy/server.h"
-#include "proxy/tls_context.h"
 #include "proxy/tap/tap_cli.h"
+#include "proxy/tls_context.h"
 #include "relay/probe.h"
 
 namespace {
@@ -38,8 +38,8 @@ int main(int argc, char** argv) {
   // GRELAY_LOG=debug|info|warn|error (default info).
   if (const char* level = std::getenv("GRELAY_LOG"); level != nullptr) {
     const std::string l = level;
-    proxy::setLogLevel(l == "debug"  ? proxy::LogLevel::Debug
-                       : l == "warn" ? proxy::LogLevel::Warn
+    proxy::setLogLevel(l == "debug"   ? proxy::LogLevel::Debug
+                       : l == "warn"  ? proxy::LogLevel::Warn
                        : l == "error" ? proxy::LogLevel::Error
                                       : proxy::LogLevel::Info);
   }

@@ -1,8 +1,8 @@
 #include "proxy/server.h"
 
+#include <fcntl.h>
 #include <pthread.h>
 #include <signal.h>
-#include <fcntl.h>
 #include <sys/resource.h>
 #include <sys/stat.h>
 #include <unistd.h>
@@ -16,8 +16,8 @@
 #include <memory>
 #include <thread>
 
-#include "metrics/admin.h"
 #include "config/loader.h"
+#include "metrics/admin.h"
 #include "proxy/log.h"
 #include "proxy/sockets.h"
 #include "proxy/tap/layout.h"
@@ -56,7 +56,7 @@ int makeDirectories(const std::string& path) {
       return -errno;
     }
   }
-  struct stat st{};
+  struct stat st {};
   if (::stat(path.c_str(), &st) != 0) {
     return -errno;
   }
@@ -93,7 +93,8 @@ bool dropPrivileges(const std::string& user, std::string* error) {
   errno = 0;
   passwd* pw = getpwnam(user.c_str());
   if (pw == nullptr) {
-    *error = "[server] user '" + user + "': no such user" + (errno != 0 ? std::string(": ") + strerror(errno) : "");
+    *error = "[server] user '" + user + "': no such user" +
+             (errno != 0 ? std::string(": ") + strerror(errno) : "");
     return false;
   }
   if (geteuid() == pw->pw_uid) {
@@ -233,8 +234,8 @@ std::unique_ptr<Generation> buildGeneration(std::shared_ptr<const config::Config
     }
     if (inherited < 0) {
       if (int err = addressFree(l.listen); err < 0) {
-        *error = "listener " + l.name + ": cannot listen on " + l.listen.text + ": " +
-                 strerror(-err);
+        *error =
+            "listener " + l.name + ": cannot listen on " + l.listen.text + ": " + strerror(-err);
         return nullptr;
       }
     }
@@ -248,8 +249,8 @@ std::unique_ptr<Generation> buildGeneration(std::shared_ptr<const config::Config
         fd = openListener(l.listen, kBacklog);
       }
       if (fd < 0) {
-        *error = "listener " + l.name + ": cannot listen on " + l.listen.text + ": " +
-                 strerror(-fd);
+        *error =
+            "listener " + l.name + ": cannot listen on " + l.listen.text + ": " + strerror(-fd);
         return nullptr;
       }
       gen->listenFds[w][li] = fd;
@@ -283,8 +284,8 @@ std::unique_ptr<Generation> buildGeneration(std::shared_ptr<const config::Config
 // Starts the generation's workers; on failure stops what started and returns an exit code.
 int startGeneration(Generation& gen, std::string* error) {
   for (uint32_t w = 0; w < gen.workerCount; ++w) {
-    gen.workers.push_back(std::make_unique<Worker>(*gen.runtime, w, *gen.stats[w],
-                                                   gen.listenFds[w], std::move(gen.tapFiles[w])));
+    gen.workers.push_back(std::make_unique<Worker>(*gen.runtime, w, *gen.stats[w], gen.listenFds[w],
+                                                   std::move(gen.tapFiles[w])));
   }
   gen.tapFiles.clear();
   // The workers own the sockets now; the numbers stay known for a reload's hand-over.
@@ -319,8 +320,7 @@ void logGeneration(const Generation& gen) {
   for (const auto& l : gen.config->listeners) {
     GRELAY_LOG_INFO("listener %s on %s -> upstream %s (%zu mirror%s%s%s)", l.name.c_str(),
                     l.listen.text.c_str(), l.upstream.c_str(), l.mirrors.size(),
-                    l.mirrors.size() == 1 ? "" : "s", l.tap ? ", tap" : "",
-                    l.tls ? ", TLS" : "");
+                    l.mirrors.size() == 1 ? "" : "s", l.tap ? ", tap" : "", l.tls ? ", TLS" : "");
   }
 }
 
@@ -335,8 +335,7 @@ int runServer(config::Config initial, const relay::Features& features) {
   auto cfg = std::make_shared<const config::Config>(std::move(initial));
   int exitCode = kExitOk;
   std::string error;
-  std::unique_ptr<Generation> current =
-      buildGeneration(cfg, features, nullptr, &exitCode, &error);
+  std::unique_ptr<Generation> current = buildGeneration(cfg, features, nullptr, &exitCode, &error);
   if (!current) {
     GRELAY_LOG_ERROR("%s", error.c_str());
     return exitCode;
@@ -422,7 +421,8 @@ int runServer(config::Config initial, const relay::Features& features) {
     auto nextCfg = std::make_shared<const config::Config>(std::move(*loaded.config));
     int code = kExitOk;
     std::string why;
-    std::unique_ptr<Generation> gen = buildGeneration(nextCfg, features, current.get(), &code, &why);
+    std::unique_ptr<Generation> gen =
+        buildGeneration(nextCfg, features, current.get(), &code, &why);
     if (!gen) {
       GRELAY_LOG_ERROR("SIGHUP: cannot apply %s; keeping the running configuration: %s",
                        path.c_str(), why.c_str());
@@ -431,9 +431,10 @@ int runServer(config::Config initial, const relay::Features& features) {
     publish(*gen);
     if (startGeneration(*gen, &why) != kExitOk) {
       registry.retire(gen->config.get());
-      GRELAY_LOG_ERROR("SIGHUP: cannot start the new workers; keeping the running "
-                       "configuration: %s",
-                       why.c_str());
+      GRELAY_LOG_ERROR(
+          "SIGHUP: cannot start the new workers; keeping the running "
+          "configuration: %s",
+          why.c_str());
       return;
     }
     // The new generation accepts; the old one stops accepting and finishes its sessions.
@@ -441,10 +442,11 @@ int runServer(config::Config initial, const relay::Features& features) {
     old.push_back(std::move(current));
     current = std::move(gen);
     logGeneration(*current);
-    GRELAY_LOG_INFO("SIGHUP: reloaded %s: %u worker%s, relay path %s; %zu older "
-                    "generation%s finishing their sessions",
-                    path.c_str(), current->workerCount, current->workerCount == 1 ? "" : "s",
-                    config::toString(current->path), old.size(), old.size() == 1 ? "" : "s");
+    GRELAY_LOG_INFO(
+        "SIGHUP: reloaded %s: %u worker%s, relay path %s; %zu older "
+        "generation%s finishing their sessions",
+        path.c_str(), current->workerCount, current->workerCount == 1 ? "" : "s",
+        config::toString(current->path), old.size(), old.size() == 1 ? "" : "s");
   };
 
   while (true) {

@@ -17,7 +17,9 @@ uint64_t nanos(config::Duration d) {
   return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(d).count());
 }
 
-std::string describe(int32_t err) { return std::strerror(err < 0 ? -err : err); }
+std::string describe(int32_t err) {
+  return std::strerror(err < 0 ? -err : err);
+}
 
 }  // namespace
 
@@ -381,9 +383,8 @@ void Flow::submitGroup() {
 
   uint32_t maxLength = s.listener_.chunkSize;
   TapWriter* tap = s.listener_.tap;
-  op->tapMember = tap != nullptr &&
-                  tap->reserve(s.tap_, static_cast<tap::Direction>(direction_), &maxLength,
-                               &op->reservation);
+  op->tapMember = tap != nullptr && tap->reserve(s.tap_, static_cast<tap::Direction>(direction_),
+                                                 &maxLength, &op->reservation);
   members_.clear();
   relay::GroupMember m;
   m.kind = relay::GroupMember::Kind::Send;
@@ -631,7 +632,9 @@ Session::Session(SessionHost& host, ListenerContext& listener, int clientFd)
   }
 }
 
-Session::~Session() { host_.timers().cancel(*this); }
+Session::~Session() {
+  host_.timers().cancel(*this);
+}
 
 void Session::start() {
   stats().connections.inc();
@@ -644,8 +647,8 @@ void Session::start() {
     return;
   }
   // TLS termination: nothing is connected upstream (or mirrored) before the handshake.
-  client_.tls_ = std::make_unique<relay::TlsChannel>(listener_.tls, client_.fd_, true,
-                                                     host_.userPool());
+  client_.tls_ =
+      std::make_unique<relay::TlsChannel>(listener_.tls, client_.fd_, true, host_.userPool());
   if (!client_.tls_->valid()) {
     host_.tlsTrouble(listener_, client_.tls_->error());
     close(true, false, false, tap::CloseReason::kError);
@@ -683,9 +686,8 @@ void Session::continueHandshake(Peer& peer) {
 void Session::handshakeDone(Peer& peer) {
   relay::TlsChannel& tls = *peer.tls_;
   GRELAY_LOG_DEBUG("TLS %s: %s, kernel TLS send %s, receive %s",
-                   peer.kind_ == Peer::Kind::Client ? "client" : "upstream",
-                   tls.describe().c_str(), tls.ktlsSend() ? "on" : "off",
-                   tls.ktlsReceive() ? "on" : "off");
+                   peer.kind_ == Peer::Kind::Client ? "client" : "upstream", tls.describe().c_str(),
+                   tls.ktlsSend() ? "on" : "off", tls.ktlsReceive() ? "on" : "off");
   // Each direction the kernel took is a plain receive or send from now on (the session
   // stays on the worker's zero-copy path for it); the others go through OpenSSL.
   peer.tlsSendUser_ = !tls.ktlsSend();
@@ -724,9 +726,9 @@ void Session::handshakeFailed(Peer& peer, bool timedOut) {
   stats().upstreamTlsFailures.inc();
   stats().upstreamConnectErrors.inc();
   const config::Address& a = listener_.upstream->server(static_cast<size_t>(server_));
-  host_.tlsTrouble(listener_, "upstream " + a.text + ": " +
-                                  (timedOut ? std::string("TLS handshake timed out")
-                                            : primary_.tls_->error()));
+  host_.tlsTrouble(
+      listener_, "upstream " + a.text + ": " +
+                     (timedOut ? std::string("TLS handshake timed out") : primary_.tls_->error()));
   if (upstreamCounted_) {
     listener_.upstream->disconnected(static_cast<uint32_t>(server_));
     upstreamCounted_ = false;
@@ -822,8 +824,8 @@ void Session::primaryConnected(int32_t res) {
   primary_.connected_ = true;
   if (listener_.upstreamTls != nullptr) {
     const config::Address& a = listener_.upstream->server(static_cast<size_t>(server_));
-    primary_.tls_ = std::make_unique<relay::TlsChannel>(listener_.upstreamTls, primary_.fd_,
-                                                        false, host_.userPool());
+    primary_.tls_ = std::make_unique<relay::TlsChannel>(listener_.upstreamTls, primary_.fd_, false,
+                                                        host_.userPool());
     const config::UpstreamConfig& uc = listener_.upstream->config();
     const std::string host = upstreamVerifyHost(uc, a);
     // SNI: the configured name, else the host as written when it is a name, not an IP.
@@ -929,12 +931,11 @@ void Session::startRelaying() {
   state_ = State::Relaying;
   activity();
   for (Flow* flow : {&request_, &response_}) {
-    flow->copy_ =
-        host_.pathIndex() == metrics::kCopyPath || flow->source_.tlsReceiveInUserspace();
+    flow->copy_ = host_.pathIndex() == metrics::kCopyPath || flow->source_.tlsReceiveInUserspace();
     // A group's SEND to the target must send it all (MSG_WAITALL): not to a TLS target,
     // whatever encrypts for it (kernel TLS refuses MSG_WAITALL).
-    flow->groupCapable_ = host_.pathIndex() == metrics::kGroupPath && !flow->copy_ &&
-                          flow->target_.tls_ == nullptr;
+    flow->groupCapable_ =
+        host_.pathIndex() == metrics::kGroupPath && !flow->copy_ && flow->target_.tls_ == nullptr;
     // A direction whose bytes are encrypted in userspace on the way out is on the copy
     // path too, even though it receives like mainline.
     flow->path_ = flow->copy_ || flow->target_.tlsInUserspace()
@@ -1069,8 +1070,8 @@ void Session::peerFailed(Peer& peer, int32_t err) {
 
 void Session::sourceFailed(Flow& flow, int32_t err) {
   GRELAY_LOG_DEBUG("session %llu: receive from the %s failed: %s",
-                   static_cast<unsigned long long>(id_),
-                   &flow == &request_ ? "client" : "upstream", describe(err).c_str());
+                   static_cast<unsigned long long>(id_), &flow == &request_ ? "client" : "upstream",
+                   describe(err).c_str());
   // A reset (or any receive error) on one side resets every other connection; the
   // failed socket itself is closed with RST too, so nothing lingers in FIN_WAIT.
   stats().resets.inc();
@@ -1215,8 +1216,9 @@ void Session::close(bool resetClient, bool resetPrimary, bool resetMirrors,
     if (flow->receiving_) {
       // A group is cancelled through its leader: unissued members then complete with
       // -ECANCELED too.
-      ring.cancel(flow->group_ != nullptr ? static_cast<relay::Completion*>(&flow->group_->leaderDone)
-                                          : &flow->recvDone_,
+      ring.cancel(flow->group_ != nullptr
+                      ? static_cast<relay::Completion*>(&flow->group_->leaderDone)
+                      : &flow->recvDone_,
                   nullptr);
     }
     if (flow->waitingBuffers_) {
@@ -1257,7 +1259,9 @@ void Session::close(bool resetClient, bool resetPrimary, bool resetMirrors,
   maybeFinish();
 }
 
-void Session::abort() { close(true, true, true, tap::CloseReason::kShutdown); }
+void Session::abort() {
+  close(true, true, true, tap::CloseReason::kShutdown);
+}
 
 size_t Session::largestMirrorQueue(size_t* mirror) const {
   size_t best = 0;
@@ -1303,7 +1307,8 @@ void Session::onTimer(uint64_t now) noexcept {
       ring.cancel(&m->peer.connectDone_, nullptr);
     }
   }
-  const uint64_t idleSince = state_ == State::Closing ? std::max(lastActivity_, closeStart_) : lastActivity_;
+  const uint64_t idleSince =
+      state_ == State::Closing ? std::max(lastActivity_, closeStart_) : lastActivity_;
   if (now >= idleSince + nanos(cfg().idle_timeout)) {
     if (state_ == State::Closing) {
       // Only mirrors that stopped reading keep a finished session: cut them.
@@ -1329,18 +1334,19 @@ void Session::rescheduleTimer() {
     // Only mirrors still draining what they were given need a deadline now.
     bool mirrorOpen = false;
     for (auto& m : mirrors_) {
-      mirrorOpen = mirrorOpen || m->state == MirrorState::Open || m->state == MirrorState::Connecting;
+      mirrorOpen =
+          mirrorOpen || m->state == MirrorState::Open || m->state == MirrorState::Connecting;
     }
     if (!mirrorOpen) {
       host_.timers().cancel(*this);
       return;
     }
-    host_.timers().schedule(*this, std::max(lastActivity_, closeStart_) + nanos(cfg().idle_timeout));
+    host_.timers().schedule(*this,
+                            std::max(lastActivity_, closeStart_) + nanos(cfg().idle_timeout));
     return;
   }
   uint64_t next = lastActivity_ + nanos(cfg().idle_timeout);
-  if ((state_ == State::Handshaking || state_ == State::UpstreamHandshake) &&
-      !handshakeTimedOut_) {
+  if ((state_ == State::Handshaking || state_ == State::UpstreamHandshake) && !handshakeTimedOut_) {
     next = std::min(next, handshakeDeadline_);
   }
   if (primary_.connecting_ && !connectTimedOut_) {
@@ -1354,6 +1360,8 @@ void Session::rescheduleTimer() {
   host_.timers().schedule(*this, next);
 }
 
-size_t Session::heldChunks(size_t mirror) const { return mirrors_[mirror]->peer.queue_.size(); }
+size_t Session::heldChunks(size_t mirror) const {
+  return mirrors_[mirror]->peer.queue_.size();
+}
 
 }  // namespace grelay::proxy

@@ -84,9 +84,9 @@ struct ListenerContext {
   const config::ListenerConfig* config = nullptr;
   UpstreamPool* upstream = nullptr;
   metrics::ListenerStats* stats = nullptr;
-  TapWriter* tap = nullptr;  // this worker's tap of the listener, if it has one
-  SSL_CTX* tls = nullptr;           // TLS termination on this listener
-  SSL_CTX* upstreamTls = nullptr;   // TLS toward the upstream pool
+  TapWriter* tap = nullptr;                     // this worker's tap of the listener, if it has one
+  SSL_CTX* tls = nullptr;                       // TLS termination on this listener
+  SSL_CTX* upstreamTls = nullptr;               // TLS toward the upstream pool
   std::atomic<int64_t>* connections = nullptr;  // the listener's open sessions (all workers)
   uint32_t chunkSize = 64 * 1024;
 };
@@ -136,9 +136,9 @@ public:
   bool connected_ = false;
   bool connecting_ = false;
   bool sending_ = false;
-  bool reading_ = false;  // mirrors: discarding their responses
-  bool polling_ = false;  // TLS handshake waiting for readiness
-  uint32_t groupSends_ = 0;  // mirrors: group members sending to this socket
+  bool reading_ = false;                     // mirrors: discarding their responses
+  bool polling_ = false;                     // TLS handshake waiting for readiness
+  uint32_t groupSends_ = 0;                  // mirrors: group members sending to this socket
   relay::Completion* activeSend_ = nullptr;  // the send in flight (ours or a group member)
   bool finWanted_ = false;
   bool finSent_ = false;
@@ -148,7 +148,7 @@ public:
   bool tlsReceiveUser_ = false;  // OpenSSL decrypts what we receive (else kernel TLS does)
   bool closeNotifySent_ = false;
   std::deque<relay::ChunkRef> tlsBacklog_;  // plaintext waiting for room to be encrypted
-  uint64_t unsent_ = 0;  // bytes queued, including the send in flight
+  uint64_t unsent_ = 0;                     // bytes queued, including the send in flight
   std::deque<PendingSend> queue_;
 
   void onSend(int32_t res, uint32_t flags) noexcept;
@@ -221,18 +221,18 @@ public:
   const uint8_t direction_;
   Peer& source_;
   Peer& target_;
-  bool copy_ = false;  // received bytes pass through userspace (TLS, or relay_path copy)
-  uint8_t path_ = 0;   // metrics::PathIndex its (non-group) chunks count under
-  bool groupCapable_ = false;  // the worker runs the group path and no side needs userspace TLS
+  bool copy_ = false;           // received bytes pass through userspace (TLS, or relay_path copy)
+  uint8_t path_ = 0;            // metrics::PathIndex its (non-group) chunks count under
+  bool groupCapable_ = false;   // the worker runs the group path and no side needs userspace TLS
   bool waitingTarget_ = false;  // group path: the next receive waits for the target's send
   uint64_t groupBackoffUntil_ = 0;  // after -ENOBUFS from the kernel: mainline until then
   GroupOp* group_ = nullptr;        // the group whose leader is in flight
   GroupOp* freeGroups_ = nullptr;
   std::vector<std::unique_ptr<GroupOp>> groups_;
   std::vector<relay::GroupMember> members_;  // reused for every submission
-  bool receiving_ = false;   // a receive (or a multishot receive) is armed
-  bool multishot_ = false;   // ...and it is a multishot one
-  bool cancelling_ = false;  // back-pressure asked the multishot receive to stop
+  bool receiving_ = false;                   // a receive (or a multishot receive) is armed
+  bool multishot_ = false;                   // ...and it is a multishot one
+  bool cancelling_ = false;                  // back-pressure asked the multishot receive to stop
   bool paused_ = false;
   bool ended_ = false;
   bool copyWaiting_ = false;  // processCopy() stopped for lack of user buffers

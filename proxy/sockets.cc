@@ -19,7 +19,9 @@ int SystemSockets::openStream(int family) {
   return fd;
 }
 
-void SystemSockets::shutdownWrite(int fd) { ::shutdown(fd, SHUT_WR); }
+void SystemSockets::shutdownWrite(int fd) {
+  ::shutdown(fd, SHUT_WR);
+}
 
 void SystemSockets::close(int fd, bool reset) {
   if (reset) {

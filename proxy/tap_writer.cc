@@ -47,7 +47,9 @@ TapWriter::~TapWriter() {
   }
 }
 
-void TapWriter::start() { writeRecord(layout_.fileHeader()); }
+void TapWriter::start() {
+  writeRecord(layout_.fileHeader());
+}
 
 TapWriter::Write* TapWriter::acquire() {
   Write* w = free_;
@@ -88,11 +90,10 @@ void TapWriter::submit(Write& w) {
     case Stage::Combined:
       // The rest of a short writev: the header went out first, then part of the payload.
       if (skip < w.record.size) {
-        ring_.write(fd_, w.record.data() + skip, w.record.size - skip, w.offset + skip,
-                    &w.done);
+        ring_.write(fd_, w.record.data() + skip, w.record.size - skip, w.offset + skip, &w.done);
       } else {
-        ring_.write(fd_, w.chunk.data() + (skip - w.record.size), w.length - skip,
-                    w.offset + skip, &w.done);
+        ring_.write(fd_, w.chunk.data() + (skip - w.record.size), w.length - skip, w.offset + skip,
+                    &w.done);
       }
       return;
     default:
@@ -114,7 +115,9 @@ void TapWriter::writeRecord(const tap::TapRecord& record) {
   submit(*w);
 }
 
-void TapWriter::Write::onDone(int32_t res, uint32_t) noexcept { writer.completed(*this, res); }
+void TapWriter::Write::onDone(int32_t res, uint32_t) noexcept {
+  writer.completed(*this, res);
+}
 
 void TapWriter::completed(Write& w, int32_t res) {
   if (res > 0 && w.written + static_cast<uint32_t>(res) < w.length) {
@@ -403,8 +406,7 @@ void TapWriter::gap(TapStream& stream, tap::Direction direction, uint64_t bytes,
   }
 }
 
-void TapWriter::end(TapStream& stream, tap::Direction direction, tap::EndKind kind,
-                    int32_t error) {
+void TapWriter::end(TapStream& stream, tap::Direction direction, tap::EndKind kind, int32_t error) {
   flushStage(stream.stages[tap::index(direction)]);
   if (!stream.opened || stream.session.ended(direction)) {
     return;
@@ -457,10 +459,10 @@ void TapWriter::fail(int32_t error) {
 void TapWriter::noteFull() {
   if (!fullLogged_ && layout_.full()) {
     fullLogged_ = true;
-    GRELAY_LOG_WARN("listener %s: tap %s reached its share of max_size (%llu bytes); recording "
-                    "stopped, further bytes are counted as dropped",
-                    listener_.c_str(), path_.c_str(),
-                    static_cast<unsigned long long>(layout_.fileSize()));
+    GRELAY_LOG_WARN(
+        "listener %s: tap %s reached its share of max_size (%llu bytes); recording "
+        "stopped, further bytes are counted as dropped",
+        listener_.c_str(), path_.c_str(), static_cast<unsigned long long>(layout_.fileSize()));
   }
 }
 

@@ -38,11 +38,11 @@ protected:
 // extent ([header | payload | pad] ...), so many chunks cost one WRITE (file writes through
 // io_uring go to io-wq: each one is a thread hand-off).
 struct TapStage {
-  uint8_t* data = nullptr;   // a buffer of the writer's stage pool (nullptr = none)
-  uint64_t offset = 0;       // file offset of data[0]
+  uint8_t* data = nullptr;  // a buffer of the writer's stage pool (nullptr = none)
+  uint64_t offset = 0;      // file offset of data[0]
   uint32_t used = 0;
-  uint32_t payload = 0;      // payload bytes staged (what tap_bytes counts)
-  uint64_t since = 0;        // monotonic ns of the first staged chunk
+  uint32_t payload = 0;  // payload bytes staged (what tap_bytes counts)
+  uint64_t since = 0;    // monotonic ns of the first staged chunk
   struct TapStream* stream = nullptr;
   TapStage* nextDirty = nullptr;
   TapStage* prevDirty = nullptr;
@@ -113,10 +113,10 @@ private:
     Stage stage = Stage::Record;
     TapStream* stream = nullptr;
     relay::ChunkRef chunk;
-    tap::TapRecord record;  // Record: its bytes; Payload: the header to write after it
+    tap::TapRecord record;         // Record: its bytes; Payload: the header to write after it
     uint8_t* stageData = nullptr;  // Staged: the stage buffer being written
-    uint32_t payload = 0;      // Combined, Staged: payload bytes in the write
-    struct iovec iov[2];       // Combined: header, payload
+    uint32_t payload = 0;          // Combined, Staged: payload bytes in the write
+    struct iovec iov[2];           // Combined: header, payload
     uint64_t offset = 0;
     uint32_t length = 0;
     uint32_t written = 0;

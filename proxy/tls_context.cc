@@ -109,11 +109,10 @@ bool TlsContexts::build(const config::Config& cfg, bool ktls, std::vector<std::s
                                 : SSL_CTX_load_verify_locations(ctx, u.tls.ca.c_str(), nullptr);
       if (ok != 1) {
         const config::Location& where = u.tls.location.line != 0 ? u.tls.location : u.location;
-        errors->push_back(
-            at(where, "cannot load CA certificates" +
-                               (u.tls.ca.empty() ? std::string(" (system store)")
-                                                 : " from ca file '" + u.tls.ca + "'") +
-                               ": " + lastError()));
+        errors->push_back(at(where, "cannot load CA certificates" +
+                                        (u.tls.ca.empty() ? std::string(" (system store)")
+                                                          : " from ca file '" + u.tls.ca + "'") +
+                                        ": " + lastError()));
       }
     } else {
       SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, nullptr);

@@ -26,9 +26,12 @@ uint32_t bufferCount(const config::ServerConfig& server) {
 
 uint8_t pathIndexOf(config::RelayPath path) {
   switch (path) {
-    case config::RelayPath::Group: return metrics::kGroupPath;
-    case config::RelayPath::Copy: return metrics::kCopyPath;
-    default: return metrics::kMainlinePath;
+    case config::RelayPath::Group:
+      return metrics::kGroupPath;
+    case config::RelayPath::Copy:
+      return metrics::kCopyPath;
+    default:
+      return metrics::kMainlinePath;
   }
 }
 
@@ -443,7 +446,8 @@ void Worker::relieveBufferPressure() {
     }
   }
   if (worst != nullptr && worstChunks >= 2) {
-    worst->cutMirror(worstMirror, "held receive buffers the primary needed (buffer_pool exhausted)");
+    worst->cutMirror(worstMirror,
+                     "held receive buffers the primary needed (buffer_pool exhausted)");
   }
 }
 

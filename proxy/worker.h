@@ -29,7 +29,7 @@ struct Runtime {
 
   const config::Config& config;
   config::RelayPath path = config::RelayPath::Mainline;  // resolved, never Auto
-  std::vector<std::unique_ptr<UpstreamPool>> upstreams;   // config order
+  std::vector<std::unique_ptr<UpstreamPool>> upstreams;  // config order
   std::atomic<int64_t> connections{0};
   std::unique_ptr<std::atomic<int64_t>[]> listenerConnections;
   std::vector<std::vector<std::unique_ptr<LogLimiter>>> mirrorLogs;  // [listener][mirror]

@@ -147,7 +147,9 @@ std::string explainSetupError(int err) {
   return std::string("io_uring_setup() failed: ") + std::strerror(-err);
 }
 
-bool Features::pathAvailable(config::RelayPath path) const { return pathMissing(path).empty(); }
+bool Features::pathAvailable(config::RelayPath path) const {
+  return pathMissing(path).empty();
+}
 
 std::string Features::pathMissing(config::RelayPath path) const {
   if (!uringAvailable) {
@@ -256,8 +258,8 @@ void printFeatures(const Features& f, std::ostream& out) {
       << "  group kernel buffers:           " << yesNo(f.groupKernelBuffers) << "\n"
       << "kTLS (tcp ULP \"tls\"):             " << yesNo(f.ktls) << "\n"
       << "relay paths:\n";
-  for (auto path : {config::RelayPath::Group, config::RelayPath::Mainline,
-                    config::RelayPath::Copy}) {
+  for (auto path :
+       {config::RelayPath::Group, config::RelayPath::Mainline, config::RelayPath::Copy}) {
     std::string missing = f.pathMissing(path);
     out << "  " << config::toString(path) << ": "
         << (missing.empty() ? std::string("available") : "unavailable (" + missing + ")") << "\n";

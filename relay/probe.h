@@ -12,9 +12,9 @@ namespace grelay::relay {
 
 struct Features {
   bool uringAvailable = false;
-  int setupError = 0;           // -errno from io_uring_setup when unavailable
-  std::string unavailableWhy;   // what happened and what to do, for the user
-  uint32_t featureBits = 0;     // io_uring_params.features
+  int setupError = 0;          // -errno from io_uring_setup when unavailable
+  std::string unavailableWhy;  // what happened and what to do, for the user
+  uint32_t featureBits = 0;    // io_uring_params.features
   std::string kernelRelease;
 
   bool providedBufferRings = false;

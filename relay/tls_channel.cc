@@ -105,9 +105,15 @@ TlsChannel::Step TlsChannel::handshake() {
   }
 }
 
-bool TlsChannel::ktls() const { return ktlsSend() && ktlsReceive(); }
-bool TlsChannel::ktlsSend() const { return BIO_get_ktls_send(SSL_get_wbio(ssl_)); }
-bool TlsChannel::ktlsReceive() const { return BIO_get_ktls_recv(SSL_get_rbio(ssl_)); }
+bool TlsChannel::ktls() const {
+  return ktlsSend() && ktlsReceive();
+}
+bool TlsChannel::ktlsSend() const {
+  return BIO_get_ktls_send(SSL_get_wbio(ssl_));
+}
+bool TlsChannel::ktlsReceive() const {
+  return BIO_get_ktls_recv(SSL_get_rbio(ssl_));
+}
 
 bool TlsChannel::useMemoryBio(bool receive, bool send) {
   if (!receive && !send) {

@@ -11,12 +11,18 @@
 namespace grelay::relay {
 namespace {
 
-uint64_t tag(const Completion* c) { return reinterpret_cast<uint64_t>(c); }
+uint64_t tag(const Completion* c) {
+  return reinterpret_cast<uint64_t>(c);
+}
 
 class UringProvidedBuffers final : public ProvidedBuffers {
 public:
   UringProvidedBuffers(io_uring* ring, uint16_t group, uint32_t count, uint32_t size)
-      : ring_(ring), group_(group), count_(count), size_(size), mask_(io_uring_buf_ring_mask(count)) {}
+      : ring_(ring),
+        group_(group),
+        count_(count),
+        size_(size),
+        mask_(io_uring_buf_ring_mask(count)) {}
 
   ~UringProvidedBuffers() override {
     if (registered_) {
@@ -29,8 +35,8 @@ public:
   }
 
   int init() {
-    void* mapped = mmap(nullptr, ringBytes(), PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE,
-                        -1, 0);
+    void* mapped =
+        mmap(nullptr, ringBytes(), PROT_READ | PROT_WRITE, MAP_ANONYMOUS | MAP_PRIVATE, -1, 0);
     if (mapped == MAP_FAILED) {
       return -errno;
     }
@@ -106,7 +112,9 @@ std::unique_ptr<UringRing> UringRing::create(const RingOptions& options, int* er
   return ring;
 }
 
-UringRing::~UringRing() { io_uring_queue_exit(&ring_); }
+UringRing::~UringRing() {
+  io_uring_queue_exit(&ring_);
+}
 
 io_uring_sqe* UringRing::sqe() {
   io_uring_sqe* s = io_uring_get_sqe(&ring_);
@@ -223,7 +231,9 @@ void UringRing::recvGroup(int fd, uint32_t maxLen, Completion* leader,
   }
 }
 
-int UringRing::submit() { return io_uring_submit(&ring_); }
+int UringRing::submit() {
+  return io_uring_submit(&ring_);
+}
 
 int UringRing::run(const __kernel_timespec* timeout) {
   io_uring_cqe* cqe = nullptr;

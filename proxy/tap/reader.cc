@@ -530,6 +530,8 @@ std::unique_ptr<MappedFile> MappedFile::open(const std::string& path, std::strin
   return std::unique_ptr<MappedFile>(new MappedFile(buf, done));
 }
 
-MappedFile::~MappedFile() { std::free(const_cast<uint8_t*>(data_)); }
+MappedFile::~MappedFile() {
+  std::free(const_cast<uint8_t*>(data_));
+}
 
 }  // namespace grelay::tap

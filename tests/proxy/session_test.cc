@@ -15,8 +15,8 @@ namespace grelay::proxy {
 namespace {
 
 using testing::FakeOp;
-using testing::FakeSockets;
 using testing::FakeRing;
+using testing::FakeSockets;
 using testing::OpKind;
 
 constexpr int kClientFd = 7;

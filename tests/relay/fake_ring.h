@@ -16,7 +16,18 @@
 namespace grelay::testing {
 
 enum class OpKind {
-  Accept, RecvMultishot, RecvSelect, Recv, Send, Write, Read, Connect, Poll, Cancel, CancelFd, Group
+  Accept,
+  RecvMultishot,
+  RecvSelect,
+  Recv,
+  Send,
+  Write,
+  Read,
+  Connect,
+  Poll,
+  Cancel,
+  CancelFd,
+  Group
 };
 
 struct FakeOp {
@@ -192,8 +203,7 @@ public:
       return;
     }
     std::memcpy(buffers_->address(static_cast<uint16_t>(id)), data.data(), data.size());
-    uint32_t flags =
-        IORING_CQE_F_BUFFER | (static_cast<uint32_t>(id) << IORING_CQE_BUFFER_SHIFT);
+    uint32_t flags = IORING_CQE_F_BUFFER | (static_cast<uint32_t>(id) << IORING_CQE_BUFFER_SHIFT);
     if (more && op->kind == OpKind::RecvMultishot) {
       flags |= IORING_CQE_F_MORE;
     }
@@ -226,7 +236,9 @@ public:
     return n;
   }
   // Queues a completion for the next run().
-  void post(relay::Completion* c, int32_t res, uint32_t flags) { posted_.push_back({c, res, flags}); }
+  void post(relay::Completion* c, int32_t res, uint32_t flags) {
+    posted_.push_back({c, res, flags});
+  }
 
   FakeProvidedBuffers* buffers() { return buffers_; }
   const std::vector<std::unique_ptr<FakeOp>>& ops() const { return ops_; }
