@@ -1,6 +1,7 @@
 #include "proxy/sockets.h"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <unistd.h>
@@ -43,6 +44,31 @@ bool SystemSockets::addresses(int fd, sockaddr_storage* peer, sockaddr_storage* 
 void SystemSockets::setNoDelay(int fd) {
   int one = 1;
   ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+}
+
+int SystemSockets::openPipe(int fds[2], uint32_t size) {
+  if (::pipe2(fds, O_NONBLOCK | O_CLOEXEC) != 0) {
+    return -errno;
+  }
+  // Best effort: past fs.pipe-max-size or the per-user pipe limits the pipe keeps its
+  // default size (or less), which splice copes with.
+  int held = ::fcntl(fds[0], F_SETPIPE_SZ, static_cast<int>(size));
+  if (held < 0) {
+    held = ::fcntl(fds[0], F_GETPIPE_SZ);
+  }
+  if (held <= 0) {
+    int err = held < 0 ? -errno : -EINVAL;
+    ::close(fds[0]);
+    ::close(fds[1]);
+    return err;
+  }
+  return held;
+}
+
+ssize_t SystemSockets::splice(int in, int out, size_t len) {
+  // No SPLICE_F_MORE: it would cork the tail of a response until more bytes came.
+  ssize_t n = ::splice(in, nullptr, out, nullptr, len, SPLICE_F_NONBLOCK | SPLICE_F_MOVE);
+  return n >= 0 ? n : -errno;
 }
 
 int addressFree(const config::Address& address) {

@@ -3,6 +3,9 @@
 #pragma once
 
 #include <sys/socket.h>
+#include <sys/types.h>
+
+#include <cstdint>
 
 #include "config/config.h"
 
@@ -19,6 +22,12 @@ public:
   // The peer's and the local address of a connected socket (false on error).
   virtual bool addresses(int fd, sockaddr_storage* peer, sockaddr_storage* local) = 0;
   virtual void setNoDelay(int fd) = 0;
+  // A non-blocking, close-on-exec pipe (fds[0] reads, fds[1] writes) asked to hold
+  // `size` bytes; returns what it holds or -errno.
+  virtual int openPipe(int fds[2], uint32_t size) = 0;
+  // Non-blocking splice(2) of up to `len` bytes from `in` to `out` (one is a pipe). Bytes
+  // moved, 0 at EOF of `in`, or -errno.
+  virtual ssize_t splice(int in, int out, size_t len) = 0;
 };
 
 class SystemSockets final : public Sockets {
@@ -28,6 +37,8 @@ public:
   void close(int fd, bool reset) override;
   bool addresses(int fd, sockaddr_storage* peer, sockaddr_storage* local) override;
   void setNoDelay(int fd) override;
+  int openPipe(int fds[2], uint32_t size) override;
+  ssize_t splice(int in, int out, size_t len) override;
 };
 
 // 0 if nobody (no other process, no other socket) is bound to `address`, else -errno

@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 
+#include <deque>
 #include <map>
 #include <vector>
 
@@ -35,11 +36,34 @@ public:
     return true;
   }
   void setNoDelay(int) override {}
+  // Pipes come from the session host in unit tests (FakeHost::takePipe), never from here.
+  int openPipe(int[2], uint32_t) override { return -ENOSYS; }
+  // Scripted: results of splices out of a socket (fills, by `in`) and into one (drains, by
+  // `out`), in order; -EAGAIN once a script runs out.
+  ssize_t splice(int in, int out, size_t len) override {
+    splices.push_back({in, out, len});
+    for (auto* script : {&fillFrom[in], &drainTo[out]}) {
+      if (!script->empty()) {
+        ssize_t r = script->front();
+        script->pop_front();
+        return r;
+      }
+    }
+    return -EAGAIN;
+  }
 
   int nextFd = 100;
   bool failOpen = false;
   std::vector<int> shutdowns;
   std::map<int, bool> closed;  // fd -> reset
+  struct SpliceCall {
+    int in;
+    int out;
+    size_t len;
+  };
+  std::vector<SpliceCall> splices;
+  std::map<int, std::deque<ssize_t>> fillFrom;
+  std::map<int, std::deque<ssize_t>> drainTo;
 };
 
 }  // namespace grelay::testing
