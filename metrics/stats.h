@@ -68,10 +68,21 @@ inline const char* directionName(int d) {
   return d == kRequest ? "request" : "response";
 }
 
-enum PathIndex : uint8_t { kGroupPath = 0, kMainlinePath = 1, kCopyPath = 2 };
-inline constexpr int kPathCount = 3;
+// Relay paths a chunk can take. kSplicePath is not a worker's path: it counts the chunks
+// the mainline path moved with splice(2) (single-target directions, [server] splice).
+enum PathIndex : uint8_t { kGroupPath = 0, kMainlinePath = 1, kCopyPath = 2, kSplicePath = 3 };
+inline constexpr int kPathCount = 4;
 inline const char* pathName(int p) {
-  return p == kGroupPath ? "group" : (p == kMainlinePath ? "mainline" : "copy");
+  switch (p) {
+    case kGroupPath:
+      return "group";
+    case kMainlinePath:
+      return "mainline";
+    case kCopyPath:
+      return "copy";
+    default:
+      return "splice";
+  }
 }
 
 struct MirrorStats {

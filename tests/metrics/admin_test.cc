@@ -57,9 +57,11 @@ grelay_client_sent_bytes_total{listener="api"} 1177
 grelay_chunks_total{listener="web",path="group"} 88
 grelay_chunks_total{listener="web",path="mainline"} 99
 grelay_chunks_total{listener="web",path="copy"} 110
+grelay_chunks_total{listener="web",path="splice"} 198
 grelay_chunks_total{listener="api",path="group"} 1188
 grelay_chunks_total{listener="api",path="mainline"} 1199
 grelay_chunks_total{listener="api",path="copy"} 1210
+grelay_chunks_total{listener="api",path="splice"} 1298
 grelay_idle_timeouts_total{listener="web"} 143
 grelay_idle_timeouts_total{listener="api"} 1243
 grelay_session_resets_total{listener="web"} 154
@@ -340,8 +342,8 @@ TEST_F(AdminTest, EveryFamilyHasHelpAndTypeAndCountersEndInTotal) {
 }
 
 TEST_F(AdminTest, LabelsComeOnlyFromConfigNames) {
-  std::set<std::string> allowedValues = {"request",  "response", "group",
-                                         "mainline", "copy",     "0.0.0-test"};
+  std::set<std::string> allowedValues = {"request", "response", "group",     "mainline",
+                                         "copy",    "splice",   "0.0.0-test"};
   for (const auto& u : config_.upstreams) {
     allowedValues.insert(u.name);
   }

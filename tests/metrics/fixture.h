@@ -116,6 +116,7 @@ enum Base : uint64_t {
   kBaseTapBytes = 15,
   kBaseTapDropped = 16,
   kBaseTapErrors = 17,
+  kBaseChunksSplice = 18,
 };
 
 inline void fillKnownValues(WorkerStats& stats, int worker) {
@@ -133,6 +134,7 @@ inline void fillKnownValues(WorkerStats& stats, int worker) {
     s.chunks[kGroupPath].add(v(kBaseChunksGroup));
     s.chunks[kMainlinePath].add(v(kBaseChunksMainline));
     s.chunks[kCopyPath].add(v(kBaseChunksCopy));
+    s.chunks[kSplicePath].add(v(kBaseChunksSplice));
     s.upstreamConnectErrors.add(v(kBaseConnectErrors));
     s.noUpstream.add(v(kBaseNoUpstream));
     s.idleTimeouts.add(v(kBaseIdleTimeouts));

@@ -69,7 +69,7 @@ def expected_families():
         put("grelay_received_bytes_total", labels(listener=name, direction="request"), total(4, i))
         put("grelay_received_bytes_total", labels(listener=name, direction="response"), total(5, i))
         put("grelay_sent_bytes_total", labels(listener=name, target=upstream), total(6, i))
-        for path, base in (("group", 8), ("mainline", 9), ("copy", 10)):
+        for path, base in (("group", 8), ("mainline", 9), ("copy", 10), ("splice", 18)):
             put("grelay_chunks_total", labels(listener=name, path=path), total(base, i))
         put("grelay_upstream_connect_errors_total", labels(listener=name, upstream=upstream), total(11, i))
         for m, mirror in enumerate(mirrors):
