@@ -50,6 +50,9 @@ struct ServerConfig {
   Duration drain_timeout{10'000};           // SIGTERM/SIGINT: finish sessions up to this long
   uint64_t buffer_pool = 16 * 1024 * 1024;  // bytes of receive buffers per worker
   std::string user;                         // drop root to this user after binding ("" = stay)
+  // Mainline path: a direction with one target (no mirror takes it, no tap, no TLS) moves
+  // through a pipe with splice(2): no copy into userspace.
+  bool splice = true;
   Location location;
 };
 

@@ -532,6 +532,7 @@ private:
                      return size(&s.buffer_pool, min, 4 * kGiB, min_text)(key, node);
                    }},
                   {"user", string(&s.user)},
+                  {"splice", boolean(&s.splice)},
               });
   }
 
