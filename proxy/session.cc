@@ -253,6 +253,26 @@ void Flow::arm() {
       source_.fd_ < 0) {
     return;
   }
+  if (splice_) {
+    if (!sourcePolling_ && !targetPolling_) {
+      pump();
+    }
+    return;
+  }
+  if (spliceWanted_) {
+    // Bytes spliced must not overtake bytes received: switch once the target has sent
+    // everything queued (Session::peerSent re-arms).
+    if (!target_.drained()) {
+      waitingTarget_ = true;
+      return;
+    }
+    waitingTarget_ = false;
+    spliceWanted_ = false;
+    splice_ = true;
+    burst_ = 0;
+    pump();
+    return;
+  }
   if (target_.unsent_ >= 2ull * session_.listener_.chunkSize) {
     paused_ = true;  // back-pressure: resumed by Session::peerSent
     return;
@@ -330,13 +350,18 @@ void Flow::onRecv(int32_t res, uint32_t flags) noexcept {
       if (session_.closing()) {
         return;
       }
+      if (spliceCapable_ && static_cast<uint32_t>(res) >= session_.listener_.chunkSize) {
+        spliceWanted_ = true;  // a full chunk: a burst, splice the rest
+      }
     }
     if (receiving_) {
-      // Still armed: stop it if the target is now too far behind. Chunks received
-      // before the cancel takes effect still arrive and are delivered in order.
-      if (!cancelling_ && target_.unsent_ >= 2ull * session_.listener_.chunkSize) {
+      // Still armed: stop it if the target is now too far behind (or to switch to
+      // splice). Chunks received before the cancel takes effect still arrive and are
+      // delivered in order.
+      const bool behind = target_.unsent_ >= 2ull * session_.listener_.chunkSize;
+      if (!cancelling_ && (behind || spliceWanted_)) {
         cancelling_ = true;
-        paused_ = true;
+        paused_ = behind;
         session_.host_.ring().cancel(&recvDone_, nullptr);
       }
       return;
@@ -427,6 +452,135 @@ void Flow::submitGroup() {
 void Flow::releaseGroup(GroupOp* op) {
   op->nextFree = freeGroups_;
   freeGroups_ = op;
+}
+
+namespace {
+// Splices per pump: past this a session that always has bytes waiting yields to the
+// other completions (its next pump starts from a poll that is ready at once).
+constexpr int kSpliceRounds = 8;
+}  // namespace
+
+void Flow::pump() {
+  Session& s = session_;
+  SessionHost& host = s.host_;
+  Sockets& sockets = host.sockets();
+  bool dry = false;  // the pipe was empty and the source had nothing
+  for (int round = 0; round < kSpliceRounds; ++round) {
+    bool moved = false;
+    if (!eof_ && pipe_[0] < 0) {
+      const int capacity = host.takePipe(pipe_);
+      if (capacity <= 0) {
+        // No pipe (fd limit): this direction stays on RECV/SEND. Nothing is in flight
+        // for it, so the switch loses nothing.
+        pipe_[0] = pipe_[1] = -1;
+        splice_ = false;
+        spliceCapable_ = false;
+        arm();
+        return;
+      }
+      pipeCapacity_ = capacity;
+    }
+    if (!eof_ && piped_ < static_cast<uint32_t>(pipeCapacity_)) {
+      const ssize_t n = sockets.splice(source_.fd_, pipe_[1], pipeCapacity_ - piped_);
+      if (n > 0) {
+        piped_ += static_cast<uint32_t>(n);
+        moved = true;
+        burst_ += static_cast<uint64_t>(n);
+        s.spliceReceived(*this, static_cast<uint32_t>(n));
+      } else if (n == 0) {
+        eof_ = true;
+      } else if (n == -EAGAIN) {
+        dry = dry || piped_ == 0;
+      } else if (n != -EINTR) {
+        // -EAGAIN: nothing to read, or the pipe's slots are full (then it drains below).
+        s.sourceFailed(*this, static_cast<int32_t>(n));
+        return;
+      }
+    }
+    if (piped_ > 0) {
+      const ssize_t n = sockets.splice(pipe_[0], target_.fd_, piped_);
+      if (n > 0) {
+        piped_ -= static_cast<uint32_t>(n);
+        moved = true;
+        s.spliceSent(*this, static_cast<uint32_t>(n));
+      } else if (n == 0 || (n != -EAGAIN && n != -EINTR)) {
+        s.peerFailed(target_, n == 0 ? -EPIPE : static_cast<int32_t>(n));
+        return;
+      }
+    }
+    if (piped_ == 0 && pipe_[0] >= 0) {
+      releasePipe();  // idle sessions hold no pipe
+    }
+    if (eof_ && piped_ == 0) {
+      ended_ = true;
+      s.sourceEnded(*this);
+      return;
+    }
+    if (!moved) {
+      break;
+    }
+  }
+  if (dry && piped_ == 0) {
+    if (burst_ > 0 && burst_ < s.listener_.chunkSize) {
+      // A small burst: back to RECV/SEND until the next full chunk.
+      splice_ = false;
+      arm();
+      return;
+    }
+    // A large burst is over (or, right after the switch, the rest of it is not here
+    // yet): wait for the next one on splice.
+    burst_ = 0;
+  }
+  // Wait for whichever side holds things up: bytes in the pipe wait for the target to
+  // take them (back-pressure: nothing more is read meanwhile); an empty pipe waits for
+  // the source. A poll on a side that is already ready completes at once.
+  Peer& peer = piped_ > 0 ? target_ : source_;
+  bool& polling = piped_ > 0 ? targetPolling_ : sourcePolling_;
+  relay::Completion* done = piped_ > 0 ? static_cast<relay::Completion*>(&targetReady_)
+                                       : static_cast<relay::Completion*>(&sourceReady_);
+  polling = true;
+  ++peer.flowPolls_;
+  ++s.inflight_;
+  host.ring().pollAdd(peer.fd_, piped_ > 0 ? POLLOUT : POLLIN, done);
+}
+
+void Flow::onSourceReady(int32_t res, uint32_t) noexcept {
+  sourcePolling_ = false;
+  --source_.flowPolls_;
+  --session_.inflight_;
+  if (session_.closing()) {
+    session_.opDone(source_);
+    return;
+  }
+  if (res < 0) {
+    session_.sourceFailed(*this, res);
+    return;
+  }
+  pump();
+}
+
+void Flow::onTargetReady(int32_t res, uint32_t) noexcept {
+  targetPolling_ = false;
+  --target_.flowPolls_;
+  --session_.inflight_;
+  if (session_.closing()) {
+    session_.opDone(target_);
+    return;
+  }
+  if (res < 0) {
+    session_.peerFailed(target_, res);
+    return;
+  }
+  pump();
+}
+
+void Flow::releasePipe() {
+  if (pipe_[0] < 0) {
+    return;
+  }
+  session_.host_.givePipe(pipe_, pipeCapacity_, piped_ == 0);
+  pipe_[0] = pipe_[1] = -1;
+  piped_ = 0;
 }
 
 // ---------------------------------------------------------------------------------------
@@ -634,6 +788,8 @@ Session::Session(SessionHost& host, ListenerContext& listener, int clientFd)
 
 Session::~Session() {
   host_.timers().cancel(*this);
+  request_.releasePipe();
+  response_.releasePipe();
 }
 
 void Session::start() {
@@ -941,6 +1097,15 @@ void Session::startRelaying() {
     flow->path_ = flow->copy_ || flow->target_.tlsInUserspace()
                       ? static_cast<uint8_t>(metrics::kCopyPath)
                       : static_cast<uint8_t>(metrics::kMainlinePath);
+    // One target and nothing to see the bytes (no mirror takes them, no tap, no TLS in
+    // either socket): splice(2) moves them without a copy into userspace.
+    bool mirrored = false;
+    for (size_t i = 0; i < mirrors_.size(); ++i) {
+      mirrored = mirrored || takesFlow(i, *flow);
+    }
+    flow->spliceCapable_ = listener_.splice && !flow->copy_ && !flow->groupCapable_ &&
+                           flow->path_ == metrics::kMainlinePath && flow->source_.tls_ == nullptr &&
+                           flow->target_.tls_ == nullptr && listener_.tap == nullptr && !mirrored;
   }
   request_.arm();
   response_.arm();
@@ -973,6 +1138,22 @@ void Session::deliver(Flow& flow, const relay::ChunkRef& chunk) {
       continue;
     }
     m.peer.enqueue(chunk);
+  }
+}
+
+void Session::spliceReceived(Flow& flow, uint32_t bytes) {
+  activity();
+  metrics::ListenerStats& st = stats();
+  st.receivedBytes[flow.direction_].add(bytes);
+  st.chunks[metrics::kSplicePath].inc();
+}
+
+void Session::spliceSent(Flow& flow, uint32_t bytes) {
+  activity();
+  if (flow.target_.kind_ == Peer::Kind::Client) {
+    stats().sentClientBytes.add(bytes);
+  } else {
+    stats().sentUpstreamBytes.add(bytes);
   }
 }
 
@@ -1226,6 +1407,15 @@ void Session::close(bool resetClient, bool resetPrimary, bool resetMirrors,
       host_.cancelWaitForBuffers(*flow);
     }
     flow->copyHold_.reset();
+    if (flow->sourcePolling_) {
+      ring.cancel(&flow->sourceReady_, nullptr);
+    }
+    if (flow->targetPolling_) {
+      ring.cancel(&flow->targetReady_, nullptr);
+    }
+    // What a pipe still holds goes with it, like a queue a reset drops (splice is
+    // synchronous: no request refers to the pipe).
+    flow->releasePipe();
   }
   for (Peer* peer : {&client_, &primary_}) {
     if (peer->waitingBuffers_) {

@@ -4,7 +4,9 @@
 // Two Flows move bytes: request (client -> primary, mirrors, tap) and response
 // (primary -> client, mirrors with direction "both", tap). A Flow receives a chunk from
 // its source and hands the same buffer to every sink; each Peer sends its queue with one
-// send in flight. Rules kept here, whatever the relay path:
+// send in flight. On the mainline path a Flow with a single target (no mirror takes it, no
+// tap, no TLS) switches to splice(2) through a pipe while its source sends in bursts (see
+// Flow::pump). Rules kept here, whatever the relay path:
 //  - back-pressure: a Flow stops receiving while its primary sink has >= 2 chunks unsent;
 //  - a mirror never slows the primary: past max_lag unsent bytes it is cut (closed with
 //    RST, counted), and connect failures only cut that mirror;
@@ -74,6 +76,11 @@ public:
   virtual uint8_t pathIndex() const = 0;  // metrics::PathIndex of this worker's relay path
   // Rate-limited logging of TLS trouble (once per listener and minute).
   virtual void tlsTrouble(const struct ListenerContext& listener, const std::string& what) = 0;
+  // Splice: an empty pipe (fds[0] reads, fds[1] writes) from the worker's pool or a new one;
+  // returns the bytes it holds, or -errno (fd limit).
+  virtual int takePipe(int fds[2]) = 0;
+  // Hands a pipe back: an empty one goes back to the pool, one holding bytes is closed.
+  virtual void givePipe(const int fds[2], int capacity, bool empty) = 0;
 
 protected:
   ~SessionHost() = default;
@@ -89,6 +96,7 @@ struct ListenerContext {
   SSL_CTX* upstreamTls = nullptr;               // TLS toward the upstream pool
   std::atomic<int64_t>* connections = nullptr;  // the listener's open sessions (all workers)
   uint32_t chunkSize = 64 * 1024;
+  bool splice = false;  // single-target directions may splice ([server] splice, mainline path)
 };
 
 struct PendingSend {
@@ -118,7 +126,8 @@ public:
   // No request of ours refers to the socket (a group member not yet issued would look the
   // fd up when it is: the fd must stay ours until then).
   bool idle() const {
-    return !sending_ && !connecting_ && !reading_ && !polling_ && groupSends_ == 0;
+    return !sending_ && !connecting_ && !reading_ && !polling_ && groupSends_ == 0 &&
+           flowPolls_ == 0;
   }
   // TLS records this peer sends are made by OpenSSL (copy path), not by kernel TLS.
   bool tlsInUserspace() const { return tls_ != nullptr && tlsSendUser_; }
@@ -139,6 +148,7 @@ public:
   bool reading_ = false;                     // mirrors: discarding their responses
   bool polling_ = false;                     // TLS handshake waiting for readiness
   uint32_t groupSends_ = 0;                  // mirrors: group members sending to this socket
+  uint32_t flowPolls_ = 0;                   // splicing flows waiting for this socket
   relay::Completion* activeSend_ = nullptr;  // the send in flight (ours or a group member)
   bool finWanted_ = false;
   bool finSent_ = false;
@@ -216,6 +226,13 @@ public:
   // Group path: submits one group for the next chunk.
   void submitGroup();
   void releaseGroup(GroupOp* op);
+  // Splice: moves bytes source -> pipe -> target until one side would block, then waits
+  // for that side with a poll.
+  void pump();
+  void onSourceReady(int32_t res, uint32_t flags) noexcept;
+  void onTargetReady(int32_t res, uint32_t flags) noexcept;
+  // Gives the pipe back to the host (closed if it still holds bytes).
+  void releasePipe();
 
   Session& session_;
   const uint8_t direction_;
@@ -238,6 +255,23 @@ public:
   bool copyWaiting_ = false;  // processCopy() stopped for lack of user buffers
   relay::ChunkRef copyHold_;  // plaintext copy path: the chunk it stopped at
   relay::BoundCompletion<Flow, &Flow::onRecv> recvDone_{*this};
+  // Splice (mainline, one target, no tap, no TLS): source -> pipe_ -> target in the kernel.
+  // A direction starts on RECV/SEND; a full chunk (a burst: more is probably waiting)
+  // switches it to splice once what it received is sent; it stays there while bursts are
+  // large and goes back after a burst smaller than a chunk (small chunks cost less as
+  // RECV/SEND than as a poll and three splices).
+  bool spliceCapable_ = false;
+  bool spliceWanted_ = false;  // switch at the next arm() once the target has drained
+  bool splice_ = false;        // splicing now
+  uint64_t burst_ = 0;         // bytes spliced in since the source was last waited for
+  bool eof_ = false;           // splice: the source ended; the flow ends once the pipe is empty
+  bool sourcePolling_ = false;
+  bool targetPolling_ = false;
+  int pipe_[2] = {-1, -1};  // held only while it holds bytes (or is being filled)
+  int pipeCapacity_ = 0;
+  uint32_t piped_ = 0;  // bytes in the pipe
+  relay::BoundCompletion<Flow, &Flow::onSourceReady> sourceReady_{*this};
+  relay::BoundCompletion<Flow, &Flow::onTargetReady> targetReady_{*this};
 };
 
 class Session final : public Timer, public TapStreamOwner {
@@ -301,6 +335,9 @@ private:
   bool groupReady(const Flow& flow) const;
   void groupReceived(Flow& flow, GroupOp& op);
   bool takesFlow(size_t mirror, const Flow& flow) const;
+  // Splice bookkeeping: what a pump moved in and out.
+  void spliceReceived(Flow& flow, uint32_t bytes);
+  void spliceSent(Flow& flow, uint32_t bytes);
   void sourceEnded(Flow& flow);
   void peerSent(Peer& peer, uint32_t bytes);
   void peerFailed(Peer& peer, int32_t err);

@@ -68,6 +68,7 @@ Worker::Worker(Runtime& runtime, uint32_t index, metrics::WorkerStats& stats,
     a->context.upstream = runtime.upstreams[cfg.listeners[i].upstream_index].get();
     a->context.stats = stats.listeners[i].get();
     a->context.chunkSize = cfg.server.chunk_size;
+    a->context.splice = cfg.server.splice && pathIndex_ == metrics::kMainlinePath;
     a->context.connections = &runtime.listenerConnections[i];
     if (runtime.tls != nullptr) {
       a->context.tls = runtime.tls->listener(i);
@@ -98,6 +99,10 @@ Worker::~Worker() {
     }
   }
   taps_.clear();
+  for (const Pipe& p : pipes_) {
+    ::close(p.fds[0]);
+    ::close(p.fds[1]);
+  }
   pool_.reset();
   ring_.reset();
   if (controlFd_ >= 0) {
@@ -477,6 +482,33 @@ void Worker::tlsTrouble(const ListenerContext& listener, const std::string& what
     }
     GRELAY_LOG_WARN("listener %s: TLS: %s%s", listener.config->name.c_str(), what.c_str(), more);
   }
+}
+
+namespace {
+// Empty pipes a worker keeps for reuse; more are closed when given back.
+constexpr size_t kPipePoolSize = 64;
+}  // namespace
+
+int Worker::takePipe(int fds[2]) {
+  if (!pipes_.empty()) {
+    const Pipe& p = pipes_.back();
+    fds[0] = p.fds[0];
+    fds[1] = p.fds[1];
+    const int capacity = p.capacity;
+    pipes_.pop_back();
+    return capacity;
+  }
+  // Two chunks, like the mainline path's back-pressure bound.
+  return sockets_->openPipe(fds, 2 * runtime_.config.server.chunk_size);
+}
+
+void Worker::givePipe(const int fds[2], int capacity, bool empty) {
+  if (empty && pipes_.size() < kPipePoolSize) {
+    pipes_.push_back(Pipe{{fds[0], fds[1]}, capacity});
+    return;
+  }
+  sockets_->close(fds[0], false);
+  sockets_->close(fds[1], false);
 }
 
 uint8_t* Worker::discardBuffer(uint32_t* length) {

@@ -78,6 +78,8 @@ public:
   uint8_t* discardBuffer(uint32_t* length) override;
   uint8_t pathIndex() const override { return pathIndex_; }
   void tlsTrouble(const ListenerContext& listener, const std::string& what) override;
+  int takePipe(int fds[2]) override;
+  void givePipe(const int fds[2], int capacity, bool empty) override;
 
   // BufferListener (both pools)
   void onBuffersAvailable() noexcept override { buffersFreed_ = true; }
@@ -146,6 +148,13 @@ private:
   bool pressureChecked_ = false;
 
   std::vector<uint8_t> discard_;
+
+  // Empty pipes for splicing flows; a flow holds one only while bytes pass through it.
+  struct Pipe {
+    int fds[2];
+    int capacity;
+  };
+  std::vector<Pipe> pipes_;
 };
 
 }  // namespace grelay::proxy

@@ -3,6 +3,7 @@
 #include "proxy/session.h"
 
 #include <gtest/gtest.h>
+#include <poll.h>
 
 #include <map>
 #include <set>
@@ -48,6 +49,16 @@ public:
     return discard_;
   }
   uint8_t pathIndex() const override { return path; }
+  int takePipe(int fds[2]) override {
+    if (pipeCapacity <= 0) {
+      return -EMFILE;
+    }
+    fds[0] = sockets_.nextFd++;
+    fds[1] = sockets_.nextFd++;
+    ++pipesTaken;
+    return pipeCapacity;
+  }
+  void givePipe(const int[2], int, bool empty) override { pipesGiven.push_back(empty); }
 
   void advance(uint64_t nanos) {
     now_ += nanos;
@@ -62,6 +73,9 @@ public:
   uint64_t now_ = 1'000'000'000;
   std::set<BufferWaiter*> waiting;
   int done = 0;
+  int pipeCapacity = 0;  // > 0: takePipe() hands out pipes of this size
+  int pipesTaken = 0;
+  std::vector<bool> pipesGiven;  // empty? per givePipe()
   std::vector<std::string> troubles;
   uint8_t discard_[256];
   uint8_t path = metrics::kMainlinePath;
@@ -300,6 +314,152 @@ TEST_F(SessionTest, IdleTimeoutClosesTheSession) {
   ring().completeCancelled();
   EXPECT_EQ(host_.done, 1);
   EXPECT_EQ(stats_->idleTimeouts.value(), 1u);
+}
+
+// Splice ([server] splice on the mainline path): a direction with a single target starts
+// on RECV/SEND; a full chunk switches it to splice (source -> pipe -> target, polled) once
+// the target has sent what was received, and a source that runs dry switches it back.
+class SpliceTest : public SessionTest {
+protected:
+  void SetUp() override {
+    configure(0);
+    context_.splice = true;
+    host_.pipeCapacity = 8192;
+  }
+  FakeSockets& sockets() { return host_.sockets_; }
+  FakeOp* poll(int fd, uint32_t events) {
+    FakeOp* p = ring().pendingPoll(fd, events);
+    EXPECT_NE(p, nullptr) << "no poll for " << events << " on fd " << fd;
+    return p;
+  }
+  // A full chunk from the client; the switch to splice happens when its send completes,
+  // with the splices scripted in `sockets()` by then.
+  void fullChunkFromClient() {
+    FakeOp* recv = ring().pending(OpKind::RecvMultishot, kClientFd);
+    ASSERT_NE(recv, nullptr);
+    ring().receive(recv, std::string(kChunk, 'f'), true);
+    EXPECT_TRUE(recv->cancelRequested);  // the multishot receive stops for the switch
+    ring().complete(recv, -ECANCELED);
+    EXPECT_EQ(ring().pendingCount(OpKind::Poll, kClientFd), 0u);  // not before the send
+  }
+  void completeChunkSend() {
+    ring().complete(ring().pending(OpKind::Send, primaryFd()), static_cast<int32_t>(kChunk));
+  }
+};
+
+TEST_F(SpliceTest, AFullChunkSwitchesToSpliceAndASmallBurstSwitchesBack) {
+  startConnected();
+  fullChunkFromClient();
+  sockets().fillFrom[kClientFd] = {5000, 3000};
+  sockets().drainTo[primaryFd()] = {3000, 2000, 3000};
+  completeChunkSend();
+  EXPECT_EQ(stats_->receivedBytes[metrics::kRequest].value(), kChunk + 8000u);
+  EXPECT_EQ(stats_->sentUpstreamBytes.value(), kChunk + 8000u);
+  EXPECT_EQ(stats_->chunks[metrics::kMainlinePath].value(), 1u);
+  EXPECT_EQ(stats_->chunks[metrics::kSplicePath].value(), 2u);
+  EXPECT_EQ(ring().buffers()->recycled(), 1u);  // only the first chunk took a buffer
+  // A burst of a chunk or more: the direction stays on splice and waits for the next.
+  FakeOp* readable = poll(kClientFd, POLLIN);
+  ASSERT_FALSE(host_.pipesGiven.empty());
+  for (bool empty : host_.pipesGiven) {
+    EXPECT_TRUE(empty);  // idle: the pipe went back to the pool
+  }
+  // A burst smaller than a chunk: back to RECV/SEND.
+  sockets().fillFrom[kClientFd] = {100};
+  sockets().drainTo[primaryFd()] = {100};
+  ring().complete(readable, POLLIN);
+  EXPECT_EQ(ring().pendingCount(OpKind::Poll, kClientFd), 0u);
+  EXPECT_EQ(ring().pendingCount(OpKind::RecvMultishot, kClientFd), 1u);
+  // Small chunks stay on RECV/SEND.
+  ring().receive(ring().pending(OpKind::RecvMultishot, kClientFd), "small", true);
+  EXPECT_FALSE(ring().pending(OpKind::RecvMultishot, kClientFd)->cancelRequested);
+}
+
+TEST_F(SpliceTest, RightAfterTheSwitchTheRestOfTheBurstIsWaitedFor) {
+  startConnected();
+  fullChunkFromClient();
+  completeChunkSend();  // the first splice finds nothing yet
+  FakeOp* readable = poll(kClientFd, POLLIN);
+  EXPECT_EQ(ring().pendingReceives(kClientFd), 0u);
+  sockets().fillFrom[kClientFd] = {700};
+  sockets().drainTo[primaryFd()] = {700};
+  ring().complete(readable, POLLIN);
+  EXPECT_EQ(stats_->sentUpstreamBytes.value(), kChunk + 700u);
+  EXPECT_EQ(stats_->chunks[metrics::kSplicePath].value(), 1u);
+}
+
+TEST_F(SpliceTest, BytesInThePipeWaitForTheTargetAndNothingMoreIsRead) {
+  startConnected();
+  fullChunkFromClient();
+  sockets().fillFrom[kClientFd] = {8192};
+  sockets().drainTo[primaryFd()] = {-EAGAIN};
+  completeChunkSend();
+  // Back-pressure: the pipe holds the bytes, the target is polled for room, the source
+  // is neither polled nor received from.
+  EXPECT_EQ(ring().pendingPoll(kClientFd, POLLIN), nullptr);
+  EXPECT_EQ(ring().pendingReceives(kClientFd), 0u);
+  FakeOp* writable = poll(primaryFd(), POLLOUT);
+  // EOF while bytes are still in the pipe: FIN only after they are out.
+  sockets().fillFrom[kClientFd] = {0};
+  sockets().drainTo[primaryFd()] = {4096, -EAGAIN};
+  ring().complete(writable, POLLOUT);
+  EXPECT_TRUE(sockets().shutdowns.empty());
+  sockets().drainTo[primaryFd()] = {4096};
+  ring().complete(poll(primaryFd(), POLLOUT), POLLOUT);
+  EXPECT_EQ(stats_->sentUpstreamBytes.value(), kChunk + 8192u);
+  ASSERT_EQ(sockets().shutdowns.size(), 1u);
+  EXPECT_EQ(sockets().shutdowns[0], primaryFd());
+}
+
+TEST_F(SpliceTest, ResetOfTheTargetResetsTheSourceAndClosesThePipe) {
+  startConnected();
+  fullChunkFromClient();
+  sockets().fillFrom[kClientFd] = {4096};
+  sockets().drainTo[primaryFd()] = {-ECONNRESET};
+  completeChunkSend();
+  EXPECT_EQ(stats_->resets.value(), 1u);
+  ASSERT_FALSE(host_.pipesGiven.empty());
+  EXPECT_FALSE(host_.pipesGiven.back());  // it still held bytes: closed, not pooled
+  ring().completeCancelled();             // the response direction's receive
+  EXPECT_EQ(host_.done, 1);
+  EXPECT_TRUE(sockets().closed.at(kClientFd));
+  EXPECT_TRUE(sockets().closed.at(primaryFd()));
+}
+
+TEST_F(SpliceTest, ClosingCancelsTheSplicePollsAndWaitsForThem) {
+  startConnected();
+  fullChunkFromClient();
+  completeChunkSend();
+  FakeOp* readable = poll(kClientFd, POLLIN);
+  session_->abort();
+  EXPECT_TRUE(readable->cancelRequested);
+  EXPECT_EQ(host_.done, 0);
+  EXPECT_EQ(sockets().closed.count(kClientFd), 0u);  // a poll still refers to it
+  ring().completeCancelled();
+  EXPECT_EQ(host_.done, 1);
+  EXPECT_TRUE(sockets().closed.at(kClientFd));
+}
+
+TEST_F(SpliceTest, WithoutAPipeTheDirectionStaysOnRecvSend) {
+  host_.pipeCapacity = 0;  // e.g. EMFILE
+  startConnected();
+  fullChunkFromClient();
+  completeChunkSend();
+  EXPECT_EQ(ring().pendingCount(OpKind::Poll), 0u);
+  ASSERT_EQ(ring().pendingCount(OpKind::RecvMultishot, kClientFd), 1u);
+  ring().receive(ring().pending(OpKind::RecvMultishot, kClientFd), std::string(kChunk, 'g'), true);
+  EXPECT_FALSE(ring().pending(OpKind::RecvMultishot, kClientFd)->cancelRequested);
+}
+
+TEST_F(SpliceTest, AMirroredDirectionNeverSplicesButTheOtherDoes) {
+  configure(1);
+  context_.splice = true;
+  startConnected();
+  ring().receive(ring().pending(OpKind::RecvMultishot, kClientFd), std::string(kChunk, 'r'), true);
+  EXPECT_FALSE(ring().pending(OpKind::RecvMultishot, kClientFd)->cancelRequested);
+  FakeOp* response = ring().pending(OpKind::RecvMultishot, primaryFd());
+  ring().receive(response, std::string(kChunk, 's'), true);
+  EXPECT_TRUE(response->cancelRequested);
 }
 
 TEST_F(SessionTest, MirrorGetsTheSameBufferAndIsCutPastMaxLagWithoutSlowingThePrimary) {

@@ -178,6 +178,15 @@ public:
     }
     return nullptr;
   }
+  // The oldest pending poll on `fd` for exactly `events`, or nullptr.
+  FakeOp* pendingPoll(int fd, uint32_t events) {
+    for (auto& o : ops_) {
+      if (!o->done && o->kind == OpKind::Poll && o->fd == fd && o->len == events) {
+        return o.get();
+      }
+    }
+    return nullptr;
+  }
   size_t pendingCount(OpKind kind, int fd = -1) const {
     size_t n = 0;
     for (auto& o : ops_) {
