@@ -7,6 +7,9 @@ Environment:
   GRELAY_BIN         the binary under test (ctest passes $<TARGET_FILE:grelay>)
   GRELAY_RELAY_PATH  written into every generated config's [server].relay_path (default "auto")
   GRELAY_WORKERS     default [server].workers of generated configs (default 2)
+  GRELAY_SPLICE      "true"/"false": written into every generated config's [server].splice
+                     (unset: grelay's default, true); "false" keeps single-target
+                     directions on RECV/SEND
   GRELAY_TEST_SCALE  multiplies data sizes (default 1; e.g. 0.25 for a slow VM); tests
                      keep their assertions, only volumes shrink
   GRELAY_NO_URING    the no_uring seccomp helper (ctest passes $<TARGET_FILE:no_uring>)
@@ -72,6 +75,7 @@ def _find_binary() -> str:
 GRELAY_BIN = _find_binary()
 RELAY_PATH = os.environ.get("GRELAY_RELAY_PATH", "auto")
 WORKERS = int(os.environ.get("GRELAY_WORKERS", "2"))
+SPLICE = os.environ.get("GRELAY_SPLICE", "")
 
 
 def _sanitized(path: str) -> bool:
@@ -276,6 +280,8 @@ class Config:
 
     def __init__(self, **server):
         self.server = {"workers": WORKERS, "relay_path": RELAY_PATH}
+        if SPLICE:
+            self.server["splice"] = SPLICE == "true"
         self.server.update(server)
         self.admin: dict | None = None
         self.upstreams: dict[str, dict] = {}
@@ -333,6 +339,8 @@ def inject_server_defaults(text: str) -> str:
     if re.search(r"^\s*relay_path\s*=", text, re.M):
         return text
     line = f'relay_path = "{RELAY_PATH}"'
+    if SPLICE and not re.search(r"^\s*splice\s*=", text, re.M):
+        line += f"\nsplice = {SPLICE}"
     m = re.search(r"^\[server\][^\n]*\n", text, re.M)
     if m:
         return text[:m.end()] + line + "\n" + text[m.end():]

@@ -19,7 +19,8 @@ class ConcurrentEchoTest(h.GrelayTest):
             cfg = h.Config()
             cfg.upstream("app", [echo.address])
             port = cfg.listener("web", "app")
-            with h.Grelay(cfg):
+            cfg.with_admin()
+            with h.Grelay(cfg) as g:
                 # Every session connects before any sends: all 200 are open at once.
                 barrier = threading.Barrier(self.SESSIONS, timeout=60)
                 t0 = time.monotonic()
@@ -35,6 +36,18 @@ class ConcurrentEchoTest(h.GrelayTest):
                 total = sum(sizes)
                 self.assertEqual(sum(r.received for r in results), total)
                 h.log(f"{self.SESSIONS} sessions, {total / h.MiB:.0f} MiB each way in {took:.1f}s")
+                # On the mainline path, no mirror and no tap: both directions switch to
+                # splice on their first full chunk, unless [server] splice = false.
+                if g.metric("grelay_relay_path_info", path="mainline") == 1:
+                    chunks = {p: g.metric("grelay_chunks_total", listener="web", path=p)
+                              for p in ("mainline", "splice")}
+                    self.assertGreater(chunks["mainline"], 0, chunks)
+                    if h.SPLICE == "false":
+                        self.assertEqual(chunks["splice"], 0, chunks)
+                    else:
+                        self.assertGreater(chunks["splice"], 0, chunks)
+                    self.assertEqual(g.metric("grelay_received_bytes_total", listener="web"),
+                                     2 * total)
             self.assertEqual(len(echo.conns), self.SESSIONS,
                              "the upstream saw a different number of connections")
             self.assertEqual(sorted(c.received for c in echo.conns), sorted(sizes))
