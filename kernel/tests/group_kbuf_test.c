@@ -651,6 +651,157 @@ static int test_kbuf_fanout_odd_size(void)
 	return fanout(0, 0, 0, 3 * 4096 + 123);
 }
 
+/*
+ * Relays what is already queued on a TCP socket, one group at a time: a RECV leader
+ * without MSG_WAITALL (which takes references to the socket's pages where it can, copies
+ * where it can't) and a SEND member of the rest and a WRITE member at the stream offset.
+ * `queue` writes the client's side first; `want` is what the stream must carry.
+ */
+typedef int (*queue_fn)(int client, const uint8_t *data, size_t size);
+
+struct queuer {
+	pthread_t thread;
+	queue_fn fn;
+	int fd;
+	const uint8_t *data;
+	size_t size;
+	int ret;
+};
+
+/* The client's side runs in a thread: more than the socket buffers hold may be queued */
+static void *queuer_main(void *arg)
+{
+	struct queuer *q = arg;
+
+	q->ret = q->fn(q->fd, q->data, q->size);
+	shutdown(q->fd, SHUT_WR);
+	return NULL;
+}
+
+static int relay_queued(queue_fn queue, size_t size, unsigned chunk, const uint8_t *want,
+			size_t want_len)
+{
+	int client = -1, server = -1, tx = -1, rx = -1, file = -1, groups = 0;
+	uint8_t *data = pattern_buf(11, size), *buf;
+	struct reader rd = { 0 };
+	struct queuer q = { 0 };
+	bool have_ring = false, queuing = false;
+	struct io_uring ring;
+	size_t done = 0;
+	int ret = -1;
+
+	if (!want) {
+		want = data;
+		want_len = size;
+	}
+	buf = malloc(want_len + 1);
+	CHECK(ring_init(&ring, 8, 0) == 0, "ring");
+	have_ring = true;
+	CHECK(tcp_pair(&client, &server) == 0 && tcp_pair(&tx, &rx) == 0, "tcp_pair");
+	file = tmp_file();
+	CHECK(file >= 0, "tmp file: %s", strerror(errno));
+	reader_start(&rd, rx, want_len);
+	q = (struct queuer){ .fn = queue, .fd = client, .data = data, .size = size };
+	CHECK(pthread_create(&q.thread, NULL, queuer_main, &q) == 0, "pthread_create");
+	queuing = true;
+
+	while (done < want_len) {
+		struct member m[2] = {
+			{ .op = M_SEND, .fd = tx, .msg_flags = MSG_WAITALL },
+			{ .op = M_WRITE, .fd = file, .file_off = done },
+		};
+		struct result r[3];
+
+		CHECK(queue_group(&ring, ++groups, server, chunk, 0, 0, m, 2) == 0, "queue");
+		CHECK(submit_all(&ring) == 0, "submit");
+		CHECK(collect(&ring, r, 3, WAIT_MS) == 3, "group %d: missing CQEs", groups);
+		CHECK(r[0].res > 0 && (unsigned)r[0].res <= chunk,
+		      "group %d: leader %d after %zu of %zu bytes", groups, r[0].res, done,
+		      want_len);
+		CHECK_RES(find(r, 3, UD(groups, 1))->res, r[0].res, "send member");
+		CHECK_RES(find(r, 3, UD(groups, 2))->res, r[0].res, "write member");
+		done += (size_t)r[0].res;
+	}
+	CHECK(done == want_len, "relayed %zu bytes, want %zu", done, want_len);
+	pthread_join(q.thread, NULL);
+	queuing = false;
+	CHECK(q.ret == 0, "client send: %s", strerror(errno));
+	CHECK(reader_join(&rd) == (ssize_t)want_len, "short data on the target");
+	CHECK(memcmp(rd.buf, want, want_len) == 0, "the target got different bytes");
+	CHECK(pread(file, buf, want_len + 1, 0) == (ssize_t)want_len, "file size");
+	CHECK(memcmp(buf, want, want_len) == 0, "the file has different bytes");
+	ret = 0;
+out:
+	if (queuing) {
+		shutdown(client, SHUT_RDWR);
+		pthread_join(q.thread, NULL);
+	}
+	reader_free(&rd);
+	close_fd(&client);
+	close_fd(&server);
+	close_fd(&tx);
+	close_fd(&rx);
+	close_fd(&file);
+	if (have_ring)
+		io_uring_queue_exit(&ring);
+	free(data);
+	free(buf);
+	return ret;
+}
+
+static int queue_whole(int client, const uint8_t *data, size_t size)
+{
+	return write_all(client, data, size);
+}
+
+/* 7-byte sends with TCP_NODELAY: one skb each, coalesced on the receive queue */
+static int queue_small(int client, const uint8_t *data, size_t size)
+{
+	int one = 1;
+	size_t off;
+
+	if (setsockopt(client, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one)))
+		return -1;
+	for (off = 0; off < size; off += 7)
+		if (write_all(client, data + off, size - off < 7 ? size - off : 7))
+			return -1;
+	return 0;
+}
+
+/* An urgent byte in the middle: not part of the stream (no SO_OOBINLINE) */
+static int queue_urgent(int client, const uint8_t *data, size_t size)
+{
+	size_t half = size / 2;
+
+	if (write_all(client, data, half) || send(client, data + half, 1, MSG_OOB) != 1)
+		return -1;
+	return write_all(client, data + half + 1, size - half - 1);
+}
+
+static int test_kbuf_take_queued(void)
+{
+	return relay_queued(queue_whole, 1024 * KB, 64 * KB, NULL, 0);
+}
+
+static int test_kbuf_take_small_pieces(void)
+{
+	return relay_queued(queue_small, 64 * KB + 5, 4096, NULL, 0);
+}
+
+static int test_kbuf_take_urgent(void)
+{
+	size_t size = 64 * KB, half = size / 2;
+	uint8_t *data = pattern_buf(11, size), *want = malloc(size);
+	int ret;
+
+	memcpy(want, data, half);
+	memcpy(want + half, data + half + 1, size - half - 1);
+	ret = relay_queued(queue_urgent, size, 16 * KB, want, size - 1);
+	free(data);
+	free(want);
+	return ret;
+}
+
 static int test_kbuf_defer_taskrun(void)
 {
 	return fanout(IORING_SETUP_SINGLE_ISSUER | IORING_SETUP_DEFER_TASKRUN, 0, 0, 64 * KB);
@@ -1661,6 +1812,9 @@ static const struct {
 	{ "many_groups", test_many_groups },
 	{ "kbuf_target_closed_mid_send", test_kbuf_target_closed_mid_send },
 	{ "kbuf_enobufs", test_kbuf_enobufs },
+	{ "kbuf_take_queued", test_kbuf_take_queued },
+	{ "kbuf_take_small_pieces", test_kbuf_take_small_pieces },
+	{ "kbuf_take_urgent", test_kbuf_take_urgent },
 	{ "teardown_in_flight", test_teardown_in_flight },
 };
 
