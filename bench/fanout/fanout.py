@@ -196,6 +196,9 @@ relay_path = "{relay}"
 chunk_size = "{chunk}"
 drain_timeout = "2s"
 buffer_pool = "{bufferPool(chunk)}"
+# the paths under test only: a direction with nothing to fan out (1 target, no tap)
+# would otherwise switch to splice(2) on the mainline and copy paths
+splice = false
 
 [admin]
 listen = "127.0.0.1:{ADMIN_PORT}"
@@ -212,7 +215,7 @@ upstream = "primary"
   [listener.tap]
   path = "{tapDir}"
   max_size = "{tapSize}"
-  max_lag = "16MiB"
+  max_lag = "48MiB"
 """ if tap else "")
 
 
