@@ -200,6 +200,13 @@ std::unique_ptr<Generation> buildGeneration(std::shared_ptr<const config::Config
   gen->path = path;
   gen->runtime = std::make_unique<Runtime>(*cfg);
   gen->runtime->path = path;
+  gen->runtime->splice = cfg->server.splice && features.splice;
+  if (cfg->server.splice && !features.splice && path == config::RelayPath::Mainline &&
+      previous == nullptr) {
+    GRELAY_LOG_WARN(
+        "splice(2) from a socket into a pipe does not work here (a seccomp "
+        "profile?): every direction stays on RECV/SEND");
+  }
 
   gen->tls = std::make_unique<TlsContexts>();
   std::vector<std::string> tlsErrors;

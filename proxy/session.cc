@@ -2,6 +2,7 @@
 
 #include <poll.h>
 
+#include <atomic>
 #include <cerrno>
 #include <cstring>
 
@@ -458,6 +459,15 @@ namespace {
 // Splices per pump: past this a session that always has bytes waiting yields to the
 // other completions (its next pump starts from a poll that is ready at once).
 constexpr int kSpliceRounds = 8;
+
+// Errors of splice(2) that say this socket or this process can't splice at all (a
+// seccomp profile refusing it, a socket type without splice_read), not that the
+// connection failed. They consume nothing.
+bool spliceRefused(ssize_t err) {
+  return err == -EINVAL || err == -ENOSYS || err == -EPERM || err == -EOPNOTSUPP;
+}
+
+std::atomic<bool> spliceRefusedLogged{false};
 }  // namespace
 
 void Flow::pump() {
@@ -493,6 +503,21 @@ void Flow::pump() {
         dry = dry || piped_ == 0;
       } else if (n != -EINTR) {
         // -EAGAIN: nothing to read, or the pipe's slots are full (then it drains below).
+        if (piped_ == 0 && spliceRefused(n)) {
+          // Nothing was consumed and the pipe is empty: this direction goes on with
+          // RECV/SEND and loses nothing.
+          if (!spliceRefusedLogged.exchange(true)) {
+            GRELAY_LOG_WARN(
+                "splice(2) from a socket is refused here (%s): directions "
+                "that would splice stay on RECV/SEND",
+                strerror(static_cast<int>(-n)));
+          }
+          releasePipe();
+          splice_ = false;
+          spliceCapable_ = false;
+          arm();
+          return;
+        }
         s.sourceFailed(*this, static_cast<int32_t>(n));
         return;
       }

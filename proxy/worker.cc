@@ -68,7 +68,7 @@ Worker::Worker(Runtime& runtime, uint32_t index, metrics::WorkerStats& stats,
     a->context.upstream = runtime.upstreams[cfg.listeners[i].upstream_index].get();
     a->context.stats = stats.listeners[i].get();
     a->context.chunkSize = cfg.server.chunk_size;
-    a->context.splice = cfg.server.splice && pathIndex_ == metrics::kMainlinePath;
+    a->context.splice = runtime.splice && pathIndex_ == metrics::kMainlinePath;
     a->context.connections = &runtime.listenerConnections[i];
     if (runtime.tls != nullptr) {
       a->context.tls = runtime.tls->listener(i);

@@ -29,6 +29,7 @@ struct Runtime {
 
   const config::Config& config;
   config::RelayPath path = config::RelayPath::Mainline;  // resolved, never Auto
+  bool splice = true;  // [server] splice, and the kernel lets us (Features::splice)
   std::vector<std::unique_ptr<UpstreamPool>> upstreams;  // config order
   std::atomic<int64_t> connections{0};
   std::unique_ptr<std::atomic<int64_t>[]> listenerConnections;

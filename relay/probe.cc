@@ -1,6 +1,7 @@
 #include "relay/probe.h"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <sys/socket.h>
@@ -79,6 +80,26 @@ bool probeKtls() {
   }
   // Attaching the ULP loads the module on demand where it exists; ENOENT = no kTLS.
   return setsockopt(pair.client.get(), SOL_TCP, TCP_ULP, "tls", 3) == 0;
+}
+
+// splice(2) from a TCP socket into a pipe and on to a socket, non-blocking: what the
+// mainline path does for directions with nothing to fan out. A seccomp profile may
+// refuse it.
+bool probeSplice() {
+  LoopbackPair pair;
+  int pipeFds[2];
+  if (!pair.ok || pipe2(pipeFds, O_NONBLOCK | O_CLOEXEC) != 0) {
+    return false;
+  }
+  Fd in(pipeFds[0]), out(pipeFds[1]);
+  const char byte = 'x';
+  if (::send(pair.client.get(), &byte, 1, MSG_NOSIGNAL) != 1) {
+    return false;
+  }
+  return splice(pair.server.get(), nullptr, out.get(), nullptr, 1,
+                SPLICE_F_NONBLOCK | SPLICE_F_MOVE) == 1 &&
+         splice(in.get(), nullptr, pair.server.get(), nullptr, 1,
+                SPLICE_F_NONBLOCK | SPLICE_F_MOVE) == 1;
 }
 
 // Submits one request and waits for its first CQE; returns its result.
@@ -235,6 +256,7 @@ Features probeFeatures() {
   buffers.reset();
   ring.reset();
   f.ktls = probeKtls();
+  f.splice = probeSplice();
   return f;
 }
 
@@ -257,6 +279,7 @@ void printFeatures(const Features& f, std::ostream& out) {
       << "  SQE groups:                     " << yesNo(f.sqeGroups) << "\n"
       << "  group kernel buffers:           " << yesNo(f.groupKernelBuffers) << "\n"
       << "kTLS (tcp ULP \"tls\"):             " << yesNo(f.ktls) << "\n"
+      << "splice (socket->pipe->socket):    " << yesNo(f.splice) << "\n"
       << "relay paths:\n";
   for (auto path :
        {config::RelayPath::Group, config::RelayPath::Mainline, config::RelayPath::Copy}) {

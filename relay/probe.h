@@ -24,7 +24,8 @@ struct Features {
   bool bundles = false;
   bool sqeGroups = false;
   bool groupKernelBuffers = false;
-  bool ktls = false;  // the kernel's "tls" TCP ULP can be attached
+  bool ktls = false;    // the kernel's "tls" TCP ULP can be attached
+  bool splice = false;  // non-blocking splice(2) socket -> pipe -> socket works
 
   bool pathAvailable(config::RelayPath path) const;
   // Why `path` cannot be used here ("" when it can).

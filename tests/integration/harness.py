@@ -397,7 +397,7 @@ class Grelay:
     instances: list["Grelay"] = []  # every instance of this process, for failure reports
 
     def __init__(self, config, *, args=(), env=None, ready_timeout: float = 15.0,
-                 expect_exit: int | None = 0, preexec_fn=None):
+                 expect_exit: int | None = 0, preexec_fn=None, wrapper=()):
         self.dir = tempfile.mkdtemp(prefix="grelay-it-")
         self.admin_port: int | None = None
         if isinstance(config, Config):
@@ -419,6 +419,7 @@ class Grelay:
         self.ready_timeout = ready_timeout
         self.expect_exit = expect_exit
         self.preexec_fn = preexec_fn  # runs in the child before exec (e.g. setrlimit)
+        self.wrapper = list(wrapper)  # a command grelay runs under (e.g. the no_uring helper)
         self.proc: subprocess.Popen | None = None
         self.exit_code: int | None = None
         self.signals_sent: list = []
@@ -433,7 +434,8 @@ class Grelay:
         if self.env:
             env.update(self.env)
         self._logf = open(self.log_path, "wb")
-        self.proc = subprocess.Popen([GRELAY_BIN, "-c", self.config_path, *self.args],
+        self.proc = subprocess.Popen([*self.wrapper, GRELAY_BIN, "-c", self.config_path,
+                                      *self.args],
                                      stdin=subprocess.DEVNULL, stdout=self._logf,
                                      stderr=subprocess.STDOUT, env=env, cwd=self.dir,
                                      preexec_fn=self.preexec_fn)

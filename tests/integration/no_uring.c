@@ -1,12 +1,14 @@
 // no_uring: runs a command with io_uring unavailable, the way a container runtime's
 // seccomp profile makes it unavailable, so tests can check how grelay reports it.
 //
-//   no_uring eperm  COMMAND [ARG...]   io_uring_setup/enter/register fail with EPERM
-//   no_uring enosys COMMAND [ARG...]   ... with ENOSYS (as on a kernel without io_uring)
+//   no_uring eperm  COMMAND [ARG...]    io_uring_setup/enter/register fail with EPERM
+//   no_uring enosys COMMAND [ARG...]    ... with ENOSYS (as on a kernel without io_uring)
+//   no_uring nosplice COMMAND [ARG...]  io_uring works, splice(2) fails with EPERM (a
+//                                       profile that allows io_uring but not splice)
 //
 // Installs a classic-BPF seccomp filter (after PR_SET_NO_NEW_PRIVS, so no privilege is
-// needed): a foreign architecture is killed, the three io_uring syscalls return the
-// chosen errno, everything else is allowed. Then execs COMMAND (the filter is inherited).
+// needed): a foreign architecture is killed, the chosen syscalls return the chosen errno,
+// everything else is allowed. Then execs COMMAND (the filter is inherited).
 #include <errno.h>
 #include <linux/audit.h>
 #include <linux/filter.h>
@@ -39,6 +41,32 @@
 #define __NR_io_uring_register 427
 #endif
 
+static int load(struct sock_filter* code, unsigned short len) {
+  struct sock_fprog prog = {.len = len, .filter = code};
+  if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) {
+    perror("no_uring: prctl(PR_SET_NO_NEW_PRIVS)");
+    return -1;
+  }
+  if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog) != 0) {
+    perror("no_uring: seccomp(SECCOMP_SET_MODE_FILTER)");
+    return -1;
+  }
+  return 0;
+}
+
+static int refuseSplice(void) {
+  struct sock_filter code[] = {
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, NATIVE_ARCH, 1, 0),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS),
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_splice, 1, 0),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
+  };
+  return load(code, (unsigned short)(sizeof(code) / sizeof(code[0])));
+}
+
 static int installFilter(unsigned int err) {
   struct sock_filter code[] = {
       BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
@@ -51,25 +79,23 @@ static int installFilter(unsigned int err) {
       BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
       BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (err & SECCOMP_RET_DATA)),
   };
-  struct sock_fprog prog = {.len = (unsigned short)(sizeof(code) / sizeof(code[0])),
-                            .filter = code};
-  if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) {
-    perror("no_uring: prctl(PR_SET_NO_NEW_PRIVS)");
-    return -1;
-  }
-  if (syscall(SYS_seccomp, SECCOMP_SET_MODE_FILTER, 0, &prog) != 0) {
-    perror("no_uring: seccomp(SECCOMP_SET_MODE_FILTER)");
-    return -1;
-  }
-  return 0;
+  return load(code, (unsigned short)(sizeof(code) / sizeof(code[0])));
 }
 
 int main(int argc, char** argv) {
-  if (argc < 3 || (strcmp(argv[1], "eperm") != 0 && strcmp(argv[1], "enosys") != 0)) {
-    fprintf(stderr, "usage: no_uring eperm|enosys COMMAND [ARG...]\n");
+  int ret;
+
+  if (argc < 3 || (strcmp(argv[1], "eperm") != 0 && strcmp(argv[1], "enosys") != 0 &&
+                   strcmp(argv[1], "nosplice") != 0)) {
+    fprintf(stderr, "usage: no_uring eperm|enosys|nosplice COMMAND [ARG...]\n");
     return 125;
   }
-  if (installFilter(strcmp(argv[1], "eperm") == 0 ? EPERM : ENOSYS) != 0) {
+  if (strcmp(argv[1], "nosplice") == 0) {
+    ret = refuseSplice();
+  } else {
+    ret = installFilter(strcmp(argv[1], "eperm") == 0 ? EPERM : ENOSYS);
+  }
+  if (ret != 0) {
     return 125;
   }
   execvp(argv[2], argv + 2);

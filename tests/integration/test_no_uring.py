@@ -70,6 +70,41 @@ class NoUringTest(h.GrelayTest):
                 self.assertIn(fix, out)
                 self.assertNotIn("relay path chosen by auto: mainline", out)
 
+    def test_splice_refused_keeps_every_direction_on_recv_send(self):
+        """A profile that allows io_uring but refuses splice(2): --features says so, grelay
+        warns once at startup, and sessions that would splice relay every byte on
+        RECV/SEND instead."""
+        r = h.run_grelay(["--features"], wrapper=[self.helper, "nosplice"], timeout=30)
+        out = r.stdout + r.stderr
+        if r.returncode == 2 and "io_uring: unavailable" in out:
+            self.skipTest("io_uring is unavailable here")
+        self.assertEqual(r.returncode, 0, out)
+        self.assertRegex(out, r"splice \(socket->pipe->socket\): +no")
+        self.assertRegex(h.run_grelay(["--features"], timeout=30).stdout,
+                         r"splice \(socket->pipe->socket\): +yes")
+        sizes = [h.scaled(3 * h.MiB) + i * 4099 for i in range(8)]
+        with h.EchoServer() as echo:
+            cfg = h.Config()
+            cfg.upstream("app", [echo.address])
+            port = cfg.listener("web", "app")
+            cfg.with_admin()
+            with h.Grelay(cfg, wrapper=[self.helper, "nosplice"]) as g:
+                results = h.run_concurrently(
+                    h.stream_session, [(port, h.Stream(700 + i, n)) for i, n in enumerate(sizes)],
+                    kwargs_list=[{"index": i, "timeout": 120} for i in range(len(sizes))])
+                bad = [x for x in results if not isinstance(x, h.SessionResult) or not x.ok]
+                self.assertEqual(bad, [], "sessions that did not echo exactly:\n" +
+                                 "\n".join(map(str, bad)))
+                if g.metric("grelay_relay_path_info", path="mainline") == 1:
+                    self.assertEqual(g.metric("grelay_chunks_total", listener="web",
+                                              path="splice"), 0)
+                    self.assertGreater(g.metric("grelay_chunks_total", listener="web",
+                                                path="mainline"), 0)
+                    self.assertIn("splice(2) from a socket into a pipe does not work here",
+                                  g.log())
+                self.assertEqual(g.metric("grelay_received_bytes_total", listener="web"),
+                                 2 * sum(sizes))
+
 
 if __name__ == "__main__":
     h.main()

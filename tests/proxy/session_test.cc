@@ -451,6 +451,25 @@ TEST_F(SpliceTest, WithoutAPipeTheDirectionStaysOnRecvSend) {
   EXPECT_FALSE(ring().pending(OpKind::RecvMultishot, kClientFd)->cancelRequested);
 }
 
+TEST_F(SpliceTest, ASpliceRefusedByTheKernelLeavesTheDirectionOnRecvSend) {
+  startConnected();
+  fullChunkFromClient();
+  sockets().fillFrom[kClientFd] = {-EPERM};  // e.g. a seccomp profile refusing splice(2)
+  completeChunkSend();
+  EXPECT_EQ(stats_->resets.value(), 0u);
+  EXPECT_EQ(ring().pendingCount(OpKind::Poll), 0u);
+  ASSERT_FALSE(host_.pipesGiven.empty());
+  EXPECT_TRUE(host_.pipesGiven.back());  // empty: back to the pool
+  // The bytes go on through RECV/SEND, and a full chunk no longer switches.
+  FakeOp* recv = ring().pending(OpKind::RecvMultishot, kClientFd);
+  ASSERT_NE(recv, nullptr);
+  ring().receive(recv, std::string(kChunk, 'h'), true);
+  EXPECT_FALSE(ring().pending(OpKind::RecvMultishot, kClientFd)->cancelRequested);
+  completeChunkSend();
+  EXPECT_EQ(stats_->sentUpstreamBytes.value(), 2 * kChunk);
+  EXPECT_EQ(stats_->chunks[metrics::kSplicePath].value(), 0u);
+}
+
 TEST_F(SpliceTest, AMirroredDirectionNeverSplicesButTheOtherDoes) {
   configure(1);
   context_.splice = true;
