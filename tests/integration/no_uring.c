@@ -41,8 +41,35 @@
 #define __NR_io_uring_register 427
 #endif
 
-static int load(struct sock_filter* code, unsigned short len) {
-  struct sock_fprog prog = {.len = len, .filter = code};
+#define MAX_REFUSED 3
+
+// Refuses the `count` syscalls in `nrs` with `err`: a foreign architecture is killed, the
+// listed syscalls fail, everything else is allowed.
+static int refuse(const unsigned int* nrs, unsigned int count, unsigned int err) {
+  struct sock_filter code[4 + MAX_REFUSED + 2] = {
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
+      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, NATIVE_ARCH, 1, 0),
+      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS),
+      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
+  };
+  unsigned int n = 4, i;
+  struct sock_fprog prog;
+
+  if (count > MAX_REFUSED) {
+    fprintf(stderr, "no_uring: at most %d syscalls\n", MAX_REFUSED);
+    return -1;
+  }
+
+  for (i = 0; i < count; i++) {
+    // A match jumps over the remaining tests and the ALLOW, to the ERRNO return.
+    code[n++] = (struct sock_filter)BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, nrs[i],
+                                             (unsigned char)(count - i), 0);
+  }
+  code[n++] = (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW);
+  code[n++] =
+      (struct sock_filter)BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (err & SECCOMP_RET_DATA));
+  prog.len = (unsigned short)n;
+  prog.filter = code;
   if (prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0) {
     perror("no_uring: prctl(PR_SET_NO_NEW_PRIVS)");
     return -1;
@@ -54,35 +81,10 @@ static int load(struct sock_filter* code, unsigned short len) {
   return 0;
 }
 
-static int refuseSplice(void) {
-  struct sock_filter code[] = {
-      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
-      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, NATIVE_ARCH, 1, 0),
-      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS),
-      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
-      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_splice, 1, 0),
-      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | EPERM),
-  };
-  return load(code, (unsigned short)(sizeof(code) / sizeof(code[0])));
-}
-
-static int installFilter(unsigned int err) {
-  struct sock_filter code[] = {
-      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, arch)),
-      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, NATIVE_ARCH, 1, 0),
-      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_KILL_PROCESS),
-      BPF_STMT(BPF_LD | BPF_W | BPF_ABS, offsetof(struct seccomp_data, nr)),
-      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_io_uring_setup, 3, 0),
-      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_io_uring_enter, 2, 0),
-      BPF_JUMP(BPF_JMP | BPF_JEQ | BPF_K, __NR_io_uring_register, 1, 0),
-      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ALLOW),
-      BPF_STMT(BPF_RET | BPF_K, SECCOMP_RET_ERRNO | (err & SECCOMP_RET_DATA)),
-  };
-  return load(code, (unsigned short)(sizeof(code) / sizeof(code[0])));
-}
-
 int main(int argc, char** argv) {
+  static const unsigned int uring[] = {__NR_io_uring_setup, __NR_io_uring_enter,
+                                       __NR_io_uring_register};
+  static const unsigned int splice[] = {__NR_splice};
   int ret;
 
   if (argc < 3 || (strcmp(argv[1], "eperm") != 0 && strcmp(argv[1], "enosys") != 0 &&
@@ -91,9 +93,9 @@ int main(int argc, char** argv) {
     return 125;
   }
   if (strcmp(argv[1], "nosplice") == 0) {
-    ret = refuseSplice();
+    ret = refuse(splice, 1, EPERM);
   } else {
-    ret = installFilter(strcmp(argv[1], "eperm") == 0 ? EPERM : ENOSYS);
+    ret = refuse(uring, 3, strcmp(argv[1], "eperm") == 0 ? EPERM : ENOSYS);
   }
   if (ret != 0) {
     return 125;
