@@ -1928,7 +1928,7 @@ class EpollEchoServer:
     def _loop(self) -> None:
         import selectors
         while not self._stop:
-            for key, _ in self._sel.select(0.1):
+            for key, events in self._sel.select(0.1):
                 if key.data is None:
                     while True:
                         try:
@@ -1936,27 +1936,45 @@ class EpollEchoServer:
                         except (BlockingIOError, OSError):
                             break
                         c.setblocking(False)
-                        self._sel.register(c, selectors.EVENT_READ, "conn")
+                        # data: [bytes received and not yet echoed, EOF seen]
+                        self._sel.register(c, selectors.EVENT_READ, [bytearray(), False])
                         self.accepted += 1
                         self.open += 1
                     continue
-                c = key.fileobj
-                try:
-                    d = c.recv(65536)
-                except (BlockingIOError, InterruptedError):
-                    continue
-                except OSError:
-                    d = b""
-                if d:
+                c, state = key.fileobj, key.data
+                pending = state[0]
+                ok = True
+                if events & selectors.EVENT_READ:
                     try:
-                        c.sendall(d)  # small messages: fits the send buffer
-                        self.echoed += len(d)
-                        continue
-                    except OSError:
+                        d = c.recv(65536)
+                        if d:
+                            pending += d
+                        else:
+                            state[1] = True  # EOF: close once the echo is out
+                    except (BlockingIOError, InterruptedError):
                         pass
-                self._sel.unregister(c)
-                c.close()
-                self.open -= 1
+                    except OSError:
+                        ok = False
+                # Echo what the send buffer takes; the rest waits for EVENT_WRITE, and
+                # nothing more is read meanwhile (back-pressure, as a real server).
+                while ok and pending:
+                    try:
+                        n = c.send(pending)
+                    except (BlockingIOError, InterruptedError):
+                        break
+                    except OSError:
+                        ok = False
+                        break
+                    del pending[:n]
+                    self.echoed += n
+                if not ok or (state[1] and not pending):
+                    self._sel.unregister(c)
+                    c.close()
+                    self.open -= 1
+                    continue
+                want = selectors.EVENT_WRITE if pending else selectors.EVENT_READ
+                if key.events != want:
+                    self._sel.modify(c, want, state)
 
     def stop(self) -> None:
         self._stop = True
