@@ -9,8 +9,9 @@
 #                                 description as the cover letter.
 #
 # In between, change the commits as usual (git rebase -i, git commit --fixup, ...) and
-# build with `make O=...` in DIR, or check each patch with
-#   scripts/checkpatch.pl --strict --no-tree kernel/patches/*.patch
+# build with `make O=...` in DIR, or check each patch from outside any git work tree (inside
+# one, checkpatch reads the patch files as a diff of that tree), e.g. in DIR:
+#   scripts/checkpatch.pl --strict --no-tree /path/to/kernel/patches/000[1-9]-*.patch
 # DIR should live outside the repository (e.g. /var/cache/grelay/kernel/dev).
 set -euo pipefail
 

@@ -25,7 +25,8 @@
 #     console.log (serial console), dmesg, kmemleak.
 # --debug boots the debug kernel (KASAN, kmemleak, lockdep); debugfs is mounted, and after
 # COMMAND kmemleak is scanned and any leak fails the run. --kernel boots BZIMAGE (from an
-# out-of-tree build dir, e.g. while developing the series) instead of building one.
+# out-of-tree build dir, e.g. while developing the series) instead of building one;
+# GRELAY_VM_KERNEL=BZIMAGE does the same for scripts that call vm.sh (bench/fanout/run.sh).
 # --append adds kernel command line arguments (e.g. "loglevel=7" to see the boot).
 set -euo pipefail
 
@@ -37,7 +38,7 @@ timeout=900
 hostroot=1
 mem=4G
 keep=0
-kernel=
+kernel=${GRELAY_VM_KERNEL:+$(readlink -f "$GRELAY_VM_KERNEL")}
 append=
 shares=()
 envs=()
