@@ -1721,6 +1721,94 @@ out:
 }
 
 /*
+ * The same bound where leaders take the socket's pages (no MSG_WAITALL): every page a taken
+ * piece spans is charged, so the bytes that stuck members hold when a leader fails with
+ * -ENOBUFS stay within 64 MiB, however the data was cut up; freeing them lets 1 MiB groups
+ * through again.
+ */
+static int test_kbuf_take_enobufs(void)
+{
+	enum { MAXG = 8192 };
+	const size_t size = IORING_GROUP_KBUF_MAX, total = 96u << 20;
+	int client = -1, server = -1, tx = -1, rx = -1, g, ret = -1, stuck = 0;
+	uint8_t *data = pattern_buf(23, total);
+	long long held = 0;
+	struct io_uring ring;
+	struct writer w = { 0 };
+	struct result r;
+	bool ring_ok = false, hit = false;
+
+	CHECK(tcp_pair(&client, &server) == 0, "tcp_pair");
+	CHECK(tcp_pair_opts(&tx, &rx, true) == 0, "tcp_pair (small buffers)");
+	CHECK(ring_init(&ring, 256, 0) == 0, "ring");
+	ring_ok = true;
+	writer_start(&w, client, data, total);
+	for (g = 1; g <= MAXG && !hit; g++) {
+		struct member m = { .op = M_SEND, .fd = tx, .msg_flags = MSG_WAITALL };
+
+		CHECK(queue_group(&ring, g, server, (unsigned)size, 0, 0, &m, 1) == 0, "queue");
+		CHECK(submit_all(&ring) == 0, "submit");
+		/* this group's leader; the first members may get through meanwhile */
+		for (;;) {
+			CHECK(collect(&ring, &r, 1, WAIT_MS) == 1, "group %d: no leader CQE", g);
+			if (r.ud == UD(g, 0))
+				break;
+			CHECK(UD_IDX(r.ud) == 1 && r.res > 0, "unexpected CQE %llu.%llu res %d",
+			      (unsigned long long)UD_GROUP(r.ud), (unsigned long long)UD_IDX(r.ud),
+			      r.res);
+			held -= r.res;
+			stuck--;
+		}
+		if (r.res == -ENOBUFS) {
+			hit = true;
+			CHECK(collect(&ring, &r, 1, WAIT_MS) == 1 && r.ud == UD(g, 1),
+			      "no member CQE after -ENOBUFS");
+			CHECK_RES(r.res, -ECANCELED, "member of the refused leader");
+			break;
+		}
+		CHECK(r.res > 0 && (size_t)r.res <= size, "group %d: leader %d", g, r.res);
+		held += r.res;
+		stuck++;
+	}
+	if (verbose)
+		fprintf(stderr, "  -ENOBUFS at group %d, %lld bytes held by %d groups\n", g, held,
+			stuck);
+	CHECK(hit, "no -ENOBUFS after %d groups holding %lld bytes", g - 1, held);
+	CHECK(held <= 64ll << 20 && held >= 48ll << 20,
+	      "-ENOBUFS with %lld bytes held, want 48..64 MiB", held);
+	/* stop the writer: nobody takes its bytes any more */
+	close_fd(&server);
+	writer_join(&w);
+	/* free them: reset the peer, every stuck member fails */
+	{
+		struct linger l = { .l_onoff = 1, .l_linger = 0 };
+
+		setsockopt(rx, SOL_SOCKET, SO_LINGER, &l, sizeof(l));
+	}
+	close_fd(&rx);
+	for (; stuck > 0; stuck--)
+		CHECK(collect(&ring, &r, 1, WAIT_MS) == 1 && UD_IDX(r.ud) == 1,
+		      "%d stuck members did not complete", stuck);
+	close_fd(&client);
+	close_fd(&tx);
+	/* the bound is released: 1 MiB groups go through on the same ring again */
+	ret = fanout_on(&ring, 0, 0, size);
+out:
+	if (ring_ok)
+		io_uring_queue_exit(&ring);
+	if (w.started) {
+		shutdown(client, SHUT_RDWR);
+		writer_join(&w);
+	}
+	close_fd(&client);
+	close_fd(&server);
+	close_fd(&tx);
+	close_fd(&rx);
+	free(data);
+	return ret;
+}
+
+/*
  * Tear a ring down with groups in flight: leaders waiting for data, members stuck on a peer
  * that doesn't read. Then a fresh ring works. (Leaks show up in the debug VM's kmemleak.)
  */
@@ -1815,6 +1903,7 @@ static const struct {
 	{ "kbuf_take_queued", test_kbuf_take_queued },
 	{ "kbuf_take_small_pieces", test_kbuf_take_small_pieces },
 	{ "kbuf_take_urgent", test_kbuf_take_urgent },
+	{ "kbuf_take_enobufs", test_kbuf_take_enobufs },
 	{ "teardown_in_flight", test_teardown_in_flight },
 };
 
