@@ -16,7 +16,6 @@
  */
 #include <linux/io_uring.h>
 
-#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <liburing.h>
@@ -30,12 +29,9 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
-#include <sys/mount.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
-#include <sys/uio.h>
-#include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -1812,126 +1808,6 @@ out:
 	return ret;
 }
 
-/* io-wq worker threads of this process ("iou-wrk-N") */
-static int iowq_threads(void)
-{
-	DIR *d = opendir("/proc/self/task");
-	struct dirent *e;
-	int n = 0;
-
-	while (d && (e = readdir(d))) {
-		char path[320], comm[32] = "";
-		FILE *f;
-
-		if (e->d_name[0] == '.')
-			continue;
-		snprintf(path, sizeof(path), "/proc/self/task/%s/comm", e->d_name);
-		f = fopen(path, "r");
-		if (f) {
-			if (fgets(comm, sizeof(comm), f) && !strncmp(comm, "iou-wrk", 7))
-				n++;
-			fclose(f);
-		}
-	}
-	if (d)
-		closedir(d);
-	return n;
-}
-
-/*
- * In a fresh process (a fresh io-wq): io_uring writes and reads 1 MiB of a tmpfs file in
- * 64 KiB requests, one at a time. Exit 0 if every byte is right and no io-wq worker was
- * needed, i.e. shmem did them inline under IOCB_NOWAIT; 2 if a worker was started.
- */
-static int tmpfs_uring_child(int fd, const uint8_t *data, size_t size)
-{
-	enum { CHUNK = 64 * 1024 };
-	uint8_t *back = malloc(size);
-	struct io_uring ring;
-	size_t off;
-	int op;
-
-	if (!back || io_uring_queue_init(4, &ring, 0))
-		return 1;
-	for (op = 0; op < 2; op++) {
-		for (off = 0; off < size; off += CHUNK) {
-			struct io_uring_sqe *sqe = io_uring_get_sqe(&ring);
-			struct io_uring_cqe *cqe;
-
-			if (op == 0)
-				io_uring_prep_write(sqe, fd, data + off, CHUNK, size + off);
-			else
-				io_uring_prep_read(sqe, fd, back + off, CHUNK, size + off);
-			if (io_uring_submit(&ring) != 1 || io_uring_wait_cqe(&ring, &cqe))
-				return 1;
-			if (cqe->res != CHUNK)
-				return 1;
-			io_uring_cqe_seen(&ring, cqe);
-		}
-	}
-	if (memcmp(back, data, size))
-		return 1;
-	return iowq_threads() ? 2 : 0;
-}
-
-/*
- * tmpfs does reads and writes that must not wait (RWF_NOWAIT, io_uring's inline issue) in
- * place: pwritev2/preadv2 with RWF_NOWAIT work (EOPNOTSUPP without), and io_uring needs
- * no io-wq worker for them. Then a blocking write over the same range, byte for byte.
- */
-static int test_tmpfs_nowait(void)
-{
-	const size_t size = 1024 * KB;
-	uint8_t *data = pattern_buf(31, size), *back = malloc(size);
-	char dir[] = "/tmp/tmpfs_nowait.XXXXXX", path[64];
-	bool mounted = false;
-	int fd = -1, ret = -1, status;
-	size_t off;
-	pid_t pid;
-
-	CHECK(mkdtemp(dir), "mkdtemp: %s", strerror(errno));
-	CHECK(mount("tmpfs", dir, "tmpfs", 0, "size=16m") == 0, "mount tmpfs: %s",
-	      strerror(errno));
-	mounted = true;
-	snprintf(path, sizeof(path), "%s/f", dir);
-	fd = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
-	CHECK(fd >= 0, "open: %s", strerror(errno));
-	for (off = 0; off < size; off += 64 * KB) {
-		struct iovec iov = { .iov_base = data + off, .iov_len = 64 * KB };
-		ssize_t n = pwritev2(fd, &iov, 1, (off_t)off, RWF_NOWAIT);
-
-		CHECK(n == (ssize_t)(64 * KB), "pwritev2(RWF_NOWAIT) at %zu: %zd (%s)", off, n,
-		      n < 0 ? strerror(errno) : "short");
-	}
-	{
-		struct iovec iov = { .iov_base = back, .iov_len = size };
-		ssize_t n = preadv2(fd, &iov, 1, 0, RWF_NOWAIT);
-
-		CHECK(n == (ssize_t)size, "preadv2(RWF_NOWAIT): %zd (%s)", n,
-		      n < 0 ? strerror(errno) : "short");
-		CHECK(memcmp(back, data, size) == 0, "RWF_NOWAIT: the file has different bytes");
-	}
-	pid = fork();
-	CHECK(pid >= 0, "fork: %s", strerror(errno));
-	if (pid == 0)
-		_exit(tmpfs_uring_child(fd, data, size));
-	CHECK(waitpid(pid, &status, 0) == pid && WIFEXITED(status), "child");
-	CHECK(WEXITSTATUS(status) != 2, "io_uring punted tmpfs reads or writes to io-wq");
-	CHECK(WEXITSTATUS(status) == 0, "io_uring on tmpfs: wrong result or bytes");
-	CHECK(pwrite(fd, data, size, 0) == (ssize_t)size, "pwrite");
-	CHECK(pread(fd, back, size, 0) == (ssize_t)size && !memcmp(back, data, size),
-	      "blocking write: different bytes");
-	ret = 0;
-out:
-	close_fd(&fd);
-	if (mounted)
-		umount2(dir, MNT_DETACH);
-	rmdir(dir);
-	free(data);
-	free(back);
-	return ret;
-}
-
 /*
  * Tear a ring down with groups in flight: leaders waiting for data, members stuck on a peer
  * that doesn't read. Then a fresh ring works. (Leaks show up in the debug VM's kmemleak.)
@@ -2028,7 +1904,6 @@ static const struct {
 	{ "kbuf_take_small_pieces", test_kbuf_take_small_pieces },
 	{ "kbuf_take_urgent", test_kbuf_take_urgent },
 	{ "kbuf_take_enobufs", test_kbuf_take_enobufs },
-	{ "tmpfs_nowait", test_tmpfs_nowait },
 	{ "teardown_in_flight", test_teardown_in_flight },
 };
 
