@@ -168,6 +168,16 @@ static void close_fd(int *fd)
 	*fd = -1;
 }
 
+/* Close with a reset (SO_LINGER 0): whatever the peer still sends to it fails */
+static void reset_fd(int *fd)
+{
+	struct linger l = { .l_onoff = 1, .l_linger = 0 };
+
+	if (*fd >= 0)
+		setsockopt(*fd, SOL_SOCKET, SO_LINGER, &l, sizeof(l));
+	close_fd(fd);
+}
+
 static int write_all(int fd, const void *buf, size_t n)
 {
 	const uint8_t *p = buf;
@@ -1609,12 +1619,7 @@ static int test_kbuf_target_closed_mid_send(void)
 	CHECK_RES(r[1].res, (int)size, "healthy member");
 	/* the other one is stuck on a peer that doesn't read: reset it */
 	CHECK(collect(&ring, r + 2, 1, 300) == 0, "stuck member completed early");
-	{
-		struct linger l = { .l_onoff = 1, .l_linger = 0 };
-
-		setsockopt(rx[1], SOL_SOCKET, SO_LINGER, &l, sizeof(l));
-	}
-	close_fd(&rx[1]);
+	reset_fd(&rx[1]);
 	got += collect(&ring, r + 2, 1, WAIT_MS);
 	CHECK(got == 3, "stuck member never completed");
 	slow = &r[2];
@@ -1691,12 +1696,7 @@ static int test_kbuf_enobufs(void)
 	CHECK(hit, "no -ENOBUFS after %d MiB held", stuck);
 	CHECK(stuck >= 60 && stuck <= 64, "-ENOBUFS after %d MiB held, want about 64", stuck);
 	/* free them: reset the peer, every stuck member fails */
-	{
-		struct linger l = { .l_onoff = 1, .l_linger = 0 };
-
-		setsockopt(rx, SOL_SOCKET, SO_LINGER, &l, sizeof(l));
-	}
-	close_fd(&rx);
+	reset_fd(&rx);
 	got = collect(&ring, r, stuck, WAIT_MS);
 	CHECK(got == stuck, "%d of %d stuck members completed", got, stuck);
 	close_fd(&client);
@@ -1780,12 +1780,7 @@ static int test_kbuf_take_enobufs(void)
 	close_fd(&server);
 	writer_join(&w);
 	/* free them: reset the peer, every stuck member fails */
-	{
-		struct linger l = { .l_onoff = 1, .l_linger = 0 };
-
-		setsockopt(rx, SOL_SOCKET, SO_LINGER, &l, sizeof(l));
-	}
-	close_fd(&rx);
+	reset_fd(&rx);
 	for (; stuck > 0; stuck--)
 		CHECK(collect(&ring, &r, 1, WAIT_MS) == 1 && UD_IDX(r.ud) == 1,
 		      "%d stuck members did not complete", stuck);
