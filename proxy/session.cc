@@ -82,6 +82,7 @@ void Peer::resumeAfterBuffers() noexcept {
     if (!encrypt(chunk)) {
       return;
     }
+    releasedChunks();
   }
   maybeFinish();
 }
@@ -132,7 +133,14 @@ void Peer::sendFin() {
   finSent_ = true;
 }
 
+void Peer::releasedChunks() {
+  if (kind_ != Kind::Mirror) {
+    session_.host_.relayReleasedChunks();
+  }
+}
+
 void Peer::dropQueue() {
+  releasedChunks();
   for (const auto& c : tlsBacklog_) {
     unsent_ -= c.size();
   }
@@ -171,6 +179,7 @@ void Peer::onSend(int32_t res, uint32_t) noexcept {
   unsent_ -= static_cast<uint32_t>(res);
   if (front.offset >= front.chunk.size()) {
     queue_.pop_front();  // a short send leaves the rest at the front and goes on below
+    releasedChunks();
   }
   session_.peerSent(*this, static_cast<uint32_t>(res));
   if (failed_ || fd_ < 0) {
@@ -1478,15 +1487,38 @@ void Session::abort() {
   close(true, true, true, tap::CloseReason::kShutdown);
 }
 
-size_t Session::largestMirrorQueue(size_t* mirror) const {
+size_t Session::mirrorHoldingMostAlone(size_t* mirror) const {
+  // A chunk still queued toward the client or the primary stays held whatever a mirror
+  // does: cutting a mirror that is no further behind than the relay itself frees nothing.
+  auto relayNeeds = [this](const relay::Chunk* chunk) {
+    for (const Peer* p : {&client_, &primary_}) {
+      for (const PendingSend& s : p->queue_) {
+        if (s.chunk.get() == chunk) {
+          return true;
+        }
+      }
+      for (const relay::ChunkRef& r : p->tlsBacklog_) {
+        if (r.get() == chunk) {
+          return true;
+        }
+      }
+    }
+    return false;
+  };
   size_t best = 0;
   for (size_t i = 0; i < mirrors_.size(); ++i) {
     const Mirror& m = *mirrors_[i];
-    if (m.state == MirrorState::Open || m.state == MirrorState::Connecting) {
-      if (m.peer.queue_.size() > best) {
-        best = m.peer.queue_.size();
-        *mirror = i;
-      }
+    if ((m.state != MirrorState::Open && m.state != MirrorState::Connecting) ||
+        m.peer.queue_.size() <= best) {
+      continue;
+    }
+    size_t alone = 0;
+    for (const PendingSend& s : m.peer.queue_) {
+      alone += relayNeeds(s.chunk.get()) ? 0 : 1;
+    }
+    if (alone > best) {
+      best = alone;
+      *mirror = i;
     }
   }
   return best;
@@ -1573,10 +1605,6 @@ void Session::rescheduleTimer() {
     }
   }
   host_.timers().schedule(*this, next);
-}
-
-size_t Session::heldChunks(size_t mirror) const {
-  return mirrors_[mirror]->peer.queue_.size();
 }
 
 }  // namespace grelay::proxy

@@ -66,6 +66,9 @@ public:
   // Out of buffers: call waiter.resumeAfterBuffers() when buffers come back.
   virtual void waitForBuffers(BufferWaiter& waiter) = 0;
   virtual void cancelWaitForBuffers(BufferWaiter& waiter) = 0;
+  // A client or primary let go of chunks: any of them a mirror still holds is now held by
+  // mirrors alone (what buffer pressure may cut a mirror for).
+  virtual void relayReleasedChunks() = 0;
   // The session finished; the host deletes it after the current completion returns.
   virtual void sessionDone(Session& session) = 0;
   // Rate-limited logging of mirror trouble (once per mirror and minute).
@@ -172,6 +175,7 @@ public:
 
   void sendNext();
   void sendFin();
+  void releasedChunks();
   bool encrypt(const relay::ChunkRef& chunk);
   // close_notify and FIN once everything before them is out (or queued).
   void maybeFinish();
@@ -292,9 +296,10 @@ public:
   ListenerContext& listener() { return listener_; }
   uint64_t id() const { return id_; }
   void setId(uint64_t id) { id_ = id; }
-  size_t heldChunks(size_t mirror) const;
-  // Buffer pressure: the largest mirror queue (in chunks) and cutting it.
-  size_t largestMirrorQueue(size_t* mirror) const;
+  // Buffer pressure: of the open mirrors, the one whose queue holds the most chunks that
+  // neither the client nor the primary still needs (only those come free when it is cut);
+  // returns that count (0: no mirror holds any alone).
+  size_t mirrorHoldingMostAlone(size_t* mirror) const;
   void cutMirror(size_t index, const char* why);
 
   // Intrusive list of the host's sessions.

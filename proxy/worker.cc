@@ -382,6 +382,14 @@ void Worker::waitForBuffers(BufferWaiter& waiter) {
   pressureChecked_ = false;
 }
 
+void Worker::relayReleasedChunks() {
+  // Receivers starving while the relay let go of chunks: mirrors may now hold some alone,
+  // so buffer pressure is looked at again after this loop iteration.
+  if (waitHead_ != nullptr) {
+    pressureChecked_ = false;
+  }
+}
+
 void Worker::cancelWaitForBuffers(BufferWaiter& waiter) {
   BufferWaiter* prev = nullptr;
   for (BufferWaiter* f = waitHead_; f != nullptr; prev = f, f = f->nextWaiting_) {
@@ -436,14 +444,16 @@ void Worker::afterDispatch() {
 
 void Worker::relieveBufferPressure() {
   // Receives starve while mirrors hold buffers: the primary never waits for a mirror, so
-  // cut the mirror connection holding the most chunks (if it holds a real share).
+  // cut the mirror connection holding the most chunks that only mirrors still need (if it
+  // holds a real share). A pool exhausted by what the relay itself has in flight is
+  // waited out: cutting mirrors then would lose their bytes and free nothing.
   pressureChecked_ = true;
   Session* worst = nullptr;
   size_t worstMirror = 0;
   size_t worstChunks = 0;
   for (Session* s = sessions_; s != nullptr; s = s->next_) {
     size_t mirror = 0;
-    size_t chunks = s->largestMirrorQueue(&mirror);
+    size_t chunks = s->mirrorHoldingMostAlone(&mirror);
     if (chunks > worstChunks) {
       worst = s;
       worstMirror = mirror;

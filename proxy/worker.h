@@ -73,6 +73,7 @@ public:
   uint64_t now() override { return now_ = monotonicNanos(); }
   void waitForBuffers(BufferWaiter& waiter) override;
   void cancelWaitForBuffers(BufferWaiter& waiter) override;
+  void relayReleasedChunks() override;
   void sessionDone(Session& session) override;
   void mirrorTrouble(const ListenerContext& listener, size_t mirrorIndex,
                      const std::string& what) override;

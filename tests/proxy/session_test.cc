@@ -40,6 +40,7 @@ public:
   uint64_t now() override { return now_; }
   void waitForBuffers(BufferWaiter& w) override { waiting.insert(&w); }
   void cancelWaitForBuffers(BufferWaiter& w) override { waiting.erase(&w); }
+  void relayReleasedChunks() override { ++relayReleases; }
   void sessionDone(Session&) override { ++done; }
   void mirrorTrouble(const ListenerContext&, size_t index, const std::string& what) override {
     troubles.push_back(std::to_string(index) + ": " + what);
@@ -73,6 +74,7 @@ public:
   uint64_t now_ = 1'000'000'000;
   std::set<BufferWaiter*> waiting;
   int done = 0;
+  int relayReleases = 0;
   int pipeCapacity = 0;  // > 0: takePipe() hands out pipes of this size
   int pipesTaken = 0;
   std::vector<bool> pipesGiven;  // empty? per givePipe()
@@ -503,6 +505,31 @@ TEST_F(SessionTest, MirrorGetsTheSameBufferAndIsCutPastMaxLagWithoutSlowingThePr
   EXPECT_EQ(ring().pendingReceives(kClientFd), 1u);  // primary unaffected
   ring().completeCancelled();
   EXPECT_TRUE(host_.sockets_.closed.at(mirrorFd));  // cut = reset
+}
+
+TEST_F(SessionTest, OnlyChunksAMirrorAloneHoldsCountAsItsBufferPressure) {
+  configure(2, 64 * kChunk);
+  startConnected();
+  ring().complete(ring().pending(OpKind::Connect, 100), 0);
+  ring().complete(ring().pending(OpKind::Connect, 101), 0);
+  const std::string full(kChunk, 'p');
+  ring().receive(ring().pendingReceive(kClientFd), full);
+  ring().receive(ring().pendingReceive(kClientFd), full);
+  // Both chunks are still on their way to the primary: cutting a mirror would free none.
+  size_t mirror = 99;
+  EXPECT_EQ(session_->mirrorHoldingMostAlone(&mirror), 0u);
+  EXPECT_EQ(mirror, 99u);
+  // The primary and mirror 0 take both; mirror 1 holds them alone. The host hears of
+  // each chunk the primary lets go (not of the mirror's), to look at pressure again.
+  const int released = host_.relayReleases;
+  for (int fd : {primaryFd(), 100}) {
+    ring().complete(ring().pending(OpKind::Send, fd), static_cast<int32_t>(kChunk));
+    ring().complete(ring().pending(OpKind::Send, fd), static_cast<int32_t>(kChunk));
+  }
+  EXPECT_EQ(host_.relayReleases - released, 2);
+  ring().receive(ring().pendingReceive(kClientFd), full);  // shared by all three again
+  EXPECT_EQ(session_->mirrorHoldingMostAlone(&mirror), 2u);
+  EXPECT_EQ(mirror, 1u);
 }
 
 TEST_F(SessionTest, RefusedMirrorIsCutAndThePrimaryRelaysOn) {
