@@ -6,6 +6,8 @@
   same ones on every mirror with 50%.
 - A mirror that accepts and never reads is cut past max_lag and does not slow the
   primary (no more than 1.5x the time of the same run without it).
+- A stalled mirror whose max_lag exceeds the buffer pool is cut by buffer pressure; a
+  mirror that keeps up is not.
 - An unreachable mirror costs the primary nothing.
 - direction = "both": the mirror gets the request bytes, then the response bytes.
 """
@@ -54,7 +56,10 @@ class MirrorTest(h.GrelayTest):
         with h.EchoServer() as echo, h.SinkServer() as m1, h.SinkServer() as m2, \
                 h.SinkServer() as m3:
             mirrors = {"m1": m1, "m2": m2, "m3": m3}
-            cfg = h.Config()
+            # A pool that holds every byte in flight: 40 concurrent sessions and three Python
+            # readers that can fall far behind under load must not hit the buffer-pressure
+            # cut (tested on its own below); this test is about byte-exact mirroring.
+            cfg = h.Config(buffer_pool="64MiB")
             cfg.upstream("app", [echo.address])
             port = cfg.listener("web", "app", mirrors=[
                 {"name": k, "address": v.address} for k, v in mirrors.items()])
@@ -138,6 +143,30 @@ class MirrorTest(h.GrelayTest):
                                             listener="stalled", mirror="stall"), 0)
                 self.assertEqual(len(stall.conns), 2 * sessions)
                 self.assertIn("max_lag", g.log())
+
+    def test_buffer_pressure_cuts_the_stalled_mirror_not_the_healthy_one(self):
+        # max_lag larger than the whole buffer pool: what stops the stalled mirror from
+        # holding every receive buffer is the buffer-pressure cut. It must pick the mirror
+        # that holds buffers alone, leave the one that keeps up, and never stall the primary.
+        data = h.Stream(5300, h.scaled(32 * h.MiB, 20 * h.MiB))
+        with h.EchoServer() as echo, h.StallServer() as stall, h.SinkServer() as live:
+            cfg = h.Config(workers=1, buffer_pool="8MiB")
+            cfg.upstream("app", [echo.address])
+            port = cfg.listener("web", "app", mirrors=[
+                {"name": "stall", "address": stall.address, "max_lag": "256MiB"},
+                {"name": "live", "address": live.address}])
+            cfg.with_admin()
+            with h.Grelay(cfg) as g:
+                # The client is paced (~25 MB/s) so that the live mirror, a Python reader
+                # sharing the GIL with the client and the upstream, keeps up with the primary.
+                r = h.stream_session(port, data, send_pause=0.01, timeout=120)
+                self.assertTrue(r.ok, f"the primary suffered from the stalled mirror: {r}")
+                self.assertEqual(g.metric("grelay_mirror_cuts_total", mirror="stall"), 1)
+                self.assertEqual(g.metric("grelay_mirror_cuts_total", mirror="live"), 0)
+                self.assertTrue(live.wait_connections(1, timeout=30))
+                self._assert_mirror_exact("live", live, {5300: data}, [5300])
+                if h.RELAY_PATH != "group":  # there a mirror's budget is its socket buffer
+                    self.assertIn("buffer_pool exhausted", g.log())
 
     def test_unreachable_mirror_costs_the_primary_nothing(self):
         with h.EchoServer() as echo, h.RefusingPort() as dead, h.SinkServer() as live:
