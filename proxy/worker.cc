@@ -301,7 +301,9 @@ void Worker::Acceptor::onAccept(int32_t res, uint32_t flags) noexcept {
 
 void Worker::accepted(Acceptor& a, int fd) {
   metrics::ListenerStats& st = *a.context.stats;
-  if (drainStarted_) {
+  // A connection the kernel handed over while the drain was cancelling the accept is
+  // served like the others (the drain waits for it too); only an abort resets it.
+  if (abortStarted_) {
     sockets_->close(fd, true);
     return;
   }

@@ -98,5 +98,21 @@ TEST_F(WorkerTest, DrainStopsAcceptingAndFinishesWhenSessionsAreGone) {
   EXPECT_TRUE(sockets_->closed.at(50));  // aborted sessions are reset
 }
 
+TEST_F(WorkerTest, AConnectionAcceptedWhileTheDrainCancelsTheAcceptIsServed) {
+  load();
+  auto* accept = ring_->pending(OpKind::Accept, kListenFd);
+  runtime_->draining = true;
+  ring_->complete(ring_->pending(OpKind::Read), 8);  // the control eventfd
+  EXPECT_TRUE(accept->cancelRequested);
+  // Already accepted by the kernel before the cancel took effect: closing it would reset
+  // a client that did nothing wrong (a reload drains the old workers this way).
+  ring_->complete(accept, 52, IORING_CQE_F_MORE);
+  ring_->complete(accept, -ECANCELED, 0);
+  EXPECT_EQ(worker_->sessionCount(), 1u);
+  EXPECT_EQ(sockets_->closed.count(52), 0u);
+  EXPECT_EQ(ring_->pendingCount(OpKind::Accept, kListenFd), 0u);  // not re-armed
+  EXPECT_FALSE(worker_->finished());
+}
+
 }  // namespace
 }  // namespace grelay::proxy
