@@ -10,6 +10,7 @@
 #include <grp.h>
 #include <pwd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 #include <future>
@@ -119,6 +120,23 @@ bool dropPrivileges(const std::string& user, std::string* error) {
   return true;
 }
 
+// The sockets among `fds` (workers that shared a socket hold duplicates of one fd).
+std::vector<int> distinctSockets(const std::vector<int>& fds) {
+  std::vector<int> out;
+  std::vector<ino_t> seen;
+  for (int fd : fds) {
+    struct stat st {};
+    if (::fstat(fd, &st) == 0) {
+      if (std::find(seen.begin(), seen.end(), st.st_ino) != seen.end()) {
+        continue;
+      }
+      seen.push_back(st.st_ino);
+    }
+    out.push_back(fd);
+  }
+  return out;
+}
+
 // One configuration's workers, sockets, TLS contexts and stats. A reload starts a new
 // generation; the old one drains and is retired when its last session is gone.
 struct Generation {
@@ -128,8 +146,11 @@ struct Generation {
   std::unique_ptr<Runtime> runtime;
   std::unique_ptr<TlsContexts> tls;
   std::vector<std::unique_ptr<metrics::WorkerStats>> stats;
-  std::vector<std::vector<int>> listenFds;  // [worker][listener], until the workers own them
-  std::vector<std::vector<int>> handover;   // the same numbers, owned by the workers
+  // [worker][listener] -> that worker's sockets for the listener, until the workers own them.
+  std::vector<std::vector<std::vector<int>>> listenFds;
+  // [listener] -> every socket of the listener (one or more per worker), owned by the
+  // workers: what the next reload's generation inherits.
+  std::vector<std::vector<int>> handover;
   std::vector<std::vector<TapFile>> tapFiles;
   std::vector<std::unique_ptr<Worker>> workers;
   std::vector<std::thread> threads;
@@ -144,9 +165,9 @@ struct Generation {
       }
     }
     workers.clear();
-    for (auto& fds : listenFds) {
-      for (int f : fds) {
-        if (f >= 0) {
+    for (auto& perListener : listenFds) {
+      for (auto& fds : perListener) {
+        for (int f : fds) {
           ::close(f);
         }
       }
@@ -227,7 +248,7 @@ std::unique_ptr<Generation> buildGeneration(std::shared_ptr<const config::Config
   gen->workerCount = workers;
   gen->runtime->workers = workers;
 
-  gen->listenFds.assign(workers, std::vector<int>(cfg->listeners.size(), -1));
+  gen->listenFds.assign(workers, std::vector<std::vector<int>>(cfg->listeners.size()));
   gen->tapFiles.resize(workers);
   for (size_t li = 0; li < cfg->listeners.size(); ++li) {
     const config::ListenerConfig& l = cfg->listeners[li];
@@ -246,11 +267,18 @@ std::unique_ptr<Generation> buildGeneration(std::shared_ptr<const config::Config
         return nullptr;
       }
     }
-    for (uint32_t w = 0; w < workers; ++w) {
+    // An inherited listener keeps every socket of its SO_REUSEPORT group: closing one would
+    // reset the connections waiting in its accept queue. With fewer workers than sockets,
+    // worker w accepts on sockets w, w + workers, ...; with more, the extra workers share
+    // them (a new socket might not be allowed to join the group once root is dropped).
+    const std::vector<int> old =
+        inherited >= 0 ? distinctSockets(previous->handover[static_cast<size_t>(inherited)])
+                       : std::vector<int>{};
+    const size_t count = std::max<size_t>(workers, old.size());
+    for (size_t k = 0; k < count; ++k) {
       int fd;
-      if (inherited >= 0) {
-        int old = previous->handover[w % previous->workerCount][static_cast<size_t>(inherited)];
-        fd = ::fcntl(old, F_DUPFD_CLOEXEC, 0);
+      if (!old.empty()) {
+        fd = ::fcntl(old[k % old.size()], F_DUPFD_CLOEXEC, 0);
         fd = fd < 0 ? -errno : fd;
       } else {
         fd = openListener(l.listen, kBacklog);
@@ -260,7 +288,7 @@ std::unique_ptr<Generation> buildGeneration(std::shared_ptr<const config::Config
             "listener " + l.name + ": cannot listen on " + l.listen.text + ": " + strerror(-fd);
         return nullptr;
       }
-      gen->listenFds[w][li] = fd;
+      gen->listenFds[k % workers][li].push_back(fd);
     }
   }
   for (uint32_t w = 0; w < workers; ++w) {
@@ -296,7 +324,13 @@ int startGeneration(Generation& gen, std::string* error) {
   }
   gen.tapFiles.clear();
   // The workers own the sockets now; the numbers stay known for a reload's hand-over.
-  gen.handover = std::move(gen.listenFds);
+  gen.handover.assign(gen.config->listeners.size(), {});
+  for (const auto& perListener : gen.listenFds) {
+    for (size_t li = 0; li < perListener.size(); ++li) {
+      gen.handover[li].insert(gen.handover[li].end(), perListener[li].begin(),
+                              perListener[li].end());
+    }
+  }
   gen.listenFds.clear();
   int startError = 0;
   for (uint32_t w = 0; w < gen.workerCount && startError == 0; ++w) {

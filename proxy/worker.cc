@@ -53,7 +53,7 @@ Runtime::Runtime(const config::Config& cfg)
 }
 
 Worker::Worker(Runtime& runtime, uint32_t index, metrics::WorkerStats& stats,
-               std::vector<int> listenFds, std::vector<TapFile> taps)
+               std::vector<std::vector<int>> listenFds, std::vector<TapFile> taps)
     : runtime_(runtime),
       index_(index),
       stats_(stats),
@@ -61,20 +61,22 @@ Worker::Worker(Runtime& runtime, uint32_t index, metrics::WorkerStats& stats,
       discard_(kDiscardBytes) {
   pathIndex_ = pathIndexOf(runtime.path);
   const config::Config& cfg = runtime.config;
-  for (size_t i = 0; i < cfg.listeners.size(); ++i) {
-    auto a = std::make_unique<Acceptor>(*this, i);
-    a->fd = i < listenFds.size() ? listenFds[i] : -1;
-    a->context.config = &cfg.listeners[i];
-    a->context.upstream = runtime.upstreams[cfg.listeners[i].upstream_index].get();
-    a->context.stats = stats.listeners[i].get();
-    a->context.chunkSize = cfg.server.chunk_size;
-    a->context.splice = runtime.splice && pathIndex_ == metrics::kMainlinePath;
-    a->context.connections = &runtime.listenerConnections[i];
-    if (runtime.tls != nullptr) {
-      a->context.tls = runtime.tls->listener(i);
-      a->context.upstreamTls = runtime.tls->upstream(cfg.listeners[i].upstream_index);
+  for (size_t i = 0; i < cfg.listeners.size() && i < listenFds.size(); ++i) {
+    for (int fd : listenFds[i]) {
+      auto a = std::make_unique<Acceptor>(*this, i);
+      a->fd = fd;
+      a->context.config = &cfg.listeners[i];
+      a->context.upstream = runtime.upstreams[cfg.listeners[i].upstream_index].get();
+      a->context.stats = stats.listeners[i].get();
+      a->context.chunkSize = cfg.server.chunk_size;
+      a->context.splice = runtime.splice && pathIndex_ == metrics::kMainlinePath;
+      a->context.connections = &runtime.listenerConnections[i];
+      if (runtime.tls != nullptr) {
+        a->context.tls = runtime.tls->listener(i);
+        a->context.upstreamTls = runtime.tls->upstream(cfg.listeners[i].upstream_index);
+      }
+      acceptors_.push_back(std::move(a));
     }
-    acceptors_.push_back(std::move(a));
   }
   controlFd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 }
@@ -153,7 +155,7 @@ int Worker::init() {
   userPool_->setListener(this);
   now_ = monotonicNanos();
   const config::Config& cfg = runtime_.config;
-  for (size_t i = 0; i < tapFiles_.size() && i < acceptors_.size(); ++i) {
+  for (size_t i = 0; i < tapFiles_.size() && i < cfg.listeners.size(); ++i) {
     TapFile& t = tapFiles_[i];
     if (t.fd < 0 || !cfg.listeners[i].tap) {
       continue;
@@ -163,7 +165,11 @@ int Worker::init() {
                                               *stats_.listeners[i]);
     t.fd = -1;  // owned by the writer now
     writer->start();
-    acceptors_[i]->context.tap = writer.get();
+    for (auto& a : acceptors_) {
+      if (a->index == i) {
+        a->context.tap = writer.get();
+      }
+    }
     taps_.push_back(std::move(writer));
   }
   for (auto& a : acceptors_) {

@@ -50,10 +50,12 @@ struct TapFile {
 
 class Worker final : public SessionHost, public relay::BufferListener {
 public:
-  // `listenFds[i]` is this worker's socket for listener i and `taps[i]` its tap file, if
-  // any (the worker closes them).
-  Worker(Runtime& runtime, uint32_t index, metrics::WorkerStats& stats, std::vector<int> listenFds,
-         std::vector<TapFile> taps = {});
+  // `listenFds[i]` are this worker's sockets for listener i (usually one; more after a
+  // reload lowered the worker count, whose sockets are kept rather than closed with what
+  // waits in their accept queues) and `taps[i]` its tap file, if any (the worker closes
+  // them).
+  Worker(Runtime& runtime, uint32_t index, metrics::WorkerStats& stats,
+         std::vector<std::vector<int>> listenFds, std::vector<TapFile> taps = {});
   ~Worker();
 
   // The thread body. Reports 0 or -errno through `ready` once the ring exists.

@@ -2,7 +2,8 @@
 """SIGHUP reloads the configuration without dropping open sessions: listener, upstream
 and mirror changes apply to new sessions, sessions already open finish byte-exact on the
 old configuration, a broken file keeps the running configuration, TLS certificates are
-reloaded, counters continue; and [server] user drops root after binding."""
+reloaded, counters continue; a reload to fewer workers keeps every listening socket
+and loses no connection; and [server] user drops root after binding."""
 
 import os
 import pwd
@@ -75,6 +76,55 @@ upstream = "app"
             m = h.parse_metrics(h.scrape_metrics(admin))
             self.assertEqual(m[("grelay_connections_total", (("listener", "web"),))], 2)
             self.assertEqual(m[("grelay_connections_total", (("listener", "second"),))], 1)
+            g.stop()
+
+    def test_fewer_workers_keep_every_listening_socket_and_lose_no_connection(self):
+        # Each worker has its own SO_REUSEPORT socket. A reload to fewer workers must not
+        # close the sockets of the workers that go away: a closed listening socket resets
+        # every connection waiting in its accept queue. Clients connect all along.
+        with h.EchoServer() as echo:
+            cfg = h.Config(workers=4)
+            cfg.upstream("app", [echo.address])
+            port = cfg.listener("web", "app")
+            g = h.Grelay(cfg).start()
+            self.assertEqual(len(h._listening_inodes(port)), 4)
+            stop = threading.Event()
+            outcome = {"sessions": 0, "bad": []}
+
+            def clients():
+                seed = 0
+                while not stop.is_set():
+                    batch = [(port, h.Stream(seed + i, 4 * h.KiB)) for i in range(16)]
+                    seed += 16
+                    for r in h.run_concurrently(h.stream_session, batch,
+                                                kwargs_list=[{"timeout": 30}] * 16):
+                        outcome["sessions"] += 1
+                        if not r.ok:
+                            outcome["bad"].append(str(r))
+
+            t = threading.Thread(target=clients)
+            t.start()
+            try:
+                for workers in (2, 1, 3):
+                    # Clients got through before each reload (and after the last one).
+                    seen = outcome["sessions"]
+                    self.assertTrue(h.wait_for(lambda: outcome["sessions"] >= seen + 32, 60))
+                    cfg.server["workers"] = workers
+                    write(g.config_path, cfg.render())
+                    self.reload(g, "SIGHUP: reloaded")
+                    # Every socket of the group is still there (a socket per worker at most
+                    # when the count grows again: the extra workers share them).
+                    self.assertEqual(len(h._listening_inodes(port)), 4,
+                                     f"listening sockets after the reload to {workers}")
+                seen = outcome["sessions"]
+                self.assertTrue(h.wait_for(lambda: outcome["sessions"] >= seen + 32, 60))
+            finally:
+                stop.set()
+                t.join(60)
+            h.log(f"{outcome['sessions']} sessions across three reloads")
+            self.assertEqual(outcome["bad"], [], "\n".join(outcome["bad"][:5]))
+            r = h.stream_session(port, h.Stream(99, 64 * h.KiB))
+            self.assertTrue(r.ok, str(r))
             g.stop()
 
     def test_invalid_file_keeps_the_running_configuration(self):

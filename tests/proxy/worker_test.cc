@@ -28,7 +28,8 @@ protected:
     config_ = std::move(*result.config);
     runtime_ = std::make_unique<Runtime>(config_);
     stats_.listeners.push_back(std::make_unique<metrics::ListenerStats>(0));
-    worker_ = std::make_unique<Worker>(*runtime_, 0, stats_, std::vector<int>{kListenFd});
+    worker_ =
+        std::make_unique<Worker>(*runtime_, 0, stats_, std::vector<std::vector<int>>{{kListenFd}});
     auto ring = std::make_unique<FakeRing>();
     auto sockets = std::make_unique<FakeSockets>();
     ring_ = ring.get();
