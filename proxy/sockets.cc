@@ -46,6 +46,11 @@ void SystemSockets::setNoDelay(int fd) {
   ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
 }
 
+int SystemSockets::acceptNow(int listenFd) {
+  int fd = ::accept4(listenFd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+  return fd >= 0 ? fd : -errno;
+}
+
 int SystemSockets::openPipe(int fds[2], uint32_t size) {
   if (::pipe2(fds, O_NONBLOCK | O_CLOEXEC) != 0) {
     return -errno;

@@ -28,6 +28,9 @@ public:
   // Non-blocking splice(2) of up to `len` bytes from `in` to `out` (one is a pipe). Bytes
   // moved, 0 at EOF of `in`, or -errno.
   virtual ssize_t splice(int in, int out, size_t len) = 0;
+  // accept4(2) on a non-blocking listening socket: a non-blocking, close-on-exec connected
+  // socket, or -errno (-EAGAIN: none is waiting).
+  virtual int acceptNow(int listenFd) = 0;
 };
 
 class SystemSockets final : public Sockets {
@@ -39,6 +42,7 @@ public:
   void setNoDelay(int fd) override;
   int openPipe(int fds[2], uint32_t size) override;
   ssize_t splice(int in, int out, size_t len) override;
+  int acceptNow(int listenFd) override;
 };
 
 // 0 if nobody (no other process, no other socket) is bound to `address`, else -errno

@@ -14,6 +14,9 @@ namespace {
 
 constexpr uint16_t kBufferGroup = 0;
 constexpr uint32_t kDiscardBytes = 64 * 1024;
+// At most this many connections taken from a listening socket's queue when the drain
+// cancels its accept (the listen backlog).
+constexpr int kAcceptQueuedMax = 4096;
 
 uint32_t bufferCount(const config::ServerConfig& server) {
   uint64_t n = server.buffer_pool / server.chunk_size;
@@ -299,9 +302,31 @@ void Worker::Acceptor::onAccept(int32_t res, uint32_t flags) noexcept {
     }
   }
   if (!armed && worker.drainStarted_ && fd >= 0) {
+    worker.acceptQueued(*this);
     ::close(fd);
     fd = -1;
     closed = true;
+  }
+}
+
+void Worker::acceptQueued(Acceptor& a) {
+  // The drain cancelled the multishot accept. Accepts wait exclusively (EPOLLEXCLUSIVE):
+  // a connection whose wake-up went to the request just cancelled waits in the queue and
+  // wakes nobody else, not even the next generation's accept on the same socket after a
+  // reload. Take what is queued now and serve it with the rest of the drain.
+  for (int i = 0; i < kAcceptQueuedMax && !abortStarted_; ++i) {
+    int fd = sockets_->acceptNow(a.fd);
+    if (fd == -EINTR || fd == -ECONNABORTED) {
+      continue;
+    }
+    if (fd < 0) {
+      if (fd != -EAGAIN) {
+        GRELAY_LOG_WARN("listener %s: accept while draining failed: %s",
+                        a.context.config->name.c_str(), strerror(-fd));
+      }
+      return;
+    }
+    accepted(a, fd);
   }
 }
 

@@ -115,6 +115,7 @@ private:
   void armControl();
   void armAccept(Acceptor& acceptor);
   void accepted(Acceptor& acceptor, int fd);
+  void acceptQueued(Acceptor& acceptor);
   void beginDrain();
   void abortAll();
   void afterDispatch();

@@ -52,6 +52,17 @@ public:
     return -EAGAIN;
   }
 
+  // Scripted: connections waiting in a listening socket's queue, by listening fd.
+  int acceptNow(int listenFd) override {
+    auto& q = waiting[listenFd];
+    if (q.empty()) {
+      return -EAGAIN;
+    }
+    int fd = q.front();
+    q.pop_front();
+    return fd;
+  }
+
   int nextFd = 100;
   bool failOpen = false;
   std::vector<int> shutdowns;
@@ -64,6 +75,7 @@ public:
   std::vector<SpliceCall> splices;
   std::map<int, std::deque<ssize_t>> fillFrom;
   std::map<int, std::deque<ssize_t>> drainTo;
+  std::map<int, std::deque<int>> waiting;
 };
 
 }  // namespace grelay::testing

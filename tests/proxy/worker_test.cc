@@ -99,7 +99,7 @@ TEST_F(WorkerTest, DrainStopsAcceptingAndFinishesWhenSessionsAreGone) {
   EXPECT_TRUE(sockets_->closed.at(50));  // aborted sessions are reset
 }
 
-TEST_F(WorkerTest, AConnectionAcceptedWhileTheDrainCancelsTheAcceptIsServed) {
+TEST_F(WorkerTest, ConnectionsAcceptedOrQueuedWhileTheDrainCancelsTheAcceptAreServed) {
   load();
   auto* accept = ring_->pending(OpKind::Accept, kListenFd);
   runtime_->draining = true;
@@ -108,9 +108,14 @@ TEST_F(WorkerTest, AConnectionAcceptedWhileTheDrainCancelsTheAcceptIsServed) {
   // Already accepted by the kernel before the cancel took effect: closing it would reset
   // a client that did nothing wrong (a reload drains the old workers this way).
   ring_->complete(accept, 52, IORING_CQE_F_MORE);
+  // Accepts wait exclusively: connections whose wake-up went to the cancelled request
+  // would wake nobody else, so the worker takes what is queued once the accept ends.
+  sockets_->waiting[kListenFd] = {53, 54};
   ring_->complete(accept, -ECANCELED, 0);
-  EXPECT_EQ(worker_->sessionCount(), 1u);
+  EXPECT_EQ(worker_->sessionCount(), 3u);
+  EXPECT_TRUE(sockets_->waiting[kListenFd].empty());
   EXPECT_EQ(sockets_->closed.count(52), 0u);
+  EXPECT_EQ(sockets_->closed.count(54), 0u);
   EXPECT_EQ(ring_->pendingCount(OpKind::Accept, kListenFd), 0u);  // not re-armed
   EXPECT_FALSE(worker_->finished());
 }
