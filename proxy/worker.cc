@@ -64,6 +64,9 @@ Worker::Worker(Runtime& runtime, uint32_t index, metrics::WorkerStats& stats,
       discard_(kDiscardBytes) {
   pathIndex_ = pathIndexOf(runtime.path);
   const config::Config& cfg = runtime.config;
+  for (const auto& l : cfg.listeners) {
+    anyMirrors_ = anyMirrors_ || !l.mirrors.empty();
+  }
   for (size_t i = 0; i < cfg.listeners.size() && i < listenFds.size(); ++i) {
     for (int fd : listenFds[i]) {
       auto a = std::make_unique<Acceptor>(*this, i);
@@ -442,7 +445,7 @@ void Worker::afterDispatch() {
     delete s;
   }
   finished_.clear();
-  if (waitHead_ != nullptr && !pressureChecked_) {
+  if (waitHead_ != nullptr && !pressureChecked_ && anyMirrors_) {
     relieveBufferPressure();
   }
   if (buffersFreed_ || waitHead_ != nullptr) {

@@ -151,6 +151,7 @@ private:
   bool buffersFreed_ = false;
   uint64_t tapDue_ = 0;  // when the taps' oldest staged chunks must be written
   bool pressureChecked_ = false;
+  bool anyMirrors_ = false;  // some listener has mirrors (else buffer pressure is waited out)
 
   std::vector<uint8_t> discard_;
 
