@@ -32,6 +32,9 @@ Peer::Peer(Session& session, Kind kind, size_t mirrorIndex)
 
 void Peer::enqueue(relay::ChunkRef chunk) {
   if (!tlsInUserspace()) {
+    if (kind_ == Kind::Mirror && pack(chunk)) {
+      return;
+    }
     enqueueWire(std::move(chunk));
     return;
   }
@@ -49,6 +52,38 @@ void Peer::enqueue(relay::ChunkRef chunk) {
     return;
   }
   encrypt(chunk);
+}
+
+bool Peer::pack(const relay::ChunkRef& chunk) {
+  // A mirror that is behind holds what it is given until it can send it. A small chunk
+  // would pin a whole receive buffer, and with small writes (requests of a few hundred
+  // bytes) the pool would run dry long before max_lag: copy small chunks into buffers of
+  // the mirror's own, filled one after another. Not while the mirror keeps up (at most
+  // the send in flight queued), and at most half the user pool (the rest is for TLS).
+  const uint32_t n = chunk.size();
+  relay::UserBufferPool& pool = session_.host_.userPool();
+  if (queue_.size() < 2 || n > pool.bufferSize() / 4) {
+    return false;
+  }
+  PendingSend& tail = queue_.back();  // never the send in flight: that is the front
+  if (tail.packed && tail.chunk.size() + n <= tail.chunk.get()->capacity) {
+    std::memcpy(tail.chunk.mutableData() + tail.chunk.size(), chunk.data(), n);
+    tail.chunk.get()->length += n;
+    unsent_ += n;
+    return true;
+  }
+  if (pool.available() <= pool.maxBuffers() / 2) {
+    return false;
+  }
+  relay::ChunkRef packed = pool.allocate();
+  if (!packed) {
+    return false;
+  }
+  std::memcpy(packed.mutableData(), chunk.data(), n);
+  packed.get()->length = n;
+  unsent_ += n;
+  queue_.push_back(PendingSend{std::move(packed), 0, true});
+  return true;
 }
 
 bool Peer::encrypt(const relay::ChunkRef& chunk) {

@@ -105,6 +105,7 @@ struct ListenerContext {
 struct PendingSend {
   relay::ChunkRef chunk;
   uint32_t offset = 0;
+  bool packed = false;  // a mirror's own buffer of copied small chunks (more may be added)
 };
 
 // One socket of a session and its send side.
@@ -177,6 +178,7 @@ public:
   void sendFin();
   void releasedChunks();
   bool encrypt(const relay::ChunkRef& chunk);
+  bool pack(const relay::ChunkRef& chunk);
   // close_notify and FIN once everything before them is out (or queued).
   void maybeFinish();
 };

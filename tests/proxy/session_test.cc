@@ -532,6 +532,38 @@ TEST_F(SessionTest, OnlyChunksAMirrorAloneHoldsCountAsItsBufferPressure) {
   EXPECT_EQ(mirror, 1u);
 }
 
+TEST_F(SessionTest, SmallChunksForALaggingMirrorArePackedAndFreeTheirReceiveBuffers) {
+  configure(1, 64 * kChunk);
+  startConnected();
+  const int mirrorFd = 100;
+  ring().complete(ring().pending(OpKind::Connect, mirrorFd), 0);
+  const uint32_t poolSize = host_.pool_->count();
+  // The mirror's first send never completes; the primary keeps up with 40 small chunks
+  // (more than the 16 receive buffers there are).
+  std::string all;
+  for (int i = 0; i < 40; ++i) {
+    const std::string piece(100 + i, static_cast<char>('a' + i % 26));
+    all += piece;
+    ring().receive(ring().pendingReceive(kClientFd), piece);
+    ring().complete(ring().pending(OpKind::Send, primaryFd()), static_cast<int32_t>(piece.size()));
+  }
+  EXPECT_EQ(stats_->mirrors[0].cuts.value(), 0u);
+  // Only the chunks the mirror keeps as they are still hold receive buffers: the one in
+  // flight and the one queued behind it; the other 38 (4,579 bytes) were copied into two.
+  EXPECT_EQ(host_.pool_->available(), poolSize - 2);
+  EXPECT_EQ(host_.userPool_.leased(), 2u);
+  // The mirror drains: every byte, in order.
+  std::string sent;
+  while (FakeOp* op = ring().pending(OpKind::Send, mirrorFd)) {
+    sent.append(static_cast<const char*>(op->buf), op->len);
+    ring().complete(op, static_cast<int32_t>(op->len));
+  }
+  EXPECT_EQ(sent, all);
+  EXPECT_EQ(host_.pool_->available(), poolSize);
+  EXPECT_EQ(host_.userPool_.leased(), 0u);
+  EXPECT_EQ(stats_->mirrors[0].sentBytes.value(), all.size());
+}
+
 TEST_F(SessionTest, RefusedMirrorIsCutAndThePrimaryRelaysOn) {
   configure(1);
   startConnected();
