@@ -8,11 +8,13 @@
   primary (no more than 1.5x the time of the same run without it).
 - A stalled mirror whose max_lag exceeds the buffer pool is cut by buffer pressure; a
   mirror that keeps up is not.
+- Small writes to a mirror that reads late are packed, not cut before max_lag.
 - An unreachable mirror costs the primary nothing.
 - direction = "both": the mirror gets the request bytes, then the response bytes.
 """
 
 import random
+import threading
 import time
 
 import harness as h
@@ -167,6 +169,34 @@ class MirrorTest(h.GrelayTest):
                 self._assert_mirror_exact("live", live, {5300: data}, [5300])
                 if h.RELAY_PATH != "group":  # there a mirror's budget is its socket buffer
                     self.assertIn("buffer_pool exhausted", g.log())
+
+    def test_small_writes_to_a_late_mirror_are_not_cut_before_max_lag(self):
+        # 768 writes of 4 KiB, a mirror that reads nothing until the client is done, and a
+        # pool of 32 receive buffers. Once the kernel's buffers toward the mirror are full,
+        # small chunks pinning a 64 KiB receive buffer each would use up the pool after
+        # 128 KiB and get the mirror cut; max_lag (8 MiB) is meant to be the budget.
+        if h.RELAY_PATH == "group":
+            self.skipTest("on the group path a mirror's lag budget is its socket buffer")
+        release = threading.Event()
+
+        class LateSink(h.SinkServer):
+            def handle(self, c, rec):
+                release.wait(60)
+                super().handle(c, rec)
+
+        data = h.Stream(5400, 768 * 4 * h.KiB)
+        with h.EchoServer() as echo, LateSink(rcvbuf=4096) as late:
+            cfg = h.Config(workers=1, buffer_pool="2MiB")
+            cfg.upstream("app", [echo.address])
+            port = cfg.listener("web", "app", mirrors=[{"name": "late", "address": late.address}])
+            cfg.with_admin()
+            with h.Grelay(cfg) as g:
+                r = h.stream_session(port, data, chunk=4 * h.KiB, send_pause=0.001, timeout=60)
+                self.assertTrue(r.ok, str(r))
+                release.set()
+                self.assertTrue(late.wait_connections(1, timeout=30))
+                self._assert_mirror_exact("late", late, {5400: data}, [5400])
+                self.assertEqual(g.metric("grelay_mirror_cuts_total", mirror="late"), 0)
 
     def test_unreachable_mirror_costs_the_primary_nothing(self):
         with h.EchoServer() as echo, h.RefusingPort() as dead, h.SinkServer() as live:
