@@ -420,9 +420,7 @@ void Flow::onRecv(int32_t res, uint32_t flags) noexcept {
   }
   chunk.reset();
   if (res == -EIO && source_.tls_ != nullptr && !source_.tlsReceiveUser_) {
-    // Kernel TLS hands non-data records (an alert: close_notify) to recvmsg with a
-    // control message only; a plain receive fails with EIO. The peer is done sending.
-    res = 0;
+    res = session_.ktlsRecordReceived(source_);  // 0 for close_notify
   }
   if (res == 0) {
     ended_ = true;
@@ -688,8 +686,9 @@ void GroupOp::onLeader(int32_t res, uint32_t) noexcept {
   if (tapMember) {
     tap->abandoned(s.tap_, reservation);
   }
-  if (res == -EIO && flow.source_.tls_ != nullptr && !flow.source_.tlsReceiveUser_) {
-    res = 0;  // kernel TLS: an alert (close_notify) ends the direction (see Flow::onRecv)
+  if (res == -EIO && flow.source_.tls_ != nullptr && !flow.source_.tlsReceiveUser_ &&
+      !s.closing()) {
+    res = s.ktlsRecordReceived(flow.source_);  // 0 for close_notify
   }
   if (s.closing()) {
     s.opDone(flow.source_);
@@ -699,9 +698,11 @@ void GroupOp::onLeader(int32_t res, uint32_t) noexcept {
   } else if (res == -ENOBUFS) {
     // The ring's group buffers are at their bound: mainline receives for a moment.
     flow.groupBackoffUntil_ = s.host_.now() + 10'000'000ull;
-  } else if (res != -ECANCELED) {
+  } else if (res != -ECANCELED && res != -EAGAIN) {
     s.sourceFailed(flow, res);
   }
+  // -EAGAIN (a warning alert was read): the primary member comes back cancelled and
+  // re-arms the direction.
   completed();
 }
 
@@ -1316,6 +1317,30 @@ void Session::peerFailed(Peer& peer, int32_t err) {
   // The peer is gone (EPIPE, ECONNRESET): the other side learns it by a reset.
   stats().resets.inc();
   close(true, true, true, tap::CloseReason::kError);
+}
+
+int Session::ktlsRecordReceived(Peer& source) {
+  // Kernel TLS hands a record that is not application data only to a recvmsg that asks
+  // for its type; the receive that met it failed with EIO. Read it and act on it.
+  uint8_t type = 0;
+  uint8_t body[64];
+  const int n = host_.sockets().readTlsRecord(source.fd_, &type, body, sizeof(body));
+  if (n == -EAGAIN) {
+    return -EAGAIN;
+  }
+  const char* who = source.kind_ == Peer::Kind::Client ? "the client" : "the upstream";
+  if (n < 0) {
+    host_.tlsTrouble(listener_, std::string("reading a TLS record of ") + who +
+                                    " that is not data failed: " + strerror(-n));
+    return n;
+  }
+  std::string what;
+  const int res = relay::ktlsControlRecord(type, body, static_cast<size_t>(n), &what);
+  if (res != 0) {
+    host_.tlsTrouble(listener_, std::string(who) + " sent " + what +
+                                    (res == -EAGAIN ? " (ignored)" : ": session reset"));
+  }
+  return res;
 }
 
 void Session::sourceFailed(Flow& flow, int32_t err) {

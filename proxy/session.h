@@ -303,6 +303,9 @@ public:
   // returns that count (0: no mirror holds any alone).
   size_t mirrorHoldingMostAlone(size_t* mirror) const;
   void cutMirror(size_t index, const char* why);
+  // Kernel TLS met a record that is not data on `source`: 0 if it was close_notify (the
+  // direction ended), -EAGAIN to receive on, else -errno (logged) to reset the session.
+  int ktlsRecordReceived(Peer& source);
 
   // Intrusive list of the host's sessions.
   Session* prev_ = nullptr;

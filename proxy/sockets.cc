@@ -9,6 +9,8 @@
 #include <cerrno>
 #include <string>
 
+#include "relay/tls_channel.h"
+
 namespace grelay::proxy {
 
 int SystemSockets::openStream(int family) {
@@ -49,6 +51,10 @@ void SystemSockets::setNoDelay(int fd) {
 int SystemSockets::acceptNow(int listenFd) {
   int fd = ::accept4(listenFd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
   return fd >= 0 ? fd : -errno;
+}
+
+int SystemSockets::readTlsRecord(int fd, uint8_t* type, uint8_t* body, size_t length) {
+  return relay::readKtlsRecord(fd, type, body, length);
 }
 
 int SystemSockets::openPipe(int fds[2], uint32_t size) {

@@ -31,6 +31,9 @@ public:
   // accept4(2) on a non-blocking listening socket: a non-blocking, close-on-exec connected
   // socket, or -errno (-EAGAIN: none is waiting).
   virtual int acceptNow(int listenFd) = 0;
+  // Kernel TLS: the record at the head of the receive queue with its type (recvmsg with
+  // TLS_GET_RECORD_TYPE, non-blocking); bytes read or -errno.
+  virtual int readTlsRecord(int fd, uint8_t* type, uint8_t* body, size_t length) = 0;
 };
 
 class SystemSockets final : public Sockets {
@@ -43,6 +46,7 @@ public:
   int openPipe(int fds[2], uint32_t size) override;
   ssize_t splice(int in, int out, size_t len) override;
   int acceptNow(int listenFd) override;
+  int readTlsRecord(int fd, uint8_t* type, uint8_t* body, size_t length) override;
 };
 
 // 0 if nobody (no other process, no other socket) is bound to `address`, else -errno

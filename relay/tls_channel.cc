@@ -1,8 +1,11 @@
 #include "relay/tls_channel.h"
 
+#include <linux/tls.h>
 #include <openssl/err.h>
 #include <openssl/x509v3.h>
+#include <sys/socket.h>
 
+#include <cerrno>
 #include <cstring>
 
 namespace grelay::relay {
@@ -271,6 +274,60 @@ long TlsChannel::bioCtrl(BIO* bio, int cmd, long, void*) {
     default:
       return 0;
   }
+}
+
+namespace {
+constexpr uint8_t kRecordChangeCipherSpec = 20;
+constexpr uint8_t kRecordAlert = 21;
+constexpr uint8_t kRecordHandshake = 22;
+constexpr uint8_t kAlertWarning = 1;
+constexpr uint8_t kAlertCloseNotify = 0;
+}  // namespace
+
+int ktlsControlRecord(uint8_t type, const uint8_t* body, size_t length, std::string* what) {
+  if (type == kRecordAlert && length >= 2) {
+    const uint8_t level = body[0];
+    const uint8_t description = body[1];
+    *what = std::string(level == kAlertWarning ? "warning" : "fatal") + " alert " +
+            SSL_alert_desc_string_long(description);
+    if (description == kAlertCloseNotify) {
+      return 0;
+    }
+    // RFC 5246 7.2: a warning other than close_notify may be ignored (user_canceled is
+    // followed by close_notify, no_renegotiation answers a request we never make).
+    return level == kAlertWarning ? -EAGAIN : -ECONNRESET;
+  }
+  if (type == kRecordHandshake) {
+    *what =
+        "a handshake message after the handshake (renegotiation), which kernel TLS "
+        "cannot follow";
+    return -EPROTO;
+  }
+  *what = type == kRecordChangeCipherSpec ? "a change_cipher_spec record after the handshake"
+          : type == kRecordAlert          ? "a truncated alert"
+                                          : "a record of unknown type " + std::to_string(type);
+  return -EPROTO;
+}
+
+int readKtlsRecord(int fd, uint8_t* type, uint8_t* body, size_t length) {
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(uint8_t))] = {};
+  iovec iov{body, length};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof(control);
+  ssize_t n = ::recvmsg(fd, &msg, MSG_DONTWAIT);
+  if (n < 0) {
+    return -errno;
+  }
+  *type = 23;  // application data, unless a control message says otherwise
+  for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
+    if (c->cmsg_level == SOL_TLS && c->cmsg_type == TLS_GET_RECORD_TYPE) {
+      *type = *CMSG_DATA(c);
+    }
+  }
+  return static_cast<int>(n);
 }
 
 }  // namespace grelay::relay

@@ -63,6 +63,8 @@ public:
     return fd;
   }
 
+  int readTlsRecord(int, uint8_t*, uint8_t*, size_t) override { return -ENOTSUP; }
+
   int nextFd = 100;
   bool failOpen = false;
   std::vector<int> shutdowns;

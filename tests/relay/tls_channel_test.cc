@@ -550,5 +550,47 @@ TEST_F(TlsChannelTest, PlaintextClientFailsTheServerHandshake) {
   EXPECT_EQ(server_->error().rfind("handshake: ", 0), 0u) << server_->error();
 }
 
+TEST(KtlsControlRecordTest, CloseNotifyEndsTheDirection) {
+  const uint8_t closeNotify[] = {1, 0};
+  std::string what;
+  EXPECT_EQ(ktlsControlRecord(21, closeNotify, 2, &what), 0);
+  EXPECT_EQ(what, "warning alert close notify");
+}
+
+TEST(KtlsControlRecordTest, AFatalAlertResetsAndAWarningIsIgnored) {
+  const uint8_t badRecordMac[] = {2, 20};
+  std::string what;
+  EXPECT_EQ(ktlsControlRecord(21, badRecordMac, 2, &what), -ECONNRESET);
+  EXPECT_EQ(what, "fatal alert bad record mac");
+  const uint8_t userCanceled[] = {1, 90};
+  EXPECT_EQ(ktlsControlRecord(21, userCanceled, 2, &what), -EAGAIN);
+  EXPECT_EQ(what, "warning alert user canceled");
+}
+
+TEST(KtlsControlRecordTest, RenegotiationAndMalformedRecordsAreProtocolErrors) {
+  const uint8_t clientHello[] = {1, 0, 0, 40};
+  std::string what;
+  EXPECT_EQ(ktlsControlRecord(22, clientHello, sizeof(clientHello), &what), -EPROTO);
+  EXPECT_NE(what.find("renegotiation"), std::string::npos) << what;
+  EXPECT_EQ(ktlsControlRecord(21, clientHello, 1, &what), -EPROTO);
+  EXPECT_EQ(what, "a truncated alert");
+  EXPECT_EQ(ktlsControlRecord(20, clientHello, 1, &what), -EPROTO);
+  EXPECT_EQ(ktlsControlRecord(99, clientHello, 1, &what), -EPROTO);
+  EXPECT_EQ(what, "a record of unknown type 99");
+}
+
+TEST(KtlsControlRecordTest, WithoutKernelTlsAReadIsPlainData) {
+  int fds[2];
+  ASSERT_EQ(::socketpair(AF_UNIX, SOCK_STREAM, 0, fds), 0);
+  ASSERT_EQ(::write(fds[0], "ab", 2), 2);
+  uint8_t type = 0;
+  uint8_t body[8];
+  EXPECT_EQ(readKtlsRecord(fds[1], &type, body, sizeof(body)), 2);
+  EXPECT_EQ(type, 23);
+  EXPECT_EQ(readKtlsRecord(fds[1], &type, body, sizeof(body)), -EAGAIN);
+  ::close(fds[0]);
+  ::close(fds[1]);
+}
+
 }  // namespace
 }  // namespace grelay::relay
