@@ -78,6 +78,101 @@ class KtlsTest(h.TlsTest):
                 # sends that the kernel encrypts.
                 self.assertGreater(g.metric("grelay_chunks_total", listener="tls", path="copy"), 0)
 
+    def _tls12_over_memory_bios(self, port):
+        """A TLS 1.2 client whose records the test handles itself (ssl.MemoryBIO), so it
+        can tamper with what it receives. Returns (socket, SSLObject, send, receive)."""
+        import socket
+        import ssl
+        ctx = h.tls_client_context(self.certs.ca, maximum=ssl.TLSVersion.TLSv1_2)
+        incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+        tls = ctx.wrap_bio(incoming, outgoing, server_hostname="localhost")
+        sock = socket.create_connection(("127.0.0.1", port), timeout=30)
+        self.addCleanup(sock.close)
+
+        def send():
+            data = outgoing.read()
+            if data:
+                sock.sendall(data)
+
+        def receive(tamper=None):
+            data = sock.recv(256 * h.KiB)
+            self.assertTrue(data, "grelay closed the connection")
+            incoming.write(tamper(data) if tamper else data)
+
+        while True:
+            try:
+                tls.do_handshake()
+                send()
+                break
+            except ssl.SSLWantReadError:
+                send()
+                receive()
+        self.assertEqual(tls.version(), "TLSv1.2")
+        return sock, tls, send, receive
+
+    def test_a_fatal_alert_from_the_client_resets_the_upstream(self):
+        # Kernel TLS gives alerts to a recvmsg that asks for the record type. close_notify
+        # ends the direction with a FIN; a fatal alert means the client gave up, so the
+        # upstream must not see a clean end of what may be a truncated request.
+        import ssl
+        with h.EchoServer() as echo:
+            cfg = h.Config()
+            cfg.with_admin()
+            cfg.upstream("app", [echo.address])
+            port = cfg.listener("tls", "app",
+                                tls={"cert": self.certs.server[0], "key": self.certs.server[1]})
+            with h.Grelay(cfg) as g:
+                sock, tls, send, receive = self._tls12_over_memory_bios(port)
+                tls.write(b"first request")
+                send()
+                got = b""
+                while len(got) < len(b"first request"):
+                    try:
+                        got += tls.read(1024)
+                    except ssl.SSLWantReadError:
+                        receive()
+                self.assertEqual(got, b"first request")
+                self.assertEqual(g.metric("grelay_ktls_sessions_total", listener="tls"), 1)
+                # The echo of the second request arrives with a flipped tag byte: OpenSSL
+                # answers with a fatal bad_record_mac alert, which goes to grelay.
+                tls.write(b"second request")
+                send()
+                with self.assertRaises(ssl.SSLError):
+                    while True:
+                        try:
+                            tls.read(1024)
+                        except ssl.SSLWantReadError:
+                            receive(lambda d: d[:-1] + bytes([d[-1] ^ 1]))
+                send()
+                self.assertTrue(h.wait_for(lambda: len(echo.conns) == 1 and echo.conns[0].end,
+                                           10), "the upstream connection did not end")
+                self.assertEqual(echo.conns[0].end, "reset",
+                                 "a fatal alert must reset the upstream, not close it")
+                self.assertIn("the client sent fatal alert bad record mac", g.log())
+                self.assertEqual(g.metric("grelay_session_resets_total", listener="tls"), 1)
+
+    def test_close_notify_from_the_client_ends_the_request_with_a_fin(self):
+        import ssl
+        with h.SinkServer(reply=lambda rec: b"answer") as upstream:
+            cfg = h.Config()
+            cfg.upstream("app", [upstream.address])
+            port = cfg.listener("tls", "app",
+                                tls={"cert": self.certs.server[0], "key": self.certs.server[1]})
+            with h.Grelay(cfg) as g:
+                sock, tls, send, receive = self._tls12_over_memory_bios(port)
+                tls.write(b"the whole request")
+                send()
+                try:
+                    tls.unwrap()  # close_notify
+                except ssl.SSLWantReadError:
+                    pass
+                send()
+                self.assertTrue(upstream.wait_connections(1, timeout=10))
+                rec = upstream.records()[0]
+                self.assertEqual(rec.end, "eof")
+                self.assertEqual(bytes(rec.data), b"the whole request")
+                self.assertNotIn("alert", g.log())
+
 
 if __name__ == "__main__":
     h.main()
