@@ -1323,7 +1323,7 @@ int Session::ktlsRecordReceived(Peer& source) {
   // Kernel TLS hands a record that is not application data only to a recvmsg that asks
   // for its type; the receive that met it failed with EIO. Read it and act on it.
   uint8_t type = 0;
-  uint8_t body[64];
+  uint8_t body[relay::kMaxTlsRecord];  // all of it: a partly read record would come back
   const int n = host_.sockets().readTlsRecord(source.fd_, &type, body, sizeof(body));
   if (n == -EAGAIN) {
     return -EAGAIN;

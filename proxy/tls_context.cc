@@ -99,9 +99,11 @@ bool TlsContexts::build(const config::Config& cfg, bool ktls, std::vector<std::s
       continue;
     }
     upstreams_[i] = ctx;
-    // Upstream TLS stays in userspace: servers send post-handshake messages (session
-    // tickets) that a plain receive on a kernel-TLS socket cannot take.
-    commonOptions(ctx, false);
+    // Kernel TLS toward upstreams too. What servers send after the handshake (TLS 1.3
+    // session tickets) reaches OpenSSL as long as OpenSSL decrypts TLS 1.3 itself (3.0
+    // offloads only its sending); on a kernel-TLS receive, a ticket or HelloRequest is
+    // read and ignored (Session::ktlsRecordReceived).
+    commonOptions(ctx, ktls);
     SSL_CTX_set_cipher_list(ctx, kIntermediateCiphers);
     if (u.tls.verify) {
       SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, nullptr);

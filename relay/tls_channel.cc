@@ -282,6 +282,8 @@ constexpr uint8_t kRecordAlert = 21;
 constexpr uint8_t kRecordHandshake = 22;
 constexpr uint8_t kAlertWarning = 1;
 constexpr uint8_t kAlertCloseNotify = 0;
+constexpr uint8_t kHelloRequest = 0;
+constexpr uint8_t kNewSessionTicket = 4;
 }  // namespace
 
 int ktlsControlRecord(uint8_t type, const uint8_t* body, size_t length, std::string* what) {
@@ -297,14 +299,25 @@ int ktlsControlRecord(uint8_t type, const uint8_t* body, size_t length, std::str
     // followed by close_notify, no_renegotiation answers a request we never make).
     return level == kAlertWarning ? -EAGAIN : -ECONNRESET;
   }
-  if (type == kRecordHandshake) {
-    *what =
-        "a handshake message after the handshake (renegotiation), which kernel TLS "
-        "cannot follow";
-    return -EPROTO;
+  if (type == kRecordHandshake && length >= 1) {
+    switch (body[0]) {
+      case kHelloRequest:
+        // A server asking for renegotiation; a client may ignore it (RFC 5246 7.4.1.1).
+        *what = "a HelloRequest (renegotiation is off)";
+        return -EAGAIN;
+      case kNewSessionTicket:
+        *what = "a session ticket (sessions are not resumed)";
+        return -EAGAIN;
+      default:
+        *what = "handshake message " + std::to_string(body[0]) +
+                " after the handshake (renegotiation or key update), which kernel TLS "
+                "cannot follow";
+        return -EPROTO;
+    }
   }
   *what = type == kRecordChangeCipherSpec ? "a change_cipher_spec record after the handshake"
           : type == kRecordAlert          ? "a truncated alert"
+          : type == kRecordHandshake      ? "an empty handshake record"
                                           : "a record of unknown type " + std::to_string(type);
   return -EPROTO;
 }

@@ -97,14 +97,16 @@ private:
 
 // Kernel TLS receiving: a record that is not application data (an alert, a handshake
 // message) is handed only to a recvmsg(2) that asks for its type; a plain receive fails
-// with EIO. What such a record (`type`, its first `length` bytes in `body`) means for the
-// direction: 0 = the peer closed it (close_notify), -EAGAIN = nothing (a warning alert:
-// go on receiving), else -errno for an error that ends the session. `what` names the
-// record.
+// with EIO. What such a record (`type`, its `length` bytes in `body`) means for the
+// direction: 0 = the peer closed it (close_notify), -EAGAIN = nothing to act on (a warning
+// alert, a session ticket, a HelloRequest: go on receiving), else -errno for an error that
+// ends the session. `what` names the record.
 int ktlsControlRecord(uint8_t type, const uint8_t* body, size_t length, std::string* what);
 
 // Reads the record at the head of a kernel TLS socket's receive queue with its type
-// (non-blocking): the bytes read (up to `length`), or -errno.
+// (non-blocking): the bytes read (up to `length`), or -errno. A record longer than
+// `length` is only partly consumed: pass kMaxTlsRecord bytes.
+constexpr size_t kMaxTlsRecord = 16384;
 int readKtlsRecord(int fd, uint8_t* type, uint8_t* body, size_t length);
 
 }  // namespace grelay::relay

@@ -567,11 +567,24 @@ TEST(KtlsControlRecordTest, AFatalAlertResetsAndAWarningIsIgnored) {
   EXPECT_EQ(what, "warning alert user canceled");
 }
 
+TEST(KtlsControlRecordTest, TicketsAndHelloRequestsAreIgnored) {
+  const uint8_t ticket[] = {4, 0, 0, 2, 0, 0};
+  std::string what;
+  EXPECT_EQ(ktlsControlRecord(22, ticket, sizeof(ticket), &what), -EAGAIN);
+  EXPECT_EQ(what, "a session ticket (sessions are not resumed)");
+  const uint8_t helloRequest[] = {0, 0, 0, 0};
+  EXPECT_EQ(ktlsControlRecord(22, helloRequest, sizeof(helloRequest), &what), -EAGAIN);
+}
+
 TEST(KtlsControlRecordTest, RenegotiationAndMalformedRecordsAreProtocolErrors) {
   const uint8_t clientHello[] = {1, 0, 0, 40};
   std::string what;
   EXPECT_EQ(ktlsControlRecord(22, clientHello, sizeof(clientHello), &what), -EPROTO);
   EXPECT_NE(what.find("renegotiation"), std::string::npos) << what;
+  const uint8_t keyUpdate[] = {24, 0, 0, 1, 0};
+  EXPECT_EQ(ktlsControlRecord(22, keyUpdate, sizeof(keyUpdate), &what), -EPROTO);
+  EXPECT_EQ(ktlsControlRecord(22, keyUpdate, 0, &what), -EPROTO);
+  EXPECT_EQ(what, "an empty handshake record");
   EXPECT_EQ(ktlsControlRecord(21, clientHello, 1, &what), -EPROTO);
   EXPECT_EQ(what, "a truncated alert");
   EXPECT_EQ(ktlsControlRecord(20, clientHello, 1, &what), -EPROTO);
