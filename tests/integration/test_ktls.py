@@ -78,6 +78,44 @@ class KtlsTest(h.TlsTest):
                 # sends that the kernel encrypts.
                 self.assertGreater(g.metric("grelay_chunks_total", listener="tls", path="copy"), 0)
 
+    def test_upstream_tls12_runs_on_kernel_tls_both_ways(self):
+        import ssl
+        c = self.certs
+        with h.TlsEchoServer(*c.upstream) as up:
+            up.context.maximum_version = ssl.TLSVersion.TLSv1_2
+            cfg = h.Config()
+            cfg.with_admin()
+            cfg.upstream("app", [up.address], tls={"ca": c.ca})
+            port = cfg.listener("plain", "app")
+            with h.Grelay(cfg) as g:
+                streams = [h.Stream(960 + i, h.scaled(1 * h.MiB) + i * 977) for i in range(3)]
+                for s in streams:
+                    r = h.stream_session(port, s)
+                    self.assertTrue(r.ok, str(r))
+                self.assertEqual(g.metric("grelay_ktls_sessions_total", listener="plain"), 3)
+                # Nothing is encrypted or decrypted in userspace.
+                self.assertEqual(g.metric("grelay_chunks_total", listener="plain", path="copy"), 0)
+                self.assertTrue(up.wait_connections(3, timeout=30))
+                self.assertEqual(sorted(r.received for r in up.conns),
+                                 sorted(len(s) for s in streams))
+                self.assertTrue(all(r.end == "eof" for r in up.conns), [r.end for r in up.conns])
+
+    def test_upstream_tls13_sends_through_kernel_tls_and_takes_its_tickets(self):
+        # A TLS 1.3 server sends session tickets after the handshake; OpenSSL 3.0 decrypts
+        # TLS 1.3 itself, so they reach it (and a kernel-TLS receive would ignore them).
+        c = self.certs
+        with h.TlsEchoServer(*c.upstream) as up:
+            cfg = h.Config()
+            cfg.with_admin()
+            cfg.upstream("app", [up.address], tls={"ca": c.ca})
+            port = cfg.listener("plain", "app")
+            with h.Grelay(cfg) as g:
+                r = h.stream_session(port, h.Stream(970, h.scaled(2 * h.MiB)))
+                self.assertTrue(r.ok, str(r))
+                self.assertEqual(g.metric("grelay_ktls_sessions_total", listener="plain"), 1)
+                self.assertGreater(g.metric("grelay_chunks_total", listener="plain", path="copy"), 0)
+                self.assertNotIn("reset", g.log())
+
     def _tls12_over_memory_bios(self, port):
         """A TLS 1.2 client whose records the test handles itself (ssl.MemoryBIO), so it
         can tamper with what it receives. Returns (socket, SSLObject, send, receive)."""
