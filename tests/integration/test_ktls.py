@@ -23,18 +23,29 @@ class KtlsTest(h.TlsTest):
         if not ktls_available():
             self.skipTest("the kernel has no TLS ULP (kTLS): run inside kernel/vm.sh")
 
+    def _config(self, upstream_address, upstream_tls=None, **listener):
+        """Upstream "app" and, with the admin endpoint, listener "tls" terminating TLS with
+        the test certificate or, with `upstream_tls`, listener "plain" in front of a TLS
+        upstream. Returns (config, port)."""
+        cfg = h.Config()
+        cfg.with_admin()
+        if upstream_tls is None:
+            cfg.upstream("app", [upstream_address])
+            port = cfg.listener("tls", "app", tls={"cert": self.certs.server[0],
+                                                   "key": self.certs.server[1]}, **listener)
+        else:
+            cfg.upstream("app", [upstream_address], tls=upstream_tls)
+            port = cfg.listener("plain", "app", **listener)
+        return cfg, port
+
     def test_tls12_sessions_run_on_kernel_tls_both_ways_with_mirror_and_tap(self):
         import ssl
         tap_dir = tempfile.mkdtemp(prefix="grelay-ktls-")
         self.addCleanup(shutil.rmtree, tap_dir, True)
         with h.EchoServer() as echo, h.SinkServer(keep="bytes") as sink:
-            cfg = h.Config()
-            cfg.with_admin()
-            cfg.upstream("app", [echo.address])
-            port = cfg.listener("tls", "app",
-                                tls={"cert": self.certs.server[0], "key": self.certs.server[1]},
-                                mirrors=[{"name": "copy", "address": sink.address}],
-                                tap={"path": tap_dir})
+            cfg, port = self._config(echo.address,
+                                     mirrors=[{"name": "copy", "address": sink.address}],
+                                     tap={"path": tap_dir})
             with h.Grelay(cfg) as g:
                 ctx = h.tls_client_context(self.certs.ca, maximum=ssl.TLSVersion.TLSv1_2)
                 streams = [h.Stream(900 + i, h.scaled(1 * h.MiB) + i * 4099) for i in range(4)]
@@ -63,11 +74,7 @@ class KtlsTest(h.TlsTest):
     def test_tls13_sends_through_kernel_tls_and_decrypts_in_userspace(self):
         import ssl
         with h.EchoServer() as echo:
-            cfg = h.Config()
-            cfg.with_admin()
-            cfg.upstream("app", [echo.address])
-            port = cfg.listener("tls", "app",
-                                tls={"cert": self.certs.server[0], "key": self.certs.server[1]})
+            cfg, port = self._config(echo.address)
             with h.Grelay(cfg) as g:
                 ctx = h.tls_client_context(self.certs.ca, minimum=ssl.TLSVersion.TLSv1_3)
                 r = h.tls_stream_session(port, h.Stream(950, h.scaled(2 * h.MiB)), context=ctx)
@@ -83,10 +90,7 @@ class KtlsTest(h.TlsTest):
         c = self.certs
         with h.TlsEchoServer(*c.upstream) as up:
             up.context.maximum_version = ssl.TLSVersion.TLSv1_2
-            cfg = h.Config()
-            cfg.with_admin()
-            cfg.upstream("app", [up.address], tls={"ca": c.ca})
-            port = cfg.listener("plain", "app")
+            cfg, port = self._config(up.address, upstream_tls={"ca": c.ca})
             with h.Grelay(cfg) as g:
                 streams = [h.Stream(960 + i, h.scaled(1 * h.MiB) + i * 977) for i in range(3)]
                 for s in streams:
@@ -105,10 +109,7 @@ class KtlsTest(h.TlsTest):
         # TLS 1.3 itself, so they reach it (and a kernel-TLS receive would ignore them).
         c = self.certs
         with h.TlsEchoServer(*c.upstream) as up:
-            cfg = h.Config()
-            cfg.with_admin()
-            cfg.upstream("app", [up.address], tls={"ca": c.ca})
-            port = cfg.listener("plain", "app")
+            cfg, port = self._config(up.address, upstream_tls={"ca": c.ca})
             with h.Grelay(cfg) as g:
                 r = h.stream_session(port, h.Stream(970, h.scaled(2 * h.MiB)))
                 self.assertTrue(r.ok, str(r))
@@ -154,11 +155,7 @@ class KtlsTest(h.TlsTest):
         # upstream must not see a clean end of what may be a truncated request.
         import ssl
         with h.EchoServer() as echo:
-            cfg = h.Config()
-            cfg.with_admin()
-            cfg.upstream("app", [echo.address])
-            port = cfg.listener("tls", "app",
-                                tls={"cert": self.certs.server[0], "key": self.certs.server[1]})
+            cfg, port = self._config(echo.address)
             with h.Grelay(cfg) as g:
                 sock, tls, send, receive = self._tls12_over_memory_bios(port)
                 tls.write(b"first request")
@@ -192,10 +189,7 @@ class KtlsTest(h.TlsTest):
     def test_close_notify_from_the_client_ends_the_request_with_a_fin(self):
         import ssl
         with h.SinkServer(reply=lambda rec: b"answer") as upstream:
-            cfg = h.Config()
-            cfg.upstream("app", [upstream.address])
-            port = cfg.listener("tls", "app",
-                                tls={"cert": self.certs.server[0], "key": self.certs.server[1]})
+            cfg, port = self._config(upstream.address)
             with h.Grelay(cfg) as g:
                 sock, tls, send, receive = self._tls12_over_memory_bios(port)
                 tls.write(b"the whole request")
