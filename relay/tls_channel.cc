@@ -280,6 +280,7 @@ namespace {
 constexpr uint8_t kRecordChangeCipherSpec = 20;
 constexpr uint8_t kRecordAlert = 21;
 constexpr uint8_t kRecordHandshake = 22;
+constexpr uint8_t kRecordApplicationData = 23;
 constexpr uint8_t kAlertWarning = 1;
 constexpr uint8_t kAlertCloseNotify = 0;
 constexpr uint8_t kHelloRequest = 0;
@@ -334,7 +335,7 @@ int readKtlsRecord(int fd, uint8_t* type, uint8_t* body, size_t length) {
   if (n < 0) {
     return -errno;
   }
-  *type = 23;  // application data, unless a control message says otherwise
+  *type = kRecordApplicationData;  // unless a control message says otherwise
   for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
     if (c->cmsg_level == SOL_TLS && c->cmsg_type == TLS_GET_RECORD_TYPE) {
       *type = *CMSG_DATA(c);
