@@ -2,6 +2,9 @@
 // each completes (results, flags, -EAGAIN, -ENOBUFS, short sends, multishot ends...).
 #pragma once
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
 #include <cerrno>
 #include <cstdint>
 #include <cstring>
@@ -123,8 +126,11 @@ public:
     FakeOp op{OpKind::Read, fd, buf, len};
     add(op, c);
   }
-  void connect(int fd, const sockaddr*, socklen_t, relay::Completion* c) override {
-    add({OpKind::Connect, fd}, c);
+  // A connect's `offset` is the destination port (host order), to tell servers apart.
+  void connect(int fd, const sockaddr* addr, socklen_t, relay::Completion* c) override {
+    FakeOp op{OpKind::Connect, fd};
+    op.offset = ntohs(reinterpret_cast<const sockaddr_in*>(addr)->sin_port);
+    add(op, c);
   }
   void pollAdd(int fd, uint32_t events, relay::Completion* c) override {
     FakeOp op{OpKind::Poll, fd};
