@@ -72,6 +72,11 @@ struct UpstreamConfig {
   std::string name;
   std::vector<Address> servers;  // at least one
   Balance balance = Balance::RoundRobin;
+  // Passive health: after max_fails consecutive failed connects (or upstream TLS
+  // handshakes) a server is tried only after the pool's other servers, for fail_timeout.
+  // 0 = never.
+  uint32_t max_fails = 1;
+  Duration fail_timeout{10'000};
   UpstreamTlsConfig tls;
   Location location;
 };

@@ -561,6 +561,8 @@ private:
                 {
                     {"servers", servers(&u, "in " + header), true},
                     {"balance", oneOf(&u.balance, {Balance::RoundRobin, Balance::LeastConn})},
+                    {"max_fails", integer(&u.max_fails, 0, 1000)},
+                    {"fail_timeout", duration(&u.fail_timeout, 1ms, kMaxTimeout)},
                     {"tls", upstreamTls(&u.tls, "in " + header + " tls")},
                 });
     }

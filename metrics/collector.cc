@@ -37,6 +37,7 @@ struct ListenerTotals {
   uint64_t sentClientBytes = 0;
   std::array<uint64_t, kPathCount> chunks{};
   uint64_t upstreamConnectErrors = 0;
+  uint64_t upstreamMarkedDown = 0;
   uint64_t noUpstream = 0;
   uint64_t idleTimeouts = 0;
   uint64_t resets = 0;
@@ -68,6 +69,7 @@ void addTo(ListenerTotals& total, const ListenerStats& stats, const std::vector<
     total.chunks[p] += stats.chunks[p].value();
   }
   total.upstreamConnectErrors += stats.upstreamConnectErrors.value();
+  total.upstreamMarkedDown += stats.upstreamMarkedDown.value();
   total.noUpstream += stats.noUpstream.value();
   total.idleTimeouts += stats.idleTimeouts.value();
   total.resets += stats.resets.value();
@@ -111,6 +113,7 @@ void addTotals(ListenerTotals& into, const ListenerTotals& from) {
     into.chunks[p] += from.chunks[p];
   }
   into.upstreamConnectErrors += from.upstreamConnectErrors;
+  into.upstreamMarkedDown += from.upstreamMarkedDown;
   into.noUpstream += from.noUpstream;
   into.idleTimeouts += from.idleTimeouts;
   into.resets += from.resets;
@@ -359,6 +362,11 @@ std::vector<MetricFamily> StatsCollector::collectFrom(
   auto& connectErrors =
       list.add("grelay_upstream_connect_errors_total",
                "Connects to upstream servers that failed or timed out.", MetricType::Counter);
+  auto& markedDown = list.add("grelay_upstream_marked_down_total",
+                              "Times a server of the upstream pool was marked down after "
+                              "max_fails consecutive failed connects (tried last for "
+                              "fail_timeout).",
+                              MetricType::Counter);
   auto& unavailable = list.add("grelay_upstream_unavailable_total",
                                "Client sessions closed because every server of the upstream "
                                "pool failed.",
@@ -441,6 +449,7 @@ std::vector<MetricFamily> StatsCollector::collectFrom(
 
     const ClientMetric::Label upstream{"upstream", listener.upstream};
     sample(connectErrors, {name, upstream}, asDouble(total.upstreamConnectErrors));
+    sample(markedDown, {name, upstream}, asDouble(total.upstreamMarkedDown));
     sample(unavailable, {name}, asDouble(total.noUpstream));
     {
       ClientMetric& metric = connectDuration.metric.emplace_back();

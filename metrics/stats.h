@@ -105,7 +105,8 @@ struct ListenerStats {
   Counter sentClientBytes;                 // back to clients
   std::array<Counter, kPathCount> chunks;  // by PathIndex
   Counter upstreamConnectErrors;
-  Counter noUpstream;  // sessions closed because every server failed
+  Counter upstreamMarkedDown;  // servers this listener's sessions marked down (max_fails)
+  Counter noUpstream;          // sessions closed because every server failed
   Counter idleTimeouts;
   Counter resets;  // sessions ended by a reset (either side)
   Histogram connectDuration;

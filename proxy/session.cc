@@ -888,7 +888,7 @@ void Session::start() {
 
 void Session::beginSession() {
   state_ = State::Connecting;
-  listener_.upstream->pickOrder(serverOrder_);
+  listener_.upstream->pickOrder(serverOrder_, host_.now());
   connectMirrors();
   connectPrimary();
 }
@@ -930,6 +930,7 @@ void Session::handshakeDone(Peer& peer) {
     stats().tlsHandshakes.inc();
     beginSession();
   } else {
+    listener_.upstream->connectSucceeded(static_cast<uint32_t>(server_));
     openTap(true);
     startRelaying();
   }
@@ -950,11 +951,11 @@ void Session::handshakeFailed(Peer& peer, bool timedOut) {
   // The upstream server's certificate or protocol was refused: like a failed connect,
   // try the pool's next server.
   stats().upstreamTlsFailures.inc();
-  stats().upstreamConnectErrors.inc();
   const config::Address& a = listener_.upstream->server(static_cast<size_t>(server_));
-  host_.tlsTrouble(
-      listener_, "upstream " + a.text + ": " +
-                     (timedOut ? std::string("TLS handshake timed out") : primary_.tls_->error()));
+  const std::string why =
+      timedOut ? std::string("TLS handshake timed out") : primary_.tls_->error();
+  host_.tlsTrouble(listener_, "upstream " + a.text + ": " + why);
+  upstreamFailed(why);
   if (upstreamCounted_) {
     listener_.upstream->disconnected(static_cast<uint32_t>(server_));
     upstreamCounted_ = false;
@@ -1037,7 +1038,7 @@ void Session::primaryConnected(int32_t res) {
     res = -ETIMEDOUT;
   }
   if (res < 0) {
-    stats().upstreamConnectErrors.inc();
+    upstreamFailed(describe(res));
     host_.sockets().close(primary_.fd_, false);
     primary_.fd_ = -1;
     server_ = -1;
@@ -1065,8 +1066,23 @@ void Session::primaryConnected(int32_t res) {
     continueHandshake(primary_);
     return;
   }
+  listener_.upstream->connectSucceeded(static_cast<uint32_t>(server_));
   openTap(true);
   startRelaying();
+}
+
+void Session::upstreamFailed(const std::string& why) {
+  stats().upstreamConnectErrors.inc();
+  UpstreamPool& pool = *listener_.upstream;
+  const auto server = static_cast<uint32_t>(server_);
+  if (pool.connectFailed(server, host_.now())) {
+    stats().upstreamMarkedDown.inc();
+    const config::UpstreamConfig& uc = pool.config();
+    GRELAY_LOG_WARN("upstream %s: server %s marked down for %lld ms after %u failed connect%s (%s)",
+                    uc.name.c_str(), pool.server(server).text.c_str(),
+                    static_cast<long long>(uc.fail_timeout.count()), uc.max_fails,
+                    uc.max_fails == 1 ? "" : "s", why.c_str());
+  }
 }
 
 void Session::connectMirrors() {

@@ -336,6 +336,8 @@ private:
   void handshakeFailed(Peer& peer, bool timedOut);
   void connectPrimary();
   void primaryConnected(int32_t res);
+  // A connect or upstream TLS handshake to server_ failed: counts it and tells the pool.
+  void upstreamFailed(const std::string& why);
   void connectMirrors();
   void mirrorConnected(size_t index, int32_t res);
   void startRelaying();

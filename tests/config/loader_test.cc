@@ -16,6 +16,8 @@ using test::errorsOf;
 using test::lines;
 using test::TempDir;
 using ::testing::ElementsAre;
+using ::testing::IsEmpty;
+using ::testing::SizeIs;
 
 // A valid file: one upstream (lines 1-2) and one listener (lines 4-7). Tests
 // append keys to the listener table after line 7.
@@ -54,6 +56,8 @@ TEST(LoaderTest, MinimalFileLoadsWithDefaults) {
   ASSERT_EQ(app.servers.size(), 1u);
   EXPECT_EQ(app.servers[0].text, "127.0.0.1:8000");
   EXPECT_EQ(app.balance, Balance::RoundRobin);
+  EXPECT_EQ(app.max_fails, 1u);
+  EXPECT_EQ(app.fail_timeout, Duration(10'000));
   EXPECT_FALSE(app.tls.enabled);
   EXPECT_EQ(app.location.line, 1u);
 
@@ -118,6 +122,8 @@ TEST(LoaderTest, EveryValueIsStored) {
           R"([upstream.app])",
           R"(servers = ["127.0.0.1:8000", "localhost:8001"])",
           R"(balance = "least_conn")",
+          R"(max_fails = 3)",
+          R"(fail_timeout = "30s")",
           "tls = { ca = \"" + ca + "\", sni = \"app.test\", verify = false }",
           R"([[listener]])",
           R"(name = "web-1_a")",
@@ -157,6 +163,8 @@ TEST(LoaderTest, EveryValueIsStored) {
   EXPECT_EQ(app.servers[1].text, "localhost:8001");
   EXPECT_EQ(ntohs(reinterpret_cast<const sockaddr_in&>(app.servers[1].storage).sin_port), 8001);
   EXPECT_EQ(app.balance, Balance::LeastConn);
+  EXPECT_EQ(app.max_fails, 3u);
+  EXPECT_EQ(app.fail_timeout, Duration(30'000));
   EXPECT_TRUE(app.tls.enabled);
   EXPECT_EQ(app.tls.ca, ca);
   EXPECT_EQ(app.tls.sni, "app.test");
@@ -170,7 +178,7 @@ TEST(LoaderTest, EveryValueIsStored) {
   EXPECT_EQ(web.tls->cert, cert);
   EXPECT_EQ(web.tls->key, key);
   EXPECT_EQ(web.tls->handshake_timeout, Duration(3'000));
-  EXPECT_EQ(web.tls->location.line, 22u);
+  EXPECT_EQ(web.tls->location.line, 24u);
   EXPECT_EQ(web.tls->location.column, 7u);
   const MirrorConfig& shadow = web.mirrors.at(0);
   EXPECT_EQ(shadow.name, "shadow");
@@ -470,6 +478,23 @@ TEST(LoaderErrorTest, DuplicateServerInAPool) {
                               R"(upstream = "app")"})),
               ElementsAre("t.toml:2:48: duplicate server '127.0.0.1:8000' in [upstream.app] "
                           "(first at 2:12)"));
+}
+
+TEST(LoaderErrorTest, PassiveHealthValuesOutOfRange) {
+  auto pool = [](const std::string& line) {
+    return errorsOf(
+        lines({"[upstream.app]", R"(servers = ["127.0.0.1:8000"])", line, "[[listener]]",
+               R"(name = "web")", R"(listen = "127.0.0.1:8080")", R"(upstream = "app")"}));
+  };
+  EXPECT_THAT(pool("max_fails = -1"),
+              ElementsAre("t.toml:3:13: 'max_fails' must be in 0..1000, got -1"));
+  EXPECT_THAT(pool("max_fails = 1001"),
+              ElementsAre("t.toml:3:13: 'max_fails' must be in 0..1000, got 1001"));
+  EXPECT_THAT(pool("max_fails = \"3\""),
+              ElementsAre("t.toml:3:13: 'max_fails' must be an integer, got string"));
+  EXPECT_THAT(pool("fail_timeout = \"0s\""), SizeIs(1));
+  EXPECT_THAT(pool("fail_timeout = 10"), SizeIs(1));
+  EXPECT_THAT(pool("max_fails = 0"), IsEmpty());
 }
 
 TEST(LoaderErrorTest, EmptyServerList) {

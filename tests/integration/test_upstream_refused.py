@@ -1,6 +1,11 @@
 #!/usr/bin/env python3
 """An upstream that refuses connections: the client is reset promptly and gets no data,
-grelay keeps serving, and a pool with a dead server fails over to the live one."""
+grelay keeps serving, and a pool with a dead server fails over to the live one. A server
+that fails to connect is marked down (max_fails, fail_timeout): sessions try it last, so
+they stop waiting for a blackhole's connect_timeout."""
+
+import re
+import time
 
 import harness as h
 
@@ -43,6 +48,52 @@ class UpstreamRefusedTest(h.GrelayTest):
                             bad = [r for r in results if not r.ok]
                             self.assertEqual(bad, [], "\n".join(map(str, bad)))
                         self.assertEqual(len(echo.conns) - before, 26)
+
+    def test_a_server_that_fails_is_tried_last_for_fail_timeout(self):
+        with h.Blackhole() as hole, h.RefusingPort() as dead, h.EchoServer() as echo:
+            cfg = h.Config()
+            cfg.upstream("mixed", [hole.address, echo.address], fail_timeout="1500ms")
+            cfg.upstream("never", [dead.address, echo.address], max_fails=0)
+            mixed = cfg.listener("mixed", "mixed", connect_timeout="500ms")
+            never = cfg.listener("never", "never")
+            cfg.with_admin()
+            with h.Grelay(cfg) as g:
+                def counts(listener):
+                    return (g.metric("grelay_upstream_connect_errors_total", listener=listener),
+                            g.metric("grelay_upstream_marked_down_total", listener=listener))
+
+                # The first session starts its rotation at the blackhole: it waits for
+                # connect_timeout, then the live server serves it.
+                r = h.stream_session(mixed, h.Stream(0, 64 * h.KiB), timeout=10)
+                self.assertTrue(r.ok, str(r))
+                self.assertGreaterEqual(r.elapsed, 0.45, "the first session did not wait")
+                self.assertEqual(counts("mixed"), (1, 1))
+                # While it is down no session tries it (half of them would start there).
+                start = time.monotonic()
+                for i in range(1, 7):
+                    r = h.stream_session(mixed, h.Stream(i, 64 * h.KiB), timeout=10)
+                    self.assertTrue(r.ok, str(r))
+                if time.monotonic() - start < 1.4:  # under load the period may have ended
+                    self.assertEqual(counts("mixed"), (1, 1), "a down server was tried")
+                self.assertRegex(g.log(), r"upstream mixed: server 127\.0\.0\.1:\d+ marked down "
+                                          r"for 1500 ms after 1 failed connect \(")
+                # After fail_timeout it is tried again: one of two sessions starts there,
+                # fails, and marks it down again.
+                time.sleep(1.6)
+                for i in range(7, 9):
+                    r = h.stream_session(mixed, h.Stream(i, 64 * h.KiB), timeout=10)
+                    self.assertTrue(r.ok, str(r))
+                errors, marked = counts("mixed")
+                self.assertGreaterEqual(errors, 2, "the server was not tried after fail_timeout")
+                self.assertEqual(marked, errors, "each failure after fail_timeout marks it again")
+                self.assertEqual(len(re.findall(r"upstream mixed: .* marked down", g.log())),
+                                 marked)
+                # max_fails = 0: never marked down; every rotation that starts at the
+                # refusing server tries it.
+                for i in range(6):
+                    r = h.stream_session(never, h.Stream(20 + i, 16 * h.KiB), timeout=10)
+                    self.assertTrue(r.ok, str(r))
+                self.assertEqual(counts("never"), (3, 0))
 
     def test_pool_with_every_server_dead_resets_client(self):
         with h.RefusingPort() as d1, h.RefusingPort() as d2, h.EchoServer() as echo:

@@ -117,6 +117,7 @@ enum Base : uint64_t {
   kBaseTapDropped = 16,
   kBaseTapErrors = 17,
   kBaseChunksSplice = 18,
+  kBaseMarkedDown = 19,
 };
 
 inline void fillKnownValues(WorkerStats& stats, int worker) {
@@ -136,6 +137,7 @@ inline void fillKnownValues(WorkerStats& stats, int worker) {
     s.chunks[kCopyPath].add(v(kBaseChunksCopy));
     s.chunks[kSplicePath].add(v(kBaseChunksSplice));
     s.upstreamConnectErrors.add(v(kBaseConnectErrors));
+    s.upstreamMarkedDown.add(v(kBaseMarkedDown));
     s.noUpstream.add(v(kBaseNoUpstream));
     s.idleTimeouts.add(v(kBaseIdleTimeouts));
     s.resets.add(v(kBaseResets));

@@ -72,6 +72,7 @@ def expected_families():
         for path, base in (("group", 8), ("mainline", 9), ("copy", 10), ("splice", 18)):
             put("grelay_chunks_total", labels(listener=name, path=path), total(base, i))
         put("grelay_upstream_connect_errors_total", labels(listener=name, upstream=upstream), total(11, i))
+        put("grelay_upstream_marked_down_total", labels(listener=name, upstream=upstream), total(19, i))
         for m, mirror in enumerate(mirrors):
             put("grelay_sent_bytes_total", labels(listener=name, target=mirror), total(30 + 10 * m, i))
             for family, offset in MIRROR_OFFSET.items():

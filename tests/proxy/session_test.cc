@@ -295,6 +295,33 @@ TEST_F(SessionTest, ConnectFailureTriesTheNextServerThenResetsTheClient) {
   EXPECT_EQ(host_.done, 1);
 }
 
+TEST_F(SessionTest, AFailedConnectMarksTheServerDownAndASuccessfulOneClearsIt) {
+  configure(0, 4 * kChunk, 2);
+  session_ = std::make_unique<Session>(host_, context_, kClientFd);
+  session_->start();
+  FakeOp* first = ring().pending(OpKind::Connect, 100);
+  ASSERT_NE(first, nullptr);
+  EXPECT_EQ(first->offset, 8000u);
+  ring().complete(first, -ECONNREFUSED);
+  EXPECT_EQ(stats_->upstreamMarkedDown.value(), 1u);
+  EXPECT_TRUE(pool_->down(0, host_.now()));
+  FakeOp* second = ring().pending(OpKind::Connect, 101);
+  ASSERT_NE(second, nullptr);
+  EXPECT_EQ(second->offset, 8001u);
+  ring().complete(second, 0);
+  EXPECT_EQ(stats_->upstreamConnectErrors.value(), 1u);
+  // Sessions whose rotation starts at server 0 try 8001 first while 0 is down.
+  std::vector<uint32_t> order;
+  pool_->pickOrder(order, host_.now());  // rotation [1, 0]
+  EXPECT_EQ(order, (std::vector<uint32_t>{1, 0}));
+  pool_->pickOrder(order, host_.now());  // rotation [0, 1]
+  EXPECT_EQ(order, (std::vector<uint32_t>{1, 0}));
+  // fail_timeout (10s by default) later server 0 is back.
+  host_.advance(10'000'000'000ull);
+  EXPECT_FALSE(pool_->down(0, host_.now()));
+  EXPECT_EQ(stats_->upstreamMarkedDown.value(), 1u);
+}
+
 TEST_F(SessionTest, ConnectTimeoutCancelsAndCountsAsAFailure) {
   session_ = std::make_unique<Session>(host_, context_, kClientFd);
   session_->start();

@@ -1,0 +1,153 @@
+// UpstreamPool: balancing order and passive health (max_fails / fail_timeout).
+#include "proxy/upstream.h"
+
+#include <arpa/inet.h>
+
+#include <atomic>
+#include <chrono>
+#include <thread>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+namespace grelay::proxy {
+namespace {
+
+using namespace std::chrono_literals;
+
+constexpr uint64_t kSecond = 1'000'000'000ull;
+constexpr uint64_t kStart = 1000 * kSecond;
+
+class UpstreamPoolTest : public ::testing::Test {
+protected:
+  UpstreamPool& makePool(size_t servers, uint32_t maxFails = 1,
+                         config::Balance balance = config::Balance::RoundRobin) {
+    config_.servers.clear();
+    for (size_t i = 0; i < servers; ++i) {
+      config::Address a;
+      auto* in = reinterpret_cast<sockaddr_in*>(&a.storage);
+      in->sin_family = AF_INET;
+      in->sin_port = htons(static_cast<uint16_t>(8000 + i));
+      a.length = sizeof(sockaddr_in);
+      config_.servers.push_back(a);
+    }
+    config_.max_fails = maxFails;
+    config_.fail_timeout = 10s;
+    config_.balance = balance;
+    pool_ = std::make_unique<UpstreamPool>(config_);
+    return *pool_;
+  }
+
+  std::vector<uint32_t> order(uint64_t now) {
+    std::vector<uint32_t> out;
+    pool_->pickOrder(out, now);
+    return out;
+  }
+
+  config::UpstreamConfig config_;
+  std::unique_ptr<UpstreamPool> pool_;
+};
+
+TEST_F(UpstreamPoolTest, RoundRobinRotatesTheFirstServer) {
+  makePool(3);
+  EXPECT_EQ(order(kStart), (std::vector<uint32_t>{0, 1, 2}));
+  EXPECT_EQ(order(kStart), (std::vector<uint32_t>{1, 2, 0}));
+  EXPECT_EQ(order(kStart), (std::vector<uint32_t>{2, 0, 1}));
+  EXPECT_EQ(order(kStart), (std::vector<uint32_t>{0, 1, 2}));
+}
+
+TEST_F(UpstreamPoolTest, AServerMarkedDownIsTriedLastUntilFailTimeout) {
+  UpstreamPool& pool = makePool(3);
+  EXPECT_TRUE(pool.connectFailed(0, kStart));
+  EXPECT_TRUE(pool.down(0, kStart));
+  // Every session still gets every server, the failed one last.
+  EXPECT_EQ(order(kStart), (std::vector<uint32_t>{1, 2, 0}));
+  EXPECT_EQ(order(kStart + 1), (std::vector<uint32_t>{1, 2, 0}));
+  EXPECT_EQ(order(kStart + 2), (std::vector<uint32_t>{2, 1, 0}));
+  // fail_timeout later it is back in the rotation.
+  EXPECT_TRUE(pool.down(0, kStart + 10 * kSecond - 1));
+  EXPECT_FALSE(pool.down(0, kStart + 10 * kSecond));
+  EXPECT_EQ(order(kStart + 10 * kSecond), (std::vector<uint32_t>{0, 1, 2}));
+  // It failed max_fails times in a row: one more failure marks it down again.
+  EXPECT_TRUE(pool.connectFailed(0, kStart + 11 * kSecond));
+  EXPECT_TRUE(pool.down(0, kStart + 20 * kSecond));
+  EXPECT_FALSE(pool.down(0, kStart + 21 * kSecond));
+}
+
+TEST_F(UpstreamPoolTest, MaxFailsCountsConsecutiveFailures) {
+  UpstreamPool& pool = makePool(2, 3);
+  EXPECT_FALSE(pool.connectFailed(1, kStart));
+  EXPECT_FALSE(pool.connectFailed(1, kStart));
+  pool.connectSucceeded(1);  // the streak is broken
+  EXPECT_FALSE(pool.connectFailed(1, kStart));
+  EXPECT_FALSE(pool.connectFailed(1, kStart));
+  EXPECT_FALSE(pool.down(1, kStart));
+  EXPECT_TRUE(pool.connectFailed(1, kStart + 1));
+  EXPECT_TRUE(pool.down(1, kStart + 1));
+  // Failures while down (connects that started before, or a session trying it last)
+  // extend the period but do not mark it again.
+  EXPECT_FALSE(pool.connectFailed(1, kStart + 5 * kSecond));
+  EXPECT_TRUE(pool.down(1, kStart + 14 * kSecond));
+  EXPECT_FALSE(pool.down(1, kStart + 15 * kSecond + 1));
+  EXPECT_FALSE(pool.down(0, kStart));
+}
+
+TEST_F(UpstreamPoolTest, ASuccessBringsAServerBackAtOnce) {
+  UpstreamPool& pool = makePool(2);
+  ASSERT_TRUE(pool.connectFailed(0, kStart));
+  pool.connectSucceeded(0);  // it answered a session that tried it last
+  EXPECT_FALSE(pool.down(0, kStart));
+  EXPECT_EQ(order(kStart), (std::vector<uint32_t>{0, 1}));
+  EXPECT_TRUE(pool.connectFailed(0, kStart));  // a fresh streak of max_fails = 1
+}
+
+TEST_F(UpstreamPoolTest, MaxFailsZeroNeverMarksAServerDown) {
+  UpstreamPool& pool = makePool(2, 0);
+  for (int i = 0; i < 100; ++i) {
+    EXPECT_FALSE(pool.connectFailed(0, kStart));
+  }
+  EXPECT_FALSE(pool.down(0, kStart));
+  EXPECT_EQ(order(kStart), (std::vector<uint32_t>{0, 1}));
+}
+
+TEST_F(UpstreamPoolTest, WhenEveryServerIsDownThePolicyOrderStays) {
+  UpstreamPool& pool = makePool(3);
+  for (uint32_t s = 0; s < 3; ++s) {
+    ASSERT_TRUE(pool.connectFailed(s, kStart));
+  }
+  EXPECT_EQ(order(kStart), (std::vector<uint32_t>{0, 1, 2}));
+  EXPECT_EQ(order(kStart), (std::vector<uint32_t>{1, 2, 0}));
+}
+
+TEST_F(UpstreamPoolTest, LeastConnPutsADownServerLastEvenWithFewestConnections) {
+  UpstreamPool& pool = makePool(3, 1, config::Balance::LeastConn);
+  pool.connected(1);
+  pool.connected(1);
+  pool.connected(2);
+  EXPECT_EQ(order(kStart), (std::vector<uint32_t>{0, 2, 1}));
+  ASSERT_TRUE(pool.connectFailed(0, kStart));
+  EXPECT_EQ(order(kStart), (std::vector<uint32_t>{2, 1, 0}));
+}
+
+TEST_F(UpstreamPoolTest, ConcurrentFailuresMarkAServerDownOnce) {
+  UpstreamPool& pool = makePool(2);
+  std::atomic<int> marked{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&pool, &marked, t] {
+      for (int i = 0; i < 1000; ++i) {
+        if (pool.connectFailed(0, kStart + static_cast<uint64_t>(t * 1000 + i))) {
+          marked.fetch_add(1);
+        }
+      }
+    });
+  }
+  for (std::thread& t : threads) {
+    t.join();
+  }
+  EXPECT_EQ(marked.load(), 1);
+  EXPECT_TRUE(pool.down(0, kStart + 10 * kSecond));
+}
+
+}  // namespace
+}  // namespace grelay::proxy
