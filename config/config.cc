@@ -26,6 +26,18 @@ const char* toString(Balance balance) {
   return "?";
 }
 
+const char* toString(ProxyProtocol version) {
+  switch (version) {
+    case ProxyProtocol::Off:
+      return "off";
+    case ProxyProtocol::V1:
+      return "v1";
+    case ProxyProtocol::V2:
+      return "v2";
+  }
+  return "?";
+}
+
 const char* toString(MirrorDirection direction) {
   switch (direction) {
     case MirrorDirection::Request:

@@ -37,10 +37,12 @@ struct Address {
 enum class RelayPath { Auto, Group, Mainline, Copy };
 enum class Balance { RoundRobin, LeastConn };
 enum class MirrorDirection { Request, Both };
+enum class ProxyProtocol { Off, V1, V2 };
 
 const char* toString(RelayPath path);
 const char* toString(Balance balance);
 const char* toString(MirrorDirection direction);
+const char* toString(ProxyProtocol version);
 
 struct ServerConfig {
   uint32_t workers = 1;  // 0 = one per CPU (resolved by the proxy at start)
@@ -77,6 +79,9 @@ struct UpstreamConfig {
   // 0 = never.
   uint32_t max_fails = 1;
   Duration fail_timeout{10'000};
+  // A PROXY protocol header (the client's and the listener's address) sent to the server
+  // first on every connection, before TLS when the pool uses TLS.
+  ProxyProtocol proxy_protocol = ProxyProtocol::Off;
   UpstreamTlsConfig tls;
   Location location;
 };

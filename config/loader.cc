@@ -557,14 +557,17 @@ private:
         typeError(u.name, node, "a table (" + header + ")");
         continue;
       }
-      readTable(*t, "in " + header,
-                {
-                    {"servers", servers(&u, "in " + header), true},
-                    {"balance", oneOf(&u.balance, {Balance::RoundRobin, Balance::LeastConn})},
-                    {"max_fails", integer(&u.max_fails, 0, 1000)},
-                    {"fail_timeout", duration(&u.fail_timeout, 1ms, kMaxTimeout)},
-                    {"tls", upstreamTls(&u.tls, "in " + header + " tls")},
-                });
+      readTable(
+          *t, "in " + header,
+          {
+              {"servers", servers(&u, "in " + header), true},
+              {"balance", oneOf(&u.balance, {Balance::RoundRobin, Balance::LeastConn})},
+              {"max_fails", integer(&u.max_fails, 0, 1000)},
+              {"fail_timeout", duration(&u.fail_timeout, 1ms, kMaxTimeout)},
+              {"proxy_protocol", oneOf(&u.proxy_protocol,
+                                       {ProxyProtocol::Off, ProxyProtocol::V1, ProxyProtocol::V2})},
+              {"tls", upstreamTls(&u.tls, "in " + header + " tls")},
+          });
     }
   }
 

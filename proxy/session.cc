@@ -7,6 +7,7 @@
 #include <cstring>
 
 #include "proxy/log.h"
+#include "proxy/proxy_protocol.h"
 #include "proxy/tls_context.h"
 
 #include "relay/uring_compat.h"
@@ -1036,6 +1037,17 @@ void Session::primaryConnected(int32_t res) {
   }
   if (res == -ECANCELED && connectTimedOut_) {
     res = -ETIMEDOUT;
+  }
+  const config::ProxyProtocol proxyProtocol = listener_.upstream->config().proxy_protocol;
+  if (res >= 0 && proxyProtocol != config::ProxyProtocol::Off) {
+    // First on the connection, before TLS and any relayed byte. The send buffer of a
+    // socket that just connected is empty and far larger than the header (at most 108
+    // bytes), so one non-blocking send takes it whole; anything else is a dead server.
+    const std::string header = proxyHeader(proxyProtocol, clientAddress_, localAddress_);
+    const ssize_t sent = host_.sockets().sendNow(primary_.fd_, header.data(), header.size());
+    if (sent != static_cast<ssize_t>(header.size())) {
+      res = sent < 0 ? static_cast<int32_t>(sent) : -EAGAIN;
+    }
   }
   if (res < 0) {
     upstreamFailed(describe(res));

@@ -57,6 +57,11 @@ int SystemSockets::readTlsRecord(int fd, uint8_t* type, uint8_t* body, size_t le
   return relay::readKtlsRecord(fd, type, body, length);
 }
 
+ssize_t SystemSockets::sendNow(int fd, const void* data, size_t length) {
+  ssize_t n = ::send(fd, data, length, MSG_DONTWAIT | MSG_NOSIGNAL);
+  return n >= 0 ? n : -errno;
+}
+
 int SystemSockets::openPipe(int fds[2], uint32_t size) {
   if (::pipe2(fds, O_NONBLOCK | O_CLOEXEC) != 0) {
     return -errno;

@@ -34,6 +34,8 @@ public:
   // Kernel TLS: the record at the head of the receive queue with its type (recvmsg with
   // TLS_GET_RECORD_TYPE, non-blocking); bytes read or -errno.
   virtual int readTlsRecord(int fd, uint8_t* type, uint8_t* body, size_t length) = 0;
+  // Non-blocking send(2) without SIGPIPE: bytes sent or -errno.
+  virtual ssize_t sendNow(int fd, const void* data, size_t length) = 0;
 };
 
 class SystemSockets final : public Sockets {
@@ -47,6 +49,7 @@ public:
   ssize_t splice(int in, int out, size_t len) override;
   int acceptNow(int listenFd) override;
   int readTlsRecord(int fd, uint8_t* type, uint8_t* body, size_t length) override;
+  ssize_t sendNow(int fd, const void* data, size_t length) override;
 };
 
 // 0 if nobody (no other process, no other socket) is bound to `address`, else -errno

@@ -322,7 +322,8 @@ class Config:
     def listener(self, name: str, upstream: str, *, port: int | None = None,
                  host: str = "127.0.0.1", mirrors=(), tap: dict | None = None, **kw) -> int:
         port = port or free_port(host)
-        entry = {"name": name, "listen": f"{host}:{port}", "upstream": upstream, **kw}
+        listen = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+        entry = {"name": name, "listen": listen, "upstream": upstream, **kw}
         self.listeners.append({"keys": entry, "mirrors": list(mirrors), "tap": tap})
         self.ports[name] = port
         return port
@@ -1226,11 +1227,14 @@ class Blackhole:
 
 
 class NginxServer:
-    """Debian's nginx serving a fixed file (GET /FILE_NAME) on 127.0.0.1:port."""
+    """Debian's nginx serving a fixed file (GET /FILE_NAME) on 127.0.0.1:port.
+    `listen_options` are appended to the listen directive (e.g. "proxy_protocol"),
+    `server_lines` to the server block (e.g. a `return`, ssl_certificate ...)."""
 
     FILE_NAME = "index.html"
 
-    def __init__(self, body: bytes = b"x" * 4096, workers: int = 1):
+    def __init__(self, body: bytes = b"x" * 4096, workers: int = 1, *,
+                 listen_options: str = "", server_lines: str = ""):
         self.dir = tempfile.mkdtemp(prefix="grelay-nginx-")
         self.port = free_port()
         self.address = f"127.0.0.1:{self.port}"
@@ -1256,8 +1260,9 @@ http {{
   scgi_temp_path {d}/scgi;
   keepalive_requests 1000000;
   server {{
-    listen 127.0.0.1:{self.port} backlog=4096;
+    listen 127.0.0.1:{self.port} backlog=4096 {listen_options};
     root {root};
+    {server_lines}
   }}
 }}
 """

@@ -8,6 +8,7 @@
 
 #include <deque>
 #include <map>
+#include <string>
 #include <vector>
 
 #include "proxy/sockets.h"
@@ -65,6 +66,15 @@ public:
 
   int readTlsRecord(int, uint8_t*, uint8_t*, size_t) override { return -ENOTSUP; }
 
+  // Records what was sent, by fd; `sendResult` scripts a result instead (e.g. -EPIPE).
+  ssize_t sendNow(int fd, const void* data, size_t length) override {
+    if (sendResult.count(fd) != 0) {
+      return sendResult[fd];
+    }
+    sent[fd].append(static_cast<const char*>(data), length);
+    return static_cast<ssize_t>(length);
+  }
+
   int nextFd = 100;
   bool failOpen = false;
   std::vector<int> shutdowns;
@@ -78,6 +88,8 @@ public:
   std::map<int, std::deque<ssize_t>> fillFrom;
   std::map<int, std::deque<ssize_t>> drainTo;
   std::map<int, std::deque<int>> waiting;
+  std::map<int, std::string> sent;
+  std::map<int, ssize_t> sendResult;
 };
 
 }  // namespace grelay::testing

@@ -322,6 +322,34 @@ TEST_F(SessionTest, AFailedConnectMarksTheServerDownAndASuccessfulOneClearsIt) {
   EXPECT_EQ(stats_->upstreamMarkedDown.value(), 1u);
 }
 
+TEST_F(SessionTest, ProxyProtocolHeaderGoesFirstOnTheUpstreamConnection) {
+  upstreamConfig_.proxy_protocol = config::ProxyProtocol::V1;
+  configure(0);
+  startConnected();
+  EXPECT_EQ(host_.sockets_.sent[primaryFd()], "PROXY TCP4 127.0.0.1 127.0.0.1 40000 40000\r\n");
+  EXPECT_EQ(ring().pendingCount(OpKind::Send, primaryFd()), 0u);
+  ring().receive(ring().pendingReceive(kClientFd), "GET /");
+  FakeOp* send = ring().pending(OpKind::Send, primaryFd());
+  ASSERT_NE(send, nullptr);
+  EXPECT_EQ(std::string(static_cast<const char*>(send->buf), send->len), "GET /");
+}
+
+TEST_F(SessionTest, AProxyProtocolHeaderThatCannotBeSentFailsTheConnect) {
+  upstreamConfig_.proxy_protocol = config::ProxyProtocol::V2;
+  configure(0, 4 * kChunk, 2);
+  host_.sockets_.sendResult[100] = -ECONNRESET;
+  session_ = std::make_unique<Session>(host_, context_, kClientFd);
+  session_->start();
+  ring().complete(ring().pending(OpKind::Connect, 100), 0);
+  EXPECT_EQ(stats_->upstreamConnectErrors.value(), 1u);
+  EXPECT_FALSE(host_.sockets_.closed.at(100));
+  FakeOp* second = ring().pending(OpKind::Connect, 101);
+  ASSERT_NE(second, nullptr);
+  ring().complete(second, 0);
+  EXPECT_EQ(host_.sockets_.sent[101].size(), 28u);  // v2, IPv4
+  EXPECT_EQ(host_.done, 0);
+}
+
 TEST_F(SessionTest, ConnectTimeoutCancelsAndCountsAsAFailure) {
   session_ = std::make_unique<Session>(host_, context_, kClientFd);
   session_->start();

@@ -1,0 +1,123 @@
+#!/usr/bin/env python3
+"""[upstream.NAME] proxy_protocol: every upstream connection starts with a PROXY protocol
+header (v1 text or v2 binary) carrying the client's address and the address it connected
+to; then the client's bytes follow unchanged. Mirrors get no header. Debian's
+nginx (listen ... proxy_protocol) reads the client's address from it, in front of TLS too."""
+
+import socket
+import struct
+
+import harness as h
+
+V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
+
+
+def expected_header(version: str, client: tuple, server: tuple) -> bytes:
+    """The header for a connection from `client` to `server` ((host, port) pairs)."""
+    v6 = ":" in client[0]
+    if version == "v1":
+        return (f"PROXY {'TCP6' if v6 else 'TCP4'} {client[0]} {server[0]} "
+                f"{client[1]} {server[1]}\r\n").encode()
+    family = socket.AF_INET6 if v6 else socket.AF_INET
+    addrs = socket.inet_pton(family, client[0]) + socket.inet_pton(family, server[0])
+    body = addrs + struct.pack("!HH", client[1], server[1])
+    return V2_SIGNATURE + bytes([0x21, 0x21 if v6 else 0x11]) + struct.pack("!H", len(body)) + body
+
+
+def ipv6_loopback() -> bool:
+    try:
+        with socket.socket(socket.AF_INET6, socket.SOCK_STREAM) as s:
+            s.bind(("::1", 0))
+        return True
+    except OSError:
+        return False
+
+
+class ProxyProtocolTest(h.GrelayTest):
+    def test_header_first_then_the_stream_byte_exact_and_none_to_mirrors(self):
+        hosts = ["127.0.0.1"] + (["::1"] if ipv6_loopback() else [])
+        h.log(f"listener hosts: {hosts}")
+        with h.SinkServer() as up, h.SinkServer() as mirror:
+            cfg = h.Config()
+            cfg.upstream("v1", [up.address], proxy_protocol="v1")
+            cfg.upstream("v2", [up.address], proxy_protocol="v2")
+            # (version, host, mirrored) -> port; the unmirrored ones relay by splice.
+            ports = {}
+            for version in ("v1", "v2"):
+                for host in hosts:
+                    for mirrored in (True, False):
+                        name = f"{version}_{'six' if ':' in host else 'four'}_{int(mirrored)}"
+                        mirrors = [{"name": "m", "address": mirror.address}] if mirrored else []
+                        ports[(version, host, mirrored)] = cfg.listener(name, version, host=host,
+                                                                        mirrors=mirrors)
+            with h.Grelay(cfg):
+                expected, mirrored_data = [], []
+                for i, ((version, host, mirrored), port) in enumerate(sorted(ports.items())):
+                    stream = h.Stream(500 + i, h.scaled(512 * h.KiB) + i)
+                    seen = {}
+                    r = h.stream_session(port, stream, expect=b"", host=host,
+                                         on_connect=lambda s: seen.update(
+                                             client=s.getsockname()[:2], server=s.getpeername()[:2]))
+                    self.assertTrue(r.ok, str(r))
+                    header = expected_header(version, seen["client"], seen["server"])
+                    expected.append(header + stream.bytes())
+                    if mirrored:
+                        mirrored_data.append(stream.bytes())
+                    h.log(f"{version} header: {header!r}")
+                ups = up.records()
+                self.assertEqual(len(ups), len(expected))
+                got = sorted(bytes(r.data) for r in ups)
+                for g, w in zip(got, sorted(expected)):
+                    self.assertEqual(len(g), len(w))
+                    self.assertEqual(g[:120], w[:120], "header or first bytes differ")
+                    self.assertTrue(g == w, "the stream after the header differs")
+                self.assertEqual(sorted(bytes(r.data) for r in mirror.records()),
+                                 sorted(mirrored_data), "a mirror must get the client's bytes only")
+
+    def _nginx_sees_the_client(self, version: str, tls: bool):
+        lines = ('return 200 "$proxy_protocol_addr $proxy_protocol_port '
+                 '$proxy_protocol_server_addr $proxy_protocol_server_port\\n";')
+        why = h.NginxServer.available() or (h.Certs.available() if tls else "")
+        if why:
+            self.skipTest(why)
+        certs = None
+        listen = "proxy_protocol"
+        if tls:
+            certs = h.Certs()
+            listen += " ssl"
+            lines += f" ssl_certificate {certs.upstream[0]}; ssl_certificate_key {certs.upstream[1]};"
+        try:
+            with h.NginxServer(listen_options=listen, server_lines=lines) as nginx:
+                cfg = h.Config()
+                cfg.upstream("app", [nginx.address], proxy_protocol=version,
+                             **({"tls": {"ca": certs.ca}} if tls else {}))
+                port = cfg.listener("web", "app")
+                with h.Grelay(cfg):
+                    for _ in range(3):
+                        with h.connect(port) as s:
+                            client = s.getsockname()
+                            s.sendall(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+                            reply = b""
+                            while chunk := s.recv(65536):
+                                reply += chunk
+                        head, _, body = reply.partition(b"\r\n\r\n")
+                        self.assertTrue(head.startswith(b"HTTP/1.1 200"), reply[:200])
+                        self.assertEqual(body.decode(),
+                                         f"{client[0]} {client[1]} 127.0.0.1 {port}\n",
+                                         nginx.error_log())
+        finally:
+            if certs is not None:
+                certs.cleanup()
+
+    def test_nginx_reads_the_client_address_v1(self):
+        self._nginx_sees_the_client("v1", tls=False)
+
+    def test_nginx_reads_the_client_address_v2(self):
+        self._nginx_sees_the_client("v2", tls=False)
+
+    def test_the_header_goes_before_tls(self):
+        self._nginx_sees_the_client("v2", tls=True)
+
+
+if __name__ == "__main__":
+    h.main()
