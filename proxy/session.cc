@@ -91,7 +91,7 @@ bool Peer::encrypt(const relay::ChunkRef& chunk) {
   // Encrypt now: the plaintext buffer goes back to its pool at once and what waits in the
   // queue (and counts against back-pressure) is the ciphertext.
   if (!tls_->write(chunk.data(), chunk.size())) {
-    session_.host_.tlsTrouble(session_.listener_, tls_->error());
+    session_.host_.listenerTrouble(session_.listener_, "TLS: " + tls_->error());
     session_.peerFailed(*this, -EPROTO);
     return false;
   }
@@ -826,7 +826,7 @@ bool Flow::processCopy(relay::ChunkRef chunk) {
         s.sourceEnded(*this);
         return false;
       case relay::TlsChannel::ReadStatus::Failed:
-        s.host_.tlsTrouble(s.listener_, tls.error());
+        s.host_.listenerTrouble(s.listener_, "TLS: " + tls.error());
         s.sourceFailed(*this, -EPROTO);
         return false;
     }
@@ -877,7 +877,7 @@ void Session::start() {
   client_.tls_ =
       std::make_unique<relay::TlsChannel>(listener_.tls, client_.fd_, true, host_.userPool());
   if (!client_.tls_->valid()) {
-    host_.tlsTrouble(listener_, client_.tls_->error());
+    host_.listenerTrouble(listener_, "TLS: " + client_.tls_->error());
     close(true, false, false, tap::CloseReason::kError);
     return;
   }
@@ -955,7 +955,7 @@ void Session::handshakeFailed(Peer& peer, bool timedOut) {
   const config::Address& a = listener_.upstream->server(static_cast<size_t>(server_));
   const std::string why =
       timedOut ? std::string("TLS handshake timed out") : primary_.tls_->error();
-  host_.tlsTrouble(listener_, "upstream " + a.text + ": " + why);
+  host_.listenerTrouble(listener_, "TLS: upstream " + a.text + ": " + why);
   upstreamFailed(why);
   if (upstreamCounted_) {
     listener_.upstream->disconnected(static_cast<uint32_t>(server_));
@@ -1358,15 +1358,15 @@ int Session::ktlsRecordReceived(Peer& source) {
   }
   const char* who = source.kind_ == Peer::Kind::Client ? "the client" : "the upstream";
   if (n < 0) {
-    host_.tlsTrouble(listener_, std::string("reading a TLS record of ") + who +
-                                    " that is not data failed: " + strerror(-n));
+    host_.listenerTrouble(listener_, std::string("TLS: reading a TLS record of ") + who +
+                                         " that is not data failed: " + strerror(-n));
     return n;
   }
   std::string what;
   const int res = relay::ktlsControlRecord(type, body, static_cast<size_t>(n), &what);
   if (res != 0) {
-    host_.tlsTrouble(listener_, std::string(who) + " sent " + what +
-                                    (res == -EAGAIN ? " (ignored)" : ": session reset"));
+    host_.listenerTrouble(listener_, std::string("TLS: ") + who + " sent " + what +
+                                         (res == -EAGAIN ? " (ignored)" : ": session reset"));
   }
   return res;
 }

@@ -77,8 +77,10 @@ public:
   // Where mirrors' responses are received and dropped (contents never read).
   virtual uint8_t* discardBuffer(uint32_t* length) = 0;
   virtual uint8_t pathIndex() const = 0;  // metrics::PathIndex of this worker's relay path
-  // Rate-limited logging of TLS trouble (once per listener and minute).
-  virtual void tlsTrouble(const struct ListenerContext& listener, const std::string& what) = 0;
+  // Rate-limited logging of a listener's connection trouble: TLS, PROXY protocol headers
+  // (once per listener and minute; `what` starts with its topic, e.g. "TLS: ").
+  virtual void listenerTrouble(const struct ListenerContext& listener,
+                               const std::string& what) = 0;
   // Splice: an empty pipe (fds[0] reads, fds[1] writes) from the worker's pool or a new one;
   // returns the bytes it holds, or -errno (fd limit).
   virtual int takePipe(int fds[2]) = 0;

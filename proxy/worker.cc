@@ -47,7 +47,7 @@ Runtime::Runtime(const config::Config& cfg)
   }
   for (size_t i = 0; i < cfg.listeners.size(); ++i) {
     listenerConnections[i].store(0);
-    tlsLogs.push_back(std::make_unique<LogLimiter>());
+    troubleLogs.push_back(std::make_unique<LogLimiter>());
     auto& logs = mirrorLogs.emplace_back();
     for (size_t m = 0; m < cfg.listeners[i].mirrors.size(); ++m) {
       logs.push_back(std::make_unique<LogLimiter>());
@@ -517,16 +517,16 @@ void Worker::mirrorTrouble(const ListenerContext& listener, size_t mirrorIndex,
   }
 }
 
-void Worker::tlsTrouble(const ListenerContext& listener, const std::string& what) {
+void Worker::listenerTrouble(const ListenerContext& listener, const std::string& what) {
   size_t li = static_cast<size_t>(listener.config - runtime_.config.listeners.data());
   uint64_t suppressed = 0;
-  if (runtime_.tlsLogs[li]->allow(now_, &suppressed)) {
+  if (runtime_.troubleLogs[li]->allow(now_, &suppressed)) {
     char more[64] = "";
     if (suppressed > 0) {
       snprintf(more, sizeof(more), " (%llu more not logged in the last minute)",
                static_cast<unsigned long long>(suppressed));
     }
-    GRELAY_LOG_WARN("listener %s: TLS: %s%s", listener.config->name.c_str(), what.c_str(), more);
+    GRELAY_LOG_WARN("listener %s: %s%s", listener.config->name.c_str(), what.c_str(), more);
   }
 }
 

@@ -34,7 +34,7 @@ struct Runtime {
   std::atomic<int64_t> connections{0};
   std::unique_ptr<std::atomic<int64_t>[]> listenerConnections;
   std::vector<std::vector<std::unique_ptr<LogLimiter>>> mirrorLogs;  // [listener][mirror]
-  std::vector<std::unique_ptr<LogLimiter>> tlsLogs;                  // [listener]
+  std::vector<std::unique_ptr<LogLimiter>> troubleLogs;  // [listener]: TLS, PROXY protocol
   const TlsContexts* tls = nullptr;
   LogLimiter acceptErrorLog;
   uint32_t workers = 1;
@@ -81,7 +81,7 @@ public:
                      const std::string& what) override;
   uint8_t* discardBuffer(uint32_t* length) override;
   uint8_t pathIndex() const override { return pathIndex_; }
-  void tlsTrouble(const ListenerContext& listener, const std::string& what) override;
+  void listenerTrouble(const ListenerContext& listener, const std::string& what) override;
   int takePipe(int fds[2]) override;
   void givePipe(const int fds[2], int capacity, bool empty) override;
 

@@ -33,7 +33,7 @@ public:
   Sockets& sockets() override { return sockets_; }
   relay::ProvidedBufferPool& pool() override { return *pool_; }
   relay::UserBufferPool& userPool() override { return userPool_; }
-  void tlsTrouble(const ListenerContext&, const std::string& what) override {
+  void listenerTrouble(const ListenerContext&, const std::string& what) override {
     troubles.push_back("tls: " + what);
   }
   TimerQueue& timers() override { return timers_; }
