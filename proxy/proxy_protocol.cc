@@ -3,8 +3,10 @@
 #include <arpa/inet.h>
 #include <netinet/in.h>
 
+#include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <string_view>
 
 namespace grelay::proxy {
 namespace {
@@ -83,7 +85,175 @@ std::string version2(const sockaddr_storage& client, const sockaddr_storage& loc
   return out;
 }
 
+constexpr size_t kV1MaxLine = 107;  // "PROXY TCP6 " + 2 addresses + 2 ports + CRLF
+constexpr std::string_view kV1Prefix = "PROXY ";
+constexpr size_t kV2HeaderPrefix = 16;  // signature, ver_cmd, family, length
+
+using Status = ProxyHeaderParse::Status;
+
+// True if the first min(length, prefix.size()) bytes of data match prefix.
+bool startsLike(const uint8_t* data, size_t length, std::string_view prefix) {
+  const size_t n = std::min(length, prefix.size());
+  return std::memcmp(data, prefix.data(), n) == 0;
+}
+
+bool parsePort(std::string_view text, uint16_t* port) {
+  if (text.empty() || text.size() > 5 || (text.size() > 1 && text[0] == '0')) {
+    return false;
+  }
+  uint32_t value = 0;
+  for (char c : text) {
+    if (c < '0' || c > '9') {
+      return false;
+    }
+    value = value * 10 + static_cast<uint32_t>(c - '0');
+  }
+  if (value > 65535) {
+    return false;
+  }
+  *port = static_cast<uint16_t>(value);
+  return true;
+}
+
+bool parseAddress(int family, std::string_view text, uint16_t port, sockaddr_storage* out) {
+  char buf[INET6_ADDRSTRLEN];
+  if (text.empty() || text.size() >= sizeof(buf)) {
+    return false;
+  }
+  std::memcpy(buf, text.data(), text.size());
+  buf[text.size()] = '\0';
+  *out = sockaddr_storage{};
+  if (family == AF_INET) {
+    auto& a = reinterpret_cast<sockaddr_in&>(*out);
+    a.sin_family = AF_INET;
+    a.sin_port = htons(port);
+    return inet_pton(AF_INET, buf, &a.sin_addr) == 1;
+  }
+  auto& a = reinterpret_cast<sockaddr_in6&>(*out);
+  a.sin6_family = AF_INET6;
+  a.sin6_port = htons(port);
+  return inet_pton(AF_INET6, buf, &a.sin6_addr) == 1;
+}
+
+// "PROXY TCP4|TCP6 SRC DST SPORT DPORT\r\n" or "PROXY UNKNOWN[ anything]\r\n".
+ProxyHeaderParse parseV1(const uint8_t* data, size_t length) {
+  ProxyHeaderParse out;
+  const std::string_view text(reinterpret_cast<const char*>(data), std::min(length, kV1MaxLine));
+  const size_t end = text.find("\r\n");
+  if (end == std::string_view::npos) {
+    // Only a CR may be missing its LF yet; a line past the limit is no header.
+    out.status = length >= kV1MaxLine ? Status::Invalid : Status::Incomplete;
+    if (out.status == Status::Incomplete && text.find('\n') != std::string_view::npos) {
+      out.status = Status::Invalid;
+    }
+    return out;
+  }
+  out.status = Status::Invalid;
+  std::string_view rest = text.substr(kV1Prefix.size(), end - kV1Prefix.size());
+  std::string_view fields[5];
+  size_t count = 0;
+  while (!rest.empty() && count < 5) {
+    const size_t space = rest.find(' ');
+    fields[count++] = rest.substr(0, space);
+    rest = space == std::string_view::npos ? std::string_view() : rest.substr(space + 1);
+  }
+  if (count >= 1 && fields[0] == "UNKNOWN") {
+    out.status = Status::Done;
+    out.length = end + 2;
+    return out;
+  }
+  if (count != 5 || !rest.empty()) {
+    return out;
+  }
+  int family = 0;
+  if (fields[0] == "TCP4") {
+    family = AF_INET;
+  } else if (fields[0] == "TCP6") {
+    family = AF_INET6;
+  } else {
+    return out;
+  }
+  uint16_t sport = 0;
+  uint16_t dport = 0;
+  if (!parsePort(fields[3], &sport) || !parsePort(fields[4], &dport) ||
+      !parseAddress(family, fields[1], sport, &out.client) ||
+      !parseAddress(family, fields[2], dport, &out.local)) {
+    return out;
+  }
+  out.status = Status::Done;
+  out.length = end + 2;
+  out.hasAddresses = true;
+  return out;
+}
+
+ProxyHeaderParse parseV2(const uint8_t* data, size_t length) {
+  ProxyHeaderParse out;
+  if (length < kV2HeaderPrefix) {
+    return out;  // Incomplete
+  }
+  const uint8_t version = data[12] >> 4;
+  const uint8_t command = data[12] & 0x0f;
+  const size_t total = kV2HeaderPrefix + ((static_cast<size_t>(data[14]) << 8) | data[15]);
+  if (version != 2 || command > 1 || total > kMaxProxyHeader) {
+    out.status = Status::Invalid;
+    return out;
+  }
+  if (length < total) {
+    return out;  // Incomplete
+  }
+  out.status = Status::Done;
+  out.length = total;
+  if (command == 0) {
+    return out;  // LOCAL: the balancer's own connection
+  }
+  const uint8_t* body = data + kV2HeaderPrefix;
+  const size_t bodyLength = total - kV2HeaderPrefix;
+  if (data[13] == kV2Tcp4) {
+    if (bodyLength < 12) {
+      return ProxyHeaderParse{Status::Invalid};
+    }
+    auto& c = reinterpret_cast<sockaddr_in&>(out.client);
+    auto& l = reinterpret_cast<sockaddr_in&>(out.local);
+    c.sin_family = l.sin_family = AF_INET;
+    std::memcpy(&c.sin_addr, body, 4);
+    std::memcpy(&l.sin_addr, body + 4, 4);
+    std::memcpy(&c.sin_port, body + 8, 2);
+    std::memcpy(&l.sin_port, body + 10, 2);
+    out.hasAddresses = true;
+  } else if (data[13] == kV2Tcp6) {
+    if (bodyLength < 36) {
+      return ProxyHeaderParse{Status::Invalid};
+    }
+    auto& c = reinterpret_cast<sockaddr_in6&>(out.client);
+    auto& l = reinterpret_cast<sockaddr_in6&>(out.local);
+    c.sin6_family = l.sin6_family = AF_INET6;
+    std::memcpy(&c.sin6_addr, body, 16);
+    std::memcpy(&l.sin6_addr, body + 16, 16);
+    std::memcpy(&c.sin6_port, body + 32, 2);
+    std::memcpy(&l.sin6_port, body + 34, 2);
+    out.hasAddresses = true;
+  }
+  // Other families (UDP, UNIX sockets, UNSPEC): the addresses are not ours to use.
+  return out;
+}
+
 }  // namespace
+
+ProxyHeaderParse parseProxyHeader(const uint8_t* data, size_t length) {
+  const std::string_view signature(kV2Signature, kV2SignatureLength);
+  if (length > 0 && startsLike(data, length, signature)) {
+    return parseV2(data, length);
+  }
+  if (length > 0 && startsLike(data, length, kV1Prefix)) {
+    if (length < kV1Prefix.size()) {
+      return {};
+    }
+    return parseV1(data, length);
+  }
+  ProxyHeaderParse out;
+  out.status = length == 0 ? Status::Incomplete : Status::Invalid;
+  return out;
+}
 
 std::string proxyHeader(config::ProxyProtocol version, const sockaddr_storage& client,
                         const sockaddr_storage& local) {

@@ -20,3 +20,33 @@ std::string proxyHeader(config::ProxyProtocol version, const sockaddr_storage& c
                         const sockaddr_storage& local);
 
 }  // namespace grelay::proxy
+
+namespace grelay::proxy {
+
+// Reading a PROXY protocol header (v1 or v2, told apart by their first bytes) that a load
+// balancer in front of grelay sends first on each connection.
+struct ProxyHeaderParse {
+  enum class Status : uint8_t {
+    Incomplete,  // a valid beginning: wait for more bytes
+    Invalid,     // not a PROXY protocol header (or too long: see kMaxProxyHeader)
+    Done,        // a whole header of `length` bytes
+  };
+  Status status = Status::Incomplete;
+  size_t length = 0;
+  // Done: whether `client` and `local` hold the addresses the header carries. False for
+  // v1 UNKNOWN, v2 LOCAL (the balancer's own health checks) and v2 families other than
+  // TCP over IPv4/IPv6: the connection's own addresses stand.
+  bool hasAddresses = false;
+  sockaddr_storage client{};
+  sockaddr_storage local{};
+};
+
+// The longest header accepted: v2's 16-byte prefix plus up to 4 KiB of addresses and
+// TLVs (cloud load balancers add a few dozen bytes of TLVs). v1 lines are at most 107.
+constexpr size_t kMaxProxyHeader = 16 + 4096;
+
+// Parses the bytes a connection started with. Needs no more than the header itself:
+// while a header is Incomplete, every byte seen so far belongs to it.
+ProxyHeaderParse parseProxyHeader(const uint8_t* data, size_t length);
+
+}  // namespace grelay::proxy

@@ -5,6 +5,7 @@
 #include <netinet/in.h>
 
 #include <string>
+#include <utility>
 
 #include <gtest/gtest.h>
 
@@ -84,6 +85,106 @@ TEST(ProxyProtocolTest, Version2Ipv6) {
 TEST(ProxyProtocolTest, Version2UnspecWhenTheAddressesAreUnknown) {
   EXPECT_EQ(proxyHeader(ProxyProtocol::V2, sockaddr_storage{}, sockaddr_storage{}),
             kSignature + std::string("\x21\x00\x00\x00", 4));
+}
+
+using Status = ProxyHeaderParse::Status;
+
+ProxyHeaderParse parse(const std::string& bytes) {
+  return parseProxyHeader(reinterpret_cast<const uint8_t*>(bytes.data()), bytes.size());
+}
+
+std::string text(const sockaddr_storage& a) {
+  char buf[INET6_ADDRSTRLEN] = "";
+  uint16_t port = 0;
+  if (a.ss_family == AF_INET) {
+    const auto& in = reinterpret_cast<const sockaddr_in&>(a);
+    inet_ntop(AF_INET, &in.sin_addr, buf, sizeof(buf));
+    port = ntohs(in.sin_port);
+  } else if (a.ss_family == AF_INET6) {
+    const auto& in = reinterpret_cast<const sockaddr_in6&>(a);
+    inet_ntop(AF_INET6, &in.sin6_addr, buf, sizeof(buf));
+    port = ntohs(in.sin6_port);
+  }
+  return std::string(buf) + "/" + std::to_string(port);
+}
+
+TEST(ProxyHeaderParseTest, WhatWeSendParsesBack) {
+  for (ProxyProtocol version : {ProxyProtocol::V1, ProxyProtocol::V2}) {
+    for (const auto& [client, local] :
+         {std::pair{v4("192.0.2.10", 56324), v4("198.51.100.1", 443)},
+          std::pair{v6("2001:db8::1", 40000), v6("2001:db8::2", 8080)}}) {
+      const std::string header = proxyHeader(version, client, local);
+      const ProxyHeaderParse p = parse(header + "GET / HTTP/1.1\r\n");
+      ASSERT_EQ(p.status, Status::Done) << header;
+      EXPECT_EQ(p.length, header.size());
+      EXPECT_TRUE(p.hasAddresses);
+      EXPECT_EQ(text(p.client), text(client));
+      EXPECT_EQ(text(p.local), text(local));
+      // Every proper prefix is a valid beginning.
+      for (size_t n = 0; n < header.size(); ++n) {
+        EXPECT_EQ(parse(header.substr(0, n)).status, Status::Incomplete) << n << " " << header;
+      }
+    }
+  }
+}
+
+TEST(ProxyHeaderParseTest, UnknownAndLocalKeepTheConnectionsAddresses) {
+  ProxyHeaderParse p = parse("PROXY UNKNOWN\r\nrest");
+  EXPECT_EQ(p.status, Status::Done);
+  EXPECT_EQ(p.length, 15u);
+  EXPECT_FALSE(p.hasAddresses);
+  p = parse("PROXY UNKNOWN ffff::1 ffff::2 1 2\r\n");
+  EXPECT_EQ(p.status, Status::Done);
+  EXPECT_FALSE(p.hasAddresses);
+  // v2 LOCAL with a TCP4 block: the block is skipped, not used.
+  const std::string local = kSignature + std::string("\x20\x11\x00\x0c", 4) + std::string(12, 'x');
+  p = parse(local + "data");
+  EXPECT_EQ(p.status, Status::Done);
+  EXPECT_EQ(p.length, 28u);
+  EXPECT_FALSE(p.hasAddresses);
+  // v2 PROXY over a UNIX socket (family 0x31, 216 bytes of addresses): skipped too.
+  const std::string unix = kSignature + std::string("\x21\x31\x00\xd8", 4) + std::string(216, 'u');
+  p = parse(unix);
+  EXPECT_EQ(p.status, Status::Done);
+  EXPECT_EQ(p.length, 232u);
+  EXPECT_FALSE(p.hasAddresses);
+}
+
+TEST(ProxyHeaderParseTest, Version2TlvsAreSkipped) {
+  const std::string header =
+      proxyHeader(ProxyProtocol::V2, v4("10.1.2.3", 1234), v4("10.9.9.9", 80));
+  std::string withTlv = header;
+  withTlv[15] = static_cast<char>(12 + 7);  // length: addresses + one 7-byte TLV
+  withTlv += std::string("\xea\x00\x04vpce", 7);
+  const ProxyHeaderParse p = parse(withTlv + "payload");
+  ASSERT_EQ(p.status, Status::Done);
+  EXPECT_EQ(p.length, withTlv.size());
+  EXPECT_EQ(text(p.client), "10.1.2.3/1234");
+}
+
+TEST(ProxyHeaderParseTest, AnythingElseIsInvalid) {
+  for (const std::string& bad : {
+           std::string("GET / HTTP/1.1\r\n"),
+           std::string("\x16\x03\x01\x00\xa5", 5),  // a TLS ClientHello
+           std::string("PROXY TCP4 1.2.3.4 5.6.7.8 1 2 3\r\n"),
+           std::string("PROXY TCP4 1.2.3.4 5.6.7.8 1\r\n"),
+           std::string("PROXY TCP4 1.2.3.4 5.6.7.8 1 65536\r\n"),
+           std::string("PROXY TCP4 1.2.3.4 5.6.7.8 01 2\r\n"),
+           std::string("PROXY TCP4 ::1 ::1 1 2\r\n"),
+           std::string("PROXY TCP6 1.2.3.4 5.6.7.8 1 2\r\n"),
+           std::string("PROXY UDP4 1.2.3.4 5.6.7.8 1 2\r\n"),
+           std::string("PROXY TCP4 1.2.3.4 5.6.7.8 1 2\n"),
+           std::string("PROXY ") + std::string(120, 'A'),
+           kSignature + std::string("\x11\x11\x00\x0c", 4),           // version 1 in a v2 header
+           kSignature + std::string("\x22\x11\x00\x0c", 4),           // command 2
+           kSignature + std::string("\x21\x11\x00\x04", 4) + "abcd",  // TCP4 block too short
+           kSignature + std::string("\x21\x21\x10\x11", 4),           // 4113 bytes: too long
+       }) {
+    EXPECT_EQ(parse(bad).status, Status::Invalid) << bad;
+  }
+  EXPECT_EQ(parse("").status, Status::Incomplete);
+  EXPECT_EQ(parse("PRO").status, Status::Incomplete);
+  EXPECT_EQ(parse("PROXY TCP4 1.2.3.4 5.6.7.8 1 2\r").status, Status::Incomplete);
 }
 
 }  // namespace
