@@ -120,6 +120,9 @@ struct ListenerConfig {
   Duration connect_timeout{5'000};
   Duration idle_timeout{3'600'000};
   uint32_t max_connections = 0;  // per listener; 0 = only the server-wide limit
+  // Clients (a load balancer) start every connection with a PROXY protocol header (v1 or
+  // v2), read before TLS; its addresses replace the connection's. Within connect_timeout.
+  bool accept_proxy_protocol = false;
   std::optional<ListenerTlsConfig> tls;
   std::vector<MirrorConfig> mirrors;
   std::optional<TapConfig> tap;

@@ -637,6 +637,7 @@ private:
                   {"connect_timeout", duration(&l.connect_timeout, 1ms, kMaxTimeout)},
                   {"idle_timeout", duration(&l.idle_timeout, 1ms, kMaxTimeout)},
                   {"max_connections", integer(&l.max_connections, 0, 10'000'000)},
+                  {"accept_proxy_protocol", boolean(&l.accept_proxy_protocol)},
                   {"tls", subtable("tls = { cert = \"...\", key = \"...\" }",
                                    [&](const auto& t) { readListenerTls(t, l.tls.emplace()); })},
                   {"mirror",

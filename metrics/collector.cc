@@ -48,6 +48,7 @@ struct ListenerTotals {
   uint64_t tapDroppedBytes = 0;
   uint64_t tapErrors = 0;
   uint64_t tlsHandshakes = 0;
+  uint64_t proxyProtocolErrors = 0;
   uint64_t tlsHandshakeFailures = 0;
   uint64_t tlsHandshakeTimeouts = 0;
   uint64_t ktlsSessions = 0;
@@ -94,6 +95,7 @@ void addTo(ListenerTotals& total, const ListenerStats& stats, const std::vector<
   total.tapDroppedBytes += stats.tapDroppedBytes.value();
   total.tapErrors += stats.tapErrors.value();
   total.tlsHandshakes += stats.tlsHandshakes.value();
+  total.proxyProtocolErrors += stats.proxyProtocolErrors.value();
   total.tlsHandshakeFailures += stats.tlsHandshakeFailures.value();
   total.tlsHandshakeTimeouts += stats.tlsHandshakeTimeouts.value();
   total.ktlsSessions += stats.ktlsSessions.value();
@@ -125,6 +127,7 @@ void addTotals(ListenerTotals& into, const ListenerTotals& from) {
   into.tapDroppedBytes += from.tapDroppedBytes;
   into.tapErrors += from.tapErrors;
   into.tlsHandshakes += from.tlsHandshakes;
+  into.proxyProtocolErrors += from.proxyProtocolErrors;
   into.tlsHandshakeFailures += from.tlsHandshakeFailures;
   into.tlsHandshakeTimeouts += from.tlsHandshakeTimeouts;
   into.ktlsSessions += from.ktlsSessions;
@@ -396,6 +399,11 @@ std::vector<MetricFamily> StatsCollector::collectFrom(
                               MetricType::Counter);
   auto& tapErrors = list.add("grelay_tap_errors_total", "Tap write errors that disabled the tap.",
                              MetricType::Counter);
+  auto& proxyErrors = list.add("grelay_proxy_protocol_errors_total",
+                               "Client connections closed because they did not start with a "
+                               "valid PROXY protocol header (listeners with "
+                               "accept_proxy_protocol).",
+                               MetricType::Counter);
   auto& tlsHandshakes =
       list.add("grelay_tls_handshakes_total", "Client TLS handshakes completed on a TLS listener.",
                MetricType::Counter);
@@ -474,6 +482,9 @@ std::vector<MetricFamily> StatsCollector::collectFrom(
       sample(mirrorResponse, labels, asDouble(mirror.discardedBytes));
     }
 
+    if (listener.accept_proxy_protocol) {
+      sample(proxyErrors, {name}, asDouble(total.proxyProtocolErrors));
+    }
     if (listener.tls) {
       sample(tlsHandshakes, {name}, asDouble(total.tlsHandshakes));
       sample(tlsFailures, {name, {"reason", "error"}}, asDouble(total.tlsHandshakeFailures));

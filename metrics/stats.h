@@ -112,6 +112,7 @@ struct ListenerStats {
   Histogram connectDuration;
   std::vector<MirrorStats> mirrors;  // in config order
   Counter tlsHandshakes;             // client TLS handshakes completed
+  Counter proxyProtocolErrors;       // client connections without a valid PROXY header
   Counter tlsHandshakeFailures;  // client handshakes that failed (protocol, plaintext client...)
   Counter tlsHandshakeTimeouts;  // client handshakes cut by handshake_timeout
   Counter ktlsSessions;          // TLS sessions (either side) handed to kernel TLS

@@ -250,6 +250,10 @@ void Peer::onPoll(int32_t res, uint32_t) noexcept {
     session_.opDone(*this);
     return;
   }
+  if (session_.state_ == Session::State::ProxyHeader) {
+    session_.proxyHeaderPolled(res);
+    return;
+  }
   if (session_.handshakeTimedOut_) {
     session_.handshakeTimedOut_ = false;
     session_.handshakeFailed(*this, true);
@@ -869,6 +873,86 @@ void Session::start() {
   counted_ = true;
   host_.sockets().addresses(client_.fd_, &clientAddress_, &localAddress_);
   activity();
+  if (cfg().accept_proxy_protocol) {
+    state_ = State::ProxyHeader;
+    handshakeDeadline_ = host_.now() + nanos(cfg().connect_timeout);
+    rescheduleTimer();
+    readProxyHeader();
+    return;
+  }
+  afterProxyHeader();
+}
+
+void Session::readProxyHeader() {
+  uint8_t buf[kMaxProxyHeader];
+  const size_t have = proxyHeader_.size();
+  std::memcpy(buf, proxyHeader_.data(), have);
+  relay::Ring& ring = host_.ring();
+  Sockets& sockets = host_.sockets();
+  const ssize_t n = sockets.receiveNow(client_.fd_, buf + have, sizeof(buf) - have, true);
+  if (n == -EAGAIN) {
+    client_.polling_ = true;
+    ++inflight_;
+    ring.pollAdd(client_.fd_, POLLIN, &client_.pollDone_);
+    return;
+  }
+  if (n == 0 && have == 0) {
+    // Connected and closed without a byte: a TCP health check, not a broken header.
+    close(false, false, false, tap::CloseReason::kError);
+    return;
+  }
+  if (n <= 0) {
+    proxyHeaderFailed(n == 0 ? "the client closed in the middle of it"
+                             : describe(static_cast<int32_t>(n)));
+    return;
+  }
+  const ProxyHeaderParse parsed = parseProxyHeader(buf, have + static_cast<size_t>(n));
+  if (parsed.status == ProxyHeaderParse::Status::Invalid) {
+    proxyHeaderFailed("the client did not send one");
+    return;
+  }
+  // Take only header bytes off the socket: the rest is the client's stream.
+  const size_t take = parsed.status == ProxyHeaderParse::Status::Done ? parsed.length - have
+                                                                      : static_cast<size_t>(n);
+  const ssize_t took = sockets.receiveNow(client_.fd_, buf + have, take, false);
+  if (took != static_cast<ssize_t>(take)) {
+    proxyHeaderFailed(took < 0 ? describe(static_cast<int32_t>(took)) : "short read");
+    return;
+  }
+  if (parsed.status == ProxyHeaderParse::Status::Incomplete) {
+    proxyHeader_.append(reinterpret_cast<const char*>(buf + have), take);
+    client_.polling_ = true;
+    ++inflight_;
+    ring.pollAdd(client_.fd_, POLLIN, &client_.pollDone_);
+    return;
+  }
+  std::string().swap(proxyHeader_);
+  if (parsed.hasAddresses) {
+    clientAddress_ = parsed.client;
+    localAddress_ = parsed.local;
+  }
+  afterProxyHeader();
+}
+
+void Session::proxyHeaderPolled(int32_t res) {
+  if (handshakeTimedOut_) {
+    proxyHeaderFailed("timed out (connect_timeout)");
+    return;
+  }
+  if (res < 0) {
+    proxyHeaderFailed(describe(res));
+    return;
+  }
+  readProxyHeader();
+}
+
+void Session::proxyHeaderFailed(const std::string& why) {
+  stats().proxyProtocolErrors.inc();
+  host_.listenerTrouble(listener_, "PROXY protocol header: " + why);
+  close(true, false, false, tap::CloseReason::kError);
+}
+
+void Session::afterProxyHeader() {
   if (listener_.tls == nullptr) {
     beginSession();
     return;
@@ -1617,6 +1701,17 @@ void Session::onTimer(uint64_t now) noexcept {
     return;
   }
   relay::Ring& ring = host_.ring();
+  if (state_ == State::ProxyHeader && now >= handshakeDeadline_ && !handshakeTimedOut_) {
+    handshakeTimedOut_ = true;
+    if (client_.polling_) {
+      ring.cancel(&client_.pollDone_, nullptr);  // proxyHeaderPolled fails the session
+    } else {
+      proxyHeaderFailed("timed out (connect_timeout)");
+    }
+    if (done_) {
+      return;
+    }
+  }
   if ((state_ == State::Handshaking || state_ == State::UpstreamHandshake) &&
       now >= handshakeDeadline_ && !handshakeTimedOut_) {
     Peer& peer = state_ == State::Handshaking ? client_ : primary_;
@@ -1681,7 +1776,9 @@ void Session::rescheduleTimer() {
     return;
   }
   uint64_t next = lastActivity_ + nanos(cfg().idle_timeout);
-  if ((state_ == State::Handshaking || state_ == State::UpstreamHandshake) && !handshakeTimedOut_) {
+  if ((state_ == State::ProxyHeader || state_ == State::Handshaking ||
+       state_ == State::UpstreamHandshake) &&
+      !handshakeTimedOut_) {
     next = std::min(next, handshakeDeadline_);
   }
   if (primary_.connecting_ && !connectTimedOut_) {

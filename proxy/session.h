@@ -79,8 +79,7 @@ public:
   virtual uint8_t pathIndex() const = 0;  // metrics::PathIndex of this worker's relay path
   // Rate-limited logging of a listener's connection trouble: TLS, PROXY protocol headers
   // (once per listener and minute; `what` starts with its topic, e.g. "TLS: ").
-  virtual void listenerTrouble(const struct ListenerContext& listener,
-                               const std::string& what) = 0;
+  virtual void listenerTrouble(const struct ListenerContext& listener, const std::string& what) = 0;
   // Splice: an empty pipe (fds[0] reads, fds[1] writes) from the worker's pool or a new one;
   // returns the bytes it holds, or -errno (fd limit).
   virtual int takePipe(int fds[2]) = 0;
@@ -317,7 +316,14 @@ private:
   friend class Peer;
   friend class Flow;
   friend struct GroupOp;
-  enum class State : uint8_t { Handshaking, Connecting, UpstreamHandshake, Relaying, Closing };
+  enum class State : uint8_t {
+    ProxyHeader,  // accept_proxy_protocol: reading the client's PROXY protocol header
+    Handshaking,
+    Connecting,
+    UpstreamHandshake,
+    Relaying,
+    Closing
+  };
   enum class MirrorState : uint8_t { Unsampled, Connecting, Open, Cut };
 
   struct Mirror {
@@ -332,6 +338,12 @@ private:
 
   const config::ListenerConfig& cfg() const { return *listener_.config; }
   metrics::ListenerStats& stats() { return *listener_.stats; }
+  // After the PROXY protocol header (if any): the TLS handshake or the session itself.
+  void afterProxyHeader();
+  // Reads what has arrived of the client's PROXY protocol header, never a byte past it.
+  void readProxyHeader();
+  void proxyHeaderPolled(int32_t res);
+  void proxyHeaderFailed(const std::string& why);
   void beginSession();
   void continueHandshake(Peer& peer);
   void handshakeDone(Peer& peer);
@@ -385,8 +397,10 @@ private:
   uint64_t connectStart_ = 0;
   uint64_t connectDeadline_ = 0;
   bool connectTimedOut_ = false;
+  // The client's TLS handshake, the upstream's, or the client's PROXY protocol header.
   uint64_t handshakeDeadline_ = 0;
   bool handshakeTimedOut_ = false;
+  std::string proxyHeader_;  // the part of the client's PROXY header read so far
   uint64_t lastActivity_ = 0;
   uint64_t closeStart_ = 0;
   uint32_t inflight_ = 0;

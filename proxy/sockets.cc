@@ -62,6 +62,11 @@ ssize_t SystemSockets::sendNow(int fd, const void* data, size_t length) {
   return n >= 0 ? n : -errno;
 }
 
+ssize_t SystemSockets::receiveNow(int fd, void* data, size_t length, bool peek) {
+  ssize_t n = ::recv(fd, data, length, MSG_DONTWAIT | (peek ? MSG_PEEK : 0));
+  return n >= 0 ? n : -errno;
+}
+
 int SystemSockets::openPipe(int fds[2], uint32_t size) {
   if (::pipe2(fds, O_NONBLOCK | O_CLOEXEC) != 0) {
     return -errno;

@@ -36,6 +36,8 @@ public:
   virtual int readTlsRecord(int fd, uint8_t* type, uint8_t* body, size_t length) = 0;
   // Non-blocking send(2) without SIGPIPE: bytes sent or -errno.
   virtual ssize_t sendNow(int fd, const void* data, size_t length) = 0;
+  // Non-blocking recv(2), with MSG_PEEK when `peek`: bytes read, 0 at EOF, or -errno.
+  virtual ssize_t receiveNow(int fd, void* data, size_t length, bool peek) = 0;
 };
 
 class SystemSockets final : public Sockets {
@@ -50,6 +52,7 @@ public:
   int acceptNow(int listenFd) override;
   int readTlsRecord(int fd, uint8_t* type, uint8_t* body, size_t length) override;
   ssize_t sendNow(int fd, const void* data, size_t length) override;
+  ssize_t receiveNow(int fd, void* data, size_t length, bool peek) override;
 };
 
 // 0 if nobody (no other process, no other socket) is bound to `address`, else -errno

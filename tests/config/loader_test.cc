@@ -58,6 +58,7 @@ TEST(LoaderTest, MinimalFileLoadsWithDefaults) {
   EXPECT_EQ(app.balance, Balance::RoundRobin);
   EXPECT_EQ(app.max_fails, 1u);
   EXPECT_EQ(app.fail_timeout, Duration(10'000));
+  EXPECT_EQ(app.proxy_protocol, ProxyProtocol::Off);
   EXPECT_FALSE(app.tls.enabled);
   EXPECT_EQ(app.location.line, 1u);
 
@@ -71,6 +72,7 @@ TEST(LoaderTest, MinimalFileLoadsWithDefaults) {
   EXPECT_EQ(web.connect_timeout, Duration(5'000));
   EXPECT_EQ(web.idle_timeout, Duration(3'600'000));
   EXPECT_EQ(web.max_connections, 0u);
+  EXPECT_FALSE(web.accept_proxy_protocol);
   EXPECT_FALSE(web.tls.has_value());
   EXPECT_TRUE(web.mirrors.empty());
   EXPECT_FALSE(web.tap.has_value());
@@ -124,6 +126,7 @@ TEST(LoaderTest, EveryValueIsStored) {
           R"(balance = "least_conn")",
           R"(max_fails = 3)",
           R"(fail_timeout = "30s")",
+          R"(proxy_protocol = "v2")",
           "tls = { ca = \"" + ca + "\", sni = \"app.test\", verify = false }",
           R"([[listener]])",
           R"(name = "web-1_a")",
@@ -132,6 +135,7 @@ TEST(LoaderTest, EveryValueIsStored) {
           R"(connect_timeout = "250ms")",
           R"(idle_timeout = "100us")",
           R"(max_connections = 7)",
+          R"(accept_proxy_protocol = true)",
           "tls = { cert = \"" + cert + "\", key = \"" + key + "\", handshake_timeout = \"3s\" }",
           R"([[listener.mirror]])",
           R"(name = "shadow")",
@@ -165,6 +169,7 @@ TEST(LoaderTest, EveryValueIsStored) {
   EXPECT_EQ(app.balance, Balance::LeastConn);
   EXPECT_EQ(app.max_fails, 3u);
   EXPECT_EQ(app.fail_timeout, Duration(30'000));
+  EXPECT_EQ(app.proxy_protocol, ProxyProtocol::V2);
   EXPECT_TRUE(app.tls.enabled);
   EXPECT_EQ(app.tls.ca, ca);
   EXPECT_EQ(app.tls.sni, "app.test");
@@ -174,11 +179,12 @@ TEST(LoaderTest, EveryValueIsStored) {
   EXPECT_EQ(web.connect_timeout, Duration(250));
   EXPECT_EQ(web.idle_timeout, Duration(1));  // 100us rounds up, never to 0
   EXPECT_EQ(web.max_connections, 7u);
+  EXPECT_TRUE(web.accept_proxy_protocol);
   ASSERT_TRUE(web.tls.has_value());
   EXPECT_EQ(web.tls->cert, cert);
   EXPECT_EQ(web.tls->key, key);
   EXPECT_EQ(web.tls->handshake_timeout, Duration(3'000));
-  EXPECT_EQ(web.tls->location.line, 24u);
+  EXPECT_EQ(web.tls->location.line, 26u);
   EXPECT_EQ(web.tls->location.column, 7u);
   const MirrorConfig& shadow = web.mirrors.at(0);
   EXPECT_EQ(shadow.name, "shadow");
@@ -495,6 +501,8 @@ TEST(LoaderErrorTest, PassiveHealthValuesOutOfRange) {
   EXPECT_THAT(pool("fail_timeout = \"0s\""), SizeIs(1));
   EXPECT_THAT(pool("fail_timeout = 10"), SizeIs(1));
   EXPECT_THAT(pool("max_fails = 0"), IsEmpty());
+  EXPECT_THAT(pool("proxy_protocol = \"v3\""),
+              ElementsAre("t.toml:3:18: 'proxy_protocol' must be one of off, v1, v2, got 'v3'"));
 }
 
 TEST(LoaderErrorTest, EmptyServerList) {

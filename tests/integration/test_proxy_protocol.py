@@ -2,10 +2,17 @@
 """[upstream.NAME] proxy_protocol: every upstream connection starts with a PROXY protocol
 header (v1 text or v2 binary) carrying the client's address and the address it connected
 to; then the client's bytes follow unchanged. Mirrors get no header. Debian's
-nginx (listen ... proxy_protocol) reads the client's address from it, in front of TLS too."""
+nginx (listen ... proxy_protocol) reads the client's address from it, in front of TLS too.
 
+[[listener]] accept_proxy_protocol: grelay behind a load balancer reads the header its
+clients start with (v1 or v2, before TLS), relays none of it, and passes the addresses it
+carries on; connections without one are closed and counted, a bare connect-and-close
+(a TCP health check) is not an error, and a header that never comes times out."""
+
+import re
 import socket
 import struct
+import time
 
 import harness as h
 
@@ -117,6 +124,99 @@ class ProxyProtocolTest(h.GrelayTest):
 
     def test_the_header_goes_before_tls(self):
         self._nginx_sees_the_client("v2", tls=True)
+
+    def test_accepted_header_is_not_relayed_and_its_addresses_pass_on(self):
+        with h.SinkServer() as up, h.EchoServer() as echo:
+            cfg = h.Config()
+            cfg.upstream("tell", [up.address], proxy_protocol="v2")
+            cfg.upstream("echo", [echo.address])
+            tell = cfg.listener("tell", "tell", accept_proxy_protocol=True)
+            plain = cfg.listener("plain", "echo", accept_proxy_protocol=True)
+            cfg.with_admin()
+            with h.Grelay(cfg) as g:
+                # The header's client is forwarded, whether it came as v1 or v2.
+                streams = []
+                for i, version in enumerate(("v1", "v2")):
+                    header = expected_header(version, ("203.0.113.7", 50000 + i),
+                                             ("198.51.100.9", 443))
+                    stream = h.Stream(700 + i, h.scaled(256 * h.KiB))
+                    streams.append(stream)
+                    r = h.stream_session(tell, stream, expect=b"",
+                                         on_connect=lambda s, hd=header: s.sendall(hd))
+                    self.assertTrue(r.ok, str(r))
+                got = sorted(bytes(r.data) for r in up.records())
+                want = sorted(expected_header("v2", ("203.0.113.7", 50000 + i),
+                                              ("198.51.100.9", 443)) + s.bytes()
+                              for i, s in enumerate(streams))
+                self.assertEqual(got, want)
+                # Header and first bytes in one segment, or the header in pieces: the
+                # echo gets (and returns) exactly the stream.
+                header = expected_header("v1", ("192.0.2.1", 1234), ("192.0.2.2", 80))
+                for pieces in ([header + b"hello"], [header[:7], header[7:20], header[20:]]):
+                    with h.connect(plain) as s:
+                        for piece in pieces:
+                            s.sendall(piece)
+                            time.sleep(0.05)
+                        s.sendall(b"-and-more")
+                        s.shutdown(socket.SHUT_WR)
+                        end, data = h.read_outcome(s, 10)
+                    self.assertEqual(end, "eof")
+                    self.assertEqual(data, b"".join(pieces)[len(header):] + b"-and-more")
+                self.assertEqual(g.metric("grelay_proxy_protocol_errors_total", listener="plain"), 0)
+
+    def test_connections_without_a_header_are_closed_and_counted(self):
+        with h.EchoServer() as echo:
+            cfg = h.Config()
+            cfg.upstream("echo", [echo.address])
+            port = cfg.listener("web", "echo", accept_proxy_protocol=True,
+                                connect_timeout="400ms")
+            cfg.with_admin()
+            with h.Grelay(cfg) as g:
+                end, data, _ = h.try_request(port, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                self.assertIn(end, ("reset", "eof"))
+                self.assertEqual(data, b"")
+                # A bare connect and close: a load balancer's TCP health check.
+                with h.connect(port):
+                    pass
+                # Nothing at all: closed after connect_timeout.
+                end, data, took = h.try_request(port, b"", timeout=10)
+                self.assertIn(end, ("reset", "eof"))
+                self.assertGreaterEqual(took, 0.35)
+                self.assertTrue(h.wait_for(lambda: g.metric(
+                    "grelay_proxy_protocol_errors_total", listener="web") == 2, 5),
+                    g.metric("grelay_proxy_protocol_errors_total", listener="web"))
+                self.assertEqual(echo.conns, [], "nothing may reach the upstream")
+                log = g.log()
+                self.assertIn("listener web: PROXY protocol header: the client did not send one",
+                              log)
+                # Rate-limited: the timeout is not logged within the same minute.
+                self.assertEqual(len(re.findall("PROXY protocol header", log)), 1, log)
+
+    def test_header_before_tls(self):
+        why = h.Certs.available()
+        if why:
+            self.skipTest(why)
+        certs = h.Certs()
+        try:
+            with h.SinkServer() as up:
+                cfg = h.Config()
+                cfg.upstream("tell", [up.address], proxy_protocol="v1")
+                port = cfg.listener("web", "tell", accept_proxy_protocol=True,
+                                    tls={"cert": certs.server[0], "key": certs.server[1]})
+                with h.Grelay(cfg):
+                    header = expected_header("v2", ("2001:db8::5", 61000), ("2001:db8::1", 443))
+                    raw = h.connect(port)
+                    raw.sendall(header)
+                    ctx = h.tls_client_context(certs.ca)
+                    with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+                        s.sendall(b"secret request")
+                    recs = up.records()
+                    self.assertEqual(len(recs), 1)
+                    self.assertEqual(bytes(recs[0].data),
+                                     b"PROXY TCP6 2001:db8::5 2001:db8::1 61000 443\r\n"
+                                     b"secret request")
+        finally:
+            certs.cleanup()
 
 
 if __name__ == "__main__":

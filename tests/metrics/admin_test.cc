@@ -125,6 +125,7 @@ grelay_mirror_response_bytes_total{listener="web",mirror="shadow"} 495
 grelay_tap_bytes_total{listener="web"} 165
 grelay_tap_dropped_bytes_total{listener="web"} 176
 grelay_tap_errors_total{listener="web"} 187
+grelay_proxy_protocol_errors_total{listener="api"} 1320
 )golden";
 
 std::vector<std::string> splitLines(const std::string& text) {
@@ -308,7 +309,7 @@ TEST_F(AdminTest, EveryFamilyHasHelpAndTypeAndCountersEndInTotal) {
   for (const auto& s : expo.samples) {
     families.insert(testing::familyOf(s, expo));
   }
-  EXPECT_EQ(families.size(), 32u);  // 26 grelay_* and 6 process_*
+  EXPECT_EQ(families.size(), 33u);  // 27 grelay_* and 6 process_*
   for (const auto& family : families) {
     ASSERT_EQ(expo.type.count(family), 1u) << family;
     EXPECT_FALSE(expo.help.at(family).empty()) << family;

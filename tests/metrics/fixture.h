@@ -3,7 +3,7 @@
 //
 // Config: upstream pools "app" and "secure_api"; listener "web" (upstream app, mirrors
 // "analytics" and "shadow", a tap) and listener "api" (upstream secure_api, no mirrors, no
-// tap, max_connections = 100); [server] max_connections = 5000.
+// tap, max_connections = 100, accept_proxy_protocol); [server] max_connections = 5000.
 //
 // fillKnownValues(stats, worker): every counter of listener L (0 = web, 1 = api) holds
 // (BASE + 100 * L) * (worker == 0 ? 1 : 10), so two workers sum to 11 * (BASE + 100 * L).
@@ -80,6 +80,7 @@ inline config::Config makeConfig(const config::Address& admin) {
   api.upstream = "secure_api";
   api.upstream_index = 1;
   api.max_connections = 100;
+  api.accept_proxy_protocol = true;
 
   c.listeners = {web, api};
   return c;
@@ -118,6 +119,7 @@ enum Base : uint64_t {
   kBaseTapErrors = 17,
   kBaseChunksSplice = 18,
   kBaseMarkedDown = 19,
+  kBaseProxyProtocolErrors = 20,
 };
 
 inline void fillKnownValues(WorkerStats& stats, int worker) {
@@ -138,6 +140,7 @@ inline void fillKnownValues(WorkerStats& stats, int worker) {
     s.chunks[kSplicePath].add(v(kBaseChunksSplice));
     s.upstreamConnectErrors.add(v(kBaseConnectErrors));
     s.upstreamMarkedDown.add(v(kBaseMarkedDown));
+    s.proxyProtocolErrors.add(v(kBaseProxyProtocolErrors));
     s.noUpstream.add(v(kBaseNoUpstream));
     s.idleTimeouts.add(v(kBaseIdleTimeouts));
     s.resets.add(v(kBaseResets));

@@ -6,6 +6,8 @@
 #include <gtest/gtest.h>
 #include <netinet/in.h>
 
+#include <algorithm>
+#include <cstring>
 #include <deque>
 #include <map>
 #include <string>
@@ -66,6 +68,20 @@ public:
 
   int readTlsRecord(int, uint8_t*, uint8_t*, size_t) override { return -ENOTSUP; }
 
+  // Scripted: bytes waiting in a socket (by fd); past them -EAGAIN, or 0 once `eof[fd]`.
+  ssize_t receiveNow(int fd, void* data, size_t length, bool peek) override {
+    std::string& in = incoming[fd];
+    if (in.empty()) {
+      return eof[fd] ? 0 : -EAGAIN;
+    }
+    const size_t n = std::min(length, in.size());
+    std::memcpy(data, in.data(), n);
+    if (!peek) {
+      in.erase(0, n);
+    }
+    return static_cast<ssize_t>(n);
+  }
+
   // Records what was sent, by fd; `sendResult` scripts a result instead (e.g. -EPIPE).
   ssize_t sendNow(int fd, const void* data, size_t length) override {
     if (sendResult.count(fd) != 0) {
@@ -89,6 +105,8 @@ public:
   std::map<int, std::deque<ssize_t>> drainTo;
   std::map<int, std::deque<int>> waiting;
   std::map<int, std::string> sent;
+  std::map<int, std::string> incoming;
+  std::map<int, bool> eof;
   std::map<int, ssize_t> sendResult;
 };
 

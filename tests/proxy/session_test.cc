@@ -34,7 +34,7 @@ public:
   relay::ProvidedBufferPool& pool() override { return *pool_; }
   relay::UserBufferPool& userPool() override { return userPool_; }
   void listenerTrouble(const ListenerContext&, const std::string& what) override {
-    troubles.push_back("tls: " + what);
+    troubles.push_back(what);
   }
   TimerQueue& timers() override { return timers_; }
   uint64_t now() override { return now_; }
@@ -348,6 +348,72 @@ TEST_F(SessionTest, AProxyProtocolHeaderThatCannotBeSentFailsTheConnect) {
   ring().complete(second, 0);
   EXPECT_EQ(host_.sockets_.sent[101].size(), 28u);  // v2, IPv4
   EXPECT_EQ(host_.done, 0);
+}
+
+TEST_F(SessionTest, AcceptedProxyHeaderReplacesTheClientAddressAndIsNotRelayed) {
+  listenerConfig_.accept_proxy_protocol = true;
+  upstreamConfig_.proxy_protocol = config::ProxyProtocol::V1;
+  host_.sockets_.incoming[kClientFd] = "PROXY TCP4 10.1.2.3 10.9.9.9 5555 80\r\nGET /";
+  startConnected();
+  EXPECT_EQ(host_.sockets_.incoming[kClientFd], "GET /");  // the stream is left for the relay
+  EXPECT_EQ(host_.sockets_.sent[primaryFd()], "PROXY TCP4 10.1.2.3 10.9.9.9 5555 80\r\n");
+  EXPECT_EQ(stats_->proxyProtocolErrors.value(), 0u);
+}
+
+TEST_F(SessionTest, AProxyHeaderInPiecesIsReadToItsEndOnly) {
+  listenerConfig_.accept_proxy_protocol = true;
+  upstreamConfig_.proxy_protocol = config::ProxyProtocol::V1;
+  session_ = std::make_unique<Session>(host_, context_, kClientFd);
+  host_.sockets_.incoming[kClientFd] = "PROXY TCP6 2001:db8::7 ";
+  session_->start();
+  EXPECT_EQ(ring().pendingCount(OpKind::Connect, 100), 0u);
+  EXPECT_EQ(host_.sockets_.incoming[kClientFd], "");  // header bytes, so taken
+  FakeOp* poll = ring().pending(OpKind::Poll, kClientFd);
+  ASSERT_NE(poll, nullptr);
+  host_.sockets_.incoming[kClientFd] = "2001:db8::1 40000 443\r\n\x16\x03\x01";
+  ring().complete(poll, POLLIN);
+  EXPECT_EQ(host_.sockets_.incoming[kClientFd], "\x16\x03\x01");
+  ring().complete(ring().pending(OpKind::Connect, 100), 0);
+  EXPECT_EQ(host_.sockets_.sent[100], "PROXY TCP6 2001:db8::7 2001:db8::1 40000 443\r\n");
+}
+
+TEST_F(SessionTest, AClientWithoutAProxyHeaderIsClosedAndCounted) {
+  listenerConfig_.accept_proxy_protocol = true;
+  host_.sockets_.incoming[kClientFd] = "GET / HTTP/1.1\r\n\r\n";
+  session_ = std::make_unique<Session>(host_, context_, kClientFd);
+  session_->start();
+  EXPECT_EQ(ring().pendingCount(OpKind::Connect, 100), 0u);
+  EXPECT_TRUE(host_.sockets_.closed.at(kClientFd));
+  EXPECT_EQ(stats_->proxyProtocolErrors.value(), 1u);
+  EXPECT_EQ(host_.done, 1);
+  ASSERT_EQ(host_.troubles.size(), 1u);
+  EXPECT_EQ(host_.troubles[0], "PROXY protocol header: the client did not send one");
+}
+
+TEST_F(SessionTest, AProxyHeaderThatNeverComesTimesOutAfterConnectTimeout) {
+  listenerConfig_.accept_proxy_protocol = true;
+  session_ = std::make_unique<Session>(host_, context_, kClientFd);
+  session_->start();
+  FakeOp* poll = ring().pending(OpKind::Poll, kClientFd);
+  ASSERT_NE(poll, nullptr);
+  host_.advance(4'000'000'000ull);
+  EXPECT_FALSE(poll->cancelRequested);
+  host_.advance(1'500'000'000ull);
+  EXPECT_TRUE(poll->cancelRequested);
+  ring().completeCancelled();
+  EXPECT_TRUE(host_.sockets_.closed.at(kClientFd));
+  EXPECT_EQ(stats_->proxyProtocolErrors.value(), 1u);
+  EXPECT_EQ(host_.done, 1);
+}
+
+TEST_F(SessionTest, AConnectionClosedBeforeAnyByteIsAHealthCheckNotAnError) {
+  listenerConfig_.accept_proxy_protocol = true;
+  host_.sockets_.eof[kClientFd] = true;
+  session_ = std::make_unique<Session>(host_, context_, kClientFd);
+  session_->start();
+  EXPECT_TRUE(host_.sockets_.closed.count(kClientFd));
+  EXPECT_EQ(stats_->proxyProtocolErrors.value(), 0u);
+  EXPECT_EQ(host_.done, 1);
 }
 
 TEST_F(SessionTest, ConnectTimeoutCancelsAndCountsAsAFailure) {
