@@ -149,6 +149,9 @@ ProxyHeaderParse parseV1(const uint8_t* data, size_t length) {
     return out;
   }
   out.status = Status::Invalid;
+  if (text.substr(0, end).find('\n') != std::string_view::npos) {
+    return out;  // a bare LF: no line of this protocol (and a prefix would say so too)
+  }
   std::string_view rest = text.substr(kV1Prefix.size(), end - kV1Prefix.size());
   std::string_view fields[5];
   size_t count = 0;

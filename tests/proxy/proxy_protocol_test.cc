@@ -173,7 +173,7 @@ TEST(ProxyHeaderParseTest, AnythingElseIsInvalid) {
            std::string("PROXY TCP4 ::1 ::1 1 2\r\n"),
            std::string("PROXY TCP6 1.2.3.4 5.6.7.8 1 2\r\n"),
            std::string("PROXY UDP4 1.2.3.4 5.6.7.8 1 2\r\n"),
-           std::string("PROXY TCP4 1.2.3.4 5.6.7.8 1 2\n"),
+           std::string("PROXY TCP4 1.2.3.4 5.6.7.8 1 2\n"), std::string("PROXY UNKNOWN a\nb\r\n"),
            std::string("PROXY ") + std::string(120, 'A'),
            kSignature + std::string("\x11\x11\x00\x0c", 4),           // version 1 in a v2 header
            kSignature + std::string("\x22\x11\x00\x0c", 4),           // command 2
