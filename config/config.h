@@ -123,6 +123,7 @@ struct ListenerConfig {
   // Clients (a load balancer) start every connection with a PROXY protocol header (v1 or
   // v2), read before TLS; its addresses replace the connection's. Within connect_timeout.
   bool accept_proxy_protocol = false;
+  std::string access_log;  // a file getting one JSON line per finished session; "" = none
   std::optional<ListenerTlsConfig> tls;
   std::vector<MirrorConfig> mirrors;
   std::optional<TapConfig> tap;

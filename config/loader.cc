@@ -638,6 +638,7 @@ private:
                   {"idle_timeout", duration(&l.idle_timeout, 1ms, kMaxTimeout)},
                   {"max_connections", integer(&l.max_connections, 0, 10'000'000)},
                   {"accept_proxy_protocol", boolean(&l.accept_proxy_protocol)},
+                  {"access_log", string(&l.access_log)},
                   {"tls", subtable("tls = { cert = \"...\", key = \"...\" }",
                                    [&](const auto& t) { readListenerTls(t, l.tls.emplace()); })},
                   {"mirror",

@@ -49,6 +49,7 @@ struct ListenerTotals {
   uint64_t tapErrors = 0;
   uint64_t tlsHandshakes = 0;
   uint64_t proxyProtocolErrors = 0;
+  uint64_t accessLogDroppedLines = 0;
   uint64_t tlsHandshakeFailures = 0;
   uint64_t tlsHandshakeTimeouts = 0;
   uint64_t ktlsSessions = 0;
@@ -96,6 +97,7 @@ void addTo(ListenerTotals& total, const ListenerStats& stats, const std::vector<
   total.tapErrors += stats.tapErrors.value();
   total.tlsHandshakes += stats.tlsHandshakes.value();
   total.proxyProtocolErrors += stats.proxyProtocolErrors.value();
+  total.accessLogDroppedLines += stats.accessLogDroppedLines.value();
   total.tlsHandshakeFailures += stats.tlsHandshakeFailures.value();
   total.tlsHandshakeTimeouts += stats.tlsHandshakeTimeouts.value();
   total.ktlsSessions += stats.ktlsSessions.value();
@@ -128,6 +130,7 @@ void addTotals(ListenerTotals& into, const ListenerTotals& from) {
   into.tapErrors += from.tapErrors;
   into.tlsHandshakes += from.tlsHandshakes;
   into.proxyProtocolErrors += from.proxyProtocolErrors;
+  into.accessLogDroppedLines += from.accessLogDroppedLines;
   into.tlsHandshakeFailures += from.tlsHandshakeFailures;
   into.tlsHandshakeTimeouts += from.tlsHandshakeTimeouts;
   into.ktlsSessions += from.ktlsSessions;
@@ -404,6 +407,10 @@ std::vector<MetricFamily> StatsCollector::collectFrom(
                                "valid PROXY protocol header (listeners with "
                                "accept_proxy_protocol).",
                                MetricType::Counter);
+  auto& accessDropped = list.add("grelay_access_log_dropped_lines_total",
+                                 "Access log lines lost because writing the file failed (disk "
+                                 "full, I/O error).",
+                                 MetricType::Counter);
   auto& tlsHandshakes =
       list.add("grelay_tls_handshakes_total", "Client TLS handshakes completed on a TLS listener.",
                MetricType::Counter);
@@ -484,6 +491,9 @@ std::vector<MetricFamily> StatsCollector::collectFrom(
 
     if (listener.accept_proxy_protocol) {
       sample(proxyErrors, {name}, asDouble(total.proxyProtocolErrors));
+    }
+    if (!listener.access_log.empty()) {
+      sample(accessDropped, {name}, asDouble(total.accessLogDroppedLines));
     }
     if (listener.tls) {
       sample(tlsHandshakes, {name}, asDouble(total.tlsHandshakes));

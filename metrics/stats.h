@@ -113,6 +113,7 @@ struct ListenerStats {
   std::vector<MirrorStats> mirrors;  // in config order
   Counter tlsHandshakes;             // client TLS handshakes completed
   Counter proxyProtocolErrors;       // client connections without a valid PROXY header
+  Counter accessLogDroppedLines;     // access log lines lost to failed writes
   Counter tlsHandshakeFailures;  // client handshakes that failed (protocol, plaintext client...)
   Counter tlsHandshakeTimeouts;  // client handshakes cut by handshake_timeout
   Counter ktlsSessions;          // TLS sessions (either side) handed to kernel TLS

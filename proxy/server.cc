@@ -291,6 +291,19 @@ std::unique_ptr<Generation> buildGeneration(std::shared_ptr<const config::Config
       gen->listenFds[k % workers][li].push_back(fd);
     }
   }
+  for (size_t li = 0; li < cfg->listeners.size(); ++li) {
+    const config::ListenerConfig& l = cfg->listeners[li];
+    if (l.access_log.empty()) {
+      continue;
+    }
+    int fd = ::open(l.access_log.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+    if (fd < 0) {
+      *error = "listener " + l.name + ": cannot open access log " + l.access_log + ": " +
+               strerror(errno);
+      return nullptr;
+    }
+    gen->runtime->accessLogFds[li] = fd;
+  }
   for (uint32_t w = 0; w < workers; ++w) {
     for (const auto& l : cfg->listeners) {
       TapFile tap;

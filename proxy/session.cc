@@ -4,6 +4,7 @@
 
 #include <atomic>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 
 #include "proxy/log.h"
@@ -871,6 +872,7 @@ void Session::start() {
   stats().connections.inc();
   stats().active.inc();
   counted_ = true;
+  started_ = host_.now();
   host_.sockets().addresses(client_.fd_, &clientAddress_, &localAddress_);
   activity();
   if (cfg().accept_proxy_protocol) {
@@ -1142,6 +1144,7 @@ void Session::primaryConnected(int32_t res) {
     return;
   }
   stats().connectDuration.observe(static_cast<double>(host_.now() - connectStart_) / 1e9);
+  lastServer_ = server_;
   listener_.upstream->connected(static_cast<uint32_t>(server_));
   upstreamCounted_ = true;
   primary_.connected_ = true;
@@ -1299,6 +1302,7 @@ void Session::deliver(Flow& flow, const relay::ChunkRef& chunk) {
   const uint32_t n = chunk.size();
   metrics::ListenerStats& st = stats();
   st.receivedBytes[flow.direction_].add(n);
+  flow.received_ += n;
   st.chunks[flow.path_].inc();
   flow.target_.enqueue(chunk);
   if (listener_.tap != nullptr) {
@@ -1327,6 +1331,7 @@ void Session::spliceReceived(Flow& flow, uint32_t bytes) {
   activity();
   metrics::ListenerStats& st = stats();
   st.receivedBytes[flow.direction_].add(bytes);
+  flow.received_ += bytes;
   st.chunks[metrics::kSplicePath].inc();
 }
 
@@ -1363,6 +1368,7 @@ void Session::groupReceived(Flow& flow, GroupOp& op) {
   activity();
   metrics::ListenerStats& st = stats();
   st.receivedBytes[flow.direction_].add(op.length);
+  flow.received_ += op.length;
   st.chunks[metrics::kGroupPath].inc();
   flow.target_.unsent_ += op.length;
   for (size_t i = 0; i < mirrors_.size(); ++i) {
@@ -1475,6 +1481,7 @@ void Session::cutMirror(size_t index, const char* why) {
     return;
   }
   m.state = MirrorState::Cut;
+  ++mirrorsCut_;
   metrics::MirrorStats& ms = stats().mirrors[index];
   ms.cuts.inc();
   ms.droppedBytes.add(m.peer.unsent_);
@@ -1573,6 +1580,9 @@ void Session::maybeFinish() {
   }
   done_ = true;
   host_.timers().cancel(*this);
+  if (listener_.accessLog != nullptr) {
+    writeAccessLog();
+  }
   // The host frees the session's admission slot first, so that a client that sees the
   // gauge drop is never rejected for a session that is already gone. The session itself
   // is deleted only after this dispatch round.
@@ -1580,6 +1590,45 @@ void Session::maybeFinish() {
   if (counted_) {
     stats().active.dec();
   }
+}
+
+void Session::writeAccessLog() {
+  AccessRecord r;
+  r.endUnixNanos = std::chrono::duration_cast<std::chrono::nanoseconds>(
+                       std::chrono::system_clock::now().time_since_epoch())
+                       .count();
+  r.listener = &cfg().name;
+  r.client = clientAddress_;
+  r.server = lastServer_ >= 0 ? &listener_.upstream->server(static_cast<size_t>(lastServer_)).text
+                              : nullptr;
+  const uint64_t now = host_.now();
+  r.durationNanos = now - started_;
+  r.requestBytes = request_.received_;
+  r.responseBytes = response_.received_;
+  switch (closeReason_) {
+    case tap::CloseReason::kNormal:
+      r.end = "normal";
+      break;
+    case tap::CloseReason::kConnectFailed:
+      r.end = "connect_failed";
+      break;
+    case tap::CloseReason::kIdleTimeout:
+      r.end = "idle_timeout";
+      break;
+    case tap::CloseReason::kShutdown:
+      r.end = "shutdown";
+      break;
+    case tap::CloseReason::kError:
+      r.end = "error";
+      break;
+  }
+  r.reset = resetClient_;
+  r.tls = cfg().tls.has_value();
+  for (const auto& m : mirrors_) {
+    r.mirrors += m->state != MirrorState::Unsampled ? 1 : 0;
+  }
+  r.mirrorsCut = mirrorsCut_;
+  listener_.accessLog->add(r, now);
 }
 
 void Session::close(bool resetClient, bool resetPrimary, bool resetMirrors,
@@ -1590,6 +1639,7 @@ void Session::close(bool resetClient, bool resetPrimary, bool resetMirrors,
   const bool wasClosing = state_ == State::Closing;
   if (!wasClosing) {
     closeStart_ = host_.now();
+    closeReason_ = reason;
     if (TapWriter* tw = listener_.tap; tw != nullptr) {
       const tap::EndKind end = resetClient_ ? tap::EndKind::kReset : tap::EndKind::kFin;
       tw->end(tap_, tap::Direction::kRequest, end, 0);

@@ -27,6 +27,7 @@
 
 #include "config/config.h"
 #include "metrics/stats.h"
+#include "proxy/access_log.h"
 #include "proxy/sockets.h"
 #include "proxy/tap_writer.h"
 #include "proxy/timer.h"
@@ -96,6 +97,7 @@ struct ListenerContext {
   UpstreamPool* upstream = nullptr;
   metrics::ListenerStats* stats = nullptr;
   TapWriter* tap = nullptr;                     // this worker's tap of the listener, if it has one
+  AccessLog* accessLog = nullptr;               // this worker's access log of the listener
   SSL_CTX* tls = nullptr;                       // TLS termination on this listener
   SSL_CTX* upstreamTls = nullptr;               // TLS toward the upstream pool
   std::atomic<int64_t>* connections = nullptr;  // the listener's open sessions (all workers)
@@ -249,6 +251,7 @@ public:
   uint8_t path_ = 0;            // metrics::PathIndex its (non-group) chunks count under
   bool groupCapable_ = false;   // the worker runs the group path and no side needs userspace TLS
   bool waitingTarget_ = false;  // group path: the next receive waits for the target's send
+  uint64_t received_ = 0;       // bytes received from the source (access log)
   uint64_t groupBackoffUntil_ = 0;  // after -ENOBUFS from the kernel: mainline until then
   GroupOp* group_ = nullptr;        // the group whose leader is in flight
   GroupOp* freeGroups_ = nullptr;
@@ -355,6 +358,7 @@ private:
   void connectMirrors();
   void mirrorConnected(size_t index, int32_t res);
   void startRelaying();
+  void writeAccessLog();
   void deliver(Flow& flow, const relay::ChunkRef& chunk);
   // Group path: may this flow's next chunk go as a group (every mirror that takes it is
   // connected and has nothing queued from the mainline path)?
@@ -393,7 +397,8 @@ private:
   sockaddr_storage localAddress_{};
   std::vector<uint32_t> serverOrder_;
   size_t serverAttempt_ = 0;
-  int64_t server_ = -1;  // index of the connected server
+  int64_t server_ = -1;      // index of the connected server
+  int64_t lastServer_ = -1;  // the last server a connect succeeded to (access log)
   uint64_t connectStart_ = 0;
   uint64_t connectDeadline_ = 0;
   bool connectTimedOut_ = false;
@@ -409,6 +414,9 @@ private:
   bool resetMirrors_ = false;
   TapStream tap_;
   bool counted_ = false;
+  uint64_t started_ = 0;  // monotonic ns (access log)
+  tap::CloseReason closeReason_ = tap::CloseReason::kNormal;
+  uint32_t mirrorsCut_ = 0;
   bool upstreamCounted_ = false;
   bool done_ = false;
 };

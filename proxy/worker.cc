@@ -45,12 +45,21 @@ Runtime::Runtime(const config::Config& cfg)
   for (const auto& u : cfg.upstreams) {
     upstreams.push_back(std::make_unique<UpstreamPool>(u));
   }
+  accessLogFds.assign(cfg.listeners.size(), -1);
   for (size_t i = 0; i < cfg.listeners.size(); ++i) {
     listenerConnections[i].store(0);
     troubleLogs.push_back(std::make_unique<LogLimiter>());
     auto& logs = mirrorLogs.emplace_back();
     for (size_t m = 0; m < cfg.listeners[i].mirrors.size(); ++m) {
       logs.push_back(std::make_unique<LogLimiter>());
+    }
+  }
+}
+
+Runtime::~Runtime() {
+  for (int fd : accessLogFds) {
+    if (fd >= 0) {
+      ::close(fd);
     }
   }
 }
@@ -137,6 +146,9 @@ void Worker::run(std::promise<int>& ready) {
   for (auto& t : taps_) {
     t->finish();
   }
+  for (auto& log : accessLogs_) {
+    log->flush();
+  }
 }
 
 int Worker::init() {
@@ -177,6 +189,20 @@ int Worker::init() {
       }
     }
     taps_.push_back(std::move(writer));
+  }
+  for (size_t i = 0; i < runtime_.accessLogFds.size(); ++i) {
+    if (runtime_.accessLogFds[i] < 0) {
+      continue;
+    }
+    const config::ListenerConfig& l = cfg.listeners[i];
+    auto log = std::make_unique<AccessLog>(runtime_.accessLogFds[i], l.access_log, l.name,
+                                           *stats_.listeners[i]);
+    for (auto& a : acceptors_) {
+      if (a->index == i) {
+        a->context.accessLog = log.get();
+      }
+    }
+    accessLogs_.push_back(std::move(log));
   }
   for (auto& a : acceptors_) {
     armAccept(*a);
@@ -468,6 +494,9 @@ void Worker::afterDispatch() {
     if (!a->armed && !drainStarted_ && now_ >= a->retryAt) {
       armAccept(*a);
     }
+  }
+  for (auto& log : accessLogs_) {
+    log->flushIfDue(now_);
   }
   tapDue_ = 0;
   for (auto& t : taps_) {

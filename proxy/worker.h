@@ -26,6 +26,9 @@ namespace grelay::proxy {
 // State shared by all workers (read-mostly).
 struct Runtime {
   explicit Runtime(const config::Config& cfg);
+  ~Runtime();
+  Runtime(const Runtime&) = delete;
+  Runtime& operator=(const Runtime&) = delete;
 
   const config::Config& config;
   config::RelayPath path = config::RelayPath::Mainline;  // resolved, never Auto
@@ -36,6 +39,7 @@ struct Runtime {
   std::vector<std::vector<std::unique_ptr<LogLimiter>>> mirrorLogs;  // [listener][mirror]
   std::vector<std::unique_ptr<LogLimiter>> troubleLogs;  // [listener]: TLS, PROXY protocol
   const TlsContexts* tls = nullptr;
+  std::vector<int> accessLogFds;  // [listener]: the access log (O_APPEND, shared) or -1
   LogLimiter acceptErrorLog;
   uint32_t workers = 1;
   std::atomic<bool> draining{false};
@@ -134,6 +138,7 @@ private:
   std::vector<std::unique_ptr<Acceptor>> acceptors_;
   std::vector<TapFile> tapFiles_;
   std::vector<std::unique_ptr<TapWriter>> taps_;
+  std::vector<std::unique_ptr<AccessLog>> accessLogs_;
   int controlFd_ = -1;
   uint64_t controlValue_ = 0;
   bool controlArmed_ = false;

@@ -2,8 +2,8 @@
 // tests and metrics_test_exporter (whose numbers prometheus_scrape_test.py checks).
 //
 // Config: upstream pools "app" and "secure_api"; listener "web" (upstream app, mirrors
-// "analytics" and "shadow", a tap) and listener "api" (upstream secure_api, no mirrors, no
-// tap, max_connections = 100, accept_proxy_protocol); [server] max_connections = 5000.
+// "analytics" and "shadow", a tap, an access log) and listener "api" (upstream secure_api, no
+// mirrors, no tap, max_connections = 100, accept_proxy_protocol); [server] max_connections = 5000.
 //
 // fillKnownValues(stats, worker): every counter of listener L (0 = web, 1 = api) holds
 // (BASE + 100 * L) * (worker == 0 ? 1 : 10), so two workers sum to 11 * (BASE + 100 * L).
@@ -71,6 +71,7 @@ inline config::Config makeConfig(const config::Address& admin) {
   shadow.name = "shadow";
   shadow.address = address("127.0.0.1", 9002);
   web.mirrors = {analytics, shadow};
+  web.access_log = "access.log";
   web.tap = config::TapConfig{};
   web.tap->path = "var/tap/web";
 
@@ -120,6 +121,7 @@ enum Base : uint64_t {
   kBaseChunksSplice = 18,
   kBaseMarkedDown = 19,
   kBaseProxyProtocolErrors = 20,
+  kBaseAccessLogDropped = 21,
 };
 
 inline void fillKnownValues(WorkerStats& stats, int worker) {
@@ -141,6 +143,7 @@ inline void fillKnownValues(WorkerStats& stats, int worker) {
     s.upstreamConnectErrors.add(v(kBaseConnectErrors));
     s.upstreamMarkedDown.add(v(kBaseMarkedDown));
     s.proxyProtocolErrors.add(v(kBaseProxyProtocolErrors));
+    s.accessLogDroppedLines.add(v(kBaseAccessLogDropped));
     s.noUpstream.add(v(kBaseNoUpstream));
     s.idleTimeouts.add(v(kBaseIdleTimeouts));
     s.resets.add(v(kBaseResets));

@@ -1,0 +1,90 @@
+#include "proxy/access_log.h"
+
+#include <unistd.h>
+
+#include <cerrno>
+#include <cinttypes>
+#include <cstdio>
+#include <cstring>
+#include <ctime>
+
+#include "proxy/sockets.h"
+
+namespace grelay::proxy {
+
+std::string accessLogLine(const AccessRecord& r) {
+  const time_t seconds = static_cast<time_t>(r.endUnixNanos / 1'000'000'000);
+  const int millis = static_cast<int>((static_cast<uint64_t>(r.endUnixNanos) / 1'000'000) % 1000);
+  tm utc{};
+  gmtime_r(&seconds, &utc);
+  char time[64];
+  std::snprintf(time, sizeof(time), "%04d-%02d-%02dT%02d:%02d:%02d.%03dZ", utc.tm_year + 1900,
+                utc.tm_mon + 1, utc.tm_mday, utc.tm_hour, utc.tm_min, utc.tm_sec, millis);
+  // Names are [A-Za-z0-9_-] and addresses digits, dots, colons and brackets: nothing to
+  // escape.
+  const std::string server = r.server != nullptr ? "\"" + *r.server + "\"" : "null";
+  char numbers[256];
+  std::snprintf(numbers, sizeof(numbers),
+                "\"duration\":%.6f,\"request_bytes\":%" PRIu64 ",\"response_bytes\":%" PRIu64
+                ",\"end\":\"%s\",\"reset\":%s,\"tls\":%s,\"mirrors\":%u,\"mirrors_cut\":%u}\n",
+                static_cast<double>(r.durationNanos) / 1e9, r.requestBytes, r.responseBytes, r.end,
+                r.reset ? "true" : "false", r.tls ? "true" : "false", r.mirrors, r.mirrorsCut);
+  return std::string("{\"time\":\"") + time + "\",\"listener\":\"" + *r.listener +
+         "\",\"client\":\"" + formatAddress(r.client) + "\",\"server\":" + server + "," + numbers;
+}
+
+AccessLog::AccessLog(int fd, std::string path, std::string listener, metrics::ListenerStats& stats)
+    : fd_(fd), path_(std::move(path)), listener_(std::move(listener)), stats_(stats) {}
+
+void AccessLog::add(const AccessRecord& record, uint64_t now) {
+  if (buffer_.empty()) {
+    oldest_ = now;
+  }
+  buffer_ += accessLogLine(record);
+  if (buffer_.size() >= kFlushBytes) {
+    flush();
+  }
+}
+
+void AccessLog::flushIfDue(uint64_t now) {
+  if (!buffer_.empty() && now >= oldest_ + kFlushNanos) {
+    flush();
+  }
+}
+
+void AccessLog::flush() {
+  size_t done = 0;
+  int err = 0;
+  while (done < buffer_.size()) {
+    const ssize_t n = ::write(fd_, buffer_.data() + done, buffer_.size() - done);
+    if (n < 0 && errno == EINTR) {
+      continue;
+    }
+    if (n <= 0) {
+      err = n < 0 ? errno : ENOSPC;
+      break;
+    }
+    done += static_cast<size_t>(n);
+  }
+  if (err != 0) {
+    // Lines not written whole are dropped; a line cut by a short write stays cut (the
+    // next write starts a new line, so readers can skip it).
+    uint64_t lost = 0;
+    for (size_t i = done; i < buffer_.size(); ++i) {
+      lost += buffer_[i] == '\n' ? 1 : 0;
+    }
+    if (done > 0 && buffer_[done - 1] != '\n') {
+      (void)!::write(fd_, "\n", 1);
+    }
+    stats_.accessLogDroppedLines.add(lost);
+    uint64_t suppressed = 0;
+    if (errorLog_.allow(monotonicNanos(), &suppressed)) {
+      GRELAY_LOG_WARN("listener %s: access log %s: write failed: %s (%" PRIu64 " lines dropped%s)",
+                      listener_.c_str(), path_.c_str(), std::strerror(err), lost,
+                      suppressed > 0 ? "; more failures not logged in the last minute" : "");
+    }
+  }
+  buffer_.clear();
+}
+
+}  // namespace grelay::proxy

@@ -1,0 +1,134 @@
+#!/usr/bin/env python3
+"""[[listener]] access_log: one JSON line per finished session, with the client (the one a
+PROXY protocol header names, when the listener accepts them), the server, the duration,
+the bytes each way, how it ended and the mirrors. Lines reach the file within about two
+seconds and all of them by the time grelay exits; a path that cannot be opened stops
+startup with a clear error; a full disk drops lines (counted), never traffic."""
+
+import json
+import os
+import shutil
+import socket
+import tempfile
+import time
+
+import harness as h
+
+
+def read_lines(path: str) -> list[dict]:
+    try:
+        with open(path) as f:
+            return [json.loads(line) for line in f if line.strip()]
+    except FileNotFoundError:
+        return []
+
+
+class AccessLogTest(h.GrelayTest):
+    def setUp(self):
+        super().setUp()
+        self.dir = tempfile.mkdtemp(prefix="grelay-access-")
+        self.path = os.path.join(self.dir, "access.log")
+        self.addCleanup(shutil.rmtree, self.dir, True)
+
+    def test_one_line_per_session(self):
+        with h.EchoServer() as echo, h.RefusingPort() as dead, h.SinkServer() as mirror:
+            cfg = h.Config()
+            cfg.upstream("app", [echo.address])
+            cfg.upstream("dead", [dead.address])
+            web = cfg.listener("web", "app", access_log=self.path, idle_timeout="500ms",
+                               mirrors=[{"name": "m", "address": mirror.address}])
+            bad = cfg.listener("bad", "dead", access_log=self.path)
+            lb = cfg.listener("lb", "app", access_log=self.path, accept_proxy_protocol=True)
+            with h.Grelay(cfg) as g:
+                seen = {}
+                stream = h.Stream(1, h.scaled(300 * h.KiB) + 7)
+                r = h.stream_session(web, stream,
+                                     on_connect=lambda s: seen.update(port=s.getsockname()[1]))
+                self.assertTrue(r.ok, str(r))
+                end, _, _ = h.try_request(bad, b"x")
+                self.assertEqual(end, "reset")
+                # Idle: closed by idle_timeout after 5 bytes each way.
+                with h.connect(web) as s:
+                    s.sendall(b"hello")
+                    self.assertEqual(h.read_outcome(s, 5), ("eof", b"hello"))
+                with h.connect(lb) as s:
+                    s.sendall(b"PROXY TCP4 203.0.113.9 192.0.2.1 41000 443\r\nping")
+                    s.shutdown(socket.SHUT_WR)
+                    self.assertEqual(h.read_outcome(s, 5), ("eof", b"ping"))
+                # Written while grelay runs, within about two seconds.
+                self.assertTrue(h.wait_for(lambda: len(read_lines(self.path)) == 4, 5),
+                                read_lines(self.path))
+            lines = read_lines(self.path)
+        self.assertEqual(len(lines), 4, lines)
+        by_end = {}
+        for line in lines:
+            self.assertEqual(set(line), {"time", "listener", "client", "server", "duration",
+                                         "request_bytes", "response_bytes", "end", "reset",
+                                         "tls", "mirrors", "mirrors_cut"})
+            by_end.setdefault((line["listener"], line["end"]), []).append(line)
+        normal = [x for x in by_end[("web", "normal")] if x["request_bytes"] == len(stream)]
+        self.assertEqual(len(normal), 1, lines)
+        n = normal[0]
+        self.assertEqual(n["client"], f"127.0.0.1:{seen['port']}")
+        self.assertEqual(n["server"], echo.address)
+        self.assertEqual(n["response_bytes"], len(stream))
+        self.assertEqual((n["reset"], n["tls"], n["mirrors"], n["mirrors_cut"]),
+                         (False, False, 1, 0))
+        self.assertGreater(n["duration"], 0)
+        self.assertRegex(n["time"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
+        failed = by_end[("bad", "connect_failed")][0]
+        self.assertEqual((failed["server"], failed["reset"], failed["request_bytes"]),
+                         (None, True, 0))  # nothing is read before a connect
+        idle = by_end[("web", "idle_timeout")][0]
+        self.assertEqual((idle["request_bytes"], idle["response_bytes"]), (5, 5))
+        self.assertGreaterEqual(idle["duration"], 0.45)
+        proxied = by_end[("lb", "normal")][0]
+        self.assertEqual(proxied["client"], "203.0.113.9:41000")
+        self.assertEqual(proxied["request_bytes"], 4)  # the header is not the client's stream
+
+    def test_every_line_is_written_by_exit(self):
+        with h.EchoServer() as echo:
+            cfg = h.Config()
+            cfg.upstream("app", [echo.address])
+            port = cfg.listener("web", "app", access_log=self.path)
+            g = h.Grelay(cfg).start()
+            try:
+                results = h.run_concurrently(
+                    h.stream_session, [(port, h.Stream(10 + i, 4 * h.KiB)) for i in range(50)])
+                self.assertTrue(all(r.ok for r in results))
+            finally:
+                g.stop()
+        self.assertEqual(len(read_lines(self.path)), 50)
+
+    def test_an_access_log_that_cannot_be_opened_stops_startup(self):
+        with h.EchoServer() as echo:
+            cfg = h.Config()
+            cfg.upstream("app", [echo.address])
+            cfg.listener("web", "app", access_log=os.path.join(self.dir, "no", "such", "dir.log"))
+            g = h.Grelay(cfg, expect_exit=None)
+            with self.assertRaises(h.GrelayError):
+                g.start()
+            self.assertNotEqual(g.wait_exit(10), 0)
+            self.assertIn("listener web: cannot open access log", g.log())
+            self.assertIn("No such file or directory", g.log())
+
+    def test_a_full_disk_drops_lines_not_traffic(self):
+        if not os.path.exists("/dev/full"):
+            self.skipTest("no /dev/full")
+        with h.EchoServer() as echo:
+            cfg = h.Config()
+            cfg.upstream("app", [echo.address])
+            port = cfg.listener("web", "app", access_log="/dev/full")
+            cfg.with_admin()
+            with h.Grelay(cfg) as g:
+                for i in range(5):
+                    r = h.stream_session(port, h.Stream(30 + i, 64 * h.KiB))
+                    self.assertTrue(r.ok, str(r))
+                self.assertTrue(h.wait_for(lambda: g.metric(
+                    "grelay_access_log_dropped_lines_total", listener="web") == 5, 5))
+                self.assertIn("access log /dev/full: write failed: No space left on device",
+                              g.log())
+
+
+if __name__ == "__main__":
+    h.main()

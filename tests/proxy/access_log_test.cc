@@ -1,0 +1,138 @@
+// The access log: the line format, when buffered lines reach the file, and a failing disk.
+#include "proxy/access_log.h"
+
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <unistd.h>
+
+#include <cstdlib>
+#include <string>
+
+#include <gtest/gtest.h>
+
+namespace grelay::proxy {
+namespace {
+
+constexpr uint64_t kSecond = 1'000'000'000ull;
+
+AccessRecord record(const std::string* listener, const std::string* server) {
+  AccessRecord r;
+  r.endUnixNanos = 1'765'000'000'123'456'789;  // 2025-12-06T05:46:40.123Z
+  r.listener = listener;
+  auto& c = reinterpret_cast<sockaddr_in&>(r.client);
+  c.sin_family = AF_INET;
+  c.sin_port = htons(51098);
+  inet_pton(AF_INET, "192.0.2.7", &c.sin_addr);
+  r.server = server;
+  r.durationNanos = 1'500'250'000;
+  r.requestBytes = 78;
+  r.responseBytes = 4321;
+  r.mirrors = 2;
+  r.mirrorsCut = 1;
+  return r;
+}
+
+TEST(AccessLogTest, OneJsonLinePerSession) {
+  const std::string web = "web";
+  const std::string server = "127.0.0.1:8000";
+  EXPECT_EQ(accessLogLine(record(&web, &server)),
+            "{\"time\":\"2025-12-06T05:46:40.123Z\",\"listener\":\"web\",\"client\":"
+            "\"192.0.2.7:51098\",\"server\":\"127.0.0.1:8000\",\"duration\":1.500250,"
+            "\"request_bytes\":78,\"response_bytes\":4321,\"end\":\"normal\",\"reset\":false,"
+            "\"tls\":false,\"mirrors\":2,\"mirrors_cut\":1}\n");
+  AccessRecord r = record(&web, nullptr);
+  auto& c6 = reinterpret_cast<sockaddr_in6&>(r.client);
+  c6 = sockaddr_in6{};
+  c6.sin6_family = AF_INET6;
+  c6.sin6_port = htons(443);
+  inet_pton(AF_INET6, "2001:db8::1", &c6.sin6_addr);
+  r.end = "connect_failed";
+  r.reset = true;
+  r.tls = true;
+  const std::string line = accessLogLine(r);
+  EXPECT_NE(line.find("\"client\":\"[2001:db8::1]:443\",\"server\":null,"), std::string::npos)
+      << line;
+  EXPECT_NE(line.find("\"end\":\"connect_failed\",\"reset\":true,\"tls\":true,"), std::string::npos)
+      << line;
+}
+
+class AccessLogFileTest : public ::testing::Test {
+protected:
+  void SetUp() override {
+    char tmpl[] = "/tmp/grelay-access-XXXXXX";
+    fd_ = mkstemp(tmpl);
+    ASSERT_GE(fd_, 0);
+    path_ = tmpl;
+  }
+  void TearDown() override {
+    ::close(fd_);
+    ::unlink(path_.c_str());
+  }
+  std::string contents() const {
+    std::string out;
+    char buf[65536];
+    ssize_t n;
+    for (off_t off = 0; (n = ::pread(fd_, buf, sizeof(buf), off)) > 0; off += n) {
+      out.append(buf, static_cast<size_t>(n));
+    }
+    return out;
+  }
+
+  int fd_ = -1;
+  std::string path_;
+  metrics::ListenerStats stats_{0};
+  const std::string web_ = "web";
+};
+
+TEST_F(AccessLogFileTest, LinesReachTheFileWithinASecondOrAt64KiB) {
+  AccessLog log(fd_, path_, "web", stats_);
+  const uint64_t t0 = 100 * kSecond;
+  log.add(record(&web_, nullptr), t0);
+  log.add(record(&web_, nullptr), t0 + kSecond / 2);
+  log.flushIfDue(t0 + kSecond - 1);
+  EXPECT_EQ(contents(), "");  // buffered: no write per session
+  log.flushIfDue(t0 + kSecond);
+  const std::string line = accessLogLine(record(&web_, nullptr));
+  EXPECT_EQ(contents(), line + line);
+  // A burst is written as soon as 64 KiB are buffered.
+  size_t added = 0;
+  while (contents().size() == 2 * line.size()) {
+    log.add(record(&web_, nullptr), t0 + 2 * kSecond);
+    ++added;
+    ASSERT_LE(added * line.size(), AccessLog::kFlushBytes + line.size());
+  }
+  EXPECT_GE(added * line.size(), AccessLog::kFlushBytes);
+  EXPECT_EQ(contents().size(), (2 + added) * line.size());
+}
+
+TEST_F(AccessLogFileTest, WhatIsBufferedIsWrittenWhenTheLogGoes) {
+  {
+    AccessLog log(fd_, path_, "web", stats_);
+    log.add(record(&web_, nullptr), 5 * kSecond);
+  }
+  EXPECT_EQ(contents(), accessLogLine(record(&web_, nullptr)));
+}
+
+TEST(AccessLogFailureTest, AFullDiskDropsAndCountsTheLines) {
+  const int fd = ::open("/dev/full", O_WRONLY | O_APPEND | O_CLOEXEC);
+  if (fd < 0) {
+    GTEST_SKIP() << "no /dev/full";
+  }
+  metrics::ListenerStats stats(0);
+  const std::string web = "web";
+  {
+    AccessLog log(fd, "/dev/full", "web", stats);
+    log.add(record(&web, nullptr), kSecond);
+    log.add(record(&web, nullptr), kSecond);
+    log.add(record(&web, nullptr), kSecond);
+    log.flush();
+    EXPECT_EQ(stats.accessLogDroppedLines.value(), 3u);
+    log.add(record(&web, nullptr), kSecond);
+  }
+  EXPECT_EQ(stats.accessLogDroppedLines.value(), 4u);
+  ::close(fd);
+}
+
+}  // namespace
+}  // namespace grelay::proxy
