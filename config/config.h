@@ -119,6 +119,9 @@ struct ListenerConfig {
   size_t upstream_index = 0;  // index into Config::upstreams
   Duration connect_timeout{5'000};
   Duration idle_timeout{3'600'000};
+  // TCP keepalive on the session's sockets (client, upstream, mirrors): probes after this
+  // long without traffic, every third of it, 3 unanswered ones end the connection. 0 = off.
+  Duration tcp_keepalive{0};
   uint32_t max_connections = 0;  // per listener; 0 = only the server-wide limit
   // Clients (a load balancer) start every connection with a PROXY protocol header (v1 or
   // v2), read before TLS; its addresses replace the connection's. Within connect_timeout.

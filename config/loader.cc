@@ -636,6 +636,7 @@ private:
                    true},
                   {"connect_timeout", duration(&l.connect_timeout, 1ms, kMaxTimeout)},
                   {"idle_timeout", duration(&l.idle_timeout, 1ms, kMaxTimeout)},
+                  {"tcp_keepalive", duration(&l.tcp_keepalive, 0ms, 2h)},
                   {"max_connections", integer(&l.max_connections, 0, 10'000'000)},
                   {"accept_proxy_protocol", boolean(&l.accept_proxy_protocol)},
                   {"access_log", string(&l.access_log)},

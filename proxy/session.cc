@@ -873,6 +873,7 @@ void Session::start() {
   stats().active.inc();
   counted_ = true;
   started_ = host_.now();
+  keepAlive(client_.fd_);
   host_.sockets().addresses(client_.fd_, &clientAddress_, &localAddress_);
   activity();
   if (cfg().accept_proxy_protocol) {
@@ -1099,6 +1100,7 @@ void Session::connectPrimary() {
       stats().upstreamConnectErrors.inc();
       continue;
     }
+    keepAlive(fd);
     primary_.fd_ = fd;
     primary_.connecting_ = true;
     server_ = index;
@@ -1200,6 +1202,7 @@ void Session::connectMirrors() {
       cutMirror(i, ("cannot create socket: " + describe(fd)).c_str());
       continue;
     }
+    keepAlive(fd);
     m.peer.fd_ = fd;
     m.peer.connecting_ = true;
     m.connectStart = host_.now();
@@ -1589,6 +1592,13 @@ void Session::maybeFinish() {
   host_.sessionDone(*this);
   if (counted_) {
     stats().active.dec();
+  }
+}
+
+void Session::keepAlive(int fd) {
+  const uint64_t ms = static_cast<uint64_t>(cfg().tcp_keepalive.count());
+  if (ms > 0) {
+    host_.sockets().setKeepAlive(fd, static_cast<uint32_t>((ms + 999) / 1000));
   }
 }
 

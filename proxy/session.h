@@ -359,6 +359,8 @@ private:
   void mirrorConnected(size_t index, int32_t res);
   void startRelaying();
   void writeAccessLog();
+  // tcp_keepalive on one of the session's sockets.
+  void keepAlive(int fd);
   void deliver(Flow& flow, const relay::ChunkRef& chunk);
   // Group path: may this flow's next chunk go as a group (every mirror that takes it is
   // connected and has nothing queued from the mainline path)?

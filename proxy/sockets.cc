@@ -6,6 +6,7 @@
 #include <netinet/tcp.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <string>
 
@@ -46,6 +47,17 @@ bool SystemSockets::addresses(int fd, sockaddr_storage* peer, sockaddr_storage* 
 void SystemSockets::setNoDelay(int fd) {
   int one = 1;
   ::setsockopt(fd, IPPROTO_TCP, TCP_NODELAY, &one, sizeof(one));
+}
+
+void SystemSockets::setKeepAlive(int fd, uint32_t idleSeconds) {
+  int on = 1;
+  int idle = static_cast<int>(idleSeconds);
+  int interval = std::max(1, idle / 3);
+  int count = 3;
+  ::setsockopt(fd, SOL_SOCKET, SO_KEEPALIVE, &on, sizeof(on));
+  ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPIDLE, &idle, sizeof(idle));
+  ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPINTVL, &interval, sizeof(interval));
+  ::setsockopt(fd, IPPROTO_TCP, TCP_KEEPCNT, &count, sizeof(count));
 }
 
 int SystemSockets::acceptNow(int listenFd) {

@@ -22,6 +22,9 @@ public:
   // The peer's and the local address of a connected socket (false on error).
   virtual bool addresses(int fd, sockaddr_storage* peer, sockaddr_storage* local) = 0;
   virtual void setNoDelay(int fd) = 0;
+  // SO_KEEPALIVE with probes after `idleSeconds` idle, every idleSeconds / 3 (at least 1),
+  // 3 unanswered probes ending the connection.
+  virtual void setKeepAlive(int fd, uint32_t idleSeconds) = 0;
   // A non-blocking, close-on-exec pipe (fds[0] reads, fds[1] writes) asked to hold
   // `size` bytes; returns what it holds or -errno.
   virtual int openPipe(int fds[2], uint32_t size) = 0;
@@ -47,6 +50,7 @@ public:
   void close(int fd, bool reset) override;
   bool addresses(int fd, sockaddr_storage* peer, sockaddr_storage* local) override;
   void setNoDelay(int fd) override;
+  void setKeepAlive(int fd, uint32_t idleSeconds) override;
   int openPipe(int fds[2], uint32_t size) override;
   ssize_t splice(int in, int out, size_t len) override;
   int acceptNow(int listenFd) override;

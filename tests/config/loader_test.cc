@@ -71,6 +71,7 @@ TEST(LoaderTest, MinimalFileLoadsWithDefaults) {
   EXPECT_EQ(web.upstream_index, 0u);
   EXPECT_EQ(web.connect_timeout, Duration(5'000));
   EXPECT_EQ(web.idle_timeout, Duration(3'600'000));
+  EXPECT_EQ(web.tcp_keepalive, Duration(0));
   EXPECT_EQ(web.max_connections, 0u);
   EXPECT_FALSE(web.accept_proxy_protocol);
   EXPECT_FALSE(web.tls.has_value());
@@ -501,6 +502,8 @@ TEST(LoaderErrorTest, PassiveHealthValuesOutOfRange) {
   EXPECT_THAT(pool("fail_timeout = \"0s\""), SizeIs(1));
   EXPECT_THAT(pool("fail_timeout = 10"), SizeIs(1));
   EXPECT_THAT(pool("max_fails = 0"), IsEmpty());
+  EXPECT_THAT(errorsOf(validWith({R"(tcp_keepalive = "3h")"})), SizeIs(1));
+  EXPECT_THAT(errorsOf(validWith({R"(tcp_keepalive = "90s")"})), IsEmpty());
   EXPECT_THAT(pool("proxy_protocol = \"v3\""),
               ElementsAre("t.toml:3:18: 'proxy_protocol' must be one of off, v1, v2, got 'v3'"));
 }

@@ -6,12 +6,17 @@
 - connect_timeout: against an upstream that never answers the SYN (a full listen
   backlog), the client is reset within connect_timeout + slack; a pool falls over to
   the next server after connect_timeout.
+- tcp_keepalive: grelay's sockets of a session (client, upstream, mirror) run the kernel's
+  keepalive timer with the configured idle time (seen with `ss -o`); without it, none.
 - max_connections (server-wide and per listener): connections past the limit are
   closed at once without reaching the upstream, counted, and grelay serves again as
   soon as a session ends.
 """
 
+import re
+import shutil
 import socket
+import subprocess
 import threading
 import time
 
@@ -79,6 +84,52 @@ class TimeoutTest(h.GrelayTest):
                 self.assertEqual(active_result, {"end": "eof"},
                                  "the active session should live on and end cleanly")
                 self.assertGreaterEqual(g.metric("grelay_idle_timeouts_total", listener="web"), 1)
+
+    def test_tcp_keepalive_runs_on_grelays_sockets(self):
+        if not shutil.which("ss"):
+            self.skipTest("ss (iproute2) is not installed")
+        with h.EchoServer() as echo, h.SinkServer() as mirror:
+            cfg = h.Config()
+            cfg.upstream("app", [echo.address])
+            alive = cfg.listener("alive", "app", tcp_keepalive="40s",
+                                 mirrors=[{"name": "m", "address": mirror.address}])
+            plain = cfg.listener("plain", "app")
+            with h.Grelay(cfg):
+                a = open_session(alive)
+                b = open_session(plain)
+                try:
+                    out = subprocess.run(["ss", "-tnoH", "state", "established"],
+                                         capture_output=True, text=True, check=True).stdout
+
+                    def timer(local: str, peer: str) -> str:
+                        for line in out.splitlines():
+                            f = line.split()
+                            if len(f) >= 4 and f[2] == local and f[3] == peer:
+                                m = re.search(r"timer:\((\w+),", line)
+                                return m.group(1) if m else "none"
+                        raise AssertionError(f"no socket {local} -> {peer}:\n{out}")
+
+                    def me(s):
+                        return "%s:%d" % s.getsockname()[:2]
+
+                    def them(s):
+                        return "%s:%d" % s.getpeername()[:2]
+
+                    # grelay's end of each client connection.
+                    self.assertEqual(timer(them(a), me(a)), "keepalive")
+                    self.assertEqual(timer(them(b), me(b)), "none")
+                    # grelay's connections to the upstream and the mirror: the sockets whose
+                    # peer is the server and whose local port is not the client's.
+                    ups = [line for line in out.splitlines()
+                           if line.split()[3] in (echo.address, mirror.address)]
+                    kinds = sorted(re.search(r"timer:\((\w+),", line).group(1)
+                                   if "timer:" in line else "none" for line in ups)
+                    self.assertEqual(kinds, ["keepalive", "keepalive", "none"], out)
+                    m = re.search(r"timer:\(keepalive,(\d+)sec", out)
+                    self.assertTrue(m and 30 <= int(m.group(1)) <= 40, out)
+                finally:
+                    self.assertEqual(end_session(a), "eof")
+                    self.assertEqual(end_session(b), "eof")
 
     def test_connect_timeout_against_a_blackhole(self):
         with h.Blackhole() as hole, h.EchoServer() as echo:

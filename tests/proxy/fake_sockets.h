@@ -39,6 +39,7 @@ public:
     return true;
   }
   void setNoDelay(int) override {}
+  void setKeepAlive(int fd, uint32_t idleSeconds) override { keepAlive[fd] = idleSeconds; }
   // Pipes come from the session host in unit tests (FakeHost::takePipe), never from here.
   int openPipe(int[2], uint32_t) override { return -ENOSYS; }
   // Scripted: results of splices out of a socket (fills, by `in`) and into one (drains, by
@@ -106,6 +107,7 @@ public:
   std::map<int, std::deque<int>> waiting;
   std::map<int, std::string> sent;
   std::map<int, std::string> incoming;
+  std::map<int, uint32_t> keepAlive;  // fd -> idle seconds
   std::map<int, bool> eof;
   std::map<int, ssize_t> sendResult;
 };

@@ -416,6 +416,20 @@ TEST_F(SessionTest, AConnectionClosedBeforeAnyByteIsAHealthCheckNotAnError) {
   EXPECT_EQ(host_.done, 1);
 }
 
+TEST_F(SessionTest, TcpKeepaliveIsOffByDefault) {
+  configure(1);
+  startConnected();
+  EXPECT_TRUE(host_.sockets_.keepAlive.empty());
+}
+
+TEST_F(SessionTest, TcpKeepaliveGoesOnEverySocketOfTheSession) {
+  configure(1);
+  listenerConfig_.tcp_keepalive = std::chrono::milliseconds(29'500);  // whole seconds, up
+  startConnected();
+  const std::map<int, uint32_t> expected = {{kClientFd, 30}, {100, 30}, {primaryFd(), 30}};
+  EXPECT_EQ(host_.sockets_.keepAlive, expected);
+}
+
 TEST_F(SessionTest, ConnectTimeoutCancelsAndCountsAsAFailure) {
   session_ = std::make_unique<Session>(host_, context_, kClientFd);
   session_->start();
