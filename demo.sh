@@ -53,6 +53,7 @@ grelay is running (relay path: $("$bin" --features | sed -n 's/^relay path chose
   metrics:          curl http://127.0.0.1:9100/metrics
   mirror sink:      prints each mirrored session below
   tap:              var/tap/web   (export: $bin tap export --pcap demo.pcap var/tap/web)
+  access log:       var/access.log (one JSON line per session, within ~2 s)
 Press Ctrl-C to stop everything.
 
 TXT
