@@ -125,6 +125,7 @@ grelay_mirror_response_bytes_total{listener="web",mirror="shadow"} 495
 grelay_tap_bytes_total{listener="web"} 165
 grelay_tap_dropped_bytes_total{listener="web"} 176
 grelay_tap_errors_total{listener="web"} 187
+grelay_proxy_protocol_errors_total{listener="web"} 220
 grelay_proxy_protocol_errors_total{listener="api"} 1320
 grelay_access_log_dropped_lines_total{listener="web"} 231
 )golden";

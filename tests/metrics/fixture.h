@@ -2,8 +2,9 @@
 // tests and metrics_test_exporter (whose numbers prometheus_scrape_test.py checks).
 //
 // Config: upstream pools "app" and "secure_api"; listener "web" (upstream app, mirrors
-// "analytics" and "shadow", a tap, an access log) and listener "api" (upstream secure_api, no
-// mirrors, no tap, max_connections = 100, accept_proxy_protocol); [server] max_connections = 5000.
+// "analytics" and "shadow", a tap, an access log, accept_proxy_protocol) and listener "api"
+// (upstream secure_api, no mirrors, no tap, max_connections = 100, accept_proxy_protocol); [server]
+// max_connections = 5000.
 //
 // fillKnownValues(stats, worker): every counter of listener L (0 = web, 1 = api) holds
 // (BASE + 100 * L) * (worker == 0 ? 1 : 10), so two workers sum to 11 * (BASE + 100 * L).
@@ -72,6 +73,7 @@ inline config::Config makeConfig(const config::Address& admin) {
   shadow.address = address("127.0.0.1", 9002);
   web.mirrors = {analytics, shadow};
   web.access_log = "access.log";
+  web.accept_proxy_protocol = true;
   web.tap = config::TapConfig{};
   web.tap->path = "var/tap/web";
 

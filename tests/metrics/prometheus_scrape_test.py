@@ -80,8 +80,8 @@ def expected_families():
         if tap:
             for family, base in TAP_BASE.items():
                 put(family, labels(listener=name), total(base, i))
-        if name == "api":  # accept_proxy_protocol
-            put("grelay_proxy_protocol_errors_total", labels(listener=name), total(20, i))
+        # Both listeners accept the PROXY protocol.
+        put("grelay_proxy_protocol_errors_total", labels(listener=name), total(20, i))
         if name == "web":  # access_log
             put("grelay_access_log_dropped_lines_total", labels(listener=name), total(21, i))
     return want
