@@ -30,7 +30,8 @@ std::string accessLogLine(const AccessRecord& r) {
                 static_cast<double>(r.durationNanos) / 1e9, r.requestBytes, r.responseBytes, r.end,
                 r.reset ? "true" : "false", r.tls ? "true" : "false", r.mirrors, r.mirrorsCut);
   return std::string("{\"time\":\"") + time + "\",\"listener\":\"" + *r.listener +
-         "\",\"client\":\"" + formatAddress(r.client) + "\",\"server\":" + server + "," + numbers;
+         "\",\"worker\":" + std::to_string(r.worker) + ",\"session\":" + std::to_string(r.session) +
+         ",\"client\":\"" + formatAddress(r.client) + "\",\"server\":" + server + "," + numbers;
 }
 
 AccessLog::AccessLog(int fd, std::string path, std::string listener, metrics::ListenerStats& stats)

@@ -18,6 +18,8 @@ namespace grelay::proxy {
 struct AccessRecord {
   int64_t endUnixNanos = 0;  // wall clock when the session ended
   const std::string* listener = nullptr;
+  uint32_t worker = 0;  // with `session`, names the session in that worker's tap file
+  uint64_t session = 0;
   sockaddr_storage client{};            // after a PROXY protocol header, the address it carried
   const std::string* server = nullptr;  // the upstream server it was connected to, or null
   uint64_t durationNanos = 0;
@@ -30,7 +32,8 @@ struct AccessRecord {
   uint32_t mirrorsCut = 0;
 };
 
-// {"time":"2026-12-06T05:12:54.123Z","listener":"web","client":"192.0.2.1:5555",
+// {"time":"2026-12-06T05:12:54.123Z","listener":"web","worker":0,"session":17,
+//  "client":"192.0.2.1:5555",
 //  "server":"127.0.0.1:8000","duration":0.004512,"request_bytes":78,"response_bytes":4321,
 //  "end":"normal","reset":false,"tls":false,"mirrors":1,"mirrors_cut":0}  + "\n"
 // (one line; "server" is null when no server was connected).

@@ -1608,6 +1608,8 @@ void Session::writeAccessLog() {
                        std::chrono::system_clock::now().time_since_epoch())
                        .count();
   r.listener = &cfg().name;
+  r.worker = host_.workerIndex();
+  r.session = id_;
   r.client = clientAddress_;
   r.server = lastServer_ >= 0 ? &listener_.upstream->server(static_cast<size_t>(lastServer_)).text
                               : nullptr;

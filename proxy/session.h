@@ -78,6 +78,7 @@ public:
   // Where mirrors' responses are received and dropped (contents never read).
   virtual uint8_t* discardBuffer(uint32_t* length) = 0;
   virtual uint8_t pathIndex() const = 0;  // metrics::PathIndex of this worker's relay path
+  virtual uint32_t workerIndex() const = 0;
   // Rate-limited logging of a listener's connection trouble: TLS, PROXY protocol headers
   // (once per listener and minute; `what` starts with its topic, e.g. "TLS: ").
   virtual void listenerTrouble(const struct ListenerContext& listener, const std::string& what) = 0;

@@ -85,6 +85,7 @@ public:
                      const std::string& what) override;
   uint8_t* discardBuffer(uint32_t* length) override;
   uint8_t pathIndex() const override { return pathIndex_; }
+  uint32_t workerIndex() const override { return index_; }
   void listenerTrouble(const ListenerContext& listener, const std::string& what) override;
   int takePipe(int fds[2]) override;
   void givePipe(const int fds[2], int capacity, bool empty) override;

@@ -62,7 +62,8 @@ class AccessLogTest(h.GrelayTest):
         self.assertEqual(len(lines), 4, lines)
         by_end = {}
         for line in lines:
-            self.assertEqual(set(line), {"time", "listener", "client", "server", "duration",
+            self.assertEqual(set(line), {"time", "listener", "worker", "session", "client",
+                                         "server", "duration",
                                          "request_bytes", "response_bytes", "end", "reset",
                                          "tls", "mirrors", "mirrors_cut"})
             by_end.setdefault((line["listener"], line["end"]), []).append(line)
@@ -98,7 +99,10 @@ class AccessLogTest(h.GrelayTest):
                 self.assertTrue(all(r.ok for r in results))
             finally:
                 g.stop()
-        self.assertEqual(len(read_lines(self.path)), 50)
+        lines = read_lines(self.path)
+        self.assertEqual(len(lines), 50)
+        self.assertEqual(len({(x["worker"], x["session"]) for x in lines}), 50,
+                         "worker + session must name each session once")
 
     def test_an_access_log_that_cannot_be_opened_stops_startup(self):
         with h.EchoServer() as echo:

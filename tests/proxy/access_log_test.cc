@@ -20,6 +20,8 @@ AccessRecord record(const std::string* listener, const std::string* server) {
   AccessRecord r;
   r.endUnixNanos = 1'765'000'000'123'456'789;  // 2025-12-06T05:46:40.123Z
   r.listener = listener;
+  r.worker = 1;
+  r.session = 42;
   auto& c = reinterpret_cast<sockaddr_in&>(r.client);
   c.sin_family = AF_INET;
   c.sin_port = htons(51098);
@@ -37,7 +39,8 @@ TEST(AccessLogTest, OneJsonLinePerSession) {
   const std::string web = "web";
   const std::string server = "127.0.0.1:8000";
   EXPECT_EQ(accessLogLine(record(&web, &server)),
-            "{\"time\":\"2025-12-06T05:46:40.123Z\",\"listener\":\"web\",\"client\":"
+            "{\"time\":\"2025-12-06T05:46:40.123Z\",\"listener\":\"web\",\"worker\":1,"
+            "\"session\":42,\"client\":"
             "\"192.0.2.7:51098\",\"server\":\"127.0.0.1:8000\",\"duration\":1.500250,"
             "\"request_bytes\":78,\"response_bytes\":4321,\"end\":\"normal\",\"reset\":false,"
             "\"tls\":false,\"mirrors\":2,\"mirrors_cut\":1}\n");

@@ -50,6 +50,7 @@ public:
     return discard_;
   }
   uint8_t pathIndex() const override { return path; }
+  uint32_t workerIndex() const override { return 0; }
   int takePipe(int fds[2]) override {
     if (pipeCapacity <= 0) {
       return -EMFILE;
