@@ -890,13 +890,10 @@ void Session::readProxyHeader() {
   uint8_t buf[kMaxProxyHeader];
   const size_t have = proxyHeader_.size();
   std::memcpy(buf, proxyHeader_.data(), have);
-  relay::Ring& ring = host_.ring();
   Sockets& sockets = host_.sockets();
   const ssize_t n = sockets.receiveNow(client_.fd_, buf + have, sizeof(buf) - have, true);
   if (n == -EAGAIN) {
-    client_.polling_ = true;
-    ++inflight_;
-    ring.pollAdd(client_.fd_, POLLIN, &client_.pollDone_);
+    pollForProxyHeader();
     return;
   }
   if (n == 0 && have == 0) {
@@ -924,9 +921,7 @@ void Session::readProxyHeader() {
   }
   if (parsed.status == ProxyHeaderParse::Status::Incomplete) {
     proxyHeader_.append(reinterpret_cast<const char*>(buf + have), take);
-    client_.polling_ = true;
-    ++inflight_;
-    ring.pollAdd(client_.fd_, POLLIN, &client_.pollDone_);
+    pollForProxyHeader();
     return;
   }
   std::string().swap(proxyHeader_);
@@ -935,6 +930,12 @@ void Session::readProxyHeader() {
     localAddress_ = parsed.local;
   }
   afterProxyHeader();
+}
+
+void Session::pollForProxyHeader() {
+  client_.polling_ = true;
+  ++inflight_;
+  host_.ring().pollAdd(client_.fd_, POLLIN, &client_.pollDone_);
 }
 
 void Session::proxyHeaderPolled(int32_t res) {
@@ -1617,23 +1618,7 @@ void Session::writeAccessLog() {
   r.durationNanos = now - started_;
   r.requestBytes = request_.received_;
   r.responseBytes = response_.received_;
-  switch (closeReason_) {
-    case tap::CloseReason::kNormal:
-      r.end = "normal";
-      break;
-    case tap::CloseReason::kConnectFailed:
-      r.end = "connect_failed";
-      break;
-    case tap::CloseReason::kIdleTimeout:
-      r.end = "idle_timeout";
-      break;
-    case tap::CloseReason::kShutdown:
-      r.end = "shutdown";
-      break;
-    case tap::CloseReason::kError:
-      r.end = "error";
-      break;
-  }
+  r.end = tap::toString(closeReason_);  // the tap's close reasons, by the same names
   r.reset = resetClient_;
   r.tls = cfg().tls.has_value();
   for (const auto& m : mirrors_) {

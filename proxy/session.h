@@ -346,6 +346,7 @@ private:
   void afterProxyHeader();
   // Reads what has arrived of the client's PROXY protocol header, never a byte past it.
   void readProxyHeader();
+  void pollForProxyHeader();  // waits for more of the header (POLLIN on the client)
   void proxyHeaderPolled(int32_t res);
   void proxyHeaderFailed(const std::string& why);
   void beginSession();
