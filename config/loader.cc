@@ -35,8 +35,10 @@ std::string errnoText(int error) {
 }
 
 // A name or value from the file, quoted for a message; control bytes are escaped.
-std::string quoted(std::string_view text) {
-  std::string out = "'";
+// Control characters as \xNN: one error stays one line (--check's output is parsed line
+// by line), whatever the file's strings and keys hold.
+std::string escaped(std::string_view text) {
+  std::string out;
   for (unsigned char c : text) {
     if (c < 0x20 || c == 0x7f) {
       static constexpr char kHex[] = "0123456789abcdef";
@@ -47,7 +49,11 @@ std::string quoted(std::string_view text) {
       out += static_cast<char>(c);
     }
   }
-  return out + "'";
+  return out;
+}
+
+std::string quoted(std::string_view text) {
+  return "'" + escaped(text) + "'";
 }
 
 bool isName(std::string_view text) {
@@ -548,7 +554,7 @@ private:
       UpstreamConfig& u = config_.upstreams.emplace_back();
       u.name = key.str();
       u.location = locate(node.source());
-      std::string header = "[upstream." + u.name + "]";
+      std::string header = "[upstream." + escaped(u.name) + "]";
       if (!isName(u.name)) {
         error(key.source(), "upstream name " + quoted(u.name) + " must match [A-Za-z0-9_-]+");
       }

@@ -514,6 +514,16 @@ TEST(LoaderErrorTest, EmptyServerList) {
               ElementsAre("t.toml:2:11: 'servers' must not be empty in [upstream.app]"));
 }
 
+TEST(LoaderErrorTest, ControlCharactersInAnUpstreamNameStayOnOneLine) {
+  // Found by fuzz.config: the name went raw into "[upstream.NAME]" in other errors.
+  EXPECT_THAT(errorsOf(lines({R"([upstream."a\nb"])", "servers = []", "[[listener]]",
+                              R"(name = "web")", R"(listen = "127.0.0.1:8080")",
+                              R"(upstream = "web")"})),
+              ElementsAre("t.toml:1:11: upstream name 'a\\x0ab' must match [A-Za-z0-9_-]+",
+                          "t.toml:2:11: 'servers' must not be empty in [upstream.a\\x0ab]",
+                          "t.toml:6:12: unknown upstream 'web'"));
+}
+
 TEST(LoaderErrorTest, MissingRequiredKeyPointsAtItsTable) {
   EXPECT_THAT(errorsOf(lines({"[upstream.app]", "balance = \"least_conn\"", "[[listener]]",
                               R"(listen = "127.0.0.1:8080")", R"(upstream = "app")"})),
