@@ -70,9 +70,20 @@ struct UpstreamTlsConfig {
   Location location;  // of the tls value
 };
 
+// One server of an upstream pool.
+struct UpstreamServer {
+  Address address;
+  // Share of the pool's new sessions relative to the other servers (round_robin: smooth
+  // weighted rotation; least_conn: open connections per unit of weight). 1..256.
+  uint32_t weight = 1;
+  // Tried only after every non-backup server of the pool (and before servers marked
+  // down); at least one server of a pool is not a backup.
+  bool backup = false;
+};
+
 struct UpstreamConfig {
   std::string name;
-  std::vector<Address> servers;  // at least one
+  std::vector<UpstreamServer> servers;  // at least one, at least one not a backup
   Balance balance = Balance::RoundRobin;
   // Passive health: after max_fails consecutive failed connects (or upstream TLS
   // handshakes) a server is tried only after the pool's other servers, for fail_timeout.

@@ -28,6 +28,7 @@ constexpr uint64_t kGiB = 1024 * kMiB;
 constexpr uint64_t kTiB = 1024 * kGiB;
 constexpr uint64_t kNoLimit = std::numeric_limits<uint64_t>::max();
 constexpr Duration kMaxTimeout = 24h;
+constexpr int64_t kMaxWeight = 256;  // HAProxy's bound
 
 std::string errnoText(int error) {
   char buffer[256];
@@ -577,6 +578,7 @@ private:
     }
   }
 
+  // "HOST:PORT", or { address = "HOST:PORT", weight = N, backup = BOOL }.
   Reader servers(UpstreamConfig* u, const std::string& label) {
     return [this, u, label](std::string_view key, const toml::node& node) {
       const toml::array* array = node.as_array();
@@ -587,19 +589,54 @@ private:
         return false;
       }
       std::vector<Location> first;
+      bool readAll = true;
       for (const toml::node& element : *array) {
-        Address server;
-        if (!address(&server)(key, element))
+        UpstreamServer server;
+        if (const toml::table* t = element.as_table()) {
+          bool ok = true;
+          readTable(*t, label + " server",
+                    {
+                        {"address",
+                         [&](std::string_view k, const toml::node& n) {
+                           return ok = address(&server.address)(k, n);
+                         },
+                         true},
+                        {"weight", integer(&server.weight, 1, kMaxWeight)},
+                        {"backup", boolean(&server.backup)},
+                    });
+          if (!ok || t->get("address") == nullptr) {
+            readAll = false;
+            continue;
+          }
+        } else if (element.is_string()) {
+          if (!address(&server.address)(key, element)) {
+            readAll = false;
+            continue;
+          }
+        } else {
+          typeError(key, element,
+                    "an array of addresses (\"HOST:PORT\" or { address = \"HOST:PORT\", "
+                    "weight = N, backup = true })");
+          readAll = false;
           continue;
-        auto same = [&](const Address& a) { return sameEndpoint(a, server); };
+        }
+        auto same = [&](const UpstreamServer& a) {
+          return sameEndpoint(a.address, server.address);
+        };
         auto it = std::find_if(u->servers.begin(), u->servers.end(), same);
         if (it != u->servers.end()) {
-          error(element.source(), "duplicate server " + quoted(server.text) + " " + label +
+          error(element.source(), "duplicate server " + quoted(server.address.text) + " " + label +
                                       firstAt(first[it - u->servers.begin()]));
           continue;
         }
         first.push_back(locate(element.source()));
         u->servers.push_back(std::move(server));
+      }
+      bool allBackups = std::all_of(u->servers.begin(), u->servers.end(),
+                                    [](const UpstreamServer& s) { return s.backup; });
+      if (readAll && allBackups) {
+        error(node.source(), "every server " + label + " is a backup: at least one must not be");
+        return false;
       }
       return true;
     };

@@ -2,8 +2,21 @@
 
 #include <algorithm>
 #include <chrono>
+#include <utility>
 
 namespace grelay::proxy {
+
+namespace {
+
+uint32_t gcd(uint32_t a, uint32_t b) {
+  while (b != 0) {
+    a %= b;
+    std::swap(a, b);
+  }
+  return a;
+}
+
+}  // namespace
 
 UpstreamPool::UpstreamPool(const config::UpstreamConfig& config)
     : config_(config),
@@ -11,21 +24,64 @@ UpstreamPool::UpstreamPool(const config::UpstreamConfig& config)
       health_(new Health[config.servers.size()]) {
   for (size_t i = 0; i < config.servers.size(); ++i) {
     active_[i].store(0);
+    (config.servers[i].backup ? backups_ : primaries_).push_back(static_cast<uint32_t>(i));
+  }
+  // nginx's smooth weighted round robin, run once for a whole cycle: every step each
+  // server gains its weight, the one with the most goes next and pays the total. Weights
+  // 5,1,1 give a a b a c a a rather than a a a a a b c. Divided by their gcd first, so
+  // equal weights make a cycle of one session per server (0, 1, 2, ...).
+  uint32_t divisor = 0;
+  for (uint32_t s : primaries_) {
+    divisor = gcd(divisor, config.servers[s].weight);
+  }
+  std::vector<int64_t> weight;
+  int64_t total = 0;
+  for (uint32_t s : primaries_) {
+    weight.push_back(config.servers[s].weight / std::max<uint32_t>(divisor, 1));
+    total += weight.back();
+  }
+  std::vector<int64_t> current(primaries_.size(), 0);
+  rotation_.reserve(static_cast<size_t>(total));
+  for (int64_t step = 0; step < total; ++step) {
+    size_t best = 0;
+    for (size_t j = 0; j < primaries_.size(); ++j) {
+      current[j] += weight[j];
+      if (current[j] > current[best]) {
+        best = j;
+      }
+    }
+    current[best] -= total;
+    rotation_.push_back(static_cast<uint32_t>(best));  // an index into primaries_
+  }
+}
+
+// Appends `members` to `order` starting at members[first], then the ones after it,
+// wrapping around.
+void UpstreamPool::rotate(std::vector<uint32_t>& order, const std::vector<uint32_t>& members,
+                          size_t first) {
+  for (size_t i = 0; i < members.size(); ++i) {
+    order.push_back(members[(first + i) % members.size()]);
   }
 }
 
 void UpstreamPool::pickOrder(std::vector<uint32_t>& order, uint64_t now) {
   const size_t n = size();
-  order.resize(n);
+  order.clear();
   const uint64_t start = next_.fetch_add(1, std::memory_order_relaxed);
-  for (size_t i = 0; i < n; ++i) {
-    order[i] = static_cast<uint32_t>((start + i) % n);
+  rotate(order, primaries_, rotation_.empty() ? 0 : rotation_[start % rotation_.size()]);
+  if (!backups_.empty()) {
+    rotate(order, backups_, start % backups_.size());
   }
   if (config_.balance == config::Balance::LeastConn) {
-    // Ties keep the rotated order, so equal servers still share the load.
-    std::stable_sort(order.begin(), order.end(), [this](uint32_t a, uint32_t b) {
-      return activeConnections(a) < activeConnections(b);
-    });
+    // Fewest open connections per unit of weight first; ties keep the rotated order, so
+    // equal servers still share the load. Backups stay behind the others.
+    auto fewer = [this](uint32_t a, uint32_t b) {
+      return activeConnections(a) * config_.servers[b].weight <
+             activeConnections(b) * config_.servers[a].weight;
+    };
+    auto backupsBegin = order.begin() + static_cast<std::ptrdiff_t>(primaries_.size());
+    std::stable_sort(order.begin(), backupsBegin, fewer);
+    std::stable_sort(backupsBegin, order.end(), fewer);
   }
   if (config_.max_fails > 0 && n > 1) {
     std::stable_partition(order.begin(), order.end(),

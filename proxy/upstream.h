@@ -17,13 +17,16 @@ public:
 
   const config::UpstreamConfig& config() const { return config_; }
   size_t size() const { return config_.servers.size(); }
-  const config::Address& server(size_t i) const { return config_.servers[i]; }
+  const config::Address& server(size_t i) const { return config_.servers[i].address; }
 
   // The order in which a new session tries the servers (each at most once), by policy:
-  // round_robin rotates the starting server; least_conn sorts by open connections. Servers
-  // marked down (see connectFailed) come after all the others, in the same policy order,
-  // so a session still tries them when every other server fails. Fills `order` (size()
-  // entries); `now` is monotonic ns.
+  // round_robin starts at the next server of a smooth weighted rotation (a server of
+  // weight w starts w of every sum-of-weights sessions, spread out, across all workers),
+  // then the others in index order from there; least_conn sorts by open connections per
+  // unit of weight, ties in that rotated order. Backup servers come after the others, in
+  // the same policy order among themselves; servers marked down (see connectFailed) come
+  // after all servers that are not, so a session still tries them when every other
+  // server fails. Fills `order` (size() entries); `now` is monotonic ns.
   void pickOrder(std::vector<uint32_t>& order, uint64_t now);
 
   // Open-connection accounting for least_conn (any thread).
@@ -48,7 +51,15 @@ private:
     std::atomic<uint64_t> downUntil{0};  // monotonic ns; down while now < downUntil
   };
 
+  static void rotate(std::vector<uint32_t>& order, const std::vector<uint32_t>& members,
+                     size_t first);
+
   const config::UpstreamConfig& config_;
+  // Smooth weighted round robin (nginx's): the non-backup servers, each weight times,
+  // interleaved; sessions take their first server from it in turn.
+  std::vector<uint32_t> rotation_;   // indexes into primaries_
+  std::vector<uint32_t> primaries_;  // non-backup servers, in index order
+  std::vector<uint32_t> backups_;    // backup servers, in index order
   std::atomic<uint64_t> next_{0};
   std::unique_ptr<std::atomic<int64_t>[]> active_;
   std::unique_ptr<Health[]> health_;

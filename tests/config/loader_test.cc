@@ -54,7 +54,7 @@ TEST(LoaderTest, MinimalFileLoadsWithDefaults) {
   const UpstreamConfig& app = config.upstreams[0];
   EXPECT_EQ(app.name, "app");
   ASSERT_EQ(app.servers.size(), 1u);
-  EXPECT_EQ(app.servers[0].text, "127.0.0.1:8000");
+  EXPECT_EQ(app.servers[0].address.text, "127.0.0.1:8000");
   EXPECT_EQ(app.balance, Balance::RoundRobin);
   EXPECT_EQ(app.max_fails, 1u);
   EXPECT_EQ(app.fail_timeout, Duration(10'000));
@@ -165,8 +165,9 @@ TEST(LoaderTest, EveryValueIsStored) {
   EXPECT_EQ(c.admin.listen->text, "[::1]:9100");
   const UpstreamConfig& app = c.upstreams[0];
   ASSERT_EQ(app.servers.size(), 2u);
-  EXPECT_EQ(app.servers[1].text, "localhost:8001");
-  EXPECT_EQ(ntohs(reinterpret_cast<const sockaddr_in&>(app.servers[1].storage).sin_port), 8001);
+  EXPECT_EQ(app.servers[1].address.text, "localhost:8001");
+  EXPECT_EQ(ntohs(reinterpret_cast<const sockaddr_in&>(app.servers[1].address.storage).sin_port),
+            8001);
   EXPECT_EQ(app.balance, Balance::LeastConn);
   EXPECT_EQ(app.max_fails, 3u);
   EXPECT_EQ(app.fail_timeout, Duration(30'000));
@@ -487,6 +488,59 @@ TEST(LoaderErrorTest, DuplicateServerInAPool) {
                           "(first at 2:12)"));
 }
 
+TEST(LoaderTest, ServersTakeAWeightAndABackupFlag) {
+  LoadResult result = loadString(
+      lines({R"([upstream.app])",
+             R"(servers = ["127.0.0.1:8000", { address = "127.0.0.1:8001", weight = 3 },)",
+             R"(           { address = "[::1]:8002", backup = true, weight = 256 }])",
+             "[[listener]]", R"(name = "web")", R"(listen = "127.0.0.1:8080")",
+             R"(upstream = "app")"}),
+      "t.toml");
+  ASSERT_TRUE(result.ok()) << result.errors[0].toString();
+  const UpstreamConfig& app = result.config->upstreams.at(0);
+  ASSERT_EQ(app.servers.size(), 3u);
+  EXPECT_EQ(app.servers[0].address.text, "127.0.0.1:8000");
+  EXPECT_EQ(app.servers[0].weight, 1u);
+  EXPECT_FALSE(app.servers[0].backup);
+  EXPECT_EQ(app.servers[1].address.text, "127.0.0.1:8001");
+  EXPECT_EQ(app.servers[1].weight, 3u);
+  EXPECT_FALSE(app.servers[1].backup);
+  EXPECT_EQ(app.servers[2].address.family(), AF_INET6);
+  EXPECT_EQ(app.servers[2].weight, 256u);
+  EXPECT_TRUE(app.servers[2].backup);
+}
+
+TEST(LoaderErrorTest, BadServerEntries) {
+  auto pool = [](const std::string& line) {
+    return errorsOf(lines({"[upstream.app]", line, "[[listener]]", R"(name = "web")",
+                           R"(listen = "127.0.0.1:8080")", R"(upstream = "app")"}));
+  };
+  EXPECT_THAT(pool(R"(servers = [{ address = "127.0.0.1:8000", weight = 0 }])"),
+              ElementsAre("t.toml:2:51: 'weight' must be in 1..256, got 0"));
+  EXPECT_THAT(pool(R"(servers = [{ address = "127.0.0.1:8000", weight = 257 }])"),
+              ElementsAre("t.toml:2:51: 'weight' must be in 1..256, got 257"));
+  EXPECT_THAT(pool(R"(servers = [{ weight = 2 }])"),
+              ElementsAre("t.toml:2:12: missing required key 'address' in [upstream.app] server"));
+  EXPECT_THAT(pool(R"(servers = [{ address = "127.0.0.1:8000", wieght = 2 }])"),
+              ElementsAre("t.toml:2:42: unknown key 'wieght' in [upstream.app] server (did you "
+                          "mean 'weight'?)"));
+  EXPECT_THAT(pool(R"(servers = [{ address = "127.0.0.1:8000", backup = "yes" }])"),
+              ElementsAre("t.toml:2:51: 'backup' must be a boolean, got string"));
+  EXPECT_THAT(pool(R"(servers = [8000])"),
+              ElementsAre("t.toml:2:12: 'servers' must be an array of addresses (\"HOST:PORT\" "
+                          "or { address = \"HOST:PORT\", weight = N, backup = true }), got "
+                          "integer"));
+  EXPECT_THAT(pool(R"(servers = [{ address = "127.0.0.1:8000", backup = true }])"),
+              ElementsAre("t.toml:2:11: every server in [upstream.app] is a backup: at least "
+                          "one must not be"));
+  EXPECT_THAT(
+      pool(R"(servers = ["127.0.0.1:8000", { address = "127.0.0.1:8000", backup = true }])"),
+      ElementsAre("t.toml:2:30: duplicate server '127.0.0.1:8000' in [upstream.app] "
+                  "(first at 2:12)"));
+  // A bad entry is reported once, not again as "every server is a backup".
+  EXPECT_THAT(pool(R"(servers = [{ address = "nowhere", backup = true }])"), SizeIs(1));
+}
+
 TEST(LoaderErrorTest, PassiveHealthValuesOutOfRange) {
   auto pool = [](const std::string& line) {
     return errorsOf(
@@ -652,7 +706,7 @@ TEST(LoadFileTest, DemoExampleIsTheReadmeDemo) {
   EXPECT_EQ(web.name, "web");
   EXPECT_EQ(web.listen.text, "127.0.0.1:8080");
   EXPECT_EQ(c.upstreams.at(web.upstream_index).name, "app");
-  EXPECT_EQ(c.upstreams[0].servers.at(0).text, "127.0.0.1:8000");
+  EXPECT_EQ(c.upstreams[0].servers.at(0).address.text, "127.0.0.1:8000");
   ASSERT_EQ(web.mirrors.size(), 1u);
   EXPECT_EQ(web.mirrors[0].name, "analytics");
   EXPECT_EQ(web.mirrors[0].address.text, "127.0.0.1:9001");

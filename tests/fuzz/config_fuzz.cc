@@ -87,10 +87,14 @@ void checkAccepted(const Config& c) {
     FUZZ_CHECK(upstreamNames.insert(u.name).second, "duplicate upstream " + u.name);
     FUZZ_CHECK(!u.servers.empty(), "upstream " + u.name + " without servers");
     std::set<std::string> servers;
-    for (const Address& a : u.servers) {
-      checkAddress(a, "upstream server");
-      FUZZ_CHECK(servers.insert(endpointKey(a)).second, "duplicate server in " + u.name);
+    bool primary = false;
+    for (const UpstreamServer& s : u.servers) {
+      checkAddress(s.address, "upstream server");
+      FUZZ_CHECK(servers.insert(endpointKey(s.address)).second, "duplicate server in " + u.name);
+      FUZZ_CHECK(s.weight >= 1 && s.weight <= 256, "server weight " + std::to_string(s.weight));
+      primary = primary || !s.backup;
     }
+    FUZZ_CHECK(primary, "upstream " + u.name + " has only backup servers");
   }
 
   FUZZ_CHECK(!c.listeners.empty(), "at least one listener");

@@ -54,10 +54,10 @@ inline config::Config makeConfig(const config::Address& admin) {
 
   config::UpstreamConfig app;
   app.name = "app";
-  app.servers = {address("127.0.0.1", 8000)};
+  app.servers = {{address("127.0.0.1", 8000)}};
   config::UpstreamConfig secure;
   secure.name = "secure_api";
-  secure.servers = {address("127.0.0.1", 8443)};
+  secure.servers = {{address("127.0.0.1", 8443)}};
   c.upstreams = {app, secure};
 
   config::ListenerConfig web;

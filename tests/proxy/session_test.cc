@@ -98,7 +98,8 @@ protected:
     upstreamConfig_.name = "app";
     upstreamConfig_.servers.clear();
     for (size_t i = 0; i < servers; ++i) {
-      upstreamConfig_.servers.push_back(address(("127.0.0.1:" + std::to_string(8000 + i)).c_str()));
+      upstreamConfig_.servers.push_back(
+          {address(("127.0.0.1:" + std::to_string(8000 + i)).c_str())});
     }
     listenerConfig_.name = "web";
     listenerConfig_.connect_timeout = std::chrono::milliseconds(5000);

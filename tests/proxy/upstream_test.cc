@@ -21,7 +21,8 @@ constexpr uint64_t kStart = 1000 * kSecond;
 class UpstreamPoolTest : public ::testing::Test {
 protected:
   UpstreamPool& makePool(size_t servers, uint32_t maxFails = 1,
-                         config::Balance balance = config::Balance::RoundRobin) {
+                         config::Balance balance = config::Balance::RoundRobin,
+                         std::vector<uint32_t> weights = {}, std::vector<bool> backups = {}) {
     config_.servers.clear();
     for (size_t i = 0; i < servers; ++i) {
       config::Address a;
@@ -29,7 +30,13 @@ protected:
       in->sin_family = AF_INET;
       in->sin_port = htons(static_cast<uint16_t>(8000 + i));
       a.length = sizeof(sockaddr_in);
-      config_.servers.push_back(a);
+      config_.servers.push_back({a});
+      if (i < weights.size()) {
+        config_.servers.back().weight = weights[i];
+      }
+      if (i < backups.size()) {
+        config_.servers.back().backup = backups[i];
+      }
     }
     config_.max_fails = maxFails;
     config_.fail_timeout = 10s;
@@ -54,6 +61,63 @@ TEST_F(UpstreamPoolTest, RoundRobinRotatesTheFirstServer) {
   EXPECT_EQ(order(kStart), (std::vector<uint32_t>{1, 2, 0}));
   EXPECT_EQ(order(kStart), (std::vector<uint32_t>{2, 0, 1}));
   EXPECT_EQ(order(kStart), (std::vector<uint32_t>{0, 1, 2}));
+}
+
+TEST_F(UpstreamPoolTest, WeightsSpreadFirstServersSmoothly) {
+  makePool(3, 1, config::Balance::RoundRobin, {5, 1, 1});
+  // nginx's smooth weighted round robin: 5,1,1 -> a a b a c a a, then again.
+  std::vector<uint32_t> firsts;
+  for (int i = 0; i < 14; ++i) {
+    firsts.push_back(order(kStart)[0]);
+  }
+  EXPECT_EQ(firsts, (std::vector<uint32_t>{0, 0, 1, 0, 2, 0, 0, 0, 0, 1, 0, 2, 0, 0}));
+  // After the first server, the others follow in index order, each once.
+  makePool(3, 1, config::Balance::RoundRobin, {1, 2, 1});
+  EXPECT_EQ(order(kStart), (std::vector<uint32_t>{1, 2, 0}));
+  EXPECT_EQ(order(kStart), (std::vector<uint32_t>{0, 1, 2}));
+  EXPECT_EQ(order(kStart), (std::vector<uint32_t>{2, 0, 1}));
+  EXPECT_EQ(order(kStart), (std::vector<uint32_t>{1, 2, 0}));
+}
+
+TEST_F(UpstreamPoolTest, WeightsWithACommonDivisorMakeTheShortestCycle) {
+  makePool(2, 1, config::Balance::RoundRobin, {200, 100});
+  std::vector<uint32_t> firsts;
+  for (int i = 0; i < 6; ++i) {
+    firsts.push_back(order(kStart)[0]);
+  }
+  EXPECT_EQ(firsts, (std::vector<uint32_t>{0, 1, 0, 0, 1, 0}));
+}
+
+TEST_F(UpstreamPoolTest, BackupsComeAfterTheOthersAndBeforeServersMarkedDown) {
+  UpstreamPool& pool = makePool(4, 1, config::Balance::RoundRobin, {}, {false, true, false, true});
+  EXPECT_EQ(order(kStart), (std::vector<uint32_t>{0, 2, 1, 3}));
+  EXPECT_EQ(order(kStart), (std::vector<uint32_t>{2, 0, 3, 1}));
+  EXPECT_EQ(order(kStart), (std::vector<uint32_t>{0, 2, 1, 3}));
+  // Both non-backups dead: sessions go to the backups first, then still try the others.
+  EXPECT_TRUE(pool.connectFailed(0, kStart));
+  EXPECT_TRUE(pool.connectFailed(2, kStart));
+  EXPECT_EQ(order(kStart), (std::vector<uint32_t>{3, 1, 2, 0}));
+  // A dead backup goes behind everything that is up.
+  EXPECT_TRUE(pool.connectFailed(3, kStart));
+  EXPECT_EQ(order(kStart), (std::vector<uint32_t>{1, 0, 2, 3}));
+}
+
+TEST_F(UpstreamPoolTest, LeastConnCountsConnectionsPerUnitOfWeight) {
+  UpstreamPool& pool = makePool(3, 1, config::Balance::LeastConn, {3, 1, 1}, {false, false, true});
+  for (int i = 0; i < 2; ++i) {
+    pool.connected(0);
+  }
+  // 2/3 open per unit of weight on 0, none on 1; the backup last though it has none.
+  EXPECT_EQ(order(kStart), (std::vector<uint32_t>{1, 0, 2}));
+  pool.connected(1);
+  // 0: 2/3 < 1: 1/1.
+  EXPECT_EQ(order(kStart), (std::vector<uint32_t>{0, 1, 2}));
+  pool.connected(0);
+  // 3/3 = 1/1: a tie keeps the rotation's order.
+  std::vector<uint32_t> first = order(kStart);
+  std::vector<uint32_t> second = order(kStart);
+  EXPECT_EQ(first.back(), 2u);
+  EXPECT_EQ(second.back(), 2u);
 }
 
 TEST_F(UpstreamPoolTest, AServerMarkedDownIsTriedLastUntilFailTimeout) {
