@@ -2,7 +2,8 @@
 """An upstream that refuses connections: the client is reset promptly and gets no data,
 grelay keeps serving, and a pool with a dead server fails over to the live one. A server
 that fails to connect is marked down (max_fails, fail_timeout): sessions try it last, so
-they stop waiting for a blackhole's connect_timeout."""
+they stop waiting for a blackhole's connect_timeout. Server weights split sessions in
+proportion; backup servers serve only when the others fail."""
 
 import re
 import time
@@ -94,6 +95,42 @@ class UpstreamRefusedTest(h.GrelayTest):
                     r = h.stream_session(never, h.Stream(20 + i, 16 * h.KiB), timeout=10)
                     self.assertTrue(r.ok, str(r))
                 self.assertEqual(counts("never"), (3, 0))
+
+    def test_weights_split_sessions_and_backups_wait_their_turn(self):
+        with h.EchoServer() as heavy, h.EchoServer() as light, h.EchoServer() as spare:
+            cfg = h.Config()
+            cfg.upstream("app", [{"address": heavy.address, "weight": 3}, light.address,
+                                 {"address": spare.address, "backup": True}])
+            port = cfg.listener("web", "app")
+            with h.Grelay(cfg):
+                # The rotation is shared by every worker: whole cycles split exactly.
+                for i in range(40):
+                    r = h.stream_session(port, h.Stream(i, 16 * h.KiB), index=i)
+                    self.assertTrue(r.ok, str(r))
+                results = h.run_concurrently(
+                    h.stream_session, [(port, h.Stream(100 + i, 64 * h.KiB)) for i in range(20)])
+                bad = [r for r in results if not r.ok]
+                self.assertEqual(bad, [], "\n".join(map(str, bad)))
+            self.assertEqual((len(heavy.conns), len(light.conns), len(spare.conns)), (45, 15, 0))
+
+    def test_backup_serves_when_every_other_server_fails(self):
+        with h.RefusingPort() as d1, h.RefusingPort() as d2, h.EchoServer() as spare:
+            cfg = h.Config()
+            cfg.upstream("app", [{"address": d1.address, "weight": 2}, d2.address,
+                                 {"address": spare.address, "backup": True}])
+            port = cfg.listener("web", "app")
+            cfg.with_admin()
+            with h.Grelay(cfg) as g:
+                for i in range(10):
+                    r = h.stream_session(port, h.Stream(i, 64 * h.KiB), index=i)
+                    self.assertTrue(r.ok, str(r))
+                # The first session marked both down (max_fails = 1); the rest went
+                # straight to the backup.
+                self.assertEqual(g.metric("grelay_upstream_connect_errors_total",
+                                          listener="web"), 2)
+                self.assertEqual(g.metric("grelay_upstream_marked_down_total",
+                                          listener="web"), 2)
+            self.assertEqual(len(spare.conns), 10)
 
     def test_pool_with_every_server_dead_resets_client(self):
         with h.RefusingPort() as d1, h.RefusingPort() as d2, h.EchoServer() as echo:
