@@ -90,6 +90,11 @@ struct UpstreamConfig {
   // 0 = never.
   uint32_t max_fails = 1;
   Duration fail_timeout{10'000};
+  // Active health checks: every check_interval each server gets a TCP connect (then a
+  // close); a failed or timed-out check counts like a failed connect toward max_fails,
+  // and a good one brings a server marked down back at once. 0 = off (the default).
+  Duration check_interval{0};
+  Duration check_timeout{2'000};
   // A PROXY protocol header (the client's and the listener's address) sent to the server
   // first on every connection, before TLS when the pool uses TLS.
   ProxyProtocol proxy_protocol = ProxyProtocol::Off;

@@ -571,10 +571,17 @@ private:
               {"balance", oneOf(&u.balance, {Balance::RoundRobin, Balance::LeastConn})},
               {"max_fails", integer(&u.max_fails, 0, 1000)},
               {"fail_timeout", duration(&u.fail_timeout, 1ms, kMaxTimeout)},
+              {"check_interval", duration(&u.check_interval, 0ms, kMaxTimeout)},
+              {"check_timeout", duration(&u.check_timeout, 1ms, 1min)},
               {"proxy_protocol", oneOf(&u.proxy_protocol,
                                        {ProxyProtocol::Off, ProxyProtocol::V1, ProxyProtocol::V2})},
               {"tls", upstreamTls(&u.tls, "in " + header + " tls")},
           });
+      if (u.check_interval.count() > 0 && u.max_fails == 0) {
+        error(t->get("check_interval")->source(),
+              "'check_interval' needs 'max_fails' > 0 " + ("in " + header) +
+                  ": health checks mark servers down through it");
+      }
     }
   }
 

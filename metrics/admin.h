@@ -29,14 +29,17 @@ public:
 
   // `workers[i]` has one ListenerStats per listener of `config` and one MirrorStats per
   // mirror, in config order; both must stay valid until retire(config).
+  // `upstreams[u]` (may be empty, or nullptr entries) are the health-check stats of
+  // config->upstreams[u]; they must stay valid until retire(config) too.
   void add(std::shared_ptr<const config::Config> config, std::vector<const WorkerStats*> workers,
-           std::string relayPath);
+           std::string relayPath, std::vector<const UpstreamStats*> upstreams = {});
   // Folds the generation's counters into the retired totals and forgets its pointers.
   void retire(const config::Config* config);
 
   struct Generation {
     std::shared_ptr<const config::Config> config;
     std::vector<const WorkerStats*> workers;
+    std::vector<const UpstreamStats*> upstreams;  // [upstream], may be shorter
   };
   // Runs `f(generations, retired, relayPath)` under the registry's lock; the newest
   // generation is last.
@@ -60,7 +63,8 @@ private:
 struct AdminInputs {
   const config::Config* config = nullptr;  // also: [admin] listen
   std::vector<const WorkerStats*> workers;
-  std::string relayPath;  // the path in use: "group", "mainline" or "copy"
+  std::vector<const UpstreamStats*> upstreams;  // [upstream]: health checks; may be empty
+  std::string relayPath;                        // the path in use: "group", "mainline" or "copy"
   std::string version;
   const StatsRegistry* registry = nullptr;  // when set, read instead of config/workers
 };

@@ -56,6 +56,19 @@ struct ListenerTotals {
   uint64_t upstreamTlsFailures = 0;
 };
 
+// One upstream pool's health checks, summed over generations.
+struct UpstreamTotals {
+  uint64_t checks = 0;
+  uint64_t checkFailures = 0;
+  uint64_t markedDown = 0;
+};
+
+void addUpstream(UpstreamTotals& into, const UpstreamStats& stats) {
+  into.checks += stats.checks.value();
+  into.checkFailures += stats.checkFailures.value();
+  into.markedDown += stats.markedDown.value();
+}
+
 // Adds one worker's listener stats; mirrorMap[m] = index of stats.mirrors[m] in
 // total.mirrors (-1: that mirror no longer exists).
 void addTo(ListenerTotals& total, const ListenerStats& stats, const std::vector<int>& mirrorMap) {
@@ -206,15 +219,17 @@ struct RetiredTotals {
     std::map<std::string, MirrorTotals> mirrors;
   };
   std::map<std::string, Listener> listeners;
+  std::map<std::string, UpstreamTotals> upstreams;  // health checks, by pool name
 };
 
 StatsRegistry::StatsRegistry() : retired_(std::make_unique<RetiredTotals>()) {}
 StatsRegistry::~StatsRegistry() = default;
 
 void StatsRegistry::add(std::shared_ptr<const config::Config> config,
-                        std::vector<const WorkerStats*> workers, std::string relayPath) {
+                        std::vector<const WorkerStats*> workers, std::string relayPath,
+                        std::vector<const UpstreamStats*> upstreams) {
   std::lock_guard<std::mutex> lock(mutex_);
-  generations_.push_back(Generation{std::move(config), std::move(workers)});
+  generations_.push_back(Generation{std::move(config), std::move(workers), std::move(upstreams)});
   relayPath_ = std::move(relayPath);
 }
 
@@ -242,6 +257,11 @@ void StatsRegistry::retire(const config::Config* config) {
       addTotals(into.totals, sum);
       for (size_t m = 0; m < lc.mirrors.size(); ++m) {
         addMirror(into.mirrors[lc.mirrors[m].name], sum.mirrors[m]);
+      }
+    }
+    for (size_t u = 0; u < it->upstreams.size() && u < config->upstreams.size(); ++u) {
+      if (it->upstreams[u] != nullptr) {
+        addUpstream(retired_->upstreams[config->upstreams[u].name], *it->upstreams[u]);
       }
     }
     generations_.erase(it);
@@ -275,8 +295,8 @@ std::vector<MetricFamily> StatsCollector::collectGrelay() const {
     });
   }
   std::shared_ptr<const config::Config> unowned(inputs_.config, [](const config::Config*) {});
-  return collectFrom({StatsRegistry::Generation{unowned, inputs_.workers}}, nullptr,
-                     inputs_.relayPath);
+  return collectFrom({StatsRegistry::Generation{unowned, inputs_.workers, inputs_.upstreams}},
+                     nullptr, inputs_.relayPath);
 }
 
 std::vector<MetricFamily> StatsCollector::collectFrom(
@@ -426,6 +446,17 @@ std::vector<MetricFamily> StatsCollector::collectFrom(
                                "TLS handshakes with upstream servers that failed (certificate "
                                "verification, protocol); counted in connect errors too.",
                                MetricType::Counter);
+  auto& healthChecks = list.add("grelay_upstream_health_checks_total",
+                                "Active health checks of the pool's servers (pools with "
+                                "check_interval), by result (ok, failed).",
+                                MetricType::Counter);
+  auto& checkMarkedDown = list.add("grelay_upstream_health_check_marked_down_total",
+                                   "Times a failed health check marked a server of the pool down.",
+                                   MetricType::Counter);
+  auto& serversDown = list.add("grelay_upstream_servers_down",
+                               "Servers of the pool marked down after the latest round of "
+                               "health checks (pools with check_interval).",
+                               MetricType::Gauge);
 
   sample(buildInfo, {{"version", inputs_.version.empty() ? "unknown" : inputs_.version}}, 1);
   if (!relayPath.empty()) {
@@ -512,6 +543,32 @@ std::vector<MetricFamily> StatsCollector::collectFrom(
       sample(tapDropped, {name}, asDouble(total.tapDroppedBytes));
       sample(tapErrors, {name}, asDouble(total.tapErrors));
     }
+  }
+  for (size_t u = 0; u < config.upstreams.size(); ++u) {
+    const config::UpstreamConfig& pool = config.upstreams[u];
+    if (pool.check_interval.count() == 0) {
+      continue;
+    }
+    UpstreamTotals sum;
+    if (retired != nullptr) {
+      if (auto it = retired->upstreams.find(pool.name); it != retired->upstreams.end()) {
+        sum = it->second;
+      }
+    }
+    for (const StatsRegistry::Generation& gen : gens) {
+      for (size_t k = 0; k < gen.upstreams.size() && k < gen.config->upstreams.size(); ++k) {
+        if (gen.upstreams[k] != nullptr && gen.config->upstreams[k].name == pool.name) {
+          addUpstream(sum, *gen.upstreams[k]);
+        }
+      }
+    }
+    const ClientMetric::Label name{"upstream", pool.name};
+    sample(healthChecks, {name, {"result", "ok"}}, asDouble(sum.checks - sum.checkFailures));
+    sample(healthChecks, {name, {"result", "failed"}}, asDouble(sum.checkFailures));
+    sample(checkMarkedDown, {name}, asDouble(sum.markedDown));
+    const auto& newest = gens.back().upstreams;
+    const UpstreamStats* now = u < newest.size() ? newest[u] : nullptr;
+    sample(serversDown, {name}, now != nullptr ? static_cast<double>(now->serversDown.value()) : 0);
   }
   return list.take();
 }

@@ -33,6 +33,7 @@ public:
   }
   void inc() { add(1); }
   void dec() { add(-1); }
+  void set(int64_t n) { value_.store(n, std::memory_order_relaxed); }
   int64_t value() const { return value_.load(std::memory_order_relaxed); }
 
 private:
@@ -125,6 +126,15 @@ struct ListenerStats {
 
 struct WorkerStats {
   std::vector<std::unique_ptr<ListenerStats>> listeners;  // in config order
+};
+
+// One upstream pool's active health checks (pools with check_interval), written by the
+// generation's health-check thread only.
+struct UpstreamStats {
+  Counter checks;         // connects made by health checks
+  Counter checkFailures;  // of those: refused, timed out, unreachable
+  Counter markedDown;     // servers a failed check marked down
+  Gauge serversDown;      // servers marked down after the latest round
 };
 
 }  // namespace grelay::metrics

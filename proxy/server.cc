@@ -19,6 +19,7 @@
 
 #include "config/loader.h"
 #include "metrics/admin.h"
+#include "proxy/health_check.h"
 #include "proxy/log.h"
 #include "proxy/sockets.h"
 #include "proxy/tap/layout.h"
@@ -146,6 +147,9 @@ struct Generation {
   std::unique_ptr<Runtime> runtime;
   std::unique_ptr<TlsContexts> tls;
   std::vector<std::unique_ptr<metrics::WorkerStats>> stats;
+  std::vector<std::unique_ptr<metrics::UpstreamStats>> upstreamStats;  // [upstream]
+  // Pools with check_interval; destroyed (stopped) before the runtime's pools.
+  std::unique_ptr<HealthChecker> checker;
   // [worker][listener] -> that worker's sockets for the listener, until the workers own them.
   std::vector<std::vector<std::vector<int>>> listenFds;
   // [listener] -> every socket of the listener (one or more per worker), owned by the
@@ -186,13 +190,21 @@ struct Generation {
       w->wake();
     }
   }
+  // A draining generation's pools take no new sessions: their checks stop.
+  void stopChecks() {
+    if (checker) {
+      checker->stop();
+    }
+  }
   void drain(uint64_t until) {
+    stopChecks();
     draining = true;
     deadline = until;
     runtime->draining = true;
     wakeAll();
   }
   void abort() {
+    stopChecks();
     runtime->draining = true;
     runtime->aborting = true;
     wakeAll();
@@ -325,6 +337,16 @@ std::unique_ptr<Generation> buildGeneration(std::shared_ptr<const config::Config
     }
     gen->stats.push_back(std::move(ws));
   }
+  std::vector<HealthChecker::Pool> checked;
+  for (size_t u = 0; u < cfg->upstreams.size(); ++u) {
+    gen->upstreamStats.push_back(std::make_unique<metrics::UpstreamStats>());
+    if (cfg->upstreams[u].check_interval.count() > 0) {
+      checked.push_back({gen->runtime->upstreams[u].get(), gen->upstreamStats.back().get()});
+    }
+  }
+  if (!checked.empty()) {
+    gen->checker = std::make_unique<HealthChecker>(std::move(checked));
+  }
   *exitCode = kExitOk;
   return gen;
 }
@@ -355,6 +377,17 @@ int startGeneration(Generation& gen, std::string* error) {
       gen.running.fetch_sub(1);
     });
     startError = result.get();
+  }
+  if (startError == 0 && gen.checker) {
+    if (int err = gen.checker->start(); err < 0) {
+      *error = std::string("cannot start the health-check thread: ") + strerror(-err);
+      gen.abort();
+      for (auto& t : gen.threads) {
+        t.join();
+      }
+      gen.threads.clear();
+      return kExitConfig;
+    }
   }
   if (startError == 0) {
     return kExitOk;
@@ -411,7 +444,11 @@ int runServer(config::Config initial, const relay::Features& features) {
     for (auto& s : gen.stats) {
       ws.push_back(s.get());
     }
-    registry.add(gen.config, std::move(ws), config::toString(gen.path));
+    std::vector<const metrics::UpstreamStats*> us;
+    for (auto& u : gen.upstreamStats) {
+      us.push_back(u.get());
+    }
+    registry.add(gen.config, std::move(ws), config::toString(gen.path), std::move(us));
   };
   publish(*current);
 

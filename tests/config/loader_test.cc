@@ -127,6 +127,8 @@ TEST(LoaderTest, EveryValueIsStored) {
           R"(balance = "least_conn")",
           R"(max_fails = 3)",
           R"(fail_timeout = "30s")",
+          R"(check_interval = "15s")",
+          R"(check_timeout = "500ms")",
           R"(proxy_protocol = "v2")",
           "tls = { ca = \"" + ca + "\", sni = \"app.test\", verify = false }",
           R"([[listener]])",
@@ -171,6 +173,8 @@ TEST(LoaderTest, EveryValueIsStored) {
   EXPECT_EQ(app.balance, Balance::LeastConn);
   EXPECT_EQ(app.max_fails, 3u);
   EXPECT_EQ(app.fail_timeout, Duration(30'000));
+  EXPECT_EQ(app.check_interval, Duration(15'000));
+  EXPECT_EQ(app.check_timeout, Duration(500));
   EXPECT_EQ(app.proxy_protocol, ProxyProtocol::V2);
   EXPECT_TRUE(app.tls.enabled);
   EXPECT_EQ(app.tls.ca, ca);
@@ -186,7 +190,7 @@ TEST(LoaderTest, EveryValueIsStored) {
   EXPECT_EQ(web.tls->cert, cert);
   EXPECT_EQ(web.tls->key, key);
   EXPECT_EQ(web.tls->handshake_timeout, Duration(3'000));
-  EXPECT_EQ(web.tls->location.line, 26u);
+  EXPECT_EQ(web.tls->location.line, 28u);
   EXPECT_EQ(web.tls->location.column, 7u);
   const MirrorConfig& shadow = web.mirrors.at(0);
   EXPECT_EQ(shadow.name, "shadow");
@@ -556,6 +560,14 @@ TEST(LoaderErrorTest, PassiveHealthValuesOutOfRange) {
   EXPECT_THAT(pool("fail_timeout = \"0s\""), SizeIs(1));
   EXPECT_THAT(pool("fail_timeout = 10"), SizeIs(1));
   EXPECT_THAT(pool("max_fails = 0"), IsEmpty());
+  EXPECT_THAT(pool("check_interval = \"-1s\""), SizeIs(1));
+  EXPECT_THAT(pool("check_timeout = \"0s\""),
+              ElementsAre("t.toml:3:17: 'check_timeout' must be in 1ms..1m, got 0s"));
+  EXPECT_THAT(pool("check_timeout = \"2m\""), SizeIs(1));
+  EXPECT_THAT(pool("check_interval = \"0s\"\nmax_fails = 0"), IsEmpty());
+  EXPECT_THAT(pool("check_interval = \"5s\"\nmax_fails = 0"),
+              ElementsAre("t.toml:3:18: 'check_interval' needs 'max_fails' > 0 in [upstream.app]: "
+                          "health checks mark servers down through it"));
   EXPECT_THAT(errorsOf(validWith({R"(tcp_keepalive = "3h")"})), SizeIs(1));
   EXPECT_THAT(errorsOf(validWith({R"(tcp_keepalive = "90s")"})), IsEmpty());
   EXPECT_THAT(pool("proxy_protocol = \"v3\""),
@@ -570,12 +582,12 @@ TEST(LoaderErrorTest, EmptyServerList) {
 
 TEST(LoaderErrorTest, ControlCharactersInAnUpstreamNameStayOnOneLine) {
   // Found by fuzz.config: the name went raw into "[upstream.NAME]" in other errors.
-  EXPECT_THAT(errorsOf(lines({R"([upstream."a\nb"])", "servers = []", "[[listener]]",
-                              R"(name = "web")", R"(listen = "127.0.0.1:8080")",
-                              R"(upstream = "web")"})),
-              ElementsAre("t.toml:1:11: upstream name 'a\\x0ab' must match [A-Za-z0-9_-]+",
-                          "t.toml:2:11: 'servers' must not be empty in [upstream.a\\x0ab]",
-                          "t.toml:6:12: unknown upstream 'web'"));
+  EXPECT_THAT(
+      errorsOf(lines({R"([upstream."a\nb"])", "servers = []", "[[listener]]", R"(name = "web")",
+                      R"(listen = "127.0.0.1:8080")", R"(upstream = "web")"})),
+      ElementsAre("t.toml:1:11: upstream name 'a\\x0ab' must match [A-Za-z0-9_-]+",
+                  "t.toml:2:11: 'servers' must not be empty in [upstream.a\\x0ab]",
+                  "t.toml:6:12: unknown upstream 'web'"));
 }
 
 TEST(LoaderErrorTest, MissingRequiredKeyPointsAtItsTable) {

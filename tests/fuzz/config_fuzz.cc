@@ -95,6 +95,10 @@ void checkAccepted(const Config& c) {
       primary = primary || !s.backup;
     }
     FUZZ_CHECK(primary, "upstream " + u.name + " has only backup servers");
+    FUZZ_CHECK(u.check_interval.count() == 0 || u.max_fails > 0,
+               "health checks without max_fails in " + u.name);
+    FUZZ_CHECK(u.check_timeout.count() >= 1 && u.check_timeout.count() <= 60'000,
+               "check_timeout " + std::to_string(u.check_timeout.count()));
   }
 
   FUZZ_CHECK(!c.listeners.empty(), "at least one listener");

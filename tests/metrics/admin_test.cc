@@ -128,6 +128,10 @@ grelay_tap_errors_total{listener="web"} 187
 grelay_proxy_protocol_errors_total{listener="web"} 220
 grelay_proxy_protocol_errors_total{listener="api"} 1320
 grelay_access_log_dropped_lines_total{listener="web"} 231
+grelay_upstream_health_checks_total{upstream="app",result="ok"} 25
+grelay_upstream_health_checks_total{upstream="app",result="failed"} 5
+grelay_upstream_health_check_marked_down_total{upstream="app"} 2
+grelay_upstream_servers_down{upstream="app"} 1
 )golden";
 
 std::vector<std::string> splitLines(const std::string& text) {
@@ -212,6 +216,10 @@ protected:
   AdminTest() : config_(makeConfig(address("127.0.0.1", 0))), workers_(makeWorkers(config_, 2)) {
     testing::fillKnownValues(*workers_[0], 0);
     testing::fillKnownValues(*workers_[1], 1);
+    app_.checks.add(30);
+    app_.checkFailures.add(5);
+    app_.markedDown.add(2);
+    app_.serversDown.set(1);
   }
 
   AdminInputs inputs() const {
@@ -220,6 +228,7 @@ protected:
     for (const auto& w : workers_) {
       in.workers.push_back(w.get());
     }
+    in.upstreams = {&app_, nullptr};
     in.relayPath = "mainline";
     in.version = "0.0.0-test";
     return in;
@@ -234,6 +243,7 @@ protected:
 
   config::Config config_;
   std::vector<std::unique_ptr<WorkerStats>> workers_;
+  UpstreamStats app_;  // the "app" pool checks its servers (fixture.h)
 };
 
 TEST_F(AdminTest, RenderHasExactlyTheSummedValueOfEverySeries) {
@@ -311,7 +321,7 @@ TEST_F(AdminTest, EveryFamilyHasHelpAndTypeAndCountersEndInTotal) {
   for (const auto& s : expo.samples) {
     families.insert(testing::familyOf(s, expo));
   }
-  EXPECT_EQ(families.size(), 34u);  // 28 grelay_* and 6 process_*
+  EXPECT_EQ(families.size(), 37u);  // 31 grelay_* and 6 process_*
   for (const auto& family : families) {
     ASSERT_EQ(expo.type.count(family), 1u) << family;
     EXPECT_FALSE(expo.help.at(family).empty()) << family;
@@ -347,8 +357,8 @@ TEST_F(AdminTest, EveryFamilyHasHelpAndTypeAndCountersEndInTotal) {
 }
 
 TEST_F(AdminTest, LabelsComeOnlyFromConfigNames) {
-  std::set<std::string> allowedValues = {"request", "response", "group",     "mainline",
-                                         "copy",    "splice",   "0.0.0-test"};
+  std::set<std::string> allowedValues = {"request", "response", "group",      "mainline", "copy",
+                                         "splice",  "ok",       "0.0.0-test", "failed"};
   for (const auto& u : config_.upstreams) {
     allowedValues.insert(u.name);
   }
@@ -365,8 +375,8 @@ TEST_F(AdminTest, LabelsComeOnlyFromConfigNames) {
     text << b;
     bucketBounds.insert(text.str());
   }
-  const std::set<std::string> allowedNames = {"listener", "direction", "target", "path",
-                                              "mirror",   "upstream",  "version"};
+  const std::set<std::string> allowedNames = {"listener", "direction", "target",  "path",
+                                              "mirror",   "upstream",  "version", "result"};
   const auto expo = parseExposition(StatsCollector(inputs()).render());
   size_t labelled = 0;
   for (const auto& s : expo.samples) {
@@ -400,6 +410,70 @@ TEST(AdminLabelsTest, MirrorNamedLikeItsUpstreamGetsItsOwnTarget) {
       R"(grelay_sent_bytes_total{listener="api",target="secure_api"} 0)",
   };
   EXPECT_EQ(lines, expected);
+}
+
+TEST(AdminHealthCheckTest, PoolsWithChecksExposeTheirCountersAndServersDown) {
+  config::Config config = makeConfig(address("127.0.0.1", 0));
+  config.upstreams[0].check_interval = config::Duration(0);      // app: no checks
+  config.upstreams[1].check_interval = config::Duration(2'000);  // secure_api only
+  auto workers = makeWorkers(config, 1);
+  UpstreamStats app, secure;
+  secure.checks.add(10);
+  secure.checkFailures.add(3);
+  secure.markedDown.add(1);
+  secure.serversDown.set(1);
+  AdminInputs inputs;
+  inputs.config = &config;
+  inputs.workers = {workers[0].get()};
+  inputs.upstreams = {&app, &secure};
+  const std::string text = StatsCollector(inputs).render();
+  EXPECT_EQ(sampleLines(text, "grelay_upstream_health"),
+            (std::vector<std::string>{
+                R"(grelay_upstream_health_checks_total{upstream="secure_api",result="ok"} 7)",
+                R"(grelay_upstream_health_checks_total{upstream="secure_api",result="failed"} 3)",
+                R"(grelay_upstream_health_check_marked_down_total{upstream="secure_api"} 1)",
+            }));
+  EXPECT_EQ(sampleLines(text, "grelay_upstream_servers_down"),
+            (std::vector<std::string>{R"(grelay_upstream_servers_down{upstream="secure_api"} 1)"}));
+}
+
+TEST(StatsRegistryTest, HealthCheckCountersSurviveAReloadByPoolName) {
+  auto first = std::make_shared<config::Config>(makeConfig(address("127.0.0.1", 0)));
+  first->upstreams[0].check_interval = config::Duration(1'000);
+  auto second = std::make_shared<config::Config>(*first);
+  std::swap(second->upstreams[0], second->upstreams[1]);  // "app" moves to index 1
+  for (auto& l : second->listeners) {
+    l.upstream_index = 1 - l.upstream_index;
+  }
+  auto workers1 = makeWorkers(*first, 1);
+  auto workers2 = makeWorkers(*second, 1);
+  UpstreamStats old, fresh;
+  old.checks.add(5);
+  old.checkFailures.add(2);
+  old.serversDown.set(1);
+  fresh.checks.add(1);
+  StatsRegistry registry;
+  registry.add(first, {workers1[0].get()}, "mainline", {&old, nullptr});
+  registry.add(second, {workers2[0].get()}, "mainline", {nullptr, &fresh});
+  AdminInputs inputs;
+  inputs.registry = &registry;
+  auto lines = [&] {
+    std::vector<std::string> out =
+        sampleLines(StatsCollector(inputs).render(), "grelay_upstream_h");
+    for (const auto& l : sampleLines(StatsCollector(inputs).render(), "grelay_upstream_servers")) {
+      out.push_back(l);
+    }
+    return out;
+  };
+  const std::vector<std::string> expected = {
+      R"(grelay_upstream_health_checks_total{upstream="app",result="ok"} 4)",
+      R"(grelay_upstream_health_checks_total{upstream="app",result="failed"} 2)",
+      R"(grelay_upstream_health_check_marked_down_total{upstream="app"} 0)",
+      R"(grelay_upstream_servers_down{upstream="app"} 0)",  // the newest generation's
+  };
+  EXPECT_EQ(lines(), expected);
+  registry.retire(first.get());  // folded into the retired totals by name
+  EXPECT_EQ(lines(), expected);
 }
 
 TEST(AdminWorkersTest, NoWorkersExposesZerosForEveryConfiguredSeries) {

@@ -55,6 +55,7 @@ inline config::Config makeConfig(const config::Address& admin) {
   config::UpstreamConfig app;
   app.name = "app";
   app.servers = {{address("127.0.0.1", 8000)}};
+  app.check_interval = config::Duration(5'000);  // health-check families for "app"
   config::UpstreamConfig secure;
   secure.name = "secure_api";
   secure.servers = {{address("127.0.0.1", 8443)}};

@@ -56,6 +56,12 @@ int main(int argc, char** argv) {
   for (const auto& w : workers) {
     inputs.workers.push_back(w.get());
   }
+  metrics::UpstreamStats app;  // config.upstreams[0] has check_interval
+  app.checks.add(40);
+  app.checkFailures.add(4);
+  app.markedDown.add(1);
+  app.serversDown.set(1);
+  inputs.upstreams = {&app, nullptr};
   inputs.relayPath = "mainline";
   inputs.version = "0.0.0-test";
   std::string error;
@@ -88,6 +94,7 @@ int main(int argc, char** argv) {
       web.chunks[metrics::kMainlinePath].inc();
       web.tapBytes.add(1000);
       web.connectDuration.observe(0.0007);
+      app.checks.inc();
     }
   }
   return 0;

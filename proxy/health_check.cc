@@ -1,0 +1,253 @@
+#include "proxy/health_check.h"
+
+#include <poll.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <climits>
+#include <cstring>
+#include <system_error>
+
+#include "proxy/log.h"
+#include "proxy/proxy_protocol.h"
+
+namespace grelay::proxy {
+
+struct HealthChecker::Target {
+  size_t pool = 0;
+  uint32_t server = 0;
+  int fd = -1;
+  uint64_t deadline = 0;
+  bool done = false;
+  bool verdict = true;  // false: the check could not be made here (no socket), no result
+  int error = 0;        // done && verdict: 0 = connected, else errno (ETIMEDOUT)
+};
+
+namespace {
+
+uint64_t nanos(config::Duration d) {
+  return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(d).count());
+}
+
+// Milliseconds to wait for `until`, rounded up so a wake-up is never early.
+int waitMillis(uint64_t now, uint64_t until) {
+  if (until <= now) {
+    return 0;
+  }
+  const uint64_t ms = (until - now + 999'999) / 1'000'000;
+  return ms > INT_MAX ? INT_MAX : static_cast<int>(ms);
+}
+
+LogLimiter socketErrorLog;
+
+}  // namespace
+
+HealthChecker::HealthChecker(std::vector<Pool> pools) : pools_(std::move(pools)) {
+  wakeFd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+}
+
+HealthChecker::~HealthChecker() {
+  stop();
+  if (wakeFd_ >= 0) {
+    ::close(wakeFd_);
+  }
+}
+
+int HealthChecker::start() {
+  if (wakeFd_ < 0) {
+    return -EMFILE;
+  }
+  try {
+    thread_ = std::thread([this] { run(); });
+  } catch (const std::system_error& e) {
+    return -e.code().value();
+  }
+  return 0;
+}
+
+void HealthChecker::stop() {
+  if (wakeFd_ >= 0) {
+    // Left unread: every later poll of the thread sees it at once.
+    const uint64_t one = 1;
+    [[maybe_unused]] ssize_t n = ::write(wakeFd_, &one, sizeof(one));
+  }
+  if (thread_.joinable()) {
+    thread_.join();
+  }
+}
+
+void HealthChecker::run() {
+  std::vector<uint64_t> due(pools_.size(), monotonicNanos());
+  std::vector<size_t> ready;
+  for (;;) {
+    const uint64_t now = monotonicNanos();
+    uint64_t next = UINT64_MAX;
+    ready.clear();
+    for (size_t i = 0; i < pools_.size(); ++i) {
+      if (due[i] <= now) {
+        ready.push_back(i);
+        due[i] = now + nanos(pools_[i].pool->config().check_interval);
+      }
+      next = std::min(next, due[i]);
+    }
+    if (!ready.empty()) {
+      if (!checkNow(ready)) {
+        return;
+      }
+      continue;
+    }
+    pollfd wake{wakeFd_, POLLIN, 0};
+    if (::poll(&wake, 1, waitMillis(now, next)) > 0) {
+      return;
+    }
+  }
+}
+
+bool HealthChecker::checkNow(const std::vector<size_t>& pools) {
+  std::vector<Target> targets;
+  const uint64_t start = monotonicNanos();
+  for (size_t pi : pools) {
+    UpstreamPool& pool = *pools_[pi].pool;
+    for (uint32_t s = 0; s < pool.size(); ++s) {
+      Target& t = targets.emplace_back();
+      t.pool = pi;
+      t.server = s;
+      t.deadline = start + nanos(pool.config().check_timeout);
+      const config::Address& a = pool.server(s);
+      t.fd = ::socket(a.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+      if (t.fd < 0) {
+        // Out of descriptors or memory here says nothing about the server.
+        t.done = true;
+        t.verdict = false;
+        uint64_t suppressed = 0;
+        if (socketErrorLog.allow(start, &suppressed)) {
+          GRELAY_LOG_WARN("health check of upstream %s: cannot open a socket: %s",
+                          pool.config().name.c_str(), strerror(errno));
+        }
+        continue;
+      }
+      if (::connect(t.fd, a.sockaddrPtr(), a.length) == 0) {
+        t.done = true;
+      } else if (errno != EINPROGRESS) {
+        t.done = true;
+        t.error = errno;
+      }
+    }
+  }
+  const bool finished = waitFor(targets);
+  if (finished) {
+    const uint64_t now = monotonicNanos();
+    for (Target& t : targets) {
+      if (!t.verdict) {
+        continue;
+      }
+      Pool& p = pools_[t.pool];
+      if (t.error == 0 && p.pool->config().proxy_protocol != config::ProxyProtocol::Off) {
+        // Servers that expect a PROXY header get one, for a connection of unknown
+        // origin ("PROXY UNKNOWN", v2 UNSPEC): they then take it as a plain connect.
+        const std::string header =
+            proxyHeader(p.pool->config().proxy_protocol, sockaddr_storage{}, sockaddr_storage{});
+        [[maybe_unused]] ssize_t n =
+            ::send(t.fd, header.data(), header.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+      }
+      report(p, t.server, t.error, now);
+    }
+    for (size_t pi : pools) {
+      UpstreamPool& pool = *pools_[pi].pool;
+      int64_t down = 0;
+      for (uint32_t s = 0; s < pool.size(); ++s) {
+        down += pool.down(s, now) ? 1 : 0;
+      }
+      pools_[pi].stats->serversDown.set(down);
+    }
+  }
+  for (Target& t : targets) {
+    if (t.fd >= 0) {
+      ::close(t.fd);
+    }
+  }
+  return finished;
+}
+
+bool HealthChecker::waitFor(std::vector<Target>& targets) {
+  std::vector<pollfd> fds;
+  std::vector<size_t> which;
+  for (;;) {
+    fds.assign(1, pollfd{wakeFd_, POLLIN, 0});
+    which.clear();
+    const uint64_t now = monotonicNanos();
+    uint64_t earliest = UINT64_MAX;
+    for (size_t i = 0; i < targets.size(); ++i) {
+      Target& t = targets[i];
+      if (t.done) {
+        continue;
+      }
+      if (now >= t.deadline) {
+        t.done = true;
+        t.error = ETIMEDOUT;
+        continue;
+      }
+      fds.push_back(pollfd{t.fd, POLLOUT, 0});
+      which.push_back(i);
+      earliest = std::min(earliest, t.deadline);
+    }
+    if (which.empty()) {
+      return true;
+    }
+    const int n = ::poll(fds.data(), fds.size(), waitMillis(now, earliest));
+    if (n < 0 && errno != EINTR) {
+      GRELAY_LOG_WARN("health checks: poll failed: %s; this round is dropped", strerror(errno));
+      return false;
+    }
+    if (n > 0 && fds[0].revents != 0) {
+      return false;  // stop()
+    }
+    for (size_t k = 0; n > 0 && k < which.size(); ++k) {
+      if (fds[k + 1].revents == 0) {
+        continue;
+      }
+      Target& t = targets[which[k]];
+      int error = 0;
+      socklen_t length = sizeof(error);
+      if (::getsockopt(t.fd, SOL_SOCKET, SO_ERROR, &error, &length) != 0) {
+        error = errno;
+      }
+      t.done = true;
+      t.error = error;
+    }
+  }
+}
+
+void HealthChecker::report(Pool& p, uint32_t server, int error, uint64_t now) {
+  UpstreamPool& pool = *p.pool;
+  const config::UpstreamConfig& uc = pool.config();
+  p.stats->checks.inc();
+  if (error == 0) {
+    const bool wasDown = pool.down(server, now);
+    pool.connectSucceeded(server);
+    if (wasDown) {
+      GRELAY_LOG_INFO("upstream %s: server %s is up again (health check)", uc.name.c_str(),
+                      pool.server(server).text.c_str());
+    }
+    return;
+  }
+  p.stats->checkFailures.inc();
+  if (pool.connectFailed(server, now)) {
+    p.stats->markedDown.inc();
+    std::string why = error == ETIMEDOUT
+                          ? "no answer within " + std::to_string(uc.check_timeout.count()) + " ms"
+                          : strerror(error);
+    GRELAY_LOG_WARN(
+        "upstream %s: server %s marked down for %lld ms after %u failed connect%s (health "
+        "check: %s)",
+        uc.name.c_str(), pool.server(server).text.c_str(),
+        static_cast<long long>(uc.fail_timeout.count()), uc.max_fails, uc.max_fails == 1 ? "" : "s",
+        why.c_str());
+  }
+}
+
+}  // namespace grelay::proxy

@@ -1,0 +1,53 @@
+// Active health checks: the servers of every upstream pool that sets check_interval get a
+// TCP connect (then a close) each interval, from one thread per configuration generation,
+// off the data path. A check that fails (refused, unreachable, no answer within
+// check_timeout) counts like a session's failed connect toward max_fails and marks the
+// server down; a good one brings a server marked down back at once. So a dead server is
+// found before sessions try it, and a revived one rejoins without waiting out
+// fail_timeout.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "metrics/stats.h"
+#include "proxy/upstream.h"
+
+namespace grelay::proxy {
+
+class HealthChecker {
+public:
+  struct Pool {
+    UpstreamPool* pool = nullptr;  // its config sets check_interval
+    metrics::UpstreamStats* stats = nullptr;
+  };
+
+  explicit HealthChecker(std::vector<Pool> pools);
+  ~HealthChecker();  // stop()
+  HealthChecker(const HealthChecker&) = delete;
+  HealthChecker& operator=(const HealthChecker&) = delete;
+
+  // Starts the thread (the first round runs at once). 0 or -errno.
+  int start();
+  // Stops and joins the thread promptly, even mid-round (results of that round are
+  // dropped). Idempotent.
+  void stop();
+
+  // One round over the given pools now, on the calling thread: what the thread runs each
+  // interval (for tests). Returns false if stop() interrupted it.
+  bool checkNow(const std::vector<size_t>& pools);
+
+private:
+  struct Target;
+  void run();
+  bool waitFor(std::vector<Target>& targets);
+  void report(Pool& p, uint32_t server, int error, uint64_t now);
+
+  std::vector<Pool> pools_;
+  int wakeFd_ = -1;  // eventfd: stop() writes it
+  std::thread thread_;
+};
+
+}  // namespace grelay::proxy

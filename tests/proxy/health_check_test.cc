@@ -1,0 +1,167 @@
+// HealthChecker against real loopback sockets: a listening server passes, a refused port
+// fails and is marked down, a revived one comes back at once, PROXY-protocol pools get a
+// header, and stop() ends the thread promptly.
+#include "proxy/health_check.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <poll.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "proxy/log.h"
+
+namespace grelay::proxy {
+namespace {
+
+using namespace std::chrono_literals;
+
+// A bound loopback socket: refuses connects until listen() is called.
+struct Port {
+  Port() {
+    fd = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in in{};
+    in.sin_family = AF_INET;
+    in.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    EXPECT_EQ(::bind(fd, reinterpret_cast<sockaddr*>(&in), sizeof(in)), 0);
+    socklen_t length = sizeof(in);
+    ::getsockname(fd, reinterpret_cast<sockaddr*>(&in), &length);
+    address.length = sizeof(sockaddr_in);
+    std::memcpy(&address.storage, &in, sizeof(in));
+    address.text = "127.0.0.1:" + std::to_string(ntohs(in.sin_port));
+  }
+  ~Port() { ::close(fd); }
+  void listen() { ASSERT_EQ(::listen(fd, 64), 0); }
+  // The bytes the next queued connection sent before closing.
+  std::string acceptAndRead() {
+    int c = ::accept4(fd, nullptr, nullptr, SOCK_CLOEXEC);
+    EXPECT_GE(c, 0);
+    std::string out;
+    char buf[256];
+    for (;;) {
+      pollfd p{c, POLLIN, 0};
+      if (::poll(&p, 1, 2000) <= 0) {
+        break;
+      }
+      ssize_t n = ::recv(c, buf, sizeof(buf), 0);
+      if (n <= 0) {
+        break;
+      }
+      out.append(buf, static_cast<size_t>(n));
+    }
+    ::close(c);
+    return out;
+  }
+  int fd = -1;
+  config::Address address;
+};
+
+class HealthCheckTest : public ::testing::Test {
+protected:
+  void makePool(std::vector<const Port*> servers, uint32_t maxFails = 1,
+                config::ProxyProtocol proxy = config::ProxyProtocol::Off) {
+    config_.servers.clear();
+    for (const Port* p : servers) {
+      config_.servers.push_back({p->address});
+    }
+    config_.name = "app";
+    config_.max_fails = maxFails;
+    config_.fail_timeout = 60s;
+    config_.check_interval = 50ms;
+    config_.check_timeout = 1s;
+    config_.proxy_protocol = proxy;
+    pool_ = std::make_unique<UpstreamPool>(config_);
+    checker_ =
+        std::make_unique<HealthChecker>(std::vector<HealthChecker::Pool>{{pool_.get(), &stats_}});
+  }
+
+  config::UpstreamConfig config_;
+  std::unique_ptr<UpstreamPool> pool_;
+  metrics::UpstreamStats stats_;
+  std::unique_ptr<HealthChecker> checker_;
+};
+
+TEST_F(HealthCheckTest, ARefusedServerIsMarkedDownAndComesBackWhenItListens) {
+  Port up, down;
+  up.listen();
+  makePool({&up, &down});
+  ASSERT_TRUE(checker_->checkNow({0}));
+  EXPECT_EQ(stats_.checks.value(), 2u);
+  EXPECT_EQ(stats_.checkFailures.value(), 1u);
+  EXPECT_EQ(stats_.markedDown.value(), 1u);
+  EXPECT_EQ(stats_.serversDown.value(), 1);
+  const uint64_t now = monotonicNanos();
+  EXPECT_FALSE(pool_->down(0, now));
+  EXPECT_TRUE(pool_->down(1, now));
+  // Still failing: the marking is extended, not counted again.
+  ASSERT_TRUE(checker_->checkNow({0}));
+  EXPECT_EQ(stats_.checkFailures.value(), 2u);
+  EXPECT_EQ(stats_.markedDown.value(), 1u);
+  // It listens again: the next check brings it back at once, long before fail_timeout.
+  down.listen();
+  ASSERT_TRUE(checker_->checkNow({0}));
+  EXPECT_EQ(stats_.checks.value(), 6u);
+  EXPECT_EQ(stats_.checkFailures.value(), 2u);
+  EXPECT_EQ(stats_.serversDown.value(), 0);
+  EXPECT_FALSE(pool_->down(1, monotonicNanos()));
+}
+
+TEST_F(HealthCheckTest, ChecksCountTowardMaxFailsWithSessionFailures) {
+  Port down;
+  makePool({&down}, 3);
+  ASSERT_TRUE(checker_->checkNow({0}));
+  ASSERT_TRUE(checker_->checkNow({0}));
+  EXPECT_EQ(stats_.markedDown.value(), 0u);
+  EXPECT_FALSE(pool_->down(0, monotonicNanos()));
+  EXPECT_TRUE(pool_->connectFailed(0, monotonicNanos()));  // a session's: the third
+  ASSERT_TRUE(checker_->checkNow({0}));
+  EXPECT_EQ(stats_.markedDown.value(), 0u);  // already down: extended
+  EXPECT_EQ(stats_.serversDown.value(), 1);
+}
+
+TEST_F(HealthCheckTest, PoolsSpeakingProxyProtocolGetAnUnknownHeader) {
+  for (auto [version, header] :
+       {std::pair{config::ProxyProtocol::V1, std::string("PROXY UNKNOWN\r\n")},
+        std::pair{config::ProxyProtocol::V2,
+                  std::string("\r\n\r\n\0\r\nQUIT\n\x21\x00\x00\x00", 16)}}) {
+    Port server;
+    server.listen();
+    makePool({&server}, 1, version);
+    ASSERT_TRUE(checker_->checkNow({0}));
+    EXPECT_EQ(server.acceptAndRead(), header);
+  }
+  Port plain;
+  plain.listen();
+  makePool({&plain});
+  ASSERT_TRUE(checker_->checkNow({0}));
+  EXPECT_EQ(plain.acceptAndRead(), "");  // connect, then close: nothing sent
+}
+
+TEST_F(HealthCheckTest, TheThreadChecksEachIntervalAndStopsPromptly) {
+  Port down;
+  makePool({&down});
+  ASSERT_EQ(checker_->start(), 0);
+  const auto deadline = std::chrono::steady_clock::now() + 5s;
+  while (stats_.checks.value() < 3 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(10ms);
+  }
+  EXPECT_GE(stats_.checks.value(), 3u);
+  const auto before = std::chrono::steady_clock::now();
+  checker_->stop();
+  EXPECT_LT(std::chrono::steady_clock::now() - before, 1s);
+  const uint64_t checks = stats_.checks.value();
+  std::this_thread::sleep_for(150ms);
+  EXPECT_EQ(stats_.checks.value(), checks);
+  checker_->stop();  // idempotent
+}
+
+}  // namespace
+}  // namespace grelay::proxy
