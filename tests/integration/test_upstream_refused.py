@@ -3,7 +3,9 @@
 grelay keeps serving, and a pool with a dead server fails over to the live one. A server
 that fails to connect is marked down (max_fails, fail_timeout): sessions try it last, so
 they stop waiting for a blackhole's connect_timeout. Server weights split sessions in
-proportion; backup servers serve only when the others fail."""
+proportion; backup servers serve only when the others fail. Active health checks
+(check_interval) find a dead server before any session does and bring a revived one
+back at once."""
 
 import re
 import time
@@ -131,6 +133,71 @@ class UpstreamRefusedTest(h.GrelayTest):
                 self.assertEqual(g.metric("grelay_upstream_marked_down_total",
                                           listener="web"), 2)
             self.assertEqual(len(spare.conns), 10)
+
+    def test_health_checks_find_a_dead_server_before_sessions_do(self):
+        with h.Blackhole() as hole, h.EchoServer() as echo:
+            cfg = h.Config()
+            cfg.upstream("app", [hole.address, echo.address], check_interval="200ms",
+                         check_timeout="300ms", fail_timeout="5s")
+            port = cfg.listener("web", "app", connect_timeout="3s")
+            cfg.with_admin()
+            with h.Grelay(cfg) as g:
+                self.assertTrue(h.wait_for(
+                    lambda: g.metric("grelay_upstream_servers_down", upstream="app") == 1, 10),
+                    "the blackhole was not marked down by a health check")
+                self.assertRegex(g.log(), r"upstream app: server 127\.0\.0\.1:\d+ marked down for "
+                                          r"5000 ms after 1 failed connect \(health check: no "
+                                          r"answer within 300 ms\)")
+                # No session waits for the blackhole's connect_timeout (3 s): every one of
+                # them goes to the live server first, and none fails a connect.
+                for i in range(6):
+                    r = h.stream_session(port, h.Stream(i, 64 * h.KiB), index=i, timeout=10)
+                    self.assertTrue(r.ok, str(r))
+                    self.assertLess(r.elapsed, h.slack(1.5), str(r))
+                self.assertEqual(g.metric("grelay_upstream_connect_errors_total",
+                                          listener="web"), 0)
+                self.assertEqual(
+                    g.metric("grelay_upstream_health_check_marked_down_total", upstream="app"), 1)
+                failed = g.metric("grelay_upstream_health_checks_total", upstream="app",
+                                  result="failed")
+                ok = g.metric("grelay_upstream_health_checks_total", upstream="app", result="ok")
+                self.assertGreaterEqual(failed, 1)
+                self.assertGreaterEqual(ok, failed - 1)  # the echo server passes each round
+            checks = [c for c in echo.conns if c.received == 0]
+            self.assertGreaterEqual(len(checks), 1, "no health check reached the live server")
+
+    def test_a_revived_server_rejoins_at_the_next_check(self):
+        with h.EchoServer() as echo:
+            dead = h.RefusingPort()
+            revived = None
+            try:
+                cfg = h.Config()
+                cfg.upstream("app", [dead.address, echo.address], check_interval="200ms",
+                             fail_timeout="1h")
+                port = cfg.listener("web", "app")
+                cfg.with_admin()
+                with h.Grelay(cfg) as g:
+                    down = lambda: g.metric("grelay_upstream_servers_down", upstream="app")
+                    self.assertTrue(h.wait_for(lambda: down() == 1, 10), "not marked down")
+                    dead.close()
+                    revived = h.EchoServer(port=dead.port)
+                    self.assertTrue(h.wait_for(lambda: down() == 0, 10),
+                                    "not back after it listened again")
+                    self.assertRegex(g.log(), r"upstream app: server 127\.0\.0\.1:%d is up again "
+                                              r"\(health check\)" % dead.port)
+                    # Without the check it would wait out fail_timeout (1 h): now it takes
+                    # its share of sessions again.
+                    for i in range(4):
+                        r = h.stream_session(port, h.Stream(i, 64 * h.KiB), index=i)
+                        self.assertTrue(r.ok, str(r))
+                    served = [c for c in revived.conns if c.received > 0]
+                    self.assertEqual(len(served), 2)
+                    self.assertEqual(g.metric("grelay_upstream_connect_errors_total",
+                                              listener="web"), 0)
+            finally:
+                dead.close()
+                if revived:
+                    revived.stop()
 
     def test_pool_with_every_server_dead_resets_client(self):
         with h.RefusingPort() as d1, h.RefusingPort() as d2, h.EchoServer() as echo:
