@@ -233,6 +233,16 @@ std::unique_ptr<Generation> buildGeneration(std::shared_ptr<const config::Config
   gen->path = path;
   gen->runtime = std::make_unique<Runtime>(*cfg);
   gen->runtime->path = path;
+  if (previous != nullptr) {
+    // Servers marked down stay down across a reload (by pool name and address).
+    for (size_t u = 0; u < cfg->upstreams.size(); ++u) {
+      for (size_t p = 0; p < previous->config->upstreams.size(); ++p) {
+        if (previous->config->upstreams[p].name == cfg->upstreams[u].name) {
+          gen->runtime->upstreams[u]->inheritHealth(*previous->runtime->upstreams[p]);
+        }
+      }
+    }
+  }
   gen->runtime->splice = cfg->server.splice && features.splice;
   if (cfg->server.splice && !features.splice && path == config::RelayPath::Mainline &&
       previous == nullptr) {

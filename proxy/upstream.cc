@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstring>
 #include <utility>
 
 namespace grelay::proxy {
@@ -119,6 +120,27 @@ void UpstreamPool::connectSucceeded(uint32_t server) {
   }
   if (h.downUntil.load(std::memory_order_relaxed) != 0) {
     h.downUntil.store(0, std::memory_order_relaxed);
+  }
+}
+
+void UpstreamPool::inheritHealth(const UpstreamPool& previous) {
+  if (config_.max_fails == 0) {
+    return;
+  }
+  for (size_t i = 0; i < size(); ++i) {
+    const config::Address& a = server(i);
+    for (size_t j = 0; j < previous.size(); ++j) {
+      const config::Address& b = previous.server(j);
+      if (a.length != b.length || std::memcmp(&a.storage, &b.storage, a.length) != 0) {
+        continue;
+      }
+      const Health& from = previous.health_[j];
+      health_[i].failures.store(from.failures.load(std::memory_order_relaxed),
+                                std::memory_order_relaxed);
+      health_[i].downUntil.store(from.downUntil.load(std::memory_order_relaxed),
+                                 std::memory_order_relaxed);
+      break;
+    }
   }
 }
 

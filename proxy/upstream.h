@@ -45,6 +45,12 @@ public:
   void connectSucceeded(uint32_t server);
   bool down(uint32_t server, uint64_t now) const;
 
+  // A reload's new pool takes over the health of the servers it shares (same address)
+  // with `previous` (the pool of the same name in the configuration it replaces): a
+  // server marked down stays down for the rest of its period, and failures in a row
+  // keep counting. Before any session uses this pool.
+  void inheritHealth(const UpstreamPool& previous);
+
 private:
   struct Health {
     std::atomic<uint32_t> failures{0};   // consecutive failed connects

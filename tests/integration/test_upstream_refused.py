@@ -8,6 +8,7 @@ proportion; backup servers serve only when the others fail. Active health checks
 back at once."""
 
 import re
+import signal
 import time
 
 import harness as h
@@ -198,6 +199,30 @@ class UpstreamRefusedTest(h.GrelayTest):
                 dead.close()
                 if revived:
                     revived.stop()
+
+    def test_a_server_marked_down_stays_down_across_a_reload(self):
+        with h.Blackhole() as hole, h.EchoServer() as echo:
+            cfg = h.Config()
+            cfg.upstream("app", [hole.address, echo.address], fail_timeout="1h")
+            port = cfg.listener("web", "app", connect_timeout="500ms")
+            cfg.with_admin()
+            with h.Grelay(cfg) as g:
+                r = h.stream_session(port, h.Stream(0, 16 * h.KiB), timeout=10)
+                self.assertTrue(r.ok, str(r))
+                self.assertGreaterEqual(r.elapsed, 0.45, "the first session did not wait")
+                before = len(re.findall(r"SIGHUP: reloaded", g.log()))
+                g.send_signal(signal.SIGHUP)
+                self.assertTrue(h.wait_for(
+                    lambda: len(re.findall(r"SIGHUP: reloaded", g.log())) > before, 10),
+                    g.log_tail())
+                # The new generation's pool took the marking over: no session starts at
+                # the blackhole again.
+                for i in range(1, 7):
+                    r = h.stream_session(port, h.Stream(i, 16 * h.KiB), index=i, timeout=10)
+                    self.assertTrue(r.ok, str(r))
+                    self.assertLess(r.elapsed, h.slack(0.4), str(r))
+                self.assertEqual(g.metric("grelay_upstream_connect_errors_total",
+                                          listener="web"), 1)
 
     def test_pool_with_every_server_dead_resets_client(self):
         with h.RefusingPort() as d1, h.RefusingPort() as d2, h.EchoServer() as echo:

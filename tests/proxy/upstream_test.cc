@@ -193,6 +193,32 @@ TEST_F(UpstreamPoolTest, LeastConnPutsADownServerLastEvenWithFewestConnections) 
   EXPECT_EQ(order(kStart), (std::vector<uint32_t>{2, 1, 0}));
 }
 
+TEST_F(UpstreamPoolTest, AReloadedPoolKeepsTheHealthOfTheServersItShares) {
+  UpstreamPool& old = makePool(3, 2);
+  EXPECT_FALSE(old.connectFailed(0, kStart));
+  EXPECT_TRUE(old.connectFailed(0, kStart));   // 8000 down until kStart + 10 s
+  EXPECT_FALSE(old.connectFailed(2, kStart));  // 8002: one failure of two
+  auto oldPool = std::move(pool_);             // refers to config_, which stays as it is
+  // The new config drops 8001, keeps 8002 and 8000 (in another order), adds 8003.
+  config::UpstreamConfig next = config_;
+  next.servers = {config_.servers[2], config_.servers[0]};
+  next.servers.push_back(config_.servers[1]);
+  auto* in = reinterpret_cast<sockaddr_in*>(&next.servers[2].address.storage);
+  in->sin_port = htons(8003);
+  UpstreamPool fresh(next);
+  fresh.inheritHealth(*oldPool);
+  EXPECT_FALSE(fresh.down(0, kStart));
+  EXPECT_TRUE(fresh.down(1, kStart + 10 * kSecond - 1));  // 8000, for the rest of its period
+  EXPECT_FALSE(fresh.down(1, kStart + 10 * kSecond));
+  EXPECT_FALSE(fresh.down(2, kStart));
+  EXPECT_TRUE(fresh.connectFailed(0, kStart));  // 8002's second failure in a row
+  // max_fails = 0 in the new config: nothing is taken over.
+  next.max_fails = 0;
+  UpstreamPool never(next);
+  never.inheritHealth(*oldPool);
+  EXPECT_FALSE(never.down(1, kStart));
+}
+
 TEST_F(UpstreamPoolTest, ConcurrentFailuresMarkAServerDownOnce) {
   UpstreamPool& pool = makePool(2);
   std::atomic<int> marked{0};
