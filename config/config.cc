@@ -22,6 +22,8 @@ const char* toString(Balance balance) {
       return "round_robin";
     case Balance::LeastConn:
       return "least_conn";
+    case Balance::Source:
+      return "source";
   }
   return "?";
 }

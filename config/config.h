@@ -35,7 +35,7 @@ struct Address {
 };
 
 enum class RelayPath { Auto, Group, Mainline, Copy };
-enum class Balance { RoundRobin, LeastConn };
+enum class Balance { RoundRobin, LeastConn, Source };
 enum class MirrorDirection { Request, Both };
 enum class ProxyProtocol { Off, V1, V2 };
 

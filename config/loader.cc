@@ -568,7 +568,8 @@ private:
           *t, "in " + header,
           {
               {"servers", servers(&u, "in " + header), true},
-              {"balance", oneOf(&u.balance, {Balance::RoundRobin, Balance::LeastConn})},
+              {"balance",
+               oneOf(&u.balance, {Balance::RoundRobin, Balance::LeastConn, Balance::Source})},
               {"max_fails", integer(&u.max_fails, 0, 1000)},
               {"fail_timeout", duration(&u.fail_timeout, 1ms, kMaxTimeout)},
               {"check_interval", duration(&u.check_interval, 0ms, kMaxTimeout)},

@@ -977,7 +977,9 @@ void Session::afterProxyHeader() {
 
 void Session::beginSession() {
   state_ = State::Connecting;
-  listener_.upstream->pickOrder(serverOrder_, host_.now());
+  UpstreamPool& pool = *listener_.upstream;
+  const bool bySource = pool.config().balance == config::Balance::Source;
+  pool.pickOrder(serverOrder_, host_.now(), bySource ? clientHash(clientAddress_, false) : 0);
   connectMirrors();
   connectPrimary();
 }
@@ -1062,32 +1064,9 @@ bool Session::sampled(uint32_t percent) const {
   if (percent >= 100) {
     return true;
   }
-  // FNV-1a of the client's address and port: the same sessions for every mirror with the
-  // same percentage, on every worker and across restarts.
-  const uint8_t* bytes = nullptr;
-  size_t len = 0;
-  uint16_t port = 0;
-  if (clientAddress_.ss_family == AF_INET) {
-    const auto& a = reinterpret_cast<const sockaddr_in&>(clientAddress_);
-    bytes = reinterpret_cast<const uint8_t*>(&a.sin_addr);
-    len = sizeof(a.sin_addr);
-    port = a.sin_port;
-  } else if (clientAddress_.ss_family == AF_INET6) {
-    const auto& a = reinterpret_cast<const sockaddr_in6&>(clientAddress_);
-    bytes = reinterpret_cast<const uint8_t*>(&a.sin6_addr);
-    len = sizeof(a.sin6_addr);
-    port = a.sin6_port;
-  }
-  uint64_t h = 1469598103934665603ull;
-  auto mix = [&h](uint8_t b) {
-    h ^= b;
-    h *= 1099511628211ull;
-  };
-  for (size_t i = 0; i < len; ++i) {
-    mix(bytes[i]);
-  }
-  mix(static_cast<uint8_t>(port >> 8));
-  mix(static_cast<uint8_t>(port & 0xff));
+  // The same sessions for every mirror with the same percentage, on every worker and
+  // across restarts.
+  const uint64_t h = clientHash(clientAddress_, true);
   return (h % 100) < percent;
 }
 

@@ -1,5 +1,7 @@
 #include "proxy/upstream.h"
 
+#include <netinet/in.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstring>
@@ -18,6 +20,38 @@ uint32_t gcd(uint32_t a, uint32_t b) {
 }
 
 }  // namespace
+
+uint64_t clientHash(const sockaddr_storage& address, bool withPort) {
+  const uint8_t* bytes = nullptr;
+  size_t length = 0;
+  uint16_t port = 0;
+  if (address.ss_family == AF_INET) {
+    const auto& a = reinterpret_cast<const sockaddr_in&>(address);
+    bytes = reinterpret_cast<const uint8_t*>(&a.sin_addr);
+    length = sizeof(a.sin_addr);
+    port = a.sin_port;
+  } else if (address.ss_family == AF_INET6) {
+    const auto& a = reinterpret_cast<const sockaddr_in6&>(address);
+    bytes = reinterpret_cast<const uint8_t*>(&a.sin6_addr);
+    length = sizeof(a.sin6_addr);
+    port = a.sin6_port;
+  } else {
+    return 0;
+  }
+  uint64_t h = 1469598103934665603ull;
+  auto mix = [&h](uint8_t b) {
+    h ^= b;
+    h *= 1099511628211ull;
+  };
+  for (size_t i = 0; i < length; ++i) {
+    mix(bytes[i]);
+  }
+  if (withPort) {
+    mix(static_cast<uint8_t>(port >> 8));
+    mix(static_cast<uint8_t>(port & 0xff));
+  }
+  return h;
+}
 
 UpstreamPool::UpstreamPool(const config::UpstreamConfig& config)
     : config_(config),
@@ -65,10 +99,12 @@ void UpstreamPool::rotate(std::vector<uint32_t>& order, const std::vector<uint32
   }
 }
 
-void UpstreamPool::pickOrder(std::vector<uint32_t>& order, uint64_t now) {
+void UpstreamPool::pickOrder(std::vector<uint32_t>& order, uint64_t now, uint64_t client) {
   const size_t n = size();
   order.clear();
-  const uint64_t start = next_.fetch_add(1, std::memory_order_relaxed);
+  const uint64_t start = config_.balance == config::Balance::Source
+                             ? client
+                             : next_.fetch_add(1, std::memory_order_relaxed);
   rotate(order, primaries_, rotation_.empty() ? 0 : rotation_[start % rotation_.size()]);
   if (!backups_.empty()) {
     rotate(order, backups_, start % backups_.size());

@@ -2,6 +2,8 @@
 // their passive health (servers that keep failing to connect are tried last for a while).
 #pragma once
 
+#include <sys/socket.h>
+
 #include <atomic>
 #include <cstdint>
 #include <memory>
@@ -10,6 +12,11 @@
 #include "config/config.h"
 
 namespace grelay::proxy {
+
+// FNV-1a of a client's IP address, and of its port too with `withPort`: the same value on
+// every worker and across restarts (balance = "source", mirror sampling). 0 for families
+// other than IPv4 and IPv6.
+uint64_t clientHash(const sockaddr_storage& address, bool withPort);
 
 class UpstreamPool {
 public:
@@ -22,12 +29,14 @@ public:
   // The order in which a new session tries the servers (each at most once), by policy:
   // round_robin starts at the next server of a smooth weighted rotation (a server of
   // weight w starts w of every sum-of-weights sessions, spread out, across all workers),
-  // then the others in index order from there; least_conn sorts by open connections per
-  // unit of weight, ties in that rotated order. Backup servers come after the others, in
-  // the same policy order among themselves; servers marked down (see connectFailed) come
-  // after all servers that are not, so a session still tries them when every other
-  // server fails. Fills `order` (size() entries); `now` is monotonic ns.
-  void pickOrder(std::vector<uint32_t>& order, uint64_t now);
+  // then the others in index order from there; source starts at the place in that
+  // rotation that `client` (clientHash() of the client's address) picks, so a client
+  // keeps its server while the pool's servers stay up; least_conn sorts by open
+  // connections per unit of weight, ties in the rotated order. Backup servers come after
+  // the others, in the same policy order among themselves; servers marked down (see
+  // connectFailed) come after all servers that are not, so a session still tries them
+  // when every other server fails. Fills `order` (size() entries); `now` is monotonic ns.
+  void pickOrder(std::vector<uint32_t>& order, uint64_t now, uint64_t client = 0);
 
   // Open-connection accounting for least_conn (any thread).
   void connected(uint32_t server) { active_[server].fetch_add(1, std::memory_order_relaxed); }

@@ -397,6 +397,15 @@ TEST(LoaderErrorTest, BadEnumValueListsTheChoices) {
                                   R"(address = "127.0.0.1:9001")", R"(direction = "response")"})),
               ElementsAre("t.toml:11:13: 'direction' must be one of request, both, got "
                           "'response'"));
+  auto balance = [](const std::string& value) {
+    return errorsOf(lines({"[upstream.app]", R"(servers = ["127.0.0.1:8000"])",
+                           "balance = \"" + value + "\"", "[[listener]]", R"(name = "web")",
+                           R"(listen = "127.0.0.1:8080")", R"(upstream = "app")"}));
+  };
+  EXPECT_THAT(balance("source"), IsEmpty());
+  EXPECT_THAT(balance("random"),
+              ElementsAre("t.toml:3:11: 'balance' must be one of round_robin, least_conn, source, "
+                          "got 'random'"));
 }
 
 TEST(LoaderErrorTest, UnparsableAddress) {

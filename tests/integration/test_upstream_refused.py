@@ -9,6 +9,7 @@ back at once."""
 
 import re
 import signal
+import socket
 import time
 
 import harness as h
@@ -115,6 +116,40 @@ class UpstreamRefusedTest(h.GrelayTest):
                 bad = [r for r in results if not r.ok]
                 self.assertEqual(bad, [], "\n".join(map(str, bad)))
             self.assertEqual((len(heavy.conns), len(light.conns), len(spare.conns)), (45, 15, 0))
+
+    def test_source_balance_keeps_each_client_address_on_one_server(self):
+        def session_from(host, port, i):
+            s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            s.settimeout(10)
+            s.bind((host, 0))
+            s.connect(("127.0.0.1", port))
+            payload = b"%d from %s\n" % (i, host.encode())
+            s.sendall(payload)
+            s.shutdown(socket.SHUT_WR)
+            got = b""
+            while chunk := s.recv(4096):
+                got += chunk
+            s.close()
+            self.assertEqual(got, payload)
+
+        with h.EchoServer() as a, h.EchoServer() as b:
+            cfg = h.Config()
+            cfg.upstream("app", [a.address, b.address], balance="source")
+            port = cfg.listener("web", "app")
+            with h.Grelay(cfg):
+                where = {}
+                for n in range(1, 21):
+                    host = f"127.0.0.{n}"
+                    for i in range(3):  # a new client port each time
+                        before = (len(a.conns), len(b.conns))
+                        session_from(host, port, i)
+                        self.assertTrue(h.wait_for(
+                            lambda: len(a.conns) + len(b.conns) > sum(before), 5))
+                        server = "a" if len(a.conns) > before[0] else "b"
+                        self.assertEqual(where.setdefault(host, server), server,
+                                         f"{host} moved from {where[host]} to {server}")
+            # 20 addresses hashed over 2 servers: both get some.
+            self.assertEqual(set(where.values()), {"a", "b"}, where)
 
     def test_backup_serves_when_every_other_server_fails(self):
         with h.RefusingPort() as d1, h.RefusingPort() as d2, h.EchoServer() as spare:

@@ -120,6 +120,44 @@ TEST_F(UpstreamPoolTest, LeastConnCountsConnectionsPerUnitOfWeight) {
   EXPECT_EQ(second.back(), 2u);
 }
 
+TEST_F(UpstreamPoolTest, SourceKeepsAClientOnItsServerAndSpreadsClients) {
+  UpstreamPool& pool = makePool(3, 1, config::Balance::Source, {2, 1, 1});
+  auto client = [](uint8_t last, uint16_t port) {
+    sockaddr_storage s{};
+    auto* in = reinterpret_cast<sockaddr_in*>(&s);
+    in->sin_family = AF_INET;
+    in->sin_addr.s_addr = htonl(0x0a000000u | last);
+    in->sin_port = htons(port);
+    return s;
+  };
+  std::vector<int> firsts(3, 0);
+  for (int c = 0; c < 200; ++c) {
+    const uint64_t h = clientHash(client(static_cast<uint8_t>(c), 1000), false);
+    EXPECT_EQ(h, clientHash(client(static_cast<uint8_t>(c), 2000), false)) << "port ignored";
+    std::vector<uint32_t> first;
+    pool.pickOrder(first, kStart, h);
+    std::vector<uint32_t> again;
+    pool.pickOrder(again, kStart, h);
+    EXPECT_EQ(first, again);
+    ++firsts[first[0]];
+  }
+  // Weights 2:1:1 over 200 clients, roughly.
+  EXPECT_GT(firsts[0], 70);
+  EXPECT_GT(firsts[1], 25);
+  EXPECT_GT(firsts[2], 25);
+  // Its server down, a client moves to the next one, the same each time.
+  const uint64_t h = clientHash(client(7, 1), false);
+  std::vector<uint32_t> before;
+  pool.pickOrder(before, kStart, h);
+  EXPECT_TRUE(pool.connectFailed(before[0], kStart));
+  std::vector<uint32_t> after;
+  pool.pickOrder(after, kStart, h);
+  EXPECT_EQ(after[0], before[1]);
+  EXPECT_EQ(after.back(), before[0]);
+  EXPECT_NE(clientHash(client(7, 1), true), clientHash(client(7, 2), true));
+  EXPECT_EQ(clientHash(sockaddr_storage{}, true), 0u);
+}
+
 TEST_F(UpstreamPoolTest, AServerMarkedDownIsTriedLastUntilFailTimeout) {
   UpstreamPool& pool = makePool(3);
   EXPECT_TRUE(pool.connectFailed(0, kStart));
