@@ -413,6 +413,35 @@ int startGeneration(Generation& gen, std::string* error) {
   return noUring ? kExitNoUring : kExitConfig;
 }
 
+// SIGUSR1 (logrotate's postrotate): every access log of the generation is opened anew at
+// its path and put in place of the old file under the same descriptor (dup2), so a worker
+// writing at that moment finishes on the old file and its next write goes to the new
+// one. On failure the old file stays in use: nothing is lost.
+void reopenAccessLogs(Generation& gen) {
+  const config::Config& cfg = *gen.config;
+  for (size_t li = 0; li < cfg.listeners.size(); ++li) {
+    const int fd = gen.runtime->accessLogFds[li];
+    if (fd < 0) {
+      continue;
+    }
+    const std::string& path = cfg.listeners[li].access_log;
+    int fresh = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+    if (fresh < 0) {
+      GRELAY_LOG_ERROR("SIGUSR1: cannot reopen access log %s: %s; still writing the old file",
+                       path.c_str(), strerror(errno));
+      continue;
+    }
+    if (::dup3(fresh, fd, O_CLOEXEC) < 0) {
+      GRELAY_LOG_ERROR("SIGUSR1: cannot reopen access log %s: %s; still writing the old file",
+                       path.c_str(), strerror(errno));
+    } else {
+      GRELAY_LOG_INFO("SIGUSR1: reopened access log %s (listener %s)", path.c_str(),
+                      cfg.listeners[li].name.c_str());
+    }
+    ::close(fresh);
+  }
+}
+
 void logGeneration(const Generation& gen) {
   for (const auto& l : gen.config->listeners) {
     GRELAY_LOG_INFO("listener %s on %s -> upstream %s (%zu mirror%s%s%s)", l.name.c_str(),
@@ -445,6 +474,8 @@ int runServer(config::Config initial, const relay::Features& features) {
   sigaddset(&signals, SIGINT);
   sigaddset(&signals, SIGTERM);
   sigaddset(&signals, SIGHUP);
+  sigaddset(&signals, SIGUSR1);
+  sigaddset(&signals, SIGUSR2);
   pthread_sigmask(SIG_BLOCK, &signals, nullptr);
   ::signal(SIGPIPE, SIG_IGN);
 
@@ -559,6 +590,10 @@ int runServer(config::Config initial, const relay::Features& features) {
       } else {
         reload();
       }
+    } else if (sig == SIGUSR1) {
+      all([](Generation& g) { reopenAccessLogs(g); });
+    } else if (sig == SIGUSR2) {
+      GRELAY_LOG_WARN("SIGUSR2: ignored (SIGHUP reloads, SIGUSR1 reopens the access logs)");
     } else if (sig == SIGINT || sig == SIGTERM) {
       if (!stopping) {
         stopping = true;

@@ -3,11 +3,13 @@
 PROXY protocol header names, when the listener accepts them), the server, the duration,
 the bytes each way, how it ended and the mirrors. Lines reach the file within about two
 seconds and all of them by the time grelay exits; a path that cannot be opened stops
-startup with a clear error; a full disk drops lines (counted), never traffic."""
+startup with a clear error; a full disk drops lines (counted), never traffic; SIGUSR1
+reopens the file (logrotate)."""
 
 import json
 import os
 import shutil
+import signal
 import socket
 import tempfile
 import time
@@ -103,6 +105,33 @@ class AccessLogTest(h.GrelayTest):
         self.assertEqual(len(lines), 50)
         self.assertEqual(len({(x["worker"], x["session"]) for x in lines}), 50,
                          "worker + session must name each session once")
+
+    def test_sigusr1_reopens_the_log_for_logrotate(self):
+        with h.EchoServer() as echo:
+            cfg = h.Config()
+            cfg.upstream("app", [echo.address])
+            port = cfg.listener("web", "app", access_log=self.path)
+            with h.Grelay(cfg) as g:
+                for i in range(3):
+                    self.assertTrue(h.stream_session(port, h.Stream(40 + i, 4 * h.KiB)).ok)
+                self.assertTrue(h.wait_for(lambda: len(read_lines(self.path)) == 3, 5))
+                # logrotate: rename, then SIGUSR1 (postrotate).
+                rotated = self.path + ".1"
+                os.rename(self.path, rotated)
+                g.send_signal(signal.SIGUSR1)
+                self.assertTrue(h.wait_for(
+                    lambda: "SIGUSR1: reopened access log" in g.log(), 5), g.log_tail())
+                self.assertTrue(os.path.exists(self.path), "no new file after SIGUSR1")
+                for i in range(2):
+                    self.assertTrue(h.stream_session(port, h.Stream(50 + i, 4 * h.KiB)).ok)
+                self.assertTrue(h.wait_for(lambda: len(read_lines(self.path)) == 2, 5))
+                self.assertEqual(len(read_lines(rotated)), 3, "the old file changed")
+                # SIGUSR2 must not kill a proxy (a stray signal is logged, not fatal).
+                g.send_signal(signal.SIGUSR2)
+                self.assertTrue(h.wait_for(lambda: "SIGUSR2: ignored" in g.log(), 5))
+                self.assertTrue(g.alive())
+                self.assertTrue(h.stream_session(port, h.Stream(60, 4 * h.KiB)).ok)
+            self.assertEqual(len(read_lines(self.path)), 3)
 
     def test_an_access_log_that_cannot_be_opened_stops_startup(self):
         with h.EchoServer() as echo:
