@@ -147,10 +147,9 @@ bool HealthChecker::checkNow(const std::vector<size_t>& pools) {
       }
       Pool& p = pools_[t.pool];
       if (t.error == 0 && p.pool->config().proxy_protocol != config::ProxyProtocol::Off) {
-        // Servers that expect a PROXY header get one, for a connection of unknown
-        // origin ("PROXY UNKNOWN", v2 UNSPEC): they then take it as a plain connect.
-        const std::string header =
-            proxyHeader(p.pool->config().proxy_protocol, sockaddr_storage{}, sockaddr_storage{});
+        // Servers that expect a PROXY header get the one for a connection of grelay's
+        // own ("PROXY UNKNOWN", v2 LOCAL): they take it as a plain connect.
+        const std::string header = proxyHeaderLocal(p.pool->config().proxy_protocol);
         [[maybe_unused]] ssize_t n =
             ::send(t.fd, header.data(), header.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
       }

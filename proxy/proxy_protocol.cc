@@ -14,6 +14,7 @@ namespace {
 constexpr char kV2Signature[] = "\r\n\r\n\0\r\nQUIT\n";
 constexpr size_t kV2SignatureLength = 12;
 constexpr uint8_t kV2ProxyCommand = 0x21;  // version 2, command PROXY
+constexpr uint8_t kV2LocalCommand = 0x20;  // version 2, command LOCAL
 constexpr uint8_t kV2Unspec = 0x00;
 constexpr uint8_t kV2Tcp4 = 0x11;
 constexpr uint8_t kV2Tcp6 = 0x21;
@@ -267,6 +268,23 @@ std::string proxyHeader(config::ProxyProtocol version, const sockaddr_storage& c
       return version1(client, local);
     case config::ProxyProtocol::V2:
       return version2(client, local);
+  }
+  return {};
+}
+
+std::string proxyHeaderLocal(config::ProxyProtocol version) {
+  switch (version) {
+    case config::ProxyProtocol::Off:
+      return {};
+    case config::ProxyProtocol::V1:
+      return version1(sockaddr_storage{}, sockaddr_storage{});  // PROXY UNKNOWN
+    case config::ProxyProtocol::V2: {
+      std::string out(kV2Signature, kV2SignatureLength);
+      out.push_back(static_cast<char>(kV2LocalCommand));
+      out.push_back(static_cast<char>(kV2Unspec));
+      appendBe16(out, 0);
+      return out;
+    }
   }
   return {};
 }

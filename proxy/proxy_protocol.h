@@ -19,6 +19,11 @@ namespace grelay::proxy {
 std::string proxyHeader(config::ProxyProtocol version, const sockaddr_storage& client,
                         const sockaddr_storage& local);
 
+// The header for a connection grelay makes on its own behalf (a health check), which the
+// spec says servers must accept without addresses: "PROXY UNKNOWN\r\n", or v2's LOCAL
+// command. Empty for ProxyProtocol::Off.
+std::string proxyHeaderLocal(config::ProxyProtocol version);
+
 }  // namespace grelay::proxy
 
 namespace grelay::proxy {

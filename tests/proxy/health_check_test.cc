@@ -131,7 +131,7 @@ TEST_F(HealthCheckTest, PoolsSpeakingProxyProtocolGetAnUnknownHeader) {
   for (auto [version, header] :
        {std::pair{config::ProxyProtocol::V1, std::string("PROXY UNKNOWN\r\n")},
         std::pair{config::ProxyProtocol::V2,
-                  std::string("\r\n\r\n\0\r\nQUIT\n\x21\x00\x00\x00", 16)}}) {
+                  std::string("\r\n\r\n\0\r\nQUIT\n\x20\x00\x00\x00", 16)}}) {
     Port server;
     server.listen();
     makePool({&server}, 1, version);

@@ -34,6 +34,20 @@ sockaddr_storage v6(const char* ip, uint16_t port) {
 
 const std::string kSignature("\r\n\r\n\0\r\nQUIT\n", 12);
 
+TEST(ProxyProtocolTest, LocalHeadersCarryNoAddressesAndParseAsSuch) {
+  EXPECT_EQ(proxyHeaderLocal(ProxyProtocol::Off), "");
+  EXPECT_EQ(proxyHeaderLocal(ProxyProtocol::V1), "PROXY UNKNOWN\r\n");
+  EXPECT_EQ(proxyHeaderLocal(ProxyProtocol::V2), kSignature + std::string("\x20\x00\x00\x00", 4));
+  for (ProxyProtocol v : {ProxyProtocol::V1, ProxyProtocol::V2}) {
+    const std::string h = proxyHeaderLocal(v);
+    const ProxyHeaderParse p =
+        parseProxyHeader(reinterpret_cast<const uint8_t*>(h.data()), h.size());
+    EXPECT_EQ(p.status, ProxyHeaderParse::Status::Done);
+    EXPECT_EQ(p.length, h.size());
+    EXPECT_FALSE(p.hasAddresses);
+  }
+}
+
 TEST(ProxyProtocolTest, OffSendsNothing) {
   EXPECT_EQ(proxyHeader(ProxyProtocol::Off, v4("10.0.0.1", 1), v4("10.0.0.2", 2)), "");
 }
