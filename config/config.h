@@ -73,6 +73,9 @@ struct UpstreamTlsConfig {
 // One server of an upstream pool.
 struct UpstreamServer {
   Address address;
+  // The `server` label of its per-server metrics ([A-Za-z0-9_-]+, unique in the pool);
+  // "" = its index in `servers` ("0", "1", ...).
+  std::string name{};
   // Share of the pool's new sessions relative to the other servers (round_robin: smooth
   // weighted rotation; least_conn: open connections per unit of weight). 1..256.
   uint32_t weight = 1;

@@ -609,6 +609,7 @@ private:
                            return ok = address(&server.address)(k, n);
                          },
                          true},
+                        {"name", name(&server.name)},
                         {"weight", integer(&server.weight, 1, kMaxWeight)},
                         {"backup", boolean(&server.backup)},
                     });
@@ -636,6 +637,15 @@ private:
           error(element.source(), "duplicate server " + quoted(server.address.text) + " " + label +
                                       firstAt(first[it - u->servers.begin()]));
           continue;
+        }
+        if (!server.name.empty()) {
+          auto named = [&](const UpstreamServer& a) { return a.name == server.name; };
+          auto other = std::find_if(u->servers.begin(), u->servers.end(), named);
+          if (other != u->servers.end()) {
+            error(element.source(), "duplicate server name " + quoted(server.name) + " " + label +
+                                        firstAt(first[other - u->servers.begin()]));
+            continue;
+          }
         }
         first.push_back(locate(element.source()));
         u->servers.push_back(std::move(server));

@@ -453,6 +453,14 @@ std::vector<MetricFamily> StatsCollector::collectFrom(
   auto& checkMarkedDown = list.add("grelay_upstream_health_check_marked_down_total",
                                    "Times a failed health check marked a server of the pool down.",
                                    MetricType::Counter);
+  auto& serverActive = list.add("grelay_upstream_server_active_connections",
+                                "Open connections to each server of the pool (all workers and "
+                                "configuration generations).",
+                                MetricType::Gauge);
+  auto& serverUp = list.add("grelay_upstream_server_up",
+                            "1 if the server is in the pool's rotation, 0 while it is marked "
+                            "down (max_fails failed connects or health checks).",
+                            MetricType::Gauge);
   auto& serversDown = list.add("grelay_upstream_servers_down",
                                "Servers of the pool marked down after the latest round of "
                                "health checks (pools with check_interval).",
@@ -546,6 +554,34 @@ std::vector<MetricFamily> StatsCollector::collectFrom(
   }
   for (size_t u = 0; u < config.upstreams.size(); ++u) {
     const config::UpstreamConfig& pool = config.upstreams[u];
+    const auto& newest = gens.back().upstreams;
+    const UpstreamStats* now = u < newest.size() ? newest[u] : nullptr;
+    if (now != nullptr && now->view != nullptr) {
+      const ClientMetric::Label name{"upstream", pool.name};
+      for (size_t s = 0; s < pool.servers.size() && s < now->view->serverCount(); ++s) {
+        const std::string& text = pool.servers[s].address.text;
+        // Sessions of older generations still count on the server they connected to.
+        int64_t active = 0;
+        for (const StatsRegistry::Generation& gen : gens) {
+          for (size_t k = 0; k < gen.upstreams.size() && k < gen.config->upstreams.size(); ++k) {
+            const config::UpstreamConfig& other = gen.config->upstreams[k];
+            const UpstreamStats* stats = gen.upstreams[k];
+            if (stats == nullptr || stats->view == nullptr || other.name != pool.name) {
+              continue;
+            }
+            for (size_t o = 0; o < other.servers.size() && o < stats->view->serverCount(); ++o) {
+              if (other.servers[o].address.text == text) {
+                active += stats->view->serverActive(o);
+              }
+            }
+          }
+        }
+        const std::string& label = pool.servers[s].name;
+        const Labels labels{name, {"server", label.empty() ? std::to_string(s) : label}};
+        sample(serverActive, labels, static_cast<double>(active));
+        sample(serverUp, labels, now->view->serverDown(s) ? 0 : 1);
+      }
+    }
     if (pool.check_interval.count() == 0) {
       continue;
     }
@@ -566,8 +602,6 @@ std::vector<MetricFamily> StatsCollector::collectFrom(
     sample(healthChecks, {name, {"result", "ok"}}, asDouble(sum.checks - sum.checkFailures));
     sample(healthChecks, {name, {"result", "failed"}}, asDouble(sum.checkFailures));
     sample(checkMarkedDown, {name}, asDouble(sum.markedDown));
-    const auto& newest = gens.back().upstreams;
-    const UpstreamStats* now = u < newest.size() ? newest[u] : nullptr;
     sample(serversDown, {name}, now != nullptr ? static_cast<double>(now->serversDown.value()) : 0);
   }
   return list.take();

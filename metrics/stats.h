@@ -128,13 +128,24 @@ struct WorkerStats {
   std::vector<std::unique_ptr<ListenerStats>> listeners;  // in config order
 };
 
-// One upstream pool's active health checks (pools with check_interval), written by the
-// generation's health-check thread only.
+// A live view of one upstream pool's servers (proxy::UpstreamPool implements it), read at
+// scrape time from the exposer's threads: thread-safe, no locks.
+class UpstreamView {
+public:
+  virtual ~UpstreamView() = default;
+  virtual size_t serverCount() const = 0;
+  virtual int64_t serverActive(size_t server) const = 0;  // open connections, all workers
+  virtual bool serverDown(size_t server) const = 0;       // marked down right now
+};
+
+// One upstream pool: its live view, and its active health checks (pools with
+// check_interval), written by the generation's health-check thread only.
 struct UpstreamStats {
-  Counter checks;         // connects made by health checks
-  Counter checkFailures;  // of those: refused, timed out, unreachable
-  Counter markedDown;     // servers a failed check marked down
-  Gauge serversDown;      // servers marked down after the latest round
+  const UpstreamView* view = nullptr;  // the generation's pool (set when it is built)
+  Counter checks;                      // connects made by health checks
+  Counter checkFailures;               // of those: refused, timed out, unreachable
+  Counter markedDown;                  // servers a failed check marked down
+  Gauge serversDown;                   // servers marked down after the latest round
 };
 
 }  // namespace grelay::metrics

@@ -350,6 +350,7 @@ std::unique_ptr<Generation> buildGeneration(std::shared_ptr<const config::Config
   std::vector<HealthChecker::Pool> checked;
   for (size_t u = 0; u < cfg->upstreams.size(); ++u) {
     gen->upstreamStats.push_back(std::make_unique<metrics::UpstreamStats>());
+    gen->upstreamStats.back()->view = gen->runtime->upstreams[u].get();
     if (cfg->upstreams[u].check_interval.count() > 0) {
       checked.push_back({gen->runtime->upstreams[u].get(), gen->upstreamStats.back().get()});
     }

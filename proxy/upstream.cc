@@ -7,6 +7,8 @@
 #include <cstring>
 #include <utility>
 
+#include "proxy/log.h"
+
 namespace grelay::proxy {
 
 namespace {
@@ -178,6 +180,10 @@ void UpstreamPool::inheritHealth(const UpstreamPool& previous) {
       break;
     }
   }
+}
+
+bool UpstreamPool::serverDown(size_t server) const {
+  return down(static_cast<uint32_t>(server), monotonicNanos());
 }
 
 bool UpstreamPool::down(uint32_t server, uint64_t now) const {

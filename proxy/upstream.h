@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "config/config.h"
+#include "metrics/stats.h"
 
 namespace grelay::proxy {
 
@@ -18,9 +19,16 @@ namespace grelay::proxy {
 // other than IPv4 and IPv6.
 uint64_t clientHash(const sockaddr_storage& address, bool withPort);
 
-class UpstreamPool {
+class UpstreamPool final : public metrics::UpstreamView {
 public:
   explicit UpstreamPool(const config::UpstreamConfig& config);
+
+  // metrics::UpstreamView (any thread)
+  size_t serverCount() const override { return size(); }
+  int64_t serverActive(size_t server) const override {
+    return activeConnections(static_cast<uint32_t>(server));
+  }
+  bool serverDown(size_t server) const override;
 
   const config::UpstreamConfig& config() const { return config_; }
   size_t size() const { return config_.servers.size(); }

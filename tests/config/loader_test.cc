@@ -503,11 +503,11 @@ TEST(LoaderErrorTest, DuplicateServerInAPool) {
 
 TEST(LoaderTest, ServersTakeAWeightAndABackupFlag) {
   LoadResult result = loadString(
-      lines({R"([upstream.app])",
-             R"(servers = ["127.0.0.1:8000", { address = "127.0.0.1:8001", weight = 3 },)",
-             R"(           { address = "[::1]:8002", backup = true, weight = 256 }])",
-             "[[listener]]", R"(name = "web")", R"(listen = "127.0.0.1:8080")",
-             R"(upstream = "app")"}),
+      lines(
+          {R"([upstream.app])",
+           R"(servers = ["127.0.0.1:8000", { address = "127.0.0.1:8001", weight = 3, name = "b" },)",
+           R"(           { address = "[::1]:8002", backup = true, weight = 256 }])", "[[listener]]",
+           R"(name = "web")", R"(listen = "127.0.0.1:8080")", R"(upstream = "app")"}),
       "t.toml");
   ASSERT_TRUE(result.ok()) << result.errors[0].toString();
   const UpstreamConfig& app = result.config->upstreams.at(0);
@@ -517,6 +517,8 @@ TEST(LoaderTest, ServersTakeAWeightAndABackupFlag) {
   EXPECT_FALSE(app.servers[0].backup);
   EXPECT_EQ(app.servers[1].address.text, "127.0.0.1:8001");
   EXPECT_EQ(app.servers[1].weight, 3u);
+  EXPECT_EQ(app.servers[1].name, "b");
+  EXPECT_EQ(app.servers[0].name, "");
   EXPECT_FALSE(app.servers[1].backup);
   EXPECT_EQ(app.servers[2].address.family(), AF_INET6);
   EXPECT_EQ(app.servers[2].weight, 256u);
@@ -550,6 +552,12 @@ TEST(LoaderErrorTest, BadServerEntries) {
       pool(R"(servers = ["127.0.0.1:8000", { address = "127.0.0.1:8000", backup = true }])"),
       ElementsAre("t.toml:2:30: duplicate server '127.0.0.1:8000' in [upstream.app] "
                   "(first at 2:12)"));
+  EXPECT_THAT(pool(R"(servers = [{ address = "127.0.0.1:8000", name = "a b" }])"),
+              ElementsAre("t.toml:2:49: 'name' must match [A-Za-z0-9_-]+, got 'a b'"));
+  EXPECT_THAT(pool(R"(servers = [{ address = "127.0.0.1:8000", name = "a" },)"
+                   R"( { address = "127.0.0.1:8001", name = "a" }])"),
+              ElementsAre("t.toml:2:56: duplicate server name 'a' in [upstream.app] (first at "
+                          "2:12)"));
   // A bad entry is reported once, not again as "every server is a backup".
   EXPECT_THAT(pool(R"(servers = [{ address = "nowhere", backup = true }])"), SizeIs(1));
 }

@@ -88,11 +88,14 @@ void checkAccepted(const Config& c) {
     FUZZ_CHECK(!u.servers.empty(), "upstream " + u.name + " without servers");
     std::set<std::string> servers;
     bool primary = false;
+    std::set<std::string> names;
     for (const UpstreamServer& s : u.servers) {
       checkAddress(s.address, "upstream server");
       FUZZ_CHECK(servers.insert(endpointKey(s.address)).second, "duplicate server in " + u.name);
       FUZZ_CHECK(s.weight >= 1 && s.weight <= 256, "server weight " + std::to_string(s.weight));
       primary = primary || !s.backup;
+      FUZZ_CHECK(s.name.empty() || isName(s.name), "server name '" + printable(s.name) + "'");
+      FUZZ_CHECK(s.name.empty() || names.insert(s.name).second, "duplicate server name");
     }
     FUZZ_CHECK(primary, "upstream " + u.name + " has only backup servers");
     FUZZ_CHECK(u.check_interval.count() == 0 || u.max_fails > 0,

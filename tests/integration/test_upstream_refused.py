@@ -173,8 +173,9 @@ class UpstreamRefusedTest(h.GrelayTest):
     def test_health_checks_find_a_dead_server_before_sessions_do(self):
         with h.Blackhole() as hole, h.EchoServer() as echo:
             cfg = h.Config()
-            cfg.upstream("app", [hole.address, echo.address], check_interval="200ms",
-                         check_timeout="300ms", fail_timeout="5s")
+            cfg.upstream("app", [{"address": hole.address, "name": "hole"},
+                                 {"address": echo.address, "name": "echo"}],
+                         check_interval="200ms", check_timeout="300ms", fail_timeout="5s")
             port = cfg.listener("web", "app", connect_timeout="3s")
             cfg.with_admin()
             with h.Grelay(cfg) as g:
@@ -199,6 +200,27 @@ class UpstreamRefusedTest(h.GrelayTest):
                 ok = g.metric("grelay_upstream_health_checks_total", upstream="app", result="ok")
                 self.assertGreaterEqual(failed, 1)
                 self.assertGreaterEqual(ok, failed - 1)  # the echo server passes each round
+                # Per server: the blackhole out of the rotation, the echo server in it,
+                # with the sessions open on it right now.
+                self.assertEqual(g.metric("grelay_upstream_server_up", upstream="app",
+                                          server="hole"), 0)
+                self.assertEqual(g.metric("grelay_upstream_server_up", upstream="app",
+                                          server="echo"), 1)
+                held = []
+                for _ in range(3):
+                    c = h.connect(port)
+                    c.sendall(b"x")
+                    self.assertEqual(c.recv(1), b"x")
+                    held.append(c)
+                self.assertEqual(g.metric("grelay_upstream_server_active_connections",
+                                          upstream="app", server="echo"), 3)
+                self.assertEqual(g.metric("grelay_upstream_server_active_connections",
+                                          upstream="app", server="hole"), 0)
+                for c in held:
+                    c.close()
+                self.assertTrue(h.wait_for(lambda: g.metric(
+                    "grelay_upstream_server_active_connections", upstream="app",
+                    server="echo") == 0, 5))
             checks = [c for c in echo.conns if c.received == 0]
             self.assertGreaterEqual(len(checks), 1, "no health check reached the live server")
 

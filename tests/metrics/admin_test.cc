@@ -131,6 +131,10 @@ grelay_access_log_dropped_lines_total{listener="web"} 231
 grelay_upstream_health_checks_total{upstream="app",result="ok"} 25
 grelay_upstream_health_checks_total{upstream="app",result="failed"} 5
 grelay_upstream_health_check_marked_down_total{upstream="app"} 2
+grelay_upstream_server_active_connections{upstream="app",server="app1"} 12
+grelay_upstream_server_active_connections{upstream="secure_api",server="0"} 3
+grelay_upstream_server_up{upstream="app",server="app1"} 1
+grelay_upstream_server_up{upstream="secure_api",server="0"} 0
 grelay_upstream_servers_down{upstream="app"} 1
 )golden";
 
@@ -216,6 +220,8 @@ protected:
   AdminTest() : config_(makeConfig(address("127.0.0.1", 0))), workers_(makeWorkers(config_, 2)) {
     testing::fillKnownValues(*workers_[0], 0);
     testing::fillKnownValues(*workers_[1], 1);
+    app_.view = &appView_;
+    secure_.view = &secureView_;
     app_.checks.add(30);
     app_.checkFailures.add(5);
     app_.markedDown.add(2);
@@ -228,7 +234,7 @@ protected:
     for (const auto& w : workers_) {
       in.workers.push_back(w.get());
     }
-    in.upstreams = {&app_, nullptr};
+    in.upstreams = {&app_, &secure_};
     in.relayPath = "mainline";
     in.version = "0.0.0-test";
     return in;
@@ -244,6 +250,9 @@ protected:
   config::Config config_;
   std::vector<std::unique_ptr<WorkerStats>> workers_;
   UpstreamStats app_;  // the "app" pool checks its servers (fixture.h)
+  UpstreamStats secure_;
+  testing::FakeUpstreamView appView_{{12}, {false}};
+  testing::FakeUpstreamView secureView_{{3}, {true}};
 };
 
 TEST_F(AdminTest, RenderHasExactlyTheSummedValueOfEverySeries) {
@@ -321,7 +330,7 @@ TEST_F(AdminTest, EveryFamilyHasHelpAndTypeAndCountersEndInTotal) {
   for (const auto& s : expo.samples) {
     families.insert(testing::familyOf(s, expo));
   }
-  EXPECT_EQ(families.size(), 37u);  // 31 grelay_* and 6 process_*
+  EXPECT_EQ(families.size(), 39u);  // 33 grelay_* and 6 process_*
   for (const auto& family : families) {
     ASSERT_EQ(expo.type.count(family), 1u) << family;
     EXPECT_FALSE(expo.help.at(family).empty()) << family;
@@ -361,6 +370,9 @@ TEST_F(AdminTest, LabelsComeOnlyFromConfigNames) {
                                          "splice",  "ok",       "0.0.0-test", "failed"};
   for (const auto& u : config_.upstreams) {
     allowedValues.insert(u.name);
+    for (size_t s = 0; s < u.servers.size(); ++s) {
+      allowedValues.insert(u.servers[s].name.empty() ? std::to_string(s) : u.servers[s].name);
+    }
   }
   for (const auto& l : config_.listeners) {
     allowedValues.insert(l.name);
@@ -375,8 +387,8 @@ TEST_F(AdminTest, LabelsComeOnlyFromConfigNames) {
     text << b;
     bucketBounds.insert(text.str());
   }
-  const std::set<std::string> allowedNames = {"listener", "direction", "target",  "path",
-                                              "mirror",   "upstream",  "version", "result"};
+  const std::set<std::string> allowedNames = {"listener", "direction", "target", "path",  "mirror",
+                                              "upstream", "version",   "result", "server"};
   const auto expo = parseExposition(StatsCollector(inputs()).render());
   size_t labelled = 0;
   for (const auto& s : expo.samples) {
@@ -498,7 +510,8 @@ TEST(AdminWorkersTest, NoWorkersExposesZerosForEveryConfiguredSeries) {
       EXPECT_EQ(s.value, "0") << s.line;
     }
   }
-  EXPECT_EQ(grelay, splitLines(kExpectedGrelaySamples).size());
+  // All but the 4 per-server series, which need a live view of the pool.
+  EXPECT_EQ(grelay, splitLines(kExpectedGrelaySamples).size() - 4);
 }
 
 TEST_F(AdminTest, BusyPortFailsWithAClearError) {

@@ -54,8 +54,8 @@ inline config::Config makeConfig(const config::Address& admin) {
 
   config::UpstreamConfig app;
   app.name = "app";
-  app.servers = {{address("127.0.0.1", 8000)}};
-  app.check_interval = config::Duration(5'000);  // health-check families for "app"
+  app.servers = {{address("127.0.0.1", 8000), "app1"}};  // secure_api's server is unnamed
+  app.check_interval = config::Duration(5'000);          // health-check families for "app"
   config::UpstreamConfig secure;
   secure.name = "secure_api";
   secure.servers = {{address("127.0.0.1", 8443)}};
@@ -89,6 +89,20 @@ inline config::Config makeConfig(const config::Address& admin) {
   c.listeners = {web, api};
   return c;
 }
+
+// A pool's servers as the collector sees them: fixed open connections and down flags.
+class FakeUpstreamView : public UpstreamView {
+public:
+  FakeUpstreamView(std::vector<int64_t> active, std::vector<bool> down)
+      : active_(std::move(active)), down_(std::move(down)) {}
+  size_t serverCount() const override { return active_.size(); }
+  int64_t serverActive(size_t server) const override { return active_[server]; }
+  bool serverDown(size_t server) const override { return down_[server]; }
+
+private:
+  std::vector<int64_t> active_;
+  std::vector<bool> down_;
+};
 
 inline std::vector<std::unique_ptr<WorkerStats>> makeWorkers(const config::Config& c,
                                                              size_t count) {

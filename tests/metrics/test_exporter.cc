@@ -56,12 +56,17 @@ int main(int argc, char** argv) {
   for (const auto& w : workers) {
     inputs.workers.push_back(w.get());
   }
+  metrics::testing::FakeUpstreamView appView({7}, {false});
+  metrics::testing::FakeUpstreamView secureView({2}, {true});
   metrics::UpstreamStats app;  // config.upstreams[0] has check_interval
+  metrics::UpstreamStats secure;
+  app.view = &appView;
+  secure.view = &secureView;
   app.checks.add(40);
   app.checkFailures.add(4);
   app.markedDown.add(1);
   app.serversDown.set(1);
-  inputs.upstreams = {&app, nullptr};
+  inputs.upstreams = {&app, &secure};
   inputs.relayPath = "mainline";
   inputs.version = "0.0.0-test";
   std::string error;
