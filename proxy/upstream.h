@@ -78,8 +78,8 @@ private:
                      size_t first);
 
   const config::UpstreamConfig& config_;
-  // Smooth weighted round robin (nginx's): the non-backup servers, each weight times,
-  // interleaved; sessions take their first server from it in turn.
+  // One cycle of the weighted rotation: the non-backup servers, each weight times, their
+  // turns spread over the cycle; sessions take their first server from it in turn.
   std::vector<uint32_t> rotation_;   // indexes into primaries_
   std::vector<uint32_t> primaries_;  // non-backup servers, in index order
   std::vector<uint32_t> backups_;    // backup servers, in index order

