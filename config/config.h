@@ -82,6 +82,9 @@ struct UpstreamServer {
   // Tried only after every non-backup server of the pool (and before servers marked
   // down); at least one server of a pool is not a backup.
   bool backup = false;
+  // Connections (open or connecting, all workers) the server takes at most; a session
+  // finding it full tries the pool's next server. 0 = no limit.
+  uint32_t max_conns = 0;
 };
 
 struct UpstreamConfig {

@@ -612,6 +612,7 @@ private:
                         {"name", name(&server.name)},
                         {"weight", integer(&server.weight, 1, kMaxWeight)},
                         {"backup", boolean(&server.backup)},
+                        {"max_conns", integer(&server.max_conns, 0, 10'000'000)},
                     });
           if (!ok || t->get("address") == nullptr) {
             readAll = false;
@@ -625,7 +626,7 @@ private:
         } else {
           typeError(key, element,
                     "an array of addresses (\"HOST:PORT\" or { address = \"HOST:PORT\", "
-                    "weight = N, backup = true })");
+                    "weight = N, backup = true, ... })");
           readAll = false;
           continue;
         }

@@ -38,6 +38,7 @@ struct ListenerTotals {
   std::array<uint64_t, kPathCount> chunks{};
   uint64_t upstreamConnectErrors = 0;
   uint64_t upstreamMarkedDown = 0;
+  uint64_t upstreamServerFull = 0;
   uint64_t noUpstream = 0;
   uint64_t idleTimeouts = 0;
   uint64_t resets = 0;
@@ -85,6 +86,7 @@ void addTo(ListenerTotals& total, const ListenerStats& stats, const std::vector<
   }
   total.upstreamConnectErrors += stats.upstreamConnectErrors.value();
   total.upstreamMarkedDown += stats.upstreamMarkedDown.value();
+  total.upstreamServerFull += stats.upstreamServerFull.value();
   total.noUpstream += stats.noUpstream.value();
   total.idleTimeouts += stats.idleTimeouts.value();
   total.resets += stats.resets.value();
@@ -131,6 +133,7 @@ void addTotals(ListenerTotals& into, const ListenerTotals& from) {
   }
   into.upstreamConnectErrors += from.upstreamConnectErrors;
   into.upstreamMarkedDown += from.upstreamMarkedDown;
+  into.upstreamServerFull += from.upstreamServerFull;
   into.noUpstream += from.noUpstream;
   into.idleTimeouts += from.idleTimeouts;
   into.resets += from.resets;
@@ -204,6 +207,15 @@ void sample(MetricFamily& family, Labels labels, double value) {
   } else {
     metric.gauge.value = value;
   }
+}
+
+bool anyMaxConns(const config::UpstreamConfig& pool) {
+  for (const config::UpstreamServer& s : pool.servers) {
+    if (s.max_conns != 0) {
+      return true;
+    }
+  }
+  return false;
 }
 
 double asDouble(uint64_t value) {
@@ -393,6 +405,10 @@ std::vector<MetricFamily> StatsCollector::collectFrom(
                               "max_fails consecutive failed connects (tried last for "
                               "fail_timeout).",
                               MetricType::Counter);
+  auto& serverFull = list.add("grelay_upstream_server_full_total",
+                              "Times a session passed over a server of the pool because it had "
+                              "max_conns connections.",
+                              MetricType::Counter);
   auto& unavailable = list.add("grelay_upstream_unavailable_total",
                                "Client sessions closed because every server of the upstream "
                                "pool failed.",
@@ -504,6 +520,9 @@ std::vector<MetricFamily> StatsCollector::collectFrom(
     const ClientMetric::Label upstream{"upstream", listener.upstream};
     sample(connectErrors, {name, upstream}, asDouble(total.upstreamConnectErrors));
     sample(markedDown, {name, upstream}, asDouble(total.upstreamMarkedDown));
+    if (anyMaxConns(config.upstreams[listener.upstream_index])) {
+      sample(serverFull, {name, upstream}, asDouble(total.upstreamServerFull));
+    }
     sample(unavailable, {name}, asDouble(total.noUpstream));
     {
       ClientMetric& metric = connectDuration.metric.emplace_back();

@@ -107,6 +107,7 @@ struct ListenerStats {
   std::array<Counter, kPathCount> chunks;  // by PathIndex
   Counter upstreamConnectErrors;
   Counter upstreamMarkedDown;  // servers this listener's sessions marked down (max_fails)
+  Counter upstreamServerFull;  // servers a session skipped because they were at max_conns
   Counter noUpstream;          // sessions closed because every server failed
   Counter idleTimeouts;
   Counter resets;  // sessions ended by a reset (either side)

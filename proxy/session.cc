@@ -1047,10 +1047,7 @@ void Session::handshakeFailed(Peer& peer, bool timedOut) {
       timedOut ? std::string("TLS handshake timed out") : primary_.tls_->error();
   host_.listenerTrouble(listener_, "TLS: upstream " + a.text + ": " + why);
   upstreamFailed(why);
-  if (upstreamCounted_) {
-    listener_.upstream->disconnected(static_cast<uint32_t>(server_));
-    upstreamCounted_ = false;
-  }
+  releaseServer();
   primary_.tls_.reset();
   host_.sockets().close(primary_.fd_, true);
   primary_.fd_ = -1;
@@ -1070,16 +1067,29 @@ bool Session::sampled(uint32_t percent) const {
   return (h % 100) < percent;
 }
 
+void Session::releaseServer() {
+  if (upstreamCounted_) {
+    listener_.upstream->release(static_cast<uint32_t>(server_));
+    upstreamCounted_ = false;
+  }
+}
+
 void Session::connectPrimary() {
-  const UpstreamPool& pool = *listener_.upstream;
+  UpstreamPool& pool = *listener_.upstream;
   while (serverAttempt_ < serverOrder_.size()) {
     const uint32_t index = serverOrder_[serverAttempt_++];
+    if (!pool.acquire(index)) {
+      stats().upstreamServerFull.inc();  // at max_conns: the next server
+      continue;
+    }
     const config::Address& address = pool.server(index);
     int fd = host_.sockets().openStream(address.family());
     if (fd < 0) {
+      pool.release(index);
       stats().upstreamConnectErrors.inc();
       continue;
     }
+    upstreamCounted_ = true;
     keepAlive(fd);
     primary_.fd_ = fd;
     primary_.connecting_ = true;
@@ -1119,6 +1129,7 @@ void Session::primaryConnected(int32_t res) {
   }
   if (res < 0) {
     upstreamFailed(describe(res));
+    releaseServer();
     host_.sockets().close(primary_.fd_, false);
     primary_.fd_ = -1;
     server_ = -1;
@@ -1127,8 +1138,6 @@ void Session::primaryConnected(int32_t res) {
   }
   stats().connectDuration.observe(static_cast<double>(host_.now() - connectStart_) / 1e9);
   lastServer_ = server_;
-  listener_.upstream->connected(static_cast<uint32_t>(server_));
-  upstreamCounted_ = true;
   primary_.connected_ = true;
   if (listener_.upstreamTls != nullptr) {
     const config::Address& a = listener_.upstream->server(static_cast<size_t>(server_));
@@ -1557,10 +1566,7 @@ void Session::maybeFinish() {
     }
     m->peer.dropQueue();
   }
-  if (upstreamCounted_) {
-    listener_.upstream->disconnected(static_cast<uint32_t>(server_));
-    upstreamCounted_ = false;
-  }
+  releaseServer();
   done_ = true;
   host_.timers().cancel(*this);
   if (listener_.accessLog != nullptr) {

@@ -357,6 +357,8 @@ private:
   void primaryConnected(int32_t res);
   // A connect or upstream TLS handshake to server_ failed: counts it and tells the pool.
   void upstreamFailed(const std::string& why);
+  // Gives back the slot the session holds on server_ (see UpstreamPool::acquire).
+  void releaseServer();
   void connectMirrors();
   void mirrorConnected(size_t index, int32_t res);
   void startRelaying();
@@ -421,7 +423,7 @@ private:
   uint64_t started_ = 0;  // monotonic ns (access log)
   tap::CloseReason closeReason_ = tap::CloseReason::kNormal;
   uint32_t mirrorsCut_ = 0;
-  bool upstreamCounted_ = false;
+  bool upstreamCounted_ = false;  // holds a slot on server_ (UpstreamPool::acquire)
   bool done_ = false;
 };
 

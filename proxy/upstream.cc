@@ -171,6 +171,16 @@ void UpstreamPool::connectSucceeded(uint32_t server) {
   }
 }
 
+bool UpstreamPool::acquire(uint32_t server) {
+  const int64_t before = active_[server].fetch_add(1, std::memory_order_relaxed);
+  const uint32_t max = config_.servers[server].max_conns;
+  if (max != 0 && before >= static_cast<int64_t>(max)) {
+    active_[server].fetch_sub(1, std::memory_order_relaxed);
+    return false;
+  }
+  return true;
+}
+
 void UpstreamPool::inheritHealth(const UpstreamPool& previous) {
   if (config_.max_fails == 0) {
     return;

@@ -46,9 +46,11 @@ public:
   // when every other server fails. Fills `order` (size() entries); `now` is monotonic ns.
   void pickOrder(std::vector<uint32_t>& order, uint64_t now, uint64_t client = 0);
 
-  // Open-connection accounting for least_conn (any thread).
-  void connected(uint32_t server) { active_[server].fetch_add(1, std::memory_order_relaxed); }
-  void disconnected(uint32_t server) { active_[server].fetch_sub(1, std::memory_order_relaxed); }
+  // Connection accounting (any thread), for least_conn, max_conns and the metrics: a
+  // session takes a slot before it connects and gives it back when that connection ends
+  // or fails. False (nothing taken) when the server has max_conns connections already.
+  bool acquire(uint32_t server);
+  void release(uint32_t server) { active_[server].fetch_sub(1, std::memory_order_relaxed); }
   int64_t activeConnections(uint32_t server) const {
     return active_[server].load(std::memory_order_relaxed);
   }

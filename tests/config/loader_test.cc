@@ -506,8 +506,9 @@ TEST(LoaderTest, ServersTakeAWeightAndABackupFlag) {
       lines(
           {R"([upstream.app])",
            R"(servers = ["127.0.0.1:8000", { address = "127.0.0.1:8001", weight = 3, name = "b" },)",
-           R"(           { address = "[::1]:8002", backup = true, weight = 256 }])", "[[listener]]",
-           R"(name = "web")", R"(listen = "127.0.0.1:8080")", R"(upstream = "app")"}),
+           R"(           { address = "[::1]:8002", backup = true, weight = 256, max_conns = 9 }])",
+           "[[listener]]", R"(name = "web")", R"(listen = "127.0.0.1:8080")",
+           R"(upstream = "app")"}),
       "t.toml");
   ASSERT_TRUE(result.ok()) << result.errors[0].toString();
   const UpstreamConfig& app = result.config->upstreams.at(0);
@@ -523,6 +524,8 @@ TEST(LoaderTest, ServersTakeAWeightAndABackupFlag) {
   EXPECT_EQ(app.servers[2].address.family(), AF_INET6);
   EXPECT_EQ(app.servers[2].weight, 256u);
   EXPECT_TRUE(app.servers[2].backup);
+  EXPECT_EQ(app.servers[2].max_conns, 9u);
+  EXPECT_EQ(app.servers[1].max_conns, 0u);
 }
 
 TEST(LoaderErrorTest, BadServerEntries) {
@@ -543,7 +546,7 @@ TEST(LoaderErrorTest, BadServerEntries) {
               ElementsAre("t.toml:2:51: 'backup' must be a boolean, got string"));
   EXPECT_THAT(pool(R"(servers = [8000])"),
               ElementsAre("t.toml:2:12: 'servers' must be an array of addresses (\"HOST:PORT\" "
-                          "or { address = \"HOST:PORT\", weight = N, backup = true }), got "
+                          "or { address = \"HOST:PORT\", weight = N, backup = true, ... }), got "
                           "integer"));
   EXPECT_THAT(pool(R"(servers = [{ address = "127.0.0.1:8000", backup = true }])"),
               ElementsAre("t.toml:2:11: every server in [upstream.app] is a backup: at least "
@@ -558,6 +561,8 @@ TEST(LoaderErrorTest, BadServerEntries) {
                    R"( { address = "127.0.0.1:8001", name = "a" }])"),
               ElementsAre("t.toml:2:56: duplicate server name 'a' in [upstream.app] (first at "
                           "2:12)"));
+  EXPECT_THAT(pool(R"(servers = [{ address = "127.0.0.1:8000", max_conns = -1 }])"),
+              ElementsAre("t.toml:2:54: 'max_conns' must be in 0..10000000, got -1"));
   // A bad entry is reported once, not again as "every server is a backup".
   EXPECT_THAT(pool(R"(servers = [{ address = "nowhere", backup = true }])"), SizeIs(1));
 }

@@ -151,6 +151,45 @@ class UpstreamRefusedTest(h.GrelayTest):
             # 20 addresses hashed over 2 servers: both get some.
             self.assertEqual(set(where.values()), {"a", "b"}, where)
 
+    def test_max_conns_caps_each_server(self):
+        with h.EchoServer() as a, h.EchoServer() as b:
+            cfg = h.Config()
+            cfg.upstream("pair", [{"address": a.address, "max_conns": 2, "name": "a"},
+                                  {"address": b.address, "name": "b"}])
+            cfg.upstream("one", [{"address": a.address, "max_conns": 1}])
+            pair = cfg.listener("pair", "pair")
+            one = cfg.listener("one", "one")
+            cfg.with_admin()
+
+            def hold(port):
+                c = h.connect(port)
+                c.sendall(b"x")
+                self.assertEqual(c.recv(1), b"x")
+                return c
+
+            with h.Grelay(cfg) as g:
+                held = [hold(pair) for _ in range(6)]
+                self.assertEqual(g.metric("grelay_upstream_server_active_connections",
+                                          upstream="pair", server="a"), 2)
+                self.assertEqual(g.metric("grelay_upstream_server_active_connections",
+                                          upstream="pair", server="b"), 4)
+                # Rotation a b a b a b: the fifth session found a full and went to b.
+                self.assertEqual(g.metric("grelay_upstream_server_full_total", listener="pair"),
+                                 1)
+                # A pool whose only server is full resets the client, like a dead pool.
+                first = hold(one)
+                end, data, _ = h.try_request(one, b"y")
+                self.assertEqual((end, data), ("reset", b""))
+                self.assertEqual(g.metric("grelay_upstream_unavailable_total", listener="one"), 1)
+                first.close()
+                self.assertTrue(h.wait_for(lambda: g.metric(
+                    "grelay_upstream_server_active_connections", upstream="one", server="0") == 0,
+                    5))
+                r = h.stream_session(one, h.Stream(1, 64 * h.KiB))
+                self.assertTrue(r.ok, str(r))
+                for c in held:
+                    c.close()
+
     def test_backup_serves_when_every_other_server_fails(self):
         with h.RefusingPort() as d1, h.RefusingPort() as d2, h.EchoServer() as spare:
             cfg = h.Config()

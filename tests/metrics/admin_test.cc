@@ -70,6 +70,7 @@ grelay_upstream_connect_errors_total{listener="web",upstream="app"} 121
 grelay_upstream_connect_errors_total{listener="api",upstream="secure_api"} 1221
 grelay_upstream_marked_down_total{listener="web",upstream="app"} 209
 grelay_upstream_marked_down_total{listener="api",upstream="secure_api"} 1309
+grelay_upstream_server_full_total{listener="web",upstream="app"} 242
 grelay_upstream_unavailable_total{listener="web"} 132
 grelay_upstream_unavailable_total{listener="api"} 1232
 grelay_upstream_connect_duration_seconds_count{listener="web",upstream="app"} 6
@@ -330,7 +331,7 @@ TEST_F(AdminTest, EveryFamilyHasHelpAndTypeAndCountersEndInTotal) {
   for (const auto& s : expo.samples) {
     families.insert(testing::familyOf(s, expo));
   }
-  EXPECT_EQ(families.size(), 39u);  // 33 grelay_* and 6 process_*
+  EXPECT_EQ(families.size(), 40u);  // 34 grelay_* and 6 process_*
   for (const auto& family : families) {
     ASSERT_EQ(expo.type.count(family), 1u) << family;
     EXPECT_FALSE(expo.help.at(family).empty()) << family;

@@ -55,7 +55,8 @@ inline config::Config makeConfig(const config::Address& admin) {
   config::UpstreamConfig app;
   app.name = "app";
   app.servers = {{address("127.0.0.1", 8000), "app1"}};  // secure_api's server is unnamed
-  app.check_interval = config::Duration(5'000);          // health-check families for "app"
+  app.servers[0].max_conns = 50;
+  app.check_interval = config::Duration(5'000);  // health-check families for "app"
   config::UpstreamConfig secure;
   secure.name = "secure_api";
   secure.servers = {{address("127.0.0.1", 8443)}};
@@ -139,6 +140,7 @@ enum Base : uint64_t {
   kBaseMarkedDown = 19,
   kBaseProxyProtocolErrors = 20,
   kBaseAccessLogDropped = 21,
+  kBaseServerFull = 22,
 };
 
 inline void fillKnownValues(WorkerStats& stats, int worker) {
@@ -159,6 +161,7 @@ inline void fillKnownValues(WorkerStats& stats, int worker) {
     s.chunks[kSplicePath].add(v(kBaseChunksSplice));
     s.upstreamConnectErrors.add(v(kBaseConnectErrors));
     s.upstreamMarkedDown.add(v(kBaseMarkedDown));
+    s.upstreamServerFull.add(v(kBaseServerFull));
     s.proxyProtocolErrors.add(v(kBaseProxyProtocolErrors));
     s.accessLogDroppedLines.add(v(kBaseAccessLogDropped));
     s.noUpstream.add(v(kBaseNoUpstream));

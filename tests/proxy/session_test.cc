@@ -297,6 +297,33 @@ TEST_F(SessionTest, ConnectFailureTriesTheNextServerThenResetsTheClient) {
   EXPECT_EQ(host_.done, 1);
 }
 
+TEST_F(SessionTest, AServerAtMaxConnsIsPassedOverAndItsSlotHeldUntilTheSessionEnds) {
+  configure(0, 4 * kChunk, 2);
+  upstreamConfig_.servers[0].max_conns = 1;
+  ASSERT_TRUE(pool_->acquire(0));  // another session holds server 0's only slot
+  session_ = std::make_unique<Session>(host_, context_, kClientFd);
+  session_->start();
+  // Server 0 comes first in the rotation but is full: the first connect goes to 8001.
+  FakeOp* connect = ring().pending(OpKind::Connect, 100);
+  ASSERT_NE(connect, nullptr);
+  EXPECT_EQ(connect->offset, 8001u);
+  EXPECT_EQ(stats_->upstreamServerFull.value(), 1u);
+  EXPECT_EQ(pool_->activeConnections(1), 1);  // taken while connecting
+  ring().complete(connect, -ECONNREFUSED);
+  // No other server left: the client is reset and every slot is given back.
+  EXPECT_EQ(stats_->noUpstream.value(), 1u);
+  EXPECT_TRUE(host_.sockets_.closed.at(kClientFd));
+  EXPECT_EQ(pool_->activeConnections(1), 0);
+  EXPECT_EQ(pool_->activeConnections(0), 1);
+  pool_->release(0);
+  // With a free slot the next session connects there and holds it until it ends.
+  host_.sockets_.closed.clear();
+  session_ = std::make_unique<Session>(host_, context_, kClientFd);
+  session_->start();
+  EXPECT_EQ(pool_->activeConnections(0) + pool_->activeConnections(1), 1);
+  EXPECT_EQ(stats_->upstreamServerFull.value(), 1u);
+}
+
 TEST_F(SessionTest, AFailedConnectMarksTheServerDownAndASuccessfulOneClearsIt) {
   configure(0, 4 * kChunk, 2);
   session_ = std::make_unique<Session>(host_, context_, kClientFd);

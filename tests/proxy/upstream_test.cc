@@ -105,14 +105,14 @@ TEST_F(UpstreamPoolTest, BackupsComeAfterTheOthersAndBeforeServersMarkedDown) {
 TEST_F(UpstreamPoolTest, LeastConnCountsConnectionsPerUnitOfWeight) {
   UpstreamPool& pool = makePool(3, 1, config::Balance::LeastConn, {3, 1, 1}, {false, false, true});
   for (int i = 0; i < 2; ++i) {
-    pool.connected(0);
+    pool.acquire(0);
   }
   // 2/3 open per unit of weight on 0, none on 1; the backup last though it has none.
   EXPECT_EQ(order(kStart), (std::vector<uint32_t>{1, 0, 2}));
-  pool.connected(1);
+  pool.acquire(1);
   // 0: 2/3 < 1: 1/1.
   EXPECT_EQ(order(kStart), (std::vector<uint32_t>{0, 1, 2}));
-  pool.connected(0);
+  pool.acquire(0);
   // 3/3 = 1/1: a tie keeps the rotation's order.
   std::vector<uint32_t> first = order(kStart);
   std::vector<uint32_t> second = order(kStart);
@@ -223,12 +223,39 @@ TEST_F(UpstreamPoolTest, WhenEveryServerIsDownThePolicyOrderStays) {
 
 TEST_F(UpstreamPoolTest, LeastConnPutsADownServerLastEvenWithFewestConnections) {
   UpstreamPool& pool = makePool(3, 1, config::Balance::LeastConn);
-  pool.connected(1);
-  pool.connected(1);
-  pool.connected(2);
+  pool.acquire(1);
+  pool.acquire(1);
+  pool.acquire(2);
   EXPECT_EQ(order(kStart), (std::vector<uint32_t>{0, 2, 1}));
   ASSERT_TRUE(pool.connectFailed(0, kStart));
   EXPECT_EQ(order(kStart), (std::vector<uint32_t>{2, 1, 0}));
+}
+
+TEST_F(UpstreamPoolTest, AcquireStopsAtMaxConnsAcrossThreads) {
+  UpstreamPool& pool = makePool(2);
+  config_.servers[0].max_conns = 100;  // the pool reads its config live
+  std::atomic<int> taken{0};
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 4; ++t) {
+    threads.emplace_back([&] {
+      for (int i = 0; i < 1000; ++i) {
+        if (pool.acquire(0)) {
+          taken.fetch_add(1);
+        }
+      }
+    });
+  }
+  for (auto& t : threads) {
+    t.join();
+  }
+  EXPECT_EQ(taken.load(), 100);
+  EXPECT_EQ(pool.activeConnections(0), 100);
+  pool.release(0);
+  EXPECT_TRUE(pool.acquire(0));
+  EXPECT_FALSE(pool.acquire(0));
+  for (int i = 0; i < 5000; ++i) {
+    EXPECT_TRUE(pool.acquire(1));  // no limit
+  }
 }
 
 TEST_F(UpstreamPoolTest, AReloadedPoolKeepsTheHealthOfTheServersItShares) {
