@@ -59,7 +59,7 @@ uint64_t clientHash(const sockaddr_storage& address, bool withPort) {
 UpstreamPool::UpstreamPool(const config::UpstreamConfig& config)
     : config_(config),
       active_(new std::atomic<int64_t>[config.servers.size()]),
-      health_(new Health[config.servers.size()]) {
+      health_(new PeerHealth[config.servers.size()]) {
   for (size_t i = 0; i < config.servers.size(); ++i) {
     active_[i].store(0);
     (config.servers[i].backup ? backups_ : primaries_).push_back(static_cast<uint32_t>(i));
@@ -138,37 +138,46 @@ void UpstreamPool::pickOrder(std::vector<uint32_t>& order, uint64_t now, uint64_
   }
 }
 
-bool UpstreamPool::connectFailed(uint32_t server, uint64_t now) {
-  if (config_.max_fails == 0) {
+bool PeerHealth::connectFailed(uint64_t now, uint32_t maxFails, config::Duration failTimeout) {
+  if (maxFails == 0) {
     return false;
   }
-  Health& h = health_[server];
-  const uint32_t failures = h.failures.fetch_add(1, std::memory_order_relaxed) + 1;
-  if (failures < config_.max_fails) {
+  const uint32_t failures = failures_.fetch_add(1, std::memory_order_relaxed) + 1;
+  if (failures < maxFails) {
     return false;
   }
   const uint64_t until =
       now + static_cast<uint64_t>(
-                std::chrono::duration_cast<std::chrono::nanoseconds>(config_.fail_timeout).count());
-  uint64_t current = h.downUntil.load(std::memory_order_relaxed);
+                std::chrono::duration_cast<std::chrono::nanoseconds>(failTimeout).count());
+  uint64_t current = downUntil_.load(std::memory_order_relaxed);
   while (current < until) {
-    // A failure while already down (a session that tried it last, or a connect that
-    // started before the marking) extends the period but is not a new marking.
-    if (h.downUntil.compare_exchange_weak(current, until, std::memory_order_relaxed)) {
+    if (downUntil_.compare_exchange_weak(current, until, std::memory_order_relaxed)) {
       return current <= now;
     }
   }
   return false;
 }
 
+void PeerHealth::connectSucceeded() {
+  if (failures_.load(std::memory_order_relaxed) != 0) {
+    failures_.store(0, std::memory_order_relaxed);
+  }
+  if (downUntil_.load(std::memory_order_relaxed) != 0) {
+    downUntil_.store(0, std::memory_order_relaxed);
+  }
+}
+
+void PeerHealth::copyFrom(const PeerHealth& other) {
+  failures_.store(other.failures_.load(std::memory_order_relaxed), std::memory_order_relaxed);
+  downUntil_.store(other.downUntil_.load(std::memory_order_relaxed), std::memory_order_relaxed);
+}
+
+bool UpstreamPool::connectFailed(uint32_t server, uint64_t now) {
+  return health_[server].connectFailed(now, config_.max_fails, config_.fail_timeout);
+}
+
 void UpstreamPool::connectSucceeded(uint32_t server) {
-  Health& h = health_[server];
-  if (h.failures.load(std::memory_order_relaxed) != 0) {
-    h.failures.store(0, std::memory_order_relaxed);
-  }
-  if (h.downUntil.load(std::memory_order_relaxed) != 0) {
-    h.downUntil.store(0, std::memory_order_relaxed);
-  }
+  health_[server].connectSucceeded();
 }
 
 bool UpstreamPool::acquire(uint32_t server) {
@@ -192,11 +201,7 @@ void UpstreamPool::inheritHealth(const UpstreamPool& previous) {
       if (a.length != b.length || std::memcmp(&a.storage, &b.storage, a.length) != 0) {
         continue;
       }
-      const Health& from = previous.health_[j];
-      health_[i].failures.store(from.failures.load(std::memory_order_relaxed),
-                                std::memory_order_relaxed);
-      health_[i].downUntil.store(from.downUntil.load(std::memory_order_relaxed),
-                                 std::memory_order_relaxed);
+      health_[i].copyFrom(previous.health_[j]);
       break;
     }
   }
@@ -204,10 +209,6 @@ void UpstreamPool::inheritHealth(const UpstreamPool& previous) {
 
 bool UpstreamPool::serverDown(size_t server) const {
   return down(static_cast<uint32_t>(server), monotonicNanos());
-}
-
-bool UpstreamPool::down(uint32_t server, uint64_t now) const {
-  return now < health_[server].downUntil.load(std::memory_order_relaxed);
 }
 
 }  // namespace grelay::proxy

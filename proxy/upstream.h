@@ -14,6 +14,25 @@
 
 namespace grelay::proxy {
 
+// Passive health of one peer (an upstream server or a mirror), shared by all workers: after
+// `maxFails` connects in a row fail it is marked down until now + failTimeout, and a
+// successful connect brings it back at once. maxFails 0 = never marked down.
+class PeerHealth {
+public:
+  // Returns true when this call marked the peer down (it was not down already), so the
+  // caller counts and logs each marking once. A failure while down (a connect that
+  // started before the marking, or a probe) extends the period, without a new marking.
+  bool connectFailed(uint64_t now, uint32_t maxFails, config::Duration failTimeout);
+  void connectSucceeded();
+  bool down(uint64_t now) const { return now < downUntil_.load(std::memory_order_relaxed); }
+  // Takes over `other`'s state (a reload's new pool or listener for the same peer).
+  void copyFrom(const PeerHealth& other);
+
+private:
+  std::atomic<uint32_t> failures_{0};   // consecutive failed connects
+  std::atomic<uint64_t> downUntil_{0};  // monotonic ns; down while now < downUntil_
+};
+
 // FNV-1a of a client's IP address, and of its port too with `withPort`: the same value on
 // every worker and across restarts (balance = "source", mirror sampling). 0 for families
 // other than IPv4 and IPv6.
@@ -62,7 +81,7 @@ public:
   bool connectFailed(uint32_t server, uint64_t now);
   // A connect to `server` succeeded: its failures are forgotten and it is up again.
   void connectSucceeded(uint32_t server);
-  bool down(uint32_t server, uint64_t now) const;
+  bool down(uint32_t server, uint64_t now) const { return health_[server].down(now); }
 
   // A reload's new pool takes over the health of the servers it shares (same address)
   // with `previous` (the pool of the same name in the configuration it replaces): a
@@ -71,11 +90,6 @@ public:
   void inheritHealth(const UpstreamPool& previous);
 
 private:
-  struct Health {
-    std::atomic<uint32_t> failures{0};   // consecutive failed connects
-    std::atomic<uint64_t> downUntil{0};  // monotonic ns; down while now < downUntil
-  };
-
   static void rotate(std::vector<uint32_t>& order, const std::vector<uint32_t>& members,
                      size_t first);
 
@@ -87,7 +101,7 @@ private:
   std::vector<uint32_t> backups_;    // backup servers, in index order
   std::atomic<uint64_t> next_{0};
   std::unique_ptr<std::atomic<int64_t>[]> active_;
-  std::unique_ptr<Health[]> health_;
+  std::unique_ptr<PeerHealth[]> health_;
 };
 
 }  // namespace grelay::proxy
