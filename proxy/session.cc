@@ -1803,8 +1803,16 @@ void Session::rescheduleTimer() {
       host_.timers().cancel(*this);
       return;
     }
-    host_.timers().schedule(*this,
-                            std::max(lastActivity_, closeStart_) + nanos(cfg().idle_timeout));
+    uint64_t next = std::max(lastActivity_, closeStart_) + nanos(cfg().idle_timeout);
+    // A mirror still connecting (a blackholed host) gets its connect_timeout, not the
+    // idle_timeout: the finished session would otherwise hold its slot, sockets and the
+    // mirror's queued bytes for an hour.
+    for (auto& m : mirrors_) {
+      if (m->peer.connecting_ && !m->timedOut) {
+        next = std::min(next, m->connectDeadline);
+      }
+    }
+    host_.timers().schedule(*this, next);
     return;
   }
   uint64_t next = lastActivity_ + nanos(cfg().idle_timeout);

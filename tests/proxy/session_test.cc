@@ -752,6 +752,25 @@ TEST_F(SessionTest, MirrorStillConnectingQueuesThenSendsInOrder) {
   EXPECT_EQ(std::string(static_cast<const char*>(send->buf), send->len), "one");
 }
 
+TEST_F(SessionTest, AFinishedSessionGivesAStillConnectingMirrorOnlyItsConnectTimeout) {
+  // Found with a blackholed mirror: once client and server were done, the session
+  // waited for the mirror's connect until idle_timeout (1 h), holding its slot.
+  configure(1);
+  listenerConfig_.idle_timeout = std::chrono::hours(1);
+  startConnected();  // the mirror's connect (fd 100) stays pending
+  ring().receive(ring().pendingReceive(kClientFd), "tail");
+  ring().complete(ring().pending(OpKind::Send, primaryFd()), 4);
+  ring().complete(ring().pendingReceive(kClientFd), 0);
+  ring().complete(ring().pendingReceive(primaryFd()), 0);
+  EXPECT_EQ(host_.done, 0);  // the mirror may still connect and take "tail"
+  host_.advance(5'000'000'000ull);  // connect_timeout
+  ring().completeCancelled();       // the connect, cancelled by the timer: timed out
+  EXPECT_EQ(stats_->mirrors[0].connectErrors.value(), 1u);
+  EXPECT_EQ(stats_->mirrors[0].cuts.value(), 1u);
+  EXPECT_EQ(stats_->mirrors[0].droppedBytes.value(), 4u);
+  EXPECT_EQ(host_.done, 1);
+}
+
 TEST_F(SessionTest, FinishedSessionLetsTheMirrorDrainThenClosesIt) {
   configure(1);
   startConnected();
