@@ -114,6 +114,11 @@ struct MirrorConfig {
   uint32_t sample_percent = 100;       // 0..100
   uint64_t max_lag = 8 * 1024 * 1024;  // bytes, >= chunk_size
   MirrorDirection direction = MirrorDirection::Request;
+  // Passive health, as for upstream servers: after max_fails connects to the mirror in a
+  // row fail, sampled sessions skip it for fail_timeout (the first after it probes).
+  // 0 = every sampled session tries it.
+  uint32_t max_fails = 1;
+  Duration fail_timeout{10'000};
   Location location;
 };
 

@@ -755,6 +755,8 @@ private:
             {"sample_percent", integer(&m.sample_percent, 0, 100)},
             {"max_lag", maxLag(&m.max_lag)},
             {"direction", oneOf(&m.direction, {MirrorDirection::Request, MirrorDirection::Both})},
+            {"max_fails", integer(&m.max_fails, 0, 1000)},
+            {"fail_timeout", duration(&m.fail_timeout, 1ms, kMaxTimeout)},
         });
   }
 

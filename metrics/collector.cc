@@ -23,6 +23,8 @@ struct MirrorTotals {
   uint64_t cuts = 0;
   uint64_t droppedBytes = 0;
   uint64_t connectErrors = 0;
+  uint64_t markedDown = 0;
+  uint64_t skippedSessions = 0;
   uint64_t sessions = 0;
   uint64_t discardedBytes = 0;
 };
@@ -104,6 +106,8 @@ void addTo(ListenerTotals& total, const ListenerStats& stats, const std::vector<
     sum.cuts += mirror.cuts.value();
     sum.droppedBytes += mirror.droppedBytes.value();
     sum.connectErrors += mirror.connectErrors.value();
+    sum.markedDown += mirror.markedDown.value();
+    sum.skippedSessions += mirror.skippedSessions.value();
     sum.sessions += mirror.sessions.value();
     sum.discardedBytes += mirror.discardedBytes.value();
   }
@@ -158,6 +162,8 @@ void addMirror(MirrorTotals& into, const MirrorTotals& from) {
   into.cuts += from.cuts;
   into.droppedBytes += from.droppedBytes;
   into.connectErrors += from.connectErrors;
+  into.markedDown += from.markedDown;
+  into.skippedSessions += from.skippedSessions;
   into.sessions += from.sessions;
   into.discardedBytes += from.discardedBytes;
 }
@@ -428,6 +434,15 @@ std::vector<MetricFamily> StatsCollector::collectFrom(
   auto& mirrorConnectErrors =
       list.add("grelay_mirror_connect_errors_total",
                "Connects to a mirror that failed or timed out.", MetricType::Counter);
+  auto& mirrorMarkedDown = list.add("grelay_mirror_marked_down_total",
+                                    "Times the mirror was marked down after max_fails failed "
+                                    "connects in a row (sampled sessions skip it for "
+                                    "fail_timeout).",
+                                    MetricType::Counter);
+  auto& mirrorSkipped = list.add("grelay_mirror_skipped_sessions_total",
+                                 "Sampled sessions that skipped the mirror while it was marked "
+                                 "down (their bytes count as dropped).",
+                                 MetricType::Counter);
   auto& mirrorResponse =
       list.add("grelay_mirror_response_bytes_total",
                "Bytes a mirror sent back (read and discarded).", MetricType::Counter);
@@ -544,6 +559,8 @@ std::vector<MetricFamily> StatsCollector::collectFrom(
       sample(mirrorCuts, labels, asDouble(mirror.cuts));
       sample(mirrorDropped, labels, asDouble(mirror.droppedBytes));
       sample(mirrorConnectErrors, labels, asDouble(mirror.connectErrors));
+      sample(mirrorMarkedDown, labels, asDouble(mirror.markedDown));
+      sample(mirrorSkipped, labels, asDouble(mirror.skippedSessions));
       sample(mirrorResponse, labels, asDouble(mirror.discardedBytes));
     }
 

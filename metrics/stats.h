@@ -87,12 +87,14 @@ inline const char* pathName(int p) {
 }
 
 struct MirrorStats {
-  Counter sentBytes;       // bytes the mirror accepted
-  Counter cuts;            // sessions on which the mirror was cut (lag, error, unreachable)
-  Counter droppedBytes;    // bytes of sampled sessions the mirror did not get
-  Counter connectErrors;   // connects that failed or timed out
-  Counter sessions;        // sessions sampled for this mirror
-  Counter discardedBytes;  // bytes the mirror sent back (read and discarded)
+  Counter sentBytes;        // bytes the mirror accepted
+  Counter cuts;             // sessions on which the mirror was cut (lag, error, unreachable)
+  Counter droppedBytes;     // bytes of sampled sessions the mirror did not get
+  Counter connectErrors;    // connects that failed or timed out
+  Counter markedDown;       // times a failed connect marked the mirror down (max_fails)
+  Counter skippedSessions;  // sampled sessions that skipped it while it was marked down
+  Counter sessions;         // sessions sampled for this mirror
+  Counter discardedBytes;   // bytes the mirror sent back (read and discarded)
 };
 
 struct ListenerStats {

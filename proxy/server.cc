@@ -234,11 +234,29 @@ std::unique_ptr<Generation> buildGeneration(std::shared_ptr<const config::Config
   gen->runtime = std::make_unique<Runtime>(*cfg);
   gen->runtime->path = path;
   if (previous != nullptr) {
-    // Servers marked down stay down across a reload (by pool name and address).
+    // Servers and mirrors marked down stay down across a reload (servers by pool name and
+    // address, mirrors by listener name, mirror name and address).
     for (size_t u = 0; u < cfg->upstreams.size(); ++u) {
       for (size_t p = 0; p < previous->config->upstreams.size(); ++p) {
         if (previous->config->upstreams[p].name == cfg->upstreams[u].name) {
           gen->runtime->upstreams[u]->inheritHealth(*previous->runtime->upstreams[p]);
+        }
+      }
+    }
+    for (size_t l = 0; l < cfg->listeners.size(); ++l) {
+      for (size_t p = 0; p < previous->config->listeners.size(); ++p) {
+        const config::ListenerConfig& before = previous->config->listeners[p];
+        if (before.name != cfg->listeners[l].name) {
+          continue;
+        }
+        const auto& mirrors = cfg->listeners[l].mirrors;
+        for (size_t m = 0; m < mirrors.size(); ++m) {
+          for (size_t q = 0; q < before.mirrors.size(); ++q) {
+            if (before.mirrors[q].name == mirrors[m].name &&
+                sameAddress(before.mirrors[q].address, mirrors[m].address)) {
+              gen->runtime->mirrorHealth[l][m]->copyFrom(*previous->runtime->mirrorHealth[p][q]);
+            }
+          }
         }
       }
     }

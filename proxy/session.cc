@@ -1057,6 +1057,10 @@ void Session::handshakeFailed(Peer& peer, bool timedOut) {
   connectPrimary();
 }
 
+PeerHealth* Session::mirrorHealth(size_t index) const {
+  return index < listener_.mirrorHealth.size() ? listener_.mirrorHealth[index] : nullptr;
+}
+
 bool Session::sampled(uint32_t percent) const {
   if (percent >= 100) {
     return true;
@@ -1184,6 +1188,15 @@ void Session::connectMirrors() {
     }
     stats().mirrors[i].sessions.inc();
     m.wantsResponses = mc.direction == config::MirrorDirection::Both;
+    PeerHealth* health = mirrorHealth(i);
+    if (health != nullptr && health->down(host_.now())) {
+      // Marked down: this session does without it (its bytes count as dropped), and no
+      // connect is spent on a dead host. The first session after fail_timeout probes.
+      m.state = MirrorState::Cut;
+      ++mirrorsCut_;
+      stats().mirrors[i].skippedSessions.inc();
+      continue;
+    }
     m.state = MirrorState::Connecting;
     int fd = host_.sockets().openStream(mc.address.family());
     if (fd < 0) {
@@ -1210,10 +1223,25 @@ void Session::mirrorConnected(size_t index, int32_t res) {
   if (res == -ECANCELED && m.timedOut) {
     res = -ETIMEDOUT;
   }
+  PeerHealth* health = mirrorHealth(index);
   if (res < 0) {
     stats().mirrors[index].connectErrors.inc();
-    cutMirror(index, ("connect failed: " + describe(res)).c_str());
+    const config::MirrorConfig& mc = cfg().mirrors[index];
+    std::string why = "connect failed: " + describe(res);
+    if (health != nullptr && health->connectFailed(host_.now(), mc.max_fails, mc.fail_timeout)) {
+      stats().mirrors[index].markedDown.inc();
+      GRELAY_LOG_WARN(
+          "listener %s: mirror %s (%s) marked down for %lld ms after %u failed connect%s (%s): "
+          "sampled sessions skip it until then",
+          cfg().name.c_str(), mc.name.c_str(), mc.address.text.c_str(),
+          static_cast<long long>(mc.fail_timeout.count()), mc.max_fails,
+          mc.max_fails == 1 ? "" : "s", describe(res).c_str());
+    }
+    cutMirror(index, why.c_str());
     return;
+  }
+  if (health != nullptr) {
+    health->connectSucceeded();
   }
   m.state = MirrorState::Open;
   m.peer.connected_ = true;

@@ -102,6 +102,7 @@ struct ListenerContext {
   SSL_CTX* tls = nullptr;                       // TLS termination on this listener
   SSL_CTX* upstreamTls = nullptr;               // TLS toward the upstream pool
   std::atomic<int64_t>* connections = nullptr;  // the listener's open sessions (all workers)
+  std::vector<PeerHealth*> mirrorHealth;        // [mirror], shared by all workers (may be empty)
   uint32_t chunkSize = 64 * 1024;
   bool splice = false;  // single-target directions may splice ([server] splice, mainline path)
 };
@@ -357,6 +358,7 @@ private:
   void primaryConnected(int32_t res);
   // A connect or upstream TLS handshake to server_ failed: counts it and tells the pool.
   void upstreamFailed(const std::string& why);
+  PeerHealth* mirrorHealth(size_t index) const;
   // Gives back the slot the session holds on server_ (see UpstreamPool::acquire).
   void releaseServer();
   void connectMirrors();

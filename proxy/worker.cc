@@ -50,8 +50,10 @@ Runtime::Runtime(const config::Config& cfg)
     listenerConnections[i].store(0);
     troubleLogs.push_back(std::make_unique<LogLimiter>());
     auto& logs = mirrorLogs.emplace_back();
+    auto& health = mirrorHealth.emplace_back();
     for (size_t m = 0; m < cfg.listeners[i].mirrors.size(); ++m) {
       logs.push_back(std::make_unique<LogLimiter>());
+      health.push_back(std::make_unique<PeerHealth>());
     }
   }
 }
@@ -86,6 +88,9 @@ Worker::Worker(Runtime& runtime, uint32_t index, metrics::WorkerStats& stats,
       a->context.chunkSize = cfg.server.chunk_size;
       a->context.splice = runtime.splice && pathIndex_ == metrics::kMainlinePath;
       a->context.connections = &runtime.listenerConnections[i];
+      for (auto& h : runtime.mirrorHealth[i]) {
+        a->context.mirrorHealth.push_back(h.get());
+      }
       if (runtime.tls != nullptr) {
         a->context.tls = runtime.tls->listener(i);
         a->context.upstreamTls = runtime.tls->upstream(cfg.listeners[i].upstream_index);

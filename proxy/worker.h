@@ -36,7 +36,8 @@ struct Runtime {
   std::vector<std::unique_ptr<UpstreamPool>> upstreams;  // config order
   std::atomic<int64_t> connections{0};
   std::unique_ptr<std::atomic<int64_t>[]> listenerConnections;
-  std::vector<std::vector<std::unique_ptr<LogLimiter>>> mirrorLogs;  // [listener][mirror]
+  std::vector<std::vector<std::unique_ptr<LogLimiter>>> mirrorLogs;    // [listener][mirror]
+  std::vector<std::vector<std::unique_ptr<PeerHealth>>> mirrorHealth;  // [listener][mirror]
   std::vector<std::unique_ptr<LogLimiter>> troubleLogs;  // [listener]: TLS, PROXY protocol
   const TlsContexts* tls = nullptr;
   std::vector<int> accessLogFds;  // [listener]: the access log (O_APPEND, shared) or -1

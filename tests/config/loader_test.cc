@@ -97,6 +97,8 @@ TEST(LoaderTest, MirrorAndTapDefaultsApplied) {
   EXPECT_EQ(web.mirrors[0].sample_percent, 100u);
   EXPECT_EQ(web.mirrors[0].max_lag, 8u * 1024 * 1024);
   EXPECT_EQ(web.mirrors[0].direction, MirrorDirection::Request);
+  EXPECT_EQ(web.mirrors[0].max_fails, 1u);
+  EXPECT_EQ(web.mirrors[0].fail_timeout, Duration(10'000));
   EXPECT_EQ(web.mirrors[0].location.line, 8u);
   ASSERT_TRUE(web.tap.has_value());
   EXPECT_EQ(web.tap->path, "var/tap");
@@ -146,6 +148,8 @@ TEST(LoaderTest, EveryValueIsStored) {
           R"(sample_percent = 0)",
           R"(max_lag = "16KiB")",
           R"(direction = "both")",
+          R"(max_fails = 0)",
+          R"(fail_timeout = "1m")",
           R"([listener.tap])",
           R"(path = "tap dir")",
           R"(max_size = "2GB")",
@@ -198,6 +202,8 @@ TEST(LoaderTest, EveryValueIsStored) {
   EXPECT_EQ(shadow.sample_percent, 0u);
   EXPECT_EQ(shadow.max_lag, 16384u);
   EXPECT_EQ(shadow.direction, MirrorDirection::Both);
+  EXPECT_EQ(shadow.max_fails, 0u);
+  EXPECT_EQ(shadow.fail_timeout, Duration(60'000));
   EXPECT_EQ(web.tap->path, "tap dir");
   EXPECT_EQ(web.tap->max_size, 2'000'000'000u);
   EXPECT_EQ(web.tap->max_lag, 65536u);
@@ -582,6 +588,12 @@ TEST(LoaderErrorTest, PassiveHealthValuesOutOfRange) {
   EXPECT_THAT(pool("fail_timeout = \"0s\""), SizeIs(1));
   EXPECT_THAT(pool("fail_timeout = 10"), SizeIs(1));
   EXPECT_THAT(pool("max_fails = 0"), IsEmpty());
+  EXPECT_THAT(errorsOf(validWith({"[[listener.mirror]]", R"(name = "m")",
+                                  R"(address = "127.0.0.1:9001")", "max_fails = 1001"})),
+              ElementsAre("t.toml:11:13: 'max_fails' must be in 0..1000, got 1001"));
+  EXPECT_THAT(errorsOf(validWith({"[[listener.mirror]]", R"(name = "m")",
+                                  R"(address = "127.0.0.1:9001")", R"(fail_timeout = "0s")"})),
+              SizeIs(1));
   EXPECT_THAT(pool("check_interval = \"-1s\""), SizeIs(1));
   EXPECT_THAT(pool("check_timeout = \"0s\""),
               ElementsAre("t.toml:3:17: 'check_timeout' must be in 1ms..1m, got 0s"));

@@ -129,6 +129,8 @@ void checkAccepted(const Config& c) {
       FUZZ_CHECK(mirrorNames.insert(m.name).second, "duplicate mirror " + m.name);
       checkAddress(m.address, "mirror address");
       FUZZ_CHECK(m.sample_percent <= 100, "sample_percent 0..100");
+      FUZZ_CHECK(m.max_fails <= 1000, "mirror max_fails 0..1000");
+      FUZZ_CHECK(m.fail_timeout.count() >= 1, "mirror fail_timeout >= 1ms");
       FUZZ_CHECK(m.max_lag >= s.chunk_size, "mirror max_lag >= chunk_size");
     }
     if (l.tap) {

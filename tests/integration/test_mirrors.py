@@ -14,6 +14,8 @@
 """
 
 import random
+import re
+import signal
 import threading
 import time
 
@@ -214,8 +216,55 @@ class MirrorTest(h.GrelayTest):
                 self.assertEqual(bad, [], "\n".join(map(str, bad)))
                 self.assertTrue(live.wait_connections(len(streams), timeout=30))
                 self._assert_mirror_exact("live", live, streams, streams.keys())
-                self.assertEqual(g.metric("grelay_mirror_connect_errors_total", mirror="dead"),
-                                 len(streams))
+                # Each sampled session either tried the dead mirror (until the first
+                # refusal marked it down) or skipped it.
+                errors = g.metric("grelay_mirror_connect_errors_total", mirror="dead")
+                skipped = g.metric("grelay_mirror_skipped_sessions_total", mirror="dead")
+                self.assertGreaterEqual(errors, 1)
+                self.assertEqual(errors + skipped, len(streams))
+                self.assertEqual(g.metric("grelay_mirror_marked_down_total", mirror="dead"), 1)
+                self.assertEqual(g.metric("grelay_mirror_skipped_sessions_total", mirror="live"),
+                                 0)
+
+    def test_a_dead_mirror_is_skipped_until_fail_timeout_even_across_a_reload(self):
+        with h.EchoServer() as echo, h.Blackhole() as hole, h.SinkServer() as live:
+            cfg = h.Config()
+            cfg.upstream("app", [echo.address])
+            port = cfg.listener("web", "app", connect_timeout="300ms", mirrors=[
+                {"name": "hole", "address": hole.address, "fail_timeout": "3s"},
+                {"name": "live", "address": live.address}])
+            cfg.with_admin()
+            with h.Grelay(cfg) as g:
+                def count(name):
+                    return g.metric(name, mirror="hole")
+
+                r = h.stream_session(port, h.Stream(1, 64 * h.KiB))
+                self.assertTrue(r.ok, str(r))
+                self.assertTrue(h.wait_for(
+                    lambda: count("grelay_mirror_marked_down_total") == 1, 5))
+                self.assertRegex(g.log(), r"listener web: mirror hole \(127\.0\.0\.1:\d+\) "
+                                          r"marked down for 3000 ms after 1 failed connect")
+                start = time.monotonic()
+                for i in range(2, 5):
+                    r = h.stream_session(port, h.Stream(i, 64 * h.KiB))
+                    self.assertTrue(r.ok, str(r))
+                before = len(re.findall(r"SIGHUP: reloaded", g.log()))
+                g.send_signal(signal.SIGHUP)
+                self.assertTrue(h.wait_for(
+                    lambda: len(re.findall(r"SIGHUP: reloaded", g.log())) > before, 10))
+                for i in range(5, 7):
+                    r = h.stream_session(port, h.Stream(i, 64 * h.KiB))
+                    self.assertTrue(r.ok, str(r))
+                if time.monotonic() - start < 2.5:  # under load the period may have ended
+                    self.assertEqual(count("grelay_mirror_connect_errors_total"), 1)
+                    self.assertEqual(count("grelay_mirror_skipped_sessions_total"), 5)
+                self.assertTrue(live.wait_connections(6, timeout=10))
+                # After fail_timeout a session tries it again (and times out again).
+                time.sleep(max(0.0, 3.2 - (time.monotonic() - start)))
+                r = h.stream_session(port, h.Stream(9, 64 * h.KiB))
+                self.assertTrue(r.ok, str(r))
+                self.assertTrue(h.wait_for(
+                    lambda: count("grelay_mirror_connect_errors_total") >= 2, 5))
 
     def test_direction_both_mirrors_request_then_response(self):
         sessions = 10

@@ -121,6 +121,10 @@ grelay_mirror_dropped_bytes_total{listener="web",mirror="analytics"} 352
 grelay_mirror_dropped_bytes_total{listener="web",mirror="shadow"} 462
 grelay_mirror_connect_errors_total{listener="web",mirror="analytics"} 363
 grelay_mirror_connect_errors_total{listener="web",mirror="shadow"} 473
+grelay_mirror_marked_down_total{listener="web",mirror="analytics"} 396
+grelay_mirror_marked_down_total{listener="web",mirror="shadow"} 506
+grelay_mirror_skipped_sessions_total{listener="web",mirror="analytics"} 407
+grelay_mirror_skipped_sessions_total{listener="web",mirror="shadow"} 517
 grelay_mirror_response_bytes_total{listener="web",mirror="analytics"} 385
 grelay_mirror_response_bytes_total{listener="web",mirror="shadow"} 495
 grelay_tap_bytes_total{listener="web"} 165
@@ -331,7 +335,7 @@ TEST_F(AdminTest, EveryFamilyHasHelpAndTypeAndCountersEndInTotal) {
   for (const auto& s : expo.samples) {
     families.insert(testing::familyOf(s, expo));
   }
-  EXPECT_EQ(families.size(), 40u);  // 34 grelay_* and 6 process_*
+  EXPECT_EQ(families.size(), 42u);  // 36 grelay_* and 6 process_*
   for (const auto& family : families) {
     ASSERT_EQ(expo.type.count(family), 1u) << family;
     EXPECT_FALSE(expo.help.at(family).empty()) << family;

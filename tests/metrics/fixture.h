@@ -179,6 +179,8 @@ inline void fillKnownValues(WorkerStats& stats, int worker) {
       ms.connectErrors.add(v(base + 3));
       ms.sessions.add(v(base + 4));
       ms.discardedBytes.add(v(base + 5));
+      ms.markedDown.add(v(base + 6));
+      ms.skippedSessions.add(v(base + 7));
     }
     if (worker == 0) {
       s.connectDuration.observe(0.00004);

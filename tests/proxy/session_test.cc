@@ -752,6 +752,42 @@ TEST_F(SessionTest, MirrorStillConnectingQueuesThenSendsInOrder) {
   EXPECT_EQ(std::string(static_cast<const char*>(send->buf), send->len), "one");
 }
 
+TEST_F(SessionTest, AMirrorThatFailsToConnectIsSkippedBySessionsUntilFailTimeout) {
+  configure(1);
+  PeerHealth health;
+  context_.mirrorHealth = {&health};
+  startConnected();
+  ring().complete(ring().pending(OpKind::Connect, 100), -ECONNREFUSED);
+  EXPECT_EQ(stats_->mirrors[0].connectErrors.value(), 1u);
+  EXPECT_EQ(stats_->mirrors[0].markedDown.value(), 1u);
+  EXPECT_TRUE(health.down(host_.now()));
+  // A second session on the same listener: sampled, but no connect to the mirror at all;
+  // its bytes count as dropped.
+  auto second = std::make_unique<Session>(host_, context_, kClientFd + 50);
+  second->start();
+  EXPECT_EQ(ring().pendingCount(OpKind::Connect), 1u);  // its primary only
+  EXPECT_EQ(stats_->mirrors[0].sessions.value(), 2u);
+  EXPECT_EQ(stats_->mirrors[0].skippedSessions.value(), 1u);
+  EXPECT_EQ(stats_->mirrors[0].connectErrors.value(), 1u);
+  // fail_timeout (10 s) later the next session tries it again, and a success clears it.
+  host_.advance(10'000'000'000ull);
+  auto third = std::make_unique<Session>(host_, context_, kClientFd + 60);
+  third->start();
+  EXPECT_EQ(ring().pendingCount(OpKind::Connect), 3u);  // second's primary, third's two
+  EXPECT_EQ(stats_->mirrors[0].skippedSessions.value(), 1u);
+  FakeOp* probe = nullptr;
+  for (int fd = 100; fd < 110 && probe == nullptr; ++fd) {
+    FakeOp* op = ring().pending(OpKind::Connect, fd);
+    if (op != nullptr && op->offset == 9000) {
+      probe = op;
+    }
+  }
+  ASSERT_NE(probe, nullptr);
+  ring().complete(probe, 0);
+  EXPECT_FALSE(health.down(host_.now()));
+  EXPECT_EQ(stats_->mirrors[0].markedDown.value(), 1u);
+}
+
 TEST_F(SessionTest, AFinishedSessionGivesAStillConnectingMirrorOnlyItsConnectTimeout) {
   // Found with a blackholed mirror: once client and server were done, the session
   // waited for the mirror's connect until idle_timeout (1 h), holding its slot.
@@ -762,7 +798,7 @@ TEST_F(SessionTest, AFinishedSessionGivesAStillConnectingMirrorOnlyItsConnectTim
   ring().complete(ring().pending(OpKind::Send, primaryFd()), 4);
   ring().complete(ring().pendingReceive(kClientFd), 0);
   ring().complete(ring().pendingReceive(primaryFd()), 0);
-  EXPECT_EQ(host_.done, 0);  // the mirror may still connect and take "tail"
+  EXPECT_EQ(host_.done, 0);         // the mirror may still connect and take "tail"
   host_.advance(5'000'000'000ull);  // connect_timeout
   ring().completeCancelled();       // the connect, cancelled by the timer: timed out
   EXPECT_EQ(stats_->mirrors[0].connectErrors.value(), 1u);
