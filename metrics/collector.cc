@@ -4,6 +4,8 @@
 #include <cstdint>
 #include <deque>
 #include <map>
+#include <string_view>
+#include <unordered_map>
 #include <utility>
 
 #include <prometheus/text_serializer.h>
@@ -593,28 +595,33 @@ std::vector<MetricFamily> StatsCollector::collectFrom(
     const auto& newest = gens.back().upstreams;
     const UpstreamStats* now = u < newest.size() ? newest[u] : nullptr;
     if (now != nullptr && now->view != nullptr) {
-      const ClientMetric::Label name{"upstream", pool.name};
-      for (size_t s = 0; s < pool.servers.size() && s < now->view->serverCount(); ++s) {
-        const std::string& text = pool.servers[s].address.text;
-        // Sessions of older generations still count on the server they connected to.
-        int64_t active = 0;
-        for (const StatsRegistry::Generation& gen : gens) {
-          for (size_t k = 0; k < gen.upstreams.size() && k < gen.config->upstreams.size(); ++k) {
-            const config::UpstreamConfig& other = gen.config->upstreams[k];
-            const UpstreamStats* stats = gen.upstreams[k];
-            if (stats == nullptr || stats->view == nullptr || other.name != pool.name) {
-              continue;
-            }
-            for (size_t o = 0; o < other.servers.size() && o < stats->view->serverCount(); ++o) {
-              if (other.servers[o].address.text == text) {
-                active += stats->view->serverActive(o);
-              }
+      const size_t count = std::min(pool.servers.size(), now->view->serverCount());
+      // Sessions of older generations still count on the server they connected to,
+      // found by address (one map per scrape: pools may have thousands of servers).
+      std::unordered_map<std::string_view, size_t> byAddress;
+      for (size_t s = 0; s < count; ++s) {
+        byAddress.emplace(pool.servers[s].address.text, s);
+      }
+      std::vector<int64_t> active(count, 0);
+      for (const StatsRegistry::Generation& gen : gens) {
+        for (size_t k = 0; k < gen.upstreams.size() && k < gen.config->upstreams.size(); ++k) {
+          const config::UpstreamConfig& other = gen.config->upstreams[k];
+          const UpstreamStats* stats = gen.upstreams[k];
+          if (stats == nullptr || stats->view == nullptr || other.name != pool.name) {
+            continue;
+          }
+          for (size_t o = 0; o < other.servers.size() && o < stats->view->serverCount(); ++o) {
+            if (auto it = byAddress.find(other.servers[o].address.text); it != byAddress.end()) {
+              active[it->second] += stats->view->serverActive(o);
             }
           }
         }
+      }
+      const ClientMetric::Label name{"upstream", pool.name};
+      for (size_t s = 0; s < count; ++s) {
         const std::string& label = pool.servers[s].name;
         const Labels labels{name, {"server", label.empty() ? std::to_string(s) : label}};
-        sample(serverActive, labels, static_cast<double>(active));
+        sample(serverActive, labels, static_cast<double>(active[s]));
         sample(serverUp, labels, now->view->serverDown(s) ? 0 : 1);
       }
     }

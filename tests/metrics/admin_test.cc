@@ -493,6 +493,41 @@ TEST(StatsRegistryTest, HealthCheckCountersSurviveAReloadByPoolName) {
   EXPECT_EQ(lines(), expected);
 }
 
+TEST(StatsRegistryTest, OpenConnectionsOfOlderGenerationsCountOnTheirServerByAddress) {
+  auto first = std::make_shared<config::Config>(makeConfig(address("127.0.0.1", 0)));
+  first->upstreams[0].servers.push_back({address("127.0.0.1", 8001), "b"});
+  auto second = std::make_shared<config::Config>(*first);
+  // The reload swaps the two servers of "app" and adds a third.
+  std::swap(second->upstreams[0].servers[0], second->upstreams[0].servers[1]);
+  second->upstreams[0].servers.push_back({address("127.0.0.1", 8002), "c"});
+  auto workers1 = makeWorkers(*first, 1);
+  auto workers2 = makeWorkers(*second, 1);
+  testing::FakeUpstreamView oldView({5, 7}, {false, false});           // 8000, 8001
+  testing::FakeUpstreamView newView({1, 2, 3}, {true, false, false});  // 8001, 8000, 8002
+  UpstreamStats oldStats, newStats;
+  oldStats.view = &oldView;
+  newStats.view = &newView;
+  StatsRegistry registry;
+  registry.add(first, {workers1[0].get()}, "mainline", {&oldStats, nullptr});
+  registry.add(second, {workers2[0].get()}, "mainline", {&newStats, nullptr});
+  AdminInputs inputs;
+  inputs.registry = &registry;
+  const std::string text = StatsCollector(inputs).render();
+  std::vector<std::string> lines = sampleLines(text, "grelay_upstream_server_active");
+  for (const std::string& line : sampleLines(text, "grelay_upstream_server_up")) {
+    lines.push_back(line);
+  }
+  EXPECT_EQ(lines,
+            (std::vector<std::string>{
+                R"(grelay_upstream_server_active_connections{upstream="app",server="b"} 8)",
+                R"(grelay_upstream_server_active_connections{upstream="app",server="app1"} 7)",
+                R"(grelay_upstream_server_active_connections{upstream="app",server="c"} 3)",
+                R"(grelay_upstream_server_up{upstream="app",server="b"} 0)",
+                R"(grelay_upstream_server_up{upstream="app",server="app1"} 1)",
+                R"(grelay_upstream_server_up{upstream="app",server="c"} 1)",
+            }));
+}
+
 TEST(AdminWorkersTest, NoWorkersExposesZerosForEveryConfiguredSeries) {
   const config::Config config = makeConfig(address("127.0.0.1", 0));
   AdminInputs inputs;
