@@ -227,10 +227,7 @@ protected:
     testing::fillKnownValues(*workers_[1], 1);
     app_.view = &appView_;
     secure_.view = &secureView_;
-    app_.checks.add(30);
-    app_.checkFailures.add(5);
-    app_.markedDown.add(2);
-    app_.serversDown.set(1);
+    testing::fillKnownHealthChecks(app_);
   }
 
   AdminInputs inputs() const {

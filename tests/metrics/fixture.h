@@ -105,6 +105,15 @@ private:
   std::vector<bool> down_;
 };
 
+// The "app" pool's health checks (makeConfig sets its check_interval): 30 checks, 5 failed,
+// 2 markings, 1 server down after the latest round.
+inline void fillKnownHealthChecks(UpstreamStats& app) {
+  app.checks.add(30);
+  app.checkFailures.add(5);
+  app.markedDown.add(2);
+  app.serversDown.set(1);
+}
+
 inline std::vector<std::unique_ptr<WorkerStats>> makeWorkers(const config::Config& c,
                                                              size_t count) {
   std::vector<std::unique_ptr<WorkerStats>> workers;

@@ -62,10 +62,7 @@ int main(int argc, char** argv) {
   metrics::UpstreamStats secure;
   app.view = &appView;
   secure.view = &secureView;
-  app.checks.add(40);
-  app.checkFailures.add(4);
-  app.markedDown.add(1);
-  app.serversDown.set(1);
+  metrics::testing::fillKnownHealthChecks(app);
   inputs.upstreams = {&app, &secure};
   inputs.relayPath = "mainline";
   inputs.version = "0.0.0-test";
