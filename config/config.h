@@ -29,6 +29,9 @@ struct Address {
   sockaddr_storage storage{};
   socklen_t length = 0;
   std::string text;  // as written, e.g. "127.0.0.1:8080" or "[::1]:8080"
+  // HOST was a name, resolved with getaddrinfo, not an IP literal: resolve_interval may
+  // look it up again.
+  bool host_name = false;
 
   int family() const { return storage.ss_family; }
   const sockaddr* sockaddrPtr() const { return reinterpret_cast<const sockaddr*>(&storage); }
@@ -101,6 +104,11 @@ struct UpstreamConfig {
   // and a good one brings a server marked down back at once. 0 = off (the default).
   Duration check_interval{0};
   Duration check_timeout{2'000};
+  // Servers written with a host name are looked up again every resolve_interval; when
+  // the address in use is no longer among the answers, a new generation starts with the
+  // first answer (as a reload would; open sessions stay where they are). A failed lookup
+  // keeps the address in use. 0 = resolved once, at load time (the default).
+  Duration resolve_interval{0};
   // A PROXY protocol header (the client's and the listener's address) sent to the server
   // first on every connection, before TLS when the pool uses TLS.
   ProxyProtocol proxy_protocol = ProxyProtocol::Off;
@@ -119,6 +127,7 @@ struct MirrorConfig {
   // 0 = every sampled session tries it.
   uint32_t max_fails = 1;
   Duration fail_timeout{10'000};
+  Duration resolve_interval{0};  // as for upstream pools; a host name only
   Location location;
 };
 

@@ -574,6 +574,7 @@ private:
               {"fail_timeout", duration(&u.fail_timeout, 1ms, kMaxTimeout)},
               {"check_interval", duration(&u.check_interval, 0ms, kMaxTimeout)},
               {"check_timeout", duration(&u.check_timeout, 1ms, 1min)},
+              {"resolve_interval", resolveInterval(&u.resolve_interval)},
               {"proxy_protocol", oneOf(&u.proxy_protocol,
                                        {ProxyProtocol::Off, ProxyProtocol::V1, ProxyProtocol::V2})},
               {"tls", upstreamTls(&u.tls, "in " + header + " tls")},
@@ -757,7 +758,23 @@ private:
             {"direction", oneOf(&m.direction, {MirrorDirection::Request, MirrorDirection::Both})},
             {"max_fails", integer(&m.max_fails, 0, 1000)},
             {"fail_timeout", duration(&m.fail_timeout, 1ms, kMaxTimeout)},
+            {"resolve_interval", resolveInterval(&m.resolve_interval)},
         });
+  }
+
+  // 0 (off) or at least 100ms: a lookup is a round trip to the resolver at worst.
+  Reader resolveInterval(Duration* out) {
+    Reader read = duration(out, 0ms, kMaxTimeout);
+    return [this, out, read](std::string_view key, const toml::node& node) {
+      if (!read(key, node))
+        return false;
+      if (out->count() > 0 && *out < 100ms) {
+        error(node.source(), quoted(key) + " must be 0 (off) or at least 100ms");
+        *out = Duration{0};
+        return false;
+      }
+      return true;
+    };
   }
 
   void readTap(const toml::table& table, TapConfig& tap) {
@@ -921,11 +938,11 @@ std::optional<Duration> parseDuration(std::string_view text, std::string* error)
   return Duration(total_us / 1000 + (total_us % 1000 != 0));  // at most ~1.8e16 ms: fits
 }
 
-std::optional<Address> parseAddress(std::string_view text, std::string* error) {
-  auto fail = [error](std::string why) -> std::optional<Address> {
+std::vector<Address> resolveAddresses(std::string_view text, std::string* error) {
+  auto fail = [error](std::string why) -> std::vector<Address> {
     if (error)
       *error = std::move(why);
-    return std::nullopt;
+    return {};
   };
   std::string host;
   std::string_view port;
@@ -986,12 +1003,41 @@ std::optional<Address> parseAddress(std::string_view text, std::string* error) {
     return fail("cannot resolve host " + quoted(host) + ": " +
                 (rc == EAI_SYSTEM ? errnoText(errno) : gai_strerror(rc)));
   }
-  Address address;
-  std::memcpy(&address.storage, found->ai_addr, found->ai_addrlen);
-  address.length = found->ai_addrlen;
-  address.text = text;
+  in6_addr literal6{};
+  in_addr literal4{};
+  const bool hostName = !bracketed && inet_pton(AF_INET, host.c_str(), &literal4) != 1 &&
+                        inet_pton(AF_INET6, host.c_str(), &literal6) != 1;
+  std::vector<Address> addresses;
+  for (const addrinfo* a = found; a != nullptr; a = a->ai_next) {
+    if (a->ai_addrlen > sizeof(sockaddr_storage) ||
+        (a->ai_family != AF_INET && a->ai_family != AF_INET6)) {
+      continue;
+    }
+    Address address;
+    std::memcpy(&address.storage, a->ai_addr, a->ai_addrlen);
+    address.length = a->ai_addrlen;
+    address.text = text;
+    address.host_name = hostName;
+    bool seen = std::any_of(addresses.begin(), addresses.end(), [&](const Address& b) {
+      return b.length == address.length && std::memcmp(&b.storage, &address.storage, b.length) == 0;
+    });
+    if (!seen) {
+      addresses.push_back(std::move(address));
+    }
+  }
   freeaddrinfo(found);
-  return address;
+  if (addresses.empty()) {
+    return fail("cannot resolve host " + quoted(host) + ": no IPv4 or IPv6 address");
+  }
+  return addresses;
+}
+
+std::optional<Address> parseAddress(std::string_view text, std::string* error) {
+  std::vector<Address> addresses = resolveAddresses(text, error);
+  if (addresses.empty()) {
+    return std::nullopt;
+  }
+  return std::move(addresses.front());
 }
 
 std::string formatSize(uint64_t bytes) {

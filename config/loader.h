@@ -13,9 +13,10 @@
 //              "1h30m". A bare number is rejected (the unit is not guessed). The total is
 //              rounded UP to whole milliseconds, so "100us" is 1ms and never 0.
 //   addresses  "HOST:PORT" or "[IPV6]:PORT", port 1..65535. HOST is an IPv4 literal,
-//              a bracketed IPv6 literal, or a name resolved once, at load time, with
-//              getaddrinfo (first result). Dotted-digit hosts must be full IPv4 literals
-//              ("10.1:80" is rejected rather than read as 10.0.0.1).
+//              a bracketed IPv6 literal, or a name resolved at load time with
+//              getaddrinfo (first result; again every resolve_interval where set).
+//              Dotted-digit hosts must be full IPv4 literals ("10.1:80" is rejected
+//              rather than read as 10.0.0.1).
 //   names      listener, upstream and mirror names match [A-Za-z0-9_-]+ (they become
 //              metric label values).
 //
@@ -67,6 +68,10 @@ LoadResult loadString(std::string_view text, const std::string& file_name);
 std::optional<uint64_t> parseSize(std::string_view text, std::string* error = nullptr);
 std::optional<Duration> parseDuration(std::string_view text, std::string* error = nullptr);
 std::optional<Address> parseAddress(std::string_view text, std::string* error = nullptr);
+// Every address a valid `text` resolves to right now, in getaddrinfo's order, without
+// duplicates (one for an IP literal); empty with `error` set when it does not resolve.
+// parseAddress() is its first. Blocks for as long as the system's resolver takes.
+std::vector<Address> resolveAddresses(std::string_view text, std::string* error = nullptr);
 
 // Formatting used in messages: 65536 -> "64KiB", 100 -> "100B"; 90000ms -> "90s".
 std::string formatSize(uint64_t bytes);

@@ -131,6 +131,7 @@ TEST(LoaderTest, EveryValueIsStored) {
           R"(fail_timeout = "30s")",
           R"(check_interval = "15s")",
           R"(check_timeout = "500ms")",
+          R"(resolve_interval = "30s")",
           R"(proxy_protocol = "v2")",
           "tls = { ca = \"" + ca + "\", sni = \"app.test\", verify = false }",
           R"([[listener]])",
@@ -150,6 +151,7 @@ TEST(LoaderTest, EveryValueIsStored) {
           R"(direction = "both")",
           R"(max_fails = 0)",
           R"(fail_timeout = "1m")",
+          R"(resolve_interval = "100ms")",
           R"([listener.tap])",
           R"(path = "tap dir")",
           R"(max_size = "2GB")",
@@ -179,6 +181,9 @@ TEST(LoaderTest, EveryValueIsStored) {
   EXPECT_EQ(app.fail_timeout, Duration(30'000));
   EXPECT_EQ(app.check_interval, Duration(15'000));
   EXPECT_EQ(app.check_timeout, Duration(500));
+  EXPECT_EQ(app.resolve_interval, Duration(30'000));
+  EXPECT_FALSE(app.servers[0].address.host_name);
+  EXPECT_TRUE(app.servers[1].address.host_name);
   EXPECT_EQ(app.proxy_protocol, ProxyProtocol::V2);
   EXPECT_TRUE(app.tls.enabled);
   EXPECT_EQ(app.tls.ca, ca);
@@ -194,7 +199,7 @@ TEST(LoaderTest, EveryValueIsStored) {
   EXPECT_EQ(web.tls->cert, cert);
   EXPECT_EQ(web.tls->key, key);
   EXPECT_EQ(web.tls->handshake_timeout, Duration(3'000));
-  EXPECT_EQ(web.tls->location.line, 28u);
+  EXPECT_EQ(web.tls->location.line, 29u);
   EXPECT_EQ(web.tls->location.column, 7u);
   const MirrorConfig& shadow = web.mirrors.at(0);
   EXPECT_EQ(shadow.name, "shadow");
@@ -204,6 +209,8 @@ TEST(LoaderTest, EveryValueIsStored) {
   EXPECT_EQ(shadow.direction, MirrorDirection::Both);
   EXPECT_EQ(shadow.max_fails, 0u);
   EXPECT_EQ(shadow.fail_timeout, Duration(60'000));
+  EXPECT_EQ(shadow.resolve_interval, Duration(100));
+  EXPECT_FALSE(shadow.address.host_name);
   EXPECT_EQ(web.tap->path, "tap dir");
   EXPECT_EQ(web.tap->max_size, 2'000'000'000u);
   EXPECT_EQ(web.tap->max_lag, 65536u);
@@ -604,6 +611,14 @@ TEST(LoaderErrorTest, PassiveHealthValuesOutOfRange) {
                           "health checks mark servers down through it"));
   EXPECT_THAT(errorsOf(validWith({R"(tcp_keepalive = "3h")"})), SizeIs(1));
   EXPECT_THAT(errorsOf(validWith({R"(tcp_keepalive = "90s")"})), IsEmpty());
+  EXPECT_THAT(pool("resolve_interval = \"0s\""), IsEmpty());
+  EXPECT_THAT(pool("resolve_interval = \"100ms\""), IsEmpty());
+  EXPECT_THAT(pool("resolve_interval = \"99ms\""),
+              ElementsAre("t.toml:3:20: 'resolve_interval' must be 0 (off) or at least 100ms"));
+  EXPECT_THAT(pool("resolve_interval = 30"), SizeIs(1));
+  EXPECT_THAT(errorsOf(validWith({"[[listener.mirror]]", R"(name = "m")",
+                                  R"(address = "127.0.0.1:9001")", R"(resolve_interval = "25h")"})),
+              SizeIs(1));
   EXPECT_THAT(pool("proxy_protocol = \"v3\""),
               ElementsAre("t.toml:3:18: 'proxy_protocol' must be one of off, v1, v2, got 'v3'"));
 }

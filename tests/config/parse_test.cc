@@ -1,6 +1,8 @@
 // The value parsers on their own: sizes, durations, addresses, and their edge cases.
 #include <arpa/inet.h>
 
+#include <cstring>
+
 #include <gtest/gtest.h>
 
 #include "config/loader.h"
@@ -126,8 +128,32 @@ TEST(ParseAddressTest, AcceptsIpv4Ipv6AndHostNames) {
   EXPECT_TRUE(named->family() == AF_INET || named->family() == AF_INET6);
   EXPECT_EQ(ntohs(reinterpret_cast<const sockaddr_in&>(named->storage).sin_port), 65535);
   EXPECT_EQ(named->text, "localhost:65535");
+  EXPECT_TRUE(named->host_name);
+  EXPECT_FALSE(v4->host_name);
+  EXPECT_FALSE(v6->host_name);
 
   EXPECT_TRUE(parseAddress("[::]:1").has_value());
+}
+
+TEST(ParseAddressTest, ResolvesEveryAddressOfAName) {
+  std::string error;
+  // localhost has an IPv4 address and often an IPv6 one too, never the same one twice.
+  std::vector<Address> all = resolveAddresses("localhost:80", &error);
+  ASSERT_FALSE(all.empty()) << error;
+  for (size_t i = 0; i < all.size(); ++i) {
+    EXPECT_TRUE(all[i].host_name);
+    EXPECT_EQ(all[i].text, "localhost:80");
+    for (size_t j = 0; j < i; ++j) {
+      EXPECT_FALSE(all[i].length == all[j].length &&
+                   std::memcmp(&all[i].storage, &all[j].storage, all[i].length) == 0);
+    }
+  }
+  EXPECT_EQ(all.front().length, parseAddress("localhost:80")->length);
+  std::vector<Address> literal = resolveAddresses("127.0.0.1:80");
+  ASSERT_EQ(literal.size(), 1u);
+  EXPECT_FALSE(literal[0].host_name);
+  EXPECT_TRUE(resolveAddresses("no-such-host.invalid:80", &error).empty());
+  EXPECT_NE(error.find("cannot resolve host 'no-such-host.invalid'"), std::string::npos) << error;
 }
 
 TEST(ParseAddressTest, RejectsBadPorts) {

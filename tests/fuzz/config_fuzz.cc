@@ -102,6 +102,9 @@ void checkAccepted(const Config& c) {
                "health checks without max_fails in " + u.name);
     FUZZ_CHECK(u.check_timeout.count() >= 1 && u.check_timeout.count() <= 60'000,
                "check_timeout " + std::to_string(u.check_timeout.count()));
+    FUZZ_CHECK(u.resolve_interval.count() == 0 ||
+                   (u.resolve_interval.count() >= 100 && u.resolve_interval <= kDay),
+               "resolve_interval " + std::to_string(u.resolve_interval.count()));
   }
 
   FUZZ_CHECK(!c.listeners.empty(), "at least one listener");
@@ -131,6 +134,9 @@ void checkAccepted(const Config& c) {
       FUZZ_CHECK(m.sample_percent <= 100, "sample_percent 0..100");
       FUZZ_CHECK(m.max_fails <= 1000, "mirror max_fails 0..1000");
       FUZZ_CHECK(m.fail_timeout.count() >= 1, "mirror fail_timeout >= 1ms");
+      FUZZ_CHECK(m.resolve_interval.count() == 0 ||
+                     (m.resolve_interval.count() >= 100 && m.resolve_interval <= kDay),
+                 "mirror resolve_interval " + std::to_string(m.resolve_interval.count()));
       FUZZ_CHECK(m.max_lag >= s.chunk_size, "mirror max_lag >= chunk_size");
     }
     if (l.tap) {
