@@ -1,5 +1,6 @@
 #include "metrics/collector.h"
 
+#include <algorithm>
 #include <array>
 #include <cstdint>
 #include <deque>
@@ -20,6 +21,24 @@ using prometheus::MetricFamily;
 using prometheus::MetricType;
 using Labels = std::vector<ClientMetric::Label>;
 
+// Lookups of host names with resolve_interval.
+struct DnsTotals {
+  uint64_t lookups = 0;
+  uint64_t failures = 0;
+  uint64_t changes = 0;
+
+  void add(const Counter& l, const Counter& f, const Counter& c) {
+    lookups += l.value();
+    failures += f.value();
+    changes += c.value();
+  }
+  void add(const DnsTotals& other) {
+    lookups += other.lookups;
+    failures += other.failures;
+    changes += other.changes;
+  }
+};
+
 struct MirrorTotals {
   uint64_t sentBytes = 0;
   uint64_t cuts = 0;
@@ -29,6 +48,7 @@ struct MirrorTotals {
   uint64_t skippedSessions = 0;
   uint64_t sessions = 0;
   uint64_t discardedBytes = 0;
+  DnsTotals dns;
 };
 
 // One listener's stats summed over all workers.
@@ -66,12 +86,14 @@ struct UpstreamTotals {
   uint64_t checks = 0;
   uint64_t checkFailures = 0;
   uint64_t markedDown = 0;
+  DnsTotals dns;
 };
 
 void addUpstream(UpstreamTotals& into, const UpstreamStats& stats) {
   into.checks += stats.checks.value();
   into.checkFailures += stats.checkFailures.value();
   into.markedDown += stats.markedDown.value();
+  into.dns.add(stats.dnsLookups, stats.dnsFailures, stats.dnsChanges);
 }
 
 // Adds one worker's listener stats; mirrorMap[m] = index of stats.mirrors[m] in
@@ -112,6 +134,7 @@ void addTo(ListenerTotals& total, const ListenerStats& stats, const std::vector<
     sum.skippedSessions += mirror.skippedSessions.value();
     sum.sessions += mirror.sessions.value();
     sum.discardedBytes += mirror.discardedBytes.value();
+    sum.dns.add(mirror.dnsLookups, mirror.dnsFailures, mirror.dnsChanges);
   }
   total.tapBytes += stats.tapBytes.value();
   total.tapDroppedBytes += stats.tapDroppedBytes.value();
@@ -168,6 +191,7 @@ void addMirror(MirrorTotals& into, const MirrorTotals& from) {
   into.skippedSessions += from.skippedSessions;
   into.sessions += from.sessions;
   into.discardedBytes += from.discardedBytes;
+  into.dns.add(from.dns);
 }
 
 // Where each mirror of `from` sits among the mirrors of `to` (by name; -1 = gone).
@@ -448,6 +472,11 @@ std::vector<MetricFamily> StatsCollector::collectFrom(
   auto& mirrorResponse =
       list.add("grelay_mirror_response_bytes_total",
                "Bytes a mirror sent back (read and discarded).", MetricType::Counter);
+  auto& mirrorDns = list.add("grelay_mirror_dns_lookups_total",
+                             "Lookups of the mirror's host name (resolve_interval), by result: "
+                             "unchanged, changed (a new address: a new configuration "
+                             "generation), failed (the address in use stays).",
+                             MetricType::Counter);
   auto& tapBytes =
       list.add("grelay_tap_bytes_total", "Payload bytes written to the tap.", MetricType::Counter);
   auto& tapDropped = list.add("grelay_tap_dropped_bytes_total",
@@ -498,6 +527,21 @@ std::vector<MetricFamily> StatsCollector::collectFrom(
                                "Servers of the pool marked down after the latest round of "
                                "health checks (pools with check_interval).",
                                MetricType::Gauge);
+  auto& upstreamDns = list.add("grelay_upstream_dns_lookups_total",
+                               "Lookups of the pool's server host names (resolve_interval), by "
+                               "result: unchanged, changed (a new address: a new configuration "
+                               "generation), failed (the address in use stays).",
+                               MetricType::Counter);
+  auto dnsSamples = [](MetricFamily& family, const Labels& labels, const DnsTotals& dns) {
+    auto with = [&labels](const char* result) {
+      Labels l = labels;
+      l.push_back({"result", result});
+      return l;
+    };
+    sample(family, with("unchanged"), asDouble(dns.lookups - dns.failures - dns.changes));
+    sample(family, with("changed"), asDouble(dns.changes));
+    sample(family, with("failed"), asDouble(dns.failures));
+  };
 
   sample(buildInfo, {{"version", inputs_.version.empty() ? "unknown" : inputs_.version}}, 1);
   if (!relayPath.empty()) {
@@ -564,6 +608,10 @@ std::vector<MetricFamily> StatsCollector::collectFrom(
       sample(mirrorMarkedDown, labels, asDouble(mirror.markedDown));
       sample(mirrorSkipped, labels, asDouble(mirror.skippedSessions));
       sample(mirrorResponse, labels, asDouble(mirror.discardedBytes));
+      if (listener.mirrors[m].resolve_interval.count() > 0 &&
+          listener.mirrors[m].address.host_name) {
+        dnsSamples(mirrorDns, labels, mirror.dns);
+      }
     }
 
     if (listener.accept_proxy_protocol) {
@@ -625,7 +673,12 @@ std::vector<MetricFamily> StatsCollector::collectFrom(
         sample(serverUp, labels, now->view->serverDown(s) ? 0 : 1);
       }
     }
-    if (pool.check_interval.count() == 0) {
+    const bool checked = pool.check_interval.count() > 0;
+    const bool resolved =
+        pool.resolve_interval.count() > 0 &&
+        std::any_of(pool.servers.begin(), pool.servers.end(),
+                    [](const config::UpstreamServer& s) { return s.address.host_name; });
+    if (!checked && !resolved) {
       continue;
     }
     UpstreamTotals sum;
@@ -642,6 +695,12 @@ std::vector<MetricFamily> StatsCollector::collectFrom(
       }
     }
     const ClientMetric::Label name{"upstream", pool.name};
+    if (resolved) {
+      dnsSamples(upstreamDns, {name}, sum.dns);
+    }
+    if (!checked) {
+      continue;
+    }
     sample(healthChecks, {name, {"result", "ok"}}, asDouble(sum.checks - sum.checkFailures));
     sample(healthChecks, {name, {"result", "failed"}}, asDouble(sum.checkFailures));
     sample(checkMarkedDown, {name}, asDouble(sum.markedDown));

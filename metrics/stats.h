@@ -95,6 +95,11 @@ struct MirrorStats {
   Counter skippedSessions;  // sampled sessions that skipped it while it was marked down
   Counter sessions;         // sessions sampled for this mirror
   Counter discardedBytes;   // bytes the mirror sent back (read and discarded)
+  // Lookups of its host name (resolve_interval), by the generation's DNS thread, in worker
+  // 0's stats only: every lookup, those that failed, those that changed its address.
+  Counter dnsLookups;
+  Counter dnsFailures;
+  Counter dnsChanges;
 };
 
 struct ListenerStats {
@@ -141,14 +146,19 @@ public:
   virtual bool serverDown(size_t server) const = 0;       // marked down right now
 };
 
-// One upstream pool: its live view, and its active health checks (pools with
-// check_interval), written by the generation's health-check thread only.
+// One upstream pool: its live view, its active health checks (pools with check_interval),
+// written by the generation's health-check thread only, and its DNS lookups.
 struct UpstreamStats {
   const UpstreamView* view = nullptr;  // the generation's pool (set when it is built)
   Counter checks;                      // connects made by health checks
   Counter checkFailures;               // of those: refused, timed out, unreachable
   Counter markedDown;                  // servers a failed check marked down
   Gauge serversDown;                   // servers marked down after the latest round
+  // Lookups of its servers' host names (resolve_interval), by the generation's DNS thread:
+  // every lookup, those that failed, those that changed a server's address.
+  Counter dnsLookups;
+  Counter dnsFailures;
+  Counter dnsChanges;
 };
 
 }  // namespace grelay::metrics

@@ -19,6 +19,7 @@
 
 #include "config/loader.h"
 #include "metrics/admin.h"
+#include "proxy/dns_watcher.h"
 #include "proxy/health_check.h"
 #include "proxy/log.h"
 #include "proxy/sockets.h"
@@ -150,6 +151,8 @@ struct Generation {
   std::vector<std::unique_ptr<metrics::UpstreamStats>> upstreamStats;  // [upstream]
   // Pools with check_interval; destroyed (stopped) before the runtime's pools.
   std::unique_ptr<HealthChecker> checker;
+  // Host names with resolve_interval; stopped before the stats it counts in are freed.
+  std::unique_ptr<DnsWatcher> dns;
   // [worker][listener] -> that worker's sockets for the listener, until the workers own them.
   std::vector<std::vector<std::vector<int>>> listenFds;
   // [listener] -> every socket of the listener (one or more per worker), owned by the
@@ -190,10 +193,13 @@ struct Generation {
       w->wake();
     }
   }
-  // A draining generation's pools take no new sessions: their checks stop.
+  // A draining generation's pools take no new sessions: their checks and lookups stop.
   void stopChecks() {
     if (checker) {
       checker->stop();
+    }
+    if (dns) {
+      dns->stop();
     }
   }
   void drain(uint64_t until) {
@@ -376,6 +382,37 @@ std::unique_ptr<Generation> buildGeneration(std::shared_ptr<const config::Config
   if (!checked.empty()) {
     gen->checker = std::make_unique<HealthChecker>(std::move(checked));
   }
+  std::vector<DnsTarget> names;
+  for (size_t u = 0; u < cfg->upstreams.size(); ++u) {
+    const config::UpstreamConfig& pool = cfg->upstreams[u];
+    metrics::UpstreamStats& stats = *gen->upstreamStats[u];
+    for (size_t s = 0; s < pool.servers.size() && pool.resolve_interval.count() > 0; ++s) {
+      const config::UpstreamServer& server = pool.servers[s];
+      if (server.address.host_name) {
+        names.push_back({DnsTarget::Kind::Server, u, s,
+                         "upstream " + pool.name + ", server " +
+                             (server.name.empty() ? std::to_string(s) : server.name),
+                         server.address, pool.resolve_interval, &stats.dnsLookups,
+                         &stats.dnsFailures, &stats.dnsChanges});
+      }
+    }
+  }
+  for (size_t l = 0; l < cfg->listeners.size(); ++l) {
+    const config::ListenerConfig& listener = cfg->listeners[l];
+    for (size_t m = 0; m < listener.mirrors.size(); ++m) {
+      const config::MirrorConfig& mirror = listener.mirrors[m];
+      if (mirror.resolve_interval.count() > 0 && mirror.address.host_name) {
+        metrics::MirrorStats& stats = gen->stats[0]->listeners[l]->mirrors[m];
+        names.push_back({DnsTarget::Kind::Mirror, l, m,
+                         "listener " + listener.name + ", mirror " + mirror.name, mirror.address,
+                         mirror.resolve_interval, &stats.dnsLookups, &stats.dnsFailures,
+                         &stats.dnsChanges});
+      }
+    }
+  }
+  if (!names.empty()) {
+    gen->dns = std::make_unique<DnsWatcher>(std::move(names));
+  }
   *exitCode = kExitOk;
   return gen;
 }
@@ -407,9 +444,15 @@ int startGeneration(Generation& gen, std::string* error) {
     });
     startError = result.get();
   }
-  if (startError == 0 && gen.checker) {
-    if (int err = gen.checker->start(); err < 0) {
-      *error = std::string("cannot start the health-check thread: ") + strerror(-err);
+  if (startError == 0 && (gen.checker || gen.dns)) {
+    int err = gen.checker ? gen.checker->start() : 0;
+    const char* what = "health-check";
+    if (err == 0 && gen.dns) {
+      err = gen.dns->start();
+      what = "DNS";
+    }
+    if (err < 0) {
+      *error = std::string("cannot start the ") + what + " thread: " + strerror(-err);
       gen.abort();
       for (auto& t : gen.threads) {
         t.join();
@@ -549,6 +592,41 @@ int runServer(config::Config initial, const relay::Features& features) {
     }
   };
 
+  // Starts a generation for `nextCfg` in place of the current one, which drains. `cause`
+  // prefixes the log lines ("SIGHUP", "DNS"); `done` says what happened.
+  auto apply = [&](std::shared_ptr<const config::Config> nextCfg, const char* cause,
+                   const std::string& done) {
+    const std::string& path = nextCfg->path;
+    int code = kExitOk;
+    std::string why;
+    std::unique_ptr<Generation> gen =
+        buildGeneration(nextCfg, features, current.get(), &code, &why);
+    if (!gen) {
+      GRELAY_LOG_ERROR("%s: cannot apply %s; keeping the running configuration: %s", cause,
+                       path.c_str(), why.c_str());
+      return;
+    }
+    publish(*gen);
+    if (startGeneration(*gen, &why) != kExitOk) {
+      registry.retire(gen->config.get());
+      GRELAY_LOG_ERROR(
+          "%s: cannot start the new workers; keeping the running "
+          "configuration: %s",
+          cause, why.c_str());
+      return;
+    }
+    // The new generation accepts; the old one stops accepting and finishes its sessions.
+    current->drain(0);
+    old.push_back(std::move(current));
+    current = std::move(gen);
+    logGeneration(*current);
+    GRELAY_LOG_INFO(
+        "%s: %s: %u worker%s, relay path %s; %zu older "
+        "generation%s finishing their sessions",
+        cause, done.c_str(), current->workerCount, current->workerCount == 1 ? "" : "s",
+        config::toString(current->path), old.size(), old.size() == 1 ? "" : "s");
+  };
+
   auto reload = [&]() {
     const std::string path = current->config->path;
     config::LoadResult loaded = config::loadFile(path);
@@ -569,35 +647,8 @@ int runServer(config::Config initial, const relay::Features& features) {
     if (next.server.user != current->config->server.user) {
       GRELAY_LOG_WARN("SIGHUP: [server] user changes need a restart");
     }
-    auto nextCfg = std::make_shared<const config::Config>(std::move(*loaded.config));
-    int code = kExitOk;
-    std::string why;
-    std::unique_ptr<Generation> gen =
-        buildGeneration(nextCfg, features, current.get(), &code, &why);
-    if (!gen) {
-      GRELAY_LOG_ERROR("SIGHUP: cannot apply %s; keeping the running configuration: %s",
-                       path.c_str(), why.c_str());
-      return;
-    }
-    publish(*gen);
-    if (startGeneration(*gen, &why) != kExitOk) {
-      registry.retire(gen->config.get());
-      GRELAY_LOG_ERROR(
-          "SIGHUP: cannot start the new workers; keeping the running "
-          "configuration: %s",
-          why.c_str());
-      return;
-    }
-    // The new generation accepts; the old one stops accepting and finishes its sessions.
-    current->drain(0);
-    old.push_back(std::move(current));
-    current = std::move(gen);
-    logGeneration(*current);
-    GRELAY_LOG_INFO(
-        "SIGHUP: reloaded %s: %u worker%s, relay path %s; %zu older "
-        "generation%s finishing their sessions",
-        path.c_str(), current->workerCount, current->workerCount == 1 ? "" : "s",
-        config::toString(current->path), old.size(), old.size() == 1 ? "" : "s");
+    apply(std::make_shared<const config::Config>(std::move(*loaded.config)), "SIGHUP",
+          "reloaded " + path);
   };
 
   while (true) {
@@ -624,6 +675,27 @@ int runServer(config::Config initial, const relay::Features& features) {
       } else {
         GRELAY_LOG_INFO("second signal: resetting open sessions now");
         all([](Generation& g) { g.abort(); });
+      }
+    }
+    if (!stopping && current->dns) {
+      // Names that no longer resolve to the addresses in use: the running configuration
+      // with the new addresses, as a new generation.
+      std::vector<DnsChange> changes = current->dns->takeChanges();
+      if (!changes.empty()) {
+        config::Config next = *current->config;
+        for (const DnsChange& change : changes) {
+          const DnsTarget& target = current->dns->targets()[change.target];
+          GRELAY_LOG_INFO("DNS: %s (%s) now resolves to %s, not %s", target.current.text.c_str(),
+                          target.what.c_str(), formatAddress(change.address.storage).c_str(),
+                          formatAddress(target.current.storage).c_str());
+          config::Address& into = target.kind == DnsTarget::Kind::Server
+                                      ? next.upstreams[target.outer].servers[target.inner].address
+                                      : next.listeners[target.outer].mirrors[target.inner].address;
+          into = change.address;
+        }
+        apply(
+            std::make_shared<const config::Config>(std::move(next)), "DNS",
+            "a new generation uses the new address" + std::string(changes.size() == 1 ? "" : "es"));
       }
     }
     const uint64_t now = monotonicNanos();

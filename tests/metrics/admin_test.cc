@@ -127,6 +127,9 @@ grelay_mirror_skipped_sessions_total{listener="web",mirror="analytics"} 407
 grelay_mirror_skipped_sessions_total{listener="web",mirror="shadow"} 517
 grelay_mirror_response_bytes_total{listener="web",mirror="analytics"} 385
 grelay_mirror_response_bytes_total{listener="web",mirror="shadow"} 495
+grelay_mirror_dns_lookups_total{listener="web",mirror="shadow",result="unchanged"} 16
+grelay_mirror_dns_lookups_total{listener="web",mirror="shadow",result="changed"} 2
+grelay_mirror_dns_lookups_total{listener="web",mirror="shadow",result="failed"} 3
 grelay_tap_bytes_total{listener="web"} 165
 grelay_tap_dropped_bytes_total{listener="web"} 176
 grelay_tap_errors_total{listener="web"} 187
@@ -141,6 +144,9 @@ grelay_upstream_server_active_connections{upstream="secure_api",server="0"} 3
 grelay_upstream_server_up{upstream="app",server="app1"} 1
 grelay_upstream_server_up{upstream="secure_api",server="0"} 0
 grelay_upstream_servers_down{upstream="app"} 1
+grelay_upstream_dns_lookups_total{upstream="app",result="unchanged"} 9
+grelay_upstream_dns_lookups_total{upstream="app",result="changed"} 1
+grelay_upstream_dns_lookups_total{upstream="app",result="failed"} 2
 )golden";
 
 std::vector<std::string> splitLines(const std::string& text) {
@@ -332,7 +338,7 @@ TEST_F(AdminTest, EveryFamilyHasHelpAndTypeAndCountersEndInTotal) {
   for (const auto& s : expo.samples) {
     families.insert(testing::familyOf(s, expo));
   }
-  EXPECT_EQ(families.size(), 42u);  // 36 grelay_* and 6 process_*
+  EXPECT_EQ(families.size(), 44u);  // 38 grelay_* and 6 process_*
   for (const auto& family : families) {
     ASSERT_EQ(expo.type.count(family), 1u) << family;
     EXPECT_FALSE(expo.help.at(family).empty()) << family;
@@ -368,8 +374,9 @@ TEST_F(AdminTest, EveryFamilyHasHelpAndTypeAndCountersEndInTotal) {
 }
 
 TEST_F(AdminTest, LabelsComeOnlyFromConfigNames) {
-  std::set<std::string> allowedValues = {"request", "response", "group",      "mainline", "copy",
-                                         "splice",  "ok",       "0.0.0-test", "failed"};
+  std::set<std::string> allowedValues = {"request", "response",  "group",  "mainline",
+                                         "copy",    "splice",    "ok",     "0.0.0-test",
+                                         "failed",  "unchanged", "changed"};
   for (const auto& u : config_.upstreams) {
     allowedValues.insert(u.name);
     for (size_t s = 0; s < u.servers.size(); ++s) {

@@ -57,6 +57,8 @@ inline config::Config makeConfig(const config::Address& admin) {
   app.servers = {{address("127.0.0.1", 8000), "app1"}};  // secure_api's server is unnamed
   app.servers[0].max_conns = 50;
   app.check_interval = config::Duration(5'000);  // health-check families for "app"
+  app.servers[0].address.host_name = true;       // and DNS families
+  app.resolve_interval = config::Duration(30'000);
   config::UpstreamConfig secure;
   secure.name = "secure_api";
   secure.servers = {{address("127.0.0.1", 8443)}};
@@ -73,6 +75,8 @@ inline config::Config makeConfig(const config::Address& admin) {
   config::MirrorConfig shadow;
   shadow.name = "shadow";
   shadow.address = address("127.0.0.1", 9002);
+  shadow.address.host_name = true;  // the DNS family for "shadow" (not "analytics")
+  shadow.resolve_interval = config::Duration(10'000);
   web.mirrors = {analytics, shadow};
   web.access_log = "access.log";
   web.accept_proxy_protocol = true;
@@ -106,12 +110,16 @@ private:
 };
 
 // The "app" pool's health checks (makeConfig sets its check_interval): 30 checks, 5 failed,
-// 2 markings, 1 server down after the latest round.
+// 2 markings, 1 server down after the latest round; and its DNS lookups (resolve_interval):
+// 12, 2 failed, 1 changed.
 inline void fillKnownHealthChecks(UpstreamStats& app) {
   app.checks.add(30);
   app.checkFailures.add(5);
   app.markedDown.add(2);
   app.serversDown.set(1);
+  app.dnsLookups.add(12);
+  app.dnsFailures.add(2);
+  app.dnsChanges.add(1);
 }
 
 inline std::vector<std::unique_ptr<WorkerStats>> makeWorkers(const config::Config& c,
@@ -190,6 +198,11 @@ inline void fillKnownValues(WorkerStats& stats, int worker) {
       ms.discardedBytes.add(v(base + 5));
       ms.markedDown.add(v(base + 6));
       ms.skippedSessions.add(v(base + 7));
+      if (worker == 0) {  // the DNS thread counts in worker 0's stats only
+        ms.dnsLookups.add(20 + m);
+        ms.dnsFailures.add(3);
+        ms.dnsChanges.add(2);
+      }
     }
     if (worker == 0) {
       s.connectDuration.observe(0.00004);

@@ -1,0 +1,158 @@
+#include "proxy/dns_watcher.h"
+
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <system_error>
+#include <thread>
+
+#include "config/loader.h"
+#include "proxy/log.h"
+#include "proxy/sockets.h"
+
+namespace grelay::proxy {
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+bool sameAddress(const config::Address& a, const config::Address& b) {
+  return a.length == b.length && std::memcmp(&a.storage, &b.storage, a.length) == 0;
+}
+
+}  // namespace
+
+// Everything the thread touches. It outlives the watcher when stop() leaves the thread in
+// a lookup; once `stopped` is set the thread touches nothing else (the counters belong to
+// the generation).
+struct DnsWatcher::Shared {
+  std::vector<DnsTarget> targets;
+  Resolve resolve;
+  std::mutex mutex;
+  std::condition_variable wake;
+  bool stopped = false;
+  std::vector<bool> failing;                  // [target]: its last lookup failed (logged once)
+  std::map<size_t, config::Address> pending;  // target -> its new address, not yet taken
+};
+
+DnsWatcher::DnsWatcher(std::vector<DnsTarget> targets, Resolve resolve)
+    : shared_(std::make_shared<Shared>()) {
+  shared_->targets = std::move(targets);
+  shared_->failing.assign(shared_->targets.size(), false);
+  shared_->resolve =
+      resolve ? std::move(resolve) : [](const std::string& text, std::string* error) {
+        return config::resolveAddresses(text, error);
+      };
+}
+
+DnsWatcher::~DnsWatcher() {
+  stop();
+}
+
+const std::vector<DnsTarget>& DnsWatcher::targets() const {
+  return shared_->targets;
+}
+
+int DnsWatcher::start() {
+  try {
+    std::thread(run, shared_).detach();
+  } catch (const std::system_error& e) {
+    return -(e.code().value() != 0 ? e.code().value() : EAGAIN);
+  }
+  return 0;
+}
+
+void DnsWatcher::stop() {
+  std::lock_guard<std::mutex> lock(shared_->mutex);
+  shared_->stopped = true;
+  shared_->wake.notify_all();
+}
+
+void DnsWatcher::lookupNow() {
+  for (size_t t = 0; t < shared_->targets.size(); ++t) {
+    lookup(*shared_, t);
+  }
+}
+
+std::vector<DnsChange> DnsWatcher::takeChanges() {
+  std::lock_guard<std::mutex> lock(shared_->mutex);
+  std::vector<DnsChange> changes;
+  for (auto& [target, address] : shared_->pending) {
+    changes.push_back(DnsChange{target, std::move(address)});
+  }
+  shared_->pending.clear();
+  return changes;
+}
+
+// Detached: the thread holds `shared` and leaves as soon as it sees `stopped`.
+void DnsWatcher::run(std::shared_ptr<Shared> shared) {
+  std::vector<Clock::time_point> due;
+  const Clock::time_point start = Clock::now();
+  for (const DnsTarget& t : shared->targets) {
+    due.push_back(start + t.interval);
+  }
+  while (true) {
+    std::vector<size_t> now;
+    {
+      std::unique_lock<std::mutex> lock(shared->mutex);
+      const Clock::time_point next =
+          due.empty() ? Clock::time_point::max() : *std::min_element(due.begin(), due.end());
+      shared->wake.wait_until(lock, next, [&] { return shared->stopped || Clock::now() >= next; });
+      if (shared->stopped) {
+        return;
+      }
+      const Clock::time_point at = Clock::now();
+      for (size_t t = 0; t < due.size(); ++t) {
+        if (due[t] <= at) {
+          now.push_back(t);
+        }
+      }
+    }
+    for (size_t t : now) {
+      lookup(*shared, t);
+      due[t] = Clock::now() + shared->targets[t].interval;
+    }
+  }
+}
+
+void DnsWatcher::lookup(Shared& shared, size_t t) {
+  const DnsTarget& target = shared.targets[t];
+  std::string error;
+  // Blocks for as long as the resolver takes: outside the lock, so stop() never waits.
+  std::vector<config::Address> answers = shared.resolve(target.current.text, &error);
+  std::lock_guard<std::mutex> lock(shared.mutex);
+  if (shared.stopped) {
+    return;
+  }
+  target.lookups->inc();
+  if (answers.empty()) {
+    target.failures->inc();
+    if (!shared.failing[t]) {
+      shared.failing[t] = true;
+      GRELAY_LOG_WARN("DNS: cannot resolve %s (%s): %s; keeping %s", target.current.text.c_str(),
+                      target.what.c_str(), error.c_str(),
+                      formatAddress(target.current.storage).c_str());
+    }
+    return;
+  }
+  if (shared.failing[t]) {
+    shared.failing[t] = false;
+    GRELAY_LOG_INFO("DNS: %s (%s) resolves again", target.current.text.c_str(),
+                    target.what.c_str());
+  }
+  const bool kept = std::any_of(answers.begin(), answers.end(), [&](const config::Address& a) {
+    return sameAddress(a, target.current);
+  });
+  if (kept) {
+    shared.pending.erase(t);  // back to the address in use before the change was taken
+    return;
+  }
+  target.changes->inc();
+  shared.pending[t] = std::move(answers.front());
+}
+
+}  // namespace grelay::proxy

@@ -1,0 +1,78 @@
+// Re-resolution of host names (resolve_interval): upstream servers and mirrors written as
+// "HOST:PORT" with a name are looked up again, each at its interval, from one thread per
+// configuration generation, off the data path. The watcher only reports: when the address
+// a generation uses is no longer among a name's answers, it records the first answer and
+// the server starts a new generation with it (as a reload does; sessions already open stay
+// where they are). An address still among the answers is kept, so a resolver that rotates
+// its answers changes nothing; a failed lookup keeps the address in use.
+#pragma once
+
+#include <cstddef>
+#include <functional>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "config/config.h"
+#include "metrics/stats.h"
+
+namespace grelay::proxy {
+
+// One name to look up again.
+struct DnsTarget {
+  enum class Kind { Server, Mirror };
+  Kind kind = Kind::Server;
+  size_t outer = 0;         // upstream index (Server) or listener index (Mirror)
+  size_t inner = 0;         // server index in the pool, or mirror index in the listener
+  std::string what;         // for logs: "upstream app, server 0"
+  config::Address current;  // in use by the generation; current.text is the HOST:PORT
+  config::Duration interval{0};
+  metrics::Counter* lookups = nullptr;   // every lookup
+  metrics::Counter* failures = nullptr;  // of those: no answer
+  metrics::Counter* changes = nullptr;   // of those: `current` not among the answers
+};
+
+// A target whose name no longer resolves to its `current` address.
+struct DnsChange {
+  size_t target = 0;  // index into the watcher's targets
+  config::Address address;
+};
+
+class DnsWatcher {
+public:
+  // Every address `text` resolves to now (config::resolveAddresses by default); empty with
+  // `error` set when it does not resolve.
+  using Resolve =
+      std::function<std::vector<config::Address>(const std::string& text, std::string* error)>;
+
+  explicit DnsWatcher(std::vector<DnsTarget> targets, Resolve resolve = nullptr);
+  ~DnsWatcher();  // stop()
+  DnsWatcher(const DnsWatcher&) = delete;
+  DnsWatcher& operator=(const DnsWatcher&) = delete;
+
+  const std::vector<DnsTarget>& targets() const;
+
+  // Starts the thread; each target's first lookup is one interval from now (the config
+  // was just resolved). 0 or -errno.
+  int start();
+  // Stops the thread without waiting for a lookup in progress (getaddrinfo cannot be
+  // interrupted): from here on the thread touches nothing but its own state, and leaves
+  // when the lookup returns. Idempotent.
+  void stop();
+
+  // Looks up every target now, on the calling thread: what the thread runs when targets
+  // are due (for tests).
+  void lookupNow();
+
+  // The changes found since the last call, one per target (the latest).
+  std::vector<DnsChange> takeChanges();
+
+private:
+  struct Shared;
+  static void run(std::shared_ptr<Shared> shared);
+  static void lookup(Shared& shared, size_t target);
+
+  std::shared_ptr<Shared> shared_;
+};
+
+}  // namespace grelay::proxy

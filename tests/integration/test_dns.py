@@ -1,0 +1,166 @@
+#!/usr/bin/env python3
+"""resolve_interval: an upstream server and a mirror written with host names follow the
+names when they move. grelay runs in its own mount namespace with a hosts file of the
+test's bind-mounted over /etc/hosts, so rewriting that file is a real change of what the
+system's resolver (getaddrinfo, "files" first in nsswitch.conf) answers.
+
+A moved name starts a new generation with the new address: new sessions go there, a
+session already open stays byte-exact on the old server. A name that still resolves to the
+address in use among other answers changes nothing; one that stops resolving keeps it."""
+
+import os
+import subprocess
+import tempfile
+
+import harness as h
+
+HOST_UP = "backend.grelay.test"
+HOST_MIRROR = "sink.grelay.test"
+
+
+def namespace_problem() -> str | None:
+    """Why grelay cannot get a private /etc/hosts here (None: it can)."""
+    with tempfile.NamedTemporaryFile("w", suffix=".hosts") as f:
+        f.write(f"127.0.0.2 {HOST_UP}\n")
+        f.flush()
+        try:
+            r = subprocess.run(
+                ["unshare", "--mount", "--propagation", "private", "sh", "-c",
+                 'mount --bind "$0" /etc/hosts && getent ahostsv4 ' + HOST_UP, f.name],
+                capture_output=True, text=True, timeout=20)
+        except (OSError, subprocess.TimeoutExpired) as e:
+            return f"cannot run unshare: {e}"
+        if r.returncode != 0 or "127.0.0.2" not in r.stdout:
+            return ("a private mount namespace with its own /etc/hosts is not available "
+                    f"(needs root and unshare): {(r.stderr or r.stdout).strip()}")
+    return None
+
+
+class DnsTest(h.GrelayTest):
+    def setUp(self):
+        super().setUp()
+        why = namespace_problem()
+        if why:
+            self.skipTest(why)
+        fd, self.hosts = tempfile.mkstemp(prefix="grelay-hosts-")
+        os.close(fd)
+        self.addCleanup(os.unlink, self.hosts)
+
+    def write_hosts(self, text: str) -> None:
+        # In place: the bind mount follows the inode, not the name.
+        with open(self.hosts, "r+") as f:
+            f.truncate(0)
+            f.write(text)
+
+    def grelay(self, cfg) -> h.Grelay:
+        return h.Grelay(cfg, wrapper=[
+            "unshare", "--mount", "--propagation", "private", "sh", "-c",
+            'mount --bind "$0" /etc/hosts && exec "$@"', self.hosts])
+
+    def test_a_moved_name_is_followed_and_open_sessions_stay(self):
+        self.write_hosts(f"127.0.0.1 {HOST_UP} {HOST_MIRROR}\n")
+        port = h.free_port("127.0.0.1")
+        mport = h.free_port("127.0.0.1")
+        with h.EchoServer(host="127.0.0.1", port=port) as old, \
+                h.EchoServer(host="127.0.0.2", port=port) as new, \
+                h.SinkServer(host="127.0.0.1", port=mport) as old_sink, \
+                h.SinkServer(host="127.0.0.2", port=mport) as new_sink:
+            cfg = h.Config()
+            cfg.with_admin()
+            cfg.upstream("app", [f"{HOST_UP}:{port}"], resolve_interval="100ms")
+            web = cfg.listener("web", "app", mirrors=[{
+                "name": "shadow", "address": f"{HOST_MIRROR}:{mport}",
+                "resolve_interval": "100ms"}])
+            with self.grelay(cfg) as g:
+                r = h.stream_session(web, h.Stream(1, 64 * h.KiB))
+                self.assertTrue(r.ok, str(r))
+                self.assertEqual((len(old.conns), len(new.conns)), (1, 0))
+                # A session open across the move: its first half now ...
+                first, second = h.Stream(2, 96 * h.KiB).bytes()[:40000], None
+                held = h.connect(web, "127.0.0.1", 30)
+                held.sendall(first)
+                got = bytearray()
+                while len(got) < len(first):
+                    chunk = held.recv(65536)
+                    self.assertTrue(chunk, "the held session ended early")
+                    got += chunk
+
+                self.write_hosts(f"127.0.0.2 {HOST_UP} {HOST_MIRROR}\n")
+                self.assertTrue(h.wait_for(lambda: g.log().count("DNS: a new generation") >= 1, 15),
+                                "no new generation after the names moved")
+                self.assertTrue(h.wait_for(
+                    lambda: g.metric("grelay_upstream_dns_lookups_total", upstream="app",
+                                     result="changed") >= 1 and
+                    g.metric("grelay_mirror_dns_lookups_total", mirror="shadow",
+                             result="changed") >= 1, 15), g.log())
+                self.assertIn(f"now resolves to 127.0.0.2:{port}, not 127.0.0.1:{port}", g.log())
+                self.assertIn(f"now resolves to 127.0.0.2:{mport}, not 127.0.0.1:{mport}",
+                              g.log())
+                for i in range(4):
+                    r = h.stream_session(web, h.Stream(10 + i, 64 * h.KiB))
+                    self.assertTrue(r.ok, str(r))
+                self.assertEqual((len(old.conns), len(new.conns)), (2, 4))
+
+                # ... and its second half after: still on the old server, byte-exact.
+                second = h.Stream(2, 96 * h.KiB).bytes()[40000:]
+                held.sendall(second)
+                held.shutdown(h.socket.SHUT_WR)
+                while chunk := held.recv(65536):
+                    got += chunk
+                held.close()
+                self.assertEqual(bytes(got), first + second)
+                self.assertTrue(h.wait_for(lambda: all(c.done for c in old.conns), 10))
+                self.assertEqual(len(old.conns), 2)
+                self.assertTrue(h.wait_for(
+                    lambda: "older configuration generation finished its last session"
+                    in g.log(), 10), g.log())
+
+                # The mirror moved with its name: each session's request bytes whole at
+                # the sink its session started with.
+                self.assertTrue(h.wait_for(
+                    lambda: len(old_sink.conns) == 2 and len(new_sink.conns) == 4 and
+                    all(c.done for c in old_sink.conns + new_sink.conns), 15),
+                    f"{len(old_sink.conns)} {len(new_sink.conns)}")
+                self.assertEqual(bytes(old_sink.conns[1].data), first + second)
+                for i, c in enumerate(new_sink.conns):
+                    self.assertEqual(bytes(c.data), h.Stream(10 + i, 64 * h.KiB).bytes())
+                self.assertEqual(g.log().count("DNS: a new generation"), 1, g.log())
+
+    def test_an_address_still_answered_is_kept_and_a_failed_lookup_keeps_it_too(self):
+        self.write_hosts(f"127.0.0.2 {HOST_UP}\n")
+        port = h.free_port("127.0.0.1")
+        with h.EchoServer(host="127.0.0.1", port=port) as one, \
+                h.EchoServer(host="127.0.0.2", port=port) as two:
+            cfg = h.Config()
+            cfg.with_admin()
+            cfg.upstream("app", [f"{HOST_UP}:{port}"], resolve_interval="100ms")
+            web = cfg.listener("web", "app")
+            with self.grelay(cfg) as g:
+                def lookups(result):
+                    return g.metric("grelay_upstream_dns_lookups_total", upstream="app",
+                                    result=result)
+
+                # Two answers, the one in use second: nothing changes.
+                self.write_hosts(f"127.0.0.1 {HOST_UP}\n127.0.0.2 {HOST_UP}\n")
+                start = lookups("unchanged")
+                self.assertTrue(h.wait_for(lambda: lookups("unchanged") >= start + 5, 15))
+                # No answer at all: the address in use stays, the failure is logged once.
+                self.write_hosts("127.0.0.9 unrelated.grelay.test\n")
+                self.assertTrue(h.wait_for(lambda: lookups("failed") >= 3, 15), g.log())
+                self.assertEqual(g.log().count(f"DNS: cannot resolve {HOST_UP}:{port}"), 1,
+                                 g.log())
+                self.assertIn(f"keeping 127.0.0.2:{port}", g.log())
+                for i in range(3):
+                    r = h.stream_session(web, h.Stream(i, 32 * h.KiB))
+                    self.assertTrue(r.ok, str(r))
+                self.write_hosts(f"127.0.0.2 {HOST_UP}\n")
+                self.assertTrue(h.wait_for(lambda: "resolves again" in g.log(), 15), g.log())
+                r = h.stream_session(web, h.Stream(9, 32 * h.KiB))
+                self.assertTrue(r.ok, str(r))
+                self.assertEqual(lookups("changed"), 0)
+                self.assertNotIn("DNS: a new generation", g.log())
+            self.assertEqual((len(one.conns), len(two.conns)), (0, 4))
+
+
+if __name__ == "__main__":
+    h.main()

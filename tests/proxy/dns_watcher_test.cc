@@ -1,0 +1,209 @@
+// DnsWatcher with scripted resolver answers: an address still among the answers is kept
+// (rotation changes nothing), one that is gone is replaced by the first answer, a failed
+// lookup keeps the address in use, each lookup is counted, and the thread looks up at the
+// interval and stops without waiting for a lookup in progress.
+#include "proxy/dns_watcher.h"
+
+#include <arpa/inet.h>
+#include <netinet/in.h>
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstring>
+#include <map>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "proxy/log.h"
+
+namespace grelay::proxy {
+namespace {
+
+using namespace std::chrono_literals;
+
+config::Address v4(const char* ip, uint16_t port, const std::string& text) {
+  config::Address a;
+  sockaddr_in in{};
+  in.sin_family = AF_INET;
+  in.sin_port = htons(port);
+  inet_pton(AF_INET, ip, &in.sin_addr);
+  std::memcpy(&a.storage, &in, sizeof(in));
+  a.length = sizeof(in);
+  a.text = text;
+  a.host_name = true;
+  return a;
+}
+
+std::string ipOf(const config::Address& a) {
+  char text[INET_ADDRSTRLEN] = "";
+  inet_ntop(AF_INET, &reinterpret_cast<const sockaddr_in&>(a.storage).sin_addr, text, sizeof(text));
+  return text;
+}
+
+// What the scripted resolver answers, per name (empty: the lookup fails).
+struct Answers {
+  std::mutex mutex;
+  std::map<std::string, std::vector<const char*>> ips;
+  std::atomic<int> calls{0};
+
+  DnsWatcher::Resolve resolver() {
+    return [this](const std::string& text, std::string* error) {
+      ++calls;
+      std::lock_guard<std::mutex> lock(mutex);
+      std::vector<config::Address> out;
+      for (const char* ip : ips[text]) {
+        out.push_back(v4(ip, 80, text));
+      }
+      if (out.empty()) {
+        *error = "Name or service not known";
+      }
+      return out;
+    };
+  }
+  void set(const std::string& text, std::vector<const char*> list) {
+    std::lock_guard<std::mutex> lock(mutex);
+    ips[text] = std::move(list);
+  }
+};
+
+struct Counters {
+  metrics::Counter lookups, failures, changes;
+};
+
+DnsTarget target(const char* text, const char* ip, Counters& c, config::Duration interval = 1h) {
+  DnsTarget t;
+  t.what = std::string("upstream app, server ") + text;
+  t.current = v4(ip, 80, text);
+  t.interval = interval;
+  t.lookups = &c.lookups;
+  t.failures = &c.failures;
+  t.changes = &c.changes;
+  return t;
+}
+
+class DnsWatcherTest : public ::testing::Test {
+protected:
+  void SetUp() override { setLogLevel(LogLevel::Error); }
+  void TearDown() override { setLogLevel(LogLevel::Info); }
+};
+
+TEST_F(DnsWatcherTest, KeepsAnAddressStillAmongTheAnswersAndReplacesOneThatIsGone) {
+  Answers answers;
+  Counters a, b;
+  DnsWatcher watcher({target("a.test:80", "10.0.0.1", a), target("b.test:80", "10.0.0.2", b)},
+                     answers.resolver());
+  // a: rotated, still there. b: moved to two new addresses.
+  answers.set("a.test:80", {"10.0.0.9", "10.0.0.1"});
+  answers.set("b.test:80", {"10.0.0.7", "10.0.0.8"});
+  watcher.lookupNow();
+  std::vector<DnsChange> changes = watcher.takeChanges();
+  ASSERT_EQ(changes.size(), 1u);
+  EXPECT_EQ(changes[0].target, 1u);
+  EXPECT_EQ(ipOf(changes[0].address), "10.0.0.7");
+  EXPECT_EQ(changes[0].address.text, "b.test:80");
+  EXPECT_EQ(a.lookups.value(), 1u);
+  EXPECT_EQ(a.changes.value(), 0u);
+  EXPECT_EQ(b.lookups.value(), 1u);
+  EXPECT_EQ(b.changes.value(), 1u);
+  EXPECT_TRUE(watcher.takeChanges().empty());  // taken once
+}
+
+TEST_F(DnsWatcherTest, AFailedLookupKeepsTheAddressAndCounts) {
+  Answers answers;
+  Counters a;
+  DnsWatcher watcher({target("a.test:80", "10.0.0.1", a)}, answers.resolver());
+  watcher.lookupNow();  // no answer
+  watcher.lookupNow();
+  EXPECT_TRUE(watcher.takeChanges().empty());
+  EXPECT_EQ(a.lookups.value(), 2u);
+  EXPECT_EQ(a.failures.value(), 2u);
+  answers.set("a.test:80", {"10.0.0.1"});
+  watcher.lookupNow();
+  EXPECT_TRUE(watcher.takeChanges().empty());
+  EXPECT_EQ(a.lookups.value(), 3u);
+  EXPECT_EQ(a.failures.value(), 2u);
+  EXPECT_EQ(a.changes.value(), 0u);
+}
+
+TEST_F(DnsWatcherTest, AChangeNotYetTakenIsDroppedWhenTheOldAddressComesBack) {
+  Answers answers;
+  Counters a;
+  DnsWatcher watcher({target("a.test:80", "10.0.0.1", a)}, answers.resolver());
+  answers.set("a.test:80", {"10.0.0.2"});
+  watcher.lookupNow();
+  answers.set("a.test:80", {"10.0.0.3"});
+  watcher.lookupNow();
+  answers.set("a.test:80", {"10.0.0.1"});
+  watcher.lookupNow();
+  EXPECT_TRUE(watcher.takeChanges().empty());
+  answers.set("a.test:80", {"10.0.0.2"});
+  watcher.lookupNow();
+  answers.set("a.test:80", {"10.0.0.3"});
+  watcher.lookupNow();
+  std::vector<DnsChange> changes = watcher.takeChanges();
+  ASSERT_EQ(changes.size(), 1u);  // the latest answer only
+  EXPECT_EQ(ipOf(changes[0].address), "10.0.0.3");
+  EXPECT_EQ(a.changes.value(), 4u);
+}
+
+TEST_F(DnsWatcherTest, TheThreadLooksUpEachTargetAtItsInterval) {
+  Answers answers;
+  answers.set("a.test:80", {"10.0.0.1"});
+  answers.set("b.test:80", {"10.0.0.5"});
+  Counters a, b;
+  DnsWatcher watcher(
+      {target("a.test:80", "10.0.0.1", a, 20ms), target("b.test:80", "10.0.0.2", b, 1h)},
+      answers.resolver());
+  ASSERT_EQ(watcher.start(), 0);
+  const auto deadline = std::chrono::steady_clock::now() + 10s;
+  while (a.lookups.value() < 5 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(5ms);
+  }
+  watcher.stop();
+  EXPECT_GE(a.lookups.value(), 5u);
+  EXPECT_EQ(b.lookups.value(), 0u);  // not due for an hour
+  EXPECT_TRUE(watcher.takeChanges().empty());
+}
+
+TEST_F(DnsWatcherTest, StopDoesNotWaitForALookupInProgress) {
+  std::mutex mutex;
+  std::condition_variable cv;
+  bool entered = false;
+  bool release = false;
+  Counters a;
+  auto watcher = std::make_unique<DnsWatcher>(
+      std::vector<DnsTarget>{target("slow.test:80", "10.0.0.1", a, 1ms)},
+      [&](const std::string& text, std::string*) {
+        std::unique_lock<std::mutex> lock(mutex);
+        entered = true;
+        cv.notify_all();
+        cv.wait(lock, [&] { return release; });
+        return std::vector<config::Address>{v4("10.0.0.2", 80, text)};
+      });
+  ASSERT_EQ(watcher->start(), 0);
+  {
+    std::unique_lock<std::mutex> lock(mutex);
+    ASSERT_TRUE(cv.wait_for(lock, 10s, [&] { return entered; }));
+  }
+  const auto before = std::chrono::steady_clock::now();
+  watcher.reset();  // stops while the resolver blocks
+  EXPECT_LT(std::chrono::steady_clock::now() - before, 1s);
+  {
+    std::lock_guard<std::mutex> lock(mutex);
+    release = true;
+    cv.notify_all();
+  }
+  // The lookup returns after the stop: it must not count into (or report through) what the
+  // watcher's owner may already have freed.
+  std::this_thread::sleep_for(50ms);
+  EXPECT_EQ(a.lookups.value(), 0u);
+  EXPECT_EQ(a.changes.value(), 0u);
+}
+
+}  // namespace
+}  // namespace grelay::proxy
