@@ -7,6 +7,7 @@
 #include <netinet/in.h>
 #include <sys/socket.h>
 
+#include <array>
 #include <chrono>
 #include <cstdint>
 #include <optional>
@@ -35,6 +36,18 @@ struct Address {
 
   int family() const { return storage.ss_family; }
   const sockaddr* sockaddrPtr() const { return reinterpret_cast<const sockaddr*>(&storage); }
+};
+
+// An IPv4 or IPv6 network: "10.0.0.0/8", "192.0.2.7" (a /32), "fd00::/8", "::1" (a /128).
+struct Network {
+  int family = AF_INET;
+  std::array<uint8_t, 16> bytes{};  // the network address (the first 4 for IPv4), host bits 0
+  uint32_t prefix = 0;              // 0..32 or 0..128
+  std::string text;                 // as written
+
+  // Whether a peer's address is in the network (an IPv4-mapped IPv6 address, as a dual-stack
+  // listener sees IPv4 clients, counts as the IPv4 address).
+  bool contains(const sockaddr_storage& address) const;
 };
 
 enum class RelayPath { Auto, Group, Mainline, Copy };
@@ -162,6 +175,10 @@ struct ListenerConfig {
   // Clients (a load balancer) start every connection with a PROXY protocol header (v1 or
   // v2), read before TLS; its addresses replace the connection's. Within connect_timeout.
   bool accept_proxy_protocol = false;
+  // With accept_proxy_protocol: the peers allowed to send a header (the load balancers).
+  // A connection from anywhere else is reset before a byte is read, as a header could
+  // claim any client address. Empty = any peer.
+  std::vector<Network> proxy_protocol_from;
   std::string access_log;  // a file getting one JSON line per finished session; "" = none
   std::optional<ListenerTlsConfig> tls;
   std::vector<MirrorConfig> mirrors;

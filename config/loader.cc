@@ -315,6 +315,39 @@ private:
     };
   }
 
+  // A non-empty array of networks ("10.0.0.0/8", "192.0.2.7", "fd00::/8").
+  Reader networks(std::vector<Network>* out) {
+    return [this, out](std::string_view key, const toml::node& node) {
+      const toml::array* array = node.as_array();
+      if (array == nullptr)
+        return typeError(key, node, "an array of networks like [\"10.0.0.0/8\"]");
+      if (array->empty()) {
+        error(node.source(), quoted(key) +
+                                 " must not be empty (leave it out to accept a "
+                                 "header from any peer)");
+        return false;
+      }
+      bool ok = true;
+      for (const toml::node& item : *array) {
+        const auto* text = item.as_string();
+        if (text == nullptr) {
+          ok = typeError(key, item, "an array of strings like \"10.0.0.0/8\"");
+          continue;
+        }
+        std::string why;
+        std::optional<Network> network = parseNetwork(text->get(), &why);
+        if (!network) {
+          error(item.source(),
+                "bad network " + quoted(text->get()) + " for " + quoted(key) + ": " + why);
+          ok = false;
+          continue;
+        }
+        out->push_back(std::move(*network));
+      }
+      return ok;
+    };
+  }
+
   // Any string without NUL bytes (they would silently cut paths and names short).
   Reader string(std::string* out, bool non_empty = false) {
     return [this, out, non_empty](std::string_view key, const toml::node& node) {
@@ -702,6 +735,7 @@ private:
                   {"tcp_keepalive", duration(&l.tcp_keepalive, 0ms, 2h)},
                   {"max_connections", integer(&l.max_connections, 0, 10'000'000)},
                   {"accept_proxy_protocol", boolean(&l.accept_proxy_protocol)},
+                  {"proxy_protocol_from", networks(&l.proxy_protocol_from)},
                   {"access_log", string(&l.access_log)},
                   {"tls", subtable("tls = { cert = \"...\", key = \"...\" }",
                                    [&](const auto& t) { readListenerTls(t, l.tls.emplace()); })},
@@ -711,6 +745,12 @@ private:
                   {"tap",
                    subtable("[listener.tap]", [&](const auto& t) { readTap(t, l.tap.emplace()); })},
               });
+    if (const toml::node* node = table.get("proxy_protocol_from");
+        node != nullptr && !l.accept_proxy_protocol) {
+      error(node->source(),
+            "'proxy_protocol_from' needs 'accept_proxy_protocol = true' in "
+            "[[listener]]: it says who may send a PROXY protocol header");
+    }
     if (const toml::node* node = table.get("upstream"); upstream_ok) {
       auto named = [&](const UpstreamConfig& u) { return u.name == l.upstream; };
       auto it = std::find_if(config_.upstreams.begin(), config_.upstreams.end(), named);
@@ -936,6 +976,57 @@ std::optional<Duration> parseDuration(std::string_view text, std::string* error)
     total_us += part;
   }
   return Duration(total_us / 1000 + (total_us % 1000 != 0));  // at most ~1.8e16 ms: fits
+}
+
+std::optional<Network> parseNetwork(std::string_view text, std::string* error) {
+  auto fail = [error](std::string why) -> std::optional<Network> {
+    if (error)
+      *error = std::move(why);
+    return std::nullopt;
+  };
+  std::string_view host = text;
+  std::string_view length;
+  if (size_t slash = text.find('/'); slash != std::string_view::npos) {
+    host = text.substr(0, slash);
+    length = text.substr(slash + 1);
+    if (length.empty())
+      return fail("missing prefix length after '/'");
+  }
+  if (host.size() >= 2 && host.front() == '[' && host.back() == ']') {
+    host = host.substr(1, host.size() - 2);
+  }
+  Network network;
+  network.text = text;
+  const std::string literal(host);
+  if (literal.find('\0') != std::string::npos) {
+    return fail("not an IPv4 or IPv6 address");
+  }
+  if (inet_pton(AF_INET, literal.c_str(), network.bytes.data()) == 1) {
+    network.family = AF_INET;
+    network.prefix = 32;
+  } else if (inet_pton(AF_INET6, literal.c_str(), network.bytes.data()) == 1) {
+    network.family = AF_INET6;
+    network.prefix = 128;
+  } else {
+    return fail("not an IPv4 or IPv6 address (host names are not accepted here)");
+  }
+  if (!length.empty()) {
+    size_t pos = 0;
+    uint64_t bits = 0;
+    if (length.size() > 3 || parseDigits(length, pos, bits) <= 0 || pos != length.size() ||
+        bits > network.prefix) {
+      return fail("prefix length " + quoted(length) + " is not in 0.." +
+                  std::to_string(network.prefix));
+    }
+    network.prefix = static_cast<uint32_t>(bits);
+  }
+  const size_t size = network.family == AF_INET ? 4 : 16;
+  for (size_t bit = network.prefix; bit < size * 8; ++bit) {
+    if (network.bytes[bit / 8] & (0x80 >> (bit % 8))) {
+      return fail("address bits past the /" + std::to_string(network.prefix) + " prefix are set");
+    }
+  }
+  return network;
 }
 
 std::vector<Address> resolveAddresses(std::string_view text, std::string* error) {

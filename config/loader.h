@@ -68,6 +68,9 @@ LoadResult loadString(std::string_view text, const std::string& file_name);
 std::optional<uint64_t> parseSize(std::string_view text, std::string* error = nullptr);
 std::optional<Duration> parseDuration(std::string_view text, std::string* error = nullptr);
 std::optional<Address> parseAddress(std::string_view text, std::string* error = nullptr);
+// "10.0.0.0/8", "192.0.2.7", "fd00::/8", "::1" or "[::1]": an IPv4 or IPv6 literal with an
+// optional prefix length; host bits past the prefix must be 0.
+std::optional<Network> parseNetwork(std::string_view text, std::string* error = nullptr);
 // Every address a valid `text` resolves to right now, in getaddrinfo's order, without
 // duplicates (one for an IP literal); empty with `error` set when it does not resolve.
 // parseAddress() is its first. Blocks for as long as the system's resolver takes.

@@ -623,6 +623,45 @@ TEST(LoaderErrorTest, PassiveHealthValuesOutOfRange) {
               ElementsAre("t.toml:3:18: 'proxy_protocol' must be one of off, v1, v2, got 'v3'"));
 }
 
+TEST(LoaderTest, ProxyProtocolFromKeepsEveryNetwork) {
+  LoadResult result = loadString(
+      validWith({"accept_proxy_protocol = true",
+                 R"(proxy_protocol_from = ["10.0.0.0/8", "192.0.2.7", "[fd00::]/8", "::1"])"}),
+      "t.toml");
+  ASSERT_TRUE(result.ok()) << result.errors[0].toString();
+  const auto& from = result.config->listeners[0].proxy_protocol_from;
+  ASSERT_EQ(from.size(), 4u);
+  EXPECT_EQ(from[0].family, AF_INET);
+  EXPECT_EQ(from[0].prefix, 8u);
+  EXPECT_EQ(from[1].prefix, 32u);
+  EXPECT_EQ(from[2].family, AF_INET6);
+  EXPECT_EQ(from[2].prefix, 8u);
+  EXPECT_EQ(from[3].prefix, 128u);
+  EXPECT_EQ(from[3].text, "::1");
+}
+
+TEST(LoaderErrorTest, ProxyProtocolFromErrors) {
+  EXPECT_THAT(errorsOf(validWith({R"(proxy_protocol_from = ["10.0.0.0/8"])"})),
+              ElementsAre("t.toml:8:23: 'proxy_protocol_from' needs 'accept_proxy_protocol = "
+                          "true' in [[listener]]: it says who may send a PROXY protocol header"));
+  auto with = [](const std::string& value) {
+    return errorsOf(validWith({"accept_proxy_protocol = true", "proxy_protocol_from = " + value}));
+  };
+  EXPECT_THAT(with("[]"), ElementsAre("t.toml:9:23: 'proxy_protocol_from' must not be empty "
+                                      "(leave it out to accept a header from any peer)"));
+  EXPECT_THAT(with(R"(["10.0.0.1/8"])"),
+              ElementsAre("t.toml:9:24: bad network '10.0.0.1/8' for 'proxy_protocol_from': "
+                          "address bits past the /8 prefix are set"));
+  EXPECT_THAT(with(R"(["10.0.0.0/33"])"),
+              ElementsAre("t.toml:9:24: bad network '10.0.0.0/33' for 'proxy_protocol_from': "
+                          "prefix length '33' is not in 0..32"));
+  EXPECT_THAT(with(R"(["lb.example"])"), SizeIs(1));
+  EXPECT_THAT(with(R"(["10.0.0.0/"])"), SizeIs(1));
+  EXPECT_THAT(with(R"([10])"), SizeIs(1));
+  EXPECT_THAT(with(R"("10.0.0.0/8")"), SizeIs(1));
+  EXPECT_THAT(with(R"(["0.0.0.0/0", "::/0"])"), IsEmpty());
+}
+
 TEST(LoaderErrorTest, EmptyServerList) {
   EXPECT_THAT(errorsOf(lines({"[upstream.app]", "servers = []", "[[listener]]", R"(name = "web")",
                               R"(listen = "127.0.0.1:8080")", R"(upstream = "app")"})),

@@ -191,6 +191,54 @@ TEST(ParseAddressTest, ErrorOutputIsOptional) {
   EXPECT_FALSE(parseDuration("nope").has_value());
 }
 
+sockaddr_storage peer(const char* ip) {
+  sockaddr_storage out{};
+  if (std::strchr(ip, ':') != nullptr) {
+    auto& in6 = reinterpret_cast<sockaddr_in6&>(out);
+    in6.sin6_family = AF_INET6;
+    EXPECT_EQ(inet_pton(AF_INET6, ip, &in6.sin6_addr), 1) << ip;
+  } else {
+    auto& in = reinterpret_cast<sockaddr_in&>(out);
+    in.sin_family = AF_INET;
+    EXPECT_EQ(inet_pton(AF_INET, ip, &in.sin_addr), 1) << ip;
+  }
+  return out;
+}
+
+TEST(ParseNetworkTest, MatchesPeersByPrefix) {
+  Network lan = *parseNetwork("10.1.0.0/16");
+  EXPECT_TRUE(lan.contains(peer("10.1.0.0")));
+  EXPECT_TRUE(lan.contains(peer("10.1.255.7")));
+  EXPECT_FALSE(lan.contains(peer("10.2.0.1")));
+  EXPECT_TRUE(lan.contains(peer("::ffff:10.1.2.3")));  // an IPv4 client of a [::] listener
+  EXPECT_FALSE(lan.contains(peer("fd00::1")));
+  Network odd = *parseNetwork("192.0.2.128/25");
+  EXPECT_TRUE(odd.contains(peer("192.0.2.200")));
+  EXPECT_FALSE(odd.contains(peer("192.0.2.127")));
+  Network one = *parseNetwork("192.0.2.7");
+  EXPECT_EQ(one.prefix, 32u);
+  EXPECT_TRUE(one.contains(peer("192.0.2.7")));
+  EXPECT_FALSE(one.contains(peer("192.0.2.8")));
+  Network v6 = *parseNetwork("[fd00::]/8");
+  EXPECT_TRUE(v6.contains(peer("fdff::1")));
+  EXPECT_FALSE(v6.contains(peer("fe80::1")));
+  EXPECT_FALSE(v6.contains(peer("10.0.0.1")));
+  EXPECT_TRUE(parseNetwork("0.0.0.0/0")->contains(peer("203.0.113.9")));
+  EXPECT_TRUE(parseNetwork("::/0")->contains(peer("2001:db8::1")));
+  EXPECT_TRUE(parseNetwork("::1")->contains(peer("::1")));
+}
+
+TEST(ParseNetworkTest, RejectsWhatIsNotANetwork) {
+  std::string error;
+  for (const char* bad :
+       {"", "/8", "10.0.0.0/", "10.0.0.0/33", "10.0.0.0/-1", "10.0.0.0/8x", "10.0.0.1/8",
+        "fd00::1/8", "::/129", "localhost", "10.0.0", "[10.0.0.0]/8x", "10.0.0.0/0008"}) {
+    error.clear();
+    EXPECT_FALSE(parseNetwork(bad, &error).has_value()) << bad;
+    EXPECT_FALSE(error.empty()) << bad;
+  }
+}
+
 TEST(FormatTest, SizesAndDurationsUseTheLargestExactUnit) {
   EXPECT_EQ(formatSize(0), "0B");
   EXPECT_EQ(formatSize(1000), "1000B");

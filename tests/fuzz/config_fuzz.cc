@@ -120,6 +120,11 @@ void checkAccepted(const Config& c) {
         "listener " + l.name + " upstream '" + printable(l.upstream) + "'");
     FUZZ_CHECK(l.connect_timeout.count() >= 1 && l.connect_timeout <= kDay, "connect_timeout");
     FUZZ_CHECK(l.idle_timeout.count() >= 1 && l.idle_timeout <= kDay, "idle_timeout");
+    FUZZ_CHECK(l.proxy_protocol_from.empty() || l.accept_proxy_protocol,
+               "proxy_protocol_from without accept_proxy_protocol");
+    for (const Network& n : l.proxy_protocol_from) {
+      FUZZ_CHECK(n.prefix <= (n.family == AF_INET ? 32u : 128u), "network prefix");
+    }
     if (l.tls) {
       FUZZ_CHECK(!l.tls->cert.empty() && !l.tls->key.empty(), "tls cert and key");
       FUZZ_CHECK(l.tls->handshake_timeout.count() >= 1 && l.tls->handshake_timeout <= kDay,
