@@ -486,8 +486,8 @@ std::vector<MetricFamily> StatsCollector::collectFrom(
                              MetricType::Counter);
   auto& proxyErrors = list.add("grelay_proxy_protocol_errors_total",
                                "Client connections closed because they did not start with a "
-                               "valid PROXY protocol header (listeners with "
-                               "accept_proxy_protocol).",
+                               "valid PROXY protocol header, or came from a peer outside "
+                               "proxy_protocol_from (listeners with accept_proxy_protocol).",
                                MetricType::Counter);
   auto& accessDropped = list.add("grelay_access_log_dropped_lines_total",
                                  "Access log lines lost because writing the file failed (disk "

@@ -2,6 +2,7 @@
 
 #include <poll.h>
 
+#include <algorithm>
 #include <atomic>
 #include <cerrno>
 #include <chrono>
@@ -877,6 +878,18 @@ void Session::start() {
   host_.sockets().addresses(client_.fd_, &clientAddress_, &localAddress_);
   activity();
   if (cfg().accept_proxy_protocol) {
+    const auto& trusted = cfg().proxy_protocol_from;
+    if (!trusted.empty() &&
+        std::none_of(trusted.begin(), trusted.end(),
+                     [this](const config::Network& n) { return n.contains(clientAddress_); })) {
+      // Its header could claim any client: reset before reading a byte.
+      stats().proxyProtocolErrors.inc();
+      host_.listenerTrouble(listener_, "PROXY protocol header from " +
+                                           formatAddress(clientAddress_) +
+                                           ", a peer outside proxy_protocol_from: reset");
+      close(true, false, false, tap::CloseReason::kError);
+      return;
+    }
     state_ = State::ProxyHeader;
     handshakeDeadline_ = host_.now() + nanos(cfg().connect_timeout);
     rescheduleTimer();

@@ -192,6 +192,33 @@ class ProxyProtocolTest(h.GrelayTest):
                 # Rate-limited: the timeout is not logged within the same minute.
                 self.assertEqual(len(re.findall("PROXY protocol header", log)), 1, log)
 
+    def test_only_peers_in_proxy_protocol_from_may_send_a_header(self):
+        with h.EchoServer() as echo:
+            cfg = h.Config()
+            cfg.upstream("echo", [echo.address])
+            port = cfg.listener("web", "echo", accept_proxy_protocol=True,
+                                proxy_protocol_from=["127.0.0.2", "10.0.0.0/8"])
+            cfg.with_admin()
+            with h.Grelay(cfg) as g:
+                header = expected_header("v1", ("203.0.113.7", 50000), ("198.51.100.9", 443))
+                # The load balancer's address: its header is taken, the stream relayed.
+                with socket.create_connection(("127.0.0.1", port), timeout=10,
+                                              source_address=("127.0.0.2", 0)) as s:
+                    s.sendall(header + b"from the balancer")
+                    s.shutdown(socket.SHUT_WR)
+                    end, data = h.read_outcome(s, 10)
+                self.assertEqual((end, data), ("eof", b"from the balancer"))
+                # Any other peer: reset before a byte is read, however valid its header.
+                end, data, _ = h.try_request(port, header + b"spoofed client address")
+                self.assertIn(end, ("reset", "eof"))
+                self.assertEqual(data, b"")
+                self.assertTrue(h.wait_for(lambda: g.metric(
+                    "grelay_proxy_protocol_errors_total", listener="web") == 1, 5))
+                self.assertEqual(len(echo.conns), 1, "only the balancer's session goes upstream")
+                self.assertRegex(g.log(), r"listener web: PROXY protocol header from "
+                                          r"127\.0\.0\.1:\d+, a peer outside "
+                                          r"proxy_protocol_from: reset")
+
     def test_header_before_tls(self):
         why = h.Certs.available()
         if why:

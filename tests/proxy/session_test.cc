@@ -419,6 +419,36 @@ TEST_F(SessionTest, AClientWithoutAProxyHeaderIsClosedAndCounted) {
   EXPECT_EQ(host_.troubles[0], "PROXY protocol header: the client did not send one");
 }
 
+TEST_F(SessionTest, APeerOutsideProxyProtocolFromIsResetWithoutReadingItsHeader) {
+  // The fake peer is 127.0.0.1:40000.
+  listenerConfig_.accept_proxy_protocol = true;
+  listenerConfig_.proxy_protocol_from = {*config::parseNetwork("10.0.0.0/8"),
+                                         *config::parseNetwork("127.0.0.2")};
+  const std::string spoofed = "PROXY TCP4 10.1.2.3 10.9.9.9 5555 80\r\nGET /";
+  host_.sockets_.incoming[kClientFd] = spoofed;
+  session_ = std::make_unique<Session>(host_, context_, kClientFd);
+  session_->start();
+  EXPECT_EQ(host_.sockets_.incoming[kClientFd], spoofed);  // not a byte read
+  EXPECT_EQ(ring().pendingCount(OpKind::Connect, 100), 0u);
+  EXPECT_TRUE(host_.sockets_.closed.at(kClientFd));  // reset
+  EXPECT_EQ(stats_->proxyProtocolErrors.value(), 1u);
+  ASSERT_EQ(host_.troubles.size(), 1u);
+  EXPECT_EQ(
+      host_.troubles[0],
+      "PROXY protocol header from 127.0.0.1:40000, a peer outside proxy_protocol_from: reset");
+}
+
+TEST_F(SessionTest, APeerInProxyProtocolFromHasItsHeaderRead) {
+  listenerConfig_.accept_proxy_protocol = true;
+  listenerConfig_.proxy_protocol_from = {*config::parseNetwork("127.0.0.0/8")};
+  upstreamConfig_.proxy_protocol = config::ProxyProtocol::V1;
+  host_.sockets_.incoming[kClientFd] = "PROXY TCP4 10.1.2.3 10.9.9.9 5555 80\r\nGET /";
+  startConnected();
+  EXPECT_EQ(host_.sockets_.incoming[kClientFd], "GET /");
+  EXPECT_EQ(host_.sockets_.sent[primaryFd()], "PROXY TCP4 10.1.2.3 10.9.9.9 5555 80\r\n");
+  EXPECT_EQ(stats_->proxyProtocolErrors.value(), 0u);
+}
+
 TEST_F(SessionTest, AProxyHeaderThatNeverComesTimesOutAfterConnectTimeout) {
   listenerConfig_.accept_proxy_protocol = true;
   session_ = std::make_unique<Session>(host_, context_, kClientFd);
