@@ -117,6 +117,10 @@ struct UpstreamConfig {
   // and a good one brings a server marked down back at once. 0 = off (the default).
   Duration check_interval{0};
   Duration check_timeout{2'000};
+  // Health checks in a row that must connect before a server marked down is back in
+  // rotation; until then it stays down, fail_timeout or not (HAProxy's `rise`). 1..1000;
+  // used with check_interval.
+  uint32_t check_passes = 1;
   // Servers written with a host name are looked up again every resolve_interval; when
   // the address in use is no longer among the answers, a new generation starts with the
   // first answer (as a reload would; open sessions stay where they are). A failed lookup

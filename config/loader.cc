@@ -607,6 +607,7 @@ private:
               {"fail_timeout", duration(&u.fail_timeout, 1ms, kMaxTimeout)},
               {"check_interval", duration(&u.check_interval, 0ms, kMaxTimeout)},
               {"check_timeout", duration(&u.check_timeout, 1ms, 1min)},
+              {"check_passes", integer(&u.check_passes, 1, 1000)},
               {"resolve_interval", resolveInterval(&u.resolve_interval)},
               {"proxy_protocol", oneOf(&u.proxy_protocol,
                                        {ProxyProtocol::Off, ProxyProtocol::V1, ProxyProtocol::V2})},

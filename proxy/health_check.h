@@ -46,6 +46,8 @@ private:
   void report(Pool& p, uint32_t server, int error, uint64_t now);
 
   std::vector<Pool> pools_;
+  // [pool][server]: checks in a row that connected while the server was down (check_passes).
+  std::vector<std::vector<uint32_t>> passes_;
   int wakeFd_ = -1;  // eventfd: stop() writes it
   std::thread thread_;
 };

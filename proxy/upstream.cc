@@ -167,6 +167,15 @@ void PeerHealth::connectSucceeded() {
   }
 }
 
+void PeerHealth::holdDown(uint64_t now, uint64_t until) {
+  uint64_t current = downUntil_.load(std::memory_order_relaxed);
+  while (now < current && current < until) {
+    if (downUntil_.compare_exchange_weak(current, until, std::memory_order_relaxed)) {
+      return;
+    }
+  }
+}
+
 void PeerHealth::copyFrom(const PeerHealth& other) {
   failures_.store(other.failures_.load(std::memory_order_relaxed), std::memory_order_relaxed);
   downUntil_.store(other.downUntil_.load(std::memory_order_relaxed), std::memory_order_relaxed);

@@ -24,6 +24,8 @@ public:
   // started before the marking, or a probe) extends the period, without a new marking.
   bool connectFailed(uint64_t now, uint32_t maxFails, config::Duration failTimeout);
   void connectSucceeded();
+  // Keeps a peer that is down down until at least `until` (monotonic ns); no-op when up.
+  void holdDown(uint64_t now, uint64_t until);
   bool down(uint64_t now) const { return now < downUntil_.load(std::memory_order_relaxed); }
   // Takes over `other`'s state (a reload's new pool or listener for the same peer).
   void copyFrom(const PeerHealth& other);
@@ -82,6 +84,11 @@ public:
   // A connect to `server` succeeded: its failures are forgotten and it is up again.
   void connectSucceeded(uint32_t server);
   bool down(uint32_t server, uint64_t now) const { return health_[server].down(now); }
+  // A server marked down stays down until at least `until` (health checks counting
+  // check_passes); no-op when it is up.
+  void holdDown(uint32_t server, uint64_t now, uint64_t until) {
+    health_[server].holdDown(now, until);
+  }
 
   // A reload's new pool takes over the health of the servers it shares (same address)
   // with `previous` (the pool of the same name in the configuration it replaces): a

@@ -611,6 +611,10 @@ TEST(LoaderErrorTest, PassiveHealthValuesOutOfRange) {
                           "health checks mark servers down through it"));
   EXPECT_THAT(errorsOf(validWith({R"(tcp_keepalive = "3h")"})), SizeIs(1));
   EXPECT_THAT(errorsOf(validWith({R"(tcp_keepalive = "90s")"})), IsEmpty());
+  EXPECT_THAT(pool("check_interval = \"5s\"\ncheck_passes = 3"), IsEmpty());
+  EXPECT_THAT(pool("check_interval = \"5s\"\ncheck_passes = 0"),
+              ElementsAre("t.toml:4:16: 'check_passes' must be in 1..1000, got 0"));
+  EXPECT_THAT(pool("check_passes = 2"), IsEmpty());  // unused without check_interval
   EXPECT_THAT(pool("resolve_interval = \"0s\""), IsEmpty());
   EXPECT_THAT(pool("resolve_interval = \"100ms\""), IsEmpty());
   EXPECT_THAT(pool("resolve_interval = \"99ms\""),

@@ -102,6 +102,7 @@ void checkAccepted(const Config& c) {
                "health checks without max_fails in " + u.name);
     FUZZ_CHECK(u.check_timeout.count() >= 1 && u.check_timeout.count() <= 60'000,
                "check_timeout " + std::to_string(u.check_timeout.count()));
+    FUZZ_CHECK(u.check_passes >= 1 && u.check_passes <= 1000, "check_passes 1..1000");
     FUZZ_CHECK(u.resolve_interval.count() == 0 ||
                    (u.resolve_interval.count() >= 100 && u.resolve_interval <= kDay),
                "resolve_interval " + std::to_string(u.resolve_interval.count()));

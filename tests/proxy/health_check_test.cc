@@ -114,6 +114,41 @@ TEST_F(HealthCheckTest, ARefusedServerIsMarkedDownAndComesBackWhenItListens) {
   EXPECT_FALSE(pool_->down(1, monotonicNanos()));
 }
 
+TEST_F(HealthCheckTest, AServerMarkedDownNeedsCheckPassesGoodChecksInARow) {
+  Port server;
+  config_.check_passes = 3;
+  makePool({&server});
+  config_.fail_timeout = 200ms;
+  ASSERT_TRUE(checker_->checkNow({0}));  // refused: marked down
+  EXPECT_EQ(stats_.markedDown.value(), 1u);
+  server.listen();
+  ASSERT_TRUE(checker_->checkNow({0}));
+  std::this_thread::sleep_for(250ms);  // past fail_timeout: the good check holds it down
+  EXPECT_TRUE(pool_->down(0, monotonicNanos())) << "after 1 good check";
+  ASSERT_TRUE(checker_->checkNow({0}));
+  EXPECT_TRUE(pool_->down(0, monotonicNanos())) << "after 2 good checks";
+  ASSERT_TRUE(checker_->checkNow({0}));
+  EXPECT_FALSE(pool_->down(0, monotonicNanos())) << "after 3 good checks";
+  EXPECT_EQ(stats_.serversDown.value(), 0);
+  // A failed check in between starts the count again (the server's address switched
+  // between a refusing port and the listening one).
+  Port refusing;
+  auto check = [&](const Port& port) {
+    config_.servers[0].address = port.address;
+    ASSERT_TRUE(checker_->checkNow({0}));
+  };
+  check(refusing);
+  EXPECT_TRUE(pool_->down(0, monotonicNanos()));
+  check(server);
+  check(server);
+  check(refusing);
+  check(server);
+  check(server);
+  EXPECT_TRUE(pool_->down(0, monotonicNanos()));
+  check(server);
+  EXPECT_FALSE(pool_->down(0, monotonicNanos()));
+}
+
 TEST_F(HealthCheckTest, ChecksCountTowardMaxFailsWithSessionFailures) {
   Port down;
   makePool({&down}, 3);
