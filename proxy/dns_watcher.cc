@@ -78,6 +78,11 @@ void DnsWatcher::lookupNow() {
   }
 }
 
+bool DnsWatcher::hasChanges() const {
+  std::lock_guard<std::mutex> lock(shared_->mutex);
+  return !shared_->pending.empty();
+}
+
 std::vector<DnsChange> DnsWatcher::takeChanges() {
   std::lock_guard<std::mutex> lock(shared_->mutex);
   std::vector<DnsChange> changes;

@@ -66,6 +66,8 @@ public:
 
   // The changes found since the last call, one per target (the latest).
   std::vector<DnsChange> takeChanges();
+  // Whether takeChanges() would return any.
+  bool hasChanges() const;
 
 private:
   struct Shared;

@@ -139,6 +139,10 @@ std::vector<int> distinctSockets(const std::vector<int>& fds) {
   return out;
 }
 
+// A DNS change (resolve_interval) starts a new generation only while fewer older ones are
+// still finishing their sessions.
+constexpr size_t kMaxOlderForDns = 4;
+
 // One configuration's workers, sockets, TLS contexts and stats. A reload starts a new
 // generation; the old one drains and is retired when its last session is gone.
 struct Generation {
@@ -585,6 +589,7 @@ int runServer(config::Config initial, const relay::Features& features) {
 
   std::vector<std::unique_ptr<Generation>> old;  // draining after a reload
   bool stopping = false;
+  bool dnsDeferred = false;  // a DNS change waits for older generations (logged once)
   auto all = [&](auto&& f) {
     f(*current);
     for (auto& g : old) {
@@ -677,11 +682,23 @@ int runServer(config::Config initial, const relay::Features& features) {
         all([](Generation& g) { g.abort(); });
       }
     }
-    if (!stopping && current->dns) {
+    if (!stopping && current->dns && old.size() >= kMaxOlderForDns) {
+      // Each generation holds its workers' rings and buffers until its last session ends:
+      // names that move often must not pile them up under long-lived sessions.
+      const bool pending = current->dns->hasChanges();
+      if (pending && !dnsDeferred) {
+        GRELAY_LOG_WARN(
+            "DNS: a name moved, but %zu older generations are still finishing their "
+            "sessions: the change waits until one of them is done",
+            old.size());
+      }
+      dnsDeferred = pending;
+    } else if (!stopping && current->dns) {
       // Names that no longer resolve to the addresses in use: the running configuration
       // with the new addresses, as a new generation.
       std::vector<DnsChange> changes = current->dns->takeChanges();
       if (!changes.empty()) {
+        dnsDeferred = false;
         config::Config next = *current->config;
         for (const DnsChange& change : changes) {
           const DnsTarget& target = current->dns->targets()[change.target];

@@ -162,5 +162,53 @@ class DnsTest(h.GrelayTest):
             self.assertEqual((len(one.conns), len(two.conns)), (0, 4))
 
 
+    def test_long_sessions_cannot_pile_up_generations(self):
+        """Each move starts a generation that lives until its last session ends; with 4 older
+        ones still open, a move waits until one of them finishes."""
+        port = h.free_port("127.0.0.1")
+        ips = ["127.0.0.1", "127.0.0.2"]
+        with h.EchoServer(host=ips[0], port=port) as a, h.EchoServer(host=ips[1], port=port) as b:
+            servers = {ips[0]: a, ips[1]: b}
+            self.write_hosts(f"{ips[0]} {HOST_UP}\n")
+            cfg = h.Config()
+            cfg.upstream("app", [f"{HOST_UP}:{port}"], resolve_interval="100ms")
+            web = cfg.listener("web", "app")
+            with self.grelay(cfg) as g:
+                held = []
+
+                def hold(ip):
+                    # A session that stays open on the generation using `ip`.
+                    before = len(servers[ip].conns)
+                    s = h.connect(web, "127.0.0.1", 30)
+                    s.sendall(b"held")
+                    self.assertEqual(s.recv(16), b"held")
+                    self.assertEqual(len(servers[ip].conns), before + 1, f"not on {ip}")
+                    held.append(s)
+
+                def moves():
+                    return g.log().count("DNS: a new generation")
+
+                hold(ips[0])
+                for n in range(1, 5):  # 4 moves, each leaving a generation with a session
+                    ip = ips[n % 2]
+                    self.write_hosts(f"{ip} {HOST_UP}\n")
+                    self.assertTrue(h.wait_for(lambda n=n: moves() == n, 15), g.log())
+                    hold(ip)
+                # The 5th move waits: new sessions stay where they are.
+                self.write_hosts(f"{ips[1]} {HOST_UP}\n")
+                self.assertTrue(h.wait_for(lambda: "the change waits" in g.log(), 15), g.log())
+                hold(ips[0])
+                self.assertEqual(moves(), 4)
+                # One older generation finishes: the move happens.
+                first = held.pop(0)
+                first.shutdown(h.socket.SHUT_WR)
+                self.assertEqual(h.read_outcome(first, 10), ("eof", b""))
+                first.close()
+                self.assertTrue(h.wait_for(lambda: moves() == 5, 15), g.log())
+                hold(ips[1])
+                for s in held:
+                    s.close()
+
+
 if __name__ == "__main__":
     h.main()
