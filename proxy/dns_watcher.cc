@@ -104,8 +104,11 @@ void DnsWatcher::run(std::shared_ptr<Shared> shared) {
     std::vector<size_t> now;
     {
       std::unique_lock<std::mutex> lock(shared->mutex);
-      const Clock::time_point next =
-          due.empty() ? Clock::time_point::max() : *std::min_element(due.begin(), due.end());
+      if (due.empty()) {
+        shared->wake.wait(lock, [&] { return shared->stopped; });
+        return;
+      }
+      const Clock::time_point next = *std::min_element(due.begin(), due.end());
       shared->wake.wait_until(lock, next, [&] { return shared->stopped || Clock::now() >= next; });
       if (shared->stopped) {
         return;
