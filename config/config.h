@@ -183,6 +183,9 @@ struct ListenerConfig {
   // A connection from anywhere else is reset before a byte is read, as a header could
   // claim any client address. Empty = any peer.
   std::vector<Network> proxy_protocol_from;
+  // The client addresses (behind a PROXY header, the one it carries) allowed to use the
+  // listener; any other client is reset before TLS or any upstream connect. Empty = all.
+  std::vector<Network> allow;
   std::string access_log;  // a file getting one JSON line per finished session; "" = none
   std::optional<ListenerTlsConfig> tls;
   std::vector<MirrorConfig> mirrors;

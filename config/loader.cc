@@ -316,15 +316,13 @@ private:
   }
 
   // A non-empty array of networks ("10.0.0.0/8", "192.0.2.7", "fd00::/8").
-  Reader networks(std::vector<Network>* out) {
-    return [this, out](std::string_view key, const toml::node& node) {
+  Reader networks(std::vector<Network>* out, std::string whenAbsent) {
+    return [this, out, whenAbsent](std::string_view key, const toml::node& node) {
       const toml::array* array = node.as_array();
       if (array == nullptr)
         return typeError(key, node, "an array of networks like [\"10.0.0.0/8\"]");
       if (array->empty()) {
-        error(node.source(), quoted(key) +
-                                 " must not be empty (leave it out to accept a "
-                                 "header from any peer)");
+        error(node.source(), quoted(key) + " must not be empty (leave it out " + whenAbsent + ")");
         return false;
       }
       bool ok = true;
@@ -736,7 +734,9 @@ private:
                   {"tcp_keepalive", duration(&l.tcp_keepalive, 0ms, 2h)},
                   {"max_connections", integer(&l.max_connections, 0, 10'000'000)},
                   {"accept_proxy_protocol", boolean(&l.accept_proxy_protocol)},
-                  {"proxy_protocol_from", networks(&l.proxy_protocol_from)},
+                  {"proxy_protocol_from",
+                   networks(&l.proxy_protocol_from, "to accept a header from any peer")},
+                  {"allow", networks(&l.allow, "to allow every client")},
                   {"access_log", string(&l.access_log)},
                   {"tls", subtable("tls = { cert = \"...\", key = \"...\" }",
                                    [&](const auto& t) { readListenerTls(t, l.tls.emplace()); })},

@@ -666,6 +666,22 @@ TEST(LoaderErrorTest, ProxyProtocolFromErrors) {
   EXPECT_THAT(with(R"(["0.0.0.0/0", "::/0"])"), IsEmpty());
 }
 
+TEST(LoaderTest, AllowKeepsEveryNetwork) {
+  LoadResult result =
+      loadString(validWith({R"(allow = ["10.0.0.0/8", "2001:db8::/32"])"}), "t.toml");
+  ASSERT_TRUE(result.ok()) << result.errors[0].toString();
+  const auto& allow = result.config->listeners[0].allow;
+  ASSERT_EQ(allow.size(), 2u);
+  EXPECT_EQ(allow[0].text, "10.0.0.0/8");
+  EXPECT_EQ(allow[1].family, AF_INET6);
+  EXPECT_THAT(errorsOf(validWith({"allow = []"})),
+              ElementsAre("t.toml:8:9: 'allow' must not be empty (leave it out to allow every "
+                          "client)"));
+  EXPECT_THAT(errorsOf(validWith({R"(allow = ["10.0.0.0/8", "nope"])"})),
+              ElementsAre("t.toml:8:24: bad network 'nope' for 'allow': not an IPv4 or IPv6 "
+                          "address (host names are not accepted here)"));
+}
+
 TEST(LoaderErrorTest, EmptyServerList) {
   EXPECT_THAT(errorsOf(lines({"[upstream.app]", "servers = []", "[[listener]]", R"(name = "web")",
                               R"(listen = "127.0.0.1:8080")", R"(upstream = "app")"})),

@@ -123,6 +123,9 @@ void checkAccepted(const Config& c) {
     FUZZ_CHECK(l.idle_timeout.count() >= 1 && l.idle_timeout <= kDay, "idle_timeout");
     FUZZ_CHECK(l.proxy_protocol_from.empty() || l.accept_proxy_protocol,
                "proxy_protocol_from without accept_proxy_protocol");
+    for (const Network& n : l.allow) {
+      FUZZ_CHECK(n.prefix <= (n.family == AF_INET ? 32u : 128u), "allow prefix");
+    }
     for (const Network& n : l.proxy_protocol_from) {
       FUZZ_CHECK(n.prefix <= (n.family == AF_INET ? 32u : 128u), "network prefix");
     }
