@@ -56,6 +56,7 @@ struct ListenerTotals {
   uint64_t connections = 0;
   int64_t active = 0;
   uint64_t rejected = 0;
+  uint64_t denied = 0;
   std::array<uint64_t, 2> receivedBytes{};
   uint64_t sentUpstreamBytes = 0;
   uint64_t sentClientBytes = 0;
@@ -102,6 +103,7 @@ void addTo(ListenerTotals& total, const ListenerStats& stats, const std::vector<
   total.connections += stats.connections.value();
   total.active += stats.active.value();
   total.rejected += stats.rejected.value();
+  total.denied += stats.denied.value();
   for (size_t d = 0; d < total.receivedBytes.size(); ++d) {
     total.receivedBytes[d] += stats.receivedBytes[d].value();
   }
@@ -152,6 +154,7 @@ void addTotals(ListenerTotals& into, const ListenerTotals& from) {
   into.connections += from.connections;
   into.active += from.active;
   into.rejected += from.rejected;
+  into.denied += from.denied;
   for (size_t d = 0; d < into.receivedBytes.size(); ++d) {
     into.receivedBytes[d] += from.receivedBytes[d];
   }
@@ -411,6 +414,10 @@ std::vector<MetricFamily> StatsCollector::collectFrom(
                             "Client connections closed at once because a max_connections limit "
                             "was reached.",
                             MetricType::Counter);
+  auto& denied = list.add("grelay_connections_denied_total",
+                          "Client connections reset because the client address is outside "
+                          "the listener's allow networks (listeners with allow).",
+                          MetricType::Counter);
   auto& received = list.add("grelay_received_bytes_total",
                             "Bytes received: direction=request from clients, direction=response "
                             "from upstream servers.",
@@ -561,6 +568,9 @@ std::vector<MetricFamily> StatsCollector::collectFrom(
     sample(connections, {name}, asDouble(total.connections));
     sample(active, {name}, static_cast<double>(total.active));
     sample(rejected, {name}, asDouble(total.rejected));
+    if (!listener.allow.empty()) {
+      sample(denied, {name}, asDouble(total.denied));
+    }
     for (int d = kRequest; d <= kResponse; ++d) {
       sample(received, {name, {"direction", directionName(d)}}, asDouble(total.receivedBytes[d]));
     }

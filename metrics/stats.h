@@ -108,6 +108,7 @@ struct ListenerStats {
   Counter connections;                     // accepted client connections
   Gauge active;                            // open sessions
   Counter rejected;                        // closed at once: over max_connections
+  Counter denied;                          // reset: the client is outside `allow`
   std::array<Counter, 2> receivedBytes;    // by Direction
   Counter sentUpstreamBytes;               // to the primary (target = upstream pool name)
   Counter sentClientBytes;                 // back to clients

@@ -970,6 +970,16 @@ void Session::proxyHeaderFailed(const std::string& why) {
 }
 
 void Session::afterProxyHeader() {
+  const auto& allow = cfg().allow;
+  if (!allow.empty() && std::none_of(allow.begin(), allow.end(), [this](const config::Network& n) {
+        return n.contains(clientAddress_);
+      })) {
+    stats().denied.inc();
+    host_.listenerTrouble(listener_, "client " + formatAddress(clientAddress_) +
+                                         " is outside the listener's allow networks: reset");
+    close(true, false, false, tap::CloseReason::kError);
+    return;
+  }
   if (listener_.tls == nullptr) {
     beginSession();
     return;

@@ -11,6 +11,8 @@
 - max_connections (server-wide and per listener): connections past the limit are
   closed at once without reaching the upstream, counted, and grelay serves again as
   soon as a session ends.
+- allow: a client outside the listener's networks is reset before anything connects,
+  and counted; one inside is relayed.
 """
 
 import re
@@ -182,6 +184,28 @@ class LimitTest(h.GrelayTest):
         if not h.wait_for(lambda: g.metric("grelay_connections_active", **labels) < limit, 3):
             raise AssertionError(f"{what}: a session ended but grelay still counts it open")
         return open_session(port)
+
+    def test_clients_outside_allow_are_reset_and_counted(self):
+        with h.EchoServer() as echo:
+            cfg = h.Config()
+            cfg.upstream("echo", [echo.address])
+            port = cfg.listener("web", "echo", allow=["127.0.0.2/32", "10.0.0.0/8"])
+            cfg.with_admin()
+            with h.Grelay(cfg) as g:
+                with socket.create_connection(("127.0.0.1", port), timeout=10,
+                                              source_address=("127.0.0.2", 0)) as s:
+                    s.sendall(b"allowed")
+                    s.shutdown(socket.SHUT_WR)
+                    self.assertEqual(h.read_outcome(s, 10), ("eof", b"allowed"))
+                for _ in range(3):
+                    end, data, _ = h.try_request(port, b"denied")
+                    self.assertIn(end, ("reset", "eof"))
+                    self.assertEqual(data, b"")
+                self.assertTrue(h.wait_for(
+                    lambda: g.metric("grelay_connections_denied_total", listener="web") == 3, 5))
+                self.assertEqual(len(echo.conns), 1, "a denied client reaches no upstream")
+                self.assertIn("listener web: client 127.0.0.1:", g.log())
+                self.assertIn("is outside the listener's allow networks: reset", g.log())
 
     def test_server_wide_max_connections(self):
         with h.EchoServer() as echo:

@@ -44,6 +44,7 @@ grelay_connections_active{listener="web"} 22
 grelay_connections_active{listener="api"} 1122
 grelay_connections_rejected_total{listener="web"} 33
 grelay_connections_rejected_total{listener="api"} 1133
+grelay_connections_denied_total{listener="web"} 253
 grelay_received_bytes_total{listener="web",direction="request"} 44
 grelay_received_bytes_total{listener="web",direction="response"} 55
 grelay_received_bytes_total{listener="api",direction="request"} 1144
@@ -338,7 +339,7 @@ TEST_F(AdminTest, EveryFamilyHasHelpAndTypeAndCountersEndInTotal) {
   for (const auto& s : expo.samples) {
     families.insert(testing::familyOf(s, expo));
   }
-  EXPECT_EQ(families.size(), 44u);  // 38 grelay_* and 6 process_*
+  EXPECT_EQ(families.size(), 45u);  // 39 grelay_* and 6 process_*
   for (const auto& family : families) {
     ASSERT_EQ(expo.type.count(family), 1u) << family;
     EXPECT_FALSE(expo.help.at(family).empty()) << family;

@@ -79,6 +79,7 @@ inline config::Config makeConfig(const config::Address& admin) {
   shadow.resolve_interval = config::Duration(10'000);
   web.mirrors = {analytics, shadow};
   web.access_log = "access.log";
+  web.allow = {config::Network{}};  // the denied family for "web" (0.0.0.0/0)
   web.accept_proxy_protocol = true;
   web.tap = config::TapConfig{};
   web.tap->path = "var/tap/web";
@@ -158,6 +159,7 @@ enum Base : uint64_t {
   kBaseProxyProtocolErrors = 20,
   kBaseAccessLogDropped = 21,
   kBaseServerFull = 22,
+  kBaseDenied = 23,
 };
 
 inline void fillKnownValues(WorkerStats& stats, int worker) {
@@ -168,6 +170,7 @@ inline void fillKnownValues(WorkerStats& stats, int worker) {
     s.connections.add(v(kBaseConnections));
     s.active.add(static_cast<int64_t>(v(kBaseActive)));
     s.rejected.add(v(kBaseRejected));
+    s.denied.add(v(kBaseDenied));
     s.receivedBytes[kRequest].add(v(kBaseReceivedRequest));
     s.receivedBytes[kResponse].add(v(kBaseReceivedResponse));
     s.sentUpstreamBytes.add(v(kBaseSentUpstream));

@@ -449,6 +449,38 @@ TEST_F(SessionTest, APeerInProxyProtocolFromHasItsHeaderRead) {
   EXPECT_EQ(stats_->proxyProtocolErrors.value(), 0u);
 }
 
+TEST_F(SessionTest, AClientOutsideAllowIsResetBeforeAnythingConnects) {
+  // The fake peer is 127.0.0.1:40000.
+  listenerConfig_.allow = {*config::parseNetwork("10.0.0.0/8")};
+  session_ = std::make_unique<Session>(host_, context_, kClientFd);
+  session_->start();
+  EXPECT_EQ(ring().pendingCount(OpKind::Connect, 100), 0u);
+  EXPECT_TRUE(host_.sockets_.closed.at(kClientFd));  // reset
+  EXPECT_EQ(stats_->denied.value(), 1u);
+  ASSERT_EQ(host_.troubles.size(), 1u);
+  EXPECT_EQ(host_.troubles[0],
+            "client 127.0.0.1:40000 is outside the listener's allow networks: reset");
+}
+
+TEST_F(SessionTest, AllowJudgesTheClientThatAProxyHeaderCarries) {
+  listenerConfig_.allow = {*config::parseNetwork("10.0.0.0/8")};
+  listenerConfig_.accept_proxy_protocol = true;
+  host_.sockets_.incoming[kClientFd] = "PROXY TCP4 10.1.2.3 10.9.9.9 5555 80\r\nGET /";
+  startConnected();
+  EXPECT_EQ(stats_->denied.value(), 0u);
+  EXPECT_FALSE(host_.sockets_.closed.count(kClientFd));
+}
+
+TEST_F(SessionTest, AProxyHeaderNamingAClientOutsideAllowIsReset) {
+  listenerConfig_.allow = {*config::parseNetwork("10.0.0.0/8")};
+  listenerConfig_.accept_proxy_protocol = true;
+  host_.sockets_.incoming[kClientFd] = "PROXY TCP4 192.0.2.1 10.9.9.9 5555 80\r\nGET /";
+  session_ = std::make_unique<Session>(host_, context_, kClientFd);
+  session_->start();
+  EXPECT_EQ(ring().pendingCount(OpKind::Connect, 100), 0u);
+  EXPECT_EQ(stats_->denied.value(), 1u);
+}
+
 TEST_F(SessionTest, AProxyHeaderThatNeverComesTimesOutAfterConnectTimeout) {
   listenerConfig_.accept_proxy_protocol = true;
   session_ = std::make_unique<Session>(host_, context_, kClientFd);
