@@ -141,7 +141,7 @@ void DnsWatcher::lookup(Shared& shared, size_t t) {
     target.failures->inc();
     if (!shared.failing[t]) {
       shared.failing[t] = true;
-      GRELAY_LOG_WARN("DNS: cannot resolve %s (%s): %s; keeping %s", target.current.text.c_str(),
+      GRELAY_LOG_WARN("DNS: %s (%s): %s; keeping %s", target.current.text.c_str(),
                       target.what.c_str(), error.c_str(),
                       formatAddress(target.current.storage).c_str());
     }

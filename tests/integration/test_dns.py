@@ -147,8 +147,9 @@ class DnsTest(h.GrelayTest):
                 # No answer at all: the address in use stays, the failure is logged once.
                 self.write_hosts("127.0.0.9 unrelated.grelay.test\n")
                 self.assertTrue(h.wait_for(lambda: lookups("failed") >= 3, 15), g.log())
-                self.assertEqual(g.log().count(f"DNS: cannot resolve {HOST_UP}:{port}"), 1,
-                                 g.log())
+                self.assertEqual(g.log().count(
+                    f"DNS: {HOST_UP}:{port} (upstream app, server 0): cannot resolve host "
+                    f"'{HOST_UP}'"), 1, g.log())
                 self.assertIn(f"keeping 127.0.0.2:{port}", g.log())
                 for i in range(3):
                     r = h.stream_session(web, h.Stream(i, 32 * h.KiB))
