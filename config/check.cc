@@ -17,6 +17,11 @@ int runCheck(const std::string& path, std::ostream& out, std::ostream& err) {
     err << error.toString() << '\n';
   if (!result.config)
     return 1;
+  for (const ConfigError& warning : result.warnings) {
+    ConfigError w = warning;
+    w.message = "warning: " + w.message;
+    err << w.toString() << '\n';
+  }
   const Config& config = *result.config;
   size_t mirrors = 0;
   size_t taps = 0;

@@ -195,6 +195,7 @@ public:
     LoadResult result;
     if (errors_.empty()) {
       config_.path = file_;
+      result.warnings = lintConfig(config_);
       result.config = std::move(config_);
     }
     result.errors = std::move(errors_);
@@ -846,6 +847,48 @@ private:
 };
 
 }  // namespace
+
+std::vector<ConfigError> lintConfig(const Config& config) {
+  std::vector<ConfigError> warnings;
+  auto loopback = [](const Address& a) {
+    if (a.family() == AF_INET) {
+      return (ntohl(reinterpret_cast<const sockaddr_in&>(a.storage).sin_addr.s_addr) >> 24) == 127;
+    }
+    const in6_addr& a6 = reinterpret_cast<const sockaddr_in6&>(a.storage).sin6_addr;
+    return a.family() == AF_INET6 && IN6_IS_ADDR_LOOPBACK(&a6);
+  };
+  for (const UpstreamConfig& u : config.upstreams) {
+    const std::string pool = "upstream " + u.name + ": ";
+    if (u.check_interval.count() > 0 && u.check_interval >= u.fail_timeout) {
+      warnings.push_back({u.location, pool + "check_interval (" + formatDuration(u.check_interval) +
+                                          ") is not below fail_timeout (" +
+                                          formatDuration(u.fail_timeout) +
+                                          "): a dead server rejoins the rotation between checks"});
+    }
+    if (u.resolve_interval.count() > 0 &&
+        std::none_of(u.servers.begin(), u.servers.end(),
+                     [](const UpstreamServer& s) { return s.address.host_name; })) {
+      warnings.push_back({u.location, pool + "resolve_interval has no effect: every server is "
+                                             "an IP address"});
+    }
+  }
+  for (const ListenerConfig& l : config.listeners) {
+    if (l.accept_proxy_protocol && l.proxy_protocol_from.empty() && !loopback(l.listen)) {
+      warnings.push_back({l.location, "listener " + l.name +
+                                          ": takes PROXY protocol headers from any peer, and a "
+                                          "header can claim any client address: set "
+                                          "proxy_protocol_from to the load balancers' networks"});
+    }
+    for (const MirrorConfig& m : l.mirrors) {
+      if (m.resolve_interval.count() > 0 && !m.address.host_name) {
+        warnings.push_back({m.location, "listener " + l.name + ", mirror " + m.name +
+                                            ": resolve_interval has no effect: the address is "
+                                            "an IP address"});
+      }
+    }
+  }
+  return warnings;
+}
 
 std::string ConfigError::toString() const {
   return where.file + ":" + std::to_string(where.line) + ":" + std::to_string(where.column) + ": " +

@@ -50,6 +50,8 @@ struct ConfigError {
 struct LoadResult {
   std::optional<Config> config;     // set only when errors is empty
   std::vector<ConfigError> errors;  // every problem found, sorted by line then column
+  // With a config: settings that are valid but probably not what was meant (lintConfig).
+  std::vector<ConfigError> warnings;
 
   bool ok() const { return config.has_value(); }
 };
@@ -61,6 +63,12 @@ LoadResult loadFile(const std::string& path);
 // Validates `text` as if it had been read from `file_name` (used in every Location).
 // Never throws, whatever `text` holds.
 LoadResult loadString(std::string_view text, const std::string& file_name);
+
+// Valid settings that are probably mistakes, each at its table: a listener reachable
+// from other hosts that takes PROXY headers from any peer; health checks no more frequent
+// than fail_timeout (a dead server rejoins between checks); resolve_interval where no
+// address has a host name.
+std::vector<ConfigError> lintConfig(const Config& config);
 
 // Value parsers (syntax above). On failure they return nullopt and, if `error` is
 // given, store a short reason without the input text (e.g. "missing unit (e.g. 5s,

@@ -106,5 +106,8 @@ int main(int argc, char** argv) {
     }
     return proxy::kExitConfig;
   }
+  for (const auto& w : loaded.warnings) {
+    GRELAY_LOG_WARN("%s", w.toString().c_str());
+  }
   return proxy::runServer(std::move(*loaded.config), relay::probeFeatures());
 }

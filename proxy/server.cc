@@ -642,6 +642,9 @@ int runServer(config::Config initial, const relay::Features& features) {
       }
       return;
     }
+    for (const auto& w : loaded.warnings) {
+      GRELAY_LOG_WARN("SIGHUP: %s", w.toString().c_str());
+    }
     const config::Config& next = *loaded.config;
     const auto& before = current->config->admin.listen;
     if (next.admin.listen.has_value() != before.has_value() ||

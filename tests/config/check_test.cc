@@ -26,6 +26,35 @@ TEST(CheckTest, SummaryUsesSingularForOne) {
   EXPECT_EQ(out.str(), path + ": ok (1 listener, 1 upstream, 1 mirror, 1 tap)\n");
 }
 
+TEST(CheckTest, WarningsGoToErrAndTheFileIsStillOk) {
+  TempDir dir;
+  std::string path = dir.write("warn.toml", R"([upstream.app]
+servers = ["127.0.0.1:8000"]
+check_interval = "10s"
+resolve_interval = "5s"
+
+[[listener]]
+name = "web"
+listen = "0.0.0.0:8080"
+upstream = "app"
+accept_proxy_protocol = true
+)");
+  std::ostringstream out, err;
+  EXPECT_EQ(runCheck(path, out, err), 0);
+  EXPECT_EQ(out.str(), path + ": ok (1 listener, 1 upstream, 0 mirrors, 0 taps)\n");
+  EXPECT_EQ(err.str(),
+            path +
+                ":1:1: warning: upstream app: check_interval (10s) is not below fail_timeout "
+                "(10s): a dead server rejoins the rotation between checks\n" +
+                path +
+                ":1:1: warning: upstream app: resolve_interval has no effect: every server is "
+                "an IP address\n" +
+                path +
+                ":6:1: warning: listener web: takes PROXY protocol headers from any peer, and a "
+                "header can claim any client address: set proxy_protocol_from to the load "
+                "balancers' networks\n");
+}
+
 TEST(CheckTest, EveryErrorGoesToErrOneLineEachAndReturnsOne) {
   TempDir dir;
   std::string path = dir.write("bad.toml", "[server]\nworkers = \"two\"\nfoo = 1\n");

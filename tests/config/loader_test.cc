@@ -666,6 +666,51 @@ TEST(LoaderErrorTest, ProxyProtocolFromErrors) {
   EXPECT_THAT(with(R"(["0.0.0.0/0", "::/0"])"), IsEmpty());
 }
 
+TEST(LoaderTest, LintWarnsOnlyAboutWhatIsProbablyAMistake) {
+  auto warnings = [](std::initializer_list<std::string_view> pool,
+                     std::initializer_list<std::string_view> listener) {
+    LoadResult r = loadString(
+        lines({"[upstream.app]"}) + lines(pool) +
+            lines({"[[listener]]", R"(name = "web")", R"(upstream = "app")"}) + lines(listener),
+        "t.toml");
+    EXPECT_TRUE(r.ok()) << (r.errors.empty() ? "" : r.errors[0].toString());
+    std::vector<std::string> out;
+    for (const auto& w : r.warnings) {
+      out.push_back(w.toString());
+    }
+    return out;
+  };
+  const std::string_view local = R"(servers = ["127.0.0.1:8000"])";
+  EXPECT_THAT(warnings({local}, {R"(listen = "0.0.0.0:8080")"}), IsEmpty());
+  // PROXY headers: from anyone on a reachable listener; fine on loopback or when restricted.
+  EXPECT_THAT(warnings({local}, {R"(listen = "0.0.0.0:8080")", "accept_proxy_protocol = true"}),
+              SizeIs(1));
+  EXPECT_THAT(warnings({local}, {R"(listen = "[::]:8080")", "accept_proxy_protocol = true"}),
+              SizeIs(1));
+  EXPECT_THAT(warnings({local}, {R"(listen = "127.0.0.1:8080")", "accept_proxy_protocol = true"}),
+              IsEmpty());
+  EXPECT_THAT(warnings({local}, {R"(listen = "[::1]:8080")", "accept_proxy_protocol = true"}),
+              IsEmpty());
+  EXPECT_THAT(warnings({local}, {R"(listen = "0.0.0.0:8080")", "accept_proxy_protocol = true",
+                                 R"(proxy_protocol_from = ["10.0.0.0/8"])"}),
+              IsEmpty());
+  // Health checks slower than fail_timeout.
+  EXPECT_THAT(warnings({local, R"(check_interval = "2s")"}, {R"(listen = "0.0.0.0:8080")"}),
+              IsEmpty());
+  EXPECT_THAT(warnings({local, R"(check_interval = "20s")"}, {R"(listen = "0.0.0.0:8080")"}),
+              ElementsAre("t.toml:1:1: upstream app: check_interval (20s) is not below "
+                          "fail_timeout (10s): a dead server rejoins the rotation between checks"));
+  // resolve_interval with nothing to resolve.
+  EXPECT_THAT(warnings({R"(servers = ["localhost:8000"])", R"(resolve_interval = "5s")"},
+                       {R"(listen = "0.0.0.0:8080")"}),
+              IsEmpty());
+  EXPECT_THAT(
+      warnings({local}, {R"(listen = "0.0.0.0:8080")", "[[listener.mirror]]", R"(name = "m")",
+                         R"(address = "127.0.0.1:9001")", R"(resolve_interval = "5s")"}),
+      ElementsAre("t.toml:7:1: listener web, mirror m: resolve_interval has no effect: "
+                  "the address is an IP address"));
+}
+
 TEST(LoaderTest, AllowKeepsEveryNetwork) {
   LoadResult result =
       loadString(validWith({R"(allow = ["10.0.0.0/8", "2001:db8::/32"])"}), "t.toml");

@@ -89,6 +89,27 @@ class CheckTest(h.GrelayTest):
                 r = h.run_grelay(["-c", p, "--check"])
                 self.assertEqual(r.returncode, 0, f"{example}: {r.stdout}{r.stderr}")
 
+    def test_warnings_are_printed_by_check_and_logged_by_a_running_grelay(self):
+        with h.EchoServer() as echo:
+            port = h.free_port("0.0.0.0")
+            text = (f'[upstream.app]\nservers = ["{echo.address}"]\n'
+                    f'check_interval = "30s"\n\n'
+                    f'[[listener]]\nname = "web"\nlisten = "0.0.0.0:{port}"\n'
+                    f'upstream = "app"\naccept_proxy_protocol = true\n')
+            path = write(text)
+            r = h.run_grelay(["-c", path, "--check"])
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            self.assertIn(f"{path}:1:1: warning: upstream app: check_interval (30s) is not "
+                          "below fail_timeout (10s)", r.stderr)
+            self.assertIn(f"{path}:5:1: warning: listener web: takes PROXY protocol headers "
+                          "from any peer", r.stderr)
+            self.assertIn("ok (1 listener", r.stdout)
+            if h.uring_status()[0]:
+                with h.Grelay(text) as g:
+                    self.assertIn("WARN", g.log())
+                    self.assertIn("listener web: takes PROXY protocol headers from any peer",
+                                  g.log())
+
     def test_running_with_a_bad_file_exits_1(self):
         path = write(BAD)
         r = h.run_grelay(["-c", path], timeout=30)
