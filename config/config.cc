@@ -61,6 +61,16 @@ const char* toString(Balance balance) {
   return "?";
 }
 
+const char* toString(HashType type) {
+  switch (type) {
+    case HashType::Map:
+      return "map";
+    case HashType::Consistent:
+      return "consistent";
+  }
+  return "?";
+}
+
 const char* toString(ProxyProtocol version) {
   switch (version) {
     case ProxyProtocol::Off:

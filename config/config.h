@@ -52,11 +52,13 @@ struct Network {
 
 enum class RelayPath { Auto, Group, Mainline, Copy };
 enum class Balance { RoundRobin, LeastConn, Source };
+enum class HashType { Map, Consistent };
 enum class MirrorDirection { Request, Both };
 enum class ProxyProtocol { Off, V1, V2 };
 
 const char* toString(RelayPath path);
 const char* toString(Balance balance);
+const char* toString(HashType type);
 const char* toString(MirrorDirection direction);
 const char* toString(ProxyProtocol version);
 
@@ -107,6 +109,11 @@ struct UpstreamConfig {
   std::string name;
   std::vector<UpstreamServer> servers;  // at least one, at least one not a backup
   Balance balance = Balance::RoundRobin;
+  // balance = "source": Map picks a place in the weighted rotation by the client hash
+  // (adding, removing or reweighting a server moves most clients); Consistent places
+  // every server on a hash ring (160 points per unit of weight, by its name, else its
+  // address text), so such a change moves only the clients of that server's arcs.
+  HashType hash_type = HashType::Map;
   // Passive health: after max_fails consecutive failed connects (or upstream TLS
   // handshakes) a server is tried only after the pool's other servers, for fail_timeout.
   // 0 = never.

@@ -602,6 +602,7 @@ private:
               {"servers", servers(&u, "in " + header), true},
               {"balance",
                oneOf(&u.balance, {Balance::RoundRobin, Balance::LeastConn, Balance::Source})},
+              {"hash_type", oneOf(&u.hash_type, {HashType::Map, HashType::Consistent})},
               {"max_fails", integer(&u.max_fails, 0, 1000)},
               {"fail_timeout", duration(&u.fail_timeout, 1ms, kMaxTimeout)},
               {"check_interval", duration(&u.check_interval, 0ms, kMaxTimeout)},
@@ -864,6 +865,10 @@ std::vector<ConfigError> lintConfig(const Config& config) {
                                           ") is not below fail_timeout (" +
                                           formatDuration(u.fail_timeout) +
                                           "): a dead server rejoins the rotation between checks"});
+    }
+    if (u.hash_type == HashType::Consistent && u.balance != Balance::Source) {
+      warnings.push_back({u.location, pool + "hash_type has no effect unless balance = "
+                                             "\"source\""});
     }
     if (u.resolve_interval.count() > 0 &&
         std::none_of(u.servers.begin(), u.servers.end(),

@@ -623,6 +623,8 @@ TEST(LoaderErrorTest, PassiveHealthValuesOutOfRange) {
   EXPECT_THAT(errorsOf(validWith({"[[listener.mirror]]", R"(name = "m")",
                                   R"(address = "127.0.0.1:9001")", R"(resolve_interval = "25h")"})),
               SizeIs(1));
+  EXPECT_THAT(pool("hash_type = \"ketama\""),
+              ElementsAre("t.toml:3:13: 'hash_type' must be one of map, consistent, got 'ketama'"));
   EXPECT_THAT(pool("proxy_protocol = \"v3\""),
               ElementsAre("t.toml:3:18: 'proxy_protocol' must be one of off, v1, v2, got 'v3'"));
 }
@@ -700,6 +702,13 @@ TEST(LoaderTest, LintWarnsOnlyAboutWhatIsProbablyAMistake) {
   EXPECT_THAT(warnings({local, R"(check_interval = "20s")"}, {R"(listen = "0.0.0.0:8080")"}),
               ElementsAre("t.toml:1:1: upstream app: check_interval (20s) is not below "
                           "fail_timeout (10s): a dead server rejoins the rotation between checks"));
+  // hash_type without balance = "source".
+  EXPECT_THAT(warnings({local, R"(hash_type = "consistent")"}, {R"(listen = "0.0.0.0:8080")"}),
+              ElementsAre("t.toml:1:1: upstream app: hash_type has no effect unless balance = "
+                          "\"source\""));
+  EXPECT_THAT(warnings({local, R"(balance = "source")", R"(hash_type = "consistent")"},
+                       {R"(listen = "0.0.0.0:8080")"}),
+              IsEmpty());
   // resolve_interval with nothing to resolve.
   EXPECT_THAT(warnings({R"(servers = ["localhost:8000"])", R"(resolve_interval = "5s")"},
                        {R"(listen = "0.0.0.0:8080")"}),
