@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cstring>
 #include <queue>
+#include <string>
 #include <utility>
 
 #include "proxy/log.h"
@@ -20,6 +21,25 @@ uint32_t gcd(uint32_t a, uint32_t b) {
     std::swap(a, b);
   }
   return a;
+}
+
+// splitmix64's finalizer: FNV-1a of similar inputs differs in few bits; ring points and
+// client positions must spread over the whole 64-bit circle.
+uint64_t spread(uint64_t x) {
+  x ^= x >> 30;
+  x *= 0xbf58476d1ce4e5b9ull;
+  x ^= x >> 27;
+  x *= 0x94d049bb133111ebull;
+  return x ^ (x >> 31);
+}
+
+uint64_t fnv(const std::string& text) {
+  uint64_t h = 1469598103934665603ull;
+  for (unsigned char c : text) {
+    h ^= c;
+    h *= 1099511628211ull;
+  }
+  return h;
 }
 
 }  // namespace
@@ -90,6 +110,22 @@ UpstreamPool::UpstreamPool(const config::UpstreamConfig& config)
   for (uint32_t j = 0; j < primaries_.size(); ++j) {
     next.push(j);
   }
+  if (config.balance == config::Balance::Source &&
+      config.hash_type == config::HashType::Consistent) {
+    // A server's points depend on its identity only (its name, else its address as
+    // written), never on its index: adding or removing others leaves them in place.
+    const uint64_t perWeight = std::max<uint64_t>(
+        1, std::min<uint64_t>(kRingPoints, kMaxRing / std::max<uint64_t>(total, 1)));
+    ring_.reserve(static_cast<size_t>(total * perWeight));
+    for (uint32_t j = 0; j < primaries_.size(); ++j) {
+      const config::UpstreamServer& server = config.servers[primaries_[j]];
+      const std::string id = server.name.empty() ? server.address.text : server.name;
+      for (uint64_t k = 0; k < weight[j] * perWeight; ++k) {
+        ring_.emplace_back(spread(fnv(id + "#" + std::to_string(k))), j);
+      }
+    }
+    std::sort(ring_.begin(), ring_.end());
+  }
   rotation_.reserve(static_cast<size_t>(total));
   for (uint64_t step = 0; step < total; ++step) {
     const uint32_t j = next.top();
@@ -111,13 +147,40 @@ void UpstreamPool::rotate(std::vector<uint32_t>& order, const std::vector<uint32
   }
 }
 
+// The owner of the client's point on the ring, the next distinct servers clockwise (up
+// to kRingFallbacks), then the other primaries in index order.
+void UpstreamPool::ringOrder(std::vector<uint32_t>& order, uint64_t client) const {
+  const uint64_t point = spread(client);
+  auto it = std::lower_bound(ring_.begin(), ring_.end(), std::make_pair(point, uint32_t{0}));
+  const size_t start = it == ring_.end() ? 0 : static_cast<size_t>(it - ring_.begin());
+  const size_t want = std::min(primaries_.size(), kRingFallbacks);
+  uint32_t taken[kRingFallbacks];
+  size_t count = 0;
+  for (size_t step = 0; step < ring_.size() && count < want; ++step) {
+    const uint32_t j = ring_[(start + step) % ring_.size()].second;
+    if (std::find(taken, taken + count, j) == taken + count) {
+      taken[count++] = j;
+      order.push_back(primaries_[j]);
+    }
+  }
+  for (uint32_t j = 0; j < primaries_.size() && count < primaries_.size(); ++j) {
+    if (std::find(taken, taken + count, j) == taken + count) {
+      order.push_back(primaries_[j]);
+    }
+  }
+}
+
 void UpstreamPool::pickOrder(std::vector<uint32_t>& order, uint64_t now, uint64_t client) {
   const size_t n = size();
   order.clear();
   const uint64_t start = config_.balance == config::Balance::Source
                              ? client
                              : next_.fetch_add(1, std::memory_order_relaxed);
-  rotate(order, primaries_, rotation_.empty() ? 0 : rotation_[start % rotation_.size()]);
+  if (!ring_.empty()) {
+    ringOrder(order, client);
+  } else {
+    rotate(order, primaries_, rotation_.empty() ? 0 : rotation_[start % rotation_.size()]);
+  }
   if (!backups_.empty()) {
     rotate(order, backups_, start % backups_.size());
   }

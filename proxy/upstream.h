@@ -60,7 +60,10 @@ public:
   // weight w starts w of every sum-of-weights sessions, spread out, across all workers),
   // then the others in index order from there; source starts at the place in that
   // rotation that `client` (clientHash() of the client's address) picks, so a client
-  // keeps its server while the pool's servers stay up; least_conn sorts by open
+  // keeps its server while the pool's servers stay up (with hash_type = "consistent" the
+  // client's point on the hash ring picks the server, and the next distinct servers on
+  // the ring, up to kRingFallbacks of them, follow it, then the rest in index order);
+  // least_conn sorts by open
   // connections per unit of weight, ties in the rotated order. Backup servers come after
   // the others, in the same policy order among themselves; servers marked down (see
   // connectFailed) come after all servers that are not, so a session still tries them
@@ -96,7 +99,15 @@ public:
   // keep counting. Before any session uses this pool.
   void inheritHealth(const UpstreamPool& previous);
 
+  // Points per unit of weight (weights divided by their gcd) on the consistent-hash ring,
+  // fewer when the ring would exceed kMaxRing points; how many servers after the owner a
+  // session takes from the ring (the rest follow in index order).
+  static constexpr uint32_t kRingPoints = 160;
+  static constexpr size_t kMaxRing = size_t{1} << 20;
+  static constexpr size_t kRingFallbacks = 8;
+
 private:
+  void ringOrder(std::vector<uint32_t>& order, uint64_t client) const;
   static void rotate(std::vector<uint32_t>& order, const std::vector<uint32_t>& members,
                      size_t first);
 
@@ -106,6 +117,8 @@ private:
   std::vector<uint32_t> rotation_;   // indexes into primaries_
   std::vector<uint32_t> primaries_;  // non-backup servers, in index order
   std::vector<uint32_t> backups_;    // backup servers, in index order
+  // hash_type = "consistent": (point, index into primaries_), sorted by point.
+  std::vector<std::pair<uint64_t, uint32_t>> ring_;
   std::atomic<uint64_t> next_{0};
   std::unique_ptr<std::atomic<int64_t>[]> active_;
   std::unique_ptr<PeerHealth[]> health_;

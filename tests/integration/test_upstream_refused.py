@@ -151,6 +151,47 @@ class UpstreamRefusedTest(h.GrelayTest):
             # 20 addresses hashed over 2 servers: both get some.
             self.assertEqual(set(where.values()), {"a", "b"}, where)
 
+    def test_consistent_source_hashing_keeps_clients_when_a_server_leaves(self):
+        def session_from(host, port):
+            with socket.create_connection(("127.0.0.1", port), timeout=10,
+                                          source_address=(host, 0)) as s:
+                s.sendall(host.encode())
+                s.shutdown(socket.SHUT_WR)
+                self.assertEqual(h.read_outcome(s, 10), ("eof", host.encode()))
+
+        with h.EchoServer() as a, h.EchoServer() as b, h.EchoServer() as c:
+            servers = {"a": a, "b": b, "c": c}
+
+            def where(host, port):
+                before = {n: len(e.conns) for n, e in servers.items()}
+                session_from(host, port)
+                got = [n for n, e in servers.items() if len(e.conns) > before[n]]
+                self.assertEqual(len(got), 1)
+                return got[0]
+
+            cfg = h.Config()
+            pool = [{"address": e.address, "name": n} for n, e in servers.items()]
+            cfg.upstream("app", pool, balance="source", hash_type="consistent")
+            port = cfg.listener("web", "app")
+            with h.Grelay(cfg) as g:
+                hosts = [f"127.0.0.{n}" for n in range(1, 41)]
+                first = {host: where(host, port) for host in hosts}
+                self.assertEqual({host: where(host, port) for host in hosts}, first)
+                self.assertEqual(set(first.values()), {"a", "b", "c"}, first)
+                # b leaves the pool (a reload): only b's clients move.
+                cfg.upstream("app", [p for p in pool if p["name"] != "b"], balance="source",
+                             hash_type="consistent")
+                with open(g.config_path, "w") as f:
+                    f.write(cfg.render())
+                g.send_signal(signal.SIGHUP)
+                self.assertTrue(h.wait_for(lambda: "SIGHUP: reloaded" in g.log(), 10), g.log())
+                for host in hosts:
+                    now = where(host, port)
+                    if first[host] != "b":
+                        self.assertEqual(now, first[host], f"{host} moved")
+                    else:
+                        self.assertIn(now, ("a", "c"))
+
     def test_max_conns_caps_each_server(self):
         with h.EchoServer() as a, h.EchoServer() as b:
             cfg = h.Config()

@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <map>
 #include <thread>
 #include <vector>
 
@@ -156,6 +157,112 @@ TEST_F(UpstreamPoolTest, SourceKeepsAClientOnItsServerAndSpreadsClients) {
   EXPECT_EQ(after.back(), before[0]);
   EXPECT_NE(clientHash(client(7, 1), true), clientHash(client(7, 2), true));
   EXPECT_EQ(clientHash(sockaddr_storage{}, true), 0u);
+}
+
+// balance = "source", hash_type = "consistent": servers identified by address text.
+class RingTest : public ::testing::Test {
+protected:
+  static config::UpstreamConfig ring(const std::vector<std::string>& ids,
+                                     std::vector<uint32_t> weights = {}) {
+    config::UpstreamConfig c;
+    c.name = "app";
+    c.balance = config::Balance::Source;
+    c.hash_type = config::HashType::Consistent;
+    for (size_t i = 0; i < ids.size(); ++i) {
+      config::UpstreamServer server;
+      server.address.text = ids[i];
+      server.weight = i < weights.size() ? weights[i] : 1;
+      c.servers.push_back(server);
+    }
+    return c;
+  }
+  // The id of the server `client` starts at.
+  static std::string owner(UpstreamPool& pool, uint64_t client) {
+    std::vector<uint32_t> order;
+    pool.pickOrder(order, kStart, client);
+    EXPECT_EQ(order.size(), pool.size());
+    return pool.config().servers[order[0]].address.text;
+  }
+  static uint64_t client(uint32_t i) {
+    sockaddr_storage s{};
+    auto* in = reinterpret_cast<sockaddr_in*>(&s);
+    in->sin_family = AF_INET;
+    in->sin_addr.s_addr = htonl(0x0a000000u + i);
+    return clientHash(s, false);
+  }
+};
+
+TEST_F(RingTest, ClientsSpreadByWeightAndKeepTheirServer) {
+  config::UpstreamConfig c = ring({"a:80", "b:80", "c:80"}, {2, 1, 1});
+  UpstreamPool pool(c);
+  std::map<std::string, int> count;
+  for (uint32_t i = 0; i < 4000; ++i) {
+    const std::string first = owner(pool, client(i));
+    EXPECT_EQ(owner(pool, client(i)), first);
+    ++count[first];
+  }
+  // 2:1:1 of 4000 is 2000:1000:1000; 160 points per unit of weight keep it within ~20%.
+  EXPECT_GT(count["a:80"], 1600);
+  EXPECT_GT(count["b:80"], 750);
+  EXPECT_GT(count["c:80"], 750);
+}
+
+TEST_F(RingTest, RemovingOrAddingAServerMovesOnlyItsClients) {
+  config::UpstreamConfig four = ring({"a:80", "b:80", "c:80", "d:80"});
+  config::UpstreamConfig three = ring({"a:80", "b:80", "d:80"});  // c removed, d re-indexed
+  config::UpstreamConfig five = ring({"a:80", "b:80", "c:80", "d:80", "e:80"});
+  UpstreamPool p4(four), p3(three), p5(five);
+  int moved = 0, toNew = 0;
+  for (uint32_t i = 0; i < 4000; ++i) {
+    const std::string before = owner(p4, client(i));
+    if (before != "c:80") {
+      EXPECT_EQ(owner(p3, client(i)), before) << "client " << i;
+    }
+    const std::string after = owner(p5, client(i));
+    if (after != before) {
+      ++moved;
+      toNew += after == "e:80";
+    }
+  }
+  // Adding a fifth server takes about a fifth of the clients, all of them to itself.
+  EXPECT_EQ(moved, toNew);
+  EXPECT_GT(moved, 500);
+  EXPECT_LT(moved, 1200);
+}
+
+TEST_F(RingTest, AServerDownSpreadsItsClientsOverTheOthers) {
+  config::UpstreamConfig c = ring({"a:80", "b:80", "c:80", "d:80"});
+  UpstreamPool pool(c);
+  pool.connectFailed(0, kStart);  // "a:80" marked down
+  std::map<std::string, int> heirs;
+  for (uint32_t i = 0; i < 2000; ++i) {
+    std::vector<uint32_t> order;
+    pool.pickOrder(order, kStart, client(i));
+    EXPECT_EQ(order.back(), 0u);  // the server marked down last
+    std::vector<uint32_t> sorted = order;
+    std::sort(sorted.begin(), sorted.end());
+    EXPECT_EQ(sorted, (std::vector<uint32_t>{0, 1, 2, 3}));  // each server once
+    if (owner(pool, client(i)) != "a:80") {
+      ++heirs[c.servers[order[0]].address.text];
+    }
+  }
+  // a's clients go to the next server on the ring, which differs from arc to arc.
+  EXPECT_EQ(heirs.size(), 3u);
+}
+
+TEST_F(RingTest, NamedServersKeepTheirPlaceWhenTheirAddressChanges) {
+  config::UpstreamConfig before = ring({"10.0.0.1:80", "10.0.0.2:80"});
+  before.servers[0].name = "one";
+  before.servers[1].name = "two";
+  config::UpstreamConfig after = before;
+  after.servers[0].address.text = "10.0.0.9:80";
+  UpstreamPool p1(before), p2(after);
+  for (uint32_t i = 0; i < 500; ++i) {
+    std::vector<uint32_t> o1, o2;
+    p1.pickOrder(o1, kStart, client(i));
+    p2.pickOrder(o2, kStart, client(i));
+    EXPECT_EQ(o1, o2);
+  }
 }
 
 TEST_F(UpstreamPoolTest, AServerMarkedDownIsTriedLastUntilFailTimeout) {
