@@ -35,6 +35,9 @@ public:
            std::string relayPath, std::vector<const UpstreamStats*> upstreams = {});
   // Folds the generation's counters into the retired totals and forgets its pointers.
   void retire(const config::Config* config);
+  // Reloads and generations: process-wide, written by the server's main thread.
+  ReloadStats& reloads() { return reloads_; }
+  const ReloadStats& reloads() const { return reloads_; }
 
   struct Generation {
     std::shared_ptr<const config::Config> config;
@@ -54,6 +57,7 @@ private:
   std::vector<Generation> generations_;
   std::unique_ptr<RetiredTotals> retired_;
   std::string relayPath_;
+  ReloadStats reloads_;
 };
 
 // What the exposer reads: either a registry (the server), or one fixed config and its
@@ -65,6 +69,7 @@ struct AdminInputs {
   std::vector<const WorkerStats*> workers;
   std::vector<const UpstreamStats*> upstreams;  // [upstream]: health checks; may be empty
   std::string relayPath;                        // the path in use: "group", "mainline" or "copy"
+  const ReloadStats* reloads = nullptr;         // reloads and generations; may be null
   std::string version;
   const StatsRegistry* registry = nullptr;  // when set, read instead of config/workers
 };

@@ -338,17 +338,17 @@ std::vector<MetricFamily> StatsCollector::collectGrelay() const {
       if (gens.empty()) {
         return std::vector<MetricFamily>{};
       }
-      return collectFrom(gens, &retired, path);
+      return collectFrom(gens, &retired, path, &inputs_.registry->reloads());
     });
   }
   std::shared_ptr<const config::Config> unowned(inputs_.config, [](const config::Config*) {});
   return collectFrom({StatsRegistry::Generation{unowned, inputs_.workers, inputs_.upstreams}},
-                     nullptr, inputs_.relayPath);
+                     nullptr, inputs_.relayPath, inputs_.reloads);
 }
 
 std::vector<MetricFamily> StatsCollector::collectFrom(
     const std::vector<StatsRegistry::Generation>& gens, const RetiredTotals* retired,
-    const std::string& relayPath) const {
+    const std::string& relayPath, const ReloadStats* reloads) const {
   const config::Config& config = *gens.back().config;
   const size_t workerCount = gens.back().workers.size();
 
@@ -398,6 +398,19 @@ std::vector<MetricFamily> StatsCollector::collectFrom(
                             "or copy).",
                             MetricType::Gauge);
   auto& workers = list.add("grelay_workers", "Worker threads relaying traffic.", MetricType::Gauge);
+  auto& reloadCount = list.add("grelay_config_reloads_total",
+                               "Attempts to change the running configuration, by cause (sighup: "
+                               "the file; dns: a server's host name moved) and result (ok: a "
+                               "new generation took over; failed: the running one stayed).",
+                               MetricType::Counter);
+  auto& reloadOk = list.add("grelay_config_last_reload_successful",
+                            "0 while the latest attempt to change the configuration failed "
+                            "(the running configuration stays), else 1.",
+                            MetricType::Gauge);
+  auto& generations = list.add("grelay_config_generations",
+                               "Configuration generations running: the current one and older "
+                               "ones still finishing their sessions.",
+                               MetricType::Gauge);
   auto& maxConnections = list.add("grelay_max_connections",
                                   "Server-wide limit on open client connections "
                                   "([server] max_connections).",
@@ -555,6 +568,15 @@ std::vector<MetricFamily> StatsCollector::collectFrom(
     sample(pathInfo, {{"path", relayPath}}, 1);
   }
   sample(workers, {}, asDouble(workerCount));
+  if (reloads != nullptr) {
+    for (int c = kReloadSighup; c <= kReloadDns; ++c) {
+      const ClientMetric::Label cause{"cause", reloadCauseName(c)};
+      sample(reloadCount, {cause, {"result", "ok"}}, asDouble(reloads->ok[c].value()));
+      sample(reloadCount, {cause, {"result", "failed"}}, asDouble(reloads->failed[c].value()));
+    }
+    sample(reloadOk, {}, static_cast<double>(reloads->lastOk.value()));
+    sample(generations, {}, static_cast<double>(reloads->generations.value()));
+  }
   sample(maxConnections, {}, config.server.max_connections);
 
   for (size_t l = 0; l < totals.size(); ++l) {

@@ -29,7 +29,7 @@ private:
   std::vector<prometheus::MetricFamily> collectGrelay() const;
   std::vector<prometheus::MetricFamily> collectFrom(
       const std::vector<StatsRegistry::Generation>& generations, const RetiredTotals* retired,
-      const std::string& relayPath) const;
+      const std::string& relayPath, const ReloadStats* reloads) const;
 
   AdminInputs inputs_;
   std::optional<double> startTimeSeconds_;  // process_start_time_seconds, read once

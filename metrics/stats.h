@@ -162,4 +162,21 @@ struct UpstreamStats {
   Counter dnsChanges;
 };
 
+// Configuration changes, written by the server's main thread only.
+enum ReloadCause : uint8_t { kReloadSighup = 0, kReloadDns = 1 };
+inline const char* reloadCauseName(int c) {
+  return c == kReloadSighup ? "sighup" : "dns";
+}
+struct ReloadStats {
+  std::array<Counter, 2> ok;      // [ReloadCause]: a new generation took over
+  std::array<Counter, 2> failed;  // [ReloadCause]: the running configuration stayed
+  Gauge lastOk;                   // 1 unless the latest attempt failed
+  Gauge generations;              // running now: the current one and those still draining
+
+  ReloadStats() {
+    lastOk.set(1);
+    generations.set(1);
+  }
+};
+
 }  // namespace grelay::metrics

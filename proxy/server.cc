@@ -597,33 +597,44 @@ int runServer(config::Config initial, const relay::Features& features) {
     }
   };
 
-  // Starts a generation for `nextCfg` in place of the current one, which drains. `cause`
-  // prefixes the log lines ("SIGHUP", "DNS"); `done` says what happened.
-  auto apply = [&](std::shared_ptr<const config::Config> nextCfg, const char* cause,
+  metrics::ReloadStats& reloads = registry.reloads();
+  auto reloadFailed = [&reloads](metrics::ReloadCause why) {
+    reloads.failed[why].inc();
+    reloads.lastOk.set(0);
+  };
+  // Starts a generation for `nextCfg` in place of the current one, which drains. `why`
+  // is counted and prefixes the log lines ("SIGHUP", "DNS"); `done` says what happened.
+  auto apply = [&](std::shared_ptr<const config::Config> nextCfg, metrics::ReloadCause why,
                    const std::string& done) {
+    const char* cause = why == metrics::kReloadSighup ? "SIGHUP" : "DNS";
     const std::string& path = nextCfg->path;
     int code = kExitOk;
-    std::string why;
+    std::string error;
     std::unique_ptr<Generation> gen =
-        buildGeneration(nextCfg, features, current.get(), &code, &why);
+        buildGeneration(nextCfg, features, current.get(), &code, &error);
     if (!gen) {
       GRELAY_LOG_ERROR("%s: cannot apply %s; keeping the running configuration: %s", cause,
-                       path.c_str(), why.c_str());
+                       path.c_str(), error.c_str());
+      reloadFailed(why);
       return;
     }
     publish(*gen);
-    if (startGeneration(*gen, &why) != kExitOk) {
+    if (startGeneration(*gen, &error) != kExitOk) {
       registry.retire(gen->config.get());
       GRELAY_LOG_ERROR(
           "%s: cannot start the new workers; keeping the running "
           "configuration: %s",
-          cause, why.c_str());
+          cause, error.c_str());
+      reloadFailed(why);
       return;
     }
     // The new generation accepts; the old one stops accepting and finishes its sessions.
     current->drain(0);
     old.push_back(std::move(current));
     current = std::move(gen);
+    reloads.ok[why].inc();
+    reloads.lastOk.set(1);
+    reloads.generations.set(static_cast<int64_t>(1 + old.size()));
     logGeneration(*current);
     GRELAY_LOG_INFO(
         "%s: %s: %u worker%s, relay path %s; %zu older "
@@ -640,6 +651,7 @@ int runServer(config::Config initial, const relay::Features& features) {
       for (const auto& e : loaded.errors) {
         GRELAY_LOG_ERROR("  %s", e.toString().c_str());
       }
+      reloadFailed(metrics::kReloadSighup);
       return;
     }
     for (const auto& w : loaded.warnings) {
@@ -655,7 +667,7 @@ int runServer(config::Config initial, const relay::Features& features) {
     if (next.server.user != current->config->server.user) {
       GRELAY_LOG_WARN("SIGHUP: [server] user changes need a restart");
     }
-    apply(std::make_shared<const config::Config>(std::move(*loaded.config)), "SIGHUP",
+    apply(std::make_shared<const config::Config>(std::move(*loaded.config)), metrics::kReloadSighup,
           "reloaded " + path);
   };
 
@@ -714,7 +726,7 @@ int runServer(config::Config initial, const relay::Features& features) {
           into = change.address;
         }
         apply(
-            std::make_shared<const config::Config>(std::move(next)), "DNS",
+            std::make_shared<const config::Config>(std::move(next)), metrics::kReloadDns,
             "a new generation uses the new address" + std::string(changes.size() == 1 ? "" : "es"));
       }
     }
@@ -739,6 +751,7 @@ int runServer(config::Config initial, const relay::Features& features) {
         ++it;
       }
     }
+    reloads.generations.set(static_cast<int64_t>(1 + old.size()));
     if (stopping && current->running.load() == 0 && old.empty()) {
       break;
     }

@@ -125,6 +125,8 @@ class DnsTest(h.GrelayTest):
                 for i, c in enumerate(new_sink.conns):
                     self.assertEqual(bytes(c.data), h.Stream(10 + i, 64 * h.KiB).bytes())
                 self.assertEqual(g.log().count("DNS: a new generation"), 1, g.log())
+                self.assertEqual(g.metric("grelay_config_reloads_total", cause="dns",
+                                          result="ok"), 1)
 
     def test_an_address_still_answered_is_kept_and_a_failed_lookup_keeps_it_too(self):
         self.write_hosts(f"127.0.0.2 {HOST_UP}\n")

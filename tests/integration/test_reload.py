@@ -132,11 +132,19 @@ upstream = "app"
             cfg = h.Config()
             cfg.upstream("app", [echo.address])
             port = cfg.listener("web", "app")
+            cfg.with_admin()
             g = h.Grelay(cfg).start()
+
+            def reloads(result):
+                return g.metric("grelay_config_reloads_total", cause="sighup", result=result)
+
+            self.assertEqual(g.metric("grelay_config_last_reload_successful"), 1)
             good = open(g.config_path).read()
             write(g.config_path, good + "\nbogus_key = 1\n")
             self.reload(g, "keeping the running configuration")
             self.assertIn("unknown key 'bogus_key'", g.log())
+            self.assertEqual((reloads("failed"), reloads("ok")), (1, 0))
+            self.assertEqual(g.metric("grelay_config_last_reload_successful"), 0)
             r = h.stream_session(port, h.Stream(3, 128 * h.KiB))
             self.assertTrue(r.ok, str(r))
             # An address already taken by someone else: refused as a whole, still serving.
@@ -150,6 +158,19 @@ upstream = "app"
                 self.reload(g, "cannot apply")
             r = h.stream_session(port, h.Stream(4, 128 * h.KiB))
             self.assertTrue(r.ok, str(r))
+            self.assertEqual(reloads("failed"), 2)
+            # A good file again, with a session open across it: two generations until the
+            # session ends.
+            held = h.connect(port)
+            held.sendall(b"held")
+            self.assertEqual(held.recv(16), b"held")
+            write(g.config_path, good)
+            self.reload(g, "SIGHUP: reloaded")
+            self.assertEqual((reloads("failed"), reloads("ok")), (2, 1))
+            self.assertEqual(g.metric("grelay_config_last_reload_successful"), 1)
+            self.assertEqual(g.metric("grelay_config_generations"), 2)
+            held.close()
+            self.assertTrue(h.wait_for(lambda: g.metric("grelay_config_generations") == 1, 10))
             g.stop()
 
     def test_tls_certificates_are_reloaded(self):

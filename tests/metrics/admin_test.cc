@@ -36,6 +36,12 @@ using testing::sampleLines;
 constexpr const char* kExpectedGrelaySamples = R"golden(grelay_build_info{version="0.0.0-test"} 1
 grelay_relay_path_info{path="mainline"} 1
 grelay_workers 2
+grelay_config_reloads_total{cause="sighup",result="ok"} 3
+grelay_config_reloads_total{cause="sighup",result="failed"} 1
+grelay_config_reloads_total{cause="dns",result="ok"} 2
+grelay_config_reloads_total{cause="dns",result="failed"} 0
+grelay_config_last_reload_successful 0
+grelay_config_generations 2
 grelay_max_connections 5000
 grelay_listener_max_connections{listener="api"} 100
 grelay_connections_total{listener="web"} 11
@@ -235,6 +241,7 @@ protected:
     app_.view = &appView_;
     secure_.view = &secureView_;
     testing::fillKnownHealthChecks(app_);
+    testing::fillKnownReloads(reloads_);
   }
 
   AdminInputs inputs() const {
@@ -246,6 +253,7 @@ protected:
     in.upstreams = {&app_, &secure_};
     in.relayPath = "mainline";
     in.version = "0.0.0-test";
+    in.reloads = &reloads_;
     return in;
   }
 
@@ -260,6 +268,7 @@ protected:
   std::vector<std::unique_ptr<WorkerStats>> workers_;
   UpstreamStats app_;  // the "app" pool checks its servers (fixture.h)
   UpstreamStats secure_;
+  ReloadStats reloads_;
   testing::FakeUpstreamView appView_{{12}, {false}};
   testing::FakeUpstreamView secureView_{{3}, {true}};
 };
@@ -339,7 +348,7 @@ TEST_F(AdminTest, EveryFamilyHasHelpAndTypeAndCountersEndInTotal) {
   for (const auto& s : expo.samples) {
     families.insert(testing::familyOf(s, expo));
   }
-  EXPECT_EQ(families.size(), 45u);  // 39 grelay_* and 6 process_*
+  EXPECT_EQ(families.size(), 48u);  // 42 grelay_* and 6 process_*
   for (const auto& family : families) {
     ASSERT_EQ(expo.type.count(family), 1u) << family;
     EXPECT_FALSE(expo.help.at(family).empty()) << family;
@@ -375,9 +384,9 @@ TEST_F(AdminTest, EveryFamilyHasHelpAndTypeAndCountersEndInTotal) {
 }
 
 TEST_F(AdminTest, LabelsComeOnlyFromConfigNames) {
-  std::set<std::string> allowedValues = {"request", "response",  "group",  "mainline",
-                                         "copy",    "splice",    "ok",     "0.0.0-test",
-                                         "failed",  "unchanged", "changed"};
+  std::set<std::string> allowedValues = {
+      "request",    "response", "group",     "mainline", "copy",   "splice", "ok",
+      "0.0.0-test", "failed",   "unchanged", "changed",  "sighup", "dns"};
   for (const auto& u : config_.upstreams) {
     allowedValues.insert(u.name);
     for (size_t s = 0; s < u.servers.size(); ++s) {
@@ -397,8 +406,8 @@ TEST_F(AdminTest, LabelsComeOnlyFromConfigNames) {
     text << b;
     bucketBounds.insert(text.str());
   }
-  const std::set<std::string> allowedNames = {"listener", "direction", "target", "path",  "mirror",
-                                              "upstream", "version",   "result", "server"};
+  const std::set<std::string> allowedNames = {"listener", "direction", "target", "path",   "mirror",
+                                              "upstream", "version",   "result", "server", "cause"};
   const auto expo = parseExposition(StatsCollector(inputs()).render());
   size_t labelled = 0;
   for (const auto& s : expo.samples) {
@@ -555,8 +564,9 @@ TEST(AdminWorkersTest, NoWorkersExposesZerosForEveryConfiguredSeries) {
       EXPECT_EQ(s.value, "0") << s.line;
     }
   }
-  // All but the 4 per-server series, which need a live view of the pool.
-  EXPECT_EQ(grelay, splitLines(kExpectedGrelaySamples).size() - 4);
+  // All but the 4 per-server series, which need a live view of the pool, and the 6
+  // reload series, which need the server's ReloadStats.
+  EXPECT_EQ(grelay, splitLines(kExpectedGrelaySamples).size() - 4 - 6);
 }
 
 TEST_F(AdminTest, BusyPortFailsWithAClearError) {

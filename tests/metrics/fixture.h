@@ -123,6 +123,16 @@ inline void fillKnownHealthChecks(UpstreamStats& app) {
   app.dnsChanges.add(1);
 }
 
+// Reloads: 3 by SIGHUP and 2 by DNS took over, 1 by SIGHUP failed (the latest); 2
+// generations running.
+inline void fillKnownReloads(ReloadStats& reloads) {
+  reloads.ok[kReloadSighup].add(3);
+  reloads.failed[kReloadSighup].add(1);
+  reloads.ok[kReloadDns].add(2);
+  reloads.lastOk.set(0);
+  reloads.generations.set(2);
+}
+
 inline std::vector<std::unique_ptr<WorkerStats>> makeWorkers(const config::Config& c,
                                                              size_t count) {
   std::vector<std::unique_ptr<WorkerStats>> workers;

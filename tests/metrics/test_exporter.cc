@@ -65,6 +65,9 @@ int main(int argc, char** argv) {
   metrics::testing::fillKnownHealthChecks(app);
   inputs.upstreams = {&app, &secure};
   inputs.relayPath = "mainline";
+  metrics::ReloadStats reloads;
+  metrics::testing::fillKnownReloads(reloads);
+  inputs.reloads = &reloads;
   inputs.version = "0.0.0-test";
   std::string error;
   auto admin = metrics::startAdmin(inputs, &error);
