@@ -10,6 +10,7 @@
 #include <array>
 #include <chrono>
 #include <cstdint>
+#include <cstring>
 #include <optional>
 #include <string>
 #include <vector>
@@ -35,6 +36,10 @@ struct Address {
   bool host_name = false;
 
   int family() const { return storage.ss_family; }
+  // The same socket address (whatever the text says).
+  bool sameEndpoint(const Address& other) const {
+    return length == other.length && std::memcmp(&storage, &other.storage, length) == 0;
+  }
   const sockaddr* sockaddrPtr() const { return reinterpret_cast<const sockaddr*>(&storage); }
 };
 

@@ -1158,9 +1158,8 @@ std::vector<Address> resolveAddresses(std::string_view text, std::string* error)
     address.length = a->ai_addrlen;
     address.text = text;
     address.host_name = hostName;
-    bool seen = std::any_of(addresses.begin(), addresses.end(), [&](const Address& b) {
-      return b.length == address.length && std::memcmp(&b.storage, &address.storage, b.length) == 0;
-    });
+    bool seen = std::any_of(addresses.begin(), addresses.end(),
+                            [&](const Address& b) { return b.sameEndpoint(address); });
     if (!seen) {
       addresses.push_back(std::move(address));
     }

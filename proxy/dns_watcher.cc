@@ -4,7 +4,6 @@
 #include <cerrno>
 #include <chrono>
 #include <condition_variable>
-#include <cstring>
 #include <map>
 #include <mutex>
 #include <system_error>
@@ -19,10 +18,6 @@ namespace grelay::proxy {
 namespace {
 
 using Clock = std::chrono::steady_clock;
-
-bool sameAddress(const config::Address& a, const config::Address& b) {
-  return a.length == b.length && std::memcmp(&a.storage, &b.storage, a.length) == 0;
-}
 
 }  // namespace
 
@@ -153,7 +148,7 @@ void DnsWatcher::lookup(Shared& shared, size_t t) {
                     target.what.c_str());
   }
   const bool kept = std::any_of(answers.begin(), answers.end(), [&](const config::Address& a) {
-    return sameAddress(a, target.current);
+    return a.sameEndpoint(target.current);
   });
   if (kept) {
     shared.pending.erase(t);  // back to the address in use before the change was taken

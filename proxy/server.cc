@@ -84,10 +84,6 @@ uint64_t nanos(config::Duration d) {
   return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(d).count());
 }
 
-bool sameAddress(const config::Address& a, const config::Address& b) {
-  return a.length == b.length && std::memcmp(&a.storage, &b.storage, a.length) == 0;
-}
-
 // Switches to `user` (after everything privileged is done). "" = stay.
 bool dropPrivileges(const std::string& user, std::string* error) {
   if (user.empty()) {
@@ -263,7 +259,7 @@ std::unique_ptr<Generation> buildGeneration(std::shared_ptr<const config::Config
         for (size_t m = 0; m < mirrors.size(); ++m) {
           for (size_t q = 0; q < before.mirrors.size(); ++q) {
             if (before.mirrors[q].name == mirrors[m].name &&
-                sameAddress(before.mirrors[q].address, mirrors[m].address)) {
+                before.mirrors[q].address.sameEndpoint(mirrors[m].address)) {
               gen->runtime->mirrorHealth[l][m]->copyFrom(*previous->runtime->mirrorHealth[p][q]);
             }
           }
@@ -305,7 +301,7 @@ std::unique_ptr<Generation> buildGeneration(std::shared_ptr<const config::Config
     int inherited = -1;
     if (previous != nullptr) {
       for (size_t pi = 0; pi < previous->config->listeners.size(); ++pi) {
-        if (sameAddress(previous->config->listeners[pi].listen, l.listen)) {
+        if (previous->config->listeners[pi].listen.sameEndpoint(l.listen)) {
           inherited = static_cast<int>(pi);
         }
       }
@@ -660,7 +656,7 @@ int runServer(config::Config initial, const relay::Features& features) {
     const config::Config& next = *loaded.config;
     const auto& before = current->config->admin.listen;
     if (next.admin.listen.has_value() != before.has_value() ||
-        (before && !sameAddress(*before, *next.admin.listen))) {
+        (before && !before->sameEndpoint(*next.admin.listen))) {
       GRELAY_LOG_WARN("SIGHUP: [admin] listen changes need a restart; metrics stay on %s",
                       before ? before->text.c_str() : "(none)");
     }

@@ -270,7 +270,7 @@ void UpstreamPool::inheritHealth(const UpstreamPool& previous) {
     const config::Address& a = server(i);
     for (size_t j = 0; j < previous.size(); ++j) {
       const config::Address& b = previous.server(j);
-      if (a.length != b.length || std::memcmp(&a.storage, &b.storage, a.length) != 0) {
+      if (!a.sameEndpoint(b)) {
         continue;
       }
       health_[i].copyFrom(previous.health_[j]);
