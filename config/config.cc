@@ -4,6 +4,18 @@
 
 namespace grelay::config {
 
+bool admits(const std::vector<Network>& networks, const sockaddr_storage& address) {
+  if (networks.empty()) {
+    return true;
+  }
+  for (const Network& network : networks) {
+    if (network.contains(address)) {
+      return true;
+    }
+  }
+  return false;
+}
+
 bool Network::contains(const sockaddr_storage& address) const {
   const uint8_t* bytes_in = nullptr;
   int peer_family = address.ss_family;

@@ -55,6 +55,10 @@ struct Network {
   bool contains(const sockaddr_storage& address) const;
 };
 
+// Whether a list of networks (allow, proxy_protocol_from) lets `address` in: an empty list
+// lets everyone in.
+bool admits(const std::vector<Network>& networks, const sockaddr_storage& address);
+
 enum class RelayPath { Auto, Group, Mainline, Copy };
 enum class Balance { RoundRobin, LeastConn, Source };
 enum class HashType { Map, Consistent };

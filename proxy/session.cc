@@ -878,10 +878,7 @@ void Session::start() {
   host_.sockets().addresses(client_.fd_, &clientAddress_, &localAddress_);
   activity();
   if (cfg().accept_proxy_protocol) {
-    const auto& trusted = cfg().proxy_protocol_from;
-    if (!trusted.empty() &&
-        std::none_of(trusted.begin(), trusted.end(),
-                     [this](const config::Network& n) { return n.contains(clientAddress_); })) {
+    if (!config::admits(cfg().proxy_protocol_from, clientAddress_)) {
       // Its header could claim any client: reset before reading a byte.
       stats().proxyProtocolErrors.inc();
       host_.listenerTrouble(listener_, "PROXY protocol header from " +
@@ -970,10 +967,7 @@ void Session::proxyHeaderFailed(const std::string& why) {
 }
 
 void Session::afterProxyHeader() {
-  const auto& allow = cfg().allow;
-  if (!allow.empty() && std::none_of(allow.begin(), allow.end(), [this](const config::Network& n) {
-        return n.contains(clientAddress_);
-      })) {
+  if (!config::admits(cfg().allow, clientAddress_)) {
     stats().denied.inc();
     host_.listenerTrouble(listener_, "client " + formatAddress(clientAddress_) +
                                          " is outside the listener's allow networks: reset");
