@@ -12,6 +12,7 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <chrono>
 #include <cstring>
 #include <future>
 #include <memory>
@@ -208,6 +209,18 @@ struct Generation {
     deadline = until;
     runtime->draining = true;
     wakeAll();
+  }
+  // After drain(): true once the workers have closed their listening sockets (what their
+  // accepts had taken meanwhile is served), false if that took longer than `limit`.
+  bool waitAcceptsStopped(std::chrono::milliseconds limit) const {
+    const auto until = std::chrono::steady_clock::now() + limit;
+    while (runtime->openListenSockets.load() > 0) {
+      if (std::chrono::steady_clock::now() >= until) {
+        return false;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(1));
+    }
+    return true;
   }
   void abort() {
     stopChecks();
@@ -625,7 +638,12 @@ int runServer(config::Config initial, const relay::Features& features) {
       return;
     }
     // The new generation accepts; the old one stops accepting and finishes its sessions.
+    // Once its workers have let go of the listening sockets (about a ring round trip), a
+    // connection can only go to the new one: the line logged below says so.
     current->drain(0);
+    if (!current->waitAcceptsStopped(std::chrono::seconds(1))) {
+      GRELAY_LOG_WARN("%s: the previous generation's workers still accept after 1s", cause);
+    }
     old.push_back(std::move(current));
     current = std::move(gen);
     reloads.ok[why].inc();

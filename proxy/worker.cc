@@ -82,6 +82,9 @@ Worker::Worker(Runtime& runtime, uint32_t index, metrics::WorkerStats& stats,
     for (int fd : listenFds[i]) {
       auto a = std::make_unique<Acceptor>(*this, i);
       a->fd = fd;
+      if (fd >= 0) {
+        runtime.openListenSockets.fetch_add(1);
+      }
       a->context.config = &cfg.listeners[i];
       a->context.upstream = runtime.upstreams[cfg.listeners[i].upstream_index].get();
       a->context.stats = stats.listeners[i].get();
@@ -111,9 +114,7 @@ Worker::~Worker() {
     delete s;
   }
   for (auto& a : acceptors_) {
-    if (a->fd >= 0) {
-      ::close(a->fd);
-    }
+    closeAcceptor(*a);
   }
   for (auto& t : tapFiles_) {
     if (t.fd >= 0) {
@@ -337,9 +338,7 @@ void Worker::Acceptor::onAccept(int32_t res, uint32_t flags) noexcept {
   }
   if (!armed && worker.drainStarted_ && fd >= 0) {
     worker.acceptQueued(*this);
-    ::close(fd);
-    fd = -1;
-    closed = true;
+    worker.closeAcceptor(*this);
   }
 }
 
@@ -416,11 +415,23 @@ void Worker::beginDrain() {
   for (auto& a : acceptors_) {
     if (a->armed) {
       ring_->cancel(&a->done, nullptr);
-    } else if (a->fd >= 0) {
-      ::close(a->fd);
-      a->fd = -1;
+    } else {
+      closeAcceptor(*a);
     }
   }
+}
+
+void Worker::closeAcceptor(Acceptor& a) {
+  if (a.fd < 0) {
+    return;
+  }
+  if (sockets_) {
+    sockets_->close(a.fd, false);
+  } else {
+    ::close(a.fd);  // init() failed before the sockets existed
+  }
+  a.fd = -1;
+  runtime_.openListenSockets.fetch_sub(1);
 }
 
 void Worker::abortAll() {

@@ -45,6 +45,9 @@ struct Runtime {
   uint32_t workers = 1;
   std::atomic<bool> draining{false};
   std::atomic<bool> aborting{false};
+  // Listening sockets the workers still accept from. Once a draining generation's count
+  // is 0, every new connection goes to the generation that replaced it.
+  std::atomic<int> openListenSockets{0};
 };
 
 // A tap file opened for a worker (fd -1 = the listener has no tap).
@@ -111,7 +114,6 @@ private:
     size_t index;
     int fd = -1;
     bool armed = false;
-    bool closed = false;
     uint64_t retryAt = 0;  // re-arm no earlier than this after EMFILE and the like
     ListenerContext context;
     relay::BoundCompletion<Acceptor, &Acceptor::onAccept> done;
@@ -122,6 +124,7 @@ private:
   void armAccept(Acceptor& acceptor);
   void accepted(Acceptor& acceptor, int fd);
   void acceptQueued(Acceptor& acceptor);
+  void closeAcceptor(Acceptor& acceptor);
   void beginDrain();
   void abortAll();
   void afterDispatch();

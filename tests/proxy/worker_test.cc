@@ -111,7 +111,13 @@ TEST_F(WorkerTest, ConnectionsAcceptedOrQueuedWhileTheDrainCancelsTheAcceptAreSe
   // Accepts wait exclusively: connections whose wake-up went to the cancelled request
   // would wake nobody else, so the worker takes what is queued once the accept ends.
   sockets_->waiting[kListenFd] = {53, 54};
+  EXPECT_EQ(runtime_->openListenSockets.load(), 1);
   ring_->complete(accept, -ECANCELED, 0);
+  // Then it lets go of the listening socket: what arrives next goes to the generation
+  // that replaced this one, which the reload waits for before it says it is done.
+  EXPECT_EQ(runtime_->openListenSockets.load(), 0);
+  ASSERT_EQ(sockets_->closed.count(kListenFd), 1u);
+  EXPECT_FALSE(sockets_->closed.at(kListenFd));
   EXPECT_EQ(worker_->sessionCount(), 3u);
   EXPECT_TRUE(sockets_->waiting[kListenFd].empty());
   EXPECT_EQ(sockets_->closed.count(52), 0u);
