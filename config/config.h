@@ -74,9 +74,10 @@ const char* toString(ProxyProtocol version);
 struct ServerConfig {
   uint32_t workers = 1;  // 0 = one per CPU (resolved by the proxy at start)
   RelayPath relay_path = RelayPath::Auto;
-  uint32_t chunk_size = 64 * 1024;          // bytes, 4KiB..1MiB
-  uint32_t max_connections = 10000;         // across all listeners and workers, >= 1
-  Duration drain_timeout{10'000};           // SIGTERM/SIGINT: finish sessions up to this long
+  uint32_t chunk_size = 64 * 1024;   // bytes, 4KiB..1MiB
+  uint32_t max_connections = 10000;  // across all listeners and workers, >= 1
+  Duration drain_timeout{10'000};    // SIGTERM/SIGINT: finish sessions up to this long
+  Duration shutdown_delay{0};        // SIGTERM/SIGINT: keep accepting this long first (/ready: 503)
   uint64_t buffer_pool = 16 * 1024 * 1024;  // bytes of receive buffers per worker
   std::string user;                         // drop root to this user after binding ("" = stay)
   // Mainline path: a direction with one target (no mirror takes it, no tap, no TLS) moves

@@ -563,6 +563,7 @@ private:
                    }},
                   {"max_connections", integer(&s.max_connections, 1, 10'000'000)},
                   {"drain_timeout", duration(&s.drain_timeout, 0ms, kMaxTimeout)},
+                  {"shutdown_delay", duration(&s.shutdown_delay, 0ms, kMaxTimeout)},
                   {"buffer_pool",
                    [this, &s](std::string_view key, const toml::node& node) {
                      uint64_t min = chunk_size_valid_ ? 4ull * s.chunk_size : 0;

@@ -25,7 +25,7 @@
 // config file. cert, key and ca must be readable regular files at load time.
 //
 // Ranges (besides those in config.h): connect_timeout, idle_timeout and
-// handshake_timeout 1ms..24h; drain_timeout 0s..24h; max_lag >= chunk_size;
+// handshake_timeout 1ms..24h; drain_timeout and shutdown_delay 0s..24h; max_lag >= chunk_size;
 // tap max_size >= 1MiB; buffer_pool 4 x chunk_size..4GiB.
 #pragma once
 

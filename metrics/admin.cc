@@ -12,9 +12,12 @@
 #include <chrono>
 #include <cstring>
 #include <exception>
+#include <map>
+#include <mutex>
 #include <thread>
 #include <utility>
 
+#include <CivetServer.h>
 #include <civetweb.h>
 #include <prometheus/exposer.h>
 
@@ -85,15 +88,152 @@ void knock(const config::Address& address) {
   }
 }
 
+uint64_t monotonicNow() {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000ull + static_cast<uint64_t>(ts.tv_nsec);
+}
+
+// How long ago `beat` was, or 0 when that loop has not started or has ended.
+uint64_t sinceBeat(uint64_t beat, uint64_t now) {
+  if (beat == 0 || beat == kBeatFinished || beat >= now) {
+    return 0;
+  }
+  return now - beat;
+}
+
+// "" when every loop went round lately; else which one stalled, for how long.
+std::string stalledLoop(const AdminInputs& inputs, uint64_t now) {
+  char line[160];
+  auto stalled = [&](const char* what, uint64_t ago) {
+    snprintf(line, sizeof(line), "%s has not gone round its loop for %.1fs", what,
+             static_cast<double>(ago) / 1e9);
+    return std::string(line);
+  };
+  const Liveness* live =
+      inputs.registry != nullptr ? &inputs.registry->liveness() : inputs.liveness;
+  if (live != nullptr) {
+    if (const uint64_t ago = sinceBeat(live->mainBeat.load(), now); ago > kStalledAfterNanos) {
+      return stalled("the main thread", ago);
+    }
+  }
+  auto check = [&](const std::vector<const WorkerStats*>& workers, const char* generation) {
+    for (size_t i = 0; i < workers.size(); ++i) {
+      if (const uint64_t ago = sinceBeat(workers[i]->beat.load(), now); ago > kStalledAfterNanos) {
+        const std::string what = "worker " + std::to_string(i) + generation;
+        return stalled(what.c_str(), ago);
+      }
+    }
+    return std::string();
+  };
+  if (inputs.registry == nullptr) {
+    return check(inputs.workers, "");
+  }
+  return inputs.registry->read(
+      [&](const std::vector<StatsRegistry::Generation>& gens, const auto&, const auto&) {
+        for (size_t g = 0; g < gens.size(); ++g) {
+          std::string found =
+              check(gens[g].workers, g + 1 == gens.size() ? "" : " (of an older generation)");
+          if (!found.empty()) {
+            return found;
+          }
+        }
+        return std::string();
+      });
+}
+
+}  // namespace
+
+ProbeAnswer answerHealthz(const AdminInputs& inputs, uint64_t now) {
+  std::string stalled = stalledLoop(inputs, now);
+  if (!stalled.empty()) {
+    return {503, "stalled: " + stalled + "\n"};
+  }
+  return {200, "ok\n"};
+}
+
+ProbeAnswer answerReady(const AdminInputs& inputs, uint64_t now) {
+  const Liveness* live =
+      inputs.registry != nullptr ? &inputs.registry->liveness() : inputs.liveness;
+  const Serving serving = live != nullptr ? live->serving.load() : Serving::kReady;
+  if (serving == Serving::kStarting) {
+    return {503, "starting\n"};
+  }
+  if (serving == Serving::kStopping) {
+    return {503, "stopping\n"};
+  }
+  ProbeAnswer health = answerHealthz(inputs, now);
+  return health.status == 200 ? ProbeAnswer{200, "ready\n"} : health;
+}
+
+namespace {
+
+// civetweb calls begin_request on its own threads with nothing of ours but the request:
+// each running admin server leaves its inputs here under its port.
+std::mutex& probeSitesMutex() {
+  static std::mutex m;
+  return m;
+}
+std::map<int, std::shared_ptr<const AdminInputs>>& probeSites() {
+  static std::map<int, std::shared_ptr<const AdminInputs>> sites;
+  return sites;
+}
+
+// GET/HEAD /ready and /healthz, answered before prometheus-cpp's handlers see the
+// request; every other request is left to them (0).
+int answerProbe(mg_connection* conn) {
+  const mg_request_info* request = mg_get_request_info(conn);
+  if (request == nullptr || request->local_uri == nullptr) {
+    return 0;
+  }
+  const std::string path = request->local_uri;
+  if (path != "/ready" && path != "/healthz") {
+    return 0;
+  }
+  std::shared_ptr<const AdminInputs> inputs;
+  {
+    std::lock_guard<std::mutex> lock(probeSitesMutex());
+    auto it = probeSites().find(request->server_port);
+    if (it != probeSites().end()) {
+      inputs = it->second;
+    }
+  }
+  const std::string method = request->request_method != nullptr ? request->request_method : "";
+  ProbeAnswer answer;
+  if (method != "GET" && method != "HEAD") {
+    answer = {405, "only GET and HEAD\n"};
+  } else if (inputs == nullptr) {
+    answer = {503, "starting\n"};  // the server is still being set up
+  } else {
+    answer = path == "/ready" ? answerReady(*inputs, monotonicNow())
+                              : answerHealthz(*inputs, monotonicNow());
+  }
+  const char* reason = answer.status == 200   ? "OK"
+                       : answer.status == 405 ? "Method Not Allowed"
+                                              : "Service Unavailable";
+  mg_printf(conn,
+            "HTTP/1.1 %d %s\r\nContent-Type: text/plain; charset=utf-8\r\n"
+            "Content-Length: %zu\r\nCache-Control: no-store\r\n%sConnection: close\r\n\r\n",
+            answer.status, reason, answer.body.size(),
+            answer.status == 405 ? "Allow: GET, HEAD\r\n" : "");
+  if (method != "HEAD") {
+    mg_write(conn, answer.body.data(), answer.body.size());
+  }
+  return answer.status;
+}
+
 class ExposerAdminServer : public AdminServer {
 public:
   ExposerAdminServer(std::shared_ptr<StatsCollector> collector,
                      std::unique_ptr<prometheus::Exposer> exposer, const config::Address& bound,
-                     uint16_t port)
+                     uint16_t port, const AdminInputs& inputs)
       : collector_(std::move(collector)),
         exposer_(std::move(exposer)),
         port_(port),
-        reachable_(reachable(bound, port)) {}
+        reachable_(reachable(bound, port)) {
+    std::lock_guard<std::mutex> lock(probeSitesMutex());
+    probeSites()[port_] = std::make_shared<const AdminInputs>(inputs);
+  }
 
   ~ExposerAdminServer() override {
     // civetweb's accept loop sees the stop request only when its poll() times out (2s)
@@ -114,6 +254,8 @@ public:
     exposer_.reset();
     stopped.store(true);
     knocker.join();
+    std::lock_guard<std::mutex> lock(probeSitesMutex());
+    probeSites().erase(port_);
   }
 
   std::string render() const override { return collector_->render(); }
@@ -161,7 +303,9 @@ std::unique_ptr<AdminServer> startAdmin(const AdminInputs& inputs, std::string* 
   sigfillset(&all);
   pthread_sigmask(SIG_SETMASK, &all, &saved);
   try {
-    exposer = std::make_unique<prometheus::Exposer>(where, /*num_threads=*/2);
+    CivetCallbacks callbacks;
+    callbacks.begin_request = answerProbe;
+    exposer = std::make_unique<prometheus::Exposer>(where, /*num_threads=*/2, &callbacks);
     exposer->RegisterCollectable(collector);
   } catch (const std::exception& e) {
     reason = bindFailureReason(address);
@@ -181,7 +325,7 @@ std::unique_ptr<AdminServer> startAdmin(const AdminInputs& inputs, std::string* 
     port = static_cast<uint16_t>(ports.front());
   }
   return std::make_unique<ExposerAdminServer>(std::move(collector), std::move(exposer), address,
-                                              port);
+                                              port, inputs);
 }
 
 }  // namespace grelay::metrics

@@ -1,4 +1,5 @@
-// The admin endpoint: prometheus-cpp's Exposer on [admin].listen serving GET /metrics.
+// The admin endpoint: prometheus-cpp's Exposer on [admin].listen serving GET /metrics, and
+// the probes GET /healthz and GET /ready (answered by a civetweb callback).
 // Metric values are read from the workers' stats at scrape time (see stats.h); nothing
 // here runs on the data path.
 #pragma once
@@ -38,6 +39,9 @@ public:
   // Reloads and generations: process-wide, written by the server's main thread.
   ReloadStats& reloads() { return reloads_; }
   const ReloadStats& reloads() const { return reloads_; }
+  // Serving state and the main loop's heartbeat: written by the server's main thread.
+  Liveness& liveness() { return liveness_; }
+  const Liveness& liveness() const { return liveness_; }
 
   struct Generation {
     std::shared_ptr<const config::Config> config;
@@ -58,6 +62,7 @@ private:
   std::unique_ptr<RetiredTotals> retired_;
   std::string relayPath_;
   ReloadStats reloads_;
+  Liveness liveness_;
 };
 
 // What the exposer reads: either a registry (the server), or one fixed config and its
@@ -72,7 +77,23 @@ struct AdminInputs {
   const ReloadStats* reloads = nullptr;         // reloads and generations; may be null
   std::string version;
   const StatsRegistry* registry = nullptr;  // when set, read instead of config/workers
+  // GET /ready and GET /healthz: the serving state and the main loop's heartbeat (the
+  // registry's when it is set). Null: ready, and only the workers' heartbeats are watched.
+  const Liveness* liveness = nullptr;
 };
+
+// A heartbeat older than this fails GET /healthz: a loop that stopped going round (a
+// worker's event loop waits at most 1s; the main loop 100ms).
+inline constexpr uint64_t kStalledAfterNanos = 10'000'000'000ull;
+
+// The answer to a probe: GET /ready (200 while serving; 503 while starting, stopping or
+// stalled) or GET /healthz (200 unless a loop has stalled). `now` is CLOCK_MONOTONIC ns.
+struct ProbeAnswer {
+  int status = 200;
+  std::string body;  // one line, newline-terminated
+};
+ProbeAnswer answerReady(const AdminInputs& inputs, uint64_t now);
+ProbeAnswer answerHealthz(const AdminInputs& inputs, uint64_t now);
 
 class AdminServer {
 public:

@@ -133,8 +133,13 @@ struct ListenerStats {
   Counter tapErrors;             // write errors that disabled the tap
 };
 
+// A loop's heartbeat: CLOCK_MONOTONIC nanoseconds of its latest round, 0 before it started,
+// kBeatFinished once it has ended (GET /healthz, admin.h).
+inline constexpr uint64_t kBeatFinished = UINT64_MAX;
+
 struct WorkerStats {
   std::vector<std::unique_ptr<ListenerStats>> listeners;  // in config order
+  std::atomic<uint64_t> beat{0};                          // the worker's event loop
 };
 
 // A live view of one upstream pool's servers (proxy::UpstreamPool implements it), read at
@@ -167,6 +172,13 @@ enum ReloadCause : uint8_t { kReloadSighup = 0, kReloadDns = 1 };
 inline const char* reloadCauseName(int c) {
   return c == kReloadSighup ? "sighup" : "dns";
 }
+// What GET /ready says (admin.h): written by the server's main thread.
+enum class Serving : int { kStarting = 0, kReady = 1, kStopping = 2 };
+struct Liveness {
+  std::atomic<Serving> serving{Serving::kStarting};
+  std::atomic<uint64_t> mainBeat{0};  // the main loop's heartbeat (signals, reloads, DNS)
+};
+
 struct ReloadStats {
   std::array<Counter, 2> ok;      // [ReloadCause]: a new generation took over
   std::array<Counter, 2> failed;  // [ReloadCause]: the running configuration stayed

@@ -596,8 +596,11 @@ int runServer(config::Config initial, const relay::Features& features) {
                   config::toString(current->path), cfg->admin.listen ? ", metrics on http://" : "",
                   cfg->admin.listen ? (cfg->admin.listen->text + "/metrics").c_str() : "");
 
+  metrics::Liveness& liveness = registry.liveness();
+  liveness.serving.store(metrics::Serving::kReady);
   std::vector<std::unique_ptr<Generation>> old;  // draining after a reload
   bool stopping = false;
+  uint64_t drainAt = 0;      // SIGTERM/SIGINT with a shutdown_delay: when accepting stops
   bool dnsDeferred = false;  // a DNS change waits for older generations (logged once)
   auto all = [&](auto&& f) {
     f(*current);
@@ -657,6 +660,15 @@ int runServer(config::Config initial, const relay::Features& features) {
         config::toString(current->path), old.size(), old.size() == 1 ? "" : "s");
   };
 
+  // Every generation stops accepting and has drain_timeout to finish its sessions.
+  auto drainAll = [&](const char* why) {
+    const config::Duration d = current->config->server.drain_timeout;
+    GRELAY_LOG_INFO("%s: no longer accepting; draining sessions for up to %lld ms", why,
+                    static_cast<long long>(d.count()));
+    const uint64_t until = monotonicNanos() + nanos(d);
+    all([until](Generation& g) { g.drain(until); });
+  };
+
   auto reload = [&]() {
     const std::string path = current->config->path;
     config::LoadResult loaded = config::loadFile(path);
@@ -686,6 +698,7 @@ int runServer(config::Config initial, const relay::Features& features) {
   };
 
   while (true) {
+    liveness.mainBeat.store(monotonicNanos());  // GET /healthz
     timespec tick{0, 100 * 1000 * 1000};
     int sig = sigtimedwait(&signals, nullptr, &tick);
     if (sig == SIGHUP) {
@@ -699,17 +712,31 @@ int runServer(config::Config initial, const relay::Features& features) {
     } else if (sig == SIGUSR2) {
       GRELAY_LOG_WARN("SIGUSR2: ignored (SIGHUP reloads, SIGUSR1 reopens the access logs)");
     } else if (sig == SIGINT || sig == SIGTERM) {
+      const char* name = sig == SIGINT ? "SIGINT" : "SIGTERM";
       if (!stopping) {
         stopping = true;
-        const config::Duration d = current->config->server.drain_timeout;
-        GRELAY_LOG_INFO("%s: no longer accepting; draining sessions for up to %lld ms",
-                        sig == SIGINT ? "SIGINT" : "SIGTERM", static_cast<long long>(d.count()));
-        const uint64_t until = monotonicNanos() + nanos(d);
-        all([until](Generation& g) { g.drain(until); });
+        liveness.serving.store(metrics::Serving::kStopping);
+        const config::Duration delay = current->config->server.shutdown_delay;
+        if (delay.count() > 0) {
+          // Load balancers that probe GET /ready (or have not yet seen this endpoint go)
+          // keep sending for a while: serve them until they have noticed.
+          GRELAY_LOG_INFO(
+              "%s: GET /ready answers 503; still accepting for %lld ms (shutdown_delay), "
+              "then draining",
+              name, static_cast<long long>(delay.count()));
+          drainAt = monotonicNanos() + nanos(delay);
+        } else {
+          drainAll(name);
+        }
       } else {
+        drainAt = 0;
         GRELAY_LOG_INFO("second signal: resetting open sessions now");
         all([](Generation& g) { g.abort(); });
       }
+    }
+    if (drainAt != 0 && monotonicNanos() >= drainAt) {
+      drainAt = 0;
+      drainAll("shutdown_delay over");
     }
     if (!stopping && current->dns && old.size() >= kMaxOlderForDns) {
       // Each generation holds its workers' rings and buffers until its last session ends:

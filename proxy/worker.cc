@@ -142,6 +142,7 @@ void Worker::run(std::promise<int>& ready) {
   int err = init();
   ready.set_value(err);
   if (err != 0) {
+    stats_.beat.store(metrics::kBeatFinished);
     return;
   }
   while (!finished()) {
@@ -155,6 +156,7 @@ void Worker::run(std::promise<int>& ready) {
   for (auto& log : accessLogs_) {
     log->flush();
   }
+  stats_.beat.store(metrics::kBeatFinished);
 }
 
 int Worker::init() {
@@ -220,6 +222,7 @@ int Worker::init() {
 
 bool Worker::loopOnce() {
   now_ = monotonicNanos();
+  stats_.beat.store(now_, std::memory_order_relaxed);  // GET /healthz
   timers_.expire(now_);
   afterDispatch();
   if (finished()) {

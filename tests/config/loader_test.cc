@@ -45,6 +45,7 @@ TEST(LoaderTest, MinimalFileLoadsWithDefaults) {
   EXPECT_EQ(config.server.chunk_size, 64u * 1024);
   EXPECT_EQ(config.server.max_connections, 10000u);
   EXPECT_EQ(config.server.drain_timeout, Duration(10'000));
+  EXPECT_EQ(config.server.shutdown_delay, Duration(0));
   EXPECT_EQ(config.server.buffer_pool, 16u * 1024 * 1024);
   EXPECT_EQ(config.server.user, "");
   EXPECT_EQ(config.server.location.line, 0u);  // no [server] table
@@ -216,6 +217,12 @@ TEST(LoaderTest, EveryValueIsStored) {
   EXPECT_EQ(web.tap->max_lag, 65536u);
 }
 
+TEST(LoaderTest, ShutdownDelayIsStored) {
+  LoadResult result = loadString("[server]\nshutdown_delay = \"5s\"\n" + kValid, "t.toml");
+  ASSERT_TRUE(result.ok()) << result.errors[0].toString();
+  EXPECT_EQ(result.config->server.shutdown_delay, Duration(5'000));
+}
+
 TEST(LoaderTest, UpstreamTlsTrueEnablesWithDefaults) {
   LoadResult result =
       loadString(lines({R"([upstream.app])", R"(servers = ["127.0.0.1:8000"])", R"(tls = true)"}) +
@@ -377,6 +384,8 @@ TEST(LoaderErrorTest, OutOfRangeValuesNameTheRange) {
               ElementsAre("t.toml:2:14: 'chunk_size' must be in 4KiB..1MiB, got -4096"));
   EXPECT_THAT(errorsOf("[server]\ndrain_timeout = \"25h\"\n" + kValid),
               ElementsAre("t.toml:2:17: 'drain_timeout' must be in 0s..24h, got 25h"));
+  EXPECT_THAT(errorsOf("[server]\nshutdown_delay = \"25h\"\n" + kValid),
+              ElementsAre("t.toml:2:18: 'shutdown_delay' must be in 0s..24h, got 25h"));
   EXPECT_THAT(errorsOf(validWith({R"(connect_timeout = "0s")"})),
               ElementsAre("t.toml:8:19: 'connect_timeout' must be in 1ms..24h, got 0s"));
   EXPECT_THAT(errorsOf(validWith({"[[listener.mirror]]", R"(name = "m")",

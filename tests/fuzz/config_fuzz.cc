@@ -72,6 +72,7 @@ void checkAccepted(const Config& c) {
   FUZZ_CHECK(s.max_connections >= 1 && s.max_connections <= 10'000'000,
              "max_connections 1..10000000");
   FUZZ_CHECK(s.drain_timeout.count() >= 0 && s.drain_timeout <= kDay, "drain_timeout 0s..24h");
+  FUZZ_CHECK(s.shutdown_delay.count() >= 0 && s.shutdown_delay <= kDay, "shutdown_delay 0s..24h");
   FUZZ_CHECK(s.buffer_pool >= 4ull * s.chunk_size && s.buffer_pool <= 4 * kGiB,
              "buffer_pool 4 x chunk_size..4GiB");
 

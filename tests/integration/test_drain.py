@@ -1,11 +1,13 @@
 #!/usr/bin/env python3
 """SIGTERM drains: grelay stops accepting at once, lets open sessions finish byte for
 byte and exits 0; sessions that never end are reset at drain_timeout and it still
-exits 0."""
+exits 0. With shutdown_delay it first keeps accepting while GET /ready answers 503."""
 
 import signal
 import threading
 import time
+import urllib.error
+import urllib.request
 
 import harness as h
 from test_timeouts_limits import open_session
@@ -71,6 +73,61 @@ class DrainTest(h.GrelayTest):
                 end, _ = h.read_outcome(s, 2)
                 self.assertIn(end, ("reset", "eof"), "a stuck session was left open")
                 s.close()
+
+    def test_shutdown_delay_keeps_serving_while_ready_answers_503(self):
+        with h.EchoServer() as echo:
+            cfg = h.Config(shutdown_delay="3s", drain_timeout="5s")
+            cfg.upstream("app", [echo.address])
+            port = cfg.listener("web", "app")
+            admin = cfg.with_admin()
+            g = h.Grelay(cfg).start()
+            self.assertEqual(probe(admin, "/ready"), (200, "ready\n"))
+            self.assertEqual(probe(admin, "/healthz"), (200, "ok\n"))
+            held = open_session(port)  # open across the whole stop
+            g.send_signal(signal.SIGTERM)
+            t0 = time.monotonic()
+            self.assertTrue(h.wait_for(lambda: probe(admin, "/ready")[0] == 503, 5), g.log())
+            self.assertEqual(probe(admin, "/ready"), (503, "stopping\n"))
+            self.assertEqual(probe(admin, "/healthz"), (200, "ok\n"))  # alive, only leaving
+            # Load balancers that have not noticed yet are still served, byte for byte.
+            r = h.stream_session(port, h.Stream(3, 256 * h.KiB))
+            self.assertTrue(r.ok, str(r))
+            self.assertNotIn("shutdown_delay over", g.log(), "the session outlasted the delay")
+            self.assertTrue(h.wait_for(lambda: "shutdown_delay over" in g.log(), 10), g.log())
+            self.assertGreaterEqual(time.monotonic() - t0, 2.9, "accepting stopped before the delay")
+            time.sleep(0.3)
+            end, _, _ = h.try_request(port, b"x", timeout=2)
+            self.assertIn(end, ("refused", "reset"), "grelay accepts after shutdown_delay")
+            held.sendall(b"still here")  # the held session drains normally
+            self.assertEqual(held.recv(64), b"still here")
+            held.close()
+            self.assertEqual(g.wait_exit(10), 0)
+            g.stop()
+
+    def test_a_second_signal_during_shutdown_delay_stops_at_once(self):
+        with h.EchoServer() as echo:
+            cfg = h.Config(shutdown_delay="1h")
+            cfg.upstream("app", [echo.address])
+            port = cfg.listener("web", "app")
+            g = h.Grelay(cfg).start()
+            held = open_session(port)
+            g.send_signal(signal.SIGTERM)
+            self.assertTrue(h.wait_for(lambda: "still accepting" in g.log(), 5), g.log())
+            g.send_signal(signal.SIGTERM)
+            self.assertEqual(g.wait_exit(10), 0, "a second SIGTERM must not wait out the delay")
+            g.stop()
+            end, _ = h.read_outcome(held, 2)
+            self.assertIn(end, ("reset", "eof"))
+            held.close()
+
+
+def probe(port: int, path: str) -> tuple[int, str]:
+    """GET http://127.0.0.1:port/path: (status, body)."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as e:
+        return e.code, e.read().decode()
 
 
 if __name__ == "__main__":

@@ -183,8 +183,8 @@ struct ListeningSocket {
   uint16_t port = 0;
 };
 
-// A plain HTTP/1.0 GET on 127.0.0.1:port; returns the whole response (headers + body).
-std::string httpGet(uint16_t port, const std::string& path) {
+// A plain HTTP/1.0 request on 127.0.0.1:port; returns the whole response (headers + body).
+std::string httpRequest(uint16_t port, const std::string& method, const std::string& path) {
   const int fd = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
   sockaddr_in in{};
   in.sin_family = AF_INET;
@@ -194,7 +194,7 @@ std::string httpGet(uint16_t port, const std::string& path) {
     close(fd);
     return "connect failed";
   }
-  const std::string request = "GET " + path + " HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
+  const std::string request = method + " " + path + " HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
   EXPECT_EQ(write(fd, request.data(), request.size()), static_cast<ssize_t>(request.size()));
   std::string response;
   char buf[4096];
@@ -203,6 +203,10 @@ std::string httpGet(uint16_t port, const std::string& path) {
   }
   close(fd);
   return response;
+}
+
+std::string httpGet(uint16_t port, const std::string& path) {
+  return httpRequest(port, "GET", path);
 }
 
 std::string bodyOf(const std::string& response) {
@@ -673,6 +677,102 @@ TEST_F(AdminTest, HttpGetOnAnotherPathIsNotFound) {
   const std::string response = httpGet(admin->port(), "/");
   const std::string status = response.substr(0, response.find("\r\n"));
   EXPECT_EQ(status.substr(status.find(' ')), " 404 Not Found") << response;
+}
+
+uint64_t monotonicNow() {
+  timespec ts{};
+  clock_gettime(CLOCK_MONOTONIC, &ts);
+  return static_cast<uint64_t>(ts.tv_sec) * 1'000'000'000ull + static_cast<uint64_t>(ts.tv_nsec);
+}
+
+TEST_F(AdminTest, ReadyFollowsTheServingStateAndHealthzOnlyStalls) {
+  Liveness live;
+  AdminInputs in = inputs();
+  in.liveness = &live;
+  const uint64_t now = 100'000'000'000ull;
+  auto ready = [&] {
+    const ProbeAnswer a = answerReady(in, now);
+    return std::to_string(a.status) + " " + a.body;
+  };
+  auto healthz = [&] {
+    const ProbeAnswer a = answerHealthz(in, now);
+    return std::to_string(a.status) + " " + a.body;
+  };
+  EXPECT_EQ(ready(), "503 starting\n");  // listeners and workers still being set up
+  EXPECT_EQ(healthz(), "200 ok\n");
+  live.serving = Serving::kReady;
+  EXPECT_EQ(ready(), "200 ready\n");
+  // Loops that have not started, that went round lately or that have ended are fine.
+  workers_[0]->beat = now - 9'000'000'000ull;
+  workers_[1]->beat = kBeatFinished;
+  live.mainBeat = now - 50'000'000ull;
+  EXPECT_EQ(ready(), "200 ready\n");
+  EXPECT_EQ(healthz(), "200 ok\n");
+  // A worker stuck past kStalledAfterNanos fails both: restart me, send nothing here.
+  workers_[0]->beat = now - 12'500'000'000ull;
+  EXPECT_EQ(healthz(), "503 stalled: worker 0 has not gone round its loop for 12.5s\n");
+  EXPECT_EQ(ready(), "503 stalled: worker 0 has not gone round its loop for 12.5s\n");
+  workers_[0]->beat = now;
+  live.mainBeat = now - 11'000'000'000ull;
+  EXPECT_EQ(healthz(), "503 stalled: the main thread has not gone round its loop for 11.0s\n");
+  live.mainBeat = now;
+  // SIGTERM: alive, but no longer taking new clients.
+  live.serving = Serving::kStopping;
+  EXPECT_EQ(ready(), "503 stopping\n");
+  EXPECT_EQ(healthz(), "200 ok\n");
+}
+
+TEST_F(AdminTest, ProbesAnswerOverHttp) {
+  Liveness live;
+  live.serving = Serving::kReady;
+  AdminInputs in = inputs();
+  in.liveness = &live;
+  std::string error;
+  const auto admin = startAdmin(in, &error);
+  ASSERT_NE(admin, nullptr) << error;
+  std::string response = httpGet(admin->port(), "/ready");
+  ASSERT_EQ(response.rfind("HTTP/1.1 200 OK\r\n", 0), 0u) << response;
+  EXPECT_NE(response.find("Content-Type: text/plain"), std::string::npos) << response;
+  EXPECT_NE(response.find("Cache-Control: no-store"), std::string::npos) << response;
+  EXPECT_EQ(bodyOf(response), "ready\n");
+  EXPECT_EQ(bodyOf(httpGet(admin->port(), "/healthz?verbose=1")), "ok\n");  // query ignored
+  response = httpRequest(admin->port(), "HEAD", "/ready");
+  EXPECT_EQ(response.rfind("HTTP/1.1 200 OK\r\n", 0), 0u) << response;
+  EXPECT_NE(response.find("Content-Length: 6\r\n"), std::string::npos) << response;
+  EXPECT_EQ(bodyOf(response), "");
+  response = httpRequest(admin->port(), "POST", "/ready");
+  EXPECT_EQ(response.rfind("HTTP/1.1 405 Method Not Allowed\r\n", 0), 0u) << response;
+  EXPECT_NE(response.find("Allow: GET, HEAD\r\n"), std::string::npos) << response;
+  workers_[1]->beat = monotonicNow() - 30'000'000'000ull;
+  response = httpGet(admin->port(), "/healthz");
+  EXPECT_EQ(response.rfind("HTTP/1.1 503 Service Unavailable\r\n", 0), 0u) << response;
+  EXPECT_EQ(bodyOf(response).rfind("stalled: worker 1 has not gone round its loop for 30.", 0), 0u)
+      << response;
+  live.serving = Serving::kStopping;
+  workers_[1]->beat = kBeatFinished;
+  EXPECT_EQ(bodyOf(httpGet(admin->port(), "/ready")), "stopping\n");
+  // The probes leave /metrics to prometheus-cpp.
+  EXPECT_EQ(httpGet(admin->port(), "/metrics").rfind("HTTP/1.1 200 OK\r\n", 0), 0u);
+}
+
+TEST(StatsRegistryTest, ProbesWatchEveryGenerationsWorkers) {
+  StatsRegistry registry;
+  auto cfg = std::make_shared<const config::Config>(makeConfig(address("127.0.0.1", 0)));
+  auto older = makeWorkers(*cfg, 1);
+  auto newer = makeWorkers(*cfg, 2);
+  registry.add(cfg, {older[0].get()}, "mainline");
+  auto cfg2 = std::make_shared<const config::Config>(*cfg);
+  registry.add(cfg2, {newer[0].get(), newer[1].get()}, "mainline");
+  registry.liveness().serving = Serving::kReady;
+  AdminInputs in;
+  in.registry = &registry;
+  const uint64_t now = 100'000'000'000ull;
+  EXPECT_EQ(answerReady(in, now).status, 200);
+  older[0]->beat = now - 20'000'000'000ull;  // a draining generation's worker is stuck
+  EXPECT_EQ(answerHealthz(in, now).body,
+            "stalled: worker 0 (of an older generation) has not gone round its loop for 20.0s\n");
+  registry.retire(cfg.get());
+  EXPECT_EQ(answerHealthz(in, now).body, "ok\n");
 }
 
 TEST_F(AdminTest, DestroyingTheServerReleasesThePort) {
