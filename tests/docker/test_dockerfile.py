@@ -221,8 +221,9 @@ class DockerfileTest(unittest.TestCase):
 
 
 class HealthcheckScriptTest(unittest.TestCase):
-    def run_probe(self, port):
-        env = dict(os.environ, GRELAY_HEALTH_ADDR=f"127.0.0.1:{port}", GRELAY_HEALTH_TIMEOUT="2")
+    def run_probe(self, port, extra=None):
+        env = dict(os.environ, GRELAY_HEALTH_ADDR=f"127.0.0.1:{port}", GRELAY_HEALTH_TIMEOUT="2",
+                   **(extra or {}))
         return subprocess.run(["bash", c.path("docker", "healthcheck.sh")], env=env,
                               capture_output=True, text=True, timeout=20)
 
@@ -230,6 +231,33 @@ class HealthcheckScriptTest(unittest.TestCase):
         r = self.run_probe(c.free_port())
         self.assertEqual(r.returncode, 1)
         self.assertIn("cannot connect", r.stderr)
+
+    def test_asks_healthz_unless_told_another_path(self):
+        paths = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_GET(self):
+                paths.append(self.path)
+                self.send_response(200)
+                self.send_header("Content-Length", "3")
+                self.end_headers()
+                self.wfile.write(b"ok\n")
+
+            def log_message(self, *a):
+                pass
+
+        srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        t = threading.Thread(target=srv.serve_forever, daemon=True)
+        t.start()
+        try:
+            first = self.run_probe(srv.server_address[1])
+            env = {"GRELAY_HEALTH_PATH": "/ready"}
+            second = self.run_probe(srv.server_address[1], env)
+        finally:
+            srv.shutdown()
+            srv.server_close()
+        self.assertEqual((first.returncode, second.returncode), (0, 0), first.stderr + second.stderr)
+        self.assertEqual(paths, ["/healthz", "/ready"])
 
     def test_non_200_answer_is_unhealthy(self):
         class Handler(http.server.BaseHTTPRequestHandler):

@@ -10,8 +10,8 @@ image (Dockerfile) and with the grelay config they carry:
   node/, and the path the installer DaemonSet writes), config and tap mounted where the
   image and the config expect them;
 - container ports = the config's listener and admin ports = the Dockerfile's EXPOSE;
-  liveness and readiness probes GET /metrics on the admin port; prometheus.io/scrape, port
-  and path annotations name the admin port and /metrics;
+  the liveness probe GETs /healthz and the readiness probe /ready on the admin port;
+  prometheus.io/scrape, port and path annotations name the admin port and /metrics;
 - the Service selects the pods and exposes the listener and the metrics port; the
   ServiceMonitor selects the Service and scrapes its metrics port at /metrics;
 - the ConfigMap's grelay.toml passes `grelay --check` (Service names replaced by 127.0.0.1,
@@ -145,11 +145,11 @@ class K8sTest(unittest.TestCase):
         def port_number(p):
             return ports[p] if isinstance(p, str) else p
 
-        for probe in ("livenessProbe", "readinessProbe"):
+        for probe, path in (("livenessProbe", "/healthz"), ("readinessProbe", "/ready")):
             with self.subTest(probe=probe):
                 get = self.container[probe]["httpGet"]
                 self.assertEqual(port_number(get["port"]), admin)
-                self.assertEqual(get["path"], "/metrics")
+                self.assertEqual(get["path"], path)
 
         ann = self.pod["metadata"]["annotations"]
         self.assertEqual(ann["prometheus.io/scrape"], "true")
@@ -206,16 +206,23 @@ class K8sTest(unittest.TestCase):
     def test_shutdown_fits_the_grace_period(self):
         spec = self.pod["spec"]
         grace = spec.get("terminationGracePeriodSeconds", 30)
-        drain = self.grelay_config()["server"].get("drain_timeout", "10s")
-        m = re.fullmatch(r"(\d+)s", drain)
-        self.assertTrue(m, drain)
+        server = self.grelay_config()["server"]
+
+        def seconds(key, default):
+            m = re.fullmatch(r"(\d+)s", server.get(key, default))
+            self.assertTrue(m, f"{key} = {server.get(key)}")
+            return int(m.group(1))
+
+        delay = seconds("shutdown_delay", "0s")
+        # The Service drops the endpoint asynchronously: the pod keeps accepting meanwhile,
+        # with /ready failing, and needs no preStop hook (or shell) for it.
+        self.assertGreater(delay, 0, "shutdown_delay keeps serving while the endpoint goes")
         sleep = 0
         pre = self.container.get("lifecycle", {}).get("preStop", {}).get("exec", {}).get("command", [])
         if pre[:1] == ["sleep"]:
             sleep = int(pre[1])
-        self.assertGreater(grace, sleep + int(m.group(1)),
-                           "preStop sleep + drain_timeout must end before SIGKILL")
-
+        self.assertGreater(grace, sleep + delay + seconds("drain_timeout", "10s"),
+                           "preStop sleep + shutdown_delay + drain_timeout must end before SIGKILL")
 
 if __name__ == "__main__":
     c.main()
