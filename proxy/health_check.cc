@@ -14,17 +14,24 @@
 
 #include "proxy/log.h"
 #include "proxy/proxy_protocol.h"
+#include "proxy/tls_context.h"
+#include "relay/tls_channel.h"
 
 namespace grelay::proxy {
 
 struct HealthChecker::Target {
+  enum class Phase : uint8_t { Connecting, Handshaking, Closing };
   size_t pool = 0;
   uint32_t server = 0;
   int fd = -1;
   uint64_t deadline = 0;
+  Phase phase = Phase::Connecting;
+  short events = POLLOUT;  // what poll waits for next
   bool done = false;
   bool verdict = true;  // false: the check could not be made here (no socket), no result
-  int error = 0;        // done && verdict: 0 = connected, else errno (ETIMEDOUT)
+  int error = 0;        // done && verdict: 0 = passed, else errno (ETIMEDOUT, EPROTO: TLS)
+  std::string why;      // error != 0: the reason, when errno's text is not it
+  std::unique_ptr<relay::TlsChannel> tls;
 };
 
 namespace {
@@ -134,7 +141,7 @@ bool HealthChecker::checkNow(const std::vector<size_t>& pools) {
         continue;
       }
       if (::connect(t.fd, a.sockaddrPtr(), a.length) == 0) {
-        t.done = true;
+        connected(t);
       } else if (errno != EINPROGRESS) {
         t.done = true;
         t.error = errno;
@@ -148,15 +155,7 @@ bool HealthChecker::checkNow(const std::vector<size_t>& pools) {
       if (!t.verdict) {
         continue;
       }
-      Pool& p = pools_[t.pool];
-      if (t.error == 0 && p.pool->config().proxy_protocol != config::ProxyProtocol::Off) {
-        // Servers that expect a PROXY header get the one for a connection of grelay's
-        // own ("PROXY UNKNOWN", v2 LOCAL): they take it as a plain connect.
-        const std::string header = proxyHeaderLocal(p.pool->config().proxy_protocol);
-        [[maybe_unused]] ssize_t n =
-            ::send(t.fd, header.data(), header.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
-      }
-      report(p, t.server, t.error, now);
+      report(pools_[t.pool], t, now);
     }
     for (size_t pi : pools) {
       UpstreamPool& pool = *pools_[pi].pool;
@@ -168,11 +167,71 @@ bool HealthChecker::checkNow(const std::vector<size_t>& pools) {
     }
   }
   for (Target& t : targets) {
+    t.tls.reset();
     if (t.fd >= 0) {
       ::close(t.fd);
     }
   }
   return finished;
+}
+
+void HealthChecker::connected(Target& t) {
+  const config::UpstreamConfig& uc = pools_[t.pool].pool->config();
+  if (uc.proxy_protocol != config::ProxyProtocol::Off) {
+    // Servers that expect a PROXY header get the one for a connection of grelay's own
+    // ("PROXY UNKNOWN", v2 LOCAL), before TLS as on sessions: a plain connect to them.
+    const std::string header = proxyHeaderLocal(uc.proxy_protocol);
+    [[maybe_unused]] ssize_t n =
+        ::send(t.fd, header.data(), header.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
+  }
+  SSL_CTX* ctx = pools_[t.pool].tls;
+  if (ctx == nullptr) {
+    t.done = true;
+    return;
+  }
+  t.tls = std::make_unique<relay::TlsChannel>(ctx, t.fd, false, tlsBuffers_);
+  if (!t.tls->valid()) {
+    t.done = true;
+    t.verdict = false;  // out of memory here says nothing about the server
+    return;
+  }
+  const UpstreamPeerName peer = upstreamPeerName(uc, pools_[t.pool].pool->server(t.server));
+  t.tls->setPeerName(peer.sni, peer.verifyHost);
+  t.phase = Target::Phase::Handshaking;
+  advance(t);
+}
+
+void HealthChecker::advance(Target& t) {
+  if (t.phase == Target::Phase::Closing) {
+    // The verdict is in; read until the server's close_notify and FIN so the socket is
+    // not closed on unread bytes (a reset for the server to log).
+    char sink[4096];
+    ssize_t n;
+    while ((n = ::recv(t.fd, sink, sizeof(sink), MSG_DONTWAIT)) > 0) {
+    }
+    if (n == 0 || (errno != EAGAIN && errno != EINTR)) {
+      t.done = true;
+    }
+    return;
+  }
+  switch (t.tls->handshake()) {
+    case relay::TlsChannel::Step::Done:
+      t.tls->shutdown();
+      t.phase = Target::Phase::Closing;
+      t.events = POLLIN;
+      return;
+    case relay::TlsChannel::Step::WantRead:
+      t.events = POLLIN;
+      return;
+    case relay::TlsChannel::Step::WantWrite:
+      t.events = POLLOUT;
+      return;
+    case relay::TlsChannel::Step::Failed:
+      t.done = true;
+      t.error = EPROTO;
+      t.why = "TLS " + t.tls->error();
+      return;
+  }
 }
 
 bool HealthChecker::waitFor(std::vector<Target>& targets) {
@@ -190,10 +249,17 @@ bool HealthChecker::waitFor(std::vector<Target>& targets) {
       }
       if (now >= t.deadline) {
         t.done = true;
-        t.error = ETIMEDOUT;
+        // A server that passed and then keeps the connection open still passed.
+        if (t.phase != Target::Phase::Closing) {
+          t.error = ETIMEDOUT;
+          if (t.phase == Target::Phase::Handshaking) {
+            t.why = "no TLS handshake within " +
+                    std::to_string(pools_[t.pool].pool->config().check_timeout.count()) + " ms";
+          }
+        }
         continue;
       }
-      fds.push_back(pollfd{t.fd, POLLOUT, 0});
+      fds.push_back(pollfd{t.fd, t.events, 0});
       which.push_back(i);
       earliest = std::min(earliest, t.deadline);
     }
@@ -213,18 +279,28 @@ bool HealthChecker::waitFor(std::vector<Target>& targets) {
         continue;
       }
       Target& t = targets[which[k]];
+      if (t.phase != Target::Phase::Connecting) {
+        advance(t);
+        continue;
+      }
       int error = 0;
       socklen_t length = sizeof(error);
       if (::getsockopt(t.fd, SOL_SOCKET, SO_ERROR, &error, &length) != 0) {
         error = errno;
       }
-      t.done = true;
-      t.error = error;
+      if (error != 0) {
+        t.done = true;
+        t.error = error;
+      } else {
+        connected(t);
+      }
     }
   }
 }
 
-void HealthChecker::report(Pool& p, uint32_t server, int error, uint64_t now) {
+void HealthChecker::report(Pool& p, const Target& t, uint64_t now) {
+  const uint32_t server = t.server;
+  const int error = t.error;
   UpstreamPool& pool = *p.pool;
   const config::UpstreamConfig& uc = pool.config();
   p.stats->checks.inc();
@@ -248,7 +324,8 @@ void HealthChecker::report(Pool& p, uint32_t server, int error, uint64_t now) {
   p.stats->checkFailures.inc();
   if (pool.connectFailed(server, now)) {
     p.stats->markedDown.inc();
-    std::string why = error == ETIMEDOUT
+    std::string why = !t.why.empty() ? t.why
+                      : error == ETIMEDOUT
                           ? "no answer within " + std::to_string(uc.check_timeout.count()) + " ms"
                           : strerror(error);
     GRELAY_LOG_WARN(

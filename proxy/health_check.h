@@ -1,10 +1,12 @@
 // Active health checks: the servers of every upstream pool that sets check_interval get a
 // TCP connect (then a close) each interval, from one thread per configuration generation,
-// off the data path. A check that fails (refused, unreachable, no answer within
-// check_timeout) counts like a session's failed connect toward max_fails and marks the
-// server down; a good one brings a server marked down back at once. So a dead server is
-// found before sessions try it, and a revived one rejoins without waiting out
-// fail_timeout.
+// off the data path. A TLS pool's servers get a TLS handshake on top, verified as a
+// session's would be (SNI, certificate, name), then close_notify: a server whose TLS is
+// broken fails, and none sees a connection that never says ClientHello. A check that fails
+// (refused, unreachable, handshake failed, no answer within check_timeout) counts like a
+// session's failed connect toward max_fails and marks the server down; a good one brings a
+// server marked down back (after check_passes in a row). So a dead server is found before
+// sessions try it, and a revived one rejoins without waiting out fail_timeout.
 #pragma once
 
 #include <cstdint>
@@ -12,8 +14,11 @@
 #include <thread>
 #include <vector>
 
+#include <openssl/ssl.h>
+
 #include "metrics/stats.h"
 #include "proxy/upstream.h"
+#include "relay/buffer.h"
 
 namespace grelay::proxy {
 
@@ -22,6 +27,7 @@ public:
   struct Pool {
     UpstreamPool* pool = nullptr;  // its config sets check_interval
     metrics::UpstreamStats* stats = nullptr;
+    SSL_CTX* tls = nullptr;  // the pool's client context; nullptr = plaintext
   };
 
   explicit HealthChecker(std::vector<Pool> pools);
@@ -43,13 +49,17 @@ private:
   struct Target;
   void run();
   bool waitFor(std::vector<Target>& targets);
-  void report(Pool& p, uint32_t server, int error, uint64_t now);
+  void connected(Target& t);
+  void advance(Target& t);
+  void report(Pool& p, const Target& t, uint64_t now);
 
   std::vector<Pool> pools_;
   // [pool][server]: checks in a row that connected while the server was down (check_passes).
   std::vector<std::vector<uint32_t>> passes_;
   int wakeFd_ = -1;  // eventfd: stop() writes it
   std::thread thread_;
+  // TlsChannel's buffers; a check never leaves the handshake's socket BIO, so none is taken.
+  relay::UserBufferPool tlsBuffers_{16384, 4};
 };
 
 }  // namespace grelay::proxy

@@ -389,7 +389,8 @@ std::unique_ptr<Generation> buildGeneration(std::shared_ptr<const config::Config
     gen->upstreamStats.push_back(std::make_unique<metrics::UpstreamStats>());
     gen->upstreamStats.back()->view = gen->runtime->upstreams[u].get();
     if (cfg->upstreams[u].check_interval.count() > 0) {
-      checked.push_back({gen->runtime->upstreams[u].get(), gen->upstreamStats.back().get()});
+      checked.push_back({gen->runtime->upstreams[u].get(), gen->upstreamStats.back().get(),
+                         gen->tls->upstream(u)});
     }
   }
   if (!checked.empty()) {

@@ -1164,12 +1164,8 @@ void Session::primaryConnected(int32_t res) {
     const config::Address& a = listener_.upstream->server(static_cast<size_t>(server_));
     primary_.tls_ = std::make_unique<relay::TlsChannel>(listener_.upstreamTls, primary_.fd_, false,
                                                         host_.userPool());
-    const config::UpstreamConfig& uc = listener_.upstream->config();
-    const std::string host = upstreamVerifyHost(uc, a);
-    // SNI: the configured name, else the host as written when it is a name, not an IP.
-    const bool isName = host.find_first_not_of("0123456789.:abcdefABCDEF") != std::string::npos;
-    primary_.tls_->setPeerName(!uc.tls.sni.empty() ? uc.tls.sni : (isName ? host : ""),
-                               uc.tls.verify ? host : "");
+    const UpstreamPeerName peer = upstreamPeerName(listener_.upstream->config(), a);
+    primary_.tls_->setPeerName(peer.sni, peer.verifyHost);
     state_ = State::UpstreamHandshake;
     handshakeTimedOut_ = false;
     handshakeDeadline_ = host_.now() + nanos(cfg().connect_timeout);

@@ -1,5 +1,7 @@
 #include "proxy/tls_context.h"
 
+#include <arpa/inet.h>
+
 #include <openssl/err.h>
 
 namespace grelay::proxy {
@@ -134,6 +136,15 @@ std::string upstreamVerifyHost(const config::UpstreamConfig& u, const config::Ad
   }
   size_t colon = text.rfind(':');
   return colon == std::string::npos ? text : text.substr(0, colon);
+}
+
+UpstreamPeerName upstreamPeerName(const config::UpstreamConfig& u, const config::Address& server) {
+  const std::string host = upstreamVerifyHost(u, server);
+  // RFC 6066: no IP literals in SNI. (A name made of hex digits, "cafe.be", is a name.)
+  in6_addr ip{};
+  const bool isName = !host.empty() && inet_pton(AF_INET, host.c_str(), &ip) != 1 &&
+                      inet_pton(AF_INET6, host.c_str(), &ip) != 1;
+  return {!u.tls.sni.empty() ? u.tls.sni : (isName ? host : ""), u.tls.verify ? host : ""};
 }
 
 }  // namespace grelay::proxy

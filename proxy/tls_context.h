@@ -43,4 +43,14 @@ private:
 std::string upstreamVerifyHost(const config::UpstreamConfig& upstream,
                                const config::Address& server);
 
+// The SNI a connection to `server` sends ("" = none: the configured sni, else the host as
+// written when it is a name, never an IP literal) and the name or IP address its
+// certificate must match ("" when verify = false): what sessions and health checks use.
+struct UpstreamPeerName {
+  std::string sni;
+  std::string verifyHost;
+};
+UpstreamPeerName upstreamPeerName(const config::UpstreamConfig& upstream,
+                                  const config::Address& server);
+
 }  // namespace grelay::proxy

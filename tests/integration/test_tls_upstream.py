@@ -14,7 +14,10 @@ Python ssl echo upstreams with certificates made at test time (harness.Certs):
 - verify = false accepts the self-signed certificate;
 - a pool [self-signed server, good server] fails over to the good one for every session;
 - an upstream that accepts TCP but never answers the handshake is given up after
-  connect_timeout.
+  connect_timeout;
+- health checks of a TLS pool complete a verified handshake and close with close_notify:
+  a server with a certificate for another host and a plaintext server (which accepts the
+  TCP connect a bare check would pass) are marked down before any session meets them.
 """
 
 import re
@@ -156,6 +159,46 @@ class TlsUpstreamTest(h.TlsTest):
                                  1)
                 self.assertTrue(h.wait_for(lambda: "TLS handshake timed out" in g.log(), 5),
                                 "no log line for the timeout")
+
+    def test_health_checks_of_a_tls_pool_make_a_verified_handshake(self):
+        c = self.certs
+        with h.TlsEchoServer(*c.upstream) as good, h.TlsEchoServer(*c.wrong_host) as wrong, \
+                h.EchoServer() as plain:
+            cfg = h.Config()
+            cfg.with_admin()
+            cfg.upstream("pool", [{"address": wrong.address, "name": "wrong"},
+                                  {"address": plain.address, "name": "plain"},
+                                  {"address": good.address, "name": "good"}],
+                         tls={"ca": c.ca}, check_interval="200ms", check_timeout="2s",
+                         fail_timeout="1m")
+            port = cfg.listener("web", "pool")
+            with h.Grelay(cfg) as g:
+                self.assertTrue(h.wait_for(
+                    lambda: g.metric("grelay_upstream_servers_down", upstream="pool") == 2, 15),
+                    g.log())
+                self.assertRegex(g.log(), r"server 127\.0\.0\.1:\d+ marked down for 60000 ms after "
+                                          r"1 failed connect \(health check: TLS handshake: "
+                                          r"certificate verify failed: [^)]*\)")
+                self.assertEqual(g.metric("grelay_upstream_server_up", upstream="pool",
+                                          server="good"), 1)
+                # No session meets a bad server: all go to the good one at once.
+                for i in range(6):
+                    r = h.stream_session(port, h.Stream(9100 + i, 64 * h.KiB), index=i)
+                    self.assertTrue(r.ok, str(r))
+                self.assertEqual(g.metric("grelay_upstream_tls_failures_total", listener="web"), 0)
+                self.assertEqual(g.metric("grelay_upstream_connect_errors_total", listener="web"),
+                                 0)
+                # The good server saw whole handshakes from the checks, each closed cleanly
+                # (close_notify, then FIN; no reset), with no application data.
+                self.assertTrue(h.wait_for(lambda: good.handshakes >= 6 + 2, 10))
+                # (Checks keep coming every 200ms: look at those that have ended.)
+                checks = [r for r in list(good.conns) if r.done and r.received == 0]
+                self.assertGreaterEqual(len(checks), 2)
+                self.assertTrue(all(r.end == "eof" for r in checks), [r.end for r in checks])
+                self.assertEqual(wrong.handshakes, 0)
+                self.assertGreaterEqual(g.metric("grelay_upstream_health_checks_total",
+                                                 upstream="pool", result="failed"), 2)
+
 
 
 if __name__ == "__main__":
