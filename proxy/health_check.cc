@@ -53,7 +53,8 @@ LogLimiter socketErrorLog;
 
 }  // namespace
 
-HealthChecker::HealthChecker(std::vector<Pool> pools) : pools_(std::move(pools)) {
+HealthChecker::HealthChecker(std::vector<Pool> pools, size_t maxInFlight)
+    : pools_(std::move(pools)), maxInFlight_(std::max<size_t>(maxInFlight, 1)) {
   for (const Pool& p : pools_) {
     passes_.emplace_back(p.pool->size(), 0);
   }
@@ -119,33 +120,11 @@ void HealthChecker::run() {
 
 bool HealthChecker::checkNow(const std::vector<size_t>& pools) {
   std::vector<Target> targets;
-  const uint64_t start = monotonicNanos();
   for (size_t pi : pools) {
-    UpstreamPool& pool = *pools_[pi].pool;
-    for (uint32_t s = 0; s < pool.size(); ++s) {
+    for (uint32_t s = 0; s < pools_[pi].pool->size(); ++s) {
       Target& t = targets.emplace_back();
       t.pool = pi;
       t.server = s;
-      t.deadline = start + nanos(pool.config().check_timeout);
-      const config::Address& a = pool.server(s);
-      t.fd = ::socket(a.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-      if (t.fd < 0) {
-        // Out of descriptors or memory here says nothing about the server.
-        t.done = true;
-        t.verdict = false;
-        uint64_t suppressed = 0;
-        if (socketErrorLog.allow(start, &suppressed)) {
-          GRELAY_LOG_WARN("health check of upstream %s: cannot open a socket: %s",
-                          pool.config().name.c_str(), strerror(errno));
-        }
-        continue;
-      }
-      if (::connect(t.fd, a.sockaddrPtr(), a.length) == 0) {
-        connected(t);
-      } else if (errno != EINPROGRESS) {
-        t.done = true;
-        t.error = errno;
-      }
     }
   }
   const bool finished = waitFor(targets);
@@ -234,17 +213,59 @@ void HealthChecker::advance(Target& t) {
   }
 }
 
+void HealthChecker::open(Target& t, uint64_t now) {
+  UpstreamPool& pool = *pools_[t.pool].pool;
+  t.deadline = now + nanos(pool.config().check_timeout);
+  const config::Address& a = pool.server(t.server);
+  t.fd = ::socket(a.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  if (t.fd < 0) {
+    // Out of descriptors or memory here says nothing about the server.
+    t.done = true;
+    t.verdict = false;
+    uint64_t suppressed = 0;
+    if (socketErrorLog.allow(now, &suppressed)) {
+      GRELAY_LOG_WARN("health check of upstream %s: cannot open a socket: %s",
+                      pool.config().name.c_str(), strerror(errno));
+    }
+    return;
+  }
+  if (::connect(t.fd, a.sockaddrPtr(), a.length) == 0) {
+    connected(t);
+  } else if (errno != EINPROGRESS) {
+    t.done = true;
+    t.error = errno;
+  }
+}
+
 bool HealthChecker::waitFor(std::vector<Target>& targets) {
   std::vector<pollfd> fds;
   std::vector<size_t> which;
+  size_t started = 0;  // targets[0, started) have had their connect
   for (;;) {
     fds.assign(1, pollfd{wakeFd_, POLLIN, 0});
     which.clear();
     const uint64_t now = monotonicNanos();
     uint64_t earliest = UINT64_MAX;
-    for (size_t i = 0; i < targets.size(); ++i) {
+    // At most maxInFlight_ checks at once, so a pool of thousands of servers does not take
+    // thousands of descriptors (the workers' too) at the same moment.
+    size_t inFlight = 0;
+    for (size_t i = 0; i < started; ++i) {
+      inFlight += targets[i].done ? 0 : 1;
+    }
+    while (started < targets.size() && inFlight < maxInFlight_) {
+      Target& t = targets[started++];
+      open(t, now);
+      inFlight += t.done ? 0 : 1;
+    }
+    peakInFlight_ = std::max(peakInFlight_, inFlight);
+    for (size_t i = 0; i < started; ++i) {
       Target& t = targets[i];
       if (t.done) {
+        if (t.fd >= 0) {  // finished: its descriptor goes back now, not after the round
+          t.tls.reset();
+          ::close(t.fd);
+          t.fd = -1;
+        }
         continue;
       }
       if (now >= t.deadline) {
@@ -264,6 +285,9 @@ bool HealthChecker::waitFor(std::vector<Target>& targets) {
       earliest = std::min(earliest, t.deadline);
     }
     if (which.empty()) {
+      if (started < targets.size()) {
+        continue;  // all of these ended: start the next ones
+      }
       return true;
     }
     const int n = ::poll(fds.data(), fds.size(), waitMillis(now, earliest));

@@ -6,7 +6,8 @@
 // (refused, unreachable, handshake failed, no answer within check_timeout) counts like a
 // session's failed connect toward max_fails and marks the server down; a good one brings a
 // server marked down back (after check_passes in a row). So a dead server is found before
-// sessions try it, and a revived one rejoins without waiting out fail_timeout.
+// sessions try it, and a revived one rejoins without waiting out fail_timeout. At most
+// kMaxInFlight checks are open at once.
 #pragma once
 
 #include <cstdint>
@@ -30,7 +31,10 @@ public:
     SSL_CTX* tls = nullptr;  // the pool's client context; nullptr = plaintext
   };
 
-  explicit HealthChecker(std::vector<Pool> pools);
+  // Checks open at once, across the pools of a generation; more wait for a free slot.
+  static constexpr size_t kMaxInFlight = 256;
+
+  explicit HealthChecker(std::vector<Pool> pools, size_t maxInFlight = kMaxInFlight);
   ~HealthChecker();  // stop()
   HealthChecker(const HealthChecker&) = delete;
   HealthChecker& operator=(const HealthChecker&) = delete;
@@ -44,11 +48,14 @@ public:
   // One round over the given pools now, on the calling thread: what the thread runs each
   // interval (for tests). Returns false if stop() interrupted it.
   bool checkNow(const std::vector<size_t>& pools);
+  // For tests: the most checks that were open at the same moment.
+  size_t peakInFlight() const { return peakInFlight_; }
 
 private:
   struct Target;
   void run();
   bool waitFor(std::vector<Target>& targets);
+  void open(Target& t, uint64_t now);
   void connected(Target& t);
   void advance(Target& t);
   void report(Pool& p, const Target& t, uint64_t now);
@@ -56,6 +63,8 @@ private:
   std::vector<Pool> pools_;
   // [pool][server]: checks in a row that connected while the server was down (check_passes).
   std::vector<std::vector<uint32_t>> passes_;
+  size_t maxInFlight_;
+  size_t peakInFlight_ = 0;
   int wakeFd_ = -1;  // eventfd: stop() writes it
   std::thread thread_;
   // TlsChannel's buffers; a check never leaves the handshake's socket BIO, so none is taken.

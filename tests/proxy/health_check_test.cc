@@ -67,7 +67,8 @@ struct Port {
 class HealthCheckTest : public ::testing::Test {
 protected:
   void makePool(std::vector<const Port*> servers, uint32_t maxFails = 1,
-                config::ProxyProtocol proxy = config::ProxyProtocol::Off) {
+                config::ProxyProtocol proxy = config::ProxyProtocol::Off,
+                size_t maxInFlight = HealthChecker::kMaxInFlight) {
     config_.servers.clear();
     for (const Port* p : servers) {
       config_.servers.push_back({p->address});
@@ -79,8 +80,8 @@ protected:
     config_.check_timeout = 1s;
     config_.proxy_protocol = proxy;
     pool_ = std::make_unique<UpstreamPool>(config_);
-    checker_ =
-        std::make_unique<HealthChecker>(std::vector<HealthChecker::Pool>{{pool_.get(), &stats_}});
+    checker_ = std::make_unique<HealthChecker>(
+        std::vector<HealthChecker::Pool>{{pool_.get(), &stats_}}, maxInFlight);
   }
 
   config::UpstreamConfig config_;
@@ -112,6 +113,26 @@ TEST_F(HealthCheckTest, ARefusedServerIsMarkedDownAndComesBackWhenItListens) {
   EXPECT_EQ(stats_.checkFailures.value(), 2u);
   EXPECT_EQ(stats_.serversDown.value(), 0);
   EXPECT_FALSE(pool_->down(1, monotonicNanos()));
+}
+
+TEST_F(HealthCheckTest, ABigPoolIsCheckedAFewServersAtATime) {
+  // A pool of thousands would otherwise hold thousands of descriptors at once.
+  std::vector<std::unique_ptr<Port>> ports;
+  std::vector<const Port*> servers;
+  for (int i = 0; i < 7; ++i) {
+    ports.push_back(std::make_unique<Port>());
+    if (i != 3) {
+      ports.back()->listen();
+    }
+    servers.push_back(ports.back().get());
+  }
+  makePool(servers, 1, config::ProxyProtocol::Off, 2);
+  ASSERT_TRUE(checker_->checkNow({0}));
+  EXPECT_EQ(stats_.checks.value(), 7u);  // every server, each once
+  EXPECT_EQ(stats_.checkFailures.value(), 1u);
+  EXPECT_EQ(stats_.serversDown.value(), 1);
+  EXPECT_TRUE(pool_->down(3, monotonicNanos()));
+  EXPECT_EQ(checker_->peakInFlight(), 2u);
 }
 
 TEST_F(HealthCheckTest, AServerMarkedDownNeedsCheckPassesGoodChecksInARow) {
