@@ -193,6 +193,9 @@ struct ListenerConfig {
   // long without traffic, every third of it, 3 unanswered ones end the connection. 0 = off.
   Duration tcp_keepalive{0};
   uint32_t max_connections = 0;  // per listener; 0 = only the server-wide limit
+  // Sessions one client address may have open on this listener (behind a PROXY header,
+  // the address it carries); 0 = no limit.
+  uint32_t max_connections_per_client = 0;
   // Clients (a load balancer) start every connection with a PROXY protocol header (v1 or
   // v2), read before TLS; its addresses replace the connection's. Within connect_timeout.
   bool accept_proxy_protocol = false;

@@ -723,32 +723,34 @@ private:
     l.location = locate(table.source());
     bool upstream_ok = false;
     mirror_names_.clear();
-    readTable(table, "in [[listener]]",
-              {
-                  {"name", uniqueName(&l.name, &listener_names_, "listener"), true},
-                  {"listen", listenAddress(&l.listen), true},
-                  {"upstream",
-                   [&](std::string_view key, const toml::node& node) {
-                     return upstream_ok = string(&l.upstream)(key, node);
-                   },
-                   true},
-                  {"connect_timeout", duration(&l.connect_timeout, 1ms, kMaxTimeout)},
-                  {"idle_timeout", duration(&l.idle_timeout, 1ms, kMaxTimeout)},
-                  {"tcp_keepalive", duration(&l.tcp_keepalive, 0ms, 2h)},
-                  {"max_connections", integer(&l.max_connections, 0, 10'000'000)},
-                  {"accept_proxy_protocol", boolean(&l.accept_proxy_protocol)},
-                  {"proxy_protocol_from",
-                   networks(&l.proxy_protocol_from, "to accept a header from any peer")},
-                  {"allow", networks(&l.allow, "to allow every client")},
-                  {"access_log", string(&l.access_log)},
-                  {"tls", subtable("tls = { cert = \"...\", key = \"...\" }",
-                                   [&](const auto& t) { readListenerTls(t, l.tls.emplace()); })},
-                  {"mirror",
-                   arrayOfTables("[[listener.mirror]]",
-                                 [&](const auto& t) { readMirror(t, l.mirrors.emplace_back()); })},
-                  {"tap",
-                   subtable("[listener.tap]", [&](const auto& t) { readTap(t, l.tap.emplace()); })},
-              });
+    readTable(
+        table, "in [[listener]]",
+        {
+            {"name", uniqueName(&l.name, &listener_names_, "listener"), true},
+            {"listen", listenAddress(&l.listen), true},
+            {"upstream",
+             [&](std::string_view key, const toml::node& node) {
+               return upstream_ok = string(&l.upstream)(key, node);
+             },
+             true},
+            {"connect_timeout", duration(&l.connect_timeout, 1ms, kMaxTimeout)},
+            {"idle_timeout", duration(&l.idle_timeout, 1ms, kMaxTimeout)},
+            {"tcp_keepalive", duration(&l.tcp_keepalive, 0ms, 2h)},
+            {"max_connections", integer(&l.max_connections, 0, 10'000'000)},
+            {"max_connections_per_client", integer(&l.max_connections_per_client, 0, 10'000'000)},
+            {"accept_proxy_protocol", boolean(&l.accept_proxy_protocol)},
+            {"proxy_protocol_from",
+             networks(&l.proxy_protocol_from, "to accept a header from any peer")},
+            {"allow", networks(&l.allow, "to allow every client")},
+            {"access_log", string(&l.access_log)},
+            {"tls", subtable("tls = { cert = \"...\", key = \"...\" }",
+                             [&](const auto& t) { readListenerTls(t, l.tls.emplace()); })},
+            {"mirror",
+             arrayOfTables("[[listener.mirror]]",
+                           [&](const auto& t) { readMirror(t, l.mirrors.emplace_back()); })},
+            {"tap",
+             subtable("[listener.tap]", [&](const auto& t) { readTap(t, l.tap.emplace()); })},
+        });
     if (const toml::node* node = table.get("proxy_protocol_from");
         node != nullptr && !l.accept_proxy_protocol) {
       error(node->source(),

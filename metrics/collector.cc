@@ -425,7 +425,7 @@ std::vector<MetricFamily> StatsCollector::collectFrom(
       list.add("grelay_connections_active", "Client sessions open now.", MetricType::Gauge);
   auto& rejected = list.add("grelay_connections_rejected_total",
                             "Client connections closed at once because a max_connections limit "
-                            "was reached.",
+                            "(server, listener or max_connections_per_client) was reached.",
                             MetricType::Counter);
   auto& denied = list.add("grelay_connections_denied_total",
                           "Client connections reset because the client address is outside "

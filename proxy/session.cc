@@ -974,6 +974,17 @@ void Session::afterProxyHeader() {
     close(true, false, false, tap::CloseReason::kError);
     return;
   }
+  if (listener_.clientLimit != nullptr) {
+    if (!listener_.clientLimit->acquire(clientAddress_)) {
+      stats().rejected.inc();
+      host_.listenerTrouble(listener_, "client " + formatAddress(clientAddress_) + " already has " +
+                                           std::to_string(listener_.clientLimit->limit()) +
+                                           " sessions open (max_connections_per_client): reset");
+      close(true, false, false, tap::CloseReason::kError);
+      return;
+    }
+    clientCounted_ = true;
+  }
   if (listener_.tls == nullptr) {
     beginSession();
     return;
@@ -1608,6 +1619,10 @@ void Session::maybeFinish() {
     m->peer.dropQueue();
   }
   releaseServer();
+  if (clientCounted_) {
+    listener_.clientLimit->release(clientAddress_);
+    clientCounted_ = false;
+  }
   done_ = true;
   host_.timers().cancel(*this);
   if (listener_.accessLog != nullptr) {

@@ -28,6 +28,7 @@
 #include "config/config.h"
 #include "metrics/stats.h"
 #include "proxy/access_log.h"
+#include "proxy/client_limiter.h"
 #include "proxy/sockets.h"
 #include "proxy/tap_writer.h"
 #include "proxy/timer.h"
@@ -102,6 +103,7 @@ struct ListenerContext {
   SSL_CTX* tls = nullptr;                       // TLS termination on this listener
   SSL_CTX* upstreamTls = nullptr;               // TLS toward the upstream pool
   std::atomic<int64_t>* connections = nullptr;  // the listener's open sessions (all workers)
+  ClientLimiter* clientLimit = nullptr;         // max_connections_per_client (all workers)
   std::vector<PeerHealth*> mirrorHealth;        // [mirror], shared by all workers (may be empty)
   uint32_t chunkSize = 64 * 1024;
   bool splice = false;  // single-target directions may splice ([server] splice, mainline path)
@@ -413,7 +415,8 @@ private:
   // The client's TLS handshake, the upstream's, or the client's PROXY protocol header.
   uint64_t handshakeDeadline_ = 0;
   bool handshakeTimedOut_ = false;
-  std::string proxyHeader_;  // the part of the client's PROXY header read so far
+  bool clientCounted_ = false;  // clientLimit->acquire() succeeded: release() at the end
+  std::string proxyHeader_;     // the part of the client's PROXY header read so far
   uint64_t lastActivity_ = 0;
   uint64_t closeStart_ = 0;
   uint32_t inflight_ = 0;

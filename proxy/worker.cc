@@ -49,6 +49,8 @@ Runtime::Runtime(const config::Config& cfg)
   for (size_t i = 0; i < cfg.listeners.size(); ++i) {
     listenerConnections[i].store(0);
     troubleLogs.push_back(std::make_unique<LogLimiter>());
+    const uint32_t perClient = cfg.listeners[i].max_connections_per_client;
+    clientLimits.push_back(perClient > 0 ? std::make_unique<ClientLimiter>(perClient) : nullptr);
     auto& logs = mirrorLogs.emplace_back();
     auto& health = mirrorHealth.emplace_back();
     for (size_t m = 0; m < cfg.listeners[i].mirrors.size(); ++m) {
@@ -91,6 +93,7 @@ Worker::Worker(Runtime& runtime, uint32_t index, metrics::WorkerStats& stats,
       a->context.chunkSize = cfg.server.chunk_size;
       a->context.splice = runtime.splice && pathIndex_ == metrics::kMainlinePath;
       a->context.connections = &runtime.listenerConnections[i];
+      a->context.clientLimit = runtime.clientLimits[i].get();
       for (auto& h : runtime.mirrorHealth[i]) {
         a->context.mirrorHealth.push_back(h.get());
       }

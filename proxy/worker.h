@@ -12,6 +12,7 @@
 
 #include "config/config.h"
 #include "metrics/stats.h"
+#include "proxy/client_limiter.h"
 #include "proxy/log.h"
 #include "proxy/session.h"
 #include "proxy/sockets.h"
@@ -38,7 +39,8 @@ struct Runtime {
   std::unique_ptr<std::atomic<int64_t>[]> listenerConnections;
   std::vector<std::vector<std::unique_ptr<LogLimiter>>> mirrorLogs;    // [listener][mirror]
   std::vector<std::vector<std::unique_ptr<PeerHealth>>> mirrorHealth;  // [listener][mirror]
-  std::vector<std::unique_ptr<LogLimiter>> troubleLogs;  // [listener]: TLS, PROXY protocol
+  std::vector<std::unique_ptr<LogLimiter>> troubleLogs;      // [listener]: TLS, PROXY protocol
+  std::vector<std::unique_ptr<ClientLimiter>> clientLimits;  // [listener]; nullptr = no limit
   const TlsContexts* tls = nullptr;
   std::vector<int> accessLogFds;  // [listener]: the access log (O_APPEND, shared) or -1
   LogLimiter acceptErrorLog;

@@ -223,6 +223,13 @@ TEST(LoaderTest, ShutdownDelayIsStored) {
   EXPECT_EQ(result.config->server.shutdown_delay, Duration(5'000));
 }
 
+TEST(LoaderTest, MaxConnectionsPerClientIsStored) {
+  LoadResult result = loadString(kValid + "max_connections_per_client = 20\n", "t.toml");
+  ASSERT_TRUE(result.ok()) << result.errors[0].toString();
+  EXPECT_EQ(result.config->listeners[0].max_connections_per_client, 20u);
+  EXPECT_EQ(loadString(kValid, "t.toml").config->listeners[0].max_connections_per_client, 0u);
+}
+
 TEST(LoaderTest, UpstreamTlsTrueEnablesWithDefaults) {
   LoadResult result =
       loadString(lines({R"([upstream.app])", R"(servers = ["127.0.0.1:8000"])", R"(tls = true)"}) +

@@ -207,6 +207,47 @@ class LimitTest(h.GrelayTest):
                 self.assertIn("listener web: client 127.0.0.1:", g.log())
                 self.assertIn("is outside the listener's allow networks: reset", g.log())
 
+    def test_max_connections_per_client(self):
+        with h.EchoServer() as echo:
+            cfg = h.Config()
+            cfg.upstream("echo", [echo.address])
+            port = cfg.listener("web", "echo", max_connections_per_client=2)
+            cfg.with_admin()
+
+            def session_from(ip):
+                s = socket.create_connection(("127.0.0.1", port), timeout=10,
+                                             source_address=(ip, 0))
+                s.sendall(b"ping")
+                return s
+
+            with h.Grelay(cfg) as g:
+                held = [session_from("127.0.0.1"), session_from("127.0.0.1")]
+                for s in held:
+                    self.assertEqual(s.recv(4), b"ping")
+                # A third from the same address is reset before anything connects.
+                third = session_from("127.0.0.1")
+                self.assertIn(h.read_outcome(third, 10)[0], ("reset", "eof"))
+                third.close()
+                self.assertEqual(g.metric("grelay_connections_rejected_total", listener="web"), 1)
+                self.assertEqual(len(echo.conns), 2, "a limited client reaches no upstream")
+                self.assertIn("already has 2 sessions open (max_connections_per_client)", g.log())
+                # Another client is not affected.
+                other = session_from("127.0.0.2")
+                other.shutdown(socket.SHUT_WR)
+                self.assertEqual(h.read_outcome(other, 10), ("eof", b"ping"))
+                other.close()
+                # A session that ends gives its slot back.
+                held.pop().close()
+                self.assertTrue(h.wait_for(
+                    lambda: g.metric("grelay_connections_active", listener="web") == 1, 10))
+                again = session_from("127.0.0.1")
+                again.shutdown(socket.SHUT_WR)
+                self.assertEqual(h.read_outcome(again, 10), ("eof", b"ping"))
+                again.close()
+                self.assertEqual(g.metric("grelay_connections_rejected_total", listener="web"), 1)
+                for s in held:
+                    s.close()
+
     def test_server_wide_max_connections(self):
         with h.EchoServer() as echo:
             cfg = h.Config(max_connections=4)
