@@ -33,7 +33,7 @@ bool ClientLimiter::acquire(const sockaddr_storage& client) {
   Shard& shard = shardOf(key);
   std::lock_guard<std::mutex> lock(shard.mutex);
   uint32_t& open = shard.open[key];
-  if (open >= limit_) {
+  if (open >= limit()) {
     if (open == 0) {
       shard.open.erase(key);  // limit 0 admits nobody; leave no empty entry behind
     }

@@ -1,11 +1,14 @@
 // max_connections_per_client: how many sessions each client address has open on a
-// listener, shared by the listener's workers. Sharded by address, one small lock per
-// shard, taken once when a session starts and once when it ends (never per chunk).
+// listener, shared by the listener's workers and handed on to the next configuration
+// generation (a reload), so sessions still open on the old one keep counting. Sharded by
+// address, one small lock per shard, taken once when a session starts and once when it
+// ends (never per chunk).
 #pragma once
 
 #include <sys/socket.h>
 
 #include <array>
+#include <atomic>
 #include <cstdint>
 #include <mutex>
 #include <unordered_map>
@@ -25,7 +28,9 @@ public:
   void release(const sockaddr_storage& client);
   // Clients with a session open (for tests).
   size_t clients() const;
-  uint32_t limit() const { return limit_; }
+  uint32_t limit() const { return limit_.load(std::memory_order_relaxed); }
+  // A reload's new value: sessions over it stay; new ones wait until the count is below.
+  void setLimit(uint32_t limit) { limit_.store(limit, std::memory_order_relaxed); }
 
 private:
   using Key = std::array<uint8_t, 16>;
@@ -40,7 +45,7 @@ private:
   static Key keyOf(const sockaddr_storage& client);
   Shard& shardOf(const Key& key) { return shards_[KeyHash{}(key) % kShards]; }
 
-  uint32_t limit_;
+  std::atomic<uint32_t> limit_;
   std::array<Shard, kShards> shards_;
 };
 

@@ -254,7 +254,8 @@ std::unique_ptr<Generation> buildGeneration(std::shared_ptr<const config::Config
   gen->runtime->path = path;
   if (previous != nullptr) {
     // Servers and mirrors marked down stay down across a reload (servers by pool name and
-    // address, mirrors by listener name, mirror name and address).
+    // address, mirrors by listener name, mirror name and address); per-client session
+    // counts carry on by listener name.
     for (size_t u = 0; u < cfg->upstreams.size(); ++u) {
       for (size_t p = 0; p < previous->config->upstreams.size(); ++p) {
         if (previous->config->upstreams[p].name == cfg->upstreams[u].name) {
@@ -267,6 +268,13 @@ std::unique_ptr<Generation> buildGeneration(std::shared_ptr<const config::Config
         const config::ListenerConfig& before = previous->config->listeners[p];
         if (before.name != cfg->listeners[l].name) {
           continue;
+        }
+        // Per-client counts go on: a client's sessions on the old generation still count.
+        auto& limit = gen->runtime->clientLimits[l];
+        if (limit != nullptr && previous->runtime->clientLimits[p] != nullptr) {
+          const uint32_t value = limit->limit();
+          limit = previous->runtime->clientLimits[p];
+          limit->setLimit(value);
         }
         const auto& mirrors = cfg->listeners[l].mirrors;
         for (size_t m = 0; m < mirrors.size(); ++m) {

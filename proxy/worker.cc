@@ -50,7 +50,7 @@ Runtime::Runtime(const config::Config& cfg)
     listenerConnections[i].store(0);
     troubleLogs.push_back(std::make_unique<LogLimiter>());
     const uint32_t perClient = cfg.listeners[i].max_connections_per_client;
-    clientLimits.push_back(perClient > 0 ? std::make_unique<ClientLimiter>(perClient) : nullptr);
+    clientLimits.push_back(perClient > 0 ? std::make_shared<ClientLimiter>(perClient) : nullptr);
     auto& logs = mirrorLogs.emplace_back();
     auto& health = mirrorHealth.emplace_back();
     for (size_t m = 0; m < cfg.listeners[i].mirrors.size(); ++m) {

@@ -40,7 +40,7 @@ struct Runtime {
   std::vector<std::vector<std::unique_ptr<LogLimiter>>> mirrorLogs;    // [listener][mirror]
   std::vector<std::vector<std::unique_ptr<PeerHealth>>> mirrorHealth;  // [listener][mirror]
   std::vector<std::unique_ptr<LogLimiter>> troubleLogs;      // [listener]: TLS, PROXY protocol
-  std::vector<std::unique_ptr<ClientLimiter>> clientLimits;  // [listener]; nullptr = no limit
+  std::vector<std::shared_ptr<ClientLimiter>> clientLimits;  // [listener]; nullptr = no limit
   const TlsContexts* tls = nullptr;
   std::vector<int> accessLogFds;  // [listener]: the access log (O_APPEND, shared) or -1
   LogLimiter acceptErrorLog;

@@ -17,6 +17,7 @@
 
 import re
 import shutil
+import signal
 import socket
 import subprocess
 import threading
@@ -231,6 +232,13 @@ class LimitTest(h.GrelayTest):
                 self.assertEqual(g.metric("grelay_connections_rejected_total", listener="web"), 1)
                 self.assertEqual(len(echo.conns), 2, "a limited client reaches no upstream")
                 self.assertIn("already has 2 sessions open (max_connections_per_client)", g.log())
+                # A reload keeps counting the sessions open on the old configuration.
+                g.send_signal(signal.SIGHUP)
+                self.assertTrue(h.wait_for(lambda: "SIGHUP: reloaded" in g.log(), 10), g.log())
+                fourth = session_from("127.0.0.1")
+                self.assertIn(h.read_outcome(fourth, 10)[0], ("reset", "eof"))
+                fourth.close()
+                self.assertEqual(g.metric("grelay_connections_rejected_total", listener="web"), 2)
                 # Another client is not affected.
                 other = session_from("127.0.0.2")
                 other.shutdown(socket.SHUT_WR)
@@ -244,7 +252,7 @@ class LimitTest(h.GrelayTest):
                 again.shutdown(socket.SHUT_WR)
                 self.assertEqual(h.read_outcome(again, 10), ("eof", b"ping"))
                 again.close()
-                self.assertEqual(g.metric("grelay_connections_rejected_total", listener="web"), 1)
+                self.assertEqual(g.metric("grelay_connections_rejected_total", listener="web"), 2)
                 for s in held:
                     s.close()
 
