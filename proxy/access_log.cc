@@ -34,8 +34,9 @@ std::string accessLogLine(const AccessRecord& r) {
          ",\"client\":\"" + formatAddress(r.client) + "\",\"server\":" + server + "," + numbers;
 }
 
-AccessLog::AccessLog(int fd, std::string path, std::string listener, metrics::ListenerStats& stats)
-    : fd_(fd), path_(std::move(path)), listener_(std::move(listener)), stats_(stats) {}
+AccessLog::AccessLog(int fd, std::string path, std::string listener, metrics::ListenerStats& stats,
+                     relay::Ring* ring)
+    : fd_(fd), path_(std::move(path)), listener_(std::move(listener)), stats_(stats), ring_(ring) {}
 
 void AccessLog::add(const AccessRecord& record, uint64_t now) {
   if (buffer_.empty()) {
@@ -54,6 +55,56 @@ void AccessLog::flushIfDue(uint64_t now) {
 }
 
 void AccessLog::flush() {
+  if (buffer_.empty()) {
+    return;
+  }
+  if (ring_ == nullptr) {
+    finish();
+    return;
+  }
+  if (inFlight_) {
+    flushAfter_ = true;
+    return;
+  }
+  submit();
+}
+
+void AccessLog::submit() {
+  writing_.swap(buffer_);
+  buffer_.clear();
+  written_ = 0;
+  inFlight_ = true;
+  // Offset -1: the file position, which O_APPEND puts at the end for each write.
+  ring_->write(fd_, writing_.data(), static_cast<uint32_t>(writing_.size()), UINT64_MAX, &done_);
+}
+
+void AccessLog::onWritten(int32_t res, uint32_t) noexcept {
+  if (res > 0) {
+    written_ += static_cast<size_t>(res);
+  }
+  if ((res > 0 && written_ < writing_.size()) || res == -EINTR || res == -EAGAIN) {
+    // A short write: the rest, whole lines still in order behind it.
+    ring_->write(fd_, writing_.data() + written_, static_cast<uint32_t>(writing_.size() - written_),
+                 UINT64_MAX, &done_);
+    return;
+  }
+  if (res <= 0) {
+    dropped(writing_, written_, res < 0 ? -res : ENOSPC);
+  }
+  inFlight_ = false;
+  writing_.clear();
+  if (!buffer_.empty() && (flushAfter_ || buffer_.size() >= kFlushBytes)) {
+    submit();
+  }
+  flushAfter_ = false;
+}
+
+void AccessLog::finish() {
+  if (inFlight_) {
+    // Only when a worker is torn down with its ring failed: the lines in flight are
+    // its, the buffered ones still go out here.
+    inFlight_ = false;
+  }
   size_t done = 0;
   int err = 0;
   while (done < buffer_.size()) {
@@ -68,24 +119,28 @@ void AccessLog::flush() {
     done += static_cast<size_t>(n);
   }
   if (err != 0) {
-    // Lines not written whole are dropped; a line cut by a short write stays cut (the
-    // next write starts a new line, so readers can skip it).
-    uint64_t lost = 0;
-    for (size_t i = done; i < buffer_.size(); ++i) {
-      lost += buffer_[i] == '\n' ? 1 : 0;
-    }
-    if (done > 0 && buffer_[done - 1] != '\n') {
-      (void)!::write(fd_, "\n", 1);
-    }
-    stats_.accessLogDroppedLines.add(lost);
-    uint64_t suppressed = 0;
-    if (errorLog_.allow(monotonicNanos(), &suppressed)) {
-      GRELAY_LOG_WARN("listener %s: access log %s: write failed: %s (%" PRIu64 " lines dropped%s)",
-                      listener_.c_str(), path_.c_str(), std::strerror(err), lost,
-                      suppressed > 0 ? "; more failures not logged in the last minute" : "");
-    }
+    dropped(buffer_, done, err);
   }
   buffer_.clear();
+}
+
+void AccessLog::dropped(const std::string& data, size_t done, int err) {
+  // Lines not written whole are dropped; a line cut by a short write stays cut (the next
+  // write starts a new line, so readers can skip it).
+  uint64_t lost = 0;
+  for (size_t i = done; i < data.size(); ++i) {
+    lost += data[i] == '\n' ? 1 : 0;
+  }
+  if (done > 0 && data[done - 1] != '\n') {
+    (void)!::write(fd_, "\n", 1);
+  }
+  stats_.accessLogDroppedLines.add(lost);
+  uint64_t suppressed = 0;
+  if (errorLog_.allow(monotonicNanos(), &suppressed)) {
+    GRELAY_LOG_WARN("listener %s: access log %s: write failed: %s (%" PRIu64 " lines dropped%s)",
+                    listener_.c_str(), path_.c_str(), std::strerror(err), lost,
+                    suppressed > 0 ? "; more failures not logged in the last minute" : "");
+  }
 }
 
 }  // namespace grelay::proxy

@@ -1,7 +1,10 @@
 // The access log: one JSON line per finished session ([[listener]] access_log). Each worker
 // buffers its lines per listener and appends them to the shared file (O_APPEND, whole
 // lines per write) when 64 KiB are buffered, at least once a second, and when it stops:
-// a few synchronous writes per second at most, never one per session.
+// a few writes per second at most, never one per session. The worker's writes go through
+// its ring (one in flight per log; lines added meanwhile wait for the next), so a slow or
+// stuck disk never stops a worker's loop; only the last write, when the worker stops, is
+// synchronous.
 #pragma once
 
 #include <sys/socket.h>
@@ -11,6 +14,8 @@
 
 #include "metrics/stats.h"
 #include "proxy/log.h"
+#include "relay/completion.h"
+#include "relay/ring.h"
 
 namespace grelay::proxy {
 
@@ -44,27 +49,46 @@ public:
   static constexpr size_t kFlushBytes = 64 * 1024;
   static constexpr uint64_t kFlushNanos = 1'000'000'000ull;
 
-  // `fd` (O_APPEND) is shared with the other workers and not owned.
-  AccessLog(int fd, std::string path, std::string listener, metrics::ListenerStats& stats);
-  ~AccessLog() { flush(); }
+  // `fd` (O_APPEND) is shared with the other workers and not owned. `ring`: where the
+  // writes go (nullptr: synchronously, on the calling thread).
+  AccessLog(int fd, std::string path, std::string listener, metrics::ListenerStats& stats,
+            relay::Ring* ring = nullptr);
+  ~AccessLog() { finish(); }
   AccessLog(const AccessLog&) = delete;
   AccessLog& operator=(const AccessLog&) = delete;
 
   void add(const AccessRecord& record, uint64_t now);
   // Writes what is buffered if its oldest line is a second old.
   void flushIfDue(uint64_t now);
-  // Writes what is buffered. A failed write (disk full, I/O error) drops the buffered
-  // lines, counts them in grelay_access_log_dropped_lines_total and logs (rate-limited).
+  // Writes what is buffered (after the write in flight, if there is one). A failed write
+  // (disk full, I/O error) drops its lines, counts them in
+  // grelay_access_log_dropped_lines_total and logs (rate-limited).
   void flush();
+  // Writes what is buffered now, synchronously: when the worker stops (its ring no longer
+  // runs; nothing may be in flight).
+  void finish();
+  // A write is in flight: the worker's loop must go on until it completes.
+  bool writing() const { return inFlight_; }
 
 private:
+  void submit();
+  void onWritten(int32_t res, uint32_t flags) noexcept;
+  // Lines of `data` from byte `done` on were not written (errno `err`): counted and logged.
+  void dropped(const std::string& data, size_t done, int err);
+
   int fd_;
   std::string path_;
   std::string listener_;
   metrics::ListenerStats& stats_;
-  std::string buffer_;
-  uint64_t oldest_ = 0;  // monotonic ns when the oldest buffered line was added
+  relay::Ring* ring_;
+  std::string buffer_;   // lines not yet handed to a write
+  std::string writing_;  // the write in flight
+  size_t written_ = 0;   // of writing_
+  bool inFlight_ = false;
+  bool flushAfter_ = false;  // flush() came while a write was in flight
+  uint64_t oldest_ = 0;      // monotonic ns when the oldest buffered line was added
   LogLimiter errorLog_;
+  relay::BoundCompletion<AccessLog, &AccessLog::onWritten> done_{*this};
 };
 
 }  // namespace grelay::proxy

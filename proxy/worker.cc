@@ -157,7 +157,7 @@ void Worker::run(std::promise<int>& ready) {
     t->finish();
   }
   for (auto& log : accessLogs_) {
-    log->flush();
+    log->finish();  // the lines of the last second; the ring no longer runs
   }
   stats_.beat.store(metrics::kBeatFinished);
 }
@@ -207,7 +207,7 @@ int Worker::init() {
     }
     const config::ListenerConfig& l = cfg.listeners[i];
     auto log = std::make_unique<AccessLog>(runtime_.accessLogFds[i], l.access_log, l.name,
-                                           *stats_.listeners[i]);
+                                           *stats_.listeners[i], ring_.get());
     for (auto& a : acceptors_) {
       if (a->index == i) {
         a->context.accessLog = log.get();
@@ -265,6 +265,11 @@ bool Worker::finished() const {
   }
   for (const auto& t : taps_) {
     if (t->writesInFlight() != 0) {
+      return false;
+    }
+  }
+  for (const auto& log : accessLogs_) {
+    if (log->writing()) {
       return false;
     }
   }

@@ -11,6 +11,8 @@
 
 #include <gtest/gtest.h>
 
+#include "tests/relay/fake_ring.h"
+
 namespace grelay::proxy {
 namespace {
 
@@ -115,6 +117,49 @@ TEST_F(AccessLogFileTest, WhatIsBufferedIsWrittenWhenTheLogGoes) {
     log.add(record(&web_, nullptr), 5 * kSecond);
   }
   EXPECT_EQ(contents(), accessLogLine(record(&web_, nullptr)));
+}
+
+TEST(AccessLogRingTest, WritesGoThroughTheRingOneAtATimeAndShortWritesResume) {
+  // A slow disk must not stop the worker: the write is the ring's, the loop goes on.
+  testing::FakeRing ring;
+  metrics::ListenerStats stats(0);
+  const std::string web = "web";
+  const std::string line = accessLogLine(record(&web, nullptr));
+  constexpr int kFd = 77;  // never touched: every write is the fake ring's
+  AccessLog log(kFd, "access.log", "web", stats, &ring);
+  log.add(record(&web, nullptr), kSecond);
+  log.add(record(&web, nullptr), kSecond);
+  log.flushIfDue(2 * kSecond);
+  testing::FakeOp* write = ring.pending(testing::OpKind::Write, kFd);
+  ASSERT_NE(write, nullptr);
+  EXPECT_EQ(std::string(static_cast<const char*>(write->buf), write->len), line + line);
+  EXPECT_EQ(write->offset, UINT64_MAX);  // O_APPEND: at the end, whatever other workers wrote
+  EXPECT_TRUE(log.writing());
+  // Lines added meanwhile wait for the write in flight.
+  log.add(record(&web, nullptr), 2 * kSecond);
+  log.flush();
+  EXPECT_EQ(ring.pendingCount(testing::OpKind::Write), 1u);
+  // A short write: the rest goes next, then what was waiting.
+  ring.complete(write, static_cast<int32_t>(line.size() + 10));
+  write = ring.pending(testing::OpKind::Write, kFd);
+  ASSERT_NE(write, nullptr);
+  EXPECT_EQ(std::string(static_cast<const char*>(write->buf), write->len), line.substr(10));
+  ring.complete(write, static_cast<int32_t>(write->len));
+  write = ring.pending(testing::OpKind::Write, kFd);
+  ASSERT_NE(write, nullptr);
+  EXPECT_EQ(std::string(static_cast<const char*>(write->buf), write->len), line);
+  // A full disk: that write's lines are dropped and counted; the log goes on.
+  log.add(record(&web, nullptr), 3 * kSecond);
+  ring.complete(write, -ENOSPC);
+  EXPECT_EQ(stats.accessLogDroppedLines.value(), 1u);
+  EXPECT_FALSE(log.writing());  // the new line waits for its second (or 64 KiB)
+  EXPECT_EQ(ring.pendingCount(testing::OpKind::Write), 0u);
+  log.flushIfDue(4 * kSecond);
+  write = ring.pending(testing::OpKind::Write, kFd);
+  ASSERT_NE(write, nullptr);
+  ring.complete(write, static_cast<int32_t>(write->len));
+  EXPECT_FALSE(log.writing());
+  EXPECT_EQ(stats.accessLogDroppedLines.value(), 1u);
 }
 
 TEST(AccessLogFailureTest, AFullDiskDropsAndCountsTheLines) {
