@@ -599,14 +599,15 @@ int runServer(config::Config initial, const relay::Features& features) {
     GRELAY_LOG_ERROR("%s", error.c_str());
     return exitCode;
   }
+  // GET /ready: from here on (before the line that says so).
+  metrics::Liveness& liveness = registry.liveness();
+  liveness.serving.store(metrics::Serving::kReady);
   logGeneration(*current);
   GRELAY_LOG_INFO("grelay %s running: %u worker%s, relay path %s%s%s", GRELAY_VERSION,
                   current->workerCount, current->workerCount == 1 ? "" : "s",
                   config::toString(current->path), cfg->admin.listen ? ", metrics on http://" : "",
                   cfg->admin.listen ? (cfg->admin.listen->text + "/metrics").c_str() : "");
 
-  metrics::Liveness& liveness = registry.liveness();
-  liveness.serving.store(metrics::Serving::kReady);
   std::vector<std::unique_ptr<Generation>> old;  // draining after a reload
   bool stopping = false;
   uint64_t drainAt = 0;      // SIGTERM/SIGINT with a shutdown_delay: when accepting stops

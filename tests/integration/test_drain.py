@@ -81,6 +81,8 @@ class DrainTest(h.GrelayTest):
             port = cfg.listener("web", "app")
             admin = cfg.with_admin()
             g = h.Grelay(cfg).start()
+            # Ready once the workers run (the listening sockets exist a moment before).
+            self.assertTrue(h.wait_for(lambda: probe(admin, "/ready")[0] == 200, 10))
             self.assertEqual(probe(admin, "/ready"), (200, "ready\n"))
             self.assertEqual(probe(admin, "/healthz"), (200, "ok\n"))
             held = open_session(port)  # open across the whole stop
