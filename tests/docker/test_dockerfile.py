@@ -232,12 +232,17 @@ class HealthcheckScriptTest(unittest.TestCase):
         self.assertEqual(r.returncode, 1)
         self.assertIn("cannot connect", r.stderr)
 
-    def test_asks_healthz_unless_told_another_path(self):
+    def probe_against(self, status: int, *envs) -> tuple[list, list]:
+        """Runs the script once per env in `envs` against a server answering `status`:
+        (the paths it asked for, the results)."""
         paths = []
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_GET(self):
                 paths.append(self.path)
+                if status != 200:
+                    self.send_error(status, "draining")
+                    return
                 self.send_response(200)
                 self.send_header("Content-Length", "3")
                 self.end_headers()
@@ -250,34 +255,21 @@ class HealthcheckScriptTest(unittest.TestCase):
         t = threading.Thread(target=srv.serve_forever, daemon=True)
         t.start()
         try:
-            first = self.run_probe(srv.server_address[1])
-            env = {"GRELAY_HEALTH_PATH": "/ready"}
-            second = self.run_probe(srv.server_address[1], env)
+            results = [self.run_probe(srv.server_address[1], env) for env in envs]
         finally:
             srv.shutdown()
             srv.server_close()
+        return paths, results
+
+    def test_asks_healthz_unless_told_another_path(self):
+        paths, (first, second) = self.probe_against(200, None, {"GRELAY_HEALTH_PATH": "/ready"})
         self.assertEqual((first.returncode, second.returncode), (0, 0), first.stderr + second.stderr)
         self.assertEqual(paths, ["/healthz", "/ready"])
 
     def test_non_200_answer_is_unhealthy(self):
-        class Handler(http.server.BaseHTTPRequestHandler):
-            def do_GET(self):
-                self.send_error(503, "draining")
-
-            def log_message(self, *a):
-                pass
-
-        srv = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        t = threading.Thread(target=srv.serve_forever, daemon=True)
-        t.start()
-        try:
-            r = self.run_probe(srv.server_address[1])
-        finally:
-            srv.shutdown()
-            srv.server_close()
+        _, (r,) = self.probe_against(503, None)
         self.assertEqual(r.returncode, 1)
         self.assertIn("503", r.stderr)
-
 
 if __name__ == "__main__":
     c.main()

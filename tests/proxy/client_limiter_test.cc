@@ -1,36 +1,20 @@
 // max_connections_per_client's counting: per address, across threads, nothing left behind.
 #include "proxy/client_limiter.h"
 
-#include <arpa/inet.h>
-#include <netinet/in.h>
-
-#include <cstring>
+#include <atomic>
 #include <string>
 #include <thread>
 #include <vector>
 
 #include <gtest/gtest.h>
 
+#include "tests/proxy/addresses.h"
+
 namespace grelay::proxy {
 namespace {
 
-sockaddr_storage v4(const char* ip, uint16_t port) {
-  sockaddr_storage ss{};
-  auto& in = reinterpret_cast<sockaddr_in&>(ss);
-  in.sin_family = AF_INET;
-  in.sin_port = htons(port);
-  inet_pton(AF_INET, ip, &in.sin_addr);
-  return ss;
-}
-
-sockaddr_storage v6(const char* ip, uint16_t port) {
-  sockaddr_storage ss{};
-  auto& in6 = reinterpret_cast<sockaddr_in6&>(ss);
-  in6.sin6_family = AF_INET6;
-  in6.sin6_port = htons(port);
-  inet_pton(AF_INET6, ip, &in6.sin6_addr);
-  return ss;
-}
+using testing::v4;
+using testing::v6;
 
 TEST(ClientLimiterTest, EachAddressGetsLimitSessionsWhateverItsPorts) {
   ClientLimiter limiter(2);

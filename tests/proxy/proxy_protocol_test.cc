@@ -9,28 +9,15 @@
 
 #include <gtest/gtest.h>
 
+#include "tests/proxy/addresses.h"
+
 namespace grelay::proxy {
 namespace {
 
+using testing::v4;
+using testing::v6;
+
 using config::ProxyProtocol;
-
-sockaddr_storage v4(const char* ip, uint16_t port) {
-  sockaddr_storage out{};
-  auto& a = reinterpret_cast<sockaddr_in&>(out);
-  a.sin_family = AF_INET;
-  a.sin_port = htons(port);
-  inet_pton(AF_INET, ip, &a.sin_addr);
-  return out;
-}
-
-sockaddr_storage v6(const char* ip, uint16_t port) {
-  sockaddr_storage out{};
-  auto& a = reinterpret_cast<sockaddr_in6&>(out);
-  a.sin6_family = AF_INET6;
-  a.sin6_port = htons(port);
-  inet_pton(AF_INET6, ip, &a.sin6_addr);
-  return out;
-}
 
 const std::string kSignature("\r\n\r\n\0\r\nQUIT\n", 12);
 
