@@ -102,6 +102,11 @@ uint64_t sinceBeat(uint64_t beat, uint64_t now) {
   return now - beat;
 }
 
+// The serving state and main-loop heartbeat: the registry's (the server), else the inputs'.
+const Liveness* livenessOf(const AdminInputs& inputs) {
+  return inputs.registry != nullptr ? &inputs.registry->liveness() : inputs.liveness;
+}
+
 // "" when every loop went round lately; else which one stalled, for how long.
 std::string stalledLoop(const AdminInputs& inputs, uint64_t now) {
   char line[160];
@@ -110,9 +115,7 @@ std::string stalledLoop(const AdminInputs& inputs, uint64_t now) {
              static_cast<double>(ago) / 1e9);
     return std::string(line);
   };
-  const Liveness* live =
-      inputs.registry != nullptr ? &inputs.registry->liveness() : inputs.liveness;
-  if (live != nullptr) {
+  if (const Liveness* live = livenessOf(inputs); live != nullptr) {
     if (const uint64_t ago = sinceBeat(live->mainBeat.load(), now); ago > kStalledAfterNanos) {
       return stalled("the main thread", ago);
     }
@@ -153,8 +156,7 @@ ProbeAnswer answerHealthz(const AdminInputs& inputs, uint64_t now) {
 }
 
 ProbeAnswer answerReady(const AdminInputs& inputs, uint64_t now) {
-  const Liveness* live =
-      inputs.registry != nullptr ? &inputs.registry->liveness() : inputs.liveness;
+  const Liveness* live = livenessOf(inputs);
   const Serving serving = live != nullptr ? live->serving.load() : Serving::kReady;
   if (serving == Serving::kStarting) {
     return {503, "starting\n"};
