@@ -118,7 +118,9 @@ class TopologyTest(unittest.TestCase):
         self.assertTrue(c.wait_for(lambda: self.health(admin_port).returncode == 0
                                    or grelay.p.poll() is not None, 20), grelay.text())
         self.assertIsNone(grelay.p.poll(), "grelay exited under the profile:\n" + grelay.text())
-        self.assertIn("relay path", grelay.text())
+        # /healthz answers as soon as the admin endpoint runs; the line that names the relay
+        # path comes once the workers run, a moment later.
+        self.assertTrue(c.wait_for(lambda: "relay path" in grelay.text(), 10), grelay.text())
 
         # A request through grelay: the origin's page, byte for byte.
         with open(c.path("config", "examples", "demo", "index.html"), "rb") as f:
