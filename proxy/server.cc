@@ -635,19 +635,19 @@ int runServer(config::Config initial, const relay::Features& features) {
     std::unique_ptr<Generation> gen =
         buildGeneration(nextCfg, features, current.get(), &code, &error);
     if (!gen) {
+      reloadFailed(why);  // counted before the line that says so, as for a success
       GRELAY_LOG_ERROR("%s: cannot apply %s; keeping the running configuration: %s", cause,
                        path.c_str(), error.c_str());
-      reloadFailed(why);
       return;
     }
     publish(*gen);
     if (startGeneration(*gen, &error) != kExitOk) {
       registry.retire(gen->config.get());
+      reloadFailed(why);
       GRELAY_LOG_ERROR(
           "%s: cannot start the new workers; keeping the running "
           "configuration: %s",
           cause, error.c_str());
-      reloadFailed(why);
       return;
     }
     // The new generation accepts; the old one stops accepting and finishes its sessions.
@@ -683,11 +683,11 @@ int runServer(config::Config initial, const relay::Features& features) {
     const std::string path = current->config->path;
     config::LoadResult loaded = config::loadFile(path);
     if (!loaded.config) {
+      reloadFailed(metrics::kReloadSighup);
       GRELAY_LOG_ERROR("SIGHUP: %s is invalid; keeping the running configuration:", path.c_str());
       for (const auto& e : loaded.errors) {
         GRELAY_LOG_ERROR("  %s", e.toString().c_str());
       }
-      reloadFailed(metrics::kReloadSighup);
       return;
     }
     for (const auto& w : loaded.warnings) {
