@@ -159,8 +159,10 @@ class AccessLogTest(h.GrelayTest):
                     self.assertTrue(r.ok, str(r))
                 self.assertTrue(h.wait_for(lambda: g.metric(
                     "grelay_access_log_dropped_lines_total", listener="web") == 5, 5))
-                self.assertIn("access log /dev/full: write failed: No space left on device",
-                              g.log())
+                # The counter goes up just before the line is logged.
+                self.assertTrue(h.wait_for(
+                    lambda: "access log /dev/full: write failed: No space left on device"
+                    in g.log(), 5), g.log_tail())
 
 
 if __name__ == "__main__":

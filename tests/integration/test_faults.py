@@ -217,8 +217,10 @@ class FaultTest(h.GrelayTest):
                 self.wait_metric(g, "grelay_tap_errors_total", 1, listener="faulty")
                 self.assertGreater(g.metric("grelay_tap_dropped_bytes_total", listener="faulty"),
                                    0)
-                self.assertRegex(g.log(), r"(?i)tap.*(no space|ENOSPC)",
-                                 "the full disk was not logged")
+                # The error counter goes up just before the line is logged.
+                self.assertTrue(h.wait_for(
+                    lambda: re.search(r"(?i)tap.*(no space|ENOSPC)", g.log()), 10),
+                    "the full disk was not logged\n" + g.log_tail())
                 bg.assert_healthy(self, minimum=3)
                 st = os.statvfs(fs.path)
                 self.assertLess(st.f_bfree * st.f_frsize, 64 * h.KiB, "the tmpfs never filled")

@@ -142,7 +142,8 @@ upstream = "app"
             good = open(g.config_path).read()
             write(g.config_path, good + "\nbogus_key = 1\n")
             self.reload(g, "keeping the running configuration")
-            self.assertIn("unknown key 'bogus_key'", g.log())
+            # The errors are logged after the line reload() waits for.
+            self.assertTrue(h.wait_for(lambda: "unknown key 'bogus_key'" in g.log(), 10), g.log())
             self.assertEqual((reloads("failed"), reloads("ok")), (1, 0))
             self.assertEqual(g.metric("grelay_config_last_reload_successful"), 0)
             r = h.stream_session(port, h.Stream(3, 128 * h.KiB))
