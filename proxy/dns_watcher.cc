@@ -31,7 +31,9 @@ struct DnsWatcher::Shared {
   std::condition_variable wake;
   bool stopped = false;
   std::vector<bool> failing;                  // [target]: its last lookup failed (logged once)
+  std::map<size_t, config::Address> staged;   // found by the round in progress
   std::map<size_t, config::Address> pending;  // target -> its new address, not yet taken
+  std::map<size_t, config::Address> moved;    // target -> the move last found (taken or not)
 };
 
 DnsWatcher::DnsWatcher(std::vector<DnsTarget> targets, Resolve resolve)
@@ -71,6 +73,7 @@ void DnsWatcher::lookupNow() {
   for (size_t t = 0; t < shared_->targets.size(); ++t) {
     lookup(*shared_, t);
   }
+  publish(*shared_);
 }
 
 bool DnsWatcher::hasChanges() const {
@@ -115,21 +118,44 @@ void DnsWatcher::run(std::shared_ptr<Shared> shared) {
         }
       }
     }
+    std::vector<bool> looked(due.size(), false);
+    bool moved = false;
     for (size_t t : now) {
-      lookup(*shared, t);
+      moved = lookup(*shared, t) || moved;
+      looked[t] = true;
       due[t] = Clock::now() + shared->targets[t].interval;
     }
+    if (moved) {
+      // One change to the names (a DNS update, a rewritten hosts file) often moves several
+      // at once: the others are looked up now, so that their moves go into the same new
+      // generation rather than one generation each, an interval apart.
+      for (size_t t = 0; t < due.size(); ++t) {
+        if (!looked[t]) {
+          lookup(*shared, t);
+          due[t] = Clock::now() + shared->targets[t].interval;
+        }
+      }
+    }
+    publish(*shared);
   }
 }
 
-void DnsWatcher::lookup(Shared& shared, size_t t) {
+void DnsWatcher::publish(Shared& shared) {
+  std::lock_guard<std::mutex> lock(shared.mutex);
+  for (auto& [target, address] : shared.staged) {
+    shared.pending[target] = std::move(address);
+  }
+  shared.staged.clear();
+}
+
+bool DnsWatcher::lookup(Shared& shared, size_t t) {
   const DnsTarget& target = shared.targets[t];
   std::string error;
   // Blocks for as long as the resolver takes: outside the lock, so stop() never waits.
   std::vector<config::Address> answers = shared.resolve(target.current.text, &error);
   std::lock_guard<std::mutex> lock(shared.mutex);
   if (shared.stopped) {
-    return;
+    return false;
   }
   target.lookups->inc();
   if (answers.empty()) {
@@ -140,7 +166,7 @@ void DnsWatcher::lookup(Shared& shared, size_t t) {
                       target.what.c_str(), error.c_str(),
                       formatAddress(target.current.storage).c_str());
     }
-    return;
+    return false;
   }
   if (shared.failing[t]) {
     shared.failing[t] = false;
@@ -151,11 +177,19 @@ void DnsWatcher::lookup(Shared& shared, size_t t) {
     return a.sameEndpoint(target.current);
   });
   if (kept) {
-    shared.pending.erase(t);  // back to the address in use before the change was taken
-    return;
+    shared.staged.erase(t);  // back to the address in use before the change was taken
+    shared.pending.erase(t);
+    shared.moved.erase(t);
+    return false;
   }
   target.changes->inc();
-  shared.pending[t] = std::move(answers.front());
+  // New unless the same move was found before (it waits while older generations finish,
+  // or the generation it asked for could not start).
+  auto last = shared.moved.find(t);
+  const bool known = last != shared.moved.end() && last->second.sameEndpoint(answers.front());
+  shared.moved[t] = answers.front();
+  shared.staged[t] = std::move(answers.front());
+  return !known;
 }
 
 }  // namespace grelay::proxy

@@ -4,7 +4,9 @@
 // a generation uses is no longer among a name's answers, it records the first answer and
 // the server starts a new generation with it (as a reload does; sessions already open stay
 // where they are). An address still among the answers is kept, so a resolver that rotates
-// its answers changes nothing; a failed lookup keeps the address in use.
+// its answers changes nothing; a failed lookup keeps the address in use. When a name moves,
+// every other name is looked up at once and their moves are reported together, so one
+// DNS update that moves several names starts one generation.
 #pragma once
 
 #include <cstddef>
@@ -60,8 +62,8 @@ public:
   // when the lookup returns. Idempotent.
   void stop();
 
-  // Looks up every target now, on the calling thread: what the thread runs when targets
-  // are due (for tests).
+  // Looks up every target now, on the calling thread, and reports the moves together: what
+  // the thread runs when a name moved (for tests).
   void lookupNow();
 
   // The changes found since the last call, one per target (the latest).
@@ -72,7 +74,10 @@ public:
 private:
   struct Shared;
   static void run(std::shared_ptr<Shared> shared);
-  static void lookup(Shared& shared, size_t target);
+  // Looks `target` up and stages a move; true when the move is new (not already pending).
+  static bool lookup(Shared& shared, size_t target);
+  // Makes the moves staged by a round visible to takeChanges(), all at once.
+  static void publish(Shared& shared);
 
   std::shared_ptr<Shared> shared_;
 };
