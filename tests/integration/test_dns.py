@@ -47,10 +47,16 @@ class DnsTest(h.GrelayTest):
         self.addCleanup(os.unlink, self.hosts)
 
     def write_hosts(self, text: str) -> None:
-        # In place: the bind mount follows the inode, not the name.
-        with open(self.hosts, "r+") as f:
-            f.truncate(0)
-            f.write(text)
+        # In place (the bind mount follows the inode, not the name) and in one write from
+        # offset 0, never truncating: a lookup in between would see an empty file, fail, and
+        # log "cannot resolve". A shorter text is padded with empty lines to the old length.
+        data = text.encode()
+        data += b"\n" * max(0, os.path.getsize(self.hosts) - len(data))
+        fd = os.open(self.hosts, os.O_WRONLY)
+        try:
+            self.assertEqual(os.pwrite(fd, data, 0), len(data))
+        finally:
+            os.close(fd)
 
     def grelay(self, cfg) -> h.Grelay:
         return h.Grelay(cfg, wrapper=[
