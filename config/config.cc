@@ -1,5 +1,8 @@
 #include "config/config.h"
 
+#include <arpa/inet.h>
+
+#include <algorithm>
 #include <cstring>
 
 namespace grelay::config {
@@ -14,6 +17,46 @@ bool admits(const std::vector<Network>& networks, const sockaddr_storage& addres
     }
   }
   return false;
+}
+
+std::string formatEndpoint(const sockaddr_storage& address) {
+  char host[INET6_ADDRSTRLEN] = "?";
+  if (address.ss_family == AF_INET) {
+    const auto& a = reinterpret_cast<const sockaddr_in&>(address);
+    inet_ntop(AF_INET, &a.sin_addr, host, sizeof(host));
+    return std::string(host) + ":" + std::to_string(ntohs(a.sin_port));
+  }
+  if (address.ss_family == AF_INET6) {
+    const auto& a = reinterpret_cast<const sockaddr_in6&>(address);
+    inet_ntop(AF_INET6, &a.sin6_addr, host, sizeof(host));
+    return "[" + std::string(host) + "]:" + std::to_string(ntohs(a.sin6_port));
+  }
+  return "?";
+}
+
+std::string UpstreamServer::label() const {
+  std::string base = name.empty() ? std::to_string(entry) : name;
+  return all_addresses ? base + "@" + address.text : base;
+}
+
+std::vector<UpstreamServer> expandServer(const UpstreamServer& entry,
+                                         const std::vector<Address>& answers,
+                                         const std::vector<UpstreamServer>& others) {
+  std::vector<UpstreamServer> servers;
+  for (const Address& answer : answers) {
+    auto same = [&](const UpstreamServer& s) { return s.address.sameEndpoint(answer); };
+    if (std::any_of(others.begin(), others.end(), same) ||
+        std::any_of(servers.begin(), servers.end(), same)) {
+      continue;
+    }
+    UpstreamServer server = entry;
+    server.all_addresses = true;
+    server.host = entry.written();
+    server.address = answer;
+    server.address.text = formatEndpoint(answer.storage);  // host_name: as resolved
+    servers.push_back(std::move(server));
+  }
+  return servers;
 }
 
 bool Network::contains(const sockaddr_storage& address) const {

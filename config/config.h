@@ -59,6 +59,9 @@ struct Network {
 // lets everyone in.
 bool admits(const std::vector<Network>& networks, const sockaddr_storage& address);
 
+// "10.0.0.5:8080", "[fd00::5]:8080" ("?" for another family).
+std::string formatEndpoint(const sockaddr_storage& address);
+
 enum class RelayPath { Auto, Group, Mainline, Copy };
 enum class Balance { RoundRobin, LeastConn, Source };
 enum class HashType { Map, Consistent };
@@ -113,7 +116,29 @@ struct UpstreamServer {
   // Connections (open or connecting, all workers) the server takes at most; a session
   // finding it full tries the pool's next server. 0 = no limit.
   uint32_t max_conns = 0;
+  // all_addresses = true: the server stands for every address its host name resolves to
+  // (a headless Kubernetes service, a DNS name with several A/AAAA records). It is
+  // expanded into one server per address (expandServer), each with the fields above;
+  // `address.text` is then that address ("10.0.0.5:8080") and `host` the "HOST:PORT" as
+  // written, which lookups and TLS names use.
+  bool all_addresses = false;
+  std::string host{};
+  // Its place in `servers` as written: the default `server` label, and what the servers
+  // expanded from one entry have in common.
+  uint32_t entry = 0;
+
+  // The `server` label of its per-server metrics: `name`, else `entry`; for an expanded
+  // server followed by "@" and its address ("app@10.0.0.5:8080", "0@10.0.0.5:8080").
+  std::string label() const;
+  // The "HOST:PORT" to look up again and to take TLS names from.
+  const std::string& written() const { return host.empty() ? address.text : host; }
 };
+
+// The servers `entry` (all_addresses = true) stands for, one per address of `answers` in
+// that order, leaving out an address already in `others` (another server of the pool).
+std::vector<UpstreamServer> expandServer(const UpstreamServer& entry,
+                                         const std::vector<Address>& answers,
+                                         const std::vector<UpstreamServer>& others);
 
 struct UpstreamConfig {
   std::string name;

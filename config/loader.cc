@@ -634,8 +634,10 @@ private:
       }
       std::vector<Location> first;
       bool readAll = true;
+      uint32_t entry = 0;
       for (const toml::node& element : *array) {
         UpstreamServer server;
+        server.entry = entry++;
         if (const toml::table* t = element.as_table()) {
           bool ok = true;
           readTable(*t, label + " server",
@@ -649,6 +651,7 @@ private:
                         {"weight", integer(&server.weight, 1, kMaxWeight)},
                         {"backup", boolean(&server.backup)},
                         {"max_conns", integer(&server.max_conns, 0, 10'000'000)},
+                        {"all_addresses", boolean(&server.all_addresses)},
                     });
           if (!ok || t->get("address") == nullptr) {
             readAll = false;
@@ -666,13 +669,31 @@ private:
           readAll = false;
           continue;
         }
-        auto same = [&](const UpstreamServer& a) {
-          return sameEndpoint(a.address, server.address);
-        };
-        auto it = std::find_if(u->servers.begin(), u->servers.end(), same);
-        if (it != u->servers.end()) {
-          error(element.source(), "duplicate server " + quoted(server.address.text) + " " + label +
-                                      firstAt(first[it - u->servers.begin()]));
+        std::vector<UpstreamServer> add{server};
+        if (server.all_addresses) {
+          // Every address the name has now (parseAddress kept the first).
+          std::string why;
+          add = expandServer(server, resolveAddresses(server.address.text, &why), {});
+          if (add.empty()) {
+            error(element.source(),
+                  "bad address " + quoted(server.address.text) + " " + label + ": " + why);
+            continue;
+          }
+        }
+        bool duplicate = false;
+        for (const UpstreamServer& s : add) {
+          auto same = [&](const UpstreamServer& a) { return sameEndpoint(a.address, s.address); };
+          auto it = std::find_if(u->servers.begin(), u->servers.end(), same);
+          if (it != u->servers.end()) {
+            error(element.source(),
+                  "duplicate server " + quoted(s.address.text) +
+                      (s.all_addresses ? " (an address of " + quoted(s.host) + ")" : "") + " " +
+                      label + firstAt(first[it - u->servers.begin()]));
+            duplicate = true;
+            break;
+          }
+        }
+        if (duplicate) {
           continue;
         }
         if (!server.name.empty()) {
@@ -684,8 +705,10 @@ private:
             continue;
           }
         }
-        first.push_back(locate(element.source()));
-        u->servers.push_back(std::move(server));
+        for (UpstreamServer& s : add) {
+          first.push_back(locate(element.source()));
+          u->servers.push_back(std::move(s));
+        }
       }
       bool allBackups = std::all_of(u->servers.begin(), u->servers.end(),
                                     [](const UpstreamServer& s) { return s.backup; });

@@ -14,7 +14,8 @@
 //              rounded UP to whole milliseconds, so "100us" is 1ms and never 0.
 //   addresses  "HOST:PORT" or "[IPV6]:PORT", port 1..65535. HOST is an IPv4 literal,
 //              a bracketed IPv6 literal, or a name resolved at load time with
-//              getaddrinfo (first result; again every resolve_interval where set).
+//              getaddrinfo (first result, every result for a server with
+//              all_addresses; again every resolve_interval where set).
 //              Dotted-digit hosts must be full IPv4 literals ("10.1:80" is rejected
 //              rather than read as 10.0.0.1).
 //   names      listener, upstream and mirror names match [A-Za-z0-9_-]+ (they become

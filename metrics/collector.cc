@@ -699,8 +699,7 @@ std::vector<MetricFamily> StatsCollector::collectFrom(
       }
       const ClientMetric::Label name{"upstream", pool.name};
       for (size_t s = 0; s < count; ++s) {
-        const std::string& label = pool.servers[s].name;
-        const Labels labels{name, {"server", label.empty() ? std::to_string(s) : label}};
+        const Labels labels{name, {"server", pool.servers[s].label()}};
         sample(serverActive, labels, static_cast<double>(active[s]));
         sample(serverUp, labels, now->view->serverDown(s) ? 0 : 1);
       }

@@ -30,11 +30,24 @@ struct DnsWatcher::Shared {
   std::mutex mutex;
   std::condition_variable wake;
   bool stopped = false;
-  std::vector<bool> failing;                  // [target]: its last lookup failed (logged once)
-  std::map<size_t, config::Address> staged;   // found by the round in progress
-  std::map<size_t, config::Address> pending;  // target -> its new address, not yet taken
-  std::map<size_t, config::Address> moved;    // target -> the move last found (taken or not)
+  std::vector<bool> failing;  // [target]: its last lookup failed (logged once)
+  using Answers = std::vector<config::Address>;
+  std::map<size_t, Answers> staged;   // found by the round in progress
+  std::map<size_t, Answers> pending;  // target -> its new answers, not yet taken
+  std::map<size_t, Answers> moved;    // target -> the move last found (taken or not)
 };
+
+namespace {
+
+// The same addresses, whatever their order (both lists have no duplicates).
+bool sameSet(const std::vector<config::Address>& a, const std::vector<config::Address>& b) {
+  return a.size() == b.size() && std::all_of(a.begin(), a.end(), [&](const config::Address& x) {
+           return std::any_of(b.begin(), b.end(),
+                              [&](const config::Address& y) { return x.sameEndpoint(y); });
+         });
+}
+
+}  // namespace
 
 DnsWatcher::DnsWatcher(std::vector<DnsTarget> targets, Resolve resolve)
     : shared_(std::make_shared<Shared>()) {
@@ -84,8 +97,9 @@ bool DnsWatcher::hasChanges() const {
 std::vector<DnsChange> DnsWatcher::takeChanges() {
   std::lock_guard<std::mutex> lock(shared_->mutex);
   std::vector<DnsChange> changes;
-  for (auto& [target, address] : shared_->pending) {
-    changes.push_back(DnsChange{target, std::move(address)});
+  for (auto& [target, answers] : shared_->pending) {
+    config::Address first = answers.front();
+    changes.push_back(DnsChange{target, std::move(first), std::move(answers)});
   }
   shared_->pending.clear();
   return changes;
@@ -142,8 +156,8 @@ void DnsWatcher::run(std::shared_ptr<Shared> shared) {
 
 void DnsWatcher::publish(Shared& shared) {
   std::lock_guard<std::mutex> lock(shared.mutex);
-  for (auto& [target, address] : shared.staged) {
-    shared.pending[target] = std::move(address);
+  for (auto& [target, answers] : shared.staged) {
+    shared.pending[target] = std::move(answers);
   }
   shared.staged.clear();
 }
@@ -173,9 +187,20 @@ bool DnsWatcher::lookup(Shared& shared, size_t t) {
     GRELAY_LOG_INFO("DNS: %s (%s) resolves again", target.current.text.c_str(),
                     target.what.c_str());
   }
-  const bool kept = std::any_of(answers.begin(), answers.end(), [&](const config::Address& a) {
-    return a.sameEndpoint(target.current);
-  });
+  if (!target.all.empty()) {
+    std::erase_if(answers, [&](const config::Address& a) {
+      return std::any_of(target.exclude.begin(), target.exclude.end(),
+                         [&](const config::Address& b) { return a.sameEndpoint(b); });
+    });
+  }
+  bool kept = answers.empty();  // every answer another server's: nothing to change
+  if (!kept) {
+    kept =
+        target.all.empty()
+            ? std::any_of(answers.begin(), answers.end(),
+                          [&](const config::Address& a) { return a.sameEndpoint(target.current); })
+            : sameSet(answers, target.all);
+  }
   if (kept) {
     shared.staged.erase(t);  // back to the address in use before the change was taken
     shared.pending.erase(t);
@@ -186,9 +211,11 @@ bool DnsWatcher::lookup(Shared& shared, size_t t) {
   // New unless the same move was found before (it waits while older generations finish,
   // or the generation it asked for could not start).
   auto last = shared.moved.find(t);
-  const bool known = last != shared.moved.end() && last->second.sameEndpoint(answers.front());
-  shared.moved[t] = answers.front();
-  shared.staged[t] = std::move(answers.front());
+  const bool known = last != shared.moved.end() &&
+                     (target.all.empty() ? last->second.front().sameEndpoint(answers.front())
+                                         : sameSet(last->second, answers));
+  shared.moved[t] = answers;
+  shared.staged[t] = std::move(answers);
   return !known;
 }
 

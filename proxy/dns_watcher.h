@@ -25,19 +25,27 @@ struct DnsTarget {
   enum class Kind { Server, Mirror };
   Kind kind = Kind::Server;
   size_t outer = 0;         // upstream index (Server) or listener index (Mirror)
-  size_t inner = 0;         // server index in the pool, or mirror index in the listener
+  size_t inner = 0;         // the server's `entry` in the pool, or mirror index in the listener
   std::string what;         // for logs: "upstream app, server 0"
   config::Address current;  // in use by the generation; current.text is the HOST:PORT
   config::Duration interval{0};
   metrics::Counter* lookups = nullptr;   // every lookup
   metrics::Counter* failures = nullptr;  // of those: no answer
   metrics::Counter* changes = nullptr;   // of those: `current` not among the answers
+  // A server with all_addresses: every address in use (`current` is the first). It moves
+  // when the answers are not these addresses, as a set (an address added or gone).
+  std::vector<config::Address> all{};
+  // With `all`: the pool's other servers. An answer that is one of them is not this
+  // server's (the pool has it already), so it is left out before comparing.
+  std::vector<config::Address> exclude{};
 };
 
-// A target whose name no longer resolves to its `current` address.
+// A target whose name no longer resolves to its `current` address (or, with `all`, to
+// those addresses).
 struct DnsChange {
-  size_t target = 0;  // index into the watcher's targets
-  config::Address address;
+  size_t target = 0;                       // index into the watcher's targets
+  config::Address address;                 // the first answer
+  std::vector<config::Address> addresses;  // every answer, in the resolver's order
 };
 
 class DnsWatcher {

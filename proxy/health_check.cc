@@ -174,7 +174,7 @@ void HealthChecker::connected(Target& t) {
     t.verdict = false;  // out of memory here says nothing about the server
     return;
   }
-  const UpstreamPeerName peer = upstreamPeerName(uc, pools_[t.pool].pool->server(t.server));
+  const UpstreamPeerName peer = upstreamPeerName(uc, uc.servers[t.server]);
   t.tls->setPeerName(peer.sni, peer.verifyHost);
   t.phase = Target::Phase::Handshaking;
   advance(t);

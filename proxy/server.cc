@@ -15,6 +15,7 @@
 #include <chrono>
 #include <cstring>
 #include <future>
+#include <iterator>
 #include <memory>
 #include <thread>
 
@@ -139,6 +140,48 @@ std::vector<int> distinctSockets(const std::vector<int>& fds) {
 // A DNS change (resolve_interval) starts a new generation only while fewer older ones are
 // still finishing their sessions.
 constexpr size_t kMaxOlderForDns = 4;
+
+std::string joinAddresses(const std::vector<config::Address>& addresses) {
+  std::string text;
+  for (const config::Address& a : addresses) {
+    text += (text.empty() ? "" : ", ") + formatAddress(a.storage);
+  }
+  return text;
+}
+
+// A server with all_addresses whose name has other addresses now: the servers expanded
+// from its entry are replaced, in place, by one per answer (an answer that is another
+// server of the pool is left out; if every one is, the entry keeps its addresses and
+// false is returned).
+bool moveAllAddresses(config::UpstreamConfig& pool, const DnsTarget& target,
+                      const DnsChange& change) {
+  auto ofEntry = [&](const config::UpstreamServer& s) { return s.entry == target.inner; };
+  auto at = std::find_if(pool.servers.begin(), pool.servers.end(), ofEntry);
+  if (at == pool.servers.end()) {
+    return false;
+  }
+  const config::UpstreamServer entry = *at;
+  std::vector<config::UpstreamServer> others;
+  std::copy_if(pool.servers.begin(), pool.servers.end(), std::back_inserter(others),
+               [&](const config::UpstreamServer& s) { return !ofEntry(s); });
+  std::vector<config::UpstreamServer> moved = config::expandServer(entry, change.addresses, others);
+  if (moved.empty()) {
+    GRELAY_LOG_WARN(
+        "DNS: %s (%s) now resolves to %s, all of them other servers of the pool; "
+        "keeping %s",
+        target.current.text.c_str(), target.what.c_str(), joinAddresses(change.addresses).c_str(),
+        joinAddresses(target.all).c_str());
+    return false;
+  }
+  GRELAY_LOG_INFO("DNS: %s (%s) now resolves to %s, not %s", target.current.text.c_str(),
+                  target.what.c_str(), joinAddresses(change.addresses).c_str(),
+                  joinAddresses(target.all).c_str());
+  const size_t position = static_cast<size_t>(at - pool.servers.begin());
+  others.insert(others.begin() + static_cast<std::ptrdiff_t>(position),
+                std::make_move_iterator(moved.begin()), std::make_move_iterator(moved.end()));
+  pool.servers = std::move(others);
+  return true;
+}
 
 // One configuration's workers, sockets, TLS contexts and stats. A reload starts a new
 // generation; the old one drains and is retired when its last session is gone.
@@ -410,13 +453,32 @@ std::unique_ptr<Generation> buildGeneration(std::shared_ptr<const config::Config
     metrics::UpstreamStats& stats = *gen->upstreamStats[u];
     for (size_t s = 0; s < pool.servers.size() && pool.resolve_interval.count() > 0; ++s) {
       const config::UpstreamServer& server = pool.servers[s];
-      if (server.address.host_name) {
-        names.push_back({DnsTarget::Kind::Server, u, s,
-                         "upstream " + pool.name + ", server " +
-                             (server.name.empty() ? std::to_string(s) : server.name),
-                         server.address, pool.resolve_interval, &stats.dnsLookups,
-                         &stats.dnsFailures, &stats.dnsChanges});
+      if (!server.address.host_name ||
+          (s > 0 && server.all_addresses && pool.servers[s - 1].entry == server.entry)) {
+        continue;  // an IP address, or an address of an entry already watched
       }
+      DnsTarget target{DnsTarget::Kind::Server,
+                       u,
+                       server.entry,
+                       "upstream " + pool.name + ", server " +
+                           (server.name.empty() ? std::to_string(server.entry) : server.name),
+                       server.address,
+                       pool.resolve_interval,
+                       &stats.dnsLookups,
+                       &stats.dnsFailures,
+                       &stats.dnsChanges};
+      if (server.all_addresses) {
+        for (size_t e = s; e < pool.servers.size() && pool.servers[e].entry == server.entry; ++e) {
+          target.all.push_back(pool.servers[e].address);
+        }
+        target.current.text = server.host;  // what is looked up
+        for (const config::UpstreamServer& other : pool.servers) {
+          if (other.entry != server.entry) {
+            target.exclude.push_back(other.address);
+          }
+        }
+      }
+      names.push_back(std::move(target));
     }
   }
   for (size_t l = 0; l < cfg->listeners.size(); ++l) {
@@ -766,19 +828,32 @@ int runServer(config::Config initial, const relay::Features& features) {
       if (!changes.empty()) {
         dnsDeferred = false;
         config::Config next = *current->config;
+        bool moved = false;
         for (const DnsChange& change : changes) {
           const DnsTarget& target = current->dns->targets()[change.target];
+          if (!target.all.empty()) {
+            moved = moveAllAddresses(next.upstreams[target.outer], target, change) || moved;
+            continue;
+          }
+          moved = true;
           GRELAY_LOG_INFO("DNS: %s (%s) now resolves to %s, not %s", target.current.text.c_str(),
                           target.what.c_str(), formatAddress(change.address.storage).c_str(),
                           formatAddress(target.current.storage).c_str());
-          config::Address& into = target.kind == DnsTarget::Kind::Server
-                                      ? next.upstreams[target.outer].servers[target.inner].address
-                                      : next.listeners[target.outer].mirrors[target.inner].address;
-          into = change.address;
+          if (target.kind == DnsTarget::Kind::Mirror) {
+            next.listeners[target.outer].mirrors[target.inner].address = change.address;
+            continue;
+          }
+          for (config::UpstreamServer& server : next.upstreams[target.outer].servers) {
+            if (server.entry == target.inner) {
+              server.address = change.address;
+            }
+          }
         }
-        apply(
-            std::make_shared<const config::Config>(std::move(next)), metrics::kReloadDns,
-            "a new generation uses the new address" + std::string(changes.size() == 1 ? "" : "es"));
+        if (moved) {
+          apply(std::make_shared<const config::Config>(std::move(next)), metrics::kReloadDns,
+                "a new generation uses the new address" +
+                    std::string(changes.size() == 1 ? "" : "es"));
+        }
       }
     }
     const uint64_t now = monotonicNanos();

@@ -1172,10 +1172,11 @@ void Session::primaryConnected(int32_t res) {
   lastServer_ = server_;
   primary_.connected_ = true;
   if (listener_.upstreamTls != nullptr) {
-    const config::Address& a = listener_.upstream->server(static_cast<size_t>(server_));
+    const config::UpstreamConfig& pool = listener_.upstream->config();
     primary_.tls_ = std::make_unique<relay::TlsChannel>(listener_.upstreamTls, primary_.fd_, false,
                                                         host_.userPool());
-    const UpstreamPeerName peer = upstreamPeerName(listener_.upstream->config(), a);
+    const UpstreamPeerName peer =
+        upstreamPeerName(pool, pool.servers[static_cast<size_t>(server_)]);
     primary_.tls_->setPeerName(peer.sni, peer.verifyHost);
     state_ = State::UpstreamHandshake;
     handshakeTimedOut_ = false;

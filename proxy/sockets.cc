@@ -143,18 +143,7 @@ int openListener(const config::Address& address, int backlog) {
 }
 
 std::string formatAddress(const sockaddr_storage& address) {
-  char host[INET6_ADDRSTRLEN] = "?";
-  if (address.ss_family == AF_INET) {
-    const auto& a = reinterpret_cast<const sockaddr_in&>(address);
-    inet_ntop(AF_INET, &a.sin_addr, host, sizeof(host));
-    return std::string(host) + ":" + std::to_string(ntohs(a.sin_port));
-  }
-  if (address.ss_family == AF_INET6) {
-    const auto& a = reinterpret_cast<const sockaddr_in6&>(address);
-    inet_ntop(AF_INET6, &a.sin6_addr, host, sizeof(host));
-    return "[" + std::string(host) + "]:" + std::to_string(ntohs(a.sin6_port));
-  }
-  return "?";
+  return config::formatEndpoint(address);
 }
 
 }  // namespace grelay::proxy

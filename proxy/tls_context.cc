@@ -125,11 +125,12 @@ bool TlsContexts::build(const config::Config& cfg, bool ktls, std::vector<std::s
   return errors->size() == before;
 }
 
-std::string upstreamVerifyHost(const config::UpstreamConfig& u, const config::Address& server) {
+std::string upstreamVerifyHost(const config::UpstreamConfig& u,
+                               const config::UpstreamServer& server) {
   if (!u.tls.sni.empty()) {
     return u.tls.sni;
   }
-  const std::string& text = server.text;
+  const std::string& text = server.written();
   if (!text.empty() && text.front() == '[') {
     size_t close = text.find(']');
     return close == std::string::npos ? "" : text.substr(1, close - 1);
@@ -138,7 +139,8 @@ std::string upstreamVerifyHost(const config::UpstreamConfig& u, const config::Ad
   return colon == std::string::npos ? text : text.substr(0, colon);
 }
 
-UpstreamPeerName upstreamPeerName(const config::UpstreamConfig& u, const config::Address& server) {
+UpstreamPeerName upstreamPeerName(const config::UpstreamConfig& u,
+                                  const config::UpstreamServer& server) {
   const std::string host = upstreamVerifyHost(u, server);
   // RFC 6066: no IP literals in SNI. (A name made of hex digits, "cafe.be", is a name.)
   in6_addr ip{};

@@ -39,9 +39,10 @@ private:
 };
 
 // The name an upstream server's certificate must match: `sni` if set, else the host part
-// of the address as written ("10.0.0.1", "api.internal").
+// of the address as written ("10.0.0.1", "api.internal"; for one of a name's addresses,
+// all_addresses, the name).
 std::string upstreamVerifyHost(const config::UpstreamConfig& upstream,
-                               const config::Address& server);
+                               const config::UpstreamServer& server);
 
 // The SNI a connection to `server` sends ("" = none: the configured sni, else the host as
 // written when it is a name, never an IP literal) and the name or IP address its
@@ -51,6 +52,6 @@ struct UpstreamPeerName {
   std::string verifyHost;
 };
 UpstreamPeerName upstreamPeerName(const config::UpstreamConfig& upstream,
-                                  const config::Address& server);
+                                  const config::UpstreamServer& server);
 
 }  // namespace grelay::proxy

@@ -113,13 +113,16 @@ UpstreamPool::UpstreamPool(const config::UpstreamConfig& config)
   if (config.balance == config::Balance::Source &&
       config.hash_type == config::HashType::Consistent) {
     // A server's points depend on its identity only (its name, else its address as
-    // written), never on its index: adding or removing others leaves them in place.
+    // written; for one of a name's addresses (all_addresses) that address too), never on
+    // its index: adding or removing others leaves them in place.
     const uint64_t perWeight = std::max<uint64_t>(
         1, std::min<uint64_t>(kRingPoints, kMaxRing / std::max<uint64_t>(total, 1)));
     ring_.reserve(static_cast<size_t>(total * perWeight));
     for (uint32_t j = 0; j < primaries_.size(); ++j) {
       const config::UpstreamServer& server = config.servers[primaries_[j]];
-      const std::string id = server.name.empty() ? server.address.text : server.name;
+      const std::string id = server.name.empty()    ? server.address.text
+                             : server.all_addresses ? server.label()
+                                                    : server.name;
       for (uint64_t k = 0; k < weight[j] * perWeight; ++k) {
         ring_.emplace_back(spread(fnv(id + "#" + std::to_string(k))), j);
       }

@@ -557,6 +557,70 @@ TEST(LoaderTest, ServersTakeAWeightAndABackupFlag) {
   EXPECT_EQ(app.servers[1].max_conns, 0u);
 }
 
+TEST(LoaderTest, AServerWithAllAddressesIsOneServerPerAddressOfItsName) {
+  LoadResult result = loadString(
+      lines(
+          {R"([upstream.app])",
+           R"(servers = ["127.0.0.1:7000", { address = "localhost:8000", all_addresses = true },)",
+           R"(           { address = "127.0.0.1:8001", all_addresses = true, name = "x", )"
+           R"(weight = 3, max_conns = 5 }, "127.0.0.1:9000"])",
+           "[[listener]]", R"(name = "web")", R"(listen = "127.0.0.1:8080")",
+           R"(upstream = "app")"}),
+      "t.toml");
+  ASSERT_TRUE(result.ok()) << result.errors[0].toString();
+  const std::vector<Address> local = resolveAddresses("localhost:8000");
+  ASSERT_FALSE(local.empty());
+  const UpstreamConfig& app = result.config->upstreams.at(0);
+  ASSERT_EQ(app.servers.size(), 3 + local.size());
+  EXPECT_EQ(app.servers[0].label(), "0");
+  EXPECT_FALSE(app.servers[0].all_addresses);
+  for (size_t i = 0; i < local.size(); ++i) {
+    const UpstreamServer& s = app.servers[1 + i];
+    EXPECT_TRUE(s.address.sameEndpoint(local[i]));
+    EXPECT_EQ(s.address.text, formatEndpoint(local[i].storage));
+    EXPECT_EQ(s.host, "localhost:8000");
+    EXPECT_EQ(s.written(), "localhost:8000");
+    EXPECT_EQ(s.entry, 1u);
+    EXPECT_EQ(s.label(), "1@" + s.address.text);
+    EXPECT_TRUE(s.address.host_name);
+  }
+  // An IP address stands for itself; the fields go to every address.
+  const UpstreamServer& x = app.servers[1 + local.size()];
+  EXPECT_EQ(x.address.text, "127.0.0.1:8001");
+  EXPECT_EQ(x.label(), "x@127.0.0.1:8001");
+  EXPECT_EQ(x.entry, 2u);
+  EXPECT_EQ(x.weight, 3u);
+  EXPECT_EQ(x.max_conns, 5u);
+  EXPECT_FALSE(x.address.host_name);           // nothing to look up again
+  EXPECT_EQ(app.servers.back().label(), "3");  // its place as written
+  EXPECT_EQ(app.servers.back().written(), "127.0.0.1:9000");
+}
+
+TEST(LoaderTest, ExpandServerLeavesOutAddressesOfOtherServers) {
+  auto at = [](const char* text) { return resolveAddresses(text).at(0); };
+  UpstreamServer entry;
+  entry.address = at("127.0.0.1:80");
+  entry.address.text = "svc:80";
+  entry.all_addresses = true;
+  entry.entry = 4;
+  entry.weight = 2;
+  UpstreamServer other;
+  other.address = at("127.0.0.2:80");
+  std::vector<UpstreamServer> servers = expandServer(
+      entry, {at("127.0.0.3:80"), at("127.0.0.2:80"), at("[::1]:80"), at("127.0.0.3:80")}, {other});
+  ASSERT_EQ(servers.size(), 2u);
+  EXPECT_EQ(servers[0].address.text, "127.0.0.3:80");
+  EXPECT_EQ(servers[1].address.text, "[::1]:80");
+  for (const UpstreamServer& s : servers) {
+    EXPECT_EQ(s.host, "svc:80");
+    EXPECT_EQ(s.entry, 4u);
+    EXPECT_EQ(s.weight, 2u);
+  }
+  // Expanding an expanded server again keeps the name as written.
+  EXPECT_EQ(expandServer(servers[1], {at("127.0.0.9:80")}, {}).at(0).host, "svc:80");
+  EXPECT_TRUE(expandServer(entry, {at("127.0.0.2:80")}, {other}).empty());
+}
+
 TEST(LoaderErrorTest, BadServerEntries) {
   auto pool = [](const std::string& line) {
     return errorsOf(lines({"[upstream.app]", line, "[[listener]]", R"(name = "web")",
@@ -592,6 +656,14 @@ TEST(LoaderErrorTest, BadServerEntries) {
                           "2:12)"));
   EXPECT_THAT(pool(R"(servers = [{ address = "127.0.0.1:8000", max_conns = -1 }])"),
               ElementsAre("t.toml:2:54: 'max_conns' must be in 0..10000000, got -1"));
+  EXPECT_THAT(pool(R"(servers = [{ address = "127.0.0.1:8000", all_addresses = 1 }])"),
+              ElementsAre("t.toml:2:58: 'all_addresses' must be a boolean, got integer"));
+  EXPECT_THAT(pool(R"(servers = ["127.0.0.1:8000", )"
+                   R"({ address = "127.0.0.1:8000", all_addresses = true }])"),
+              ElementsAre("t.toml:2:30: duplicate server '127.0.0.1:8000' (an address of "
+                          "'127.0.0.1:8000') in [upstream.app] (first at 2:12)"));
+  EXPECT_THAT(pool(R"(servers = [{ address = "nowhere.invalid:80", all_addresses = true }])"),
+              SizeIs(1));
   // A bad entry is reported once, not again as "every server is a backup".
   EXPECT_THAT(pool(R"(servers = [{ address = "nowhere", backup = true }])"), SizeIs(1));
 }

@@ -171,6 +171,57 @@ class DnsTest(h.GrelayTest):
             self.assertEqual((len(one.conns), len(two.conns)), (0, 4))
 
 
+    def test_a_server_with_all_addresses_follows_the_set_of_answers(self):
+        """all_addresses: a name with several addresses (a headless Kubernetes service) is
+        one server per address; an address added or gone starts a generation with the new
+        set, a reordering changes nothing."""
+        self.write_hosts(f"127.0.0.1 {HOST_UP}\n127.0.0.2 {HOST_UP}\n")
+        port = h.free_port("127.0.0.1")
+        with h.EchoServer(host="127.0.0.1", port=port) as one, \
+                h.EchoServer(host="127.0.0.2", port=port) as two, \
+                h.EchoServer(host="127.0.0.3", port=port) as three:
+            cfg = h.Config()
+            cfg.with_admin()
+            cfg.upstream("app", [{"address": f"{HOST_UP}:{port}", "all_addresses": True}],
+                         resolve_interval="100ms")
+            web = cfg.listener("web", "app")
+            with self.grelay(cfg) as g:
+                def up(ip):
+                    return g.metric("grelay_upstream_server_up", upstream="app",
+                                    server=f"0@{ip}:{port}")
+
+                def sessions(first, n):
+                    for i in range(n):
+                        r = h.stream_session(web, h.Stream(first + i, 32 * h.KiB))
+                        self.assertTrue(r.ok, str(r))
+
+                self.assertEqual((up("127.0.0.1"), up("127.0.0.2")), (1, 1))
+                sessions(0, 4)  # round robin over both addresses
+                self.assertEqual((len(one.conns), len(two.conns), len(three.conns)), (2, 2, 0))
+
+                # Reordered: the same set, nothing moves.
+                self.write_hosts(f"127.0.0.2 {HOST_UP}\n127.0.0.1 {HOST_UP}\n")
+                start = g.metric("grelay_upstream_dns_lookups_total", upstream="app",
+                                 result="unchanged")
+                self.assertTrue(h.wait_for(lambda: g.metric(
+                    "grelay_upstream_dns_lookups_total", upstream="app",
+                    result="unchanged") >= start + 3, 15), g.log())
+
+                # One address gone, another added: a new generation with the new set.
+                self.write_hosts(f"127.0.0.2 {HOST_UP}\n127.0.0.3 {HOST_UP}\n")
+                self.assertTrue(h.wait_for(lambda: "DNS: a new generation" in g.log(), 15),
+                                g.log())
+                self.assertIn(f"DNS: {HOST_UP}:{port} (upstream app, server 0) now resolves to "
+                              f"127.0.0.2:{port}, 127.0.0.3:{port}, not ", g.log())
+                sessions(10, 4)
+                self.assertEqual((len(one.conns), len(two.conns), len(three.conns)), (2, 4, 2))
+                self.assertTrue(h.wait_for(lambda: g.metric(
+                    "grelay_upstream_server_up", upstream="app",
+                    server=f"0@127.0.0.3:{port}") == 1, 10))
+                self.assertEqual(g.log().count("DNS: a new generation"), 1, g.log())
+            for c in one.conns + two.conns + three.conns:
+                self.assertTrue(c.done)
+
     def test_long_sessions_cannot_pile_up_generations(self):
         """Each move starts a generation that lives until its last session ends; with 4 older
         ones still open, a move waits until one of them finishes."""

@@ -113,6 +113,55 @@ TEST_F(DnsWatcherTest, KeepsAnAddressStillAmongTheAnswersAndReplacesOneThatIsGon
   EXPECT_TRUE(watcher.takeChanges().empty());  // taken once
 }
 
+TEST_F(DnsWatcherTest, AServerWithAllAddressesMovesWhenTheSetOfAnswersChanges) {
+  Answers answers;
+  Counters a;
+  DnsTarget all = target("a.test:80", "10.0.0.1", a);
+  all.all = {v4("10.0.0.1", 80, "10.0.0.1:80"), v4("10.0.0.2", 80, "10.0.0.2:80")};
+  DnsWatcher watcher({all}, answers.resolver());
+  // The same two, in the other order: nothing moved.
+  answers.set("a.test:80", {"10.0.0.2", "10.0.0.1"});
+  watcher.lookupNow();
+  EXPECT_TRUE(watcher.takeChanges().empty());
+  // A third address: a move, with every answer.
+  answers.set("a.test:80", {"10.0.0.2", "10.0.0.3", "10.0.0.1"});
+  watcher.lookupNow();
+  std::vector<DnsChange> changes = watcher.takeChanges();
+  ASSERT_EQ(changes.size(), 1u);
+  ASSERT_EQ(changes[0].addresses.size(), 3u);
+  EXPECT_EQ(ipOf(changes[0].address), "10.0.0.2");
+  EXPECT_EQ(ipOf(changes[0].addresses[1]), "10.0.0.3");
+  // One of the two gone (the other still answered): a move too.
+  answers.set("a.test:80", {"10.0.0.1"});
+  watcher.lookupNow();
+  changes = watcher.takeChanges();
+  ASSERT_EQ(changes.size(), 1u);
+  ASSERT_EQ(changes[0].addresses.size(), 1u);
+  EXPECT_EQ(ipOf(changes[0].address), "10.0.0.1");
+  EXPECT_EQ(a.lookups.value(), 3u);
+  EXPECT_EQ(a.changes.value(), 2u);
+}
+
+TEST_F(DnsWatcherTest, AnswersThatAreOtherServersOfThePoolAreNotTaken) {
+  Answers answers;
+  Counters a;
+  DnsTarget all = target("a.test:80", "10.0.0.1", a);
+  all.all = {v4("10.0.0.1", 80, "10.0.0.1:80")};
+  all.exclude = {v4("10.0.0.9", 80, "10.0.0.9:80")};
+  DnsWatcher watcher({all}, answers.resolver());
+  answers.set("a.test:80", {"10.0.0.9", "10.0.0.1"});
+  watcher.lookupNow();
+  answers.set("a.test:80", {"10.0.0.9"});  // only another server's: nothing to take
+  watcher.lookupNow();
+  EXPECT_TRUE(watcher.takeChanges().empty());
+  answers.set("a.test:80", {"10.0.0.9", "10.0.0.2"});
+  watcher.lookupNow();
+  std::vector<DnsChange> changes = watcher.takeChanges();
+  ASSERT_EQ(changes.size(), 1u);
+  ASSERT_EQ(changes[0].addresses.size(), 1u);
+  EXPECT_EQ(ipOf(changes[0].address), "10.0.0.2");
+}
+
 TEST_F(DnsWatcherTest, AFailedLookupKeepsTheAddressAndCounts) {
   Answers answers;
   Counters a;

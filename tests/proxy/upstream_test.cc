@@ -11,6 +11,9 @@
 
 #include <gtest/gtest.h>
 
+#include "config/loader.h"
+#include "proxy/tls_context.h"
+
 namespace grelay::proxy {
 namespace {
 
@@ -409,6 +412,30 @@ TEST_F(UpstreamPoolTest, ConcurrentFailuresMarkAServerDownOnce) {
   }
   EXPECT_EQ(marked.load(), 1);
   EXPECT_TRUE(pool.down(0, kStart + 10 * kSecond));
+}
+
+TEST(UpstreamPeerNameTest, OneOfANamesAddressesIsVerifiedAndNamedByTheName) {
+  config::UpstreamConfig pool;
+  pool.tls.enabled = true;
+  pool.tls.verify = true;
+  config::UpstreamServer entry;
+  entry.address = config::resolveAddresses("localhost:443").at(0);
+  std::vector<config::UpstreamServer> servers =
+      config::expandServer(entry, {*config::parseAddress("127.0.0.1:443")}, {});
+  ASSERT_EQ(servers.size(), 1u);
+  EXPECT_EQ(servers[0].address.text, "127.0.0.1:443");
+  UpstreamPeerName peer = upstreamPeerName(pool, servers[0]);
+  EXPECT_EQ(peer.sni, "localhost");
+  EXPECT_EQ(peer.verifyHost, "localhost");
+  // A server written as an IP address: no SNI, the address verified.
+  config::UpstreamServer ip;
+  ip.address = *config::parseAddress("127.0.0.1:443");
+  peer = upstreamPeerName(pool, ip);
+  EXPECT_EQ(peer.sni, "");
+  EXPECT_EQ(peer.verifyHost, "127.0.0.1");
+  // A name of hex digits is a name.
+  ip.address.text = "cafe.be:443";
+  EXPECT_EQ(upstreamPeerName(pool, ip).sni, "cafe.be");
 }
 
 }  // namespace
