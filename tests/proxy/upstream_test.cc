@@ -233,6 +233,34 @@ TEST_F(RingTest, RemovingOrAddingAServerMovesOnlyItsClients) {
   EXPECT_LT(moved, 1200);
 }
 
+TEST_F(RingTest, TheAddressesOfANamedServerWithAllAddressesEachHaveTheirPoints) {
+  // { name = "pods", all_addresses = true }: three addresses of one name. Named by the
+  // name alone they would share their points; each has its own, by NAME@IP:PORT.
+  auto pods = [](const std::vector<std::string>& ips) {
+    config::UpstreamConfig c = ring(ips);
+    for (config::UpstreamServer& s : c.servers) {
+      s.name = "pods";
+      s.all_addresses = true;
+      s.host = "pods.svc:80";
+    }
+    return c;
+  };
+  config::UpstreamConfig three = pods({"10.0.0.1:80", "10.0.0.2:80", "10.0.0.3:80"});
+  config::UpstreamConfig two = pods({"10.0.0.1:80", "10.0.0.3:80"});  // a pod gone
+  UpstreamPool p3(three), p2(two);
+  std::map<std::string, int> count;
+  for (uint32_t i = 0; i < 3000; ++i) {
+    const std::string before = owner(p3, client(i));
+    ++count[before];
+    if (before != "10.0.0.2:80") {
+      EXPECT_EQ(owner(p2, client(i)), before) << "client " << i;
+    }
+  }
+  EXPECT_GT(count["10.0.0.1:80"], 700);
+  EXPECT_GT(count["10.0.0.2:80"], 700);
+  EXPECT_GT(count["10.0.0.3:80"], 700);
+}
+
 TEST_F(RingTest, AServerDownSpreadsItsClientsOverTheOthers) {
   config::UpstreamConfig c = ring({"a:80", "b:80", "c:80", "d:80"});
   UpstreamPool pool(c);
