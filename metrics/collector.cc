@@ -39,6 +39,36 @@ struct DnsTotals {
   }
 };
 
+// A histogram summed over workers (and retired generations).
+template <const auto& Bounds>
+struct HistogramTotals {
+  std::array<uint64_t, Bounds.size() + 1> buckets{};  // non-cumulative; the last is +Inf
+  double seconds = 0;
+
+  void add(const Histogram<Bounds>& h) {
+    for (size_t b = 0; b < buckets.size(); ++b) {
+      buckets[b] += h.bucket(b);
+    }
+    seconds += h.sum();
+  }
+  void add(const HistogramTotals& other) {
+    for (size_t b = 0; b < buckets.size(); ++b) {
+      buckets[b] += other.buckets[b];
+    }
+    seconds += other.seconds;
+  }
+  void emit(ClientMetric& metric) const {
+    uint64_t cumulative = 0;
+    for (size_t b = 0; b < Bounds.size(); ++b) {
+      cumulative += buckets[b];
+      metric.histogram.bucket.push_back({cumulative, Bounds[b]});
+    }
+    // The serializer writes le="+Inf" from sample_count.
+    metric.histogram.sample_count = cumulative + buckets[Bounds.size()];
+    metric.histogram.sample_sum = seconds;
+  }
+};
+
 struct MirrorTotals {
   uint64_t sentBytes = 0;
   uint64_t cuts = 0;
@@ -67,8 +97,8 @@ struct ListenerTotals {
   uint64_t noUpstream = 0;
   uint64_t idleTimeouts = 0;
   uint64_t resets = 0;
-  std::array<uint64_t, kConnectBuckets.size() + 1> connectBuckets{};  // non-cumulative
-  double connectSeconds = 0;
+  HistogramTotals<kConnectBuckets> connectDuration;
+  HistogramTotals<kSessionBuckets> sessionDuration;
   std::vector<MirrorTotals> mirrors;
   uint64_t tapBytes = 0;
   uint64_t tapDroppedBytes = 0;
@@ -118,10 +148,8 @@ void addTo(ListenerTotals& total, const ListenerStats& stats, const std::vector<
   total.noUpstream += stats.noUpstream.value();
   total.idleTimeouts += stats.idleTimeouts.value();
   total.resets += stats.resets.value();
-  for (size_t b = 0; b < total.connectBuckets.size(); ++b) {
-    total.connectBuckets[b] += stats.connectDuration.bucket(b);
-  }
-  total.connectSeconds += stats.connectDuration.sum();
+  total.connectDuration.add(stats.connectDuration);
+  total.sessionDuration.add(stats.sessionDuration);
   for (size_t m = 0; m < stats.mirrors.size() && m < mirrorMap.size(); ++m) {
     if (mirrorMap[m] < 0) {
       continue;
@@ -169,10 +197,8 @@ void addTotals(ListenerTotals& into, const ListenerTotals& from) {
   into.noUpstream += from.noUpstream;
   into.idleTimeouts += from.idleTimeouts;
   into.resets += from.resets;
-  for (size_t b = 0; b < into.connectBuckets.size(); ++b) {
-    into.connectBuckets[b] += from.connectBuckets[b];
-  }
-  into.connectSeconds += from.connectSeconds;
+  into.connectDuration.add(from.connectDuration);
+  into.sessionDuration.add(from.sessionDuration);
   into.tapBytes += from.tapBytes;
   into.tapDroppedBytes += from.tapDroppedBytes;
   into.tapErrors += from.tapErrors;
@@ -468,6 +494,11 @@ std::vector<MetricFamily> StatsCollector::collectFrom(
   auto& connectDuration = list.add("grelay_upstream_connect_duration_seconds",
                                    "Time to connect to an upstream server (successful connects).",
                                    MetricType::Histogram);
+  auto& sessionDuration = list.add("grelay_session_duration_seconds",
+                                   "Length of client sessions from accept to close, observed "
+                                   "as they close (the connections grelay_connections_total "
+                                   "counts).",
+                                   MetricType::Histogram);
   auto& mirrorSessions = list.add("grelay_mirror_sessions_total",
                                   "Client sessions sampled for a mirror.", MetricType::Counter);
   auto& mirrorCuts = list.add("grelay_mirror_cuts_total",
@@ -620,14 +651,12 @@ std::vector<MetricFamily> StatsCollector::collectFrom(
     {
       ClientMetric& metric = connectDuration.metric.emplace_back();
       metric.label = {name, upstream};
-      uint64_t cumulative = 0;
-      for (size_t b = 0; b < kConnectBuckets.size(); ++b) {
-        cumulative += total.connectBuckets[b];
-        metric.histogram.bucket.push_back({cumulative, kConnectBuckets[b]});
-      }
-      // The serializer writes le="+Inf" from sample_count.
-      metric.histogram.sample_count = cumulative + total.connectBuckets[kConnectBuckets.size()];
-      metric.histogram.sample_sum = total.connectSeconds;
+      total.connectDuration.emit(metric);
+    }
+    {
+      ClientMetric& metric = sessionDuration.metric.emplace_back();
+      metric.label = {name};
+      total.sessionDuration.emit(metric);
     }
 
     for (size_t m = 0; m < listener.mirrors.size(); ++m) {

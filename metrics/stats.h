@@ -45,24 +45,35 @@ inline constexpr std::array<double, 17> kConnectBuckets = {
     0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025,
     0.05,    0.1,    0.25,    0.5,    1.0,   2.5,    5.0,   10.0};
 
+// Session length, accept to close: buckets from 1ms to 1h.
+inline constexpr std::array<double, 15> kSessionBuckets = {
+    0.001, 0.005, 0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 1800.0, 3600.0};
+
+// A histogram of seconds over the upper bounds `Bounds` (a std::array above).
+template <const auto& Bounds>
 class Histogram {
 public:
+  static constexpr const auto& kBounds = Bounds;
+  static constexpr size_t kBuckets = Bounds.size();  // and +Inf
+
   void observe(double seconds) {
     size_t i = 0;
-    while (i < kConnectBuckets.size() && seconds > kConnectBuckets[i]) {
+    while (i < kBuckets && seconds > Bounds[i]) {
       ++i;
     }
-    buckets_[i].inc();  // i == size() is the +Inf bucket
+    buckets_[i].inc();  // i == kBuckets is the +Inf bucket
     sumNanos_.add(static_cast<uint64_t>(seconds * 1e9));
   }
-  // Non-cumulative count of bucket i (i == kConnectBuckets.size() is +Inf).
+  // Non-cumulative count of bucket i (i == kBuckets is +Inf).
   uint64_t bucket(size_t i) const { return buckets_[i].value(); }
   double sum() const { return static_cast<double>(sumNanos_.value()) / 1e9; }
 
 private:
-  std::array<Counter, kConnectBuckets.size() + 1> buckets_;
+  std::array<Counter, kBuckets + 1> buckets_;
   Counter sumNanos_;
 };
+using ConnectHistogram = Histogram<kConnectBuckets>;
+using SessionHistogram = Histogram<kSessionBuckets>;
 
 enum Direction : uint8_t { kRequest = 0, kResponse = 1 };
 inline const char* directionName(int d) {
@@ -119,7 +130,8 @@ struct ListenerStats {
   Counter noUpstream;          // sessions closed because every server failed
   Counter idleTimeouts;
   Counter resets;  // sessions ended by a reset (either side)
-  Histogram connectDuration;
+  ConnectHistogram connectDuration;
+  SessionHistogram sessionDuration;  // accept to close, of the sessions `connections` counts
   std::vector<MirrorStats> mirrors;  // in config order
   Counter tlsHandshakes;             // client TLS handshakes completed
   Counter proxyProtocolErrors;       // client connections without a valid PROXY header

@@ -1634,6 +1634,8 @@ void Session::maybeFinish() {
   // is deleted only after this dispatch round.
   host_.sessionDone(*this);
   if (counted_) {
+    // Observed first: whoever sees the gauge drop sees the session's length too.
+    stats().sessionDuration.observe(static_cast<double>(host_.now() - started_) / 1e9);
     stats().active.dec();
   }
 }

@@ -120,6 +120,42 @@ grelay_upstream_connect_duration_seconds_bucket{listener="api",upstream="secure_
 grelay_upstream_connect_duration_seconds_bucket{listener="api",upstream="secure_api",le="5"} 6
 grelay_upstream_connect_duration_seconds_bucket{listener="api",upstream="secure_api",le="10"} 6
 grelay_upstream_connect_duration_seconds_bucket{listener="api",upstream="secure_api",le="+Inf"} 7
+grelay_session_duration_seconds_count{listener="web"} 3
+grelay_session_duration_seconds_sum{listener="web"} 7245.002
+grelay_session_duration_seconds_bucket{listener="web",le="0.001"} 0
+grelay_session_duration_seconds_bucket{listener="web",le="0.005"} 1
+grelay_session_duration_seconds_bucket{listener="web",le="0.01"} 1
+grelay_session_duration_seconds_bucket{listener="web",le="0.05"} 1
+grelay_session_duration_seconds_bucket{listener="web",le="0.1"} 1
+grelay_session_duration_seconds_bucket{listener="web",le="0.5"} 1
+grelay_session_duration_seconds_bucket{listener="web",le="1"} 1
+grelay_session_duration_seconds_bucket{listener="web",le="5"} 1
+grelay_session_duration_seconds_bucket{listener="web",le="10"} 1
+grelay_session_duration_seconds_bucket{listener="web",le="30"} 1
+grelay_session_duration_seconds_bucket{listener="web",le="60"} 2
+grelay_session_duration_seconds_bucket{listener="web",le="300"} 2
+grelay_session_duration_seconds_bucket{listener="web",le="900"} 2
+grelay_session_duration_seconds_bucket{listener="web",le="1800"} 2
+grelay_session_duration_seconds_bucket{listener="web",le="3600"} 2
+grelay_session_duration_seconds_bucket{listener="web",le="+Inf"} 3
+grelay_session_duration_seconds_count{listener="api"} 4
+grelay_session_duration_seconds_sum{listener="api"} 7245.502
+grelay_session_duration_seconds_bucket{listener="api",le="0.001"} 0
+grelay_session_duration_seconds_bucket{listener="api",le="0.005"} 1
+grelay_session_duration_seconds_bucket{listener="api",le="0.01"} 1
+grelay_session_duration_seconds_bucket{listener="api",le="0.05"} 1
+grelay_session_duration_seconds_bucket{listener="api",le="0.1"} 1
+grelay_session_duration_seconds_bucket{listener="api",le="0.5"} 2
+grelay_session_duration_seconds_bucket{listener="api",le="1"} 2
+grelay_session_duration_seconds_bucket{listener="api",le="5"} 2
+grelay_session_duration_seconds_bucket{listener="api",le="10"} 2
+grelay_session_duration_seconds_bucket{listener="api",le="30"} 2
+grelay_session_duration_seconds_bucket{listener="api",le="60"} 3
+grelay_session_duration_seconds_bucket{listener="api",le="300"} 3
+grelay_session_duration_seconds_bucket{listener="api",le="900"} 3
+grelay_session_duration_seconds_bucket{listener="api",le="1800"} 3
+grelay_session_duration_seconds_bucket{listener="api",le="3600"} 3
+grelay_session_duration_seconds_bucket{listener="api",le="+Inf"} 4
 grelay_mirror_sessions_total{listener="web",mirror="analytics"} 374
 grelay_mirror_sessions_total{listener="web",mirror="shadow"} 484
 grelay_mirror_cuts_total{listener="web",mirror="analytics"} 341
@@ -304,8 +340,8 @@ TEST_F(AdminTest, ScrapesReadLiveCountersEachTime) {
 TEST(AdminHistogramTest, BucketsAreCumulativeAndInfEqualsCount) {
   const config::Config config = makeConfig(address("127.0.0.1", 0));
   auto workers = makeWorkers(config, 3);  // worker 2 observes nothing
-  Histogram& h0 = workers[0]->listeners[0]->connectDuration;
-  Histogram& h1 = workers[1]->listeners[0]->connectDuration;
+  ConnectHistogram& h0 = workers[0]->listeners[0]->connectDuration;
+  ConnectHistogram& h1 = workers[1]->listeners[0]->connectDuration;
   h0.observe(0.00005);  // on a bound: counts in le="5e-05"
   h0.observe(0.0002);   // le="0.00025"
   h1.observe(0.0002);
@@ -346,13 +382,47 @@ TEST(AdminHistogramTest, BucketsAreCumulativeAndInfEqualsCount) {
   ASSERT_EQ(kConnectBuckets.size() + 1, expected.size());
 }
 
+TEST(AdminHistogramTest, SessionLengthsAreSummedOverWorkersWithTheirOwnBuckets) {
+  const config::Config config = makeConfig(address("127.0.0.1", 0));
+  auto workers = makeWorkers(config, 2);
+  workers[0]->listeners[0]->sessionDuration.observe(0.0004);  // le="0.001"
+  workers[0]->listeners[0]->sessionDuration.observe(75.0);    // le="300"
+  workers[1]->listeners[0]->sessionDuration.observe(3600.0);  // on the last bound
+  workers[1]->listeners[0]->sessionDuration.observe(7200.0);  // +Inf only
+  AdminInputs inputs;
+  inputs.config = &config;
+  for (const auto& w : workers) {
+    inputs.workers.push_back(w.get());
+  }
+  const auto expo = parseExposition(StatsCollector(inputs).render());
+  std::vector<std::pair<std::string, std::string>> buckets;
+  std::string count;
+  for (const auto& s : expo.samples) {
+    if (s.labels.empty() || s.labels[0].second != "web") {
+      continue;
+    }
+    if (s.name == "grelay_session_duration_seconds_bucket") {
+      ASSERT_EQ(s.labels.size(), 2u);
+      buckets.emplace_back(s.labels[1].second, s.value);
+    } else if (s.name == "grelay_session_duration_seconds_count") {
+      count = s.value;
+    }
+  }
+  const std::vector<std::pair<std::string, std::string>> expected = {
+      {"0.001", "1"}, {"0.005", "1"}, {"0.01", "1"}, {"0.05", "1"}, {"0.1", "1"}, {"0.5", "1"},
+      {"1", "1"},     {"5", "1"},     {"10", "1"},   {"30", "1"},   {"60", "1"},  {"300", "2"},
+      {"900", "2"},   {"1800", "2"},  {"3600", "3"}, {"+Inf", "4"}};
+  EXPECT_EQ(buckets, expected);
+  EXPECT_EQ(count, "4");
+}
+
 TEST_F(AdminTest, EveryFamilyHasHelpAndTypeAndCountersEndInTotal) {
   const auto expo = parseExposition(StatsCollector(inputs()).render());
   std::set<std::string> families;
   for (const auto& s : expo.samples) {
     families.insert(testing::familyOf(s, expo));
   }
-  EXPECT_EQ(families.size(), 48u);  // 42 grelay_* and 6 process_*
+  EXPECT_EQ(families.size(), 49u);  // 43 grelay_* and 6 process_*
   for (const auto& family : families) {
     ASSERT_EQ(expo.type.count(family), 1u) << family;
     EXPECT_FALSE(expo.help.at(family).empty()) << family;
@@ -404,7 +474,9 @@ TEST_F(AdminTest, LabelsComeOnlyFromConfigNames) {
     }
   }
   std::set<std::string> bucketBounds = {"+Inf"};
-  for (double b : kConnectBuckets) {
+  std::vector<double> bounds(kConnectBuckets.begin(), kConnectBuckets.end());
+  bounds.insert(bounds.end(), kSessionBuckets.begin(), kSessionBuckets.end());
+  for (double b : bounds) {
     std::ostringstream text;
     text.precision(16);
     text << b;

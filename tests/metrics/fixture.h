@@ -229,6 +229,15 @@ inline void fillKnownValues(WorkerStats& stats, int worker) {
       s.connectDuration.observe(3.0);
       s.connectDuration.observe(20.0);
     }
+    if (worker == 0) {
+      s.sessionDuration.observe(0.002);
+      s.sessionDuration.observe(45.0);
+    } else {
+      s.sessionDuration.observe(7200.0);
+      if (l == 1) {
+        s.sessionDuration.observe(0.5);  // on a bound: counts in le="0.5"
+      }
+    }
   }
 }
 

@@ -203,6 +203,7 @@ max_connections = 1
                 first.sendall(b"ping")
                 check(first.recv(4) == b"ping", "capped: first session does not relay")
                 check(closed_on_connect(capped), "capped: second connection not rejected")
+                time.sleep(1.2)  # a session that lasts over a second (its length's bucket)
                 first.shutdown(socket.SHUT_WR)
                 check(closed_by_peer(first), "capped: first session not finished")
 
@@ -239,6 +240,12 @@ max_connections = 1
                 'grelay_received_bytes_total{listener="capped",direction="request"}': 4,
                 'grelay_sent_bytes_total{listener="capped",target="app"}': 4,
                 'grelay_client_sent_bytes_total{listener="capped"}': 4,
+                # Every session that ended, once (the rejected connection is not a session).
+                'grelay_session_duration_seconds_count{listener="web"}': len(SIZES),
+                'grelay_session_duration_seconds_bucket{listener="web",le="+Inf"}': len(SIZES),
+                'grelay_session_duration_seconds_count{listener="dead"}': 1,
+                'grelay_session_duration_seconds_count{listener="capped"}': 1,
+                'grelay_session_duration_seconds_bucket{listener="capped",le="1"}': 0,
             }
             for expr, value in want.items():
                 if value is None:

@@ -99,6 +99,7 @@ int main(int argc, char** argv) {
       web.chunks[metrics::kMainlinePath].inc();
       web.tapBytes.add(1000);
       web.connectDuration.observe(0.0007);
+      web.sessionDuration.observe(2.5);
       app.checks.inc();
     }
   }
