@@ -190,7 +190,8 @@ struct Generation {
   config::RelayPath path = config::RelayPath::Mainline;
   uint32_t workerCount = 1;
   std::unique_ptr<Runtime> runtime;
-  std::unique_ptr<TlsContexts> tls;
+  // Shared with the generation a DNS move starts from (same files, not read again).
+  std::shared_ptr<TlsContexts> tls;
   std::vector<std::unique_ptr<metrics::WorkerStats>> stats;
   std::vector<std::unique_ptr<metrics::UpstreamStats>> upstreamStats;  // [upstream]
   // Pools with check_interval; destroyed (stopped) before the runtime's pools.
@@ -277,9 +278,12 @@ struct Generation {
 // nullptr with *error set and leaves nothing open. `previous` hands over its listening
 // sockets for addresses it shares with `cfg` (they are dup'ed: both generations accept
 // from the same socket until the previous one stops).
+// `sameTls`: the TLS contexts to use, built for a configuration whose TLS settings are
+// `cfg`'s (a DNS move changes addresses only); nullptr = build them from the files.
 std::unique_ptr<Generation> buildGeneration(std::shared_ptr<const config::Config> cfg,
                                             const relay::Features& features,
-                                            const Generation* previous, int* exitCode,
+                                            const Generation* previous,
+                                            std::shared_ptr<TlsContexts> sameTls, int* exitCode,
                                             std::string* error) {
   auto gen = std::make_unique<Generation>();
   gen->config = cfg;
@@ -339,14 +343,17 @@ std::unique_ptr<Generation> buildGeneration(std::shared_ptr<const config::Config
         "profile?): every direction stays on RECV/SEND");
   }
 
-  gen->tls = std::make_unique<TlsContexts>();
-  std::vector<std::string> tlsErrors;
-  if (!gen->tls->build(*cfg, features.ktls, &tlsErrors)) {
-    *error = tlsErrors.front();
-    for (size_t i = 1; i < tlsErrors.size(); ++i) {
-      *error += "\n" + tlsErrors[i];
+  gen->tls = std::move(sameTls);
+  if (gen->tls == nullptr) {
+    gen->tls = std::make_shared<TlsContexts>();
+    std::vector<std::string> tlsErrors;
+    if (!gen->tls->build(*cfg, features.ktls, &tlsErrors)) {
+      *error = tlsErrors.front();
+      for (size_t i = 1; i < tlsErrors.size(); ++i) {
+        *error += "\n" + tlsErrors[i];
+      }
+      return nullptr;
     }
-    return nullptr;
   }
   gen->runtime->tls = gen->tls.get();
 
@@ -607,7 +614,8 @@ int runServer(config::Config initial, const relay::Features& features) {
   auto cfg = std::make_shared<const config::Config>(std::move(initial));
   int exitCode = kExitOk;
   std::string error;
-  std::unique_ptr<Generation> current = buildGeneration(cfg, features, nullptr, &exitCode, &error);
+  std::unique_ptr<Generation> current =
+      buildGeneration(cfg, features, nullptr, nullptr, &exitCode, &error);
   if (!current) {
     GRELAY_LOG_ERROR("%s", error.c_str());
     return exitCode;
@@ -688,30 +696,38 @@ int runServer(config::Config initial, const relay::Features& features) {
   };
   // Starts a generation for `nextCfg` in place of the current one, which drains. `why`
   // is counted and prefixes the log lines ("SIGHUP", "DNS"); `done` says what happened.
+  // A DNS move that cannot be applied is tried again at each lookup of the name: the same
+  // failure is logged once (counted each time).
+  std::string dnsFailure;
   auto apply = [&](std::shared_ptr<const config::Config> nextCfg, metrics::ReloadCause why,
                    const std::string& done) {
     const char* cause = why == metrics::kReloadSighup ? "SIGHUP" : "DNS";
-    const std::string& path = nextCfg->path;
+    auto failed = [&](const std::string& line) {
+      reloadFailed(why);  // counted before the line that says so, as for a success
+      if (why == metrics::kReloadDns) {
+        if (line == dnsFailure) {
+          return;
+        }
+        dnsFailure = line;
+      }
+      GRELAY_LOG_ERROR("%s: %s", cause, line.c_str());
+    };
     int code = kExitOk;
     std::string error;
     std::unique_ptr<Generation> gen =
-        buildGeneration(nextCfg, features, current.get(), &code, &error);
+        buildGeneration(nextCfg, features, current.get(),
+                        why == metrics::kReloadDns ? current->tls : nullptr, &code, &error);
     if (!gen) {
-      reloadFailed(why);  // counted before the line that says so, as for a success
-      GRELAY_LOG_ERROR("%s: cannot apply %s; keeping the running configuration: %s", cause,
-                       path.c_str(), error.c_str());
+      failed("cannot apply " + nextCfg->path + "; keeping the running configuration: " + error);
       return;
     }
     publish(*gen);
     if (startGeneration(*gen, &error) != kExitOk) {
       registry.retire(gen->config.get());
-      reloadFailed(why);
-      GRELAY_LOG_ERROR(
-          "%s: cannot start the new workers; keeping the running "
-          "configuration: %s",
-          cause, error.c_str());
+      failed("cannot start the new workers; keeping the running configuration: " + error);
       return;
     }
+    dnsFailure.clear();
     // The new generation accepts; the old one stops accepting and finishes its sessions.
     // Once its workers have let go of the listening sockets (about a ring round trip), a
     // connection can only go to the new one: the line logged below says so.

@@ -222,6 +222,43 @@ class DnsTest(h.GrelayTest):
             for c in one.conns + two.conns + three.conns:
                 self.assertTrue(c.done)
 
+    def test_a_move_keeps_the_tls_contexts_and_does_not_read_the_files_again(self):
+        """A DNS move changes addresses only: the new generation serves TLS with the
+        contexts already loaded (only SIGHUP reads certificate files), so a certificate
+        being rotated or gone at that moment cannot fail it."""
+        certs = h.Certs()
+        self.addCleanup(certs.cleanup)
+        self.write_hosts(f"127.0.0.1 {HOST_UP}\n")
+        port = h.free_port("127.0.0.1")
+        with h.EchoServer(host="127.0.0.1", port=port) as old, \
+                h.EchoServer(host="127.0.0.2", port=port) as new:
+            cfg = h.Config()
+            cfg.upstream("app", [f"{HOST_UP}:{port}"], resolve_interval="100ms")
+            cert, key = certs.server
+            web = cfg.listener("web", "app", tls={"cert": cert, "key": key})
+            with self.grelay(cfg) as g:
+                ctx = h.tls_client_context(certs.ca)
+
+                def echo(payload):
+                    with ctx.wrap_socket(h.connect(web), server_hostname="localhost") as s:
+                        s.sendall(payload)
+                        got = b""
+                        while len(got) < len(payload):
+                            chunk = s.recv(65536)
+                            self.assertTrue(chunk, "the TLS session ended early")
+                            got += chunk
+                        self.assertEqual(got, payload)
+
+                echo(b"before")
+                os.rename(cert, cert + ".gone")
+                os.rename(key, key + ".gone")
+                self.write_hosts(f"127.0.0.2 {HOST_UP}\n")
+                self.assertTrue(h.wait_for(lambda: "DNS: a new generation" in g.log(), 15),
+                                g.log())
+                echo(b"after" * 1000)
+                self.assertNotIn("cannot apply", g.log())
+            self.assertEqual((len(old.conns), len(new.conns)), (1, 1))
+
     def test_long_sessions_cannot_pile_up_generations(self):
         """Each move starts a generation that lives until its last session ends; with 4 older
         ones still open, a move waits until one of them finishes."""
