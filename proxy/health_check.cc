@@ -55,9 +55,6 @@ LogLimiter socketErrorLog;
 
 HealthChecker::HealthChecker(std::vector<Pool> pools, size_t maxInFlight)
     : pools_(std::move(pools)), maxInFlight_(std::max<size_t>(maxInFlight, 1)) {
-  for (const Pool& p : pools_) {
-    passes_.emplace_back(p.pool->size(), 0);
-  }
   wakeFd_ = ::eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 }
 
@@ -328,23 +325,21 @@ void HealthChecker::report(Pool& p, const Target& t, uint64_t now) {
   UpstreamPool& pool = *p.pool;
   const config::UpstreamConfig& uc = pool.config();
   p.stats->checks.inc();
-  uint32_t& passes = passes_[static_cast<size_t>(&p - pools_.data())][server];
   if (error == 0) {
     const bool wasDown = pool.down(server, now);
-    if (wasDown && ++passes < uc.check_passes) {
+    if (wasDown && pool.checkPassed(server) < uc.check_passes) {
       // Not yet: it stays down past fail_timeout until the next check has counted.
       pool.holdDown(server, now, now + nanos(uc.check_interval + uc.check_timeout) * 2);
       return;
     }
-    passes = 0;
-    pool.connectSucceeded(server);
+    pool.connectSucceeded(server);  // and the passes start again from 0
     if (wasDown) {
       GRELAY_LOG_INFO("upstream %s: server %s is up again (health check%s)", uc.name.c_str(),
                       pool.server(server).text.c_str(), uc.check_passes > 1 ? "s in a row" : "");
     }
     return;
   }
-  passes = 0;
+  pool.checkFailed(server);
   p.stats->checkFailures.inc();
   if (pool.connectFailed(server, now)) {
     p.stats->markedDown.inc();

@@ -61,8 +61,6 @@ private:
   void report(Pool& p, const Target& t, uint64_t now);
 
   std::vector<Pool> pools_;
-  // [pool][server]: checks in a row that connected while the server was down (check_passes).
-  std::vector<std::vector<uint32_t>> passes_;
   size_t maxInFlight_;
   size_t peakInFlight_ = 0;
   int wakeFd_ = -1;  // eventfd: stop() writes it

@@ -231,6 +231,9 @@ void PeerHealth::connectSucceeded() {
   if (downUntil_.load(std::memory_order_relaxed) != 0) {
     downUntil_.store(0, std::memory_order_relaxed);
   }
+  if (checkPasses_.load(std::memory_order_relaxed) != 0) {
+    checkPasses_.store(0, std::memory_order_relaxed);
+  }
 }
 
 void PeerHealth::holdDown(uint64_t now, uint64_t until) {
@@ -245,6 +248,7 @@ void PeerHealth::holdDown(uint64_t now, uint64_t until) {
 void PeerHealth::copyFrom(const PeerHealth& other) {
   failures_.store(other.failures_.load(std::memory_order_relaxed), std::memory_order_relaxed);
   downUntil_.store(other.downUntil_.load(std::memory_order_relaxed), std::memory_order_relaxed);
+  checkPasses_.store(other.checkPasses_.load(std::memory_order_relaxed), std::memory_order_relaxed);
 }
 
 bool UpstreamPool::connectFailed(uint32_t server, uint64_t now) {

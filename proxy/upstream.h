@@ -27,12 +27,17 @@ public:
   // Keeps a peer that is down down until at least `until` (monotonic ns); no-op when up.
   void holdDown(uint64_t now, uint64_t until);
   bool down(uint64_t now) const { return now < downUntil_.load(std::memory_order_relaxed); }
+  // Health checks in a row that connected while the peer was down (check_passes): the
+  // count after this one. Only the health-check thread counts.
+  uint32_t checkPassed() { return checkPasses_.fetch_add(1, std::memory_order_relaxed) + 1; }
+  void checkFailed() { checkPasses_.store(0, std::memory_order_relaxed); }
   // Takes over `other`'s state (a reload's new pool or listener for the same peer).
   void copyFrom(const PeerHealth& other);
 
 private:
   std::atomic<uint32_t> failures_{0};   // consecutive failed connects
   std::atomic<uint64_t> downUntil_{0};  // monotonic ns; down while now < downUntil_
+  std::atomic<uint32_t> checkPasses_{0};
 };
 
 // FNV-1a of a client's IP address, and of its port too with `withPort`: the same value on
@@ -92,11 +97,14 @@ public:
   void holdDown(uint32_t server, uint64_t now, uint64_t until) {
     health_[server].holdDown(now, until);
   }
+  // check_passes: see PeerHealth.
+  uint32_t checkPassed(uint32_t server) { return health_[server].checkPassed(); }
+  void checkFailed(uint32_t server) { health_[server].checkFailed(); }
 
   // A reload's new pool takes over the health of the servers it shares (same address)
   // with `previous` (the pool of the same name in the configuration it replaces): a
-  // server marked down stays down for the rest of its period, and failures in a row
-  // keep counting. Before any session uses this pool.
+  // server marked down stays down for the rest of its period, and failures (and health
+  // checks passed, check_passes) in a row keep counting. Before any session uses this pool.
   void inheritHealth(const UpstreamPool& previous);
 
   // Points per unit of weight (weights divided by their gcd) on the consistent-hash ring,

@@ -415,6 +415,16 @@ TEST_F(UpstreamPoolTest, AReloadedPoolKeepsTheHealthOfTheServersItShares) {
   EXPECT_FALSE(fresh.down(1, kStart + 10 * kSecond));
   EXPECT_FALSE(fresh.down(2, kStart));
   EXPECT_TRUE(fresh.connectFailed(0, kStart));  // 8002's second failure in a row
+  // Health checks passed while down (check_passes) keep counting across a reload too.
+  EXPECT_EQ(oldPool->checkPassed(0), 1u);
+  EXPECT_EQ(oldPool->checkPassed(0), 2u);
+  UpstreamPool again(next);
+  again.inheritHealth(*oldPool);
+  EXPECT_EQ(again.checkPassed(1), 3u);  // 8000
+  again.checkFailed(1);
+  EXPECT_EQ(again.checkPassed(1), 1u);
+  again.connectSucceeded(1);  // up: the count starts again
+  EXPECT_EQ(again.checkPassed(1), 1u);
   // max_fails = 0 in the new config: nothing is taken over.
   next.max_fails = 0;
   UpstreamPool never(next);
