@@ -189,10 +189,18 @@ void UpstreamPool::pickOrder(std::vector<uint32_t>& order, uint64_t now, uint64_
   }
   if (config_.balance == config::Balance::LeastConn) {
     // Fewest open connections per unit of weight first; ties keep the rotated order, so
-    // equal servers still share the load. Backups stay behind the others.
-    auto fewer = [this](uint32_t a, uint32_t b) {
-      return activeConnections(a) * config_.servers[b].weight <
-             activeConnections(b) * config_.servers[a].weight;
+    // equal servers still share the load. Backups stay behind the others. The sort sees
+    // one snapshot of the counts: other workers change them meanwhile, and a comparison
+    // that changes its mind mid-sort lets std::stable_sort's insertion step run past the
+    // range.
+    thread_local std::vector<std::pair<int64_t, uint64_t>> load;  // (open, weight) by server
+    load.resize(n);
+    for (uint32_t s = 0; s < n; ++s) {
+      load[s] = {activeConnections(s), config_.servers[s].weight};
+    }
+    auto fewer = [](uint32_t a, uint32_t b) {
+      return load[a].first * static_cast<int64_t>(load[b].second) <
+             load[b].first * static_cast<int64_t>(load[a].second);
     };
     auto backupsBegin = order.begin() + static_cast<std::ptrdiff_t>(primaries_.size());
     std::stable_sort(order.begin(), backupsBegin, fewer);
