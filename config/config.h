@@ -163,6 +163,12 @@ struct UpstreamConfig {
   // rotation; until then it stays down, fail_timeout or not (HAProxy's `rise`). 1..1000;
   // used with check_interval.
   uint32_t check_passes = 1;
+  // Slow start (HAProxy's `slowstart`, nginx's `slow_start`): a server back from being
+  // marked down, or added to the pool by a reload or a DNS move, takes a share of its
+  // turns that grows linearly from 0 to all of them over this long (round_robin: turns
+  // it declines go to the next server; least_conn: its weight is scaled). Not at start-up,
+  // not with balance = "source". 0 = off (the default).
+  Duration slow_start{0};
   // Servers written with a host name are looked up again every resolve_interval; when
   // the address in use is no longer among the answers, a new generation starts with the
   // first answer (as a reload would; open sessions stay where they are). A failed lookup

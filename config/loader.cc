@@ -609,6 +609,7 @@ private:
               {"check_interval", duration(&u.check_interval, 0ms, kMaxTimeout)},
               {"check_timeout", duration(&u.check_timeout, 1ms, 1min)},
               {"check_passes", integer(&u.check_passes, 1, 1000)},
+              {"slow_start", duration(&u.slow_start, 0ms, kMaxTimeout)},
               {"resolve_interval", resolveInterval(&u.resolve_interval)},
               {"proxy_protocol", oneOf(&u.proxy_protocol,
                                        {ProxyProtocol::Off, ProxyProtocol::V1, ProxyProtocol::V2})},
@@ -895,6 +896,11 @@ std::vector<ConfigError> lintConfig(const Config& config) {
     if (u.hash_type == HashType::Consistent && u.balance != Balance::Source) {
       warnings.push_back({u.location, pool + "hash_type has no effect unless balance = "
                                              "\"source\""});
+    }
+    if (u.slow_start.count() > 0 && u.balance == Balance::Source) {
+      warnings.push_back({u.location, pool + "slow_start has no effect with balance = "
+                                             "\"source\": a client's server never depends on "
+                                             "load"});
     }
     if (u.resolve_interval.count() > 0 &&
         std::none_of(u.servers.begin(), u.servers.end(),

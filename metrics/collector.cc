@@ -574,6 +574,11 @@ std::vector<MetricFamily> StatsCollector::collectFrom(
                             "1 if the server is in the pool's rotation, 0 while it is marked "
                             "down (max_fails failed connects or health checks).",
                             MetricType::Gauge);
+  auto& serverWeight = list.add("grelay_upstream_server_weight",
+                                "The server's share of the pool's rotation right now: its "
+                                "weight, 0 while marked down, scaled from 0 up during "
+                                "slow_start.",
+                                MetricType::Gauge);
   auto& serversDown = list.add("grelay_upstream_servers_down",
                                "Servers of the pool marked down after the latest round of "
                                "health checks (pools with check_interval).",
@@ -731,6 +736,7 @@ std::vector<MetricFamily> StatsCollector::collectFrom(
         const Labels labels{name, {"server", pool.servers[s].label()}};
         sample(serverActive, labels, static_cast<double>(active[s]));
         sample(serverUp, labels, now->view->serverDown(s) ? 0 : 1);
+        sample(serverWeight, labels, now->view->serverWeight(s));
       }
     }
     const bool checked = pool.check_interval.count() > 0;

@@ -162,6 +162,9 @@ public:
   virtual size_t serverCount() const = 0;
   virtual int64_t serverActive(size_t server) const = 0;  // open connections, all workers
   virtual bool serverDown(size_t server) const = 0;       // marked down right now
+  // Its share of the rotation right now: its weight, 0 while marked down, scaled by its
+  // progress while in slow start.
+  virtual double serverWeight(size_t server) const = 0;
 };
 
 // One upstream pool: its live view, its active health checks (pools with check_interval),

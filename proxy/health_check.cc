@@ -332,10 +332,15 @@ void HealthChecker::report(Pool& p, const Target& t, uint64_t now) {
       pool.holdDown(server, now, now + nanos(uc.check_interval + uc.check_timeout) * 2);
       return;
     }
-    pool.connectSucceeded(server);  // and the passes start again from 0
+    pool.connectSucceeded(server, now);  // and the passes start again from 0
     if (wasDown) {
-      GRELAY_LOG_INFO("upstream %s: server %s is up again (health check%s)", uc.name.c_str(),
-                      pool.server(server).text.c_str(), uc.check_passes > 1 ? "s in a row" : "");
+      const std::string ramp =
+          pool.rampPermille(server, now) < 1000
+              ? "; slow start over " + std::to_string(uc.slow_start.count()) + " ms"
+              : "";
+      GRELAY_LOG_INFO("upstream %s: server %s is up again (health check%s)%s", uc.name.c_str(),
+                      pool.server(server).text.c_str(), uc.check_passes > 1 ? "s in a row" : "",
+                      ramp.c_str());
     }
     return;
   }

@@ -306,7 +306,8 @@ std::unique_ptr<Generation> buildGeneration(std::shared_ptr<const config::Config
     for (size_t u = 0; u < cfg->upstreams.size(); ++u) {
       for (size_t p = 0; p < previous->config->upstreams.size(); ++p) {
         if (previous->config->upstreams[p].name == cfg->upstreams[u].name) {
-          gen->runtime->upstreams[u]->inheritHealth(*previous->runtime->upstreams[p]);
+          gen->runtime->upstreams[u]->inheritHealth(*previous->runtime->upstreams[p],
+                                                    monotonicNanos());
         }
       }
     }

@@ -1049,7 +1049,7 @@ void Session::handshakeDone(Peer& peer) {
     stats().tlsHandshakes.inc();
     beginSession();
   } else {
-    listener_.upstream->connectSucceeded(static_cast<uint32_t>(server_));
+    listener_.upstream->connectSucceeded(static_cast<uint32_t>(server_), host_.now());
     openTap(true);
     startRelaying();
   }
@@ -1185,7 +1185,7 @@ void Session::primaryConnected(int32_t res) {
     continueHandshake(primary_);
     return;
   }
-  listener_.upstream->connectSucceeded(static_cast<uint32_t>(server_));
+  listener_.upstream->connectSucceeded(static_cast<uint32_t>(server_), host_.now());
   openTap(true);
   startRelaying();
 }
@@ -1266,7 +1266,7 @@ void Session::mirrorConnected(size_t index, int32_t res) {
     return;
   }
   if (health != nullptr) {
-    health->connectSucceeded();
+    health->connectSucceeded(host_.now());
   }
   m.state = MirrorState::Open;
   m.peer.connected_ = true;

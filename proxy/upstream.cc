@@ -78,6 +78,11 @@ uint64_t clientHash(const sockaddr_storage& address, bool withPort) {
 
 UpstreamPool::UpstreamPool(const config::UpstreamConfig& config)
     : config_(config),
+      slowStart_(config.balance == config::Balance::Source
+                     ? 0
+                     : static_cast<uint64_t>(
+                           std::chrono::duration_cast<std::chrono::nanoseconds>(config.slow_start)
+                               .count())),
       active_(new std::atomic<int64_t>[config.servers.size()]),
       health_(new PeerHealth[config.servers.size()]) {
   for (size_t i = 0; i < config.servers.size(); ++i) {
@@ -189,14 +194,16 @@ void UpstreamPool::pickOrder(std::vector<uint32_t>& order, uint64_t now, uint64_
   }
   if (config_.balance == config::Balance::LeastConn) {
     // Fewest open connections per unit of weight first; ties keep the rotated order, so
-    // equal servers still share the load. Backups stay behind the others. The sort sees
-    // one snapshot of the counts: other workers change them meanwhile, and a comparison
-    // that changes its mind mid-sort lets std::stable_sort's insertion step run past the
-    // range.
+    // equal servers still share the load. Backups stay behind the others. A server in
+    // slow start counts with its weight scaled by its progress (at least 1/1000 of it).
+    // The sort sees one snapshot of the counts: other workers change them meanwhile, and a
+    // comparison that changes its mind mid-sort lets std::stable_sort's insertion step
+    // run past the range.
     thread_local std::vector<std::pair<int64_t, uint64_t>> load;  // (open, weight) by server
     load.resize(n);
     for (uint32_t s = 0; s < n; ++s) {
-      load[s] = {activeConnections(s), config_.servers[s].weight};
+      const uint32_t permille = slowStart_ > 0 ? std::max(rampPermille(s, now), 1u) : 1000;
+      load[s] = {activeConnections(s), uint64_t{config_.servers[s].weight} * permille};
     }
     auto fewer = [](uint32_t a, uint32_t b) {
       return load[a].first * static_cast<int64_t>(load[b].second) <
@@ -205,11 +212,57 @@ void UpstreamPool::pickOrder(std::vector<uint32_t>& order, uint64_t now, uint64_
     auto backupsBegin = order.begin() + static_cast<std::ptrdiff_t>(primaries_.size());
     std::stable_sort(order.begin(), backupsBegin, fewer);
     std::stable_sort(backupsBegin, order.end(), fewer);
+  } else if (slowStart_ > 0 && config_.balance == config::Balance::RoundRobin) {
+    deferRamping(order, now);
   }
   if (config_.max_fails > 0 && n > 1) {
     std::stable_partition(order.begin(), order.end(),
                           [this, now](uint32_t s) { return !down(s, now); });
   }
+}
+
+// Round robin in slow start: while the first server declines its turn, it goes behind the
+// other primaries (each server declines at most once per session; when every primary
+// declines, the order is as it was).
+void UpstreamPool::deferRamping(std::vector<uint32_t>& order, uint64_t now) {
+  const auto end = order.begin() + static_cast<std::ptrdiff_t>(primaries_.size());
+  for (size_t tries = 0; tries < primaries_.size(); ++tries) {
+    const uint32_t first = order.front();
+    const uint32_t permille = rampPermille(first, now);
+    if (permille >= 1000 || health_[first].takeRampTurn(permille)) {
+      return;
+    }
+    std::rotate(order.begin(), order.begin() + 1, end);
+  }
+}
+
+uint32_t UpstreamPool::rampPermille(uint32_t server, uint64_t now) const {
+  return slowStart_ == 0 ? 1000 : health_[server].rampPermille(now, slowStart_);
+}
+
+double UpstreamPool::serverWeight(size_t server) const {
+  const uint64_t now = monotonicNanos();
+  if (down(static_cast<uint32_t>(server), now)) {
+    return 0;
+  }
+  return config_.servers[server].weight * rampPermille(static_cast<uint32_t>(server), now) / 1000.0;
+}
+
+uint32_t PeerHealth::rampPermille(uint64_t now, uint64_t window) const {
+  const uint64_t since = upSince_.load(std::memory_order_relaxed);
+  if (since == 0 || window == 0 || now >= since + window) {
+    return 1000;
+  }
+  if (now <= since) {
+    return 0;
+  }
+  // (now - since) < window <= 24 h in ns < 2^47: times 1000 stays far below 2^64.
+  return static_cast<uint32_t>((now - since) * 1000 / window);
+}
+
+bool PeerHealth::takeRampTurn(uint32_t permille) {
+  const uint64_t turn = rampTurns_.fetch_add(1, std::memory_order_relaxed);
+  return (turn + 1) * permille / 1000 > turn * permille / 1000;
 }
 
 bool PeerHealth::connectFailed(uint64_t now, uint32_t maxFails, config::Duration failTimeout) {
@@ -232,12 +285,15 @@ bool PeerHealth::connectFailed(uint64_t now, uint32_t maxFails, config::Duration
   return false;
 }
 
-void PeerHealth::connectSucceeded() {
+void PeerHealth::connectSucceeded(uint64_t now) {
   if (failures_.load(std::memory_order_relaxed) != 0) {
     failures_.store(0, std::memory_order_relaxed);
   }
   if (downUntil_.load(std::memory_order_relaxed) != 0) {
-    downUntil_.store(0, std::memory_order_relaxed);
+    // Many connects may succeed at once: the first to see the marking starts the ramp.
+    if (downUntil_.exchange(0, std::memory_order_relaxed) != 0) {
+      upSince_.store(std::max<uint64_t>(now, 1), std::memory_order_relaxed);
+    }
   }
   if (checkPasses_.load(std::memory_order_relaxed) != 0) {
     checkPasses_.store(0, std::memory_order_relaxed);
@@ -257,14 +313,15 @@ void PeerHealth::copyFrom(const PeerHealth& other) {
   failures_.store(other.failures_.load(std::memory_order_relaxed), std::memory_order_relaxed);
   downUntil_.store(other.downUntil_.load(std::memory_order_relaxed), std::memory_order_relaxed);
   checkPasses_.store(other.checkPasses_.load(std::memory_order_relaxed), std::memory_order_relaxed);
+  copyRamp(other);
 }
 
 bool UpstreamPool::connectFailed(uint32_t server, uint64_t now) {
   return health_[server].connectFailed(now, config_.max_fails, config_.fail_timeout);
 }
 
-void UpstreamPool::connectSucceeded(uint32_t server) {
-  health_[server].connectSucceeded();
+void UpstreamPool::connectSucceeded(uint32_t server, uint64_t now) {
+  health_[server].connectSucceeded(now);
 }
 
 bool UpstreamPool::acquire(uint32_t server) {
@@ -277,19 +334,26 @@ bool UpstreamPool::acquire(uint32_t server) {
   return true;
 }
 
-void UpstreamPool::inheritHealth(const UpstreamPool& previous) {
-  if (config_.max_fails == 0) {
+void UpstreamPool::inheritHealth(const UpstreamPool& previous, uint64_t now) {
+  if (config_.max_fails == 0 && slowStart_ == 0) {
     return;
   }
   for (size_t i = 0; i < size(); ++i) {
     const config::Address& a = server(i);
-    for (size_t j = 0; j < previous.size(); ++j) {
-      const config::Address& b = previous.server(j);
-      if (!a.sameEndpoint(b)) {
+    bool shared = false;
+    for (size_t j = 0; j < previous.size() && !shared; ++j) {
+      if (!a.sameEndpoint(previous.server(j))) {
         continue;
       }
-      health_[i].copyFrom(previous.health_[j]);
-      break;
+      shared = true;
+      if (config_.max_fails > 0) {
+        health_[i].copyFrom(previous.health_[j]);
+      } else {
+        health_[i].copyRamp(previous.health_[j]);
+      }
+    }
+    if (!shared && slowStart_ > 0) {
+      health_[i].startRamp(std::max<uint64_t>(now, 1));
     }
   }
 }

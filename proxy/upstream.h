@@ -23,7 +23,9 @@ public:
   // caller counts and logs each marking once. A failure while down (a connect that
   // started before the marking, or a probe) extends the period, without a new marking.
   bool connectFailed(uint64_t now, uint32_t maxFails, config::Duration failTimeout);
-  void connectSucceeded();
+  // Forgets the failures; a peer that was marked down (even if its period is over) is up
+  // again from `now` (monotonic ns), which starts its slow start.
+  void connectSucceeded(uint64_t now);
   // Keeps a peer that is down down until at least `until` (monotonic ns); no-op when up.
   void holdDown(uint64_t now, uint64_t until);
   bool down(uint64_t now) const { return now < downUntil_.load(std::memory_order_relaxed); }
@@ -34,10 +36,24 @@ public:
   // Takes over `other`'s state (a reload's new pool or listener for the same peer).
   void copyFrom(const PeerHealth& other);
 
+  // Slow start: how far into a ramp of `window` ns the peer is, in thousandths (1000 =
+  // done, or never marked down). A ramp starts when a peer marked down is up again, or
+  // with startRamp() (a server new to a reloaded pool).
+  uint32_t rampPermille(uint64_t now, uint64_t window) const;
+  void startRamp(uint64_t now) { upSince_.store(now, std::memory_order_relaxed); }
+  void copyRamp(const PeerHealth& other) {
+    upSince_.store(other.upSince_.load(std::memory_order_relaxed), std::memory_order_relaxed);
+  }
+  // Whether the peer takes this turn of its ramp: exactly `permille` thousandths of the
+  // turns offered, spread evenly (any thread).
+  bool takeRampTurn(uint32_t permille);
+
 private:
   std::atomic<uint32_t> failures_{0};   // consecutive failed connects
   std::atomic<uint64_t> downUntil_{0};  // monotonic ns; down while now < downUntil_
   std::atomic<uint32_t> checkPasses_{0};
+  std::atomic<uint64_t> upSince_{0};    // monotonic ns: when it was last up again
+  std::atomic<uint64_t> rampTurns_{0};  // turns offered to it while ramping
 };
 
 // FNV-1a of a client's IP address, and of its port too with `withPort`: the same value on
@@ -55,6 +71,7 @@ public:
     return activeConnections(static_cast<uint32_t>(server));
   }
   bool serverDown(size_t server) const override;
+  double serverWeight(size_t server) const override;
 
   const config::UpstreamConfig& config() const { return config_; }
   size_t size() const { return config_.servers.size(); }
@@ -72,7 +89,10 @@ public:
   // connections per unit of weight, ties in the rotated order. Backup servers come after
   // the others, in the same policy order among themselves; servers marked down (see
   // connectFailed) come after all servers that are not, so a session still tries them
-  // when every other server fails. Fills `order` (size() entries); `now` is monotonic ns.
+  // when every other server fails. With slow_start, a server ramping up declines the
+  // share of its round_robin turns it is not ready for (it moves behind the other
+  // primaries, so the next server takes the turn), and counts for least_conn with its
+  // weight scaled by its progress. Fills `order` (size() entries); `now` is monotonic ns.
   void pickOrder(std::vector<uint32_t>& order, uint64_t now, uint64_t client = 0);
 
   // Connection accounting (any thread), for least_conn, max_conns and the metrics: a
@@ -89,8 +109,9 @@ public:
   // down until now + fail_timeout. Returns true when this call marked it down (it was
   // not down already), so the caller counts and logs each marking once.
   bool connectFailed(uint32_t server, uint64_t now);
-  // A connect to `server` succeeded: its failures are forgotten and it is up again.
-  void connectSucceeded(uint32_t server);
+  // A connect to `server` succeeded: its failures are forgotten and it is up again (its
+  // slow start begins at `now` if it was marked down).
+  void connectSucceeded(uint32_t server, uint64_t now);
   bool down(uint32_t server, uint64_t now) const { return health_[server].down(now); }
   // A server marked down stays down until at least `until` (health checks counting
   // check_passes); no-op when it is up.
@@ -104,8 +125,13 @@ public:
   // A reload's new pool takes over the health of the servers it shares (same address)
   // with `previous` (the pool of the same name in the configuration it replaces): a
   // server marked down stays down for the rest of its period, and failures (and health
-  // checks passed, check_passes) in a row keep counting. Before any session uses this pool.
-  void inheritHealth(const UpstreamPool& previous);
+  // checks passed, check_passes) in a row keep counting, and a slow start goes on; a
+  // server it does not share begins its slow start at `now`. Before any session uses
+  // this pool.
+  void inheritHealth(const UpstreamPool& previous, uint64_t now);
+
+  // Slow start progress of `server` in thousandths; 1000 when slow_start is 0.
+  uint32_t rampPermille(uint32_t server, uint64_t now) const;
 
   // Points per unit of weight (weights divided by their gcd) on the consistent-hash ring,
   // fewer when the ring would exceed kMaxRing points; how many servers after the owner a
@@ -116,10 +142,12 @@ public:
 
 private:
   void ringOrder(std::vector<uint32_t>& order, uint64_t client) const;
+  void deferRamping(std::vector<uint32_t>& order, uint64_t now);
   static void rotate(std::vector<uint32_t>& order, const std::vector<uint32_t>& members,
                      size_t first);
 
   const config::UpstreamConfig& config_;
+  const uint64_t slowStart_;  // ns; 0 = off
   // One cycle of the weighted rotation: the non-backup servers, each weight times, their
   // turns spread over the cycle; sessions take their first server from it in turn.
   std::vector<uint32_t> rotation_;   // indexes into primaries_

@@ -703,6 +703,11 @@ TEST(LoaderErrorTest, PassiveHealthValuesOutOfRange) {
   EXPECT_THAT(pool("check_interval = \"5s\"\ncheck_passes = 0"),
               ElementsAre("t.toml:4:16: 'check_passes' must be in 1..1000, got 0"));
   EXPECT_THAT(pool("check_passes = 2"), IsEmpty());  // unused without check_interval
+  EXPECT_THAT(pool("slow_start = \"30s\""), IsEmpty());
+  EXPECT_THAT(pool("slow_start = \"0s\""), IsEmpty());
+  EXPECT_THAT(pool("slow_start = \"25h\""),
+              ElementsAre("t.toml:3:14: 'slow_start' must be in 0s..24h, got 25h"));
+  EXPECT_THAT(pool("slow_start = 30"), SizeIs(1));
   EXPECT_THAT(pool("resolve_interval = \"0s\""), IsEmpty());
   EXPECT_THAT(pool("resolve_interval = \"100ms\""), IsEmpty());
   EXPECT_THAT(pool("resolve_interval = \"99ms\""),
@@ -795,6 +800,14 @@ TEST(LoaderTest, LintWarnsOnlyAboutWhatIsProbablyAMistake) {
               ElementsAre("t.toml:1:1: upstream app: hash_type has no effect unless balance = "
                           "\"source\""));
   EXPECT_THAT(warnings({local, R"(balance = "source")", R"(hash_type = "consistent")"},
+                       {R"(listen = "0.0.0.0:8080")"}),
+              IsEmpty());
+  // slow_start with balance = "source".
+  EXPECT_THAT(warnings({local, R"(balance = "source")", R"(slow_start = "30s")"},
+                       {R"(listen = "0.0.0.0:8080")"}),
+              ElementsAre("t.toml:1:1: upstream app: slow_start has no effect with balance = "
+                          "\"source\": a client's server never depends on load"));
+  EXPECT_THAT(warnings({local, R"(balance = "least_conn")", R"(slow_start = "30s")"},
                        {R"(listen = "0.0.0.0:8080")"}),
               IsEmpty());
   // resolve_interval with nothing to resolve.

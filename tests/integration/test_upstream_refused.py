@@ -337,6 +337,79 @@ class UpstreamRefusedTest(h.GrelayTest):
                 if revived:
                     revived.stop()
 
+    def test_slow_start_eases_a_revived_server_and_a_new_one_in(self):
+        with h.EchoServer() as echo, h.EchoServer() as third:
+            dead = h.RefusingPort()
+            revived = None
+            try:
+                cfg = h.Config()
+                servers = [{"address": dead.address, "name": "one"},
+                           {"address": echo.address, "name": "two"}]
+                cfg.upstream("app", servers, check_interval="200ms", fail_timeout="1h",
+                             slow_start="1h")
+                port = cfg.listener("web", "app")
+                cfg.with_admin()
+                with h.Grelay(cfg) as g:
+                    weight = lambda server: g.metric("grelay_upstream_server_weight",
+                                                     upstream="app", server=server)
+                    down = lambda: g.metric("grelay_upstream_servers_down", upstream="app")
+                    self.assertTrue(h.wait_for(lambda: down() == 1, 10), "not marked down")
+                    self.assertEqual(weight("one"), 0)
+                    dead.close()
+                    revived = h.EchoServer(port=dead.port)
+                    self.assertTrue(h.wait_for(lambda: down() == 0, 10),
+                                    "not back after it listened again")
+                    self.assertRegex(g.log(), r"upstream app: server 127\.0\.0\.1:%d is up again "
+                                              r"\(health check\); slow start over 3600000 ms"
+                                              % dead.port)
+                    # Seconds into an hour's ramp it declines its turns: the other server
+                    # takes them, every session still succeeds.
+                    self.assertEqual(g.metric("grelay_upstream_server_up", upstream="app",
+                                              server="one"), 1)
+                    self.assertLess(weight("one"), 0.01)
+                    self.assertEqual(weight("two"), 1)
+
+                    def run(first, count):
+                        for i in range(first, first + count):
+                            r = h.stream_session(port, h.Stream(i, 16 * h.KiB), index=i)
+                            self.assertTrue(r.ok, str(r))
+
+                    def served(server):
+                        return len([c for c in server.conns if c.received > 0])
+
+                    run(0, 10)
+                    self.assertEqual((served(revived), served(echo)), (0, 10))
+                    # A reload that adds a server: the new one ramps from the reload on,
+                    # the revived one goes on with its ramp.
+                    cfg.upstreams["app"]["servers"].append(
+                        {"address": third.address, "name": "three"})
+                    self.reload(g, cfg)
+                    self.assertLess(weight("three"), 0.01)
+                    self.assertLess(weight("one"), 0.01)
+                    run(10, 10)
+                    self.assertEqual((served(revived), served(echo), served(third)), (0, 20, 0))
+                    # Without slow_start every server has its full share at once.
+                    del cfg.upstreams["app"]["slow_start"]
+                    self.reload(g, cfg)
+                    self.assertEqual([weight(s) for s in ("one", "two", "three")], [1, 1, 1])
+                    run(20, 12)
+                    self.assertEqual((served(revived), served(echo), served(third)),
+                                     (4, 24, 4))
+                    self.assertEqual(g.metric("grelay_upstream_connect_errors_total",
+                                              listener="web"), 0)
+            finally:
+                dead.close()
+                if revived:
+                    revived.stop()
+
+    def reload(self, g, cfg):
+        before = len(re.findall(r"SIGHUP: reloaded", g.log()))
+        with open(g.config_path, "w") as f:
+            f.write(cfg.render())
+        g.send_signal(signal.SIGHUP)
+        self.assertTrue(h.wait_for(
+            lambda: len(re.findall(r"SIGHUP: reloaded", g.log())) > before, 10), g.log_tail())
+
     def test_a_server_marked_down_stays_down_across_a_reload(self):
         with h.Blackhole() as hole, h.EchoServer() as echo:
             cfg = h.Config()

@@ -96,18 +96,24 @@ inline config::Config makeConfig(const config::Address& admin) {
   return c;
 }
 
-// A pool's servers as the collector sees them: fixed open connections and down flags.
+// A pool's servers as the collector sees them: fixed open connections, down flags and
+// weights (1 when not given; 0 while down).
 class FakeUpstreamView : public UpstreamView {
 public:
-  FakeUpstreamView(std::vector<int64_t> active, std::vector<bool> down)
-      : active_(std::move(active)), down_(std::move(down)) {}
+  FakeUpstreamView(std::vector<int64_t> active, std::vector<bool> down,
+                   std::vector<double> weight = {})
+      : active_(std::move(active)), down_(std::move(down)), weight_(std::move(weight)) {}
   size_t serverCount() const override { return active_.size(); }
   int64_t serverActive(size_t server) const override { return active_[server]; }
   bool serverDown(size_t server) const override { return down_[server]; }
+  double serverWeight(size_t server) const override {
+    return down_[server] ? 0 : server < weight_.size() ? weight_[server] : 1;
+  }
 
 private:
   std::vector<int64_t> active_;
   std::vector<bool> down_;
+  std::vector<double> weight_;
 };
 
 // The "app" pool's health checks (makeConfig sets its check_interval): 30 checks, 5 failed,

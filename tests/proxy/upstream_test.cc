@@ -12,6 +12,7 @@
 #include <gtest/gtest.h>
 
 #include "config/loader.h"
+#include "proxy/log.h"
 #include "proxy/tls_context.h"
 
 namespace grelay::proxy {
@@ -318,7 +319,7 @@ TEST_F(UpstreamPoolTest, MaxFailsCountsConsecutiveFailures) {
   UpstreamPool& pool = makePool(2, 3);
   EXPECT_FALSE(pool.connectFailed(1, kStart));
   EXPECT_FALSE(pool.connectFailed(1, kStart));
-  pool.connectSucceeded(1);  // the streak is broken
+  pool.connectSucceeded(1, kStart);  // the streak is broken
   EXPECT_FALSE(pool.connectFailed(1, kStart));
   EXPECT_FALSE(pool.connectFailed(1, kStart));
   EXPECT_FALSE(pool.down(1, kStart));
@@ -335,7 +336,7 @@ TEST_F(UpstreamPoolTest, MaxFailsCountsConsecutiveFailures) {
 TEST_F(UpstreamPoolTest, ASuccessBringsAServerBackAtOnce) {
   UpstreamPool& pool = makePool(2);
   ASSERT_TRUE(pool.connectFailed(0, kStart));
-  pool.connectSucceeded(0);  // it answered a session that tried it last
+  pool.connectSucceeded(0, kStart);  // it answered a session that tried it last
   EXPECT_FALSE(pool.down(0, kStart));
   EXPECT_EQ(order(kStart), (std::vector<uint32_t>{0, 1}));
   EXPECT_TRUE(pool.connectFailed(0, kStart));  // a fresh streak of max_fails = 1
@@ -409,7 +410,7 @@ TEST_F(UpstreamPoolTest, AReloadedPoolKeepsTheHealthOfTheServersItShares) {
   auto* in = reinterpret_cast<sockaddr_in*>(&next.servers[2].address.storage);
   in->sin_port = htons(8003);
   UpstreamPool fresh(next);
-  fresh.inheritHealth(*oldPool);
+  fresh.inheritHealth(*oldPool, kStart);
   EXPECT_FALSE(fresh.down(0, kStart));
   EXPECT_TRUE(fresh.down(1, kStart + 10 * kSecond - 1));  // 8000, for the rest of its period
   EXPECT_FALSE(fresh.down(1, kStart + 10 * kSecond));
@@ -419,17 +420,140 @@ TEST_F(UpstreamPoolTest, AReloadedPoolKeepsTheHealthOfTheServersItShares) {
   EXPECT_EQ(oldPool->checkPassed(0), 1u);
   EXPECT_EQ(oldPool->checkPassed(0), 2u);
   UpstreamPool again(next);
-  again.inheritHealth(*oldPool);
+  again.inheritHealth(*oldPool, kStart);
   EXPECT_EQ(again.checkPassed(1), 3u);  // 8000
   again.checkFailed(1);
   EXPECT_EQ(again.checkPassed(1), 1u);
-  again.connectSucceeded(1);  // up: the count starts again
+  again.connectSucceeded(1, kStart);  // up: the count starts again
   EXPECT_EQ(again.checkPassed(1), 1u);
   // max_fails = 0 in the new config: nothing is taken over.
   next.max_fails = 0;
   UpstreamPool never(next);
-  never.inheritHealth(*oldPool);
+  never.inheritHealth(*oldPool, kStart);
   EXPECT_FALSE(never.down(1, kStart));
+}
+
+// How many of `picks` sessions start at each server.
+std::map<uint32_t, int> firsts(UpstreamPool& pool, uint64_t now, int picks) {
+  std::map<uint32_t, int> count;
+  std::vector<uint32_t> out;
+  for (int i = 0; i < picks; ++i) {
+    pool.pickOrder(out, now);
+    EXPECT_EQ(out.size(), pool.size());
+    ++count[out[0]];
+  }
+  return count;
+}
+
+TEST_F(UpstreamPoolTest, SlowStartGivesARecoveredServerAGrowingShareOfItsTurns) {
+  config_.slow_start = 10s;
+  UpstreamPool& pool = makePool(2);
+  EXPECT_EQ(pool.rampPermille(0, kStart), 1000u);  // not at start-up
+  EXPECT_EQ(pool.serverWeight(0), 1.0);
+  EXPECT_TRUE(pool.connectFailed(0, kStart));
+  const uint64_t up = kStart + 2 * kSecond;
+  pool.connectSucceeded(0, up);            // back before fail_timeout: the ramp starts here
+  pool.connectSucceeded(0, up + kSecond);  // a later connect does not restart it
+  EXPECT_EQ(pool.rampPermille(0, up), 0u);
+  EXPECT_EQ(pool.rampPermille(0, up + 2500 * kSecond / 1000), 250u);
+  EXPECT_EQ(pool.rampPermille(0, up + 10 * kSecond), 1000u);
+  EXPECT_EQ(pool.rampPermille(1, up), 1000u);
+  // Right after it is up it gets nothing, yet every session can still fall back to it.
+  EXPECT_EQ(firsts(pool, up, 100), (std::map<uint32_t, int>{{1, 100}}));
+  // A quarter of the way: 25 of its 100 turns, evenly; the next server takes the rest.
+  std::map<uint32_t, int> quarter = firsts(pool, up + 2500 * kSecond / 1000, 200);
+  EXPECT_EQ(quarter[0], 25);
+  EXPECT_EQ(quarter[1], 175);
+  EXPECT_EQ(firsts(pool, up + 7500 * kSecond / 1000, 200)[0], 75);
+  EXPECT_EQ(firsts(pool, up + 10 * kSecond, 200)[0], 100);  // done: its full share
+  // Marked down again and back: a new ramp.
+  EXPECT_TRUE(pool.connectFailed(0, up + 20 * kSecond));
+  pool.connectSucceeded(0, up + 21 * kSecond);
+  EXPECT_EQ(pool.rampPermille(0, up + 26 * kSecond), 500u);
+}
+
+TEST_F(UpstreamPoolTest, SlowStartAfterAMarkingThatRanOut) {
+  config_.slow_start = 10s;
+  UpstreamPool& pool = makePool(3, 1, config::Balance::RoundRobin, {2, 1, 1});
+  EXPECT_TRUE(pool.connectFailed(1, kStart));
+  // fail_timeout is over: a session tries it again and connects; that is when it is up.
+  const uint64_t up = kStart + 30 * kSecond;
+  EXPECT_FALSE(pool.down(1, up));
+  pool.connectSucceeded(1, up);
+  std::map<uint32_t, int> half = firsts(pool, up + 5 * kSecond, 400);
+  EXPECT_EQ(half[1], 50);  // half of its 100 turns
+  EXPECT_EQ(half[0] + half[2], 350);
+  EXPECT_EQ(pool.serverWeight(1), 1.0);  // the gauge reads the clock: long past kStart
+}
+
+TEST_F(UpstreamPoolTest, SlowStartScalesTheWeightLeastConnCounts) {
+  config_.slow_start = 10s;
+  UpstreamPool& pool = makePool(2, 1, config::Balance::LeastConn);
+  EXPECT_TRUE(pool.connectFailed(0, kStart));
+  pool.connectSucceeded(0, kStart);
+  pool.acquire(0);
+  pool.acquire(1);
+  pool.acquire(1);
+  // At 40%: 1 open / 0.4 = 2.5 per unit of weight on 0, 2 on 1.
+  EXPECT_EQ(order(kStart + 4 * kSecond), (std::vector<uint32_t>{1, 0}));
+  // At 60%: 1 / 0.6 < 2.
+  EXPECT_EQ(order(kStart + 6 * kSecond), (std::vector<uint32_t>{0, 1}));
+  // Right after recovery its weight counts as 1/1000, never 0.
+  pool.release(0);
+  EXPECT_EQ(order(kStart), (std::vector<uint32_t>{0, 1}));
+}
+
+TEST_F(UpstreamPoolTest, SlowStartForServersAReloadAddsAndNotWithSource) {
+  config_.slow_start = 10s;
+  UpstreamPool& old = makePool(2);
+  EXPECT_TRUE(old.connectFailed(1, kStart));
+  old.connectSucceeded(1, kStart);  // 8001 ramping since kStart
+  auto oldPool = std::move(pool_);
+  config::UpstreamConfig next = config_;
+  next.servers.push_back(config_.servers[1]);
+  reinterpret_cast<sockaddr_in*>(&next.servers[2].address.storage)->sin_port = htons(8002);
+  UpstreamPool fresh(next);
+  fresh.inheritHealth(*oldPool, kStart + 5 * kSecond);
+  EXPECT_EQ(fresh.rampPermille(0, kStart + 5 * kSecond), 1000u);  // 8000: it stays as it was
+  EXPECT_EQ(fresh.rampPermille(1, kStart + 5 * kSecond), 500u);   // 8001: its ramp goes on
+  EXPECT_EQ(fresh.rampPermille(2, kStart + 5 * kSecond), 0u);     // 8002: new, starts now
+  EXPECT_EQ(fresh.rampPermille(2, kStart + 15 * kSecond), 1000u);
+  // Without max_fails the marking is not taken over, the ramps still are.
+  next.max_fails = 0;
+  UpstreamPool unmarked(next);
+  unmarked.inheritHealth(*oldPool, kStart + 5 * kSecond);
+  EXPECT_EQ(unmarked.rampPermille(1, kStart + 5 * kSecond), 500u);
+  EXPECT_EQ(unmarked.rampPermille(2, kStart + 5 * kSecond), 0u);
+  // balance = "source": a client's server does not depend on load; no slow start.
+  next.balance = config::Balance::Source;
+  UpstreamPool source(next);
+  source.inheritHealth(*oldPool, kStart + 5 * kSecond);
+  EXPECT_EQ(source.rampPermille(2, kStart + 5 * kSecond), 1000u);
+}
+
+TEST_F(UpstreamPoolTest, EveryPrimaryInSlowStartKeepsTheRotation) {
+  config_.slow_start = 10s;
+  UpstreamPool& pool = makePool(3, 1, config::Balance::RoundRobin, {}, {false, false, true});
+  config::UpstreamConfig next = config_;
+  for (auto& server : next.servers) {
+    reinterpret_cast<sockaddr_in*>(&server.address.storage)->sin_port =
+        htons(ntohs(reinterpret_cast<sockaddr_in*>(&server.address.storage)->sin_port) + 100);
+  }
+  UpstreamPool fresh(next);
+  fresh.inheritHealth(pool, kStart);
+  std::vector<uint32_t> out;
+  fresh.pickOrder(out, kStart);
+  EXPECT_EQ(out, (std::vector<uint32_t>{0, 1, 2}));
+  fresh.pickOrder(out, kStart);
+  EXPECT_EQ(out, (std::vector<uint32_t>{1, 0, 2}));
+}
+
+TEST_F(UpstreamPoolTest, TheWeightGaugeIsZeroWhileMarkedDown) {
+  UpstreamPool& pool = makePool(2, 1, config::Balance::RoundRobin, {3, 1});
+  EXPECT_EQ(pool.serverWeight(0), 3.0);
+  EXPECT_TRUE(pool.connectFailed(0, monotonicNanos()));
+  EXPECT_EQ(pool.serverWeight(0), 0.0);
+  EXPECT_EQ(pool.serverWeight(1), 1.0);
 }
 
 TEST_F(UpstreamPoolTest, ConcurrentFailuresMarkAServerDownOnce) {
