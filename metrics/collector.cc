@@ -85,7 +85,7 @@ struct MirrorTotals {
 struct ListenerTotals {
   uint64_t connections = 0;
   int64_t active = 0;
-  uint64_t rejected = 0;
+  std::array<uint64_t, kRejectLimitCount> rejected{};
   uint64_t denied = 0;
   std::array<uint64_t, 2> receivedBytes{};
   uint64_t sentUpstreamBytes = 0;
@@ -132,7 +132,9 @@ void addUpstream(UpstreamTotals& into, const UpstreamStats& stats) {
 void addTo(ListenerTotals& total, const ListenerStats& stats, const std::vector<int>& mirrorMap) {
   total.connections += stats.connections.value();
   total.active += stats.active.value();
-  total.rejected += stats.rejected.value();
+  for (size_t r = 0; r < total.rejected.size(); ++r) {
+    total.rejected[r] += stats.rejected[r].value();
+  }
   total.denied += stats.denied.value();
   for (size_t d = 0; d < total.receivedBytes.size(); ++d) {
     total.receivedBytes[d] += stats.receivedBytes[d].value();
@@ -181,7 +183,9 @@ void addTo(ListenerTotals& total, const ListenerStats& stats, const std::vector<
 void addTotals(ListenerTotals& into, const ListenerTotals& from) {
   into.connections += from.connections;
   into.active += from.active;
-  into.rejected += from.rejected;
+  for (size_t r = 0; r < into.rejected.size(); ++r) {
+    into.rejected[r] += from.rejected[r];
+  }
   into.denied += from.denied;
   for (size_t d = 0; d < into.receivedBytes.size(); ++d) {
     into.receivedBytes[d] += from.receivedBytes[d];
@@ -450,8 +454,9 @@ std::vector<MetricFamily> StatsCollector::collectFrom(
   auto& active =
       list.add("grelay_connections_active", "Client sessions open now.", MetricType::Gauge);
   auto& rejected = list.add("grelay_connections_rejected_total",
-                            "Client connections closed at once because a max_connections limit "
-                            "(server, listener or max_connections_per_client) was reached.",
+                            "Client connections closed at once because a limit was reached, by "
+                            "limit: server ([server] max_connections), listener (its "
+                            "max_connections), client (max_connections_per_client).",
                             MetricType::Counter);
   auto& denied = list.add("grelay_connections_denied_total",
                           "Client connections reset because the client address is outside "
@@ -625,7 +630,14 @@ std::vector<MetricFamily> StatsCollector::collectFrom(
     }
     sample(connections, {name}, asDouble(total.connections));
     sample(active, {name}, static_cast<double>(total.active));
-    sample(rejected, {name}, asDouble(total.rejected));
+    // A limit the listener does not set has no series (the server-wide one always exists).
+    for (int r = kServerLimit; r < kRejectLimitCount; ++r) {
+      if ((r == kListenerLimit && listener.max_connections == 0) ||
+          (r == kClientLimit && listener.max_connections_per_client == 0)) {
+        continue;
+      }
+      sample(rejected, {name, {"limit", rejectLimitName(r)}}, asDouble(total.rejected[r]));
+    }
     if (!listener.allow.empty()) {
       sample(denied, {name}, asDouble(total.denied));
     }

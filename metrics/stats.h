@@ -75,6 +75,15 @@ private:
 using ConnectHistogram = Histogram<kConnectBuckets>;
 using SessionHistogram = Histogram<kSessionBuckets>;
 
+// The limit a connection closed at once was over (grelay_connections_rejected_total's
+// `limit`): [server] max_connections, the listener's max_connections, or its
+// max_connections_per_client.
+enum RejectLimit : uint8_t { kServerLimit = 0, kListenerLimit = 1, kClientLimit = 2 };
+inline constexpr int kRejectLimitCount = 3;
+inline const char* rejectLimitName(int l) {
+  return l == kServerLimit ? "server" : l == kListenerLimit ? "listener" : "client";
+}
+
 enum Direction : uint8_t { kRequest = 0, kResponse = 1 };
 inline const char* directionName(int d) {
   return d == kRequest ? "request" : "response";
@@ -116,14 +125,14 @@ struct MirrorStats {
 struct ListenerStats {
   explicit ListenerStats(size_t mirrorCount) : mirrors(mirrorCount) {}
 
-  Counter connections;                     // accepted client connections
-  Gauge active;                            // open sessions
-  Counter rejected;                        // closed at once: over max_connections
-  Counter denied;                          // reset: the client is outside `allow`
-  std::array<Counter, 2> receivedBytes;    // by Direction
-  Counter sentUpstreamBytes;               // to the primary (target = upstream pool name)
-  Counter sentClientBytes;                 // back to clients
-  std::array<Counter, kPathCount> chunks;  // by PathIndex
+  Counter connections;                              // accepted client connections
+  Gauge active;                                     // open sessions
+  std::array<Counter, kRejectLimitCount> rejected;  // closed at once, by RejectLimit
+  Counter denied;                                   // reset: the client is outside `allow`
+  std::array<Counter, 2> receivedBytes;             // by Direction
+  Counter sentUpstreamBytes;                        // to the primary (target = upstream pool name)
+  Counter sentClientBytes;                          // back to clients
+  std::array<Counter, kPathCount> chunks;           // by PathIndex
   Counter upstreamConnectErrors;
   Counter upstreamMarkedDown;  // servers this listener's sessions marked down (max_fails)
   Counter upstreamServerFull;  // servers a session skipped because they were at max_conns

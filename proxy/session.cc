@@ -976,7 +976,7 @@ void Session::afterProxyHeader() {
   }
   if (listener_.clientLimit != nullptr) {
     if (!listener_.clientLimit->acquire(clientAddress_)) {
-      stats().rejected.inc();
+      stats().rejected[metrics::kClientLimit].inc();
       host_.listenerTrouble(listener_, "client " + formatAddress(clientAddress_) + " already has " +
                                            std::to_string(listener_.clientLimit->limit()) +
                                            " sessions open (max_connections_per_client): reset");

@@ -385,11 +385,11 @@ void Worker::accepted(Acceptor& a, int fd) {
   const config::ListenerConfig& lc = *a.context.config;
   const int64_t global = runtime_.connections.fetch_add(1) + 1;
   const int64_t local = runtime_.listenerConnections[a.index].fetch_add(1) + 1;
-  if (global > static_cast<int64_t>(runtime_.config.server.max_connections) ||
-      (lc.max_connections != 0 && local > static_cast<int64_t>(lc.max_connections))) {
+  const bool serverFull = global > static_cast<int64_t>(runtime_.config.server.max_connections);
+  if (serverFull || (lc.max_connections != 0 && local > static_cast<int64_t>(lc.max_connections))) {
     runtime_.connections.fetch_sub(1);
     runtime_.listenerConnections[a.index].fetch_sub(1);
-    st.rejected.inc();
+    st.rejected[serverFull ? metrics::kServerLimit : metrics::kListenerLimit].inc();
     sockets_->close(fd, true);
     return;
   }

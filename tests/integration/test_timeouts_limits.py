@@ -230,7 +230,8 @@ class LimitTest(h.GrelayTest):
                 end, data, _ = h.try_request(port, b"ping", timeout=10)
                 self.assertIn(end, ("reset", "eof"))
                 self.assertEqual(data, b"")
-                self.assertEqual(g.metric("grelay_connections_rejected_total", listener="web"), 1)
+                self.assertEqual(g.metric("grelay_connections_rejected_total", listener="web",
+                                          limit="client"), 1)
                 self.assertEqual(len(echo.conns), 2, "a limited client reaches no upstream")
                 self.assertIn("already has 2 sessions open (max_connections_per_client)", g.log())
                 # A reload keeps counting the sessions open on the old configuration.
@@ -239,7 +240,8 @@ class LimitTest(h.GrelayTest):
                 end, data, _ = h.try_request(port, b"ping", timeout=10)
                 self.assertIn(end, ("reset", "eof"))
                 self.assertEqual(data, b"")
-                self.assertEqual(g.metric("grelay_connections_rejected_total", listener="web"), 2)
+                self.assertEqual(g.metric("grelay_connections_rejected_total", listener="web",
+                                          limit="client"), 2)
                 # Another client is not affected.
                 other = session_from("127.0.0.2")
                 other.shutdown(socket.SHUT_WR)
@@ -253,7 +255,8 @@ class LimitTest(h.GrelayTest):
                 again.shutdown(socket.SHUT_WR)
                 self.assertEqual(h.read_outcome(again, 10), ("eof", b"ping"))
                 again.close()
-                self.assertEqual(g.metric("grelay_connections_rejected_total", listener="web"), 2)
+                self.assertEqual(g.metric("grelay_connections_rejected_total", listener="web",
+                                          limit="client"), 2)
                 for s in held:
                     s.close()
 
@@ -273,6 +276,10 @@ class LimitTest(h.GrelayTest):
                 held.append(self._assert_serves_again(g, b, "listener b", 4))
                 self._assert_rejected(a, "back at the limit")
                 self.assertEqual(g.metric("grelay_connections_rejected_total"), 3)
+                self.assertEqual(g.metric("grelay_connections_rejected_total", limit="server"), 3)
+                # No listener sets its own limit: only the server-wide series exist.
+                self.assertEqual({dict(ls)["limit"] for (n, ls) in g.metrics()
+                                  if n == "grelay_connections_rejected_total"}, {"server"})
                 for s in held:
                     self.assertEqual(end_session(s), "eof")
 
@@ -291,7 +298,10 @@ class LimitTest(h.GrelayTest):
                 self.assertEqual(end_session(held.pop(0)), "eof")
                 held.append(self._assert_serves_again(g, a, "listener a", 2, listener="a"))
                 self._assert_rejected(a, "listener a back at its limit")
-                self.assertEqual(g.metric("grelay_connections_rejected_total", listener="a"), 2)
+                self.assertEqual(g.metric("grelay_connections_rejected_total", listener="a",
+                                          limit="listener"), 2)
+                self.assertEqual(g.metric("grelay_connections_rejected_total", listener="a",
+                                          limit="server"), 0)
                 self.assertEqual(g.metric("grelay_connections_rejected_total", listener="b"), 0)
                 for s in held:
                     self.assertEqual(end_session(s), "eof")

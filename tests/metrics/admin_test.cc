@@ -48,8 +48,10 @@ grelay_connections_total{listener="web"} 11
 grelay_connections_total{listener="api"} 1111
 grelay_connections_active{listener="web"} 22
 grelay_connections_active{listener="api"} 1122
-grelay_connections_rejected_total{listener="web"} 33
-grelay_connections_rejected_total{listener="api"} 1133
+grelay_connections_rejected_total{listener="web",limit="server"} 33
+grelay_connections_rejected_total{listener="web",limit="client"} 275
+grelay_connections_rejected_total{listener="api",limit="server"} 1133
+grelay_connections_rejected_total{listener="api",limit="listener"} 1364
 grelay_connections_denied_total{listener="web"} 253
 grelay_received_bytes_total{listener="web",direction="request"} 44
 grelay_received_bytes_total{listener="web",direction="response"} 55
@@ -460,9 +462,10 @@ TEST_F(AdminTest, EveryFamilyHasHelpAndTypeAndCountersEndInTotal) {
 }
 
 TEST_F(AdminTest, LabelsComeOnlyFromConfigNames) {
-  std::set<std::string> allowedValues = {
-      "request",    "response", "group",     "mainline", "copy",   "splice", "ok",
-      "0.0.0-test", "failed",   "unchanged", "changed",  "sighup", "dns"};
+  std::set<std::string> allowedValues = {"request", "response",  "group",    "mainline",
+                                         "copy",    "splice",    "ok",       "0.0.0-test",
+                                         "failed",  "unchanged", "changed",  "sighup",
+                                         "dns",     "server",    "listener", "client"};  // limit
   for (const auto& u : config_.upstreams) {
     allowedValues.insert(u.name);
     for (size_t s = 0; s < u.servers.size(); ++s) {
@@ -484,8 +487,9 @@ TEST_F(AdminTest, LabelsComeOnlyFromConfigNames) {
     text << b;
     bucketBounds.insert(text.str());
   }
-  const std::set<std::string> allowedNames = {"listener", "direction", "target", "path",   "mirror",
-                                              "upstream", "version",   "result", "server", "cause"};
+  const std::set<std::string> allowedNames = {"listener", "direction", "target",  "path",
+                                              "mirror",   "upstream",  "version", "result",
+                                              "server",   "cause",     "limit"};
   const auto expo = parseExposition(StatsCollector(inputs()).render());
   size_t labelled = 0;
   for (const auto& s : expo.samples) {

@@ -4,7 +4,7 @@
 // Config: upstream pools "app" and "secure_api"; listener "web" (upstream app, mirrors
 // "analytics" and "shadow", a tap, an access log, accept_proxy_protocol) and listener "api"
 // (upstream secure_api, no mirrors, no tap, max_connections = 100, accept_proxy_protocol); [server]
-// max_connections = 5000.
+// max_connections = 5000; web has max_connections_per_client = 4.
 //
 // fillKnownValues(stats, worker): every counter of listener L (0 = web, 1 = api) holds
 // (BASE + 100 * L) * (worker == 0 ? 1 : 10), so two workers sum to 11 * (BASE + 100 * L).
@@ -81,6 +81,7 @@ inline config::Config makeConfig(const config::Address& admin) {
   web.access_log = "access.log";
   web.allow = {config::Network{}};  // the denied family for "web" (0.0.0.0/0)
   web.accept_proxy_protocol = true;
+  web.max_connections_per_client = 4;  // the limit="client" series for "web"
   web.tap = config::TapConfig{};
   web.tap->path = "var/tap/web";
 
@@ -176,6 +177,8 @@ enum Base : uint64_t {
   kBaseAccessLogDropped = 21,
   kBaseServerFull = 22,
   kBaseDenied = 23,
+  kBaseRejectedListener = 24,
+  kBaseRejectedClient = 25,
 };
 
 inline void fillKnownValues(WorkerStats& stats, int worker) {
@@ -185,7 +188,9 @@ inline void fillKnownValues(WorkerStats& stats, int worker) {
     auto v = [&](uint64_t base) { return (base + 100 * l) * scale; };
     s.connections.add(v(kBaseConnections));
     s.active.add(static_cast<int64_t>(v(kBaseActive)));
-    s.rejected.add(v(kBaseRejected));
+    s.rejected[kServerLimit].add(v(kBaseRejected));
+    s.rejected[kListenerLimit].add(v(kBaseRejectedListener));
+    s.rejected[kClientLimit].add(v(kBaseRejectedClient));
     s.denied.add(v(kBaseDenied));
     s.receivedBytes[kRequest].add(v(kBaseReceivedRequest));
     s.receivedBytes[kResponse].add(v(kBaseReceivedResponse));

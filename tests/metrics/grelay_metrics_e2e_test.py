@@ -210,14 +210,14 @@ max_connections = 1
             # Wait for a scrape taken after everything settled.
             prom.wait_for_series('grelay_sent_bytes_total{listener="web",target="analytics"} == %d' % total)
             prom.wait_for_series('sum(grelay_connections_active) == 0')
-            prom.wait_for_series('grelay_connections_rejected_total{listener="capped"} == 1')
+            prom.wait_for_series('grelay_connections_rejected_total{listener="capped",limit="listener"} == 1')
 
             want = {
                 'grelay_build_info{version="%s"}' % version: 1,
                 'grelay_workers': 2,
                 'grelay_connections_total{listener="web"}': len(SIZES),
                 'grelay_connections_active{listener="web"}': 0,
-                'grelay_connections_rejected_total{listener="web"}': 0,
+                'grelay_connections_rejected_total{listener="web",limit="server"}': 0,
                 'grelay_received_bytes_total{listener="web",direction="request"}': total,
                 'grelay_received_bytes_total{listener="web",direction="response"}': total,
                 'grelay_sent_bytes_total{listener="web",target="app"}': total,
@@ -236,7 +236,8 @@ max_connections = 1
                 'grelay_upstream_unavailable_total{listener="dead"}': 1,
                 'grelay_upstream_connect_duration_seconds_count{listener="dead",upstream="nowhere"}': 0,
                 'grelay_connections_total{listener="capped"}': 1,
-                'grelay_connections_rejected_total{listener="capped"}': 1,
+                'grelay_connections_rejected_total{listener="capped",limit="listener"}': 1,
+                'grelay_connections_rejected_total{listener="capped",limit="server"}': 0,
                 'grelay_received_bytes_total{listener="capped",direction="request"}': 4,
                 'grelay_sent_bytes_total{listener="capped",target="app"}': 4,
                 'grelay_client_sent_bytes_total{listener="capped"}': 4,

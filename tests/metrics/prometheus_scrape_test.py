@@ -19,14 +19,13 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from prom_harness import ExporterProcess, Prometheus, skip_unless_prometheus  # noqa: E402
 
 LISTENERS = [
-    # name, upstream pool, mirrors, has tap, max_connections
-    ("web", "app", ["analytics", "shadow"], True, 0),
-    ("api", "secure_api", [], False, 100),
+    # name, upstream pool, mirrors, has tap, max_connections, max_connections_per_client
+    ("web", "app", ["analytics", "shadow"], True, 0, 4),
+    ("api", "secure_api", [], False, 100, 0),
 ]
 BASE = {
     "grelay_connections_total": 1,
     "grelay_connections_active": 2,
-    "grelay_connections_rejected_total": 3,
     "grelay_client_sent_bytes_total": 7,
     "grelay_upstream_unavailable_total": 12,
     "grelay_idle_timeouts_total": 13,
@@ -61,9 +60,16 @@ def expected_families():
     put("grelay_relay_path_info", labels(path="mainline"), 1)
     put("grelay_workers", labels(), 2)
     put("grelay_max_connections", labels(), 5000)
-    for i, (name, upstream, mirrors, tap, max_conn) in enumerate(LISTENERS):
+    for i, (name, upstream, mirrors, tap, max_conn, per_client) in enumerate(LISTENERS):
         if max_conn:
             put("grelay_listener_max_connections", labels(listener=name), max_conn)
+        # One series per limit the listener has; the server-wide one always.
+        rejected = "grelay_connections_rejected_total"
+        put(rejected, labels(listener=name, limit="server"), total(3, i))
+        if max_conn:
+            put(rejected, labels(listener=name, limit="listener"), total(24, i))
+        if per_client:
+            put(rejected, labels(listener=name, limit="client"), total(25, i))
         for family, base in BASE.items():
             put(family, labels(listener=name), total(base, i))
         put("grelay_received_bytes_total", labels(listener=name, direction="request"), total(4, i))
@@ -92,7 +98,7 @@ def expected_histogram():
     bounds = ["5e-05", "0.0001", "0.00025", "0.0005", "0.001", "0.0025", "0.005", "0.01", "0.025",
               "0.05", "0.1", "0.25", "0.5", "1", "2.5", "5", "10"]
     out = {}
-    for i, (name, upstream, _, _, _) in enumerate(LISTENERS):
+    for i, (name, upstream, _, _, _, _) in enumerate(LISTENERS):
         observed = [0.00004, 0.0003, 0.02, 0.0003, 3.0, 20.0] + ([0.0015] if i == 1 else [])
         buckets = {le: float(sum(1 for o in observed if o <= float(le))) for le in bounds}
         buckets["+Inf"] = float(len(observed))
@@ -136,7 +142,7 @@ def main():
 
         # Every series carries the scrape's job and instance, and only config-derived labels.
         allowed = {"__name__", "job", "instance", "listener", "direction", "target", "path", "mirror",
-                   "upstream", "version", "le", "result", "server", "cause"}
+                   "upstream", "version", "le", "result", "server", "cause", "limit"}
         for r in prom.query('{__name__=~"grelay_.+"}'):
             extra = set(r["metric"]) - allowed
             check(not extra, "%s has labels %s" % (r["metric"]["__name__"], extra))

@@ -76,7 +76,8 @@ TEST_F(WorkerTest, ConnectionsOverMaxConnectionsAreClosedAtOnceAndCounted) {
   ring_->complete(accept, 50, IORING_CQE_F_MORE);
   ring_->complete(accept, 51, IORING_CQE_F_MORE);
   EXPECT_EQ(worker_->sessionCount(), 1u);
-  EXPECT_EQ(stats_.listeners[0]->rejected.value(), 1u);
+  EXPECT_EQ(stats_.listeners[0]->rejected[metrics::kServerLimit].value(), 1u);  // [server]
+  EXPECT_EQ(stats_.listeners[0]->rejected[metrics::kListenerLimit].value(), 0u);
   ASSERT_EQ(sockets_->closed.count(51), 1u);
   EXPECT_TRUE(sockets_->closed.at(51));
 }
