@@ -169,6 +169,9 @@ struct UpstreamConfig {
   // it declines go to the next server; least_conn: its weight is scaled). Not at start-up,
   // not with balance = "source". 0 = off (the default).
   Duration slow_start{0};
+  // When every server a session may use is at max_conns, it waits up to this long for a
+  // slot (HAProxy's `timeout queue`) instead of being reset at once. 0 = no waiting.
+  Duration queue_timeout{0};
   // Servers written with a host name are looked up again every resolve_interval; when
   // the address in use is no longer among the answers, a new generation starts with the
   // first answer (as a reload would; open sessions stay where they are). A failed lookup

@@ -610,6 +610,7 @@ private:
               {"check_timeout", duration(&u.check_timeout, 1ms, 1min)},
               {"check_passes", integer(&u.check_passes, 1, 1000)},
               {"slow_start", duration(&u.slow_start, 0ms, kMaxTimeout)},
+              {"queue_timeout", duration(&u.queue_timeout, 0ms, 1h)},
               {"resolve_interval", resolveInterval(&u.resolve_interval)},
               {"proxy_protocol", oneOf(&u.proxy_protocol,
                                        {ProxyProtocol::Off, ProxyProtocol::V1, ProxyProtocol::V2})},
@@ -896,6 +897,12 @@ std::vector<ConfigError> lintConfig(const Config& config) {
     if (u.hash_type == HashType::Consistent && u.balance != Balance::Source) {
       warnings.push_back({u.location, pool + "hash_type has no effect unless balance = "
                                              "\"source\""});
+    }
+    if (u.queue_timeout.count() > 0 &&
+        std::none_of(u.servers.begin(), u.servers.end(),
+                     [](const UpstreamServer& s) { return s.max_conns > 0; })) {
+      warnings.push_back({u.location, pool + "queue_timeout has no effect: no server has "
+                                             "max_conns"});
     }
     if (u.slow_start.count() > 0 && u.balance == Balance::Source) {
       warnings.push_back({u.location, pool + "slow_start has no effect with balance = "

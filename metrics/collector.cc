@@ -94,6 +94,8 @@ struct ListenerTotals {
   uint64_t upstreamConnectErrors = 0;
   uint64_t upstreamMarkedDown = 0;
   uint64_t upstreamServerFull = 0;
+  uint64_t upstreamQueued = 0;
+  int64_t upstreamQueueing = 0;
   uint64_t noUpstream = 0;
   uint64_t idleTimeouts = 0;
   uint64_t resets = 0;
@@ -147,6 +149,8 @@ void addTo(ListenerTotals& total, const ListenerStats& stats, const std::vector<
   total.upstreamConnectErrors += stats.upstreamConnectErrors.value();
   total.upstreamMarkedDown += stats.upstreamMarkedDown.value();
   total.upstreamServerFull += stats.upstreamServerFull.value();
+  total.upstreamQueued += stats.upstreamQueued.value();
+  total.upstreamQueueing += stats.upstreamQueueing.value();
   total.noUpstream += stats.noUpstream.value();
   total.idleTimeouts += stats.idleTimeouts.value();
   total.resets += stats.resets.value();
@@ -198,6 +202,8 @@ void addTotals(ListenerTotals& into, const ListenerTotals& from) {
   into.upstreamConnectErrors += from.upstreamConnectErrors;
   into.upstreamMarkedDown += from.upstreamMarkedDown;
   into.upstreamServerFull += from.upstreamServerFull;
+  into.upstreamQueued += from.upstreamQueued;
+  into.upstreamQueueing += from.upstreamQueueing;
   into.noUpstream += from.noUpstream;
   into.idleTimeouts += from.idleTimeouts;
   into.resets += from.resets;
@@ -492,6 +498,14 @@ std::vector<MetricFamily> StatsCollector::collectFrom(
                               "Times a session passed over a server of the pool because it had "
                               "max_conns connections.",
                               MetricType::Counter);
+  auto& queued = list.add("grelay_upstream_queued_total",
+                          "Client sessions that found every server at max_conns and waited "
+                          "for a slot (pools with queue_timeout).",
+                          MetricType::Counter);
+  auto& queueing = list.add("grelay_upstream_queued_sessions",
+                            "Client sessions waiting for a slot on a server now (pools with "
+                            "queue_timeout).",
+                            MetricType::Gauge);
   auto& unavailable = list.add("grelay_upstream_unavailable_total",
                                "Client sessions closed because every server of the upstream "
                                "pool failed.",
@@ -661,8 +675,13 @@ std::vector<MetricFamily> StatsCollector::collectFrom(
     const ClientMetric::Label upstream{"upstream", listener.upstream};
     sample(connectErrors, {name, upstream}, asDouble(total.upstreamConnectErrors));
     sample(markedDown, {name, upstream}, asDouble(total.upstreamMarkedDown));
-    if (anyMaxConns(config.upstreams[listener.upstream_index])) {
+    if (const config::UpstreamConfig& pool = config.upstreams[listener.upstream_index];
+        anyMaxConns(pool)) {
       sample(serverFull, {name, upstream}, asDouble(total.upstreamServerFull));
+      if (pool.queue_timeout.count() > 0) {
+        sample(queued, {name, upstream}, asDouble(total.upstreamQueued));
+        sample(queueing, {name, upstream}, static_cast<double>(total.upstreamQueueing));
+      }
     }
     sample(unavailable, {name}, asDouble(total.noUpstream));
     {

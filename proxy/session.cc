@@ -17,6 +17,11 @@
 namespace grelay::proxy {
 namespace {
 
+// queue_timeout: a waiting session looks for a free slot after 1 ms, then twice as long
+// each time, at most every 10 ms.
+constexpr uint64_t kFirstQueueRetry = 1'000'000;
+constexpr uint64_t kMaxQueueRetry = 10'000'000;
+
 uint64_t nanos(config::Duration d) {
   return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(d).count());
 }
@@ -1111,7 +1116,10 @@ void Session::connectPrimary() {
   while (serverAttempt_ < serverOrder_.size()) {
     const uint32_t index = serverOrder_[serverAttempt_++];
     if (!pool.acquire(index)) {
-      stats().upstreamServerFull.inc();  // at max_conns: the next server
+      if (queueDeadline_ == 0) {
+        stats().upstreamServerFull.inc();  // at max_conns: the next server
+      }
+      fullServers_.push_back(index);
       continue;
     }
     const config::Address& address = pool.server(index);
@@ -1122,6 +1130,7 @@ void Session::connectPrimary() {
       continue;
     }
     upstreamCounted_ = true;
+    leaveQueue();
     keepAlive(fd);
     primary_.fd_ = fd;
     primary_.connecting_ = true;
@@ -1134,10 +1143,54 @@ void Session::connectPrimary() {
     rescheduleTimer();
     return;
   }
+  if (!fullServers_.empty() && waitForSlot()) {
+    return;
+  }
+  leaveQueue();
+  if (!fullServers_.empty() && queueDeadline_ != 0) {
+    host_.listenerTrouble(listener_, "no server of upstream " + pool.config().name +
+                                         " had a free slot (max_conns) within queue_timeout: "
+                                         "reset");
+  }
   // Every server failed: the client learns it by a reset, as if it had tried itself.
   stats().noUpstream.inc();
   openTap(false);
   close(true, false, true, tap::CloseReason::kConnectFailed);
+}
+
+bool Session::waitForSlot() {
+  const config::Duration timeout = listener_.upstream->config().queue_timeout;
+  if (timeout.count() == 0) {
+    return false;
+  }
+  const uint64_t now = host_.now();
+  if (queueDeadline_ == 0) {
+    queueDeadline_ = now + nanos(timeout);
+    retryDelay_ = kFirstQueueRetry;
+    stats().upstreamQueued.inc();
+  } else if (now >= queueDeadline_) {
+    return false;
+  }
+  if (!queued_) {  // first, or again after a slot's connect failed
+    queued_ = true;
+    stats().upstreamQueueing.inc();
+  }
+  // The next pass tries the servers that were full, in the same order; the ones whose
+  // connect failed are not tried again (each server at most once per session).
+  serverOrder_.swap(fullServers_);
+  fullServers_.clear();
+  serverAttempt_ = 0;
+  retryAt_ = std::min(now + retryDelay_, queueDeadline_);
+  retryDelay_ = std::min(retryDelay_ * 2, kMaxQueueRetry);
+  rescheduleTimer();
+  return true;
+}
+
+void Session::leaveQueue() {
+  if (queued_) {
+    queued_ = false;
+    stats().upstreamQueueing.dec();
+  }
 }
 
 void Session::primaryConnected(int32_t res) {
@@ -1678,6 +1731,7 @@ void Session::close(bool resetClient, bool resetPrimary, bool resetMirrors,
   resetPrimary_ = resetPrimary_ || resetPrimary;
   resetMirrors_ = resetMirrors_ || resetMirrors;
   const bool wasClosing = state_ == State::Closing;
+  leaveQueue();
   if (!wasClosing) {
     closeStart_ = host_.now();
     closeReason_ = reason;
@@ -1822,6 +1876,12 @@ void Session::onTimer(uint64_t now) noexcept {
     connectTimedOut_ = true;
     ring.cancel(&primary_.connectDone_, nullptr);
   }
+  if (queued_ && now >= retryAt_) {
+    connectPrimary();  // another pass over the servers that were full
+    if (done_) {
+      return;
+    }
+  }
   for (auto& m : mirrors_) {
     if (m->peer.connecting_ && !m->timedOut && now >= m->connectDeadline) {
       m->timedOut = true;
@@ -1882,6 +1942,9 @@ void Session::rescheduleTimer() {
   }
   if (primary_.connecting_ && !connectTimedOut_) {
     next = std::min(next, connectDeadline_);
+  }
+  if (queued_) {
+    next = std::min(next, retryAt_);
   }
   for (auto& m : mirrors_) {
     if (m->peer.connecting_ && !m->timedOut) {

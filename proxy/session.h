@@ -356,6 +356,10 @@ private:
   void continueHandshake(Peer& peer);
   void handshakeDone(Peer& peer);
   void handshakeFailed(Peer& peer, bool timedOut);
+  // Every server left was at max_conns: waits for a slot (queue_timeout) and returns true,
+  // or false when the pool does not queue or the wait is over.
+  bool waitForSlot();
+  void leaveQueue();
   void connectPrimary();
   void primaryConnected(int32_t res);
   // A connect or upstream TLS handshake to server_ failed: counts it and tells the pool.
@@ -407,6 +411,14 @@ private:
   sockaddr_storage localAddress_{};
   std::vector<uint32_t> serverOrder_;
   size_t serverAttempt_ = 0;
+  // queue_timeout: the servers passed over at max_conns on this pass over serverOrder_,
+  // which the next pass tries again; while waiting (queued_) a pass runs at retryAt_,
+  // at most 10 ms apart, until queueDeadline_ (0: never waited).
+  std::vector<uint32_t> fullServers_;
+  uint64_t queueDeadline_ = 0;
+  uint64_t retryAt_ = 0;
+  uint64_t retryDelay_ = 0;
+  bool queued_ = false;
   int64_t server_ = -1;      // index of the connected server
   int64_t lastServer_ = -1;  // the last server a connect succeeded to (access log)
   uint64_t connectStart_ = 0;

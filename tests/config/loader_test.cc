@@ -708,6 +708,9 @@ TEST(LoaderErrorTest, PassiveHealthValuesOutOfRange) {
   EXPECT_THAT(pool("slow_start = \"25h\""),
               ElementsAre("t.toml:3:14: 'slow_start' must be in 0s..24h, got 25h"));
   EXPECT_THAT(pool("slow_start = 30"), SizeIs(1));
+  EXPECT_THAT(pool("queue_timeout = \"5s\""), IsEmpty());
+  EXPECT_THAT(pool("queue_timeout = \"2h\""),
+              ElementsAre("t.toml:3:17: 'queue_timeout' must be in 0s..1h, got 2h"));
   EXPECT_THAT(pool("resolve_interval = \"0s\""), IsEmpty());
   EXPECT_THAT(pool("resolve_interval = \"100ms\""), IsEmpty());
   EXPECT_THAT(pool("resolve_interval = \"99ms\""),
@@ -802,6 +805,10 @@ TEST(LoaderTest, LintWarnsOnlyAboutWhatIsProbablyAMistake) {
   EXPECT_THAT(warnings({local, R"(balance = "source")", R"(hash_type = "consistent")"},
                        {R"(listen = "0.0.0.0:8080")"}),
               IsEmpty());
+  // queue_timeout without any max_conns to wait for.
+  EXPECT_THAT(warnings({local, R"(queue_timeout = "5s")"}, {R"(listen = "0.0.0.0:8080")"}),
+              ElementsAre("t.toml:1:1: upstream app: queue_timeout has no effect: no server has "
+                          "max_conns"));
   // slow_start with balance = "source".
   EXPECT_THAT(warnings({local, R"(balance = "source")", R"(slow_start = "30s")"},
                        {R"(listen = "0.0.0.0:8080")"}),

@@ -106,6 +106,8 @@ void checkAccepted(const Config& c) {
     FUZZ_CHECK(u.check_passes >= 1 && u.check_passes <= 1000, "check_passes 1..1000");
     FUZZ_CHECK(u.slow_start.count() >= 0 && u.slow_start <= kDay,
                "slow_start " + std::to_string(u.slow_start.count()));
+    FUZZ_CHECK(u.queue_timeout.count() >= 0 && u.queue_timeout <= std::chrono::hours(1),
+               "queue_timeout " + std::to_string(u.queue_timeout.count()));
     FUZZ_CHECK(u.resolve_interval.count() == 0 ||
                    (u.resolve_interval.count() >= 100 && u.resolve_interval <= kDay),
                "resolve_interval " + std::to_string(u.resolve_interval.count()));

@@ -3,9 +3,10 @@
 grelay keeps serving, and a pool with a dead server fails over to the live one. A server
 that fails to connect is marked down (max_fails, fail_timeout): sessions try it last, so
 they stop waiting for a blackhole's connect_timeout. Server weights split sessions in
-proportion; backup servers serve only when the others fail. Active health checks
+proportion; backup servers serve only when the others fail; with queue_timeout a session
+that finds every server at max_conns waits for a slot. Active health checks
 (check_interval) find a dead server before any session does and bring a revived one
-back at once."""
+back at once; slow_start eases it back in."""
 
 import re
 import signal
@@ -230,6 +231,56 @@ class UpstreamRefusedTest(h.GrelayTest):
                 self.assertTrue(r.ok, str(r))
                 for c in held:
                     c.close()
+
+    def test_queue_timeout_holds_a_session_until_a_slot_frees(self):
+        with h.EchoServer() as echo:
+            cfg = h.Config()
+            cfg.upstream("one", [{"address": echo.address, "max_conns": 1}], queue_timeout="30s")
+            cfg.upstream("short", [{"address": echo.address, "max_conns": 1}],
+                         queue_timeout="300ms")
+            one = cfg.listener("one", "one")
+            short = cfg.listener("short", "short")
+            cfg.with_admin()
+
+            def hold(port):
+                c = h.connect(port)
+                c.sendall(b"x")
+                self.assertEqual(c.recv(1), b"x")
+                return c
+
+            with h.Grelay(cfg) as g:
+                waiting = lambda listener: g.metric("grelay_upstream_queued_sessions",
+                                                    listener=listener)
+                first = hold(one)
+                # The next session finds the only server full and waits, its bytes unread
+                # by anyone yet; it is not reset.
+                second = h.connect(one)
+                payload = bytes(range(256)) * 64
+                second.sendall(payload)
+                self.assertTrue(h.wait_for(lambda: waiting("one") == 1, 10), g.log_tail())
+                self.assertEqual(g.metric("grelay_upstream_queued_total", listener="one"), 1)
+                self.assertEqual(len(echo.conns), 1)
+                time.sleep(h.slack(0.3))
+                self.assertEqual(waiting("one"), 1)
+                # The first session ends: its slot goes to the waiting one, which then
+                # relays every byte it sent meanwhile.
+                first.close()
+                second.shutdown(socket.SHUT_WR)
+                self.assertEqual(h.read_outcome(second, 10), ("eof", payload))
+                second.close()
+                self.assertEqual(waiting("one"), 0)
+                self.assertEqual(g.metric("grelay_upstream_unavailable_total", listener="one"), 0)
+                # With a short queue_timeout the wait ends in a reset, logged.
+                held = hold(short)
+                end, data, took = h.try_request(short, b"y", timeout=10)
+                self.assertEqual((end, data), ("reset", b""))
+                self.assertGreaterEqual(took, 0.29)
+                self.assertEqual(g.metric("grelay_upstream_unavailable_total", listener="short"), 1)
+                self.assertEqual(waiting("short"), 0)
+                self.assertTrue(h.wait_for(lambda: "no server of upstream short had a free slot "
+                                           "(max_conns) within queue_timeout: reset" in g.log(),
+                                           5), g.log_tail())
+                held.close()
 
     def test_backup_serves_when_every_other_server_fails(self):
         with h.RefusingPort() as d1, h.RefusingPort() as d2, h.EchoServer() as spare:

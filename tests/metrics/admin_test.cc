@@ -80,6 +80,8 @@ grelay_upstream_connect_errors_total{listener="api",upstream="secure_api"} 1221
 grelay_upstream_marked_down_total{listener="web",upstream="app"} 209
 grelay_upstream_marked_down_total{listener="api",upstream="secure_api"} 1309
 grelay_upstream_server_full_total{listener="web",upstream="app"} 242
+grelay_upstream_queued_total{listener="web",upstream="app"} 286
+grelay_upstream_queued_sessions{listener="web",upstream="app"} 297
 grelay_upstream_unavailable_total{listener="web"} 132
 grelay_upstream_unavailable_total{listener="api"} 1232
 grelay_upstream_connect_duration_seconds_count{listener="web",upstream="app"} 6
@@ -426,7 +428,7 @@ TEST_F(AdminTest, EveryFamilyHasHelpAndTypeAndCountersEndInTotal) {
   for (const auto& s : expo.samples) {
     families.insert(testing::familyOf(s, expo));
   }
-  EXPECT_EQ(families.size(), 50u);  // 44 grelay_* and 6 process_*
+  EXPECT_EQ(families.size(), 52u);  // 46 grelay_* and 6 process_*
   for (const auto& family : families) {
     ASSERT_EQ(expo.type.count(family), 1u) << family;
     EXPECT_FALSE(expo.help.at(family).empty()) << family;

@@ -56,6 +56,7 @@ inline config::Config makeConfig(const config::Address& admin) {
   app.name = "app";
   app.servers = {{address("127.0.0.1", 8000), "app1"}};  // secure_api's server is unnamed
   app.servers[0].max_conns = 50;
+  app.queue_timeout = config::Duration(5'000);   // the queue families for "web"
   app.check_interval = config::Duration(5'000);  // health-check families for "app"
   app.servers[0].address.host_name = true;       // and DNS families
   app.resolve_interval = config::Duration(30'000);
@@ -179,6 +180,8 @@ enum Base : uint64_t {
   kBaseDenied = 23,
   kBaseRejectedListener = 24,
   kBaseRejectedClient = 25,
+  kBaseQueued = 26,
+  kBaseQueueing = 27,
 };
 
 inline void fillKnownValues(WorkerStats& stats, int worker) {
@@ -203,6 +206,8 @@ inline void fillKnownValues(WorkerStats& stats, int worker) {
     s.upstreamConnectErrors.add(v(kBaseConnectErrors));
     s.upstreamMarkedDown.add(v(kBaseMarkedDown));
     s.upstreamServerFull.add(v(kBaseServerFull));
+    s.upstreamQueued.add(v(kBaseQueued));
+    s.upstreamQueueing.add(static_cast<int64_t>(v(kBaseQueueing)));
     s.proxyProtocolErrors.add(v(kBaseProxyProtocolErrors));
     s.accessLogDroppedLines.add(v(kBaseAccessLogDropped));
     s.noUpstream.add(v(kBaseNoUpstream));

@@ -324,6 +324,80 @@ TEST_F(SessionTest, AServerAtMaxConnsIsPassedOverAndItsSlotHeldUntilTheSessionEn
   EXPECT_EQ(stats_->upstreamServerFull.value(), 1u);
 }
 
+TEST_F(SessionTest, WithQueueTimeoutASessionWaitsForASlotThenConnects) {
+  configure(0, 4 * kChunk, 2);
+  upstreamConfig_.servers[0].max_conns = 1;
+  upstreamConfig_.servers[1].max_conns = 1;
+  upstreamConfig_.queue_timeout = std::chrono::milliseconds(100);
+  ASSERT_TRUE(pool_->acquire(0));  // other sessions hold both servers' only slots
+  ASSERT_TRUE(pool_->acquire(1));
+  session_ = std::make_unique<Session>(host_, context_, kClientFd);
+  session_->start();
+  EXPECT_EQ(ring().pending(OpKind::Connect, 100), nullptr);  // nothing to connect to yet
+  EXPECT_EQ(stats_->upstreamServerFull.value(), 2u);
+  EXPECT_EQ(stats_->upstreamQueued.value(), 1u);
+  EXPECT_EQ(stats_->upstreamQueueing.value(), 1);
+  host_.advance(30'000'000);  // still full: it keeps waiting, without counting again
+  EXPECT_EQ(ring().pending(OpKind::Connect, 100), nullptr);
+  EXPECT_EQ(stats_->upstreamServerFull.value(), 2u);
+  EXPECT_FALSE(host_.sockets_.closed.count(kClientFd));
+  // A slot frees up: the next look (at most 10 ms later) takes it.
+  pool_->release(1);
+  host_.advance(10'000'000);
+  FakeOp* connect = ring().pending(OpKind::Connect, 100);
+  ASSERT_NE(connect, nullptr);
+  EXPECT_EQ(connect->offset, 8001u);
+  EXPECT_EQ(stats_->upstreamQueueing.value(), 0);
+  EXPECT_EQ(pool_->activeConnections(1), 1);
+  // It failed: the session waits again for the server still full (8001 is not retried).
+  ring().complete(connect, -ECONNREFUSED);
+  EXPECT_EQ(stats_->upstreamQueueing.value(), 1);
+  EXPECT_EQ(stats_->upstreamQueued.value(), 1u);  // one session, one wait
+  EXPECT_EQ(pool_->activeConnections(1), 0);
+  pool_->release(0);
+  host_.advance(10'000'000);
+  connect = ring().pending(OpKind::Connect, 101);
+  ASSERT_NE(connect, nullptr);
+  EXPECT_EQ(connect->offset, 8000u);
+  ring().complete(connect, 0);
+  EXPECT_EQ(stats_->upstreamQueueing.value(), 0);
+  EXPECT_EQ(stats_->noUpstream.value(), 0u);
+  EXPECT_FALSE(host_.sockets_.closed.count(kClientFd));
+  EXPECT_EQ(pool_->activeConnections(0), 1);
+}
+
+TEST_F(SessionTest, AQueuedSessionIsResetAtQueueTimeoutAndOnAbort) {
+  configure(0, 4 * kChunk, 1);
+  upstreamConfig_.servers[0].max_conns = 1;
+  upstreamConfig_.queue_timeout = std::chrono::milliseconds(100);
+  ASSERT_TRUE(pool_->acquire(0));
+  session_ = std::make_unique<Session>(host_, context_, kClientFd);
+  session_->start();
+  EXPECT_EQ(stats_->upstreamQueueing.value(), 1);
+  host_.advance(99'000'000);
+  EXPECT_FALSE(host_.sockets_.closed.count(kClientFd));
+  host_.advance(1'000'000);  // queue_timeout: reset like a session no server took
+  EXPECT_TRUE(host_.sockets_.closed.at(kClientFd));
+  EXPECT_EQ(stats_->noUpstream.value(), 1u);
+  EXPECT_EQ(stats_->upstreamQueueing.value(), 0);
+  EXPECT_EQ(host_.done, 1);
+  ASSERT_FALSE(host_.troubles.empty());
+  EXPECT_EQ(host_.troubles.back(),
+            "no server of upstream app had a free slot (max_conns) within queue_timeout: reset");
+  EXPECT_EQ(pool_->activeConnections(0), 1);  // the other session's slot only
+  // A session shut down while it waits leaves the queue too.
+  host_.sockets_.closed.clear();
+  session_ = std::make_unique<Session>(host_, context_, kClientFd);
+  session_->start();
+  EXPECT_EQ(stats_->upstreamQueueing.value(), 1);
+  session_->abort();
+  EXPECT_EQ(stats_->upstreamQueueing.value(), 0);
+  EXPECT_TRUE(host_.sockets_.closed.at(kClientFd));
+  EXPECT_EQ(host_.done, 2);
+  host_.advance(200'000'000);  // no timer left to fire
+  EXPECT_EQ(stats_->noUpstream.value(), 1u);
+}
+
 TEST_F(SessionTest, AFailedConnectMarksTheServerDownAndASuccessfulOneClearsIt) {
   configure(0, 4 * kChunk, 2);
   session_ = std::make_unique<Session>(host_, context_, kClientFd);
