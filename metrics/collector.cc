@@ -741,31 +741,12 @@ std::vector<MetricFamily> StatsCollector::collectFrom(
     const UpstreamStats* now = u < newest.size() ? newest[u] : nullptr;
     if (now != nullptr && now->view != nullptr) {
       const size_t count = std::min(pool.servers.size(), now->view->serverCount());
-      // Sessions of older generations still count on the server they connected to,
-      // found by address (one map per scrape: pools may have thousands of servers).
-      std::unordered_map<std::string_view, size_t> byAddress;
-      for (size_t s = 0; s < count; ++s) {
-        byAddress.emplace(pool.servers[s].address.text, s);
-      }
-      std::vector<int64_t> active(count, 0);
-      for (const StatsRegistry::Generation& gen : gens) {
-        for (size_t k = 0; k < gen.upstreams.size() && k < gen.config->upstreams.size(); ++k) {
-          const config::UpstreamConfig& other = gen.config->upstreams[k];
-          const UpstreamStats* stats = gen.upstreams[k];
-          if (stats == nullptr || stats->view == nullptr || other.name != pool.name) {
-            continue;
-          }
-          for (size_t o = 0; o < other.servers.size() && o < stats->view->serverCount(); ++o) {
-            if (auto it = byAddress.find(other.servers[o].address.text); it != byAddress.end()) {
-              active[it->second] += stats->view->serverActive(o);
-            }
-          }
-        }
-      }
+      // The newest pool's counts include the sessions older generations left on the same
+      // servers: a reload's pool shares each kept server's counter (inheritHealth).
       const ClientMetric::Label name{"upstream", pool.name};
       for (size_t s = 0; s < count; ++s) {
         const Labels labels{name, {"server", pool.servers[s].label()}};
-        sample(serverActive, labels, static_cast<double>(active[s]));
+        sample(serverActive, labels, static_cast<double>(now->view->serverActive(s)));
         sample(serverUp, labels, now->view->serverDown(s) ? 0 : 1);
         sample(serverWeight, labels, now->view->serverWeight(s));
       }

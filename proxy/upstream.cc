@@ -83,10 +83,9 @@ UpstreamPool::UpstreamPool(const config::UpstreamConfig& config)
                      : static_cast<uint64_t>(
                            std::chrono::duration_cast<std::chrono::nanoseconds>(config.slow_start)
                                .count())),
-      active_(new std::atomic<int64_t>[config.servers.size()]),
       health_(new PeerHealth[config.servers.size()]) {
   for (size_t i = 0; i < config.servers.size(); ++i) {
-    active_[i].store(0);
+    active_.push_back(std::make_shared<std::atomic<int64_t>>(0));
     (config.servers[i].backup ? backups_ : primaries_).push_back(static_cast<uint32_t>(i));
   }
   // One cycle of a smooth weighted rotation (stride scheduling): server j's k-th turn
@@ -325,19 +324,16 @@ void UpstreamPool::connectSucceeded(uint32_t server, uint64_t now) {
 }
 
 bool UpstreamPool::acquire(uint32_t server) {
-  const int64_t before = active_[server].fetch_add(1, std::memory_order_relaxed);
+  const int64_t before = active_[server]->fetch_add(1, std::memory_order_relaxed);
   const uint32_t max = config_.servers[server].max_conns;
   if (max != 0 && before >= static_cast<int64_t>(max)) {
-    active_[server].fetch_sub(1, std::memory_order_relaxed);
+    active_[server]->fetch_sub(1, std::memory_order_relaxed);
     return false;
   }
   return true;
 }
 
 void UpstreamPool::inheritHealth(const UpstreamPool& previous, uint64_t now) {
-  if (config_.max_fails == 0 && slowStart_ == 0) {
-    return;
-  }
   for (size_t i = 0; i < size(); ++i) {
     const config::Address& a = server(i);
     bool shared = false;
@@ -346,6 +342,7 @@ void UpstreamPool::inheritHealth(const UpstreamPool& previous, uint64_t now) {
         continue;
       }
       shared = true;
+      active_[i] = previous.active_[j];
       if (config_.max_fails > 0) {
         health_[i].copyFrom(previous.health_[j]);
       } else {

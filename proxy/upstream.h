@@ -99,9 +99,9 @@ public:
   // session takes a slot before it connects and gives it back when that connection ends
   // or fails. False (nothing taken) when the server has max_conns connections already.
   bool acquire(uint32_t server);
-  void release(uint32_t server) { active_[server].fetch_sub(1, std::memory_order_relaxed); }
+  void release(uint32_t server) { active_[server]->fetch_sub(1, std::memory_order_relaxed); }
   int64_t activeConnections(uint32_t server) const {
-    return active_[server].load(std::memory_order_relaxed);
+    return active_[server]->load(std::memory_order_relaxed);
   }
 
   // Passive health (any thread). A connect to `server` (TCP, and the TLS handshake when
@@ -126,8 +126,9 @@ public:
   // with `previous` (the pool of the same name in the configuration it replaces): a
   // server marked down stays down for the rest of its period, and failures (and health
   // checks passed, check_passes) in a row keep counting, and a slow start goes on; a
-  // server it does not share begins its slow start at `now`. Before any session uses
-  // this pool.
+  // server it does not share begins its slow start at `now`. The open-connection counts
+  // of shared servers become one: sessions of either generation count against max_conns
+  // (and for least_conn) in both. Before any session uses this pool.
   void inheritHealth(const UpstreamPool& previous, uint64_t now);
 
   // Slow start progress of `server` in thousandths; 1000 when slow_start is 0.
@@ -156,7 +157,10 @@ private:
   // hash_type = "consistent": (point, index into primaries_), sorted by point.
   std::vector<std::pair<uint64_t, uint32_t>> ring_;
   std::atomic<uint64_t> next_{0};
-  std::unique_ptr<std::atomic<int64_t>[]> active_;
+  // Open connections per server, shared with the pools of earlier and later generations
+  // for the same endpoint (inheritHealth), so max_conns and least_conn count the sessions
+  // a reload left on the old configuration too.
+  std::vector<std::shared_ptr<std::atomic<int64_t>>> active_;
   std::unique_ptr<PeerHealth[]> health_;
 };
 

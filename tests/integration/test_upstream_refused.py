@@ -232,6 +232,31 @@ class UpstreamRefusedTest(h.GrelayTest):
                 for c in held:
                     c.close()
 
+    def test_max_conns_counts_the_sessions_a_reload_left_behind(self):
+        with h.EchoServer() as echo:
+            cfg = h.Config()
+            cfg.upstream("one", [{"address": echo.address, "max_conns": 1}])
+            one = cfg.listener("one", "one")
+            cfg.with_admin()
+            with h.Grelay(cfg) as g:
+                first = h.connect(one)
+                first.sendall(b"x")
+                self.assertEqual(first.recv(1), b"x")
+                self.reload(g, cfg)
+                # The new generation's pool shares the server's count with the old one:
+                # its only slot is still taken, and the series counts it once.
+                end, data, _ = h.try_request(one, b"y")
+                self.assertEqual((end, data), ("reset", b""))
+                self.assertEqual(len(echo.conns), 1, "max_conns exceeded after a reload")
+                self.assertEqual(g.metric("grelay_upstream_server_active_connections",
+                                          upstream="one", server="0"), 1)
+                first.close()
+                self.assertTrue(h.wait_for(lambda: g.metric(
+                    "grelay_upstream_server_active_connections", upstream="one", server="0") == 0,
+                    5))
+                r = h.stream_session(one, h.Stream(1, 64 * h.KiB))
+                self.assertTrue(r.ok, str(r))
+
     def test_queue_timeout_holds_a_session_until_a_slot_frees(self):
         with h.EchoServer() as echo:
             cfg = h.Config()

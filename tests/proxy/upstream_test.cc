@@ -556,6 +556,32 @@ TEST_F(UpstreamPoolTest, TheWeightGaugeIsZeroWhileMarkedDown) {
   EXPECT_EQ(pool.serverWeight(1), 1.0);
 }
 
+TEST_F(UpstreamPoolTest, AReloadedPoolCountsTheConnectionsTheOldOneStillHolds) {
+  UpstreamPool& old = makePool(2, 0, config::Balance::LeastConn);  // max_fails 0 too
+  config_.servers[0].max_conns = 1;
+  ASSERT_TRUE(old.acquire(0));  // 8000: a session of the old generation holds its slot
+  ASSERT_TRUE(old.acquire(1));
+  ASSERT_TRUE(old.acquire(1));
+  auto oldPool = std::move(pool_);
+  // The new config keeps 8001 and 8000 (swapped) and adds 8002.
+  config::UpstreamConfig next = config_;
+  next.servers = {config_.servers[1], config_.servers[0], config_.servers[1]};
+  reinterpret_cast<sockaddr_in*>(&next.servers[2].address.storage)->sin_port = htons(8002);
+  UpstreamPool fresh(next);
+  fresh.inheritHealth(*oldPool, kStart);
+  EXPECT_EQ(fresh.activeConnections(0), 2);  // 8001
+  EXPECT_EQ(fresh.activeConnections(1), 1);  // 8000
+  EXPECT_EQ(fresh.activeConnections(2), 0);
+  EXPECT_FALSE(fresh.acquire(1));  // 8000's max_conns counts the old session
+  std::vector<uint32_t> out;
+  fresh.pickOrder(out, kStart);
+  EXPECT_EQ(out, (std::vector<uint32_t>{2, 1, 0}));  // least_conn sees the old load
+  oldPool->release(0);  // the old session ends: the new generation sees the slot free
+  EXPECT_EQ(fresh.activeConnections(1), 0);
+  EXPECT_TRUE(fresh.acquire(1));
+  EXPECT_EQ(oldPool->activeConnections(0), 1);
+}
+
 TEST_F(UpstreamPoolTest, ConcurrentFailuresMarkAServerDownOnce) {
   UpstreamPool& pool = makePool(2);
   std::atomic<int> marked{0};
