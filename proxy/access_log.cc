@@ -23,12 +23,18 @@ std::string accessLogLine(const AccessRecord& r) {
   // Names are [A-Za-z0-9_-] and addresses digits, dots, colons and brackets: nothing to
   // escape.
   const std::string server = r.server != nullptr ? "\"" + *r.server + "\"" : "null";
-  char numbers[256];
+  char connect[32] = "null";
+  if (r.connectNanos >= 0) {
+    std::snprintf(connect, sizeof(connect), "%.6f", static_cast<double>(r.connectNanos) / 1e9);
+  }
+  char numbers[320];
   std::snprintf(numbers, sizeof(numbers),
-                "\"duration\":%.6f,\"request_bytes\":%" PRIu64 ",\"response_bytes\":%" PRIu64
+                "\"duration\":%.6f,\"queue\":%.6f,\"connect\":%s,\"request_bytes\":%" PRIu64
+                ",\"response_bytes\":%" PRIu64
                 ",\"end\":\"%s\",\"reset\":%s,\"tls\":%s,\"mirrors\":%u,\"mirrors_cut\":%u}\n",
-                static_cast<double>(r.durationNanos) / 1e9, r.requestBytes, r.responseBytes, r.end,
-                r.reset ? "true" : "false", r.tls ? "true" : "false", r.mirrors, r.mirrorsCut);
+                static_cast<double>(r.durationNanos) / 1e9, static_cast<double>(r.queueNanos) / 1e9,
+                connect, r.requestBytes, r.responseBytes, r.end, r.reset ? "true" : "false",
+                r.tls ? "true" : "false", r.mirrors, r.mirrorsCut);
   return std::string("{\"time\":\"") + time + "\",\"listener\":\"" + *r.listener +
          "\",\"worker\":" + std::to_string(r.worker) + ",\"session\":" + std::to_string(r.session) +
          ",\"client\":\"" + formatAddress(r.client) + "\",\"server\":" + server + "," + numbers;

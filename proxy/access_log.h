@@ -28,6 +28,8 @@ struct AccessRecord {
   sockaddr_storage client{};            // after a PROXY protocol header, the address it carried
   const std::string* server = nullptr;  // the upstream server it was connected to, or null
   uint64_t durationNanos = 0;
+  uint64_t queueNanos = 0;     // waiting for a slot at max_conns (queue_timeout)
+  int64_t connectNanos = -1;   // the TCP connect to `server`; -1 when none succeeded
   uint64_t requestBytes = 0;   // received from the client
   uint64_t responseBytes = 0;  // received from the upstream
   const char* end = "normal";  // normal | connect_failed | idle_timeout | shutdown | error
@@ -39,9 +41,10 @@ struct AccessRecord {
 
 // {"time":"2026-12-06T05:12:54.123Z","listener":"web","worker":0,"session":17,
 //  "client":"192.0.2.1:5555",
-//  "server":"127.0.0.1:8000","duration":0.004512,"request_bytes":78,"response_bytes":4321,
+//  "server":"127.0.0.1:8000","duration":0.004512,"queue":0.000000,"connect":0.000210,
+//  "request_bytes":78,"response_bytes":4321,
 //  "end":"normal","reset":false,"tls":false,"mirrors":1,"mirrors_cut":0}  + "\n"
-// (one line; "server" is null when no server was connected).
+// (one line; "server" and "connect" are null when no server was connected).
 std::string accessLogLine(const AccessRecord& record);
 
 class AccessLog {

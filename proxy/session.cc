@@ -1165,6 +1165,7 @@ bool Session::waitForSlot() {
   }
   const uint64_t now = host_.now();
   if (queueDeadline_ == 0) {
+    queueStart_ = now;
     queueDeadline_ = now + nanos(timeout);
     retryDelay_ = kFirstQueueRetry;
     stats().upstreamQueued.inc();
@@ -1189,6 +1190,7 @@ bool Session::waitForSlot() {
 void Session::leaveQueue() {
   if (queued_) {
     queued_ = false;
+    queueNanos_ = host_.now() - queueStart_;
     stats().upstreamQueueing.dec();
   }
 }
@@ -1221,7 +1223,8 @@ void Session::primaryConnected(int32_t res) {
     connectPrimary();
     return;
   }
-  stats().connectDuration.observe(static_cast<double>(host_.now() - connectStart_) / 1e9);
+  connectNanos_ = static_cast<int64_t>(host_.now() - connectStart_);
+  stats().connectDuration.observe(static_cast<double>(connectNanos_) / 1e9);
   lastServer_ = server_;
   primary_.connected_ = true;
   if (listener_.upstreamTls != nullptr) {
@@ -1713,6 +1716,8 @@ void Session::writeAccessLog() {
                               : nullptr;
   const uint64_t now = host_.now();
   r.durationNanos = now - started_;
+  r.queueNanos = queueNanos_;
+  r.connectNanos = connectNanos_;
   r.requestBytes = request_.received_;
   r.responseBytes = response_.received_;
   r.end = tap::toString(closeReason_);  // the tap's close reasons, by the same names

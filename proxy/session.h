@@ -416,6 +416,9 @@ private:
   // at most 10 ms apart, until queueDeadline_ (0: never waited).
   std::vector<uint32_t> fullServers_;
   uint64_t queueDeadline_ = 0;
+  uint64_t queueStart_ = 0;    // when it first found every server full (access log)
+  uint64_t queueNanos_ = 0;    // from then until it last stopped waiting
+  int64_t connectNanos_ = -1;  // the successful upstream TCP connect (access log)
   uint64_t retryAt_ = 0;
   uint64_t retryDelay_ = 0;
   bool queued_ = false;

@@ -65,7 +65,7 @@ class AccessLogTest(h.GrelayTest):
         by_end = {}
         for line in lines:
             self.assertEqual(set(line), {"time", "listener", "worker", "session", "client",
-                                         "server", "duration",
+                                         "server", "duration", "queue", "connect",
                                          "request_bytes", "response_bytes", "end", "reset",
                                          "tls", "mirrors", "mirrors_cut"})
             by_end.setdefault((line["listener"], line["end"]), []).append(line)
@@ -78,10 +78,14 @@ class AccessLogTest(h.GrelayTest):
         self.assertEqual((n["reset"], n["tls"], n["mirrors"], n["mirrors_cut"]),
                          (False, False, 1, 0))
         self.assertGreater(n["duration"], 0)
+        self.assertEqual(n["queue"], 0)
+        self.assertGreaterEqual(n["connect"], 0)
+        self.assertLess(n["connect"], n["duration"])
         self.assertRegex(n["time"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
         failed = by_end[("bad", "connect_failed")][0]
-        self.assertEqual((failed["server"], failed["reset"], failed["request_bytes"]),
-                         (None, True, 0))  # nothing is read before a connect
+        self.assertEqual((failed["server"], failed["connect"], failed["reset"],
+                          failed["request_bytes"]),
+                         (None, None, True, 0))  # nothing is read before a connect
         idle = by_end[("web", "idle_timeout")][0]
         self.assertEqual((idle["request_bytes"], idle["response_bytes"]), (5, 5))
         self.assertGreaterEqual(idle["duration"], 0.45)

@@ -8,12 +8,24 @@ that finds every server at max_conns waits for a slot. Active health checks
 (check_interval) find a dead server before any session does and bring a revived one
 back at once; slow_start eases it back in."""
 
+import json
+import os
 import re
+import shutil
 import signal
 import socket
+import tempfile
 import time
 
 import harness as h
+
+
+def read_lines(path):
+    try:
+        with open(path) as f:
+            return [json.loads(line) for line in f if line.endswith("\n")]
+    except FileNotFoundError:
+        return []
 
 
 class UpstreamRefusedTest(h.GrelayTest):
@@ -263,7 +275,10 @@ class UpstreamRefusedTest(h.GrelayTest):
             cfg.upstream("one", [{"address": echo.address, "max_conns": 1}], queue_timeout="30s")
             cfg.upstream("short", [{"address": echo.address, "max_conns": 1}],
                          queue_timeout="300ms")
-            one = cfg.listener("one", "one")
+            tmp = tempfile.mkdtemp(prefix="grelay-queue-")
+            self.addCleanup(shutil.rmtree, tmp, True)
+            access_log = os.path.join(tmp, "access.log")
+            one = cfg.listener("one", "one", access_log=access_log)
             short = cfg.listener("short", "short")
             cfg.with_admin()
 
@@ -295,6 +310,11 @@ class UpstreamRefusedTest(h.GrelayTest):
                 second.close()
                 self.assertEqual(waiting("one"), 0)
                 self.assertEqual(g.metric("grelay_upstream_unavailable_total", listener="one"), 0)
+                # The access log tells how long each session waited for its slot.
+                self.assertTrue(h.wait_for(lambda: len(read_lines(access_log)) == 2, 5))
+                waited = sorted(line["queue"] for line in read_lines(access_log))
+                self.assertEqual(waited[0], 0)
+                self.assertGreaterEqual(waited[1], 0.3)
                 # With a short queue_timeout the wait ends in a reset, logged.
                 held = hold(short)
                 end, data, took = h.try_request(short, b"y", timeout=10)

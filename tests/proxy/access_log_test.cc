@@ -30,6 +30,8 @@ AccessRecord record(const std::string* listener, const std::string* server) {
   inet_pton(AF_INET, "192.0.2.7", &c.sin_addr);
   r.server = server;
   r.durationNanos = 1'500'250'000;
+  r.queueNanos = 250'000'000;
+  r.connectNanos = 512'000;
   r.requestBytes = 78;
   r.responseBytes = 4321;
   r.mirrors = 2;
@@ -44,7 +46,8 @@ TEST(AccessLogTest, OneJsonLinePerSession) {
             "{\"time\":\"2025-12-06T05:46:40.123Z\",\"listener\":\"web\",\"worker\":1,"
             "\"session\":42,\"client\":"
             "\"192.0.2.7:51098\",\"server\":\"127.0.0.1:8000\",\"duration\":1.500250,"
-            "\"request_bytes\":78,\"response_bytes\":4321,\"end\":\"normal\",\"reset\":false,"
+            "\"queue\":0.250000,\"connect\":0.000512,\"request_bytes\":78,\"response_bytes\":4321,"
+            "\"end\":\"normal\",\"reset\":false,"
             "\"tls\":false,\"mirrors\":2,\"mirrors_cut\":1}\n");
   AccessRecord r = record(&web, nullptr);
   auto& c6 = reinterpret_cast<sockaddr_in6&>(r.client);
@@ -53,11 +56,13 @@ TEST(AccessLogTest, OneJsonLinePerSession) {
   c6.sin6_port = htons(443);
   inet_pton(AF_INET6, "2001:db8::1", &c6.sin6_addr);
   r.end = "connect_failed";
+  r.connectNanos = -1;
   r.reset = true;
   r.tls = true;
   const std::string line = accessLogLine(r);
   EXPECT_NE(line.find("\"client\":\"[2001:db8::1]:443\",\"server\":null,"), std::string::npos)
       << line;
+  EXPECT_NE(line.find("\"connect\":null,"), std::string::npos) << line;
   EXPECT_NE(line.find("\"end\":\"connect_failed\",\"reset\":true,\"tls\":true,"), std::string::npos)
       << line;
 }
