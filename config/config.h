@@ -172,6 +172,8 @@ struct UpstreamConfig {
   // When every server a session may use is at max_conns, it waits up to this long for a
   // slot (HAProxy's `timeout queue`) instead of being reset at once. 0 = no waiting.
   Duration queue_timeout{0};
+  // Sessions that may wait so at once (all workers); one more is reset at once. 0 = any.
+  uint32_t max_queue = 0;
   // Servers written with a host name are looked up again every resolve_interval; when
   // the address in use is no longer among the answers, a new generation starts with the
   // first answer (as a reload would; open sessions stay where they are). A failed lookup

@@ -611,6 +611,7 @@ private:
               {"check_passes", integer(&u.check_passes, 1, 1000)},
               {"slow_start", duration(&u.slow_start, 0ms, kMaxTimeout)},
               {"queue_timeout", duration(&u.queue_timeout, 0ms, 1h)},
+              {"max_queue", integer(&u.max_queue, 0, 10'000'000)},
               {"resolve_interval", resolveInterval(&u.resolve_interval)},
               {"proxy_protocol", oneOf(&u.proxy_protocol,
                                        {ProxyProtocol::Off, ProxyProtocol::V1, ProxyProtocol::V2})},

@@ -1147,7 +1147,7 @@ void Session::connectPrimary() {
     return;
   }
   leaveQueue();
-  if (!fullServers_.empty() && queueDeadline_ != 0) {
+  if (!fullServers_.empty() && queueDeadline_ != 0 && host_.now() >= queueDeadline_) {
     host_.listenerTrouble(listener_, "no server of upstream " + pool.config().name +
                                          " had a free slot (max_conns) within queue_timeout: "
                                          "reset");
@@ -1164,13 +1164,20 @@ bool Session::waitForSlot() {
     return false;
   }
   const uint64_t now = host_.now();
+  if (!queued_ && (queueDeadline_ == 0 || now < queueDeadline_) &&
+      !listener_.upstream->enterQueue()) {
+    host_.listenerTrouble(listener_, "no server of upstream " + listener_.upstream->config().name +
+                                         " had a free slot (max_conns) and max_queue sessions "
+                                         "were waiting already: reset");
+    return false;
+  }
   if (queueDeadline_ == 0) {
     queueStart_ = now;
     queueDeadline_ = now + nanos(timeout);
     retryDelay_ = kFirstQueueRetry;
     stats().upstreamQueued.inc();
   } else if (now >= queueDeadline_) {
-    return false;
+    return false;  // (not queued_ here, or leaveQueue() follows)
   }
   if (!queued_) {  // first, or again after a slot's connect failed
     queued_ = true;
@@ -1191,6 +1198,7 @@ void Session::leaveQueue() {
   if (queued_) {
     queued_ = false;
     queueNanos_ = host_.now() - queueStart_;
+    listener_.upstream->leaveQueue();
     stats().upstreamQueueing.dec();
   }
 }

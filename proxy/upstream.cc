@@ -323,6 +323,15 @@ void UpstreamPool::connectSucceeded(uint32_t server, uint64_t now) {
   health_[server].connectSucceeded(now);
 }
 
+bool UpstreamPool::enterQueue() {
+  const int64_t before = queued_->fetch_add(1, std::memory_order_relaxed);
+  if (config_.max_queue != 0 && before >= static_cast<int64_t>(config_.max_queue)) {
+    queued_->fetch_sub(1, std::memory_order_relaxed);
+    return false;
+  }
+  return true;
+}
+
 bool UpstreamPool::acquire(uint32_t server) {
   const int64_t before = active_[server]->fetch_add(1, std::memory_order_relaxed);
   const uint32_t max = config_.servers[server].max_conns;
@@ -334,6 +343,7 @@ bool UpstreamPool::acquire(uint32_t server) {
 }
 
 void UpstreamPool::inheritHealth(const UpstreamPool& previous, uint64_t now) {
+  queued_ = previous.queued_;
   for (size_t i = 0; i < size(); ++i) {
     const config::Address& a = server(i);
     bool shared = false;

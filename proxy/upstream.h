@@ -104,6 +104,12 @@ public:
     return active_[server]->load(std::memory_order_relaxed);
   }
 
+  // queue_timeout's waiting sessions (any thread): false (nothing taken) when max_queue
+  // are waiting already. Shared with the pool of the same name across a reload.
+  bool enterQueue();
+  void leaveQueue() { queued_->fetch_sub(1, std::memory_order_relaxed); }
+  int64_t queuedSessions() const { return queued_->load(std::memory_order_relaxed); }
+
   // Passive health (any thread). A connect to `server` (TCP, and the TLS handshake when
   // the pool uses TLS) failed: after max_fails consecutive failures the server is marked
   // down until now + fail_timeout. Returns true when this call marked it down (it was
@@ -128,7 +134,8 @@ public:
   // checks passed, check_passes) in a row keep counting, and a slow start goes on; a
   // server it does not share begins its slow start at `now`. The open-connection counts
   // of shared servers become one: sessions of either generation count against max_conns
-  // (and for least_conn) in both. Before any session uses this pool.
+  // (and for least_conn) in both, and so does the count of sessions waiting for a slot
+  // (max_queue). Before any session uses this pool.
   void inheritHealth(const UpstreamPool& previous, uint64_t now);
 
   // Slow start progress of `server` in thousandths; 1000 when slow_start is 0.
@@ -161,6 +168,7 @@ private:
   // for the same endpoint (inheritHealth), so max_conns and least_conn count the sessions
   // a reload left on the old configuration too.
   std::vector<std::shared_ptr<std::atomic<int64_t>>> active_;
+  std::shared_ptr<std::atomic<int64_t>> queued_ = std::make_shared<std::atomic<int64_t>>(0);
   std::unique_ptr<PeerHealth[]> health_;
 };
 

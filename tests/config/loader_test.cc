@@ -709,6 +709,9 @@ TEST(LoaderErrorTest, PassiveHealthValuesOutOfRange) {
               ElementsAre("t.toml:3:14: 'slow_start' must be in 0s..24h, got 25h"));
   EXPECT_THAT(pool("slow_start = 30"), SizeIs(1));
   EXPECT_THAT(pool("queue_timeout = \"5s\""), IsEmpty());
+  EXPECT_THAT(pool("max_queue = 100"), IsEmpty());
+  EXPECT_THAT(pool("max_queue = -1"),
+              ElementsAre("t.toml:3:13: 'max_queue' must be in 0..10000000, got -1"));
   EXPECT_THAT(pool("queue_timeout = \"2h\""),
               ElementsAre("t.toml:3:17: 'queue_timeout' must be in 0s..1h, got 2h"));
   EXPECT_THAT(pool("resolve_interval = \"0s\""), IsEmpty());

@@ -108,6 +108,7 @@ void checkAccepted(const Config& c) {
                "slow_start " + std::to_string(u.slow_start.count()));
     FUZZ_CHECK(u.queue_timeout.count() >= 0 && u.queue_timeout <= std::chrono::hours(1),
                "queue_timeout " + std::to_string(u.queue_timeout.count()));
+    FUZZ_CHECK(u.max_queue <= 10'000'000, "max_queue " + std::to_string(u.max_queue));
     FUZZ_CHECK(u.resolve_interval.count() == 0 ||
                    (u.resolve_interval.count() >= 100 && u.resolve_interval <= kDay),
                "resolve_interval " + std::to_string(u.resolve_interval.count()));

@@ -275,11 +275,14 @@ class UpstreamRefusedTest(h.GrelayTest):
             cfg.upstream("one", [{"address": echo.address, "max_conns": 1}], queue_timeout="30s")
             cfg.upstream("short", [{"address": echo.address, "max_conns": 1}],
                          queue_timeout="300ms")
+            cfg.upstream("tiny", [{"address": echo.address, "max_conns": 1}],
+                         queue_timeout="30s", max_queue=1)
             tmp = tempfile.mkdtemp(prefix="grelay-queue-")
             self.addCleanup(shutil.rmtree, tmp, True)
             access_log = os.path.join(tmp, "access.log")
             one = cfg.listener("one", "one", access_log=access_log)
             short = cfg.listener("short", "short")
+            tiny = cfg.listener("tiny", "tiny")
             cfg.with_admin()
 
             def hold(port):
@@ -326,6 +329,25 @@ class UpstreamRefusedTest(h.GrelayTest):
                                            "(max_conns) within queue_timeout: reset" in g.log(),
                                            5), g.log_tail())
                 held.close()
+                # With max_queue = 1, a second session finding the server full while one
+                # waits is reset at once rather than after queue_timeout.
+                held = hold(tiny)
+                queued = h.connect(tiny)
+                queued.sendall(b"z")
+                self.assertTrue(h.wait_for(lambda: waiting("tiny") == 1, 10), g.log_tail())
+                end, data, took = h.try_request(tiny, b"w", timeout=10)
+                self.assertEqual((end, data), ("reset", b""))
+                self.assertLess(took, h.slack(1.0))
+                self.assertTrue(h.wait_for(lambda: "no server of upstream tiny had a free slot "
+                                           "(max_conns) and max_queue sessions were waiting "
+                                           "already: reset" in g.log(), 5), g.log_tail())
+                self.assertEqual(g.metric("grelay_upstream_unavailable_total", listener="tiny"), 1)
+                self.assertEqual(g.metric("grelay_upstream_queued_total", listener="tiny"), 1)
+                # The waiting one is served once the slot frees.
+                held.close()
+                queued.shutdown(socket.SHUT_WR)
+                self.assertEqual(h.read_outcome(queued, 10), ("eof", b"z"))
+                queued.close()
 
     def test_backup_serves_when_every_other_server_fails(self):
         with h.RefusingPort() as d1, h.RefusingPort() as d2, h.EchoServer() as spare:

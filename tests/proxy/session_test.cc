@@ -398,6 +398,35 @@ TEST_F(SessionTest, AQueuedSessionIsResetAtQueueTimeoutAndOnAbort) {
   EXPECT_EQ(stats_->noUpstream.value(), 1u);
 }
 
+TEST_F(SessionTest, MaxQueueResetsASessionWhenEnoughAreWaiting) {
+  configure(0, 4 * kChunk, 1);
+  upstreamConfig_.servers[0].max_conns = 1;
+  upstreamConfig_.queue_timeout = std::chrono::milliseconds(100);
+  upstreamConfig_.max_queue = 1;
+  ASSERT_TRUE(pool_->acquire(0));
+  auto waiting = std::make_unique<Session>(host_, context_, kClientFd);
+  waiting->start();
+  EXPECT_EQ(pool_->queuedSessions(), 1);
+  // A second one finds the queue full: reset at once, not after queue_timeout.
+  session_ = std::make_unique<Session>(host_, context_, kClientFd + 1);
+  session_->start();
+  EXPECT_TRUE(host_.sockets_.closed.at(kClientFd + 1));
+  EXPECT_FALSE(host_.sockets_.closed.count(kClientFd));
+  EXPECT_EQ(stats_->upstreamQueued.value(), 1u);
+  EXPECT_EQ(stats_->noUpstream.value(), 1u);
+  ASSERT_FALSE(host_.troubles.empty());
+  EXPECT_EQ(host_.troubles.back(),
+            "no server of upstream app had a free slot (max_conns) and max_queue sessions were "
+            "waiting already: reset");
+  // The waiting one gets the slot; the queue is empty again.
+  pool_->release(0);
+  host_.advance(10'000'000);
+  EXPECT_NE(ring().pending(OpKind::Connect, 100), nullptr);
+  EXPECT_EQ(pool_->queuedSessions(), 0);
+  EXPECT_EQ(stats_->upstreamQueueing.value(), 0);
+  waiting->abort();
+}
+
 TEST_F(SessionTest, AFailedConnectMarksTheServerDownAndASuccessfulOneClearsIt) {
   configure(0, 4 * kChunk, 2);
   session_ = std::make_unique<Session>(host_, context_, kClientFd);

@@ -567,8 +567,10 @@ TEST_F(UpstreamPoolTest, AReloadedPoolCountsTheConnectionsTheOldOneStillHolds) {
   config::UpstreamConfig next = config_;
   next.servers = {config_.servers[1], config_.servers[0], config_.servers[1]};
   reinterpret_cast<sockaddr_in*>(&next.servers[2].address.storage)->sin_port = htons(8002);
+  ASSERT_TRUE(oldPool->enterQueue());  // a session of the old generation waits for a slot
   UpstreamPool fresh(next);
   fresh.inheritHealth(*oldPool, kStart);
+  EXPECT_EQ(fresh.queuedSessions(), 1);      // max_queue counts it in the new one too
   EXPECT_EQ(fresh.activeConnections(0), 2);  // 8001
   EXPECT_EQ(fresh.activeConnections(1), 1);  // 8000
   EXPECT_EQ(fresh.activeConnections(2), 0);
