@@ -29,6 +29,13 @@ def read_lines(path):
 
 
 class UpstreamRefusedTest(h.GrelayTest):
+    def hold(self, port):
+        """A session on `port` that has reached its server (one byte echoed), left open."""
+        c = h.connect(port)
+        c.sendall(b"x")
+        self.assertEqual(c.recv(1), b"x")
+        return c
+
     def test_refused_upstream_resets_client_and_grelay_keeps_serving(self):
         with h.RefusingPort() as dead, h.EchoServer() as echo:
             cfg = h.Config()
@@ -215,14 +222,8 @@ class UpstreamRefusedTest(h.GrelayTest):
             one = cfg.listener("one", "one")
             cfg.with_admin()
 
-            def hold(port):
-                c = h.connect(port)
-                c.sendall(b"x")
-                self.assertEqual(c.recv(1), b"x")
-                return c
-
             with h.Grelay(cfg) as g:
-                held = [hold(pair) for _ in range(6)]
+                held = [self.hold(pair) for _ in range(6)]
                 self.assertEqual(g.metric("grelay_upstream_server_active_connections",
                                           upstream="pair", server="a"), 2)
                 self.assertEqual(g.metric("grelay_upstream_server_active_connections",
@@ -231,7 +232,7 @@ class UpstreamRefusedTest(h.GrelayTest):
                 self.assertEqual(g.metric("grelay_upstream_server_full_total", listener="pair"),
                                  1)
                 # A pool whose only server is full resets the client, like a dead pool.
-                first = hold(one)
+                first = self.hold(one)
                 end, data, _ = h.try_request(one, b"y")
                 self.assertEqual((end, data), ("reset", b""))
                 self.assertEqual(g.metric("grelay_upstream_unavailable_total", listener="one"), 1)
@@ -251,9 +252,7 @@ class UpstreamRefusedTest(h.GrelayTest):
             one = cfg.listener("one", "one")
             cfg.with_admin()
             with h.Grelay(cfg) as g:
-                first = h.connect(one)
-                first.sendall(b"x")
-                self.assertEqual(first.recv(1), b"x")
+                first = self.hold(one)
                 self.reload(g, cfg)
                 # The new generation's pool shares the server's count with the old one:
                 # its only slot is still taken, and the series counts it once.
@@ -285,16 +284,10 @@ class UpstreamRefusedTest(h.GrelayTest):
             tiny = cfg.listener("tiny", "tiny")
             cfg.with_admin()
 
-            def hold(port):
-                c = h.connect(port)
-                c.sendall(b"x")
-                self.assertEqual(c.recv(1), b"x")
-                return c
-
             with h.Grelay(cfg) as g:
                 waiting = lambda listener: g.metric("grelay_upstream_queued_sessions",
                                                     listener=listener)
-                first = hold(one)
+                first = self.hold(one)
                 # The next session finds the only server full and waits, its bytes unread
                 # by anyone yet; it is not reset.
                 second = h.connect(one)
@@ -319,7 +312,7 @@ class UpstreamRefusedTest(h.GrelayTest):
                 self.assertEqual(waited[0], 0)
                 self.assertGreaterEqual(waited[1], 0.3)
                 # With a short queue_timeout the wait ends in a reset, logged.
-                held = hold(short)
+                held = self.hold(short)
                 end, data, took = h.try_request(short, b"y", timeout=10)
                 self.assertEqual((end, data), ("reset", b""))
                 self.assertGreaterEqual(took, 0.29)
@@ -331,7 +324,7 @@ class UpstreamRefusedTest(h.GrelayTest):
                 held.close()
                 # With max_queue = 1, a second session finding the server full while one
                 # waits is reset at once rather than after queue_timeout.
-                held = hold(tiny)
+                held = self.hold(tiny)
                 queued = h.connect(tiny)
                 queued.sendall(b"z")
                 self.assertTrue(h.wait_for(lambda: waiting("tiny") == 1, 10), g.log_tail())
