@@ -5,8 +5,6 @@
 #include <cstdint>
 #include <deque>
 #include <map>
-#include <string_view>
-#include <unordered_map>
 #include <utility>
 
 #include <prometheus/text_serializer.h>
