@@ -18,9 +18,10 @@ namespace grelay::proxy {
 namespace {
 
 // queue_timeout: a waiting session looks for a free slot after 1 ms, then twice as long
-// each time, at most every 10 ms.
+// each time, at most every 5 ms (so sessions that have waited long look as often as new
+// ones).
 constexpr uint64_t kFirstQueueRetry = 1'000'000;
-constexpr uint64_t kMaxQueueRetry = 10'000'000;
+constexpr uint64_t kMaxQueueRetry = 5'000'000;
 
 uint64_t nanos(config::Duration d) {
   return static_cast<uint64_t>(std::chrono::duration_cast<std::chrono::nanoseconds>(d).count());
@@ -1113,6 +1114,14 @@ void Session::releaseServer() {
 
 void Session::connectPrimary() {
   UpstreamPool& pool = *listener_.upstream;
+  if (serverAttempt_ == 0 && queueDeadline_ == 0 && pool.config().queue_timeout.count() > 0 &&
+      pool.queuedSessions() > 0) {
+    // Sessions are waiting for a slot already: this one waits with them rather than take
+    // the slot one of them is about to (a steady stream of new sessions would otherwise
+    // starve the queue).
+    fullServers_.assign(serverOrder_.begin(), serverOrder_.end());
+    serverAttempt_ = serverOrder_.size();
+  }
   while (serverAttempt_ < serverOrder_.size()) {
     const uint32_t index = serverOrder_[serverAttempt_++];
     if (!pool.acquire(index)) {

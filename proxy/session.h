@@ -413,7 +413,7 @@ private:
   size_t serverAttempt_ = 0;
   // queue_timeout: the servers passed over at max_conns on this pass over serverOrder_,
   // which the next pass tries again; while waiting (queued_) a pass runs at retryAt_,
-  // at most 10 ms apart, until queueDeadline_ (0: never waited).
+  // at most 5 ms apart, until queueDeadline_ (0: never waited).
   std::vector<uint32_t> fullServers_;
   uint64_t queueDeadline_ = 0;
   uint64_t queueStart_ = 0;    // when it first found every server full (access log)

@@ -427,6 +427,34 @@ TEST_F(SessionTest, MaxQueueResetsASessionWhenEnoughAreWaiting) {
   waiting->abort();
 }
 
+TEST_F(SessionTest, ANewSessionWaitsBehindTheQueueRatherThanTakeAFreedSlot) {
+  configure(0, 4 * kChunk, 1);
+  upstreamConfig_.servers[0].max_conns = 1;
+  upstreamConfig_.queue_timeout = std::chrono::milliseconds(100);
+  ASSERT_TRUE(pool_->acquire(0));
+  auto waiting = std::make_unique<Session>(host_, context_, kClientFd);
+  waiting->start();
+  host_.advance(20'000'000);  // it now looks every 5 ms
+  pool_->release(0);          // a slot frees up just as a new session arrives
+  session_ = std::make_unique<Session>(host_, context_, kClientFd + 1);
+  session_->start();
+  EXPECT_EQ(ring().pending(OpKind::Connect, 100), nullptr);  // the newcomer did not take it
+  EXPECT_EQ(pool_->queuedSessions(), 2);
+  EXPECT_EQ(stats_->upstreamServerFull.value(), 1u);  // the first one's pass only
+  host_.advance(5'000'000);
+  // At the next looks one of the two takes the slot (whichever looks first); the other
+  // waits on.
+  EXPECT_EQ(pool_->queuedSessions(), 1);
+  EXPECT_EQ(pool_->activeConnections(0), 1);
+  EXPECT_EQ(stats_->upstreamQueued.value(), 2u);
+  EXPECT_FALSE(host_.sockets_.closed.count(kClientFd + 1));
+  session_->abort();
+  waiting->abort();
+  ring().completeCancelled();  // the connect the waiting one started
+  EXPECT_EQ(pool_->queuedSessions(), 0);
+  EXPECT_EQ(pool_->activeConnections(0), 0);
+}
+
 TEST_F(SessionTest, AFailedConnectMarksTheServerDownAndASuccessfulOneClearsIt) {
   configure(0, 4 * kChunk, 2);
   session_ = std::make_unique<Session>(host_, context_, kClientFd);
