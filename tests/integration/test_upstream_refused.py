@@ -36,6 +36,15 @@ class UpstreamRefusedTest(h.GrelayTest):
         self.assertEqual(c.recv(1), b"x")
         return c
 
+    def release_and_reuse(self, g, held, port, upstream):
+        """Closes `held`, the only session on `upstream`'s server "0", waits until the server
+        counts no connection, then checks a new session on `port` is served."""
+        held.close()
+        self.assertTrue(h.wait_for(lambda: g.metric(
+            "grelay_upstream_server_active_connections", upstream=upstream, server="0") == 0, 5))
+        r = h.stream_session(port, h.Stream(1, 64 * h.KiB))
+        self.assertTrue(r.ok, str(r))
+
     def test_refused_upstream_resets_client_and_grelay_keeps_serving(self):
         with h.RefusingPort() as dead, h.EchoServer() as echo:
             cfg = h.Config()
@@ -236,12 +245,7 @@ class UpstreamRefusedTest(h.GrelayTest):
                 end, data, _ = h.try_request(one, b"y")
                 self.assertEqual((end, data), ("reset", b""))
                 self.assertEqual(g.metric("grelay_upstream_unavailable_total", listener="one"), 1)
-                first.close()
-                self.assertTrue(h.wait_for(lambda: g.metric(
-                    "grelay_upstream_server_active_connections", upstream="one", server="0") == 0,
-                    5))
-                r = h.stream_session(one, h.Stream(1, 64 * h.KiB))
-                self.assertTrue(r.ok, str(r))
+                self.release_and_reuse(g, first, one, "one")
                 for c in held:
                     c.close()
 
@@ -261,12 +265,7 @@ class UpstreamRefusedTest(h.GrelayTest):
                 self.assertEqual(len(echo.conns), 1, "max_conns exceeded after a reload")
                 self.assertEqual(g.metric("grelay_upstream_server_active_connections",
                                           upstream="one", server="0"), 1)
-                first.close()
-                self.assertTrue(h.wait_for(lambda: g.metric(
-                    "grelay_upstream_server_active_connections", upstream="one", server="0") == 0,
-                    5))
-                r = h.stream_session(one, h.Stream(1, 64 * h.KiB))
-                self.assertTrue(r.ok, str(r))
+                self.release_and_reuse(g, first, one, "one")
 
     def test_queue_timeout_holds_a_session_until_a_slot_frees(self):
         with h.EchoServer() as echo:
