@@ -871,6 +871,9 @@ Session::Session(SessionHost& host, ListenerContext& listener, int clientFd)
 
 Session::~Session() {
   host_.timers().cancel(*this);
+  if (listener_.slotQueue != nullptr) {
+    listener_.slotQueue->forget(*this);  // (close() has left it already, unless torn down)
+  }
   request_.releasePipe();
   response_.releasePipe();
 }
@@ -1109,6 +1112,9 @@ void Session::releaseServer() {
   if (upstreamCounted_) {
     listener_.upstream->release(static_cast<uint32_t>(server_));
     upstreamCounted_ = false;
+    if (listener_.slotQueue != nullptr) {
+      listener_.slotQueue->slotReleased();  // the oldest waiter on this worker takes it
+    }
   }
 }
 
@@ -1173,6 +1179,7 @@ bool Session::waitForSlot() {
     return false;
   }
   const uint64_t now = host_.now();
+  const bool waitedBefore = queueDeadline_ != 0;
   if (!queued_ && (queueDeadline_ == 0 || now < queueDeadline_) &&
       !listener_.upstream->enterQueue()) {
     host_.listenerTrouble(listener_, "no server of upstream " + listener_.upstream->config().name +
@@ -1188,24 +1195,45 @@ bool Session::waitForSlot() {
   } else if (now >= queueDeadline_) {
     return false;  // (not queued_ here, or leaveQueue() follows)
   }
-  if (!queued_) {  // first, or again after a slot's connect failed
-    queued_ = true;
-    stats().upstreamQueueing.inc();
-  }
   // The next pass tries the servers that were full, in the same order; the ones whose
   // connect failed are not tried again (each server at most once per session).
   serverOrder_.swap(fullServers_);
   fullServers_.clear();
   serverAttempt_ = 0;
-  retryAt_ = std::min(now + retryDelay_, queueDeadline_);
-  retryDelay_ = std::min(retryDelay_ * 2, kMaxQueueRetry);
+  if (!queued_) {  // first, or again after a slot's connect failed (it keeps its turn)
+    queued_ = true;
+    stats().upstreamQueueing.inc();
+    if (listener_.slotQueue != nullptr) {
+      listener_.slotQueue->push(*this, waitedBefore);
+    }
+  }
+  if (listener_.slotQueue == nullptr || listener_.slotQueue->isOldest(*this)) {
+    retryAt_ = std::min(now + retryDelay_, queueDeadline_);
+    retryDelay_ = std::min(retryDelay_ * 2, kMaxQueueRetry);
+  } else {
+    retryAt_ = queueDeadline_;  // its turn comes when the ones ahead have left
+  }
   rescheduleTimer();
   return true;
+}
+
+void Session::lookForSlot() noexcept {
+  if (!queued_ || done_) {
+    return;
+  }
+  // A pass from the timer, at the next turn of the loop: the caller may be in the middle
+  // of releasing a slot or of leaving the queue.
+  retryDelay_ = kFirstQueueRetry;
+  retryAt_ = host_.now();
+  host_.timers().schedule(*this, retryAt_);
 }
 
 void Session::leaveQueue() {
   if (queued_) {
     queued_ = false;
+    if (listener_.slotQueue != nullptr) {
+      listener_.slotQueue->remove(*this);  // the next one looks at once
+    }
     queueNanos_ = host_.now() - queueStart_;
     listener_.upstream->leaveQueue();
     stats().upstreamQueueing.dec();

@@ -29,6 +29,7 @@
 #include "metrics/stats.h"
 #include "proxy/access_log.h"
 #include "proxy/client_limiter.h"
+#include "proxy/slot_queue.h"
 #include "proxy/sockets.h"
 #include "proxy/tap_writer.h"
 #include "proxy/timer.h"
@@ -104,6 +105,7 @@ struct ListenerContext {
   SSL_CTX* upstreamTls = nullptr;               // TLS toward the upstream pool
   std::atomic<int64_t>* connections = nullptr;  // the listener's open sessions (all workers)
   ClientLimiter* clientLimit = nullptr;         // max_connections_per_client (all workers)
+  SlotQueue* slotQueue = nullptr;               // this worker's waiters for the upstream's slots
   std::vector<PeerHealth*> mirrorHealth;        // [mirror], shared by all workers (may be empty)
   uint32_t chunkSize = 64 * 1024;
   bool splice = false;  // single-target directions may splice ([server] splice, mainline path)
@@ -288,7 +290,7 @@ public:
   relay::BoundCompletion<Flow, &Flow::onTargetReady> targetReady_{*this};
 };
 
-class Session final : public Timer, public TapStreamOwner {
+class Session final : public Timer, public TapStreamOwner, public SlotWaiter {
 public:
   Session(SessionHost& host, ListenerContext& listener, int clientFd);
   ~Session();
@@ -301,6 +303,7 @@ public:
   void onTimer(uint64_t now) noexcept override;
   void tapWriteStarted() noexcept override { ++inflight_; }
   void tapWriteFinished() noexcept override;
+  void lookForSlot() noexcept override;
 
   bool closing() const { return state_ == State::Closing; }
   ListenerContext& listener() { return listener_; }
@@ -412,8 +415,9 @@ private:
   std::vector<uint32_t> serverOrder_;
   size_t serverAttempt_ = 0;
   // queue_timeout: the servers passed over at max_conns on this pass over serverOrder_,
-  // which the next pass tries again; while waiting (queued_) a pass runs at retryAt_,
-  // at most 5 ms apart, until queueDeadline_ (0: never waited).
+  // which the next pass tries again. While waiting (queued_, in listener_.slotQueue) the
+  // oldest waiter's pass runs at retryAt_, at most 5 ms apart or at once when told to look;
+  // the others' retryAt_ is their queueDeadline_ (0: never waited).
   std::vector<uint32_t> fullServers_;
   uint64_t queueDeadline_ = 0;
   uint64_t queueStart_ = 0;    // when it first found every server full (access log)

@@ -80,6 +80,9 @@ Worker::Worker(Runtime& runtime, uint32_t index, metrics::WorkerStats& stats,
   for (const auto& l : cfg.listeners) {
     anyMirrors_ = anyMirrors_ || !l.mirrors.empty();
   }
+  for (size_t i = 0; i < runtime.upstreams.size(); ++i) {
+    slotQueues_.push_back(std::make_unique<SlotQueue>());
+  }
   for (size_t i = 0; i < cfg.listeners.size() && i < listenFds.size(); ++i) {
     for (int fd : listenFds[i]) {
       auto a = std::make_unique<Acceptor>(*this, i);
@@ -94,6 +97,7 @@ Worker::Worker(Runtime& runtime, uint32_t index, metrics::WorkerStats& stats,
       a->context.splice = runtime.splice && pathIndex_ == metrics::kMainlinePath;
       a->context.connections = &runtime.listenerConnections[i];
       a->context.clientLimit = runtime.clientLimits[i].get();
+      a->context.slotQueue = slotQueues_[cfg.listeners[i].upstream_index].get();
       for (auto& h : runtime.mirrorHealth[i]) {
         a->context.mirrorHealth.push_back(h.get());
       }

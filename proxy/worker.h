@@ -15,6 +15,7 @@
 #include "proxy/client_limiter.h"
 #include "proxy/log.h"
 #include "proxy/session.h"
+#include "proxy/slot_queue.h"
 #include "proxy/sockets.h"
 #include "proxy/timer.h"
 #include "proxy/tls_context.h"
@@ -143,6 +144,9 @@ private:
   TimerQueue timers_;
   uint64_t now_ = 0;
   std::vector<std::unique_ptr<Acceptor>> acceptors_;
+  // [upstream]: the sessions waiting for a slot of that pool (queue_timeout), whichever
+  // listener they came in on; outlives them (sessions are deleted in ~Worker's body).
+  std::vector<std::unique_ptr<SlotQueue>> slotQueues_;
   std::vector<TapFile> tapFiles_;
   std::vector<std::unique_ptr<TapWriter>> taps_;
   std::vector<std::unique_ptr<AccessLog>> accessLogs_;

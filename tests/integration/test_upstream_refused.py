@@ -11,6 +11,7 @@ back at once; slow_start eases it back in."""
 import json
 import os
 import re
+import select
 import shutil
 import signal
 import socket
@@ -340,6 +341,37 @@ class UpstreamRefusedTest(h.GrelayTest):
                 queued.shutdown(socket.SHUT_WR)
                 self.assertEqual(h.read_outcome(queued, 10), ("eof", b"z"))
                 queued.close()
+
+    def test_a_freed_slot_goes_to_the_session_that_waited_longest(self):
+        with h.EchoServer() as echo:
+            cfg = h.Config()
+            cfg.server["workers"] = 1  # the order is kept per worker
+            cfg.upstream("one", [{"address": echo.address, "max_conns": 1}], queue_timeout="60s")
+            one = cfg.listener("one", "one")
+            cfg.with_admin()
+            with h.Grelay(cfg) as g:
+                held = self.hold(one)
+                waiters = []
+                for i in range(6):
+                    c = h.connect(one)
+                    c.sendall(bytes([0x41 + i]))
+                    waiters.append(c)
+                    self.assertTrue(h.wait_for(lambda: g.metric(
+                        "grelay_upstream_queued_sessions", listener="one") == i + 1, 10),
+                        g.log_tail())
+                # Each slot that frees goes to the oldest waiter, whichever waiter looked
+                # last; the others are still waiting, their byte unanswered.
+                held.close()
+                for i, c in enumerate(waiters):
+                    ready, _, _ = select.select(waiters[i:], [], [], 10)
+                    self.assertEqual([waiters.index(r) for r in ready], [i],
+                                     "served instead of the oldest waiter")
+                    self.assertEqual(c.recv(1), bytes([0x41 + i]))
+                    self.assertEqual(g.metric("grelay_upstream_queued_sessions", listener="one"),
+                                     len(waiters) - i - 1)
+                    c.close()
+                self.assertEqual(g.metric("grelay_upstream_queued_total", listener="one"), 6)
+                self.assertEqual(g.metric("grelay_upstream_unavailable_total", listener="one"), 0)
 
     def test_backup_serves_when_every_other_server_fails(self):
         with h.RefusingPort() as d1, h.RefusingPort() as d2, h.EchoServer() as spare:

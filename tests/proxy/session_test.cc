@@ -118,6 +118,7 @@ protected:
     context_.upstream = pool_.get();
     context_.stats = stats_.get();
     context_.chunkSize = kChunk;
+    context_.slotQueue = &slotQueue_;
   }
 
   // Starts a session and connects its primary (fd 100 + mirrors first).
@@ -137,6 +138,7 @@ protected:
   config::ListenerConfig listenerConfig_;
   std::unique_ptr<UpstreamPool> pool_;
   std::unique_ptr<metrics::ListenerStats> stats_;
+  SlotQueue slotQueue_;
   ListenerContext context_;
   std::unique_ptr<Session> session_;
 };
@@ -441,18 +443,67 @@ TEST_F(SessionTest, ANewSessionWaitsBehindTheQueueRatherThanTakeAFreedSlot) {
   EXPECT_EQ(ring().pending(OpKind::Connect, 100), nullptr);  // the newcomer did not take it
   EXPECT_EQ(pool_->queuedSessions(), 2);
   EXPECT_EQ(stats_->upstreamServerFull.value(), 1u);  // the first one's pass only
+  EXPECT_EQ(slotQueue_.size(), 2u);
+  EXPECT_TRUE(slotQueue_.isOldest(*waiting));
   host_.advance(5'000'000);
-  // At the next looks one of the two takes the slot (whichever looks first); the other
-  // waits on.
+  // At its next look the one that waited longest takes the slot; the other waits on.
+  FakeOp* connect = ring().pending(OpKind::Connect, 100);
+  ASSERT_NE(connect, nullptr);
   EXPECT_EQ(pool_->queuedSessions(), 1);
+  EXPECT_TRUE(slotQueue_.isOldest(*session_));
   EXPECT_EQ(pool_->activeConnections(0), 1);
   EXPECT_EQ(stats_->upstreamQueued.value(), 2u);
+  ring().complete(connect, 0);
+  EXPECT_EQ(waiting->listener().stats->upstreamQueueing.value(), 1);
   EXPECT_FALSE(host_.sockets_.closed.count(kClientFd + 1));
   session_->abort();
   waiting->abort();
-  ring().completeCancelled();  // the connect the waiting one started
+  ring().completeCancelled();
   EXPECT_EQ(pool_->queuedSessions(), 0);
+  EXPECT_EQ(slotQueue_.size(), 0u);
   EXPECT_EQ(pool_->activeConnections(0), 0);
+}
+
+TEST_F(SessionTest, ASlotASessionReleasesGoesAtOnceToTheOldestWaiter) {
+  configure(0, 4 * kChunk, 1);
+  upstreamConfig_.servers[0].max_conns = 1;
+  upstreamConfig_.queue_timeout = std::chrono::milliseconds(100);
+  Session& holder = startConnected();  // fd 100, the only slot
+  std::vector<std::unique_ptr<Session>> waiters;
+  for (int i = 0; i < 3; ++i) {
+    waiters.push_back(std::make_unique<Session>(host_, context_, kClientFd + 1 + i));
+    waiters.back()->start();
+    host_.advance(2'000'000);
+  }
+  ASSERT_EQ(slotQueue_.size(), 3u);
+  EXPECT_TRUE(slotQueue_.isOldest(*waiters[0]));
+  // The holder finishes: its slot goes to the oldest waiter at the next turn of the loop,
+  // not at its next look (up to 5 ms later).
+  holder.abort();
+  ring().completeCancelled();
+  EXPECT_EQ(pool_->activeConnections(0), 0);
+  host_.advance(0);
+  FakeOp* connect = ring().pending(OpKind::Connect, 101);
+  ASSERT_NE(connect, nullptr);
+  EXPECT_EQ(pool_->activeConnections(0), 1);
+  EXPECT_EQ(slotQueue_.size(), 2u);
+  EXPECT_TRUE(slotQueue_.isOldest(*waiters[1]));
+  // Its connect is refused (it had no other server to try: reset): the slot it releases
+  // goes at once to the next one.
+  ring().complete(connect, -ECONNREFUSED);
+  EXPECT_TRUE(host_.sockets_.closed.at(kClientFd + 1));
+  host_.advance(0);
+  EXPECT_NE(ring().pending(OpKind::Connect, 102), nullptr);
+  EXPECT_EQ(pool_->activeConnections(0), 1);
+  EXPECT_EQ(slotQueue_.size(), 1u);
+  EXPECT_TRUE(slotQueue_.isOldest(*waiters[2]));
+  for (auto& w : waiters) {
+    w->abort();
+  }
+  ring().completeCancelled();
+  EXPECT_EQ(slotQueue_.size(), 0u);
+  EXPECT_EQ(pool_->activeConnections(0), 0);
+  EXPECT_EQ(pool_->queuedSessions(), 0);
 }
 
 TEST_F(SessionTest, AFailedConnectMarksTheServerDownAndASuccessfulOneClearsIt) {
