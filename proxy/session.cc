@@ -1017,7 +1017,13 @@ void Session::beginSession() {
   UpstreamPool& pool = *listener_.upstream;
   const bool bySource = pool.config().balance == config::Balance::Source;
   pool.pickOrder(serverOrder_, host_.now(), bySource ? clientHash(clientAddress_, false) : 0);
-  connectMirrors();
+  if (!mirrors_.empty() && pool.wouldWait(serverOrder_)) {
+    // It is about to wait for a slot: its mirrors connect when it gets one, so a queue
+    // holds no mirror connections and a session the queue resets never reaches them.
+    mirrorsDeferred_ = true;
+  } else {
+    connectMirrors();
+  }
   connectPrimary();
 }
 
@@ -1155,6 +1161,10 @@ void Session::connectPrimary() {
     connectTimedOut_ = false;
     ++inflight_;
     host_.ring().connect(fd, address.sockaddrPtr(), address.length, &primary_.connectDone_);
+    if (mirrorsDeferred_) {
+      mirrorsDeferred_ = false;
+      connectMirrors();
+    }
     rescheduleTimer();
     return;
   }

@@ -426,8 +426,9 @@ private:
   uint64_t retryAt_ = 0;
   uint64_t retryDelay_ = 0;
   bool queued_ = false;
-  int64_t server_ = -1;      // index of the connected server
-  int64_t lastServer_ = -1;  // the last server a connect succeeded to (access log)
+  bool mirrorsDeferred_ = false;  // connectMirrors() when a server slot is taken
+  int64_t server_ = -1;           // index of the connected server
+  int64_t lastServer_ = -1;       // the last server a connect succeeded to (access log)
   uint64_t connectStart_ = 0;
   uint64_t connectDeadline_ = 0;
   bool connectTimedOut_ = false;

@@ -342,6 +342,22 @@ bool UpstreamPool::acquire(uint32_t server) {
   return true;
 }
 
+bool UpstreamPool::wouldWait(const std::vector<uint32_t>& order) const {
+  if (config_.queue_timeout.count() == 0) {
+    return false;
+  }
+  if (queuedSessions() > 0) {
+    return true;
+  }
+  for (uint32_t server : order) {
+    const uint32_t max = config_.servers[server].max_conns;
+    if (max == 0 || activeConnections(server) < static_cast<int64_t>(max)) {
+      return false;
+    }
+  }
+  return !order.empty();
+}
+
 void UpstreamPool::inheritHealth(const UpstreamPool& previous, uint64_t now) {
   queued_ = previous.queued_;
   for (size_t i = 0; i < size(); ++i) {

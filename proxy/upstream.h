@@ -109,6 +109,10 @@ public:
   bool enterQueue();
   void leaveQueue() { queued_->fetch_sub(1, std::memory_order_relaxed); }
   int64_t queuedSessions() const { return queued_->load(std::memory_order_relaxed); }
+  // Whether a new session trying the servers of `order` would wait for a slot now: the
+  // pool has a queue_timeout and sessions are waiting already or every server of `order`
+  // is at max_conns (a snapshot: slots come and go on other workers).
+  bool wouldWait(const std::vector<uint32_t>& order) const;
 
   // Passive health (any thread). A connect to `server` (TCP, and the TLS handshake when
   // the pool uses TLS) failed: after max_fails consecutive failures the server is marked

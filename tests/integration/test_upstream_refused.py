@@ -373,6 +373,45 @@ class UpstreamRefusedTest(h.GrelayTest):
                 self.assertEqual(g.metric("grelay_upstream_queued_total", listener="one"), 6)
                 self.assertEqual(g.metric("grelay_upstream_unavailable_total", listener="one"), 0)
 
+    def test_a_waiting_session_reaches_its_mirrors_only_with_a_slot(self):
+        with h.EchoServer() as echo, h.SinkServer() as sink:
+            cfg = h.Config()
+            cfg.upstream("one", [{"address": echo.address, "max_conns": 1}], queue_timeout="30s")
+            cfg.upstream("short", [{"address": echo.address, "max_conns": 1}],
+                         queue_timeout="300ms")
+            mirror = [{"name": "m", "address": sink.address}]
+            one = cfg.listener("one", "one", mirrors=mirror)
+            short = cfg.listener("short", "short", mirrors=mirror)
+            cfg.with_admin()
+            with h.Grelay(cfg) as g:
+                held = self.hold(one)
+                second = h.connect(one)
+                payload = bytes(range(256)) * 64
+                second.sendall(payload)
+                self.assertTrue(h.wait_for(lambda: g.metric(
+                    "grelay_upstream_queued_sessions", listener="one") == 1, 10), g.log_tail())
+                time.sleep(h.slack(0.2))
+                self.assertEqual(len(sink.conns), 1, "a waiting session connected its mirror")
+                held.close()
+                second.shutdown(socket.SHUT_WR)
+                self.assertEqual(h.read_outcome(second, 10), ("eof", payload))
+                second.close()
+                # The mirror got the waiting session's bytes, whole and in order.
+                self.assertTrue(h.wait_for(lambda: len(sink.conns) == 2 and sink.conns[1].done,
+                                           10))
+                self.assertEqual(bytes(sink.conns[1].data), payload)
+                self.assertEqual(g.metric("grelay_mirror_sessions_total", listener="one",
+                                          mirror="m"), 2)
+                # A session the queue resets never reaches the mirror.
+                held = self.hold(short)
+                end, data, _ = h.try_request(short, b"y", timeout=10)
+                self.assertEqual((end, data), ("reset", b""))
+                held.close()
+                self.assertEqual(g.metric("grelay_upstream_unavailable_total", listener="short"), 1)
+                self.assertEqual(len(sink.conns), 3)
+                self.assertEqual(g.metric("grelay_mirror_sessions_total", listener="short",
+                                          mirror="m"), 1)
+
     def test_backup_serves_when_every_other_server_fails(self):
         with h.RefusingPort() as d1, h.RefusingPort() as d2, h.EchoServer() as spare:
             cfg = h.Config()

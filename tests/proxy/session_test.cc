@@ -506,6 +506,45 @@ TEST_F(SessionTest, ASlotASessionReleasesGoesAtOnceToTheOldestWaiter) {
   EXPECT_EQ(pool_->queuedSessions(), 0);
 }
 
+TEST_F(SessionTest, AWaitingSessionConnectsItsMirrorsOnlyWithItsSlot) {
+  configure(1, 4 * kChunk, 1);
+  upstreamConfig_.servers[0].max_conns = 1;
+  upstreamConfig_.queue_timeout = std::chrono::milliseconds(100);
+  ASSERT_TRUE(pool_->acquire(0));
+  session_ = std::make_unique<Session>(host_, context_, kClientFd);
+  session_->start();
+  EXPECT_EQ(pool_->queuedSessions(), 1);
+  EXPECT_EQ(ring().pending(OpKind::Connect, 100), nullptr);  // no mirror connect yet
+  EXPECT_EQ(stats_->mirrors[0].sessions.value(), 0u);
+  pool_->release(0);
+  host_.advance(1'000'000);
+  // The slot taken: the primary (fd 100) and then the mirror (fd 101) connect.
+  FakeOp* primary = ring().pending(OpKind::Connect, 100);
+  ASSERT_NE(primary, nullptr);
+  EXPECT_EQ(primary->offset, 8000u);
+  FakeOp* mirror = ring().pending(OpKind::Connect, 101);
+  ASSERT_NE(mirror, nullptr);
+  EXPECT_EQ(mirror->offset, 9000u);
+  EXPECT_EQ(stats_->mirrors[0].sessions.value(), 1u);
+  ring().complete(primary, 0);
+  ring().complete(mirror, 0);
+  FakeOp* recv = ring().pendingReceive(kClientFd);
+  ASSERT_NE(recv, nullptr);
+  ring().receive(recv, "hello");
+  EXPECT_NE(ring().pending(OpKind::Send, 100), nullptr);
+  EXPECT_NE(ring().pending(OpKind::Send, 101), nullptr);
+  // A session the queue resets never reaches the mirror.
+  auto other = std::make_unique<Session>(host_, context_, kClientFd + 1);
+  other->start();
+  EXPECT_EQ(pool_->queuedSessions(), 1);
+  host_.advance(100'000'000);
+  EXPECT_TRUE(host_.sockets_.closed.at(kClientFd + 1));
+  EXPECT_EQ(stats_->mirrors[0].sessions.value(), 1u);
+  EXPECT_EQ(host_.sockets_.nextFd, 102);  // no socket opened for it
+  session_->abort();
+  ring().completeCancelled();
+}
+
 TEST_F(SessionTest, AFailedConnectMarksTheServerDownAndASuccessfulOneClearsIt) {
   configure(0, 4 * kChunk, 2);
   session_ = std::make_unique<Session>(host_, context_, kClientFd);

@@ -397,6 +397,29 @@ TEST_F(UpstreamPoolTest, AcquireStopsAtMaxConnsAcrossThreads) {
   }
 }
 
+TEST_F(UpstreamPoolTest, ANewSessionWouldWaitOnlyWithAQueueAndEveryServerFullOrOthersWaiting) {
+  UpstreamPool& pool = makePool(2);
+  config_.servers[0].max_conns = 1;
+  config_.servers[1].max_conns = 1;
+  const std::vector<uint32_t> both = {0, 1};
+  ASSERT_TRUE(pool.acquire(0));
+  ASSERT_TRUE(pool.acquire(1));
+  EXPECT_FALSE(pool.wouldWait(both));  // no queue_timeout: it would be reset, not wait
+  config_.queue_timeout = 1s;
+  EXPECT_TRUE(pool.wouldWait(both));
+  EXPECT_TRUE(pool.wouldWait({1}));
+  EXPECT_FALSE(pool.wouldWait({}));
+  pool.release(1);
+  EXPECT_FALSE(pool.wouldWait(both));
+  EXPECT_TRUE(pool.wouldWait({0}));
+  config_.servers[0].max_conns = 0;  // no limit: never full
+  EXPECT_FALSE(pool.wouldWait({0}));
+  ASSERT_TRUE(pool.enterQueue());  // others wait: a new session waits behind them
+  EXPECT_TRUE(pool.wouldWait(both));
+  pool.leaveQueue();
+  EXPECT_FALSE(pool.wouldWait(both));
+}
+
 TEST_F(UpstreamPoolTest, AReloadedPoolKeepsTheHealthOfTheServersItShares) {
   UpstreamPool& old = makePool(3, 2);
   EXPECT_FALSE(old.connectFailed(0, kStart));
