@@ -431,6 +431,11 @@ void Worker::beginDrain() {
     if (a->armed) {
       ring_->cancel(&a->done, nullptr);
     } else {
+      // Paused (EMFILE and the like): what waits in its queue is served with the drain
+      // too, as when an armed accept is cancelled.
+      if (a->fd >= 0 && !abortStarted_) {
+        acceptQueued(*a);
+      }
       closeAcceptor(*a);
     }
   }
