@@ -232,6 +232,10 @@ struct ListenerConfig {
   // Sessions one client address may have open on this listener (behind a PROXY header,
   // the address it carries); 0 = no limit.
   uint32_t max_connections_per_client = 0;
+  // New connections the listener accepts per second (all workers), spaced evenly with a
+  // burst of a tenth of a second's worth; the others wait in the kernel's accept queue.
+  // 0 = no limit.
+  uint32_t max_connection_rate = 0;
   // Clients (a load balancer) start every connection with a PROXY protocol header (v1 or
   // v2), read before TLS; its addresses replace the connection's. Within connect_timeout.
   bool accept_proxy_protocol = false;

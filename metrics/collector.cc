@@ -85,6 +85,7 @@ struct ListenerTotals {
   int64_t active = 0;
   std::array<uint64_t, kRejectLimitCount> rejected{};
   uint64_t denied = 0;
+  uint64_t rateLimited = 0;
   std::array<uint64_t, 2> receivedBytes{};
   uint64_t sentUpstreamBytes = 0;
   uint64_t sentClientBytes = 0;
@@ -136,6 +137,7 @@ void addTo(ListenerTotals& total, const ListenerStats& stats, const std::vector<
     total.rejected[r] += stats.rejected[r].value();
   }
   total.denied += stats.denied.value();
+  total.rateLimited += stats.rateLimited.value();
   for (size_t d = 0; d < total.receivedBytes.size(); ++d) {
     total.receivedBytes[d] += stats.receivedBytes[d].value();
   }
@@ -189,6 +191,7 @@ void addTotals(ListenerTotals& into, const ListenerTotals& from) {
     into.rejected[r] += from.rejected[r];
   }
   into.denied += from.denied;
+  into.rateLimited += from.rateLimited;
   for (size_t d = 0; d < into.receivedBytes.size(); ++d) {
     into.receivedBytes[d] += from.receivedBytes[d];
   }
@@ -453,6 +456,10 @@ std::vector<MetricFamily> StatsCollector::collectFrom(
                                "Per-listener limit on open client connections (listeners that "
                                "set max_connections).",
                                MetricType::Gauge);
+  auto& listenerRate = list.add("grelay_listener_max_connection_rate",
+                                "New client connections a listener accepts per second (listeners "
+                                "that set max_connection_rate).",
+                                MetricType::Gauge);
   auto& connections =
       list.add("grelay_connections_total", "Client connections accepted.", MetricType::Counter);
   auto& active =
@@ -466,6 +473,12 @@ std::vector<MetricFamily> StatsCollector::collectFrom(
                           "Client connections reset because the client address is outside "
                           "the listener's allow networks (listeners with allow).",
                           MetricType::Counter);
+  auto& rateLimited =
+      list.add("grelay_connections_rate_limited_total",
+               "Times a worker stopped accepting on the listener because max_connection_rate was "
+               "reached; the next connection waited in the accept queue (listeners with "
+               "max_connection_rate).",
+               MetricType::Counter);
   auto& received = list.add("grelay_received_bytes_total",
                             "Bytes received: direction=request from clients, direction=response "
                             "from upstream servers.",
@@ -652,6 +665,10 @@ std::vector<MetricFamily> StatsCollector::collectFrom(
     }
     if (!listener.allow.empty()) {
       sample(denied, {name}, asDouble(total.denied));
+    }
+    if (listener.max_connection_rate > 0) {
+      sample(listenerRate, {name}, listener.max_connection_rate);
+      sample(rateLimited, {name}, asDouble(total.rateLimited));
     }
     for (int d = kRequest; d <= kResponse; ++d) {
       sample(received, {name, {"direction", directionName(d)}}, asDouble(total.receivedBytes[d]));

@@ -129,10 +129,11 @@ struct ListenerStats {
   Gauge active;                                     // open sessions
   std::array<Counter, kRejectLimitCount> rejected;  // closed at once, by RejectLimit
   Counter denied;                                   // reset: the client is outside `allow`
-  std::array<Counter, 2> receivedBytes;             // by Direction
-  Counter sentUpstreamBytes;                        // to the primary (target = upstream pool name)
-  Counter sentClientBytes;                          // back to clients
-  std::array<Counter, kPathCount> chunks;           // by PathIndex
+  Counter rateLimited;                   // a worker paused its accepts: max_connection_rate reached
+  std::array<Counter, 2> receivedBytes;  // by Direction
+  Counter sentUpstreamBytes;             // to the primary (target = upstream pool name)
+  Counter sentClientBytes;               // back to clients
+  std::array<Counter, kPathCount> chunks;  // by PathIndex
   Counter upstreamConnectErrors;
   Counter upstreamMarkedDown;  // servers this listener's sessions marked down (max_fails)
   Counter upstreamServerFull;  // servers a session skipped because they were at max_conns

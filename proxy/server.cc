@@ -324,6 +324,13 @@ std::unique_ptr<Generation> buildGeneration(std::shared_ptr<const config::Config
           limit = previous->runtime->clientLimits[p];
           limit->setLimit(value);
         }
+        // So does the connection rate's pacing: a reload opens no fresh burst.
+        auto& rate = gen->runtime->acceptRates[l];
+        if (rate != nullptr && previous->runtime->acceptRates[p] != nullptr) {
+          const uint32_t value = rate->perSecond();
+          rate = previous->runtime->acceptRates[p];
+          rate->setRate(value, RateLimiter::defaultBurst(value));
+        }
         const auto& mirrors = cfg->listeners[l].mirrors;
         for (size_t m = 0; m < mirrors.size(); ++m) {
           for (size_t q = 0; q < before.mirrors.size(); ++q) {

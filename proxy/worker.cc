@@ -51,6 +51,9 @@ Runtime::Runtime(const config::Config& cfg)
     troubleLogs.push_back(std::make_unique<LogLimiter>());
     const uint32_t perClient = cfg.listeners[i].max_connections_per_client;
     clientLimits.push_back(perClient > 0 ? std::make_shared<ClientLimiter>(perClient) : nullptr);
+    const uint32_t rate = cfg.listeners[i].max_connection_rate;
+    acceptRates.push_back(
+        rate > 0 ? std::make_shared<RateLimiter>(rate, RateLimiter::defaultBurst(rate)) : nullptr);
     auto& logs = mirrorLogs.emplace_back();
     auto& health = mirrorHealth.emplace_back();
     for (size_t m = 0; m < cfg.listeners[i].mirrors.size(); ++m) {
@@ -97,6 +100,7 @@ Worker::Worker(Runtime& runtime, uint32_t index, metrics::WorkerStats& stats,
       a->context.splice = runtime.splice && pathIndex_ == metrics::kMainlinePath;
       a->context.connections = &runtime.listenerConnections[i];
       a->context.clientLimit = runtime.clientLimits[i].get();
+      a->rate = runtime.acceptRates[i].get();
       a->context.slotQueue = slotQueues_[cfg.listeners[i].upstream_index].get();
       for (auto& h : runtime.mirrorHealth[i]) {
         a->context.mirrorHealth.push_back(h.get());
@@ -319,6 +323,24 @@ void Worker::armAccept(Acceptor& a) {
   if (a.fd < 0 || a.armed || drainStarted_) {
     return;
   }
+  if (a.rate != nullptr) {
+    // Paced: one accept per token, taken before the accept is armed. Without one the
+    // next connections wait in the accept queue (SYN-ACKed by the kernel, not reset)
+    // until the token's time.
+    uint64_t at = 0;
+    if (!a.rate->take(now(), &at)) {
+      if (!a.ratePaused) {
+        a.ratePaused = true;
+        a.context.stats->rateLimited.inc();
+      }
+      a.retryAt = at;
+      return;
+    }
+    a.ratePaused = false;
+    a.armed = true;
+    ring_->accept(a.fd, &a.done);
+    return;
+  }
   a.armed = true;
   ring_->acceptMultishot(a.fd, &a.done);
 }
@@ -431,8 +453,8 @@ void Worker::beginDrain() {
     if (a->armed) {
       ring_->cancel(&a->done, nullptr);
     } else {
-      // Paused (EMFILE and the like): what waits in its queue is served with the drain
-      // too, as when an armed accept is cancelled.
+      // Paused (max_connection_rate, EMFILE): what waits in its queue is served with the
+      // drain too, as when an armed accept is cancelled.
       if (a->fd >= 0 && !abortStarted_) {
         acceptQueued(*a);
       }

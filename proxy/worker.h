@@ -14,6 +14,7 @@
 #include "metrics/stats.h"
 #include "proxy/client_limiter.h"
 #include "proxy/log.h"
+#include "proxy/rate_limiter.h"
 #include "proxy/session.h"
 #include "proxy/slot_queue.h"
 #include "proxy/sockets.h"
@@ -42,6 +43,7 @@ struct Runtime {
   std::vector<std::vector<std::unique_ptr<PeerHealth>>> mirrorHealth;  // [listener][mirror]
   std::vector<std::unique_ptr<LogLimiter>> troubleLogs;      // [listener]: TLS, PROXY protocol
   std::vector<std::shared_ptr<ClientLimiter>> clientLimits;  // [listener]; nullptr = no limit
+  std::vector<std::shared_ptr<RateLimiter>> acceptRates;     // [listener]; nullptr = no limit
   const TlsContexts* tls = nullptr;
   std::vector<int> accessLogFds;  // [listener]: the access log (O_APPEND, shared) or -1
   LogLimiter acceptErrorLog;
@@ -117,7 +119,9 @@ private:
     size_t index;
     int fd = -1;
     bool armed = false;
-    uint64_t retryAt = 0;  // re-arm no earlier than this after EMFILE and the like
+    uint64_t retryAt = 0;         // re-arm no earlier than this after EMFILE and the like
+    RateLimiter* rate = nullptr;  // max_connection_rate: one accept per token
+    bool ratePaused = false;      // waiting for a token (counted once per pause)
     ListenerContext context;
     relay::BoundCompletion<Acceptor, &Acceptor::onAccept> done;
   };

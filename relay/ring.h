@@ -49,6 +49,8 @@ public:
   virtual ~Ring() = default;
 
   virtual void acceptMultishot(int listenFd, Completion* c) = 0;
+  // One accept (a listener whose accepts are paced: max_connection_rate).
+  virtual void accept(int listenFd, Completion* c) = 0;
   // Multishot receive selecting buffers from provided-buffer group `group`.
   virtual void recvMultishot(int fd, uint16_t group, Completion* c) = 0;
   // Single receive of up to `len` bytes into a buffer selected from `group`.

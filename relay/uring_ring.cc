@@ -132,6 +132,12 @@ void UringRing::acceptMultishot(int listenFd, Completion* c) {
   io_uring_sqe_set_data64(s, tag(c));
 }
 
+void UringRing::accept(int listenFd, Completion* c) {
+  io_uring_sqe* s = sqe();
+  io_uring_prep_accept(s, listenFd, nullptr, nullptr, SOCK_NONBLOCK | SOCK_CLOEXEC);
+  io_uring_sqe_set_data64(s, tag(c));
+}
+
 void UringRing::recvMultishot(int fd, uint16_t group, Completion* c) {
   io_uring_sqe* s = sqe();
   io_uring_prep_recv_multishot(s, fd, nullptr, 0, 0);

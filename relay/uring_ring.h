@@ -20,6 +20,7 @@ public:
   ~UringRing() override;
 
   void acceptMultishot(int listenFd, Completion* c) override;
+  void accept(int listenFd, Completion* c) override;
   void recvMultishot(int fd, uint16_t group, Completion* c) override;
   void recvSelect(int fd, uint16_t group, uint32_t len, Completion* c) override;
   void recv(int fd, void* buf, uint32_t len, Completion* c) override;

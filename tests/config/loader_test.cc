@@ -230,6 +230,19 @@ TEST(LoaderTest, MaxConnectionsPerClientIsStored) {
   EXPECT_EQ(loadString(kValid, "t.toml").config->listeners[0].max_connections_per_client, 0u);
 }
 
+TEST(LoaderTest, MaxConnectionRateIsStoredAndBounded) {
+  LoadResult result = loadString(kValid + "max_connection_rate = 250\n", "t.toml");
+  ASSERT_TRUE(result.ok()) << result.errors[0].toString();
+  EXPECT_EQ(result.config->listeners[0].max_connection_rate, 250u);
+  EXPECT_EQ(loadString(kValid, "t.toml").config->listeners[0].max_connection_rate, 0u);
+  LoadResult tooHigh = loadString(kValid + "max_connection_rate = 1000001\n", "t.toml");
+  ASSERT_FALSE(tooHigh.ok());
+  EXPECT_NE(tooHigh.errors[0].toString().find("max_connection_rate"), std::string::npos)
+      << tooHigh.errors[0].toString();
+  EXPECT_FALSE(loadString(kValid + "max_connection_rate = -1\n", "t.toml").ok());
+  EXPECT_FALSE(loadString(kValid + "max_connection_rate = \"10/s\"\n", "t.toml").ok());
+}
+
 TEST(LoaderTest, UpstreamTlsTrueEnablesWithDefaults) {
   LoadResult result =
       loadString(lines({R"([upstream.app])", R"(servers = ["127.0.0.1:8000"])", R"(tls = true)"}) +

@@ -13,6 +13,8 @@
   soon as a session ends.
 - allow: a client outside the listener's networks is reset before anything connects,
   and counted; one inside is relayed.
+- max_connection_rate: connections past the rate wait in the accept queue and are served
+  in turn (none reset), across a reload and through a drain.
 """
 
 import re
@@ -207,6 +209,62 @@ class LimitTest(h.GrelayTest):
                 self.assertEqual(len(echo.conns), 1, "a denied client reaches no upstream")
                 self.assertIn("listener web: client 127.0.0.1:", g.log())
                 self.assertIn("is outside the listener's allow networks: reset", g.log())
+
+    def test_max_connection_rate_paces_accepts_and_resets_nobody(self):
+        with h.EchoServer() as echo:
+            cfg = h.Config()
+            cfg.upstream("echo", [echo.address])
+            port = cfg.listener("web", "echo", max_connection_rate=10)  # 100 ms apart
+            cfg.with_admin()
+
+            def burst(n):
+                """n connections at once, each sending its index; when each is echoed."""
+                conns = []
+                for i in range(n):
+                    c = h.connect(port)
+                    c.sendall(bytes([i]))
+                    conns.append(c)
+                t0 = time.monotonic()
+                served = []
+                for i, c in enumerate(conns):
+                    c.settimeout(10)
+                    self.assertEqual(c.recv(1), bytes([i]), f"connection {i} not served")
+                    served.append(time.monotonic() - t0)
+                    c.close()
+                return served
+
+            with h.Grelay(cfg) as g:
+                self.assertEqual(g.metric("grelay_listener_max_connection_rate", listener="web"),
+                                 10)
+                # 12 at once, burst 1 (a tenth of a second's worth, at least 1): the 12th is
+                # accepted no sooner than 1.1 s after the first, and none is reset.
+                served = burst(12)
+                self.assertGreaterEqual(max(served), 1.0, served)
+                self.assertEqual(len(echo.conns), 12)
+                self.assertEqual(g.metric("grelay_connections_total", listener="web"), 12)
+                self.assertEqual(g.metric("grelay_connections_rejected_total", listener="web",
+                                          limit="server"), 0)
+                self.assertGreater(g.metric("grelay_connections_rate_limited_total",
+                                            listener="web"), 0)
+                # A reload keeps the pacing (no fresh burst): 6 more still take 0.5 s.
+                g.send_signal(signal.SIGHUP)
+                self.assertTrue(h.wait_for(lambda: "SIGHUP: reloaded" in g.log(), 10), g.log())
+                served = burst(6)
+                self.assertGreaterEqual(max(served), 0.4, served)
+                self.assertEqual(len(echo.conns), 18)
+                # A drain serves the connections still waiting in the accept queue.
+                conns = []
+                for i in range(8):
+                    c = h.connect(port)
+                    c.sendall(bytes([i]))
+                    conns.append(c)
+                time.sleep(0.15)  # one or two accepted; the rest wait
+                g.send_signal(signal.SIGTERM)
+                for i, c in enumerate(conns):
+                    c.settimeout(10)
+                    self.assertEqual(c.recv(1), bytes([i]), f"connection {i} lost in the drain")
+                    c.close()
+                self.assertEqual(g.wait_exit(15), 0, g.log_tail())
 
     def test_max_connections_per_client(self):
         with h.EchoServer() as echo:

@@ -44,6 +44,7 @@ grelay_config_last_reload_successful 0
 grelay_config_generations 2
 grelay_max_connections 5000
 grelay_listener_max_connections{listener="api"} 100
+grelay_listener_max_connection_rate{listener="web"} 50
 grelay_connections_total{listener="web"} 11
 grelay_connections_total{listener="api"} 1111
 grelay_connections_active{listener="web"} 22
@@ -53,6 +54,7 @@ grelay_connections_rejected_total{listener="web",limit="client"} 275
 grelay_connections_rejected_total{listener="api",limit="server"} 1133
 grelay_connections_rejected_total{listener="api",limit="listener"} 1364
 grelay_connections_denied_total{listener="web"} 253
+grelay_connections_rate_limited_total{listener="web"} 308
 grelay_received_bytes_total{listener="web",direction="request"} 44
 grelay_received_bytes_total{listener="web",direction="response"} 55
 grelay_received_bytes_total{listener="api",direction="request"} 1144
@@ -428,7 +430,7 @@ TEST_F(AdminTest, EveryFamilyHasHelpAndTypeAndCountersEndInTotal) {
   for (const auto& s : expo.samples) {
     families.insert(testing::familyOf(s, expo));
   }
-  EXPECT_EQ(families.size(), 52u);  // 46 grelay_* and 6 process_*
+  EXPECT_EQ(families.size(), 54u);  // 48 grelay_* and 6 process_*
   for (const auto& family : families) {
     ASSERT_EQ(expo.type.count(family), 1u) << family;
     EXPECT_FALSE(expo.help.at(family).empty()) << family;
@@ -647,6 +649,8 @@ TEST(AdminWorkersTest, NoWorkersExposesZerosForEveryConfiguredSeries) {
       EXPECT_EQ(s.value, "5000");
     } else if (s.name == "grelay_listener_max_connections") {
       EXPECT_EQ(s.value, "100");
+    } else if (s.name == "grelay_listener_max_connection_rate") {
+      EXPECT_EQ(s.value, "50");
     } else {
       EXPECT_EQ(s.value, "0") << s.line;
     }

@@ -83,6 +83,7 @@ inline config::Config makeConfig(const config::Address& admin) {
   web.allow = {config::Network{}};  // the denied family for "web" (0.0.0.0/0)
   web.accept_proxy_protocol = true;
   web.max_connections_per_client = 4;  // the limit="client" series for "web"
+  web.max_connection_rate = 50;        // the rate families for "web"
   web.tap = config::TapConfig{};
   web.tap->path = "var/tap/web";
 
@@ -182,6 +183,7 @@ enum Base : uint64_t {
   kBaseRejectedClient = 25,
   kBaseQueued = 26,
   kBaseQueueing = 27,
+  kBaseRateLimited = 28,
 };
 
 inline void fillKnownValues(WorkerStats& stats, int worker) {
@@ -195,6 +197,7 @@ inline void fillKnownValues(WorkerStats& stats, int worker) {
     s.rejected[kListenerLimit].add(v(kBaseRejectedListener));
     s.rejected[kClientLimit].add(v(kBaseRejectedClient));
     s.denied.add(v(kBaseDenied));
+    s.rateLimited.add(v(kBaseRateLimited));
     s.receivedBytes[kRequest].add(v(kBaseReceivedRequest));
     s.receivedBytes[kResponse].add(v(kBaseReceivedResponse));
     s.sentUpstreamBytes.add(v(kBaseSentUpstream));

@@ -89,6 +89,7 @@ private:
 class FakeRing final : public relay::Ring {
 public:
   void acceptMultishot(int fd, relay::Completion* c) override { add({OpKind::Accept, fd}, c); }
+  void accept(int fd, relay::Completion* c) override { add({OpKind::Accept, fd}, c); }
   void recvMultishot(int fd, uint16_t group, relay::Completion* c) override {
     FakeOp op{OpKind::RecvMultishot, fd};
     op.group = group;
