@@ -203,6 +203,8 @@ struct Generation {
   // [listener] -> every socket of the listener (one or more per worker), owned by the
   // workers: what the next reload's generation inherits.
   std::vector<std::vector<int>> handover;
+  // [listener]: the previous generation's listener whose sockets this one took over, or -1.
+  std::vector<int> inheritedFrom;
   std::vector<std::vector<TapFile>> tapFiles;
   std::vector<std::unique_ptr<Worker>> workers;
   std::vector<std::thread> threads;
@@ -385,6 +387,7 @@ std::unique_ptr<Generation> buildGeneration(std::shared_ptr<const config::Config
         }
       }
     }
+    gen->inheritedFrom.push_back(inherited);
     if (inherited < 0) {
       if (int err = addressFree(l.listen); err < 0) {
         *error =
@@ -736,6 +739,11 @@ int runServer(config::Config initial, const relay::Features& features) {
       return;
     }
     dnsFailure.clear();
+    for (int from : gen->inheritedFrom) {
+      if (from >= 0) {
+        current->runtime->listenerHandedOver[static_cast<size_t>(from)].store(true);
+      }
+    }
     // The new generation accepts; the old one stops accepting and finishes its sessions.
     // Once its workers have let go of the listening sockets (about a ring round trip), a
     // connection can only go to the new one: the line logged below says so.

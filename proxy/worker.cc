@@ -41,13 +41,16 @@ uint8_t pathIndexOf(config::RelayPath path) {
 }  // namespace
 
 Runtime::Runtime(const config::Config& cfg)
-    : config(cfg), listenerConnections(new std::atomic<int64_t>[cfg.listeners.size()]) {
+    : config(cfg),
+      listenerConnections(new std::atomic<int64_t>[cfg.listeners.size()]),
+      listenerHandedOver(new std::atomic<bool>[cfg.listeners.size()]) {
   for (const auto& u : cfg.upstreams) {
     upstreams.push_back(std::make_unique<UpstreamPool>(u));
   }
   accessLogFds.assign(cfg.listeners.size(), -1);
   for (size_t i = 0; i < cfg.listeners.size(); ++i) {
     listenerConnections[i].store(0);
+    listenerHandedOver[i].store(false);
     troubleLogs.push_back(std::make_unique<LogLimiter>());
     const uint32_t perClient = cfg.listeners[i].max_connections_per_client;
     clientLimits.push_back(perClient > 0 ? std::make_shared<ClientLimiter>(perClient) : nullptr);
@@ -383,8 +386,17 @@ void Worker::acceptQueued(Acceptor& a) {
   // The drain cancelled the multishot accept. Accepts wait exclusively (EPOLLEXCLUSIVE):
   // a connection whose wake-up went to the request just cancelled waits in the queue and
   // wakes nobody else, not even the next generation's accept on the same socket after a
-  // reload. Take what is queued now and serve it with the rest of the drain.
+  // reload. Take what is queued now and serve it with the rest of the drain. A paced
+  // listener (max_connection_rate) whose socket a reload handed over takes the one
+  // connection whose wake-up the cancelled request may have had, and more only as the
+  // rate allows now: the next generation accepts the rest at the pace (each accept it
+  // arms tries the queue first).
+  const bool paced = a.rate != nullptr && runtime_.listenerHandedOver[a.index].load();
   for (int i = 0; i < kAcceptQueuedMax && !abortStarted_; ++i) {
+    uint64_t at = 0;
+    if (paced && i > 0 && !a.rate->take(now(), &at)) {
+      return;
+    }
     int fd = sockets_->acceptNow(a.fd);
     if (fd == -EINTR || fd == -ECONNABORTED) {
       continue;

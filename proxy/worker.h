@@ -39,6 +39,9 @@ struct Runtime {
   std::vector<std::unique_ptr<UpstreamPool>> upstreams;  // config order
   std::atomic<int64_t> connections{0};
   std::unique_ptr<std::atomic<int64_t>[]> listenerConnections;
+  // [listener]: a reload's new generation accepts from its sockets now (set before the
+  // drain), so what waits in their queues is not this generation's to take.
+  std::unique_ptr<std::atomic<bool>[]> listenerHandedOver;
   std::vector<std::vector<std::unique_ptr<LogLimiter>>> mirrorLogs;    // [listener][mirror]
   std::vector<std::vector<std::unique_ptr<PeerHealth>>> mirrorHealth;  // [listener][mirror]
   std::vector<std::unique_ptr<LogLimiter>> troubleLogs;      // [listener]: TLS, PROXY protocol

@@ -252,6 +252,27 @@ class LimitTest(h.GrelayTest):
                 served = burst(6)
                 self.assertGreaterEqual(max(served), 0.4, served)
                 self.assertEqual(len(echo.conns), 18)
+                # A reload while connections wait in the accept queue: the old generation
+                # stops accepting and the new one takes them at the same pace, rather than
+                # the old one taking the whole queue at once as it drains (each old
+                # acceptor may take one more: 14 connections, 9 or more at the pace).
+                conns = []
+                for i in range(14):
+                    c = h.connect(port)
+                    c.sendall(bytes([i]))
+                    conns.append(c)
+                t0 = time.monotonic()
+                time.sleep(0.15)
+                g.send_signal(signal.SIGHUP)
+                served = []
+                for i, c in enumerate(conns):
+                    c.settimeout(10)
+                    self.assertEqual(c.recv(1), bytes([i]), f"connection {i} not served")
+                    served.append(time.monotonic() - t0)
+                    c.close()
+                self.assertGreaterEqual(max(served), 0.8, served)
+                self.assertTrue(h.wait_for(lambda: g.log().count("SIGHUP: reloaded") == 2, 10))
+                self.assertEqual(len(echo.conns), 32)
                 # A drain serves the connections still waiting in the accept queue.
                 conns = []
                 for i in range(8):
