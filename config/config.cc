@@ -4,19 +4,100 @@
 
 #include <algorithm>
 #include <cstring>
+#include <iterator>
 
 namespace grelay::config {
 
-bool admits(const std::vector<Network>& networks, const sockaddr_storage& address) {
-  if (networks.empty()) {
-    return true;
+bool admits(const NetworkSet& networks, const sockaddr_storage& address) {
+  return networks.empty() || networks.contains(address);
+}
+
+namespace {
+
+uint64_t bigEndian64(const uint8_t* p) {
+  uint64_t v = 0;
+  for (int i = 0; i < 8; ++i) {
+    v = (v << 8) | p[i];
   }
-  for (const Network& network : networks) {
-    if (network.contains(address)) {
-      return true;
+  return v;
+}
+
+// The host-bit mask of a prefix within one 64-bit half that starts at bit `offset`.
+uint64_t hostMask(uint32_t prefix, uint32_t offset) {
+  if (prefix <= offset) {
+    return ~uint64_t{0};
+  }
+  if (prefix >= offset + 64) {
+    return 0;
+  }
+  return ~uint64_t{0} >> (prefix - offset);
+}
+
+// Sorts [first, last] ranges and merges those that overlap or touch.
+template <typename T>
+void mergeRanges(std::vector<std::pair<T, T>>& ranges, T (*next)(const T&),
+                 bool (*isMax)(const T&)) {
+  std::sort(ranges.begin(), ranges.end());
+  size_t out = 0;
+  for (size_t i = 0; i < ranges.size(); ++i) {
+    if (out > 0 &&
+        (isMax(ranges[out - 1].second) || ranges[i].first <= next(ranges[out - 1].second))) {
+      ranges[out - 1].second = std::max(ranges[out - 1].second, ranges[i].second);
+      continue;
+    }
+    ranges[out++] = ranges[i];
+  }
+  ranges.resize(out);
+}
+
+}  // namespace
+
+NetworkSet::NetworkSet(std::vector<Network> networks) : networks_(std::move(networks)) {
+  for (const Network& n : networks_) {
+    if (n.family == AF_INET) {
+      const uint32_t base = (uint32_t{n.bytes[0]} << 24) | (uint32_t{n.bytes[1]} << 16) |
+                            (uint32_t{n.bytes[2]} << 8) | n.bytes[3];
+      const uint32_t host = n.prefix >= 32 ? 0 : ~uint32_t{0} >> n.prefix;
+      v4_.emplace_back(base & ~host, base | host);
+    } else {
+      const Key base{bigEndian64(n.bytes.data()), bigEndian64(n.bytes.data() + 8)};
+      const uint64_t hiHost = hostMask(n.prefix, 0);
+      const uint64_t loHost = hostMask(n.prefix, 64);
+      v6_.emplace_back(Key{base.hi & ~hiHost, base.lo & ~loHost},
+                       Key{base.hi | hiHost, base.lo | loHost});
     }
   }
-  return false;
+  mergeRanges<uint32_t>(
+      v4_, +[](const uint32_t& v) { return v + 1; },
+      +[](const uint32_t& v) { return v == ~uint32_t{0}; });
+  mergeRanges<Key>(
+      v6_,
+      +[](const Key& k) {
+        return k.lo == ~uint64_t{0} ? Key{k.hi + 1, 0} : Key{k.hi, k.lo + 1};
+      },
+      +[](const Key& k) { return k.hi == ~uint64_t{0} && k.lo == ~uint64_t{0}; });
+}
+
+bool NetworkSet::contains(const sockaddr_storage& address) const {
+  auto within = [](const auto& ranges, const auto& key) {
+    // The last range starting at or before `key`, if it reaches it.
+    auto it = std::upper_bound(ranges.begin(), ranges.end(), key,
+                               [](const auto& k, const auto& r) { return k < r.first; });
+    return it != ranges.begin() && key <= std::prev(it)->second;
+  };
+  if (address.ss_family == AF_INET) {
+    return within(v4_, ntohl(reinterpret_cast<const sockaddr_in&>(address).sin_addr.s_addr));
+  }
+  if (address.ss_family != AF_INET6) {
+    return false;
+  }
+  const in6_addr& a6 = reinterpret_cast<const sockaddr_in6&>(address).sin6_addr;
+  if (IN6_IS_ADDR_V4MAPPED(&a6)) {
+    const uint8_t* b = a6.s6_addr + 12;
+    return within(v4_,
+                  (uint32_t{b[0]} << 24) | (uint32_t{b[1]} << 16) | (uint32_t{b[2]} << 8) | b[3]);
+  }
+  return within(v6_, Key{bigEndian64(a6.s6_addr), bigEndian64(a6.s6_addr + 8)});
 }
 
 std::string formatEndpoint(const sockaddr_storage& address) {

@@ -9,8 +9,10 @@
 
 #include <array>
 #include <chrono>
+#include <compare>
 #include <cstdint>
 #include <cstring>
+#include <initializer_list>
 #include <optional>
 #include <string>
 #include <vector>
@@ -55,9 +57,43 @@ struct Network {
   bool contains(const sockaddr_storage& address) const;
 };
 
+// A list of networks (allow, proxy_protocol_from) as written, indexed so that a lookup is a
+// binary search over the address ranges they cover (merged, per family) rather than a scan
+// of every network: an allow list of thousands of ranges costs an accept no more than a
+// handful of compares.
+class NetworkSet {
+public:
+  NetworkSet() = default;
+  NetworkSet(std::initializer_list<Network> networks)
+      : NetworkSet(std::vector<Network>(networks)) {}
+  explicit NetworkSet(std::vector<Network> networks);
+
+  // Whether one of the networks holds `address` (as Network::contains: an IPv4-mapped IPv6
+  // address counts as the IPv4 address and matches IPv4 networks only).
+  bool contains(const sockaddr_storage& address) const;
+
+  bool empty() const { return networks_.empty(); }
+  size_t size() const { return networks_.size(); }
+  const Network& operator[](size_t i) const { return networks_[i]; }
+  std::vector<Network>::const_iterator begin() const { return networks_.begin(); }
+  std::vector<Network>::const_iterator end() const { return networks_.end(); }
+  // Disjoint ranges the index holds, per family (tests: overlapping networks merge).
+  size_t rangeCount() const { return v4_.size() + v6_.size(); }
+
+private:
+  struct Key {  // an IPv6 address as a 128-bit number
+    uint64_t hi = 0;
+    uint64_t lo = 0;
+    auto operator<=>(const Key&) const = default;
+  };
+  std::vector<Network> networks_;
+  std::vector<std::pair<uint32_t, uint32_t>> v4_;  // [first, last], sorted, disjoint
+  std::vector<std::pair<Key, Key>> v6_;
+};
+
 // Whether a list of networks (allow, proxy_protocol_from) lets `address` in: an empty list
 // lets everyone in.
-bool admits(const std::vector<Network>& networks, const sockaddr_storage& address);
+bool admits(const NetworkSet& networks, const sockaddr_storage& address);
 
 // "10.0.0.5:8080", "[fd00::5]:8080" ("?" for another family).
 std::string formatEndpoint(const sockaddr_storage& address);
@@ -242,10 +278,10 @@ struct ListenerConfig {
   // With accept_proxy_protocol: the peers allowed to send a header (the load balancers).
   // A connection from anywhere else is reset before a byte is read, as a header could
   // claim any client address. Empty = any peer.
-  std::vector<Network> proxy_protocol_from;
+  NetworkSet proxy_protocol_from;
   // The client addresses (behind a PROXY header, the one it carries) allowed to use the
   // listener; any other client is reset before TLS or any upstream connect. Empty = all.
-  std::vector<Network> allow;
+  NetworkSet allow;
   std::string access_log;  // a file getting one JSON line per finished session; "" = none
   std::optional<ListenerTlsConfig> tls;
   std::vector<MirrorConfig> mirrors;

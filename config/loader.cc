@@ -317,8 +317,8 @@ private:
   }
 
   // A non-empty array of networks ("10.0.0.0/8", "192.0.2.7", "fd00::/8").
-  Reader networks(std::vector<Network>* out, std::string whenAbsent) {
-    return [this, out, whenAbsent](std::string_view key, const toml::node& node) {
+  Reader networks(NetworkSet* set, std::string whenAbsent) {
+    return [this, set, whenAbsent](std::string_view key, const toml::node& node) {
       const toml::array* array = node.as_array();
       if (array == nullptr)
         return typeError(key, node, "an array of networks like [\"10.0.0.0/8\"]");
@@ -327,6 +327,7 @@ private:
         return false;
       }
       bool ok = true;
+      std::vector<Network> list;
       for (const toml::node& item : *array) {
         const auto* text = item.as_string();
         if (text == nullptr) {
@@ -341,8 +342,9 @@ private:
           ok = false;
           continue;
         }
-        out->push_back(std::move(*network));
+        list.push_back(std::move(*network));
       }
+      *set = NetworkSet(std::move(list));
       return ok;
     };
   }
