@@ -182,14 +182,17 @@ std::map<int, std::shared_ptr<const AdminInputs>>& probeSites() {
 }
 
 // GET/HEAD /ready and /healthz, answered before prometheus-cpp's handlers see the
-// request; every other request is left to them (0).
+// request; every other request is left to them (0). So is /metrics, except in the moment
+// between civetweb's listening and the registration of its handler, when it would say
+// 404: a scrape then learns the server is starting (503) rather than that it has no
+// metrics.
 int answerProbe(mg_connection* conn) {
   const mg_request_info* request = mg_get_request_info(conn);
   if (request == nullptr || request->local_uri == nullptr) {
     return 0;
   }
   const std::string path = request->local_uri;
-  if (path != "/ready" && path != "/healthz") {
+  if (path != "/ready" && path != "/healthz" && path != "/metrics") {
     return 0;
   }
   std::shared_ptr<const AdminInputs> inputs;
@@ -199,6 +202,9 @@ int answerProbe(mg_connection* conn) {
     if (it != probeSites().end()) {
       inputs = it->second;
     }
+  }
+  if (path == "/metrics" && inputs != nullptr) {
+    return 0;  // registered (the site is added after the handler)
   }
   const std::string method = request->request_method != nullptr ? request->request_method : "";
   ProbeAnswer answer;

@@ -50,6 +50,7 @@ import tempfile
 import threading
 import time
 import unittest
+import urllib.error
 import urllib.request
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -479,12 +480,24 @@ class Grelay:
                 self.exit_code = code
                 raise GrelayError(f"grelay exited with {code} before listening\n" + self.log_tail())
             mine = _socket_inodes(self.proc.pid)
-            if all(_listening_inodes(port) & mine for _, port in self.addresses):
+            if all(_listening_inodes(port) & mine for _, port in self.addresses) and \
+                    self._metrics_served():
                 return
             if time.monotonic() > deadline:
                 raise GrelayError(f"grelay not listening on {self.addresses} after "
                                   f"{self.ready_timeout}s\n" + self.log_tail())
             time.sleep(0.02)
+
+    def _metrics_served(self) -> bool:
+        """No admin port, or its /metrics answers (the port listens a moment before it
+        does: grelay says 503 meanwhile)."""
+        if self.admin_port is None:
+            return True
+        try:
+            scrape_metrics(self.admin_port, timeout=2.0)
+            return True
+        except (urllib.error.URLError, OSError):
+            return False
 
     def __enter__(self) -> "Grelay":
         return self.start()
