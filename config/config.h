@@ -127,6 +127,9 @@ struct ServerConfig {
 
 struct AdminConfig {
   std::optional<Address> listen;  // GET /metrics; absent = no admin endpoint
+  // GET /healthz fails once a loop (a worker's, the main thread's) has not gone round for
+  // this long.
+  Duration stall_timeout{10'000};
 };
 
 struct UpstreamTlsConfig {

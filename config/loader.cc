@@ -580,7 +580,9 @@ private:
 
   void readAdmin(const toml::table& table) {
     Address listen;
-    readTable(table, "in [admin]", {{"listen", listenAddress(&listen)}});
+    readTable(table, "in [admin]",
+              {{"listen", listenAddress(&listen)},
+               {"stall_timeout", duration(&config_.admin.stall_timeout, 2s, 1h)}});
     if (table.get("listen"))
       config_.admin.listen = std::move(listen);
   }

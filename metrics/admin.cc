@@ -115,14 +115,16 @@ std::string stalledLoop(const AdminInputs& inputs, uint64_t now) {
              static_cast<double>(ago) / 1e9);
     return std::string(line);
   };
-  if (const Liveness* live = livenessOf(inputs); live != nullptr) {
-    if (const uint64_t ago = sinceBeat(live->mainBeat.load(), now); ago > kStalledAfterNanos) {
+  const Liveness* live = livenessOf(inputs);
+  const uint64_t limit = live != nullptr ? live->stallNanos.load() : kStalledAfterNanos;
+  if (live != nullptr) {
+    if (const uint64_t ago = sinceBeat(live->mainBeat.load(), now); ago > limit) {
       return stalled("the main thread", ago);
     }
   }
   auto check = [&](const std::vector<const WorkerStats*>& workers, const char* generation) {
     for (size_t i = 0; i < workers.size(); ++i) {
-      if (const uint64_t ago = sinceBeat(workers[i]->beat.load(), now); ago > kStalledAfterNanos) {
+      if (const uint64_t ago = sinceBeat(workers[i]->beat.load(), now); ago > limit) {
         const std::string what = "worker " + std::to_string(i) + generation;
         return stalled(what.c_str(), ago);
       }

@@ -83,7 +83,8 @@ struct AdminInputs {
 };
 
 // A heartbeat older than this fails GET /healthz: a loop that stopped going round (a
-// worker's event loop waits at most 1s; the main loop 100ms).
+// worker's event loop waits at most 1s; the main loop 100ms). [admin] stall_timeout,
+// through Liveness::stallNanos; this without a Liveness.
 inline constexpr uint64_t kStalledAfterNanos = 10'000'000'000ull;
 
 // The answer to a probe: GET /ready (200 while serving; 503 while starting, stopping or

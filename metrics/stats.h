@@ -204,6 +204,9 @@ enum class Serving : int { kStarting = 0, kReady = 1, kStopping = 2 };
 struct Liveness {
   std::atomic<Serving> serving{Serving::kStarting};
   std::atomic<uint64_t> mainBeat{0};  // the main loop's heartbeat (signals, reloads, DNS)
+  // [admin] stall_timeout of the running configuration: a heartbeat older than this fails
+  // GET /healthz (and /ready).
+  std::atomic<uint64_t> stallNanos{10'000'000'000ull};
 };
 
 struct ReloadStats {

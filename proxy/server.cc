@@ -657,6 +657,7 @@ int runServer(config::Config initial, const relay::Features& features) {
     registry.add(gen.config, std::move(ws), config::toString(gen.path), std::move(us));
   };
   publish(*current);
+  registry.liveness().stallNanos.store(nanos(cfg->admin.stall_timeout));
 
   std::unique_ptr<metrics::AdminServer> admin;
   if (cfg->admin.listen) {
@@ -753,6 +754,7 @@ int runServer(config::Config initial, const relay::Features& features) {
     }
     old.push_back(std::move(current));
     current = std::move(gen);
+    registry.liveness().stallNanos.store(nanos(current->config->admin.stall_timeout));
     reloads.ok[why].inc();
     reloads.lastOk.set(1);
     reloads.generations.set(static_cast<int64_t>(1 + old.size()));

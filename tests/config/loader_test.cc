@@ -230,6 +230,18 @@ TEST(LoaderTest, MaxConnectionsPerClientIsStored) {
   EXPECT_EQ(loadString(kValid, "t.toml").config->listeners[0].max_connections_per_client, 0u);
 }
 
+TEST(LoaderTest, AdminStallTimeoutIsStoredAndBounded) {
+  EXPECT_EQ(loadString(kValid, "t.toml").config->admin.stall_timeout, Duration(10'000));
+  LoadResult result = loadString(
+      "[admin]\nlisten = \"127.0.0.1:9100\"\nstall_timeout = \"30s\"\n" + kValid, "t.toml");
+  ASSERT_TRUE(result.ok()) << result.errors[0].toString();
+  EXPECT_EQ(result.config->admin.stall_timeout, Duration(30'000));
+  LoadResult tooShort = loadString("[admin]\nstall_timeout = \"1s\"\n" + kValid, "t.toml");
+  ASSERT_FALSE(tooShort.ok());
+  EXPECT_NE(tooShort.errors[0].toString().find("stall_timeout"), std::string::npos)
+      << tooShort.errors[0].toString();
+}
+
 TEST(LoaderTest, MaxConnectionRateIsStoredAndBounded) {
   LoadResult result = loadString(kValid + "max_connection_rate = 250\n", "t.toml");
   ASSERT_TRUE(result.ok()) << result.errors[0].toString();

@@ -802,7 +802,14 @@ TEST_F(AdminTest, ReadyFollowsTheServingStateAndHealthzOnlyStalls) {
   workers_[0]->beat = now;
   live.mainBeat = now - 11'000'000'000ull;
   EXPECT_EQ(healthz(), "503 stalled: the main thread has not gone round its loop for 11.0s\n");
+  // [admin] stall_timeout moves the threshold: 11s is within 30s, 3.5s is past 3s.
+  live.stallNanos = 30'000'000'000ull;
+  EXPECT_EQ(healthz(), "200 ok\n");
+  live.stallNanos = 3'000'000'000ull;
   live.mainBeat = now;
+  workers_[0]->beat = now - 3'500'000'000ull;
+  EXPECT_EQ(healthz(), "503 stalled: worker 0 has not gone round its loop for 3.5s\n");
+  workers_[0]->beat = now;
   // SIGTERM: alive, but no longer taking new clients.
   live.serving = Serving::kStopping;
   EXPECT_EQ(ready(), "503 stopping\n");
