@@ -217,14 +217,17 @@ class LimitTest(h.GrelayTest):
             port = cfg.listener("web", "echo", max_connection_rate=10)  # 100 ms apart
             cfg.with_admin()
 
-            def burst(n):
-                """n connections at once, each sending its index; when each is echoed."""
+            def burst(n, meanwhile=None):
+                """n connections at once, each sending its index, then `meanwhile()` (if
+                any); how long after they were opened each was echoed."""
                 conns = []
                 for i in range(n):
                     c = h.connect(port)
                     c.sendall(bytes([i]))
                     conns.append(c)
                 t0 = time.monotonic()
+                if meanwhile is not None:
+                    meanwhile()
                 served = []
                 for i, c in enumerate(conns):
                     c.settimeout(10)
@@ -256,35 +259,16 @@ class LimitTest(h.GrelayTest):
                 # stops accepting and the new one takes them at the same pace, rather than
                 # the old one taking the whole queue at once as it drains (each old
                 # acceptor may take one more: 14 connections, 9 or more at the pace).
-                conns = []
-                for i in range(14):
-                    c = h.connect(port)
-                    c.sendall(bytes([i]))
-                    conns.append(c)
-                t0 = time.monotonic()
-                time.sleep(0.15)
-                g.send_signal(signal.SIGHUP)
-                served = []
-                for i, c in enumerate(conns):
-                    c.settimeout(10)
-                    self.assertEqual(c.recv(1), bytes([i]), f"connection {i} not served")
-                    served.append(time.monotonic() - t0)
-                    c.close()
+                def signal_soon(sig):
+                    time.sleep(0.15)  # one or two accepted; the rest wait
+                    g.send_signal(sig)
+
+                served = burst(14, lambda: signal_soon(signal.SIGHUP))
                 self.assertGreaterEqual(max(served), 0.8, served)
                 self.assertTrue(h.wait_for(lambda: g.log().count("SIGHUP: reloaded") == 2, 10))
                 self.assertEqual(len(echo.conns), 32)
                 # A drain serves the connections still waiting in the accept queue.
-                conns = []
-                for i in range(8):
-                    c = h.connect(port)
-                    c.sendall(bytes([i]))
-                    conns.append(c)
-                time.sleep(0.15)  # one or two accepted; the rest wait
-                g.send_signal(signal.SIGTERM)
-                for i, c in enumerate(conns):
-                    c.settimeout(10)
-                    self.assertEqual(c.recv(1), bytes([i]), f"connection {i} lost in the drain")
-                    c.close()
+                burst(8, lambda: signal_soon(signal.SIGTERM))
                 self.assertEqual(g.wait_exit(15), 0, g.log_tail())
 
     def test_max_connections_per_client(self):
