@@ -121,6 +121,15 @@ protected:
     context_.slotQueue = &slotQueue_;
   }
 
+  // One server with max_conns = 1 whose slot another session holds, and a queue_timeout
+  // of 100 ms: the next session waits.
+  void fillTheOnlyServer(size_t mirrors = 0) {
+    configure(mirrors, 4 * kChunk, 1);
+    upstreamConfig_.servers[0].max_conns = 1;
+    upstreamConfig_.queue_timeout = std::chrono::milliseconds(100);
+    ASSERT_TRUE(pool_->acquire(0));
+  }
+
   // Starts a session and connects its primary (fd 100 + mirrors first).
   Session& startConnected() {
     session_ = std::make_unique<Session>(host_, context_, kClientFd);
@@ -369,10 +378,7 @@ TEST_F(SessionTest, WithQueueTimeoutASessionWaitsForASlotThenConnects) {
 }
 
 TEST_F(SessionTest, AQueuedSessionIsResetAtQueueTimeoutAndOnAbort) {
-  configure(0, 4 * kChunk, 1);
-  upstreamConfig_.servers[0].max_conns = 1;
-  upstreamConfig_.queue_timeout = std::chrono::milliseconds(100);
-  ASSERT_TRUE(pool_->acquire(0));
+  fillTheOnlyServer();
   session_ = std::make_unique<Session>(host_, context_, kClientFd);
   session_->start();
   EXPECT_EQ(stats_->upstreamQueueing.value(), 1);
@@ -401,11 +407,8 @@ TEST_F(SessionTest, AQueuedSessionIsResetAtQueueTimeoutAndOnAbort) {
 }
 
 TEST_F(SessionTest, MaxQueueResetsASessionWhenEnoughAreWaiting) {
-  configure(0, 4 * kChunk, 1);
-  upstreamConfig_.servers[0].max_conns = 1;
-  upstreamConfig_.queue_timeout = std::chrono::milliseconds(100);
+  fillTheOnlyServer();
   upstreamConfig_.max_queue = 1;
-  ASSERT_TRUE(pool_->acquire(0));
   auto waiting = std::make_unique<Session>(host_, context_, kClientFd);
   waiting->start();
   EXPECT_EQ(pool_->queuedSessions(), 1);
@@ -430,10 +433,7 @@ TEST_F(SessionTest, MaxQueueResetsASessionWhenEnoughAreWaiting) {
 }
 
 TEST_F(SessionTest, ANewSessionWaitsBehindTheQueueRatherThanTakeAFreedSlot) {
-  configure(0, 4 * kChunk, 1);
-  upstreamConfig_.servers[0].max_conns = 1;
-  upstreamConfig_.queue_timeout = std::chrono::milliseconds(100);
-  ASSERT_TRUE(pool_->acquire(0));
+  fillTheOnlyServer();
   auto waiting = std::make_unique<Session>(host_, context_, kClientFd);
   waiting->start();
   host_.advance(20'000'000);  // it now looks every 5 ms
@@ -507,10 +507,7 @@ TEST_F(SessionTest, ASlotASessionReleasesGoesAtOnceToTheOldestWaiter) {
 }
 
 TEST_F(SessionTest, AWaitingSessionConnectsItsMirrorsOnlyWithItsSlot) {
-  configure(1, 4 * kChunk, 1);
-  upstreamConfig_.servers[0].max_conns = 1;
-  upstreamConfig_.queue_timeout = std::chrono::milliseconds(100);
-  ASSERT_TRUE(pool_->acquire(0));
+  fillTheOnlyServer(1);
   session_ = std::make_unique<Session>(host_, context_, kClientFd);
   session_->start();
   EXPECT_EQ(pool_->queuedSessions(), 1);
