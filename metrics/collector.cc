@@ -100,6 +100,7 @@ struct ListenerTotals {
   uint64_t resets = 0;
   HistogramTotals<kConnectBuckets> connectDuration;
   HistogramTotals<kSessionBuckets> sessionDuration;
+  HistogramTotals<kSessionBuckets> queueDuration;
   std::vector<MirrorTotals> mirrors;
   uint64_t tapBytes = 0;
   uint64_t tapDroppedBytes = 0;
@@ -156,6 +157,7 @@ void addTo(ListenerTotals& total, const ListenerStats& stats, const std::vector<
   total.resets += stats.resets.value();
   total.connectDuration.add(stats.connectDuration);
   total.sessionDuration.add(stats.sessionDuration);
+  total.queueDuration.add(stats.queueDuration);
   for (size_t m = 0; m < stats.mirrors.size() && m < mirrorMap.size(); ++m) {
     if (mirrorMap[m] < 0) {
       continue;
@@ -210,6 +212,7 @@ void addTotals(ListenerTotals& into, const ListenerTotals& from) {
   into.resets += from.resets;
   into.connectDuration.add(from.connectDuration);
   into.sessionDuration.add(from.sessionDuration);
+  into.queueDuration.add(from.queueDuration);
   into.tapBytes += from.tapBytes;
   into.tapDroppedBytes += from.tapDroppedBytes;
   into.tapErrors += from.tapErrors;
@@ -524,6 +527,12 @@ std::vector<MetricFamily> StatsCollector::collectFrom(
   auto& connectDuration = list.add("grelay_upstream_connect_duration_seconds",
                                    "Time to connect to an upstream server (successful connects).",
                                    MetricType::Histogram);
+  auto& queueDuration =
+      list.add("grelay_upstream_queue_duration_seconds",
+               "Time a session waited for a free slot because every server was at max_conns, "
+               "observed as each wait ends: with a slot, at queue_timeout or when the session "
+               "ends (pools with max_conns and queue_timeout).",
+               MetricType::Histogram);
   auto& sessionDuration = list.add("grelay_session_duration_seconds",
                                    "Length of client sessions from accept to close, observed "
                                    "as they close (the connections grelay_connections_total "
@@ -696,6 +705,9 @@ std::vector<MetricFamily> StatsCollector::collectFrom(
       if (pool.queue_timeout.count() > 0) {
         sample(queued, {name, upstream}, asDouble(total.upstreamQueued));
         sample(queueing, {name, upstream}, static_cast<double>(total.upstreamQueueing));
+        ClientMetric& metric = queueDuration.metric.emplace_back();
+        metric.label = {name, upstream};
+        total.queueDuration.emit(metric);
       }
     }
     sample(unavailable, {name}, asDouble(total.noUpstream));

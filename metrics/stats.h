@@ -135,11 +135,12 @@ struct ListenerStats {
   Counter sentClientBytes;               // back to clients
   std::array<Counter, kPathCount> chunks;  // by PathIndex
   Counter upstreamConnectErrors;
-  Counter upstreamMarkedDown;  // servers this listener's sessions marked down (max_fails)
-  Counter upstreamServerFull;  // servers a session skipped because they were at max_conns
-  Counter upstreamQueued;      // sessions that waited for a slot (queue_timeout)
-  Gauge upstreamQueueing;      // sessions waiting for a slot now
-  Counter noUpstream;          // sessions closed because every server failed
+  Counter upstreamMarkedDown;      // servers this listener's sessions marked down (max_fails)
+  Counter upstreamServerFull;      // servers a session skipped because they were at max_conns
+  Counter upstreamQueued;          // sessions that waited for a slot (queue_timeout)
+  Gauge upstreamQueueing;          // sessions waiting for a slot now
+  SessionHistogram queueDuration;  // each wait for a slot, observed as it ends
+  Counter noUpstream;              // sessions closed because every server failed
   Counter idleTimeouts;
   Counter resets;  // sessions ended by a reset (either side)
   ConnectHistogram connectDuration;

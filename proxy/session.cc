@@ -1212,6 +1212,7 @@ bool Session::waitForSlot() {
   serverAttempt_ = 0;
   if (!queued_) {  // first, or again after a slot's connect failed (it keeps its turn)
     queued_ = true;
+    waitStart_ = now;
     stats().upstreamQueueing.inc();
     if (listener_.slotQueue != nullptr) {
       listener_.slotQueue->push(*this, waitedBefore);
@@ -1244,7 +1245,9 @@ void Session::leaveQueue() {
     if (listener_.slotQueue != nullptr) {
       listener_.slotQueue->remove(*this);  // the next one looks at once
     }
-    queueNanos_ = host_.now() - queueStart_;
+    const uint64_t now = host_.now();
+    queueNanos_ = now - queueStart_;
+    stats().queueDuration.observe(static_cast<double>(now - waitStart_) / 1e9);
     listener_.upstream->leaveQueue();
     stats().upstreamQueueing.dec();
   }

@@ -422,6 +422,7 @@ private:
   uint64_t queueDeadline_ = 0;
   uint64_t queueStart_ = 0;    // when it first found every server full (access log)
   uint64_t queueNanos_ = 0;    // from then until it last stopped waiting
+  uint64_t waitStart_ = 0;     // when the current wait began (the queue duration histogram)
   int64_t connectNanos_ = -1;  // the successful upstream TCP connect (access log)
   uint64_t retryAt_ = 0;
   uint64_t retryDelay_ = 0;

@@ -306,6 +306,11 @@ class UpstreamRefusedTest(h.GrelayTest):
                 second.close()
                 self.assertEqual(waiting("one"), 0)
                 self.assertEqual(g.metric("grelay_upstream_unavailable_total", listener="one"), 0)
+                # The wait is in the histogram, once.
+                self.assertEqual(g.metric("grelay_upstream_queue_duration_seconds_count",
+                                          listener="one"), 1)
+                self.assertGreaterEqual(g.metric("grelay_upstream_queue_duration_seconds_sum",
+                                                 listener="one"), 0.3)
                 # The access log tells how long each session waited for its slot.
                 self.assertTrue(h.wait_for(lambda: len(read_lines(access_log)) == 2, 5))
                 waited = sorted(line["queue"] for line in read_lines(access_log))

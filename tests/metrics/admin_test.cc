@@ -126,6 +126,24 @@ grelay_upstream_connect_duration_seconds_bucket{listener="api",upstream="secure_
 grelay_upstream_connect_duration_seconds_bucket{listener="api",upstream="secure_api",le="5"} 6
 grelay_upstream_connect_duration_seconds_bucket{listener="api",upstream="secure_api",le="10"} 6
 grelay_upstream_connect_duration_seconds_bucket{listener="api",upstream="secure_api",le="+Inf"} 7
+grelay_upstream_queue_duration_seconds_count{listener="web",upstream="app"} 3
+grelay_upstream_queue_duration_seconds_sum{listener="web",upstream="app"} 17.0004
+grelay_upstream_queue_duration_seconds_bucket{listener="web",upstream="app",le="0.001"} 1
+grelay_upstream_queue_duration_seconds_bucket{listener="web",upstream="app",le="0.005"} 1
+grelay_upstream_queue_duration_seconds_bucket{listener="web",upstream="app",le="0.01"} 1
+grelay_upstream_queue_duration_seconds_bucket{listener="web",upstream="app",le="0.05"} 1
+grelay_upstream_queue_duration_seconds_bucket{listener="web",upstream="app",le="0.1"} 1
+grelay_upstream_queue_duration_seconds_bucket{listener="web",upstream="app",le="0.5"} 1
+grelay_upstream_queue_duration_seconds_bucket{listener="web",upstream="app",le="1"} 1
+grelay_upstream_queue_duration_seconds_bucket{listener="web",upstream="app",le="5"} 2
+grelay_upstream_queue_duration_seconds_bucket{listener="web",upstream="app",le="10"} 2
+grelay_upstream_queue_duration_seconds_bucket{listener="web",upstream="app",le="30"} 3
+grelay_upstream_queue_duration_seconds_bucket{listener="web",upstream="app",le="60"} 3
+grelay_upstream_queue_duration_seconds_bucket{listener="web",upstream="app",le="300"} 3
+grelay_upstream_queue_duration_seconds_bucket{listener="web",upstream="app",le="900"} 3
+grelay_upstream_queue_duration_seconds_bucket{listener="web",upstream="app",le="1800"} 3
+grelay_upstream_queue_duration_seconds_bucket{listener="web",upstream="app",le="3600"} 3
+grelay_upstream_queue_duration_seconds_bucket{listener="web",upstream="app",le="+Inf"} 3
 grelay_session_duration_seconds_count{listener="web"} 3
 grelay_session_duration_seconds_sum{listener="web"} 7245.002
 grelay_session_duration_seconds_bucket{listener="web",le="0.001"} 0
@@ -430,7 +448,7 @@ TEST_F(AdminTest, EveryFamilyHasHelpAndTypeAndCountersEndInTotal) {
   for (const auto& s : expo.samples) {
     families.insert(testing::familyOf(s, expo));
   }
-  EXPECT_EQ(families.size(), 54u);  // 48 grelay_* and 6 process_*
+  EXPECT_EQ(families.size(), 55u);  // 49 grelay_* and 6 process_*
   for (const auto& family : families) {
     ASSERT_EQ(expo.type.count(family), 1u) << family;
     EXPECT_FALSE(expo.help.at(family).empty()) << family;

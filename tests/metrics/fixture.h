@@ -248,6 +248,14 @@ inline void fillKnownValues(WorkerStats& stats, int worker) {
       s.connectDuration.observe(3.0);
       s.connectDuration.observe(20.0);
     }
+    if (l == 0) {  // "web": its pool "app" queues (max_conns, queue_timeout)
+      if (worker == 0) {
+        s.queueDuration.observe(0.0004);
+        s.queueDuration.observe(12.0);
+      } else {
+        s.queueDuration.observe(5.0);  // on a bound: counts in le="5"
+      }
+    }
     if (worker == 0) {
       s.sessionDuration.observe(0.002);
       s.sessionDuration.observe(45.0);

@@ -360,6 +360,8 @@ TEST_F(SessionTest, WithQueueTimeoutASessionWaitsForASlotThenConnects) {
   EXPECT_EQ(connect->offset, 8001u);
   EXPECT_EQ(stats_->upstreamQueueing.value(), 0);
   EXPECT_EQ(pool_->activeConnections(1), 1);
+  EXPECT_NEAR(stats_->queueDuration.sum(), 0.040, 1e-9);  // the wait, observed as it ended
+  EXPECT_EQ(stats_->queueDuration.bucket(3), 1u);         // le="0.05"
   // It failed: the session waits again for the server still full (8001 is not retried).
   ring().complete(connect, -ECONNREFUSED);
   EXPECT_EQ(stats_->upstreamQueueing.value(), 1);
@@ -370,6 +372,8 @@ TEST_F(SessionTest, WithQueueTimeoutASessionWaitsForASlotThenConnects) {
   connect = ring().pending(OpKind::Connect, 101);
   ASSERT_NE(connect, nullptr);
   EXPECT_EQ(connect->offset, 8000u);
+  EXPECT_NEAR(stats_->queueDuration.sum(), 0.050, 1e-9);  // and the second wait, 10 ms
+  EXPECT_EQ(stats_->queueDuration.bucket(2), 1u);         // le="0.01"
   ring().complete(connect, 0);
   EXPECT_EQ(stats_->upstreamQueueing.value(), 0);
   EXPECT_EQ(stats_->noUpstream.value(), 0u);
