@@ -219,13 +219,14 @@ class LimitTest(h.GrelayTest):
 
             def burst(n, meanwhile=None):
                 """n connections at once, each sending its index, then `meanwhile()` (if
-                any); how long after they were opened each was echoed."""
+                any); how long after the first was opened each was echoed (the pace holds
+                from the first accept, however slowly the client opens them)."""
                 conns = []
+                t0 = time.monotonic()
                 for i in range(n):
                     c = h.connect(port)
                     c.sendall(bytes([i]))
                     conns.append(c)
-                t0 = time.monotonic()
                 if meanwhile is not None:
                     meanwhile()
                 served = []

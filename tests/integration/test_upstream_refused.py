@@ -390,6 +390,7 @@ class UpstreamRefusedTest(h.GrelayTest):
             cfg.with_admin()
             with h.Grelay(cfg) as g:
                 held = self.hold(one)
+                self.assertTrue(h.wait_for(lambda: len(sink.conns) == 1, 10))  # held's mirror
                 second = h.connect(one)
                 payload = bytes(range(256)) * 64
                 second.sendall(payload)
@@ -409,6 +410,7 @@ class UpstreamRefusedTest(h.GrelayTest):
                                           mirror="m"), 2)
                 # A session the queue resets never reaches the mirror.
                 held = self.hold(short)
+                self.assertTrue(h.wait_for(lambda: len(sink.conns) == 3, 10))  # held's mirror
                 end, data, _ = h.try_request(short, b"y", timeout=10)
                 self.assertEqual((end, data), ("reset", b""))
                 held.close()
