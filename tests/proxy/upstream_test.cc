@@ -498,15 +498,18 @@ TEST_F(UpstreamPoolTest, SlowStartGivesARecoveredServerAGrowingShareOfItsTurns) 
 TEST_F(UpstreamPoolTest, SlowStartAfterAMarkingThatRanOut) {
   config_.slow_start = 10s;
   UpstreamPool& pool = makePool(3, 1, config::Balance::RoundRobin, {2, 1, 1});
-  EXPECT_TRUE(pool.connectFailed(1, kStart));
+  // Early on the clock (not kStart): the gauge below reads the real clock, which must be
+  // past the ramp's end even on a machine booted a minute ago.
+  const uint64_t start = kSecond;
+  EXPECT_TRUE(pool.connectFailed(1, start));
   // fail_timeout is over: a session tries it again and connects; that is when it is up.
-  const uint64_t up = kStart + 30 * kSecond;
+  const uint64_t up = start + 30 * kSecond;
   EXPECT_FALSE(pool.down(1, up));
   pool.connectSucceeded(1, up);
   std::map<uint32_t, int> half = firsts(pool, up + 5 * kSecond, 400);
   EXPECT_EQ(half[1], 50);  // half of its 100 turns
   EXPECT_EQ(half[0] + half[2], 350);
-  EXPECT_EQ(pool.serverWeight(1), 1.0);  // the gauge reads the clock: long past kStart
+  EXPECT_EQ(pool.serverWeight(1), 1.0);  // the gauge reads the clock: past up + 10s
 }
 
 TEST_F(UpstreamPoolTest, SlowStartScalesTheWeightLeastConnCounts) {
