@@ -214,8 +214,8 @@ struct UpstreamConfig {
   // Sessions that may wait so at once (all workers); one more is reset at once. 0 = any.
   uint32_t max_queue = 0;
   // Servers written with a host name are looked up again every resolve_interval; when
-  // the address in use is no longer among the answers, a new generation starts with the
-  // first answer (as a reload would; open sessions stay where they are). A failed lookup
+  // the address in use is no longer among the answers, new sessions take the first answer
+  // (applied in place; open sessions stay where they are). A failed lookup
   // keeps the address in use. 0 = resolved once, at load time (the default).
   Duration resolve_interval{0};
   // A PROXY protocol header (the client's and the listener's address) sent to the server

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -36,6 +37,12 @@ public:
            std::string relayPath, std::vector<const UpstreamStats*> upstreams = {});
   // Folds the generation's counters into the retired totals and forgets its pointers.
   void retire(const config::Config* config);
+  // A DNS move applied in place: the generation registered with `config` goes on with
+  // `next` (the same configuration but addresses). `change` runs under the lock, so no
+  // scrape sees the new configuration without what `change` repoints (the pools' views)
+  // or the other way round.
+  void move(const config::Config* config, std::shared_ptr<const config::Config> next,
+            const std::function<void()>& change);
   // Reloads and generations: process-wide, written by the server's main thread.
   ReloadStats& reloads() { return reloads_; }
   const ReloadStats& reloads() const { return reloads_; }

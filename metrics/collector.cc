@@ -356,6 +356,18 @@ void StatsRegistry::retire(const config::Config* config) {
   }
 }
 
+void StatsRegistry::move(const config::Config* config, std::shared_ptr<const config::Config> next,
+                         const std::function<void()>& change) {
+  std::lock_guard<std::mutex> lock(mutex_);
+  for (Generation& gen : generations_) {
+    if (gen.config.get() == config) {
+      gen.config = std::move(next);
+      break;
+    }
+  }
+  change();
+}
+
 StatsCollector::StatsCollector(AdminInputs inputs)
     : inputs_(std::move(inputs)), startTimeSeconds_(processStartTimeSeconds()) {}
 

@@ -183,11 +183,13 @@ public:
 // One upstream pool: its live view, its active health checks (pools with check_interval),
 // written by the generation's health-check thread only, and its DNS lookups.
 struct UpstreamStats {
-  const UpstreamView* view = nullptr;  // the generation's pool (set when it is built)
-  Counter checks;                      // connects made by health checks
-  Counter checkFailures;               // of those: refused, timed out, unreachable
-  Counter markedDown;                  // servers a failed check marked down
-  Gauge serversDown;                   // servers marked down after the latest round
+  // The generation's pool (set when it is built; a DNS move repoints it under the
+  // registry's lock, see StatsRegistry::move).
+  const UpstreamView* view = nullptr;
+  Counter checks;         // connects made by health checks
+  Counter checkFailures;  // of those: refused, timed out, unreachable
+  Counter markedDown;     // servers a failed check marked down
+  Gauge serversDown;      // servers marked down after the latest round
   // Lookups of its servers' host names (resolve_interval), by the generation's DNS thread:
   // every lookup, those that failed, those that changed a server's address.
   Counter dnsLookups;
@@ -211,7 +213,8 @@ struct Liveness {
 };
 
 struct ReloadStats {
-  std::array<Counter, 2> ok;      // [ReloadCause]: a new generation took over
+  std::array<Counter, 2> ok;      // [ReloadCause]: a new generation took over (SIGHUP), or
+                                  // new sessions take the moved addresses (DNS)
   std::array<Counter, 2> failed;  // [ReloadCause]: the running configuration stayed
   Gauge lastOk;                   // 1 unless the latest attempt failed
   Gauge generations;              // running now: the current one and those still draining

@@ -2,11 +2,11 @@
 // "HOST:PORT" with a name are looked up again, each at its interval, from one thread per
 // configuration generation, off the data path. The watcher only reports: when the address
 // a generation uses is no longer among a name's answers, it records the first answer and
-// the server starts a new generation with it (as a reload does; sessions already open stay
-// where they are). An address still among the answers is kept, so a resolver that rotates
-// its answers changes nothing; a failed lookup keeps the address in use. When a name moves,
-// every other name is looked up at once and their moves are reported together, so one
-// DNS update that moves several names starts one generation.
+// the server gives the generation's new sessions that address, in place (sessions already
+// open stay where they are), then watches the new addresses with a new watcher. An address still
+// among the answers is kept, so a resolver that rotates its answers changes nothing; a failed
+// lookup keeps the address in use. When a name moves, every other name is looked up at once and
+// their moves are reported together, so one DNS update that moves several names is one move.
 #pragma once
 
 #include <cstddef>

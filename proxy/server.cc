@@ -137,10 +137,6 @@ std::vector<int> distinctSockets(const std::vector<int>& fds) {
   return out;
 }
 
-// A DNS change (resolve_interval) starts a new generation only while fewer older ones are
-// still finishing their sessions.
-constexpr size_t kMaxOlderForDns = 4;
-
 std::string joinAddresses(const std::vector<config::Address>& addresses) {
   std::string text;
   for (const config::Address& a : addresses) {
@@ -186,15 +182,19 @@ bool moveAllAddresses(config::UpstreamConfig& pool, const DnsTarget& target,
 // One configuration's workers, sockets, TLS contexts and stats. A reload starts a new
 // generation; the old one drains and is retired when its last session is gone.
 struct Generation {
+  // `base`: the configuration it started with (the runtime's). `config`: the same with the
+  // addresses DNS moves have applied since (Runtime::routes()'s): what a reload starts
+  // from, and what the stats registry knows the generation by.
+  std::shared_ptr<const config::Config> base;
   std::shared_ptr<const config::Config> config;
   config::RelayPath path = config::RelayPath::Mainline;
   uint32_t workerCount = 1;
   std::unique_ptr<Runtime> runtime;
-  // Shared with the generation a DNS move starts from (same files, not read again).
   std::shared_ptr<TlsContexts> tls;
   std::vector<std::unique_ptr<metrics::WorkerStats>> stats;
   std::vector<std::unique_ptr<metrics::UpstreamStats>> upstreamStats;  // [upstream]
-  // Pools with check_interval; destroyed (stopped) before the runtime's pools.
+  // Pools with check_interval (the current routes'); destroyed (stopped) before the
+  // runtime's pools. Both are built anew when a DNS move changes the routes.
   std::unique_ptr<HealthChecker> checker;
   // Host names with resolve_interval; stopped before the stats it counts in are freed.
   std::unique_ptr<DnsWatcher> dns;
@@ -276,18 +276,98 @@ struct Generation {
   }
 };
 
+// The health checker and DNS watcher of `gen`'s current routes (not started): its pools
+// with check_interval, its host names with resolve_interval (as its configuration has them
+// now, so a name is looked up again one interval after it moved).
+void buildWatchers(Generation& gen) {
+  const std::shared_ptr<const config::Config>& cfg = gen.config;
+  const std::shared_ptr<const Routes> routes = gen.runtime->routes();
+  std::vector<HealthChecker::Pool> checked;
+  for (size_t u = 0; u < cfg->upstreams.size(); ++u) {
+    if (cfg->upstreams[u].check_interval.count() > 0) {
+      checked.push_back(
+          {routes->upstreams[u].get(), gen.upstreamStats[u].get(), gen.tls->upstream(u)});
+    }
+  }
+  if (!checked.empty()) {
+    gen.checker = std::make_unique<HealthChecker>(std::move(checked));
+  }
+  std::vector<DnsTarget> names;
+  for (size_t u = 0; u < cfg->upstreams.size(); ++u) {
+    const config::UpstreamConfig& pool = cfg->upstreams[u];
+    metrics::UpstreamStats& stats = *gen.upstreamStats[u];
+    for (size_t s = 0; s < pool.servers.size() && pool.resolve_interval.count() > 0; ++s) {
+      const config::UpstreamServer& server = pool.servers[s];
+      if (!server.address.host_name ||
+          (s > 0 && server.all_addresses && pool.servers[s - 1].entry == server.entry)) {
+        continue;  // an IP address, or an address of an entry already watched
+      }
+      DnsTarget target{DnsTarget::Kind::Server,
+                       u,
+                       server.entry,
+                       "upstream " + pool.name + ", server " +
+                           (server.name.empty() ? std::to_string(server.entry) : server.name),
+                       server.address,
+                       pool.resolve_interval,
+                       &stats.dnsLookups,
+                       &stats.dnsFailures,
+                       &stats.dnsChanges};
+      if (server.all_addresses) {
+        for (size_t e = s; e < pool.servers.size() && pool.servers[e].entry == server.entry; ++e) {
+          target.all.push_back(pool.servers[e].address);
+        }
+        target.current.text = server.host;  // what is looked up
+        for (const config::UpstreamServer& other : pool.servers) {
+          if (other.entry != server.entry) {
+            target.exclude.push_back(other.address);
+          }
+        }
+      }
+      names.push_back(std::move(target));
+    }
+  }
+  for (size_t l = 0; l < cfg->listeners.size(); ++l) {
+    const config::ListenerConfig& listener = cfg->listeners[l];
+    for (size_t m = 0; m < listener.mirrors.size(); ++m) {
+      const config::MirrorConfig& mirror = listener.mirrors[m];
+      if (mirror.resolve_interval.count() > 0 && mirror.address.host_name) {
+        metrics::MirrorStats& stats = gen.stats[0]->listeners[l]->mirrors[m];
+        names.push_back({DnsTarget::Kind::Mirror, l, m,
+                         "listener " + listener.name + ", mirror " + mirror.name, mirror.address,
+                         mirror.resolve_interval, &stats.dnsLookups, &stats.dnsFailures,
+                         &stats.dnsChanges});
+      }
+    }
+  }
+  if (!names.empty()) {
+    gen.dns = std::make_unique<DnsWatcher>(std::move(names));
+  }
+}
+
+// Starts what buildWatchers() built, each even if the other cannot start: 0, or the first
+// -errno with *what saying which thread failed.
+int startWatchers(Generation& gen, const char** what) {
+  int err = gen.checker ? gen.checker->start() : 0;
+  if (err < 0) {
+    *what = "health-check";
+  }
+  if (int dnsErr = gen.dns ? gen.dns->start() : 0; dnsErr < 0 && err == 0) {
+    err = dnsErr;
+    *what = "DNS";
+  }
+  return err;
+}
+
 // Builds everything a configuration needs before any worker runs; on failure returns
 // nullptr with *error set and leaves nothing open. `previous` hands over its listening
 // sockets for addresses it shares with `cfg` (they are dup'ed: both generations accept
 // from the same socket until the previous one stops).
-// `sameTls`: the TLS contexts to use, built for a configuration whose TLS settings are
-// `cfg`'s (a DNS move changes addresses only); nullptr = build them from the files.
 std::unique_ptr<Generation> buildGeneration(std::shared_ptr<const config::Config> cfg,
                                             const relay::Features& features,
-                                            const Generation* previous,
-                                            std::shared_ptr<TlsContexts> sameTls, int* exitCode,
+                                            const Generation* previous, int* exitCode,
                                             std::string* error) {
   auto gen = std::make_unique<Generation>();
+  gen->base = cfg;
   gen->config = cfg;
   *exitCode = kExitConfig;
   config::RelayPath path = cfg->server.relay_path;
@@ -301,15 +381,17 @@ std::unique_ptr<Generation> buildGeneration(std::shared_ptr<const config::Config
   gen->path = path;
   gen->runtime = std::make_unique<Runtime>(*cfg);
   gen->runtime->path = path;
+  const std::shared_ptr<const Routes> routes = gen->runtime->routes();
   if (previous != nullptr) {
     // Servers and mirrors marked down stay down across a reload (servers by pool name and
     // address, mirrors by listener name, mirror name and address); per-client session
-    // counts carry on by listener name.
+    // counts carry on by listener name. The previous generation's routes are its
+    // configuration as DNS moves left it (previous->config).
+    const std::shared_ptr<const Routes> was = previous->runtime->routes();
     for (size_t u = 0; u < cfg->upstreams.size(); ++u) {
       for (size_t p = 0; p < previous->config->upstreams.size(); ++p) {
         if (previous->config->upstreams[p].name == cfg->upstreams[u].name) {
-          gen->runtime->upstreams[u]->inheritHealth(*previous->runtime->upstreams[p],
-                                                    monotonicNanos());
+          routes->upstreams[u]->inheritHealth(*was->upstreams[p], monotonicNanos());
         }
       }
     }
@@ -338,7 +420,7 @@ std::unique_ptr<Generation> buildGeneration(std::shared_ptr<const config::Config
           for (size_t q = 0; q < before.mirrors.size(); ++q) {
             if (before.mirrors[q].name == mirrors[m].name &&
                 before.mirrors[q].address.sameEndpoint(mirrors[m].address)) {
-              gen->runtime->mirrorHealth[l][m]->copyFrom(*previous->runtime->mirrorHealth[p][q]);
+              routes->mirrorHealth[l][m]->copyFrom(*was->mirrorHealth[p][q]);
             }
           }
         }
@@ -353,17 +435,14 @@ std::unique_ptr<Generation> buildGeneration(std::shared_ptr<const config::Config
         "profile?): every direction stays on RECV/SEND");
   }
 
-  gen->tls = std::move(sameTls);
-  if (gen->tls == nullptr) {
-    gen->tls = std::make_shared<TlsContexts>();
-    std::vector<std::string> tlsErrors;
-    if (!gen->tls->build(*cfg, features.ktls, &tlsErrors)) {
-      *error = tlsErrors.front();
-      for (size_t i = 1; i < tlsErrors.size(); ++i) {
-        *error += "\n" + tlsErrors[i];
-      }
-      return nullptr;
+  gen->tls = std::make_shared<TlsContexts>();
+  std::vector<std::string> tlsErrors;
+  if (!gen->tls->build(*cfg, features.ktls, &tlsErrors)) {
+    *error = tlsErrors.front();
+    for (size_t i = 1; i < tlsErrors.size(); ++i) {
+      *error += "\n" + tlsErrors[i];
     }
+    return nullptr;
   }
   gen->runtime->tls = gen->tls.get();
 
@@ -453,68 +532,11 @@ std::unique_ptr<Generation> buildGeneration(std::shared_ptr<const config::Config
     }
     gen->stats.push_back(std::move(ws));
   }
-  std::vector<HealthChecker::Pool> checked;
   for (size_t u = 0; u < cfg->upstreams.size(); ++u) {
     gen->upstreamStats.push_back(std::make_unique<metrics::UpstreamStats>());
-    gen->upstreamStats.back()->view = gen->runtime->upstreams[u].get();
-    if (cfg->upstreams[u].check_interval.count() > 0) {
-      checked.push_back({gen->runtime->upstreams[u].get(), gen->upstreamStats.back().get(),
-                         gen->tls->upstream(u)});
-    }
+    gen->upstreamStats.back()->view = routes->upstreams[u].get();
   }
-  if (!checked.empty()) {
-    gen->checker = std::make_unique<HealthChecker>(std::move(checked));
-  }
-  std::vector<DnsTarget> names;
-  for (size_t u = 0; u < cfg->upstreams.size(); ++u) {
-    const config::UpstreamConfig& pool = cfg->upstreams[u];
-    metrics::UpstreamStats& stats = *gen->upstreamStats[u];
-    for (size_t s = 0; s < pool.servers.size() && pool.resolve_interval.count() > 0; ++s) {
-      const config::UpstreamServer& server = pool.servers[s];
-      if (!server.address.host_name ||
-          (s > 0 && server.all_addresses && pool.servers[s - 1].entry == server.entry)) {
-        continue;  // an IP address, or an address of an entry already watched
-      }
-      DnsTarget target{DnsTarget::Kind::Server,
-                       u,
-                       server.entry,
-                       "upstream " + pool.name + ", server " +
-                           (server.name.empty() ? std::to_string(server.entry) : server.name),
-                       server.address,
-                       pool.resolve_interval,
-                       &stats.dnsLookups,
-                       &stats.dnsFailures,
-                       &stats.dnsChanges};
-      if (server.all_addresses) {
-        for (size_t e = s; e < pool.servers.size() && pool.servers[e].entry == server.entry; ++e) {
-          target.all.push_back(pool.servers[e].address);
-        }
-        target.current.text = server.host;  // what is looked up
-        for (const config::UpstreamServer& other : pool.servers) {
-          if (other.entry != server.entry) {
-            target.exclude.push_back(other.address);
-          }
-        }
-      }
-      names.push_back(std::move(target));
-    }
-  }
-  for (size_t l = 0; l < cfg->listeners.size(); ++l) {
-    const config::ListenerConfig& listener = cfg->listeners[l];
-    for (size_t m = 0; m < listener.mirrors.size(); ++m) {
-      const config::MirrorConfig& mirror = listener.mirrors[m];
-      if (mirror.resolve_interval.count() > 0 && mirror.address.host_name) {
-        metrics::MirrorStats& stats = gen->stats[0]->listeners[l]->mirrors[m];
-        names.push_back({DnsTarget::Kind::Mirror, l, m,
-                         "listener " + listener.name + ", mirror " + mirror.name, mirror.address,
-                         mirror.resolve_interval, &stats.dnsLookups, &stats.dnsFailures,
-                         &stats.dnsChanges});
-      }
-    }
-  }
-  if (!names.empty()) {
-    gen->dns = std::make_unique<DnsWatcher>(std::move(names));
-  }
+  buildWatchers(*gen);
   *exitCode = kExitOk;
   return gen;
 }
@@ -546,14 +568,9 @@ int startGeneration(Generation& gen, std::string* error) {
     });
     startError = result.get();
   }
-  if (startError == 0 && (gen.checker || gen.dns)) {
-    int err = gen.checker ? gen.checker->start() : 0;
-    const char* what = "health-check";
-    if (err == 0 && gen.dns) {
-      err = gen.dns->start();
-      what = "DNS";
-    }
-    if (err < 0) {
+  if (startError == 0) {
+    const char* what = "";
+    if (int err = startWatchers(gen, &what); err < 0) {
       *error = std::string("cannot start the ") + what + " thread: " + strerror(-err);
       gen.abort();
       for (auto& t : gen.threads) {
@@ -625,8 +642,7 @@ int runServer(config::Config initial, const relay::Features& features) {
   auto cfg = std::make_shared<const config::Config>(std::move(initial));
   int exitCode = kExitOk;
   std::string error;
-  std::unique_ptr<Generation> current =
-      buildGeneration(cfg, features, nullptr, nullptr, &exitCode, &error);
+  std::unique_ptr<Generation> current = buildGeneration(cfg, features, nullptr, &exitCode, &error);
   if (!current) {
     GRELAY_LOG_ERROR("%s", error.c_str());
     return exitCode;
@@ -692,8 +708,7 @@ int runServer(config::Config initial, const relay::Features& features) {
 
   std::vector<std::unique_ptr<Generation>> old;  // draining after a reload
   bool stopping = false;
-  uint64_t drainAt = 0;      // SIGTERM/SIGINT with a shutdown_delay: when accepting stops
-  bool dnsDeferred = false;  // a DNS change waits for older generations (logged once)
+  uint64_t drainAt = 0;  // SIGTERM/SIGINT with a shutdown_delay: when accepting stops
   auto all = [&](auto&& f) {
     f(*current);
     for (auto& g : old) {
@@ -706,29 +721,18 @@ int runServer(config::Config initial, const relay::Features& features) {
     reloads.failed[why].inc();
     reloads.lastOk.set(0);
   };
-  // Starts a generation for `nextCfg` in place of the current one, which drains. `why`
-  // is counted and prefixes the log lines ("SIGHUP", "DNS"); `done` says what happened.
-  // A DNS move that cannot be applied is tried again at each lookup of the name: the same
-  // failure is logged once (counted each time).
-  std::string dnsFailure;
-  auto apply = [&](std::shared_ptr<const config::Config> nextCfg, metrics::ReloadCause why,
-                   const std::string& done) {
-    const char* cause = why == metrics::kReloadSighup ? "SIGHUP" : "DNS";
+  // SIGHUP: starts a generation for `nextCfg` in place of the current one, which drains.
+  // `done` says what happened.
+  auto apply = [&](std::shared_ptr<const config::Config> nextCfg, const std::string& done) {
+    const char* cause = "SIGHUP";
     auto failed = [&](const std::string& line) {
-      reloadFailed(why);  // counted before the line that says so, as for a success
-      if (why == metrics::kReloadDns) {
-        if (line == dnsFailure) {
-          return;
-        }
-        dnsFailure = line;
-      }
+      reloadFailed(metrics::kReloadSighup);  // counted before the line that says so
       GRELAY_LOG_ERROR("%s: %s", cause, line.c_str());
     };
     int code = kExitOk;
     std::string error;
     std::unique_ptr<Generation> gen =
-        buildGeneration(nextCfg, features, current.get(),
-                        why == metrics::kReloadDns ? current->tls : nullptr, &code, &error);
+        buildGeneration(nextCfg, features, current.get(), &code, &error);
     if (!gen) {
       failed("cannot apply " + nextCfg->path + "; keeping the running configuration: " + error);
       return;
@@ -739,7 +743,6 @@ int runServer(config::Config initial, const relay::Features& features) {
       failed("cannot start the new workers; keeping the running configuration: " + error);
       return;
     }
-    dnsFailure.clear();
     for (int from : gen->inheritedFrom) {
       if (from >= 0) {
         current->runtime->listenerHandedOver[static_cast<size_t>(from)].store(true);
@@ -755,7 +758,7 @@ int runServer(config::Config initial, const relay::Features& features) {
     old.push_back(std::move(current));
     current = std::move(gen);
     registry.liveness().stallNanos.store(nanos(current->config->admin.stall_timeout));
-    reloads.ok[why].inc();
+    reloads.ok[metrics::kReloadSighup].inc();
     reloads.lastOk.set(1);
     reloads.generations.set(static_cast<int64_t>(1 + old.size()));
     logGeneration(*current);
@@ -764,6 +767,42 @@ int runServer(config::Config initial, const relay::Features& features) {
         "generation%s finishing their sessions",
         cause, done.c_str(), current->workerCount, current->workerCount == 1 ? "" : "s",
         config::toString(current->path), old.size(), old.size() == 1 ? "" : "s");
+  };
+
+  // A DNS move: from now on the current generation's new sessions connect to `next`'s
+  // addresses (it differs from the running configuration in addresses only); open
+  // sessions stay where they are. No workers, sockets or buffers are added: long-lived
+  // sessions cannot pile up generations, nor hold a move back.
+  auto moveInPlace = [&](std::shared_ptr<const config::Config> next) {
+    Generation& gen = *current;
+    // The checks stop first, so the health a moved pool inherits is the latest.
+    gen.stopChecks();
+    const std::shared_ptr<const Routes> was = gen.runtime->routes();
+    std::shared_ptr<Routes> routes = moveRoutes(*was, next, monotonicNanos());
+    registry.move(gen.config.get(), next, [&gen, &routes] {
+      for (size_t u = 0; u < gen.upstreamStats.size(); ++u) {
+        gen.upstreamStats[u]->view = routes->upstreams[u].get();
+      }
+    });
+    gen.config = next;
+    gen.runtime->setRoutes(routes);
+    gen.wakeAll();
+    // Checks and lookups go on from the new addresses.
+    gen.checker.reset();
+    gen.dns.reset();
+    buildWatchers(gen);
+    const char* what = "";
+    if (int err = startWatchers(gen, &what); err < 0) {
+      reloadFailed(metrics::kReloadDns);
+      GRELAY_LOG_ERROR(
+          "DNS: new sessions use the new addresses, but the %s thread cannot start again: "
+          "%s",
+          what, strerror(-err));
+      return;
+    }
+    reloads.ok[metrics::kReloadDns].inc();
+    reloads.lastOk.set(1);
+    GRELAY_LOG_INFO("DNS: new sessions use the new addresses; open sessions stay where they are");
   };
 
   // Every generation stops accepting and has drain_timeout to finish its sessions.
@@ -799,8 +838,7 @@ int runServer(config::Config initial, const relay::Features& features) {
     if (next.server.user != current->config->server.user) {
       GRELAY_LOG_WARN("SIGHUP: [server] user changes need a restart");
     }
-    apply(std::make_shared<const config::Config>(std::move(*loaded.config)), metrics::kReloadSighup,
-          "reloaded " + path);
+    apply(std::make_shared<const config::Config>(std::move(*loaded.config)), "reloaded " + path);
   };
 
   while (true) {
@@ -844,23 +882,11 @@ int runServer(config::Config initial, const relay::Features& features) {
       drainAt = 0;
       drainAll("shutdown_delay over");
     }
-    if (!stopping && current->dns && old.size() >= kMaxOlderForDns) {
-      // Each generation holds its workers' rings and buffers until its last session ends:
-      // names that move often must not pile them up under long-lived sessions.
-      const bool pending = current->dns->hasChanges();
-      if (pending && !dnsDeferred) {
-        GRELAY_LOG_WARN(
-            "DNS: a name moved, but %zu older generations are still finishing their "
-            "sessions: the change waits until one of them is done",
-            old.size());
-      }
-      dnsDeferred = pending;
-    } else if (!stopping && current->dns) {
-      // Names that no longer resolve to the addresses in use: the running configuration
-      // with the new addresses, as a new generation.
+    // Names that no longer resolve to the addresses in use: new sessions take the new
+    // addresses, in place (also while shutdown_delay still accepts).
+    if (!current->draining && current->dns) {
       std::vector<DnsChange> changes = current->dns->takeChanges();
       if (!changes.empty()) {
-        dnsDeferred = false;
         config::Config next = *current->config;
         bool moved = false;
         for (const DnsChange& change : changes) {
@@ -884,9 +910,7 @@ int runServer(config::Config initial, const relay::Features& features) {
           }
         }
         if (moved) {
-          apply(std::make_shared<const config::Config>(std::move(next)), metrics::kReloadDns,
-                "a new generation uses the new address" +
-                    std::string(changes.size() == 1 ? "" : "es"));
+          moveInPlace(std::make_shared<const config::Config>(std::move(next)));
         }
       }
     }

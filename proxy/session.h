@@ -94,9 +94,13 @@ protected:
   ~SessionHost() = default;
 };
 
+struct WorkerRoutes;
+
 // Per-listener state a worker keeps and its sessions share.
 struct ListenerContext {
   const config::ListenerConfig* config = nullptr;
+  size_t index = 0;                // the listener's, in the configuration
+  WorkerRoutes* routes = nullptr;  // the worker's routes this context belongs to (if any)
   UpstreamPool* upstream = nullptr;
   metrics::ListenerStats* stats = nullptr;
   TapWriter* tap = nullptr;                     // this worker's tap of the listener, if it has one

@@ -3,6 +3,7 @@
 #include <sys/eventfd.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
 
@@ -38,15 +39,70 @@ uint8_t pathIndexOf(config::RelayPath path) {
   }
 }
 
+// A pool and the configuration its settings are read from: a pool a DNS move leaves as
+// it was goes on in the next routes, whose configuration is another.
+struct OwnedPool {
+  OwnedPool(std::shared_ptr<const config::Config> cfg, size_t index)
+      : config(std::move(cfg)), pool(config->upstreams[index]) {}
+  std::shared_ptr<const config::Config> config;
+  UpstreamPool pool;
+};
+
 }  // namespace
+
+std::shared_ptr<Routes> makeRoutes(std::shared_ptr<const config::Config> cfg) {
+  auto routes = std::make_shared<Routes>();
+  for (size_t u = 0; u < cfg->upstreams.size(); ++u) {
+    auto owned = std::make_shared<OwnedPool>(cfg, u);
+    routes->upstreams.push_back(std::shared_ptr<UpstreamPool>(owned, &owned->pool));
+  }
+  for (const auto& l : cfg->listeners) {
+    auto& health = routes->mirrorHealth.emplace_back();
+    for (size_t m = 0; m < l.mirrors.size(); ++m) {
+      health.push_back(std::make_shared<PeerHealth>());
+    }
+  }
+  routes->config = std::move(cfg);
+  return routes;
+}
+
+std::shared_ptr<Routes> moveRoutes(const Routes& was, std::shared_ptr<const config::Config> next,
+                                   uint64_t now) {
+  std::shared_ptr<Routes> fresh = makeRoutes(next);
+  auto routes = std::make_shared<Routes>(was);
+  routes->config = std::move(next);
+  const config::Config& before = *was.config;
+  const config::Config& after = *routes->config;
+  for (size_t u = 0; u < after.upstreams.size(); ++u) {
+    const auto& a = before.upstreams[u].servers;
+    const auto& b = after.upstreams[u].servers;
+    const bool same =
+        std::equal(a.begin(), a.end(), b.begin(), b.end(),
+                   [](const config::UpstreamServer& x, const config::UpstreamServer& y) {
+                     return x.address.sameEndpoint(y.address);
+                   });
+    if (!same) {
+      fresh->upstreams[u]->inheritHealth(*was.upstreams[u], now);
+      routes->upstreams[u] = fresh->upstreams[u];
+    }
+  }
+  for (size_t l = 0; l < after.listeners.size(); ++l) {
+    for (size_t m = 0; m < after.listeners[l].mirrors.size(); ++m) {
+      if (!before.listeners[l].mirrors[m].address.sameEndpoint(
+              after.listeners[l].mirrors[m].address)) {
+        routes->mirrorHealth[l][m] = fresh->mirrorHealth[l][m];
+      }
+    }
+  }
+  return routes;
+}
 
 Runtime::Runtime(const config::Config& cfg)
     : config(cfg),
       listenerConnections(new std::atomic<int64_t>[cfg.listeners.size()]),
-      listenerHandedOver(new std::atomic<bool>[cfg.listeners.size()]) {
-  for (const auto& u : cfg.upstreams) {
-    upstreams.push_back(std::make_unique<UpstreamPool>(u));
-  }
+      listenerHandedOver(new std::atomic<bool>[cfg.listeners.size()]),
+      // The first routes are the configuration the runtime started with (not owned here).
+      routes_(makeRoutes(std::shared_ptr<const config::Config>(std::shared_ptr<void>(), &cfg))) {
   accessLogFds.assign(cfg.listeners.size(), -1);
   for (size_t i = 0; i < cfg.listeners.size(); ++i) {
     listenerConnections[i].store(0);
@@ -58,12 +114,23 @@ Runtime::Runtime(const config::Config& cfg)
     acceptRates.push_back(
         rate > 0 ? std::make_shared<RateLimiter>(rate, RateLimiter::defaultBurst(rate)) : nullptr);
     auto& logs = mirrorLogs.emplace_back();
-    auto& health = mirrorHealth.emplace_back();
     for (size_t m = 0; m < cfg.listeners[i].mirrors.size(); ++m) {
       logs.push_back(std::make_unique<LogLimiter>());
-      health.push_back(std::make_unique<PeerHealth>());
     }
   }
+}
+
+std::shared_ptr<const Routes> Runtime::routes() const {
+  std::lock_guard<std::mutex> lock(routesMutex_);
+  return routes_;
+}
+
+void Runtime::setRoutes(std::shared_ptr<const Routes> next) {
+  {
+    std::lock_guard<std::mutex> lock(routesMutex_);
+    routes_ = std::move(next);
+  }
+  routesVersion_.fetch_add(1, std::memory_order_release);
 }
 
 Runtime::~Runtime() {
@@ -86,8 +153,11 @@ Worker::Worker(Runtime& runtime, uint32_t index, metrics::WorkerStats& stats,
   for (const auto& l : cfg.listeners) {
     anyMirrors_ = anyMirrors_ || !l.mirrors.empty();
   }
-  for (size_t i = 0; i < runtime.upstreams.size(); ++i) {
-    slotQueues_.push_back(std::make_unique<SlotQueue>());
+  auto first = std::make_unique<WorkerRoutes>();
+  first->version = runtime.routesVersion();
+  first->routes = runtime.routes();
+  for (size_t u = 0; u < first->routes->upstreams.size(); ++u) {
+    first->slotQueues.push_back(std::make_shared<SlotQueue>());
   }
   for (size_t i = 0; i < cfg.listeners.size() && i < listenFds.size(); ++i) {
     for (int fd : listenFds[i]) {
@@ -96,25 +166,24 @@ Worker::Worker(Runtime& runtime, uint32_t index, metrics::WorkerStats& stats,
       if (fd >= 0) {
         runtime.openListenSockets.fetch_add(1);
       }
-      a->context.config = &cfg.listeners[i];
-      a->context.upstream = runtime.upstreams[cfg.listeners[i].upstream_index].get();
-      a->context.stats = stats.listeners[i].get();
-      a->context.chunkSize = cfg.server.chunk_size;
-      a->context.splice = runtime.splice && pathIndex_ == metrics::kMainlinePath;
-      a->context.connections = &runtime.listenerConnections[i];
-      a->context.clientLimit = runtime.clientLimits[i].get();
+      auto context = std::make_unique<ListenerContext>();
+      context->stats = stats.listeners[i].get();
+      context->chunkSize = cfg.server.chunk_size;
+      context->splice = runtime.splice && pathIndex_ == metrics::kMainlinePath;
+      context->connections = &runtime.listenerConnections[i];
+      context->clientLimit = runtime.clientLimits[i].get();
       a->rate = runtime.acceptRates[i].get();
-      a->context.slotQueue = slotQueues_[cfg.listeners[i].upstream_index].get();
-      for (auto& h : runtime.mirrorHealth[i]) {
-        a->context.mirrorHealth.push_back(h.get());
-      }
       if (runtime.tls != nullptr) {
-        a->context.tls = runtime.tls->listener(i);
-        a->context.upstreamTls = runtime.tls->upstream(cfg.listeners[i].upstream_index);
+        context->tls = runtime.tls->listener(i);
+        context->upstreamTls = runtime.tls->upstream(cfg.listeners[i].upstream_index);
       }
+      route(*context, i, *first);
+      a->context = context.get();
+      first->contexts.push_back(std::move(context));
       acceptors_.push_back(std::move(a));
     }
   }
+  routes_.push_back(std::move(first));
   controlFd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
 }
 
@@ -207,7 +276,7 @@ int Worker::init() {
     writer->start();
     for (auto& a : acceptors_) {
       if (a->index == i) {
-        a->context.tap = writer.get();
+        a->context->tap = writer.get();
       }
     }
     taps_.push_back(std::move(writer));
@@ -221,7 +290,7 @@ int Worker::init() {
                                            *stats_.listeners[i], ring_.get());
     for (auto& a : acceptors_) {
       if (a->index == i) {
-        a->context.accessLog = log.get();
+        a->context->accessLog = log.get();
       }
     }
     accessLogs_.push_back(std::move(log));
@@ -234,8 +303,48 @@ int Worker::init() {
   return 0;
 }
 
+void Worker::route(ListenerContext& context, size_t listener, WorkerRoutes& routes) {
+  const config::ListenerConfig& l = routes.routes->config->listeners[listener];
+  context.config = &l;
+  context.index = listener;
+  context.routes = &routes;
+  context.upstream = routes.routes->upstreams[l.upstream_index].get();
+  context.slotQueue = routes.slotQueues[l.upstream_index].get();
+  context.mirrorHealth.clear();
+  for (const auto& h : routes.routes->mirrorHealth[listener]) {
+    context.mirrorHealth.push_back(h.get());
+  }
+}
+
+void Worker::followRoutes() {
+  if (runtime_.routesVersion() == routes_.back()->version) {
+    return;
+  }
+  WorkerRoutes& was = *routes_.back();
+  auto next = std::make_unique<WorkerRoutes>();
+  next->version = runtime_.routesVersion();
+  next->routes = runtime_.routes();
+  const auto& pools = next->routes->upstreams;
+  for (size_t u = 0; u < pools.size(); ++u) {
+    // A pool the move left as it was keeps its queue: its waiters stay in order.
+    const bool same = u < was.routes->upstreams.size() && was.routes->upstreams[u] == pools[u];
+    next->slotQueues.push_back(same ? was.slotQueues[u] : std::make_shared<SlotQueue>());
+  }
+  for (size_t k = 0; k < acceptors_.size(); ++k) {
+    auto context = std::make_unique<ListenerContext>(*was.contexts[k]);
+    route(*context, acceptors_[k]->index, *next);
+    acceptors_[k]->context = context.get();
+    next->contexts.push_back(std::move(context));
+  }
+  routes_.push_back(std::move(next));
+  if (was.sessions == 0) {
+    routes_.erase(routes_.end() - 2);
+  }
+}
+
 bool Worker::loopOnce() {
   now_ = monotonicNanos();
+  followRoutes();
   stats_.beat.store(now_, std::memory_order_relaxed);  // GET /healthz
   timers_.expire(now_);
   afterDispatch();
@@ -334,7 +443,7 @@ void Worker::armAccept(Acceptor& a) {
     if (!a.rate->take(now(), &at)) {
       if (!a.ratePaused) {
         a.ratePaused = true;
-        a.context.stats->rateLimited.inc();
+        a.context->stats->rateLimited.inc();
       }
       a.retryAt = at;
       return;
@@ -363,7 +472,7 @@ void Worker::Acceptor::onAccept(int32_t res, uint32_t flags) noexcept {
         snprintf(more, sizeof(more), " (%llu more not logged in the last minute)",
                  static_cast<unsigned long long>(suppressed));
       }
-      GRELAY_LOG_WARN("listener %s: accept failed: %s%s", context.config->name.c_str(),
+      GRELAY_LOG_WARN("listener %s: accept failed: %s%s", context->config->name.c_str(),
                       strerror(-res), more);
     }
   }
@@ -404,7 +513,7 @@ void Worker::acceptQueued(Acceptor& a) {
     if (fd < 0) {
       if (fd != -EAGAIN) {
         GRELAY_LOG_WARN("listener %s: accept while draining failed: %s",
-                        a.context.config->name.c_str(), strerror(-fd));
+                        a.context->config->name.c_str(), strerror(-fd));
       }
       return;
     }
@@ -413,14 +522,15 @@ void Worker::acceptQueued(Acceptor& a) {
 }
 
 void Worker::accepted(Acceptor& a, int fd) {
-  metrics::ListenerStats& st = *a.context.stats;
+  followRoutes();  // every session accepted after a DNS move takes its addresses
+  metrics::ListenerStats& st = *a.context->stats;
   // A connection the kernel handed over while the drain was cancelling the accept is
   // served like the others (the drain waits for it too); only an abort resets it.
   if (abortStarted_) {
     sockets_->close(fd, true);
     return;
   }
-  const config::ListenerConfig& lc = *a.context.config;
+  const config::ListenerConfig& lc = *a.context->config;
   const int64_t global = runtime_.connections.fetch_add(1) + 1;
   const int64_t local = runtime_.listenerConnections[a.index].fetch_add(1) + 1;
   const bool serverFull = global > static_cast<int64_t>(runtime_.config.server.max_connections);
@@ -432,7 +542,8 @@ void Worker::accepted(Acceptor& a, int fd) {
     return;
   }
   sockets_->setNoDelay(fd);
-  auto* s = new Session(*this, a.context, fd);
+  auto* s = new Session(*this, *a.context, fd);
+  ++a.context->routes->sessions;
   s->setId(nextSessionId_++);
   s->next_ = sessions_;
   if (sessions_ != nullptr) {
@@ -538,7 +649,12 @@ void Worker::cancelWaitForBuffers(BufferWaiter& waiter) {
 
 void Worker::afterDispatch() {
   for (Session* s : finished_) {
+    WorkerRoutes* routes = s->listener().routes;
     delete s;
+    if (--routes->sessions == 0 && routes != routes_.back().get()) {
+      // The last session of older routes (a DNS move's): their pools can go.
+      std::erase_if(routes_, [routes](const auto& r) { return r.get() == routes; });
+    }
   }
   finished_.clear();
   if (waitHead_ != nullptr && !pressureChecked_ && anyMirrors_) {
@@ -603,7 +719,7 @@ void Worker::relieveBufferPressure() {
 
 void Worker::mirrorTrouble(const ListenerContext& listener, size_t mirrorIndex,
                            const std::string& what) {
-  size_t li = static_cast<size_t>(listener.config - runtime_.config.listeners.data());
+  const size_t li = listener.index;
   uint64_t suppressed = 0;
   if (runtime_.mirrorLogs[li][mirrorIndex]->allow(now_, &suppressed)) {
     char more[64] = "";
@@ -617,7 +733,7 @@ void Worker::mirrorTrouble(const ListenerContext& listener, size_t mirrorIndex,
 }
 
 void Worker::listenerTrouble(const ListenerContext& listener, const std::string& what) {
-  size_t li = static_cast<size_t>(listener.config - runtime_.config.listeners.data());
+  const size_t li = listener.index;
   uint64_t suppressed = 0;
   if (runtime_.troubleLogs[li]->allow(now_, &suppressed)) {
     char more[64] = "";

@@ -7,6 +7,7 @@
 #include <cstdint>
 #include <future>
 #include <memory>
+#include <mutex>
 #include <string>
 #include <vector>
 
@@ -26,6 +27,25 @@
 
 namespace grelay::proxy {
 
+// Where a generation's new sessions connect: its configuration as the DNS moves since it
+// started left it (addresses only), with an upstream pool and a mirror's health per
+// address set. A move replaces it in place (Runtime::setRoutes); a session keeps the
+// routes it started with until it ends.
+struct Routes {
+  std::shared_ptr<const config::Config> config;
+  std::vector<std::shared_ptr<UpstreamPool>> upstreams;                // config order
+  std::vector<std::vector<std::shared_ptr<PeerHealth>>> mirrorHealth;  // [listener][mirror]
+};
+
+// Routes for `cfg`: a new pool per upstream and a new health per mirror.
+std::shared_ptr<Routes> makeRoutes(std::shared_ptr<const config::Config> cfg);
+// The routes after a DNS move to `next` (the same configuration but addresses): a pool
+// whose addresses did not move is the same pool, one whose did is new and inherits the
+// health and open-connection counts of the servers it keeps; a mirror keeps its health
+// unless it moved. `now`: monotonic ns.
+std::shared_ptr<Routes> moveRoutes(const Routes& was, std::shared_ptr<const config::Config> next,
+                                   uint64_t now);
+
 // State shared by all workers (read-mostly).
 struct Runtime {
   explicit Runtime(const config::Config& cfg);
@@ -33,17 +53,24 @@ struct Runtime {
   Runtime(const Runtime&) = delete;
   Runtime& operator=(const Runtime&) = delete;
 
+  // The routes new sessions take (any thread).
+  std::shared_ptr<const Routes> routes() const;
+  // In place of the routes new sessions take: a DNS move. Workers pick them up before
+  // their next accept (wake them to make that prompt).
+  void setRoutes(std::shared_ptr<const Routes> next);
+  uint64_t routesVersion() const { return routesVersion_.load(std::memory_order_acquire); }
+
+  // What the generation started with: listeners, [server] and everything but addresses
+  // (which routes() has as they are now). Outlives the runtime.
   const config::Config& config;
   config::RelayPath path = config::RelayPath::Mainline;  // resolved, never Auto
   bool splice = true;  // [server] splice, and the kernel lets us (Features::splice)
-  std::vector<std::unique_ptr<UpstreamPool>> upstreams;  // config order
   std::atomic<int64_t> connections{0};
   std::unique_ptr<std::atomic<int64_t>[]> listenerConnections;
   // [listener]: a reload's new generation accepts from its sockets now (set before the
   // drain), so what waits in their queues is not this generation's to take.
   std::unique_ptr<std::atomic<bool>[]> listenerHandedOver;
-  std::vector<std::vector<std::unique_ptr<LogLimiter>>> mirrorLogs;    // [listener][mirror]
-  std::vector<std::vector<std::unique_ptr<PeerHealth>>> mirrorHealth;  // [listener][mirror]
+  std::vector<std::vector<std::unique_ptr<LogLimiter>>> mirrorLogs;  // [listener][mirror]
   std::vector<std::unique_ptr<LogLimiter>> troubleLogs;      // [listener]: TLS, PROXY protocol
   std::vector<std::shared_ptr<ClientLimiter>> clientLimits;  // [listener]; nullptr = no limit
   std::vector<std::shared_ptr<RateLimiter>> acceptRates;     // [listener]; nullptr = no limit
@@ -56,12 +83,28 @@ struct Runtime {
   // Listening sockets the workers still accept from. Once a draining generation's count
   // is 0, every new connection goes to the generation that replaced it.
   std::atomic<int> openListenSockets{0};
+
+private:
+  mutable std::mutex routesMutex_;
+  std::shared_ptr<const Routes> routes_;
+  std::atomic<uint64_t> routesVersion_{0};
 };
 
 // A tap file opened for a worker (fd -1 = the listener has no tap).
 struct TapFile {
   int fd = -1;
   std::string path;
+};
+
+// Routes as one worker uses them: a context per acceptor and a queue of the sessions
+// waiting for a slot (queue_timeout) per upstream pool, whichever listener they came in on.
+struct WorkerRoutes {
+  std::shared_ptr<const Routes> routes;
+  uint64_t version = 0;
+  // [upstream]; the same queue as the older routes' while the pool is the same.
+  std::vector<std::shared_ptr<SlotQueue>> slotQueues;
+  std::vector<std::unique_ptr<ListenerContext>> contexts;  // [acceptor]
+  size_t sessions = 0;                                     // open sessions that use them
 };
 
 class Worker final : public SessionHost, public relay::BufferListener {
@@ -113,6 +156,8 @@ public:
   // For tests: replace the ring and sockets before init() (init() then keeps them).
   void useRing(relay::RingPtr ring, std::unique_ptr<Sockets> sockets);
   size_t sessionCount() const { return sessionCount_; }
+  // For tests: how many routes the worker holds (the newest and those sessions still use).
+  size_t routesHeld() const { return routes_.size(); }
 
 private:
   struct Acceptor {
@@ -122,13 +167,18 @@ private:
     size_t index;
     int fd = -1;
     bool armed = false;
-    uint64_t retryAt = 0;         // re-arm no earlier than this after EMFILE and the like
-    RateLimiter* rate = nullptr;  // max_connection_rate: one accept per token
-    bool ratePaused = false;      // waiting for a token (counted once per pause)
-    ListenerContext context;
+    uint64_t retryAt = 0;                // re-arm no earlier than this after EMFILE and the like
+    RateLimiter* rate = nullptr;         // max_connection_rate: one accept per token
+    bool ratePaused = false;             // waiting for a token (counted once per pause)
+    ListenerContext* context = nullptr;  // in the newest routes_
     relay::BoundCompletion<Acceptor, &Acceptor::onAccept> done;
   };
 
+  // Fills `context`'s fields that come from the routes.
+  static void route(ListenerContext& context, size_t listener, WorkerRoutes& routes);
+  // If Runtime::routes() changed (a DNS move), new sessions take the new routes (one
+  // atomic load when not).
+  void followRoutes();
   void onControl(int32_t res, uint32_t flags) noexcept;
   void armControl();
   void armAccept(Acceptor& acceptor);
@@ -151,9 +201,9 @@ private:
   TimerQueue timers_;
   uint64_t now_ = 0;
   std::vector<std::unique_ptr<Acceptor>> acceptors_;
-  // [upstream]: the sessions waiting for a slot of that pool (queue_timeout), whichever
-  // listener they came in on; outlives them (sessions are deleted in ~Worker's body).
-  std::vector<std::unique_ptr<SlotQueue>> slotQueues_;
+  // The routes this worker's sessions use, the newest (new sessions') last; an older one
+  // goes when its last session does. Outlive the sessions (deleted in ~Worker's body).
+  std::vector<std::unique_ptr<WorkerRoutes>> routes_;
   std::vector<TapFile> tapFiles_;
   std::vector<std::unique_ptr<TapWriter>> taps_;
   std::vector<std::unique_ptr<AccessLog>> accessLogs_;

@@ -4,9 +4,10 @@ names when they move. grelay runs in its own mount namespace with a hosts file o
 test's bind-mounted over /etc/hosts, so rewriting that file is a real change of what the
 system's resolver (getaddrinfo, "files" first in nsswitch.conf) answers.
 
-A moved name starts a new generation with the new address: new sessions go there, a
-session already open stays byte-exact on the old server. A name that still resolves to the
-address in use among other answers changes nothing; one that stops resolving keeps it."""
+A moved name is applied in place, in the running generation (no new workers or buffers):
+new sessions go to the new address, a session already open stays byte-exact on the old
+server. A name that still resolves to the address in use among other answers changes
+nothing; one that stops resolving keeps it."""
 
 import os
 import subprocess
@@ -16,6 +17,7 @@ import harness as h
 
 HOST_UP = "backend.grelay.test"
 HOST_MIRROR = "sink.grelay.test"
+MOVED = "DNS: new sessions use the new addresses"
 
 
 def namespace_problem() -> str | None:
@@ -92,8 +94,8 @@ class DnsTest(h.GrelayTest):
                     got += chunk
 
                 self.write_hosts(f"127.0.0.2 {HOST_UP} {HOST_MIRROR}\n")
-                self.assertTrue(h.wait_for(lambda: g.log().count("DNS: a new generation") >= 1, 15),
-                                "no new generation after the names moved")
+                self.assertTrue(h.wait_for(lambda: g.log().count(MOVED) >= 1, 15),
+                                "the move was not applied")
                 self.assertTrue(h.wait_for(
                     lambda: g.metric("grelay_upstream_dns_lookups_total", upstream="app",
                                      result="changed") >= 1 and
@@ -117,9 +119,9 @@ class DnsTest(h.GrelayTest):
                 self.assertEqual(bytes(got), first + second)
                 self.assertTrue(h.wait_for(lambda: all(c.done for c in old.conns), 10))
                 self.assertEqual(len(old.conns), 2)
-                self.assertTrue(h.wait_for(
-                    lambda: "older configuration generation finished its last session"
-                    in g.log(), 10), g.log())
+                # Applied in place: one generation throughout, none started or retired.
+                self.assertEqual(g.metric("grelay_config_generations"), 1)
+                self.assertNotIn("generation", g.log())
 
                 # The mirror moved with its name: each session's request bytes whole at
                 # the sink its session started with.
@@ -130,7 +132,7 @@ class DnsTest(h.GrelayTest):
                 self.assertEqual(bytes(old_sink.conns[1].data), first + second)
                 for i, c in enumerate(new_sink.conns):
                     self.assertEqual(bytes(c.data), h.Stream(10 + i, 64 * h.KiB).bytes())
-                self.assertEqual(g.log().count("DNS: a new generation"), 1, g.log())
+                self.assertEqual(g.log().count(MOVED), 1, g.log())
                 self.assertEqual(g.metric("grelay_config_reloads_total", cause="dns",
                                           result="ok"), 1)
 
@@ -167,14 +169,14 @@ class DnsTest(h.GrelayTest):
                 r = h.stream_session(web, h.Stream(9, 32 * h.KiB))
                 self.assertTrue(r.ok, str(r))
                 self.assertEqual(lookups("changed"), 0)
-                self.assertNotIn("DNS: a new generation", g.log())
+                self.assertNotIn(MOVED, g.log())
             self.assertEqual((len(one.conns), len(two.conns)), (0, 4))
 
 
     def test_a_server_with_all_addresses_follows_the_set_of_answers(self):
         """all_addresses: a name with several addresses (a headless Kubernetes service) is
-        one server per address; an address added or gone starts a generation with the new
-        set, a reordering changes nothing."""
+        one server per address; an address added or gone gives new sessions the new set, a
+        reordering changes nothing."""
         self.write_hosts(f"127.0.0.1 {HOST_UP}\n127.0.0.2 {HOST_UP}\n")
         port = h.free_port("127.0.0.1")
         with h.EchoServer(host="127.0.0.1", port=port) as one, \
@@ -207,9 +209,9 @@ class DnsTest(h.GrelayTest):
                     "grelay_upstream_dns_lookups_total", upstream="app",
                     result="unchanged") >= start + 3, 15), g.log())
 
-                # One address gone, another added: a new generation with the new set.
+                # One address gone, another added: new sessions take the new set.
                 self.write_hosts(f"127.0.0.2 {HOST_UP}\n127.0.0.3 {HOST_UP}\n")
-                self.assertTrue(h.wait_for(lambda: "DNS: a new generation" in g.log(), 15),
+                self.assertTrue(h.wait_for(lambda: MOVED in g.log(), 15),
                                 g.log())
                 self.assertIn(f"DNS: {HOST_UP}:{port} (upstream app, server 0) now resolves to "
                               f"127.0.0.2:{port}, 127.0.0.3:{port}, not ", g.log())
@@ -218,12 +220,42 @@ class DnsTest(h.GrelayTest):
                 self.assertTrue(h.wait_for(lambda: g.metric(
                     "grelay_upstream_server_up", upstream="app",
                     server=f"0@127.0.0.3:{port}") == 1, 10))
-                self.assertEqual(g.log().count("DNS: a new generation"), 1, g.log())
+                self.assertEqual(g.log().count(MOVED), 1, g.log())
             for c in one.conns + two.conns + three.conns:
                 self.assertTrue(c.done)
 
+    def test_health_checks_follow_the_move(self):
+        """The pool's health checks go to the new address once it moved, and no longer to
+        the old one; the checks' counters go on."""
+        self.write_hosts(f"127.0.0.1 {HOST_UP}\n")
+        port = h.free_port("127.0.0.1")
+        with h.EchoServer(host="127.0.0.1", port=port) as old, \
+                h.EchoServer(host="127.0.0.2", port=port) as new:
+            cfg = h.Config()
+            cfg.with_admin()
+            cfg.upstream("app", [f"{HOST_UP}:{port}"], resolve_interval="100ms",
+                         check_interval="200ms")
+            web = cfg.listener("web", "app")
+            with self.grelay(cfg) as g:
+                def checks():
+                    return g.metric("grelay_upstream_health_checks_total", upstream="app",
+                                    result="ok")
+
+                self.assertTrue(h.wait_for(lambda: len(old.conns) >= 2, 10))
+                self.write_hosts(f"127.0.0.2 {HOST_UP}\n")
+                self.assertTrue(h.wait_for(lambda: MOVED in g.log(), 15), g.log())
+                before = checks()
+                self.assertTrue(h.wait_for(lambda: len(new.conns) >= 2, 10), g.log())
+                self.assertTrue(h.wait_for(lambda: checks() >= before + 2, 10))
+                settled = len(old.conns)
+                self.assertTrue(h.wait_for(lambda: len(new.conns) >= 5, 10))
+                self.assertEqual(len(old.conns), settled, "checks still go to the old address")
+                r = h.stream_session(web, h.Stream(1, 32 * h.KiB))
+                self.assertTrue(r.ok, str(r))
+                self.assertEqual(g.metric("grelay_upstream_server_up", upstream="app"), 1)
+
     def test_a_move_keeps_the_tls_contexts_and_does_not_read_the_files_again(self):
-        """A DNS move changes addresses only: the new generation serves TLS with the
+        """A DNS move changes addresses only: sessions after it are served TLS with the
         contexts already loaded (only SIGHUP reads certificate files), so a certificate
         being rotated or gone at that moment cannot fail it."""
         certs = h.Certs()
@@ -253,58 +285,67 @@ class DnsTest(h.GrelayTest):
                 os.rename(cert, cert + ".gone")
                 os.rename(key, key + ".gone")
                 self.write_hosts(f"127.0.0.2 {HOST_UP}\n")
-                self.assertTrue(h.wait_for(lambda: "DNS: a new generation" in g.log(), 15),
+                self.assertTrue(h.wait_for(lambda: MOVED in g.log(), 15),
                                 g.log())
                 echo(b"after" * 1000)
                 self.assertNotIn("cannot apply", g.log())
             self.assertEqual((len(old.conns), len(new.conns)), (1, 1))
 
-    def test_long_sessions_cannot_pile_up_generations(self):
-        """Each move starts a generation that lives until its last session ends; with 4 older
-        ones still open, a move waits until one of them finishes."""
+    def test_long_sessions_hold_no_move_back_and_keep_their_servers(self):
+        """Each move applies at once, whatever stays open: six moves, each leaving a session
+        on the address it started with. Every held session then still echoes byte-exact
+        on its own server, and there was one generation throughout (no workers, rings or
+        buffer pools added per move)."""
         port = h.free_port("127.0.0.1")
         ips = ["127.0.0.1", "127.0.0.2"]
         with h.EchoServer(host=ips[0], port=port) as a, h.EchoServer(host=ips[1], port=port) as b:
             servers = {ips[0]: a, ips[1]: b}
             self.write_hosts(f"{ips[0]} {HOST_UP}\n")
             cfg = h.Config()
+            cfg.with_admin()
             cfg.upstream("app", [f"{HOST_UP}:{port}"], resolve_interval="100ms")
             web = cfg.listener("web", "app")
             with self.grelay(cfg) as g:
-                held = []
+                held = []  # (socket, the address its session is on)
 
                 def hold(ip):
-                    # A session that stays open on the generation using `ip`.
                     before = len(servers[ip].conns)
                     s = h.connect(web, "127.0.0.1", 30)
                     s.sendall(b"held")
                     self.assertEqual(s.recv(16), b"held")
                     self.assertEqual(len(servers[ip].conns), before + 1, f"not on {ip}")
-                    held.append(s)
-
-                def moves():
-                    return g.log().count("DNS: a new generation")
+                    held.append((s, ip))
 
                 hold(ips[0])
-                for n in range(1, 5):  # 4 moves, each leaving a generation with a session
+                for n in range(1, 7):
                     ip = ips[n % 2]
                     self.write_hosts(f"{ip} {HOST_UP}\n")
-                    self.assertTrue(h.wait_for(lambda n=n: moves() == n, 15), g.log())
+                    self.assertTrue(h.wait_for(lambda n=n: g.log().count(MOVED) == n, 15),
+                                    g.log())
                     hold(ip)
-                # The 5th move waits: new sessions stay where they are.
-                self.write_hosts(f"{ips[1]} {HOST_UP}\n")
-                self.assertTrue(h.wait_for(lambda: "the change waits" in g.log(), 15), g.log())
+                self.assertEqual(g.metric("grelay_config_generations"), 1)
+                self.assertEqual(g.metric("grelay_config_reloads_total", cause="dns",
+                                          result="ok"), 6)
+                self.assertEqual((len(a.conns), len(b.conns)), (4, 3))
+                # A reload after the moves starts from the addresses as they moved.
+                g.send_signal(h.signal.SIGHUP)
+                self.assertTrue(h.wait_for(lambda: "SIGHUP: reloaded" in g.log(), 15), g.log())
                 hold(ips[0])
-                self.assertEqual(moves(), 4)
-                # One older generation finishes: the move happens.
-                first = held.pop(0)
-                first.shutdown(h.socket.SHUT_WR)
-                self.assertEqual(h.read_outcome(first, 10), ("eof", b""))
-                first.close()
-                self.assertTrue(h.wait_for(lambda: moves() == 5, 15), g.log())
-                hold(ips[1])
-                for s in held:
+                self.assertEqual(g.metric("grelay_config_generations"), 2)
+                for i, (s, ip) in enumerate(held):
+                    payload = h.Stream(i, 48 * h.KiB).bytes()
+                    s.sendall(payload)
+                    s.shutdown(h.socket.SHUT_WR)
+                    got = bytearray()
+                    while chunk := s.recv(65536):
+                        got += chunk
                     s.close()
+                    self.assertEqual(bytes(got), payload, f"session {i} on {ip}")
+                self.assertTrue(h.wait_for(
+                    lambda: all(c.done for c in a.conns + b.conns), 10))
+                for ip, server in servers.items():
+                    self.assertEqual([c.received for c in server.conns],
+                                     [4 + 48 * h.KiB] * len(server.conns), ip)
 
 
 if __name__ == "__main__":
