@@ -1,6 +1,8 @@
 #include "proxy/server.h"
 
+#include <arpa/inet.h>
 #include <fcntl.h>
+#include <netinet/in.h>
 #include <pthread.h>
 #include <signal.h>
 #include <sys/resource.h>
@@ -17,6 +19,7 @@
 #include <future>
 #include <iterator>
 #include <memory>
+#include <optional>
 #include <thread>
 
 #include "config/loader.h"
@@ -135,6 +138,11 @@ std::vector<int> distinctSockets(const std::vector<int>& fds) {
     out.push_back(fd);
   }
   return out;
+}
+
+uint16_t portOf(const config::Address& a) {
+  return ntohs(a.family() == AF_INET6 ? reinterpret_cast<const sockaddr_in6*>(&a.storage)->sin6_port
+                                      : reinterpret_cast<const sockaddr_in*>(&a.storage)->sin_port);
 }
 
 std::string joinAddresses(const std::vector<config::Address>& addresses) {
@@ -675,13 +683,20 @@ int runServer(config::Config initial, const relay::Features& features) {
   publish(*current);
   registry.liveness().stallNanos.store(nanos(cfg->admin.stall_timeout));
 
+  // The admin server, and the configuration whose [admin] listen it serves on (which
+  // outlives it).
   std::unique_ptr<metrics::AdminServer> admin;
-  if (cfg->admin.listen) {
+  std::shared_ptr<const config::Config> adminConfig = cfg;
+  auto startAdminFor = [&registry](const std::shared_ptr<const config::Config>& from,
+                                   std::string* why) {
     metrics::AdminInputs inputs;
-    inputs.config = cfg.get();
+    inputs.config = from.get();
     inputs.registry = &registry;
     inputs.version = GRELAY_VERSION;
-    admin = metrics::startAdmin(inputs, &error);
+    return metrics::startAdmin(inputs, why);
+  };
+  if (cfg->admin.listen) {
+    admin = startAdminFor(cfg, &error);
     if (!admin) {
       GRELAY_LOG_ERROR("%s", error.c_str());
       return kExitConfig;
@@ -723,6 +738,7 @@ int runServer(config::Config initial, const relay::Features& features) {
   };
   // SIGHUP: starts a generation for `nextCfg` in place of the current one, which drains.
   // `done` says what happened.
+  // Returns whether the new generation took over.
   auto apply = [&](std::shared_ptr<const config::Config> nextCfg, const std::string& done) {
     const char* cause = "SIGHUP";
     auto failed = [&](const std::string& line) {
@@ -735,13 +751,13 @@ int runServer(config::Config initial, const relay::Features& features) {
         buildGeneration(nextCfg, features, current.get(), &code, &error);
     if (!gen) {
       failed("cannot apply " + nextCfg->path + "; keeping the running configuration: " + error);
-      return;
+      return false;
     }
     publish(*gen);
     if (startGeneration(*gen, &error) != kExitOk) {
       registry.retire(gen->config.get());
       failed("cannot start the new workers; keeping the running configuration: " + error);
-      return;
+      return false;
     }
     for (int from : gen->inheritedFrom) {
       if (from >= 0) {
@@ -767,6 +783,47 @@ int runServer(config::Config initial, const relay::Features& features) {
         "generation%s finishing their sessions",
         cause, done.c_str(), current->workerCount, current->workerCount == 1 ? "" : "s",
         config::toString(current->path), old.size(), old.size() == 1 ? "" : "s");
+    return true;
+  };
+
+  // After a reload: metrics and probes follow [admin] listen when it moved, came or went.
+  // A new port is bound before the old one is let go; the same port on another address
+  // right after (the sockets would conflict). If the new one cannot be bound, the old one
+  // stays and the next SIGHUP tries again.
+  auto followAdmin = [&]() {
+    const std::optional<config::Address>& was = adminConfig->admin.listen;
+    const std::optional<config::Address>& now = current->config->admin.listen;
+    if (was.has_value() == now.has_value() && (!was || was->sameEndpoint(*now))) {
+      adminConfig = current->config;
+      return;
+    }
+    if (!now) {
+      admin.reset();
+      adminConfig = current->config;
+      GRELAY_LOG_INFO("SIGHUP: no [admin] listen: metrics and probes are no longer served");
+      return;
+    }
+    const bool samePort = was && portOf(*was) == portOf(*now);
+    if (samePort) {
+      admin.reset();
+    }
+    std::string why;
+    std::unique_ptr<metrics::AdminServer> fresh = startAdminFor(current->config, &why);
+    if (!fresh) {
+      std::string again;
+      if (samePort && !(admin = startAdminFor(adminConfig, &again))) {
+        GRELAY_LOG_ERROR("SIGHUP: %s; and again %s: metrics and probes are not served", why.c_str(),
+                         again.c_str());
+        adminConfig = current->config;  // the next SIGHUP tries [admin] listen anew
+        return;
+      }
+      GRELAY_LOG_ERROR("SIGHUP: %s; metrics stay on %s", why.c_str(),
+                       was ? was->text.c_str() : "(none)");
+      return;
+    }
+    admin = std::move(fresh);  // the old server (another port) stops here
+    adminConfig = current->config;
+    GRELAY_LOG_INFO("SIGHUP: metrics on http://%s/metrics", now->text.c_str());
   };
 
   // A DNS move: from now on the current generation's new sessions connect to `next`'s
@@ -828,17 +885,13 @@ int runServer(config::Config initial, const relay::Features& features) {
     for (const auto& w : loaded.warnings) {
       GRELAY_LOG_WARN("SIGHUP: %s", w.toString().c_str());
     }
-    const config::Config& next = *loaded.config;
-    const auto& before = current->config->admin.listen;
-    if (next.admin.listen.has_value() != before.has_value() ||
-        (before && !before->sameEndpoint(*next.admin.listen))) {
-      GRELAY_LOG_WARN("SIGHUP: [admin] listen changes need a restart; metrics stay on %s",
-                      before ? before->text.c_str() : "(none)");
-    }
-    if (next.server.user != current->config->server.user) {
+    if (loaded.config->server.user != current->config->server.user) {
       GRELAY_LOG_WARN("SIGHUP: [server] user changes need a restart");
     }
-    apply(std::make_shared<const config::Config>(std::move(*loaded.config)), "reloaded " + path);
+    if (apply(std::make_shared<const config::Config>(std::move(*loaded.config)),
+              "reloaded " + path)) {
+      followAdmin();
+    }
   };
 
   while (true) {

@@ -27,6 +27,69 @@ class ReloadTest(h.GrelayTest):
         self.assertTrue(h.wait_for(lambda: g.log().count(expect) > before, 10),
                         f"no '{expect}' after SIGHUP:\n{g.log_tail()}")
 
+    def test_admin_listen_follows_a_reload(self):
+        """[admin] listen follows SIGHUP: metrics and probes move to the new port and the
+        old one closes; a port that cannot be bound keeps the old one (logged) and the next
+        SIGHUP tries again; without [admin] nothing is served; the same port on another
+        address is taken over. Counters go on across every move."""
+        def served(port, host="127.0.0.1"):
+            try:
+                return h.parse_metrics(h.scrape_metrics(port, host=host, timeout=2.0))
+            except OSError:
+                return None
+
+        def accepted(metrics):
+            return metrics[("grelay_connections_total", (("listener", "web"),))]
+
+        with h.EchoServer() as echo:
+            cfg = h.Config()
+            cfg.upstream("app", [echo.address])
+            first = cfg.with_admin()
+            web = cfg.listener("web", "app")
+            with h.Grelay(cfg) as g:
+                self.assertTrue(h.stream_session(web, h.Stream(1, 32 * h.KiB)).ok)
+                self.assertEqual(accepted(served(first)), 1)
+
+                second = cfg.with_admin()
+                write(g.config_path, cfg.render())
+                self.reload(g, f"SIGHUP: metrics on http://127.0.0.1:{second}/metrics")
+                self.assertEqual(accepted(served(second)), 1)
+                self.assertIsNone(served(first), "the old admin port still answers")
+                with h.urllib.request.urlopen(f"http://127.0.0.1:{second}/ready",
+                                              timeout=2) as r:
+                    self.assertEqual(r.status, 200)
+
+                # A port taken by another process: the metrics stay where they are.
+                with h.socket.socket() as busy:
+                    busy.bind(("127.0.0.1", 0))
+                    busy.listen()
+                    taken = busy.getsockname()[1]
+                    cfg.with_admin(taken)
+                    write(g.config_path, cfg.render())
+                    self.reload(g, f"metrics stay on 127.0.0.1:{second}")
+                    self.assertTrue(h.stream_session(web, h.Stream(2, 32 * h.KiB)).ok)
+                    self.assertEqual(accepted(served(second)), 2)
+                # Freed: the next SIGHUP (same file) takes it.
+                self.reload(g, f"SIGHUP: metrics on http://127.0.0.1:{taken}/metrics")
+                self.assertEqual(accepted(served(taken)), 2)
+                self.assertIsNone(served(second))
+
+                cfg.admin = None
+                write(g.config_path, cfg.render())
+                self.reload(g, "metrics and probes are no longer served")
+                self.assertIsNone(served(taken))
+
+                # Back, then the same port on every address: the old socket is let go first.
+                cfg.with_admin(first)
+                write(g.config_path, cfg.render())
+                self.reload(g, f"SIGHUP: metrics on http://127.0.0.1:{first}/metrics")
+                cfg.admin = {"listen": f"0.0.0.0:{first}"}
+                write(g.config_path, cfg.render())
+                self.reload(g, f"SIGHUP: metrics on http://0.0.0.0:{first}/metrics")
+                self.assertTrue(h.stream_session(web, h.Stream(3, 32 * h.KiB)).ok)
+                self.assertEqual(accepted(served(first)), 3)
+                self.assertEqual(g.log().count(" ERROR "), 1, g.log())  # the taken port
+
     def test_reload_applies_changes_and_keeps_open_sessions(self):
         with h.EchoServer() as echo_a, h.EchoServer() as echo_b, h.SinkServer() as sink:
             cfg = h.Config()
