@@ -1126,11 +1126,14 @@ void Session::releaseServer() {
 
 void Session::connectPrimary() {
   UpstreamPool& pool = *listener_.upstream;
-  if (serverAttempt_ == 0 && queueDeadline_ == 0 && pool.config().queue_timeout.count() > 0 &&
-      pool.queuedSessions() > 0) {
+  const bool newcomer =
+      serverAttempt_ == 0 && queueDeadline_ == 0 && pool.config().queue_timeout.count() > 0;
+  if ((newcomer && pool.queuedSessions() > 0) ||
+      (queued_ && listener_.slotQueue != nullptr && listener_.slotQueue->olderElsewhere(*this))) {
     // Sessions are waiting for a slot already: this one waits with them rather than take
     // the slot one of them is about to (a steady stream of new sessions would otherwise
-    // starve the queue).
+    // starve the queue); a waiter leaves a slot to one of another worker that has waited
+    // longer (it is woken for it).
     fullServers_.assign(serverOrder_.begin(), serverOrder_.end());
     serverAttempt_ = serverOrder_.size();
   }

@@ -2,9 +2,62 @@
 
 namespace grelay::proxy {
 
+void SlotBoard::publish(uint32_t worker, uint64_t ticket) {
+  if (worker >= kWorkers) {
+    return;
+  }
+  uint32_t span = span_.load(std::memory_order_relaxed);
+  while (span <= worker &&
+         !span_.compare_exchange_weak(span, worker + 1, std::memory_order_relaxed)) {
+  }
+  // Only `worker`'s thread writes its entry.
+  const uint64_t was = oldest_[worker].exchange(ticket, std::memory_order_acq_rel);
+  if (was == 0 && ticket != 0) {
+    waiting_.fetch_add(1, std::memory_order_acq_rel);
+  } else if (was != 0 && ticket == 0) {
+    waiting_.fetch_sub(1, std::memory_order_acq_rel);
+  }
+}
+
+uint64_t SlotBoard::oldest(uint32_t* worker) const {
+  if (waiting_.load(std::memory_order_acquire) == 0) {
+    return 0;
+  }
+  uint64_t best = 0;
+  const uint32_t span = span_.load(std::memory_order_acquire);
+  for (uint32_t w = 0; w < span; ++w) {
+    const uint64_t ticket = oldest_[w].load(std::memory_order_acquire);
+    if (ticket != 0 && (best == 0 || ticket < best)) {
+      best = ticket;
+      *worker = w;
+    }
+  }
+  return best;
+}
+
+SlotQueue::SlotQueue(std::shared_ptr<SlotBoard> board, uint32_t worker, WakeWorker wake)
+    : board_(worker < SlotBoard::kWorkers ? std::move(board) : nullptr),
+      worker_(worker),
+      wake_(std::move(wake)) {}
+
+SlotQueue::~SlotQueue() {
+  if (size_ > 0 && board_ != nullptr) {
+    board_->publish(worker_, 0);  // (torn down with its worker)
+  }
+}
+
+void SlotQueue::publish() {
+  if (board_ != nullptr) {
+    board_->publish(worker_, head_ != nullptr ? head_->slotTicket_ : 0);
+  }
+}
+
 void SlotQueue::push(SlotWaiter& waiter, bool front) {
   if (waiter.waitingSlot_) {
     return;
+  }
+  if (!front || waiter.slotTicket_ == 0) {
+    waiter.slotTicket_ = board_ != nullptr ? board_->takeTicket() : ++ticket_;
   }
   waiter.waitingSlot_ = true;
   ++size_;
@@ -21,6 +74,7 @@ void SlotQueue::push(SlotWaiter& waiter, bool front) {
     tail_ = &waiter;
   }
   if (head_ != oldHead) {
+    publish();
     waiter.lookForSlot();
   }
 }
@@ -29,6 +83,7 @@ void SlotQueue::forget(SlotWaiter& waiter) {
   if (!waiter.waitingSlot_) {
     return;
   }
+  const bool wasOldest = head_ == &waiter;
   SlotWaiter* prev = waiter.prevSlotWaiter_;
   SlotWaiter* next = waiter.nextSlotWaiter_;
   (prev != nullptr ? prev->nextSlotWaiter_ : head_) = next;
@@ -36,6 +91,9 @@ void SlotQueue::forget(SlotWaiter& waiter) {
   waiter.prevSlotWaiter_ = waiter.nextSlotWaiter_ = nullptr;
   waiter.waitingSlot_ = false;
   --size_;
+  if (wasOldest) {
+    publish();
+  }
 }
 
 void SlotQueue::remove(SlotWaiter& waiter) {
@@ -47,9 +105,30 @@ void SlotQueue::remove(SlotWaiter& waiter) {
 }
 
 void SlotQueue::slotReleased() {
+  uint32_t worker = worker_;
+  if (board_ != nullptr && board_->oldest(&worker) == 0) {
+    return;  // nobody waits, here or on another worker
+  }
+  if (worker != worker_ && wake_) {
+    wake_(worker);  // its waiter has waited longest: the slot is its
+  } else if (head_ != nullptr) {
+    head_->lookForSlot();
+  }
+}
+
+void SlotQueue::wakeOldest() {
   if (head_ != nullptr) {
     head_->lookForSlot();
   }
+}
+
+bool SlotQueue::olderElsewhere(const SlotWaiter& waiter) const {
+  if (board_ == nullptr) {
+    return false;
+  }
+  uint32_t worker = worker_;
+  const uint64_t ticket = board_->oldest(&worker);
+  return ticket != 0 && worker != worker_ && ticket < waiter.slotTicket_;
 }
 
 }  // namespace grelay::proxy

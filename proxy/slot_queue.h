@@ -1,14 +1,22 @@
-// The sessions of one listener on one worker that wait for an upstream slot (the pool's
-// queue_timeout, every server at max_conns), oldest first.
+// The sessions that wait for an upstream slot (the pool's queue_timeout, every server at
+// max_conns), oldest first: one queue per worker and pool, and a board the pool's queues
+// share so that a freed slot goes to the oldest waiter of any worker.
 //
-// Only the oldest waiter looks for a slot: on its own timer (a slot another worker or an
-// older generation freed), and at once when a session of this queue's listener releases
-// one or the waiter ahead of it leaves. The others wait for their turn (or their
-// queue_timeout) without a timer of their own, so a long queue costs nothing per waiter
-// and a freed slot goes to the session that has waited longest on this worker.
+// Each waiter takes a ticket from the board as it starts waiting (in arrival order across
+// workers); each queue publishes the ticket of its oldest waiter. Only a queue's oldest
+// waiter looks for a slot: on its own timer (a slot freed by an older generation, or a
+// wake-up that was missed), and at once when it is woken: by a session that releases a
+// slot, on whichever worker, when its ticket is the smallest published; or when the
+// waiter ahead of it leaves. A waiter whose ticket is not the smallest leaves a slot it
+// finds to the older one (olderElsewhere()). The others wait for their turn (or their
+// queue_timeout) without a timer of their own, so a long queue costs nothing per waiter.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <memory>
 
 namespace grelay::proxy {
 
@@ -22,37 +30,80 @@ private:
   friend class SlotQueue;
   SlotWaiter* prevSlotWaiter_ = nullptr;
   SlotWaiter* nextSlotWaiter_ = nullptr;
+  uint64_t slotTicket_ = 0;
   bool waitingSlot_ = false;
 
 protected:
   ~SlotWaiter() = default;
 };
 
+// Shared by the queues of one pool (one per worker): tickets, and each worker's oldest.
+class SlotBoard {
+public:
+  // Workers past this many keep their order among themselves only.
+  static constexpr uint32_t kWorkers = 1024;
+
+  SlotBoard() : oldest_(new std::atomic<uint64_t>[kWorkers]) {
+    for (uint32_t w = 0; w < kWorkers; ++w) {
+      oldest_[w].store(0, std::memory_order_relaxed);
+    }
+  }
+  uint64_t takeTicket() { return next_.fetch_add(1, std::memory_order_relaxed) + 1; }
+  // `ticket` of `worker`'s oldest waiter (0 = it has none).
+  void publish(uint32_t worker, uint64_t ticket);
+  // The worker whose oldest waiter has the smallest ticket, and that ticket (0 = none).
+  uint64_t oldest(uint32_t* worker) const;
+
+private:
+  std::atomic<uint64_t> next_{0};
+  std::unique_ptr<std::atomic<uint64_t>[]> oldest_;
+  std::atomic<uint32_t> span_{0};     // 1 + the highest worker that ever published
+  std::atomic<uint32_t> waiting_{0};  // workers with a waiter now
+};
+
 class SlotQueue {
 public:
-  SlotQueue() = default;
+  // Wakes worker `index` (from any thread) so that its queues' oldest waiters look.
+  using WakeWorker = std::function<void(uint32_t index)>;
+
+  // `board` (may be null: this queue's order only) is the pool's; `worker` this queue's.
+  explicit SlotQueue(std::shared_ptr<SlotBoard> board = nullptr, uint32_t worker = 0,
+                     WakeWorker wake = nullptr);
+  ~SlotQueue();
   SlotQueue(const SlotQueue&) = delete;
   SlotQueue& operator=(const SlotQueue&) = delete;
 
-  // A new waiter goes last. One that waited before (its slot's connect failed) goes
-  // first again with `front`: it keeps its turn. A waiter that becomes the oldest is told
-  // to look (lookForSlot()).
+  // A new waiter goes last, with a new ticket. One that waited before (its slot's connect
+  // failed) goes first again with `front`, with its ticket: it keeps its turn. A waiter
+  // that becomes the oldest is told to look (lookForSlot()).
   void push(SlotWaiter& waiter, bool front = false);
   // Unlinks `waiter` (if queued); when it was the oldest, the next one looks at once.
   void remove(SlotWaiter& waiter);
   // Unlinks without waking anyone (a waiter being destroyed with its worker).
   void forget(SlotWaiter& waiter);
-  // A slot of the pool came free: the oldest waiter looks for it.
+  // A slot of the pool came free: the oldest waiter of any worker looks for it (this
+  // worker's at once, another's through `wake`).
   void slotReleased();
+  // This worker was woken for a freed slot: its oldest waiter looks.
+  void wakeOldest();
 
   bool contains(const SlotWaiter& waiter) const { return waiter.waitingSlot_; }
   bool isOldest(const SlotWaiter& waiter) const { return head_ == &waiter; }
+  // Whether a waiter of another worker has waited longer than `waiter`: a slot `waiter`
+  // finds is that one's.
+  bool olderElsewhere(const SlotWaiter& waiter) const;
   size_t size() const { return size_; }
 
 private:
+  void publish();
+
+  std::shared_ptr<SlotBoard> board_;
+  uint32_t worker_;
+  WakeWorker wake_;
   SlotWaiter* head_ = nullptr;
   SlotWaiter* tail_ = nullptr;
   size_t size_ = 0;
+  uint64_t ticket_ = 0;  // for a queue without a board
 };
 
 }  // namespace grelay::proxy

@@ -11,6 +11,7 @@
 
 #include "config/config.h"
 #include "metrics/stats.h"
+#include "proxy/slot_queue.h"
 
 namespace grelay::proxy {
 
@@ -113,6 +114,8 @@ public:
   // pool has a queue_timeout and sessions are waiting already or every server of `order`
   // is at max_conns (a snapshot: slots come and go on other workers).
   bool wouldWait(const std::vector<uint32_t>& order) const;
+  // The order of this pool's waiting sessions across workers (each worker's SlotQueue).
+  const std::shared_ptr<SlotBoard>& slotBoard() const { return slotBoard_; }
 
   // Passive health (any thread). A connect to `server` (TCP, and the TLS handshake when
   // the pool uses TLS) failed: after max_fails consecutive failures the server is marked
@@ -173,6 +176,8 @@ private:
   // a reload left on the old configuration too.
   std::vector<std::shared_ptr<std::atomic<int64_t>>> active_;
   std::shared_ptr<std::atomic<int64_t>> queued_ = std::make_shared<std::atomic<int64_t>>(0);
+  // Not shared across a reload: another pool's sessions wait in other queues.
+  std::shared_ptr<SlotBoard> slotBoard_ = std::make_shared<SlotBoard>();
   std::unique_ptr<PeerHealth[]> health_;
 };
 

@@ -133,6 +133,14 @@ void Runtime::setRoutes(std::shared_ptr<const Routes> next) {
   routesVersion_.fetch_add(1, std::memory_order_release);
 }
 
+void Runtime::wakeWorker(uint32_t index) const {
+  if (index < wakeFds.size() && wakeFds[index] >= 0) {
+    uint64_t one = 1;
+    ssize_t ignored = ::write(wakeFds[index], &one, sizeof(one));
+    (void)ignored;
+  }
+}
+
 Runtime::~Runtime() {
   for (int fd : accessLogFds) {
     if (fd >= 0) {
@@ -156,8 +164,13 @@ Worker::Worker(Runtime& runtime, uint32_t index, metrics::WorkerStats& stats,
   auto first = std::make_unique<WorkerRoutes>();
   first->version = runtime.routesVersion();
   first->routes = runtime.routes();
-  for (size_t u = 0; u < first->routes->upstreams.size(); ++u) {
-    first->slotQueues.push_back(std::make_shared<SlotQueue>());
+  controlFd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (runtime.wakeFds.size() <= index) {
+    runtime.wakeFds.resize(index + 1, -1);
+  }
+  runtime.wakeFds[index] = controlFd_;
+  for (const auto& pool : first->routes->upstreams) {
+    first->slotQueues.push_back(makeSlotQueue(*pool));
   }
   for (size_t i = 0; i < cfg.listeners.size() && i < listenFds.size(); ++i) {
     for (int fd : listenFds[i]) {
@@ -184,7 +197,12 @@ Worker::Worker(Runtime& runtime, uint32_t index, metrics::WorkerStats& stats,
     }
   }
   routes_.push_back(std::move(first));
-  controlFd_ = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+}
+
+std::shared_ptr<SlotQueue> Worker::makeSlotQueue(const UpstreamPool& pool) {
+  Runtime* runtime = &runtime_;
+  return std::make_shared<SlotQueue>(pool.slotBoard(), index_,
+                                     [runtime](uint32_t w) { runtime->wakeWorker(w); });
 }
 
 Worker::~Worker() {
@@ -328,7 +346,7 @@ void Worker::followRoutes() {
   for (size_t u = 0; u < pools.size(); ++u) {
     // A pool the move left as it was keeps its queue: its waiters stay in order.
     const bool same = u < was.routes->upstreams.size() && was.routes->upstreams[u] == pools[u];
-    next->slotQueues.push_back(same ? was.slotQueues[u] : std::make_shared<SlotQueue>());
+    next->slotQueues.push_back(same ? was.slotQueues[u] : makeSlotQueue(*pools[u]));
   }
   for (size_t k = 0; k < acceptors_.size(); ++k) {
     auto context = std::make_unique<ListenerContext>(*was.contexts[k]);
@@ -417,6 +435,13 @@ void Worker::armControl() {
 
 void Worker::onControl(int32_t res, uint32_t) noexcept {
   controlArmed_ = false;
+  // Perhaps a slot freed on another worker, for the oldest waiter of one of these queues
+  // (one that has not waited longest leaves it alone).
+  for (const auto& routes : routes_) {
+    for (const auto& queue : routes->slotQueues) {
+      queue->wakeOldest();
+    }
+  }
   if (runtime_.draining.load() && !drainStarted_) {
     beginDrain();
   }

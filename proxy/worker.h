@@ -83,6 +83,10 @@ struct Runtime {
   // Listening sockets the workers still accept from. Once a draining generation's count
   // is 0, every new connection goes to the generation that replaced it.
   std::atomic<int> openListenSockets{0};
+  // [worker]: its control eventfd (set as the workers are made, before any runs), written
+  // to wake it: a slot freed on another worker is its oldest waiter's.
+  std::vector<int> wakeFds;
+  void wakeWorker(uint32_t index) const;
 
 private:
   mutable std::mutex routesMutex_;
@@ -176,6 +180,8 @@ private:
 
   // Fills `context`'s fields that come from the routes.
   static void route(ListenerContext& context, size_t listener, WorkerRoutes& routes);
+  // This worker's queue of the sessions waiting for a slot of `pool`.
+  std::shared_ptr<SlotQueue> makeSlotQueue(const UpstreamPool& pool);
   // If Runtime::routes() changed (a DNS move), new sessions take the new routes (one
   // atomic load when not).
   void followRoutes();

@@ -347,25 +347,26 @@ class UpstreamRefusedTest(h.GrelayTest):
                 self.assertEqual(h.read_outcome(queued, 10), ("eof", b"z"))
                 queued.close()
 
-    def test_a_freed_slot_goes_to_the_session_that_waited_longest(self):
+    def serve_waiters_in_order(self, workers, count):
+        """`count` sessions wait for the one slot; each slot that frees goes to the oldest
+        waiter, whichever worker it is on and whichever waiter looked last; the others are
+        still waiting, their byte unanswered."""
         with h.EchoServer() as echo:
             cfg = h.Config()
-            cfg.server["workers"] = 1  # the order is kept per worker
+            cfg.server["workers"] = workers
             cfg.upstream("one", [{"address": echo.address, "max_conns": 1}], queue_timeout="60s")
             one = cfg.listener("one", "one")
             cfg.with_admin()
             with h.Grelay(cfg) as g:
                 held = self.hold(one)
                 waiters = []
-                for i in range(6):
+                for i in range(count):
                     c = h.connect(one)
                     c.sendall(bytes([0x41 + i]))
                     waiters.append(c)
                     self.assertTrue(h.wait_for(lambda: g.metric(
                         "grelay_upstream_queued_sessions", listener="one") == i + 1, 10),
                         g.log_tail())
-                # Each slot that frees goes to the oldest waiter, whichever waiter looked
-                # last; the others are still waiting, their byte unanswered.
                 held.close()
                 for i, c in enumerate(waiters):
                     ready, _, _ = select.select(waiters[i:], [], [], 10)
@@ -375,8 +376,16 @@ class UpstreamRefusedTest(h.GrelayTest):
                     self.assertEqual(g.metric("grelay_upstream_queued_sessions", listener="one"),
                                      len(waiters) - i - 1)
                     c.close()
-                self.assertEqual(g.metric("grelay_upstream_queued_total", listener="one"), 6)
+                self.assertEqual(g.metric("grelay_upstream_queued_total", listener="one"), count)
                 self.assertEqual(g.metric("grelay_upstream_unavailable_total", listener="one"), 0)
+
+    def test_a_freed_slot_goes_to_the_session_that_waited_longest(self):
+        self.serve_waiters_in_order(workers=1, count=6)
+
+    def test_the_oldest_waiter_gets_the_slot_whichever_worker_freed_it(self):
+        # Connections spread over the workers (SO_REUSEPORT): twelve waiters land on both
+        # but for a 1 in 2048 chance.
+        self.serve_waiters_in_order(workers=2, count=12)
 
     def test_a_waiting_session_reaches_its_mirrors_only_with_a_slot(self):
         with h.EchoServer() as echo, h.SinkServer() as sink:

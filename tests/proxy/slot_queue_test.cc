@@ -2,6 +2,7 @@
 
 #include <gtest/gtest.h>
 
+#include <memory>
 #include <string>
 #include <vector>
 
@@ -88,6 +89,65 @@ TEST(SlotQueueTest, KeepsOrderAcrossManyJoinsAndLeaves) {
     }
   }
   EXPECT_EQ(looks, "cegikmoqsuwy");
+}
+
+TEST(SlotQueueTest, AFreedSlotGoesToTheOldestWaiterOfAnyWorker) {
+  std::string looks;
+  std::vector<uint32_t> woken;
+  auto board = std::make_shared<SlotBoard>();
+  auto wake = [&woken](uint32_t w) { woken.push_back(w); };
+  SlotQueue q0(board, 0, wake), q1(board, 1, wake);
+  Waiter a(&looks, 'a'), b(&looks, 'b'), c(&looks, 'c'), d(&looks, 'd');
+  q0.push(a);  // the first to wait, on worker 0
+  q1.push(b);  // then one on worker 1
+  q0.push(c);
+  q1.push(d);
+  EXPECT_EQ(looks, "ab");  // each worker's oldest looks
+  // A slot freed on worker 1 is a's (worker 0 is woken for it), not b's; b leaves what
+  // it finds to a.
+  q1.slotReleased();
+  EXPECT_EQ(woken, std::vector<uint32_t>{0});
+  EXPECT_EQ(looks, "ab");
+  EXPECT_TRUE(q1.olderElsewhere(b));
+  EXPECT_FALSE(q0.olderElsewhere(a));
+  q0.wakeOldest();  // worker 0 woken: its oldest looks
+  EXPECT_EQ(looks, "aba");
+  q0.remove(a);  // a took the slot: c is worker 0's oldest, but b has waited longer
+  EXPECT_EQ(looks, "abac");
+  EXPECT_TRUE(q0.olderElsewhere(c));
+  EXPECT_FALSE(q1.olderElsewhere(b));
+  q0.slotReleased();
+  EXPECT_EQ(woken, (std::vector<uint32_t>{0, 1}));
+  q1.slotReleased();  // freed on the oldest's own worker: it looks at once
+  EXPECT_EQ(looks, "abacb");
+  q1.remove(b);
+  EXPECT_EQ(looks, "abacbd");
+  EXPECT_FALSE(q0.olderElsewhere(c));  // c is the oldest of all now
+  EXPECT_TRUE(q1.olderElsewhere(d));
+  q0.remove(c);
+  q1.remove(d);
+  q0.slotReleased();  // nobody waits anywhere: nobody is woken
+  EXPECT_EQ(woken, (std::vector<uint32_t>{0, 1}));
+  EXPECT_EQ(looks, "abacbd");
+}
+
+TEST(SlotQueueTest, AWaiterThatWaitsAgainKeepsItsTicketAcrossWorkers) {
+  std::string looks;
+  auto board = std::make_shared<SlotBoard>();
+  SlotQueue q0(board, 0), q1(board, 1);
+  Waiter a(&looks, 'a'), b(&looks, 'b');
+  q0.push(a);
+  q1.push(b);
+  q0.remove(a);  // a took a slot (b is the only one waiting) ...
+  EXPECT_FALSE(q1.olderElsewhere(b));
+  q0.push(a, /*front=*/true);  // ... whose connect failed: a waits again, with its turn
+  EXPECT_TRUE(q1.olderElsewhere(b));  // still older than b
+  EXPECT_FALSE(q0.olderElsewhere(a));
+  q0.remove(a);
+  q0.push(a);  // a new wait: a new ticket, after b's
+  EXPECT_TRUE(q0.olderElsewhere(a));
+  q0.remove(a);
+  q1.remove(b);
 }
 
 }  // namespace
