@@ -12,6 +12,7 @@
 #include <condition_variable>
 #include <cstring>
 #include <map>
+#include <memory>
 #include <mutex>
 #include <string>
 #include <thread>
@@ -260,35 +261,44 @@ TEST_F(DnsWatcherTest, AMoveLooksUpTheOtherNamesAtOnceAndReportsThemTogether) {
 }
 
 TEST_F(DnsWatcherTest, StopDoesNotWaitForALookupInProgress) {
-  std::mutex mutex;
-  std::condition_variable cv;
-  bool entered = false;
-  bool release = false;
+  // Shared with the resolver, which the watcher's thread leaves only after the watcher is
+  // gone: it must outlive this test's frame.
+  struct Gate {
+    std::mutex mutex;
+    std::condition_variable cv;
+    bool entered = false;
+    bool release = false;
+    bool left = false;
+  };
+  auto gate = std::make_shared<Gate>();
   Counters a;
   auto watcher = std::make_unique<DnsWatcher>(
       std::vector<DnsTarget>{target("slow.test:80", "10.0.0.1", a, 1ms)},
-      [&](const std::string& text, std::string*) {
-        std::unique_lock<std::mutex> lock(mutex);
-        entered = true;
-        cv.notify_all();
-        cv.wait(lock, [&] { return release; });
+      [gate](const std::string& text, std::string*) {
+        std::unique_lock<std::mutex> lock(gate->mutex);
+        gate->entered = true;
+        gate->cv.notify_all();
+        gate->cv.wait(lock, [&] { return gate->release; });
+        gate->left = true;
+        gate->cv.notify_all();
         return std::vector<config::Address>{v4("10.0.0.2", 80, text)};
       });
   ASSERT_EQ(watcher->start(), 0);
   {
-    std::unique_lock<std::mutex> lock(mutex);
-    ASSERT_TRUE(cv.wait_for(lock, 10s, [&] { return entered; }));
+    std::unique_lock<std::mutex> lock(gate->mutex);
+    ASSERT_TRUE(gate->cv.wait_for(lock, 10s, [&] { return gate->entered; }));
   }
   const auto before = std::chrono::steady_clock::now();
   watcher.reset();  // stops while the resolver blocks
   EXPECT_LT(std::chrono::steady_clock::now() - before, 1s);
   {
-    std::lock_guard<std::mutex> lock(mutex);
-    release = true;
-    cv.notify_all();
+    std::unique_lock<std::mutex> lock(gate->mutex);
+    gate->release = true;
+    gate->cv.notify_all();
+    ASSERT_TRUE(gate->cv.wait_for(lock, 10s, [&] { return gate->left; }));
   }
-  // The lookup returns after the stop: it must not count into (or report through) what the
-  // watcher's owner may already have freed.
+  // The lookup returned after the stop: it must not count into (or report through) what
+  // the watcher's owner may already have freed.
   std::this_thread::sleep_for(50ms);
   EXPECT_EQ(a.lookups.value(), 0u);
   EXPECT_EQ(a.changes.value(), 0u);
