@@ -453,7 +453,8 @@ std::vector<MetricFamily> StatsCollector::collectFrom(
   auto& reloadCount = list.add("grelay_config_reloads_total",
                                "Attempts to change the running configuration, by cause (sighup: "
                                "the file; dns: a server's host name moved) and result (ok: a "
-                               "new generation took over; failed: the running one stayed).",
+                               "new generation took over, or for dns new sessions take the new "
+                               "address; failed: the running one stayed).",
                                MetricType::Counter);
   auto& reloadOk = list.add("grelay_config_last_reload_successful",
                             "0 while the latest attempt to change the configuration failed "
@@ -576,8 +577,8 @@ std::vector<MetricFamily> StatsCollector::collectFrom(
                "Bytes a mirror sent back (read and discarded).", MetricType::Counter);
   auto& mirrorDns = list.add("grelay_mirror_dns_lookups_total",
                              "Lookups of the mirror's host name (resolve_interval), by result: "
-                             "unchanged, changed (a new address: a new configuration "
-                             "generation), failed (the address in use stays).",
+                             "unchanged, changed (a new address, which new sessions "
+                             "take), failed (the address in use stays).",
                              MetricType::Counter);
   auto& tapBytes =
       list.add("grelay_tap_bytes_total", "Payload bytes written to the tap.", MetricType::Counter);
@@ -636,8 +637,8 @@ std::vector<MetricFamily> StatsCollector::collectFrom(
                                MetricType::Gauge);
   auto& upstreamDns = list.add("grelay_upstream_dns_lookups_total",
                                "Lookups of the pool's server host names (resolve_interval), by "
-                               "result: unchanged, changed (a new address: a new configuration "
-                               "generation), failed (the address in use stays).",
+                               "result: unchanged, changed (a new address, which new sessions "
+                               "take), failed (the address in use stays).",
                                MetricType::Counter);
   auto dnsSamples = [](MetricFamily& family, const Labels& labels, const DnsTotals& dns) {
     auto with = [&labels](const char* result) {
