@@ -631,6 +631,14 @@ std::vector<MetricFamily> StatsCollector::collectFrom(
                                 "weight, 0 while marked down, scaled from 0 up during "
                                 "slow_start.",
                                 MetricType::Gauge);
+  auto& serverSessions = list.add("grelay_upstream_server_sessions_total",
+                                  "Sessions connected to each server of the pool (its TCP "
+                                  "connect, and the TLS handshake for a TLS pool, succeeded).",
+                                  MetricType::Counter);
+  auto& serverFailures = list.add("grelay_upstream_server_connect_failures_total",
+                                  "Sessions' connects to each server of the pool that failed or "
+                                  "timed out, TLS handshakes included (not health checks).",
+                                  MetricType::Counter);
   auto& serversDown = list.add("grelay_upstream_servers_down",
                                "Servers of the pool marked down after the latest round of "
                                "health checks (pools with check_interval).",
@@ -789,6 +797,8 @@ std::vector<MetricFamily> StatsCollector::collectFrom(
         sample(serverActive, labels, static_cast<double>(now->view->serverActive(s)));
         sample(serverUp, labels, now->view->serverDown(s) ? 0 : 1);
         sample(serverWeight, labels, now->view->serverWeight(s));
+        sample(serverSessions, labels, asDouble(now->view->serverSessions(s)));
+        sample(serverFailures, labels, asDouble(now->view->serverConnectFailures(s)));
       }
     }
     const bool checked = pool.check_interval.count() > 0;

@@ -178,6 +178,11 @@ public:
   // Its share of the rotation right now: its weight, 0 while marked down, scaled by its
   // progress while in slow start.
   virtual double serverWeight(size_t server) const = 0;
+  // Sessions connected to the server (its TCP connect, and the TLS handshake for a TLS
+  // pool, succeeded), and sessions' connects to it that failed (health checks apart), since
+  // it joined the pool: carried over a reload or a DNS move that keeps its address.
+  virtual uint64_t serverSessions(size_t server) const = 0;
+  virtual uint64_t serverConnectFailures(size_t server) const = 0;
 };
 
 // One upstream pool: its live view, its active health checks (pools with check_interval),

@@ -1064,9 +1064,7 @@ void Session::handshakeDone(Peer& peer) {
     stats().tlsHandshakes.inc();
     beginSession();
   } else {
-    listener_.upstream->connectSucceeded(static_cast<uint32_t>(server_), host_.now());
-    openTap(true);
-    startRelaying();
+    upstreamReady();
   }
 }
 
@@ -1302,7 +1300,13 @@ void Session::primaryConnected(int32_t res) {
     continueHandshake(primary_);
     return;
   }
-  listener_.upstream->connectSucceeded(static_cast<uint32_t>(server_), host_.now());
+  upstreamReady();
+}
+
+void Session::upstreamReady() {
+  UpstreamPool& pool = *listener_.upstream;
+  pool.connectSucceeded(static_cast<uint32_t>(server_), host_.now());
+  pool.sessionConnected(static_cast<uint32_t>(server_));
   openTap(true);
   startRelaying();
 }
@@ -1311,6 +1315,7 @@ void Session::upstreamFailed(const std::string& why) {
   stats().upstreamConnectErrors.inc();
   UpstreamPool& pool = *listener_.upstream;
   const auto server = static_cast<uint32_t>(server_);
+  pool.sessionConnectFailed(server);
   if (pool.connectFailed(server, host_.now())) {
     stats().upstreamMarkedDown.inc();
     const config::UpstreamConfig& uc = pool.config();

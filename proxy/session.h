@@ -370,6 +370,8 @@ private:
   void connectPrimary();
   void primaryConnected(int32_t res);
   // A connect or upstream TLS handshake to server_ failed: counts it and tells the pool.
+  // The primary is connected (and its TLS handshake done): counted, then relaying.
+  void upstreamReady();
   void upstreamFailed(const std::string& why);
   PeerHealth* mirrorHealth(size_t index) const;
   // Gives back the slot the session holds on server_ (see UpstreamPool::acquire).

@@ -87,7 +87,7 @@ UpstreamPool::UpstreamPool(const config::UpstreamConfig& config)
                                .count())),
       health_(new PeerHealth[config.servers.size()]) {
   for (size_t i = 0; i < config.servers.size(); ++i) {
-    active_.push_back(std::make_shared<std::atomic<int64_t>>(0));
+    counts_.push_back(std::make_shared<ServerCounts>());
     (config.servers[i].backup ? backups_ : primaries_).push_back(static_cast<uint32_t>(i));
   }
   // One cycle of a smooth weighted rotation (stride scheduling): server j's k-th turn
@@ -335,10 +335,10 @@ bool UpstreamPool::enterQueue() {
 }
 
 bool UpstreamPool::acquire(uint32_t server) {
-  const int64_t before = active_[server]->fetch_add(1, std::memory_order_relaxed);
+  const int64_t before = counts_[server]->active.fetch_add(1, std::memory_order_relaxed);
   const uint32_t max = config_.servers[server].max_conns;
   if (max != 0 && before >= static_cast<int64_t>(max)) {
-    active_[server]->fetch_sub(1, std::memory_order_relaxed);
+    counts_[server]->active.fetch_sub(1, std::memory_order_relaxed);
     return false;
   }
   return true;
@@ -377,7 +377,7 @@ void UpstreamPool::inheritHealth(const UpstreamPool& previous, uint64_t now) {
     const bool shared = it != before.end();
     if (shared) {
       const size_t j = it->second;
-      active_[i] = previous.active_[j];
+      counts_[i] = previous.counts_[j];
       if (config_.max_fails > 0) {
         health_[i].copyFrom(previous.health_[j]);
       } else {

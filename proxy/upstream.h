@@ -73,6 +73,12 @@ public:
   }
   bool serverDown(size_t server) const override;
   double serverWeight(size_t server) const override;
+  uint64_t serverSessions(size_t server) const override {
+    return counts_[server]->sessions.load(std::memory_order_relaxed);
+  }
+  uint64_t serverConnectFailures(size_t server) const override {
+    return counts_[server]->connectFailures.load(std::memory_order_relaxed);
+  }
 
   const config::UpstreamConfig& config() const { return config_; }
   size_t size() const { return config_.servers.size(); }
@@ -100,9 +106,9 @@ public:
   // session takes a slot before it connects and gives it back when that connection ends
   // or fails. False (nothing taken) when the server has max_conns connections already.
   bool acquire(uint32_t server);
-  void release(uint32_t server) { active_[server]->fetch_sub(1, std::memory_order_relaxed); }
+  void release(uint32_t server) { counts_[server]->active.fetch_sub(1, std::memory_order_relaxed); }
   int64_t activeConnections(uint32_t server) const {
-    return active_[server]->load(std::memory_order_relaxed);
+    return counts_[server]->active.load(std::memory_order_relaxed);
   }
 
   // queue_timeout's waiting sessions (any thread): false (nothing taken) when max_queue
@@ -116,6 +122,15 @@ public:
   bool wouldWait(const std::vector<uint32_t>& order) const;
   // The order of this pool's waiting sessions across workers (each worker's SlotQueue).
   const std::shared_ptr<SlotBoard>& slotBoard() const { return slotBoard_; }
+
+  // A session is connected to `server` (TCP, and the TLS handshake for a TLS pool), or
+  // its connect failed: the per-server counts (not health checks'; any thread).
+  void sessionConnected(uint32_t server) {
+    counts_[server]->sessions.fetch_add(1, std::memory_order_relaxed);
+  }
+  void sessionConnectFailed(uint32_t server) {
+    counts_[server]->connectFailures.fetch_add(1, std::memory_order_relaxed);
+  }
 
   // Passive health (any thread). A connect to `server` (TCP, and the TLS handshake when
   // the pool uses TLS) failed: after max_fails consecutive failures the server is marked
@@ -171,10 +186,16 @@ private:
   // hash_type = "consistent": (point, index into primaries_), sorted by point.
   std::vector<std::pair<uint64_t, uint32_t>> ring_;
   std::atomic<uint64_t> next_{0};
-  // Open connections per server, shared with the pools of earlier and later generations
-  // for the same endpoint (inheritHealth), so max_conns and least_conn count the sessions
-  // a reload left on the old configuration too.
-  std::vector<std::shared_ptr<std::atomic<int64_t>>> active_;
+  // Per server: open connections, sessions and failed connects, shared with the pools of
+  // earlier and later generations (and DNS moves) for the same endpoint (inheritHealth), so
+  // max_conns and least_conn count the sessions a reload left on the old configuration
+  // too, and the per-server counters go on.
+  struct ServerCounts {
+    std::atomic<int64_t> active{0};
+    std::atomic<uint64_t> sessions{0};
+    std::atomic<uint64_t> connectFailures{0};
+  };
+  std::vector<std::shared_ptr<ServerCounts>> counts_;
   std::shared_ptr<std::atomic<int64_t>> queued_ = std::make_shared<std::atomic<int64_t>>(0);
   // Not shared across a reload: another pool's sessions wait in other queues.
   std::shared_ptr<SlotBoard> slotBoard_ = std::make_shared<SlotBoard>();

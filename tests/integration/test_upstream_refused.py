@@ -46,6 +46,37 @@ class UpstreamRefusedTest(h.GrelayTest):
         r = h.stream_session(port, h.Stream(1, 64 * h.KiB))
         self.assertTrue(r.ok, str(r))
 
+    def test_per_server_sessions_and_failed_connects_are_counted(self):
+        """grelay_upstream_server_sessions_total counts each server's sessions as its echo
+        server saw them, and grelay_upstream_server_connect_failures_total the refused
+        connects (not health checks); both go on across a reload that keeps the servers."""
+        with h.RefusingPort() as dead, h.EchoServer() as a, h.EchoServer() as b:
+            cfg = h.Config()
+            cfg.with_admin()
+            cfg.upstream("app", [dead.address, a.address, b.address], max_fails=1)
+            web = cfg.listener("web", "app")
+            with h.Grelay(cfg) as g:
+                for i in range(6):
+                    r = h.stream_session(web, h.Stream(i, 16 * h.KiB))
+                    self.assertTrue(r.ok, str(r))
+
+                def counts(name):
+                    return [g.metric(name, upstream="app", server=str(s)) for s in range(3)]
+
+                self.assertTrue(h.wait_for(lambda: all(c.done for c in a.conns + b.conns), 10))
+                self.assertEqual(counts("grelay_upstream_server_sessions_total"),
+                                 [0, len(a.conns), len(b.conns)])
+                self.assertEqual(sum(counts("grelay_upstream_server_sessions_total")), 6)
+                # Marked down by its first refusal, the dead server is tried last after that.
+                self.assertEqual(counts("grelay_upstream_server_connect_failures_total"),
+                                 [1, 0, 0])
+                # A reload that keeps the servers keeps their counts going.
+                g.send_signal(signal.SIGHUP)
+                self.assertTrue(h.wait_for(lambda: "SIGHUP: reloaded" in g.log(), 10))
+                r = h.stream_session(web, h.Stream(9, 16 * h.KiB))
+                self.assertTrue(r.ok, str(r))
+                self.assertEqual(sum(counts("grelay_upstream_server_sessions_total")), 7)
+
     def test_refused_upstream_resets_client_and_grelay_keeps_serving(self):
         with h.RefusingPort() as dead, h.EchoServer() as echo:
             cfg = h.Config()

@@ -212,6 +212,10 @@ grelay_upstream_server_up{upstream="app",server="app1"} 1
 grelay_upstream_server_up{upstream="secure_api",server="0"} 0
 grelay_upstream_server_weight{upstream="app",server="app1"} 2.5
 grelay_upstream_server_weight{upstream="secure_api",server="0"} 0
+grelay_upstream_server_sessions_total{upstream="app",server="app1"} 40
+grelay_upstream_server_sessions_total{upstream="secure_api",server="0"} 0
+grelay_upstream_server_connect_failures_total{upstream="app",server="app1"} 4
+grelay_upstream_server_connect_failures_total{upstream="secure_api",server="0"} 0
 grelay_upstream_servers_down{upstream="app"} 1
 grelay_upstream_dns_lookups_total{upstream="app",result="unchanged"} 9
 grelay_upstream_dns_lookups_total{upstream="app",result="changed"} 1
@@ -335,7 +339,7 @@ protected:
   UpstreamStats app_;  // the "app" pool checks its servers (fixture.h)
   UpstreamStats secure_;
   ReloadStats reloads_;
-  testing::FakeUpstreamView appView_{{12}, {false}, {2.5}};  // in slow start
+  testing::FakeUpstreamView appView_{{12}, {false}, {2.5}, {40}, {4}};  // in slow start
   testing::FakeUpstreamView secureView_{{3}, {true}};
 };
 
@@ -448,7 +452,7 @@ TEST_F(AdminTest, EveryFamilyHasHelpAndTypeAndCountersEndInTotal) {
   for (const auto& s : expo.samples) {
     families.insert(testing::familyOf(s, expo));
   }
-  EXPECT_EQ(families.size(), 55u);  // 49 grelay_* and 6 process_*
+  EXPECT_EQ(families.size(), 57u);  // 51 grelay_* and 6 process_*
   for (const auto& family : families) {
     ASSERT_EQ(expo.type.count(family), 1u) << family;
     EXPECT_FALSE(expo.help.at(family).empty()) << family;
@@ -673,9 +677,9 @@ TEST(AdminWorkersTest, NoWorkersExposesZerosForEveryConfiguredSeries) {
       EXPECT_EQ(s.value, "0") << s.line;
     }
   }
-  // All but the 6 per-server series, which need a live view of the pool, and the 6
+  // All but the 10 per-server series, which need a live view of the pool, and the 6
   // reload series, which need the server's ReloadStats.
-  EXPECT_EQ(grelay, splitLines(kExpectedGrelaySamples).size() - 6 - 6);
+  EXPECT_EQ(grelay, splitLines(kExpectedGrelaySamples).size() - 10 - 6);
 }
 
 TEST_F(AdminTest, BusyPortFailsWithAClearError) {

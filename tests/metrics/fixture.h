@@ -99,24 +99,37 @@ inline config::Config makeConfig(const config::Address& admin) {
   return c;
 }
 
-// A pool's servers as the collector sees them: fixed open connections, down flags and
-// weights (1 when not given; 0 while down).
+// A pool's servers as the collector sees them: fixed open connections, down flags,
+// weights (1 when not given; 0 while down), sessions and failed connects (0 when not given).
 class FakeUpstreamView : public UpstreamView {
 public:
   FakeUpstreamView(std::vector<int64_t> active, std::vector<bool> down,
-                   std::vector<double> weight = {})
-      : active_(std::move(active)), down_(std::move(down)), weight_(std::move(weight)) {}
+                   std::vector<double> weight = {}, std::vector<uint64_t> sessions = {},
+                   std::vector<uint64_t> failures = {})
+      : active_(std::move(active)),
+        down_(std::move(down)),
+        weight_(std::move(weight)),
+        sessions_(std::move(sessions)),
+        failures_(std::move(failures)) {}
   size_t serverCount() const override { return active_.size(); }
   int64_t serverActive(size_t server) const override { return active_[server]; }
   bool serverDown(size_t server) const override { return down_[server]; }
   double serverWeight(size_t server) const override {
     return down_[server] ? 0 : server < weight_.size() ? weight_[server] : 1;
   }
+  uint64_t serverSessions(size_t server) const override {
+    return server < sessions_.size() ? sessions_[server] : 0;
+  }
+  uint64_t serverConnectFailures(size_t server) const override {
+    return server < failures_.size() ? failures_[server] : 0;
+  }
 
 private:
   std::vector<int64_t> active_;
   std::vector<bool> down_;
   std::vector<double> weight_;
+  std::vector<uint64_t> sessions_;
+  std::vector<uint64_t> failures_;
 };
 
 // The "app" pool's health checks (makeConfig sets its check_interval): 30 checks, 5 failed,

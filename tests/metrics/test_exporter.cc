@@ -56,7 +56,7 @@ int main(int argc, char** argv) {
   for (const auto& w : workers) {
     inputs.workers.push_back(w.get());
   }
-  metrics::testing::FakeUpstreamView appView({7}, {false});
+  metrics::testing::FakeUpstreamView appView({7}, {false}, {}, {30}, {3});
   metrics::testing::FakeUpstreamView secureView({2}, {true});
   metrics::UpstreamStats app;  // config.upstreams[0] has check_interval
   metrics::UpstreamStats secure;
