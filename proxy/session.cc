@@ -1211,15 +1211,19 @@ bool Session::waitForSlot() {
   serverOrder_.swap(fullServers_);
   fullServers_.clear();
   serverAttempt_ = 0;
-  if (!queued_) {  // first, or again after a slot's connect failed (it keeps its turn)
+  if (!queued_) {  // first, or again after a slot's connect failed
     queued_ = true;
     waitStart_ = now;
     stats().upstreamQueueing.inc();
-    if (listener_.slotQueue != nullptr) {
-      listener_.slotQueue->push(*this, waitedBefore);
+    // Waiting again, it no longer tries the server whose connect failed: in the queue it
+    // would hold back sessions behind it that could take that server's slots. It keeps
+    // its ticket (its turn against the queue's waiters) and looks on its own timer.
+    if (listener_.slotQueue != nullptr && !waitedBefore) {
+      listener_.slotQueue->push(*this);
     }
   }
-  if (listener_.slotQueue == nullptr || listener_.slotQueue->isOldest(*this)) {
+  if (listener_.slotQueue == nullptr || !listener_.slotQueue->contains(*this) ||
+      listener_.slotQueue->isOldest(*this)) {
     retryAt_ = std::min(now + retryDelay_, queueDeadline_);
     retryDelay_ = std::min(retryDelay_ * 2, kMaxQueueRetry);
   } else {

@@ -52,31 +52,22 @@ void SlotQueue::publish() {
   }
 }
 
-void SlotQueue::push(SlotWaiter& waiter, bool front) {
+void SlotQueue::push(SlotWaiter& waiter) {
   if (waiter.waitingSlot_) {
     return;
   }
-  if (!front || waiter.slotTicket_ == 0) {
-    waiter.slotTicket_ = board_ != nullptr ? board_->takeTicket() : ++ticket_;
-  }
+  waiter.slotTicket_ = board_ != nullptr ? board_->takeTicket() : ++ticket_;
   waiter.waitingSlot_ = true;
   ++size_;
-  SlotWaiter* oldHead = head_;
   if (head_ == nullptr) {
     head_ = tail_ = &waiter;
-  } else if (front) {
-    waiter.nextSlotWaiter_ = head_;
-    head_->prevSlotWaiter_ = &waiter;
-    head_ = &waiter;
-  } else {
-    waiter.prevSlotWaiter_ = tail_;
-    tail_->nextSlotWaiter_ = &waiter;
-    tail_ = &waiter;
-  }
-  if (head_ != oldHead) {
     publish();
     waiter.lookForSlot();
+    return;
   }
+  waiter.prevSlotWaiter_ = tail_;
+  tail_->nextSlotWaiter_ = &waiter;
+  tail_ = &waiter;
 }
 
 void SlotQueue::forget(SlotWaiter& waiter) {

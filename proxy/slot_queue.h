@@ -73,10 +73,10 @@ public:
   SlotQueue(const SlotQueue&) = delete;
   SlotQueue& operator=(const SlotQueue&) = delete;
 
-  // A new waiter goes last, with a new ticket. One that waited before (its slot's connect
-  // failed) goes first again with `front`, with its ticket: it keeps its turn. A waiter
-  // that becomes the oldest is told to look (lookForSlot()).
-  void push(SlotWaiter& waiter, bool front = false);
+  // A new waiter goes last, with a new ticket (which it keeps when it leaves: a session
+  // that waits again outside the queue is still ordered by it). A waiter that becomes the
+  // oldest is told to look (lookForSlot()).
+  void push(SlotWaiter& waiter);
   // Unlinks `waiter` (if queued); when it was the oldest, the next one looks at once.
   void remove(SlotWaiter& waiter);
   // Unlinks without waking anyone (a waiter being destroyed with its worker).

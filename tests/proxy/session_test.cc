@@ -381,6 +381,48 @@ TEST_F(SessionTest, WithQueueTimeoutASessionWaitsForASlotThenConnects) {
   EXPECT_EQ(pool_->activeConnections(0), 1);
 }
 
+TEST_F(SessionTest, AWaiterWhoseSlotFailedHoldsBackNoOneWaitingForTheServerItLeft) {
+  configure(0, 4 * kChunk, 2);
+  upstreamConfig_.servers[0].max_conns = 1;
+  upstreamConfig_.servers[1].max_conns = 1;
+  upstreamConfig_.queue_timeout = std::chrono::milliseconds(100);
+  ASSERT_TRUE(pool_->acquire(0));  // other sessions hold both servers' only slots
+  ASSERT_TRUE(pool_->acquire(1));
+  session_ = std::make_unique<Session>(host_, context_, kClientFd);
+  session_->start();
+  auto second = std::make_unique<Session>(host_, context_, kClientFd + 1);
+  second->start();
+  EXPECT_EQ(slotQueue_.size(), 2u);
+  // 8001 frees: the first waiter takes it, and its connect fails.
+  pool_->release(1);
+  host_.advance(10'000'000);
+  FakeOp* connect = ring().pending(OpKind::Connect, 100);
+  ASSERT_NE(connect, nullptr);
+  EXPECT_EQ(connect->offset, 8001u);
+  ring().complete(connect, -ECONNREFUSED);
+  // It waits again for 8000 only, out of the queue: the second, which may still try 8001,
+  // is the queue's oldest now and takes 8001's free slot (8001 is marked down, but a
+  // server marked down is still tried when every other one is full).
+  EXPECT_EQ(stats_->upstreamQueueing.value(), 2);
+  EXPECT_EQ(slotQueue_.size(), 1u);
+  EXPECT_TRUE(slotQueue_.isOldest(*second));
+  host_.advance(10'000'000);
+  connect = ring().pending(OpKind::Connect, 101);
+  ASSERT_NE(connect, nullptr);
+  EXPECT_EQ(connect->offset, 8001u);
+  EXPECT_FALSE(host_.sockets_.closed.count(kClientFd + 1));
+  // The first still waits for 8000, and gets it when it frees.
+  pool_->release(0);
+  host_.advance(10'000'000);
+  connect = ring().pending(OpKind::Connect, 102);
+  ASSERT_NE(connect, nullptr);
+  EXPECT_EQ(connect->offset, 8000u);
+  EXPECT_EQ(stats_->upstreamQueueing.value(), 0);
+  second->abort();
+  session_->abort();
+  ring().completeCancelled();
+}
+
 TEST_F(SessionTest, AQueuedSessionIsResetAtQueueTimeoutAndOnAbort) {
   fillTheOnlyServer();
   session_ = std::make_unique<Session>(host_, context_, kClientFd);

@@ -43,7 +43,7 @@ TEST(SlotQueueTest, OnlyTheOldestIsToldToLookAndTheNextWhenItLeaves) {
   EXPECT_EQ(looks, "aaac");
 }
 
-TEST(SlotQueueTest, AWaiterThatWaitsAgainKeepsItsTurnAndForgetWakesNobody) {
+TEST(SlotQueueTest, ForgetWakesNobody) {
   std::string looks;
   Waiter a(&looks, 'a'), b(&looks, 'b'), c(&looks, 'c');
   SlotQueue q;
@@ -51,18 +51,15 @@ TEST(SlotQueueTest, AWaiterThatWaitsAgainKeepsItsTurnAndForgetWakesNobody) {
   q.push(b);
   q.remove(a);  // a takes a slot; b looks
   q.push(c);
-  q.push(a, true);  // a's connect failed: first in line again, and told to look
-  EXPECT_EQ(looks, "aba");
-  EXPECT_TRUE(q.isOldest(a));
-  q.forget(a);  // destroyed with its worker: no look
-  q.forget(c);
-  EXPECT_EQ(looks, "aba");
-  EXPECT_TRUE(q.isOldest(b));
-  q.remove(b);
-  EXPECT_EQ(q.size(), 0u);
-  q.push(c, true);  // front of an empty queue
-  EXPECT_EQ(looks, "abac");
+  EXPECT_EQ(looks, "ab");
+  q.forget(b);  // destroyed with its worker: no look
+  EXPECT_EQ(looks, "ab");
+  EXPECT_TRUE(q.isOldest(c));
   q.remove(c);
+  EXPECT_EQ(q.size(), 0u);
+  q.push(a);  // first in an empty queue: told to look
+  EXPECT_EQ(looks, "aba");
+  q.remove(a);
 }
 
 TEST(SlotQueueTest, KeepsOrderAcrossManyJoinsAndLeaves) {
@@ -131,22 +128,23 @@ TEST(SlotQueueTest, AFreedSlotGoesToTheOldestWaiterOfAnyWorker) {
   EXPECT_EQ(looks, "abacbd");
 }
 
-TEST(SlotQueueTest, AWaiterThatWaitsAgainKeepsItsTicketAcrossWorkers) {
+TEST(SlotQueueTest, AWaiterOutOfTheQueueKeepsItsTicketAndHoldsBackNobody) {
   std::string looks;
   auto board = std::make_shared<SlotBoard>();
   SlotQueue q0(board, 0), q1(board, 1);
-  Waiter a(&looks, 'a'), b(&looks, 'b');
+  Waiter a(&looks, 'a'), b(&looks, 'b'), c(&looks, 'c');
   q0.push(a);
   q1.push(b);
-  q0.remove(a);  // a took a slot (b is the only one waiting) ...
+  EXPECT_TRUE(q1.olderElsewhere(b));
+  // a took a slot whose connect failed: it waits again, outside the queue (for the
+  // servers it has left), with its ticket.
+  q0.remove(a);
+  EXPECT_FALSE(q1.olderElsewhere(b));  // b is held back by nobody
+  EXPECT_FALSE(q0.olderElsewhere(a));  // and a by nobody younger
+  q0.push(c);
+  EXPECT_TRUE(q0.olderElsewhere(c));  // c came after b
   EXPECT_FALSE(q1.olderElsewhere(b));
-  q0.push(a, /*front=*/true);  // ... whose connect failed: a waits again, with its turn
-  EXPECT_TRUE(q1.olderElsewhere(b));  // still older than b
-  EXPECT_FALSE(q0.olderElsewhere(a));
-  q0.remove(a);
-  q0.push(a);  // a new wait: a new ticket, after b's
-  EXPECT_TRUE(q0.olderElsewhere(a));
-  q0.remove(a);
+  q0.remove(c);
   q1.remove(b);
 }
 
