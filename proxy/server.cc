@@ -899,10 +899,10 @@ int runServer(config::Config initial, const relay::Features& features) {
     timespec tick{0, 100 * 1000 * 1000};
     int sig = sigtimedwait(&signals, nullptr, &tick);
     if (sig == SIGHUP) {
-      if (stopping) {
-        GRELAY_LOG_WARN("SIGHUP while stopping: ignored");
+      if (stopping && drainAt == 0) {
+        GRELAY_LOG_WARN("SIGHUP while draining: ignored");
       } else {
-        reload();
+        reload();  // (also during shutdown_delay: the proxy still accepts)
       }
     } else if (sig == SIGUSR1) {
       all([](Generation& g) { reopenAccessLogs(g); });

@@ -123,6 +123,47 @@ class DrainTest(h.GrelayTest):
             held.close()
 
 
+class ReloadWhileStoppingTest(h.GrelayTest):
+    def test_sighup_applies_during_shutdown_delay_and_not_while_draining(self):
+        """shutdown_delay can be long (load balancers slow to notice): a reload then still
+        applies to the sessions that keep arriving; once the drain began it is ignored."""
+        with h.EchoServer() as old, h.EchoServer() as new:
+            cfg = h.Config(shutdown_delay="1h", drain_timeout="5s")
+            cfg.upstream("app", [old.address])
+            port = cfg.listener("web", "app")
+            g = h.Grelay(cfg).start()
+            g.send_signal(signal.SIGTERM)
+            self.assertTrue(h.wait_for(lambda: "still accepting" in g.log(), 5), g.log())
+            with open(g.config_path, "w") as f:
+                f.write(h.inject_server_defaults(cfg.render().replace(old.address, new.address)))
+            g.send_signal(signal.SIGHUP)
+            self.assertTrue(h.wait_for(lambda: "SIGHUP: reloaded" in g.log(), 10), g.log())
+            r = h.stream_session(port, h.Stream(1, 64 * h.KiB))
+            self.assertTrue(r.ok, str(r))
+            self.assertEqual((len(old.conns), len(new.conns)), (0, 1))
+            g.send_signal(signal.SIGTERM)  # a second signal: stop now
+            self.assertEqual(g.wait_exit(10), 0)
+            g.stop()
+            self.assertNotIn("ignored", g.log())
+
+            # Draining (no delay): a reload is ignored, the open session finishes.
+            cfg = h.Config(drain_timeout="30s")
+            cfg.upstream("app", [old.address])
+            port = cfg.listener("web", "app")
+            g = h.Grelay(cfg).start()
+            held = open_session(port)
+            g.send_signal(signal.SIGTERM)
+            self.assertTrue(h.wait_for(lambda: "no longer accepting" in g.log(), 5), g.log())
+            g.send_signal(signal.SIGHUP)
+            self.assertTrue(h.wait_for(lambda: "SIGHUP while draining: ignored" in g.log(), 5),
+                            g.log())
+            held.sendall(b"still here")
+            self.assertEqual(held.recv(64), b"still here")
+            held.close()
+            self.assertEqual(g.wait_exit(10), 0)
+            g.stop()
+
+
 def probe(port: int, path: str) -> tuple[int, str]:
     """GET http://127.0.0.1:port/path: (status, body)."""
     try:
