@@ -420,9 +420,7 @@ bool Worker::finished() const {
 }
 
 void Worker::wake() {
-  uint64_t one = 1;
-  ssize_t ignored = ::write(controlFd_, &one, sizeof(one));
-  (void)ignored;
+  runtime_.wakeWorker(index_);
 }
 
 void Worker::armControl() {
