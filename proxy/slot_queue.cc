@@ -56,7 +56,8 @@ void SlotQueue::push(SlotWaiter& waiter) {
   if (waiter.waitingSlot_) {
     return;
   }
-  waiter.slotTicket_ = board_ != nullptr ? board_->takeTicket() : ++ticket_;
+  // Without a board the order is the list's alone (olderElsewhere() is false).
+  waiter.slotTicket_ = board_ != nullptr ? board_->takeTicket() : 0;
   waiter.waitingSlot_ = true;
   ++size_;
   if (head_ == nullptr) {

@@ -103,7 +103,6 @@ private:
   SlotWaiter* head_ = nullptr;
   SlotWaiter* tail_ = nullptr;
   size_t size_ = 0;
-  uint64_t ticket_ = 0;  // for a queue without a board
 };
 
 }  // namespace grelay::proxy
