@@ -539,7 +539,7 @@ void Flow::pump() {
         // for it, so the switch loses nothing.
         pipe_[0] = pipe_[1] = -1;
         splice_ = false;
-        spliceCapable_ = false;
+        spliceEligible_ = spliceCapable_ = false;
         arm();
         return;
       }
@@ -569,7 +569,7 @@ void Flow::pump() {
           }
           releasePipe();
           splice_ = false;
-          spliceCapable_ = false;
+          spliceEligible_ = spliceCapable_ = false;
           arm();
           return;
         }
@@ -1455,13 +1455,11 @@ void Session::startRelaying() {
                       : static_cast<uint8_t>(metrics::kMainlinePath);
     // One target and nothing to see the bytes (no mirror takes them, no tap, no TLS in
     // either socket): splice(2) moves them without a copy into userspace.
-    bool mirrored = false;
-    for (size_t i = 0; i < mirrors_.size(); ++i) {
-      mirrored = mirrored || takesFlow(i, *flow);
-    }
-    flow->spliceCapable_ = listener_.splice && !flow->copy_ && !flow->groupCapable_ &&
-                           flow->path_ == metrics::kMainlinePath && flow->source_.tls_ == nullptr &&
-                           flow->target_.tls_ == nullptr && listener_.tap == nullptr && !mirrored;
+    flow->spliceEligible_ = listener_.splice && !flow->copy_ && !flow->groupCapable_ &&
+                            flow->path_ == metrics::kMainlinePath &&
+                            flow->source_.tls_ == nullptr && flow->target_.tls_ == nullptr &&
+                            listener_.tap == nullptr;
+    updateSplice(*flow);
   }
   request_.arm();
   response_.arm();
@@ -1504,6 +1502,13 @@ void Session::spliceReceived(Flow& flow, uint32_t bytes) {
   st.receivedBytes[flow.direction_].add(bytes);
   flow.received_ += bytes;
   st.chunks[metrics::kSplicePath].inc();
+  // Only a direction whose mirrors are all cut splices: what they miss counts as dropped,
+  // as deliver() counts it.
+  for (size_t i = 0; i < mirrors_.size(); ++i) {
+    if (takesFlow(i, flow)) {
+      st.mirrors[i].droppedBytes.add(bytes);
+    }
+  }
 }
 
 void Session::spliceSent(Flow& flow, uint32_t bytes) {
@@ -1519,6 +1524,14 @@ bool Session::takesFlow(size_t mirror, const Flow& flow) const {
   const Mirror& m = *mirrors_[mirror];
   return m.state != MirrorState::Unsampled &&
          (flow.direction_ == metrics::kRequest || m.wantsResponses);
+}
+
+void Session::updateSplice(Flow& flow) {
+  bool mirrored = false;
+  for (size_t i = 0; i < mirrors_.size(); ++i) {
+    mirrored = mirrored || (takesFlow(i, flow) && mirrors_[i]->state != MirrorState::Cut);
+  }
+  flow.spliceCapable_ = flow.spliceEligible_ && !mirrored;
 }
 
 bool Session::groupReady(const Flow& flow) const {
@@ -1661,6 +1674,11 @@ void Session::cutMirror(size_t index, const char* why) {
   cancelPeer(m.peer);
   m.peer.dropQueue();
   closeMirrorIfDone(index);
+  if (state_ == State::Relaying) {
+    // Nothing else may need these bytes now: the next full chunk can switch to splice.
+    updateSplice(request_);
+    updateSplice(response_);
+  }
   maybeFinish();
 }
 

@@ -280,11 +280,12 @@ public:
   // switches it to splice once what it received is sent; it stays there while bursts are
   // large and goes back after a burst smaller than a chunk (small chunks cost less as
   // RECV/SEND than as a poll and three splices).
-  bool spliceCapable_ = false;
-  bool spliceWanted_ = false;  // switch at the next arm() once the target has drained
-  bool splice_ = false;        // splicing now
-  uint64_t burst_ = 0;         // bytes spliced in since the source was last waited for
-  bool eof_ = false;           // splice: the source ended; the flow ends once the pipe is empty
+  bool spliceEligible_ = false;  // nothing but a mirror keeps this direction from splicing
+  bool spliceCapable_ = false;   // ...and no mirror takes it (one cut mid-session lets it)
+  bool spliceWanted_ = false;    // switch at the next arm() once the target has drained
+  bool splice_ = false;          // splicing now
+  uint64_t burst_ = 0;           // bytes spliced in since the source was last waited for
+  bool eof_ = false;             // splice: the source ended; the flow ends once the pipe is empty
   bool sourcePolling_ = false;
   bool targetPolling_ = false;
   int pipe_[2] = {-1, -1};  // held only while it holds bytes (or is being filled)
@@ -388,6 +389,9 @@ private:
   bool groupReady(const Flow& flow) const;
   void groupReceived(Flow& flow, GroupOp& op);
   bool takesFlow(size_t mirror, const Flow& flow) const;
+  // Whether a direction may splice now: eligible, and every mirror that takes it is cut
+  // (or none does). Called when relaying starts and when a mirror is cut.
+  void updateSplice(Flow& flow);
   // Splice bookkeeping: what a pump moved in and out.
   void spliceReceived(Flow& flow, uint32_t bytes);
   void spliceSent(Flow& flow, uint32_t bytes);

@@ -9,7 +9,8 @@
 - A stalled mirror whose max_lag exceeds the buffer pool is cut by buffer pressure; a
   mirror that keeps up is not.
 - Small writes to a mirror that reads late are packed, not cut before max_lag.
-- An unreachable mirror costs the primary nothing.
+- An unreachable mirror costs the primary nothing, and while it is marked down the
+  sessions it would have taken splice.
 - direction = "both": the mirror gets the request bytes, then the response bytes.
 """
 
@@ -225,6 +226,37 @@ class MirrorTest(h.GrelayTest):
                 self.assertEqual(g.metric("grelay_mirror_marked_down_total", mirror="dead"), 1)
                 self.assertEqual(g.metric("grelay_mirror_skipped_sessions_total", mirror="live"),
                                  0)
+
+    def test_sessions_splice_while_their_only_mirror_is_marked_down(self):
+        # A mirror the session skips (marked down) or cut takes no byte: the directions it
+        # would have taken splice like unmirrored ones, and what it misses counts as dropped.
+        with h.EchoServer() as echo, h.RefusingPort() as dead:
+            cfg = h.Config(workers=1)
+            cfg.upstream("app", [echo.address])
+            port = cfg.listener("web", "app", mirrors=[
+                {"name": "dead", "address": dead.address, "direction": "both",
+                 "fail_timeout": "60s"}])
+            cfg.with_admin()
+            with h.Grelay(cfg) as g:
+                first = h.Stream(1, 64 * h.KiB)
+                r = h.stream_session(port, first)
+                self.assertTrue(r.ok, str(r))
+                self.assertTrue(h.wait_for(
+                    lambda: g.metric("grelay_mirror_marked_down_total", mirror="dead") == 1, 5))
+                streams = [h.Stream(s, h.scaled(4 * h.MiB, 2 * h.MiB)) for s in range(2, 6)]
+                for data in streams:
+                    r = h.stream_session(port, data)
+                    self.assertTrue(r.ok, str(r))
+                self.assertEqual(g.metric("grelay_mirror_skipped_sessions_total", mirror="dead"),
+                                 len(streams))
+                total = 2 * (len(first) + sum(len(d) for d in streams))  # both ways
+                self.assertTrue(h.wait_for(lambda: g.metric(
+                    "grelay_mirror_dropped_bytes_total", mirror="dead") == total, 5),
+                    g.metric("grelay_mirror_dropped_bytes_total", mirror="dead"))
+                if g.metric("grelay_relay_path_info", path="mainline") == 1 and \
+                        h.SPLICE != "false":
+                    self.assertGreater(
+                        g.metric("grelay_chunks_total", listener="web", path="splice"), 0)
 
     def test_a_dead_mirror_is_skipped_until_fail_timeout_even_across_a_reload(self):
         with h.EchoServer() as echo, h.Blackhole() as hole, h.SinkServer() as live:

@@ -139,7 +139,9 @@ protected:
     host_.ring_.complete(connect, 0);
     return *session_;
   }
-  int primaryFd() const { return 100 + static_cast<int>(listenerConfig_.mirrors.size()); }
+  int primaryFd() const {
+    return 100 + static_cast<int>(listenerConfig_.mirrors.size()) - skippedMirrors_;
+  }
   FakeRing& ring() { return host_.ring_; }
 
   FakeHost host_;
@@ -150,6 +152,7 @@ protected:
   SlotQueue slotQueue_;
   ListenerContext context_;
   std::unique_ptr<Session> session_;
+  int skippedMirrors_ = 0;  // mirrors marked down: no socket, so no fd before the primary's
 };
 
 TEST_F(SessionTest, SendsTheReceivedBufferItselfAndRecyclesItAfterTheSend) {
@@ -971,6 +974,55 @@ TEST_F(SpliceTest, AMirroredDirectionNeverSplicesButTheOtherDoes) {
   FakeOp* response = ring().pending(OpKind::RecvMultishot, primaryFd());
   ring().receive(response, std::string(kChunk, 's'), true);
   EXPECT_TRUE(response->cancelRequested);
+}
+
+TEST_F(SpliceTest, AMirrorMarkedDownLeavesTheDirectionFreeToSplice) {
+  // Found reading startRelaying(): a mirror the session skipped (marked down) still
+  // counted as taking the bytes, so while an analytics sink was down every session of
+  // the listener stayed on RECV/SEND.
+  configure(1);
+  context_.splice = true;
+  PeerHealth health;
+  ASSERT_TRUE(health.connectFailed(host_.now(), 1, std::chrono::seconds(10)));
+  context_.mirrorHealth = {&health};
+  skippedMirrors_ = 1;
+  startConnected();
+  EXPECT_EQ(stats_->mirrors[0].skippedSessions.value(), 1u);
+  fullChunkFromClient();
+  sockets().fillFrom[kClientFd] = {5000};
+  sockets().drainTo[primaryFd()] = {5000};
+  completeChunkSend();
+  EXPECT_EQ(stats_->sentUpstreamBytes.value(), kChunk + 5000u);
+  EXPECT_EQ(stats_->chunks[metrics::kSplicePath].value(), 1u);
+  // What the mirror missed counts as dropped, spliced or not.
+  EXPECT_EQ(stats_->mirrors[0].droppedBytes.value(), kChunk + 5000u);
+}
+
+TEST_F(SpliceTest, AMirrorCutMidSessionLetsItsDirectionSplice) {
+  configure(1, 2 * kChunk);
+  context_.splice = true;
+  startConnected();
+  const int mirrorFd = 100;
+  ring().complete(ring().pending(OpKind::Connect, mirrorFd), 0);
+  FakeOp* recv = ring().pending(OpKind::RecvMultishot, kClientFd);
+  ring().receive(recv, std::string(kChunk, 'c'), true);
+  EXPECT_FALSE(recv->cancelRequested);  // mirrored: stays on RECV/SEND
+  completeChunkSend();
+  // The mirror takes nothing (its send never completes) and falls behind max_lag.
+  ring().receive(recv, std::string(kChunk, 'c'), true);
+  completeChunkSend();
+  ring().receive(recv, std::string(kChunk, 'c'), true);
+  EXPECT_EQ(stats_->mirrors[0].cuts.value(), 1u);
+  // The chunk that cut it was a full one: the direction now switches to splice.
+  EXPECT_TRUE(recv->cancelRequested);
+  ring().complete(recv, -ECANCELED);
+  sockets().fillFrom[kClientFd] = {3000};
+  sockets().drainTo[primaryFd()] = {3000};
+  completeChunkSend();
+  EXPECT_EQ(stats_->sentUpstreamBytes.value(), 3 * kChunk + 3000u);
+  EXPECT_EQ(stats_->chunks[metrics::kSplicePath].value(), 1u);
+  // The mirror took none of it: what it held when cut, the chunk that cut it, the splice.
+  EXPECT_EQ(stats_->mirrors[0].droppedBytes.value(), 3 * kChunk + 3000u);
 }
 
 TEST_F(SessionTest, MirrorGetsTheSameBufferAndIsCutPastMaxLagWithoutSlowingThePrimary) {
