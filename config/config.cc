@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cstring>
 #include <iterator>
+#include <unordered_set>
 
 namespace grelay::config {
 
@@ -115,6 +116,26 @@ std::string formatEndpoint(const sockaddr_storage& address) {
   return "?";
 }
 
+std::string endpointKey(const Address& address) {
+  std::string key(1, static_cast<char>(address.family()));
+  auto append = [&key](const void* bytes, size_t size) {
+    key.append(static_cast<const char*>(bytes), size);
+  };
+  if (address.family() == AF_INET) {
+    const auto& a = reinterpret_cast<const sockaddr_in&>(address.storage);
+    append(&a.sin_port, sizeof(a.sin_port));
+    append(&a.sin_addr, sizeof(a.sin_addr));
+  } else if (address.family() == AF_INET6) {
+    const auto& a = reinterpret_cast<const sockaddr_in6&>(address.storage);
+    append(&a.sin6_port, sizeof(a.sin6_port));
+    append(&a.sin6_addr, sizeof(a.sin6_addr));
+    append(&a.sin6_scope_id, sizeof(a.sin6_scope_id));
+  } else {
+    append(&address.storage, address.length);
+  }
+  return key;
+}
+
 std::string UpstreamServer::label() const {
   std::string base = name.empty() ? std::to_string(entry) : name;
   return all_addresses ? base + "@" + address.text : base;
@@ -124,10 +145,13 @@ std::vector<UpstreamServer> expandServer(const UpstreamServer& entry,
                                          const std::vector<Address>& answers,
                                          const std::vector<UpstreamServer>& others) {
   std::vector<UpstreamServer> servers;
+  std::unordered_set<std::string> taken;  // others' and the answers' kept so far
+  taken.reserve(others.size() + answers.size());
+  for (const UpstreamServer& other : others) {
+    taken.insert(endpointKey(other.address));
+  }
   for (const Address& answer : answers) {
-    auto same = [&](const UpstreamServer& s) { return s.address.sameEndpoint(answer); };
-    if (std::any_of(others.begin(), others.end(), same) ||
-        std::any_of(servers.begin(), servers.end(), same)) {
+    if (!taken.insert(endpointKey(answer)).second) {
       continue;
     }
     UpstreamServer server = entry;

@@ -45,6 +45,11 @@ struct Address {
   const sockaddr* sockaddrPtr() const { return reinterpret_cast<const sockaddr*>(&storage); }
 };
 
+// An endpoint as a hashable key: the family, the port and the address (and an IPv6
+// address's scope), so that lists of thousands of addresses (all_addresses) are matched
+// with a hash lookup, not a scan. Equal keys: the same endpoint, whatever the text says.
+std::string endpointKey(const Address& address);
+
 // An IPv4 or IPv6 network: "10.0.0.0/8", "192.0.2.7" (a /32), "fd00::/8", "::1" (a /128).
 struct Network {
   int family = AF_INET;

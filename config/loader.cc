@@ -15,6 +15,7 @@
 #include <functional>
 #include <limits>
 #include <tuple>
+#include <unordered_map>
 #include <utility>
 
 namespace grelay::config {
@@ -640,6 +641,10 @@ private:
         return false;
       }
       std::vector<Location> first;
+      // Each endpoint and name -> the first server with it: thousands of servers (a name
+      // with all_addresses) are checked in linear time.
+      std::unordered_map<std::string, size_t> byEndpoint;
+      std::unordered_map<std::string, size_t> byName;
       bool readAll = true;
       uint32_t entry = 0;
       for (const toml::node& element : *array) {
@@ -689,13 +694,12 @@ private:
         }
         bool duplicate = false;
         for (const UpstreamServer& s : add) {
-          auto same = [&](const UpstreamServer& a) { return sameEndpoint(a.address, s.address); };
-          auto it = std::find_if(u->servers.begin(), u->servers.end(), same);
-          if (it != u->servers.end()) {
+          auto it = byEndpoint.find(endpointKey(s.address));
+          if (it != byEndpoint.end()) {
             error(element.source(),
                   "duplicate server " + quoted(s.address.text) +
                       (s.all_addresses ? " (an address of " + quoted(s.host) + ")" : "") + " " +
-                      label + firstAt(first[it - u->servers.begin()]));
+                      label + firstAt(first[it->second]));
             duplicate = true;
             break;
           }
@@ -704,15 +708,16 @@ private:
           continue;
         }
         if (!server.name.empty()) {
-          auto named = [&](const UpstreamServer& a) { return a.name == server.name; };
-          auto other = std::find_if(u->servers.begin(), u->servers.end(), named);
-          if (other != u->servers.end()) {
+          auto other = byName.find(server.name);
+          if (other != byName.end()) {
             error(element.source(), "duplicate server name " + quoted(server.name) + " " + label +
-                                        firstAt(first[other - u->servers.begin()]));
+                                        firstAt(first[other->second]));
             continue;
           }
+          byName.emplace(server.name, u->servers.size());
         }
         for (UpstreamServer& s : add) {
+          byEndpoint.emplace(endpointKey(s.address), u->servers.size());
           first.push_back(locate(element.source()));
           u->servers.push_back(std::move(s));
         }

@@ -6,8 +6,10 @@
 #include <condition_variable>
 #include <map>
 #include <mutex>
+#include <string>
 #include <system_error>
 #include <thread>
+#include <unordered_set>
 
 #include "config/loader.h"
 #include "proxy/log.h"
@@ -39,12 +41,25 @@ struct DnsWatcher::Shared {
 
 namespace {
 
-// The same addresses, whatever their order (both lists have no duplicates).
+std::unordered_set<std::string> keysOf(const std::vector<config::Address>& addresses) {
+  std::unordered_set<std::string> keys;
+  keys.reserve(addresses.size());
+  for (const config::Address& a : addresses) {
+    keys.insert(config::endpointKey(a));
+  }
+  return keys;
+}
+
+// The same addresses, whatever their order (both lists have no duplicates). A name with
+// thousands of addresses is compared at every round: by hash, not pair by pair.
 bool sameSet(const std::vector<config::Address>& a, const std::vector<config::Address>& b) {
-  return a.size() == b.size() && std::all_of(a.begin(), a.end(), [&](const config::Address& x) {
-           return std::any_of(b.begin(), b.end(),
-                              [&](const config::Address& y) { return x.sameEndpoint(y); });
-         });
+  if (a.size() != b.size()) {
+    return false;
+  }
+  const std::unordered_set<std::string> keys = keysOf(b);
+  return std::all_of(a.begin(), a.end(), [&](const config::Address& x) {
+    return keys.contains(config::endpointKey(x));
+  });
 }
 
 }  // namespace
@@ -187,10 +202,10 @@ bool DnsWatcher::lookup(Shared& shared, size_t t) {
     GRELAY_LOG_INFO("DNS: %s (%s) resolves again", target.current.text.c_str(),
                     target.what.c_str());
   }
-  if (!target.all.empty()) {
+  if (!target.all.empty() && !target.exclude.empty()) {
+    const std::unordered_set<std::string> excluded = keysOf(target.exclude);
     std::erase_if(answers, [&](const config::Address& a) {
-      return std::any_of(target.exclude.begin(), target.exclude.end(),
-                         [&](const config::Address& b) { return a.sameEndpoint(b); });
+      return excluded.contains(config::endpointKey(a));
     });
   }
   bool kept = answers.empty();  // every answer another server's: nothing to change

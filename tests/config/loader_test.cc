@@ -555,6 +555,46 @@ TEST(LoaderErrorTest, DuplicateServerInAPool) {
                           "(first at 2:12)"));
 }
 
+TEST(LoaderErrorTest, DuplicatesInALargePoolPointAtTheFirst) {
+  // Four thousand servers (what all_addresses behind a large headless service gives):
+  // checked by endpoint and name lookups, and the error still names the first entry.
+  std::string servers = "servers = [";
+  for (int i = 0; i < 4000; ++i) {
+    servers += "{ address = \"10." + std::to_string(i / 250) + "." + std::to_string(i % 250) +
+               ".1:80\", name = \"s" + std::to_string(i) + "\" }, ";
+  }
+  auto pool = [&](const std::string& last) {
+    return errorsOf(
+        lines({"[upstream.app]", servers + last + "]", "[[listener]]", R"(name = "web")",
+               R"(listen = "127.0.0.1:8080")", R"(upstream = "app")"}));
+  };
+  EXPECT_THAT(pool(R"("10.9.9.9:80")"), IsEmpty());
+  const size_t lastColumn = servers.size() + 1;
+  const std::string at = "t.toml:2:" + std::to_string(lastColumn) + ": ";
+  // The 1235th entry (index 1234) is 10.4.234.1:80, named s1234.
+  const std::string firstColumn = std::to_string(1 + servers.find("{ address = \"10.4.234.1:80\""));
+  EXPECT_THAT(pool(R"("10.4.234.1:80")"),
+              ElementsAre(at + "duplicate server '10.4.234.1:80' in [upstream.app] (first at 2:" +
+                          firstColumn + ")"));
+  EXPECT_THAT(pool(R"({ address = "10.9.9.9:80", name = "s1234" })"),
+              ElementsAre(at + "duplicate server name 's1234' in [upstream.app] (first at 2:" +
+                          firstColumn + ")"));
+}
+
+TEST(LoaderTest, EndpointKeysAreEqualExactlyForTheSameEndpoint) {
+  auto key = [](const char* text) { return endpointKey(resolveAddresses(text).at(0)); };
+  EXPECT_EQ(key("127.0.0.1:80"), key("localhost:80"));
+  EXPECT_NE(key("127.0.0.1:80"), key("127.0.0.1:81"));
+  EXPECT_NE(key("127.0.0.1:80"), key("127.0.0.2:80"));
+  EXPECT_NE(key("127.0.0.1:80"), key("[::ffff:127.0.0.1]:80"));  // another family
+  EXPECT_EQ(key("[::1]:80"), key("[0:0::1]:80"));
+  EXPECT_NE(key("[::1]:80"), key("[::2]:80"));
+  Address scoped = resolveAddresses("[fe80::1]:80").at(0);
+  Address other = scoped;
+  reinterpret_cast<sockaddr_in6&>(other.storage).sin6_scope_id = 2;
+  EXPECT_NE(endpointKey(scoped), endpointKey(other));
+}
+
 TEST(LoaderTest, ServersTakeAWeightAndABackupFlag) {
   LoadResult result = loadString(
       lines(

@@ -50,7 +50,8 @@ void checkAddress(const Address& a, const char* what) {
 }
 
 // The same endpoint (family, address, port): listeners and [admin] must not share one.
-std::string endpointKey(const Address& a) {
+// Written apart from config::endpointKey, which the loader's own checks use.
+std::string oracleKey(const Address& a) {
   std::string key(1, static_cast<char>(a.family()));
   if (a.family() == AF_INET) {
     const auto& in = reinterpret_cast<const sockaddr_in&>(a.storage);
@@ -79,7 +80,7 @@ void checkAccepted(const Config& c) {
   std::set<std::string> endpoints;
   if (c.admin.listen) {
     checkAddress(*c.admin.listen, "admin listen");
-    endpoints.insert(endpointKey(*c.admin.listen));
+    endpoints.insert(oracleKey(*c.admin.listen));
   }
 
   std::set<std::string> upstreamNames;
@@ -92,7 +93,7 @@ void checkAccepted(const Config& c) {
     std::set<std::string> names;
     for (const UpstreamServer& s : u.servers) {
       checkAddress(s.address, "upstream server");
-      FUZZ_CHECK(servers.insert(endpointKey(s.address)).second, "duplicate server in " + u.name);
+      FUZZ_CHECK(servers.insert(oracleKey(s.address)).second, "duplicate server in " + u.name);
       FUZZ_CHECK(s.weight >= 1 && s.weight <= 256, "server weight " + std::to_string(s.weight));
       primary = primary || !s.backup;
       FUZZ_CHECK(s.name.empty() || isName(s.name), "server name '" + printable(s.name) + "'");
@@ -120,7 +121,7 @@ void checkAccepted(const Config& c) {
     FUZZ_CHECK(isName(l.name), "listener name '" + printable(l.name) + "'");
     FUZZ_CHECK(listenerNames.insert(l.name).second, "duplicate listener " + l.name);
     checkAddress(l.listen, "listener listen");
-    FUZZ_CHECK(endpoints.insert(endpointKey(l.listen)).second,
+    FUZZ_CHECK(endpoints.insert(oracleKey(l.listen)).second,
                "listen address shared: " + l.listen.text);
     FUZZ_CHECK(
         l.upstream_index < c.upstreams.size() && c.upstreams[l.upstream_index].name == l.upstream,
