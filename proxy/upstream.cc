@@ -7,7 +7,6 @@
 #include <cstring>
 #include <queue>
 #include <string>
-#include <string_view>
 #include <unordered_map>
 #include <utility>
 
@@ -362,18 +361,14 @@ bool UpstreamPool::wouldWait(const std::vector<uint32_t>& order) const {
 
 void UpstreamPool::inheritHealth(const UpstreamPool& previous, uint64_t now) {
   queued_ = previous.queued_;
-  // By endpoint (the address's bytes, as sameEndpoint compares them): a pool of thousands
-  // of addresses (all_addresses) moves in linear time.
-  auto endpoint = [](const config::Address& a) {
-    return std::string_view(reinterpret_cast<const char*>(&a.storage), a.length);
-  };
-  std::unordered_map<std::string_view, size_t> before;
+  // By endpoint key: a pool of thousands of addresses (all_addresses) moves in linear time.
+  std::unordered_map<std::string, size_t> before;
   before.reserve(previous.size());
   for (size_t j = 0; j < previous.size(); ++j) {
-    before.emplace(endpoint(previous.server(j)), j);
+    before.emplace(config::endpointKey(previous.server(j)), j);
   }
   for (size_t i = 0; i < size(); ++i) {
-    auto it = before.find(endpoint(server(i)));
+    auto it = before.find(config::endpointKey(server(i)));
     const bool shared = it != before.end();
     if (shared) {
       const size_t j = it->second;
