@@ -130,6 +130,17 @@ protected:
     ASSERT_TRUE(pool_->acquire(0));
   }
 
+  // Two servers with max_conns = 1 whose slots other sessions hold, and a queue_timeout
+  // of 100 ms: the next sessions wait.
+  void fillBothServers() {
+    configure(0, 4 * kChunk, 2);
+    upstreamConfig_.servers[0].max_conns = 1;
+    upstreamConfig_.servers[1].max_conns = 1;
+    upstreamConfig_.queue_timeout = std::chrono::milliseconds(100);
+    ASSERT_TRUE(pool_->acquire(0));
+    ASSERT_TRUE(pool_->acquire(1));
+  }
+
   // Starts a session and connects its primary (fd 100 + mirrors first).
   Session& startConnected() {
     session_ = std::make_unique<Session>(host_, context_, kClientFd);
@@ -339,12 +350,7 @@ TEST_F(SessionTest, AServerAtMaxConnsIsPassedOverAndItsSlotHeldUntilTheSessionEn
 }
 
 TEST_F(SessionTest, WithQueueTimeoutASessionWaitsForASlotThenConnects) {
-  configure(0, 4 * kChunk, 2);
-  upstreamConfig_.servers[0].max_conns = 1;
-  upstreamConfig_.servers[1].max_conns = 1;
-  upstreamConfig_.queue_timeout = std::chrono::milliseconds(100);
-  ASSERT_TRUE(pool_->acquire(0));  // other sessions hold both servers' only slots
-  ASSERT_TRUE(pool_->acquire(1));
+  fillBothServers();
   session_ = std::make_unique<Session>(host_, context_, kClientFd);
   session_->start();
   EXPECT_EQ(ring().pending(OpKind::Connect, 100), nullptr);  // nothing to connect to yet
@@ -385,12 +391,7 @@ TEST_F(SessionTest, WithQueueTimeoutASessionWaitsForASlotThenConnects) {
 }
 
 TEST_F(SessionTest, AWaiterWhoseSlotFailedHoldsBackNoOneWaitingForTheServerItLeft) {
-  configure(0, 4 * kChunk, 2);
-  upstreamConfig_.servers[0].max_conns = 1;
-  upstreamConfig_.servers[1].max_conns = 1;
-  upstreamConfig_.queue_timeout = std::chrono::milliseconds(100);
-  ASSERT_TRUE(pool_->acquire(0));  // other sessions hold both servers' only slots
-  ASSERT_TRUE(pool_->acquire(1));
+  fillBothServers();
   session_ = std::make_unique<Session>(host_, context_, kClientFd);
   session_->start();
   auto second = std::make_unique<Session>(host_, context_, kClientFd + 1);
