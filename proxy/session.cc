@@ -99,7 +99,7 @@ bool Peer::encrypt(const relay::ChunkRef& chunk) {
   // Encrypt now: the plaintext buffer goes back to its pool at once and what waits in the
   // queue (and counts against back-pressure) is the ciphertext.
   if (!tls_->write(chunk.data(), chunk.size())) {
-    session_.host_.listenerTrouble(session_.listener_, "TLS: " + tls_->error());
+    session_.host_.listenerTrouble(*session_.listener_, "TLS: " + tls_->error());
     session_.peerFailed(*this, -EPROTO);
     return false;
   }
@@ -331,7 +331,7 @@ void Flow::arm() {
     pump();
     return;
   }
-  if (target_.unsent_ >= 2ull * session_.listener_.chunkSize) {
+  if (target_.unsent_ >= 2ull * session_.listener_->chunkSize) {
     paused_ = true;  // back-pressure: resumed by Session::peerSent
     return;
   }
@@ -361,7 +361,7 @@ void Flow::arm() {
     return;
   }
   multishot_ = false;
-  host.ring().recvSelect(source_.fd_, host.pool().groupId(), session_.listener_.chunkSize,
+  host.ring().recvSelect(source_.fd_, host.pool().groupId(), session_.listener_->chunkSize,
                          &recvDone_);
 }
 
@@ -408,7 +408,7 @@ void Flow::onRecv(int32_t res, uint32_t flags) noexcept {
       if (session_.closing()) {
         return;
       }
-      if (spliceCapable_ && static_cast<uint32_t>(res) >= session_.listener_.chunkSize) {
+      if (spliceCapable_ && static_cast<uint32_t>(res) >= session_.listener_->chunkSize) {
         spliceWanted_ = true;  // a full chunk: a burst, splice the rest
       }
     }
@@ -416,7 +416,7 @@ void Flow::onRecv(int32_t res, uint32_t flags) noexcept {
       // Still armed: stop it if the target is now too far behind (or to switch to
       // splice). Chunks received before the cancel takes effect still arrive and are
       // delivered in order.
-      const bool behind = target_.unsent_ >= 2ull * session_.listener_.chunkSize;
+      const bool behind = target_.unsent_ >= 2ull * session_.listener_->chunkSize;
       if (!cancelling_ && (behind || spliceWanted_)) {
         cancelling_ = true;
         paused_ = behind;
@@ -462,8 +462,8 @@ void Flow::submitGroup() {
   op->length = 0;
   std::fill(op->mirrorMember.begin(), op->mirrorMember.end(), 0);
 
-  uint32_t maxLength = s.listener_.chunkSize;
-  TapWriter* tap = s.listener_.tap;
+  uint32_t maxLength = s.listener_->chunkSize;
+  TapWriter* tap = s.listener_->tap;
   op->tapMember = tap != nullptr && tap->reserve(s.tap_, static_cast<tap::Direction>(direction_),
                                                  &maxLength, &op->reservation);
   members_.clear();
@@ -601,7 +601,7 @@ void Flow::pump() {
     }
   }
   if (dry && piped_ == 0) {
-    if (burst_ > 0 && burst_ < s.listener_.chunkSize) {
+    if (burst_ > 0 && burst_ < s.listener_->chunkSize) {
       // A small burst: back to RECV/SEND until the next full chunk.
       splice_ = false;
       arm();
@@ -683,7 +683,7 @@ void GroupOp::onLeader(int32_t res, uint32_t) noexcept {
   --s.inflight_;
   flow.receiving_ = false;
   flow.group_ = nullptr;
-  TapWriter* tap = s.listener_.tap;
+  TapWriter* tap = s.listener_->tap;
   const auto direction = static_cast<tap::Direction>(flow.direction_);
   if (res > 0 && !s.closing()) {
     length = static_cast<uint32_t>(res);
@@ -785,7 +785,7 @@ void GroupOp::onMirror(size_t index, int32_t res) {
 
 void GroupOp::onTap(int32_t res, uint32_t) noexcept {
   Session& s = flow.session_;
-  s.listener_.tap->memberDone(s.tap_, length, header, res);
+  s.listener_->tap->memberDone(s.tap_, length, header, res);
   completed();
 }
 
@@ -838,7 +838,7 @@ bool Flow::processCopy(relay::ChunkRef chunk) {
         s.sourceEnded(*this);
         return false;
       case relay::TlsChannel::ReadStatus::Failed:
-        s.host_.listenerTrouble(s.listener_, "TLS: " + tls.error());
+        s.host_.listenerTrouble(*s.listener_, "TLS: " + tls.error());
         s.sourceFailed(*this, -EPROTO);
         return false;
     }
@@ -856,7 +856,7 @@ bool Flow::processCopy(relay::ChunkRef chunk) {
 
 Session::Session(SessionHost& host, ListenerContext& listener, int clientFd)
     : host_(host),
-      listener_(listener),
+      listener_(&listener),
       client_(*this, Peer::Kind::Client),
       primary_(*this, Peer::Kind::Primary),
       request_(*this, metrics::kRequest, client_, primary_),
@@ -871,8 +871,8 @@ Session::Session(SessionHost& host, ListenerContext& listener, int clientFd)
 
 Session::~Session() {
   host_.timers().cancel(*this);
-  if (listener_.slotQueue != nullptr) {
-    listener_.slotQueue->forget(*this);  // (close() has left it already, unless torn down)
+  if (listener_->slotQueue != nullptr) {
+    listener_->slotQueue->forget(*this);  // (close() has left it already, unless torn down)
   }
   request_.releasePipe();
   response_.releasePipe();
@@ -890,9 +890,9 @@ void Session::start() {
     if (!config::admits(cfg().proxy_protocol_from, clientAddress_)) {
       // Its header could claim any client: reset before reading a byte.
       stats().proxyProtocolErrors.inc();
-      host_.listenerTrouble(listener_, "PROXY protocol header from " +
-                                           formatAddress(clientAddress_) +
-                                           ", a peer outside proxy_protocol_from: reset");
+      host_.listenerTrouble(*listener_, "PROXY protocol header from " +
+                                            formatAddress(clientAddress_) +
+                                            ", a peer outside proxy_protocol_from: reset");
       close(true, false, false, tap::CloseReason::kError);
       return;
     }
@@ -971,38 +971,39 @@ void Session::proxyHeaderPolled(int32_t res) {
 
 void Session::proxyHeaderFailed(const std::string& why) {
   stats().proxyProtocolErrors.inc();
-  host_.listenerTrouble(listener_, "PROXY protocol header: " + why);
+  host_.listenerTrouble(*listener_, "PROXY protocol header: " + why);
   close(true, false, false, tap::CloseReason::kError);
 }
 
 void Session::afterProxyHeader() {
   if (!config::admits(cfg().allow, clientAddress_)) {
     stats().denied.inc();
-    host_.listenerTrouble(listener_, "client " + formatAddress(clientAddress_) +
-                                         " is outside the listener's allow networks: reset");
+    host_.listenerTrouble(*listener_, "client " + formatAddress(clientAddress_) +
+                                          " is outside the listener's allow networks: reset");
     close(true, false, false, tap::CloseReason::kError);
     return;
   }
-  if (listener_.clientLimit != nullptr) {
-    if (!listener_.clientLimit->acquire(clientAddress_)) {
+  if (listener_->clientLimit != nullptr) {
+    if (!listener_->clientLimit->acquire(clientAddress_)) {
       stats().rejected[metrics::kClientLimit].inc();
-      host_.listenerTrouble(listener_, "client " + formatAddress(clientAddress_) + " already has " +
-                                           std::to_string(listener_.clientLimit->limit()) +
-                                           " sessions open (max_connections_per_client): reset");
+      host_.listenerTrouble(*listener_, "client " + formatAddress(clientAddress_) +
+                                            " already has " +
+                                            std::to_string(listener_->clientLimit->limit()) +
+                                            " sessions open (max_connections_per_client): reset");
       close(true, false, false, tap::CloseReason::kError);
       return;
     }
     clientCounted_ = true;
   }
-  if (listener_.tls == nullptr) {
+  if (listener_->tls == nullptr) {
     beginSession();
     return;
   }
   // TLS termination: nothing is connected upstream (or mirrored) before the handshake.
   client_.tls_ =
-      std::make_unique<relay::TlsChannel>(listener_.tls, client_.fd_, true, host_.userPool());
+      std::make_unique<relay::TlsChannel>(listener_->tls, client_.fd_, true, host_.userPool());
   if (!client_.tls_->valid()) {
-    host_.listenerTrouble(listener_, "TLS: " + client_.tls_->error());
+    host_.listenerTrouble(*listener_, "TLS: " + client_.tls_->error());
     close(true, false, false, tap::CloseReason::kError);
     return;
   }
@@ -1014,7 +1015,7 @@ void Session::afterProxyHeader() {
 
 void Session::beginSession() {
   state_ = State::Connecting;
-  UpstreamPool& pool = *listener_.upstream;
+  UpstreamPool& pool = *listener_->upstream;
   const bool bySource = pool.config().balance == config::Balance::Source;
   pool.pickOrder(serverOrder_, host_.now(), bySource ? clientHash(clientAddress_, false) : 0);
   if (!mirrors_.empty() && pool.wouldWait(serverOrder_)) {
@@ -1083,10 +1084,10 @@ void Session::handshakeFailed(Peer& peer, bool timedOut) {
   // The upstream server's certificate or protocol was refused: like a failed connect,
   // try the pool's next server.
   stats().upstreamTlsFailures.inc();
-  const config::Address& a = listener_.upstream->server(static_cast<size_t>(server_));
+  const config::Address& a = listener_->upstream->server(static_cast<size_t>(server_));
   const std::string why =
       timedOut ? std::string("TLS handshake timed out") : primary_.tls_->error();
-  host_.listenerTrouble(listener_, "TLS: upstream " + a.text + ": " + why);
+  host_.listenerTrouble(*listener_, "TLS: upstream " + a.text + ": " + why);
   upstreamFailed(why);
   releaseServer();
   primary_.tls_.reset();
@@ -1099,7 +1100,7 @@ void Session::handshakeFailed(Peer& peer, bool timedOut) {
 }
 
 PeerHealth* Session::mirrorHealth(size_t index) const {
-  return index < listener_.mirrorHealth.size() ? listener_.mirrorHealth[index] : nullptr;
+  return index < listener_->mirrorHealth.size() ? listener_->mirrorHealth[index] : nullptr;
 }
 
 bool Session::sampled(uint32_t percent) const {
@@ -1114,20 +1115,20 @@ bool Session::sampled(uint32_t percent) const {
 
 void Session::releaseServer() {
   if (upstreamCounted_) {
-    listener_.upstream->release(static_cast<uint32_t>(server_));
+    listener_->upstream->release(static_cast<uint32_t>(server_));
     upstreamCounted_ = false;
-    if (listener_.slotQueue != nullptr) {
-      listener_.slotQueue->slotReleased();  // the oldest waiter on this worker takes it
+    if (listener_->slotQueue != nullptr) {
+      listener_->slotQueue->slotReleased();  // the oldest waiter on this worker takes it
     }
   }
 }
 
 void Session::connectPrimary() {
-  UpstreamPool& pool = *listener_.upstream;
+  UpstreamPool& pool = *listener_->upstream;
   const bool newcomer =
       serverAttempt_ == 0 && queueDeadline_ == 0 && pool.config().queue_timeout.count() > 0;
   if ((newcomer && pool.queuedSessions() > 0) ||
-      (queued_ && listener_.slotQueue != nullptr && listener_.slotQueue->olderElsewhere(*this))) {
+      (queued_ && listener_->slotQueue != nullptr && listener_->slotQueue->olderElsewhere(*this))) {
     // Sessions are waiting for a slot already: this one waits with them rather than take
     // the slot one of them is about to (a steady stream of new sessions would otherwise
     // starve the queue); a waiter leaves a slot to one of another worker that has waited
@@ -1174,9 +1175,9 @@ void Session::connectPrimary() {
   }
   leaveQueue();
   if (!fullServers_.empty() && queueDeadline_ != 0 && host_.now() >= queueDeadline_) {
-    host_.listenerTrouble(listener_, "no server of upstream " + pool.config().name +
-                                         " had a free slot (max_conns) within queue_timeout: "
-                                         "reset");
+    host_.listenerTrouble(*listener_, "no server of upstream " + pool.config().name +
+                                          " had a free slot (max_conns) within queue_timeout: "
+                                          "reset");
   }
   // Every server failed: the client learns it by a reset, as if it had tried itself.
   stats().noUpstream.inc();
@@ -1185,17 +1186,18 @@ void Session::connectPrimary() {
 }
 
 bool Session::waitForSlot() {
-  const config::Duration timeout = listener_.upstream->config().queue_timeout;
+  const config::Duration timeout = listener_->upstream->config().queue_timeout;
   if (timeout.count() == 0) {
     return false;
   }
   const uint64_t now = host_.now();
   const bool waitedBefore = queueDeadline_ != 0;
   if (!queued_ && (queueDeadline_ == 0 || now < queueDeadline_) &&
-      !listener_.upstream->enterQueue()) {
-    host_.listenerTrouble(listener_, "no server of upstream " + listener_.upstream->config().name +
-                                         " had a free slot (max_conns) and max_queue sessions "
-                                         "were waiting already: reset");
+      !listener_->upstream->enterQueue()) {
+    host_.listenerTrouble(*listener_, "no server of upstream " +
+                                          listener_->upstream->config().name +
+                                          " had a free slot (max_conns) and max_queue sessions "
+                                          "were waiting already: reset");
     return false;
   }
   if (queueDeadline_ == 0) {
@@ -1218,12 +1220,12 @@ bool Session::waitForSlot() {
     // Waiting again, it no longer tries the server whose connect failed: in the queue it
     // would hold back sessions behind it that could take that server's slots. It keeps
     // its ticket (its turn against the queue's waiters) and looks on its own timer.
-    if (listener_.slotQueue != nullptr && !waitedBefore) {
-      listener_.slotQueue->push(*this);
+    if (listener_->slotQueue != nullptr && !waitedBefore) {
+      listener_->slotQueue->push(*this);
     }
   }
-  if (listener_.slotQueue == nullptr || !listener_.slotQueue->contains(*this) ||
-      listener_.slotQueue->isOldest(*this)) {
+  if (listener_->slotQueue == nullptr || !listener_->slotQueue->contains(*this) ||
+      listener_->slotQueue->isOldest(*this)) {
     retryAt_ = std::min(now + retryDelay_, queueDeadline_);
     retryDelay_ = std::min(retryDelay_ * 2, kMaxQueueRetry);
   } else {
@@ -1247,13 +1249,13 @@ void Session::lookForSlot() noexcept {
 void Session::leaveQueue() {
   if (queued_) {
     queued_ = false;
-    if (listener_.slotQueue != nullptr) {
-      listener_.slotQueue->remove(*this);  // the next one looks at once
+    if (listener_->slotQueue != nullptr) {
+      listener_->slotQueue->remove(*this);  // the next one looks at once
     }
     const uint64_t now = host_.now();
     queueNanos_ = now - queueStart_;
     stats().queueDuration.observe(static_cast<double>(now - waitStart_) / 1e9);
-    listener_.upstream->leaveQueue();
+    listener_->upstream->leaveQueue();
     stats().upstreamQueueing.dec();
   }
 }
@@ -1266,7 +1268,7 @@ void Session::primaryConnected(int32_t res) {
   if (res == -ECANCELED && connectTimedOut_) {
     res = -ETIMEDOUT;
   }
-  const config::ProxyProtocol proxyProtocol = listener_.upstream->config().proxy_protocol;
+  const config::ProxyProtocol proxyProtocol = listener_->upstream->config().proxy_protocol;
   if (res >= 0 && proxyProtocol != config::ProxyProtocol::Off) {
     // First on the connection, before TLS and any relayed byte. The send buffer of a
     // socket that just connected is empty and far larger than the header (at most 108
@@ -1290,9 +1292,9 @@ void Session::primaryConnected(int32_t res) {
   stats().connectDuration.observe(static_cast<double>(connectNanos_) / 1e9);
   lastServer_ = server_;
   primary_.connected_ = true;
-  if (listener_.upstreamTls != nullptr) {
-    const config::UpstreamConfig& pool = listener_.upstream->config();
-    primary_.tls_ = std::make_unique<relay::TlsChannel>(listener_.upstreamTls, primary_.fd_, false,
+  if (listener_->upstreamTls != nullptr) {
+    const config::UpstreamConfig& pool = listener_->upstream->config();
+    primary_.tls_ = std::make_unique<relay::TlsChannel>(listener_->upstreamTls, primary_.fd_, false,
                                                         host_.userPool());
     const UpstreamPeerName peer =
         upstreamPeerName(pool, pool.servers[static_cast<size_t>(server_)]);
@@ -1308,7 +1310,7 @@ void Session::primaryConnected(int32_t res) {
 }
 
 void Session::upstreamReady() {
-  UpstreamPool& pool = *listener_.upstream;
+  UpstreamPool& pool = *listener_->upstream;
   pool.connectSucceeded(static_cast<uint32_t>(server_), host_.now());
   pool.sessionConnected(static_cast<uint32_t>(server_));
   openTap(true);
@@ -1317,7 +1319,7 @@ void Session::upstreamReady() {
 
 void Session::upstreamFailed(const std::string& why) {
   stats().upstreamConnectErrors.inc();
-  UpstreamPool& pool = *listener_.upstream;
+  UpstreamPool& pool = *listener_->upstream;
   const auto server = static_cast<uint32_t>(server_);
   pool.sessionConnectFailed(server);
   if (pool.connectFailed(server, host_.now())) {
@@ -1410,7 +1412,7 @@ void Session::mirrorConnected(size_t index, int32_t res) {
 }
 
 void Session::openTap(bool withUpstream) {
-  TapWriter* tw = listener_.tap;
+  TapWriter* tw = listener_->tap;
   if (tw == nullptr || tap_.opened) {
     return;
   }
@@ -1426,7 +1428,7 @@ void Session::openTap(bool withUpstream) {
     info.flags |= tap::kSessionTlsTerminated;
   }
   if (withUpstream && server_ >= 0) {
-    const config::Address& a = listener_.upstream->server(static_cast<size_t>(server_));
+    const config::Address& a = listener_->upstream->server(static_cast<size_t>(server_));
     info.upstream = tap::TapAddress::fromSockaddr(a.sockaddrPtr(), a.length);
   }
   tw->open(tap_, info);
@@ -1455,10 +1457,10 @@ void Session::startRelaying() {
                       : static_cast<uint8_t>(metrics::kMainlinePath);
     // One target and nothing to see the bytes (no mirror takes them, no tap, no TLS in
     // either socket): splice(2) moves them without a copy into userspace.
-    flow->spliceEligible_ = listener_.splice && !flow->copy_ && !flow->groupCapable_ &&
+    flow->spliceEligible_ = listener_->splice && !flow->copy_ && !flow->groupCapable_ &&
                             flow->path_ == metrics::kMainlinePath &&
                             flow->source_.tls_ == nullptr && flow->target_.tls_ == nullptr &&
-                            listener_.tap == nullptr;
+                            listener_->tap == nullptr;
     updateSplice(*flow);
   }
   request_.arm();
@@ -1474,8 +1476,8 @@ void Session::deliver(Flow& flow, const relay::ChunkRef& chunk) {
   flow.received_ += n;
   st.chunks[flow.path_].inc();
   flow.target_.enqueue(chunk);
-  if (listener_.tap != nullptr) {
-    listener_.tap->chunk(tap_, static_cast<tap::Direction>(flow.direction_), chunk);
+  if (listener_->tap != nullptr) {
+    listener_->tap->chunk(tap_, static_cast<tap::Direction>(flow.direction_), chunk);
   }
   for (size_t i = 0; i < mirrors_.size(); ++i) {
     Mirror& m = *mirrors_[i];
@@ -1564,8 +1566,8 @@ void Session::groupReceived(Flow& flow, GroupOp& op) {
 
 void Session::sourceEnded(Flow& flow) {
   flow.target_.finishWriting();
-  if (listener_.tap != nullptr) {
-    listener_.tap->end(tap_, static_cast<tap::Direction>(flow.direction_), tap::EndKind::kFin, 0);
+  if (listener_->tap != nullptr) {
+    listener_->tap->end(tap_, static_cast<tap::Direction>(flow.direction_), tap::EndKind::kFin, 0);
   }
   for (size_t i = 0; i < mirrors_.size(); ++i) {
     Mirror& m = *mirrors_[i];
@@ -1582,7 +1584,7 @@ void Session::sourceEnded(Flow& flow) {
 
 void Session::peerSent(Peer& peer, uint32_t bytes) {
   activity();
-  const uint64_t low = listener_.chunkSize;
+  const uint64_t low = listener_->chunkSize;
   switch (peer.kind_) {
     case Peer::Kind::Client:
       stats().sentClientBytes.add(bytes);
@@ -1632,15 +1634,15 @@ int Session::ktlsRecordReceived(Peer& source) {
   }
   const char* who = source.kind_ == Peer::Kind::Client ? "the client" : "the upstream";
   if (n < 0) {
-    host_.listenerTrouble(listener_, std::string("TLS: reading a TLS record of ") + who +
-                                         " that is not data failed: " + strerror(-n));
+    host_.listenerTrouble(*listener_, std::string("TLS: reading a TLS record of ") + who +
+                                          " that is not data failed: " + strerror(-n));
     return n;
   }
   std::string what;
   const int res = relay::ktlsControlRecord(type, body, static_cast<size_t>(n), &what);
   if (res != 0) {
-    host_.listenerTrouble(listener_, std::string("TLS: ") + who + " sent " + what +
-                                         (res == -EAGAIN ? " (ignored)" : ": session reset"));
+    host_.listenerTrouble(*listener_, std::string("TLS: ") + who + " sent " + what +
+                                          (res == -EAGAIN ? " (ignored)" : ": session reset"));
   }
   return res;
 }
@@ -1652,9 +1654,9 @@ void Session::sourceFailed(Flow& flow, int32_t err) {
   // A reset (or any receive error) on one side resets every other connection; the
   // failed socket itself is closed with RST too, so nothing lingers in FIN_WAIT.
   stats().resets.inc();
-  if (listener_.tap != nullptr) {
-    listener_.tap->end(tap_, static_cast<tap::Direction>(flow.direction_), tap::EndKind::kReset,
-                       err);
+  if (listener_->tap != nullptr) {
+    listener_->tap->end(tap_, static_cast<tap::Direction>(flow.direction_), tap::EndKind::kReset,
+                        err);
   }
   close(true, true, true, tap::CloseReason::kError);
 }
@@ -1669,7 +1671,7 @@ void Session::cutMirror(size_t index, const char* why) {
   metrics::MirrorStats& ms = stats().mirrors[index];
   ms.cuts.inc();
   ms.droppedBytes.add(m.peer.unsent_);
-  host_.mirrorTrouble(listener_, index, why);
+  host_.mirrorTrouble(*listener_, index, why);
   m.peer.failed_ = true;
   cancelPeer(m.peer);
   m.peer.dropQueue();
@@ -1765,12 +1767,12 @@ void Session::maybeFinish() {
   }
   releaseServer();
   if (clientCounted_) {
-    listener_.clientLimit->release(clientAddress_);
+    listener_->clientLimit->release(clientAddress_);
     clientCounted_ = false;
   }
   done_ = true;
   host_.timers().cancel(*this);
-  if (listener_.accessLog != nullptr) {
+  if (listener_->accessLog != nullptr) {
     writeAccessLog();
   }
   // The host frees the session's admission slot first, so that a client that sees the
@@ -1800,7 +1802,7 @@ void Session::writeAccessLog() {
   r.worker = host_.workerIndex();
   r.session = id_;
   r.client = clientAddress_;
-  r.server = lastServer_ >= 0 ? &listener_.upstream->server(static_cast<size_t>(lastServer_)).text
+  r.server = lastServer_ >= 0 ? &listener_->upstream->server(static_cast<size_t>(lastServer_)).text
                               : nullptr;
   const uint64_t now = host_.now();
   r.durationNanos = now - started_;
@@ -1815,7 +1817,7 @@ void Session::writeAccessLog() {
     r.mirrors += m->state != MirrorState::Unsampled ? 1 : 0;
   }
   r.mirrorsCut = mirrorsCut_;
-  listener_.accessLog->add(r, now);
+  listener_->accessLog->add(r, now);
 }
 
 void Session::close(bool resetClient, bool resetPrimary, bool resetMirrors,
@@ -1828,7 +1830,7 @@ void Session::close(bool resetClient, bool resetPrimary, bool resetMirrors,
   if (!wasClosing) {
     closeStart_ = host_.now();
     closeReason_ = reason;
-    if (TapWriter* tw = listener_.tap; tw != nullptr) {
+    if (TapWriter* tw = listener_->tap; tw != nullptr) {
       const tap::EndKind end = resetClient_ ? tap::EndKind::kReset : tap::EndKind::kFin;
       tw->end(tap_, tap::Direction::kRequest, end, 0);
       tw->end(tap_, tap::Direction::kResponse, end, 0);

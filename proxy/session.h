@@ -311,7 +311,7 @@ public:
   void lookForSlot() noexcept override;
 
   bool closing() const { return state_ == State::Closing; }
-  ListenerContext& listener() { return listener_; }
+  ListenerContext& listener() { return *listener_; }
   uint64_t id() const { return id_; }
   void setId(uint64_t id) { id_ = id; }
   // Buffer pressure: of the open mirrors, the one whose queue holds the most chunks that
@@ -351,8 +351,8 @@ private:
     bool wantsResponses = false;
   };
 
-  const config::ListenerConfig& cfg() const { return *listener_.config; }
-  metrics::ListenerStats& stats() { return *listener_.stats; }
+  const config::ListenerConfig& cfg() const { return *listener_->config; }
+  metrics::ListenerStats& stats() { return *listener_->stats; }
   // After the PROXY protocol header (if any): the TLS handshake or the session itself.
   void afterProxyHeader();
   // Reads what has arrived of the client's PROXY protocol header, never a byte past it.
@@ -412,7 +412,7 @@ private:
   bool sampled(uint32_t percent) const;
 
   SessionHost& host_;
-  ListenerContext& listener_;
+  ListenerContext* listener_;  // never null
   uint64_t id_ = 0;
   State state_ = State::Connecting;
   Peer client_;
@@ -425,7 +425,7 @@ private:
   std::vector<uint32_t> serverOrder_;
   size_t serverAttempt_ = 0;
   // queue_timeout: the servers passed over at max_conns on this pass over serverOrder_,
-  // which the next pass tries again. While waiting (queued_, in listener_.slotQueue) the
+  // which the next pass tries again. While waiting (queued_, in listener_->slotQueue) the
   // oldest waiter's pass runs at retryAt_, at most 5 ms apart or at once when told to look;
   // the others' retryAt_ is their queueDeadline_ (0: never waited).
   std::vector<uint32_t> fullServers_;
