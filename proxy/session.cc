@@ -1015,9 +1015,13 @@ void Session::afterProxyHeader() {
 
 void Session::beginSession() {
   state_ = State::Connecting;
+  // A DNS move since the accept (during a TLS handshake or a slow PROXY header): nothing
+  // is connected yet, so the session connects where the newest routes say.
+  if (ListenerContext* newer = host_.newerContext(*listener_)) {
+    listener_ = newer;
+  }
   UpstreamPool& pool = *listener_->upstream;
-  const bool bySource = pool.config().balance == config::Balance::Source;
-  pool.pickOrder(serverOrder_, host_.now(), bySource ? clientHash(clientAddress_, false) : 0);
+  pickServerOrder();
   if (!mirrors_.empty() && pool.wouldWait(serverOrder_)) {
     // It is about to wait for a slot: its mirrors connect when it gets one, so a queue
     // holds no mirror connections and a session the queue resets never reaches them.
@@ -1026,6 +1030,13 @@ void Session::beginSession() {
     connectMirrors();
   }
   connectPrimary();
+}
+
+void Session::pickServerOrder() {
+  UpstreamPool& pool = *listener_->upstream;
+  const bool bySource = pool.config().balance == config::Balance::Source;
+  pool.pickOrder(serverOrder_, host_.now(), bySource ? clientHash(clientAddress_, false) : 0);
+  serverAttempt_ = 0;
 }
 
 void Session::continueHandshake(Peer& peer) {
@@ -1235,6 +1246,31 @@ bool Session::waitForSlot() {
   return true;
 }
 
+void Session::leaveQueueToMove() {
+  SlotQueue* queue = listener_->slotQueue;
+  movingInQueue_ = queue != nullptr && queue->contains(*this);
+  if (movingInQueue_) {
+    queue->forget(*this);  // (the others leave too: nobody to wake)
+  }
+}
+
+void Session::moveToRoutes(ListenerContext& next, std::shared_ptr<const void> former) {
+  ListenerContext& was = *listener_;
+  next.upstream->takeWaiter(*was.upstream);
+  formerRoutes_.push_back(std::move(former));
+  listener_ = &next;
+  // The new pool's servers, all of them: the ones passed over or failed were the old
+  // pool's.
+  pickServerOrder();
+  fullServers_.clear();
+  if (movingInQueue_) {
+    movingInQueue_ = false;
+    if (next.slotQueue != nullptr && was.slotQueue != nullptr) {
+      next.slotQueue->pushMoved(*this, *was.slotQueue);  // the oldest is told to look
+    }
+  }
+}
+
 void Session::lookForSlot() noexcept {
   if (!queued_ || done_) {
     return;
@@ -1290,7 +1326,7 @@ void Session::primaryConnected(int32_t res) {
   }
   connectNanos_ = static_cast<int64_t>(host_.now() - connectStart_);
   stats().connectDuration.observe(static_cast<double>(connectNanos_) / 1e9);
-  lastServer_ = server_;
+  lastServer_ = &listener_->upstream->server(static_cast<size_t>(server_));
   primary_.connected_ = true;
   if (listener_->upstreamTls != nullptr) {
     const config::UpstreamConfig& pool = listener_->upstream->config();
@@ -1341,8 +1377,9 @@ void Session::connectMirrors() {
     }
     stats().mirrors[i].sessions.inc();
     m.wantsResponses = mc.direction == config::MirrorDirection::Both;
-    PeerHealth* health = mirrorHealth(i);
-    if (health != nullptr && health->down(host_.now())) {
+    m.health = mirrorHealth(i);
+    m.address = &mc.address;
+    if (m.health != nullptr && m.health->down(host_.now())) {
       // Marked down: this session does without it (its bytes count as dropped), and no
       // connect is spent on a dead host. The first session after fail_timeout probes.
       m.state = MirrorState::Cut;
@@ -1376,7 +1413,7 @@ void Session::mirrorConnected(size_t index, int32_t res) {
   if (res == -ECANCELED && m.timedOut) {
     res = -ETIMEDOUT;
   }
-  PeerHealth* health = mirrorHealth(index);
+  PeerHealth* health = m.health;
   if (res < 0) {
     stats().mirrors[index].connectErrors.inc();
     const config::MirrorConfig& mc = cfg().mirrors[index];
@@ -1386,7 +1423,7 @@ void Session::mirrorConnected(size_t index, int32_t res) {
       GRELAY_LOG_WARN(
           "listener %s: mirror %s (%s) marked down for %lld ms after %u failed connect%s (%s): "
           "sampled sessions skip it until then",
-          cfg().name.c_str(), mc.name.c_str(), mc.address.text.c_str(),
+          cfg().name.c_str(), mc.name.c_str(), m.address->text.c_str(),
           static_cast<long long>(mc.fail_timeout.count()), mc.max_fails,
           mc.max_fails == 1 ? "" : "s", describe(res).c_str());
     }
@@ -1802,8 +1839,7 @@ void Session::writeAccessLog() {
   r.worker = host_.workerIndex();
   r.session = id_;
   r.client = clientAddress_;
-  r.server = lastServer_ >= 0 ? &listener_->upstream->server(static_cast<size_t>(lastServer_)).text
-                              : nullptr;
+  r.server = lastServer_ != nullptr ? &lastServer_->text : nullptr;
   const uint64_t now = host_.now();
   r.durationNanos = now - started_;
   r.queueNanos = queueNanos_;

@@ -89,6 +89,10 @@ public:
   virtual int takePipe(int fds[2]) = 0;
   // Hands a pipe back: an empty one goes back to the pool, one holding bytes is closed.
   virtual void givePipe(const int fds[2], int capacity, bool empty) = 0;
+  // The context of `current`'s listener in the newest routes, when `current` belongs to
+  // older ones (a DNS move came since): the calling session moves there, and the host
+  // counts it there from now on. nullptr when `current` is the newest.
+  virtual struct ListenerContext* newerContext(struct ListenerContext& current) = 0;
 
 protected:
   ~SessionHost() = default;
@@ -312,6 +316,19 @@ public:
 
   bool closing() const { return state_ == State::Closing; }
   ListenerContext& listener() { return *listener_; }
+  // Waiting for a slot of its upstream pool (queue_timeout), in the pool's queue or on
+  // its own timer after a failed connect.
+  bool waitingForSlot() const { return queued_ && !done_; }
+  // A DNS move replaced the pool this session waits for a slot of: it waits for the new
+  // pool's servers, in `next` (its listener's context in the newest routes; the host
+  // counts it there), keeping its deadline and its turn. `former` (the routes it leaves)
+  // stays alive with the session: a mirror connect it started still reports to them, and
+  // the access log may name a server of theirs (a connect that succeeded before it waited
+  // again).
+  // The host first takes every such session out of its old queue (leaveQueueToMove()),
+  // then moves them oldest first (SlotQueue::ticket()).
+  void leaveQueueToMove();
+  void moveToRoutes(ListenerContext& next, std::shared_ptr<const void> former);
   uint64_t id() const { return id_; }
   void setId(uint64_t id) { id_ = id; }
   // Buffer pressure: of the open mirrors, the one whose queue holds the most chunks that
@@ -345,6 +362,10 @@ private:
     explicit Mirror(Session& s, size_t index) : peer(s, Peer::Kind::Mirror, index) {}
     Peer peer;
     MirrorState state = MirrorState::Unsampled;
+    // The health and address it connected to, from the routes of the time (a session
+    // that moves to a DNS move's routes may have a connect to the old address in flight).
+    PeerHealth* health = nullptr;
+    const config::Address* address = nullptr;
     uint64_t connectDeadline = 0;
     uint64_t connectStart = 0;
     bool timedOut = false;
@@ -367,6 +388,8 @@ private:
   // Every server left was at max_conns: waits for a slot (queue_timeout) and returns true,
   // or false when the pool does not queue or the wait is over.
   bool waitForSlot();
+  // serverOrder_ from the upstream pool's balancing, for a first pass over it.
+  void pickServerOrder();
   void leaveQueue();
   void connectPrimary();
   void primaryConnected(int32_t res);
@@ -437,9 +460,13 @@ private:
   uint64_t retryAt_ = 0;
   uint64_t retryDelay_ = 0;
   bool queued_ = false;
+  bool movingInQueue_ = false;  // between leaveQueueToMove() and moveToRoutes()
+  std::vector<std::shared_ptr<const void>> formerRoutes_;  // the routes DNS moves took it from
   bool mirrorsDeferred_ = false;  // connectMirrors() when a server slot is taken
   int64_t server_ = -1;           // index of the connected server
-  int64_t lastServer_ = -1;       // the last server a connect succeeded to (access log)
+  // The last server a connect succeeded to (access log), of the routes of the time (a
+  // session that then waits again may move to a DNS move's; formerRoutes_ keeps these).
+  const config::Address* lastServer_ = nullptr;
   uint64_t connectStart_ = 0;
   uint64_t connectDeadline_ = 0;
   bool connectTimedOut_ = false;

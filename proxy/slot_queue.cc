@@ -58,6 +58,20 @@ void SlotQueue::push(SlotWaiter& waiter) {
   }
   // Without a board the order is the list's alone (olderElsewhere() is false).
   waiter.slotTicket_ = board_ != nullptr ? board_->takeTicket() : 0;
+  append(waiter);
+}
+
+void SlotQueue::pushMoved(SlotWaiter& waiter, const SlotQueue& from) {
+  if (waiter.waitingSlot_) {
+    return;
+  }
+  if (board_ == nullptr || board_ != from.board_) {
+    waiter.slotTicket_ = board_ != nullptr ? board_->takeTicket() : 0;
+  }
+  append(waiter);
+}
+
+void SlotQueue::append(SlotWaiter& waiter) {
   waiter.waitingSlot_ = true;
   ++size_;
   if (head_ == nullptr) {
@@ -98,13 +112,21 @@ void SlotQueue::remove(SlotWaiter& waiter) {
 
 void SlotQueue::slotReleased() {
   uint32_t worker = worker_;
-  if (board_ != nullptr && board_->oldest(&worker) == 0) {
+  if (board_ == nullptr) {
+    if (head_ != nullptr) {
+      head_->lookForSlot();
+    }
+    return;
+  }
+  if (board_->oldest(&worker) == 0) {
     return;  // nobody waits, here or on another worker
   }
-  if (worker != worker_ && wake_) {
-    wake_(worker);  // its waiter has waited longest: the slot is its
-  } else if (head_ != nullptr) {
+  if (head_ != nullptr && worker == worker_) {
     head_->lookForSlot();
+  } else if (wake_) {
+    // Its waiter has waited longest: the slot is its. On this worker that waiter is in
+    // another queue of the board (a DNS move's), which the wake-up reaches.
+    wake_(worker);
   }
 }
 

@@ -77,18 +77,25 @@ public:
   // that waits again outside the queue is still ordered by it). A waiter that becomes the
   // oldest is told to look (lookForSlot()).
   void push(SlotWaiter& waiter);
+  // A waiter that left `from` (forget()) because a DNS move replaced its pool goes last
+  // here, keeping its ticket when both queues share a board (the caller moves a queue's
+  // waiters oldest first), else with a new one.
+  void pushMoved(SlotWaiter& waiter, const SlotQueue& from);
   // Unlinks `waiter` (if queued); when it was the oldest, the next one looks at once.
   void remove(SlotWaiter& waiter);
   // Unlinks without waking anyone (a waiter being destroyed with its worker).
   void forget(SlotWaiter& waiter);
   // A slot of the pool came free: the oldest waiter of any worker looks for it (this
-  // worker's at once, another's through `wake`).
+  // worker's at once, another's through `wake`, and through `wake` too when this worker's
+  // oldest waits in another queue of the board: one a DNS move's new pool made).
   void slotReleased();
   // This worker was woken for a freed slot: its oldest waiter looks.
   void wakeOldest();
 
   bool contains(const SlotWaiter& waiter) const { return waiter.waitingSlot_; }
   bool isOldest(const SlotWaiter& waiter) const { return head_ == &waiter; }
+  // Its place in the order of the pool's waiters (0 = it never waited).
+  static uint64_t ticket(const SlotWaiter& waiter) { return waiter.slotTicket_; }
   // Whether a waiter of another worker has waited longer than `waiter`: a slot `waiter`
   // finds is that one's.
   bool olderElsewhere(const SlotWaiter& waiter) const;
@@ -96,6 +103,7 @@ public:
 
 private:
   void publish();
+  void append(SlotWaiter& waiter);
 
   std::shared_ptr<SlotBoard> board_;
   uint32_t worker_;

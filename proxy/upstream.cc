@@ -333,6 +333,13 @@ bool UpstreamPool::enterQueue() {
   return true;
 }
 
+void UpstreamPool::takeWaiter(UpstreamPool& from) {
+  if (queued_ != from.queued_) {
+    from.leaveQueue();
+    queued_->fetch_add(1, std::memory_order_relaxed);
+  }
+}
+
 bool UpstreamPool::acquire(uint32_t server) {
   const int64_t before = counts_[server]->active.fetch_add(1, std::memory_order_relaxed);
   const uint32_t max = config_.servers[server].max_conns;

@@ -122,6 +122,10 @@ public:
   bool wouldWait(const std::vector<uint32_t>& order) const;
   // The order of this pool's waiting sessions across workers (each worker's SlotQueue).
   const std::shared_ptr<SlotBoard>& slotBoard() const { return slotBoard_; }
+  // A session that waited for a slot of `from` waits for one of this pool now (a DNS move
+  // replaced `from`): it counts against this pool's max_queue (one count when the pools
+  // share it, as inheritHealth makes them), admitted whatever the count.
+  void takeWaiter(UpstreamPool& from);
 
   // A session is connected to `server` (TCP, and the TLS handshake for a TLS pool), or
   // its connect failed: the per-server counts (not health checks'; any thread).
@@ -159,6 +163,11 @@ public:
   // (and for least_conn) in both, and so does the count of sessions waiting for a slot
   // (max_queue). Before any session uses this pool.
   void inheritHealth(const UpstreamPool& previous, uint64_t now);
+  // A DNS move's new pool (not a reload's): the sessions that wait for a slot of
+  // `previous` come over keeping their turns (their tickets of the same board), so the
+  // order of waiting sessions across workers survives the move. Before any session uses
+  // this pool.
+  void continueQueue(const UpstreamPool& previous) { slotBoard_ = previous.slotBoard_; }
 
   // Slow start progress of `server` in thousandths; 1000 when slow_start is 0.
   uint32_t rampPermille(uint32_t server, uint64_t now) const;
@@ -197,7 +206,8 @@ private:
   };
   std::vector<std::shared_ptr<ServerCounts>> counts_;
   std::shared_ptr<std::atomic<int64_t>> queued_ = std::make_shared<std::atomic<int64_t>>(0);
-  // Not shared across a reload: another pool's sessions wait in other queues.
+  // Not shared across a reload (another generation's sessions wait in other queues), only
+  // with a DNS move's new pool (continueQueue).
   std::shared_ptr<SlotBoard> slotBoard_ = std::make_shared<SlotBoard>();
   std::unique_ptr<PeerHealth[]> health_;
 };

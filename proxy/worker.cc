@@ -83,6 +83,7 @@ std::shared_ptr<Routes> moveRoutes(const Routes& was, std::shared_ptr<const conf
                    });
     if (!same) {
       fresh->upstreams[u]->inheritHealth(*was.upstreams[u], now);
+      fresh->upstreams[u]->continueQueue(*was.upstreams[u]);
       routes->upstreams[u] = fresh->upstreams[u];
     }
   }
@@ -355,9 +356,66 @@ void Worker::followRoutes() {
     next->contexts.push_back(std::move(context));
   }
   routes_.push_back(std::move(next));
-  if (was.sessions == 0) {
-    routes_.erase(routes_.end() - 2);
+  moveWaiters();
+  pruneRoutes();
+}
+
+void Worker::moveWaiters() {
+  // Sessions waiting for a slot of a pool the move replaced would get one of the old
+  // addresses only (which the name no longer has): they wait for the new pool's servers,
+  // in the order they came, with their deadlines.
+  WorkerRoutes& newest = *routes_.back();
+  std::vector<Session*> moving;
+  for (Session* s = sessions_; s != nullptr; s = s->next_) {
+    ListenerContext& current = s->listener();
+    if (current.routes != nullptr && current.routes != &newest && s->waitingForSlot() &&
+        current.upstream != newest.routes->upstreams[current.config->upstream_index].get()) {
+      moving.push_back(s);
+    }
   }
+  if (moving.empty()) {
+    return;
+  }
+  std::sort(moving.begin(), moving.end(), [](const Session* a, const Session* b) {
+    return SlotQueue::ticket(*a) < SlotQueue::ticket(*b);
+  });
+  // All leave their old queues before any joins a new one: a pool's queues share a board
+  // across the move, on which this worker has one entry.
+  for (Session* s : moving) {
+    s->leaveQueueToMove();
+  }
+  for (Session* s : moving) {
+    std::shared_ptr<const void> former = s->listener().routes->routes;
+    ListenerContext* next = newerContext(s->listener());
+    s->moveToRoutes(*next, std::move(former));
+  }
+}
+
+ListenerContext* Worker::newerContext(ListenerContext& current) {
+  WorkerRoutes* from = current.routes;
+  WorkerRoutes& newest = *routes_.back();
+  if (from == nullptr || from == &newest) {
+    return nullptr;
+  }
+  size_t k = 0;
+  while (k < from->contexts.size() && from->contexts[k].get() != &current) {
+    ++k;
+  }
+  if (k == from->contexts.size() || k >= newest.contexts.size()) {
+    return nullptr;
+  }
+  ++newest.sessions;
+  if (--from->sessions == 0) {
+    pruneRoutes_ = true;  // (not here: the session may be in the middle of a call)
+  }
+  return newest.contexts[k].get();
+}
+
+void Worker::pruneRoutes() {
+  pruneRoutes_ = false;
+  const WorkerRoutes* newest = routes_.back().get();
+  // Older routes no session uses any more (a DNS move's): their pools can go.
+  std::erase_if(routes_, [newest](const auto& r) { return r->sessions == 0 && r.get() != newest; });
 }
 
 bool Worker::loopOnce() {
@@ -675,11 +733,13 @@ void Worker::afterDispatch() {
     WorkerRoutes* routes = s->listener().routes;
     delete s;
     if (--routes->sessions == 0 && routes != routes_.back().get()) {
-      // The last session of older routes (a DNS move's): their pools can go.
-      std::erase_if(routes_, [routes](const auto& r) { return r.get() == routes; });
+      pruneRoutes_ = true;  // the last session of older routes
     }
   }
   finished_.clear();
+  if (pruneRoutes_) {
+    pruneRoutes();
+  }
   if (waitHead_ != nullptr && !pressureChecked_ && anyMirrors_) {
     relieveBufferPressure();
   }

@@ -148,6 +148,7 @@ public:
   void listenerTrouble(const ListenerContext& listener, const std::string& what) override;
   int takePipe(int fds[2]) override;
   void givePipe(const int fds[2], int capacity, bool empty) override;
+  ListenerContext* newerContext(ListenerContext& current) override;
 
   // BufferListener (both pools)
   void onBuffersAvailable() noexcept override { buffersFreed_ = true; }
@@ -185,6 +186,11 @@ private:
   // If Runtime::routes() changed (a DNS move), new sessions take the new routes (one
   // atomic load when not).
   void followRoutes();
+  // After a move: the sessions waiting for a slot of a pool it replaced wait for the new
+  // pool's (Session::moveToRoutes).
+  void moveWaiters();
+  // Drops older routes no session uses any more.
+  void pruneRoutes();
   void onControl(int32_t res, uint32_t flags) noexcept;
   void armControl();
   void armAccept(Acceptor& acceptor);
@@ -210,6 +216,7 @@ private:
   // The routes this worker's sessions use, the newest (new sessions') last; an older one
   // goes when its last session does. Outlive the sessions (deleted in ~Worker's body).
   std::vector<std::unique_ptr<WorkerRoutes>> routes_;
+  bool pruneRoutes_ = false;  // some older routes lost their last session
   std::vector<TapFile> tapFiles_;
   std::vector<std::unique_ptr<TapWriter>> taps_;
   std::vector<std::unique_ptr<AccessLog>> accessLogs_;

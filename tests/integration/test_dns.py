@@ -5,8 +5,8 @@ test's bind-mounted over /etc/hosts, so rewriting that file is a real change of 
 system's resolver (getaddrinfo, "files" first in nsswitch.conf) answers.
 
 A moved name is applied in place, in the running generation (no new workers or buffers):
-new sessions go to the new address, a session already open stays byte-exact on the old
-server. A name that still resolves to the address in use among other answers changes
+new sessions go to the new address, and so do sessions still waiting for a slot
+(queue_timeout); a session already open stays byte-exact on the old server. A name that still resolves to the address in use among other answers changes
 nothing; one that stops resolving keeps it."""
 
 import os
@@ -135,6 +135,62 @@ class DnsTest(h.GrelayTest):
                 self.assertEqual(g.log().count(MOVED), 1, g.log())
                 self.assertEqual(g.metric("grelay_config_reloads_total", cause="dns",
                                           result="ok"), 1)
+
+    def test_sessions_waiting_for_a_slot_when_the_name_moves_go_to_the_new_address(self):
+        self.write_hosts(f"127.0.0.1 {HOST_UP}\n")
+        port = h.free_port("127.0.0.1")
+        with h.EchoServer(host="127.0.0.1", port=port) as old, \
+                h.EchoServer(host="127.0.0.2", port=port) as new:
+            cfg = h.Config()
+            cfg.with_admin()
+            cfg.upstream("app", [{"address": f"{HOST_UP}:{port}", "max_conns": 1}],
+                         resolve_interval="100ms", queue_timeout="60s")
+            web = cfg.listener("web", "app")
+            with self.grelay(cfg) as g:
+                waiting = lambda: g.metric("grelay_upstream_queued_sessions", listener="web")
+                # A long session holds the old address's only slot; two more wait for it,
+                # their bytes sent.
+                held = h.connect(web, "127.0.0.1", 30)
+                held.sendall(b"x")
+                self.assertEqual(held.recv(1), b"x")
+                payloads = [h.Stream(20 + i, 48 * h.KiB).bytes() for i in range(2)]
+                waiters = []
+                for n, payload in enumerate(payloads, 1):
+                    c = h.connect(web, "127.0.0.1", 30)
+                    c.sendall(payload)
+                    waiters.append(c)
+                    self.assertTrue(h.wait_for(lambda: waiting() == n, 10), g.log_tail())
+
+                # The name moves. The waiters do not wait for the old address (which the
+                # held session could keep for their whole queue_timeout): the first takes
+                # the new address's slot at once, the second waits for it in turn.
+                self.write_hosts(f"127.0.0.2 {HOST_UP}\n")
+                self.assertTrue(h.wait_for(lambda: g.log().count(MOVED) >= 1, 15),
+                                "the move was not applied")
+                first = waiters[0]
+                got = bytearray()
+                while len(got) < len(payloads[0]):
+                    chunk = first.recv(65536)
+                    self.assertTrue(chunk, "the first waiter ended early")
+                    got += chunk
+                self.assertEqual(bytes(got), payloads[0])
+                self.assertEqual((len(old.conns), len(new.conns)), (1, 1))
+                self.assertEqual(waiting(), 1)
+                first.close()
+                second = waiters[1]
+                second.shutdown(h.socket.SHUT_WR)
+                self.assertEqual(h.read_outcome(second, 15), ("eof", payloads[1]))
+                second.close()
+                self.assertEqual((len(old.conns), len(new.conns)), (1, 2))
+                self.assertEqual(waiting(), 0)
+                self.assertEqual(g.metric("grelay_upstream_unavailable_total", listener="web"),
+                                 0)
+
+                # The held session stayed on the old server throughout.
+                held.sendall(b"y")
+                self.assertEqual(held.recv(1), b"y")
+                held.close()
+                self.assertEqual(g.metric("grelay_upstream_queued_total", listener="web"), 2)
 
     def test_an_address_still_answered_is_kept_and_a_failed_lookup_keeps_it_too(self):
         self.write_hosts(f"127.0.0.2 {HOST_UP}\n")

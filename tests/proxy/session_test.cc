@@ -61,6 +61,7 @@ public:
     return pipeCapacity;
   }
   void givePipe(const int[2], int, bool empty) override { pipesGiven.push_back(empty); }
+  ListenerContext* newerContext(ListenerContext&) override { return nullptr; }
 
   void advance(uint64_t nanos) {
     now_ += nanos;

@@ -148,5 +148,63 @@ TEST(SlotQueueTest, AWaiterOutOfTheQueueKeepsItsTicketAndHoldsBackNobody) {
   q1.remove(b);
 }
 
+TEST(SlotQueueTest, WaitersMovedToAQueueOfTheSameBoardKeepTheirTurns) {
+  std::string looks;
+  std::vector<uint32_t> woken;
+  auto board = std::make_shared<SlotBoard>();
+  auto wake = [&woken](uint32_t w) { woken.push_back(w); };
+  // A DNS move's new pool shares its predecessor's board; worker 1 has not moved yet.
+  auto old0 = std::make_unique<SlotQueue>(board, 0, wake);
+  SlotQueue old1(board, 1, wake), new0(board, 0, wake);
+  Waiter a(&looks, 'a'), b(&looks, 'b'), c(&looks, 'c'), d(&looks, 'd');
+  old0->push(a);
+  old1.push(b);
+  old0->push(c);
+  EXPECT_EQ(looks, "ab");
+  // Worker 0 moves: its waiters leave the old queue, then join the new one oldest first.
+  old0->forget(a);
+  old0->forget(c);
+  new0.pushMoved(a, *old0);
+  new0.pushMoved(c, *old0);
+  EXPECT_EQ(looks, "aba");  // the oldest is told to look (at the new pool's servers)
+  EXPECT_EQ(SlotQueue::ticket(a), 1u);
+  EXPECT_FALSE(new0.olderElsewhere(a));  // a still came before b
+  EXPECT_TRUE(old1.olderElsewhere(b));
+  new0.push(d);  // a newcomer after the move: after all of them
+  EXPECT_FALSE(new0.isOldest(d));
+  EXPECT_GT(SlotQueue::ticket(d), SlotQueue::ticket(c));
+  // A session of the old routes on worker 0 frees a slot: the waiter it is for is in the
+  // new queue, which the worker's wake-up reaches.
+  old0->slotReleased();
+  EXPECT_EQ(woken, std::vector<uint32_t>{0});
+  old0.reset();  // (the old routes go with their last session)
+  new0.remove(a);
+  EXPECT_EQ(looks, "abac");
+  EXPECT_TRUE(new0.olderElsewhere(c));  // b came before c
+  old1.remove(b);
+  new0.remove(c);
+  new0.remove(d);
+}
+
+TEST(SlotQueueTest, WaitersMovedToAQueueOfAnotherBoardTakeNewTickets) {
+  std::string looks;
+  SlotQueue from(std::make_shared<SlotBoard>(), 0), to(std::make_shared<SlotBoard>(), 0);
+  Waiter a(&looks, 'a'), b(&looks, 'b'), c(&looks, 'c');
+  from.push(a);
+  from.push(b);
+  to.push(c);
+  from.forget(a);
+  from.forget(b);
+  to.pushMoved(a, from);
+  to.pushMoved(b, from);
+  EXPECT_EQ(SlotQueue::ticket(a), 2u);  // behind the new board's own waiter
+  EXPECT_EQ(SlotQueue::ticket(b), 3u);
+  EXPECT_TRUE(to.isOldest(c));
+  to.remove(c);
+  EXPECT_EQ(looks, "aca");
+  to.remove(a);
+  to.remove(b);
+}
+
 }  // namespace
 }  // namespace grelay::proxy

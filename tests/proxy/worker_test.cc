@@ -2,6 +2,9 @@
 #include "proxy/worker.h"
 
 #include <gtest/gtest.h>
+#include <poll.h>
+
+#include "proxy/log.h"
 
 #include "config/loader.h"
 #include "tests/proxy/fake_sockets.h"
@@ -29,8 +32,35 @@ protected:
     return result.config ? std::move(*result.config) : config::Config{};
   }
 
-  void load(const std::string& extra = "") {
-    config_ = parse(extra);
+  // `app` with servers at `ports` that take one connection each, and sessions that wait
+  // up to 10 s for a slot; `listener` adds keys to the listener.
+  static config::Config parseQueued(std::vector<int> ports, const std::string& listener = "") {
+    std::string servers;
+    for (int port : ports) {
+      servers += std::string(servers.empty() ? "" : ", ") +
+                 "{ address = \"127.0.0.1:" + std::to_string(port) + "\", max_conns = 1 }";
+    }
+    auto result = config::loadString(
+        "[server]\nworkers = 1\n[upstream.app]\nservers = [" + servers +
+            "]\nqueue_timeout = \"10s\"\n"
+            "[[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:8080\"\nupstream = \"app\"\n" +
+            listener,
+        "test.toml");
+    EXPECT_TRUE(result.config) << (result.errors.empty() ? "" : result.errors[0].toString());
+    return result.config ? std::move(*result.config) : config::Config{};
+  }
+
+  // A DNS move of the running routes to `next`'s addresses, as the server makes it.
+  void move(config::Config next) {
+    runtime_->setRoutes(moveRoutes(*runtime_->routes(),
+                                   std::make_shared<const config::Config>(std::move(next)),
+                                   monotonicNanos()));
+  }
+
+  void load(const std::string& extra = "") { load(parse(extra)); }
+
+  void load(config::Config cfg) {
+    config_ = std::move(cfg);
     ASSERT_FALSE(config_.listeners.empty());
     runtime_ = std::make_unique<Runtime>(config_);
     stats_.listeners.push_back(std::make_unique<metrics::ListenerStats>(0));
@@ -171,6 +201,104 @@ TEST_F(WorkerTest, ADnsMoveRoutesNewSessionsAndTheOldRoutesGoWithTheirLastSessio
   ring_->complete(accept, 52, IORING_CQE_F_MORE);
   ASSERT_NE(ring_->pending(OpKind::Connect), nullptr);
   EXPECT_EQ(ring_->pending(OpKind::Connect)->offset, 9001u);
+}
+
+TEST_F(WorkerTest, SessionsWaitingForASlotWhenTheirPoolMovesWaitForTheNewAddressesInOrder) {
+  load(parseQueued({8000}));
+  auto* accept = ring_->pending(OpKind::Accept, kListenFd);
+  ring_->complete(accept, 50, IORING_CQE_F_MORE);  // takes the only slot
+  auto* holder = ring_->pending(OpKind::Connect);
+  ASSERT_NE(holder, nullptr);
+  EXPECT_EQ(holder->offset, 8000u);
+  ring_->complete(accept, 51, IORING_CQE_F_MORE);  // both wait for it
+  ring_->complete(accept, 52, IORING_CQE_F_MORE);
+  ASSERT_TRUE(worker_->loopOnce());
+  EXPECT_EQ(ring_->pendingCount(OpKind::Connect), 1u);
+  EXPECT_EQ(runtime_->routes()->upstreams[0]->queuedSessions(), 2);
+
+  // The name moved: the old address's slot may never come free (nor should it be used),
+  // so the waiters go over to the new pool, the first of them at once.
+  move(parseQueued({9000}));
+  ASSERT_TRUE(worker_->loopOnce());
+  ASSERT_TRUE(worker_->loopOnce());
+  ASSERT_EQ(ring_->pendingCount(OpKind::Connect), 2u);
+  auto* first = ring_->pending(OpKind::Connect, 101);
+  ASSERT_NE(first, nullptr);
+  EXPECT_EQ(first->offset, 9000u);
+  const UpstreamPool& fresh = *runtime_->routes()->upstreams[0];
+  EXPECT_EQ(fresh.activeConnections(0), 1);
+  EXPECT_EQ(fresh.queuedSessions(), 1);  // the second still waits, now for 9000
+  EXPECT_EQ(worker_->routesHeld(), 2u);  // the holder stays on the old routes
+
+  // The first one's connect fails, which frees the new server's slot: the second takes it.
+  ring_->complete(first, -ECONNREFUSED);
+  ASSERT_TRUE(worker_->loopOnce());
+  ASSERT_TRUE(worker_->loopOnce());
+  auto* second = ring_->pending(OpKind::Connect, 102);
+  ASSERT_NE(second, nullptr);
+  EXPECT_EQ(second->offset, 9000u);
+  EXPECT_EQ(fresh.queuedSessions(), 0);
+
+  // The holder ends: the old routes go with it.
+  ring_->complete(holder, -ECONNREFUSED);
+  ASSERT_TRUE(worker_->loopOnce());
+  EXPECT_EQ(worker_->routesHeld(), 1u);
+  EXPECT_EQ(worker_->sessionCount(), 1u);
+}
+
+TEST_F(WorkerTest, ASessionWaitingAgainAfterAFailedConnectMovesToo) {
+  load(parseQueued({8000, 8001}));
+  auto* accept = ring_->pending(OpKind::Accept, kListenFd);
+  ring_->complete(accept, 50, IORING_CQE_F_MORE);  // holds 8000 (round robin: first)
+  ring_->complete(accept, 51, IORING_CQE_F_MORE);  // takes 8001
+  ring_->complete(accept, 52, IORING_CQE_F_MORE);  // waits
+  auto* second = ring_->pending(OpKind::Connect, 101);
+  ASSERT_NE(second, nullptr);
+  EXPECT_EQ(second->offset, 8001u);
+  // 8001 refuses: 51 waits for 8000 (it does not try 8001 again), and 52 takes 8001 ...
+  ring_->complete(second, -ECONNREFUSED);
+  ASSERT_TRUE(worker_->loopOnce());
+  auto* third = ring_->pending(OpKind::Connect, 102);
+  ASSERT_NE(third, nullptr);
+  EXPECT_EQ(third->offset, 8001u);
+  // ... which refuses again: 52 waits again, for 8000, outside the queue on its own timer.
+  ring_->complete(third, -ECONNREFUSED);
+  ASSERT_TRUE(worker_->loopOnce());
+  EXPECT_EQ(ring_->pendingCount(OpKind::Connect), 1u);
+  EXPECT_EQ(runtime_->routes()->upstreams[0]->queuedSessions(), 2);
+
+  // Both names moved: neither waits for the old 8000 any longer.
+  move(parseQueued({9000, 9001}));
+  const uint64_t until = monotonicNanos() + 1'000'000'000;
+  while (ring_->pendingCount(OpKind::Connect) < 3 && monotonicNanos() < until) {
+    ASSERT_TRUE(worker_->loopOnce());  // (52 looks on its timer: within 5 ms)
+  }
+  ASSERT_EQ(ring_->pendingCount(OpKind::Connect), 3u);
+  for (int fd : {103, 104}) {  // (new sockets)
+    auto* moved = ring_->pending(OpKind::Connect, fd);
+    ASSERT_NE(moved, nullptr) << fd;
+    EXPECT_GE(moved->offset, 9000u) << fd;
+  }
+  EXPECT_EQ(runtime_->routes()->upstreams[0]->queuedSessions(), 0);
+}
+
+TEST_F(WorkerTest, ASessionStillReadingItsProxyHeaderWhenTheNameMovesConnectsToTheNewAddress) {
+  load(parseQueued({8000}, "accept_proxy_protocol = true\n"));
+  auto* accept = ring_->pending(OpKind::Accept, kListenFd);
+  ring_->complete(accept, 50, IORING_CQE_F_MORE);
+  auto* poll = ring_->pending(OpKind::Poll, 50);  // no header yet
+  ASSERT_NE(poll, nullptr);
+
+  move(parseQueued({9000}, "accept_proxy_protocol = true\n"));
+  ASSERT_TRUE(worker_->loopOnce());
+  EXPECT_EQ(worker_->routesHeld(), 2u);
+  sockets_->incoming[50] = "PROXY TCP4 192.0.2.1 192.0.2.2 40000 80\r\n";
+  ring_->complete(poll, POLLIN);
+  auto* connect = ring_->pending(OpKind::Connect);
+  ASSERT_NE(connect, nullptr);
+  EXPECT_EQ(connect->offset, 9000u);  // nothing was connected: it goes where new ones go
+  ASSERT_TRUE(worker_->loopOnce());
+  EXPECT_EQ(worker_->routesHeld(), 1u);  // and the old routes have no session left
 }
 
 // Two pools and two mirrors; `app0` and `mirror1` are the ports a DNS move may change.
