@@ -83,10 +83,10 @@ UpstreamPool::UpstreamPool(const config::UpstreamConfig& config)
                      ? 0
                      : static_cast<uint64_t>(
                            std::chrono::duration_cast<std::chrono::nanoseconds>(config.slow_start)
-                               .count())),
-      health_(new PeerHealth[config.servers.size()]) {
+                               .count())) {
   for (size_t i = 0; i < config.servers.size(); ++i) {
     counts_.push_back(std::make_shared<ServerCounts>());
+    health_.push_back(std::make_shared<PeerHealth>());
     (config.servers[i].backup ? backups_ : primaries_).push_back(static_cast<uint32_t>(i));
   }
   // One cycle of a smooth weighted rotation (stride scheduling): server j's k-th turn
@@ -229,7 +229,7 @@ void UpstreamPool::deferRamping(std::vector<uint32_t>& order, uint64_t now) {
   for (size_t tries = 0; tries < primaries_.size(); ++tries) {
     const uint32_t first = order.front();
     const uint32_t permille = rampPermille(first, now);
-    if (permille >= 1000 || health_[first].takeRampTurn(permille)) {
+    if (permille >= 1000 || health_[first]->takeRampTurn(permille)) {
       return;
     }
     std::rotate(order.begin(), order.begin() + 1, end);
@@ -237,7 +237,7 @@ void UpstreamPool::deferRamping(std::vector<uint32_t>& order, uint64_t now) {
 }
 
 uint32_t UpstreamPool::rampPermille(uint32_t server, uint64_t now) const {
-  return slowStart_ == 0 ? 1000 : health_[server].rampPermille(now, slowStart_);
+  return slowStart_ == 0 ? 1000 : health_[server]->rampPermille(now, slowStart_);
 }
 
 double UpstreamPool::serverWeight(size_t server) const {
@@ -317,11 +317,11 @@ void PeerHealth::copyFrom(const PeerHealth& other) {
 }
 
 bool UpstreamPool::connectFailed(uint32_t server, uint64_t now) {
-  return health_[server].connectFailed(now, config_.max_fails, config_.fail_timeout);
+  return health_[server]->connectFailed(now, config_.max_fails, config_.fail_timeout);
 }
 
 void UpstreamPool::connectSucceeded(uint32_t server, uint64_t now) {
-  health_[server].connectSucceeded(now);
+  health_[server]->connectSucceeded(now);
 }
 
 bool UpstreamPool::enterQueue() {
@@ -367,6 +367,15 @@ bool UpstreamPool::wouldWait(const std::vector<uint32_t>& order) const {
 }
 
 void UpstreamPool::inheritHealth(const UpstreamPool& previous, uint64_t now) {
+  takeOver(previous, now, false);
+}
+
+void UpstreamPool::followMove(const UpstreamPool& previous, uint64_t now) {
+  takeOver(previous, now, true);
+  slotBoard_ = previous.slotBoard_;
+}
+
+void UpstreamPool::takeOver(const UpstreamPool& previous, uint64_t now, bool shareHealth) {
   queued_ = previous.queued_;
   // By endpoint key: a pool of thousands of addresses (all_addresses) moves in linear time.
   std::unordered_map<std::string, size_t> before;
@@ -380,14 +389,16 @@ void UpstreamPool::inheritHealth(const UpstreamPool& previous, uint64_t now) {
     if (shared) {
       const size_t j = it->second;
       counts_[i] = previous.counts_[j];
-      if (config_.max_fails > 0) {
-        health_[i].copyFrom(previous.health_[j]);
+      if (shareHealth) {
+        health_[i] = previous.health_[j];
+      } else if (config_.max_fails > 0) {
+        health_[i]->copyFrom(*previous.health_[j]);
       } else {
-        health_[i].copyRamp(previous.health_[j]);
+        health_[i]->copyRamp(*previous.health_[j]);
       }
     }
     if (!shared && slowStart_ > 0) {
-      health_[i].startRamp(std::max<uint64_t>(now, 1));
+      health_[i]->startRamp(std::max<uint64_t>(now, 1));
     }
   }
 }

@@ -144,15 +144,15 @@ public:
   // A connect to `server` succeeded: its failures are forgotten and it is up again (its
   // slow start begins at `now` if it was marked down).
   void connectSucceeded(uint32_t server, uint64_t now);
-  bool down(uint32_t server, uint64_t now) const { return health_[server].down(now); }
+  bool down(uint32_t server, uint64_t now) const { return health_[server]->down(now); }
   // A server marked down stays down until at least `until` (health checks counting
   // check_passes); no-op when it is up.
   void holdDown(uint32_t server, uint64_t now, uint64_t until) {
-    health_[server].holdDown(now, until);
+    health_[server]->holdDown(now, until);
   }
   // check_passes: see PeerHealth.
-  uint32_t checkPassed(uint32_t server) { return health_[server].checkPassed(); }
-  void checkFailed(uint32_t server) { health_[server].checkFailed(); }
+  uint32_t checkPassed(uint32_t server) { return health_[server]->checkPassed(); }
+  void checkFailed(uint32_t server) { health_[server]->checkFailed(); }
 
   // A reload's new pool takes over the health of the servers it shares (same address)
   // with `previous` (the pool of the same name in the configuration it replaces): a
@@ -163,11 +163,13 @@ public:
   // (and for least_conn) in both, and so does the count of sessions waiting for a slot
   // (max_queue). Before any session uses this pool.
   void inheritHealth(const UpstreamPool& previous, uint64_t now);
-  // A DNS move's new pool (not a reload's): the sessions that wait for a slot of
-  // `previous` come over keeping their turns (their tickets of the same board), so the
-  // order of waiting sessions across workers survives the move. Before any session uses
-  // this pool.
-  void continueQueue(const UpstreamPool& previous) { slotBoard_ = previous.slotBoard_; }
+  // A DNS move's new pool (the same configuration but addresses) goes on from `previous`:
+  // as inheritHealth, but the servers it shares have one health in both (a check or a
+  // connect that reports to `previous` after the move counts here too), and the sessions
+  // that wait for a slot of `previous` come over keeping their turns (their tickets of
+  // the same board), so the order of waiting sessions across workers survives the move.
+  // Before any session uses this pool.
+  void followMove(const UpstreamPool& previous, uint64_t now);
 
   // Slow start progress of `server` in thousandths; 1000 when slow_start is 0.
   uint32_t rampPermille(uint32_t server, uint64_t now) const;
@@ -180,6 +182,7 @@ public:
   static constexpr size_t kRingFallbacks = 8;
 
 private:
+  void takeOver(const UpstreamPool& previous, uint64_t now, bool shareHealth);
   void ringOrder(std::vector<uint32_t>& order, uint64_t client) const;
   void deferRamping(std::vector<uint32_t>& order, uint64_t now);
   static void rotate(std::vector<uint32_t>& order, const std::vector<uint32_t>& members,
@@ -207,9 +210,10 @@ private:
   std::vector<std::shared_ptr<ServerCounts>> counts_;
   std::shared_ptr<std::atomic<int64_t>> queued_ = std::make_shared<std::atomic<int64_t>>(0);
   // Not shared across a reload (another generation's sessions wait in other queues), only
-  // with a DNS move's new pool (continueQueue).
+  // with a DNS move's new pool (followMove).
   std::shared_ptr<SlotBoard> slotBoard_ = std::make_shared<SlotBoard>();
-  std::unique_ptr<PeerHealth[]> health_;
+  // Per server; shared with a DNS move's next pool for the same endpoint (followMove).
+  std::vector<std::shared_ptr<PeerHealth>> health_;
 };
 
 }  // namespace grelay::proxy

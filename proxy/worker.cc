@@ -82,8 +82,7 @@ std::shared_ptr<Routes> moveRoutes(const Routes& was, std::shared_ptr<const conf
                      return x.address.sameEndpoint(y.address);
                    });
     if (!same) {
-      fresh->upstreams[u]->inheritHealth(*was.upstreams[u], now);
-      fresh->upstreams[u]->continueQueue(*was.upstreams[u]);
+      fresh->upstreams[u]->followMove(*was.upstreams[u], now);
       routes->upstreams[u] = fresh->upstreams[u];
     }
   }

@@ -40,9 +40,10 @@ struct Routes {
 // Routes for `cfg`: a new pool per upstream and a new health per mirror.
 std::shared_ptr<Routes> makeRoutes(std::shared_ptr<const config::Config> cfg);
 // The routes after a DNS move to `next` (the same configuration but addresses): a pool
-// whose addresses did not move is the same pool, one whose did is new and inherits the
-// health and open-connection counts of the servers it keeps; a mirror keeps its health
-// unless it moved. `now`: monotonic ns.
+// whose addresses did not move is the same pool, one whose did is new and shares the
+// health and open-connection counts of the servers it keeps, and the order of the
+// sessions waiting for a slot (UpstreamPool::followMove); a mirror keeps its health unless
+// it moved. `now`: monotonic ns.
 std::shared_ptr<Routes> moveRoutes(const Routes& was, std::shared_ptr<const config::Config> next,
                                    uint64_t now);
 

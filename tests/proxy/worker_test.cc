@@ -316,7 +316,7 @@ std::shared_ptr<const config::Config> routed(int app0, int mirror1) {
   return std::make_shared<const config::Config>(std::move(*result.config));
 }
 
-TEST(RoutesTest, AMoveReplacesOnlyWhatMovedAndCarriesHealthAndCountsOver) {
+TEST(RoutesTest, AMoveReplacesOnlyWhatMovedAndSharesHealthAndCounts) {
   const uint64_t now = 5'000'000'000ull;
   std::shared_ptr<const Routes> was = makeRoutes(routed(8000, 6001));
   UpstreamPool& app = *was->upstreams[0];
@@ -339,6 +339,11 @@ TEST(RoutesTest, AMoveReplacesOnlyWhatMovedAndCarriesHealthAndCountsOver) {
   EXPECT_EQ(fresh.activeConnections(1), 1);
   app.release(1);  // the session on the old routes ends: one count for both
   EXPECT_EQ(fresh.activeConnections(1), 0);
+  // One health too: a connect that started on the old routes and succeeds, or a health
+  // check of the old pool that was under way, brings the server back in the new pool.
+  app.connectSucceeded(1, now + 1);
+  EXPECT_FALSE(fresh.down(1, now + 1));
+  EXPECT_EQ(fresh.slotBoard(), app.slotBoard());  // waiters keep their turns
   // Mirror m1 moved: a new health.
   EXPECT_NE(moved->mirrorHealth[0][1], was->mirrorHealth[0][1]);
   EXPECT_EQ(moved->config->listeners[0].mirrors[1].address.text, "127.0.0.1:6101");
