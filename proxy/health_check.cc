@@ -78,14 +78,58 @@ int HealthChecker::start() {
 }
 
 void HealthChecker::stop() {
-  if (wakeFd_ >= 0) {
-    // Left unread: every later poll of the thread sees it at once.
-    const uint64_t one = 1;
-    [[maybe_unused]] ssize_t n = ::write(wakeFd_, &one, sizeof(one));
-  }
+  stopping_.store(true, std::memory_order_release);
+  wake();
   if (thread_.joinable()) {
     thread_.join();
   }
+}
+
+void HealthChecker::wake() {
+  if (wakeFd_ >= 0) {
+    const uint64_t one = 1;
+    [[maybe_unused]] ssize_t n = ::write(wakeFd_, &one, sizeof(one));
+  }
+}
+
+bool HealthChecker::woken() {
+  if (stopping_.load(std::memory_order_acquire)) {
+    return true;  // (the count is left: every later poll sees it at once)
+  }
+  uint64_t count = 0;
+  [[maybe_unused]] ssize_t n = ::read(wakeFd_, &count, sizeof(count));
+  return false;
+}
+
+void HealthChecker::setPools(std::vector<Pool> pools) {
+  {
+    std::lock_guard<std::mutex> lock(nextMutex_);
+    next_ = std::move(pools);
+    hasNext_ = true;
+  }
+  wake();  // (a round in progress goes on)
+}
+
+void HealthChecker::takeNextPools(std::vector<uint64_t>& due, uint64_t now) {
+  std::vector<Pool> next;
+  {
+    std::lock_guard<std::mutex> lock(nextMutex_);
+    if (!hasNext_) {
+      return;
+    }
+    hasNext_ = false;
+    next.swap(next_);
+  }
+  if (next.size() != pools_.size()) {
+    due.assign(next.size(), now);  // (not a move's: every pool at once)
+  } else {
+    for (size_t i = 0; i < next.size(); ++i) {
+      if (next[i].pool != pools_[i].pool) {
+        due[i] = now;  // moved: its new addresses are checked at once
+      }
+    }
+  }
+  pools_ = std::move(next);
 }
 
 void HealthChecker::run() {
@@ -93,6 +137,7 @@ void HealthChecker::run() {
   std::vector<size_t> ready;
   for (;;) {
     const uint64_t now = monotonicNanos();
+    takeNextPools(due, now);
     uint64_t next = UINT64_MAX;
     ready.clear();
     for (size_t i = 0; i < pools_.size(); ++i) {
@@ -103,13 +148,14 @@ void HealthChecker::run() {
       next = std::min(next, due[i]);
     }
     if (!ready.empty()) {
+      roundsStarted_.fetch_add(1, std::memory_order_release);
       if (!checkNow(ready)) {
         return;
       }
       continue;
     }
     pollfd wake{wakeFd_, POLLIN, 0};
-    if (::poll(&wake, 1, waitMillis(now, next)) > 0) {
+    if (::poll(&wake, 1, waitMillis(now, next)) > 0 && woken()) {
       return;
     }
   }
@@ -292,7 +338,7 @@ bool HealthChecker::waitFor(std::vector<Target>& targets) {
       GRELAY_LOG_WARN("health checks: poll failed: %s; this round is dropped", strerror(errno));
       return false;
     }
-    if (n > 0 && fds[0].revents != 0) {
+    if (n > 0 && fds[0].revents != 0 && woken()) {
       return false;  // stop()
     }
     for (size_t k = 0; n > 0 && k < which.size(); ++k) {

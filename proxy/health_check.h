@@ -10,7 +10,10 @@
 // kMaxInFlight checks are open at once.
 #pragma once
 
+#include <atomic>
 #include <cstdint>
+#include <memory>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -26,7 +29,7 @@ namespace grelay::proxy {
 class HealthChecker {
 public:
   struct Pool {
-    UpstreamPool* pool = nullptr;  // its config sets check_interval
+    std::shared_ptr<UpstreamPool> pool;  // its config sets check_interval
     metrics::UpstreamStats* stats = nullptr;
     SSL_CTX* tls = nullptr;  // the pool's client context; nullptr = plaintext
   };
@@ -44,16 +47,29 @@ public:
   // Stops and joins the thread promptly, even mid-round (results of that round are
   // dropped). Idempotent.
   void stop();
+  // A DNS move: `pools` (the same pools, in the same order, as moved) replace the ones
+  // checked, from the next round on. A round in progress finishes on the pools it began
+  // with (their servers the move kept share their health with the new pools), a moved
+  // pool's round comes at once after it, and the others keep their schedule: a move
+  // neither drops checks nor adds rounds of pools it left alone. Any thread.
+  void setPools(std::vector<Pool> pools);
 
   // One round over the given pools now, on the calling thread: what the thread runs each
   // interval (for tests). Returns false if stop() interrupted it.
   bool checkNow(const std::vector<size_t>& pools);
   // For tests: the most checks that were open at the same moment.
   size_t peakInFlight() const { return peakInFlight_; }
+  // For tests: the rounds the thread has begun.
+  uint64_t roundsStarted() const { return roundsStarted_.load(std::memory_order_acquire); }
 
 private:
   struct Target;
   void run();
+  void wake();
+  // The wake-up eventfd was readable: true when stop() wrote it (else it is read off).
+  bool woken();
+  // setPools()' pools, if any came: `due` (per pool) for the moved ones becomes `now`.
+  void takeNextPools(std::vector<uint64_t>& due, uint64_t now);
   bool waitFor(std::vector<Target>& targets);
   void open(Target& t, uint64_t now);
   void connected(Target& t);
@@ -63,7 +79,12 @@ private:
   std::vector<Pool> pools_;
   size_t maxInFlight_;
   size_t peakInFlight_ = 0;
-  int wakeFd_ = -1;  // eventfd: stop() writes it
+  std::atomic<uint64_t> roundsStarted_{0};
+  int wakeFd_ = -1;  // eventfd: stop() and setPools() write it
+  std::atomic<bool> stopping_{false};
+  std::mutex nextMutex_;
+  std::vector<Pool> next_;  // setPools()' (under nextMutex_)
+  bool hasNext_ = false;
   std::thread thread_;
   // TlsChannel's buffers; a check never leaves the handshake's socket BIO, so none is taken.
   relay::UserBufferPool tlsBuffers_{16384, 4};

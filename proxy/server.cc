@@ -284,22 +284,22 @@ struct Generation {
   }
 };
 
-// The health checker and DNS watcher of `gen`'s current routes (not started): its pools
-// with check_interval, its host names with resolve_interval (as its configuration has them
-// now, so a name is looked up again one interval after it moved).
-void buildWatchers(Generation& gen) {
-  const std::shared_ptr<const config::Config>& cfg = gen.config;
+// The pools of `gen`'s current routes that have check_interval, in configuration order.
+std::vector<HealthChecker::Pool> checkedPools(Generation& gen) {
   const std::shared_ptr<const Routes> routes = gen.runtime->routes();
   std::vector<HealthChecker::Pool> checked;
-  for (size_t u = 0; u < cfg->upstreams.size(); ++u) {
-    if (cfg->upstreams[u].check_interval.count() > 0) {
-      checked.push_back(
-          {routes->upstreams[u].get(), gen.upstreamStats[u].get(), gen.tls->upstream(u)});
+  for (size_t u = 0; u < gen.config->upstreams.size(); ++u) {
+    if (gen.config->upstreams[u].check_interval.count() > 0) {
+      checked.push_back({routes->upstreams[u], gen.upstreamStats[u].get(), gen.tls->upstream(u)});
     }
   }
-  if (!checked.empty()) {
-    gen.checker = std::make_unique<HealthChecker>(std::move(checked));
-  }
+  return checked;
+}
+
+// The DNS watcher of `gen` (not started): its host names with resolve_interval, as its
+// configuration has them now (so a name is looked up again one interval after it moved).
+void buildDnsWatcher(Generation& gen) {
+  const std::shared_ptr<const config::Config>& cfg = gen.config;
   std::vector<DnsTarget> names;
   for (size_t u = 0; u < cfg->upstreams.size(); ++u) {
     const config::UpstreamConfig& pool = cfg->upstreams[u];
@@ -350,6 +350,15 @@ void buildWatchers(Generation& gen) {
   if (!names.empty()) {
     gen.dns = std::make_unique<DnsWatcher>(std::move(names));
   }
+}
+
+// The health checker and DNS watcher of `gen`'s current routes (not started).
+void buildWatchers(Generation& gen) {
+  std::vector<HealthChecker::Pool> checked = checkedPools(gen);
+  if (!checked.empty()) {
+    gen.checker = std::make_unique<HealthChecker>(std::move(checked));
+  }
+  buildDnsWatcher(gen);
 }
 
 // Starts what buildWatchers() built, each even if the other cannot start: 0, or the first
@@ -832,8 +841,9 @@ int runServer(config::Config initial, const relay::Features& features) {
   // sessions cannot pile up generations, nor hold a move back.
   auto moveInPlace = [&](std::shared_ptr<const config::Config> next) {
     Generation& gen = *current;
-    // The checks stop first, so the health a moved pool inherits is the latest.
-    gen.stopChecks();
+    if (gen.dns) {
+      gen.dns->stop();  // (it starts again below, from the new addresses)
+    }
     const std::shared_ptr<const Routes> was = gen.runtime->routes();
     std::shared_ptr<Routes> routes = moveRoutes(*was, next, monotonicNanos());
     registry.move(gen.config.get(), next, [&gen, &routes] {
@@ -844,17 +854,18 @@ int runServer(config::Config initial, const relay::Features& features) {
     gen.config = next;
     gen.runtime->setRoutes(routes);
     gen.wakeAll();
-    // Checks and lookups go on from the new addresses.
-    gen.checker.reset();
+    // The checks go on, the moved pools' at once (a round in progress finishes: the
+    // servers the move kept share their health); lookups go on from the new addresses.
+    if (gen.checker) {
+      gen.checker->setPools(checkedPools(gen));
+    }
     gen.dns.reset();
-    buildWatchers(gen);
-    const char* what = "";
-    if (int err = startWatchers(gen, &what); err < 0) {
+    buildDnsWatcher(gen);
+    if (int err = gen.dns ? gen.dns->start() : 0; err < 0) {
       reloadFailed(metrics::kReloadDns);
       GRELAY_LOG_ERROR(
-          "DNS: new sessions use the new addresses, but the %s thread cannot start again: "
-          "%s",
-          what, strerror(-err));
+          "DNS: new sessions use the new addresses, but the DNS thread cannot start again: %s",
+          strerror(-err));
       return;
     }
     reloads.ok[metrics::kReloadDns].inc();

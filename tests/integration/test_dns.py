@@ -282,15 +282,19 @@ class DnsTest(h.GrelayTest):
 
     def test_health_checks_follow_the_move(self):
         """The pool's health checks go to the new address once it moved, and no longer to
-        the old one; the checks' counters go on."""
+        the old one; the checks' counters go on. A pool the move left alone keeps its
+        schedule (the move adds no round of its)."""
         self.write_hosts(f"127.0.0.1 {HOST_UP}\n")
         port = h.free_port("127.0.0.1")
         with h.EchoServer(host="127.0.0.1", port=port) as old, \
-                h.EchoServer(host="127.0.0.2", port=port) as new:
+                h.EchoServer(host="127.0.0.2", port=port) as new, \
+                h.EchoServer() as steady:
             cfg = h.Config()
             cfg.with_admin()
             cfg.upstream("app", [f"{HOST_UP}:{port}"], resolve_interval="100ms",
                          check_interval="200ms")
+            cfg.upstream("other", [steady.address], check_interval="1h")
+            cfg.listener("other", "other")
             web = cfg.listener("web", "app")
             with self.grelay(cfg) as g:
                 def checks():
@@ -309,6 +313,9 @@ class DnsTest(h.GrelayTest):
                 r = h.stream_session(web, h.Stream(1, 32 * h.KiB))
                 self.assertTrue(r.ok, str(r))
                 self.assertEqual(g.metric("grelay_upstream_server_up", upstream="app"), 1)
+                self.assertEqual(g.metric("grelay_upstream_health_checks_total",
+                                          upstream="other", result="ok"), 1)
+                self.assertEqual(len(steady.conns), 1)
 
     def test_a_move_keeps_the_tls_contexts_and_does_not_read_the_files_again(self):
         """A DNS move changes addresses only: sessions after it are served TLS with the

@@ -38,8 +38,20 @@ struct Port {
     std::memcpy(&address.storage, &in, sizeof(in));
     address.text = "127.0.0.1:" + std::to_string(ntohs(in.sin_port));
   }
-  ~Port() { ::close(fd); }
+  ~Port() {
+    ::close(fd);
+    if (filler >= 0) {
+      ::close(filler);
+    }
+  }
   void listen() { ASSERT_EQ(::listen(fd, 64), 0); }
+  // Listens with a full accept queue: the SYN of a connect is dropped, so the connect
+  // neither succeeds nor fails (a check waits out check_timeout).
+  void stall() {
+    ASSERT_EQ(::listen(fd, 0), 0);
+    filler = ::socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    ASSERT_EQ(::connect(filler, address.sockaddrPtr(), address.length), 0);
+  }
   // The bytes the next queued connection sent before closing.
   std::string acceptAndRead() {
     int c = ::accept4(fd, nullptr, nullptr, SOCK_CLOEXEC);
@@ -61,6 +73,7 @@ struct Port {
     return out;
   }
   int fd = -1;
+  int filler = -1;
   config::Address address;
 };
 
@@ -79,13 +92,13 @@ protected:
     config_.check_interval = 50ms;
     config_.check_timeout = 1s;
     config_.proxy_protocol = proxy;
-    pool_ = std::make_unique<UpstreamPool>(config_);
-    checker_ = std::make_unique<HealthChecker>(
-        std::vector<HealthChecker::Pool>{{pool_.get(), &stats_}}, maxInFlight);
+    pool_ = std::make_shared<UpstreamPool>(config_);
+    checker_ = std::make_unique<HealthChecker>(std::vector<HealthChecker::Pool>{{pool_, &stats_}},
+                                               maxInFlight);
   }
 
   config::UpstreamConfig config_;
-  std::unique_ptr<UpstreamPool> pool_;
+  std::shared_ptr<UpstreamPool> pool_;
   metrics::UpstreamStats stats_;
   std::unique_ptr<HealthChecker> checker_;
 };
@@ -199,6 +212,56 @@ TEST_F(HealthCheckTest, PoolsSpeakingProxyProtocolGetAnUnknownHeader) {
   makePool({&plain});
   ASSERT_TRUE(checker_->checkNow({0}));
   EXPECT_EQ(plain.acceptAndRead(), "");  // connect, then close: nothing sent
+}
+
+TEST_F(HealthCheckTest, AMoveKeepsTheRoundInProgressAndChecksOnlyTheMovedPoolAtOnce) {
+  Port stalled, steady, refusing;
+  stalled.stall();
+  steady.listen();
+  auto pool = [](config::UpstreamConfig& c, std::string name, std::vector<const Port*> servers) {
+    c.name = std::move(name);
+    for (const Port* p : servers) {
+      c.servers.push_back({p->address});
+    }
+    c.max_fails = 1;
+    c.fail_timeout = 60s;
+    c.check_interval = 60s;  // one round each, but for a move's
+    c.check_timeout = 300ms;
+    return std::make_shared<UpstreamPool>(c);
+  };
+  config::UpstreamConfig movingConfig, steadyConfig, movedConfig;
+  metrics::UpstreamStats movingStats, steadyStats;
+  std::shared_ptr<UpstreamPool> moving = pool(movingConfig, "moving", {&stalled});
+  std::shared_ptr<UpstreamPool> unmoved = pool(steadyConfig, "steady", {&steady});
+  HealthChecker checker({{moving, &movingStats}, {unmoved, &steadyStats}});
+  ASSERT_EQ(checker.start(), 0);
+  const auto deadline = std::chrono::steady_clock::now() + 5s;
+  while (checker.roundsStarted() < 1 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(1ms);
+  }
+  ASSERT_EQ(checker.roundsStarted(), 1u);
+  ASSERT_EQ(movingStats.checks.value(), 0u);  // the stalled server's check is under way
+
+  // `moving` gets a second address (its first stays): a new pool, as a DNS move makes it.
+  std::shared_ptr<UpstreamPool> moved = pool(movedConfig, "moving", {&stalled, &refusing});
+  moved->followMove(*moving, monotonicNanos());
+  checker.setPools({{moved, &movingStats}, {unmoved, &steadyStats}});
+  moving.reset();  // the checker keeps what its round uses
+  // The round in progress finishes (its verdict on the server the move kept counts in the
+  // new pool), then the moved pool's round runs at once: 1 + 2 checks.
+  while (movingStats.checks.value() < 3 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(5ms);
+  }
+  EXPECT_EQ(movingStats.checks.value(), 3u);
+  EXPECT_EQ(movingStats.checkFailures.value(), 3u);
+  EXPECT_EQ(checker.roundsStarted(), 2u);
+  EXPECT_EQ(movingStats.markedDown.value(), 2u);  // each server once
+  const uint64_t now = monotonicNanos();
+  EXPECT_TRUE(moved->down(0, now));
+  EXPECT_TRUE(moved->down(1, now));
+  std::this_thread::sleep_for(100ms);
+  EXPECT_EQ(steadyStats.checks.value(), 1u);  // the pool the move left alone: no round
+  checker.stop();
 }
 
 TEST_F(HealthCheckTest, TheThreadChecksEachIntervalAndStopsPromptly) {
