@@ -21,7 +21,7 @@ namespace grelay::proxy {
 
 struct HealthChecker::Target {
   enum class Phase : uint8_t { Connecting, Handshaking, Closing };
-  size_t pool = 0;
+  Round* round = nullptr;
   uint32_t server = 0;
   int fd = -1;
   uint64_t deadline = 0;
@@ -32,6 +32,15 @@ struct HealthChecker::Target {
   int error = 0;        // done && verdict: 0 = passed, else errno (ETIMEDOUT, EPROTO: TLS)
   std::string why;      // error != 0: the reason, when errno's text is not it
   std::unique_ptr<relay::TlsChannel> tls;
+};
+
+// One check of each server of a pool.
+struct HealthChecker::Round {
+  Pool pool;  // what it checks: a move may replace pools_[index] while it is open
+  size_t index = 0;
+  std::vector<Target> targets;  // one per server
+  size_t started = 0;           // targets[0, started) have had their connect
+  size_t finished = 0;
 };
 
 namespace {
@@ -60,6 +69,7 @@ HealthChecker::HealthChecker(std::vector<Pool> pools, size_t maxInFlight)
 
 HealthChecker::~HealthChecker() {
   stop();
+  dropRounds();  // (checkNow()'s, interrupted)
   if (wakeFd_ >= 0) {
     ::close(wakeFd_);
   }
@@ -110,7 +120,7 @@ void HealthChecker::setPools(std::vector<Pool> pools) {
   wake();  // (a round in progress goes on)
 }
 
-void HealthChecker::takeNextPools(std::vector<uint64_t>& due, uint64_t now) {
+void HealthChecker::takeNextPools(uint64_t now) {
   std::vector<Pool> next;
   {
     std::lock_guard<std::mutex> lock(nextMutex_);
@@ -121,11 +131,16 @@ void HealthChecker::takeNextPools(std::vector<uint64_t>& due, uint64_t now) {
     next.swap(next_);
   }
   if (next.size() != pools_.size()) {
-    due.assign(next.size(), now);  // (not a move's: every pool at once)
+    // (Not a move's: every pool at once.)
+    due_.assign(next.size(), now);
+    open_.assign(next.size(), nullptr);
   } else {
     for (size_t i = 0; i < next.size(); ++i) {
       if (next[i].pool != pools_[i].pool) {
-        due[i] = now;  // moved: its new addresses are checked at once
+        // Moved: its new addresses are checked at once; a round of the old pool that is
+        // under way finishes on its own.
+        due_[i] = now;
+        open_[i] = nullptr;
       }
     }
   }
@@ -133,72 +148,222 @@ void HealthChecker::takeNextPools(std::vector<uint64_t>& due, uint64_t now) {
 }
 
 void HealthChecker::run() {
-  std::vector<uint64_t> due(pools_.size(), monotonicNanos());
-  std::vector<size_t> ready;
+  due_.assign(pools_.size(), monotonicNanos());
+  open_.assign(pools_.size(), nullptr);
   for (;;) {
     const uint64_t now = monotonicNanos();
-    takeNextPools(due, now);
+    takeNextPools(now);
     uint64_t next = UINT64_MAX;
-    ready.clear();
     for (size_t i = 0; i < pools_.size(); ++i) {
-      if (due[i] <= now) {
-        ready.push_back(i);
-        due[i] = now + nanos(pools_[i].pool->config().check_interval);
+      if (open_[i] != nullptr) {
+        continue;  // the next round of a pool begins when its last one is over
       }
-      next = std::min(next, due[i]);
-    }
-    if (!ready.empty()) {
-      roundsStarted_.fetch_add(1, std::memory_order_release);
-      if (!checkNow(ready)) {
-        return;
+      if (due_[i] <= now) {
+        beginRound(i);
+        due_[i] = now + nanos(pools_[i].pool->config().check_interval);
+        continue;
       }
-      continue;
+      next = std::min(next, due_[i]);
     }
-    pollfd wake{wakeFd_, POLLIN, 0};
-    if (::poll(&wake, 1, waitMillis(now, next)) > 0 && woken()) {
-      return;
+    if (!step(next)) {
+      break;
     }
   }
+  dropRounds();
 }
 
 bool HealthChecker::checkNow(const std::vector<size_t>& pools) {
-  std::vector<Target> targets;
-  for (size_t pi : pools) {
-    for (uint32_t s = 0; s < pools_[pi].pool->size(); ++s) {
-      Target& t = targets.emplace_back();
-      t.pool = pi;
-      t.server = s;
+  if (due_.size() != pools_.size()) {
+    due_.assign(pools_.size(), 0);
+    open_.assign(pools_.size(), nullptr);
+  }
+  for (size_t i : pools) {
+    beginRound(i);
+  }
+  const auto open = [&] {
+    return std::any_of(pools.begin(), pools.end(), [&](size_t i) { return open_[i] != nullptr; });
+  };
+  while (open()) {
+    if (!step(UINT64_MAX)) {
+      dropRounds();
+      return false;
     }
   }
-  const bool finished = waitFor(targets);
-  if (finished) {
-    const uint64_t now = monotonicNanos();
-    for (Target& t : targets) {
-      if (!t.verdict) {
-        continue;
-      }
-      report(pools_[t.pool], t, now);
+  return true;
+}
+
+void HealthChecker::beginRound(size_t index) {
+  if (open_[index] != nullptr) {
+    return;
+  }
+  Round& r = rounds_.emplace_back();
+  r.pool = pools_[index];
+  r.index = index;
+  r.targets.resize(r.pool.pool->size());
+  for (size_t s = 0; s < r.targets.size(); ++s) {
+    r.targets[s].round = &r;
+    r.targets[s].server = static_cast<uint32_t>(s);
+  }
+  open_[index] = &r;
+  roundsStarted_.fetch_add(1, std::memory_order_release);
+  if (r.targets.empty()) {
+    endRound(r, monotonicNanos());
+  }
+}
+
+void HealthChecker::endRound(Round& r, uint64_t now) {
+  const bool current = r.index < pools_.size() && pools_[r.index].pool == r.pool.pool;
+  if (current) {
+    // The servers down now, of the pool as it is (not of one a move replaced).
+    UpstreamPool& pool = *r.pool.pool;
+    int64_t down = 0;
+    for (uint32_t s = 0; s < pool.size(); ++s) {
+      down += pool.down(s, now) ? 1 : 0;
     }
-    for (size_t pi : pools) {
-      UpstreamPool& pool = *pools_[pi].pool;
-      int64_t down = 0;
-      for (uint32_t s = 0; s < pool.size(); ++s) {
-        down += pool.down(s, now) ? 1 : 0;
+    r.pool.stats->serversDown.set(down);
+  }
+  if (r.index < open_.size() && open_[r.index] == &r) {
+    open_[r.index] = nullptr;
+  }
+  rounds_.remove_if([&r](const Round& x) { return &x == &r; });
+}
+
+void HealthChecker::dropRounds() {
+  for (Round& r : rounds_) {
+    for (Target& t : r.targets) {
+      t.tls.reset();
+      if (t.fd >= 0) {
+        ::close(t.fd);
+        t.fd = -1;
       }
-      pools_[pi].stats->serversDown.set(down);
     }
   }
-  for (Target& t : targets) {
+  rounds_.clear();
+  active_.clear();
+  std::fill(open_.begin(), open_.end(), nullptr);
+}
+
+void HealthChecker::startChecks(uint64_t now) {
+  // One check of each open round in turn, so a pool of many unanswering servers (each
+  // holding its slot for check_timeout) does not hold back the checks of the others.
+  bool more = true;
+  while (more && active_.size() < maxInFlight_) {
+    more = false;
+    for (Round& r : rounds_) {
+      if (active_.size() >= maxInFlight_) {
+        break;
+      }
+      if (r.started < r.targets.size()) {
+        Target& t = r.targets[r.started++];
+        open(t, now);
+        active_.push_back(&t);
+        more = true;
+      }
+    }
+  }
+  size_t inFlight = 0;
+  for (const Target* t : active_) {
+    inFlight += t->done ? 0 : 1;
+  }
+  peakInFlight_ = std::max(peakInFlight_, inFlight);
+}
+
+bool HealthChecker::reap(uint64_t now) {
+  bool any = false;
+  for (size_t k = 0; k < active_.size();) {
+    Target& t = *active_[k];
+    if (!t.done) {
+      ++k;
+      continue;
+    }
+    active_[k] = active_.back();
+    active_.pop_back();
+    any = true;
+    // Its descriptor goes back now, not at the end of the round.
     t.tls.reset();
     if (t.fd >= 0) {
       ::close(t.fd);
+      t.fd = -1;
+    }
+    Round& r = *t.round;
+    if (t.verdict) {
+      report(r.pool, t, now);
+    }
+    if (++r.finished == r.targets.size()) {
+      endRound(r, now);
     }
   }
-  return finished;
+  return any;
+}
+
+bool HealthChecker::step(uint64_t until) {
+  uint64_t now = monotonicNanos();
+  startChecks(now);
+  std::vector<pollfd>& fds = pollFds_;
+  std::vector<Target*>& which = polled_;
+  fds.assign(1, pollfd{wakeFd_, POLLIN, 0});
+  which.clear();
+  uint64_t earliest = until;
+  for (Target* t : active_) {
+    if (!t->done && now >= t->deadline) {
+      t->done = true;
+      // A server that passed and then keeps the connection open still passed.
+      if (t->phase != Target::Phase::Closing) {
+        t->error = ETIMEDOUT;
+        if (t->phase == Target::Phase::Handshaking) {
+          t->why = "no TLS handshake within " +
+                   std::to_string(t->round->pool.pool->config().check_timeout.count()) + " ms";
+        }
+      }
+    }
+    if (!t->done) {
+      fds.push_back(pollfd{t->fd, t->events, 0});
+      which.push_back(t);
+      earliest = std::min(earliest, t->deadline);
+    }
+  }
+  if (reap(now)) {
+    return true;  // rounds may have ended, slots come free: the caller looks again
+  }
+  const int n = ::poll(fds.data(), fds.size(), waitMillis(now, earliest));
+  if (n < 0 && errno != EINTR) {
+    uint64_t suppressed = 0;
+    if (socketErrorLog.allow(now, &suppressed)) {
+      GRELAY_LOG_WARN("health checks: poll failed: %s; trying again", strerror(errno));
+    }
+    pollfd wake{wakeFd_, POLLIN, 0};
+    return !(::poll(&wake, 1, 100) > 0 && woken());
+  }
+  if (n > 0 && fds[0].revents != 0 && woken()) {
+    return false;  // stop()
+  }
+  for (size_t k = 0; n > 0 && k < which.size(); ++k) {
+    if (fds[k + 1].revents == 0) {
+      continue;
+    }
+    Target& t = *which[k];
+    if (t.phase != Target::Phase::Connecting) {
+      advance(t);
+      continue;
+    }
+    int error = 0;
+    socklen_t length = sizeof(error);
+    if (::getsockopt(t.fd, SOL_SOCKET, SO_ERROR, &error, &length) != 0) {
+      error = errno;
+    }
+    if (error != 0) {
+      t.done = true;
+      t.error = error;
+    } else {
+      connected(t);
+    }
+  }
+  reap(monotonicNanos());
+  return true;
 }
 
 void HealthChecker::connected(Target& t) {
-  const config::UpstreamConfig& uc = pools_[t.pool].pool->config();
+  const config::UpstreamConfig& uc = t.round->pool.pool->config();
   if (uc.proxy_protocol != config::ProxyProtocol::Off) {
     // Servers that expect a PROXY header get the one for a connection of grelay's own
     // ("PROXY UNKNOWN", v2 LOCAL), before TLS as on sessions: a plain connect to them.
@@ -206,7 +371,7 @@ void HealthChecker::connected(Target& t) {
     [[maybe_unused]] ssize_t n =
         ::send(t.fd, header.data(), header.size(), MSG_DONTWAIT | MSG_NOSIGNAL);
   }
-  SSL_CTX* ctx = pools_[t.pool].tls;
+  SSL_CTX* ctx = t.round->pool.tls;
   if (ctx == nullptr) {
     t.done = true;
     return;
@@ -257,7 +422,7 @@ void HealthChecker::advance(Target& t) {
 }
 
 void HealthChecker::open(Target& t, uint64_t now) {
-  UpstreamPool& pool = *pools_[t.pool].pool;
+  UpstreamPool& pool = *t.round->pool.pool;
   t.deadline = now + nanos(pool.config().check_timeout);
   const config::Address& a = pool.server(t.server);
   t.fd = ::socket(a.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
@@ -280,92 +445,7 @@ void HealthChecker::open(Target& t, uint64_t now) {
   }
 }
 
-bool HealthChecker::waitFor(std::vector<Target>& targets) {
-  std::vector<pollfd> fds;
-  std::vector<size_t> which;
-  size_t started = 0;  // targets[0, started) have had their connect
-  for (;;) {
-    fds.assign(1, pollfd{wakeFd_, POLLIN, 0});
-    which.clear();
-    const uint64_t now = monotonicNanos();
-    uint64_t earliest = UINT64_MAX;
-    // At most maxInFlight_ checks at once, so a pool of thousands of servers does not take
-    // thousands of descriptors (the workers' too) at the same moment.
-    size_t inFlight = 0;
-    for (size_t i = 0; i < started; ++i) {
-      inFlight += targets[i].done ? 0 : 1;
-    }
-    while (started < targets.size() && inFlight < maxInFlight_) {
-      Target& t = targets[started++];
-      open(t, now);
-      inFlight += t.done ? 0 : 1;
-    }
-    peakInFlight_ = std::max(peakInFlight_, inFlight);
-    for (size_t i = 0; i < started; ++i) {
-      Target& t = targets[i];
-      if (t.done) {
-        if (t.fd >= 0) {  // finished: its descriptor goes back now, not after the round
-          t.tls.reset();
-          ::close(t.fd);
-          t.fd = -1;
-        }
-        continue;
-      }
-      if (now >= t.deadline) {
-        t.done = true;
-        // A server that passed and then keeps the connection open still passed.
-        if (t.phase != Target::Phase::Closing) {
-          t.error = ETIMEDOUT;
-          if (t.phase == Target::Phase::Handshaking) {
-            t.why = "no TLS handshake within " +
-                    std::to_string(pools_[t.pool].pool->config().check_timeout.count()) + " ms";
-          }
-        }
-        continue;
-      }
-      fds.push_back(pollfd{t.fd, t.events, 0});
-      which.push_back(i);
-      earliest = std::min(earliest, t.deadline);
-    }
-    if (which.empty()) {
-      if (started < targets.size()) {
-        continue;  // all of these ended: start the next ones
-      }
-      return true;
-    }
-    const int n = ::poll(fds.data(), fds.size(), waitMillis(now, earliest));
-    if (n < 0 && errno != EINTR) {
-      GRELAY_LOG_WARN("health checks: poll failed: %s; this round is dropped", strerror(errno));
-      return false;
-    }
-    if (n > 0 && fds[0].revents != 0 && woken()) {
-      return false;  // stop()
-    }
-    for (size_t k = 0; n > 0 && k < which.size(); ++k) {
-      if (fds[k + 1].revents == 0) {
-        continue;
-      }
-      Target& t = targets[which[k]];
-      if (t.phase != Target::Phase::Connecting) {
-        advance(t);
-        continue;
-      }
-      int error = 0;
-      socklen_t length = sizeof(error);
-      if (::getsockopt(t.fd, SOL_SOCKET, SO_ERROR, &error, &length) != 0) {
-        error = errno;
-      }
-      if (error != 0) {
-        t.done = true;
-        t.error = error;
-      } else {
-        connected(t);
-      }
-    }
-  }
-}
-
-void HealthChecker::report(Pool& p, const Target& t, uint64_t now) {
+void HealthChecker::report(const Pool& p, const Target& t, uint64_t now) {
   const uint32_t server = t.server;
   const int error = t.error;
   UpstreamPool& pool = *p.pool;

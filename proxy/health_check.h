@@ -6,12 +6,15 @@
 // (refused, unreachable, handshake failed, no answer within check_timeout) counts like a
 // session's failed connect toward max_fails and marks the server down; a good one brings a
 // server marked down back (after check_passes in a row). So a dead server is found before
-// sessions try it, and a revived one rejoins without waiting out fail_timeout. At most
-// kMaxInFlight checks are open at once.
+// sessions try it, and a revived one rejoins without waiting out fail_timeout. Each pool's
+// rounds keep their own schedule, and each check reports as it ends. At most kMaxInFlight
+// checks are open at once, taken in turn from the rounds under way, so a pool of many
+// unanswering servers (each holding a slot for check_timeout) delays no other pool.
 #pragma once
 
 #include <atomic>
 #include <cstdint>
+#include <list>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -19,6 +22,7 @@
 #include <vector>
 
 #include <openssl/ssl.h>
+#include <poll.h>
 
 #include "metrics/stats.h"
 #include "proxy/upstream.h"
@@ -44,18 +48,18 @@ public:
 
   // Starts the thread (the first round runs at once). 0 or -errno.
   int start();
-  // Stops and joins the thread promptly, even mid-round (results of that round are
-  // dropped). Idempotent.
+  // Stops and joins the thread promptly, even mid-round (checks still open are dropped).
+  // Idempotent.
   void stop();
   // A DNS move: `pools` (the same pools, in the same order, as moved) replace the ones
-  // checked, from the next round on. A round in progress finishes on the pools it began
-  // with (their servers the move kept share their health with the new pools), a moved
-  // pool's round comes at once after it, and the others keep their schedule: a move
-  // neither drops checks nor adds rounds of pools it left alone. Any thread.
+  // checked. A round under way finishes on the pool it began with (the servers the move
+  // kept share their health with the new pool), a moved pool's new round begins at once,
+  // and the others keep their schedule: a move neither drops checks nor adds rounds of
+  // pools it left alone. Any thread.
   void setPools(std::vector<Pool> pools);
 
-  // One round over the given pools now, on the calling thread: what the thread runs each
-  // interval (for tests). Returns false if stop() interrupted it.
+  // A round over each of the given pools now, on the calling thread, until they end: what
+  // the thread runs each interval (for tests). Returns false if stop() interrupted it.
   bool checkNow(const std::vector<size_t>& pools);
   // For tests: the most checks that were open at the same moment.
   size_t peakInFlight() const { return peakInFlight_; }
@@ -64,19 +68,38 @@ public:
 
 private:
   struct Target;
+  struct Round;
   void run();
   void wake();
   // The wake-up eventfd was readable: true when stop() wrote it (else it is read off).
   bool woken();
-  // setPools()' pools, if any came: `due` (per pool) for the moved ones becomes `now`.
-  void takeNextPools(std::vector<uint64_t>& due, uint64_t now);
-  bool waitFor(std::vector<Target>& targets);
+  // setPools()' pools, if any came: the moved ones are due at `now`.
+  void takeNextPools(uint64_t now);
+  // A round over pools_[index]'s servers, unless one is open for that pool.
+  void beginRound(size_t index);
+  void endRound(Round& r, uint64_t now);
+  // Closes what open rounds hold (stop()).
+  void dropRounds();
+  // Opens checks, in turn across the open rounds, while fewer than maxInFlight_ are open.
+  void startChecks(uint64_t now);
+  // Starts checks, waits for them until `until` (monotonic ns) at the latest, and reports
+  // each that finished (a round ends with its last). False when stop() was called.
+  bool step(uint64_t until);
+  // Reports and closes the checks that finished; true if any did.
+  bool reap(uint64_t now);
   void open(Target& t, uint64_t now);
   void connected(Target& t);
   void advance(Target& t);
-  void report(Pool& p, const Target& t, uint64_t now);
+  void report(const Pool& p, const Target& t, uint64_t now);
 
+  // The checker thread's (or checkNow()'s caller's) alone:
   std::vector<Pool> pools_;
+  std::vector<uint64_t> due_;    // [pool]: when its next round begins
+  std::vector<Round*> open_;     // [pool]: its round under way, if any
+  std::list<Round> rounds_;      // open rounds, oldest first (a move's old pool's too)
+  std::vector<Target*> active_;  // checks started and not yet reported
+  std::vector<pollfd> pollFds_;
+  std::vector<Target*> polled_;
   size_t maxInFlight_;
   size_t peakInFlight_ = 0;
   std::atomic<uint64_t> roundsStarted_{0};

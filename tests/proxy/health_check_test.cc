@@ -236,11 +236,12 @@ TEST_F(HealthCheckTest, AMoveKeepsTheRoundInProgressAndChecksOnlyTheMovedPoolAtO
   HealthChecker checker({{moving, &movingStats}, {unmoved, &steadyStats}});
   ASSERT_EQ(checker.start(), 0);
   const auto deadline = std::chrono::steady_clock::now() + 5s;
-  while (checker.roundsStarted() < 1 && std::chrono::steady_clock::now() < deadline) {
+  while (steadyStats.checks.value() < 1 && std::chrono::steady_clock::now() < deadline) {
     std::this_thread::sleep_for(1ms);
   }
-  ASSERT_EQ(checker.roundsStarted(), 1u);
-  ASSERT_EQ(movingStats.checks.value(), 0u);  // the stalled server's check is under way
+  ASSERT_EQ(steadyStats.checks.value(), 1u);  // its round is over ...
+  ASSERT_EQ(checker.roundsStarted(), 2u);
+  ASSERT_EQ(movingStats.checks.value(), 0u);  // ... the stalled server's check is under way
 
   // `moving` gets a second address (its first stays): a new pool, as a DNS move makes it.
   std::shared_ptr<UpstreamPool> moved = pool(movedConfig, "moving", {&stalled, &refusing});
@@ -248,13 +249,13 @@ TEST_F(HealthCheckTest, AMoveKeepsTheRoundInProgressAndChecksOnlyTheMovedPoolAtO
   checker.setPools({{moved, &movingStats}, {unmoved, &steadyStats}});
   moving.reset();  // the checker keeps what its round uses
   // The round in progress finishes (its verdict on the server the move kept counts in the
-  // new pool), then the moved pool's round runs at once: 1 + 2 checks.
+  // new pool), and the moved pool's round begins at once: 1 + 2 checks.
   while (movingStats.checks.value() < 3 && std::chrono::steady_clock::now() < deadline) {
     std::this_thread::sleep_for(5ms);
   }
   EXPECT_EQ(movingStats.checks.value(), 3u);
   EXPECT_EQ(movingStats.checkFailures.value(), 3u);
-  EXPECT_EQ(checker.roundsStarted(), 2u);
+  EXPECT_EQ(checker.roundsStarted(), 3u);
   EXPECT_EQ(movingStats.markedDown.value(), 2u);  // each server once
   const uint64_t now = monotonicNanos();
   EXPECT_TRUE(moved->down(0, now));
@@ -262,6 +263,51 @@ TEST_F(HealthCheckTest, AMoveKeepsTheRoundInProgressAndChecksOnlyTheMovedPoolAtO
   std::this_thread::sleep_for(100ms);
   EXPECT_EQ(steadyStats.checks.value(), 1u);  // the pool the move left alone: no round
   checker.stop();
+}
+
+TEST_F(HealthCheckTest, APoolOfUnansweringServersHoldsBackNoOtherPool) {
+  // Two checks open at most; `slow` has four servers that never answer (each holds its
+  // slot for check_timeout), `quick` one that refuses.
+  std::vector<std::unique_ptr<Port>> stalled;
+  std::vector<const Port*> slowServers;
+  for (int i = 0; i < 4; ++i) {
+    stalled.push_back(std::make_unique<Port>());
+    stalled.back()->stall();
+    slowServers.push_back(stalled.back().get());
+  }
+  Port refusing;
+  auto pool = [](config::UpstreamConfig& c, std::vector<const Port*> servers) {
+    for (const Port* p : servers) {
+      c.servers.push_back({p->address});
+    }
+    c.max_fails = 1;
+    c.fail_timeout = 60s;
+    c.check_interval = 60s;
+    c.check_timeout = 2s;
+    return std::make_shared<UpstreamPool>(c);
+  };
+  config::UpstreamConfig slowConfig, quickConfig;
+  metrics::UpstreamStats slowStats, quickStats;
+  slowConfig.name = "slow";
+  quickConfig.name = "quick";
+  std::shared_ptr<UpstreamPool> slow = pool(slowConfig, slowServers);
+  std::shared_ptr<UpstreamPool> quick = pool(quickConfig, {&refusing});
+  HealthChecker checker({{slow, &slowStats}, {quick, &quickStats}}, 2);
+  ASSERT_EQ(checker.start(), 0);
+  const auto deadline = std::chrono::steady_clock::now() + 10s;
+  while (quickStats.checks.value() < 1 && std::chrono::steady_clock::now() < deadline) {
+    std::this_thread::sleep_for(1ms);
+  }
+  // `quick` got a slot in turn and its verdict is in, while `slow`'s first checks are
+  // still waiting out check_timeout (and two more wait for a slot).
+  EXPECT_EQ(quickStats.checks.value(), 1u);
+  EXPECT_EQ(quickStats.markedDown.value(), 1u);
+  EXPECT_EQ(quickStats.serversDown.value(), 1);
+  EXPECT_EQ(slowStats.checks.value(), 0u);
+  EXPECT_TRUE(quick->down(0, monotonicNanos()));
+  checker.stop();  // mid-round: what is open is dropped
+  EXPECT_EQ(slowStats.checks.value(), 0u);
+  EXPECT_EQ(checker.peakInFlight(), 2u);
 }
 
 TEST_F(HealthCheckTest, TheThreadChecksEachIntervalAndStopsPromptly) {
