@@ -223,6 +223,10 @@ struct UpstreamConfig {
   // (applied in place; open sessions stay where they are). A failed lookup
   // keeps the address in use. 0 = resolved once, at load time (the default).
   Duration resolve_interval{0};
+  // With resolve_interval: an address a name no longer answers is kept this long after
+  // the last answer that had it (HAProxy's `hold obsolete`), so a resolver that answers a
+  // changing subset of the addresses moves nothing. 0 = dropped at once.
+  Duration resolve_hold{0};
   // A PROXY protocol header (the client's and the listener's address) sent to the server
   // first on every connection, before TLS when the pool uses TLS.
   ProxyProtocol proxy_protocol = ProxyProtocol::Off;

@@ -618,6 +618,7 @@ private:
               {"queue_timeout", duration(&u.queue_timeout, 0ms, 1h)},
               {"max_queue", integer(&u.max_queue, 0, 10'000'000)},
               {"resolve_interval", resolveInterval(&u.resolve_interval)},
+              {"resolve_hold", duration(&u.resolve_hold, 0ms, kMaxTimeout)},
               {"proxy_protocol", oneOf(&u.proxy_protocol,
                                        {ProxyProtocol::Off, ProxyProtocol::V1, ProxyProtocol::V2})},
               {"tls", upstreamTls(&u.tls, "in " + header + " tls")},
@@ -925,6 +926,10 @@ std::vector<ConfigError> lintConfig(const Config& config) {
                      [](const UpstreamServer& s) { return s.address.host_name; })) {
       warnings.push_back({u.location, pool + "resolve_interval has no effect: every server is "
                                              "an IP address"});
+    }
+    if (u.resolve_hold.count() > 0 && u.resolve_interval.count() == 0) {
+      warnings.push_back({u.location, pool + "resolve_hold has no effect without "
+                                             "resolve_interval"});
     }
   }
   for (const ListenerConfig& l : config.listeners) {

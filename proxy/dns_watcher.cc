@@ -37,6 +37,9 @@ struct DnsWatcher::Shared {
   std::map<size_t, Answers> staged;   // found by the round in progress
   std::map<size_t, Answers> pending;  // target -> its new answers, not yet taken
   std::map<size_t, Answers> moved;    // target -> the move last found (taken or not)
+  // [target] with a hold: endpoint key -> when an answer last had it (the addresses in
+  // use count as answered when the watcher was made).
+  std::vector<std::unordered_map<std::string, Clock::time_point>> seen;
 };
 
 namespace {
@@ -68,6 +71,17 @@ DnsWatcher::DnsWatcher(std::vector<DnsTarget> targets, Resolve resolve)
     : shared_(std::make_shared<Shared>()) {
   shared_->targets = std::move(targets);
   shared_->failing.assign(shared_->targets.size(), false);
+  shared_->seen.resize(shared_->targets.size());
+  const Clock::time_point now = Clock::now();
+  for (size_t t = 0; t < shared_->targets.size(); ++t) {
+    const DnsTarget& target = shared_->targets[t];
+    if (target.hold.count() > 0) {
+      shared_->seen[t][config::endpointKey(target.current)] = now;
+      for (const config::Address& a : target.all) {
+        shared_->seen[t][config::endpointKey(a)] = now;
+      }
+    }
+  }
   shared_->resolve =
       resolve ? std::move(resolve) : [](const std::string& text, std::string* error) {
         return config::resolveAddresses(text, error);
@@ -95,6 +109,25 @@ void DnsWatcher::stop() {
   std::lock_guard<std::mutex> lock(shared_->mutex);
   shared_->stopped = true;
   shared_->wake.notify_all();
+}
+
+void DnsWatcher::carryOver(const DnsWatcher& before) {
+  std::lock_guard<std::mutex> lock(before.shared_->mutex);
+  const Shared& old = *before.shared_;
+  for (size_t t = 0; t < shared_->targets.size(); ++t) {
+    const DnsTarget& target = shared_->targets[t];
+    for (size_t o = 0; o < old.targets.size() && target.hold.count() > 0; ++o) {
+      const DnsTarget& was = old.targets[o];
+      if (was.kind != target.kind || was.outer != target.outer || was.inner != target.inner) {
+        continue;
+      }
+      for (auto& [key, at] : shared_->seen[t]) {
+        if (auto it = old.seen[o].find(key); it != old.seen[o].end()) {
+          at = it->second;
+        }
+      }
+    }
+  }
 }
 
 void DnsWatcher::lookupNow() {
@@ -177,6 +210,37 @@ void DnsWatcher::publish(Shared& shared) {
   shared.staged.clear();
 }
 
+bool DnsWatcher::holdUnanswered(Shared& shared, size_t t, std::vector<config::Address>& answers) {
+  const DnsTarget& target = shared.targets[t];
+  auto& seen = shared.seen[t];
+  const Clock::time_point now = Clock::now();
+  std::unordered_set<std::string> answered;
+  answered.reserve(answers.size());
+  for (const config::Address& a : answers) {
+    answered.insert(config::endpointKey(a));
+    seen[config::endpointKey(a)] = now;
+  }
+  const auto recent = [&](const std::string& key) {
+    auto it = seen.find(key);
+    return it != seen.end() && now - it->second < target.hold;
+  };
+  bool held = false;
+  if (target.all.empty()) {
+    const std::string key = config::endpointKey(target.current);
+    held = !answered.contains(key) && recent(key);
+  } else {
+    for (const config::Address& a : target.all) {
+      const std::string key = config::endpointKey(a);
+      if (!answered.contains(key) && recent(key)) {
+        answers.push_back(a);  // still a server, after the answers
+        held = true;
+      }
+    }
+  }
+  std::erase_if(seen, [&](const auto& entry) { return now - entry.second >= target.hold; });
+  return held;
+}
+
 bool DnsWatcher::lookup(Shared& shared, size_t t) {
   const DnsTarget& target = shared.targets[t];
   std::string error;
@@ -209,12 +273,16 @@ bool DnsWatcher::lookup(Shared& shared, size_t t) {
     });
   }
   bool kept = answers.empty();  // every answer another server's: nothing to change
+  bool held = false;            // the address in use, unanswered but within resolve_hold
+  if (!kept && target.hold.count() > 0) {
+    held = holdUnanswered(shared, t, answers);
+  }
   if (!kept) {
-    kept =
-        target.all.empty()
-            ? std::any_of(answers.begin(), answers.end(),
-                          [&](const config::Address& a) { return a.sameEndpoint(target.current); })
-            : sameSet(answers, target.all);
+    kept = target.all.empty() ? held || std::any_of(answers.begin(), answers.end(),
+                                                    [&](const config::Address& a) {
+                                                      return a.sameEndpoint(target.current);
+                                                    })
+                              : sameSet(answers, target.all);
   }
   if (kept) {
     shared.staged.erase(t);  // back to the address in use before the change was taken

@@ -38,6 +38,9 @@ struct DnsTarget {
   // With `all`: the pool's other servers. An answer that is one of them is not this
   // server's (the pool has it already), so it is left out before comparing.
   std::vector<config::Address> exclude{};
+  // resolve_hold: an address in use that the answers lack is kept until this long after
+  // the last answer that had it (so a resolver answering a changing subset moves nothing).
+  config::Duration hold{0};
 };
 
 // A target whose name no longer resolves to its `current` address (or, with `all`, to
@@ -73,6 +76,10 @@ public:
   // Looks up every target now, on the calling thread, and reports the moves together: what
   // the thread runs when a name moved (for tests).
   void lookupNow();
+  // Before start(): the watcher a move replaces saw the addresses this one starts with
+  // answered at the times it recorded, which resolve_hold counts from (rather than from
+  // now). Targets match by kind and index.
+  void carryOver(const DnsWatcher& before);
 
   // The changes found since the last call, one per target (the latest).
   std::vector<DnsChange> takeChanges();
@@ -84,6 +91,10 @@ private:
   static void run(std::shared_ptr<Shared> shared);
   // Looks `target` up and stages a move; true when the move is new (not already pending).
   static bool lookup(Shared& shared, size_t target);
+  // resolve_hold: records `answers` as seen now; an address in use that they lack but an
+  // answer had within the hold is kept: appended to `answers` (all_addresses), or the
+  // return value is true (a single address). Forgets what is older than the hold.
+  static bool holdUnanswered(Shared& shared, size_t target, std::vector<config::Address>& answers);
   // Makes the moves staged by a round visible to takeChanges(), all at once.
   static void publish(Shared& shared);
 

@@ -320,6 +320,7 @@ void buildDnsWatcher(Generation& gen) {
                        &stats.dnsLookups,
                        &stats.dnsFailures,
                        &stats.dnsChanges};
+      target.hold = pool.resolve_hold;
       if (server.all_addresses) {
         for (size_t e = s; e < pool.servers.size() && pool.servers[e].entry == server.entry; ++e) {
           target.all.push_back(pool.servers[e].address);
@@ -859,8 +860,11 @@ int runServer(config::Config initial, const relay::Features& features) {
     if (gen.checker) {
       gen.checker->setPools(checkedPools(gen));
     }
-    gen.dns.reset();
+    const std::unique_ptr<DnsWatcher> before = std::move(gen.dns);
     buildDnsWatcher(gen);
+    if (gen.dns && before) {
+      gen.dns->carryOver(*before);  // (resolve_hold counts from the answers it saw)
+    }
     if (int err = gen.dns ? gen.dns->start() : 0; err < 0) {
       reloadFailed(metrics::kReloadDns);
       GRELAY_LOG_ERROR(

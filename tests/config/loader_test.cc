@@ -133,6 +133,7 @@ TEST(LoaderTest, EveryValueIsStored) {
           R"(check_interval = "15s")",
           R"(check_timeout = "500ms")",
           R"(resolve_interval = "30s")",
+          R"(resolve_hold = "2m")",
           R"(proxy_protocol = "v2")",
           "tls = { ca = \"" + ca + "\", sni = \"app.test\", verify = false }",
           R"([[listener]])",
@@ -183,6 +184,7 @@ TEST(LoaderTest, EveryValueIsStored) {
   EXPECT_EQ(app.check_interval, Duration(15'000));
   EXPECT_EQ(app.check_timeout, Duration(500));
   EXPECT_EQ(app.resolve_interval, Duration(30'000));
+  EXPECT_EQ(app.resolve_hold, Duration(120'000));
   EXPECT_FALSE(app.servers[0].address.host_name);
   EXPECT_TRUE(app.servers[1].address.host_name);
   EXPECT_EQ(app.proxy_protocol, ProxyProtocol::V2);
@@ -200,7 +202,7 @@ TEST(LoaderTest, EveryValueIsStored) {
   EXPECT_EQ(web.tls->cert, cert);
   EXPECT_EQ(web.tls->key, key);
   EXPECT_EQ(web.tls->handshake_timeout, Duration(3'000));
-  EXPECT_EQ(web.tls->location.line, 29u);
+  EXPECT_EQ(web.tls->location.line, 30u);
   EXPECT_EQ(web.tls->location.column, 7u);
   const MirrorConfig& shadow = web.mirrors.at(0);
   EXPECT_EQ(shadow.name, "shadow");
@@ -784,6 +786,9 @@ TEST(LoaderErrorTest, PassiveHealthValuesOutOfRange) {
   EXPECT_THAT(pool("resolve_interval = \"99ms\""),
               ElementsAre("t.toml:3:20: 'resolve_interval' must be 0 (off) or at least 100ms"));
   EXPECT_THAT(pool("resolve_interval = 30"), SizeIs(1));
+  EXPECT_THAT(pool("resolve_hold = \"30s\""), IsEmpty());
+  EXPECT_THAT(pool("resolve_hold = \"25h\""),
+              ElementsAre("t.toml:3:16: 'resolve_hold' must be in 0s..24h, got 25h"));
   EXPECT_THAT(errorsOf(validWith({"[[listener.mirror]]", R"(name = "m")",
                                   R"(address = "127.0.0.1:9001")", R"(resolve_interval = "25h")"})),
               SizeIs(1));
@@ -894,6 +899,15 @@ TEST(LoaderTest, LintWarnsOnlyAboutWhatIsProbablyAMistake) {
                          R"(address = "127.0.0.1:9001")", R"(resolve_interval = "5s")"}),
       ElementsAre("t.toml:7:1: listener web, mirror m: resolve_interval has no effect: "
                   "the address is an IP address"));
+  // resolve_hold with nothing looked up again.
+  EXPECT_THAT(warnings({R"(servers = ["localhost:8000"])", R"(resolve_hold = "1m")"},
+                       {R"(listen = "0.0.0.0:8080")"}),
+              ElementsAre("t.toml:1:1: upstream app: resolve_hold has no effect without "
+                          "resolve_interval"));
+  EXPECT_THAT(warnings({R"(servers = ["localhost:8000"])", R"(resolve_interval = "5s")",
+                        R"(resolve_hold = "1m")"},
+                       {R"(listen = "0.0.0.0:8080")"}),
+              IsEmpty());
 }
 
 TEST(LoaderTest, AllowKeepsEveryNetwork) {

@@ -280,6 +280,47 @@ class DnsTest(h.GrelayTest):
             for c in one.conns + two.conns + three.conns:
                 self.assertTrue(c.done)
 
+    def test_with_resolve_hold_a_changing_subset_of_answers_moves_nothing(self):
+        """resolve_hold: a resolver answering a different subset of a name's addresses at
+        each lookup leaves an all_addresses pool as it is; an address unanswered for the
+        whole hold leaves it."""
+        self.write_hosts(f"127.0.0.1 {HOST_UP}\n127.0.0.2 {HOST_UP}\n")
+        port = h.free_port("127.0.0.1")
+        with h.EchoServer(host="127.0.0.1", port=port) as one, \
+                h.EchoServer(host="127.0.0.2", port=port) as two:
+            cfg = h.Config()
+            cfg.with_admin()
+            cfg.upstream("app", [{"address": f"{HOST_UP}:{port}", "all_addresses": True}],
+                         resolve_interval="100ms", resolve_hold="1500ms")
+            web = cfg.listener("web", "app")
+            with self.grelay(cfg) as g:
+                def lookups(result):
+                    return g.metric("grelay_upstream_dns_lookups_total", upstream="app",
+                                    result=result)
+
+                # One address per answer, alternating, over several lookups each.
+                for i in range(6):
+                    self.write_hosts(f"127.0.0.{1 + i % 2} {HOST_UP}\n")
+                    start = lookups("unchanged")
+                    self.assertTrue(h.wait_for(lambda: lookups("unchanged") >= start + 2, 15),
+                                    g.log())
+                self.assertEqual(lookups("changed"), 0)
+                self.assertNotIn(MOVED, g.log())
+                for i in range(4):  # both still servers
+                    r = h.stream_session(web, h.Stream(i, 32 * h.KiB))
+                    self.assertTrue(r.ok, str(r))
+                self.assertEqual((len(one.conns), len(two.conns)), (2, 2))
+
+                # 127.0.0.1 is no longer answered at all: it leaves once the hold is over.
+                self.write_hosts(f"127.0.0.2 {HOST_UP}\n")
+                self.assertTrue(h.wait_for(lambda: MOVED in g.log(), 15), g.log())
+                self.assertIn(f"now resolves to 127.0.0.2:{port}, not ", g.log())
+                for i in range(2):
+                    r = h.stream_session(web, h.Stream(10 + i, 32 * h.KiB))
+                    self.assertTrue(r.ok, str(r))
+                self.assertEqual((len(one.conns), len(two.conns)), (2, 4))
+                self.assertEqual(g.log().count(MOVED), 1, g.log())
+
     def test_health_checks_follow_the_move(self):
         """The pool's health checks go to the new address once it moved, and no longer to
         the old one; the checks' counters go on. A pool the move left alone keeps its

@@ -143,6 +143,86 @@ TEST_F(DnsWatcherTest, AServerWithAllAddressesMovesWhenTheSetOfAnswersChanges) {
   EXPECT_EQ(a.changes.value(), 2u);
 }
 
+TEST_F(DnsWatcherTest, WithAHoldAChangingSubsetMovesNothingUntilAnAddressStaysUnanswered) {
+  Answers answers;
+  Counters a;
+  DnsTarget all = target("a.test:80", "10.0.0.1", a);
+  all.all = {v4("10.0.0.1", 80, "10.0.0.1:80"), v4("10.0.0.2", 80, "10.0.0.2:80"),
+             v4("10.0.0.3", 80, "10.0.0.3:80")};
+  all.hold = 500ms;
+  DnsWatcher watcher({all}, answers.resolver());
+  // A resolver that answers two of the three, a different two each time: nothing moves.
+  answers.set("a.test:80", {"10.0.0.1", "10.0.0.2"});
+  watcher.lookupNow();
+  answers.set("a.test:80", {"10.0.0.3", "10.0.0.2"});
+  watcher.lookupNow();
+  EXPECT_TRUE(watcher.takeChanges().empty());
+  EXPECT_EQ(a.changes.value(), 0u);
+  // A new address moves at once, with those held after the answers.
+  answers.set("a.test:80", {"10.0.0.4", "10.0.0.2"});
+  watcher.lookupNow();
+  std::vector<DnsChange> changes = watcher.takeChanges();
+  ASSERT_EQ(changes.size(), 1u);
+  std::vector<std::string> ips;
+  for (const config::Address& address : changes[0].addresses) {
+    ips.push_back(ipOf(address));
+  }
+  EXPECT_EQ(ips, (std::vector<std::string>{"10.0.0.4", "10.0.0.2", "10.0.0.1", "10.0.0.3"}));
+  // Unanswered for longer than the hold, 10.0.0.1 is dropped (10.0.0.3 was answered since).
+  std::this_thread::sleep_for(600ms);
+  answers.set("a.test:80", {"10.0.0.3", "10.0.0.2"});
+  watcher.lookupNow();
+  changes = watcher.takeChanges();
+  ASSERT_EQ(changes.size(), 1u);
+  ASSERT_EQ(changes[0].addresses.size(), 2u);
+  EXPECT_EQ(ipOf(changes[0].addresses[0]), "10.0.0.3");
+  EXPECT_EQ(ipOf(changes[0].addresses[1]), "10.0.0.2");
+}
+
+TEST_F(DnsWatcherTest, WithAHoldASingleAddressStaysWhileAnswersHadItRecently) {
+  Answers answers;
+  Counters a;
+  DnsTarget one = target("a.test:80", "10.0.0.1", a);
+  one.hold = 500ms;
+  DnsWatcher watcher({one}, answers.resolver());
+  // Round-robin DNS answering one address of several at a time: the one in use stays.
+  for (const char* ip : {"10.0.0.2", "10.0.0.1", "10.0.0.3"}) {
+    answers.set("a.test:80", {ip});
+    watcher.lookupNow();
+  }
+  EXPECT_TRUE(watcher.takeChanges().empty());
+  std::this_thread::sleep_for(600ms);
+  answers.set("a.test:80", {"10.0.0.2"});
+  watcher.lookupNow();
+  std::vector<DnsChange> changes = watcher.takeChanges();
+  ASSERT_EQ(changes.size(), 1u);
+  EXPECT_EQ(ipOf(changes[0].address), "10.0.0.2");
+}
+
+TEST_F(DnsWatcherTest, TheHoldCountsFromTheAnswersTheReplacedWatcherSaw) {
+  Answers answers;
+  Counters a;
+  DnsTarget all = target("a.test:80", "10.0.0.1", a);
+  all.all = {v4("10.0.0.1", 80, "10.0.0.1:80"), v4("10.0.0.2", 80, "10.0.0.2:80")};
+  all.hold = 500ms;
+  answers.set("a.test:80", {"10.0.0.1"});
+  DnsWatcher before({all}, answers.resolver());
+  std::this_thread::sleep_for(600ms);
+  // A move replaced `before` with `after` just now; 10.0.0.2 was last answered (as far as
+  // `before` knows: when it was made) 600 ms ago, past the hold.
+  DnsWatcher after({all}, answers.resolver());
+  after.carryOver(before);
+  after.lookupNow();
+  std::vector<DnsChange> changes = after.takeChanges();
+  ASSERT_EQ(changes.size(), 1u);
+  ASSERT_EQ(changes[0].addresses.size(), 1u);
+  EXPECT_EQ(ipOf(changes[0].addresses[0]), "10.0.0.1");
+  // Without what `before` saw, the hold would start again at every move.
+  DnsWatcher forgetful({all}, answers.resolver());
+  forgetful.lookupNow();
+  EXPECT_TRUE(forgetful.takeChanges().empty());
+}
+
 TEST_F(DnsWatcherTest, AnswersThatAreOtherServersOfThePoolAreNotTaken) {
   Answers answers;
   Counters a;
