@@ -77,6 +77,22 @@ struct Port {
   config::Address address;
 };
 
+// A pool of `servers` in `c` (which it reads from) checked once a minute, each check
+// waiting up to `timeout`; max_fails 1.
+std::shared_ptr<UpstreamPool> checkedPool(config::UpstreamConfig& c, std::string name,
+                                          const std::vector<const Port*>& servers,
+                                          config::Duration timeout) {
+  c.name = std::move(name);
+  for (const Port* p : servers) {
+    c.servers.push_back({p->address});
+  }
+  c.max_fails = 1;
+  c.fail_timeout = 60s;
+  c.check_interval = 60s;  // one round each (the first), but for a move's
+  c.check_timeout = timeout;
+  return std::make_shared<UpstreamPool>(c);
+}
+
 class HealthCheckTest : public ::testing::Test {
 protected:
   void makePool(std::vector<const Port*> servers, uint32_t maxFails = 1,
@@ -218,21 +234,10 @@ TEST_F(HealthCheckTest, AMoveKeepsTheRoundInProgressAndChecksOnlyTheMovedPoolAtO
   Port stalled, steady, refusing;
   stalled.stall();
   steady.listen();
-  auto pool = [](config::UpstreamConfig& c, std::string name, std::vector<const Port*> servers) {
-    c.name = std::move(name);
-    for (const Port* p : servers) {
-      c.servers.push_back({p->address});
-    }
-    c.max_fails = 1;
-    c.fail_timeout = 60s;
-    c.check_interval = 60s;  // one round each, but for a move's
-    c.check_timeout = 300ms;
-    return std::make_shared<UpstreamPool>(c);
-  };
   config::UpstreamConfig movingConfig, steadyConfig, movedConfig;
   metrics::UpstreamStats movingStats, steadyStats;
-  std::shared_ptr<UpstreamPool> moving = pool(movingConfig, "moving", {&stalled});
-  std::shared_ptr<UpstreamPool> unmoved = pool(steadyConfig, "steady", {&steady});
+  std::shared_ptr<UpstreamPool> moving = checkedPool(movingConfig, "moving", {&stalled}, 300ms);
+  std::shared_ptr<UpstreamPool> unmoved = checkedPool(steadyConfig, "steady", {&steady}, 300ms);
   HealthChecker checker({{moving, &movingStats}, {unmoved, &steadyStats}});
   ASSERT_EQ(checker.start(), 0);
   const auto deadline = std::chrono::steady_clock::now() + 5s;
@@ -244,7 +249,8 @@ TEST_F(HealthCheckTest, AMoveKeepsTheRoundInProgressAndChecksOnlyTheMovedPoolAtO
   ASSERT_EQ(movingStats.checks.value(), 0u);  // ... the stalled server's check is under way
 
   // `moving` gets a second address (its first stays): a new pool, as a DNS move makes it.
-  std::shared_ptr<UpstreamPool> moved = pool(movedConfig, "moving", {&stalled, &refusing});
+  std::shared_ptr<UpstreamPool> moved =
+      checkedPool(movedConfig, "moving", {&stalled, &refusing}, 300ms);
   moved->followMove(*moving, monotonicNanos());
   checker.setPools({{moved, &movingStats}, {unmoved, &steadyStats}});
   moving.reset();  // the checker keeps what its round uses
@@ -276,22 +282,10 @@ TEST_F(HealthCheckTest, APoolOfUnansweringServersHoldsBackNoOtherPool) {
     slowServers.push_back(stalled.back().get());
   }
   Port refusing;
-  auto pool = [](config::UpstreamConfig& c, std::vector<const Port*> servers) {
-    for (const Port* p : servers) {
-      c.servers.push_back({p->address});
-    }
-    c.max_fails = 1;
-    c.fail_timeout = 60s;
-    c.check_interval = 60s;
-    c.check_timeout = 2s;
-    return std::make_shared<UpstreamPool>(c);
-  };
   config::UpstreamConfig slowConfig, quickConfig;
   metrics::UpstreamStats slowStats, quickStats;
-  slowConfig.name = "slow";
-  quickConfig.name = "quick";
-  std::shared_ptr<UpstreamPool> slow = pool(slowConfig, slowServers);
-  std::shared_ptr<UpstreamPool> quick = pool(quickConfig, {&refusing});
+  std::shared_ptr<UpstreamPool> slow = checkedPool(slowConfig, "slow", slowServers, 2s);
+  std::shared_ptr<UpstreamPool> quick = checkedPool(quickConfig, "quick", {&refusing}, 2s);
   HealthChecker checker({{slow, &slowStats}, {quick, &quickStats}}, 2);
   ASSERT_EQ(checker.start(), 0);
   const auto deadline = std::chrono::steady_clock::now() + 10s;
