@@ -246,6 +246,7 @@ struct MirrorConfig {
   uint32_t max_fails = 1;
   Duration fail_timeout{10'000};
   Duration resolve_interval{0};  // as for upstream pools; a host name only
+  Duration resolve_hold{0};      // as for upstream pools
   Location location;
 };
 

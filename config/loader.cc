@@ -842,6 +842,7 @@ private:
             {"max_fails", integer(&m.max_fails, 0, 1000)},
             {"fail_timeout", duration(&m.fail_timeout, 1ms, kMaxTimeout)},
             {"resolve_interval", resolveInterval(&m.resolve_interval)},
+            {"resolve_hold", duration(&m.resolve_hold, 0ms, kMaxTimeout)},
         });
   }
 
@@ -944,6 +945,11 @@ std::vector<ConfigError> lintConfig(const Config& config) {
         warnings.push_back({m.location, "listener " + l.name + ", mirror " + m.name +
                                             ": resolve_interval has no effect: the address is "
                                             "an IP address"});
+      }
+      if (m.resolve_hold.count() > 0 && m.resolve_interval.count() == 0) {
+        warnings.push_back({m.location, "listener " + l.name + ", mirror " + m.name +
+                                            ": resolve_hold has no effect without "
+                                            "resolve_interval"});
       }
     }
   }

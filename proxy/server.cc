@@ -345,6 +345,7 @@ void buildDnsWatcher(Generation& gen) {
                          "listener " + listener.name + ", mirror " + mirror.name, mirror.address,
                          mirror.resolve_interval, &stats.dnsLookups, &stats.dnsFailures,
                          &stats.dnsChanges});
+        names.back().hold = mirror.resolve_hold;
       }
     }
   }

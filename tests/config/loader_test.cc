@@ -154,6 +154,7 @@ TEST(LoaderTest, EveryValueIsStored) {
           R"(max_fails = 0)",
           R"(fail_timeout = "1m")",
           R"(resolve_interval = "100ms")",
+          R"(resolve_hold = "5s")",
           R"([listener.tap])",
           R"(path = "tap dir")",
           R"(max_size = "2GB")",
@@ -213,6 +214,7 @@ TEST(LoaderTest, EveryValueIsStored) {
   EXPECT_EQ(shadow.max_fails, 0u);
   EXPECT_EQ(shadow.fail_timeout, Duration(60'000));
   EXPECT_EQ(shadow.resolve_interval, Duration(100));
+  EXPECT_EQ(shadow.resolve_hold, Duration(5'000));
   EXPECT_FALSE(shadow.address.host_name);
   EXPECT_EQ(web.tap->path, "tap dir");
   EXPECT_EQ(web.tap->max_size, 2'000'000'000u);
@@ -900,6 +902,11 @@ TEST(LoaderTest, LintWarnsOnlyAboutWhatIsProbablyAMistake) {
       ElementsAre("t.toml:7:1: listener web, mirror m: resolve_interval has no effect: "
                   "the address is an IP address"));
   // resolve_hold with nothing looked up again.
+  EXPECT_THAT(
+      warnings({local}, {R"(listen = "0.0.0.0:8080")", "[[listener.mirror]]", R"(name = "m")",
+                         R"(address = "localhost:9001")", R"(resolve_hold = "5s")"}),
+      ElementsAre("t.toml:7:1: listener web, mirror m: resolve_hold has no effect without "
+                  "resolve_interval"));
   EXPECT_THAT(warnings({R"(servers = ["localhost:8000"])", R"(resolve_hold = "1m")"},
                        {R"(listen = "0.0.0.0:8080")"}),
               ElementsAre("t.toml:1:1: upstream app: resolve_hold has no effect without "

@@ -282,44 +282,61 @@ class DnsTest(h.GrelayTest):
 
     def test_with_resolve_hold_a_changing_subset_of_answers_moves_nothing(self):
         """resolve_hold: a resolver answering a different subset of a name's addresses at
-        each lookup leaves an all_addresses pool as it is; an address unanswered for the
-        whole hold leaves it."""
-        self.write_hosts(f"127.0.0.1 {HOST_UP}\n127.0.0.2 {HOST_UP}\n")
+        each lookup leaves an all_addresses pool as it is, and a mirror on the address it
+        uses; an address unanswered for the whole hold leaves them."""
+        self.write_hosts(f"127.0.0.1 {HOST_UP} {HOST_MIRROR}\n"
+                         f"127.0.0.2 {HOST_UP} {HOST_MIRROR}\n")
         port = h.free_port("127.0.0.1")
+        mport = h.free_port("127.0.0.1")
         with h.EchoServer(host="127.0.0.1", port=port) as one, \
-                h.EchoServer(host="127.0.0.2", port=port) as two:
+                h.EchoServer(host="127.0.0.2", port=port) as two, \
+                h.SinkServer(host="127.0.0.1", port=mport) as sink_one, \
+                h.SinkServer(host="127.0.0.2", port=mport) as sink_two:
             cfg = h.Config()
             cfg.with_admin()
             cfg.upstream("app", [{"address": f"{HOST_UP}:{port}", "all_addresses": True}],
                          resolve_interval="100ms", resolve_hold="1500ms")
-            web = cfg.listener("web", "app")
+            web = cfg.listener("web", "app", mirrors=[{
+                "name": "shadow", "address": f"{HOST_MIRROR}:{mport}",
+                "resolve_interval": "100ms", "resolve_hold": "1500ms"}])
             with self.grelay(cfg) as g:
                 def lookups(result):
                     return g.metric("grelay_upstream_dns_lookups_total", upstream="app",
                                     result=result)
 
+                def mirror_lookups(result):
+                    return g.metric("grelay_mirror_dns_lookups_total", mirror="shadow",
+                                    result=result)
+
                 # One address per answer, alternating, over several lookups each.
                 for i in range(6):
-                    self.write_hosts(f"127.0.0.{1 + i % 2} {HOST_UP}\n")
-                    start = lookups("unchanged")
-                    self.assertTrue(h.wait_for(lambda: lookups("unchanged") >= start + 2, 15),
+                    self.write_hosts(f"127.0.0.{1 + i % 2} {HOST_UP} {HOST_MIRROR}\n")
+                    start, mstart = lookups("unchanged"), mirror_lookups("unchanged")
+                    self.assertTrue(h.wait_for(lambda: lookups("unchanged") >= start + 2 and
+                                               mirror_lookups("unchanged") >= mstart + 2, 15),
                                     g.log())
-                self.assertEqual(lookups("changed"), 0)
+                self.assertEqual((lookups("changed"), mirror_lookups("changed")), (0, 0))
                 self.assertNotIn(MOVED, g.log())
-                for i in range(4):  # both still servers
+                for i in range(4):  # both still servers; the mirror where it was
                     r = h.stream_session(web, h.Stream(i, 32 * h.KiB))
                     self.assertTrue(r.ok, str(r))
                 self.assertEqual((len(one.conns), len(two.conns)), (2, 2))
+                self.assertTrue(h.wait_for(lambda: len(sink_one.conns) == 4, 10))
+                self.assertEqual(len(sink_two.conns), 0)
 
                 # 127.0.0.1 is no longer answered at all: it leaves once the hold is over.
-                self.write_hosts(f"127.0.0.2 {HOST_UP}\n")
+                self.write_hosts(f"127.0.0.2 {HOST_UP} {HOST_MIRROR}\n")
                 self.assertTrue(h.wait_for(lambda: MOVED in g.log(), 15), g.log())
+                self.assertTrue(h.wait_for(lambda: mirror_lookups("changed") >= 1, 15))
                 self.assertIn(f"now resolves to 127.0.0.2:{port}, not ", g.log())
+                self.assertTrue(h.wait_for(lambda: g.log().count(MOVED) >= 1 and
+                                           f"127.0.0.2:{mport}, not 127.0.0.1:{mport}" in g.log(),
+                                           15), g.log())
                 for i in range(2):
                     r = h.stream_session(web, h.Stream(10 + i, 32 * h.KiB))
                     self.assertTrue(r.ok, str(r))
                 self.assertEqual((len(one.conns), len(two.conns)), (2, 4))
-                self.assertEqual(g.log().count(MOVED), 1, g.log())
+                self.assertTrue(h.wait_for(lambda: len(sink_two.conns) == 2, 10))
 
     def test_health_checks_follow_the_move(self):
         """The pool's health checks go to the new address once it moved, and no longer to
