@@ -375,10 +375,11 @@ void UpstreamPool::followMove(const UpstreamPool& previous, uint64_t now) {
   slotBoard_ = previous.slotBoard_;
 }
 
-void UpstreamPool::takeOver(const UpstreamPool& previous, uint64_t now, bool shareHealth) {
+void UpstreamPool::takeOver(const UpstreamPool& previous, uint64_t now, bool move) {
   queued_ = previous.queued_;
   // By endpoint key: a pool of thousands of addresses (all_addresses) moves in linear time.
   std::unordered_map<std::string, size_t> before;
+  std::vector<bool> fresh(size(), true);  // [server]: an endpoint `previous` does not have
   before.reserve(previous.size());
   for (size_t j = 0; j < previous.size(); ++j) {
     before.emplace(config::endpointKey(previous.server(j)), j);
@@ -388,8 +389,9 @@ void UpstreamPool::takeOver(const UpstreamPool& previous, uint64_t now, bool sha
     const bool shared = it != before.end();
     if (shared) {
       const size_t j = it->second;
+      fresh[i] = false;
       counts_[i] = previous.counts_[j];
-      if (shareHealth) {
+      if (move) {
         health_[i] = previous.health_[j];
       } else if (config_.max_fails > 0) {
         health_[i]->copyFrom(*previous.health_[j]);
@@ -400,6 +402,35 @@ void UpstreamPool::takeOver(const UpstreamPool& previous, uint64_t now, bool sha
     if (!shared && slowStart_ > 0) {
       health_[i]->startRamp(std::max<uint64_t>(now, 1));
     }
+  }
+  if (move) {
+    continueCounters(previous, fresh);
+  }
+}
+
+void UpstreamPool::continueCounters(const UpstreamPool& previous, const std::vector<bool>& fresh) {
+  // A server written with one address keeps its `server` label when a move changes that
+  // address: its session and failure totals go on from the old address's, or the
+  // counters would drop to 0 (a reset to Prometheus, which loses what it had not
+  // scraped). An all_addresses server's label names its address: a new address is a new
+  // series.
+  std::unordered_map<std::string, size_t> byLabel;
+  for (size_t j = 0; j < previous.size(); ++j) {
+    if (!previous.config_.servers[j].all_addresses) {
+      byLabel.emplace(previous.config_.servers[j].label(), j);
+    }
+  }
+  for (size_t i = 0; i < size() && !byLabel.empty(); ++i) {
+    const config::UpstreamServer& server = config_.servers[i];
+    auto it = !fresh[i] || server.all_addresses ? byLabel.end() : byLabel.find(server.label());
+    if (it == byLabel.end()) {
+      continue;  // (an address the pool had: its counters, shared)
+    }
+    const ServerCounts& was = *previous.counts_[it->second];
+    counts_[i]->sessions.fetch_add(was.sessions.load(std::memory_order_relaxed),
+                                   std::memory_order_relaxed);
+    counts_[i]->connectFailures.fetch_add(was.connectFailures.load(std::memory_order_relaxed),
+                                          std::memory_order_relaxed);
   }
 }
 

@@ -168,7 +168,8 @@ public:
   // connect that reports to `previous` after the move counts here too), and the sessions
   // that wait for a slot of `previous` come over keeping their turns (their tickets of
   // the same board), so the order of waiting sessions across workers survives the move.
-  // Before any session uses this pool.
+  // A moved server written with one address (its `server` label the same) continues the
+  // old address's session and failure totals. Before any session uses this pool.
   void followMove(const UpstreamPool& previous, uint64_t now);
 
   // Slow start progress of `server` in thousandths; 1000 when slow_start is 0.
@@ -182,7 +183,9 @@ public:
   static constexpr size_t kRingFallbacks = 8;
 
 private:
-  void takeOver(const UpstreamPool& previous, uint64_t now, bool shareHealth);
+  void takeOver(const UpstreamPool& previous, uint64_t now, bool move);
+  // `fresh`: [server] whether its endpoint is new to the pool (its counters are its own).
+  void continueCounters(const UpstreamPool& previous, const std::vector<bool>& fresh);
   void ringOrder(std::vector<uint32_t>& order, uint64_t client) const;
   void deferRamping(std::vector<uint32_t>& order, uint64_t now);
   static void rotate(std::vector<uint32_t>& order, const std::vector<uint32_t>& members,

@@ -108,6 +108,9 @@ class DnsTest(h.GrelayTest):
                     r = h.stream_session(web, h.Stream(10 + i, 64 * h.KiB))
                     self.assertTrue(r.ok, str(r))
                 self.assertEqual((len(old.conns), len(new.conns)), (2, 4))
+                # Server "0" is the same series before and after: its total goes on.
+                self.assertEqual(g.metric("grelay_upstream_server_sessions_total",
+                                          upstream="app", server="0"), 6)
 
                 # ... and its second half after: still on the old server, byte-exact.
                 second = h.Stream(2, 96 * h.KiB).bytes()[40000:]

@@ -316,6 +316,27 @@ std::shared_ptr<const config::Config> routed(int app0, int mirror1) {
   return std::make_shared<const config::Config>(std::move(*result.config));
 }
 
+TEST(RoutesTest, AMovedServerKeepsItsLabelsTotalsGoing) {
+  const uint64_t now = 5'000'000'000ull;
+  std::shared_ptr<const Routes> was = makeRoutes(routed(8000, 6001));
+  UpstreamPool& app = *was->upstreams[0];
+  app.sessionConnected(0);
+  app.sessionConnected(0);
+  app.sessionConnectFailed(0);
+  app.sessionConnected(1);
+  // Server "0" moves to another address: the same label, so its totals go on (a counter
+  // that dropped to 0 would read as a reset); "1" kept its address and its counters.
+  std::shared_ptr<const Routes> moved = moveRoutes(*was, routed(8100, 6001), now);
+  UpstreamPool& fresh = *moved->upstreams[0];
+  EXPECT_EQ(fresh.serverSessions(0), 2u);
+  EXPECT_EQ(fresh.serverConnectFailures(0), 1u);
+  EXPECT_EQ(fresh.activeConnections(0), 0);  // connections are the address's own
+  EXPECT_EQ(fresh.serverSessions(1), 1u);
+  fresh.sessionConnected(0);
+  EXPECT_EQ(fresh.serverSessions(0), 3u);
+  EXPECT_EQ(app.serverSessions(0), 2u);  // (the old address's counters are apart)
+}
+
 TEST(RoutesTest, AMoveReplacesOnlyWhatMovedAndSharesHealthAndCounts) {
   const uint64_t now = 5'000'000'000ull;
   std::shared_ptr<const Routes> was = makeRoutes(routed(8000, 6001));
