@@ -9,6 +9,7 @@ new sessions go to the new address, and so do sessions still waiting for a slot
 (queue_timeout); a session already open stays byte-exact on the old server. A name that still resolves to the address in use among other answers changes
 nothing; one that stops resolving keeps it."""
 
+import contextlib
 import os
 import subprocess
 import tempfile
@@ -60,6 +61,16 @@ class DnsTest(h.GrelayTest):
         finally:
             os.close(fd)
 
+    @contextlib.contextmanager
+    def servers_at_both(self, port: int, mport: int):
+        """An echo server on `port` and a sink on `mport`, each at 127.0.0.1 and at
+        127.0.0.2: (echo .1, echo .2, sink .1, sink .2)."""
+        with h.EchoServer(host="127.0.0.1", port=port) as echo_one, \
+                h.EchoServer(host="127.0.0.2", port=port) as echo_two, \
+                h.SinkServer(host="127.0.0.1", port=mport) as sink_one, \
+                h.SinkServer(host="127.0.0.2", port=mport) as sink_two:
+            yield echo_one, echo_two, sink_one, sink_two
+
     def grelay(self, cfg) -> h.Grelay:
         return h.Grelay(cfg, wrapper=[
             "unshare", "--mount", "--propagation", "private", "sh", "-c",
@@ -69,10 +80,7 @@ class DnsTest(h.GrelayTest):
         self.write_hosts(f"127.0.0.1 {HOST_UP} {HOST_MIRROR}\n")
         port = h.free_port("127.0.0.1")
         mport = h.free_port("127.0.0.1")
-        with h.EchoServer(host="127.0.0.1", port=port) as old, \
-                h.EchoServer(host="127.0.0.2", port=port) as new, \
-                h.SinkServer(host="127.0.0.1", port=mport) as old_sink, \
-                h.SinkServer(host="127.0.0.2", port=mport) as new_sink:
+        with self.servers_at_both(port, mport) as (old, new, old_sink, new_sink):
             cfg = h.Config()
             cfg.with_admin()
             cfg.upstream("app", [f"{HOST_UP}:{port}"], resolve_interval="100ms")
@@ -291,10 +299,7 @@ class DnsTest(h.GrelayTest):
                          f"127.0.0.2 {HOST_UP} {HOST_MIRROR}\n")
         port = h.free_port("127.0.0.1")
         mport = h.free_port("127.0.0.1")
-        with h.EchoServer(host="127.0.0.1", port=port) as one, \
-                h.EchoServer(host="127.0.0.2", port=port) as two, \
-                h.SinkServer(host="127.0.0.1", port=mport) as sink_one, \
-                h.SinkServer(host="127.0.0.2", port=mport) as sink_two:
+        with self.servers_at_both(port, mport) as (one, two, sink_one, sink_two):
             cfg = h.Config()
             cfg.with_admin()
             cfg.upstream("app", [{"address": f"{HOST_UP}:{port}", "all_addresses": True}],
