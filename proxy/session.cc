@@ -1228,11 +1228,15 @@ bool Session::waitForSlot() {
     queued_ = true;
     waitStart_ = now;
     stats().upstreamQueueing.inc();
-    // Waiting again, it no longer tries the server whose connect failed: in the queue it
-    // would hold back sessions behind it that could take that server's slots. It keeps
-    // its ticket (its turn against the queue's waiters) and looks on its own timer.
-    if (listener_->slotQueue != nullptr && !waitedBefore) {
-      listener_->slotQueue->push(*this);
+    // Waiting again, it no longer tries the server whose connect failed: in line it would
+    // hold back sessions behind it that could take that server's slots. It waits aside
+    // with its ticket, looking on its own timer and whenever the line's oldest is told to.
+    if (listener_->slotQueue != nullptr) {
+      if (waitedBefore) {
+        listener_->slotQueue->pushAside(*this);
+      } else {
+        listener_->slotQueue->push(*this);
+      }
     }
   }
   if (listener_->slotQueue == nullptr || !listener_->slotQueue->contains(*this) ||
@@ -1249,7 +1253,8 @@ bool Session::waitForSlot() {
 void Session::leaveQueueToMove() {
   SlotQueue* queue = listener_->slotQueue;
   movingInQueue_ = queue != nullptr && queue->contains(*this);
-  if (movingInQueue_) {
+  movingAside_ = queue != nullptr && queue->isAside(*this);
+  if (queue != nullptr) {
     queue->forget(*this);  // (the others leave too: nobody to wake)
   }
 }
@@ -1263,12 +1268,14 @@ void Session::moveToRoutes(ListenerContext& next, std::shared_ptr<const void> fo
   // pool's.
   pickServerOrder();
   fullServers_.clear();
-  if (movingInQueue_) {
-    movingInQueue_ = false;
-    if (next.slotQueue != nullptr && was.slotQueue != nullptr) {
+  if (next.slotQueue != nullptr && was.slotQueue != nullptr) {
+    if (movingInQueue_) {
       next.slotQueue->pushMoved(*this, *was.slotQueue);  // the oldest is told to look
+    } else if (movingAside_) {
+      next.slotQueue->pushAside(*this);
     }
   }
+  movingInQueue_ = movingAside_ = false;
 }
 
 void Session::lookForSlot() noexcept {

@@ -460,7 +460,8 @@ private:
   uint64_t retryAt_ = 0;
   uint64_t retryDelay_ = 0;
   bool queued_ = false;
-  bool movingInQueue_ = false;  // between leaveQueueToMove() and moveToRoutes()
+  bool movingInQueue_ = false;  // between leaveQueueToMove() and moveToRoutes(): in line,
+  bool movingAside_ = false;    // or aside
   std::vector<std::shared_ptr<const void>> formerRoutes_;  // the routes DNS moves took it from
   bool mirrorsDeferred_ = false;  // connectMirrors() when a server slot is taken
   int64_t server_ = -1;           // index of the connected server

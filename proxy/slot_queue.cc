@@ -71,6 +71,33 @@ void SlotQueue::pushMoved(SlotWaiter& waiter, const SlotQueue& from) {
   append(waiter);
 }
 
+void SlotQueue::pushAside(SlotWaiter& waiter) {
+  if (waiter.waitingSlot_) {
+    return;
+  }
+  waiter.waitingSlot_ = true;
+  waiter.aside_ = true;
+  // Oldest first (a few at most: sessions whose connect failed while the pool was full).
+  SlotWaiter* prev = nullptr;
+  SlotWaiter* next = asideHead_;
+  while (next != nullptr && next->slotTicket_ <= waiter.slotTicket_) {
+    prev = next;
+    next = next->nextSlotWaiter_;
+  }
+  waiter.prevSlotWaiter_ = prev;
+  waiter.nextSlotWaiter_ = next;
+  (prev != nullptr ? prev->nextSlotWaiter_ : asideHead_) = &waiter;
+  if (next != nullptr) {
+    next->prevSlotWaiter_ = &waiter;
+  }
+}
+
+void SlotQueue::tellAside() {
+  for (SlotWaiter* w = asideHead_; w != nullptr; w = w->nextSlotWaiter_) {
+    w->lookForSlot();  // (schedules its look: the list stays as it is)
+  }
+}
+
 void SlotQueue::append(SlotWaiter& waiter) {
   waiter.waitingSlot_ = true;
   ++size_;
@@ -87,6 +114,18 @@ void SlotQueue::append(SlotWaiter& waiter) {
 
 void SlotQueue::forget(SlotWaiter& waiter) {
   if (!waiter.waitingSlot_) {
+    return;
+  }
+  if (waiter.aside_) {
+    SlotWaiter* prev = waiter.prevSlotWaiter_;
+    SlotWaiter* next = waiter.nextSlotWaiter_;
+    (prev != nullptr ? prev->nextSlotWaiter_ : asideHead_) = next;
+    if (next != nullptr) {
+      next->prevSlotWaiter_ = prev;
+    }
+    waiter.prevSlotWaiter_ = waiter.nextSlotWaiter_ = nullptr;
+    waiter.waitingSlot_ = false;
+    waiter.aside_ = false;
     return;
   }
   const bool wasOldest = head_ == &waiter;
@@ -111,6 +150,7 @@ void SlotQueue::remove(SlotWaiter& waiter) {
 }
 
 void SlotQueue::slotReleased() {
+  tellAside();  // they had waited in line before: they look first
   uint32_t worker = worker_;
   if (board_ == nullptr) {
     if (head_ != nullptr) {
@@ -131,6 +171,7 @@ void SlotQueue::slotReleased() {
 }
 
 void SlotQueue::wakeOldest() {
+  tellAside();
   if (head_ != nullptr) {
     head_->lookForSlot();
   }

@@ -10,6 +10,10 @@
 // waiter ahead of it leaves. A waiter whose ticket is not the smallest leaves a slot it
 // finds to the older one (olderElsewhere()). The others wait for their turn (or their
 // queue_timeout) without a timer of their own, so a long queue costs nothing per waiter.
+// A waiter whose slot's connect failed and that waits again (for the servers it has left)
+// waits aside: not in line, where it would hold back others when a slot comes free on its
+// failed server, but told to look whenever the line's oldest is, before it, so younger
+// waiters do not take every slot it could use.
 #pragma once
 
 #include <atomic>
@@ -32,6 +36,7 @@ private:
   SlotWaiter* nextSlotWaiter_ = nullptr;
   uint64_t slotTicket_ = 0;
   bool waitingSlot_ = false;
+  bool aside_ = false;  // waitingSlot_: in the aside list, not in line
 
 protected:
   ~SlotWaiter() = default;
@@ -77,6 +82,9 @@ public:
   // that waits again outside the queue is still ordered by it). A waiter that becomes the
   // oldest is told to look (lookForSlot()).
   void push(SlotWaiter& waiter);
+  // A waiter that waits again after its slot's connect failed, aside, with the ticket it
+  // has (see above); remove() or forget() takes it out.
+  void pushAside(SlotWaiter& waiter);
   // A waiter that left `from` (forget()) because a DNS move replaced its pool goes last
   // here, keeping its ticket when both queues share a board (the caller moves a queue's
   // waiters oldest first), else with a new one.
@@ -87,12 +95,15 @@ public:
   void forget(SlotWaiter& waiter);
   // A slot of the pool came free: the oldest waiter of any worker looks for it (this
   // worker's at once, another's through `wake`, and through `wake` too when this worker's
-  // oldest waits in another queue of the board: one a DNS move's new pool made).
+  // oldest waits in another queue of the board: one a DNS move's new pool made); this
+  // queue's waiters aside look too, first.
   void slotReleased();
-  // This worker was woken for a freed slot: its oldest waiter looks.
+  // This worker was woken for a freed slot: its waiters aside and its oldest look.
   void wakeOldest();
 
-  bool contains(const SlotWaiter& waiter) const { return waiter.waitingSlot_; }
+  // In line (not aside).
+  bool contains(const SlotWaiter& waiter) const { return waiter.waitingSlot_ && !waiter.aside_; }
+  bool isAside(const SlotWaiter& waiter) const { return waiter.waitingSlot_ && waiter.aside_; }
   bool isOldest(const SlotWaiter& waiter) const { return head_ == &waiter; }
   // Its place in the order of the pool's waiters (0 = it never waited).
   static uint64_t ticket(const SlotWaiter& waiter) { return waiter.slotTicket_; }
@@ -104,13 +115,15 @@ public:
 private:
   void publish();
   void append(SlotWaiter& waiter);
+  void tellAside();
 
   std::shared_ptr<SlotBoard> board_;
   uint32_t worker_;
   WakeWorker wake_;
   SlotWaiter* head_ = nullptr;
   SlotWaiter* tail_ = nullptr;
-  size_t size_ = 0;
+  size_t size_ = 0;                  // in line
+  SlotWaiter* asideHead_ = nullptr;  // aside, oldest ticket first
 };
 
 }  // namespace grelay::proxy

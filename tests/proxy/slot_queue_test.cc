@@ -148,6 +148,44 @@ TEST(SlotQueueTest, AWaiterOutOfTheQueueKeepsItsTicketAndHoldsBackNobody) {
   q1.remove(b);
 }
 
+TEST(SlotQueueTest, WaitersAsideAreToldToLookBeforeTheLineOldestFirst) {
+  std::string looks;
+  auto board = std::make_shared<SlotBoard>();
+  SlotQueue q(board, 0);
+  Waiter a(&looks, 'a'), b(&looks, 'b'), c(&looks, 'c'), d(&looks, 'd');
+  q.push(a);
+  q.push(b);
+  q.push(c);
+  EXPECT_EQ(looks, "a");
+  // b, then a, took slots whose connects failed: they wait again aside, with their
+  // tickets, and are told to look before the line's oldest (c), so c cannot take every
+  // slot they could use.
+  q.remove(b);
+  q.remove(a);
+  EXPECT_EQ(looks, "ac");  // c, the oldest in line once a left, was told
+  looks.clear();
+  q.pushAside(b);
+  q.pushAside(a);
+  EXPECT_TRUE(q.isAside(a));
+  EXPECT_FALSE(q.contains(a));
+  EXPECT_EQ(q.size(), 1u);
+  EXPECT_TRUE(q.isOldest(c));
+  q.slotReleased();  // the aside first, oldest first, then the line's oldest
+  EXPECT_EQ(looks, "abc");
+  q.push(d);
+  q.wakeOldest();
+  EXPECT_EQ(looks, "abcabc");
+  q.remove(a);  // from aside: nobody else is told
+  EXPECT_EQ(looks, "abcabc");
+  EXPECT_FALSE(q.isAside(a));
+  q.forget(b);
+  q.slotReleased();
+  EXPECT_EQ(looks, "abcabcc");
+  q.remove(c);
+  q.remove(d);
+  EXPECT_EQ(q.size(), 0u);
+}
+
 TEST(SlotQueueTest, WaitersMovedToAQueueOfTheSameBoardKeepTheirTurns) {
   std::string looks;
   std::vector<uint32_t> woken;

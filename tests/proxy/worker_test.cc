@@ -282,6 +282,36 @@ TEST_F(WorkerTest, ASessionWaitingAgainAfterAFailedConnectMovesToo) {
   EXPECT_EQ(runtime_->routes()->upstreams[0]->queuedSessions(), 0);
 }
 
+TEST_F(WorkerTest, ASessionWaitingAgainIsNotStarvedByYoungerWaiters) {
+  load(parseQueued({8000, 8001}));
+  auto* accept = ring_->pending(OpKind::Accept, kListenFd);
+  ring_->complete(accept, 50, IORING_CQE_F_MORE);  // holds 8000
+  ring_->complete(accept, 51, IORING_CQE_F_MORE);  // takes 8001
+  ring_->complete(accept, 52, IORING_CQE_F_MORE);  // waits, first
+  auto* holder = ring_->pending(OpKind::Connect, 100);
+  ASSERT_NE(holder, nullptr);
+  // 8001 refuses 51 (which then waits, after 52) and 52, which waits again for 8000
+  // alone: aside, older than 51.
+  ring_->complete(ring_->pending(OpKind::Connect, 101), -ECONNREFUSED);
+  ASSERT_TRUE(worker_->loopOnce());
+  ring_->complete(ring_->pending(OpKind::Connect, 102), -ECONNREFUSED);
+  ASSERT_TRUE(worker_->loopOnce());
+  EXPECT_EQ(runtime_->routes()->upstreams[0]->queuedSessions(), 2);
+
+  // 8000's slot comes free (the holder goes on to 8001): both 51 (the line's oldest) and
+  // 52 look at once, 52 first; it gets 8000.
+  ring_->complete(holder, -ECONNREFUSED);
+  ASSERT_TRUE(worker_->loopOnce());
+  ASSERT_TRUE(worker_->loopOnce());
+  EXPECT_EQ(runtime_->routes()->upstreams[0]->queuedSessions(), 1);
+  auto* taken = ring_->pending(OpKind::Connect, 104);
+  ASSERT_NE(taken, nullptr);
+  EXPECT_EQ(taken->offset, 8000u);
+  ring_->complete(taken, 0);
+  EXPECT_NE(ring_->pendingReceive(52), nullptr);  // 52 relays
+  EXPECT_EQ(ring_->pendingReceive(51), nullptr);  // 51 still waits
+}
+
 TEST_F(WorkerTest, ASessionStillReadingItsProxyHeaderWhenTheNameMovesConnectsToTheNewAddress) {
   load(parseQueued({8000}, "accept_proxy_protocol = true\n"));
   auto* accept = ring_->pending(OpKind::Accept, kListenFd);
