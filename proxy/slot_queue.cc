@@ -116,25 +116,23 @@ void SlotQueue::forget(SlotWaiter& waiter) {
   if (!waiter.waitingSlot_) {
     return;
   }
-  if (waiter.aside_) {
-    SlotWaiter* prev = waiter.prevSlotWaiter_;
-    SlotWaiter* next = waiter.nextSlotWaiter_;
-    (prev != nullptr ? prev->nextSlotWaiter_ : asideHead_) = next;
-    if (next != nullptr) {
-      next->prevSlotWaiter_ = prev;
-    }
-    waiter.prevSlotWaiter_ = waiter.nextSlotWaiter_ = nullptr;
-    waiter.waitingSlot_ = false;
-    waiter.aside_ = false;
-    return;
-  }
+  // Either list: the line (head_ to tail_) or aside (asideHead_, no tail kept).
+  const bool aside = waiter.aside_;
   const bool wasOldest = head_ == &waiter;
   SlotWaiter* prev = waiter.prevSlotWaiter_;
   SlotWaiter* next = waiter.nextSlotWaiter_;
-  (prev != nullptr ? prev->nextSlotWaiter_ : head_) = next;
-  (next != nullptr ? next->prevSlotWaiter_ : tail_) = prev;
+  (prev != nullptr ? prev->nextSlotWaiter_ : aside ? asideHead_ : head_) = next;
+  if (next != nullptr) {
+    next->prevSlotWaiter_ = prev;
+  } else if (!aside) {
+    tail_ = prev;
+  }
   waiter.prevSlotWaiter_ = waiter.nextSlotWaiter_ = nullptr;
   waiter.waitingSlot_ = false;
+  waiter.aside_ = false;
+  if (aside) {
+    return;
+  }
   --size_;
   if (wasOldest) {
     publish();
