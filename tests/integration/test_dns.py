@@ -65,11 +65,17 @@ class DnsTest(h.GrelayTest):
     def servers_at_both(self, port: int, mport: int):
         """An echo server on `port` and a sink on `mport`, each at 127.0.0.1 and at
         127.0.0.2: (echo .1, echo .2, sink .1, sink .2)."""
-        with h.EchoServer(host="127.0.0.1", port=port) as echo_one, \
-                h.EchoServer(host="127.0.0.2", port=port) as echo_two, \
+        with self.echo_at_both(port) as (echo_one, echo_two), \
                 h.SinkServer(host="127.0.0.1", port=mport) as sink_one, \
                 h.SinkServer(host="127.0.0.2", port=mport) as sink_two:
             yield echo_one, echo_two, sink_one, sink_two
+
+    @contextlib.contextmanager
+    def echo_at_both(self, port: int):
+        """An echo server on `port` at 127.0.0.1 and one at 127.0.0.2."""
+        with h.EchoServer(host="127.0.0.1", port=port) as echo_one, \
+                h.EchoServer(host="127.0.0.2", port=port) as echo_two:
+            yield echo_one, echo_two
 
     def grelay(self, cfg) -> h.Grelay:
         return h.Grelay(cfg, wrapper=[
@@ -150,8 +156,7 @@ class DnsTest(h.GrelayTest):
     def test_sessions_waiting_for_a_slot_when_the_name_moves_go_to_the_new_address(self):
         self.write_hosts(f"127.0.0.1 {HOST_UP}\n")
         port = h.free_port("127.0.0.1")
-        with h.EchoServer(host="127.0.0.1", port=port) as old, \
-                h.EchoServer(host="127.0.0.2", port=port) as new:
+        with self.echo_at_both(port) as (old, new):
             cfg = h.Config()
             cfg.with_admin()
             cfg.upstream("app", [{"address": f"{HOST_UP}:{port}", "max_conns": 1}],
@@ -206,8 +211,7 @@ class DnsTest(h.GrelayTest):
     def test_an_address_still_answered_is_kept_and_a_failed_lookup_keeps_it_too(self):
         self.write_hosts(f"127.0.0.2 {HOST_UP}\n")
         port = h.free_port("127.0.0.1")
-        with h.EchoServer(host="127.0.0.1", port=port) as one, \
-                h.EchoServer(host="127.0.0.2", port=port) as two:
+        with self.echo_at_both(port) as (one, two):
             cfg = h.Config()
             cfg.with_admin()
             cfg.upstream("app", [f"{HOST_UP}:{port}"], resolve_interval="100ms")
@@ -391,8 +395,7 @@ class DnsTest(h.GrelayTest):
         self.addCleanup(certs.cleanup)
         self.write_hosts(f"127.0.0.1 {HOST_UP}\n")
         port = h.free_port("127.0.0.1")
-        with h.EchoServer(host="127.0.0.1", port=port) as old, \
-                h.EchoServer(host="127.0.0.2", port=port) as new:
+        with self.echo_at_both(port) as (old, new):
             cfg = h.Config()
             cfg.upstream("app", [f"{HOST_UP}:{port}"], resolve_interval="100ms")
             cert, key = certs.server
