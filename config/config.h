@@ -115,6 +115,15 @@ const char* toString(HashType type);
 const char* toString(MirrorDirection direction);
 const char* toString(ProxyProtocol version);
 
+// The TLVs a version 2 PROXY protocol header sent upstream carries.
+struct ProxyProtocolTlvs {
+  bool authority = false;  // the server name the client asked for (TLS SNI, else its header's)
+  bool ssl = false;        // whether TLS was terminated here, its version and cipher
+  bool received = false;   // the client's own header's TLVs (accept_proxy_protocol)
+  bool crc32c = false;     // a checksum of the header
+  bool any() const { return authority || ssl || received || crc32c; }
+};
+
 struct ServerConfig {
   uint32_t workers = 1;  // 0 = one per CPU (resolved by the proxy at start)
   RelayPath relay_path = RelayPath::Auto;
@@ -230,6 +239,9 @@ struct UpstreamConfig {
   // A PROXY protocol header (the client's and the listener's address) sent to the server
   // first on every connection, before TLS when the pool uses TLS.
   ProxyProtocol proxy_protocol = ProxyProtocol::Off;
+  // With proxy_protocol v2 (proxy_protocol_tlvs): what the header carries after the
+  // addresses.
+  ProxyProtocolTlvs proxy_protocol_tlvs;
   UpstreamTlsConfig tls;
   Location location;
 };

@@ -14,6 +14,7 @@
 #include <exception>
 #include <functional>
 #include <limits>
+#include <optional>
 #include <tuple>
 #include <unordered_map>
 #include <utility>
@@ -621,14 +622,49 @@ private:
               {"resolve_hold", duration(&u.resolve_hold, 0ms, kMaxTimeout)},
               {"proxy_protocol", oneOf(&u.proxy_protocol,
                                        {ProxyProtocol::Off, ProxyProtocol::V1, ProxyProtocol::V2})},
+              {"proxy_protocol_tlvs", proxyTlvs(&u.proxy_protocol_tlvs)},
               {"tls", upstreamTls(&u.tls, "in " + header + " tls")},
           });
+      if (const toml::node* tlvs = t->get("proxy_protocol_tlvs");
+          tlvs != nullptr && u.proxy_protocol_tlvs.any() && u.proxy_protocol != ProxyProtocol::V2) {
+        error(tlvs->source(), "'proxy_protocol_tlvs' needs 'proxy_protocol = \"v2\"' " +
+                                  ("in " + header) + ": only version 2 headers carry TLVs");
+      }
       if (u.check_interval.count() > 0 && u.max_fails == 0) {
         error(t->get("check_interval")->source(),
               "'check_interval' needs 'max_fails' > 0 " + ("in " + header) +
                   ": health checks mark servers down through it");
       }
     }
+  }
+
+  // ["authority", "ssl", "received", "crc32c"], any of them.
+  Reader proxyTlvs(ProxyProtocolTlvs* out) {
+    return [this, out](std::string_view key, const toml::node& node) {
+      const toml::array* array = node.as_array();
+      if (array == nullptr)
+        return typeError(key, node, "an array of TLV names (\"authority\", \"ssl\", ...)");
+      bool ok = true;
+      for (const toml::node& element : *array) {
+        const std::optional<std::string_view> text = element.value<std::string_view>();
+        bool* flag = !text                  ? nullptr
+                     : *text == "authority" ? &out->authority
+                     : *text == "ssl"       ? &out->ssl
+                     : *text == "received"  ? &out->received
+                     : *text == "crc32c"    ? &out->crc32c
+                                            : nullptr;
+        if (flag == nullptr) {
+          error(element.source(), quoted(key) +
+                                      " entries must be one of authority, ssl, received, crc32c, "
+                                      "got " +
+                                      (text ? quoted(*text) : std::string("a non-string")));
+          ok = false;
+          continue;
+        }
+        *flag = true;
+      }
+      return ok;
+    };
   }
 
   // "HOST:PORT", or { address = "HOST:PORT", weight = N, backup = BOOL }.

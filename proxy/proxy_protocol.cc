@@ -4,6 +4,7 @@
 #include <netinet/in.h>
 
 #include <algorithm>
+#include <array>
 #include <cstdint>
 #include <cstring>
 #include <string_view>
@@ -18,6 +19,7 @@ constexpr uint8_t kV2LocalCommand = 0x20;  // version 2, command LOCAL
 constexpr uint8_t kV2Unspec = 0x00;
 constexpr uint8_t kV2Tcp4 = 0x11;
 constexpr uint8_t kV2Tcp6 = 0x21;
+constexpr size_t kV2HeaderPrefix = 16;  // signature, ver_cmd, family, length
 
 void appendBytes(std::string& out, const void* data, size_t length) {
   out.append(static_cast<const char*>(data), length);
@@ -26,6 +28,55 @@ void appendBytes(std::string& out, const void* data, size_t length) {
 void appendBe16(std::string& out, uint16_t value) {
   out.push_back(static_cast<char>(value >> 8));
   out.push_back(static_cast<char>(value & 0xff));
+}
+
+uint16_t readBe16(const uint8_t* p) {
+  return static_cast<uint16_t>((p[0] << 8) | p[1]);
+}
+
+void appendTlv(std::string& out, uint8_t type, std::string_view value) {
+  out.push_back(static_cast<char>(type));
+  appendBe16(out, static_cast<uint16_t>(value.size()));
+  out.append(value);
+}
+
+// The byte-at-a-time table of the reflected Castagnoli polynomial.
+constexpr std::array<uint32_t, 256> kCrc32cTable = [] {
+  std::array<uint32_t, 256> table{};
+  for (uint32_t i = 0; i < 256; ++i) {
+    uint32_t c = i;
+    for (int bit = 0; bit < 8; ++bit) {
+      c = (c & 1) != 0 ? (c >> 1) ^ 0x82F63B78u : c >> 1;
+    }
+    table[i] = c;
+  }
+  return table;
+}();
+
+// PP2_TYPE_SSL: client bits, a 32-bit verify result (0 only for a verified client
+// certificate, which grelay does not ask for), then sub-TLVs.
+void appendSslTlv(std::string& out, const ProxyTlvs& tlvs) {
+  std::string value;
+  value.push_back(static_cast<char>(tlvs.tls ? kSslClientSsl : 0));
+  value.append("\0\0\0\1", 4);
+  if (tlvs.tls) {
+    appendTlv(value, kTlvSslVersion, tlvs.tlsVersion);
+    appendTlv(value, kTlvSslCipher, tlvs.tlsCipher);
+  }
+  appendTlv(out, kTlvSsl, value);
+}
+
+void appendTlvs(std::string& out, const ProxyTlvs& tlvs) {
+  if (!tlvs.authority.empty()) {
+    appendTlv(out, kTlvAuthority, tlvs.authority);
+  }
+  if (tlvs.ssl) {
+    appendSslTlv(out, tlvs);
+  }
+  out.append(tlvs.received);
+  if (tlvs.crc32c) {
+    appendTlv(out, kTlvCrc32c, std::string_view("\0\0\0\0", 4));
+  }
 }
 
 std::string version1(const sockaddr_storage& client, const sockaddr_storage& local) {
@@ -57,7 +108,8 @@ std::string version1(const sockaddr_storage& client, const sockaddr_storage& loc
          std::to_string(dport) + "\r\n";
 }
 
-std::string version2(const sockaddr_storage& client, const sockaddr_storage& local) {
+std::string version2(const sockaddr_storage& client, const sockaddr_storage& local,
+                     const ProxyTlvs* tlvs) {
   std::string out;
   appendBytes(out, kV2Signature, kV2SignatureLength);
   out.push_back(static_cast<char>(kV2ProxyCommand));
@@ -80,15 +132,30 @@ std::string version2(const sockaddr_storage& client, const sockaddr_storage& loc
     appendBytes(out, &c.sin6_port, 2);
     appendBytes(out, &l.sin6_port, 2);
   } else {
+    // The receiver discards an UNSPEC header's block, TLVs included: none are sent.
     out.push_back(static_cast<char>(kV2Unspec));
     appendBe16(out, 0);
+    return out;
+  }
+  if (tlvs == nullptr) {
+    return out;
+  }
+  appendTlvs(out, *tlvs);
+  const size_t body = out.size() - kV2HeaderPrefix;
+  out[14] = static_cast<char>(body >> 8);
+  out[15] = static_cast<char>(body & 0xff);
+  if (tlvs->crc32c) {
+    // Computed over the whole header with its own value zeroed, which it is so far.
+    const uint32_t crc = crc32c(0, out.data(), out.size());
+    for (int i = 0; i < 4; ++i) {
+      out[out.size() - 4 + static_cast<size_t>(i)] = static_cast<char>(crc >> (24 - 8 * i));
+    }
   }
   return out;
 }
 
 constexpr size_t kV1MaxLine = 107;  // "PROXY TCP6 " + 2 addresses + 2 ports + CRLF
 constexpr std::string_view kV1Prefix = "PROXY ";
-constexpr size_t kV2HeaderPrefix = 16;  // signature, ver_cmd, family, length
 
 using Status = ProxyHeaderParse::Status;
 
@@ -190,6 +257,57 @@ ProxyHeaderParse parseV1(const uint8_t* data, size_t length) {
   return out;
 }
 
+// The address block's length for a v2 family byte (TCP or UDP over IPv4 or IPv6, UNIX
+// stream or datagram); SIZE_MAX for UNSPEC and unknown families.
+size_t v2AddressLength(uint8_t family) {
+  switch (family) {
+    case 0x11:
+    case 0x12:
+      return 12;
+    case 0x21:
+    case 0x22:
+      return 36;
+    case 0x31:
+    case 0x32:
+      return 216;
+    default:
+      return SIZE_MAX;
+  }
+}
+
+// Whether the TLVs of data[from, total) fill it exactly and a checksum among them (the
+// spec: one present must be verified) matches the header.
+bool checkTlvs(const uint8_t* data, size_t from, size_t total) {
+  size_t at = from;
+  while (at < total) {
+    if (total - at < 3) {
+      return false;
+    }
+    const size_t length = readBe16(data + at + 1);
+    if (length > total - at - 3) {
+      return false;
+    }
+    if (data[at] == kTlvCrc32c) {
+      if (length != 4) {
+        return false;
+      }
+      const size_t value = at + 3;
+      const uint8_t zero[4] = {};
+      uint32_t crc = crc32c(0, data, value);
+      crc = crc32c(crc, zero, 4);
+      crc = crc32c(crc, data + value + 4, total - value - 4);
+      const uint32_t sent = (static_cast<uint32_t>(data[value]) << 24) |
+                            (static_cast<uint32_t>(data[value + 1]) << 16) |
+                            (static_cast<uint32_t>(data[value + 2]) << 8) | data[value + 3];
+      if (crc != sent) {
+        return false;
+      }
+    }
+    at += 3 + length;
+  }
+  return true;
+}
+
 ProxyHeaderParse parseV2(const uint8_t* data, size_t length) {
   ProxyHeaderParse out;
   if (length < kV2HeaderPrefix) {
@@ -238,6 +356,15 @@ ProxyHeaderParse parseV2(const uint8_t* data, size_t length) {
     out.hasAddresses = true;
   }
   // Other families (UDP, UNIX sockets, UNSPEC): the addresses are not ours to use.
+  const size_t addresses = v2AddressLength(data[13]);
+  if (addresses == SIZE_MAX) {
+    return out;  // UNSPEC or unknown: the whole block is discarded
+  }
+  if (bodyLength < addresses || !checkTlvs(data, kV2HeaderPrefix + addresses, total)) {
+    return ProxyHeaderParse{Status::Invalid};
+  }
+  out.tlvOffset = kV2HeaderPrefix + addresses;
+  out.tlvLength = total - out.tlvOffset;
   return out;
 }
 
@@ -259,15 +386,51 @@ ProxyHeaderParse parseProxyHeader(const uint8_t* data, size_t length) {
   return out;
 }
 
+uint32_t crc32c(uint32_t crc, const void* data, size_t length) {
+  const auto* p = static_cast<const uint8_t*>(data);
+  uint32_t c = ~crc;
+  for (size_t i = 0; i < length; ++i) {
+    c = kCrc32cTable[(c ^ p[i]) & 0xff] ^ (c >> 8);
+  }
+  return ~c;
+}
+
+std::string_view findTlv(std::string_view tlvs, uint8_t type) {
+  const auto* p = reinterpret_cast<const uint8_t*>(tlvs.data());
+  for (size_t at = 0; at + 3 <= tlvs.size();) {
+    const size_t length = readBe16(p + at + 1);
+    if (p[at] == type) {
+      return tlvs.substr(at + 3, length);
+    }
+    at += 3 + length;
+  }
+  return {};
+}
+
+std::string passedTlvs(std::string_view tlvs, bool ownAuthority, bool ownSsl) {
+  std::string out;
+  const auto* p = reinterpret_cast<const uint8_t*>(tlvs.data());
+  for (size_t at = 0; at + 3 <= tlvs.size();) {
+    const uint8_t type = p[at];
+    const size_t whole = 3 + readBe16(p + at + 1);
+    const bool own = (type == kTlvAuthority && ownAuthority) || (type == kTlvSsl && ownSsl);
+    if (type != kTlvCrc32c && type != kTlvNoop && !own) {
+      out.append(tlvs.substr(at, whole));
+    }
+    at += whole;
+  }
+  return out;
+}
+
 std::string proxyHeader(config::ProxyProtocol version, const sockaddr_storage& client,
-                        const sockaddr_storage& local) {
+                        const sockaddr_storage& local, const ProxyTlvs* tlvs) {
   switch (version) {
     case config::ProxyProtocol::Off:
       return {};
     case config::ProxyProtocol::V1:
       return version1(client, local);
     case config::ProxyProtocol::V2:
-      return version2(client, local);
+      return version2(client, local, tlvs);
   }
   return {};
 }

@@ -944,6 +944,7 @@ void Session::readProxyHeader() {
     return;
   }
   std::string().swap(proxyHeader_);
+  receivedTlvs_.assign(reinterpret_cast<const char*>(buf) + parsed.tlvOffset, parsed.tlvLength);
   if (parsed.hasAddresses) {
     clientAddress_ = parsed.client;
     localAddress_ = parsed.local;
@@ -973,6 +974,34 @@ void Session::proxyHeaderFailed(const std::string& why) {
   stats().proxyProtocolErrors.inc();
   host_.listenerTrouble(*listener_, "PROXY protocol header: " + why);
   close(true, false, false, tap::CloseReason::kError);
+}
+
+std::string Session::upstreamProxyHeader(const config::UpstreamConfig& pool) const {
+  const config::ProxyProtocolTlvs& wanted = pool.proxy_protocol_tlvs;
+  if (!wanted.any()) {
+    return proxyHeader(pool.proxy_protocol, clientAddress_, localAddress_);
+  }
+  const relay::TlsChannel* tls = client_.tls_.get();
+  ProxyTlvs tlvs;
+  if (wanted.authority) {
+    tlvs.authority = tls != nullptr ? tls->serverName() : std::string_view();
+    if (tlvs.authority.empty()) {
+      tlvs.authority = findTlv(receivedTlvs_, kTlvAuthority);
+    }
+  }
+  tlvs.ssl = wanted.ssl;
+  if (wanted.ssl && tls != nullptr) {
+    tlvs.tls = true;
+    tlvs.tlsVersion = tls->version();
+    tlvs.tlsCipher = tls->cipher();
+  }
+  std::string passed;
+  if (wanted.received) {
+    passed = passedTlvs(receivedTlvs_, wanted.authority, wanted.ssl);
+    tlvs.received = passed;
+  }
+  tlvs.crc32c = wanted.crc32c;
+  return proxyHeader(pool.proxy_protocol, clientAddress_, localAddress_, &tlvs);
 }
 
 void Session::afterProxyHeader() {
@@ -1311,12 +1340,13 @@ void Session::primaryConnected(int32_t res) {
   if (res == -ECANCELED && connectTimedOut_) {
     res = -ETIMEDOUT;
   }
-  const config::ProxyProtocol proxyProtocol = listener_->upstream->config().proxy_protocol;
-  if (res >= 0 && proxyProtocol != config::ProxyProtocol::Off) {
+  const config::UpstreamConfig& poolConfig = listener_->upstream->config();
+  if (res >= 0 && poolConfig.proxy_protocol != config::ProxyProtocol::Off) {
     // First on the connection, before TLS and any relayed byte. The send buffer of a
     // socket that just connected is empty and far larger than the header (at most 108
-    // bytes), so one non-blocking send takes it whole; anything else is a dead server.
-    const std::string header = proxyHeader(proxyProtocol, clientAddress_, localAddress_);
+    // bytes, or about 8 KiB with TLVs passed on), so one non-blocking send takes it
+    // whole; anything else is a dead server.
+    const std::string header = upstreamProxyHeader(poolConfig);
     const ssize_t sent = host_.sockets().sendNow(primary_.fd_, header.data(), header.size());
     if (sent != static_cast<ssize_t>(header.size())) {
       res = sent < 0 ? static_cast<int32_t>(sent) : -EAGAIN;

@@ -381,6 +381,8 @@ private:
   void pollForProxyHeader();  // waits for more of the header (POLLIN on the client)
   void proxyHeaderPolled(int32_t res);
   void proxyHeaderFailed(const std::string& why);
+  // The PROXY protocol header that starts a connection to `pool`'s server.
+  std::string upstreamProxyHeader(const config::UpstreamConfig& pool) const;
   void beginSession();
   void continueHandshake(Peer& peer);
   void handshakeDone(Peer& peer);
@@ -476,6 +478,7 @@ private:
   bool handshakeTimedOut_ = false;
   bool clientCounted_ = false;  // clientLimit->acquire() succeeded: release() at the end
   std::string proxyHeader_;     // the part of the client's PROXY header read so far
+  std::string receivedTlvs_;    // the TLVs of the client's (v2) PROXY header
   uint64_t lastActivity_ = 0;
   uint64_t closeStart_ = 0;
   uint32_t inflight_ = 0;

@@ -213,6 +213,19 @@ std::string TlsChannel::describe() const {
   return std::string(SSL_get_version(ssl_)) + " " + SSL_get_cipher_name(ssl_);
 }
 
+const char* TlsChannel::version() const {
+  return SSL_get_version(ssl_);
+}
+
+const char* TlsChannel::cipher() const {
+  return SSL_get_cipher_name(ssl_);
+}
+
+std::string_view TlsChannel::serverName() const {
+  const char* name = SSL_get_servername(ssl_, TLSEXT_NAMETYPE_host_name);
+  return name != nullptr ? std::string_view(name) : std::string_view();
+}
+
 int TlsChannel::bioRead(BIO* bio, char* buf, int len) {
   auto* self = static_cast<TlsChannel*>(BIO_get_data(bio));
   BIO_clear_retry_flags(bio);

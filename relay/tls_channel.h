@@ -18,6 +18,7 @@
 #include <cstdint>
 #include <deque>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "relay/buffer.h"
@@ -73,6 +74,11 @@ public:
   // What went wrong last (OpenSSL's reason, or a certificate verification error).
   const std::string& error() const { return error_; }
   std::string describe() const;  // "TLSv1.3 TLS_AES_128_GCM_SHA256"
+  // After the handshake: the protocol version ("TLSv1.3"), the cipher's OpenSSL name and,
+  // on the server side, the name the client sent in SNI ("" if none).
+  const char* version() const;
+  const char* cipher() const;
+  std::string_view serverName() const;
 
 private:
   struct Inbound {

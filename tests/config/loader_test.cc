@@ -135,6 +135,7 @@ TEST(LoaderTest, EveryValueIsStored) {
           R"(resolve_interval = "30s")",
           R"(resolve_hold = "2m")",
           R"(proxy_protocol = "v2")",
+          R"(proxy_protocol_tlvs = ["authority", "ssl", "received", "crc32c"])",
           "tls = { ca = \"" + ca + "\", sni = \"app.test\", verify = false }",
           R"([[listener]])",
           R"(name = "web-1_a")",
@@ -189,6 +190,8 @@ TEST(LoaderTest, EveryValueIsStored) {
   EXPECT_FALSE(app.servers[0].address.host_name);
   EXPECT_TRUE(app.servers[1].address.host_name);
   EXPECT_EQ(app.proxy_protocol, ProxyProtocol::V2);
+  EXPECT_TRUE(app.proxy_protocol_tlvs.authority && app.proxy_protocol_tlvs.ssl &&
+              app.proxy_protocol_tlvs.received && app.proxy_protocol_tlvs.crc32c);
   EXPECT_TRUE(app.tls.enabled);
   EXPECT_EQ(app.tls.ca, ca);
   EXPECT_EQ(app.tls.sni, "app.test");
@@ -203,7 +206,7 @@ TEST(LoaderTest, EveryValueIsStored) {
   EXPECT_EQ(web.tls->cert, cert);
   EXPECT_EQ(web.tls->key, key);
   EXPECT_EQ(web.tls->handshake_timeout, Duration(3'000));
-  EXPECT_EQ(web.tls->location.line, 30u);
+  EXPECT_EQ(web.tls->location.line, 31u);
   EXPECT_EQ(web.tls->location.column, 7u);
   const MirrorConfig& shadow = web.mirrors.at(0);
   EXPECT_EQ(shadow.name, "shadow");
@@ -798,6 +801,33 @@ TEST(LoaderErrorTest, PassiveHealthValuesOutOfRange) {
               ElementsAre("t.toml:3:13: 'hash_type' must be one of map, consistent, got 'ketama'"));
   EXPECT_THAT(pool("proxy_protocol = \"v3\""),
               ElementsAre("t.toml:3:18: 'proxy_protocol' must be one of off, v1, v2, got 'v3'"));
+}
+
+TEST(LoaderTest, ProxyProtocolTlvsNeedVersion2AndKnownNames) {
+  // Lines 3 and 4 of [upstream.app].
+  auto pool = [](const std::string& third, const std::string& fourth) {
+    return lines({"[upstream.app]", R"(servers = ["127.0.0.1:8000"])", third, fourth,
+                  "[[listener]]", R"(name = "web")", R"(listen = "127.0.0.1:8080")",
+                  R"(upstream = "app")"});
+  };
+  LoadResult result =
+      loadString(pool(R"(proxy_protocol_tlvs = ["crc32c"])", R"(proxy_protocol = "v2")"), "t.toml");
+  ASSERT_TRUE(result.ok()) << result.errors[0].toString();
+  const config::ProxyProtocolTlvs& tlvs = result.config->upstreams[0].proxy_protocol_tlvs;
+  EXPECT_TRUE(tlvs.crc32c);
+  EXPECT_FALSE(tlvs.authority || tlvs.ssl || tlvs.received);
+  EXPECT_THAT(errorsOf(pool(R"(proxy_protocol_tlvs = ["authority"])", R"(proxy_protocol = "v1")")),
+              ElementsAre("t.toml:3:23: 'proxy_protocol_tlvs' needs 'proxy_protocol = \"v2\"' in "
+                          "[upstream.app]: only version 2 headers carry TLVs"));
+  EXPECT_THAT(
+      errorsOf(
+          pool(R"(proxy_protocol = "v2")", R"(proxy_protocol_tlvs = ["authority", "alpn", 5])")),
+      ElementsAre("t.toml:4:37: 'proxy_protocol_tlvs' entries must be one of authority, ssl, "
+                  "received, crc32c, got 'alpn'",
+                  "t.toml:4:45: 'proxy_protocol_tlvs' entries must be one of authority, ssl, "
+                  "received, crc32c, got a non-string"));
+  EXPECT_THAT(errorsOf(pool(R"(proxy_protocol = "v2")", R"(proxy_protocol_tlvs = "crc32c")")),
+              SizeIs(1));
 }
 
 TEST(LoaderTest, ProxyProtocolFromKeepsEveryNetwork) {

@@ -6,11 +6,14 @@
 //     and a prefix one byte shorter (and one half as long) is Incomplete, so grelay, which
 //     takes bytes off the socket while a header is Incomplete, never takes stream bytes;
 //   - addresses it returns are TCP over IPv4 or IPv6, and the v1 and v2 headers grelay
-//     itself writes for them parse back to the same addresses.
+//     itself writes for them parse back to the same addresses;
+//   - the TLVs it keeps end where the header ends, and a v2 header grelay writes passing
+//     them on (with an authority found among them and a checksum) parses back whole.
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <string>
+#include <string_view>
 
 #include "proxy/proxy_protocol.h"
 #include "tests/fuzz/fuzz_util.h"
@@ -59,6 +62,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
              "proxy header");
   FUZZ_CHECK(parseProxyHeader(data, parsed.length / 2).status == Status::Incomplete,
              "proxy header");
+  FUZZ_CHECK(parsed.tlvLength == 0 || parsed.tlvOffset + parsed.tlvLength == parsed.length,
+             "proxy header");
   if (!parsed.hasAddresses) {
     return 0;
   }
@@ -74,5 +79,19 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
                    sameAddress(back.local, parsed.local),
                "proxy header");
   }
+  const std::string_view received(reinterpret_cast<const char*>(data) + parsed.tlvOffset,
+                                  parsed.tlvLength);
+  const std::string passed = grelay::proxy::passedTlvs(received, true, false);
+  grelay::proxy::ProxyTlvs tlvs;
+  tlvs.authority = grelay::proxy::findTlv(received, grelay::proxy::kTlvAuthority);
+  tlvs.received = passed;
+  tlvs.crc32c = true;
+  const std::string again = grelay::proxy::proxyHeader(grelay::config::ProxyProtocol::V2,
+                                                       parsed.client, parsed.local, &tlvs);
+  const ProxyHeaderParse back =
+      parseProxyHeader(reinterpret_cast<const uint8_t*>(again.data()), again.size());
+  FUZZ_CHECK(again.size() > kMaxProxyHeader ||
+                 (back.status == Status::Done && back.length == again.size()),
+             "proxy header");
   return 0;
 }

@@ -1318,6 +1318,65 @@ http {{
         shutil.rmtree(self.dir, ignore_errors=True)
 
 
+class HaproxyServer:
+    """Debian's HAProxy on 127.0.0.1:port, in HTTP mode: `bind_options` are appended to
+    the bind line (e.g. "accept-proxy"), `frontend_lines` to the frontend (e.g. an
+    `http-request return`)."""
+
+    def __init__(self, *, bind_options: str = "", frontend_lines: str = ""):
+        self.dir = tempfile.mkdtemp(prefix="grelay-haproxy-")
+        self.port = free_port()
+        self.address = f"127.0.0.1:{self.port}"
+        self.conf = os.path.join(self.dir, "haproxy.cfg")
+        with open(self.conf, "w") as f:
+            f.write(f"""global
+  maxconn 1000
+defaults
+  mode http
+  timeout connect 5s
+  timeout client 10s
+  timeout server 10s
+frontend fe
+  bind 127.0.0.1:{self.port} {bind_options}
+  {frontend_lines}
+""")
+        self.proc = None
+        self.log_path = os.path.join(self.dir, "haproxy.log")
+
+    @staticmethod
+    def available() -> str:
+        """'' when haproxy can be used, else why not."""
+        return "" if shutil.which("haproxy") else "haproxy is not installed"
+
+    def __enter__(self):
+        self.log_file = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(["haproxy", "-f", self.conf, "-db"],
+                                     stdout=self.log_file, stderr=subprocess.STDOUT)
+        ok = wait_for(lambda: self.proc.poll() is not None or _can_connect(self.port), 10)
+        if not ok or self.proc.poll() is not None:
+            self.__exit__()
+            raise RuntimeError(f"haproxy did not start: {self.log()}")
+        return self
+
+    def log(self) -> str:
+        try:
+            with open(self.log_path) as f:
+                return f.read()
+        except OSError:
+            return ""
+
+    def __exit__(self, *exc):
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        self.log_file.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
 def _can_connect(port: int) -> bool:
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=0.5):

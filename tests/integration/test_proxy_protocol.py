@@ -7,7 +7,12 @@ nginx (listen ... proxy_protocol) reads the client's address from it, in front o
 [[listener]] accept_proxy_protocol: grelay behind a load balancer reads the header its
 clients start with (v1 or v2, before TLS), relays none of it, and passes the addresses it
 carries on; connections without one are closed and counted, a bare connect-and-close
-(a TCP health check) is not an error, and a header that never comes times out."""
+(a TCP health check) is not an error, and a header that never comes times out.
+
+[upstream.NAME] proxy_protocol_tlvs: a v2 header sent upstream carries the name the
+client asked for (TLS SNI, else its own header's authority), an SSL TLV, the TLVs of the
+client's header passed on, and a CRC32C checksum that Debian's HAProxy verifies. A
+received header whose TLVs are malformed or whose checksum does not match is refused."""
 
 import re
 import socket
@@ -29,6 +34,43 @@ def expected_header(version: str, client: tuple, server: tuple) -> bytes:
     addrs = socket.inet_pton(family, client[0]) + socket.inet_pton(family, server[0])
     body = addrs + struct.pack("!HH", client[1], server[1])
     return V2_SIGNATURE + bytes([0x21, 0x21 if v6 else 0x11]) + struct.pack("!H", len(body)) + body
+
+
+def crc32c(data: bytes) -> int:
+    """CRC-32C (Castagnoli), bit by bit: independent of grelay's table."""
+    crc = 0xFFFFFFFF
+    for b in data:
+        crc ^= b
+        for _ in range(8):
+            crc = (crc >> 1) ^ (0x82F63B78 if crc & 1 else 0)
+    return crc ^ 0xFFFFFFFF
+
+
+def tlv(kind: int, value: bytes) -> bytes:
+    return bytes([kind]) + struct.pack("!H", len(value)) + value
+
+
+def with_tlvs(header: bytes, tlvs: bytes, checksum: bool = True, flip: int = 0) -> bytes:
+    """A v2 header with `tlvs` appended (and a CRC32C TLV, xor-ed with `flip`)."""
+    body = header[16:] + tlvs + (tlv(0x03, b"\0" * 4) if checksum else b"")
+    out = bytearray(header[:14] + struct.pack("!H", len(body)) + body)
+    if checksum:
+        out[-4:] = struct.pack("!I", crc32c(bytes(out)) ^ flip)
+    return bytes(out)
+
+
+def read_tlvs(header: bytes) -> list[tuple[int, bytes]]:
+    """The TLVs of a TCP4 v2 header, checking that they fill it exactly."""
+    assert header[:12] == V2_SIGNATURE and header[13] == 0x11, header[:16]
+    end = 16 + struct.unpack("!H", header[14:16])[0]
+    assert end == len(header), (end, len(header))
+    out, at = [], 28
+    while at < end:
+        kind, n = header[at], struct.unpack("!H", header[at + 1:at + 3])[0]
+        out.append((kind, header[at + 3:at + 3 + n]))
+        at += 3 + n
+    assert at == end
+    return out
 
 
 def ipv6_loopback() -> bool:
@@ -242,6 +284,105 @@ class ProxyProtocolTest(h.GrelayTest):
                     self.assertEqual(bytes(recs[0].data),
                                      b"PROXY TCP6 2001:db8::5 2001:db8::1 61000 443\r\n"
                                      b"secret request")
+        finally:
+            certs.cleanup()
+
+    def test_tlvs_passed_on_and_added_with_a_checksum_byte_exact(self):
+        why = h.Certs.available()
+        if why:
+            self.skipTest(why)
+        certs = h.Certs()
+        try:
+            with h.SinkServer() as up:
+                cfg = h.Config()
+                cfg.upstream("tell", [up.address], proxy_protocol="v2",
+                             proxy_protocol_tlvs=["authority", "ssl", "received", "crc32c"])
+                tls_port = cfg.listener("tls", "tell", accept_proxy_protocol=True,
+                                        tls={"cert": certs.server[0], "key": certs.server[1]})
+                plain_port = cfg.listener("plain", "tell", accept_proxy_protocol=True)
+                cfg.with_admin()
+                vpce = tlv(0xEA, b"\x01vpce-0a1b2c3d4e5f")  # AWS PrivateLink's endpoint ID
+                received = tlv(0x04, b"pad") + tlv(0x02, b"lb.example") + vpce
+                addresses = expected_header("v2", ("203.0.113.7", 50001), ("198.51.100.9", 443))
+                with h.Grelay(cfg) as g:
+                    raw = h.connect(tls_port)
+                    raw.sendall(with_tlvs(addresses, received))
+                    ctx = h.tls_client_context(certs.ca)
+                    with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+                        version, cipher = s.version(), s.cipher()[0]
+                        s.sendall(b"over TLS")
+                    stream = h.Stream(901, h.scaled(256 * h.KiB))
+                    r = h.stream_session(plain_port, stream, expect=b"", on_connect=lambda c:
+                                         c.sendall(with_tlvs(addresses, received)))
+                    self.assertTrue(r.ok, str(r))
+                    recs = sorted(up.records(), key=lambda rec: len(rec.data))
+                    self.assertEqual(len(recs), 2)
+                    for rec, payload in zip(recs, (b"over TLS", stream.bytes())):
+                        data = bytes(rec.data)
+                        end = 16 + struct.unpack("!H", data[14:16])[0]
+                        header = data[:end]
+                        self.assertEqual(data[end:], payload, "the stream after the header")
+                        self.assertEqual(header[:28], addresses[:14] + header[14:16] +
+                                         addresses[16:], "the addresses")
+                        got = read_tlvs(header)
+                        kinds = [k for k, _ in got]
+                        self.assertEqual(kinds, [0x02, 0x20, 0xEA, 0x03], got)
+                        checked = bytearray(header)
+                        checked[-4:] = b"\0" * 4
+                        self.assertEqual(struct.unpack("!I", got[3][1])[0],
+                                         crc32c(bytes(checked)), "the checksum")
+                        self.assertEqual(got[2], (0xEA, vpce[3:]), "passed on unchanged")
+                        if payload == b"over TLS":
+                            # SNI wins over the load balancer's authority.
+                            self.assertEqual(got[0][1], b"localhost")
+                            self.assertEqual(got[1][1], b"\x01\0\0\0\x01" +
+                                             tlv(0x21, version.encode()) +
+                                             tlv(0x23, cipher.encode()))
+                        else:
+                            self.assertEqual(got[0][1], b"lb.example")
+                            self.assertEqual(got[1][1], b"\0\0\0\0\x01")
+                    # A checksum that does not match, or TLVs that do not fill the header: refused.
+                    for bad in (with_tlvs(addresses, received, flip=1),
+                                with_tlvs(addresses, tlv(0x02, b"x")[:-1] + b"\0\x05x",
+                                          checksum=False)):
+                        with h.connect(plain_port) as c:
+                            c.sendall(bad + b"data")
+                            end, _ = h.read_outcome(c, 10)
+                        self.assertEqual(end, "reset")
+                    self.assertEqual(
+                        g.metric("grelay_proxy_protocol_errors_total", listener="plain"), 2)
+                    self.assertEqual(len(up.records()), 2, "nothing connected for them")
+        finally:
+            certs.cleanup()
+
+    def test_haproxy_verifies_the_checksum_and_reads_the_authority(self):
+        why = h.HaproxyServer.available() or h.Certs.available()
+        if why:
+            self.skipTest(why)
+        certs = h.Certs()
+        lines = ('http-request return status 200 content-type text/plain '
+                 'lf-string "%[fc_pp_authority] %[src] %[src_port]\\n"')
+        try:
+            with h.HaproxyServer(bind_options="accept-proxy", frontend_lines=lines) as hap:
+                cfg = h.Config()
+                cfg.upstream("app", [hap.address], proxy_protocol="v2",
+                             proxy_protocol_tlvs=["authority", "ssl", "crc32c"])
+                port = cfg.listener("web", "app",
+                                    tls={"cert": certs.server[0], "key": certs.server[1]})
+                with h.Grelay(cfg):
+                    for _ in range(3):
+                        raw = h.connect(port)
+                        client = raw.getsockname()
+                        ctx = h.tls_client_context(certs.ca)
+                        with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+                            s.sendall(b"GET / HTTP/1.0\r\nHost: x\r\n\r\n")
+                            reply = b""
+                            while chunk := s.recv(65536):
+                                reply += chunk
+                        head, _, body = reply.partition(b"\r\n\r\n")
+                        self.assertTrue(head.startswith(b"HTTP/1.1 200"), reply[:200] + b"\n" +
+                                        hap.log().encode())
+                        self.assertEqual(body.decode(), f"localhost {client[0]} {client[1]}\n")
         finally:
             certs.cleanup()
 

@@ -151,16 +151,115 @@ TEST(ProxyHeaderParseTest, UnknownAndLocalKeepTheConnectionsAddresses) {
   EXPECT_FALSE(p.hasAddresses);
 }
 
-TEST(ProxyHeaderParseTest, Version2TlvsAreSkipped) {
-  const std::string header =
-      proxyHeader(ProxyProtocol::V2, v4("10.1.2.3", 1234), v4("10.9.9.9", 80));
-  std::string withTlv = header;
-  withTlv[15] = static_cast<char>(12 + 7);  // length: addresses + one 7-byte TLV
-  withTlv += std::string("\xea\x00\x04vpce", 7);
-  const ProxyHeaderParse p = parse(withTlv + "payload");
+std::string tlv(uint8_t type, const std::string& value) {
+  return std::string(1, static_cast<char>(type)) + static_cast<char>(value.size() >> 8) +
+         static_cast<char>(value.size() & 0xff) + value;
+}
+
+// A header with addresses 192.0.2.10:56324 -> 198.51.100.1:443 and `tlvs` after them.
+std::string headerWith(const std::string& tlvs) {
+  std::string header =
+      proxyHeader(ProxyProtocol::V2, v4("192.0.2.10", 56324), v4("198.51.100.1", 443));
+  header[15] = static_cast<char>(12 + tlvs.size());
+  return header + tlvs;
+}
+
+TEST(ProxyProtocolTest, Crc32cIsCastagnolis) {
+  EXPECT_EQ(crc32c(0, "123456789", 9), 0xE3069283u);  // the standard check value
+  EXPECT_EQ(crc32c(crc32c(0, "1234", 4), "56789", 5), 0xE3069283u);
+  EXPECT_EQ(crc32c(0, "", 0), 0u);
+}
+
+TEST(ProxyProtocolTest, Version2TlvsByteForByte) {
+  const std::string received = tlv(0xea, "\x01vpce-1");  // an AWS VPC endpoint ID
+  ProxyTlvs tlvs;
+  tlvs.authority = "api.example";
+  tlvs.ssl = true;
+  tlvs.tls = true;
+  tlvs.tlsVersion = "TLSv1.3";
+  tlvs.tlsCipher = "TLS_AES_128_GCM_SHA256";
+  tlvs.received = received;
+  tlvs.crc32c = true;
+  const std::string ssl = std::string("\x01\x00\x00\x00\x01", 5) + tlv(0x21, "TLSv1.3") +
+                          tlv(0x23, "TLS_AES_128_GCM_SHA256");
+  // The checksum as an independent implementation (Python, bit by bit) computes it.
+  const std::string expected = headerWith(tlv(0x02, "api.example") + tlv(0x20, ssl) + received +
+                                          tlv(0x03, std::string("\x3b\x9a\x56\xa7", 4)));
+  EXPECT_EQ(expected.substr(12, 4), std::string("\x21\x11\x00\x56", 4));  // 86 bytes
+  EXPECT_EQ(proxyHeader(ProxyProtocol::V2, v4("192.0.2.10", 56324), v4("198.51.100.1", 443), &tlvs),
+            expected);
+}
+
+TEST(ProxyProtocolTest, Version2SslTlvOfAPlainSessionHasNoSubTlvs) {
+  ProxyTlvs tlvs;
+  tlvs.ssl = true;
+  EXPECT_EQ(proxyHeader(ProxyProtocol::V2, v4("192.0.2.10", 56324), v4("198.51.100.1", 443), &tlvs),
+            headerWith(tlv(0x20, std::string("\x00\x00\x00\x00\x01", 5))));
+}
+
+TEST(ProxyProtocolTest, Version2UnspecCarriesNoTlvs) {
+  ProxyTlvs tlvs;
+  tlvs.authority = "api.example";
+  tlvs.crc32c = true;
+  EXPECT_EQ(proxyHeader(ProxyProtocol::V2, sockaddr_storage{}, sockaddr_storage{}, &tlvs),
+            kSignature + std::string("\x21\x00\x00\x00", 4));
+  // Version 1 has no TLVs at all.
+  EXPECT_EQ(proxyHeader(ProxyProtocol::V1, v4("10.1.2.3", 1), v4("10.9.9.9", 2), &tlvs),
+            "PROXY TCP4 10.1.2.3 10.9.9.9 1 2\r\n");
+}
+
+TEST(ProxyProtocolTest, PassedTlvsLeaveOutChecksumsNoopsAndWhatGrelayWrites) {
+  const std::string vpce = tlv(0xea, "\x01vpce-1");
+  const std::string authority = tlv(0x02, "lb.example");
+  const std::string ssl = tlv(0x20, std::string("\x00\x00\x00\x00\x01", 5));
+  const std::string all = tlv(0x04, "pad") + authority + vpce + tlv(0x03, "abcd") + ssl;
+  EXPECT_EQ(passedTlvs(all, false, false), authority + vpce + ssl);
+  EXPECT_EQ(passedTlvs(all, true, false), vpce + ssl);
+  EXPECT_EQ(passedTlvs(all, true, true), vpce);
+  EXPECT_EQ(passedTlvs("", true, true), "");
+  EXPECT_EQ(findTlv(all, 0x02), "lb.example");
+  EXPECT_EQ(findTlv(all, 0xea), "\x01vpce-1");
+  EXPECT_EQ(findTlv(all, 0x05), "");
+}
+
+TEST(ProxyHeaderParseTest, Version2TlvsAreCheckedAndKept) {
+  const std::string tlvs = tlv(0xea, "\x01vpce") + tlv(0x02, "lb.example");
+  const std::string header = headerWith(tlvs);
+  const ProxyHeaderParse p = parse(header + "payload");
   ASSERT_EQ(p.status, Status::Done);
-  EXPECT_EQ(p.length, withTlv.size());
-  EXPECT_EQ(text(p.client), "10.1.2.3/1234");
+  EXPECT_EQ(p.length, header.size());
+  EXPECT_EQ(text(p.client), "192.0.2.10/56324");
+  EXPECT_EQ(header.substr(p.tlvOffset, p.tlvLength), tlvs);
+  // Malformed TLVs: a header that is not what it says is no header.
+  for (const std::string& bad : {
+           headerWith(tlvs + "\x05\x00"),                                // 2 bytes left over
+           headerWith(tlvs + std::string("\x05\x00\x09", 3) + "short"),  // past the end
+           headerWith(tlv(0x03, "abc")),                                 // a checksum of 3 bytes
+       }) {
+    EXPECT_EQ(parse(bad).status, Status::Invalid);
+  }
+}
+
+TEST(ProxyHeaderParseTest, AChecksumMustMatch) {
+  ProxyTlvs tlvs;
+  tlvs.authority = "api.example";
+  tlvs.crc32c = true;
+  const std::string header =
+      proxyHeader(ProxyProtocol::V2, v4("192.0.2.10", 56324), v4("198.51.100.1", 443), &tlvs);
+  ASSERT_EQ(parse(header).status, Status::Done);
+  // Any byte changed after the signature and version (whose changes are invalid anyway),
+  // in the addresses, a TLV or the checksum's length or value, fails it. (Changing the
+  // checksum's type makes it another TLV: a header without a checksum.)
+  const size_t checksumType = header.size() - 7;
+  ASSERT_EQ(header[checksumType], '\x03');
+  for (size_t i = 16; i < header.size(); ++i) {
+    if (i == checksumType) {
+      continue;
+    }
+    std::string changed = header;
+    changed[i] = static_cast<char>(changed[i] ^ 0x20);
+    EXPECT_EQ(parse(changed).status, Status::Invalid) << i;
+  }
 }
 
 TEST(ProxyHeaderParseTest, AnythingElseIsInvalid) {
