@@ -45,6 +45,10 @@ AccessLog::AccessLog(int fd, std::string path, std::string listener, metrics::Li
     : fd_(fd), path_(std::move(path)), listener_(std::move(listener)), stats_(stats), ring_(ring) {}
 
 void AccessLog::add(const AccessRecord& record, uint64_t now) {
+  if (buffer_.size() >= kMaxBuffered) {
+    overflowed();  // only behind a write in flight: the buffer is written at 64 KiB
+    return;
+  }
   if (buffer_.empty()) {
     oldest_ = now;
   }
@@ -80,6 +84,7 @@ void AccessLog::submit() {
   buffer_.clear();
   written_ = 0;
   inFlight_ = true;
+  submitted_ = monotonicNanos();
   // Offset -1: the file position, which O_APPEND puts at the end for each write.
   ring_->write(fd_, writing_.data(), static_cast<uint32_t>(writing_.size()), UINT64_MAX, &done_);
 }
@@ -128,6 +133,20 @@ void AccessLog::finish() {
     dropped(buffer_, done, err);
   }
   buffer_.clear();
+}
+
+void AccessLog::overflowed() {
+  stats_.accessLogDroppedLines.inc();
+  const uint64_t now = monotonicNanos();
+  uint64_t suppressed = 0;
+  if (errorLog_.allow(now, &suppressed)) {
+    const uint64_t waited = now - submitted_;
+    GRELAY_LOG_WARN(
+        "listener %s: access log %s: a write has not completed in %.1fs and %zu "
+        "MiB of lines wait behind it: lines dropped until it does%s",
+        listener_.c_str(), path_.c_str(), static_cast<double>(waited) / 1e9, kMaxBuffered >> 20,
+        suppressed > 0 ? "; more failures not logged in the last minute" : "");
+  }
 }
 
 void AccessLog::dropped(const std::string& data, size_t done, int err) {

@@ -51,6 +51,10 @@ class AccessLog {
 public:
   static constexpr size_t kFlushBytes = 64 * 1024;
   static constexpr uint64_t kFlushNanos = 1'000'000'000ull;
+  // Lines buffered behind a write in flight, at most: past it (a hung NFS mount, a disk
+  // far slower than the sessions) lines are dropped and counted, not kept until memory
+  // runs out. About 50,000 lines.
+  static constexpr size_t kMaxBuffered = 16 * 1024 * 1024;
 
   // `fd` (O_APPEND) is shared with the other workers and not owned. `ring`: where the
   // writes go (nullptr: synchronously, on the calling thread).
@@ -60,6 +64,7 @@ public:
   AccessLog(const AccessLog&) = delete;
   AccessLog& operator=(const AccessLog&) = delete;
 
+  // Buffers the record's line; drops it (counted, logged) while kMaxBuffered wait.
   void add(const AccessRecord& record, uint64_t now);
   // Writes what is buffered if its oldest line is a second old.
   void flushIfDue(uint64_t now);
@@ -78,6 +83,8 @@ private:
   void onWritten(int32_t res, uint32_t flags) noexcept;
   // Lines of `data` from byte `done` on were not written (errno `err`): counted and logged.
   void dropped(const std::string& data, size_t done, int err);
+  // A line found kMaxBuffered waiting behind the write in flight.
+  void overflowed();
 
   int fd_;
   std::string path_;
@@ -89,6 +96,7 @@ private:
   size_t written_ = 0;   // of writing_
   bool inFlight_ = false;
   bool flushAfter_ = false;  // flush() came while a write was in flight
+  uint64_t submitted_ = 0;   // monotonic ns when the write in flight was submitted
   uint64_t oldest_ = 0;      // monotonic ns when the oldest buffered line was added
   LogLimiter errorLog_;
   relay::BoundCompletion<AccessLog, &AccessLog::onWritten> done_{*this};

@@ -167,6 +167,42 @@ TEST(AccessLogRingTest, WritesGoThroughTheRingOneAtATimeAndShortWritesResume) {
   EXPECT_EQ(stats.accessLogDroppedLines.value(), 1u);
 }
 
+TEST(AccessLogRingTest, LinesPastTheLimitBehindAStuckWriteAreDroppedAndCounted) {
+  // A write that never completes (a hung NFS mount) must not buffer lines until memory
+  // runs out: past kMaxBuffered they are dropped and counted; relaying goes on.
+  testing::FakeRing ring;
+  metrics::ListenerStats stats(0);
+  const std::string web = "web";
+  const std::string line = accessLogLine(record(&web, nullptr));
+  constexpr int kFd = 77;
+  AccessLog log(kFd, "access.log", "web", stats, &ring);
+  log.add(record(&web, nullptr), kSecond);
+  log.flush();
+  testing::FakeOp* stuck = ring.pending(testing::OpKind::Write, kFd);
+  ASSERT_NE(stuck, nullptr);
+  const size_t fit = (AccessLog::kMaxBuffered + line.size() - 1) / line.size();
+  const size_t extra = 1000;
+  for (size_t i = 0; i < fit + extra; ++i) {
+    log.add(record(&web, nullptr), kSecond);
+  }
+  EXPECT_EQ(ring.pendingCount(testing::OpKind::Write), 1u);
+  EXPECT_EQ(stats.accessLogDroppedLines.value(), extra);
+  // The write completes: what was kept goes next, whole lines, and new lines are taken.
+  ring.complete(stuck, static_cast<int32_t>(stuck->len));
+  testing::FakeOp* next = ring.pending(testing::OpKind::Write, kFd);
+  ASSERT_NE(next, nullptr);
+  EXPECT_EQ(next->len, fit * line.size());
+  EXPECT_EQ(std::string(static_cast<const char*>(next->buf), line.size()), line);
+  log.add(record(&web, nullptr), kSecond);
+  EXPECT_EQ(stats.accessLogDroppedLines.value(), extra);
+  ring.complete(next, static_cast<int32_t>(next->len));
+  log.flush();
+  next = ring.pending(testing::OpKind::Write, kFd);
+  ASSERT_NE(next, nullptr);
+  EXPECT_EQ(std::string(static_cast<const char*>(next->buf), next->len), line);
+  ring.complete(next, static_cast<int32_t>(next->len));
+}
+
 TEST(AccessLogFailureTest, AFullDiskDropsAndCountsTheLines) {
   const int fd = ::open("/dev/full", O_WRONLY | O_APPEND | O_CLOEXEC);
   if (fd < 0) {
