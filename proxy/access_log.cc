@@ -12,6 +12,31 @@
 
 namespace grelay::proxy {
 
+namespace {
+
+// `text` as a JSON string. A client's SNI is any bytes but NUL: quotes, backslashes and
+// control characters are escaped, and so is every byte past ASCII (as the code point of
+// its Latin-1 reading), so the line is valid JSON and UTF-8 whatever the client sent.
+std::string jsonString(std::string_view text) {
+  std::string out = "\"";
+  for (const char ch : text) {
+    const auto c = static_cast<unsigned char>(ch);
+    if (c == '"' || c == '\\') {
+      out += '\\';
+      out += ch;
+    } else if (c < 0x20 || c >= 0x7f) {
+      char escaped[8];
+      std::snprintf(escaped, sizeof(escaped), "\\u%04x", c);
+      out += escaped;
+    } else {
+      out += ch;
+    }
+  }
+  return out + "\"";
+}
+
+}  // namespace
+
 std::string accessLogLine(const AccessRecord& r) {
   const time_t seconds = static_cast<time_t>(r.endUnixNanos / 1'000'000'000);
   const int millis = static_cast<int>((static_cast<uint64_t>(r.endUnixNanos) / 1'000'000) % 1000);
@@ -30,14 +55,18 @@ std::string accessLogLine(const AccessRecord& r) {
   char numbers[320];
   std::snprintf(numbers, sizeof(numbers),
                 "\"duration\":%.6f,\"queue\":%.6f,\"connect\":%s,\"request_bytes\":%" PRIu64
-                ",\"response_bytes\":%" PRIu64
-                ",\"end\":\"%s\",\"reset\":%s,\"tls\":%s,\"mirrors\":%u,\"mirrors_cut\":%u}\n",
+                ",\"response_bytes\":%" PRIu64 ",\"end\":\"%s\",\"reset\":%s,\"tls\":%s,\"sni\":",
                 static_cast<double>(r.durationNanos) / 1e9, static_cast<double>(r.queueNanos) / 1e9,
                 connect, r.requestBytes, r.responseBytes, r.end, r.reset ? "true" : "false",
-                r.tls ? "true" : "false", r.mirrors, r.mirrorsCut);
+                r.tls ? "true" : "false");
+  char mirrors[64];
+  std::snprintf(mirrors, sizeof(mirrors), ",\"mirrors\":%u,\"mirrors_cut\":%u}\n", r.mirrors,
+                r.mirrorsCut);
+  const std::string sni = r.sni.empty() ? "null" : jsonString(r.sni);
   return std::string("{\"time\":\"") + time + "\",\"listener\":\"" + *r.listener +
          "\",\"worker\":" + std::to_string(r.worker) + ",\"session\":" + std::to_string(r.session) +
-         ",\"client\":\"" + formatAddress(r.client) + "\",\"server\":" + server + "," + numbers;
+         ",\"client\":\"" + formatAddress(r.client) + "\",\"server\":" + server + "," + numbers +
+         sni + mirrors;
 }
 
 AccessLog::AccessLog(int fd, std::string path, std::string listener, metrics::ListenerStats& stats,

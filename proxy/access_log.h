@@ -11,6 +11,7 @@
 
 #include <cstdint>
 #include <string>
+#include <string_view>
 
 #include "metrics/stats.h"
 #include "proxy/log.h"
@@ -35,6 +36,7 @@ struct AccessRecord {
   const char* end = "normal";  // normal | connect_failed | idle_timeout | shutdown | error
   bool reset = false;          // the client got a reset, not a FIN
   bool tls = false;            // TLS terminated here
+  std::string_view sni;        // the server name the client sent in TLS SNI; empty = none
   uint32_t mirrors = 0;        // mirrors sampled for the session
   uint32_t mirrorsCut = 0;
 };
@@ -43,8 +45,10 @@ struct AccessRecord {
 //  "client":"192.0.2.1:5555",
 //  "server":"127.0.0.1:8000","duration":0.004512,"queue":0.000000,"connect":0.000210,
 //  "request_bytes":78,"response_bytes":4321,
-//  "end":"normal","reset":false,"tls":false,"mirrors":1,"mirrors_cut":0}  + "\n"
-// (one line; "server" and "connect" are null when no server was connected).
+//  "end":"normal","reset":false,"tls":true,"sni":"api.example.com","mirrors":1,
+//  "mirrors_cut":0}  + "\n"
+// (one line; "server" and "connect" are null when no server was connected, "sni" when
+// the client sent none; the client's bytes in it are escaped as JSON needs).
 std::string accessLogLine(const AccessRecord& record);
 
 class AccessLog {

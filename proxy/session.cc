@@ -1886,6 +1886,9 @@ void Session::writeAccessLog() {
   r.end = tap::toString(closeReason_);  // the tap's close reasons, by the same names
   r.reset = resetClient_;
   r.tls = cfg().tls.has_value();
+  if (client_.tls_ != nullptr) {
+    r.sni = client_.tls_->serverName();  // known once the ClientHello was read, even if it failed
+  }
   for (const auto& m : mirrors_) {
     r.mirrors += m->state != MirrorState::Unsampled ? 1 : 0;
   }

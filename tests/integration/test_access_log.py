@@ -67,7 +67,7 @@ class AccessLogTest(h.GrelayTest):
             self.assertEqual(set(line), {"time", "listener", "worker", "session", "client",
                                          "server", "duration", "queue", "connect",
                                          "request_bytes", "response_bytes", "end", "reset",
-                                         "tls", "mirrors", "mirrors_cut"})
+                                         "tls", "sni", "mirrors", "mirrors_cut"})
             by_end.setdefault((line["listener"], line["end"]), []).append(line)
         normal = [x for x in by_end[("web", "normal")] if x["request_bytes"] == len(stream)]
         self.assertEqual(len(normal), 1, lines)
@@ -75,8 +75,8 @@ class AccessLogTest(h.GrelayTest):
         self.assertEqual(n["client"], f"127.0.0.1:{seen['port']}")
         self.assertEqual(n["server"], echo.address)
         self.assertEqual(n["response_bytes"], len(stream))
-        self.assertEqual((n["reset"], n["tls"], n["mirrors"], n["mirrors_cut"]),
-                         (False, False, 1, 0))
+        self.assertEqual((n["reset"], n["tls"], n["sni"], n["mirrors"], n["mirrors_cut"]),
+                         (False, False, None, 1, 0))
         self.assertGreater(n["duration"], 0)
         self.assertEqual(n["queue"], 0)
         self.assertGreaterEqual(n["connect"], 0)
@@ -92,6 +92,36 @@ class AccessLogTest(h.GrelayTest):
         proxied = by_end[("lb", "normal")][0]
         self.assertEqual(proxied["client"], "203.0.113.9:41000")
         self.assertEqual(proxied["request_bytes"], 4)  # the header is not the client's stream
+
+    def test_tls_sessions_log_the_name_the_client_asked_for(self):
+        why = h.Certs.available()
+        if why:
+            self.skipTest(why)
+        import ssl
+        certs = h.Certs()
+        self.addCleanup(certs.cleanup)
+        with h.EchoServer() as echo:
+            cfg = h.Config()
+            cfg.upstream("app", [echo.address])
+            port = cfg.listener("tls", "app", access_log=self.path,
+                                tls={"cert": certs.server[0], "key": certs.server[1]})
+            with h.Grelay(cfg):
+                for name, ctx in (("localhost", h.tls_client_context(certs.ca)),
+                                  (None, h.tls_client_context(verify=False))):
+                    with ctx.wrap_socket(h.connect(port), server_hostname=name) as s:
+                        s.sendall(b"ping")
+                        self.assertEqual(s.recv(4), b"ping")
+                # A name the certificate does not have: the client gives up in the
+                # handshake, and the line still says what it asked for.
+                with self.assertRaises(ssl.SSLError):
+                    h.tls_client_context(certs.ca).wrap_socket(
+                        h.connect(port), server_hostname="other.example").close()
+                self.assertTrue(h.wait_for(lambda: len(read_lines(self.path)) == 3, 5),
+                                read_lines(self.path))
+            lines = read_lines(self.path)
+        got = sorted(((x["sni"] or ""), x["end"], x["tls"], x["request_bytes"]) for x in lines)
+        self.assertEqual(got, [("", "normal", True, 4), ("localhost", "normal", True, 4),
+                               ("other.example", "error", True, 0)], lines)
 
     def test_every_line_is_written_by_exit(self):
         with h.EchoServer() as echo:

@@ -48,7 +48,7 @@ TEST(AccessLogTest, OneJsonLinePerSession) {
             "\"192.0.2.7:51098\",\"server\":\"127.0.0.1:8000\",\"duration\":1.500250,"
             "\"queue\":0.250000,\"connect\":0.000512,\"request_bytes\":78,\"response_bytes\":4321,"
             "\"end\":\"normal\",\"reset\":false,"
-            "\"tls\":false,\"mirrors\":2,\"mirrors_cut\":1}\n");
+            "\"tls\":false,\"sni\":null,\"mirrors\":2,\"mirrors_cut\":1}\n");
   AccessRecord r = record(&web, nullptr);
   auto& c6 = reinterpret_cast<sockaddr_in6&>(r.client);
   c6 = sockaddr_in6{};
@@ -65,6 +65,23 @@ TEST(AccessLogTest, OneJsonLinePerSession) {
   EXPECT_NE(line.find("\"connect\":null,"), std::string::npos) << line;
   EXPECT_NE(line.find("\"end\":\"connect_failed\",\"reset\":true,\"tls\":true,"), std::string::npos)
       << line;
+}
+
+TEST(AccessLogTest, TheClientsSniIsEscapedIntoValidJson) {
+  const std::string web = "web";
+  AccessRecord r = record(&web, nullptr);
+  r.tls = true;
+  r.sni = "api.example.com";
+  EXPECT_NE(accessLogLine(r).find(",\"tls\":true,\"sni\":\"api.example.com\",\"mirrors\":2,"),
+            std::string::npos);
+  // A client may send any bytes but NUL; the line stays one line of valid JSON.
+  r.sni = "a\"b\\c\nd\x7f\xc3\xa9";
+  EXPECT_NE(accessLogLine(r).find(R"("sni":"a\"b\\c\u000ad\u007f\u00c3\u00a9",)"),
+            std::string::npos)
+      << accessLogLine(r);
+  const std::string longest(255, 'x');  // RFC 6066's limit, which OpenSSL keeps
+  r.sni = longest;
+  EXPECT_NE(accessLogLine(r).find("\"sni\":\"" + longest + "\",\"mirrors\":2,"), std::string::npos);
 }
 
 class AccessLogFileTest : public ::testing::Test {
