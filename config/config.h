@@ -269,9 +269,18 @@ struct TapConfig {
   Location location;
 };
 
+// A certificate chain and its key (PEM files).
+struct CertificateFiles {
+  std::string cert;
+  std::string key;
+  Location location;
+};
+
 struct ListenerTlsConfig {
-  std::string cert;  // PEM certificate chain
+  std::string cert;  // PEM certificate chain: the default
   std::string key;   // PEM private key
+  // More certificates, each chosen for the clients whose SNI names one of its DNS names.
+  std::vector<CertificateFiles> certs;
   Duration handshake_timeout{10'000};
   std::string min_version = "1.2";  // "1.2" or "1.3"
   std::string ciphers;              // TLS 1.2 cipher list; "" = Mozilla "intermediate"

@@ -848,6 +848,14 @@ private:
               {
                   {"cert", file(&tls.cert, "cert"), true},
                   {"key", file(&tls.key, "key"), true},
+                  {"certs", arrayOfTables("[[listener]] tls certs",
+                                          [this, &tls](const toml::table& t) {
+                                            CertificateFiles& c = tls.certs.emplace_back();
+                                            c.location = locate(t.source());
+                                            readTable(t, "in [[listener]] tls certs",
+                                                      {{"cert", file(&c.cert, "cert"), true},
+                                                       {"key", file(&c.key, "key"), true}});
+                                          })},
                   {"handshake_timeout", duration(&tls.handshake_timeout, 1ms, kMaxTimeout)},
                   {"min_version",
                    [this, &tls](std::string_view key, const toml::node& node) {

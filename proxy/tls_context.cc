@@ -3,6 +3,12 @@
 #include <arpa/inet.h>
 
 #include <openssl/err.h>
+#include <openssl/x509v3.h>
+
+#include <algorithm>
+#include <cctype>
+#include <memory>
+#include <unordered_map>
 
 namespace grelay::proxy {
 namespace {
@@ -33,6 +39,173 @@ void commonOptions(SSL_CTX* ctx, bool ktls) {
   }
 }
 
+// A server context with the listener's settings and one certificate; nullptr (errors
+// appended) if it cannot be made or the files do not load.
+SSL_CTX* serverContext(const config::ListenerTlsConfig& t, const config::CertificateFiles& files,
+                       bool ktls, std::vector<std::string>* errors) {
+  SSL_CTX* ctx = SSL_CTX_new(TLS_server_method());
+  if (ctx == nullptr) {
+    errors->push_back(at(t.location, "cannot create a TLS context: " + lastError()));
+    return nullptr;
+  }
+  commonOptions(ctx, ktls);
+  if (t.min_version == "1.3") {
+    SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION);
+  }
+  // No session tickets: nothing to send after the handshake, so kTLS starts clean, and
+  // no ticket keys to rotate across workers.
+  SSL_CTX_set_num_tickets(ctx, 0);
+  SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
+  const std::string ciphers = t.ciphers.empty() ? kIntermediateCiphers : t.ciphers;
+  bool ok = true;
+  if (SSL_CTX_set_cipher_list(ctx, ciphers.c_str()) != 1) {
+    errors->push_back(at(t.location, "ciphers '" + ciphers + "': " + lastError()));
+    ok = false;
+  }
+  if (!t.ciphersuites.empty() && SSL_CTX_set_ciphersuites(ctx, t.ciphersuites.c_str()) != 1) {
+    errors->push_back(at(t.location, "ciphersuites '" + t.ciphersuites + "': " + lastError()));
+    ok = false;
+  }
+  if (SSL_CTX_use_certificate_chain_file(ctx, files.cert.c_str()) != 1) {
+    errors->push_back(at(files.location, "cannot load certificate from cert file '" + files.cert +
+                                             "': " + lastError()));
+  } else if (SSL_CTX_use_PrivateKey_file(ctx, files.key.c_str(), SSL_FILETYPE_PEM) != 1) {
+    errors->push_back(at(files.location, "cannot load private key from key file '" + files.key +
+                                             "': " + lastError()));
+  } else if (SSL_CTX_check_private_key(ctx) != 1) {
+    errors->push_back(at(files.location, "key file '" + files.key + "' does not match cert file '" +
+                                             files.cert + "': " + lastError()));
+  } else if (ok) {
+    return ctx;
+  }
+  SSL_CTX_free(ctx);
+  return nullptr;
+}
+
+// The DNS names of a context's certificate (subjectAltName), lower case.
+std::vector<std::string> dnsNames(SSL_CTX* ctx) {
+  std::vector<std::string> out;
+  X509* cert = SSL_CTX_get0_certificate(ctx);
+  auto* names = cert == nullptr ? nullptr
+                                : static_cast<GENERAL_NAMES*>(X509_get_ext_d2i(
+                                      cert, NID_subject_alt_name, nullptr, nullptr));
+  for (int i = 0; names != nullptr && i < sk_GENERAL_NAME_num(names); ++i) {
+    const GENERAL_NAME* name = sk_GENERAL_NAME_value(names, i);
+    if (name->type != GEN_DNS) {
+      continue;
+    }
+    const ASN1_IA5STRING* dns = name->d.dNSName;
+    std::string text(reinterpret_cast<const char*>(ASN1_STRING_get0_data(dns)),
+                     static_cast<size_t>(ASN1_STRING_length(dns)));
+    std::transform(text.begin(), text.end(), text.begin(),
+                   [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+    out.push_back(std::move(text));
+  }
+  GENERAL_NAMES_free(names);
+  return out;
+}
+
+// Which context serves which name the client asks for: exact names, then wildcards
+// ("*.example.com" is kept as "example.com" and covers one label in front of it).
+// Owned by the default context (ex_data), so it lives exactly as long as any handshake
+// that may use it; it holds a reference to each context in it.
+struct SniTable {
+  std::unordered_map<std::string, SSL_CTX*> exact;
+  std::unordered_map<std::string, SSL_CTX*> wildcard;
+  std::vector<SSL_CTX*> owned;
+};
+
+void freeSniTable(void*, void* table, CRYPTO_EX_DATA*, int, long, void*) {
+  auto* t = static_cast<SniTable*>(table);
+  if (t != nullptr) {
+    for (SSL_CTX* ctx : t->owned) {
+      SSL_CTX_free(ctx);
+    }
+    delete t;
+  }
+}
+
+int sniTableIndex() {
+  static const int index = SSL_CTX_get_ex_new_index(0, nullptr, nullptr, nullptr, freeSniTable);
+  return index;
+}
+
+// The servername callback: switches the handshake to the certificate for the name.
+int selectCertificate(SSL* ssl, int*, void* arg) {
+  const auto* table = static_cast<const SniTable*>(arg);
+  const char* sent = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
+  if (sent == nullptr) {
+    return SSL_TLSEXT_ERR_OK;  // no SNI: the default certificate
+  }
+  std::string name(sent);
+  if (!name.empty() && name.back() == '.') {
+    name.pop_back();  // "example.com." names example.com
+  }
+  std::transform(name.begin(), name.end(), name.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  auto it = table->exact.find(name);
+  if (it == table->exact.end()) {
+    const size_t dot = name.find('.');
+    if (dot != std::string::npos && dot > 0) {
+      it = table->wildcard.find(name.substr(dot + 1));
+      if (it == table->wildcard.end()) {
+        return SSL_TLSEXT_ERR_OK;
+      }
+    } else {
+      return SSL_TLSEXT_ERR_OK;
+    }
+  }
+  if (SSL_get_SSL_CTX(ssl) != it->second) {
+    SSL_set_SSL_CTX(ssl, it->second);
+  }
+  return SSL_TLSEXT_ERR_OK;
+}
+
+// Names -> contexts for the default certificate and `t.certs`; an extra certificate
+// without DNS names, or a name in two of them, is an error.
+void addSniCertificates(SSL_CTX* def, const config::ListenerTlsConfig& t, bool ktls,
+                        std::vector<std::string>* errors) {
+  auto table = std::make_unique<SniTable>();
+  std::unordered_map<std::string, std::string> whose;  // name -> the cert file with it
+  auto add = [&](SSL_CTX* ctx, const std::string& file, const config::Location& where) {
+    const std::vector<std::string> names = dnsNames(ctx);
+    if (names.empty()) {
+      errors->push_back(
+          at(where,
+             "cert file '" + file + "' has no DNS names (subjectAltName) for SNI to choose it by"));
+    }
+    for (const std::string& name : names) {
+      auto [it, added] = whose.emplace(name, file);
+      if (!added) {
+        if (it->second != file) {
+          errors->push_back(at(where, "name '" + name + "' of cert file '" + file +
+                                          "' is also in cert file '" + it->second +
+                                          "': SNI could choose only one"));
+        }
+        continue;
+      }
+      if (name.rfind("*.", 0) == 0) {
+        table->wildcard.emplace(name.substr(2), ctx);
+      } else {
+        table->exact.emplace(name, ctx);
+      }
+    }
+  };
+  add(def, t.cert, t.location);
+  for (const config::CertificateFiles& files : t.certs) {
+    SSL_CTX* ctx = serverContext(t, files, ktls, errors);
+    if (ctx == nullptr) {
+      continue;
+    }
+    table->owned.push_back(ctx);
+    add(ctx, files.cert, files.location);
+  }
+  SniTable* raw = table.release();
+  SSL_CTX_set_ex_data(def, sniTableIndex(), raw);
+  SSL_CTX_set_tlsext_servername_callback(def, selectCertificate);
+  SSL_CTX_set_tlsext_servername_arg(def, raw);
+}
+
 }  // namespace
 
 TlsContexts::~TlsContexts() {
@@ -54,40 +227,9 @@ bool TlsContexts::build(const config::Config& cfg, bool ktls, std::vector<std::s
       continue;
     }
     const config::ListenerTlsConfig& t = *l.tls;
-    SSL_CTX* ctx = SSL_CTX_new(TLS_server_method());
-    if (ctx == nullptr) {
-      errors->push_back(at(t.location, "cannot create a TLS context: " + lastError()));
-      continue;
-    }
-    listeners_[i] = ctx;
-    commonOptions(ctx, ktls);
-    if (t.min_version == "1.3") {
-      SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION);
-    }
-    // No session tickets: nothing to send after the handshake, so kTLS starts clean, and
-    // no ticket keys to rotate across workers.
-    SSL_CTX_set_num_tickets(ctx, 0);
-    SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
-    const std::string ciphers = t.ciphers.empty() ? kIntermediateCiphers : t.ciphers;
-    if (SSL_CTX_set_cipher_list(ctx, ciphers.c_str()) != 1) {
-      errors->push_back(at(t.location, "ciphers '" + ciphers + "': " + lastError()));
-    }
-    if (!t.ciphersuites.empty() && SSL_CTX_set_ciphersuites(ctx, t.ciphersuites.c_str()) != 1) {
-      errors->push_back(at(t.location, "ciphersuites '" + t.ciphersuites + "': " + lastError()));
-    }
-    if (SSL_CTX_use_certificate_chain_file(ctx, t.cert.c_str()) != 1) {
-      errors->push_back(at(
-          t.location, "cannot load certificate from cert file '" + t.cert + "': " + lastError()));
-      continue;
-    }
-    if (SSL_CTX_use_PrivateKey_file(ctx, t.key.c_str(), SSL_FILETYPE_PEM) != 1) {
-      errors->push_back(
-          at(t.location, "cannot load private key from key file '" + t.key + "': " + lastError()));
-      continue;
-    }
-    if (SSL_CTX_check_private_key(ctx) != 1) {
-      errors->push_back(at(t.location, "key file '" + t.key + "' does not match cert file '" +
-                                           t.cert + "': " + lastError()));
+    listeners_[i] = serverContext(t, {t.cert, t.key, t.location}, ktls, errors);
+    if (listeners_[i] != nullptr && !t.certs.empty()) {
+      addSniCertificates(listeners_[i], t, ktls, errors);
     }
   }
   for (size_t i = 0; i < cfg.upstreams.size(); ++i) {

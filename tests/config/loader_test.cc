@@ -1004,6 +1004,31 @@ TEST(LoaderErrorTest, MissingCertFileIsNamed) {
               ElementsAre("t.toml:8:7: missing required key 'cert' in [[listener]] tls"));
 }
 
+TEST(LoaderTest, MoreCertificatesAreReadWithTheirPlaces) {
+  TempDir dir;
+  const std::string key = dir.write("key.pem", "x");
+  const std::string a = dir.write("a.pem", "x");
+  const std::string b = dir.write("b.pem", "x");
+  LoadResult result =
+      loadString(validWith({"[listener.tls]", "cert = \"" + key + "\"", "key = \"" + key + "\"",
+                            "certs = [{ cert = \"" + a + "\", key = \"" + key + "\" },",
+                            "         { cert = \"" + b + "\", key = \"" + key + "\" }]"}),
+                 "t.toml");
+  ASSERT_TRUE(result.ok()) << result.errors[0].toString();
+  const config::ListenerTlsConfig& tls = *result.config->listeners[0].tls;
+  ASSERT_EQ(tls.certs.size(), 2u);
+  EXPECT_EQ(tls.certs[0].cert, a);
+  EXPECT_EQ(tls.certs[1].cert, b);
+  EXPECT_EQ(tls.certs[1].key, key);
+  EXPECT_EQ(tls.certs[1].location.line, 12u);  // where grelay --check points at it
+  EXPECT_THAT(errorsOf(validWith({"[listener.tls]", "cert = \"" + key + "\"",
+                                  "key = \"" + key + "\"", "certs = [{ cert = \"" + a + "\" }]"})),
+              ElementsAre("t.toml:11:10: missing required key 'key' in [[listener]] tls certs"));
+  EXPECT_THAT(errorsOf(validWith({"[listener.tls]", "cert = \"" + key + "\"",
+                                  "key = \"" + key + "\"", "certs = [\"" + a + "\"]"})),
+              SizeIs(1));
+}
+
 TEST(LoaderErrorTest, MissingCaFileIsNamed) {
   EXPECT_THAT(
       errorsOf(lines({"[upstream.app]", R"(servers = ["127.0.0.1:8000"])",

@@ -10,10 +10,15 @@ Certificates are made at test time with the openssl CLI (harness.Certs).
   client's close_notify answered by grelay's close_notify and FIN; the handshakes are
   counted and the decrypted request chunks count under path="copy" (no kTLS on this host:
   grelay_ktls_sessions_total stays 0 unless the kernel has the tls ULP).
+- Several certificates on one listener (`certs`): the client's SNI chooses by the DNS
+  names each certificate has, exact names before wildcards, case-insensitively; any other
+  name or none gets the default `cert`. `--check` refuses a certificate without DNS names
+  and a name in two certificates.
 - Resets propagate both ways: an upstream reset reaches the TLS client as a TCP reset
   (no close_notify); a TLS client's reset reaches the upstream after the bytes it sent.
 """
 
+import os
 import random
 import shutil
 import subprocess
@@ -47,6 +52,49 @@ class TlsTerminationTest(h.TlsTest):
                                      f"curl #{attempt} failed: {out.stderr.decode(errors='replace')}")
                     self.assertEqual(len(out.stdout), len(body), f"curl #{attempt}: length")
                     self.assertTrue(out.stdout == body, f"curl #{attempt}: body differs")
+
+    def test_sni_chooses_among_several_certificates(self):
+        import ssl
+        c = self.certs
+        api = c._signed("sni_api", "/CN=api", "DNS:api.test,DNS:*.svc.test")
+        other = c._signed("sni_other", "/CN=other", "DNS:other.test,DNS:exact.svc.test")
+        more = [{"cert": api[0], "key": api[1]}, {"cert": other[0], "key": other[1]}]
+        with h.EchoServer() as echo:
+            cfg = h.Config()
+            cfg.upstream("app", [echo.address])
+            port = cfg.listener("tls", "app", tls={**tls_listener(c), "certs": more})
+            with h.Grelay(cfg):
+                for sni, cn in (("localhost", "localhost"), ("api.test", "api"),
+                                ("API.Test", "api"), ("x.svc.test", "api"),
+                                ("exact.svc.test", "other"),  # an exact name beats a wildcard
+                                ("a.b.svc.test", "localhost"),  # a wildcard covers one label
+                                ("svc.test", "localhost"), ("other.test", "other"),
+                                ("unknown.test", "localhost"), (None, "localhost")):
+                    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+                    ctx.load_verify_locations(c.ca)
+                    ctx.check_hostname = False  # the chain is checked; the name is the test's
+                    with ctx.wrap_socket(h.connect(port), server_hostname=sni) as s:
+                        subject = dict(x[0] for x in s.getpeercert()["subject"])
+                        self.assertEqual(subject["commonName"], cn, sni)
+                        s.sendall(b"ping")
+                        self.assertEqual(s.recv(4), b"ping")
+        # A certificate SNI cannot choose, and a name in two certificates: refused.
+        ip_only = c._signed("sni_ip", "/CN=ip", "IP:10.1.1.1")
+        twice = c._signed("sni_twice", "/CN=twice", "DNS:twice.test,DNS:API.test")
+        for extra, message in (
+                (ip_only, f"cert file '{ip_only[0]}' has no DNS names (subjectAltName) for SNI"),
+                (twice, f"name 'api.test' of cert file '{twice[0]}' is also in cert file "
+                        f"'{api[0]}'")):
+            cfg = h.Config()
+            cfg.upstream("app", ["127.0.0.1:9"])
+            cfg.listener("tls", "app", tls={**tls_listener(c), "certs": [
+                {"cert": api[0], "key": api[1]}, {"cert": extra[0], "key": extra[1]}]})
+            path = os.path.join(c.dir, "sni.toml")
+            with open(path, "w") as f:
+                f.write(cfg.render())
+            r = h.run_grelay(["-c", path, "--check"])
+            self.assertNotEqual(r.returncode, 0, r.stdout)
+            self.assertIn(message, r.stderr)
 
     def test_concurrent_random_streams_are_byte_exact_both_ways(self):
         rng = random.Random(5005)
