@@ -117,11 +117,12 @@ const char* toString(ProxyProtocol version);
 
 // The TLVs a version 2 PROXY protocol header sent upstream carries.
 struct ProxyProtocolTlvs {
+  bool alpn = false;       // the protocol negotiated with the client (TLS ALPN, else its header's)
   bool authority = false;  // the server name the client asked for (TLS SNI, else its header's)
   bool ssl = false;        // whether TLS was terminated here, its version and cipher
   bool received = false;   // the client's own header's TLVs (accept_proxy_protocol)
   bool crc32c = false;     // a checksum of the header
-  bool any() const { return authority || ssl || received || crc32c; }
+  bool any() const { return alpn || authority || ssl || received || crc32c; }
 };
 
 struct ServerConfig {
@@ -151,7 +152,8 @@ struct UpstreamTlsConfig {
   std::string ca;   // PEM file of trusted CAs; "" = system default store
   std::string sni;  // server name sent and verified; "" = none
   bool verify = true;
-  Location location;  // of the tls value
+  std::vector<std::string> alpn;  // protocols offered (ALPN), in order; empty = none
+  Location location;              // of the tls value
 };
 
 // One server of an upstream pool.
@@ -285,6 +287,9 @@ struct ListenerTlsConfig {
   std::string min_version = "1.2";  // "1.2" or "1.3"
   std::string ciphers;              // TLS 1.2 cipher list; "" = Mozilla "intermediate"
   std::string ciphersuites;         // TLS 1.3 suites; "" = OpenSSL's defaults (all AEAD)
+  // ALPN: the first of these (in this order) that the client offers is chosen; none in
+  // common (or an empty list) = no ALPN, the handshake goes on.
+  std::vector<std::string> alpn;
   Location location;
 };
 

@@ -638,26 +638,56 @@ private:
     }
   }
 
-  // ["authority", "ssl", "received", "crc32c"], any of them.
+  // ALPN protocol names, in order of preference: ["h2", "http/1.1"]. Each is 1..255
+  // printable ASCII bytes (what the TLS extension can carry), none twice.
+  Reader protocols(std::vector<std::string>* out) {
+    return [this, out](std::string_view key, const toml::node& node) {
+      const toml::array* array = node.as_array();
+      if (array == nullptr)
+        return typeError(key, node, "an array of protocol names like [\"h2\", \"http/1.1\"]");
+      bool ok = true;
+      for (const toml::node& element : *array) {
+        const std::optional<std::string_view> text = element.value<std::string_view>();
+        const bool printable = text && std::all_of(text->begin(), text->end(),
+                                                   [](char c) { return c > ' ' && c < 127; });
+        if (!text || text->empty() || text->size() > 255 || !printable) {
+          error(element.source(), quoted(key) +
+                                      " entries must be protocol names of 1 to 255 printable "
+                                      "characters, like \"h2\" or \"http/1.1\"");
+          ok = false;
+        } else if (std::find(out->begin(), out->end(), *text) != out->end()) {
+          error(element.source(), quoted(key) + " names " + quoted(*text) + " twice");
+          ok = false;
+        } else {
+          out->emplace_back(*text);
+        }
+      }
+      return ok;
+    };
+  }
+
+  // ["alpn", "authority", "ssl", "received", "crc32c"], any of them.
   Reader proxyTlvs(ProxyProtocolTlvs* out) {
     return [this, out](std::string_view key, const toml::node& node) {
       const toml::array* array = node.as_array();
       if (array == nullptr)
-        return typeError(key, node, "an array of TLV names (\"authority\", \"ssl\", ...)");
+        return typeError(key, node, "an array of TLV names (\"alpn\", \"authority\", ...)");
       bool ok = true;
       for (const toml::node& element : *array) {
         const std::optional<std::string_view> text = element.value<std::string_view>();
         bool* flag = !text                  ? nullptr
+                     : *text == "alpn"      ? &out->alpn
                      : *text == "authority" ? &out->authority
                      : *text == "ssl"       ? &out->ssl
                      : *text == "received"  ? &out->received
                      : *text == "crc32c"    ? &out->crc32c
                                             : nullptr;
         if (flag == nullptr) {
-          error(element.source(), quoted(key) +
-                                      " entries must be one of authority, ssl, received, crc32c, "
-                                      "got " +
-                                      (text ? quoted(*text) : std::string("a non-string")));
+          error(element.source(),
+                quoted(key) +
+                    " entries must be one of alpn, authority, ssl, received, crc32c, "
+                    "got " +
+                    (text ? quoted(*text) : std::string("a non-string")));
           ok = false;
           continue;
         }
@@ -783,6 +813,7 @@ private:
                       {"ca", file(&tls->ca, "ca")},
                       {"sni", string(&tls->sni)},
                       {"verify", boolean(&tls->verify)},
+                      {"alpn", protocols(&tls->alpn)},
                   });
         return true;
       }
@@ -870,6 +901,7 @@ private:
                    }},
                   {"ciphers", string(&tls.ciphers, true)},
                   {"ciphersuites", string(&tls.ciphersuites, true)},
+                  {"alpn", protocols(&tls.alpn)},
               });
   }
 

@@ -67,6 +67,9 @@ void appendSslTlv(std::string& out, const ProxyTlvs& tlvs) {
 }
 
 void appendTlvs(std::string& out, const ProxyTlvs& tlvs) {
+  if (!tlvs.alpn.empty()) {
+    appendTlv(out, kTlvAlpn, tlvs.alpn);
+  }
   if (!tlvs.authority.empty()) {
     appendTlv(out, kTlvAuthority, tlvs.authority);
   }
@@ -407,14 +410,15 @@ std::string_view findTlv(std::string_view tlvs, uint8_t type) {
   return {};
 }
 
-std::string passedTlvs(std::string_view tlvs, bool ownAuthority, bool ownSsl) {
+std::string passedTlvs(std::string_view tlvs, OwnTlvs own) {
   std::string out;
   const auto* p = reinterpret_cast<const uint8_t*>(tlvs.data());
   for (size_t at = 0; at + 3 <= tlvs.size();) {
     const uint8_t type = p[at];
     const size_t whole = 3 + readBe16(p + at + 1);
-    const bool own = (type == kTlvAuthority && ownAuthority) || (type == kTlvSsl && ownSsl);
-    if (type != kTlvCrc32c && type != kTlvNoop && !own) {
+    const bool ours = (type == kTlvAlpn && own.alpn) || (type == kTlvAuthority && own.authority) ||
+                      (type == kTlvSsl && own.ssl);
+    if (type != kTlvCrc32c && type != kTlvNoop && !ours) {
       out.append(tlvs.substr(at, whole));
     }
     at += whole;

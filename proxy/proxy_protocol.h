@@ -13,6 +13,7 @@
 namespace grelay::proxy {
 
 // Version 2 TLV types (the spec's PP2_TYPE_*) and the SSL TLV's bits and sub-types.
+constexpr uint8_t kTlvAlpn = 0x01;
 constexpr uint8_t kTlvAuthority = 0x02;
 constexpr uint8_t kTlvCrc32c = 0x03;
 constexpr uint8_t kTlvNoop = 0x04;
@@ -22,9 +23,10 @@ constexpr uint8_t kTlvSslCipher = 0x23;
 constexpr uint8_t kSslClientSsl = 0x01;
 
 // What a version 2 header carries after the addresses ([upstream.NAME]
-// proxy_protocol_tlvs), in this order: the authority, the SSL TLV, the TLVs passed on
-// from the client's own header, the checksum.
+// proxy_protocol_tlvs), in this order: the ALPN protocol, the authority, the SSL TLV,
+// the TLVs passed on from the client's own header, the checksum.
 struct ProxyTlvs {
+  std::string_view alpn;       // PP2_TYPE_ALPN; empty = none
   std::string_view authority;  // PP2_TYPE_AUTHORITY (a host name); empty = none
   bool ssl = false;            // PP2_TYPE_SSL, saying whether TLS was terminated here:
   bool tls = false;            //   the client bit, and then the version and cipher
@@ -51,9 +53,13 @@ uint32_t crc32c(uint32_t crc, const void* data, size_t length);
 std::string_view findTlv(std::string_view tlvs, uint8_t type);
 
 // The TLVs of well-formed `tlvs` that are passed on upstream: all but the checksum and
-// no-ops (the header sent is a new one) and, when grelay writes its own, authority or
-// SSL TLVs.
-std::string passedTlvs(std::string_view tlvs, bool ownAuthority, bool ownSsl);
+// no-ops (the header sent is a new one) and the types grelay writes itself.
+struct OwnTlvs {
+  bool alpn = false;
+  bool authority = false;
+  bool ssl = false;
+};
+std::string passedTlvs(std::string_view tlvs, OwnTlvs own);
 
 // The header for a connection grelay makes on its own behalf (a health check), which the
 // spec says servers must accept without addresses: "PROXY UNKNOWN\r\n", or v2's LOCAL

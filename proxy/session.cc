@@ -983,6 +983,12 @@ std::string Session::upstreamProxyHeader(const config::UpstreamConfig& pool) con
   }
   const relay::TlsChannel* tls = client_.tls_.get();
   ProxyTlvs tlvs;
+  if (wanted.alpn) {
+    tlvs.alpn = tls != nullptr ? tls->alpn() : std::string_view();
+    if (tlvs.alpn.empty()) {
+      tlvs.alpn = findTlv(receivedTlvs_, kTlvAlpn);
+    }
+  }
   if (wanted.authority) {
     tlvs.authority = tls != nullptr ? tls->serverName() : std::string_view();
     if (tlvs.authority.empty()) {
@@ -997,7 +1003,7 @@ std::string Session::upstreamProxyHeader(const config::UpstreamConfig& pool) con
   }
   std::string passed;
   if (wanted.received) {
-    passed = passedTlvs(receivedTlvs_, wanted.authority, wanted.ssl);
+    passed = passedTlvs(receivedTlvs_, {wanted.alpn, wanted.authority, wanted.ssl});
     tlvs.received = passed;
   }
   tlvs.crc32c = wanted.crc32c;

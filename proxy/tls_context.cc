@@ -39,6 +39,40 @@ void commonOptions(SSL_CTX* ctx, bool ktls) {
   }
 }
 
+// ALPN's wire format: each name after its length byte.
+std::string alpnWire(const std::vector<std::string>& protocols) {
+  std::string out;
+  for (const std::string& p : protocols) {
+    out.push_back(static_cast<char>(p.size()));
+    out += p;
+  }
+  return out;
+}
+
+void freeAlpnWire(void*, void* wire, CRYPTO_EX_DATA*, int, long, void*) {
+  delete static_cast<std::string*>(wire);
+}
+
+int alpnWireIndex() {
+  static const int index = SSL_CTX_get_ex_new_index(0, nullptr, nullptr, nullptr, freeAlpnWire);
+  return index;
+}
+
+// The ALPN callback: the first of the listener's protocols the client offers, or no ALPN
+// at all (the handshake goes on: a TCP proxy has no reason to refuse a client over it).
+int selectAlpn(SSL*, const unsigned char** out, unsigned char* outLength, const unsigned char* in,
+               unsigned int inLength, void* arg) {
+  const auto* ours = static_cast<const std::string*>(arg);
+  unsigned char* chosen = nullptr;
+  if (SSL_select_next_proto(
+          &chosen, outLength, reinterpret_cast<const unsigned char*>(ours->data()),
+          static_cast<unsigned int>(ours->size()), in, inLength) != OPENSSL_NPN_NEGOTIATED) {
+    return SSL_TLSEXT_ERR_NOACK;
+  }
+  *out = chosen;
+  return SSL_TLSEXT_ERR_OK;
+}
+
 // A server context with the listener's settings and one certificate; nullptr (errors
 // appended) if it cannot be made or the files do not load.
 SSL_CTX* serverContext(const config::ListenerTlsConfig& t, const config::CertificateFiles& files,
@@ -56,6 +90,12 @@ SSL_CTX* serverContext(const config::ListenerTlsConfig& t, const config::Certifi
   // no ticket keys to rotate across workers.
   SSL_CTX_set_num_tickets(ctx, 0);
   SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
+  if (!t.alpn.empty()) {
+    // Owned by the context (ex_data): alive as long as any handshake may read it.
+    auto* wire = new std::string(alpnWire(t.alpn));
+    SSL_CTX_set_ex_data(ctx, alpnWireIndex(), wire);
+    SSL_CTX_set_alpn_select_cb(ctx, selectAlpn, wire);
+  }
   const std::string ciphers = t.ciphers.empty() ? kIntermediateCiphers : t.ciphers;
   bool ok = true;
   if (SSL_CTX_set_cipher_list(ctx, ciphers.c_str()) != 1) {
@@ -249,6 +289,14 @@ bool TlsContexts::build(const config::Config& cfg, bool ktls, std::vector<std::s
     // read and ignored (Session::ktlsRecordReceived).
     commonOptions(ctx, ktls);
     SSL_CTX_set_cipher_list(ctx, kIntermediateCiphers);
+    if (!u.tls.alpn.empty()) {
+      const std::string wire = alpnWire(u.tls.alpn);
+      // (0 is success here.)
+      if (SSL_CTX_set_alpn_protos(ctx, reinterpret_cast<const unsigned char*>(wire.data()),
+                                  static_cast<unsigned int>(wire.size())) != 0) {
+        errors->push_back(at(u.tls.location, "alpn: " + lastError()));
+      }
+    }
     if (u.tls.verify) {
       SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, nullptr);
       int ok = u.tls.ca.empty() ? SSL_CTX_set_default_verify_paths(ctx)

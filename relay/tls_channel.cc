@@ -226,6 +226,14 @@ std::string_view TlsChannel::serverName() const {
   return name != nullptr ? std::string_view(name) : std::string_view();
 }
 
+std::string_view TlsChannel::alpn() const {
+  const unsigned char* data = nullptr;
+  unsigned int length = 0;
+  SSL_get0_alpn_selected(ssl_, &data, &length);
+  return data != nullptr ? std::string_view(reinterpret_cast<const char*>(data), length)
+                         : std::string_view();
+}
+
 int TlsChannel::bioRead(BIO* bio, char* buf, int len) {
   auto* self = static_cast<TlsChannel*>(BIO_get_data(bio));
   BIO_clear_retry_flags(bio);

@@ -75,10 +75,12 @@ public:
   const std::string& error() const { return error_; }
   std::string describe() const;  // "TLSv1.3 TLS_AES_128_GCM_SHA256"
   // After the handshake: the protocol version ("TLSv1.3"), the cipher's OpenSSL name and,
-  // on the server side, the name the client sent in SNI ("" if none).
+  // on the server side, the name the client sent in SNI (empty if none).
   const char* version() const;
   const char* cipher() const;
   std::string_view serverName() const;
+  // The protocol ALPN chose ("h2"); empty if none.
+  std::string_view alpn() const;
 
 private:
   struct Inbound {

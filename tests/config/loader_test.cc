@@ -135,7 +135,7 @@ TEST(LoaderTest, EveryValueIsStored) {
           R"(resolve_interval = "30s")",
           R"(resolve_hold = "2m")",
           R"(proxy_protocol = "v2")",
-          R"(proxy_protocol_tlvs = ["authority", "ssl", "received", "crc32c"])",
+          R"(proxy_protocol_tlvs = ["alpn", "authority", "ssl", "received", "crc32c"])",
           "tls = { ca = \"" + ca + "\", sni = \"app.test\", verify = false }",
           R"([[listener]])",
           R"(name = "web-1_a")",
@@ -190,8 +190,9 @@ TEST(LoaderTest, EveryValueIsStored) {
   EXPECT_FALSE(app.servers[0].address.host_name);
   EXPECT_TRUE(app.servers[1].address.host_name);
   EXPECT_EQ(app.proxy_protocol, ProxyProtocol::V2);
-  EXPECT_TRUE(app.proxy_protocol_tlvs.authority && app.proxy_protocol_tlvs.ssl &&
-              app.proxy_protocol_tlvs.received && app.proxy_protocol_tlvs.crc32c);
+  EXPECT_TRUE(app.proxy_protocol_tlvs.alpn && app.proxy_protocol_tlvs.authority &&
+              app.proxy_protocol_tlvs.ssl && app.proxy_protocol_tlvs.received &&
+              app.proxy_protocol_tlvs.crc32c);
   EXPECT_TRUE(app.tls.enabled);
   EXPECT_EQ(app.tls.ca, ca);
   EXPECT_EQ(app.tls.sni, "app.test");
@@ -821,11 +822,11 @@ TEST(LoaderTest, ProxyProtocolTlvsNeedVersion2AndKnownNames) {
                           "[upstream.app]: only version 2 headers carry TLVs"));
   EXPECT_THAT(
       errorsOf(
-          pool(R"(proxy_protocol = "v2")", R"(proxy_protocol_tlvs = ["authority", "alpn", 5])")),
-      ElementsAre("t.toml:4:37: 'proxy_protocol_tlvs' entries must be one of authority, ssl, "
-                  "received, crc32c, got 'alpn'",
-                  "t.toml:4:45: 'proxy_protocol_tlvs' entries must be one of authority, ssl, "
-                  "received, crc32c, got a non-string"));
+          pool(R"(proxy_protocol = "v2")", R"(proxy_protocol_tlvs = ["authority", "npn", 5])")),
+      ElementsAre("t.toml:4:37: 'proxy_protocol_tlvs' entries must be one of alpn, authority, "
+                  "ssl, received, crc32c, got 'npn'",
+                  "t.toml:4:44: 'proxy_protocol_tlvs' entries must be one of alpn, authority, "
+                  "ssl, received, crc32c, got a non-string"));
   EXPECT_THAT(errorsOf(pool(R"(proxy_protocol = "v2")", R"(proxy_protocol_tlvs = "crc32c")")),
               SizeIs(1));
 }
@@ -1027,6 +1028,33 @@ TEST(LoaderTest, MoreCertificatesAreReadWithTheirPlaces) {
   EXPECT_THAT(errorsOf(validWith({"[listener.tls]", "cert = \"" + key + "\"",
                                   "key = \"" + key + "\"", "certs = [\"" + a + "\"]"})),
               SizeIs(1));
+}
+
+TEST(LoaderTest, AlpnProtocolsOnBothSides) {
+  TempDir dir;
+  const std::string key = dir.write("key.pem", "x");
+  const std::string tls = "tls = { cert = \"" + key + "\", key = \"" + key + "\", alpn = ";
+  auto file = [&](const std::string& listenerAlpn, const std::string& upstreamAlpn) {
+    return lines({"[upstream.app]", R"(servers = ["127.0.0.1:8000"])",
+                  "tls = { alpn = " + upstreamAlpn + " }", "[[listener]]", R"(name = "web")",
+                  R"(listen = "127.0.0.1:8080")", R"(upstream = "app")",
+                  tls + listenerAlpn + " }"});
+  };
+  LoadResult result = loadString(file(R"(["h2", "http/1.1"])", R"(["h2"])"), "t.toml");
+  ASSERT_TRUE(result.ok()) << result.errors[0].toString();
+  EXPECT_THAT(result.config->listeners[0].tls->alpn, ElementsAre("h2", "http/1.1"));
+  EXPECT_THAT(result.config->upstreams[0].tls.alpn, ElementsAre("h2"));
+  EXPECT_TRUE(result.config->upstreams[0].tls.enabled);
+  EXPECT_THAT(errorsOf(file(R"(["h2", "h2"])", "[]")),
+              ElementsAre(testing::HasSubstr("'alpn' names 'h2' twice")));
+  for (const std::string& bad : {std::string(R"([""])"), std::string(R"(["h 2"])"),
+                                 std::string("[2]"), "[\"" + std::string(256, 'p') + "\"]"}) {
+    EXPECT_THAT(errorsOf(file("[]", bad)),
+                ElementsAre(testing::HasSubstr("'alpn' entries must be protocol names of 1 to 255 "
+                                               "printable characters")))
+        << bad;
+  }
+  EXPECT_THAT(errorsOf(file("\"h2\"", "[]")), SizeIs(1));
 }
 
 TEST(LoaderErrorTest, MissingCaFileIsNamed) {

@@ -81,7 +81,7 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   }
   const std::string_view received(reinterpret_cast<const char*>(data) + parsed.tlvOffset,
                                   parsed.tlvLength);
-  const std::string passed = grelay::proxy::passedTlvs(received, true, false);
+  const std::string passed = grelay::proxy::passedTlvs(received, {.authority = true});
   grelay::proxy::ProxyTlvs tlvs;
   tlvs.authority = grelay::proxy::findTlv(received, grelay::proxy::kTlvAuthority);
   tlvs.received = passed;

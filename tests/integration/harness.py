@@ -1790,11 +1790,14 @@ class TlsEchoServer(Server):
     client's close_notify (or EOF) it answers with close_notify and FIN. A failed handshake
     ends the record with "error: SSLError(...)"; `handshakes` counts completed ones."""
 
-    def __init__(self, cert: str, key: str, **kw):
+    def __init__(self, cert: str, key: str, *, alpn: list[str] | None = None, **kw):
         self.context = tls_server_context(cert, key)
         self.handshakes = 0
         self.server_names: list = []  # the SNI of every ClientHello (None: none sent)
+        self.protocols: list = []  # the protocol ALPN chose in each handshake (None: none)
         self.context.sni_callback = self._sni
+        if alpn:
+            self.context.set_alpn_protocols(alpn)
         super().__init__(**kw)
 
     def _sni(self, _obj, name, _ctx):
@@ -1806,6 +1809,7 @@ class TlsEchoServer(Server):
         t = self.context.wrap_socket(c, server_side=True)
         with self._cond:
             self.handshakes += 1
+            self.protocols.append(t.selected_alpn_protocol())
         while True:
             d = t.recv(256 * KiB)
             if not d:

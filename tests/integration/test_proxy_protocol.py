@@ -9,8 +9,9 @@ clients start with (v1 or v2, before TLS), relays none of it, and passes the add
 carries on; connections without one are closed and counted, a bare connect-and-close
 (a TCP health check) is not an error, and a header that never comes times out.
 
-[upstream.NAME] proxy_protocol_tlvs: a v2 header sent upstream carries the name the
-client asked for (TLS SNI, else its own header's authority), an SSL TLV, the TLVs of the
+[upstream.NAME] proxy_protocol_tlvs: a v2 header sent upstream carries the protocol ALPN
+chose and the name the client asked for (from grelay's TLS handshake, else the client's
+own header), an SSL TLV, the TLVs of the
 client's header passed on, and a CRC32C checksum that Debian's HAProxy verifies. A
 received header whose TLVs are malformed or whose checksum does not match is refused."""
 
@@ -296,18 +297,22 @@ class ProxyProtocolTest(h.GrelayTest):
             with h.SinkServer() as up:
                 cfg = h.Config()
                 cfg.upstream("tell", [up.address], proxy_protocol="v2",
-                             proxy_protocol_tlvs=["authority", "ssl", "received", "crc32c"])
+                             proxy_protocol_tlvs=["alpn", "authority", "ssl", "received",
+                                                  "crc32c"])
                 tls_port = cfg.listener("tls", "tell", accept_proxy_protocol=True,
-                                        tls={"cert": certs.server[0], "key": certs.server[1]})
+                                        tls={"cert": certs.server[0], "key": certs.server[1],
+                                             "alpn": ["h2"]})
                 plain_port = cfg.listener("plain", "tell", accept_proxy_protocol=True)
                 cfg.with_admin()
                 vpce = tlv(0xEA, b"\x01vpce-0a1b2c3d4e5f")  # AWS PrivateLink's endpoint ID
-                received = tlv(0x04, b"pad") + tlv(0x02, b"lb.example") + vpce
+                received = (tlv(0x04, b"pad") + tlv(0x01, b"http/1.1") + tlv(0x02, b"lb.example") +
+                            vpce)
                 addresses = expected_header("v2", ("203.0.113.7", 50001), ("198.51.100.9", 443))
                 with h.Grelay(cfg) as g:
                     raw = h.connect(tls_port)
                     raw.sendall(with_tlvs(addresses, received))
                     ctx = h.tls_client_context(certs.ca)
+                    ctx.set_alpn_protocols(["h2", "http/1.1"])
                     with ctx.wrap_socket(raw, server_hostname="localhost") as s:
                         version, cipher = s.version(), s.cipher()[0]
                         s.sendall(b"over TLS")
@@ -326,21 +331,23 @@ class ProxyProtocolTest(h.GrelayTest):
                                          addresses[16:], "the addresses")
                         got = read_tlvs(header)
                         kinds = [k for k, _ in got]
-                        self.assertEqual(kinds, [0x02, 0x20, 0xEA, 0x03], got)
+                        self.assertEqual(kinds, [0x01, 0x02, 0x20, 0xEA, 0x03], got)
                         checked = bytearray(header)
                         checked[-4:] = b"\0" * 4
-                        self.assertEqual(struct.unpack("!I", got[3][1])[0],
+                        self.assertEqual(struct.unpack("!I", got[4][1])[0],
                                          crc32c(bytes(checked)), "the checksum")
-                        self.assertEqual(got[2], (0xEA, vpce[3:]), "passed on unchanged")
+                        self.assertEqual(got[3], (0xEA, vpce[3:]), "passed on unchanged")
                         if payload == b"over TLS":
-                            # SNI wins over the load balancer's authority.
-                            self.assertEqual(got[0][1], b"localhost")
-                            self.assertEqual(got[1][1], b"\x01\0\0\0\x01" +
+                            # What grelay's own handshake says wins over the balancer's TLVs.
+                            self.assertEqual(got[0][1], b"h2")
+                            self.assertEqual(got[1][1], b"localhost")
+                            self.assertEqual(got[2][1], b"\x01\0\0\0\x01" +
                                              tlv(0x21, version.encode()) +
                                              tlv(0x23, cipher.encode()))
                         else:
-                            self.assertEqual(got[0][1], b"lb.example")
-                            self.assertEqual(got[1][1], b"\0\0\0\0\x01")
+                            self.assertEqual(got[0][1], b"http/1.1")
+                            self.assertEqual(got[1][1], b"lb.example")
+                            self.assertEqual(got[2][1], b"\0\0\0\0\x01")
                     # A checksum that does not match, or TLVs that do not fill the header: refused.
                     for bad in (with_tlvs(addresses, received, flip=1),
                                 with_tlvs(addresses, tlv(0x02, b"x")[:-1] + b"\0\x05x",

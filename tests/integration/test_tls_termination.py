@@ -14,6 +14,9 @@ Certificates are made at test time with the openssl CLI (harness.Certs).
   names each certificate has, exact names before wildcards, case-insensitively; any other
   name or none gets the default `cert`. `--check` refuses a certificate without DNS names
   and a name in two certificates.
+- ALPN (`alpn`): curl --http2 negotiates h2 with grelay and speaks HTTP/2 through it to
+  Debian's nginx serving cleartext HTTP/2 (the gRPC set-up); the first protocol of the
+  listener's list that a client offers wins, and nothing in common means no ALPN.
 - Resets propagate both ways: an upstream reset reaches the TLS client as a TCP reset
   (no close_notify); a TLS client's reset reaches the upstream after the bytes it sent.
 """
@@ -95,6 +98,39 @@ class TlsTerminationTest(h.TlsTest):
             r = h.run_grelay(["-c", path, "--check"])
             self.assertNotEqual(r.returncode, 0, r.stdout)
             self.assertIn(message, r.stderr)
+
+    def test_alpn_lets_http2_clients_through_to_a_cleartext_http2_server(self):
+        if h.NginxServer.available():
+            self.skipTest(h.NginxServer.available())
+        if not shutil.which("curl"):
+            self.skipTest("curl is not installed")
+        body = h.Stream(4343, h.scaled(1 * h.MiB + 4321)).bytes()
+        with h.NginxServer(body=body, listen_options="http2") as nginx:
+            cfg = h.Config()
+            cfg.upstream("web", [nginx.address])
+            h2 = cfg.listener("h2", "web", tls={**tls_listener(self.certs),
+                                                "alpn": ["h2", "http/1.1"]})
+            plain = cfg.listener("plain", "web", tls=tls_listener(self.certs))
+            with h.Grelay(cfg):
+                for attempt in range(2):
+                    out = subprocess.run(
+                        ["curl", "-sS", "--fail", "--http2", "--max-time", "20",
+                         "--cacert", self.certs.ca, "--resolve", f"localhost:{h2}:127.0.0.1",
+                         "-w", "%{http_version}", "-o", "-",
+                         f"https://localhost:{h2}/{nginx.FILE_NAME}"],
+                        capture_output=True, timeout=60)
+                    self.assertEqual(out.returncode, 0, out.stderr.decode(errors="replace"))
+                    self.assertEqual(out.stdout[-1:], b"2", f"#{attempt}: not HTTP/2")
+                    self.assertTrue(out.stdout[:-1] == body, f"#{attempt}: body differs")
+                # A Python client: the listener's order wins; nothing in common, no ALPN.
+                # A listener without `alpn` chooses none.
+                for port, offered, chosen in ((h2, ["http/1.1", "h2"], "h2"),
+                                              (h2, ["http/1.1"], "http/1.1"),
+                                              (h2, ["spdy/3"], None), (plain, ["h2"], None)):
+                    ctx = h.tls_client_context(self.certs.ca)
+                    ctx.set_alpn_protocols(offered)
+                    with ctx.wrap_socket(h.connect(port), server_hostname="localhost") as s:
+                        self.assertEqual(s.selected_alpn_protocol(), chosen, offered)
 
     def test_concurrent_random_streams_are_byte_exact_both_ways(self):
         rng = random.Random(5005)

@@ -81,6 +81,22 @@ class TlsUpstreamTest(h.TlsTest):
         self.assertEqual(sum(r.received for r in server.conns), 0,
                          f"{listener}: the refused upstream received plaintext")
 
+    def test_alpn_offers_the_pools_protocols(self):
+        with h.TlsEchoServer(*self.certs.upstream, alpn=["http/1.1", "h2"]) as both, \
+                h.TlsEchoServer(*self.certs.upstream, alpn=["spdy/3"]) as other:
+            cfg = h.Config()
+            tls = {"ca": self.certs.ca, "sni": "localhost", "alpn": ["h2", "http/1.1"]}
+            cfg.upstream("both", [both.address], tls=tls)
+            cfg.upstream("other", [other.address], tls=tls)
+            ports = [cfg.listener("both", "both"), cfg.listener("other", "other")]
+            with h.Grelay(cfg):
+                for port in ports:
+                    self.assertTrue(h.stream_session(port, h.Stream(77, 64 * h.KiB)).ok)
+            # The server chooses among what grelay offers (Python's server: its own order);
+            # one with nothing in common goes on without ALPN.
+            self.assertEqual(both.protocols, ["http/1.1"])
+            self.assertEqual(other.protocols, [None])
+
     def test_bad_certificates_are_refused_with_a_reason(self):
         c = self.certs
         with h.TlsEchoServer(*c.expired) as expired, \

@@ -173,6 +173,7 @@ TEST(ProxyProtocolTest, Crc32cIsCastagnolis) {
 TEST(ProxyProtocolTest, Version2TlvsByteForByte) {
   const std::string received = tlv(0xea, "\x01vpce-1");  // an AWS VPC endpoint ID
   ProxyTlvs tlvs;
+  tlvs.alpn = "h2";
   tlvs.authority = "api.example";
   tlvs.ssl = true;
   tlvs.tls = true;
@@ -183,9 +184,10 @@ TEST(ProxyProtocolTest, Version2TlvsByteForByte) {
   const std::string ssl = std::string("\x01\x00\x00\x00\x01", 5) + tlv(0x21, "TLSv1.3") +
                           tlv(0x23, "TLS_AES_128_GCM_SHA256");
   // The checksum as an independent implementation (Python, bit by bit) computes it.
-  const std::string expected = headerWith(tlv(0x02, "api.example") + tlv(0x20, ssl) + received +
-                                          tlv(0x03, std::string("\x3b\x9a\x56\xa7", 4)));
-  EXPECT_EQ(expected.substr(12, 4), std::string("\x21\x11\x00\x56", 4));  // 86 bytes
+  const std::string expected =
+      headerWith(tlv(0x01, "h2") + tlv(0x02, "api.example") + tlv(0x20, ssl) + received +
+                 tlv(0x03, std::string("\xff\x77\x08\xed", 4)));
+  EXPECT_EQ(expected.substr(12, 4), std::string("\x21\x11\x00\x5b", 4));  // 91 bytes
   EXPECT_EQ(proxyHeader(ProxyProtocol::V2, v4("192.0.2.10", 56324), v4("198.51.100.1", 443), &tlvs),
             expected);
 }
@@ -213,10 +215,12 @@ TEST(ProxyProtocolTest, PassedTlvsLeaveOutChecksumsNoopsAndWhatGrelayWrites) {
   const std::string authority = tlv(0x02, "lb.example");
   const std::string ssl = tlv(0x20, std::string("\x00\x00\x00\x00\x01", 5));
   const std::string all = tlv(0x04, "pad") + authority + vpce + tlv(0x03, "abcd") + ssl;
-  EXPECT_EQ(passedTlvs(all, false, false), authority + vpce + ssl);
-  EXPECT_EQ(passedTlvs(all, true, false), vpce + ssl);
-  EXPECT_EQ(passedTlvs(all, true, true), vpce);
-  EXPECT_EQ(passedTlvs("", true, true), "");
+  const std::string alpn = tlv(0x01, "h2");
+  const std::string withAlpn = alpn + all;
+  EXPECT_EQ(passedTlvs(withAlpn, {}), alpn + authority + vpce + ssl);
+  EXPECT_EQ(passedTlvs(withAlpn, {.authority = true}), alpn + vpce + ssl);
+  EXPECT_EQ(passedTlvs(withAlpn, {.alpn = true, .authority = true, .ssl = true}), vpce);
+  EXPECT_EQ(passedTlvs("", {.alpn = true, .authority = true, .ssl = true}), "");
   EXPECT_EQ(findTlv(all, 0x02), "lb.example");
   EXPECT_EQ(findTlv(all, 0xea), "\x01vpce-1");
   EXPECT_EQ(findTlv(all, 0x05), "");
