@@ -290,6 +290,11 @@ struct ListenerTlsConfig {
   // ALPN: the first of these (in this order) that the client offers is chosen; none in
   // common (or an empty list) = no ALPN, the handshake goes on.
   std::vector<std::string> alpn;
+  // Client certificates (mTLS): asked for and verified against these CAs (PEM); "" = not
+  // asked for. Required unless client_verify = "optional" (then a client may send none,
+  // but one it sends must verify).
+  std::string client_ca;
+  bool client_cert_optional = false;
   Location location;
 };
 

@@ -875,34 +875,54 @@ private:
 
   void readListenerTls(const toml::table& table, ListenerTlsConfig& tls) {
     tls.location = locate(table.source());
-    readTable(table, "in [[listener]] tls",
-              {
-                  {"cert", file(&tls.cert, "cert"), true},
-                  {"key", file(&tls.key, "key"), true},
-                  {"certs", arrayOfTables("[[listener]] tls certs",
-                                          [this, &tls](const toml::table& t) {
-                                            CertificateFiles& c = tls.certs.emplace_back();
-                                            c.location = locate(t.source());
-                                            readTable(t, "in [[listener]] tls certs",
-                                                      {{"cert", file(&c.cert, "cert"), true},
-                                                       {"key", file(&c.key, "key"), true}});
-                                          })},
-                  {"handshake_timeout", duration(&tls.handshake_timeout, 1ms, kMaxTimeout)},
-                  {"min_version",
-                   [this, &tls](std::string_view key, const toml::node& node) {
-                     if (!string(&tls.min_version)(key, node))
-                       return false;
-                     if (tls.min_version != "1.2" && tls.min_version != "1.3") {
-                       error(node.source(), quoted(key) + " must be one of 1.2, 1.3, got " +
-                                                quoted(tls.min_version));
-                       return false;
-                     }
-                     return true;
-                   }},
-                  {"ciphers", string(&tls.ciphers, true)},
-                  {"ciphersuites", string(&tls.ciphersuites, true)},
-                  {"alpn", protocols(&tls.alpn)},
-              });
+    readTable(
+        table, "in [[listener]] tls",
+        {
+            {"cert", file(&tls.cert, "cert"), true},
+            {"key", file(&tls.key, "key"), true},
+            {"certs", arrayOfTables("[[listener]] tls certs",
+                                    [this, &tls](const toml::table& t) {
+                                      CertificateFiles& c = tls.certs.emplace_back();
+                                      c.location = locate(t.source());
+                                      readTable(t, "in [[listener]] tls certs",
+                                                {{"cert", file(&c.cert, "cert"), true},
+                                                 {"key", file(&c.key, "key"), true}});
+                                    })},
+            {"handshake_timeout", duration(&tls.handshake_timeout, 1ms, kMaxTimeout)},
+            {"min_version",
+             [this, &tls](std::string_view key, const toml::node& node) {
+               if (!string(&tls.min_version)(key, node))
+                 return false;
+               if (tls.min_version != "1.2" && tls.min_version != "1.3") {
+                 error(node.source(),
+                       quoted(key) + " must be one of 1.2, 1.3, got " + quoted(tls.min_version));
+                 return false;
+               }
+               return true;
+             }},
+            {"ciphers", string(&tls.ciphers, true)},
+            {"ciphersuites", string(&tls.ciphersuites, true)},
+            {"alpn", protocols(&tls.alpn)},
+            {"client_ca", file(&tls.client_ca, "client_ca")},
+            {"client_verify",
+             [this, &tls](std::string_view key, const toml::node& node) {
+               std::string text;
+               if (!string(&text)(key, node))
+                 return false;
+               if (text != "required" && text != "optional") {
+                 error(node.source(),
+                       quoted(key) + " must be one of required, optional, got " + quoted(text));
+                 return false;
+               }
+               tls.client_cert_optional = text == "optional";
+               return true;
+             }},
+        });
+    if (const toml::node* verify = table.get("client_verify");
+        verify != nullptr && table.get("client_ca") == nullptr) {
+      error(verify->source(),
+            "'client_verify' needs 'client_ca' in [[listener]] tls: the CAs to verify against");
+    }
   }
 
   void readMirror(const toml::table& table, MirrorConfig& m) {

@@ -37,7 +37,8 @@ struct AccessRecord {
   bool reset = false;          // the client got a reset, not a FIN
   bool tls = false;            // TLS terminated here
   std::string_view sni;        // the server name the client sent in TLS SNI; empty = none
-  uint32_t mirrors = 0;        // mirrors sampled for the session
+  const std::string* clientCert = nullptr;  // the subject of its certificate (mTLS), or null
+  uint32_t mirrors = 0;                     // mirrors sampled for the session
   uint32_t mirrorsCut = 0;
 };
 
@@ -45,10 +46,10 @@ struct AccessRecord {
 //  "client":"192.0.2.1:5555",
 //  "server":"127.0.0.1:8000","duration":0.004512,"queue":0.000000,"connect":0.000210,
 //  "request_bytes":78,"response_bytes":4321,
-//  "end":"normal","reset":false,"tls":true,"sni":"api.example.com","mirrors":1,
-//  "mirrors_cut":0}  + "\n"
-// (one line; "server" and "connect" are null when no server was connected, "sni" when
-// the client sent none; the client's bytes in it are escaped as JSON needs).
+//  "end":"normal","reset":false,"tls":true,"sni":"api.example.com",
+//  "client_cert":"CN=alice,O=Example","mirrors":1,"mirrors_cut":0}  + "\n"
+// (one line; "server" and "connect" are null when no server was connected, "sni" and
+// "client_cert" when the client sent none; what the client sent is escaped as JSON needs).
 std::string accessLogLine(const AccessRecord& record);
 
 class AccessLog {

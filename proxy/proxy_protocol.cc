@@ -53,14 +53,19 @@ constexpr std::array<uint32_t, 256> kCrc32cTable = [] {
   return table;
 }();
 
-// PP2_TYPE_SSL: client bits, a 32-bit verify result (0 only for a verified client
-// certificate, which grelay does not ask for), then sub-TLVs.
+// PP2_TYPE_SSL: client bits, a 32-bit verify result (0 only for a client certificate
+// that verified), then sub-TLVs.
 void appendSslTlv(std::string& out, const ProxyTlvs& tlvs) {
+  const bool cert = tlvs.tls && tlvs.clientCert;
   std::string value;
-  value.push_back(static_cast<char>(tlvs.tls ? kSslClientSsl : 0));
-  value.append("\0\0\0\1", 4);
+  value.push_back(static_cast<char>(
+      tlvs.tls ? kSslClientSsl | (cert ? kSslClientCertConn | kSslClientCertSess : 0) : 0));
+  value.append(cert ? std::string_view("\0\0\0\0", 4) : std::string_view("\0\0\0\1", 4));
   if (tlvs.tls) {
     appendTlv(value, kTlvSslVersion, tlvs.tlsVersion);
+    if (cert && !tlvs.clientCommonName.empty()) {
+      appendTlv(value, kTlvSslCn, tlvs.clientCommonName);
+    }
     appendTlv(value, kTlvSslCipher, tlvs.tlsCipher);
   }
   appendTlv(out, kTlvSsl, value);

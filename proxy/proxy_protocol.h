@@ -19,8 +19,11 @@ constexpr uint8_t kTlvCrc32c = 0x03;
 constexpr uint8_t kTlvNoop = 0x04;
 constexpr uint8_t kTlvSsl = 0x20;
 constexpr uint8_t kTlvSslVersion = 0x21;
+constexpr uint8_t kTlvSslCn = 0x22;
 constexpr uint8_t kTlvSslCipher = 0x23;
 constexpr uint8_t kSslClientSsl = 0x01;
+constexpr uint8_t kSslClientCertConn = 0x02;  // a certificate on this connection
+constexpr uint8_t kSslClientCertSess = 0x04;  // ... and on its TLS session
 
 // What a version 2 header carries after the addresses ([upstream.NAME]
 // proxy_protocol_tlvs), in this order: the ALPN protocol, the authority, the SSL TLV,
@@ -32,6 +35,8 @@ struct ProxyTlvs {
   bool tls = false;            //   the client bit, and then the version and cipher
   std::string_view tlsVersion;
   std::string_view tlsCipher;
+  bool clientCert = false;  //   a client certificate, verified, and its subject's CN
+  std::string_view clientCommonName;
   std::string_view received;  // TLVs as read (well-formed), sent unchanged
   bool crc32c = false;        // PP2_TYPE_CRC32C over the whole header
 };

@@ -996,10 +996,14 @@ std::string Session::upstreamProxyHeader(const config::UpstreamConfig& pool) con
     }
   }
   tlvs.ssl = wanted.ssl;
+  relay::TlsChannel::PeerCertificate cert;
   if (wanted.ssl && tls != nullptr) {
     tlvs.tls = true;
     tlvs.tlsVersion = tls->version();
     tlvs.tlsCipher = tls->cipher();
+    cert = tls->peerCertificate();
+    tlvs.clientCert = cert.present;
+    tlvs.clientCommonName = cert.commonName;
   }
   std::string passed;
   if (wanted.received) {
@@ -1892,8 +1896,14 @@ void Session::writeAccessLog() {
   r.end = tap::toString(closeReason_);  // the tap's close reasons, by the same names
   r.reset = resetClient_;
   r.tls = cfg().tls.has_value();
+  std::string clientCert;
   if (client_.tls_ != nullptr) {
     r.sni = client_.tls_->serverName();  // known once the ClientHello was read, even if it failed
+    relay::TlsChannel::PeerCertificate cert = client_.tls_->peerCertificate();
+    if (cert.present) {
+      clientCert = std::move(cert.subject);
+      r.clientCert = &clientCert;
+    }
   }
   for (const auto& m : mirrors_) {
     r.mirrors += m->state != MirrorState::Unsampled ? 1 : 0;

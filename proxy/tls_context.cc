@@ -98,6 +98,25 @@ SSL_CTX* serverContext(const config::ListenerTlsConfig& t, const config::Certifi
   }
   const std::string ciphers = t.ciphers.empty() ? kIntermediateCiphers : t.ciphers;
   bool ok = true;
+  if (!t.client_ca.empty()) {
+    // mTLS. The session ID context lets a TLS 1.2 client resume a verified session (OpenSSL
+    // refuses resumption with verification on and none set).
+    STACK_OF(X509_NAME)* names = SSL_load_client_CA_file(t.client_ca.c_str());
+    if (names == nullptr || SSL_CTX_load_verify_locations(ctx, t.client_ca.c_str(), nullptr) != 1) {
+      errors->push_back(at(t.location, "cannot load client CA certificates from client_ca file '" +
+                                           t.client_ca + "': " + lastError()));
+      ok = false;
+    } else {
+      SSL_CTX_set_client_CA_list(ctx, names);  // named in the CertificateRequest
+      names = nullptr;
+    }
+    sk_X509_NAME_pop_free(names, X509_NAME_free);
+    SSL_CTX_set_verify(
+        ctx, SSL_VERIFY_PEER | (t.client_cert_optional ? 0 : SSL_VERIFY_FAIL_IF_NO_PEER_CERT),
+        nullptr);
+    static const unsigned char kSessionContext[] = "grelay";
+    SSL_CTX_set_session_id_context(ctx, kSessionContext, sizeof(kSessionContext) - 1);
+  }
   if (SSL_CTX_set_cipher_list(ctx, ciphers.c_str()) != 1) {
     errors->push_back(at(t.location, "ciphers '" + ciphers + "': " + lastError()));
     ok = false;

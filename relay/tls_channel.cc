@@ -234,6 +234,38 @@ std::string_view TlsChannel::alpn() const {
                          : std::string_view();
 }
 
+TlsChannel::PeerCertificate TlsChannel::peerCertificate() const {
+  PeerCertificate out;
+  X509* cert = SSL_get0_peer_certificate(ssl_);
+  if (cert == nullptr) {
+    return out;
+  }
+  out.present = true;
+  X509_NAME* name = X509_get_subject_name(cert);
+  const int at = X509_NAME_get_index_by_NID(name, NID_commonName, -1);
+  if (at >= 0) {
+    unsigned char* utf8 = nullptr;
+    const int length =
+        ASN1_STRING_to_UTF8(&utf8, X509_NAME_ENTRY_get_data(X509_NAME_get_entry(name, at)));
+    if (length > 0) {
+      out.commonName.assign(reinterpret_cast<const char*>(utf8), static_cast<size_t>(length));
+    }
+    OPENSSL_free(utf8);
+  }
+  BIO* text = BIO_new(BIO_s_mem());
+  if (text != nullptr) {
+    if (X509_NAME_print_ex(text, name, 0, XN_FLAG_RFC2253) >= 0) {
+      char* data = nullptr;
+      const long length = BIO_get_mem_data(text, &data);
+      if (length > 0) {
+        out.subject.assign(data, static_cast<size_t>(length));
+      }
+    }
+    BIO_free(text);
+  }
+  return out;
+}
+
 int TlsChannel::bioRead(BIO* bio, char* buf, int len) {
   auto* self = static_cast<TlsChannel*>(BIO_get_data(bio));
   BIO_clear_retry_flags(bio);

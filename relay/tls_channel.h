@@ -81,6 +81,15 @@ public:
   std::string_view serverName() const;
   // The protocol ALPN chose ("h2"); empty if none.
   std::string_view alpn() const;
+  // On the server side after the handshake: the certificate the client sent (verified: a
+  // bad one fails the handshake), if any: its subject's common name (UTF-8) and its whole
+  // subject (RFC 2253, "CN=alice,O=Example"; bytes past ASCII as \XX, so it is ASCII).
+  struct PeerCertificate {
+    bool present = false;
+    std::string commonName;
+    std::string subject;
+  };
+  PeerCertificate peerCertificate() const;
 
 private:
   struct Inbound {

@@ -1057,6 +1057,30 @@ TEST(LoaderTest, AlpnProtocolsOnBothSides) {
   EXPECT_THAT(errorsOf(file("\"h2\"", "[]")), SizeIs(1));
 }
 
+TEST(LoaderTest, ClientCertificatesNeedTheirCa) {
+  TempDir dir;
+  const std::string key = dir.write("key.pem", "x");
+  auto tls = [&](const std::string& more) {
+    return validWith({"tls = { cert = \"" + key + "\", key = \"" + key + "\"" + more + " }"});
+  };
+  LoadResult result = loadString(tls(", client_ca = \"" + key + "\""), "t.toml");
+  ASSERT_TRUE(result.ok()) << result.errors[0].toString();
+  EXPECT_EQ(result.config->listeners[0].tls->client_ca, key);
+  EXPECT_FALSE(result.config->listeners[0].tls->client_cert_optional);
+  result = loadString(tls(", client_ca = \"" + key + "\", client_verify = \"optional\""), "t.toml");
+  ASSERT_TRUE(result.ok()) << result.errors[0].toString();
+  EXPECT_TRUE(result.config->listeners[0].tls->client_cert_optional);
+  EXPECT_THAT(
+      errorsOf(tls(", client_verify = \"required\"")),
+      ElementsAre(testing::HasSubstr(
+          "'client_verify' needs 'client_ca' in [[listener]] tls: the CAs to verify against")));
+  EXPECT_THAT(errorsOf(tls(", client_ca = \"" + key + "\", client_verify = \"sometimes\"")),
+              ElementsAre(testing::HasSubstr(
+                  "'client_verify' must be one of required, optional, got 'sometimes'")));
+  EXPECT_THAT(errorsOf(tls(", client_ca = \"no-such-ca.pem\"")),
+              ElementsAre(testing::HasSubstr("cannot read client_ca file 'no-such-ca.pem'")));
+}
+
 TEST(LoaderErrorTest, MissingCaFileIsNamed) {
   EXPECT_THAT(
       errorsOf(lines({"[upstream.app]", R"(servers = ["127.0.0.1:8000"])",

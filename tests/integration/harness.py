@@ -1559,7 +1559,8 @@ class Certs:
         return r.stdout
 
     def _signed(self, name: str, subject: str, san: str, rsa: bool = False,
-                dates: tuple[str, str] | None = None) -> tuple[str, str]:
+                dates: tuple[str, str] | None = None,
+                usage: str = "serverAuth") -> tuple[str, str]:
         d = self.dir
         key, csr, cert = (os.path.join(d, f"{name}.{x}") for x in ("key", "csr", "pem"))
         keyopts = ["-newkey", "rsa:2048"] if rsa else self._ec()
@@ -1585,7 +1586,7 @@ commonName = supplied
 subjectAltName = {san}
 basicConstraints = CA:FALSE
 keyUsage = critical,digitalSignature,keyEncipherment
-extendedKeyUsage = serverAuth
+extendedKeyUsage = {usage}
 """)
         args = ["ca", "-batch", "-config", cnf, "-in", csr, "-out", cert, "-extensions", "ext",
                 "-notext"]
@@ -1593,6 +1594,10 @@ extendedKeyUsage = serverAuth
             args += ["-startdate", dates[0], "-enddate", dates[1]]
         self._openssl(*args)
         return cert, key
+
+    def client(self, name: str, subject: str) -> tuple[str, str]:
+        """A client certificate (clientAuth) signed by the CA, for mTLS."""
+        return self._signed(name, subject, f"DNS:{name}.test", usage="clientAuth")
 
     def cleanup(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -67,7 +67,8 @@ class AccessLogTest(h.GrelayTest):
             self.assertEqual(set(line), {"time", "listener", "worker", "session", "client",
                                          "server", "duration", "queue", "connect",
                                          "request_bytes", "response_bytes", "end", "reset",
-                                         "tls", "sni", "mirrors", "mirrors_cut"})
+                                         "tls", "sni", "client_cert", "mirrors",
+                                         "mirrors_cut"})
             by_end.setdefault((line["listener"], line["end"]), []).append(line)
         normal = [x for x in by_end[("web", "normal")] if x["request_bytes"] == len(stream)]
         self.assertEqual(len(normal), 1, lines)

@@ -11,7 +11,7 @@ carries on; connections without one are closed and counted, a bare connect-and-c
 
 [upstream.NAME] proxy_protocol_tlvs: a v2 header sent upstream carries the protocol ALPN
 chose and the name the client asked for (from grelay's TLS handshake, else the client's
-own header), an SSL TLV, the TLVs of the
+own header), an SSL TLV (with a verified client certificate's CN), the TLVs of the
 client's header passed on, and a CRC32C checksum that Debian's HAProxy verifies. A
 received header whose TLVs are malformed or whose checksum does not match is refused."""
 
@@ -301,7 +301,7 @@ class ProxyProtocolTest(h.GrelayTest):
                                                   "crc32c"])
                 tls_port = cfg.listener("tls", "tell", accept_proxy_protocol=True,
                                         tls={"cert": certs.server[0], "key": certs.server[1],
-                                             "alpn": ["h2"]})
+                                             "alpn": ["h2"], "client_ca": certs.ca})
                 plain_port = cfg.listener("plain", "tell", accept_proxy_protocol=True)
                 cfg.with_admin()
                 vpce = tlv(0xEA, b"\x01vpce-0a1b2c3d4e5f")  # AWS PrivateLink's endpoint ID
@@ -313,6 +313,7 @@ class ProxyProtocolTest(h.GrelayTest):
                     raw.sendall(with_tlvs(addresses, received))
                     ctx = h.tls_client_context(certs.ca)
                     ctx.set_alpn_protocols(["h2", "http/1.1"])
+                    ctx.load_cert_chain(*certs.client("alice", "/CN=alice"))
                     with ctx.wrap_socket(raw, server_hostname="localhost") as s:
                         version, cipher = s.version(), s.cipher()[0]
                         s.sendall(b"over TLS")
@@ -341,8 +342,10 @@ class ProxyProtocolTest(h.GrelayTest):
                             # What grelay's own handshake says wins over the balancer's TLVs.
                             self.assertEqual(got[0][1], b"h2")
                             self.assertEqual(got[1][1], b"localhost")
-                            self.assertEqual(got[2][1], b"\x01\0\0\0\x01" +
-                                             tlv(0x21, version.encode()) +
+                            # A verified client certificate: bits SSL, CERT_CONN and
+                            # CERT_SESS, verify 0, and its CN.
+                            self.assertEqual(got[2][1], b"\x07\0\0\0\0" +
+                                             tlv(0x21, version.encode()) + tlv(0x22, b"alice") +
                                              tlv(0x23, cipher.encode()))
                         else:
                             self.assertEqual(got[0][1], b"http/1.1")

@@ -17,6 +17,9 @@ Certificates are made at test time with the openssl CLI (harness.Certs).
 - ALPN (`alpn`): curl --http2 negotiates h2 with grelay and speaks HTTP/2 through it to
   Debian's nginx serving cleartext HTTP/2 (the gRPC set-up); the first protocol of the
   listener's list that a client offers wins, and nothing in common means no ALPN.
+- Client certificates (`client_ca`): required, a client without one, or with one the CA
+  did not sign, fails its handshake and reaches no upstream; with one, its subject is in
+  the access log. `client_verify = "optional"` lets a client without one in.
 - Resets propagate both ways: an upstream reset reaches the TLS client as a TCP reset
   (no close_notify); a TLS client's reset reaches the upstream after the bytes it sent.
 """
@@ -131,6 +134,56 @@ class TlsTerminationTest(h.TlsTest):
                     ctx.set_alpn_protocols(offered)
                     with ctx.wrap_socket(h.connect(port), server_hostname="localhost") as s:
                         self.assertEqual(s.selected_alpn_protocol(), chosen, offered)
+
+    def test_client_certificates_required_or_optional(self):
+        import json
+        import ssl
+        c = self.certs
+        alice = c.client("alice", "/CN=alice")
+        log = os.path.join(c.dir, "mtls-access.log")
+        with h.EchoServer() as echo:
+            cfg = h.Config()
+            cfg.upstream("app", [echo.address])
+            required = cfg.listener("required", "app", access_log=log,
+                                    tls={**tls_listener(c), "client_ca": c.ca})
+            optional = cfg.listener("optional", "app", access_log=log,
+                                    tls={**tls_listener(c), "client_ca": c.ca,
+                                         "client_verify": "optional"})
+            cfg.with_admin()
+
+            def session(port, cert):
+                ctx = h.tls_client_context(c.ca)
+                if cert:
+                    ctx.load_cert_chain(*cert)
+                try:
+                    with ctx.wrap_socket(h.connect(port), server_hostname="localhost") as s:
+                        s.sendall(b"ping")
+                        return s.recv(4)
+                except (ssl.SSLError, OSError) as e:
+                    return repr(e)
+
+            with h.Grelay(cfg) as g:
+                self.assertEqual(session(required, alice), b"ping")
+                self.assertEqual(session(optional, alice), b"ping")
+                self.assertEqual(session(optional, None), b"ping")
+                # No certificate, or one the CA did not sign (TLS 1.3: the client learns it
+                # from the alert on its first read).
+                for cert in (None, c.self_signed):
+                    got = session(required, cert)
+                    self.assertNotEqual(got, b"ping", cert)
+                    h.log(f"refused: {got}")
+                self.assertTrue(h.wait_for(lambda: g.metric(
+                    "grelay_tls_handshake_failures_total", listener="required",
+                    reason="error") == 2, 5))
+            echo.settle()
+            self.assertEqual(len(echo.conns), 3, "a refused client reached the upstream")
+        with open(log) as f:
+            lines = [json.loads(x) for x in f]
+        got = sorted((x["listener"], x["end"], x["client_cert"] or "") for x in lines)
+        self.assertEqual(got, [("optional", "normal", ""),
+                               ("optional", "normal", "CN=alice"),
+                               ("required", "error", ""), ("required", "error", ""),
+                               ("required", "normal", "CN=alice")], lines)
 
     def test_concurrent_random_streams_are_byte_exact_both_ways(self):
         rng = random.Random(5005)

@@ -48,7 +48,7 @@ TEST(AccessLogTest, OneJsonLinePerSession) {
             "\"192.0.2.7:51098\",\"server\":\"127.0.0.1:8000\",\"duration\":1.500250,"
             "\"queue\":0.250000,\"connect\":0.000512,\"request_bytes\":78,\"response_bytes\":4321,"
             "\"end\":\"normal\",\"reset\":false,"
-            "\"tls\":false,\"sni\":null,\"mirrors\":2,\"mirrors_cut\":1}\n");
+            "\"tls\":false,\"sni\":null,\"client_cert\":null,\"mirrors\":2,\"mirrors_cut\":1}\n");
   AccessRecord r = record(&web, nullptr);
   auto& c6 = reinterpret_cast<sockaddr_in6&>(r.client);
   c6 = sockaddr_in6{};
@@ -67,21 +67,30 @@ TEST(AccessLogTest, OneJsonLinePerSession) {
       << line;
 }
 
-TEST(AccessLogTest, TheClientsSniIsEscapedIntoValidJson) {
+TEST(AccessLogTest, TheClientsSniAndCertificateAreEscapedIntoValidJson) {
   const std::string web = "web";
   AccessRecord r = record(&web, nullptr);
   r.tls = true;
   r.sni = "api.example.com";
-  EXPECT_NE(accessLogLine(r).find(",\"tls\":true,\"sni\":\"api.example.com\",\"mirrors\":2,"),
-            std::string::npos);
+  EXPECT_NE(
+      accessLogLine(r).find(",\"tls\":true,\"sni\":\"api.example.com\",\"client_cert\":null,"),
+      std::string::npos);
   // A client may send any bytes but NUL; the line stays one line of valid JSON.
   r.sni = "a\"b\\c\nd\x7f\xc3\xa9";
   EXPECT_NE(accessLogLine(r).find(R"("sni":"a\"b\\c\u000ad\u007f\u00c3\u00a9",)"),
             std::string::npos)
       << accessLogLine(r);
+  const std::string subject = R"(CN=Jos\C3\A9 \"J\",O=Example)";  // RFC 2253, as OpenSSL writes it
+  r.clientCert = &subject;
+  EXPECT_NE(
+      accessLogLine(r).find(R"("client_cert":"CN=Jos\\C3\\A9 \\\"J\\\",O=Example","mirrors")"),
+      std::string::npos)
+      << accessLogLine(r);
+  r.clientCert = nullptr;
   const std::string longest(255, 'x');  // RFC 6066's limit, which OpenSSL keeps
   r.sni = longest;
-  EXPECT_NE(accessLogLine(r).find("\"sni\":\"" + longest + "\",\"mirrors\":2,"), std::string::npos);
+  EXPECT_NE(accessLogLine(r).find("\"sni\":\"" + longest + "\",\"client_cert\":null,"),
+            std::string::npos);
 }
 
 class AccessLogFileTest : public ::testing::Test {

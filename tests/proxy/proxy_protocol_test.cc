@@ -199,6 +199,21 @@ TEST(ProxyProtocolTest, Version2SslTlvOfAPlainSessionHasNoSubTlvs) {
             headerWith(tlv(0x20, std::string("\x00\x00\x00\x00\x01", 5))));
 }
 
+TEST(ProxyProtocolTest, Version2SslTlvOfAClientCertificate) {
+  ProxyTlvs tlvs;
+  tlvs.ssl = true;
+  tlvs.tls = true;
+  tlvs.tlsVersion = "TLSv1.3";
+  tlvs.tlsCipher = "TLS_AES_128_GCM_SHA256";
+  tlvs.clientCert = true;
+  tlvs.clientCommonName = "alice";
+  // Client bits SSL | CERT_CONN | CERT_SESS, verify 0 (verified), then version, CN, cipher.
+  const std::string ssl = std::string("\x07\x00\x00\x00\x00", 5) + tlv(0x21, "TLSv1.3") +
+                          tlv(0x22, "alice") + tlv(0x23, "TLS_AES_128_GCM_SHA256");
+  EXPECT_EQ(proxyHeader(ProxyProtocol::V2, v4("192.0.2.10", 56324), v4("198.51.100.1", 443), &tlvs),
+            headerWith(tlv(0x20, ssl)));
+}
+
 TEST(ProxyProtocolTest, Version2UnspecCarriesNoTlvs) {
   ProxyTlvs tlvs;
   tlvs.authority = "api.example";
