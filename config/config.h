@@ -153,7 +153,9 @@ struct UpstreamTlsConfig {
   std::string sni;  // server name sent and verified; "" = none
   bool verify = true;
   std::vector<std::string> alpn;  // protocols offered (ALPN), in order; empty = none
-  Location location;              // of the tls value
+  std::string cert;   // a client certificate chain (PEM) for servers that ask (mTLS); "" = none
+  std::string key;    // its private key (PEM)
+  Location location;  // of the tls value
 };
 
 // One server of an upstream pool.

@@ -814,7 +814,13 @@ private:
                       {"sni", string(&tls->sni)},
                       {"verify", boolean(&tls->verify)},
                       {"alpn", protocols(&tls->alpn)},
+                      {"cert", file(&tls->cert, "cert")},
+                      {"key", file(&tls->key, "key")},
                   });
+        if ((t->get("cert") == nullptr) != (t->get("key") == nullptr)) {
+          error(t->source(), "'cert' and 'key' go together " + label +
+                                 ": a client certificate needs its private key");
+        }
         return true;
       }
       return typeError(key, node, "true, false or a table like { ca = \"...\", sni = \"...\" }");

@@ -73,6 +73,25 @@ int selectAlpn(SSL*, const unsigned char** out, unsigned char* outLength, const 
   return SSL_TLSEXT_ERR_OK;
 }
 
+// Loads a certificate chain and its key into `ctx`; false (errors appended) if either
+// does not load or they do not match.
+bool loadCertificate(SSL_CTX* ctx, const config::CertificateFiles& files,
+                     std::vector<std::string>* errors) {
+  if (SSL_CTX_use_certificate_chain_file(ctx, files.cert.c_str()) != 1) {
+    errors->push_back(at(files.location, "cannot load certificate from cert file '" + files.cert +
+                                             "': " + lastError()));
+  } else if (SSL_CTX_use_PrivateKey_file(ctx, files.key.c_str(), SSL_FILETYPE_PEM) != 1) {
+    errors->push_back(at(files.location, "cannot load private key from key file '" + files.key +
+                                             "': " + lastError()));
+  } else if (SSL_CTX_check_private_key(ctx) != 1) {
+    errors->push_back(at(files.location, "key file '" + files.key + "' does not match cert file '" +
+                                             files.cert + "': " + lastError()));
+  } else {
+    return true;
+  }
+  return false;
+}
+
 // A server context with the listener's settings and one certificate; nullptr (errors
 // appended) if it cannot be made or the files do not load.
 SSL_CTX* serverContext(const config::ListenerTlsConfig& t, const config::CertificateFiles& files,
@@ -125,16 +144,7 @@ SSL_CTX* serverContext(const config::ListenerTlsConfig& t, const config::Certifi
     errors->push_back(at(t.location, "ciphersuites '" + t.ciphersuites + "': " + lastError()));
     ok = false;
   }
-  if (SSL_CTX_use_certificate_chain_file(ctx, files.cert.c_str()) != 1) {
-    errors->push_back(at(files.location, "cannot load certificate from cert file '" + files.cert +
-                                             "': " + lastError()));
-  } else if (SSL_CTX_use_PrivateKey_file(ctx, files.key.c_str(), SSL_FILETYPE_PEM) != 1) {
-    errors->push_back(at(files.location, "cannot load private key from key file '" + files.key +
-                                             "': " + lastError()));
-  } else if (SSL_CTX_check_private_key(ctx) != 1) {
-    errors->push_back(at(files.location, "key file '" + files.key + "' does not match cert file '" +
-                                             files.cert + "': " + lastError()));
-  } else if (ok) {
+  if (loadCertificate(ctx, files, errors) && ok) {
     return ctx;
   }
   SSL_CTX_free(ctx);
@@ -308,6 +318,10 @@ bool TlsContexts::build(const config::Config& cfg, bool ktls, std::vector<std::s
     // read and ignored (Session::ktlsRecordReceived).
     commonOptions(ctx, ktls);
     SSL_CTX_set_cipher_list(ctx, kIntermediateCiphers);
+    if (!u.tls.cert.empty() && !u.tls.key.empty()) {
+      // Presented to servers that ask for a certificate (sessions and health checks alike).
+      loadCertificate(ctx, {u.tls.cert, u.tls.key, u.tls.location}, errors);
+    }
     if (!u.tls.alpn.empty()) {
       const std::string wire = alpnWire(u.tls.alpn);
       // (0 is success here.)

@@ -1057,6 +1057,23 @@ TEST(LoaderTest, AlpnProtocolsOnBothSides) {
   EXPECT_THAT(errorsOf(file("\"h2\"", "[]")), SizeIs(1));
 }
 
+TEST(LoaderTest, AnUpstreamClientCertificateNeedsItsKey) {
+  TempDir dir;
+  const std::string pem = dir.write("c.pem", "x");
+  auto pool = [&](const std::string& tls) {
+    return lines({"[upstream.app]", R"(servers = ["127.0.0.1:8000"])", "tls = { " + tls + " }",
+                  "[[listener]]", R"(name = "web")", R"(listen = "127.0.0.1:8080")",
+                  R"(upstream = "app")"});
+  };
+  LoadResult result = loadString(pool("cert = \"" + pem + "\", key = \"" + pem + "\""), "t.toml");
+  ASSERT_TRUE(result.ok()) << result.errors[0].toString();
+  EXPECT_EQ(result.config->upstreams[0].tls.cert, pem);
+  EXPECT_EQ(result.config->upstreams[0].tls.key, pem);
+  EXPECT_THAT(errorsOf(pool("cert = \"" + pem + "\"")),
+              ElementsAre("t.toml:3:7: 'cert' and 'key' go together in [upstream.app] tls: a "
+                          "client certificate needs its private key"));
+}
+
 TEST(LoaderTest, ClientCertificatesNeedTheirCa) {
   TempDir dir;
   const std::string key = dir.write("key.pem", "x");

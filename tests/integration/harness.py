@@ -1795,8 +1795,14 @@ class TlsEchoServer(Server):
     client's close_notify (or EOF) it answers with close_notify and FIN. A failed handshake
     ends the record with "error: SSLError(...)"; `handshakes` counts completed ones."""
 
-    def __init__(self, cert: str, key: str, *, alpn: list[str] | None = None, **kw):
+    def __init__(self, cert: str, key: str, *, alpn: list[str] | None = None,
+                 client_ca: str | None = None, **kw):
         self.context = tls_server_context(cert, key)
+        self.client_subjects: list = []  # with client_ca: each verified client's subject CN
+        if client_ca:
+            import ssl
+            self.context.verify_mode = ssl.CERT_REQUIRED
+            self.context.load_verify_locations(client_ca)
         self.handshakes = 0
         self.server_names: list = []  # the SNI of every ClientHello (None: none sent)
         self.protocols: list = []  # the protocol ALPN chose in each handshake (None: none)
@@ -1815,6 +1821,9 @@ class TlsEchoServer(Server):
         with self._cond:
             self.handshakes += 1
             self.protocols.append(t.selected_alpn_protocol())
+            peer = t.getpeercert() if self.context.verify_mode else None
+            if peer:
+                self.client_subjects.append(dict(x[0] for x in peer["subject"])["commonName"])
         while True:
             d = t.recv(256 * KiB)
             if not d:

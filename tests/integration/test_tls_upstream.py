@@ -97,6 +97,25 @@ class TlsUpstreamTest(h.TlsTest):
             self.assertEqual(both.protocols, ["http/1.1"])
             self.assertEqual(other.protocols, [None])
 
+    def test_a_client_certificate_for_servers_that_ask(self):
+        grelay_cert = self.certs.client("grelay", "/CN=grelay")
+        with h.TlsEchoServer(*self.certs.upstream, client_ca=self.certs.ca) as server:
+            cfg = h.Config()
+            base = {"ca": self.certs.ca, "sni": "localhost"}
+            cfg.upstream("with", [server.address],
+                         tls={**base, "cert": grelay_cert[0], "key": grelay_cert[1]})
+            cfg.upstream("without", [server.address], tls=base, max_fails=0)
+            with_cert = cfg.listener("with", "with")
+            without = cfg.listener("without", "without")
+            with h.Grelay(cfg):
+                stream = h.Stream(78, h.scaled(512 * h.KiB))
+                self.assertTrue(h.stream_session(with_cert, stream).ok)
+                # Without one, the server refuses the handshake: the session gets no server.
+                r = h.stream_session(without, h.Stream(79, 1024))
+                self.assertFalse(r.ok)
+                self.assertEqual(r.received, 0)
+            self.assertEqual(server.client_subjects, ["grelay"])
+
     def test_bad_certificates_are_refused_with_a_reason(self):
         c = self.certs
         with h.TlsEchoServer(*c.expired) as expired, \
