@@ -220,6 +220,11 @@ struct UpstreamConfig {
   // rotation; until then it stays down, fail_timeout or not (HAProxy's `rise`). 1..1000;
   // used with check_interval.
   uint32_t check_passes = 1;
+  // What a health check says once connected (and through TLS with tls), and what the
+  // reply must contain for the check to pass (HAProxy's tcp-check send/expect string,
+  // nginx's match): "PING\r\n" / "+PONG". Both "" = a connect (and handshake) is enough.
+  std::string check_send;
+  std::string check_expect;
   // Slow start (HAProxy's `slowstart`, nginx's `slow_start`): a server back from being
   // marked down, or added to the pool by a reload or a DNS move, takes a share of its
   // turns that grows linearly from 0 to all of them over this long (round_robin: turns

@@ -615,6 +615,8 @@ private:
               {"check_interval", duration(&u.check_interval, 0ms, kMaxTimeout)},
               {"check_timeout", duration(&u.check_timeout, 1ms, 1min)},
               {"check_passes", integer(&u.check_passes, 1, 1000)},
+              {"check_send", checkBytes(&u.check_send)},
+              {"check_expect", checkBytes(&u.check_expect)},
               {"slow_start", duration(&u.slow_start, 0ms, kMaxTimeout)},
               {"queue_timeout", duration(&u.queue_timeout, 0ms, 1h)},
               {"max_queue", integer(&u.max_queue, 0, 10'000'000)},
@@ -630,12 +632,33 @@ private:
         error(tlvs->source(), "'proxy_protocol_tlvs' needs 'proxy_protocol = \"v2\"' " +
                                   ("in " + header) + ": only version 2 headers carry TLVs");
       }
+      for (const char* key : {"check_send", "check_expect"}) {
+        if (const toml::node* node = t->get(key);
+            node != nullptr && u.check_interval.count() == 0) {
+          error(node->source(), quoted(key) + " needs 'check_interval' " + ("in " + header) +
+                                    ": it is what a health check says or waits for");
+        }
+      }
       if (u.check_interval.count() > 0 && u.max_fails == 0) {
         error(t->get("check_interval")->source(),
               "'check_interval' needs 'max_fails' > 0 " + ("in " + header) +
                   ": health checks mark servers down through it");
       }
     }
+  }
+
+  // check_send, check_expect: 1..4096 bytes (what one read of the reply may hold).
+  Reader checkBytes(std::string* out) {
+    return [this, out](std::string_view key, const toml::node& node) {
+      if (!string(out)(key, node))
+        return false;
+      if (out->empty() || out->size() > 4096) {
+        error(node.source(),
+              quoted(key) + " must be 1 to 4096 bytes, got " + std::to_string(out->size()));
+        return false;
+      }
+      return true;
+    };
   }
 
   // ALPN protocol names, in order of preference: ["h2", "http/1.1"]. Each is 1..255

@@ -20,7 +20,8 @@
 namespace grelay::proxy {
 
 struct HealthChecker::Target {
-  enum class Phase : uint8_t { Connecting, Handshaking, Closing };
+  // Sending, Expecting: check_send and check_expect.
+  enum class Phase : uint8_t { Connecting, Handshaking, Sending, Expecting, Closing };
   Round* round = nullptr;
   uint32_t server = 0;
   int fd = -1;
@@ -32,6 +33,8 @@ struct HealthChecker::Target {
   int error = 0;        // done && verdict: 0 = passed, else errno (ETIMEDOUT, EPROTO: TLS)
   std::string why;      // error != 0: the reason, when errno's text is not it
   std::unique_ptr<relay::TlsChannel> tls;
+  size_t sent = 0;    // of check_send
+  std::string reply;  // read so far, looking for check_expect
 };
 
 // One check of each server of a pool.
@@ -59,6 +62,25 @@ int waitMillis(uint64_t now, uint64_t until) {
 }
 
 LogLimiter socketErrorLog;
+
+// Bytes of a health check's reply searched for check_expect.
+constexpr size_t kMaxCheckReply = 4096;
+
+// `text` quoted for a log line, control and non-ASCII bytes as \xNN.
+std::string printable(std::string_view text) {
+  std::string out = "'";
+  for (const char ch : text) {
+    const auto c = static_cast<unsigned char>(ch);
+    if (c >= 0x20 && c < 0x7f && c != '\\' && c != '\'') {
+      out += ch;
+    } else {
+      char escaped[8];
+      std::snprintf(escaped, sizeof(escaped), "\\x%02x", c);
+      out += escaped;
+    }
+  }
+  return out + "'";
+}
 
 }  // namespace
 
@@ -310,9 +332,16 @@ bool HealthChecker::step(uint64_t until) {
       // A server that passed and then keeps the connection open still passed.
       if (t->phase != Target::Phase::Closing) {
         t->error = ETIMEDOUT;
+        const std::string within =
+            " within " + std::to_string(t->round->pool.pool->config().check_timeout.count()) +
+            " ms";
         if (t->phase == Target::Phase::Handshaking) {
-          t->why = "no TLS handshake within " +
-                   std::to_string(t->round->pool.pool->config().check_timeout.count()) + " ms";
+          t->why = "no TLS handshake" + within;
+        } else if (t->phase == Target::Phase::Sending) {
+          t->why = "check_send not taken" + within;
+        } else if (t->phase == Target::Phase::Expecting) {
+          t->why =
+              "no reply with " + printable(t->round->pool.pool->config().check_expect) + within;
         }
       }
     }
@@ -373,7 +402,7 @@ void HealthChecker::connected(Target& t) {
   }
   SSL_CTX* ctx = t.round->pool.tls;
   if (ctx == nullptr) {
-    t.done = true;
+    beginExchange(t);
     return;
   }
   t.tls = std::make_unique<relay::TlsChannel>(ctx, t.fd, false, tlsBuffers_);
@@ -388,7 +417,126 @@ void HealthChecker::connected(Target& t) {
   advance(t);
 }
 
+void HealthChecker::beginExchange(Target& t) {
+  const config::UpstreamConfig& uc = t.round->pool.pool->config();
+  if (!uc.check_send.empty()) {
+    t.phase = Target::Phase::Sending;
+  } else if (!uc.check_expect.empty()) {
+    t.phase = Target::Phase::Expecting;
+  } else {
+    passed(t);
+    return;
+  }
+  advance(t);
+}
+
+void HealthChecker::passed(Target& t) {
+  if (t.tls == nullptr) {
+    t.done = true;  // (unread reply bytes, if any, make the close a reset: harmless here)
+    return;
+  }
+  t.tls->shutdown();
+  t.phase = Target::Phase::Closing;
+  t.events = POLLIN;
+}
+
+void HealthChecker::failed(Target& t, int error, std::string why) {
+  t.done = true;
+  t.error = error;
+  t.why = std::move(why);
+}
+
+void HealthChecker::exchange(Target& t) {
+  const config::UpstreamConfig& uc = t.round->pool.pool->config();
+  using Step = relay::TlsChannel::Step;
+  while (t.phase == Target::Phase::Sending) {
+    const std::string& data = uc.check_send;
+    size_t moved = 0;
+    Step step = Step::Done;
+    if (t.tls != nullptr) {
+      step = t.tls->sendDirect(data.data() + t.sent, data.size() - t.sent, &moved);
+    } else {
+      const ssize_t n =
+          ::send(t.fd, data.data() + t.sent, data.size() - t.sent, MSG_DONTWAIT | MSG_NOSIGNAL);
+      if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+        step = Step::WantWrite;
+      } else if (n < 0) {
+        failed(t, errno, "");
+        return;
+      } else {
+        moved = static_cast<size_t>(n);
+      }
+    }
+    if (step == Step::Failed) {
+      failed(t, EPROTO, "TLS " + t.tls->error());
+      return;
+    }
+    if (step != Step::Done) {
+      t.events = step == Step::WantRead ? POLLIN : POLLOUT;
+      return;
+    }
+    t.sent += moved;
+    if (t.sent == data.size()) {
+      if (uc.check_expect.empty()) {
+        passed(t);
+        return;
+      }
+      t.phase = Target::Phase::Expecting;
+    }
+  }
+  // Expecting: read until the reply holds check_expect, or 4 KiB do not.
+  const std::string& expect = uc.check_expect;
+  while (true) {
+    char buf[4096];
+    const size_t room = std::min(sizeof(buf), kMaxCheckReply - t.reply.size());
+    size_t moved = 0;
+    Step step = Step::Done;
+    if (t.tls != nullptr) {
+      step = t.tls->receiveDirect(buf, room, &moved);
+    } else {
+      const ssize_t n = ::recv(t.fd, buf, room, MSG_DONTWAIT);
+      if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+        step = Step::WantRead;
+      } else if (n < 0) {
+        failed(t, errno, "");
+        return;
+      } else {
+        moved = static_cast<size_t>(n);
+      }
+    }
+    if (step == Step::Failed) {
+      failed(t, EPROTO, "TLS " + t.tls->error());
+      return;
+    }
+    if (step != Step::Done) {
+      t.events = step == Step::WantRead ? POLLIN : POLLOUT;
+      return;
+    }
+    if (moved == 0) {
+      failed(t, EPROTO,
+             "the server closed before its reply had " + printable(expect) +
+                 (t.reply.empty() ? " (no reply)" : " (it sent " + printable(t.reply) + ")"));
+      return;
+    }
+    t.reply.append(buf, moved);
+    if (t.reply.find(expect) != std::string::npos) {
+      passed(t);
+      return;
+    }
+    if (t.reply.size() >= kMaxCheckReply) {
+      failed(t, EPROTO,
+             "no " + printable(expect) + " in the first " + std::to_string(kMaxCheckReply) +
+                 " bytes of the reply (" + printable(t.reply.substr(0, 64)) + "...)");
+      return;
+    }
+  }
+}
+
 void HealthChecker::advance(Target& t) {
+  if (t.phase == Target::Phase::Sending || t.phase == Target::Phase::Expecting) {
+    exchange(t);
+    return;
+  }
   if (t.phase == Target::Phase::Closing) {
     // The verdict is in; read until the server's close_notify and FIN so the socket is
     // not closed on unread bytes (a reset for the server to log).
@@ -403,9 +551,7 @@ void HealthChecker::advance(Target& t) {
   }
   switch (t.tls->handshake()) {
     case relay::TlsChannel::Step::Done:
-      t.tls->shutdown();
-      t.phase = Target::Phase::Closing;
-      t.events = POLLIN;
+      beginExchange(t);
       return;
     case relay::TlsChannel::Step::WantRead:
       t.events = POLLIN;

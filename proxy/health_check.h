@@ -90,6 +90,11 @@ private:
   void open(Target& t, uint64_t now);
   void connected(Target& t);
   void advance(Target& t);
+  // After the connect (and TLS handshake): check_send, then check_expect, then passed().
+  void beginExchange(Target& t);
+  void exchange(Target& t);
+  void passed(Target& t);
+  void failed(Target& t, int error, std::string why);
   void report(const Pool& p, const Target& t, uint64_t now);
 
   // The checker thread's (or checkNow()'s caller's) alone:

@@ -108,6 +108,46 @@ TlsChannel::Step TlsChannel::handshake() {
   }
 }
 
+TlsChannel::Step TlsChannel::sendDirect(const void* data, size_t len, size_t* moved) {
+  ERR_clear_error();
+  errno = 0;
+  *moved = 0;
+  const int ret = SSL_write_ex(ssl_, data, len, moved);
+  if (ret == 1) {
+    return Step::Done;
+  }
+  switch (SSL_get_error(ssl_, ret)) {
+    case SSL_ERROR_WANT_READ:
+      return Step::WantRead;
+    case SSL_ERROR_WANT_WRITE:
+      return Step::WantWrite;
+    default:
+      recordError("write", ret);
+      return Step::Failed;
+  }
+}
+
+TlsChannel::Step TlsChannel::receiveDirect(void* data, size_t len, size_t* moved) {
+  ERR_clear_error();
+  errno = 0;
+  *moved = 0;
+  const int ret = SSL_read_ex(ssl_, data, len, moved);
+  if (ret == 1) {
+    return Step::Done;
+  }
+  switch (SSL_get_error(ssl_, ret)) {
+    case SSL_ERROR_WANT_READ:
+      return Step::WantRead;
+    case SSL_ERROR_WANT_WRITE:
+      return Step::WantWrite;
+    case SSL_ERROR_ZERO_RETURN:
+      return Step::Done;  // close_notify: *moved = 0
+    default:
+      recordError("read", ret);
+      return Step::Failed;
+  }
+}
+
 bool TlsChannel::ktls() const {
   return ktlsSend() && ktlsReceive();
 }

@@ -43,6 +43,11 @@ public:
 
   // Advances the handshake on the socket. WantRead/WantWrite: poll for it and call again.
   Step handshake();
+  // After Done, before useMemoryBio (a health check's exchange): sends or receives on the
+  // socket directly. Done with *moved bytes (receiving, 0 = the peer closed); WantRead or
+  // WantWrite: poll and call again; Failed: see error().
+  Step sendDirect(const void* data, size_t len, size_t* moved);
+  Step receiveDirect(void* data, size_t len, size_t* moved);
   // Kernel TLS took over both directions (after Done).
   bool ktls() const;
   bool ktlsSend() const;

@@ -1057,6 +1057,29 @@ TEST(LoaderTest, AlpnProtocolsOnBothSides) {
   EXPECT_THAT(errorsOf(file("\"h2\"", "[]")), SizeIs(1));
 }
 
+TEST(LoaderTest, CheckSendAndExpectNeedHealthChecks) {
+  auto pool = [](const std::string& line) {
+    return lines({"[upstream.app]", R"(servers = ["127.0.0.1:8000"])", "check_interval = \"1s\"",
+                  line, "[[listener]]", R"(name = "web")", R"(listen = "127.0.0.1:8080")",
+                  R"(upstream = "app")"});
+  };
+  LoadResult result = loadString(pool(R"(check_send = "PING\r\n")"), "t.toml");
+  ASSERT_TRUE(result.ok()) << result.errors[0].toString();
+  EXPECT_EQ(result.config->upstreams[0].check_send, "PING\r\n");
+  result = loadString(pool(R"(check_expect = "+PONG")"), "t.toml");
+  ASSERT_TRUE(result.ok()) << result.errors[0].toString();
+  EXPECT_EQ(result.config->upstreams[0].check_expect, "+PONG");
+  EXPECT_THAT(errorsOf(pool(R"(check_expect = "")")),
+              ElementsAre("t.toml:4:16: 'check_expect' must be 1 to 4096 bytes, got 0"));
+  EXPECT_THAT(errorsOf(pool("check_send = \"" + std::string(4097, 'x') + "\"")),
+              ElementsAre("t.toml:4:14: 'check_send' must be 1 to 4096 bytes, got 4097"));
+  EXPECT_THAT(errorsOf(lines({"[upstream.app]", R"(servers = ["127.0.0.1:8000"])",
+                              R"(check_send = "PING")", "[[listener]]", R"(name = "web")",
+                              R"(listen = "127.0.0.1:8080")", R"(upstream = "app")"})),
+              ElementsAre("t.toml:3:14: 'check_send' needs 'check_interval' in [upstream.app]: "
+                          "it is what a health check says or waits for"));
+}
+
 TEST(LoaderTest, AnUpstreamClientCertificateNeedsItsKey) {
   TempDir dir;
   const std::string pem = dir.write("c.pem", "x");

@@ -234,6 +234,29 @@ class TlsUpstreamTest(h.TlsTest):
                 self.assertGreaterEqual(g.metric("grelay_upstream_health_checks_total",
                                                  upstream="pool", result="failed"), 2)
 
+    def test_send_and_expect_go_through_tls(self):
+        c = self.certs
+        with h.TlsEchoServer(*c.upstream) as echo:
+            cfg = h.Config()
+            cfg.with_admin()
+            # The echo server replies with what it is sent: "ping" passes, waiting for
+            # "pong" does not (the reply never has it: check_timeout).
+            for name, expect in (("echoing", "ping"), ("other", "pong")):
+                cfg.upstream(name, [echo.address], tls={"ca": c.ca, "sni": "localhost"},
+                             check_interval="200ms", check_timeout="500ms",
+                             check_send="ping", check_expect=expect)
+                cfg.listener(name, name)
+            with h.Grelay(cfg) as g:
+                self.assertTrue(h.wait_for(
+                    lambda: g.metric("grelay_upstream_servers_down", upstream="other") == 1, 10),
+                    g.log_tail())
+                self.assertIn("(health check: no reply with 'pong' within 500 ms)", g.log())
+                self.assertEqual(g.metric("grelay_upstream_servers_down", upstream="echoing"), 0)
+                self.assertGreaterEqual(g.metric("grelay_upstream_health_checks_total",
+                                                 upstream="echoing", result="ok"), 1)
+            # The checks' "ping" went through TLS: the server decrypted it.
+            self.assertTrue(any(r.received == 4 for r in echo.conns))
+
 
 
 if __name__ == "__main__":

@@ -532,6 +532,52 @@ class UpstreamRefusedTest(h.GrelayTest):
             checks = [c for c in echo.conns if c.received == 0]
             self.assertGreaterEqual(len(checks), 1, "no health check reached the live server")
 
+    def test_send_and_expect_find_a_server_that_accepts_but_is_not_ready(self):
+        class PingServer(h.Server):
+            """Answers a first "PING\\r\\n" with +PONG (ready) or -LOADING, then closes;
+            echoes anything else (a session)."""
+            ready = True
+
+            def handle(self, c, rec):
+                first = c.recv(65536)
+                if first == b"PING\r\n":
+                    c.sendall(b"+PONG\r\n" if self.ready else b"-LOADING\r\n")
+                    self._end(rec, "check")
+                    return
+                while first:
+                    self._record(rec, first)
+                    c.sendall(first)
+                    first = c.recv(65536)
+                c.shutdown(socket.SHUT_WR)
+                self._end(rec, "eof")
+
+        with PingServer() as ready, PingServer() as loading:
+            loading.ready = False
+            cfg = h.Config()
+            cfg.upstream("app", [{"address": ready.address, "name": "ready"},
+                                 {"address": loading.address, "name": "loading"}],
+                         check_interval="200ms", fail_timeout="1h",
+                         check_send="PING\r\n", check_expect="+PONG")
+            port = cfg.listener("web", "app")
+            cfg.with_admin()
+            with h.Grelay(cfg) as g:
+                down = lambda name: g.metric("grelay_upstream_server_up", upstream="app",
+                                             server=name) == 0
+                self.assertTrue(h.wait_for(lambda: down("loading"), 10), g.log_tail())
+                self.assertFalse(down("ready"))
+                self.assertIn("(health check: the server closed before its reply had '+PONG' "
+                              "(it sent '-LOADING\\x0d\\x0a'))", g.log())
+                # It accepts connections, so without the exchange sessions would meet it.
+                for i in range(4):
+                    self.assertTrue(h.stream_session(port, h.Stream(i, 64 * h.KiB)).ok)
+                self.assertEqual(len([c for c in loading.conns if c.end != "check"]), 0)
+                # Ready again: back at the next check, and it takes its share.
+                loading.ready = True
+                self.assertTrue(h.wait_for(lambda: not down("loading"), 10), g.log_tail())
+                for i in range(4):
+                    self.assertTrue(h.stream_session(port, h.Stream(10 + i, 64 * h.KiB)).ok)
+                self.assertEqual(len([c for c in loading.conns if c.end == "eof"]), 2)
+
     def test_a_revived_server_rejoins_at_the_next_check(self):
         with h.EchoServer() as echo:
             dead = h.RefusingPort()

@@ -9,8 +9,10 @@
 #include <sys/socket.h>
 #include <unistd.h>
 
+#include <atomic>
 #include <chrono>
 #include <cstring>
+#include <mutex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -228,6 +230,118 @@ TEST_F(HealthCheckTest, PoolsSpeakingProxyProtocolGetAnUnknownHeader) {
   makePool({&plain});
   ASSERT_TRUE(checker_->checkNow({0}));
   EXPECT_EQ(plain.acceptAndRead(), "");  // connect, then close: nothing sent
+}
+
+// Answers the connections to a listening Port on its own thread: reads what a check sends
+// (until `request` bytes came, or EOF), then sends `reply` (in pieces, 50 ms apart) and
+// closes, or, with `hang`, holds the connection until destroyed.
+class Responder {
+public:
+  Responder(Port& port, size_t request, std::vector<std::string> reply, bool hang = false)
+      : port_(port), request_(request), reply_(std::move(reply)), hang_(hang) {
+    port_.listen();
+    thread_ = std::thread([this] { run(); });
+  }
+  ~Responder() {
+    stop_ = true;
+    thread_.join();
+  }
+  std::string received() {
+    std::lock_guard<std::mutex> lock(mu_);
+    return received_;
+  }
+
+private:
+  void run() {
+    std::vector<int> held;
+    while (!stop_) {
+      pollfd p{port_.fd, POLLIN, 0};
+      if (::poll(&p, 1, 20) <= 0) {
+        continue;
+      }
+      const int c = ::accept4(port_.fd, nullptr, nullptr, SOCK_CLOEXEC);
+      if (c < 0) {
+        continue;
+      }
+      std::string got;
+      char buf[256];
+      while (got.size() < request_) {
+        pollfd q{c, POLLIN, 0};
+        ssize_t n = ::poll(&q, 1, 2000) > 0 ? ::recv(c, buf, sizeof(buf), 0) : 0;
+        if (n <= 0) {
+          break;
+        }
+        got.append(buf, static_cast<size_t>(n));
+      }
+      {
+        std::lock_guard<std::mutex> lock(mu_);
+        received_ += got;
+      }
+      if (hang_) {
+        held.push_back(c);
+        continue;
+      }
+      for (size_t i = 0; i < reply_.size(); ++i) {
+        if (i > 0) {
+          std::this_thread::sleep_for(50ms);
+        }
+        [[maybe_unused]] ssize_t n = ::send(c, reply_[i].data(), reply_[i].size(), MSG_NOSIGNAL);
+      }
+      ::close(c);
+    }
+    for (int c : held) {
+      ::close(c);
+    }
+  }
+
+  Port& port_;
+  size_t request_;
+  std::vector<std::string> reply_;
+  bool hang_;
+  std::atomic<bool> stop_{false};
+  std::mutex mu_;
+  std::string received_;
+  std::thread thread_;
+};
+
+TEST_F(HealthCheckTest, SendAndExpectPassOnlyAServerThatRepliesAsExpected) {
+  // A server that accepts and then answers wrongly (or not at all) is down, which a
+  // connect alone cannot tell.
+  Port good, pieces, wrong, closes, silent;
+  Responder goodServer(good, 6, {"+PONG\r\n"});
+  Responder piecesServer(pieces, 6, {"+P", "ON", "G\r\n"});
+  Responder wrongServer(wrong, 6, {"-ERR unknown command\r\n"});
+  Responder closesServer(closes, 6, {});
+  Responder silentServer(silent, 6, {}, true);
+  config_.check_send = "PING\r\n";
+  config_.check_expect = "+PONG";
+  makePool({&good, &pieces, &wrong, &closes, &silent});
+  config_.check_timeout = 500ms;
+  pool_ = std::make_shared<UpstreamPool>(config_);
+  checker_ = std::make_unique<HealthChecker>(std::vector<HealthChecker::Pool>{{pool_, &stats_}});
+  ASSERT_TRUE(checker_->checkNow({0}));
+  const uint64_t now = monotonicNanos();
+  EXPECT_FALSE(pool_->down(0, now));
+  EXPECT_FALSE(pool_->down(1, now));
+  EXPECT_TRUE(pool_->down(2, now));
+  EXPECT_TRUE(pool_->down(3, now));
+  EXPECT_TRUE(pool_->down(4, now));
+  EXPECT_EQ(stats_.checkFailures.value(), 3u);
+  EXPECT_EQ(goodServer.received(), "PING\r\n");
+  EXPECT_EQ(silentServer.received(), "PING\r\n");
+}
+
+TEST_F(HealthCheckTest, ExpectAloneWaitsForWhatTheServerSaysFirst) {
+  // A server that speaks first (SMTP's banner, MySQL's greeting): nothing is sent.
+  Port banner, other;
+  Responder bannerServer(banner, 0, {"220 mail.example ESMTP\r\n"});
+  Responder otherServer(other, 0, {"500 go away\r\n"});
+  config_.check_expect = "220 ";
+  makePool({&banner, &other});
+  ASSERT_TRUE(checker_->checkNow({0}));
+  EXPECT_FALSE(pool_->down(0, monotonicNanos()));
+  EXPECT_TRUE(pool_->down(1, monotonicNanos()));
+  EXPECT_EQ(bannerServer.received(), "");
 }
 
 TEST_F(HealthCheckTest, AMoveKeepsTheRoundInProgressAndChecksOnlyTheMovedPoolAtOnce) {
