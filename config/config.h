@@ -302,6 +302,9 @@ struct ListenerTlsConfig {
   // but one it sends must verify).
   std::string client_ca;
   bool client_cert_optional = false;
+  // With client_ca: certificate revocation lists (PEM), one for each CA of a chain;
+  // a revoked client certificate fails the handshake. "" = none.
+  std::string client_crl;
   Location location;
 };
 

@@ -933,6 +933,7 @@ private:
             {"ciphersuites", string(&tls.ciphersuites, true)},
             {"alpn", protocols(&tls.alpn)},
             {"client_ca", file(&tls.client_ca, "client_ca")},
+            {"client_crl", file(&tls.client_crl, "client_crl")},
             {"client_verify",
              [this, &tls](std::string_view key, const toml::node& node) {
                std::string text;
@@ -947,10 +948,13 @@ private:
                return true;
              }},
         });
-    if (const toml::node* verify = table.get("client_verify");
-        verify != nullptr && table.get("client_ca") == nullptr) {
-      error(verify->source(),
-            "'client_verify' needs 'client_ca' in [[listener]] tls: the CAs to verify against");
+    for (const char* key : {"client_verify", "client_crl"}) {
+      if (const toml::node* node = table.get(key);
+          node != nullptr && table.get("client_ca") == nullptr) {
+        error(node->source(), quoted(key) +
+                                  " needs 'client_ca' in [[listener]] tls: the CAs to verify "
+                                  "against");
+      }
     }
   }
 

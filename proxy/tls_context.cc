@@ -130,6 +130,19 @@ SSL_CTX* serverContext(const config::ListenerTlsConfig& t, const config::Certifi
       names = nullptr;
     }
     sk_X509_NAME_pop_free(names, X509_NAME_free);
+    if (!t.client_crl.empty()) {
+      // Every CA of a chain must have its CRL (HAProxy's crl-file, nginx's ssl_crl): an
+      // expired one fails verification too, so refresh the file and reload.
+      X509_STORE* store = SSL_CTX_get_cert_store(ctx);
+      X509_LOOKUP* lookup = X509_STORE_add_lookup(store, X509_LOOKUP_file());
+      if (lookup == nullptr ||
+          X509_load_crl_file(lookup, t.client_crl.c_str(), X509_FILETYPE_PEM) <= 0) {
+        errors->push_back(at(t.location, "cannot load revocation lists from client_crl file '" +
+                                             t.client_crl + "': " + lastError()));
+        ok = false;
+      }
+      X509_STORE_set_flags(store, X509_V_FLAG_CRL_CHECK | X509_V_FLAG_CRL_CHECK_ALL);
+    }
     SSL_CTX_set_verify(
         ctx, SSL_VERIFY_PEER | (t.client_cert_optional ? 0 : SSL_VERIFY_FAIL_IF_NO_PEER_CERT),
         nullptr);

@@ -1117,6 +1117,13 @@ TEST(LoaderTest, ClientCertificatesNeedTheirCa) {
   EXPECT_THAT(errorsOf(tls(", client_ca = \"" + key + "\", client_verify = \"sometimes\"")),
               ElementsAre(testing::HasSubstr(
                   "'client_verify' must be one of required, optional, got 'sometimes'")));
+  EXPECT_THAT(
+      errorsOf(tls(", client_crl = \"" + key + "\"")),
+      ElementsAre(testing::HasSubstr(
+          "'client_crl' needs 'client_ca' in [[listener]] tls: the CAs to verify against")));
+  result = loadString(tls(", client_ca = \"" + key + "\", client_crl = \"" + key + "\""), "t.toml");
+  ASSERT_TRUE(result.ok()) << result.errors[0].toString();
+  EXPECT_EQ(result.config->listeners[0].tls->client_crl, key);
   EXPECT_THAT(errorsOf(tls(", client_ca = \"no-such-ca.pem\"")),
               ElementsAre(testing::HasSubstr("cannot read client_ca file 'no-such-ca.pem'")));
 }

@@ -1601,6 +1601,30 @@ extendedKeyUsage = {usage}
         """A client certificate (clientAuth) signed by the CA, for mTLS."""
         return self._signed(name, subject, f"DNS:{name}.test", usage="clientAuth")
 
+    def crl(self, revoked: list[str]) -> str:
+        """The CA's certificate revocation list, revoking the certificates `revoked`
+        (paths): the path of the PEM file."""
+        d = self.dir
+        cnf = os.path.join(d, "crl.cnf")
+        with open(cnf, "w") as f:
+            f.write(f"""[ca]
+default_ca = test
+[test]
+dir = {d}
+database = {d}/db/index.txt
+serial = {d}/db/serial
+new_certs_dir = {d}/db
+certificate = {self.ca}
+private_key = {self.ca_key}
+default_md = sha256
+default_crl_days = 30
+""")
+        for cert in revoked:
+            self._openssl("ca", "-batch", "-config", cnf, "-revoke", cert)
+        out = os.path.join(d, "crl.pem")
+        self._openssl("ca", "-batch", "-config", cnf, "-gencrl", "-out", out)
+        return out
+
     def cleanup(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
 

@@ -19,7 +19,8 @@ Certificates are made at test time with the openssl CLI (harness.Certs).
   listener's list that a client offers wins, and nothing in common means no ALPN.
 - Client certificates (`client_ca`): required, a client without one, or with one the CA
   did not sign, fails its handshake and reaches no upstream; with one, its subject is in
-  the access log. `client_verify = "optional"` lets a client without one in.
+  the access log. `client_verify = "optional"` lets a client without one in; one that
+  `client_crl` revokes is refused.
 - Resets propagate both ways: an upstream reset reaches the TLS client as a TCP reset
   (no close_notify); a TLS client's reset reaches the upstream after the bytes it sent.
 """
@@ -184,6 +185,37 @@ class TlsTerminationTest(h.TlsTest):
                                ("optional", "normal", "CN=alice"),
                                ("required", "error", ""), ("required", "error", ""),
                                ("required", "normal", "CN=alice")], lines)
+
+    def test_a_revoked_client_certificate_is_refused(self):
+        c = self.certs
+        carol = c.client("carol", "/CN=carol")
+        mallory = c.client("mallory", "/CN=mallory")
+        crl = c.crl([mallory[0]])
+        with h.EchoServer() as echo:
+            cfg = h.Config()
+            cfg.upstream("app", [echo.address])
+            port = cfg.listener("mtls", "app", tls={**tls_listener(c), "client_ca": c.ca,
+                                                    "client_crl": crl})
+            cfg.with_admin()
+            with h.Grelay(cfg) as g:
+                outcome = {}
+                for name, cert in (("carol", carol), ("mallory", mallory)):
+                    ctx = h.tls_client_context(c.ca)
+                    ctx.load_cert_chain(*cert)
+                    try:
+                        with ctx.wrap_socket(h.connect(port), server_hostname="localhost") as s:
+                            s.sendall(b"ping")
+                            outcome[name] = s.recv(4)
+                    except OSError as e:  # ssl.SSLError included
+                        outcome[name] = repr(e)
+                self.assertEqual(outcome["carol"], b"ping")
+                self.assertNotEqual(outcome["mallory"], b"ping")  # (an alert or EOF)
+                h.log(f"revoked: {outcome['mallory']}")
+                self.assertTrue(h.wait_for(lambda: g.metric(
+                    "grelay_tls_handshake_failures_total", listener="mtls", reason="error") == 1,
+                    5))
+            echo.settle()
+            self.assertEqual(len(echo.conns), 1)
 
     def test_concurrent_random_streams_are_byte_exact_both_ways(self):
         rng = random.Random(5005)
