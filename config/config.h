@@ -290,6 +290,9 @@ struct ListenerTlsConfig {
   std::string key;   // PEM private key
   // More certificates, each chosen for the clients whose SNI names one of its DNS names.
   std::vector<CertificateFiles> certs;
+  // Only clients whose SNI names a DNS name of a certificate (cert or certs) are served;
+  // any other name, or none, fails the handshake (HAProxy's strict-sni).
+  bool strict_sni = false;
   Duration handshake_timeout{10'000};
   std::string min_version = "1.2";  // "1.2" or "1.3"
   std::string ciphers;              // TLS 1.2 cipher list; "" = Mozilla "intermediate"

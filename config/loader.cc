@@ -932,6 +932,7 @@ private:
             {"ciphers", string(&tls.ciphers, true)},
             {"ciphersuites", string(&tls.ciphersuites, true)},
             {"alpn", protocols(&tls.alpn)},
+            {"strict_sni", boolean(&tls.strict_sni)},
             {"client_ca", file(&tls.client_ca, "client_ca")},
             {"client_crl", file(&tls.client_crl, "client_crl")},
             {"client_verify",

@@ -195,6 +195,7 @@ struct SniTable {
   std::unordered_map<std::string, SSL_CTX*> exact;
   std::unordered_map<std::string, SSL_CTX*> wildcard;
   std::vector<SSL_CTX*> owned;
+  bool strict = false;  // strict_sni: a name no certificate has (or none) fails the handshake
 };
 
 void freeSniTable(void*, void* table, CRYPTO_EX_DATA*, int, long, void*) {
@@ -213,32 +214,34 @@ int sniTableIndex() {
 }
 
 // The servername callback: switches the handshake to the certificate for the name.
-int selectCertificate(SSL* ssl, int*, void* arg) {
+int selectCertificate(SSL* ssl, int* alert, void* arg) {
   const auto* table = static_cast<const SniTable*>(arg);
-  const char* sent = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name);
-  if (sent == nullptr) {
-    return SSL_TLSEXT_ERR_OK;  // no SNI: the default certificate
-  }
-  std::string name(sent);
-  if (!name.empty() && name.back() == '.') {
-    name.pop_back();  // "example.com." names example.com
-  }
-  std::transform(name.begin(), name.end(), name.begin(),
-                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-  auto it = table->exact.find(name);
-  if (it == table->exact.end()) {
-    const size_t dot = name.find('.');
-    if (dot != std::string::npos && dot > 0) {
-      it = table->wildcard.find(name.substr(dot + 1));
-      if (it == table->wildcard.end()) {
-        return SSL_TLSEXT_ERR_OK;
+  const SSL_CTX* chosen = nullptr;
+  if (const char* sent = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name)) {
+    std::string name(sent);
+    if (!name.empty() && name.back() == '.') {
+      name.pop_back();  // "example.com." names example.com
+    }
+    std::transform(name.begin(), name.end(), name.begin(),
+                   [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+    if (auto it = table->exact.find(name); it != table->exact.end()) {
+      chosen = it->second;
+    } else if (const size_t dot = name.find('.'); dot != std::string::npos && dot > 0) {
+      if (auto w = table->wildcard.find(name.substr(dot + 1)); w != table->wildcard.end()) {
+        chosen = w->second;
       }
-    } else {
-      return SSL_TLSEXT_ERR_OK;
     }
   }
-  if (SSL_get_SSL_CTX(ssl) != it->second) {
-    SSL_set_SSL_CTX(ssl, it->second);
+  if (chosen == nullptr) {
+    // No SNI, or a name no certificate has: the default certificate, unless strict.
+    if (table->strict) {
+      *alert = SSL_AD_UNRECOGNIZED_NAME;
+      return SSL_TLSEXT_ERR_ALERT_FATAL;
+    }
+    return SSL_TLSEXT_ERR_OK;
+  }
+  if (SSL_get_SSL_CTX(ssl) != chosen) {
+    SSL_set_SSL_CTX(ssl, const_cast<SSL_CTX*>(chosen));
   }
   return SSL_TLSEXT_ERR_OK;
 }
@@ -248,10 +251,13 @@ int selectCertificate(SSL* ssl, int*, void* arg) {
 void addSniCertificates(SSL_CTX* def, const config::ListenerTlsConfig& t, bool ktls,
                         std::vector<std::string>* errors) {
   auto table = std::make_unique<SniTable>();
+  table->strict = t.strict_sni;
   std::unordered_map<std::string, std::string> whose;  // name -> the cert file with it
-  auto add = [&](SSL_CTX* ctx, const std::string& file, const config::Location& where) {
+  // (The default certificate needs DNS names only when nothing else may be served.)
+  auto add = [&](SSL_CTX* ctx, const std::string& file, const config::Location& where,
+                 bool needsNames) {
     const std::vector<std::string> names = dnsNames(ctx);
-    if (names.empty()) {
+    if (names.empty() && needsNames) {
       errors->push_back(
           at(where,
              "cert file '" + file + "' has no DNS names (subjectAltName) for SNI to choose it by"));
@@ -273,14 +279,14 @@ void addSniCertificates(SSL_CTX* def, const config::ListenerTlsConfig& t, bool k
       }
     }
   };
-  add(def, t.cert, t.location);
+  add(def, t.cert, t.location, t.strict_sni);
   for (const config::CertificateFiles& files : t.certs) {
     SSL_CTX* ctx = serverContext(t, files, ktls, errors);
     if (ctx == nullptr) {
       continue;
     }
     table->owned.push_back(ctx);
-    add(ctx, files.cert, files.location);
+    add(ctx, files.cert, files.location, true);
   }
   SniTable* raw = table.release();
   SSL_CTX_set_ex_data(def, sniTableIndex(), raw);
@@ -310,7 +316,7 @@ bool TlsContexts::build(const config::Config& cfg, bool ktls, std::vector<std::s
     }
     const config::ListenerTlsConfig& t = *l.tls;
     listeners_[i] = serverContext(t, {t.cert, t.key, t.location}, ktls, errors);
-    if (listeners_[i] != nullptr && !t.certs.empty()) {
+    if (listeners_[i] != nullptr && (!t.certs.empty() || t.strict_sni)) {
       addSniCertificates(listeners_[i], t, ktls, errors);
     }
   }

@@ -1022,6 +1022,7 @@ TEST(LoaderTest, MoreCertificatesAreReadWithTheirPlaces) {
   EXPECT_EQ(tls.certs[1].cert, b);
   EXPECT_EQ(tls.certs[1].key, key);
   EXPECT_EQ(tls.certs[1].location.line, 12u);  // where grelay --check points at it
+  EXPECT_FALSE(tls.strict_sni);
   EXPECT_THAT(errorsOf(validWith({"[listener.tls]", "cert = \"" + key + "\"",
                                   "key = \"" + key + "\"", "certs = [{ cert = \"" + a + "\" }]"})),
               ElementsAre("t.toml:11:10: missing required key 'key' in [[listener]] tls certs"));

@@ -70,7 +70,10 @@ class TlsTerminationTest(h.TlsTest):
             cfg = h.Config()
             cfg.upstream("app", [echo.address])
             port = cfg.listener("tls", "app", tls={**tls_listener(c), "certs": more})
-            with h.Grelay(cfg):
+            strict = cfg.listener("strict", "app", tls={**tls_listener(c), "certs": more,
+                                                        "strict_sni": True})
+            cfg.with_admin()
+            with h.Grelay(cfg) as g:
                 for sni, cn in (("localhost", "localhost"), ("api.test", "api"),
                                 ("API.Test", "api"), ("x.svc.test", "api"),
                                 ("exact.svc.test", "other"),  # an exact name beats a wildcard
@@ -85,21 +88,46 @@ class TlsTerminationTest(h.TlsTest):
                         self.assertEqual(subject["commonName"], cn, sni)
                         s.sendall(b"ping")
                         self.assertEqual(s.recv(4), b"ping")
+                # strict_sni: the names of the certificates only; no default for the rest.
+                for sni, served in (("localhost", True), ("x.svc.test", True),
+                                    ("other.test", True), ("unknown.test", False),
+                                    ("a.b.svc.test", False), (None, False)):
+                    ctx = h.tls_client_context(c.ca)
+                    ctx.check_hostname = False
+                    try:
+                        with ctx.wrap_socket(h.connect(strict), server_hostname=sni) as s:
+                            s.sendall(b"ping")
+                            got = s.recv(4)
+                    except ssl.SSLError as e:
+                        got = e.reason
+                    self.assertEqual(got, b"ping" if served else "TLSV1_UNRECOGNIZED_NAME", sni)
+                self.assertEqual(g.metric("grelay_tls_handshake_failures_total", listener="strict",
+                                          reason="error"), 3)
         # A certificate SNI cannot choose, and a name in two certificates: refused.
         ip_only = c._signed("sni_ip", "/CN=ip", "IP:10.1.1.1")
         twice = c._signed("sni_twice", "/CN=twice", "DNS:twice.test,DNS:API.test")
-        for extra, message in (
-                (ip_only, f"cert file '{ip_only[0]}' has no DNS names (subjectAltName) for SNI"),
-                (twice, f"name 'api.test' of cert file '{twice[0]}' is also in cert file "
-                        f"'{api[0]}'")):
+        # (A default certificate without DNS names is fine: it is the default; with
+        # strict_sni it could never be served.)
+        api_tls = {"cert": api[0], "key": api[1]}
+        ip_tls = {"cert": ip_only[0], "key": ip_only[1]}
+        for tls, message in (
+                ({**tls_listener(c), "certs": [api_tls, ip_tls]},
+                 f"cert file '{ip_only[0]}' has no DNS names (subjectAltName) for SNI"),
+                ({**tls_listener(c), "certs": [api_tls, {"cert": twice[0], "key": twice[1]}]},
+                 f"name 'api.test' of cert file '{twice[0]}' is also in cert file '{api[0]}'"),
+                ({**ip_tls, "certs": [api_tls], "strict_sni": True},
+                 f"cert file '{ip_only[0]}' has no DNS names (subjectAltName) for SNI"),
+                ({**ip_tls, "certs": [api_tls]}, None)):
             cfg = h.Config()
             cfg.upstream("app", ["127.0.0.1:9"])
-            cfg.listener("tls", "app", tls={**tls_listener(c), "certs": [
-                {"cert": api[0], "key": api[1]}, {"cert": extra[0], "key": extra[1]}]})
+            cfg.listener("tls", "app", tls=tls)
             path = os.path.join(c.dir, "sni.toml")
             with open(path, "w") as f:
                 f.write(cfg.render())
             r = h.run_grelay(["-c", path, "--check"])
+            if message is None:
+                self.assertEqual(r.returncode, 0, r.stderr)
+                continue
             self.assertNotEqual(r.returncode, 0, r.stdout)
             self.assertIn(message, r.stderr)
 
