@@ -225,6 +225,9 @@ struct UpstreamConfig {
   // nginx's match): "PING\r\n" / "+PONG". Both "" = a connect (and handshake) is enough.
   std::string check_send;
   std::string check_expect;
+  // The port health checks connect to, on each server's address (a separate health or
+  // admin port: HAProxy's `port`, nginx's `port=`); 0 = the server's own port.
+  uint16_t check_port = 0;
   // Slow start (HAProxy's `slowstart`, nginx's `slow_start`): a server back from being
   // marked down, or added to the pool by a reload or a DNS move, takes a share of its
   // turns that grows linearly from 0 to all of them over this long (round_robin: turns

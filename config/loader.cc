@@ -615,6 +615,7 @@ private:
               {"check_interval", duration(&u.check_interval, 0ms, kMaxTimeout)},
               {"check_timeout", duration(&u.check_timeout, 1ms, 1min)},
               {"check_passes", integer(&u.check_passes, 1, 1000)},
+              {"check_port", integer(&u.check_port, 1, 65535)},
               {"check_send", checkBytes(&u.check_send)},
               {"check_expect", checkBytes(&u.check_expect)},
               {"slow_start", duration(&u.slow_start, 0ms, kMaxTimeout)},
@@ -632,11 +633,11 @@ private:
         error(tlvs->source(), "'proxy_protocol_tlvs' needs 'proxy_protocol = \"v2\"' " +
                                   ("in " + header) + ": only version 2 headers carry TLVs");
       }
-      for (const char* key : {"check_send", "check_expect"}) {
+      for (const char* key : {"check_send", "check_expect", "check_port"}) {
         if (const toml::node* node = t->get(key);
             node != nullptr && u.check_interval.count() == 0) {
           error(node->source(), quoted(key) + " needs 'check_interval' " + ("in " + header) +
-                                    ": it is what a health check says or waits for");
+                                    ": it shapes the health checks");
         }
       }
       if (u.check_interval.count() > 0 && u.max_fails == 0) {

@@ -570,7 +570,11 @@ void HealthChecker::advance(Target& t) {
 void HealthChecker::open(Target& t, uint64_t now) {
   UpstreamPool& pool = *t.round->pool.pool;
   t.deadline = now + nanos(pool.config().check_timeout);
-  const config::Address& a = pool.server(t.server);
+  config::Address a = pool.server(t.server);
+  if (const uint16_t port = pool.config().check_port; port != 0) {
+    // The same address, the health port (sin_port and sin6_port share their offset).
+    reinterpret_cast<sockaddr_in&>(a.storage).sin_port = htons(port);
+  }
   t.fd = ::socket(a.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
   if (t.fd < 0) {
     // Out of descriptors or memory here says nothing about the server.

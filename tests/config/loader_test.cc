@@ -1070,6 +1070,10 @@ TEST(LoaderTest, CheckSendAndExpectNeedHealthChecks) {
   result = loadString(pool(R"(check_expect = "+PONG")"), "t.toml");
   ASSERT_TRUE(result.ok()) << result.errors[0].toString();
   EXPECT_EQ(result.config->upstreams[0].check_expect, "+PONG");
+  result = loadString(pool("check_port = 8081"), "t.toml");
+  ASSERT_TRUE(result.ok()) << result.errors[0].toString();
+  EXPECT_EQ(result.config->upstreams[0].check_port, 8081u);
+  EXPECT_THAT(errorsOf(pool("check_port = 0")), SizeIs(1));
   EXPECT_THAT(errorsOf(pool(R"(check_expect = "")")),
               ElementsAre("t.toml:4:16: 'check_expect' must be 1 to 4096 bytes, got 0"));
   EXPECT_THAT(errorsOf(pool("check_send = \"" + std::string(4097, 'x') + "\"")),
@@ -1078,7 +1082,7 @@ TEST(LoaderTest, CheckSendAndExpectNeedHealthChecks) {
                               R"(check_send = "PING")", "[[listener]]", R"(name = "web")",
                               R"(listen = "127.0.0.1:8080")", R"(upstream = "app")"})),
               ElementsAre("t.toml:3:14: 'check_send' needs 'check_interval' in [upstream.app]: "
-                          "it is what a health check says or waits for"));
+                          "it shapes the health checks"));
 }
 
 TEST(LoaderTest, AnUpstreamClientCertificateNeedsItsKey) {

@@ -578,6 +578,33 @@ class UpstreamRefusedTest(h.GrelayTest):
                     self.assertTrue(h.stream_session(port, h.Stream(10 + i, 64 * h.KiB)).ok)
                 self.assertEqual(len([c for c in loading.conns if c.end == "eof"]), 2)
 
+    def test_check_port_checks_each_servers_health_port(self):
+        # Two servers on two loopback addresses, one health port number: only the first
+        # has something listening on it, so only the first is up, whatever their
+        # traffic ports do.
+        health = h.free_port("127.0.0.2")
+        with h.EchoServer(host="127.0.0.2") as one, h.EchoServer(host="127.0.0.3") as two, \
+                h.EchoServer(host="127.0.0.2", port=health) as probe:
+            cfg = h.Config()
+            cfg.upstream("app", [{"address": one.address, "name": "one"},
+                                 {"address": two.address, "name": "two"}],
+                         check_interval="200ms", fail_timeout="1h", check_port=health)
+            port = cfg.listener("web", "app")
+            cfg.with_admin()
+            with h.Grelay(cfg) as g:
+                up = lambda name: g.metric("grelay_upstream_server_up", upstream="app",
+                                           server=name)
+                self.assertTrue(h.wait_for(lambda: up("two") == 0, 10), g.log_tail())
+                self.assertEqual(up("one"), 1)
+                self.assertRegex(g.log(), r"server 127\.0\.0\.3:\d+ marked down .*health check: "
+                                          r"Connection refused")
+                for i in range(4):
+                    self.assertTrue(h.stream_session(port, h.Stream(i, 16 * h.KiB)).ok)
+                self.assertEqual(len([c for c in two.conns if c.received]), 0)
+            self.assertGreaterEqual(len(probe.conns), 1, "no check reached the health port")
+            self.assertEqual(len([c for c in one.conns if c.received == 0]), 0,
+                             "a check went to the traffic port")
+
     def test_a_revived_server_rejoins_at_the_next_check(self):
         with h.EchoServer() as echo:
             dead = h.RefusingPort()

@@ -344,6 +344,23 @@ TEST_F(HealthCheckTest, ExpectAloneWaitsForWhatTheServerSaysFirst) {
   EXPECT_EQ(bannerServer.received(), "");
 }
 
+TEST_F(HealthCheckTest, CheckPortChecksAnotherPortOfEachServer) {
+  // The traffic port refuses; the health port listens: the check says up, and the
+  // other way round says down.
+  Port traffic, health;
+  health.listen();
+  config_.check_port = ntohs(reinterpret_cast<const sockaddr_in&>(health.address.storage).sin_port);
+  makePool({&traffic});
+  ASSERT_TRUE(checker_->checkNow({0}));
+  EXPECT_FALSE(pool_->down(0, monotonicNanos()));
+  EXPECT_EQ(stats_.checkFailures.value(), 0u);
+  config_.check_port =
+      ntohs(reinterpret_cast<const sockaddr_in&>(traffic.address.storage).sin_port);
+  makePool({&health});
+  ASSERT_TRUE(checker_->checkNow({0}));
+  EXPECT_TRUE(pool_->down(0, monotonicNanos()));
+}
+
 TEST_F(HealthCheckTest, AMoveKeepsTheRoundInProgressAndChecksOnlyTheMovedPoolAtOnce) {
   Port stalled, steady, refusing;
   stalled.stall();
