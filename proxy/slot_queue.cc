@@ -2,14 +2,34 @@
 
 namespace grelay::proxy {
 
-void SlotBoard::publish(uint32_t worker, uint64_t ticket) {
-  if (worker >= kWorkers) {
-    return;
-  }
+void SlotBoard::extendSpan(uint32_t worker) {
   uint32_t span = span_.load(std::memory_order_relaxed);
   while (span <= worker &&
          !span_.compare_exchange_weak(span, worker + 1, std::memory_order_relaxed)) {
   }
+}
+
+void SlotBoard::addAside(uint32_t worker, int delta) {
+  if (worker >= kWorkers || delta == 0) {
+    return;
+  }
+  extendSpan(worker);
+  // Only `worker`'s thread changes its entry.
+  const uint32_t was =
+      aside_[worker].fetch_add(static_cast<uint32_t>(delta), std::memory_order_acq_rel);
+  const uint32_t now = was + static_cast<uint32_t>(delta);
+  if (was == 0 && now != 0) {
+    asideWorkers_.fetch_add(1, std::memory_order_acq_rel);
+  } else if (was != 0 && now == 0) {
+    asideWorkers_.fetch_sub(1, std::memory_order_acq_rel);
+  }
+}
+
+void SlotBoard::publish(uint32_t worker, uint64_t ticket) {
+  if (worker >= kWorkers) {
+    return;
+  }
+  extendSpan(worker);
   // Only `worker`'s thread writes its entry.
   const uint64_t was = oldest_[worker].exchange(ticket, std::memory_order_acq_rel);
   if (was == 0 && ticket != 0) {
@@ -41,8 +61,12 @@ SlotQueue::SlotQueue(std::shared_ptr<SlotBoard> board, uint32_t worker, WakeWork
       wake_(std::move(wake)) {}
 
 SlotQueue::~SlotQueue() {
-  if (size_ > 0 && board_ != nullptr) {
-    board_->publish(worker_, 0);  // (torn down with its worker)
+  if (board_ != nullptr) {
+    // (Torn down with its worker.)
+    if (size_ > 0) {
+      board_->publish(worker_, 0);
+    }
+    board_->addAside(worker_, -static_cast<int>(asideCount_));
   }
 }
 
@@ -77,6 +101,10 @@ void SlotQueue::pushAside(SlotWaiter& waiter) {
   }
   waiter.waitingSlot_ = true;
   waiter.aside_ = true;
+  ++asideCount_;
+  if (board_ != nullptr) {
+    board_->addAside(worker_, 1);
+  }
   // Oldest first (a few at most: sessions whose connect failed while the pool was full).
   SlotWaiter* prev = nullptr;
   SlotWaiter* next = asideHead_;
@@ -131,6 +159,10 @@ void SlotQueue::forget(SlotWaiter& waiter) {
   waiter.waitingSlot_ = false;
   waiter.aside_ = false;
   if (aside) {
+    --asideCount_;
+    if (board_ != nullptr) {
+      board_->addAside(worker_, -1);
+    }
     return;
   }
   --size_;
@@ -156,15 +188,24 @@ void SlotQueue::slotReleased() {
     }
     return;
   }
-  if (board_->oldest(&worker) == 0) {
-    return;  // nobody waits, here or on another worker
+  uint32_t woken = SlotBoard::kWorkers;
+  if (board_->oldest(&worker) != 0) {
+    if (head_ != nullptr && worker == worker_) {
+      head_->lookForSlot();
+    } else if (wake_) {
+      // Its waiter has waited longest: the slot is its. On this worker that waiter is in
+      // another queue of the board (a DNS move's), which the wake-up reaches.
+      wake_(worker);
+      woken = worker;
+    }
   }
-  if (head_ != nullptr && worker == worker_) {
-    head_->lookForSlot();
-  } else if (wake_) {
-    // Its waiter has waited longest: the slot is its. On this worker that waiter is in
-    // another queue of the board (a DNS move's), which the wake-up reaches.
-    wake_(worker);
+  if (wake_) {
+    // Waiters aside on other workers look too (they are on no board entry of their own).
+    board_->forEachAside(worker_, [this, woken](uint32_t w) {
+      if (w != woken) {
+        wake_(w);
+      }
+    });
   }
 }
 

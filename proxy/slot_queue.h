@@ -12,8 +12,9 @@
 // queue_timeout) without a timer of their own, so a long queue costs nothing per waiter.
 // A waiter whose slot's connect failed and that waits again (for the servers it has left)
 // waits aside: not in line, where it would hold back others when a slot comes free on its
-// failed server, but told to look whenever the line's oldest is, before it, so younger
-// waiters do not take every slot it could use.
+// failed server, but told to look whenever the line's oldest is, before it, and whenever
+// a slot comes free on another worker, so younger waiters do not take every slot it could
+// use.
 #pragma once
 
 #include <atomic>
@@ -48,9 +49,11 @@ public:
   // Workers past this many keep their order among themselves only.
   static constexpr uint32_t kWorkers = 1024;
 
-  SlotBoard() : oldest_(new std::atomic<uint64_t>[kWorkers]) {
+  SlotBoard()
+      : oldest_(new std::atomic<uint64_t>[kWorkers]), aside_(new std::atomic<uint32_t>[kWorkers]) {
     for (uint32_t w = 0; w < kWorkers; ++w) {
       oldest_[w].store(0, std::memory_order_relaxed);
+      aside_[w].store(0, std::memory_order_relaxed);
     }
   }
   uint64_t takeTicket() { return next_.fetch_add(1, std::memory_order_relaxed) + 1; }
@@ -58,12 +61,31 @@ public:
   void publish(uint32_t worker, uint64_t ticket);
   // The worker whose oldest waiter has the smallest ticket, and that ticket (0 = none).
   uint64_t oldest(uint32_t* worker) const;
+  // `worker` has `delta` more (or fewer) waiters aside.
+  void addAside(uint32_t worker, int delta);
+  // Calls wake(w) for each worker other than `except` with waiters aside.
+  template <typename F>
+  void forEachAside(uint32_t except, F wake) const {
+    if (asideWorkers_.load(std::memory_order_acquire) == 0) {
+      return;
+    }
+    const uint32_t span = span_.load(std::memory_order_acquire);
+    for (uint32_t w = 0; w < span; ++w) {
+      if (w != except && aside_[w].load(std::memory_order_acquire) != 0) {
+        wake(w);
+      }
+    }
+  }
 
 private:
+  void extendSpan(uint32_t worker);
+
   std::atomic<uint64_t> next_{0};
   std::unique_ptr<std::atomic<uint64_t>[]> oldest_;
-  std::atomic<uint32_t> span_{0};     // 1 + the highest worker that ever published
-  std::atomic<uint32_t> waiting_{0};  // workers with a waiter now
+  std::unique_ptr<std::atomic<uint32_t>[]> aside_;  // waiters aside, by worker
+  std::atomic<uint32_t> asideWorkers_{0};           // workers with waiters aside
+  std::atomic<uint32_t> span_{0};                   // 1 + the highest worker that ever published
+  std::atomic<uint32_t> waiting_{0};                // workers with a waiter now
 };
 
 class SlotQueue {
@@ -96,7 +118,8 @@ public:
   // A slot of the pool came free: the oldest waiter of any worker looks for it (this
   // worker's at once, another's through `wake`, and through `wake` too when this worker's
   // oldest waits in another queue of the board: one a DNS move's new pool made); this
-  // queue's waiters aside look too, first.
+  // queue's waiters aside look too, first, and other workers with waiters aside are
+  // woken for theirs.
   void slotReleased();
   // This worker was woken for a freed slot: its waiters aside and its oldest look.
   void wakeOldest();
@@ -124,6 +147,7 @@ private:
   SlotWaiter* tail_ = nullptr;
   size_t size_ = 0;                  // in line
   SlotWaiter* asideHead_ = nullptr;  // aside, oldest ticket first
+  size_t asideCount_ = 0;
 };
 
 }  // namespace grelay::proxy

@@ -186,6 +186,39 @@ TEST(SlotQueueTest, WaitersAsideAreToldToLookBeforeTheLineOldestFirst) {
   EXPECT_EQ(q.size(), 0u);
 }
 
+TEST(SlotQueueTest, ASlotFreedOnAnotherWorkerWakesTheWorkersWithWaitersAside) {
+  std::string looks;
+  std::vector<uint32_t> woken;
+  auto board = std::make_shared<SlotBoard>();
+  auto wake = [&woken](uint32_t w) { woken.push_back(w); };
+  SlotQueue q0(board, 0, wake), q1(board, 1, wake), q2(board, 2, wake);
+  Waiter a(&looks, 'a'), b(&looks, 'b');
+  q1.push(a);
+  q1.remove(a);  // its slot's connect failed: it waits again aside on worker 1
+  q1.pushAside(a);
+  q2.push(b);  // the line's oldest, on worker 2
+  looks.clear();
+  // Freed on worker 0: worker 2 for the line's oldest, and worker 1 for its waiter aside.
+  q0.slotReleased();
+  EXPECT_EQ(woken, (std::vector<uint32_t>{2, 1}));
+  q1.wakeOldest();
+  EXPECT_EQ(looks, "a");
+  // Freed on worker 1 itself: a is told at once, worker 2 woken, nobody else.
+  woken.clear();
+  q1.slotReleased();
+  EXPECT_EQ(looks, "aa");
+  EXPECT_EQ(woken, std::vector<uint32_t>{2});
+  // Once a has left, a freed slot wakes only the line's oldest.
+  q1.remove(a);
+  woken.clear();
+  q0.slotReleased();
+  EXPECT_EQ(woken, std::vector<uint32_t>{2});
+  q2.remove(b);
+  woken.clear();
+  q0.slotReleased();
+  EXPECT_TRUE(woken.empty());
+}
+
 TEST(SlotQueueTest, WaitersMovedToAQueueOfTheSameBoardKeepTheirTurns) {
   std::string looks;
   std::vector<uint32_t> woken;
