@@ -475,8 +475,11 @@ std::unique_ptr<Generation> buildGeneration(std::shared_ptr<const config::Config
 
   gen->listenFds.assign(workers, std::vector<std::vector<int>>(cfg->listeners.size()));
   gen->tapFiles.resize(workers);
-  for (size_t li = 0; li < cfg->listeners.size(); ++li) {
-    const config::ListenerConfig& l = cfg->listeners[li];
+  // The addresses are checked, then the files opened, then the sockets: a generation that
+  // cannot have them all fails before it has a listening socket (so no client connects to
+  // a grelay about to exit, or on a reload to sockets about to close) and before it
+  // creates a tap file.
+  for (const config::ListenerConfig& l : cfg->listeners) {
     int inherited = -1;
     if (previous != nullptr) {
       for (size_t pi = 0; pi < previous->config->listeners.size(); ++pi) {
@@ -492,29 +495,6 @@ std::unique_ptr<Generation> buildGeneration(std::shared_ptr<const config::Config
             "listener " + l.name + ": cannot listen on " + l.listen.text + ": " + strerror(-err);
         return nullptr;
       }
-    }
-    // An inherited listener keeps every socket of its SO_REUSEPORT group: closing one would
-    // reset the connections waiting in its accept queue. With fewer workers than sockets,
-    // worker w accepts on sockets w, w + workers, ...; with more, the extra workers share
-    // them (a new socket might not be allowed to join the group once root is dropped).
-    const std::vector<int> old =
-        inherited >= 0 ? distinctSockets(previous->handover[static_cast<size_t>(inherited)])
-                       : std::vector<int>{};
-    const size_t count = std::max<size_t>(workers, old.size());
-    for (size_t k = 0; k < count; ++k) {
-      int fd;
-      if (!old.empty()) {
-        fd = ::fcntl(old[k % old.size()], F_DUPFD_CLOEXEC, 0);
-        fd = fd < 0 ? -errno : fd;
-      } else {
-        fd = openListener(l.listen, kBacklog);
-      }
-      if (fd < 0) {
-        *error =
-            "listener " + l.name + ": cannot listen on " + l.listen.text + ": " + strerror(-fd);
-        return nullptr;
-      }
-      gen->listenFds[k % workers][li].push_back(fd);
     }
   }
   for (size_t li = 0; li < cfg->listeners.size(); ++li) {
@@ -542,6 +522,33 @@ std::unique_ptr<Generation> buildGeneration(std::shared_ptr<const config::Config
         }
       }
       gen->tapFiles[w].push_back(std::move(tap));
+    }
+  }
+  for (size_t li = 0; li < cfg->listeners.size(); ++li) {
+    const config::ListenerConfig& l = cfg->listeners[li];
+    const int inherited = gen->inheritedFrom[li];
+    // An inherited listener keeps every socket of its SO_REUSEPORT group: closing one would
+    // reset the connections waiting in its accept queue. With fewer workers than sockets,
+    // worker w accepts on sockets w, w + workers, ...; with more, the extra workers share
+    // them (a new socket might not be allowed to join the group once root is dropped).
+    const std::vector<int> old =
+        inherited >= 0 ? distinctSockets(previous->handover[static_cast<size_t>(inherited)])
+                       : std::vector<int>{};
+    const size_t count = std::max<size_t>(workers, old.size());
+    for (size_t k = 0; k < count; ++k) {
+      int fd;
+      if (!old.empty()) {
+        fd = ::fcntl(old[k % old.size()], F_DUPFD_CLOEXEC, 0);
+        fd = fd < 0 ? -errno : fd;
+      } else {
+        fd = openListener(l.listen, kBacklog);
+      }
+      if (fd < 0) {
+        *error =
+            "listener " + l.name + ": cannot listen on " + l.listen.text + ": " + strerror(-fd);
+        return nullptr;
+      }
+      gen->listenFds[k % workers][li].push_back(fd);
     }
   }
   for (uint32_t w = 0; w < workers; ++w) {

@@ -10,6 +10,7 @@
 
 import os
 import re
+import shutil
 import socket
 import tempfile
 
@@ -142,6 +143,34 @@ class StartupErrorTest(h.GrelayTest):
             self.assertIn(f"127.0.0.1:{port}", out)
             self.assertIn("web", out, "the message should name the listener")
             self.assertIn("Address already in use", out)
+
+    def test_a_startup_error_leaves_no_listening_socket_and_no_tap_file(self):
+        # The addresses are checked, then the files opened, then the sockets: a busy
+        # address creates no tap file (and a file that cannot be opened leaves no port a
+        # client could connect to before grelay exits: the access log test's startup
+        # error no longer races with its readiness check).
+        taps = tempfile.mkdtemp(prefix="grelay-taps-")
+        try:
+            with socket.socket() as busy:
+                busy.bind(("127.0.0.1", 0))
+                busy.listen(1)
+                cfg = h.Config()
+                cfg.upstream("app", ["127.0.0.1:9"])
+                cfg.listener("web", "app", tap={"path": taps})
+                cfg.listener("busy", "app", port=busy.getsockname()[1])
+                r = h.run_grelay(["-c", write(cfg.render())], timeout=30)
+                self.assertEqual(r.returncode, 1, r.stderr)
+                self.assertIn("Address already in use", r.stderr)
+                self.assertEqual(os.listdir(taps), [])
+            # A tap directory that cannot be made fails before any listening socket.
+            cfg = h.Config()
+            cfg.upstream("app", ["127.0.0.1:9"])
+            cfg.listener("web", "app", tap={"path": "/proc/no-tap-here"})
+            r = h.run_grelay(["-c", write(cfg.render())], timeout=30)
+            self.assertEqual(r.returncode, 1, r.stderr)
+            self.assertIn("cannot create tap file", r.stderr)
+        finally:
+            shutil.rmtree(taps, ignore_errors=True)
 
     def test_second_grelay_on_the_same_address(self):
         # Listening sockets use SO_REUSEPORT (one per worker): a second grelay must not
