@@ -153,6 +153,10 @@ struct UpstreamTlsConfig {
   std::string sni;  // server name sent and verified; "" = none
   bool verify = true;
   std::vector<std::string> alpn;  // protocols offered (ALPN), in order; empty = none
+  // Sessions send the name their client asked for (its SNI to a TLS listener, else its
+  // PROXY header's authority) as SNI and verify the server's certificate against it;
+  // without one, `sni` (or the host) as usual. Health checks use `sni` too.
+  bool forward_sni = false;
   std::string cert;   // a client certificate chain (PEM) for servers that ask (mTLS); "" = none
   std::string key;    // its private key (PEM)
   Location location;  // of the tls value

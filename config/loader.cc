@@ -838,6 +838,7 @@ private:
                       {"sni", string(&tls->sni)},
                       {"verify", boolean(&tls->verify)},
                       {"alpn", protocols(&tls->alpn)},
+                      {"forward_sni", boolean(&tls->forward_sni)},
                       {"cert", file(&tls->cert, "cert")},
                       {"key", file(&tls->key, "key")},
                   });

@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
@@ -976,6 +977,22 @@ void Session::proxyHeaderFailed(const std::string& why) {
   close(true, false, false, tap::CloseReason::kError);
 }
 
+void Session::forwardServerName(UpstreamPeerName& peer, bool verify) const {
+  std::string_view name = client_.tls_ != nullptr ? client_.tls_->serverName() : std::string_view();
+  if (name.empty()) {
+    name = findTlv(receivedTlvs_, kTlvAuthority);
+  }
+  // Only a host name goes into a ClientHello (an authority TLV is any bytes).
+  const bool hostName =
+      !name.empty() && name.size() <= 253 && std::all_of(name.begin(), name.end(), [](char c) {
+        return std::isalnum(static_cast<unsigned char>(c)) || c == '.' || c == '-' || c == '_';
+      });
+  if (hostName) {
+    peer.sni.assign(name);
+    peer.verifyHost = verify ? peer.sni : "";
+  }
+}
+
 std::string Session::upstreamProxyHeader(const config::UpstreamConfig& pool) const {
   const config::ProxyProtocolTlvs& wanted = pool.proxy_protocol_tlvs;
   if (!wanted.any()) {
@@ -1379,8 +1396,10 @@ void Session::primaryConnected(int32_t res) {
     const config::UpstreamConfig& pool = listener_->upstream->config();
     primary_.tls_ = std::make_unique<relay::TlsChannel>(listener_->upstreamTls, primary_.fd_, false,
                                                         host_.userPool());
-    const UpstreamPeerName peer =
-        upstreamPeerName(pool, pool.servers[static_cast<size_t>(server_)]);
+    UpstreamPeerName peer = upstreamPeerName(pool, pool.servers[static_cast<size_t>(server_)]);
+    if (pool.tls.forward_sni) {
+      forwardServerName(peer, pool.tls.verify);
+    }
     primary_.tls_->setPeerName(peer.sni, peer.verifyHost);
     state_ = State::UpstreamHandshake;
     handshakeTimedOut_ = false;

@@ -33,6 +33,7 @@
 #include "proxy/sockets.h"
 #include "proxy/tap_writer.h"
 #include "proxy/timer.h"
+#include "proxy/tls_context.h"
 #include "proxy/upstream.h"
 #include "relay/buffer.h"
 #include "relay/completion.h"
@@ -381,6 +382,9 @@ private:
   void pollForProxyHeader();  // waits for more of the header (POLLIN on the client)
   void proxyHeaderPolled(int32_t res);
   void proxyHeaderFailed(const std::string& why);
+  // forward_sni: the name the client asked for, when it is a host name, becomes the SNI of
+  // the upstream handshake and the name its certificate must have.
+  void forwardServerName(UpstreamPeerName& peer, bool verify) const;
   // The PROXY protocol header that starts a connection to `pool`'s server.
   std::string upstreamProxyHeader(const config::UpstreamConfig& pool) const;
   void beginSession();

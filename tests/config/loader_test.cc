@@ -136,7 +136,7 @@ TEST(LoaderTest, EveryValueIsStored) {
           R"(resolve_hold = "2m")",
           R"(proxy_protocol = "v2")",
           R"(proxy_protocol_tlvs = ["alpn", "authority", "ssl", "received", "crc32c"])",
-          "tls = { ca = \"" + ca + "\", sni = \"app.test\", verify = false }",
+          "tls = { ca = \"" + ca + "\", sni = \"app.test\", verify = false, forward_sni = true }",
           R"([[listener]])",
           R"(name = "web-1_a")",
           R"(listen = "0.0.0.0:8080")",
@@ -197,6 +197,7 @@ TEST(LoaderTest, EveryValueIsStored) {
   EXPECT_EQ(app.tls.ca, ca);
   EXPECT_EQ(app.tls.sni, "app.test");
   EXPECT_FALSE(app.tls.verify);
+  EXPECT_TRUE(app.tls.forward_sni);
   const ListenerConfig& web = c.listeners[0];
   EXPECT_EQ(web.name, "web-1_a");
   EXPECT_EQ(web.connect_timeout, Duration(250));
@@ -1045,6 +1046,7 @@ TEST(LoaderTest, AlpnProtocolsOnBothSides) {
   ASSERT_TRUE(result.ok()) << result.errors[0].toString();
   EXPECT_THAT(result.config->listeners[0].tls->alpn, ElementsAre("h2", "http/1.1"));
   EXPECT_THAT(result.config->upstreams[0].tls.alpn, ElementsAre("h2"));
+  EXPECT_FALSE(result.config->upstreams[0].tls.forward_sni);
   EXPECT_TRUE(result.config->upstreams[0].tls.enabled);
   EXPECT_THAT(errorsOf(file(R"(["h2", "h2"])", "[]")),
               ElementsAre(testing::HasSubstr("'alpn' names 'h2' twice")));

@@ -116,6 +116,33 @@ class TlsUpstreamTest(h.TlsTest):
                 self.assertEqual(r.received, 0)
             self.assertEqual(server.client_subjects, ["grelay"])
 
+    def test_forward_sni_sends_and_verifies_the_name_the_client_asked_for(self):
+        import ssl
+        c = self.certs
+        with h.TlsEchoServer(*c.upstream) as server:
+            cfg = h.Config()
+            cfg.upstream("app", [server.address], max_fails=0,
+                         tls={"ca": c.ca, "forward_sni": True})
+            port = cfg.listener("web", "app", tls={"cert": c.server[0], "key": c.server[1]})
+            with h.Grelay(cfg):
+                def session(sni):
+                    ctx = h.tls_client_context(c.ca)
+                    ctx.check_hostname = False
+                    try:
+                        with ctx.wrap_socket(h.connect(port), server_hostname=sni) as s:
+                            s.sendall(b"ping")
+                            return s.recv(4)
+                    except (ssl.SSLError, OSError) as e:
+                        return repr(e)
+                # The client's name goes on, and the upstream's certificate has it.
+                self.assertEqual(session("localhost"), b"ping")
+                # No name: the pool's own (none for an IP address, verified as the IP).
+                self.assertEqual(session(None), b"ping")
+                # A name the upstream's certificate lacks: its handshake fails.
+                self.assertNotEqual(session("api.test"), b"ping")
+            self.assertEqual(server.server_names, ["localhost", None, "api.test"])
+            self.assertEqual(server.handshakes, 2)  # grelay refused the third certificate
+
     def test_bad_certificates_are_refused_with_a_reason(self):
         c = self.certs
         with h.TlsEchoServer(*c.expired) as expired, \
