@@ -120,9 +120,10 @@ struct ProxyProtocolTlvs {
   bool alpn = false;       // the protocol negotiated with the client (TLS ALPN, else its header's)
   bool authority = false;  // the server name the client asked for (TLS SNI, else its header's)
   bool ssl = false;        // whether TLS was terminated here, its version and cipher
+  bool unique_id = false;  // the session's ID, as in the access log
   bool received = false;   // the client's own header's TLVs (accept_proxy_protocol)
   bool crc32c = false;     // a checksum of the header
-  bool any() const { return alpn || authority || ssl || received || crc32c; }
+  bool any() const { return alpn || authority || ssl || unique_id || received || crc32c; }
 };
 
 struct ServerConfig {

@@ -690,7 +690,7 @@ private:
     };
   }
 
-  // ["alpn", "authority", "ssl", "received", "crc32c"], any of them.
+  // ["alpn", "authority", "ssl", "unique_id", "received", "crc32c"], any of them.
   Reader proxyTlvs(ProxyProtocolTlvs* out) {
     return [this, out](std::string_view key, const toml::node& node) {
       const toml::array* array = node.as_array();
@@ -703,13 +703,15 @@ private:
                      : *text == "alpn"      ? &out->alpn
                      : *text == "authority" ? &out->authority
                      : *text == "ssl"       ? &out->ssl
+                     : *text == "unique_id" ? &out->unique_id
                      : *text == "received"  ? &out->received
                      : *text == "crc32c"    ? &out->crc32c
                                             : nullptr;
         if (flag == nullptr) {
           error(element.source(),
                 quoted(key) +
-                    " entries must be one of alpn, authority, ssl, received, crc32c, "
+                    " entries must be one of alpn, authority, ssl, unique_id, received, "
+                    "crc32c, "
                     "got " +
                     (text ? quoted(*text) : std::string("a non-string")));
           ok = false;

@@ -1,5 +1,6 @@
 #include "proxy/access_log.h"
 
+#include <sys/random.h>
 #include <unistd.h>
 
 #include <cerrno>
@@ -37,6 +38,19 @@ std::string jsonString(std::string_view text) {
 
 }  // namespace
 
+std::string sessionId(uint32_t worker, uint64_t session) {
+  static const std::string run = [] {
+    uint32_t random = 0;
+    if (::getrandom(&random, sizeof(random), 0) != sizeof(random)) {
+      random = static_cast<uint32_t>(monotonicNanos() ^ static_cast<uint64_t>(::getpid()) << 32);
+    }
+    char hex[16];
+    std::snprintf(hex, sizeof(hex), "%08x", random);
+    return std::string(hex);
+  }();
+  return run + "-" + std::to_string(worker) + "-" + std::to_string(session);
+}
+
 std::string accessLogLine(const AccessRecord& r) {
   const time_t seconds = static_cast<time_t>(r.endUnixNanos / 1'000'000'000);
   const int millis = static_cast<int>((static_cast<uint64_t>(r.endUnixNanos) / 1'000'000) % 1000);
@@ -66,8 +80,9 @@ std::string accessLogLine(const AccessRecord& r) {
   const std::string cert = r.clientCert == nullptr ? "null" : jsonString(*r.clientCert);
   return std::string("{\"time\":\"") + time + "\",\"listener\":\"" + *r.listener +
          "\",\"worker\":" + std::to_string(r.worker) + ",\"session\":" + std::to_string(r.session) +
-         ",\"client\":\"" + formatAddress(r.client) + "\",\"server\":" + server + "," + numbers +
-         sni + ",\"client_cert\":" + cert + mirrors;
+         ",\"id\":\"" + sessionId(r.worker, r.session) + "\"" + ",\"client\":\"" +
+         formatAddress(r.client) + "\",\"server\":" + server + "," + numbers + sni +
+         ",\"client_cert\":" + cert + mirrors;
 }
 
 AccessLog::AccessLog(int fd, std::string path, std::string listener, metrics::ListenerStats& stats,

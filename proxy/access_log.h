@@ -42,7 +42,13 @@ struct AccessRecord {
   uint32_t mirrorsCut = 0;
 };
 
+// A session's ID, unique across runs as well: "<run>-<worker>-<session>", where <run> is
+// 8 hex digits drawn at random once per process ("3f09c2d1-0-17"). The access log's "id"
+// and the PROXY protocol's PP2_TYPE_UNIQUE_ID (proxy_protocol_tlvs "unique_id").
+std::string sessionId(uint32_t worker, uint64_t session);
+
 // {"time":"2026-12-06T05:12:54.123Z","listener":"web","worker":0,"session":17,
+//  "id":"3f09c2d1-0-17",
 //  "client":"192.0.2.1:5555",
 //  "server":"127.0.0.1:8000","duration":0.004512,"queue":0.000000,"connect":0.000210,
 //  "request_bytes":78,"response_bytes":4321,

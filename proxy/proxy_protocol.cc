@@ -81,6 +81,9 @@ void appendTlvs(std::string& out, const ProxyTlvs& tlvs) {
   if (tlvs.ssl) {
     appendSslTlv(out, tlvs);
   }
+  if (!tlvs.uniqueId.empty()) {
+    appendTlv(out, kTlvUniqueId, tlvs.uniqueId);
+  }
   out.append(tlvs.received);
   if (tlvs.crc32c) {
     appendTlv(out, kTlvCrc32c, std::string_view("\0\0\0\0", 4));
@@ -422,7 +425,7 @@ std::string passedTlvs(std::string_view tlvs, OwnTlvs own) {
     const uint8_t type = p[at];
     const size_t whole = 3 + readBe16(p + at + 1);
     const bool ours = (type == kTlvAlpn && own.alpn) || (type == kTlvAuthority && own.authority) ||
-                      (type == kTlvSsl && own.ssl);
+                      (type == kTlvSsl && own.ssl) || (type == kTlvUniqueId && own.uniqueId);
     if (type != kTlvCrc32c && type != kTlvNoop && !ours) {
       out.append(tlvs.substr(at, whole));
     }

@@ -17,6 +17,7 @@ constexpr uint8_t kTlvAlpn = 0x01;
 constexpr uint8_t kTlvAuthority = 0x02;
 constexpr uint8_t kTlvCrc32c = 0x03;
 constexpr uint8_t kTlvNoop = 0x04;
+constexpr uint8_t kTlvUniqueId = 0x05;
 constexpr uint8_t kTlvSsl = 0x20;
 constexpr uint8_t kTlvSslVersion = 0x21;
 constexpr uint8_t kTlvSslCn = 0x22;
@@ -27,7 +28,7 @@ constexpr uint8_t kSslClientCertSess = 0x04;  // ... and on its TLS session
 
 // What a version 2 header carries after the addresses ([upstream.NAME]
 // proxy_protocol_tlvs), in this order: the ALPN protocol, the authority, the SSL TLV,
-// the TLVs passed on from the client's own header, the checksum.
+// the unique ID, the TLVs passed on from the client's own header, the checksum.
 struct ProxyTlvs {
   std::string_view alpn;       // PP2_TYPE_ALPN; empty = none
   std::string_view authority;  // PP2_TYPE_AUTHORITY (a host name); empty = none
@@ -37,6 +38,7 @@ struct ProxyTlvs {
   std::string_view tlsCipher;
   bool clientCert = false;  //   a client certificate, verified, and its subject's CN
   std::string_view clientCommonName;
+  std::string_view uniqueId;  // PP2_TYPE_UNIQUE_ID (at most 128 bytes); empty = none
   std::string_view received;  // TLVs as read (well-formed), sent unchanged
   bool crc32c = false;        // PP2_TYPE_CRC32C over the whole header
 };
@@ -63,6 +65,7 @@ struct OwnTlvs {
   bool alpn = false;
   bool authority = false;
   bool ssl = false;
+  bool uniqueId = false;
 };
 std::string passedTlvs(std::string_view tlvs, OwnTlvs own);
 

@@ -1022,9 +1022,15 @@ std::string Session::upstreamProxyHeader(const config::UpstreamConfig& pool) con
     tlvs.clientCert = cert.present;
     tlvs.clientCommonName = cert.commonName;
   }
+  std::string id;
+  if (wanted.unique_id) {
+    id = sessionId(host_.workerIndex(), id_);
+    tlvs.uniqueId = id;
+  }
   std::string passed;
   if (wanted.received) {
-    passed = passedTlvs(receivedTlvs_, {wanted.alpn, wanted.authority, wanted.ssl});
+    passed =
+        passedTlvs(receivedTlvs_, {wanted.alpn, wanted.authority, wanted.ssl, wanted.unique_id});
     tlvs.received = passed;
   }
   tlvs.crc32c = wanted.crc32c;

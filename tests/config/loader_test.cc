@@ -135,7 +135,7 @@ TEST(LoaderTest, EveryValueIsStored) {
           R"(resolve_interval = "30s")",
           R"(resolve_hold = "2m")",
           R"(proxy_protocol = "v2")",
-          R"(proxy_protocol_tlvs = ["alpn", "authority", "ssl", "received", "crc32c"])",
+          R"(proxy_protocol_tlvs = ["alpn", "authority", "ssl", "unique_id", "received", "crc32c"])",
           "tls = { ca = \"" + ca + "\", sni = \"app.test\", verify = false, forward_sni = true }",
           R"([[listener]])",
           R"(name = "web-1_a")",
@@ -191,8 +191,8 @@ TEST(LoaderTest, EveryValueIsStored) {
   EXPECT_TRUE(app.servers[1].address.host_name);
   EXPECT_EQ(app.proxy_protocol, ProxyProtocol::V2);
   EXPECT_TRUE(app.proxy_protocol_tlvs.alpn && app.proxy_protocol_tlvs.authority &&
-              app.proxy_protocol_tlvs.ssl && app.proxy_protocol_tlvs.received &&
-              app.proxy_protocol_tlvs.crc32c);
+              app.proxy_protocol_tlvs.ssl && app.proxy_protocol_tlvs.unique_id &&
+              app.proxy_protocol_tlvs.received && app.proxy_protocol_tlvs.crc32c);
   EXPECT_TRUE(app.tls.enabled);
   EXPECT_EQ(app.tls.ca, ca);
   EXPECT_EQ(app.tls.sni, "app.test");
@@ -825,9 +825,9 @@ TEST(LoaderTest, ProxyProtocolTlvsNeedVersion2AndKnownNames) {
       errorsOf(
           pool(R"(proxy_protocol = "v2")", R"(proxy_protocol_tlvs = ["authority", "npn", 5])")),
       ElementsAre("t.toml:4:37: 'proxy_protocol_tlvs' entries must be one of alpn, authority, "
-                  "ssl, received, crc32c, got 'npn'",
+                  "ssl, unique_id, received, crc32c, got 'npn'",
                   "t.toml:4:44: 'proxy_protocol_tlvs' entries must be one of alpn, authority, "
-                  "ssl, received, crc32c, got a non-string"));
+                  "ssl, unique_id, received, crc32c, got a non-string"));
   EXPECT_THAT(errorsOf(pool(R"(proxy_protocol = "v2")", R"(proxy_protocol_tlvs = "crc32c")")),
               SizeIs(1));
 }

@@ -64,7 +64,7 @@ class AccessLogTest(h.GrelayTest):
         self.assertEqual(len(lines), 4, lines)
         by_end = {}
         for line in lines:
-            self.assertEqual(set(line), {"time", "listener", "worker", "session", "client",
+            self.assertEqual(set(line), {"time", "listener", "worker", "session", "id", "client",
                                          "server", "duration", "queue", "connect",
                                          "request_bytes", "response_bytes", "end", "reset",
                                          "tls", "sni", "client_cert", "mirrors",
@@ -140,6 +140,8 @@ class AccessLogTest(h.GrelayTest):
         self.assertEqual(len(lines), 50)
         self.assertEqual(len({(x["worker"], x["session"]) for x in lines}), 50,
                          "worker + session must name each session once")
+        self.assertEqual(len({x["id"] for x in lines}), 50, "each session has its own id")
+        self.assertTrue(all(x["id"].endswith(f"-{x['worker']}-{x['session']}") for x in lines))
 
     def test_sigusr1_reopens_the_log_for_logrotate(self):
         with h.EchoServer() as echo:

@@ -15,6 +15,8 @@ own header), an SSL TLV (with a verified client certificate's CN), the TLVs of t
 client's header passed on, and a CRC32C checksum that Debian's HAProxy verifies. A
 received header whose TLVs are malformed or whose checksum does not match is refused."""
 
+import json
+import os
 import re
 import socket
 import struct
@@ -365,20 +367,22 @@ class ProxyProtocolTest(h.GrelayTest):
         finally:
             certs.cleanup()
 
-    def test_haproxy_verifies_the_checksum_and_reads_the_authority(self):
+    def test_haproxy_verifies_the_checksum_and_reads_the_authority_and_id(self):
         why = h.HaproxyServer.available() or h.Certs.available()
         if why:
             self.skipTest(why)
         certs = h.Certs()
         lines = ('http-request return status 200 content-type text/plain '
-                 'lf-string "%[fc_pp_authority] %[src] %[src_port]\\n"')
+                 'lf-string "%[fc_pp_authority] %[src] %[src_port] %[fc_pp_unique_id]\\n"')
+        log = os.path.join(certs.dir, "access.log")
         try:
             with h.HaproxyServer(bind_options="accept-proxy", frontend_lines=lines) as hap:
                 cfg = h.Config()
                 cfg.upstream("app", [hap.address], proxy_protocol="v2",
-                             proxy_protocol_tlvs=["authority", "ssl", "crc32c"])
-                port = cfg.listener("web", "app",
+                             proxy_protocol_tlvs=["authority", "ssl", "unique_id", "crc32c"])
+                port = cfg.listener("web", "app", access_log=log,
                                     tls={"cert": certs.server[0], "key": certs.server[1]})
+                ids = {}
                 with h.Grelay(cfg):
                     for _ in range(3):
                         raw = h.connect(port)
@@ -392,7 +396,14 @@ class ProxyProtocolTest(h.GrelayTest):
                         head, _, body = reply.partition(b"\r\n\r\n")
                         self.assertTrue(head.startswith(b"HTTP/1.1 200"), reply[:200] + b"\n" +
                                         hap.log().encode())
-                        self.assertEqual(body.decode(), f"localhost {client[0]} {client[1]}\n")
+                        authority, src, src_port, unique_id = body.decode().split()
+                        self.assertEqual((authority, src, int(src_port)),
+                                         ("localhost", client[0], client[1]))
+                        ids[f"{client[0]}:{client[1]}"] = unique_id
+                # The ID HAProxy read is the access log's for the same session.
+                with open(log) as f:
+                    logged = {x["client"]: x["id"] for x in map(json.loads, f)}
+                self.assertEqual(logged, ids)
         finally:
             certs.cleanup()
 

@@ -42,13 +42,16 @@ AccessRecord record(const std::string* listener, const std::string* server) {
 TEST(AccessLogTest, OneJsonLinePerSession) {
   const std::string web = "web";
   const std::string server = "127.0.0.1:8000";
-  EXPECT_EQ(accessLogLine(record(&web, &server)),
-            "{\"time\":\"2025-12-06T05:46:40.123Z\",\"listener\":\"web\",\"worker\":1,"
-            "\"session\":42,\"client\":"
-            "\"192.0.2.7:51098\",\"server\":\"127.0.0.1:8000\",\"duration\":1.500250,"
-            "\"queue\":0.250000,\"connect\":0.000512,\"request_bytes\":78,\"response_bytes\":4321,"
-            "\"end\":\"normal\",\"reset\":false,"
-            "\"tls\":false,\"sni\":null,\"client_cert\":null,\"mirrors\":2,\"mirrors_cut\":1}\n");
+  EXPECT_EQ(
+      accessLogLine(record(&web, &server)),
+      "{\"time\":\"2025-12-06T05:46:40.123Z\",\"listener\":\"web\",\"worker\":1,"
+      "\"session\":42,\"id\":\"" +
+          sessionId(1, 42) +
+          "\",\"client\":"
+          "\"192.0.2.7:51098\",\"server\":\"127.0.0.1:8000\",\"duration\":1.500250,"
+          "\"queue\":0.250000,\"connect\":0.000512,\"request_bytes\":78,\"response_bytes\":4321,"
+          "\"end\":\"normal\",\"reset\":false,"
+          "\"tls\":false,\"sni\":null,\"client_cert\":null,\"mirrors\":2,\"mirrors_cut\":1}\n");
   AccessRecord r = record(&web, nullptr);
   auto& c6 = reinterpret_cast<sockaddr_in6&>(r.client);
   c6 = sockaddr_in6{};
@@ -65,6 +68,14 @@ TEST(AccessLogTest, OneJsonLinePerSession) {
   EXPECT_NE(line.find("\"connect\":null,"), std::string::npos) << line;
   EXPECT_NE(line.find("\"end\":\"connect_failed\",\"reset\":true,\"tls\":true,"), std::string::npos)
       << line;
+}
+
+TEST(AccessLogTest, SessionIdsAreUniqueAcrossRunsAndNameWorkerAndSession) {
+  const std::string id = sessionId(3, 1234);
+  ASSERT_EQ(id.size(), 8u + std::string("-3-1234").size());
+  EXPECT_EQ(id.substr(8), "-3-1234");
+  EXPECT_EQ(id.find_first_not_of("0123456789abcdef"), 8u);   // 8 hex digits, then the rest
+  EXPECT_EQ(sessionId(0, 1).substr(0, 8), id.substr(0, 8));  // one run, one prefix
 }
 
 TEST(AccessLogTest, TheClientsSniAndCertificateAreEscapedIntoValidJson) {

@@ -214,6 +214,19 @@ TEST(ProxyProtocolTest, Version2SslTlvOfAClientCertificate) {
             headerWith(tlv(0x20, ssl)));
 }
 
+TEST(ProxyProtocolTest, Version2UniqueIdComesAfterSslAndBeforeWhatIsPassedOn) {
+  const std::string received = tlv(0x05, "lb-id-1") + tlv(0xea, "\x01vpce-1");
+  ProxyTlvs tlvs;
+  tlvs.ssl = true;
+  tlvs.uniqueId = "3f09c2d1-0-17";
+  const std::string passed = passedTlvs(received, {.uniqueId = true});
+  tlvs.received = passed;
+  EXPECT_EQ(passed, tlv(0xea, "\x01vpce-1"));  // the balancer's ID gives way to ours
+  EXPECT_EQ(proxyHeader(ProxyProtocol::V2, v4("192.0.2.10", 56324), v4("198.51.100.1", 443), &tlvs),
+            headerWith(tlv(0x20, std::string("\x00\x00\x00\x00\x01", 5)) +
+                       tlv(0x05, "3f09c2d1-0-17") + tlv(0xea, "\x01vpce-1")));
+}
+
 TEST(ProxyProtocolTest, Version2UnspecCarriesNoTlvs) {
   ProxyTlvs tlvs;
   tlvs.authority = "api.example";
