@@ -1151,6 +1151,13 @@ void Session::handshakeFailed(Peer& peer, bool timedOut) {
     } else {
       stats().tlsHandshakeFailures.inc();
     }
+    // Rate-limited with the listener's other trouble: why a client was refused (its
+    // certificate revoked or unknown, no SNI match under strict_sni) without a line per
+    // scanner.
+    host_.listenerTrouble(
+        *listener_,
+        "TLS: client " + formatAddress(clientAddress_) + ": " +
+            (timedOut ? std::string("no handshake within handshake_timeout") : peer.tls_->error()));
     close(false, false, false, tap::CloseReason::kError);
     return;
   }

@@ -239,6 +239,11 @@ class TlsTerminationTest(h.TlsTest):
                 self.assertEqual(outcome["carol"], b"ping")
                 self.assertNotEqual(outcome["mallory"], b"ping")  # (an alert or EOF)
                 h.log(f"revoked: {outcome['mallory']}")
+                # Why, in grelay's log (rate-limited with the listener's other trouble).
+                self.assertTrue(h.wait_for(lambda: "certificate revoked" in g.log(), 5),
+                                g.log_tail())
+                self.assertRegex(g.log(), r"listener mtls: TLS: client 127\.0\.0\.1:\d+: .*"
+                                          r"certificate revoked")
                 self.assertTrue(h.wait_for(lambda: g.metric(
                     "grelay_tls_handshake_failures_total", listener="mtls", reason="error") == 1,
                     5))
