@@ -90,48 +90,7 @@ void TlsChannel::recordError(const char* what, int ret) {
   ERR_clear_error();
 }
 
-TlsChannel::Step TlsChannel::handshake() {
-  ERR_clear_error();
-  errno = 0;
-  int ret = SSL_do_handshake(ssl_);
-  if (ret == 1) {
-    return Step::Done;
-  }
-  switch (SSL_get_error(ssl_, ret)) {
-    case SSL_ERROR_WANT_READ:
-      return Step::WantRead;
-    case SSL_ERROR_WANT_WRITE:
-      return Step::WantWrite;
-    default:
-      recordError("handshake", ret);
-      return Step::Failed;
-  }
-}
-
-TlsChannel::Step TlsChannel::sendDirect(const void* data, size_t len, size_t* moved) {
-  ERR_clear_error();
-  errno = 0;
-  *moved = 0;
-  const int ret = SSL_write_ex(ssl_, data, len, moved);
-  if (ret == 1) {
-    return Step::Done;
-  }
-  switch (SSL_get_error(ssl_, ret)) {
-    case SSL_ERROR_WANT_READ:
-      return Step::WantRead;
-    case SSL_ERROR_WANT_WRITE:
-      return Step::WantWrite;
-    default:
-      recordError("write", ret);
-      return Step::Failed;
-  }
-}
-
-TlsChannel::Step TlsChannel::receiveDirect(void* data, size_t len, size_t* moved) {
-  ERR_clear_error();
-  errno = 0;
-  *moved = 0;
-  const int ret = SSL_read_ex(ssl_, data, len, moved);
+TlsChannel::Step TlsChannel::stepAfter(int ret, const char* what, bool reading) {
   if (ret == 1) {
     return Step::Done;
   }
@@ -141,11 +100,34 @@ TlsChannel::Step TlsChannel::receiveDirect(void* data, size_t len, size_t* moved
     case SSL_ERROR_WANT_WRITE:
       return Step::WantWrite;
     case SSL_ERROR_ZERO_RETURN:
-      return Step::Done;  // close_notify: *moved = 0
+      if (reading) {
+        return Step::Done;  // close_notify: 0 bytes read
+      }
+      [[fallthrough]];
     default:
-      recordError("read", ret);
+      recordError(what, ret);
       return Step::Failed;
   }
+}
+
+TlsChannel::Step TlsChannel::handshake() {
+  ERR_clear_error();
+  errno = 0;
+  return stepAfter(SSL_do_handshake(ssl_), "handshake");
+}
+
+TlsChannel::Step TlsChannel::sendDirect(const void* data, size_t len, size_t* moved) {
+  ERR_clear_error();
+  errno = 0;
+  *moved = 0;
+  return stepAfter(SSL_write_ex(ssl_, data, len, moved), "write");
+}
+
+TlsChannel::Step TlsChannel::receiveDirect(void* data, size_t len, size_t* moved) {
+  ERR_clear_error();
+  errno = 0;
+  *moved = 0;
+  return stepAfter(SSL_read_ex(ssl_, data, len, moved), "read", true);
 }
 
 bool TlsChannel::ktls() const {

@@ -102,6 +102,9 @@ private:
     uint32_t offset = 0;
   };
   static BIO_METHOD* method();
+  // The step an SSL call's result `ret` means; an error is recorded as `what`'s. Reading,
+  // the peer's close_notify is Done (with 0 bytes); otherwise it is a failure.
+  Step stepAfter(int ret, const char* what, bool reading = false);
   static int bioRead(BIO* bio, char* buf, int len);
   static int bioWrite(BIO* bio, const char* buf, int len);
   static long bioCtrl(BIO* bio, int cmd, long num, void* ptr);
