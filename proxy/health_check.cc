@@ -446,33 +446,44 @@ void HealthChecker::failed(Target& t, int error, std::string why) {
   t.why = std::move(why);
 }
 
+bool HealthChecker::moveBytes(Target& t, const void* send, void* receive, size_t len,
+                              size_t* moved) {
+  using Step = relay::TlsChannel::Step;
+  const bool sending = send != nullptr;
+  *moved = 0;
+  Step step = Step::Done;
+  if (t.tls != nullptr) {
+    step =
+        sending ? t.tls->sendDirect(send, len, moved) : t.tls->receiveDirect(receive, len, moved);
+  } else {
+    const ssize_t n = sending ? ::send(t.fd, send, len, MSG_DONTWAIT | MSG_NOSIGNAL)
+                              : ::recv(t.fd, receive, len, MSG_DONTWAIT);
+    if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
+      step = sending ? Step::WantWrite : Step::WantRead;
+    } else if (n < 0) {
+      failed(t, errno, "");
+      return false;
+    } else {
+      *moved = static_cast<size_t>(n);
+    }
+  }
+  if (step == Step::Failed) {
+    failed(t, EPROTO, "TLS " + t.tls->error());
+    return false;
+  }
+  if (step != Step::Done) {
+    t.events = step == Step::WantRead ? POLLIN : POLLOUT;
+    return false;
+  }
+  return true;
+}
+
 void HealthChecker::exchange(Target& t) {
   const config::UpstreamConfig& uc = t.round->pool.pool->config();
-  using Step = relay::TlsChannel::Step;
   while (t.phase == Target::Phase::Sending) {
     const std::string& data = uc.check_send;
     size_t moved = 0;
-    Step step = Step::Done;
-    if (t.tls != nullptr) {
-      step = t.tls->sendDirect(data.data() + t.sent, data.size() - t.sent, &moved);
-    } else {
-      const ssize_t n =
-          ::send(t.fd, data.data() + t.sent, data.size() - t.sent, MSG_DONTWAIT | MSG_NOSIGNAL);
-      if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
-        step = Step::WantWrite;
-      } else if (n < 0) {
-        failed(t, errno, "");
-        return;
-      } else {
-        moved = static_cast<size_t>(n);
-      }
-    }
-    if (step == Step::Failed) {
-      failed(t, EPROTO, "TLS " + t.tls->error());
-      return;
-    }
-    if (step != Step::Done) {
-      t.events = step == Step::WantRead ? POLLIN : POLLOUT;
+    if (!moveBytes(t, data.data() + t.sent, nullptr, data.size() - t.sent, &moved)) {
       return;
     }
     t.sent += moved;
@@ -490,26 +501,7 @@ void HealthChecker::exchange(Target& t) {
     char buf[4096];
     const size_t room = std::min(sizeof(buf), kMaxCheckReply - t.reply.size());
     size_t moved = 0;
-    Step step = Step::Done;
-    if (t.tls != nullptr) {
-      step = t.tls->receiveDirect(buf, room, &moved);
-    } else {
-      const ssize_t n = ::recv(t.fd, buf, room, MSG_DONTWAIT);
-      if (n < 0 && (errno == EAGAIN || errno == EINTR)) {
-        step = Step::WantRead;
-      } else if (n < 0) {
-        failed(t, errno, "");
-        return;
-      } else {
-        moved = static_cast<size_t>(n);
-      }
-    }
-    if (step == Step::Failed) {
-      failed(t, EPROTO, "TLS " + t.tls->error());
-      return;
-    }
-    if (step != Step::Done) {
-      t.events = step == Step::WantRead ? POLLIN : POLLOUT;
+    if (!moveBytes(t, nullptr, buf, room, &moved)) {
       return;
     }
     if (moved == 0) {

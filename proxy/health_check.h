@@ -93,6 +93,10 @@ private:
   // After the connect (and TLS handshake): check_send, then check_expect, then passed().
   void beginExchange(Target& t);
   void exchange(Target& t);
+  // One send (of `send`) or receive (into `receive`) of the exchange, through TLS or not:
+  // true with *moved bytes (receiving, 0 = the server closed); false when the target must
+  // wait (its events set) or failed.
+  bool moveBytes(Target& t, const void* send, void* receive, size_t len, size_t* moved);
   void passed(Target& t);
   void failed(Target& t, int error, std::string why);
   void report(const Pool& p, const Target& t, uint64_t now);
