@@ -1560,16 +1560,10 @@ class Certs:
             raise RuntimeError(f"openssl {' '.join(args)} failed:\n{r.stdout}{r.stderr}")
         return r.stdout
 
-    def _signed(self, name: str, subject: str, san: str, rsa: bool = False,
-                dates: tuple[str, str] | None = None,
-                usage: str = "serverAuth") -> tuple[str, str]:
+    def _ca_config(self) -> str:
+        """The `openssl ca` configuration of the test CA, up to its per-use lines."""
         d = self.dir
-        key, csr, cert = (os.path.join(d, f"{name}.{x}") for x in ("key", "csr", "pem"))
-        keyopts = ["-newkey", "rsa:2048"] if rsa else self._ec()
-        self._openssl("req", *keyopts, "-nodes", "-keyout", key, "-out", csr, "-subj", subject)
-        cnf = os.path.join(d, f"{name}.cnf")
-        with open(cnf, "w") as f:
-            f.write(f"""[ca]
+        return f"""[ca]
 default_ca = test
 [test]
 dir = {d}
@@ -1579,7 +1573,18 @@ new_certs_dir = {d}/db
 certificate = {self.ca}
 private_key = {self.ca_key}
 default_md = sha256
-default_days = 30
+"""
+
+    def _signed(self, name: str, subject: str, san: str, rsa: bool = False,
+                dates: tuple[str, str] | None = None,
+                usage: str = "serverAuth") -> tuple[str, str]:
+        d = self.dir
+        key, csr, cert = (os.path.join(d, f"{name}.{x}") for x in ("key", "csr", "pem"))
+        keyopts = ["-newkey", "rsa:2048"] if rsa else self._ec()
+        self._openssl("req", *keyopts, "-nodes", "-keyout", key, "-out", csr, "-subj", subject)
+        cnf = os.path.join(d, f"{name}.cnf")
+        with open(cnf, "w") as f:
+            f.write(self._ca_config() + f"""default_days = 30
 policy = anything
 unique_subject = no
 [anything]
@@ -1607,18 +1612,7 @@ extendedKeyUsage = {usage}
         d = self.dir
         cnf = os.path.join(d, "crl.cnf")
         with open(cnf, "w") as f:
-            f.write(f"""[ca]
-default_ca = test
-[test]
-dir = {d}
-database = {d}/db/index.txt
-serial = {d}/db/serial
-new_certs_dir = {d}/db
-certificate = {self.ca}
-private_key = {self.ca_key}
-default_md = sha256
-default_crl_days = 30
-""")
+            f.write(self._ca_config() + "default_crl_days = 30\n")
         for cert in revoked:
             self._openssl("ca", "-batch", "-config", cnf, "-revoke", cert)
         out = os.path.join(d, "crl.pem")
