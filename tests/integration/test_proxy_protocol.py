@@ -86,6 +86,15 @@ def ipv6_loopback() -> bool:
 
 
 class ProxyProtocolTest(h.GrelayTest):
+    def certs_or_skip(self) -> h.Certs:
+        """Test certificates, removed when the test ends; skips without openssl."""
+        why = h.Certs.available()
+        if why:
+            self.skipTest(why)
+        certs = h.Certs()
+        self.addCleanup(certs.cleanup)
+        return certs
+
     def test_header_first_then_the_stream_byte_exact_and_none_to_mirrors(self):
         hosts = ["127.0.0.1"] + (["::1"] if ipv6_loopback() else [])
         h.log(f"listener hosts: {hosts}")
@@ -265,107 +274,95 @@ class ProxyProtocolTest(h.GrelayTest):
                                           r"proxy_protocol_from: reset")
 
     def test_header_before_tls(self):
-        why = h.Certs.available()
-        if why:
-            self.skipTest(why)
-        certs = h.Certs()
-        try:
-            with h.SinkServer() as up:
-                cfg = h.Config()
-                cfg.upstream("tell", [up.address], proxy_protocol="v1")
-                port = cfg.listener("web", "tell", accept_proxy_protocol=True,
-                                    tls={"cert": certs.server[0], "key": certs.server[1]})
-                with h.Grelay(cfg):
-                    header = expected_header("v2", ("2001:db8::5", 61000), ("2001:db8::1", 443))
-                    raw = h.connect(port)
-                    raw.sendall(header)
-                    ctx = h.tls_client_context(certs.ca)
-                    with ctx.wrap_socket(raw, server_hostname="localhost") as s:
-                        s.sendall(b"secret request")
-                    recs = up.records()
-                    self.assertEqual(len(recs), 1)
-                    self.assertEqual(bytes(recs[0].data),
-                                     b"PROXY TCP6 2001:db8::5 2001:db8::1 61000 443\r\n"
-                                     b"secret request")
-        finally:
-            certs.cleanup()
+        certs = self.certs_or_skip()
+        with h.SinkServer() as up:
+            cfg = h.Config()
+            cfg.upstream("tell", [up.address], proxy_protocol="v1")
+            port = cfg.listener("web", "tell", accept_proxy_protocol=True,
+                                tls={"cert": certs.server[0], "key": certs.server[1]})
+            with h.Grelay(cfg):
+                header = expected_header("v2", ("2001:db8::5", 61000), ("2001:db8::1", 443))
+                raw = h.connect(port)
+                raw.sendall(header)
+                ctx = h.tls_client_context(certs.ca)
+                with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+                    s.sendall(b"secret request")
+                recs = up.records()
+                self.assertEqual(len(recs), 1)
+                self.assertEqual(bytes(recs[0].data),
+                                 b"PROXY TCP6 2001:db8::5 2001:db8::1 61000 443\r\n"
+                                 b"secret request")
 
     def test_tlvs_passed_on_and_added_with_a_checksum_byte_exact(self):
-        why = h.Certs.available()
-        if why:
-            self.skipTest(why)
-        certs = h.Certs()
-        try:
-            with h.SinkServer() as up:
-                cfg = h.Config()
-                cfg.upstream("tell", [up.address], proxy_protocol="v2",
-                             proxy_protocol_tlvs=["alpn", "authority", "ssl", "received",
-                                                  "crc32c"])
-                tls_port = cfg.listener("tls", "tell", accept_proxy_protocol=True,
-                                        tls={"cert": certs.server[0], "key": certs.server[1],
-                                             "alpn": ["h2"], "client_ca": certs.ca})
-                plain_port = cfg.listener("plain", "tell", accept_proxy_protocol=True)
-                cfg.with_admin()
-                vpce = tlv(0xEA, b"\x01vpce-0a1b2c3d4e5f")  # AWS PrivateLink's endpoint ID
-                received = (tlv(0x04, b"pad") + tlv(0x01, b"http/1.1") + tlv(0x02, b"lb.example") +
-                            vpce)
-                addresses = expected_header("v2", ("203.0.113.7", 50001), ("198.51.100.9", 443))
-                with h.Grelay(cfg) as g:
-                    raw = h.connect(tls_port)
-                    raw.sendall(with_tlvs(addresses, received))
-                    ctx = h.tls_client_context(certs.ca)
-                    ctx.set_alpn_protocols(["h2", "http/1.1"])
-                    ctx.load_cert_chain(*certs.client("alice", "/CN=alice"))
-                    with ctx.wrap_socket(raw, server_hostname="localhost") as s:
-                        version, cipher = s.version(), s.cipher()[0]
-                        s.sendall(b"over TLS")
-                    stream = h.Stream(901, h.scaled(256 * h.KiB))
-                    r = h.stream_session(plain_port, stream, expect=b"", on_connect=lambda c:
-                                         c.sendall(with_tlvs(addresses, received)))
-                    self.assertTrue(r.ok, str(r))
-                    recs = sorted(up.records(), key=lambda rec: len(rec.data))
-                    self.assertEqual(len(recs), 2)
-                    for rec, payload in zip(recs, (b"over TLS", stream.bytes())):
-                        data = bytes(rec.data)
-                        end = 16 + struct.unpack("!H", data[14:16])[0]
-                        header = data[:end]
-                        self.assertEqual(data[end:], payload, "the stream after the header")
-                        self.assertEqual(header[:28], addresses[:14] + header[14:16] +
-                                         addresses[16:], "the addresses")
-                        got = read_tlvs(header)
-                        kinds = [k for k, _ in got]
-                        self.assertEqual(kinds, [0x01, 0x02, 0x20, 0xEA, 0x03], got)
-                        checked = bytearray(header)
-                        checked[-4:] = b"\0" * 4
-                        self.assertEqual(struct.unpack("!I", got[4][1])[0],
-                                         crc32c(bytes(checked)), "the checksum")
-                        self.assertEqual(got[3], (0xEA, vpce[3:]), "passed on unchanged")
-                        if payload == b"over TLS":
-                            # What grelay's own handshake says wins over the balancer's TLVs.
-                            self.assertEqual(got[0][1], b"h2")
-                            self.assertEqual(got[1][1], b"localhost")
-                            # A verified client certificate: bits SSL, CERT_CONN and
-                            # CERT_SESS, verify 0, and its CN.
-                            self.assertEqual(got[2][1], b"\x07\0\0\0\0" +
-                                             tlv(0x21, version.encode()) + tlv(0x22, b"alice") +
-                                             tlv(0x23, cipher.encode()))
-                        else:
-                            self.assertEqual(got[0][1], b"http/1.1")
-                            self.assertEqual(got[1][1], b"lb.example")
-                            self.assertEqual(got[2][1], b"\0\0\0\0\x01")
-                    # A checksum that does not match, or TLVs that do not fill the header: refused.
-                    for bad in (with_tlvs(addresses, received, flip=1),
-                                with_tlvs(addresses, tlv(0x02, b"x")[:-1] + b"\0\x05x",
-                                          checksum=False)):
-                        with h.connect(plain_port) as c:
-                            c.sendall(bad + b"data")
-                            end, _ = h.read_outcome(c, 10)
-                        self.assertEqual(end, "reset")
-                    self.assertEqual(
-                        g.metric("grelay_proxy_protocol_errors_total", listener="plain"), 2)
-                    self.assertEqual(len(up.records()), 2, "nothing connected for them")
-        finally:
-            certs.cleanup()
+        certs = self.certs_or_skip()
+        with h.SinkServer() as up:
+            cfg = h.Config()
+            cfg.upstream("tell", [up.address], proxy_protocol="v2",
+                         proxy_protocol_tlvs=["alpn", "authority", "ssl", "received",
+                                              "crc32c"])
+            tls_port = cfg.listener("tls", "tell", accept_proxy_protocol=True,
+                                    tls={"cert": certs.server[0], "key": certs.server[1],
+                                         "alpn": ["h2"], "client_ca": certs.ca})
+            plain_port = cfg.listener("plain", "tell", accept_proxy_protocol=True)
+            cfg.with_admin()
+            vpce = tlv(0xEA, b"\x01vpce-0a1b2c3d4e5f")  # AWS PrivateLink's endpoint ID
+            received = (tlv(0x04, b"pad") + tlv(0x01, b"http/1.1") + tlv(0x02, b"lb.example") +
+                        vpce)
+            addresses = expected_header("v2", ("203.0.113.7", 50001), ("198.51.100.9", 443))
+            with h.Grelay(cfg) as g:
+                raw = h.connect(tls_port)
+                raw.sendall(with_tlvs(addresses, received))
+                ctx = h.tls_client_context(certs.ca)
+                ctx.set_alpn_protocols(["h2", "http/1.1"])
+                ctx.load_cert_chain(*certs.client("alice", "/CN=alice"))
+                with ctx.wrap_socket(raw, server_hostname="localhost") as s:
+                    version, cipher = s.version(), s.cipher()[0]
+                    s.sendall(b"over TLS")
+                stream = h.Stream(901, h.scaled(256 * h.KiB))
+                r = h.stream_session(plain_port, stream, expect=b"", on_connect=lambda c:
+                                     c.sendall(with_tlvs(addresses, received)))
+                self.assertTrue(r.ok, str(r))
+                recs = sorted(up.records(), key=lambda rec: len(rec.data))
+                self.assertEqual(len(recs), 2)
+                for rec, payload in zip(recs, (b"over TLS", stream.bytes())):
+                    data = bytes(rec.data)
+                    end = 16 + struct.unpack("!H", data[14:16])[0]
+                    header = data[:end]
+                    self.assertEqual(data[end:], payload, "the stream after the header")
+                    self.assertEqual(header[:28], addresses[:14] + header[14:16] +
+                                     addresses[16:], "the addresses")
+                    got = read_tlvs(header)
+                    kinds = [k for k, _ in got]
+                    self.assertEqual(kinds, [0x01, 0x02, 0x20, 0xEA, 0x03], got)
+                    checked = bytearray(header)
+                    checked[-4:] = b"\0" * 4
+                    self.assertEqual(struct.unpack("!I", got[4][1])[0],
+                                     crc32c(bytes(checked)), "the checksum")
+                    self.assertEqual(got[3], (0xEA, vpce[3:]), "passed on unchanged")
+                    if payload == b"over TLS":
+                        # What grelay's own handshake says wins over the balancer's TLVs.
+                        self.assertEqual(got[0][1], b"h2")
+                        self.assertEqual(got[1][1], b"localhost")
+                        # A verified client certificate: bits SSL, CERT_CONN and
+                        # CERT_SESS, verify 0, and its CN.
+                        self.assertEqual(got[2][1], b"\x07\0\0\0\0" +
+                                         tlv(0x21, version.encode()) + tlv(0x22, b"alice") +
+                                         tlv(0x23, cipher.encode()))
+                    else:
+                        self.assertEqual(got[0][1], b"http/1.1")
+                        self.assertEqual(got[1][1], b"lb.example")
+                        self.assertEqual(got[2][1], b"\0\0\0\0\x01")
+                # A checksum that does not match, or TLVs that do not fill the header: refused.
+                for bad in (with_tlvs(addresses, received, flip=1),
+                            with_tlvs(addresses, tlv(0x02, b"x")[:-1] + b"\0\x05x",
+                                      checksum=False)):
+                    with h.connect(plain_port) as c:
+                        c.sendall(bad + b"data")
+                        end, _ = h.read_outcome(c, 10)
+                    self.assertEqual(end, "reset")
+                self.assertEqual(
+                    g.metric("grelay_proxy_protocol_errors_total", listener="plain"), 2)
+                self.assertEqual(len(up.records()), 2, "nothing connected for them")
 
     def test_haproxy_verifies_the_checksum_and_reads_the_authority_and_id(self):
         why = h.HaproxyServer.available() or h.Certs.available()
