@@ -21,7 +21,7 @@ if [ "${1:-}" = "--merge" ]; then
 fi
 seconds=${1:-30}
 build=${2:-/tmp/grelay-fuzz}
-targets=(${FUZZ_TARGETS:-config config_values tap tap_layout proxy_header})
+targets=(${FUZZ_TARGETS:-config config_values tap tap_layout proxy_header client_hello})
 
 if ! command -v clang++ >/dev/null; then
   echo "fuzz: clang++ not found (apt-get install clang libclang-rt-14-dev)"
