@@ -13,6 +13,34 @@ bool admits(const NetworkSet& networks, const sockaddr_storage& address) {
   return networks.empty() || networks.contains(address);
 }
 
+size_t routeFor(const ListenerConfig& listener, std::string_view serverName) {
+  if (listener.routes.empty() || serverName.empty() || serverName.size() > 255) {
+    return kNoRoute;
+  }
+  char lower[256];
+  for (size_t i = 0; i < serverName.size(); ++i) {
+    const char c = serverName[i];
+    lower[i] = c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c;
+  }
+  const std::string_view name(lower, serverName.size());
+  size_t best = kNoRoute;
+  size_t bestSuffix = 0;  // of a wildcard match: the length of ".example.com"
+  for (size_t r = 0; r < listener.routes.size(); ++r) {
+    for (const std::string& pattern : listener.routes[r].sni) {
+      if (pattern.starts_with("*.")) {
+        const std::string_view suffix = std::string_view(pattern).substr(1);
+        if (name.size() > suffix.size() && name.ends_with(suffix) && suffix.size() > bestSuffix) {
+          best = r;
+          bestSuffix = suffix.size();
+        }
+      } else if (pattern == name) {
+        return r;  // (the loader refuses a name in two routes)
+      }
+    }
+  }
+  return best;
+}
+
 namespace {
 
 uint64_t bigEndian64(const uint8_t* p) {

@@ -15,6 +15,7 @@
 #include <initializer_list>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace grelay::config {
@@ -99,6 +100,11 @@ private:
 // Whether a list of networks (allow, proxy_protocol_from) lets `address` in: an empty list
 // lets everyone in.
 bool admits(const NetworkSet& networks, const sockaddr_storage& address);
+
+struct ListenerConfig;
+// The index in `listener.routes` of the route for a client that asked for `serverName`
+// (compared without case), or kNoRoute: the listener's own upstream.
+size_t routeFor(const ListenerConfig& listener, std::string_view serverName);
 
 // "10.0.0.5:8080", "[fd00::5]:8080" ("?" for another family).
 std::string formatEndpoint(const sockaddr_storage& address);
@@ -319,6 +325,21 @@ struct ListenerTlsConfig {
   Location location;
 };
 
+// Sessions whose client asks for one of `sni` go to `upstream` rather than the listener's
+// pool. The name is the one the client sent in its TLS handshake: on a listener with
+// `tls`, from grelay's own handshake; otherwise read ahead from the ClientHello, which
+// stays in the stream for the server.
+struct RouteConfig {
+  // Lower-case host names; "*.example.com" stands for every name under example.com (any
+  // depth). An exact name wins over wildcards, a longer wildcard over a shorter one.
+  std::vector<std::string> sni;
+  std::string upstream;       // name of an [upstream.NAME] table
+  size_t upstream_index = 0;  // index into Config::upstreams
+  Location location;
+};
+
+inline constexpr size_t kNoRoute = static_cast<size_t>(-1);
+
 struct ListenerConfig {
   std::string name;
   Address listen;
@@ -349,6 +370,8 @@ struct ListenerConfig {
   NetworkSet allow;
   std::string access_log;  // a file getting one JSON line per finished session; "" = none
   std::optional<ListenerTlsConfig> tls;
+  // By server name, in place of `upstream` (which takes any other name, or none).
+  std::vector<RouteConfig> routes;
   std::vector<MirrorConfig> mirrors;
   std::optional<TapConfig> tap;
   Location location;

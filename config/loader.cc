@@ -887,6 +887,8 @@ private:
                            [&](const auto& t) { readMirror(t, l.mirrors.emplace_back()); })},
             {"tap",
              subtable("[listener.tap]", [&](const auto& t) { readTap(t, l.tap.emplace()); })},
+            {"route", arrayOfTables("[[listener.route]]",
+                                    [&](const auto& t) { readRoute(t, l.routes.emplace_back()); })},
         });
     if (const toml::node* node = table.get("proxy_protocol_from");
         node != nullptr && !l.accept_proxy_protocol) {
@@ -894,16 +896,111 @@ private:
             "'proxy_protocol_from' needs 'accept_proxy_protocol = true' in "
             "[[listener]]: it says who may send a PROXY protocol header");
     }
-    if (const toml::node* node = table.get("upstream"); upstream_ok) {
-      auto named = [&](const UpstreamConfig& u) { return u.name == l.upstream; };
-      auto it = std::find_if(config_.upstreams.begin(), config_.upstreams.end(), named);
-      if (it == config_.upstreams.end()) {
-        error(node->source(), "unknown upstream " + quoted(l.upstream));
+    if (upstream_ok) {
+      findUpstream(*table.get("upstream"), l.upstream, &l.upstream_index);
+    }
+    checkRouteNames(l);
+    config_.listeners.push_back(std::move(l));
+  }
+
+  void findUpstream(const toml::node& node, const std::string& name, size_t* index) {
+    auto named = [&](const UpstreamConfig& u) { return u.name == name; };
+    auto it = std::find_if(config_.upstreams.begin(), config_.upstreams.end(), named);
+    if (it == config_.upstreams.end()) {
+      error(node.source(), "unknown upstream " + quoted(name));
+    } else {
+      *index = static_cast<size_t>(it - config_.upstreams.begin());
+    }
+  }
+
+  void readRoute(const toml::table& table, RouteConfig& r) {
+    r.location = locate(table.source());
+    bool upstream_ok = false;
+    readTable(table, "in [[listener.route]]",
+              {
+                  {"sni", serverNames(&r.sni), true},
+                  {"upstream",
+                   [&](std::string_view key, const toml::node& node) {
+                     return upstream_ok = string(&r.upstream)(key, node);
+                   },
+                   true},
+              });
+    if (upstream_ok) {
+      findUpstream(*table.get("upstream"), r.upstream, &r.upstream_index);
+    }
+  }
+
+  // Host names ("api.example.com") or wildcards ("*.example.com"), stored lower-case.
+  Reader serverNames(std::vector<std::string>* out) {
+    return [this, out](std::string_view key, const toml::node& node) {
+      const toml::array* array = node.as_array();
+      if (array == nullptr || array->empty())
+        return typeError(key, node, "a non-empty array of host names like [\"api.example.com\"]");
+      bool ok = true;
+      for (const toml::node& element : *array) {
+        const std::optional<std::string_view> text = element.value<std::string_view>();
+        std::string name = text ? std::string(*text) : std::string();
+        std::transform(name.begin(), name.end(), name.begin(), [](char c) {
+          return c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c;
+        });
+        if (!hostPattern(name)) {
+          error(element.source(), quoted(key) +
+                                      " entries must be host names like \"api.example.com\" "
+                                      "or wildcards like \"*.example.com\"");
+          ok = false;
+        } else if (std::find(out->begin(), out->end(), name) != out->end()) {
+          error(element.source(), quoted(key) + " names " + quoted(name) + " twice");
+          ok = false;
+        } else {
+          out->push_back(std::move(name));
+        }
+      }
+      return ok;
+    };
+  }
+
+  // A lower-case host name of labels [a-z0-9_-], 1 to 63 characters each, at most 253
+  // characters in all; the first label may be "*" (a wildcard over the rest).
+  static bool hostPattern(std::string_view name) {
+    if (name.starts_with("*.")) {
+      name.remove_prefix(2);
+    }
+    if (name.empty() || name.size() > 253) {
+      return false;
+    }
+    size_t label = 0;
+    for (char c : name) {
+      if (c == '.') {
+        if (label == 0) {
+          return false;
+        }
+        label = 0;
+      } else if ((c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') || c == '-' || c == '_') {
+        if (++label > 63) {
+          return false;
+        }
       } else {
-        l.upstream_index = it - config_.upstreams.begin();
+        return false;
       }
     }
-    config_.listeners.push_back(std::move(l));
+    return label > 0;
+  }
+
+  // A name in two routes of a listener would route by the order of the tables.
+  void checkRouteNames(const ListenerConfig& l) {
+    for (size_t r = 0; r < l.routes.size(); ++r) {
+      for (size_t q = 0; q < r; ++q) {
+        for (const std::string& name : l.routes[r].sni) {
+          const auto& earlier = l.routes[q].sni;
+          if (std::find(earlier.begin(), earlier.end(), name) != earlier.end()) {
+            errors_.push_back(
+                {l.routes[r].location, "listener " + quoted(l.name) + ": " + quoted(name) +
+                                           " is in two routes (also line " +
+                                           std::to_string(l.routes[q].location.line) + ")"});
+          }
+        }
+      }
+    }
   }
 
   void readListenerTls(const toml::table& table, ListenerTlsConfig& tls) {

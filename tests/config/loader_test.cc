@@ -1246,5 +1246,73 @@ TEST(LoadFileTest, DemoExampleIsTheReadmeDemo) {
   EXPECT_EQ(web.tap->path, "var/tap/web");
 }
 
+TEST(LoaderTest, RoutesByServerName) {
+  auto file = [](const std::vector<std::string>& routes) {
+    std::vector<std::string> all = {"[upstream.app]",
+                                    R"(servers = ["127.0.0.1:8000"])",
+                                    "[upstream.api]",
+                                    R"(servers = ["127.0.0.1:8001"])",
+                                    "[upstream.admin]",
+                                    R"(servers = ["127.0.0.1:8002"])",
+                                    "[[listener]]",
+                                    R"(name = "web")",
+                                    R"(listen = "127.0.0.1:8443")",
+                                    R"(upstream = "app")"};
+    all.insert(all.end(), routes.begin(), routes.end());
+    std::string text;
+    for (const std::string& line : all) {
+      text += line + "\n";
+    }
+    return text;
+  };
+  LoadResult result =
+      loadString(file({"[[listener.route]]", R"(sni = ["API.example.com", "*.api.example.com"])",
+                       R"(upstream = "api")", "[[listener.route]]", R"(sni = ["*.example.com"])",
+                       R"(upstream = "admin")"}),
+                 "t.toml");
+  ASSERT_TRUE(result.ok()) << result.errors[0].toString();
+  const config::ListenerConfig& l = result.config->listeners[0];
+  ASSERT_EQ(l.routes.size(), 2u);
+  EXPECT_THAT(l.routes[0].sni, ElementsAre("api.example.com", "*.api.example.com"));
+  EXPECT_EQ(result.config->upstreams[l.routes[0].upstream_index].name, "api");
+  EXPECT_EQ(result.config->upstreams[l.routes[1].upstream_index].name, "admin");
+  EXPECT_EQ(l.routes[1].location.line, 14u);
+  // Exact names first, then the longest wildcard; no case; anything else: the listener's.
+  EXPECT_EQ(config::routeFor(l, "api.example.com"), 0u);
+  EXPECT_EQ(config::routeFor(l, "Api.Example.COM"), 0u);
+  EXPECT_EQ(config::routeFor(l, "v2.api.example.com"), 0u);
+  EXPECT_EQ(config::routeFor(l, "a.b.api.example.com"), 0u);
+  EXPECT_EQ(config::routeFor(l, "www.example.com"), 1u);
+  EXPECT_EQ(config::routeFor(l, "example.com"), config::kNoRoute);
+  EXPECT_EQ(config::routeFor(l, "xexample.com"), config::kNoRoute);
+  EXPECT_EQ(config::routeFor(l, ""), config::kNoRoute);
+  EXPECT_EQ(config::routeFor(l, std::string(300, 'a')), config::kNoRoute);
+
+  EXPECT_THAT(
+      errorsOf(file({"[[listener.route]]", R"(sni = ["a.example"])", R"(upstream = "nope")"})),
+      ElementsAre("t.toml:13:12: unknown upstream 'nope'"));
+  EXPECT_THAT(errorsOf(file({"[[listener.route]]", R"(upstream = "api")"})),
+              ElementsAre(testing::HasSubstr("missing required key 'sni' in [[listener.route]]")));
+  EXPECT_THAT(errorsOf(file({"[[listener.route]]", R"(sni = ["a.example"])"})),
+              ElementsAre(testing::HasSubstr("missing required key 'upstream'")));
+  EXPECT_THAT(errorsOf(file({"[[listener.route]]", R"(sni = [])", R"(upstream = "api")"})),
+              SizeIs(1));
+  for (const char* bad : {R"("")", R"("a..b")", R"("a b")", R"("*")", R"("*.")", R"("a.*.b")",
+                          R"("**.a")", R"(".a")", R"("a.")", "2"}) {
+    EXPECT_THAT(errorsOf(file({"[[listener.route]]", std::string("sni = [") + bad + "]",
+                               R"(upstream = "api")"})),
+                ElementsAre(testing::HasSubstr("'sni' entries must be host names")))
+        << bad;
+  }
+  EXPECT_THAT(errorsOf(file({"[[listener.route]]", R"(sni = ["a.example", "A.example"])",
+                             R"(upstream = "api")"})),
+              ElementsAre(testing::HasSubstr("'sni' names 'a.example' twice")));
+  EXPECT_THAT(errorsOf(file({"[[listener.route]]", R"(sni = ["a.example"])", R"(upstream = "api")",
+                             "[[listener.route]]", R"(sni = ["b.example", "a.example"])",
+                             R"(upstream = "admin")"})),
+              ElementsAre("t.toml:14:1: listener 'web': 'a.example' is in two routes (also line "
+                          "11)"));
+}
+
 }  // namespace
 }  // namespace grelay::config
