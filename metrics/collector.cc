@@ -79,6 +79,62 @@ struct MirrorTotals {
   DnsTotals dns;
 };
 
+// A listener's sessions toward one upstream pool, summed over workers (and routes that
+// share the pool).
+struct UpstreamUseTotals {
+  uint64_t sentBytes = 0;
+  uint64_t connectErrors = 0;
+  uint64_t markedDown = 0;
+  uint64_t serverFull = 0;
+  uint64_t queued = 0;
+  int64_t queueing = 0;
+  HistogramTotals<kSessionBuckets> queueDuration;
+  HistogramTotals<kConnectBuckets> connectDuration;
+  uint64_t tlsFailures = 0;
+
+  void add(const UpstreamUseStats& stats) {
+    sentBytes += stats.sentBytes.value();
+    connectErrors += stats.connectErrors.value();
+    markedDown += stats.markedDown.value();
+    serverFull += stats.serverFull.value();
+    queued += stats.queued.value();
+    queueing += stats.queueing.value();
+    queueDuration.add(stats.queueDuration);
+    connectDuration.add(stats.connectDuration);
+    tlsFailures += stats.tlsFailures.value();
+  }
+  void add(const UpstreamUseTotals& other) {
+    sentBytes += other.sentBytes;
+    connectErrors += other.connectErrors;
+    markedDown += other.markedDown;
+    serverFull += other.serverFull;
+    queued += other.queued;
+    queueing += other.queueing;
+    queueDuration.add(other.queueDuration);
+    connectDuration.add(other.connectDuration);
+    tlsFailures += other.tlsFailures;
+  }
+};
+
+// The pool a listener's sessions of stats index `use` went to (ListenerStats::upstreams).
+const std::string& upstreamOfUse(const config::ListenerConfig& listener, size_t use) {
+  return use == 0 || use > listener.routes.size() ? listener.upstream
+                                                  : listener.routes[use - 1].upstream;
+}
+
+// The pools of a listener (its own, then its routes'), each once.
+std::vector<const std::string*> upstreamsOf(const config::ListenerConfig& listener) {
+  std::vector<const std::string*> names;
+  for (size_t use = 0; use <= listener.routes.size(); ++use) {
+    const std::string& name = upstreamOfUse(listener, use);
+    if (std::none_of(names.begin(), names.end(),
+                     [&](const std::string* n) { return *n == name; })) {
+      names.push_back(&name);
+    }
+  }
+  return names;
+}
+
 // One listener's stats summed over all workers.
 struct ListenerTotals {
   uint64_t connections = 0;
@@ -87,20 +143,13 @@ struct ListenerTotals {
   uint64_t denied = 0;
   uint64_t rateLimited = 0;
   std::array<uint64_t, 2> receivedBytes{};
-  uint64_t sentUpstreamBytes = 0;
   uint64_t sentClientBytes = 0;
   std::array<uint64_t, kPathCount> chunks{};
-  uint64_t upstreamConnectErrors = 0;
-  uint64_t upstreamMarkedDown = 0;
-  uint64_t upstreamServerFull = 0;
-  uint64_t upstreamQueued = 0;
-  int64_t upstreamQueueing = 0;
+  std::map<std::string, UpstreamUseTotals> upstreams;  // by pool name
   uint64_t noUpstream = 0;
   uint64_t idleTimeouts = 0;
   uint64_t resets = 0;
-  HistogramTotals<kConnectBuckets> connectDuration;
   HistogramTotals<kSessionBuckets> sessionDuration;
-  HistogramTotals<kSessionBuckets> queueDuration;
   std::vector<MirrorTotals> mirrors;
   uint64_t tapBytes = 0;
   uint64_t tapDroppedBytes = 0;
@@ -111,7 +160,6 @@ struct ListenerTotals {
   uint64_t tlsHandshakeFailures = 0;
   uint64_t tlsHandshakeTimeouts = 0;
   uint64_t ktlsSessions = 0;
-  uint64_t upstreamTlsFailures = 0;
 };
 
 // One upstream pool's health checks, summed over generations.
@@ -129,9 +177,10 @@ void addUpstream(UpstreamTotals& into, const UpstreamStats& stats) {
   into.dns.add(stats.dnsLookups, stats.dnsFailures, stats.dnsChanges);
 }
 
-// Adds one worker's listener stats; mirrorMap[m] = index of stats.mirrors[m] in
+// Adds one worker's stats of listener `from`; mirrorMap[m] = index of stats.mirrors[m] in
 // total.mirrors (-1: that mirror no longer exists).
-void addTo(ListenerTotals& total, const ListenerStats& stats, const std::vector<int>& mirrorMap) {
+void addTo(ListenerTotals& total, const ListenerStats& stats, const config::ListenerConfig& from,
+           const std::vector<int>& mirrorMap) {
   total.connections += stats.connections.value();
   total.active += stats.active.value();
   for (size_t r = 0; r < total.rejected.size(); ++r) {
@@ -142,22 +191,17 @@ void addTo(ListenerTotals& total, const ListenerStats& stats, const std::vector<
   for (size_t d = 0; d < total.receivedBytes.size(); ++d) {
     total.receivedBytes[d] += stats.receivedBytes[d].value();
   }
-  total.sentUpstreamBytes += stats.sentUpstreamBytes.value();
   total.sentClientBytes += stats.sentClientBytes.value();
   for (size_t p = 0; p < total.chunks.size(); ++p) {
     total.chunks[p] += stats.chunks[p].value();
   }
-  total.upstreamConnectErrors += stats.upstreamConnectErrors.value();
-  total.upstreamMarkedDown += stats.upstreamMarkedDown.value();
-  total.upstreamServerFull += stats.upstreamServerFull.value();
-  total.upstreamQueued += stats.upstreamQueued.value();
-  total.upstreamQueueing += stats.upstreamQueueing.value();
+  for (size_t use = 0; use < stats.upstreams.size(); ++use) {
+    total.upstreams[upstreamOfUse(from, use)].add(stats.upstreams[use]);
+  }
   total.noUpstream += stats.noUpstream.value();
   total.idleTimeouts += stats.idleTimeouts.value();
   total.resets += stats.resets.value();
-  total.connectDuration.add(stats.connectDuration);
   total.sessionDuration.add(stats.sessionDuration);
-  total.queueDuration.add(stats.queueDuration);
   for (size_t m = 0; m < stats.mirrors.size() && m < mirrorMap.size(); ++m) {
     if (mirrorMap[m] < 0) {
       continue;
@@ -183,7 +227,6 @@ void addTo(ListenerTotals& total, const ListenerStats& stats, const std::vector<
   total.tlsHandshakeFailures += stats.tlsHandshakeFailures.value();
   total.tlsHandshakeTimeouts += stats.tlsHandshakeTimeouts.value();
   total.ktlsSessions += stats.ktlsSessions.value();
-  total.upstreamTlsFailures += stats.upstreamTlsFailures.value();
 }
 
 void addTotals(ListenerTotals& into, const ListenerTotals& from) {
@@ -197,22 +240,17 @@ void addTotals(ListenerTotals& into, const ListenerTotals& from) {
   for (size_t d = 0; d < into.receivedBytes.size(); ++d) {
     into.receivedBytes[d] += from.receivedBytes[d];
   }
-  into.sentUpstreamBytes += from.sentUpstreamBytes;
   into.sentClientBytes += from.sentClientBytes;
   for (size_t p = 0; p < into.chunks.size(); ++p) {
     into.chunks[p] += from.chunks[p];
   }
-  into.upstreamConnectErrors += from.upstreamConnectErrors;
-  into.upstreamMarkedDown += from.upstreamMarkedDown;
-  into.upstreamServerFull += from.upstreamServerFull;
-  into.upstreamQueued += from.upstreamQueued;
-  into.upstreamQueueing += from.upstreamQueueing;
+  for (const auto& [name, use] : from.upstreams) {
+    into.upstreams[name].add(use);
+  }
   into.noUpstream += from.noUpstream;
   into.idleTimeouts += from.idleTimeouts;
   into.resets += from.resets;
-  into.connectDuration.add(from.connectDuration);
   into.sessionDuration.add(from.sessionDuration);
-  into.queueDuration.add(from.queueDuration);
   into.tapBytes += from.tapBytes;
   into.tapDroppedBytes += from.tapDroppedBytes;
   into.tapErrors += from.tapErrors;
@@ -222,7 +260,6 @@ void addTotals(ListenerTotals& into, const ListenerTotals& from) {
   into.tlsHandshakeFailures += from.tlsHandshakeFailures;
   into.tlsHandshakeTimeouts += from.tlsHandshakeTimeouts;
   into.ktlsSessions += from.ktlsSessions;
-  into.upstreamTlsFailures += from.upstreamTlsFailures;
 }
 
 void addMirror(MirrorTotals& into, const MirrorTotals& from) {
@@ -336,7 +373,7 @@ void StatsRegistry::retire(const config::Config* config) {
       }
       for (const WorkerStats* w : it->workers) {
         if (w != nullptr && l < w->listeners.size() && w->listeners[l] != nullptr) {
-          addTo(sum, *w->listeners[l], identity);
+          addTo(sum, *w->listeners[l], lc, identity);
         }
       }
       sum.active = 0;  // a retired generation has no open session
@@ -419,7 +456,7 @@ std::vector<MetricFamily> StatsCollector::collectFrom(
         for (const WorkerStats* worker : gen.workers) {
           if (worker != nullptr && gl < worker->listeners.size() &&
               worker->listeners[gl] != nullptr) {
-            addTo(totals[l], *worker->listeners[gl], map);
+            addTo(totals[l], *worker->listeners[gl], from, map);
           }
         }
       }
@@ -703,11 +740,32 @@ std::vector<MetricFamily> StatsCollector::collectFrom(
     for (int d = kRequest; d <= kResponse; ++d) {
       sample(received, {name, {"direction", directionName(d)}}, asDouble(total.receivedBytes[d]));
     }
-    sample(sent, {name, {"target", listener.upstream}}, asDouble(total.sentUpstreamBytes));
+    // The listener's pools (its own and its routes'), each once, with what its sessions did
+    // toward them.
+    struct Use {
+      const std::string* name;
+      const config::UpstreamConfig* pool;
+      UpstreamUseTotals totals;
+    };
+    std::vector<Use> uses;
+    for (const std::string* pool : upstreamsOf(listener)) {
+      auto named = [&](const config::UpstreamConfig& u) { return u.name == *pool; };
+      auto it = std::find_if(config.upstreams.begin(), config.upstreams.end(), named);
+      auto found = total.upstreams.find(*pool);
+      if (it != config.upstreams.end()) {
+        uses.push_back(
+            {pool, &*it, found != total.upstreams.end() ? found->second : UpstreamUseTotals{}});
+      }
+    }
+    for (const Use& use : uses) {
+      sample(sent, {name, {"target", *use.name}}, asDouble(use.totals.sentBytes));
+    }
     for (size_t m = 0; m < listener.mirrors.size(); ++m) {
-      // A mirror named like the upstream pool would repeat a series: keep them apart.
+      // A mirror named like an upstream pool would repeat a series: keep them apart.
       const std::string& mirror = listener.mirrors[m].name;
-      sample(sent, {name, {"target", mirror == listener.upstream ? "mirror:" + mirror : mirror}},
+      const bool clash =
+          std::any_of(uses.begin(), uses.end(), [&](const Use& u) { return *u.name == mirror; });
+      sample(sent, {name, {"target", clash ? "mirror:" + mirror : mirror}},
              asDouble(total.mirrors[m].sentBytes));
     }
     sample(clientSent, {name}, asDouble(total.sentClientBytes));
@@ -717,26 +775,31 @@ std::vector<MetricFamily> StatsCollector::collectFrom(
     sample(idleTimeouts, {name}, asDouble(total.idleTimeouts));
     sample(resets, {name}, asDouble(total.resets));
 
-    const ClientMetric::Label upstream{"upstream", listener.upstream};
-    sample(connectErrors, {name, upstream}, asDouble(total.upstreamConnectErrors));
-    sample(markedDown, {name, upstream}, asDouble(total.upstreamMarkedDown));
-    if (const config::UpstreamConfig& pool = config.upstreams[listener.upstream_index];
-        anyMaxConns(pool)) {
-      sample(serverFull, {name, upstream}, asDouble(total.upstreamServerFull));
-      if (pool.queue_timeout.count() > 0) {
-        sample(queued, {name, upstream}, asDouble(total.upstreamQueued));
-        sample(queueing, {name, upstream}, static_cast<double>(total.upstreamQueueing));
-        ClientMetric& metric = queueDuration.metric.emplace_back();
-        metric.label = {name, upstream};
-        total.queueDuration.emit(metric);
+    bool anyUpstreamTls = false;
+    for (const Use& use : uses) {
+      const ClientMetric::Label upstream{"upstream", *use.name};
+      const UpstreamUseTotals& t = use.totals;
+      sample(connectErrors, {name, upstream}, asDouble(t.connectErrors));
+      sample(markedDown, {name, upstream}, asDouble(t.markedDown));
+      if (anyMaxConns(*use.pool)) {
+        sample(serverFull, {name, upstream}, asDouble(t.serverFull));
+        if (use.pool->queue_timeout.count() > 0) {
+          sample(queued, {name, upstream}, asDouble(t.queued));
+          sample(queueing, {name, upstream}, static_cast<double>(t.queueing));
+          ClientMetric& metric = queueDuration.metric.emplace_back();
+          metric.label = {name, upstream};
+          t.queueDuration.emit(metric);
+        }
+      }
+      ClientMetric& metric = connectDuration.metric.emplace_back();
+      metric.label = {name, upstream};
+      t.connectDuration.emit(metric);
+      if (use.pool->tls.enabled) {
+        anyUpstreamTls = true;
+        sample(upstreamTls, {name, upstream}, asDouble(t.tlsFailures));
       }
     }
     sample(unavailable, {name}, asDouble(total.noUpstream));
-    {
-      ClientMetric& metric = connectDuration.metric.emplace_back();
-      metric.label = {name, upstream};
-      total.connectDuration.emit(metric);
-    }
     {
       ClientMetric& metric = sessionDuration.metric.emplace_back();
       metric.label = {name};
@@ -770,11 +833,8 @@ std::vector<MetricFamily> StatsCollector::collectFrom(
       sample(tlsFailures, {name, {"reason", "error"}}, asDouble(total.tlsHandshakeFailures));
       sample(tlsFailures, {name, {"reason", "timeout"}}, asDouble(total.tlsHandshakeTimeouts));
     }
-    if (listener.tls || config.upstreams[listener.upstream_index].tls.enabled) {
+    if (listener.tls || anyUpstreamTls) {
       sample(ktls, {name}, asDouble(total.ktlsSessions));
-    }
-    if (config.upstreams[listener.upstream_index].tls.enabled) {
-      sample(upstreamTls, {name, upstream}, asDouble(total.upstreamTlsFailures));
     }
 
     if (listener.tap) {

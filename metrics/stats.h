@@ -122,8 +122,23 @@ struct MirrorStats {
   Counter dnsChanges;
 };
 
+// A listener's sessions toward one of its upstream pools (label {listener, upstream}).
+struct UpstreamUseStats {
+  Counter sentBytes;               // to the primary (target = upstream pool name)
+  Counter connectErrors;           // connects that failed or timed out
+  Counter markedDown;              // servers these sessions marked down (max_fails)
+  Counter serverFull;              // servers a session skipped because they were at max_conns
+  Counter queued;                  // sessions that waited for a slot (queue_timeout)
+  Gauge queueing;                  // sessions waiting for a slot now
+  SessionHistogram queueDuration;  // each wait for a slot, observed as it ends
+  ConnectHistogram connectDuration;
+  Counter tlsFailures;  // upstream handshakes that failed (certificate, protocol)
+};
+
 struct ListenerStats {
-  explicit ListenerStats(size_t mirrorCount) : mirrors(mirrorCount) {}
+  // `routes`: the listener's [[listener.route]] tables.
+  explicit ListenerStats(size_t mirrorCount, size_t routes = 0)
+      : upstreams(1 + routes), mirrors(mirrorCount) {}
 
   Counter connections;                              // accepted client connections
   Gauge active;                                     // open sessions
@@ -131,19 +146,14 @@ struct ListenerStats {
   Counter denied;                                   // reset: the client is outside `allow`
   Counter rateLimited;                   // a worker paused its accepts: max_connection_rate reached
   std::array<Counter, 2> receivedBytes;  // by Direction
-  Counter sentUpstreamBytes;             // to the primary (target = upstream pool name)
   Counter sentClientBytes;               // back to clients
   std::array<Counter, kPathCount> chunks;  // by PathIndex
-  Counter upstreamConnectErrors;
-  Counter upstreamMarkedDown;      // servers this listener's sessions marked down (max_fails)
-  Counter upstreamServerFull;      // servers a session skipped because they were at max_conns
-  Counter upstreamQueued;          // sessions that waited for a slot (queue_timeout)
-  Gauge upstreamQueueing;          // sessions waiting for a slot now
-  SessionHistogram queueDuration;  // each wait for a slot, observed as it ends
-  Counter noUpstream;              // sessions closed because every server failed
+  // [0]: toward the listener's upstream; [r + 1]: toward routes[r]'s (the same pool may
+  // appear more than once: the collector sums by name).
+  std::vector<UpstreamUseStats> upstreams;
+  Counter noUpstream;  // sessions closed because every server failed
   Counter idleTimeouts;
-  Counter resets;  // sessions ended by a reset (either side)
-  ConnectHistogram connectDuration;
+  Counter resets;                    // sessions ended by a reset (either side)
   SessionHistogram sessionDuration;  // accept to close, of the sessions `connections` counts
   std::vector<MirrorStats> mirrors;  // in config order
   Counter tlsHandshakes;             // client TLS handshakes completed
@@ -152,7 +162,6 @@ struct ListenerStats {
   Counter tlsHandshakeFailures;  // client handshakes that failed (protocol, plaintext client...)
   Counter tlsHandshakeTimeouts;  // client handshakes cut by handshake_timeout
   Counter ktlsSessions;          // TLS sessions (either side) handed to kernel TLS
-  Counter upstreamTlsFailures;   // upstream handshakes that failed (certificate, protocol)
   Counter tapBytes;              // payload bytes written to the tap
   Counter tapDroppedBytes;       // payload bytes the tap did not record
   Counter tapErrors;             // write errors that disabled the tap

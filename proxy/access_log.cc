@@ -62,6 +62,7 @@ std::string accessLogLine(const AccessRecord& r) {
   // Names are [A-Za-z0-9_-] and addresses digits, dots, colons and brackets: nothing to
   // escape.
   const std::string server = r.server != nullptr ? "\"" + *r.server + "\"" : "null";
+  const std::string upstream = r.upstream != nullptr ? "\"" + *r.upstream + "\"" : "null";
   char connect[32] = "null";
   if (r.connectNanos >= 0) {
     std::snprintf(connect, sizeof(connect), "%.6f", static_cast<double>(r.connectNanos) / 1e9);
@@ -81,8 +82,8 @@ std::string accessLogLine(const AccessRecord& r) {
   return std::string("{\"time\":\"") + time + "\",\"listener\":\"" + *r.listener +
          "\",\"worker\":" + std::to_string(r.worker) + ",\"session\":" + std::to_string(r.session) +
          ",\"id\":\"" + sessionId(r.worker, r.session) + "\"" + ",\"client\":\"" +
-         formatAddress(r.client) + "\",\"server\":" + server + "," + numbers + sni +
-         ",\"client_cert\":" + cert + mirrors;
+         formatAddress(r.client) + "\",\"upstream\":" + upstream + ",\"server\":" + server + "," +
+         numbers + sni + ",\"client_cert\":" + cert + mirrors;
 }
 
 AccessLog::AccessLog(int fd, std::string path, std::string listener, metrics::ListenerStats& stats,

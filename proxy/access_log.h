@@ -26,8 +26,9 @@ struct AccessRecord {
   const std::string* listener = nullptr;
   uint32_t worker = 0;  // with `session`, names the session in that worker's tap file
   uint64_t session = 0;
-  sockaddr_storage client{};            // after a PROXY protocol header, the address it carried
-  const std::string* server = nullptr;  // the upstream server it was connected to, or null
+  sockaddr_storage client{};              // after a PROXY protocol header, the address it carried
+  const std::string* upstream = nullptr;  // the pool its route chose, or null (refused before)
+  const std::string* server = nullptr;    // the upstream server it was connected to, or null
   uint64_t durationNanos = 0;
   uint64_t queueNanos = 0;     // waiting for a slot at max_conns (queue_timeout)
   int64_t connectNanos = -1;   // the TCP connect to `server`; -1 when none succeeded
@@ -36,7 +37,9 @@ struct AccessRecord {
   const char* end = "normal";  // normal | connect_failed | idle_timeout | shutdown | error
   bool reset = false;          // the client got a reset, not a FIN
   bool tls = false;            // TLS terminated here
-  std::string_view sni;        // the server name the client sent in TLS SNI; empty = none
+  // The server name the client sent in TLS SNI (terminated here, or read ahead for
+  // routes); empty = none.
+  std::string_view sni;
   const std::string* clientCert = nullptr;  // the subject of its certificate (mTLS), or null
   uint32_t mirrors = 0;                     // mirrors sampled for the session
   uint32_t mirrorsCut = 0;

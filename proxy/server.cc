@@ -554,7 +554,8 @@ std::unique_ptr<Generation> buildGeneration(std::shared_ptr<const config::Config
   for (uint32_t w = 0; w < workers; ++w) {
     auto ws = std::make_unique<metrics::WorkerStats>();
     for (const auto& l : cfg->listeners) {
-      ws->listeners.push_back(std::make_unique<metrics::ListenerStats>(l.mirrors.size()));
+      ws->listeners.push_back(
+          std::make_unique<metrics::ListenerStats>(l.mirrors.size(), l.routes.size()));
     }
     gen->stats.push_back(std::move(ws));
   }
@@ -651,8 +652,14 @@ void reopenAccessLogs(Generation& gen) {
 
 void logGeneration(const Generation& gen) {
   for (const auto& l : gen.config->listeners) {
-    GRELAY_LOG_INFO("listener %s on %s -> upstream %s (%zu mirror%s%s%s)", l.name.c_str(),
-                    l.listen.text.c_str(), l.upstream.c_str(), l.mirrors.size(),
+    std::string routes;
+    for (const config::RouteConfig& r : l.routes) {
+      routes += ", " + r.sni.front() +
+                (r.sni.size() > 1 ? " (+" + std::to_string(r.sni.size() - 1) + ")" : "") + " -> " +
+                r.upstream;
+    }
+    GRELAY_LOG_INFO("listener %s on %s -> upstream %s%s (%zu mirror%s%s%s)", l.name.c_str(),
+                    l.listen.text.c_str(), l.upstream.c_str(), routes.c_str(), l.mirrors.size(),
                     l.mirrors.size() == 1 ? "" : "s", l.tap ? ", tap" : "", l.tls ? ", TLS" : "");
   }
 }

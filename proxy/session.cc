@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cstring>
 
+#include "proxy/client_hello.h"
 #include "proxy/log.h"
 #include "proxy/proxy_protocol.h"
 #include "proxy/tls_context.h"
@@ -261,6 +262,10 @@ void Peer::onPoll(int32_t res, uint32_t) noexcept {
   }
   if (session_.state_ == Session::State::ProxyHeader) {
     session_.proxyHeaderPolled(res);
+    return;
+  }
+  if (session_.state_ == Session::State::ClientHello) {
+    session_.clientHelloPolled(res);
     return;
   }
   if (session_.handshakeTimedOut_) {
@@ -1058,6 +1063,13 @@ void Session::afterProxyHeader() {
     clientCounted_ = true;
   }
   if (listener_->tls == nullptr) {
+    if (!listener_->routed.empty()) {
+      state_ = State::ClientHello;
+      handshakeDeadline_ = host_.now() + nanos(cfg().connect_timeout);
+      rescheduleTimer();
+      readClientHello();
+      return;
+    }
     beginSession();
     return;
   }
@@ -1075,6 +1087,76 @@ void Session::afterProxyHeader() {
   continueHandshake(client_);
 }
 
+void Session::readClientHello() {
+  uint8_t buf[kMaxClientHelloPeek];
+  Sockets& sockets = host_.sockets();
+  const ssize_t n = sockets.receiveNow(client_.fd_, buf, sizeof(buf), true);
+  if (n == -EAGAIN && !clientHelloEnded_) {
+    pollForClientHello();
+    return;
+  }
+  if (n == 0) {
+    // Connected and closed without a byte: a TCP health check, nothing to route.
+    close(false, false, false, tap::CloseReason::kError);
+    return;
+  }
+  if (n < 0 && n != -EAGAIN) {
+    close(true, false, false, tap::CloseReason::kError);
+    return;
+  }
+  const ClientHelloParse parsed = parseClientHello(buf, n > 0 ? static_cast<size_t>(n) : size_t{0});
+  if (parsed.status == ClientHelloParse::Status::Incomplete && !clientHelloEnded_) {
+    // The poll wakes once the next piece is all there (or at EOF), not at every segment.
+    sockets.setReceiveLowWater(client_.fd_, static_cast<int>(parsed.need));
+    lowWaterSet_ = true;
+    pollForClientHello();
+    return;
+  }
+  // Not TLS, no name, cut short: the listener's own upstream takes it.
+  afterClientHello(parsed.status == ClientHelloParse::Status::Done ? parsed.serverName
+                                                                   : std::string());
+}
+
+void Session::pollForClientHello() {
+  client_.polling_ = true;
+  ++inflight_;
+  host_.ring().pollAdd(client_.fd_, POLLIN | POLLRDHUP, &client_.pollDone_);
+}
+
+void Session::clientHelloPolled(int32_t res) {
+  if (handshakeTimedOut_) {
+    clientHelloEnded_ = true;  // routed by what came in time
+  } else if (res < 0) {
+    close(true, false, false, tap::CloseReason::kError);
+    return;
+  } else if ((res & (POLLRDHUP | POLLHUP | POLLERR)) != 0) {
+    clientHelloEnded_ = true;  // nothing more will come: route by what there is
+  }
+  readClientHello();
+}
+
+void Session::afterClientHello(std::string serverName) {
+  handshakeTimedOut_ = false;  // (an upstream TLS handshake has a deadline of its own)
+  if (lowWaterSet_) {
+    host_.sockets().setReceiveLowWater(client_.fd_, 1);
+    lowWaterSet_ = false;
+  }
+  peekedName_ = std::move(serverName);
+  beginSession();
+}
+
+void Session::chooseRoute() {
+  if (listener_->routed.empty()) {
+    return;
+  }
+  const std::string_view name =
+      client_.tls_ != nullptr ? client_.tls_->serverName() : std::string_view(peekedName_);
+  const size_t route = config::routeFor(*listener_->config, name);
+  if (route != config::kNoRoute && route < listener_->routed.size()) {
+    listener_ = listener_->routed[route];
+  }
+}
+
 void Session::beginSession() {
   state_ = State::Connecting;
   // A DNS move since the accept (during a TLS handshake or a slow PROXY header): nothing
@@ -1082,6 +1164,8 @@ void Session::beginSession() {
   if (ListenerContext* newer = host_.newerContext(*listener_)) {
     listener_ = newer;
   }
+  chooseRoute();
+  routed_ = true;
   UpstreamPool& pool = *listener_->upstream;
   pickServerOrder();
   if (!mirrors_.empty() && pool.wouldWait(serverOrder_)) {
@@ -1163,7 +1247,7 @@ void Session::handshakeFailed(Peer& peer, bool timedOut) {
   }
   // The upstream server's certificate or protocol was refused: like a failed connect,
   // try the pool's next server.
-  stats().upstreamTlsFailures.inc();
+  upstreamStats().tlsFailures.inc();
   const config::Address& a = listener_->upstream->server(static_cast<size_t>(server_));
   const std::string why =
       timedOut ? std::string("TLS handshake timed out") : primary_.tls_->error();
@@ -1220,7 +1304,7 @@ void Session::connectPrimary() {
     const uint32_t index = serverOrder_[serverAttempt_++];
     if (!pool.acquire(index)) {
       if (queueDeadline_ == 0) {
-        stats().upstreamServerFull.inc();  // at max_conns: the next server
+        upstreamStats().serverFull.inc();  // at max_conns: the next server
       }
       fullServers_.push_back(index);
       continue;
@@ -1229,7 +1313,7 @@ void Session::connectPrimary() {
     int fd = host_.sockets().openStream(address.family());
     if (fd < 0) {
       pool.release(index);
-      stats().upstreamConnectErrors.inc();
+      upstreamStats().connectErrors.inc();
       continue;
     }
     upstreamCounted_ = true;
@@ -1284,7 +1368,7 @@ bool Session::waitForSlot() {
     queueStart_ = now;
     queueDeadline_ = now + nanos(timeout);
     retryDelay_ = kFirstQueueRetry;
-    stats().upstreamQueued.inc();
+    upstreamStats().queued.inc();
   } else if (now >= queueDeadline_) {
     return false;  // (not queued_ here, or leaveQueue() follows)
   }
@@ -1296,7 +1380,7 @@ bool Session::waitForSlot() {
   if (!queued_) {  // first, or again after a slot's connect failed
     queued_ = true;
     waitStart_ = now;
-    stats().upstreamQueueing.inc();
+    upstreamStats().queueing.inc();
     // Waiting again, it no longer tries the server whose connect failed: in line it would
     // hold back sessions behind it that could take that server's slots. It waits aside
     // with its ticket, looking on its own timer and whenever the line's oldest is told to.
@@ -1366,9 +1450,9 @@ void Session::leaveQueue() {
     }
     const uint64_t now = host_.now();
     queueNanos_ = now - queueStart_;
-    stats().queueDuration.observe(static_cast<double>(now - waitStart_) / 1e9);
+    upstreamStats().queueDuration.observe(static_cast<double>(now - waitStart_) / 1e9);
     listener_->upstream->leaveQueue();
-    stats().upstreamQueueing.dec();
+    upstreamStats().queueing.dec();
   }
 }
 
@@ -1402,7 +1486,7 @@ void Session::primaryConnected(int32_t res) {
     return;
   }
   connectNanos_ = static_cast<int64_t>(host_.now() - connectStart_);
-  stats().connectDuration.observe(static_cast<double>(connectNanos_) / 1e9);
+  upstreamStats().connectDuration.observe(static_cast<double>(connectNanos_) / 1e9);
   lastServer_ = &listener_->upstream->server(static_cast<size_t>(server_));
   primary_.connected_ = true;
   if (listener_->upstreamTls != nullptr) {
@@ -1433,12 +1517,12 @@ void Session::upstreamReady() {
 }
 
 void Session::upstreamFailed(const std::string& why) {
-  stats().upstreamConnectErrors.inc();
+  upstreamStats().connectErrors.inc();
   UpstreamPool& pool = *listener_->upstream;
   const auto server = static_cast<uint32_t>(server_);
   pool.sessionConnectFailed(server);
   if (pool.connectFailed(server, host_.now())) {
-    stats().upstreamMarkedDown.inc();
+    upstreamStats().markedDown.inc();
     const config::UpstreamConfig& uc = pool.config();
     GRELAY_LOG_WARN("upstream %s: server %s marked down for %lld ms after %u failed connect%s (%s)",
                     uc.name.c_str(), pool.server(server).text.c_str(),
@@ -1634,7 +1718,7 @@ void Session::spliceSent(Flow& flow, uint32_t bytes) {
   if (flow.target_.kind_ == Peer::Kind::Client) {
     stats().sentClientBytes.add(bytes);
   } else {
-    stats().sentUpstreamBytes.add(bytes);
+    upstreamStats().sentBytes.add(bytes);
   }
 }
 
@@ -1711,7 +1795,7 @@ void Session::peerSent(Peer& peer, uint32_t bytes) {
       }
       break;
     case Peer::Kind::Primary:
-      stats().sentUpstreamBytes.add(bytes);
+      upstreamStats().sentBytes.add(bytes);
       if ((request_.paused_ && primary_.unsent_ <= low) ||
           (request_.waitingTarget_ && primary_.queue_.empty())) {
         request_.waitingTarget_ = false;
@@ -1918,6 +2002,9 @@ void Session::writeAccessLog() {
   r.worker = host_.workerIndex();
   r.session = id_;
   r.client = clientAddress_;
+  if (routed_) {
+    r.upstream = &listener_->upstream->config().name;
+  }
   r.server = lastServer_ != nullptr ? &lastServer_->text : nullptr;
   const uint64_t now = host_.now();
   r.durationNanos = now - started_;
@@ -1936,6 +2023,8 @@ void Session::writeAccessLog() {
       clientCert = std::move(cert.subject);
       r.clientCert = &clientCert;
     }
+  } else {
+    r.sni = peekedName_;
   }
   for (const auto& m : mirrors_) {
     r.mirrors += m->state != MirrorState::Unsampled ? 1 : 0;
@@ -2065,6 +2154,12 @@ void Session::onTimer(uint64_t now) noexcept {
     return;
   }
   relay::Ring& ring = host_.ring();
+  if (state_ == State::ClientHello && now >= handshakeDeadline_ && !handshakeTimedOut_) {
+    handshakeTimedOut_ = true;
+    if (client_.polling_) {
+      ring.cancel(&client_.pollDone_, nullptr);  // clientHelloPolled routes by what came
+    }
+  }
   if (state_ == State::ProxyHeader && now >= handshakeDeadline_ && !handshakeTimedOut_) {
     handshakeTimedOut_ = true;
     if (client_.polling_) {
@@ -2154,8 +2249,8 @@ void Session::rescheduleTimer() {
     return;
   }
   uint64_t next = lastActivity_ + nanos(cfg().idle_timeout);
-  if ((state_ == State::ProxyHeader || state_ == State::Handshaking ||
-       state_ == State::UpstreamHandshake) &&
+  if ((state_ == State::ProxyHeader || state_ == State::ClientHello ||
+       state_ == State::Handshaking || state_ == State::UpstreamHandshake) &&
       !handshakeTimedOut_) {
     next = std::min(next, handshakeDeadline_);
   }

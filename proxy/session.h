@@ -107,6 +107,13 @@ struct ListenerContext {
   size_t index = 0;                // the listener's, in the configuration
   WorkerRoutes* routes = nullptr;  // the worker's routes this context belongs to (if any)
   UpstreamPool* upstream = nullptr;
+  size_t upstreamIndex = 0;  // of `upstream` in the configuration
+  // The sessions' route: 0 = the listener's upstream, r + 1 = config->routes[r]
+  // (ListenerStats::upstreams).
+  size_t upstreamUse = 0;
+  // The listener's own context: the contexts of its routes, by route (in the same
+  // WorkerRoutes). Empty in those contexts.
+  std::vector<ListenerContext*> routed;
   metrics::ListenerStats* stats = nullptr;
   TapWriter* tap = nullptr;                     // this worker's tap of the listener, if it has one
   AccessLog* accessLog = nullptr;               // this worker's access log of the listener
@@ -351,6 +358,7 @@ private:
   friend struct GroupOp;
   enum class State : uint8_t {
     ProxyHeader,  // accept_proxy_protocol: reading the client's PROXY protocol header
+    ClientHello,  // routes without tls: reading ahead for the server name the client asks for
     Handshaking,
     Connecting,
     UpstreamHandshake,
@@ -375,6 +383,10 @@ private:
 
   const config::ListenerConfig& cfg() const { return *listener_->config; }
   metrics::ListenerStats& stats() { return *listener_->stats; }
+  // Toward the pool the session's route chose.
+  metrics::UpstreamUseStats& upstreamStats() {
+    return listener_->stats->upstreams[listener_->upstreamUse];
+  }
   // After the PROXY protocol header (if any): the TLS handshake or the session itself.
   void afterProxyHeader();
   // Reads what has arrived of the client's PROXY protocol header, never a byte past it.
@@ -382,6 +394,15 @@ private:
   void pollForProxyHeader();  // waits for more of the header (POLLIN on the client)
   void proxyHeaderPolled(int32_t res);
   void proxyHeaderFailed(const std::string& why);
+  // Routes without tls: peeks at the client's first bytes, which stay in the socket for
+  // the server, until its ClientHello is whole (SO_RCVLOWAT: the poll wakes when the next
+  // piece is), it is not TLS, it closes, or connect_timeout passes; then beginSession().
+  void readClientHello();
+  void pollForClientHello();
+  void clientHelloPolled(int32_t res);
+  void afterClientHello(std::string serverName);
+  // The route for the server name the client asked for (beginSession).
+  void chooseRoute();
   // forward_sni: the name the client asked for, when it is a host name, becomes the SNI of
   // the upstream handshake and the name its certificate must have.
   void forwardServerName(UpstreamPeerName& peer, bool verify) const;
@@ -480,9 +501,13 @@ private:
   // The client's TLS handshake, the upstream's, or the client's PROXY protocol header.
   uint64_t handshakeDeadline_ = 0;
   bool handshakeTimedOut_ = false;
-  bool clientCounted_ = false;  // clientLimit->acquire() succeeded: release() at the end
-  std::string proxyHeader_;     // the part of the client's PROXY header read so far
-  std::string receivedTlvs_;    // the TLVs of the client's (v2) PROXY header
+  bool clientCounted_ = false;     // clientLimit->acquire() succeeded: release() at the end
+  std::string proxyHeader_;        // the part of the client's PROXY header read so far
+  std::string receivedTlvs_;       // the TLVs of the client's (v2) PROXY header
+  std::string peekedName_;         // the server name read ahead from the ClientHello
+  bool clientHelloEnded_ = false;  // the client closed (or timed out) before it was whole
+  bool lowWaterSet_ = false;       // SO_RCVLOWAT is raised on the client's socket
+  bool routed_ = false;            // beginSession() chose the upstream pool
   uint64_t lastActivity_ = 0;
   uint64_t closeStart_ = 0;
   uint32_t inflight_ = 0;

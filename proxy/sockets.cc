@@ -79,6 +79,10 @@ ssize_t SystemSockets::receiveNow(int fd, void* data, size_t length, bool peek) 
   return n >= 0 ? n : -errno;
 }
 
+void SystemSockets::setReceiveLowWater(int fd, int bytes) {
+  ::setsockopt(fd, SOL_SOCKET, SO_RCVLOWAT, &bytes, sizeof(bytes));
+}
+
 int SystemSockets::openPipe(int fds[2], uint32_t size) {
   if (::pipe2(fds, O_NONBLOCK | O_CLOEXEC) != 0) {
     return -errno;

@@ -41,6 +41,8 @@ public:
   virtual ssize_t sendNow(int fd, const void* data, size_t length) = 0;
   // Non-blocking recv(2), with MSG_PEEK when `peek`: bytes read, 0 at EOF, or -errno.
   virtual ssize_t receiveNow(int fd, void* data, size_t length, bool peek) = 0;
+  // SO_RCVLOWAT: a poll for POLLIN completes once `bytes` are waiting (or at EOF).
+  virtual void setReceiveLowWater(int fd, int bytes) = 0;
 };
 
 class SystemSockets final : public Sockets {
@@ -57,6 +59,7 @@ public:
   int readTlsRecord(int fd, uint8_t* type, uint8_t* body, size_t length) override;
   ssize_t sendNow(int fd, const void* data, size_t length) override;
   ssize_t receiveNow(int fd, void* data, size_t length, bool peek) override;
+  void setReceiveLowWater(int fd, int bytes) override;
 };
 
 // 0 if nobody (no other process, no other socket) is bound to `address`, else -errno

@@ -188,11 +188,11 @@ Worker::Worker(Runtime& runtime, uint32_t index, metrics::WorkerStats& stats,
       a->rate = runtime.acceptRates[i].get();
       if (runtime.tls != nullptr) {
         context->tls = runtime.tls->listener(i);
-        context->upstreamTls = runtime.tls->upstream(cfg.listeners[i].upstream_index);
       }
       route(*context, i, *first);
       a->context = context.get();
       first->contexts.push_back(std::move(context));
+      addRouteContexts(*a->context, *first);
       acceptors_.push_back(std::move(a));
     }
   }
@@ -292,9 +292,9 @@ int Worker::init() {
                                               *stats_.listeners[i]);
     t.fd = -1;  // owned by the writer now
     writer->start();
-    for (auto& a : acceptors_) {
-      if (a->index == i) {
-        a->context->tap = writer.get();
+    for (auto& context : routes_.back()->contexts) {
+      if (context->index == i) {
+        context->tap = writer.get();
       }
     }
     taps_.push_back(std::move(writer));
@@ -306,9 +306,9 @@ int Worker::init() {
     const config::ListenerConfig& l = cfg.listeners[i];
     auto log = std::make_unique<AccessLog>(runtime_.accessLogFds[i], l.access_log, l.name,
                                            *stats_.listeners[i], ring_.get());
-    for (auto& a : acceptors_) {
-      if (a->index == i) {
-        a->context->accessLog = log.get();
+    for (auto& context : routes_.back()->contexts) {
+      if (context->index == i) {
+        context->accessLog = log.get();
       }
     }
     accessLogs_.push_back(std::move(log));
@@ -321,16 +321,32 @@ int Worker::init() {
   return 0;
 }
 
-void Worker::route(ListenerContext& context, size_t listener, WorkerRoutes& routes) {
+void Worker::route(ListenerContext& context, size_t listener, WorkerRoutes& routes) const {
   const config::ListenerConfig& l = routes.routes->config->listeners[listener];
   context.config = &l;
   context.index = listener;
   context.routes = &routes;
-  context.upstream = routes.routes->upstreams[l.upstream_index].get();
-  context.slotQueue = routes.slotQueues[l.upstream_index].get();
+  const size_t pool = context.upstreamUse == 0 ? l.upstream_index
+                                               : l.routes[context.upstreamUse - 1].upstream_index;
+  context.upstreamIndex = pool;
+  context.upstream = routes.routes->upstreams[pool].get();
+  context.slotQueue = routes.slotQueues[pool].get();
+  context.upstreamTls = runtime_.tls != nullptr ? runtime_.tls->upstream(pool) : nullptr;
   context.mirrorHealth.clear();
   for (const auto& h : routes.routes->mirrorHealth[listener]) {
     context.mirrorHealth.push_back(h.get());
+  }
+}
+
+void Worker::addRouteContexts(ListenerContext& own, WorkerRoutes& routes) {
+  own.routed.clear();
+  for (size_t r = 0; r < own.config->routes.size(); ++r) {
+    auto context = std::make_unique<ListenerContext>(own);
+    context->routed.clear();
+    context->upstreamUse = r + 1;
+    route(*context, own.index, routes);
+    own.routed.push_back(context.get());
+    routes.contexts.push_back(std::move(context));
   }
 }
 
@@ -348,11 +364,13 @@ void Worker::followRoutes() {
     const bool same = u < was.routes->upstreams.size() && was.routes->upstreams[u] == pools[u];
     next->slotQueues.push_back(same ? was.slotQueues[u] : makeSlotQueue(*pools[u]));
   }
-  for (size_t k = 0; k < acceptors_.size(); ++k) {
-    auto context = std::make_unique<ListenerContext>(*was.contexts[k]);
-    route(*context, acceptors_[k]->index, *next);
-    acceptors_[k]->context = context.get();
+  // The same contexts in the same order (newerContext() maps them by position).
+  for (auto& a : acceptors_) {
+    auto context = std::make_unique<ListenerContext>(*a->context);
+    route(*context, a->index, *next);
+    a->context = context.get();
     next->contexts.push_back(std::move(context));
+    addRouteContexts(*a->context, *next);
   }
   routes_.push_back(std::move(next));
   moveWaiters();
@@ -368,7 +386,7 @@ void Worker::moveWaiters() {
   for (Session* s = sessions_; s != nullptr; s = s->next_) {
     ListenerContext& current = s->listener();
     if (current.routes != nullptr && current.routes != &newest && s->waitingForSlot() &&
-        current.upstream != newest.routes->upstreams[current.config->upstream_index].get()) {
+        current.upstream != newest.routes->upstreams[current.upstreamIndex].get()) {
       moving.push_back(s);
     }
   }

@@ -108,8 +108,9 @@ struct WorkerRoutes {
   uint64_t version = 0;
   // [upstream]; the same queue as the older routes' while the pool is the same.
   std::vector<std::shared_ptr<SlotQueue>> slotQueues;
-  std::vector<std::unique_ptr<ListenerContext>> contexts;  // [acceptor]
-  size_t sessions = 0;                                     // open sessions that use them
+  // Per acceptor: its listener's own context, then one per route of the listener.
+  std::vector<std::unique_ptr<ListenerContext>> contexts;
+  size_t sessions = 0;  // open sessions that use them
 };
 
 class Worker final : public SessionHost, public relay::BufferListener {
@@ -181,7 +182,10 @@ private:
   };
 
   // Fills `context`'s fields that come from the routes.
-  static void route(ListenerContext& context, size_t listener, WorkerRoutes& routes);
+  // Points `context` (its `use` set) at the pool, queue and TLS context of its route.
+  void route(ListenerContext& context, size_t listener, WorkerRoutes& routes) const;
+  // After a listener's own context in `routes`: one context per route of the listener.
+  void addRouteContexts(ListenerContext& own, WorkerRoutes& routes);
   // This worker's queue of the sessions waiting for a slot of `pool`.
   std::shared_ptr<SlotQueue> makeSlotQueue(const UpstreamPool& pool);
   // If Runtime::routes() changed (a DNS move), new sessions take the new routes (one

@@ -126,6 +126,30 @@ void checkAccepted(const Config& c) {
     FUZZ_CHECK(
         l.upstream_index < c.upstreams.size() && c.upstreams[l.upstream_index].name == l.upstream,
         "listener " + l.name + " upstream '" + printable(l.upstream) + "'");
+    std::set<std::string> routeNames;
+    for (const RouteConfig& r : l.routes) {
+      FUZZ_CHECK(
+          r.upstream_index < c.upstreams.size() && c.upstreams[r.upstream_index].name == r.upstream,
+          "listener " + l.name + " route upstream '" + printable(r.upstream) + "'");
+      FUZZ_CHECK(!r.sni.empty(), "listener " + l.name + ": a route without names");
+      for (const std::string& name : r.sni) {
+        const std::string_view host =
+            name.starts_with("*.") ? std::string_view(name).substr(2) : std::string_view(name);
+        FUZZ_CHECK(!host.empty() && host.size() <= 253 && host.front() != '.' &&
+                       host.back() != '.' && host.find("..") == std::string_view::npos &&
+                       std::all_of(host.begin(), host.end(),
+                                   [](char ch) {
+                                     return (ch >= 'a' && ch <= 'z') || (ch >= '0' && ch <= '9') ||
+                                            ch == '-' || ch == '_' || ch == '.';
+                                   }),
+                   "route name '" + printable(name) + "'");
+        FUZZ_CHECK(routeNames.insert(name).second, "a name in two routes: " + printable(name));
+        // Each name routes to its own route (no other exact name or wildcard can win).
+        FUZZ_CHECK(
+            name.starts_with("*.") || routeFor(l, name) == static_cast<size_t>(&r - &l.routes[0]),
+            "routeFor '" + printable(name) + "'");
+      }
+    }
     FUZZ_CHECK(l.connect_timeout.count() >= 1 && l.connect_timeout <= kDay, "connect_timeout");
     FUZZ_CHECK(l.idle_timeout.count() >= 1 && l.idle_timeout <= kDay, "idle_timeout");
     FUZZ_CHECK(l.max_connections_per_client <= 10'000'000, "max_connections_per_client");

@@ -65,7 +65,7 @@ class AccessLogTest(h.GrelayTest):
         by_end = {}
         for line in lines:
             self.assertEqual(set(line), {"time", "listener", "worker", "session", "id", "client",
-                                         "server", "duration", "queue", "connect",
+                                         "upstream", "server", "duration", "queue", "connect",
                                          "request_bytes", "response_bytes", "end", "reset",
                                          "tls", "sni", "client_cert", "mirrors",
                                          "mirrors_cut"})
@@ -74,7 +74,7 @@ class AccessLogTest(h.GrelayTest):
         self.assertEqual(len(normal), 1, lines)
         n = normal[0]
         self.assertEqual(n["client"], f"127.0.0.1:{seen['port']}")
-        self.assertEqual(n["server"], echo.address)
+        self.assertEqual((n["upstream"], n["server"]), ("app", echo.address))
         self.assertEqual(n["response_bytes"], len(stream))
         self.assertEqual((n["reset"], n["tls"], n["sni"], n["mirrors"], n["mirrors_cut"]),
                          (False, False, None, 1, 0))
@@ -84,9 +84,9 @@ class AccessLogTest(h.GrelayTest):
         self.assertLess(n["connect"], n["duration"])
         self.assertRegex(n["time"], r"^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$")
         failed = by_end[("bad", "connect_failed")][0]
-        self.assertEqual((failed["server"], failed["connect"], failed["reset"],
-                          failed["request_bytes"]),
-                         (None, None, True, 0))  # nothing is read before a connect
+        self.assertEqual((failed["upstream"], failed["server"], failed["connect"],
+                          failed["reset"], failed["request_bytes"]),
+                         ("dead", None, None, True, 0))  # nothing is read before a connect
         idle = by_end[("web", "idle_timeout")][0]
         self.assertEqual((idle["request_bytes"], idle["response_bytes"]), (5, 5))
         self.assertGreaterEqual(idle["duration"], 0.45)

@@ -370,8 +370,8 @@ TEST_F(AdminTest, ScrapesReadLiveCountersEachTime) {
 TEST(AdminHistogramTest, BucketsAreCumulativeAndInfEqualsCount) {
   const config::Config config = makeConfig(address("127.0.0.1", 0));
   auto workers = makeWorkers(config, 3);  // worker 2 observes nothing
-  ConnectHistogram& h0 = workers[0]->listeners[0]->connectDuration;
-  ConnectHistogram& h1 = workers[1]->listeners[0]->connectDuration;
+  ConnectHistogram& h0 = workers[0]->listeners[0]->upstreams[0].connectDuration;
+  ConnectHistogram& h1 = workers[1]->listeners[0]->upstreams[0].connectDuration;
   h0.observe(0.00005);  // on a bound: counts in le="5e-05"
   h0.observe(0.0002);   // le="0.00025"
   h1.observe(0.0002);
@@ -536,7 +536,7 @@ TEST(AdminLabelsTest, MirrorNamedLikeItsUpstreamGetsItsOwnTarget) {
   config::Config config = makeConfig(address("127.0.0.1", 0));
   config.listeners[0].mirrors[0].name = "app";  // the web listener's upstream pool
   auto workers = makeWorkers(config, 1);
-  workers[0]->listeners[0]->sentUpstreamBytes.add(5);
+  workers[0]->listeners[0]->upstreams[0].sentBytes.add(5);
   workers[0]->listeners[0]->mirrors[0].sentBytes.add(7);
   AdminInputs inputs;
   inputs.config = &config;
@@ -549,6 +549,78 @@ TEST(AdminLabelsTest, MirrorNamedLikeItsUpstreamGetsItsOwnTarget) {
       R"(grelay_sent_bytes_total{listener="api",target="secure_api"} 0)",
   };
   EXPECT_EQ(lines, expected);
+}
+
+TEST(AdminLabelsTest, RoutesGiveASeriesPerPoolSummedByName) {
+  config::Config config = makeConfig(address("127.0.0.1", 0));
+  // web: its own pool app, then routes to secure_api and (again) app.
+  config.listeners[0].routes.resize(2);
+  config.listeners[0].routes[0].upstream = "secure_api";
+  config.listeners[0].routes[0].upstream_index = 1;
+  config.listeners[0].routes[1].upstream = "app";
+  config.listeners[0].mirrors[0].name = "secure_api";
+  auto workers = makeWorkers(config, 2);
+  for (auto& w : workers) {
+    ListenerStats& web = *w->listeners[0];
+    web.upstreams[0].sentBytes.add(1);
+    web.upstreams[1].sentBytes.add(10);
+    web.upstreams[2].sentBytes.add(100);
+    web.upstreams[1].connectErrors.add(3);
+    web.upstreams[2].connectDuration.observe(0.0003);
+  }
+  AdminInputs inputs;
+  inputs.config = &config;
+  inputs.workers = {workers[0].get(), workers[1].get()};
+  const std::string text = StatsCollector(inputs).render();
+  EXPECT_EQ(sampleLines(text, "grelay_sent_bytes_total"),
+            (std::vector<std::string>{
+                R"(grelay_sent_bytes_total{listener="web",target="app"} 202)",
+                R"(grelay_sent_bytes_total{listener="web",target="secure_api"} 20)",
+                R"(grelay_sent_bytes_total{listener="web",target="mirror:secure_api"} 0)",
+                R"(grelay_sent_bytes_total{listener="web",target="shadow"} 0)",
+                R"(grelay_sent_bytes_total{listener="api",target="secure_api"} 0)",
+            }));
+  EXPECT_EQ(sampleLines(text, "grelay_upstream_connect_errors_total"),
+            (std::vector<std::string>{
+                R"(grelay_upstream_connect_errors_total{listener="web",upstream="app"} 0)",
+                R"(grelay_upstream_connect_errors_total{listener="web",upstream="secure_api"} 6)",
+                R"(grelay_upstream_connect_errors_total{listener="api",upstream="secure_api"} 0)",
+            }));
+  EXPECT_EQ(
+      sampleLines(text, "grelay_upstream_connect_duration_seconds_count"),
+      (std::vector<std::string>{
+          R"(grelay_upstream_connect_duration_seconds_count{listener="web",upstream="app"} 2)",
+          R"(grelay_upstream_connect_duration_seconds_count{listener="web",upstream="secure_api"} 0)",
+          R"(grelay_upstream_connect_duration_seconds_count{listener="api",upstream="secure_api"} 0)",
+      }));
+}
+
+TEST(StatsRegistryTest, ARetiredGenerationsRouteCountersGoOnByPoolName) {
+  auto first = std::make_shared<config::Config>(makeConfig(address("127.0.0.1", 0)));
+  first->listeners[0].routes.resize(1);
+  first->listeners[0].routes[0].upstream = "secure_api";
+  first->listeners[0].routes[0].upstream_index = 1;
+  auto second = std::make_shared<config::Config>(*first);
+  second->listeners[0].routes.clear();  // the reload drops the route
+  auto workers1 = makeWorkers(*first, 1);
+  auto workers2 = makeWorkers(*second, 1);
+  workers1[0]->listeners[0]->upstreams[0].connectErrors.add(1);
+  workers1[0]->listeners[0]->upstreams[1].connectErrors.add(4);
+  workers2[0]->listeners[0]->upstreams[0].connectErrors.add(2);
+  StatsRegistry registry;
+  registry.add(first, {workers1[0].get()}, "mainline", {});
+  registry.add(second, {workers2[0].get()}, "mainline", {});
+  AdminInputs inputs;
+  inputs.registry = &registry;
+  const std::vector<std::string> expected = {
+      R"(grelay_upstream_connect_errors_total{listener="web",upstream="app"} 3)",
+      R"(grelay_upstream_connect_errors_total{listener="api",upstream="secure_api"} 0)",
+  };
+  EXPECT_EQ(sampleLines(StatsCollector(inputs).render(), "grelay_upstream_connect_errors_total"),
+            expected);
+  registry.retire(first.get());
+  EXPECT_EQ(sampleLines(StatsCollector(inputs).render(), "grelay_upstream_connect_errors_total"),
+            expected);
 }
 
 TEST(AdminHealthCheckTest, PoolsWithChecksExposeTheirCountersAndServersDown) {

@@ -161,7 +161,8 @@ inline std::vector<std::unique_ptr<WorkerStats>> makeWorkers(const config::Confi
   for (size_t w = 0; w < count; ++w) {
     auto stats = std::make_unique<WorkerStats>();
     for (const auto& listener : c.listeners) {
-      stats->listeners.push_back(std::make_unique<ListenerStats>(listener.mirrors.size()));
+      stats->listeners.push_back(
+          std::make_unique<ListenerStats>(listener.mirrors.size(), listener.routes.size()));
     }
     workers.push_back(std::move(stats));
   }
@@ -213,17 +214,17 @@ inline void fillKnownValues(WorkerStats& stats, int worker) {
     s.rateLimited.add(v(kBaseRateLimited));
     s.receivedBytes[kRequest].add(v(kBaseReceivedRequest));
     s.receivedBytes[kResponse].add(v(kBaseReceivedResponse));
-    s.sentUpstreamBytes.add(v(kBaseSentUpstream));
+    s.upstreams[0].sentBytes.add(v(kBaseSentUpstream));
     s.sentClientBytes.add(v(kBaseSentClient));
     s.chunks[kGroupPath].add(v(kBaseChunksGroup));
     s.chunks[kMainlinePath].add(v(kBaseChunksMainline));
     s.chunks[kCopyPath].add(v(kBaseChunksCopy));
     s.chunks[kSplicePath].add(v(kBaseChunksSplice));
-    s.upstreamConnectErrors.add(v(kBaseConnectErrors));
-    s.upstreamMarkedDown.add(v(kBaseMarkedDown));
-    s.upstreamServerFull.add(v(kBaseServerFull));
-    s.upstreamQueued.add(v(kBaseQueued));
-    s.upstreamQueueing.add(static_cast<int64_t>(v(kBaseQueueing)));
+    s.upstreams[0].connectErrors.add(v(kBaseConnectErrors));
+    s.upstreams[0].markedDown.add(v(kBaseMarkedDown));
+    s.upstreams[0].serverFull.add(v(kBaseServerFull));
+    s.upstreams[0].queued.add(v(kBaseQueued));
+    s.upstreams[0].queueing.add(static_cast<int64_t>(v(kBaseQueueing)));
     s.proxyProtocolErrors.add(v(kBaseProxyProtocolErrors));
     s.accessLogDroppedLines.add(v(kBaseAccessLogDropped));
     s.noUpstream.add(v(kBaseNoUpstream));
@@ -250,23 +251,23 @@ inline void fillKnownValues(WorkerStats& stats, int worker) {
       }
     }
     if (worker == 0) {
-      s.connectDuration.observe(0.00004);
-      s.connectDuration.observe(0.0003);
-      s.connectDuration.observe(0.02);
+      s.upstreams[0].connectDuration.observe(0.00004);
+      s.upstreams[0].connectDuration.observe(0.0003);
+      s.upstreams[0].connectDuration.observe(0.02);
       if (l == 1) {
-        s.connectDuration.observe(0.0015);
+        s.upstreams[0].connectDuration.observe(0.0015);
       }
     } else {
-      s.connectDuration.observe(0.0003);
-      s.connectDuration.observe(3.0);
-      s.connectDuration.observe(20.0);
+      s.upstreams[0].connectDuration.observe(0.0003);
+      s.upstreams[0].connectDuration.observe(3.0);
+      s.upstreams[0].connectDuration.observe(20.0);
     }
     if (l == 0) {  // "web": its pool "app" queues (max_conns, queue_timeout)
       if (worker == 0) {
-        s.queueDuration.observe(0.0004);
-        s.queueDuration.observe(12.0);
+        s.upstreams[0].queueDuration.observe(0.0004);
+        s.upstreams[0].queueDuration.observe(12.0);
       } else {
-        s.queueDuration.observe(5.0);  // on a bound: counts in le="5"
+        s.upstreams[0].queueDuration.observe(5.0);  // on a bound: counts in le="5"
       }
     }
     if (worker == 0) {

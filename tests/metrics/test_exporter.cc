@@ -94,11 +94,11 @@ int main(int argc, char** argv) {
       metrics::ListenerStats& web = *workers[0]->listeners[0];
       web.connections.inc();
       web.receivedBytes[metrics::kRequest].add(1000);
-      web.sentUpstreamBytes.add(1000);
+      web.upstreams[0].sentBytes.add(1000);
       web.mirrors[0].sentBytes.add(1000);
       web.chunks[metrics::kMainlinePath].inc();
       web.tapBytes.add(1000);
-      web.connectDuration.observe(0.0007);
+      web.upstreams[0].connectDuration.observe(0.0007);
       web.sessionDuration.observe(2.5);
       app.checks.inc();
     }

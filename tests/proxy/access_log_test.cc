@@ -28,6 +28,8 @@ AccessRecord record(const std::string* listener, const std::string* server) {
   c.sin_family = AF_INET;
   c.sin_port = htons(51098);
   inet_pton(AF_INET, "192.0.2.7", &c.sin_addr);
+  static const std::string kPool = "app";
+  r.upstream = server != nullptr ? &kPool : nullptr;
   r.server = server;
   r.durationNanos = 1'500'250'000;
   r.queueNanos = 250'000'000;
@@ -48,7 +50,8 @@ TEST(AccessLogTest, OneJsonLinePerSession) {
       "\"session\":42,\"id\":\"" +
           sessionId(1, 42) +
           "\",\"client\":"
-          "\"192.0.2.7:51098\",\"server\":\"127.0.0.1:8000\",\"duration\":1.500250,"
+          "\"192.0.2.7:51098\",\"upstream\":\"app\",\"server\":\"127.0.0.1:8000\","
+          "\"duration\":1.500250,"
           "\"queue\":0.250000,\"connect\":0.000512,\"request_bytes\":78,\"response_bytes\":4321,"
           "\"end\":\"normal\",\"reset\":false,"
           "\"tls\":false,\"sni\":null,\"client_cert\":null,\"mirrors\":2,\"mirrors_cut\":1}\n");
@@ -63,7 +66,8 @@ TEST(AccessLogTest, OneJsonLinePerSession) {
   r.reset = true;
   r.tls = true;
   const std::string line = accessLogLine(r);
-  EXPECT_NE(line.find("\"client\":\"[2001:db8::1]:443\",\"server\":null,"), std::string::npos)
+  EXPECT_NE(line.find("\"client\":\"[2001:db8::1]:443\",\"upstream\":null,\"server\":null,"),
+            std::string::npos)
       << line;
   EXPECT_NE(line.find("\"connect\":null,"), std::string::npos) << line;
   EXPECT_NE(line.find("\"end\":\"connect_failed\",\"reset\":true,\"tls\":true,"), std::string::npos)

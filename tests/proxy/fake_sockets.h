@@ -39,6 +39,7 @@ public:
     return true;
   }
   void setNoDelay(int) override {}
+  void setReceiveLowWater(int fd, int bytes) override { lowWater[fd] = bytes; }
   void setKeepAlive(int fd, uint32_t idleSeconds) override { keepAlive[fd] = idleSeconds; }
   // Pipes come from the session host in unit tests (FakeHost::takePipe), never from here.
   int openPipe(int[2], uint32_t) override { return -ENOSYS; }
@@ -108,6 +109,7 @@ public:
   std::map<int, std::string> sent;
   std::map<int, std::string> incoming;
   std::map<int, uint32_t> keepAlive;  // fd -> idle seconds
+  std::map<int, int> lowWater;        // fd -> SO_RCVLOWAT
   std::map<int, bool> eof;
   std::map<int, ssize_t> sendResult;
 };

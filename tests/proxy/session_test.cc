@@ -10,6 +10,7 @@
 
 #include "config/loader.h"
 #include "tests/proxy/fake_sockets.h"
+#include "tests/proxy/hello_bytes.h"
 #include "tests/relay/fake_ring.h"
 
 namespace grelay::proxy {
@@ -182,7 +183,7 @@ TEST_F(SessionTest, SendsTheReceivedBufferItselfAndRecyclesItAfterTheSend) {
   ring().complete(send, 5);
   EXPECT_EQ(ring().buffers()->recycled(), 1u);
   EXPECT_EQ(stats_->receivedBytes[metrics::kRequest].value(), 5u);
-  EXPECT_EQ(stats_->sentUpstreamBytes.value(), 5u);
+  EXPECT_EQ(stats_->upstreams[0].sentBytes.value(), 5u);
   EXPECT_EQ(stats_->chunks[metrics::kMainlinePath].value(), 1u);
 }
 
@@ -317,7 +318,7 @@ TEST_F(SessionTest, ConnectFailureTriesTheNextServerThenResetsTheClient) {
   FakeOp* second = ring().pending(OpKind::Connect, 101);
   ASSERT_NE(second, nullptr);
   ring().complete(second, -ECONNREFUSED);
-  EXPECT_EQ(stats_->upstreamConnectErrors.value(), 2u);
+  EXPECT_EQ(stats_->upstreams[0].connectErrors.value(), 2u);
   EXPECT_EQ(stats_->noUpstream.value(), 1u);
   EXPECT_TRUE(host_.sockets_.closed.at(kClientFd));
   EXPECT_EQ(host_.done, 1);
@@ -333,7 +334,7 @@ TEST_F(SessionTest, AServerAtMaxConnsIsPassedOverAndItsSlotHeldUntilTheSessionEn
   FakeOp* connect = ring().pending(OpKind::Connect, 100);
   ASSERT_NE(connect, nullptr);
   EXPECT_EQ(connect->offset, 8001u);
-  EXPECT_EQ(stats_->upstreamServerFull.value(), 1u);
+  EXPECT_EQ(stats_->upstreams[0].serverFull.value(), 1u);
   EXPECT_EQ(pool_->activeConnections(1), 1);  // taken while connecting
   ring().complete(connect, -ECONNREFUSED);
   // No other server left: the client is reset and every slot is given back.
@@ -347,7 +348,7 @@ TEST_F(SessionTest, AServerAtMaxConnsIsPassedOverAndItsSlotHeldUntilTheSessionEn
   session_ = std::make_unique<Session>(host_, context_, kClientFd);
   session_->start();
   EXPECT_EQ(pool_->activeConnections(0) + pool_->activeConnections(1), 1);
-  EXPECT_EQ(stats_->upstreamServerFull.value(), 1u);
+  EXPECT_EQ(stats_->upstreams[0].serverFull.value(), 1u);
 }
 
 TEST_F(SessionTest, WithQueueTimeoutASessionWaitsForASlotThenConnects) {
@@ -355,12 +356,12 @@ TEST_F(SessionTest, WithQueueTimeoutASessionWaitsForASlotThenConnects) {
   session_ = std::make_unique<Session>(host_, context_, kClientFd);
   session_->start();
   EXPECT_EQ(ring().pending(OpKind::Connect, 100), nullptr);  // nothing to connect to yet
-  EXPECT_EQ(stats_->upstreamServerFull.value(), 2u);
-  EXPECT_EQ(stats_->upstreamQueued.value(), 1u);
-  EXPECT_EQ(stats_->upstreamQueueing.value(), 1);
+  EXPECT_EQ(stats_->upstreams[0].serverFull.value(), 2u);
+  EXPECT_EQ(stats_->upstreams[0].queued.value(), 1u);
+  EXPECT_EQ(stats_->upstreams[0].queueing.value(), 1);
   host_.advance(30'000'000);  // still full: it keeps waiting, without counting again
   EXPECT_EQ(ring().pending(OpKind::Connect, 100), nullptr);
-  EXPECT_EQ(stats_->upstreamServerFull.value(), 2u);
+  EXPECT_EQ(stats_->upstreams[0].serverFull.value(), 2u);
   EXPECT_FALSE(host_.sockets_.closed.count(kClientFd));
   // A slot frees up: the next look (at most 10 ms later) takes it.
   pool_->release(1);
@@ -368,24 +369,25 @@ TEST_F(SessionTest, WithQueueTimeoutASessionWaitsForASlotThenConnects) {
   FakeOp* connect = ring().pending(OpKind::Connect, 100);
   ASSERT_NE(connect, nullptr);
   EXPECT_EQ(connect->offset, 8001u);
-  EXPECT_EQ(stats_->upstreamQueueing.value(), 0);
+  EXPECT_EQ(stats_->upstreams[0].queueing.value(), 0);
   EXPECT_EQ(pool_->activeConnections(1), 1);
-  EXPECT_NEAR(stats_->queueDuration.sum(), 0.040, 1e-9);  // the wait, observed as it ended
-  EXPECT_EQ(stats_->queueDuration.bucket(3), 1u);         // le="0.05"
+  EXPECT_NEAR(stats_->upstreams[0].queueDuration.sum(), 0.040,
+              1e-9);                                            // the wait, observed as it ended
+  EXPECT_EQ(stats_->upstreams[0].queueDuration.bucket(3), 1u);  // le="0.05"
   // It failed: the session waits again for the server still full (8001 is not retried).
   ring().complete(connect, -ECONNREFUSED);
-  EXPECT_EQ(stats_->upstreamQueueing.value(), 1);
-  EXPECT_EQ(stats_->upstreamQueued.value(), 1u);  // one session, one wait
+  EXPECT_EQ(stats_->upstreams[0].queueing.value(), 1);
+  EXPECT_EQ(stats_->upstreams[0].queued.value(), 1u);  // one session, one wait
   EXPECT_EQ(pool_->activeConnections(1), 0);
   pool_->release(0);
   host_.advance(10'000'000);
   connect = ring().pending(OpKind::Connect, 101);
   ASSERT_NE(connect, nullptr);
   EXPECT_EQ(connect->offset, 8000u);
-  EXPECT_NEAR(stats_->queueDuration.sum(), 0.050, 1e-9);  // and the second wait, 10 ms
-  EXPECT_EQ(stats_->queueDuration.bucket(2), 1u);         // le="0.01"
+  EXPECT_NEAR(stats_->upstreams[0].queueDuration.sum(), 0.050, 1e-9);  // and the second wait, 10 ms
+  EXPECT_EQ(stats_->upstreams[0].queueDuration.bucket(2), 1u);         // le="0.01"
   ring().complete(connect, 0);
-  EXPECT_EQ(stats_->upstreamQueueing.value(), 0);
+  EXPECT_EQ(stats_->upstreams[0].queueing.value(), 0);
   EXPECT_EQ(stats_->noUpstream.value(), 0u);
   EXPECT_FALSE(host_.sockets_.closed.count(kClientFd));
   EXPECT_EQ(pool_->activeConnections(0), 1);
@@ -408,7 +410,7 @@ TEST_F(SessionTest, AWaiterWhoseSlotFailedHoldsBackNoOneWaitingForTheServerItLef
   // It waits again for 8000 only, out of the queue: the second, which may still try 8001,
   // is the queue's oldest now and takes 8001's free slot (8001 is marked down, but a
   // server marked down is still tried when every other one is full).
-  EXPECT_EQ(stats_->upstreamQueueing.value(), 2);
+  EXPECT_EQ(stats_->upstreams[0].queueing.value(), 2);
   EXPECT_EQ(slotQueue_.size(), 1u);
   EXPECT_TRUE(slotQueue_.isOldest(*second));
   host_.advance(10'000'000);
@@ -422,7 +424,7 @@ TEST_F(SessionTest, AWaiterWhoseSlotFailedHoldsBackNoOneWaitingForTheServerItLef
   connect = ring().pending(OpKind::Connect, 102);
   ASSERT_NE(connect, nullptr);
   EXPECT_EQ(connect->offset, 8000u);
-  EXPECT_EQ(stats_->upstreamQueueing.value(), 0);
+  EXPECT_EQ(stats_->upstreams[0].queueing.value(), 0);
   second->abort();
   session_->abort();
   ring().completeCancelled();
@@ -432,13 +434,13 @@ TEST_F(SessionTest, AQueuedSessionIsResetAtQueueTimeoutAndOnAbort) {
   fillTheOnlyServer();
   session_ = std::make_unique<Session>(host_, context_, kClientFd);
   session_->start();
-  EXPECT_EQ(stats_->upstreamQueueing.value(), 1);
+  EXPECT_EQ(stats_->upstreams[0].queueing.value(), 1);
   host_.advance(99'000'000);
   EXPECT_FALSE(host_.sockets_.closed.count(kClientFd));
   host_.advance(1'000'000);  // queue_timeout: reset like a session no server took
   EXPECT_TRUE(host_.sockets_.closed.at(kClientFd));
   EXPECT_EQ(stats_->noUpstream.value(), 1u);
-  EXPECT_EQ(stats_->upstreamQueueing.value(), 0);
+  EXPECT_EQ(stats_->upstreams[0].queueing.value(), 0);
   EXPECT_EQ(host_.done, 1);
   ASSERT_FALSE(host_.troubles.empty());
   EXPECT_EQ(host_.troubles.back(),
@@ -448,9 +450,9 @@ TEST_F(SessionTest, AQueuedSessionIsResetAtQueueTimeoutAndOnAbort) {
   host_.sockets_.closed.clear();
   session_ = std::make_unique<Session>(host_, context_, kClientFd);
   session_->start();
-  EXPECT_EQ(stats_->upstreamQueueing.value(), 1);
+  EXPECT_EQ(stats_->upstreams[0].queueing.value(), 1);
   session_->abort();
-  EXPECT_EQ(stats_->upstreamQueueing.value(), 0);
+  EXPECT_EQ(stats_->upstreams[0].queueing.value(), 0);
   EXPECT_TRUE(host_.sockets_.closed.at(kClientFd));
   EXPECT_EQ(host_.done, 2);
   host_.advance(200'000'000);  // no timer left to fire
@@ -468,7 +470,7 @@ TEST_F(SessionTest, MaxQueueResetsASessionWhenEnoughAreWaiting) {
   session_->start();
   EXPECT_TRUE(host_.sockets_.closed.at(kClientFd + 1));
   EXPECT_FALSE(host_.sockets_.closed.count(kClientFd));
-  EXPECT_EQ(stats_->upstreamQueued.value(), 1u);
+  EXPECT_EQ(stats_->upstreams[0].queued.value(), 1u);
   EXPECT_EQ(stats_->noUpstream.value(), 1u);
   ASSERT_FALSE(host_.troubles.empty());
   EXPECT_EQ(host_.troubles.back(),
@@ -479,7 +481,7 @@ TEST_F(SessionTest, MaxQueueResetsASessionWhenEnoughAreWaiting) {
   host_.advance(10'000'000);
   EXPECT_NE(ring().pending(OpKind::Connect, 100), nullptr);
   EXPECT_EQ(pool_->queuedSessions(), 0);
-  EXPECT_EQ(stats_->upstreamQueueing.value(), 0);
+  EXPECT_EQ(stats_->upstreams[0].queueing.value(), 0);
   waiting->abort();
 }
 
@@ -493,7 +495,7 @@ TEST_F(SessionTest, ANewSessionWaitsBehindTheQueueRatherThanTakeAFreedSlot) {
   session_->start();
   EXPECT_EQ(ring().pending(OpKind::Connect, 100), nullptr);  // the newcomer did not take it
   EXPECT_EQ(pool_->queuedSessions(), 2);
-  EXPECT_EQ(stats_->upstreamServerFull.value(), 1u);  // the first one's pass only
+  EXPECT_EQ(stats_->upstreams[0].serverFull.value(), 1u);  // the first one's pass only
   EXPECT_EQ(slotQueue_.size(), 2u);
   EXPECT_TRUE(slotQueue_.isOldest(*waiting));
   host_.advance(5'000'000);
@@ -503,9 +505,9 @@ TEST_F(SessionTest, ANewSessionWaitsBehindTheQueueRatherThanTakeAFreedSlot) {
   EXPECT_EQ(pool_->queuedSessions(), 1);
   EXPECT_TRUE(slotQueue_.isOldest(*session_));
   EXPECT_EQ(pool_->activeConnections(0), 1);
-  EXPECT_EQ(stats_->upstreamQueued.value(), 2u);
+  EXPECT_EQ(stats_->upstreams[0].queued.value(), 2u);
   ring().complete(connect, 0);
-  EXPECT_EQ(waiting->listener().stats->upstreamQueueing.value(), 1);
+  EXPECT_EQ(waiting->listener().stats->upstreams[0].queueing.value(), 1);
   EXPECT_FALSE(host_.sockets_.closed.count(kClientFd + 1));
   session_->abort();
   waiting->abort();
@@ -601,13 +603,13 @@ TEST_F(SessionTest, AFailedConnectMarksTheServerDownAndASuccessfulOneClearsIt) {
   ASSERT_NE(first, nullptr);
   EXPECT_EQ(first->offset, 8000u);
   ring().complete(first, -ECONNREFUSED);
-  EXPECT_EQ(stats_->upstreamMarkedDown.value(), 1u);
+  EXPECT_EQ(stats_->upstreams[0].markedDown.value(), 1u);
   EXPECT_TRUE(pool_->down(0, host_.now()));
   FakeOp* second = ring().pending(OpKind::Connect, 101);
   ASSERT_NE(second, nullptr);
   EXPECT_EQ(second->offset, 8001u);
   ring().complete(second, 0);
-  EXPECT_EQ(stats_->upstreamConnectErrors.value(), 1u);
+  EXPECT_EQ(stats_->upstreams[0].connectErrors.value(), 1u);
   // Sessions whose rotation starts at server 0 try 8001 first while 0 is down.
   std::vector<uint32_t> order;
   pool_->pickOrder(order, host_.now());  // rotation [1, 0]
@@ -617,7 +619,7 @@ TEST_F(SessionTest, AFailedConnectMarksTheServerDownAndASuccessfulOneClearsIt) {
   // fail_timeout (10s by default) later server 0 is back.
   host_.advance(10'000'000'000ull);
   EXPECT_FALSE(pool_->down(0, host_.now()));
-  EXPECT_EQ(stats_->upstreamMarkedDown.value(), 1u);
+  EXPECT_EQ(stats_->upstreams[0].markedDown.value(), 1u);
 }
 
 TEST_F(SessionTest, ProxyProtocolHeaderGoesFirstOnTheUpstreamConnection) {
@@ -639,7 +641,7 @@ TEST_F(SessionTest, AProxyProtocolHeaderThatCannotBeSentFailsTheConnect) {
   session_ = std::make_unique<Session>(host_, context_, kClientFd);
   session_->start();
   ring().complete(ring().pending(OpKind::Connect, 100), 0);
-  EXPECT_EQ(stats_->upstreamConnectErrors.value(), 1u);
+  EXPECT_EQ(stats_->upstreams[0].connectErrors.value(), 1u);
   EXPECT_FALSE(host_.sockets_.closed.at(100));
   FakeOp* second = ring().pending(OpKind::Connect, 101);
   ASSERT_NE(second, nullptr);
@@ -799,7 +801,7 @@ TEST_F(SessionTest, ConnectTimeoutCancelsAndCountsAsAFailure) {
   host_.advance(1'500'000'000ull);
   EXPECT_TRUE(connect->cancelRequested);
   ring().completeCancelled();
-  EXPECT_EQ(stats_->upstreamConnectErrors.value(), 1u);
+  EXPECT_EQ(stats_->upstreams[0].connectErrors.value(), 1u);
   EXPECT_EQ(host_.done, 1);
 }
 
@@ -851,7 +853,7 @@ TEST_F(SpliceTest, AFullChunkSwitchesToSpliceAndASmallBurstSwitchesBack) {
   sockets().drainTo[primaryFd()] = {3000, 2000, 3000};
   completeChunkSend();
   EXPECT_EQ(stats_->receivedBytes[metrics::kRequest].value(), kChunk + 8000u);
-  EXPECT_EQ(stats_->sentUpstreamBytes.value(), kChunk + 8000u);
+  EXPECT_EQ(stats_->upstreams[0].sentBytes.value(), kChunk + 8000u);
   EXPECT_EQ(stats_->chunks[metrics::kMainlinePath].value(), 1u);
   EXPECT_EQ(stats_->chunks[metrics::kSplicePath].value(), 2u);
   EXPECT_EQ(ring().buffers()->recycled(), 1u);  // only the first chunk took a buffer
@@ -881,7 +883,7 @@ TEST_F(SpliceTest, RightAfterTheSwitchTheRestOfTheBurstIsWaitedFor) {
   sockets().fillFrom[kClientFd] = {700};
   sockets().drainTo[primaryFd()] = {700};
   ring().complete(readable, POLLIN);
-  EXPECT_EQ(stats_->sentUpstreamBytes.value(), kChunk + 700u);
+  EXPECT_EQ(stats_->upstreams[0].sentBytes.value(), kChunk + 700u);
   EXPECT_EQ(stats_->chunks[metrics::kSplicePath].value(), 1u);
 }
 
@@ -903,7 +905,7 @@ TEST_F(SpliceTest, BytesInThePipeWaitForTheTargetAndNothingMoreIsRead) {
   EXPECT_TRUE(sockets().shutdowns.empty());
   sockets().drainTo[primaryFd()] = {4096};
   ring().complete(poll(primaryFd(), POLLOUT), POLLOUT);
-  EXPECT_EQ(stats_->sentUpstreamBytes.value(), kChunk + 8192u);
+  EXPECT_EQ(stats_->upstreams[0].sentBytes.value(), kChunk + 8192u);
   ASSERT_EQ(sockets().shutdowns.size(), 1u);
   EXPECT_EQ(sockets().shutdowns[0], primaryFd());
 }
@@ -963,7 +965,7 @@ TEST_F(SpliceTest, ASpliceRefusedByTheKernelLeavesTheDirectionOnRecvSend) {
   ring().receive(recv, std::string(kChunk, 'h'), true);
   EXPECT_FALSE(ring().pending(OpKind::RecvMultishot, kClientFd)->cancelRequested);
   completeChunkSend();
-  EXPECT_EQ(stats_->sentUpstreamBytes.value(), 2 * kChunk);
+  EXPECT_EQ(stats_->upstreams[0].sentBytes.value(), 2 * kChunk);
   EXPECT_EQ(stats_->chunks[metrics::kSplicePath].value(), 0u);
 }
 
@@ -994,7 +996,7 @@ TEST_F(SpliceTest, AMirrorMarkedDownLeavesTheDirectionFreeToSplice) {
   sockets().fillFrom[kClientFd] = {5000};
   sockets().drainTo[primaryFd()] = {5000};
   completeChunkSend();
-  EXPECT_EQ(stats_->sentUpstreamBytes.value(), kChunk + 5000u);
+  EXPECT_EQ(stats_->upstreams[0].sentBytes.value(), kChunk + 5000u);
   EXPECT_EQ(stats_->chunks[metrics::kSplicePath].value(), 1u);
   // What the mirror missed counts as dropped, spliced or not.
   EXPECT_EQ(stats_->mirrors[0].droppedBytes.value(), kChunk + 5000u);
@@ -1021,7 +1023,7 @@ TEST_F(SpliceTest, AMirrorCutMidSessionLetsItsDirectionSplice) {
   sockets().fillFrom[kClientFd] = {3000};
   sockets().drainTo[primaryFd()] = {3000};
   completeChunkSend();
-  EXPECT_EQ(stats_->sentUpstreamBytes.value(), 3 * kChunk + 3000u);
+  EXPECT_EQ(stats_->upstreams[0].sentBytes.value(), 3 * kChunk + 3000u);
   EXPECT_EQ(stats_->chunks[metrics::kSplicePath].value(), 1u);
   // The mirror took none of it: what it held when cut, the chunk that cut it, the splice.
   EXPECT_EQ(stats_->mirrors[0].droppedBytes.value(), 3 * kChunk + 3000u);
@@ -1257,7 +1259,7 @@ TEST_F(GroupPathTest, OneGroupPerChunkWithThePrimaryAndEveryMirrorAsMembers) {
   completeMember(group, 1, 100);
   completeMember(group, 0, 100);
   EXPECT_EQ(ring().pendingCount(OpKind::Group, kClientFd), 1u);
-  EXPECT_EQ(stats_->sentUpstreamBytes.value(), 105u);
+  EXPECT_EQ(stats_->upstreams[0].sentBytes.value(), 105u);
   EXPECT_EQ(stats_->mirrors[0].sentBytes.value(), 105u);
 }
 
@@ -1321,6 +1323,98 @@ TEST_F(GroupPathTest, ResetOnTheSourceResetsTheOtherSide) {
   ring().completeCancelled();
   EXPECT_TRUE(host_.sockets_.closed.at(primaryFd()));
   EXPECT_EQ(host_.done, 1);
+}
+
+class RoutedSessionTest : public SessionTest {
+protected:
+  void SetUp() override {
+    SessionTest::SetUp();
+    apiConfig_.name = "api";
+    apiConfig_.servers.push_back({address("127.0.0.1:8100")});
+    apiPool_ = std::make_unique<UpstreamPool>(apiConfig_);
+    config::RouteConfig route;
+    route.sni = {"api.example.test"};
+    route.upstream = "api";
+    listenerConfig_.routes = {route};
+    stats_ = std::make_unique<metrics::ListenerStats>(0, 1);
+    context_.stats = stats_.get();
+    routeContext_ = context_;
+    routeContext_.upstream = apiPool_.get();
+    routeContext_.upstreamUse = 1;
+    context_.routed = {&routeContext_};
+  }
+
+  Session& begin(const std::string& arrived) {
+    host_.sockets_.incoming[kClientFd] = arrived;
+    session_ = std::make_unique<Session>(host_, context_, kClientFd);
+    session_->start();
+    return *session_;
+  }
+
+  config::UpstreamConfig apiConfig_;
+  std::unique_ptr<UpstreamPool> apiPool_;
+  ListenerContext routeContext_;
+};
+
+TEST_F(RoutedSessionTest, AClientHelloInPiecesIsWaitedForWholeAndLeftInTheStream) {
+  const std::string hello = testing::clientHelloFor("API.example.test") + "more";
+  Session& s = begin(hello.substr(0, 3));
+  // Nothing connects before the name is known; the poll wakes at the record's header...
+  EXPECT_EQ(ring().pendingCount(OpKind::Connect), 0u);
+  EXPECT_EQ(host_.sockets_.lowWater.at(kClientFd), 5);
+  FakeOp* poll = ring().pending(OpKind::Poll, kClientFd);
+  ASSERT_NE(poll, nullptr);
+  host_.sockets_.incoming[kClientFd] = hello.substr(0, 20);
+  ring().complete(poll, POLLIN);
+  // ... then once the whole record is there, not at every segment.
+  EXPECT_EQ(host_.sockets_.lowWater.at(kClientFd), static_cast<int>(hello.size() - 4));
+  poll = ring().pending(OpKind::Poll, kClientFd);
+  ASSERT_NE(poll, nullptr);
+  host_.sockets_.incoming[kClientFd] = hello;
+  ring().complete(poll, POLLIN);
+  EXPECT_EQ(host_.sockets_.lowWater.at(kClientFd), 1);   // back to normal for the relay
+  EXPECT_EQ(host_.sockets_.incoming[kClientFd], hello);  // peeked: all of it is relayed
+  EXPECT_EQ(&s.listener(), &routeContext_);
+  FakeOp* connect = ring().pending(OpKind::Connect, 100);
+  ASSERT_NE(connect, nullptr);
+  ring().complete(connect, 0);
+  EXPECT_EQ(stats_->upstreams[1].connectDuration.bucket(0) +
+                stats_->upstreams[1].connectDuration.bucket(1),
+            1u);
+  EXPECT_EQ(stats_->upstreams[0].connectDuration.sum(), 0.0);
+}
+
+TEST_F(RoutedSessionTest, OtherNamesAndNonTlsClientsTakeTheListenersPoolAtOnce) {
+  Session& s = begin(testing::clientHelloFor("www.example.test"));
+  EXPECT_EQ(&s.listener(), &context_);
+  EXPECT_NE(ring().pending(OpKind::Connect, 100), nullptr);
+  EXPECT_EQ(host_.sockets_.lowWater.count(kClientFd), 0u);  // never raised
+  Session& plain = begin("GET / HTTP/1.1\r\n");
+  EXPECT_EQ(&plain.listener(), &context_);
+}
+
+TEST_F(RoutedSessionTest, AClientHelloThatStopsIsRoutedByWhatCameAfterConnectTimeout) {
+  const std::string hello = testing::clientHelloFor("api.example.test");
+  Session& s = begin(hello.substr(0, 10));
+  FakeOp* poll = ring().pending(OpKind::Poll, kClientFd);
+  ASSERT_NE(poll, nullptr);
+  host_.advance(5'500'000'000ull);
+  EXPECT_TRUE(poll->cancelRequested);
+  ring().completeCancelled();
+  EXPECT_EQ(&s.listener(), &context_);
+  EXPECT_EQ(host_.sockets_.lowWater.at(kClientFd), 1);
+  EXPECT_NE(ring().pending(OpKind::Connect, 100), nullptr);
+  EXPECT_FALSE(host_.sockets_.closed.count(kClientFd));
+}
+
+TEST_F(RoutedSessionTest, AClientThatClosesHalfWayIsRoutedByWhatItSent) {
+  Session& s = begin(testing::clientHelloFor("api.example.test").substr(0, 30));
+  FakeOp* poll = ring().pending(OpKind::Poll, kClientFd);
+  ASSERT_NE(poll, nullptr);
+  ring().complete(poll, POLLIN | POLLRDHUP);
+  EXPECT_EQ(&s.listener(), &context_);
+  EXPECT_NE(ring().pending(OpKind::Connect, 100), nullptr);
+  EXPECT_EQ(host_.sockets_.incoming[kClientFd].size(), 30u);
 }
 
 }  // namespace

@@ -8,6 +8,7 @@
 
 #include "config/loader.h"
 #include "tests/proxy/fake_sockets.h"
+#include "tests/proxy/hello_bytes.h"
 #include "tests/relay/fake_ring.h"
 
 namespace grelay::proxy {
@@ -63,7 +64,8 @@ protected:
     config_ = std::move(cfg);
     ASSERT_FALSE(config_.listeners.empty());
     runtime_ = std::make_unique<Runtime>(config_);
-    stats_.listeners.push_back(std::make_unique<metrics::ListenerStats>(0));
+    stats_.listeners.push_back(
+        std::make_unique<metrics::ListenerStats>(0, config_.listeners[0].routes.size()));
     worker_ =
         std::make_unique<Worker>(*runtime_, 0, stats_, std::vector<std::vector<int>>{{kListenFd}});
     auto ring = std::make_unique<FakeRing>();
@@ -329,6 +331,47 @@ TEST_F(WorkerTest, ASessionStillReadingItsProxyHeaderWhenTheNameMovesConnectsToT
   EXPECT_EQ(connect->offset, 9000u);  // nothing was connected: it goes where new ones go
   ASSERT_TRUE(worker_->loopOnce());
   EXPECT_EQ(worker_->routesHeld(), 1u);  // and the old routes have no session left
+}
+
+TEST_F(WorkerTest, ASessionReadingItsClientHelloWhenTheRoutesPoolMovesConnectsToTheNewAddress) {
+  const std::string route =
+      "[[listener.route]]\nsni = [\"api.example.test\"]\nupstream = \"api\"\n";
+  auto withApi = [&](int api) {
+    auto result = config::loadString(
+        "[server]\nworkers = 1\n[upstream.app]\nservers = [\"127.0.0.1:8000\"]\n"
+        "[upstream.api]\nservers = [\"127.0.0.1:" +
+            std::to_string(api) +
+            "\"]\n[[listener]]\nname = \"web\"\nlisten = \"127.0.0.1:8080\"\n"
+            "upstream = \"app\"\n" +
+            route,
+        "test.toml");
+    EXPECT_TRUE(result.config) << (result.errors.empty() ? "" : result.errors[0].toString());
+    return result.config ? std::move(*result.config) : config::Config{};
+  };
+  load(withApi(8100));
+  const std::string hello = testing::clientHelloFor("api.example.test");
+  auto* accept = ring_->pending(OpKind::Accept, kListenFd);
+  sockets_->incoming[50] = hello.substr(0, 3);
+  ring_->complete(accept, 50, IORING_CQE_F_MORE);
+  auto* poll = ring_->pending(OpKind::Poll, 50);  // the name is not there yet
+  ASSERT_NE(poll, nullptr);
+
+  move(withApi(9100));
+  ASSERT_TRUE(worker_->loopOnce());
+  EXPECT_EQ(worker_->routesHeld(), 2u);
+  sockets_->incoming[50] = hello;
+  ring_->complete(poll, POLLIN);
+  auto* connect = ring_->pending(OpKind::Connect);
+  ASSERT_NE(connect, nullptr);
+  EXPECT_EQ(connect->offset, 9100u);  // the route's pool as it is now
+  // Another name: the listener's own pool, which did not move.
+  sockets_->incoming[51] = testing::clientHelloFor("www.example.test");
+  ring_->complete(accept, 51, IORING_CQE_F_MORE);
+  connect = ring_->pending(OpKind::Connect, 101);
+  ASSERT_NE(connect, nullptr);
+  EXPECT_EQ(connect->offset, 8000u);
+  ASSERT_TRUE(worker_->loopOnce());
+  EXPECT_EQ(worker_->routesHeld(), 1u);
 }
 
 // Two pools and two mirrors; `app0` and `mirror1` are the ports a DNS move may change.

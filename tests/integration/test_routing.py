@@ -1,0 +1,249 @@
+#!/usr/bin/env python3
+"""Routing by server name ([[listener.route]]): a listener sends each session to the
+upstream pool of the route whose `sni` names the server its client asked for, else to its
+own `upstream`.
+
+- TLS passthrough (a listener without `tls`): grelay reads ahead of the ClientHello
+  (MSG_PEEK; the bytes stay in the stream), so each route's real TLS server does the
+  handshake itself: it sees the client's SNI, and a session's bytes echo back exactly.
+  Exact names, wildcards at any depth, case-insensitive; any other name, no SNI: the
+  listener's own pool.
+- The ClientHello sent a byte at a time, or split over several TLS records, reaches the
+  route's server byte for byte with what follows it. A client that is not TLS (an HTTP
+  request), one without SNI and one that stops half-way through its ClientHello go to the
+  listener's pool at once, with their bytes; one that sends nothing goes there after
+  connect_timeout.
+- TLS termination (a listener with `tls`): the name from grelay's own handshake chooses.
+- Metrics: {listener, upstream} series for every pool of the listener (sent bytes, connect
+  errors, connect durations), a refused route counted against its own pool; the access
+  log's `upstream` and `sni` fields.
+- A reload that points a route at another pool moves new sessions there.
+"""
+
+import json
+import os
+import signal
+import socket
+import struct
+import tempfile
+import time
+
+import harness as h
+
+API = ["api.example.test", "*.api.example.test"]
+
+
+def refragment(hello: bytes, size: int) -> bytes:
+    """The same ClientHello carried in TLS records of `size` bytes of handshake data."""
+    assert hello[0] == 22
+    length = struct.unpack("!H", hello[3:5])[0]
+    body = hello[5:5 + length]
+    out = b""
+    for i in range(0, len(body), size):
+        piece = body[i:i + size]
+        out += hello[:3] + struct.pack("!H", len(piece)) + piece
+    return out + hello[5 + length:]
+
+
+class RoutingTest(h.TlsTest):
+
+    def enter(self, server):
+        server.__enter__()
+        self.addCleanup(server.__exit__, None, None, None)
+        return server
+
+    def routed(self, *, tls=None, connect_timeout="5s", access_log=None):
+        """A config with listener `web` (pool web) and a route to pool api, each pool a
+        SinkServer; returns the config, the api and web sinks and the port."""
+        api = self.enter(h.SinkServer())
+        web = self.enter(h.SinkServer())
+        cfg = h.Config()
+        cfg.upstream("web", [web.address])
+        cfg.upstream("api", [api.address])
+        kw = {"connect_timeout": connect_timeout,
+              "route": [{"sni": API, "upstream": "api"}]}
+        if tls:
+            kw["tls"] = tls
+        if access_log:
+            kw["access_log"] = access_log
+        port = cfg.listener("web", "web", **kw)
+        cfg.with_admin()
+        return cfg, api, web, port
+
+    def send(self, port, pieces, *, gap=0.0, refused=False):
+        """Sends `pieces` (`gap` s apart), half-closes and reads until EOF."""
+        s = h.connect(port)
+        try:
+            for piece in pieces:
+                s.sendall(piece)
+                if gap:
+                    time.sleep(gap)
+            s.shutdown(socket.SHUT_WR)
+            s.settimeout(10)
+            while s.recv(65536):
+                pass
+        except OSError:
+            if not refused:  # (grelay resets a client whose pool has no server)
+                raise
+        finally:
+            s.close()
+
+    def received(self, sink, n):
+        """The bytes of each of the sink's first `n` connections, once they ended."""
+        self.assertTrue(sink.wait_connections(n, timeout=h.slack(20)),
+                        f"{len(sink.conns)} connections, wanted {n}")
+        return [bytes(r.data) for r in sink.records()]
+
+    def test_passthrough_routes_real_tls_by_client_hello(self):
+        certs = self.certs
+        api = self.enter(h.TlsEchoServer(*certs.server))
+        web = self.enter(h.TlsEchoServer(*certs.server))
+        cfg = h.Config()
+        cfg.upstream("web", [web.address])
+        cfg.upstream("api", [api.address])
+        port = cfg.listener("web", "web", route=[{"sni": API, "upstream": "api"}])
+        cfg.with_admin()
+        ctx = h.tls_client_context(certs.ca, verify=False)
+        cases = [("api.example.test", api), ("V2.Api.Example.Test", api),
+                 ("a.b.api.example.test", api), ("www.example.test", web),
+                 ("api.example.test.evil", web), ("xapi.example.test", web), (None, web)]
+        size = h.scaled(256 * h.KiB)
+        with h.Grelay(cfg) as g:
+            for i, (name, server) in enumerate(cases):
+                before = server.handshakes
+                r = h.tls_stream_session(port, h.Stream(seed=i, length=size), context=ctx,
+                                         server_hostname=name)
+                self.assertTrue(r.ok, f"{name}: {r}")
+                self.assertEqual(server.handshakes, before + 1, name)
+                self.assertEqual(server.server_names[-1], name)
+            self.assertGreater(g.metric("grelay_sent_bytes_total", listener="web", target="api"),
+                               3 * size)
+            self.assertGreater(g.metric("grelay_sent_bytes_total", listener="web", target="web"),
+                               4 * size)
+            for pool, sessions in (("api", 3), ("web", 4)):
+                self.assertEqual(g.metric("grelay_upstream_connect_errors_total",
+                                          listener="web", upstream=pool), 0)
+                self.assertEqual(g.metric("grelay_upstream_connect_duration_seconds_count",
+                                          listener="web", upstream=pool), sessions)
+
+    def test_client_hello_in_pieces_reaches_the_route_byte_for_byte(self):
+        cfg, api, web, port = self.routed()
+        hello = h.tls_client_hello("api.example.test")
+        tail = b"after the hello " * 64
+        with h.Grelay(cfg):
+            # A byte at a time: the first bytes say how many more make the record.
+            self.send(port, [hello[i:i + 1] for i in range(len(hello))] + [tail], gap=0.001)
+            self.assertEqual(self.received(api, 1), [hello + tail])
+            # The handshake over records of 40 and of 1 byte of it, in uneven segments.
+            for size in (40, 1):
+                split = refragment(hello, size)
+                pieces = [split[i:i + 97] for i in range(0, len(split), 97)]
+                self.send(port, pieces + [tail], gap=0.002)
+            self.assertEqual(self.received(api, 3)[1:],
+                             [refragment(hello, 40) + tail, refragment(hello, 1) + tail])
+            self.assertEqual(web.conns, [])
+
+    def test_other_clients_go_to_the_listeners_pool_at_once(self):
+        # connect_timeout is far longer than the waits below: nothing waits for it.
+        cfg, api, web, port = self.routed(connect_timeout="60s")
+        with h.Grelay(cfg):
+            # Not TLS: at once, with its bytes (the client has not closed yet).
+            s = h.connect(port)
+            s.sendall(b"GET / HTTP/1.0\r\n\r\n")
+            self.assertTrue(web.wait_connections(1, timeout=h.slack(10), ended=False))
+            s.shutdown(socket.SHUT_WR)
+            s.settimeout(10)
+            while s.recv(100):
+                pass
+            s.close()
+            # Half a ClientHello, then EOF: that half, to the listener's pool.
+            hello = h.tls_client_hello("api.example.test")
+            self.send(port, [hello[:len(hello) // 2]])
+            # A ClientHello without SNI.
+            plain = h.tls_client_hello(None)
+            self.send(port, [plain])
+            self.assertEqual(self.received(web, 3),
+                             [b"GET / HTTP/1.0\r\n\r\n", hello[:len(hello) // 2], plain])
+            self.assertEqual(api.conns, [])
+
+    def test_a_silent_client_goes_to_the_listeners_pool_after_connect_timeout(self):
+        cfg, api, web, port = self.routed(connect_timeout="400ms")
+        with h.Grelay(cfg):
+            s = h.connect(port)
+            time.sleep(0.1)
+            self.assertEqual(web.conns, [])
+            self.assertTrue(web.wait_connections(1, timeout=h.slack(10), ended=False))
+            s.sendall(b"late words")
+            s.shutdown(socket.SHUT_WR)
+            s.settimeout(10)
+            while s.recv(100):
+                pass
+            s.close()
+            self.assertEqual(self.received(web, 1), [b"late words"])
+            self.assertEqual(api.conns, [])
+
+    def test_termination_routes_by_the_handshakes_name(self):
+        certs = self.certs
+        log = os.path.join(tempfile.mkdtemp(prefix="grelay-route-"), "access.log")
+        self.addCleanup(lambda: os.path.exists(log) and os.remove(log))
+        cfg, api, web, port = self.routed(
+            tls={"cert": certs.server[0], "key": certs.server[1]}, access_log=log)
+        ctx = h.tls_client_context(certs.ca, verify=False)
+        with h.Grelay(cfg) as g:
+            for name in ("api.example.test", "www.example.test", "Z.API.example.test"):
+                r = h.tls_stream_session(port, name.encode(), context=ctx,
+                                         server_hostname=name, expect=b"")
+                self.assertTrue(r.ok, f"{name}: {r}")
+            self.assertEqual(self.received(api, 2),
+                             [b"api.example.test", b"Z.API.example.test"])
+            self.assertEqual(self.received(web, 1), [b"www.example.test"])
+            g.stop()
+        with open(log) as f:
+            lines = [json.loads(x) for x in f.read().splitlines()]
+        self.assertEqual(sorted((x["sni"], x["upstream"]) for x in lines),
+                         [("Z.API.example.test", "api"), ("api.example.test", "api"),
+                          ("www.example.test", "web")])
+
+    def test_a_refused_route_counts_against_its_pool(self):
+        with h.RefusingPort() as refused:
+            web = self.enter(h.SinkServer())
+            cfg = h.Config()
+            cfg.upstream("web", [web.address])
+            cfg.upstream("api", [refused.address])
+            port = cfg.listener("web", "web", route=[{"sni": API, "upstream": "api"}])
+            cfg.with_admin()
+            with h.Grelay(cfg) as g:
+                self.send(port, [h.tls_client_hello("api.example.test")], refused=True)
+                self.send(port, [h.tls_client_hello("www.example.test")])
+                self.received(web, 1)
+                self.assertTrue(h.wait_for(lambda: g.metric(
+                    "grelay_upstream_connect_errors_total", listener="web", upstream="api") == 1,
+                    h.slack(10)))
+                self.assertEqual(g.metric("grelay_upstream_connect_errors_total",
+                                          listener="web", upstream="web"), 0)
+                self.assertEqual(g.metric("grelay_upstream_unavailable_total", listener="web"), 1)
+
+    def test_reload_moves_a_route(self):
+        cfg, api, web, port = self.routed()
+        other = self.enter(h.SinkServer())
+        hello = h.tls_client_hello("api.example.test")
+        with h.Grelay(cfg) as g:
+            self.send(port, [hello])
+            self.assertEqual(self.received(api, 1), [hello])
+            cfg.upstream("other", [other.address])
+            cfg.listeners[0]["keys"]["route"] = [{"sni": API, "upstream": "other"}]
+            with open(g.config_path, "w") as f:
+                f.write(cfg.render())
+            g.send_signal(signal.SIGHUP)
+            self.assertTrue(h.wait_for(lambda: g.metric("grelay_config_reloads_total",
+                                                        cause="sighup", result="ok") == 1,
+                                       h.slack(10)), g.log_tail())
+            self.send(port, [hello])
+            self.assertEqual(self.received(other, 1), [hello])
+            self.assertEqual(len(api.conns), 1)
+            self.assertGreater(g.metric("grelay_sent_bytes_total", listener="web", target="other"),
+                               0)
+
+
+if __name__ == "__main__":
+    h.main()
