@@ -13,16 +13,22 @@ bool admits(const NetworkSet& networks, const sockaddr_storage& address) {
   return networks.empty() || networks.contains(address);
 }
 
+std::string canonicalHostName(std::string_view name) {
+  if (!name.empty() && name.back() == '.') {
+    name.remove_suffix(1);
+  }
+  std::string out(name);
+  for (char& c : out) {
+    c = c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c;
+  }
+  return out;
+}
+
 size_t routeFor(const ListenerConfig& listener, std::string_view serverName) {
   if (listener.routes.empty() || serverName.empty() || serverName.size() > 255) {
     return kNoRoute;
   }
-  char lower[256];
-  for (size_t i = 0; i < serverName.size(); ++i) {
-    const char c = serverName[i];
-    lower[i] = c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c;
-  }
-  const std::string_view name(lower, serverName.size());
+  const std::string name = canonicalHostName(serverName);
   size_t best = kNoRoute;
   size_t bestSuffix = 0;  // of a wildcard match: the length of ".example.com"
   for (size_t r = 0; r < listener.routes.size(); ++r) {

@@ -101,6 +101,10 @@ private:
 // lets everyone in.
 bool admits(const NetworkSet& networks, const sockaddr_storage& address);
 
+// A host name as grelay compares it: ASCII lower case, without the trailing dot of a fully
+// qualified name ("Example.COM." names example.com).
+std::string canonicalHostName(std::string_view name);
+
 struct ListenerConfig;
 // The index in `listener.routes` of the route for a client that asked for `serverName`
 // (compared without case), or kNoRoute: the listener's own upstream.

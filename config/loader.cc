@@ -939,10 +939,7 @@ private:
       bool ok = true;
       for (const toml::node& element : *array) {
         const std::optional<std::string_view> text = element.value<std::string_view>();
-        std::string name = text ? std::string(*text) : std::string();
-        std::transform(name.begin(), name.end(), name.begin(), [](char c) {
-          return c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c;
-        });
+        std::string name = text ? canonicalHostName(*text) : std::string();
         if (!hostPattern(name)) {
           error(element.source(), quoted(key) +
                                       " entries must be host names like \"api.example.com\" "

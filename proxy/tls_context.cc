@@ -177,11 +177,9 @@ std::vector<std::string> dnsNames(SSL_CTX* ctx) {
       continue;
     }
     const ASN1_IA5STRING* dns = name->d.dNSName;
-    std::string text(reinterpret_cast<const char*>(ASN1_STRING_get0_data(dns)),
-                     static_cast<size_t>(ASN1_STRING_length(dns)));
-    std::transform(text.begin(), text.end(), text.begin(),
-                   [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
-    out.push_back(std::move(text));
+    out.push_back(config::canonicalHostName(
+        std::string_view(reinterpret_cast<const char*>(ASN1_STRING_get0_data(dns)),
+                         static_cast<size_t>(ASN1_STRING_length(dns)))));
   }
   GENERAL_NAMES_free(names);
   return out;
@@ -218,12 +216,7 @@ int selectCertificate(SSL* ssl, int* alert, void* arg) {
   const auto* table = static_cast<const SniTable*>(arg);
   const SSL_CTX* chosen = nullptr;
   if (const char* sent = SSL_get_servername(ssl, TLSEXT_NAMETYPE_host_name)) {
-    std::string name(sent);
-    if (!name.empty() && name.back() == '.') {
-      name.pop_back();  // "example.com." names example.com
-    }
-    std::transform(name.begin(), name.end(), name.begin(),
-                   [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+    const std::string name = config::canonicalHostName(sent);
     if (auto it = table->exact.find(name); it != table->exact.end()) {
       chosen = it->second;
     } else if (const size_t dot = name.find('.'); dot != std::string::npos && dot > 0) {

@@ -1280,6 +1280,7 @@ TEST(LoaderTest, RoutesByServerName) {
   // Exact names first, then the longest wildcard; no case; anything else: the listener's.
   EXPECT_EQ(config::routeFor(l, "api.example.com"), 0u);
   EXPECT_EQ(config::routeFor(l, "Api.Example.COM"), 0u);
+  EXPECT_EQ(config::routeFor(l, "api.example.com."), 0u);  // fully qualified: the same name
   EXPECT_EQ(config::routeFor(l, "v2.api.example.com"), 0u);
   EXPECT_EQ(config::routeFor(l, "a.b.api.example.com"), 0u);
   EXPECT_EQ(config::routeFor(l, "www.example.com"), 1u);
@@ -1298,7 +1299,7 @@ TEST(LoaderTest, RoutesByServerName) {
   EXPECT_THAT(errorsOf(file({"[[listener.route]]", R"(sni = [])", R"(upstream = "api")"})),
               SizeIs(1));
   for (const char* bad : {R"("")", R"("a..b")", R"("a b")", R"("*")", R"("*.")", R"("a.*.b")",
-                          R"("**.a")", R"(".a")", R"("a.")", "2"}) {
+                          R"("**.a")", R"(".a")", R"("a..")", "2"}) {
     EXPECT_THAT(errorsOf(file({"[[listener.route]]", std::string("sni = [") + bad + "]",
                                R"(upstream = "api")"})),
                 ElementsAre(testing::HasSubstr("'sni' entries must be host names")))
