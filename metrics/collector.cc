@@ -147,6 +147,7 @@ struct ListenerTotals {
   std::array<uint64_t, kPathCount> chunks{};
   std::map<std::string, UpstreamUseTotals> upstreams;  // by pool name
   uint64_t noUpstream = 0;
+  std::array<uint64_t, kRouteDefaultCount> routeDefaults{};
   uint64_t idleTimeouts = 0;
   uint64_t resets = 0;
   HistogramTotals<kSessionBuckets> sessionDuration;
@@ -198,6 +199,9 @@ void addTo(ListenerTotals& total, const ListenerStats& stats, const config::List
   for (size_t use = 0; use < stats.upstreams.size(); ++use) {
     total.upstreams[upstreamOfUse(from, use)].add(stats.upstreams[use]);
   }
+  for (size_t r = 0; r < total.routeDefaults.size(); ++r) {
+    total.routeDefaults[r] += stats.routeDefaults[r].value();
+  }
   total.noUpstream += stats.noUpstream.value();
   total.idleTimeouts += stats.idleTimeouts.value();
   total.resets += stats.resets.value();
@@ -246,6 +250,9 @@ void addTotals(ListenerTotals& into, const ListenerTotals& from) {
   }
   for (const auto& [name, use] : from.upstreams) {
     into.upstreams[name].add(use);
+  }
+  for (size_t r = 0; r < into.routeDefaults.size(); ++r) {
+    into.routeDefaults[r] += from.routeDefaults[r];
   }
   into.noUpstream += from.noUpstream;
   into.idleTimeouts += from.idleTimeouts;
@@ -574,6 +581,14 @@ std::vector<MetricFamily> StatsCollector::collectFrom(
                                "Client sessions closed because every server of the upstream "
                                "pool failed.",
                                MetricType::Counter);
+  auto& routeDefaults =
+      list.add("grelay_route_defaults_total",
+               "Sessions of a listener with routes that went to the listener's own upstream, "
+               "by reason: unmatched (no route names the server the client asked for, or it "
+               "asked for none), not_tls (its first bytes are not a TLS ClientHello), timeout "
+               "(the ClientHello was not whole within connect_timeout), closed (the client "
+               "closed before it was). Only unmatched on a listener with tls.",
+               MetricType::Counter);
   auto& connectDuration = list.add("grelay_upstream_connect_duration_seconds",
                                    "Time to connect to an upstream server (successful connects).",
                                    MetricType::Histogram);
@@ -800,6 +815,14 @@ std::vector<MetricFamily> StatsCollector::collectFrom(
       }
     }
     sample(unavailable, {name}, asDouble(total.noUpstream));
+    if (!listener.routes.empty()) {
+      for (int r = 0; r < kRouteDefaultCount; ++r) {
+        if (r == kRouteUnmatched || !listener.tls) {
+          sample(routeDefaults, {name, {"reason", routeDefaultName(r)}},
+                 asDouble(total.routeDefaults[r]));
+        }
+      }
+    }
     {
       ClientMetric& metric = sessionDuration.metric.emplace_back();
       metric.label = {name};

@@ -78,6 +78,19 @@ using SessionHistogram = Histogram<kSessionBuckets>;
 // The limit a connection closed at once was over (grelay_connections_rejected_total's
 // `limit`): [server] max_connections, the listener's max_connections, or its
 // max_connections_per_client.
+// Why a session of a listener with routes went to the listener's own upstream: no route
+// names the server its client asked for (or it asked for none); its first bytes are not a
+// TLS ClientHello; the ClientHello was not whole within connect_timeout; the client closed
+// before it was.
+enum RouteDefault : uint8_t { kRouteUnmatched = 0, kRouteNotTls, kRouteTimeout, kRouteClosed };
+inline constexpr int kRouteDefaultCount = 4;
+inline const char* routeDefaultName(int r) {
+  return r == kRouteUnmatched ? "unmatched"
+         : r == kRouteNotTls  ? "not_tls"
+         : r == kRouteTimeout ? "timeout"
+                              : "closed";
+}
+
 enum RejectLimit : uint8_t { kServerLimit = 0, kListenerLimit = 1, kClientLimit = 2 };
 inline constexpr int kRejectLimitCount = 3;
 inline const char* rejectLimitName(int l) {
@@ -152,6 +165,7 @@ struct ListenerStats {
   // appear more than once: the collector sums by name).
   std::vector<UpstreamUseStats> upstreams;
   Counter noUpstream;  // sessions closed because every server failed
+  std::array<Counter, kRouteDefaultCount> routeDefaults;  // by RouteDefault
   Counter idleTimeouts;
   Counter resets;                    // sessions ended by a reset (either side)
   SessionHistogram sessionDuration;  // accept to close, of the sessions `connections` counts

@@ -1113,6 +1113,11 @@ void Session::readClientHello() {
     return;
   }
   // Not TLS, no name, cut short: the listener's own upstream takes it.
+  if (parsed.status == ClientHelloParse::Status::Invalid) {
+    routeDefault_ = metrics::kRouteNotTls;
+  } else if (parsed.status == ClientHelloParse::Status::Incomplete) {
+    routeDefault_ = handshakeTimedOut_ ? metrics::kRouteTimeout : metrics::kRouteClosed;
+  }
   afterClientHello(parsed.status == ClientHelloParse::Status::Done ? parsed.serverName
                                                                    : std::string());
 }
@@ -1154,6 +1159,8 @@ void Session::chooseRoute() {
   const size_t route = config::routeFor(*listener_->config, name);
   if (route != config::kNoRoute && route < listener_->routed.size()) {
     listener_ = listener_->routed[route];
+  } else {
+    stats().routeDefaults[routeDefault_].inc();
   }
 }
 

@@ -508,6 +508,8 @@ private:
   bool clientHelloEnded_ = false;  // the client closed (or timed out) before it was whole
   bool lowWaterSet_ = false;       // SO_RCVLOWAT is raised on the client's socket
   bool routed_ = false;            // beginSession() chose the upstream pool
+  // Why the read-ahead found no name to route by (metrics::RouteDefault).
+  uint8_t routeDefault_ = metrics::kRouteUnmatched;
   uint64_t lastActivity_ = 0;
   uint64_t closeStart_ = 0;
   uint32_t inflight_ = 0;

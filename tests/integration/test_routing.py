@@ -94,6 +94,12 @@ class RoutingTest(h.TlsTest):
                         f"{len(sink.conns)} connections, wanted {n}")
         return [bytes(r.data) for r in sink.records()]
 
+    @staticmethod
+    def route_defaults(g):
+        """grelay_route_defaults_total of listener web, by reason."""
+        return {dict(labels)["reason"]: v for (name, labels), v in g.metrics().items()
+                if name == "grelay_route_defaults_total" and dict(labels)["listener"] == "web"}
+
     def test_passthrough_routes_real_tls_by_client_hello(self):
         certs = self.certs
         api = self.enter(h.TlsEchoServer(*certs.server))
@@ -146,7 +152,7 @@ class RoutingTest(h.TlsTest):
     def test_other_clients_go_to_the_listeners_pool_at_once(self):
         # connect_timeout is far longer than the waits below: nothing waits for it.
         cfg, api, web, port = self.routed(connect_timeout="60s")
-        with h.Grelay(cfg):
+        with h.Grelay(cfg) as g:
             # Not TLS: at once, with its bytes (the client has not closed yet).
             s = h.connect(port)
             s.sendall(b"GET / HTTP/1.0\r\n\r\n")
@@ -165,10 +171,12 @@ class RoutingTest(h.TlsTest):
             self.assertEqual(self.received(web, 3),
                              [b"GET / HTTP/1.0\r\n\r\n", hello[:len(hello) // 2], plain])
             self.assertEqual(api.conns, [])
+            self.assertEqual(self.route_defaults(g), {"unmatched": 1, "not_tls": 1,
+                                                      "timeout": 0, "closed": 1})
 
     def test_a_silent_client_goes_to_the_listeners_pool_after_connect_timeout(self):
         cfg, api, web, port = self.routed(connect_timeout="400ms")
-        with h.Grelay(cfg):
+        with h.Grelay(cfg) as g:
             s = h.connect(port)
             time.sleep(0.1)
             self.assertEqual(web.conns, [])
@@ -181,6 +189,7 @@ class RoutingTest(h.TlsTest):
             s.close()
             self.assertEqual(self.received(web, 1), [b"late words"])
             self.assertEqual(api.conns, [])
+            self.assertEqual(self.route_defaults(g)["timeout"], 1)
 
     def test_termination_routes_by_the_handshakes_name(self):
         certs = self.certs
@@ -197,6 +206,7 @@ class RoutingTest(h.TlsTest):
             self.assertEqual(self.received(api, 2),
                              [b"api.example.test", b"Z.API.example.test"])
             self.assertEqual(self.received(web, 1), [b"www.example.test"])
+            self.assertEqual(self.route_defaults(g), {"unmatched": 1})
             g.stop()
         with open(log) as f:
             lines = [json.loads(x) for x in f.read().splitlines()]

@@ -1375,6 +1375,9 @@ TEST_F(RoutedSessionTest, AClientHelloInPiecesIsWaitedForWholeAndLeftInTheStream
   EXPECT_EQ(host_.sockets_.lowWater.at(kClientFd), 1);   // back to normal for the relay
   EXPECT_EQ(host_.sockets_.incoming[kClientFd], hello);  // peeked: all of it is relayed
   EXPECT_EQ(&s.listener(), &routeContext_);
+  for (const auto& counter : stats_->routeDefaults) {
+    EXPECT_EQ(counter.value(), 0u);
+  }
   FakeOp* connect = ring().pending(OpKind::Connect, 100);
   ASSERT_NE(connect, nullptr);
   ring().complete(connect, 0);
@@ -1391,6 +1394,8 @@ TEST_F(RoutedSessionTest, OtherNamesAndNonTlsClientsTakeTheListenersPoolAtOnce) 
   EXPECT_EQ(host_.sockets_.lowWater.count(kClientFd), 0u);  // never raised
   Session& plain = begin("GET / HTTP/1.1\r\n");
   EXPECT_EQ(&plain.listener(), &context_);
+  EXPECT_EQ(stats_->routeDefaults[metrics::kRouteUnmatched].value(), 1u);
+  EXPECT_EQ(stats_->routeDefaults[metrics::kRouteNotTls].value(), 1u);
 }
 
 TEST_F(RoutedSessionTest, AClientHelloThatStopsIsRoutedByWhatCameAfterConnectTimeout) {
@@ -1405,6 +1410,7 @@ TEST_F(RoutedSessionTest, AClientHelloThatStopsIsRoutedByWhatCameAfterConnectTim
   EXPECT_EQ(host_.sockets_.lowWater.at(kClientFd), 1);
   EXPECT_NE(ring().pending(OpKind::Connect, 100), nullptr);
   EXPECT_FALSE(host_.sockets_.closed.count(kClientFd));
+  EXPECT_EQ(stats_->routeDefaults[metrics::kRouteTimeout].value(), 1u);
 }
 
 TEST_F(RoutedSessionTest, AClientThatClosesHalfWayIsRoutedByWhatItSent) {
@@ -1415,6 +1421,7 @@ TEST_F(RoutedSessionTest, AClientThatClosesHalfWayIsRoutedByWhatItSent) {
   EXPECT_EQ(&s.listener(), &context_);
   EXPECT_NE(ring().pending(OpKind::Connect, 100), nullptr);
   EXPECT_EQ(host_.sockets_.incoming[kClientFd].size(), 30u);
+  EXPECT_EQ(stats_->routeDefaults[metrics::kRouteClosed].value(), 1u);
 }
 
 }  // namespace
