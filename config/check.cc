@@ -25,13 +25,15 @@ int runCheck(const std::string& path, std::ostream& out, std::ostream& err) {
   const Config& config = *result.config;
   size_t mirrors = 0;
   size_t taps = 0;
+  size_t routes = 0;
   for (const ListenerConfig& listener : config.listeners) {
     mirrors += listener.mirrors.size();
     taps += listener.tap.has_value();
+    routes += listener.routes.size();
   }
   out << path << ": ok (" << count(config.listeners.size(), "listener") << ", "
       << count(config.upstreams.size(), "upstream") << ", " << count(mirrors, "mirror") << ", "
-      << count(taps, "tap") << ")\n";
+      << count(taps, "tap") << (routes > 0 ? ", " + count(routes, "route") : "") << ")\n";
   return 0;
 }
 

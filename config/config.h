@@ -347,8 +347,10 @@ inline constexpr size_t kNoRoute = static_cast<size_t>(-1);
 struct ListenerConfig {
   std::string name;
   Address listen;
-  std::string upstream;       // name of an [upstream.NAME] table
-  size_t upstream_index = 0;  // index into Config::upstreams
+  // Name of an [upstream.NAME] table: where sessions go that no route takes. "" (only with
+  // routes) = none: those sessions are reset.
+  std::string upstream;
+  size_t upstream_index = 0;  // index into Config::upstreams (with an upstream)
   Duration connect_timeout{5'000};
   Duration idle_timeout{3'600'000};
   // TCP keepalive on the session's sockets (client, upstream, mirrors): probes after this

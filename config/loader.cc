@@ -866,9 +866,8 @@ private:
             {"listen", listenAddress(&l.listen), true},
             {"upstream",
              [&](std::string_view key, const toml::node& node) {
-               return upstream_ok = string(&l.upstream)(key, node);
-             },
-             true},
+               return upstream_ok = string(&l.upstream, true)(key, node);
+             }},
             {"connect_timeout", duration(&l.connect_timeout, 1ms, kMaxTimeout)},
             {"idle_timeout", duration(&l.idle_timeout, 1ms, kMaxTimeout)},
             {"tcp_keepalive", duration(&l.tcp_keepalive, 0ms, 2h)},
@@ -898,6 +897,9 @@ private:
     }
     if (upstream_ok) {
       findUpstream(*table.get("upstream"), l.upstream, &l.upstream_index);
+    } else if (table.get("upstream") == nullptr && l.routes.empty()) {
+      // Only routes may stand in for it (their sessions go somewhere).
+      error(table.source(), "missing required key 'upstream' in [[listener]]");
     }
     checkRouteNames(l);
     config_.listeners.push_back(std::move(l));

@@ -127,8 +127,8 @@ std::vector<const std::string*> upstreamsOf(const config::ListenerConfig& listen
   std::vector<const std::string*> names;
   for (size_t use = 0; use <= listener.routes.size(); ++use) {
     const std::string& name = upstreamOfUse(listener, use);
-    if (std::none_of(names.begin(), names.end(),
-                     [&](const std::string* n) { return *n == name; })) {
+    if (!name.empty() && std::none_of(names.begin(), names.end(),
+                                      [&](const std::string* n) { return *n == name; })) {
       names.push_back(&name);
     }
   }
@@ -147,7 +147,7 @@ struct ListenerTotals {
   std::array<uint64_t, kPathCount> chunks{};
   std::map<std::string, UpstreamUseTotals> upstreams;  // by pool name
   uint64_t noUpstream = 0;
-  std::array<uint64_t, kRouteDefaultCount> routeDefaults{};
+  std::array<uint64_t, kRouteMissCount> routeMisses{};
   uint64_t idleTimeouts = 0;
   uint64_t resets = 0;
   HistogramTotals<kSessionBuckets> sessionDuration;
@@ -199,8 +199,8 @@ void addTo(ListenerTotals& total, const ListenerStats& stats, const config::List
   for (size_t use = 0; use < stats.upstreams.size(); ++use) {
     total.upstreams[upstreamOfUse(from, use)].add(stats.upstreams[use]);
   }
-  for (size_t r = 0; r < total.routeDefaults.size(); ++r) {
-    total.routeDefaults[r] += stats.routeDefaults[r].value();
+  for (size_t r = 0; r < total.routeMisses.size(); ++r) {
+    total.routeMisses[r] += stats.routeMisses[r].value();
   }
   total.noUpstream += stats.noUpstream.value();
   total.idleTimeouts += stats.idleTimeouts.value();
@@ -251,8 +251,8 @@ void addTotals(ListenerTotals& into, const ListenerTotals& from) {
   for (const auto& [name, use] : from.upstreams) {
     into.upstreams[name].add(use);
   }
-  for (size_t r = 0; r < into.routeDefaults.size(); ++r) {
-    into.routeDefaults[r] += from.routeDefaults[r];
+  for (size_t r = 0; r < into.routeMisses.size(); ++r) {
+    into.routeMisses[r] += from.routeMisses[r];
   }
   into.noUpstream += from.noUpstream;
   into.idleTimeouts += from.idleTimeouts;
@@ -581,10 +581,11 @@ std::vector<MetricFamily> StatsCollector::collectFrom(
                                "Client sessions closed because every server of the upstream "
                                "pool failed.",
                                MetricType::Counter);
-  auto& routeDefaults =
-      list.add("grelay_route_defaults_total",
-               "Sessions of a listener with routes that went to the listener's own upstream, "
-               "by reason: unmatched (no route names the server the client asked for, or it "
+  auto& routeMisses =
+      list.add("grelay_route_misses_total",
+               "Sessions of a listener with routes that no route took (they went to the "
+               "listener's upstream, or were reset if it has none), by reason: unmatched (no route "
+               "names the server the client asked for, or it "
                "asked for none), not_tls (its first bytes are not a TLS ClientHello), timeout "
                "(the ClientHello was not whole within connect_timeout), closed (the client "
                "closed before it was). Only unmatched on a listener with tls.",
@@ -816,10 +817,9 @@ std::vector<MetricFamily> StatsCollector::collectFrom(
     }
     sample(unavailable, {name}, asDouble(total.noUpstream));
     if (!listener.routes.empty()) {
-      for (int r = 0; r < kRouteDefaultCount; ++r) {
+      for (int r = 0; r < kRouteMissCount; ++r) {
         if (r == kRouteUnmatched || !listener.tls) {
-          sample(routeDefaults, {name, {"reason", routeDefaultName(r)}},
-                 asDouble(total.routeDefaults[r]));
+          sample(routeMisses, {name, {"reason", routeMissName(r)}}, asDouble(total.routeMisses[r]));
         }
       }
     }

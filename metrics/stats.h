@@ -78,13 +78,13 @@ using SessionHistogram = Histogram<kSessionBuckets>;
 // The limit a connection closed at once was over (grelay_connections_rejected_total's
 // `limit`): [server] max_connections, the listener's max_connections, or its
 // max_connections_per_client.
-// Why a session of a listener with routes went to the listener's own upstream: no route
-// names the server its client asked for (or it asked for none); its first bytes are not a
-// TLS ClientHello; the ClientHello was not whole within connect_timeout; the client closed
-// before it was.
-enum RouteDefault : uint8_t { kRouteUnmatched = 0, kRouteNotTls, kRouteTimeout, kRouteClosed };
-inline constexpr int kRouteDefaultCount = 4;
-inline const char* routeDefaultName(int r) {
+// Why no route of a listener took a session (which then went to the listener's own
+// upstream, or was reset if it has none): no route names the server its client asked for
+// (or it asked for none); its first bytes are not a TLS ClientHello; the ClientHello was
+// not whole within connect_timeout; the client closed before it was.
+enum RouteMiss : uint8_t { kRouteUnmatched = 0, kRouteNotTls, kRouteTimeout, kRouteClosed };
+inline constexpr int kRouteMissCount = 4;
+inline const char* routeMissName(int r) {
   return r == kRouteUnmatched ? "unmatched"
          : r == kRouteNotTls  ? "not_tls"
          : r == kRouteTimeout ? "timeout"
@@ -164,8 +164,8 @@ struct ListenerStats {
   // [0]: toward the listener's upstream; [r + 1]: toward routes[r]'s (the same pool may
   // appear more than once: the collector sums by name).
   std::vector<UpstreamUseStats> upstreams;
-  Counter noUpstream;  // sessions closed because every server failed
-  std::array<Counter, kRouteDefaultCount> routeDefaults;  // by RouteDefault
+  Counter noUpstream;                                // sessions closed because every server failed
+  std::array<Counter, kRouteMissCount> routeMisses;  // by RouteMiss
   Counter idleTimeouts;
   Counter resets;                    // sessions ended by a reset (either side)
   SessionHistogram sessionDuration;  // accept to close, of the sessions `connections` counts

@@ -13,11 +13,6 @@
 
 namespace grelay::proxy {
 
-namespace {
-
-// `text` as a JSON string. A client's SNI is any bytes but NUL: quotes, backslashes and
-// control characters are escaped, and so is every byte past ASCII (as the code point of
-// its Latin-1 reading), so the line is valid JSON and UTF-8 whatever the client sent.
 std::string jsonString(std::string_view text) {
   std::string out = "\"";
   for (const char ch : text) {
@@ -35,8 +30,6 @@ std::string jsonString(std::string_view text) {
   }
   return out + "\"";
 }
-
-}  // namespace
 
 std::string sessionId(uint32_t worker, uint64_t session) {
   static const std::string run = [] {

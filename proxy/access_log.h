@@ -45,6 +45,12 @@ struct AccessRecord {
   uint32_t mirrorsCut = 0;
 };
 
+// `text` as a JSON string. A client's SNI is any bytes but NUL: quotes, backslashes and
+// control characters are escaped, and so is every byte past ASCII (as the code point of
+// its Latin-1 reading), so the line is valid JSON and UTF-8 whatever the client sent (and
+// a log line quoting it stays one printable line).
+std::string jsonString(std::string_view text);
+
 // A session's ID, unique across runs as well: "<run>-<worker>-<session>", where <run> is
 // 8 hex digits drawn at random once per process ("3f09c2d1-0-17"). The access log's "id"
 // and the PROXY protocol's PP2_TYPE_UNIQUE_ID (proxy_protocol_tlvs "unique_id").

@@ -659,8 +659,10 @@ void logGeneration(const Generation& gen) {
                 r.upstream;
     }
     GRELAY_LOG_INFO("listener %s on %s -> upstream %s%s (%zu mirror%s%s%s)", l.name.c_str(),
-                    l.listen.text.c_str(), l.upstream.c_str(), routes.c_str(), l.mirrors.size(),
-                    l.mirrors.size() == 1 ? "" : "s", l.tap ? ", tap" : "", l.tls ? ", TLS" : "");
+                    l.listen.text.c_str(),
+                    l.upstream.empty() ? "(none: other names are reset)" : l.upstream.c_str(),
+                    routes.c_str(), l.mirrors.size(), l.mirrors.size() == 1 ? "" : "s",
+                    l.tap ? ", tap" : "", l.tls ? ", TLS" : "");
   }
 }
 

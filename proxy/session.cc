@@ -1114,9 +1114,9 @@ void Session::readClientHello() {
   }
   // Not TLS, no name, cut short: the listener's own upstream takes it.
   if (parsed.status == ClientHelloParse::Status::Invalid) {
-    routeDefault_ = metrics::kRouteNotTls;
+    routeMiss_ = metrics::kRouteNotTls;
   } else if (parsed.status == ClientHelloParse::Status::Incomplete) {
-    routeDefault_ = handshakeTimedOut_ ? metrics::kRouteTimeout : metrics::kRouteClosed;
+    routeMiss_ = handshakeTimedOut_ ? metrics::kRouteTimeout : metrics::kRouteClosed;
   }
   afterClientHello(parsed.status == ClientHelloParse::Status::Done ? parsed.serverName
                                                                    : std::string());
@@ -1150,18 +1150,27 @@ void Session::afterClientHello(std::string serverName) {
   beginSession();
 }
 
-void Session::chooseRoute() {
+bool Session::chooseRoute() {
   if (listener_->routed.empty()) {
-    return;
+    return true;
   }
   const std::string_view name =
       client_.tls_ != nullptr ? client_.tls_->serverName() : std::string_view(peekedName_);
   const size_t route = config::routeFor(*listener_->config, name);
   if (route != config::kNoRoute && route < listener_->routed.size()) {
     listener_ = listener_->routed[route];
-  } else {
-    stats().routeDefaults[routeDefault_].inc();
+    return true;
   }
+  stats().routeMisses[routeMiss_].inc();
+  if (listener_->upstream == nullptr) {
+    host_.listenerTrouble(*listener_, "client " + formatAddress(clientAddress_) + " asked for " +
+                                          (name.empty() ? "no server name" : jsonString(name)) +
+                                          ", which no route has, and the listener has no "
+                                          "upstream: reset");
+    close(true, false, false, tap::CloseReason::kError);
+    return false;
+  }
+  return true;
 }
 
 void Session::beginSession() {
@@ -1171,7 +1180,9 @@ void Session::beginSession() {
   if (ListenerContext* newer = host_.newerContext(*listener_)) {
     listener_ = newer;
   }
-  chooseRoute();
+  if (!chooseRoute()) {
+    return;
+  }
   routed_ = true;
   UpstreamPool& pool = *listener_->upstream;
   pickServerOrder();

@@ -401,8 +401,9 @@ private:
   void pollForClientHello();
   void clientHelloPolled(int32_t res);
   void afterClientHello(std::string serverName);
-  // The route for the server name the client asked for (beginSession).
-  void chooseRoute();
+  // The route for the server name the client asked for (beginSession); false when there is
+  // none and the listener has no upstream of its own: the session is reset.
+  bool chooseRoute();
   // forward_sni: the name the client asked for, when it is a host name, becomes the SNI of
   // the upstream handshake and the name its certificate must have.
   void forwardServerName(UpstreamPeerName& peer, bool verify) const;
@@ -508,8 +509,8 @@ private:
   bool clientHelloEnded_ = false;  // the client closed (or timed out) before it was whole
   bool lowWaterSet_ = false;       // SO_RCVLOWAT is raised on the client's socket
   bool routed_ = false;            // beginSession() chose the upstream pool
-  // Why the read-ahead found no name to route by (metrics::RouteDefault).
-  uint8_t routeDefault_ = metrics::kRouteUnmatched;
+  // Why the read-ahead found no name to route by (metrics::RouteMiss).
+  uint8_t routeMiss_ = metrics::kRouteUnmatched;
   uint64_t lastActivity_ = 0;
   uint64_t closeStart_ = 0;
   uint32_t inflight_ = 0;

@@ -15,7 +15,7 @@ TEST(CheckTest, ValidFilePrintsASummaryAndReturnsZero) {
   std::string path = std::string(GRELAY_SOURCE_DIR) + "/config/examples/full.toml";
   std::ostringstream out, err;
   EXPECT_EQ(runCheck(path, out, err), 0);
-  EXPECT_EQ(out.str(), path + ": ok (2 listeners, 2 upstreams, 2 mirrors, 1 tap)\n");
+  EXPECT_EQ(out.str(), path + ": ok (2 listeners, 2 upstreams, 2 mirrors, 1 tap, 1 route)\n");
   EXPECT_EQ(err.str(), "");
 }
 

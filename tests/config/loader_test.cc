@@ -1289,6 +1289,21 @@ TEST(LoaderTest, RoutesByServerName) {
   EXPECT_EQ(config::routeFor(l, ""), config::kNoRoute);
   EXPECT_EQ(config::routeFor(l, std::string(300, 'a')), config::kNoRoute);
 
+  // Routes may stand in for the listener's upstream (other names are then reset); nothing
+  // else may.
+  std::string routesOnly =
+      file({"[[listener.route]]", R"(sni = ["a.example"])", R"(upstream = "api")"});
+  routesOnly.erase(routesOnly.find("upstream = \"app\"\n"), 17);
+  result = loadString(routesOnly, "t.toml");
+  ASSERT_TRUE(result.ok()) << result.errors[0].toString();
+  EXPECT_EQ(result.config->listeners[0].upstream, "");
+  std::string neither = file({});
+  neither.erase(neither.find("upstream = \"app\"\n"), 17);
+  EXPECT_THAT(errorsOf(neither),
+              ElementsAre("t.toml:7:1: missing required key 'upstream' in [[listener]]"));
+  std::string empty = file({"[[listener.route]]", R"(sni = ["a.example"])", R"(upstream = "api")"});
+  empty.replace(empty.find("upstream = \"app\""), 16, "upstream = \"\"");
+  EXPECT_THAT(errorsOf(empty), ElementsAre("t.toml:10:12: 'upstream' must not be empty"));
   EXPECT_THAT(
       errorsOf(file({"[[listener.route]]", R"(sni = ["a.example"])", R"(upstream = "nope")"})),
       ElementsAre("t.toml:13:12: unknown upstream 'nope'"));

@@ -123,9 +123,11 @@ void checkAccepted(const Config& c) {
     checkAddress(l.listen, "listener listen");
     FUZZ_CHECK(endpoints.insert(oracleKey(l.listen)).second,
                "listen address shared: " + l.listen.text);
-    FUZZ_CHECK(
-        l.upstream_index < c.upstreams.size() && c.upstreams[l.upstream_index].name == l.upstream,
-        "listener " + l.name + " upstream '" + printable(l.upstream) + "'");
+    // No upstream of its own only with routes (sessions no route takes are reset).
+    FUZZ_CHECK(l.upstream.empty() ? !l.routes.empty()
+                                  : l.upstream_index < c.upstreams.size() &&
+                                        c.upstreams[l.upstream_index].name == l.upstream,
+               "listener " + l.name + " upstream '" + printable(l.upstream) + "'");
     std::set<std::string> routeNames;
     for (const RouteConfig& r : l.routes) {
       FUZZ_CHECK(

@@ -17,6 +17,8 @@ own `upstream`.
 - Metrics: {listener, upstream} series for every pool of the listener (sent bytes, connect
   errors, connect durations), a refused route counted against its own pool; the access
   log's `upstream` and `sni` fields.
+- A listener with routes and no upstream of its own resets a client asking for another
+  name (or a plaintext one), before anything connects, counted and logged.
 - A reload that points a route at another pool moves new sessions there.
 """
 
@@ -95,10 +97,10 @@ class RoutingTest(h.TlsTest):
         return [bytes(r.data) for r in sink.records()]
 
     @staticmethod
-    def route_defaults(g):
-        """grelay_route_defaults_total of listener web, by reason."""
+    def route_misses(g):
+        """grelay_route_misses_total of listener web, by reason."""
         return {dict(labels)["reason"]: v for (name, labels), v in g.metrics().items()
-                if name == "grelay_route_defaults_total" and dict(labels)["listener"] == "web"}
+                if name == "grelay_route_misses_total" and dict(labels)["listener"] == "web"}
 
     def test_passthrough_routes_real_tls_by_client_hello(self):
         certs = self.certs
@@ -171,7 +173,7 @@ class RoutingTest(h.TlsTest):
             self.assertEqual(self.received(web, 3),
                              [b"GET / HTTP/1.0\r\n\r\n", hello[:len(hello) // 2], plain])
             self.assertEqual(api.conns, [])
-            self.assertEqual(self.route_defaults(g), {"unmatched": 1, "not_tls": 1,
+            self.assertEqual(self.route_misses(g), {"unmatched": 1, "not_tls": 1,
                                                       "timeout": 0, "closed": 1})
 
     def test_a_silent_client_goes_to_the_listeners_pool_after_connect_timeout(self):
@@ -189,7 +191,7 @@ class RoutingTest(h.TlsTest):
             s.close()
             self.assertEqual(self.received(web, 1), [b"late words"])
             self.assertEqual(api.conns, [])
-            self.assertEqual(self.route_defaults(g)["timeout"], 1)
+            self.assertEqual(self.route_misses(g)["timeout"], 1)
 
     def test_termination_routes_by_the_handshakes_name(self):
         certs = self.certs
@@ -206,7 +208,7 @@ class RoutingTest(h.TlsTest):
             self.assertEqual(self.received(api, 2),
                              [b"api.example.test", b"Z.API.example.test"])
             self.assertEqual(self.received(web, 1), [b"www.example.test"])
-            self.assertEqual(self.route_defaults(g), {"unmatched": 1})
+            self.assertEqual(self.route_misses(g), {"unmatched": 1})
             g.stop()
         with open(log) as f:
             lines = [json.loads(x) for x in f.read().splitlines()]
@@ -232,6 +234,35 @@ class RoutingTest(h.TlsTest):
                 self.assertEqual(g.metric("grelay_upstream_connect_errors_total",
                                           listener="web", upstream="web"), 0)
                 self.assertEqual(g.metric("grelay_upstream_unavailable_total", listener="web"), 1)
+
+    def test_a_listener_with_routes_only_resets_other_names(self):
+        api = self.enter(h.SinkServer())
+        log = os.path.join(tempfile.mkdtemp(prefix="grelay-route-"), "access.log")
+        self.addCleanup(lambda: os.path.exists(log) and os.remove(log))
+        cfg = h.Config()
+        cfg.upstream("api", [api.address])
+        port = cfg.listener("web", "api", access_log=log,
+                            route=[{"sni": API, "upstream": "api"}])
+        del cfg.listeners[0]["keys"]["upstream"]  # no pool of its own
+        cfg.with_admin()
+        hello = h.tls_client_hello("api.example.test")
+        with h.Grelay(cfg) as g:
+            self.assertIn("-> upstream (none: other names are reset), api.example.test (+1) -> api",
+                          g.log())
+            for other in (h.tls_client_hello("www.example.test"), b"GET / HTTP/1.0\r\n\r\n"):
+                end, got, _ = h.try_request(port, other)
+                self.assertEqual((end, got), ("reset", b""), other[:20])
+            self.send(port, [hello])
+            self.assertEqual(self.received(api, 1), [hello])
+            self.assertEqual(self.route_misses(g), {"unmatched": 1, "not_tls": 1, "timeout": 0,
+                                                    "closed": 0})
+            self.assertTrue(h.wait_for(lambda: "which no route has" in g.log(), h.slack(5)))
+            g.stop()
+        with open(log) as f:
+            lines = [json.loads(x) for x in f.read().splitlines()]
+        self.assertEqual(sorted((x["sni"] or "", x["upstream"] or "", x["end"]) for x in lines),
+                         [("", "", "error"), ("api.example.test", "api", "normal"),
+                          ("www.example.test", "", "error")])
 
     def test_reload_moves_a_route(self):
         cfg, api, web, port = self.routed()

@@ -1375,7 +1375,7 @@ TEST_F(RoutedSessionTest, AClientHelloInPiecesIsWaitedForWholeAndLeftInTheStream
   EXPECT_EQ(host_.sockets_.lowWater.at(kClientFd), 1);   // back to normal for the relay
   EXPECT_EQ(host_.sockets_.incoming[kClientFd], hello);  // peeked: all of it is relayed
   EXPECT_EQ(&s.listener(), &routeContext_);
-  for (const auto& counter : stats_->routeDefaults) {
+  for (const auto& counter : stats_->routeMisses) {
     EXPECT_EQ(counter.value(), 0u);
   }
   FakeOp* connect = ring().pending(OpKind::Connect, 100);
@@ -1394,8 +1394,8 @@ TEST_F(RoutedSessionTest, OtherNamesAndNonTlsClientsTakeTheListenersPoolAtOnce) 
   EXPECT_EQ(host_.sockets_.lowWater.count(kClientFd), 0u);  // never raised
   Session& plain = begin("GET / HTTP/1.1\r\n");
   EXPECT_EQ(&plain.listener(), &context_);
-  EXPECT_EQ(stats_->routeDefaults[metrics::kRouteUnmatched].value(), 1u);
-  EXPECT_EQ(stats_->routeDefaults[metrics::kRouteNotTls].value(), 1u);
+  EXPECT_EQ(stats_->routeMisses[metrics::kRouteUnmatched].value(), 1u);
+  EXPECT_EQ(stats_->routeMisses[metrics::kRouteNotTls].value(), 1u);
 }
 
 TEST_F(RoutedSessionTest, AClientHelloThatStopsIsRoutedByWhatCameAfterConnectTimeout) {
@@ -1410,7 +1410,7 @@ TEST_F(RoutedSessionTest, AClientHelloThatStopsIsRoutedByWhatCameAfterConnectTim
   EXPECT_EQ(host_.sockets_.lowWater.at(kClientFd), 1);
   EXPECT_NE(ring().pending(OpKind::Connect, 100), nullptr);
   EXPECT_FALSE(host_.sockets_.closed.count(kClientFd));
-  EXPECT_EQ(stats_->routeDefaults[metrics::kRouteTimeout].value(), 1u);
+  EXPECT_EQ(stats_->routeMisses[metrics::kRouteTimeout].value(), 1u);
 }
 
 TEST_F(RoutedSessionTest, AClientThatClosesHalfWayIsRoutedByWhatItSent) {
@@ -1421,7 +1421,24 @@ TEST_F(RoutedSessionTest, AClientThatClosesHalfWayIsRoutedByWhatItSent) {
   EXPECT_EQ(&s.listener(), &context_);
   EXPECT_NE(ring().pending(OpKind::Connect, 100), nullptr);
   EXPECT_EQ(host_.sockets_.incoming[kClientFd].size(), 30u);
-  EXPECT_EQ(stats_->routeDefaults[metrics::kRouteClosed].value(), 1u);
+  EXPECT_EQ(stats_->routeMisses[metrics::kRouteClosed].value(), 1u);
+}
+
+TEST_F(RoutedSessionTest, WithoutAnUpstreamOfItsOwnAListenerResetsWhatNoRouteTakes) {
+  context_.upstream = nullptr;  // a listener with routes only
+  context_.slotQueue = nullptr;
+  Session& other = begin(testing::clientHelloFor("www.example.test"));
+  EXPECT_TRUE(host_.sockets_.closed.at(kClientFd));  // reset, nothing connected
+  EXPECT_EQ(ring().pendingCount(OpKind::Connect), 0u);
+  EXPECT_EQ(stats_->routeMisses[metrics::kRouteUnmatched].value(), 1u);
+  ASSERT_EQ(host_.troubles.size(), 1u);
+  EXPECT_NE(host_.troubles[0].find("asked for \"www.example.test\", which no route has"),
+            std::string::npos)
+      << host_.troubles[0];
+  (void)other;
+  Session& api = begin(testing::clientHelloFor("api.example.test"));
+  EXPECT_EQ(&api.listener(), &routeContext_);
+  EXPECT_NE(ring().pending(OpKind::Connect, 100), nullptr);
 }
 
 }  // namespace
