@@ -13,6 +13,8 @@ own `upstream`.
   request), one without SNI and one that stops half-way through its ClientHello go to the
   listener's pool at once, with their bytes; one that sends nothing goes there after
   connect_timeout.
+- Behind accept_proxy_protocol, the ClientHello after the balancer's header routes; the
+  header is taken off and a route's pool with proxy_protocol gets grelay's own.
 - TLS termination (a listener with `tls`): the name from grelay's own handshake chooses.
 - Metrics: {listener, upstream} series for every pool of the listener (sent bytes, connect
   errors, connect durations), a refused route counted against its own pool; the access
@@ -175,6 +177,25 @@ class RoutingTest(h.TlsTest):
             self.assertEqual(api.conns, [])
             self.assertEqual(self.route_misses(g), {"unmatched": 1, "not_tls": 1,
                                                       "timeout": 0, "closed": 1})
+
+    def test_behind_a_proxy_header_the_client_hello_that_follows_routes(self):
+        api = self.enter(h.SinkServer())
+        web = self.enter(h.SinkServer())
+        cfg = h.Config()
+        cfg.upstream("web", [web.address])
+        cfg.upstream("api", [api.address], proxy_protocol="v1")
+        port = cfg.listener("web", "web", accept_proxy_protocol=True,
+                            route=[{"sni": API, "upstream": "api"}])
+        header = b"PROXY TCP4 203.0.113.9 192.0.2.1 41000 443\r\n"
+        hello = h.tls_client_hello("api.example.test")
+        with h.Grelay(cfg):
+            self.send(port, [header + hello])  # in one segment
+            self.send(port, [header, hello[:9], hello[9:]], gap=0.02)
+            # The header is the balancer's: taken off; the route's pool gets its own first.
+            self.assertEqual(self.received(api, 2), [header + hello] * 2)
+            other = h.tls_client_hello("www.example.test")
+            self.send(port, [header + other])
+            self.assertEqual(self.received(web, 1), [other])  # (web sends no header)
 
     def test_a_silent_client_goes_to_the_listeners_pool_after_connect_timeout(self):
         cfg, api, web, port = self.routed(connect_timeout="400ms")
