@@ -90,7 +90,12 @@ int main(int argc, char** argv) {
     config::LoadResult loaded = config::loadFile(configPath);
     proxy::TlsContexts tls;
     std::vector<std::string> errors;
-    if (loaded.config && !tls.build(*loaded.config, false, &errors)) {
+    std::vector<std::string> warnings;
+    const bool built = !loaded.config || tls.build(*loaded.config, false, &errors, &warnings);
+    for (const auto& w : warnings) {
+      std::cerr << w << "\n";
+    }
+    if (!built) {
       for (const auto& e : errors) {
         std::cerr << e << "\n";
       }

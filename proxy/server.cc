@@ -456,7 +456,12 @@ std::unique_ptr<Generation> buildGeneration(std::shared_ptr<const config::Config
 
   gen->tls = std::make_shared<TlsContexts>();
   std::vector<std::string> tlsErrors;
-  if (!gen->tls->build(*cfg, features.ktls, &tlsErrors)) {
+  std::vector<std::string> tlsWarnings;
+  const bool tlsBuilt = gen->tls->build(*cfg, features.ktls, &tlsErrors, &tlsWarnings);
+  for (const std::string& w : tlsWarnings) {
+    GRELAY_LOG_WARN("%s", w.c_str());
+  }
+  if (!tlsBuilt) {
     *error = tlsErrors.front();
     for (size_t i = 1; i < tlsErrors.size(); ++i) {
       *error += "\n" + tlsErrors[i];

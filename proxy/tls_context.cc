@@ -298,7 +298,57 @@ TlsContexts::~TlsContexts() {
   }
 }
 
-bool TlsContexts::build(const config::Config& cfg, bool ktls, std::vector<std::string>* errors) {
+namespace {
+
+// Whether a certificate with DNS names `names` (lower case) serves the route name
+// `pattern`: an exact name, or a "*.domain" that covers one label in front of domain; a
+// route wildcard needs the same wildcard in the certificate.
+bool covered(const std::vector<std::string>& names, const std::string& pattern) {
+  for (const std::string& name : names) {
+    if (name == pattern) {
+      return true;
+    }
+    const size_t dot = pattern.find('.');
+    if (!pattern.starts_with("*.") && name.starts_with("*.") && dot != std::string::npos &&
+        dot > 0 && pattern.compare(dot + 1, std::string::npos, name, 2) == 0) {
+      return true;
+    }
+  }
+  return false;
+}
+
+// Routes of a terminating listener for names none of its certificates has: with
+// strict_sni they are never taken (the handshake fails first); without, their clients get
+// the default certificate, which a client that verifies refuses.
+void checkRouteNames(const config::ListenerConfig& l, SSL_CTX* def,
+                     std::vector<std::string>* warnings) {
+  std::vector<std::string> names = dnsNames(def);
+  if (const auto* table = static_cast<const SniTable*>(SSL_CTX_get_ex_data(def, sniTableIndex()))) {
+    for (SSL_CTX* ctx : table->owned) {
+      for (std::string& name : dnsNames(ctx)) {
+        names.push_back(std::move(name));
+      }
+    }
+  }
+  for (const config::RouteConfig& r : l.routes) {
+    for (const std::string& pattern : r.sni) {
+      if (covered(names, pattern)) {
+        continue;
+      }
+      warnings->push_back(
+          at(r.location,
+             "warning: listener " + l.name + ": no certificate has the route name '" + pattern +
+                 (l.tls->strict_sni ? "' and strict_sni refuses it: the route is never taken"
+                                    : "': its clients get the default certificate, which a client "
+                                      "that verifies refuses")));
+    }
+  }
+}
+
+}  // namespace
+
+bool TlsContexts::build(const config::Config& cfg, bool ktls, std::vector<std::string>* errors,
+                        std::vector<std::string>* warnings) {
   const size_t before = errors->size();
   listeners_.assign(cfg.listeners.size(), nullptr);
   upstreams_.assign(cfg.upstreams.size(), nullptr);
@@ -311,6 +361,9 @@ bool TlsContexts::build(const config::Config& cfg, bool ktls, std::vector<std::s
     listeners_[i] = serverContext(t, {t.cert, t.key, t.location}, ktls, errors);
     if (listeners_[i] != nullptr && (!t.certs.empty() || t.strict_sni)) {
       addSniCertificates(listeners_[i], t, ktls, errors);
+    }
+    if (listeners_[i] != nullptr && warnings != nullptr && !l.routes.empty()) {
+      checkRouteNames(l, listeners_[i], warnings);
     }
   }
   for (size_t i = 0; i < cfg.upstreams.size(); ++i) {

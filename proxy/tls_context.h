@@ -28,7 +28,10 @@ public:
 
   // Builds every context `config` needs. `ktls`: let OpenSSL hand records to kernel TLS.
   // On failure returns false and appends "FILE:LINE:COL: message" lines to `errors`.
-  bool build(const config::Config& config, bool ktls, std::vector<std::string>* errors);
+  // `warnings` (if given) gets "FILE:LINE:COL: warning: message" lines for what works but
+  // is likely a mistake: a route of a TLS listener for a name no certificate has.
+  bool build(const config::Config& config, bool ktls, std::vector<std::string>* errors,
+             std::vector<std::string>* warnings = nullptr);
 
   SSL_CTX* listener(size_t i) const { return i < listeners_.size() ? listeners_[i] : nullptr; }
   SSL_CTX* upstream(size_t i) const { return i < upstreams_.size() ? upstreams_[i] : nullptr; }

@@ -15,7 +15,8 @@ own `upstream`.
   connect_timeout.
 - Behind accept_proxy_protocol, the ClientHello after the balancer's header routes; the
   header is taken off and a route's pool with proxy_protocol gets grelay's own.
-- TLS termination (a listener with `tls`): the name from grelay's own handshake chooses.
+- TLS termination (a listener with `tls`): the name from grelay's own handshake chooses;
+  `--check` warns of a route name no certificate has.
 - Metrics: {listener, upstream} series for every pool of the listener (sent bytes, connect
   errors, connect durations), a refused route counted against its own pool; the access
   log's `upstream` and `sni` fields.
@@ -236,6 +237,28 @@ class RoutingTest(h.TlsTest):
         self.assertEqual(sorted((x["sni"], x["upstream"]) for x in lines),
                          [("Z.API.example.test", "api"), ("api.example.test", "api"),
                           ("www.example.test", "web")])
+
+    def test_check_warns_of_route_names_no_certificate_has(self):
+        certs = self.certs  # server: DNS:localhost only
+        for strict, effect in ((False, "its clients get the default certificate"),
+                               (True, "strict_sni refuses it: the route is never taken")):
+            cfg = h.Config()
+            cfg.upstream("web", ["127.0.0.1:9"])
+            cfg.upstream("api", ["127.0.0.1:9"])
+            cfg.listener("web", "web", route=[{"sni": ["localhost", "api.example.test"],
+                                               "upstream": "api"}],
+                         tls={"cert": certs.server[0], "key": certs.server[1],
+                              "strict_sni": strict})
+            path = os.path.join(tempfile.mkdtemp(prefix="grelay-route-"), "grelay.toml")
+            with open(path, "w") as f:
+                f.write(cfg.render())
+            r = h.run_grelay(["-c", path, "--check"])
+            self.assertEqual(r.returncode, 0, r.stderr)
+            self.assertIn("1 route)", r.stdout)
+            warnings = [x for x in r.stderr.splitlines() if "warning:" in x]
+            self.assertEqual(len(warnings), 1, r.stderr)
+            self.assertIn("no certificate has the route name 'api.example.test'", warnings[0])
+            self.assertIn(effect, warnings[0])
 
     def test_a_refused_route_counts_against_its_pool(self):
         with h.RefusingPort() as refused:
