@@ -28,6 +28,10 @@ constexpr uint16_t kServerNameExtension = 0;
 constexpr uint8_t kHostNameType = 0;
 constexpr size_t kMaxHostName = 255;
 
+// application_layer_protocol_negotiation (RFC 7301 3.1): a ProtocolNameList of
+// length(1) name, each name 1..255 bytes.
+constexpr uint16_t kAlpnExtension = 16;
+
 enum class Step : uint8_t { Ok, Short, Bad };
 
 // Reads a structure `end` bytes long of which only the first `avail` may be at hand yet: a
@@ -122,9 +126,32 @@ Step parseServerName(Cursor in, std::string& name) {
   return Step::Ok;
 }
 
+// The ALPN extension's data: the protocols it lists, in order, into `protocols`.
+Step parseAlpn(Cursor in, std::vector<std::string>& protocols) {
+  size_t listLength = 0;
+  GRELAY_TRY(in.u16(listLength));
+  if (listLength < 2 || listLength != in.left()) {
+    return Step::Bad;
+  }
+  std::vector<std::string> found;
+  while (!in.atEnd()) {
+    size_t length = 0;
+    GRELAY_TRY(in.u8(length));
+    if (length == 0) {
+      return Step::Bad;
+    }
+    const uint8_t* bytes = nullptr;
+    GRELAY_TRY(in.bytes(length, bytes));
+    found.emplace_back(reinterpret_cast<const char*>(bytes), length);
+  }
+  protocols = std::move(found);
+  return Step::Ok;
+}
+
 // The ClientHello's body (RFC 8446 4.1.2, which keeps TLS 1.2's layout): Ok once all of it
-// is read and well formed, with the server name (if any) in `name`.
-Step parseClientHelloBody(Cursor in, std::string& name) {
+// is read and well formed, with the server name (if any) in `name` and the ALPN protocols
+// offered (if any) in `protocols`.
+Step parseClientHelloBody(Cursor in, std::string& name, std::vector<std::string>& protocols) {
   size_t length = 0;
   GRELAY_TRY(in.skip(2 + 32));  // legacy_version, random
   GRELAY_TRY(in.u8(length));
@@ -150,6 +177,7 @@ Step parseClientHelloBody(Cursor in, std::string& name) {
     return Step::Bad;
   }
   bool seenServerName = false;
+  bool seenAlpn = false;
   while (!in.atEnd()) {
     size_t type = 0;
     GRELAY_TRY(in.u16(type));
@@ -164,6 +192,12 @@ Step parseClientHelloBody(Cursor in, std::string& name) {
       }
       seenServerName = true;
       GRELAY_TRY(parseServerName(in.nested(length), name));
+    } else if (type == kAlpnExtension) {
+      if (seenAlpn) {
+        return Step::Bad;
+      }
+      seenAlpn = true;
+      GRELAY_TRY(parseAlpn(in.nested(length), protocols));
     }
     GRELAY_TRY(in.skip(length));
   }
@@ -279,13 +313,15 @@ ClientHelloParse parseClientHello(const uint8_t* data, size_t length) {
     return result;
   }
   std::string name;
+  std::vector<std::string> protocols;
   const Step step = parseClientHelloBody(
       Cursor(message.data() + kHandshakeHeader, message.size() - kHandshakeHeader,
              messageLength - kHandshakeHeader),
-      name);
+      name, protocols);
   if (step == Step::Ok) {
     result.status = ClientHelloParse::Status::Done;
     result.serverName = std::move(name);
+    result.alpn = std::move(protocols);
   } else if (step == Step::Short && need != 0) {
     result.status = ClientHelloParse::Status::Incomplete;
     result.need = need;

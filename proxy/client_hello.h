@@ -8,6 +8,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <string>
+#include <vector>
 
 namespace grelay::proxy {
 
@@ -21,12 +22,15 @@ struct ClientHelloParse {
   size_t need = 0;  // Incomplete: the bytes from the stream's start it needs to go on (> length,
                     // <= kMaxClientHelloPeek)
   std::string serverName;  // Done: the server_name extension's host_name, as sent; empty = none
+  // Done: the protocols the client offers for ALPN, in its order; empty = no ALPN.
+  std::vector<std::string> alpn;
 };
 
 // Parses the start of a TLS client's stream: TLS handshake records (content type 22, version
 // major 3, length 1..16384) carrying a ClientHello (handshake type 1), reassembled across
 // records. Invalid: not a TLS handshake (an HTTP request, SSLv2-style hello, another record
-// type), a malformed ClientHello, a host_name that is empty or longer than 255 bytes, or one
+// type), a malformed ClientHello (an ALPN extension with an empty list or an empty
+// protocol name among them), a host_name that is empty or longer than 255 bytes, or one
 // that would need more than kMaxClientHelloPeek bytes.
 //
 // A result depends only on the bytes it needed: Done and Invalid stay so whatever follows

@@ -5,9 +5,9 @@
 //   - Incomplete asks for more than it had and at most kMaxClientHelloPeek, and a stream
 //     that stops short of `need` (whatever the bytes before it) is never Done;
 //   - Done and Invalid are final: the input with more bytes after it parses the same (status
-//     and name), so more of the stream never changes a decision already made;
+//     name and ALPN protocols), so more of the stream never changes a decision made;
 //   - Incomplete is Incomplete for every shorter prefix (checked: one byte shorter, half);
-//   - a Done name is 1..255 bytes; other results carry no name.
+//   - a Done name is 1..255 bytes, and so is each ALPN protocol; other results carry none.
 #include <cstddef>
 #include <cstdint>
 #include <string>
@@ -30,7 +30,7 @@ ClientHelloParse parseCopy(const std::vector<uint8_t>& bytes, size_t length) {
 }
 
 bool sameResult(const ClientHelloParse& a, const ClientHelloParse& b) {
-  return a.status == b.status && a.serverName == b.serverName &&
+  return a.status == b.status && a.serverName == b.serverName && a.alpn == b.alpn &&
          (a.status != Status::Incomplete || a.need == b.need);
 }
 
@@ -45,8 +45,12 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
   FUZZ_CHECK(sameResult(parseCopy(input, size), parsed), "deterministic");
   if (parsed.status == Status::Done) {
     FUZZ_CHECK(parsed.serverName.size() <= 255, printable(parsed.serverName));  // 0 = none
+    for (const std::string& protocol : parsed.alpn) {
+      FUZZ_CHECK(!protocol.empty() && protocol.size() <= 255, "ALPN " + printable(protocol));
+    }
   } else {
     FUZZ_CHECK(parsed.serverName.empty(), printable(parsed.serverName));
+    FUZZ_CHECK(parsed.alpn.empty(), "ALPN protocols without a whole hello");
   }
 
   if (parsed.status == Status::Incomplete) {
@@ -75,7 +79,8 @@ extern "C" int LLVMFuzzerTestOneInput(const uint8_t* data, size_t size) {
     std::vector<uint8_t> longer = input;
     longer.insert(longer.end(), tail.begin(), tail.end());
     const ClientHelloParse again = parseCopy(longer, longer.size());
-    FUZZ_CHECK(again.status == parsed.status && again.serverName == parsed.serverName,
+    FUZZ_CHECK(again.status == parsed.status && again.serverName == parsed.serverName &&
+                   again.alpn == parsed.alpn,
                "with " + std::to_string(tail.size()) + " more bytes: " +
                    printable(again.serverName) + " vs " + printable(parsed.serverName));
   }

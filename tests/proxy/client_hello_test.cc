@@ -33,7 +33,8 @@ ClientHelloParse parse(const std::string& bytes) {
 }
 
 // The first flight of OpenSSL's client: the ClientHello in its record(s).
-std::string opensslHello(const char* serverName, int maxVersion = TLS1_3_VERSION) {
+std::string opensslHello(const char* serverName, int maxVersion = TLS1_3_VERSION,
+                         const std::string& alpnWire = "") {
   std::unique_ptr<SSL_CTX, decltype(&SSL_CTX_free)> ctx(SSL_CTX_new(TLS_client_method()),
                                                         &SSL_CTX_free);
   if (!ctx || SSL_CTX_set_max_proto_version(ctx.get(), maxVersion) != 1) {
@@ -47,6 +48,11 @@ std::string opensslHello(const char* serverName, int maxVersion = TLS1_3_VERSION
   BIO* out = BIO_new(BIO_s_mem());
   SSL_set_bio(ssl.get(), in, out);  // the SSL owns both now
   if (serverName != nullptr && SSL_set_tlsext_host_name(ssl.get(), serverName) != 1) {
+    return "";
+  }
+  if (!alpnWire.empty() &&
+      SSL_set_alpn_protos(ssl.get(), reinterpret_cast<const unsigned char*>(alpnWire.data()),
+                          static_cast<unsigned>(alpnWire.size())) != 0) {
     return "";
   }
   if (SSL_connect(ssl.get()) == 1) {
@@ -469,6 +475,36 @@ TEST(ClientHello, AHelloPastThePeekLimitIsInvalid) {
   std::string huge("\x16\x03\x01\x00\x04\x01\x00\x48\x00", 9);
   EXPECT_EQ(parse(huge).status, Status::Invalid);
   EXPECT_EQ(parse(huge, 8).status, Status::Incomplete);
+}
+
+TEST(ClientHello, FindsTheAlpnProtocolsOffered) {
+  const std::string hello =
+      opensslHello("grpc.example", TLS1_3_VERSION, std::string("\x02h2\x08http/1.1", 12));
+  const ClientHelloParse p = parse(hello);
+  ASSERT_EQ(p.status, Status::Done);
+  EXPECT_EQ(p.serverName, "grpc.example");
+  EXPECT_EQ(p.alpn, (std::vector<std::string>{"h2", "http/1.1"}));
+  EXPECT_TRUE(parse(opensslHello("grpc.example")).alpn.empty());
+  // ACME's TLS-ALPN-01 challenge (RFC 8737) without a name.
+  const ClientHelloParse acme = parse(opensslHello(nullptr, TLS1_3_VERSION,
+                                                   std::string("\x0a"
+                                                               "acme-tls/1",
+                                                               11)));
+  ASSERT_EQ(acme.status, Status::Done);
+  EXPECT_EQ(acme.alpn, (std::vector<std::string>{"acme-tls/1"}));
+}
+
+TEST(ClientHello, MalformedAlpnIsInvalid) {
+  auto alpn = [](const std::string& data) { return std::pair<uint16_t, std::string>{16, data}; };
+  const std::string good = std::string("\x00\x03\x02h2", 5);
+  EXPECT_EQ(parse(helloRecord(Extensions{sni("a.example"), alpn(good)})).status, Status::Done);
+  for (const std::string& bad : {std::string("\x00\x00", 2), std::string("\x00\x01\x00", 3),
+                                 std::string("\x00\x04\x02h2", 5), std::string("\x00\x03\x03h2", 5),
+                                 std::string("\x00\x04\x02h2\x00", 6), std::string("\x00", 1)}) {
+    EXPECT_EQ(parse(helloRecord(Extensions{alpn(bad)})).status, Status::Invalid)
+        << testing::PrintToString(bad);
+  }
+  EXPECT_EQ(parse(helloRecord(Extensions{alpn(good), alpn(good)})).status, Status::Invalid);
 }
 
 }  // namespace
