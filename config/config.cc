@@ -24,24 +24,56 @@ std::string canonicalHostName(std::string_view name) {
   return out;
 }
 
-size_t routeFor(const ListenerConfig& listener, std::string_view serverName) {
-  if (listener.routes.empty() || serverName.empty() || serverName.size() > 255) {
+namespace {
+
+constexpr size_t kExactName = 1000;  // above any wildcard's suffix length
+
+// How well a route's names fit `name` (canonical): 0 = no match; 1 = the route has no
+// names (any name); a wildcard's suffix length + 1; kExactName for the name itself.
+size_t nameFit(const RouteConfig& route, std::string_view name) {
+  if (route.sni.empty()) {
+    return 1;
+  }
+  size_t fit = 0;
+  for (const std::string& pattern : route.sni) {
+    if (pattern.starts_with("*.")) {
+      const std::string_view suffix = std::string_view(pattern).substr(1);
+      if (name.size() > suffix.size() && name.ends_with(suffix)) {
+        fit = std::max(fit, suffix.size() + 1);
+      }
+    } else if (pattern == name) {
+      return kExactName;
+    }
+  }
+  return fit;
+}
+
+}  // namespace
+
+size_t routeFor(const ListenerConfig& listener, std::string_view serverName,
+                const std::vector<std::string>& protocols) {
+  if (listener.routes.empty() || serverName.size() > 255) {
     return kNoRoute;
   }
   const std::string name = canonicalHostName(serverName);
   size_t best = kNoRoute;
-  size_t bestSuffix = 0;  // of a wildcard match: the length of ".example.com"
+  std::pair<bool, size_t> bestFit{false, 0};
   for (size_t r = 0; r < listener.routes.size(); ++r) {
-    for (const std::string& pattern : listener.routes[r].sni) {
-      if (pattern.starts_with("*.")) {
-        const std::string_view suffix = std::string_view(pattern).substr(1);
-        if (name.size() > suffix.size() && name.ends_with(suffix) && suffix.size() > bestSuffix) {
-          best = r;
-          bestSuffix = suffix.size();
-        }
-      } else if (pattern == name) {
-        return r;  // (the loader refuses a name in two routes)
-      }
+    const RouteConfig& route = listener.routes[r];
+    const size_t fit = name.empty() ? (route.sni.empty() ? 1 : 0) : nameFit(route, name);
+    if (fit == 0) {
+      continue;
+    }
+    const bool byAlpn = !route.alpn.empty();
+    if (byAlpn && std::none_of(protocols.begin(), protocols.end(), [&](const std::string& p) {
+          return std::find(route.alpn.begin(), route.alpn.end(), p) != route.alpn.end();
+        })) {
+      continue;
+    }
+    const std::pair<bool, size_t> candidate{byAlpn, fit};
+    if (best == kNoRoute || candidate > bestFit) {
+      best = r;
+      bestFit = candidate;
     }
   }
   return best;

@@ -107,8 +107,12 @@ std::string canonicalHostName(std::string_view name);
 
 struct ListenerConfig;
 // The index in `listener.routes` of the route for a client that asked for `serverName`
-// (compared without case), or kNoRoute: the listener's own upstream.
-size_t routeFor(const ListenerConfig& listener, std::string_view serverName);
+// (compared without case) with ALPN `protocols`, or kNoRoute: the listener's own upstream.
+// Of the routes that match, one whose `alpn` matched wins over those without `alpn`; then
+// an exact name over wildcards, a longer wildcard over a shorter one, any name over a
+// route without `sni`. (The loader refuses two routes that could tie.)
+size_t routeFor(const ListenerConfig& listener, std::string_view serverName,
+                const std::vector<std::string>& protocols = {});
 
 // "10.0.0.5:8080", "[fd00::5]:8080" ("?" for another family).
 std::string formatEndpoint(const sockaddr_storage& address);
@@ -329,14 +333,17 @@ struct ListenerTlsConfig {
   Location location;
 };
 
-// Sessions whose client asks for one of `sni` go to `upstream` rather than the listener's
-// pool. The name is the one the client sent in its TLS handshake: on a listener with
-// `tls`, from grelay's own handshake; otherwise read ahead from the ClientHello, which
-// stays in the stream for the server.
+// Sessions whose client asks for one of `sni` (and one of `alpn`) go to `upstream` rather
+// than the listener's pool. The name and protocols are those of the client's TLS
+// handshake: on a listener with `tls`, the name it sent and the protocol grelay's
+// handshake chose; otherwise read ahead from the ClientHello, which stays in the stream for
+// the server: the name and the protocols it offers.
 struct RouteConfig {
   // Lower-case host names; "*.example.com" stands for every name under example.com (any
-  // depth). An exact name wins over wildcards, a longer wildcard over a shorter one.
+  // depth). Empty = any name (then `alpn` is not).
   std::vector<std::string> sni;
+  // ALPN protocol names ("h2", "acme-tls/1"); empty = whatever the client offers or none.
+  std::vector<std::string> alpn;
   std::string upstream;       // name of an [upstream.NAME] table
   size_t upstream_index = 0;  // index into Config::upstreams
   Location location;

@@ -920,7 +920,8 @@ private:
     bool upstream_ok = false;
     readTable(table, "in [[listener.route]]",
               {
-                  {"sni", serverNames(&r.sni), true},
+                  {"sni", serverNames(&r.sni)},
+                  {"alpn", protocols(&r.alpn)},
                   {"upstream",
                    [&](std::string_view key, const toml::node& node) {
                      return upstream_ok = string(&r.upstream)(key, node);
@@ -929,6 +930,13 @@ private:
               });
     if (upstream_ok) {
       findUpstream(*table.get("upstream"), r.upstream, &r.upstream_index);
+    }
+    if (table.get("sni") == nullptr && table.get("alpn") == nullptr) {
+      error(table.source(),
+            "a [[listener.route]] needs 'sni' or 'alpn' (or both): what it "
+            "takes sessions by");
+    } else if (const toml::node* alpn = table.get("alpn"); alpn != nullptr && r.alpn.empty()) {
+      error(alpn->source(), "'alpn' must not be empty (leave it out to match any protocol)");
     }
   }
 
@@ -985,17 +993,35 @@ private:
     return label > 0;
   }
 
-  // A name in two routes of a listener would route by the order of the tables.
+  // A name (or none) with a protocol (or none) in two routes of a listener would route by
+  // the order of the tables: refused, so that routeFor() never has a tie.
   void checkRouteNames(const ListenerConfig& l) {
+    static const std::vector<std::string> kAny{""};
+    auto names = [](const RouteConfig& r) -> const std::vector<std::string>& {
+      return r.sni.empty() ? kAny : r.sni;
+    };
+    auto protocols = [](const RouteConfig& r) -> const std::vector<std::string>& {
+      return r.alpn.empty() ? kAny : r.alpn;
+    };
+    auto has = [](const std::vector<std::string>& list, const std::string& item) {
+      return std::find(list.begin(), list.end(), item) != list.end();
+    };
     for (size_t r = 0; r < l.routes.size(); ++r) {
       for (size_t q = 0; q < r; ++q) {
-        for (const std::string& name : l.routes[r].sni) {
-          const auto& earlier = l.routes[q].sni;
-          if (std::find(earlier.begin(), earlier.end(), name) != earlier.end()) {
-            errors_.push_back(
-                {l.routes[r].location, "listener " + quoted(l.name) + ": " + quoted(name) +
-                                           " is in two routes (also line " +
-                                           std::to_string(l.routes[q].location.line) + ")"});
+        for (const std::string& name : names(l.routes[r])) {
+          if (!has(names(l.routes[q]), name)) {
+            continue;
+          }
+          for (const std::string& protocol : protocols(l.routes[r])) {
+            if (!has(protocols(l.routes[q]), protocol)) {
+              continue;
+            }
+            const std::string what = (name.empty() ? std::string("any name") : quoted(name)) +
+                                     (protocol.empty() ? "" : " with ALPN " + quoted(protocol));
+            errors_.push_back({l.routes[r].location, "listener " + quoted(l.name) + ": " + what +
+                                                         " is in two routes (also line " +
+                                                         std::to_string(l.routes[q].location.line) +
+                                                         ")"});
           }
         }
       }
@@ -1169,6 +1195,17 @@ std::vector<ConfigError> lintConfig(const Config& config) {
                                           ": takes PROXY protocol headers from any peer, and a "
                                           "header can claim any client address: set "
                                           "proxy_protocol_from to the load balancers' networks"});
+    }
+    for (const RouteConfig& r : l.routes) {
+      // Terminated here, a route matches the protocol grelay's own handshake chose, which
+      // is always one of tls.alpn.
+      for (const std::string& p : r.alpn) {
+        if (l.tls && std::find(l.tls->alpn.begin(), l.tls->alpn.end(), p) == l.tls->alpn.end()) {
+          warnings.push_back({r.location, "listener " + l.name + ": route ALPN '" + p +
+                                              "' is not in the listener's tls alpn, so the "
+                                              "handshake never chooses it: never matched"});
+        }
+      }
     }
     for (const MirrorConfig& m : l.mirrors) {
       if (m.resolve_interval.count() > 0 && !m.address.host_name) {

@@ -659,9 +659,16 @@ void logGeneration(const Generation& gen) {
   for (const auto& l : gen.config->listeners) {
     std::string routes;
     for (const config::RouteConfig& r : l.routes) {
-      routes += ", " + r.sni.front() +
-                (r.sni.size() > 1 ? " (+" + std::to_string(r.sni.size() - 1) + ")" : "") + " -> " +
-                r.upstream;
+      // "api.example.com (+1)", "alpn acme-tls/1", or both: enough to tell the routes apart.
+      auto first = [](const std::vector<std::string>& list) {
+        return list.front() +
+               (list.size() > 1 ? " (+" + std::to_string(list.size() - 1) + ")" : "");
+      };
+      std::string what = r.sni.empty() ? "" : first(r.sni);
+      if (!r.alpn.empty()) {
+        what += (what.empty() ? "alpn " : " alpn ") + first(r.alpn);
+      }
+      routes += ", " + what + " -> " + r.upstream;
     }
     GRELAY_LOG_INFO("listener %s on %s -> upstream %s%s (%zu mirror%s%s%s)", l.name.c_str(),
                     l.listen.text.c_str(),

@@ -1104,7 +1104,7 @@ void Session::readClientHello() {
     close(true, false, false, tap::CloseReason::kError);
     return;
   }
-  const ClientHelloParse parsed = parseClientHello(buf, n > 0 ? static_cast<size_t>(n) : size_t{0});
+  ClientHelloParse parsed = parseClientHello(buf, n > 0 ? static_cast<size_t>(n) : size_t{0});
   if (parsed.status == ClientHelloParse::Status::Incomplete && !clientHelloEnded_) {
     // The poll wakes once the next piece is all there (or at EOF), not at every segment.
     sockets.setReceiveLowWater(client_.fd_, static_cast<int>(parsed.need));
@@ -1117,6 +1117,9 @@ void Session::readClientHello() {
     routeMiss_ = metrics::kRouteNotTls;
   } else if (parsed.status == ClientHelloParse::Status::Incomplete) {
     routeMiss_ = handshakeTimedOut_ ? metrics::kRouteTimeout : metrics::kRouteClosed;
+  }
+  if (parsed.status == ClientHelloParse::Status::Done) {
+    peekedAlpn_ = std::move(parsed.alpn);
   }
   afterClientHello(parsed.status == ClientHelloParse::Status::Done ? parsed.serverName
                                                                    : std::string());
@@ -1156,7 +1159,13 @@ bool Session::chooseRoute() {
   }
   const std::string_view name =
       client_.tls_ != nullptr ? client_.tls_->serverName() : std::string_view(peekedName_);
-  const size_t route = config::routeFor(*listener_->config, name);
+  // Terminated here: the protocol the handshake chose; else those the ClientHello offers.
+  std::vector<std::string> chosen;
+  if (client_.tls_ != nullptr && !client_.tls_->alpn().empty()) {
+    chosen.emplace_back(client_.tls_->alpn());
+  }
+  const size_t route =
+      config::routeFor(*listener_->config, name, client_.tls_ != nullptr ? chosen : peekedAlpn_);
   if (route != config::kNoRoute && route < listener_->routed.size()) {
     listener_ = listener_->routed[route];
     return true;

@@ -502,13 +502,14 @@ private:
   // The client's TLS handshake, the upstream's, or the client's PROXY protocol header.
   uint64_t handshakeDeadline_ = 0;
   bool handshakeTimedOut_ = false;
-  bool clientCounted_ = false;     // clientLimit->acquire() succeeded: release() at the end
-  std::string proxyHeader_;        // the part of the client's PROXY header read so far
-  std::string receivedTlvs_;       // the TLVs of the client's (v2) PROXY header
-  std::string peekedName_;         // the server name read ahead from the ClientHello
-  bool clientHelloEnded_ = false;  // the client closed (or timed out) before it was whole
-  bool lowWaterSet_ = false;       // SO_RCVLOWAT is raised on the client's socket
-  bool routed_ = false;            // beginSession() chose the upstream pool
+  bool clientCounted_ = false;           // clientLimit->acquire() succeeded: release() at the end
+  std::string proxyHeader_;              // the part of the client's PROXY header read so far
+  std::string receivedTlvs_;             // the TLVs of the client's (v2) PROXY header
+  std::string peekedName_;               // the server name read ahead from the ClientHello
+  std::vector<std::string> peekedAlpn_;  // and the ALPN protocols it offers
+  bool clientHelloEnded_ = false;        // the client closed (or timed out) before it was whole
+  bool lowWaterSet_ = false;             // SO_RCVLOWAT is raised on the client's socket
+  bool routed_ = false;                  // beginSession() chose the upstream pool
   // Why the read-ahead found no name to route by (metrics::RouteMiss).
   uint8_t routeMiss_ = metrics::kRouteUnmatched;
   uint64_t lastActivity_ = 0;

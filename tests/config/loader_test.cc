@@ -887,6 +887,15 @@ TEST(LoaderTest, LintWarnsOnlyAboutWhatIsProbablyAMistake) {
   };
   const std::string_view local = R"(servers = ["127.0.0.1:8000"])";
   EXPECT_THAT(warnings({local}, {R"(listen = "0.0.0.0:8080")"}), IsEmpty());
+  // A route by a protocol the listener's own handshake never chooses.
+  TempDir dir;
+  const std::string key = dir.write("key.pem", "x");
+  const std::string tls =
+      "tls = { cert = \"" + key + "\", key = \"" + key + "\", alpn = [\"h2\"] }";
+  EXPECT_THAT(warnings({local}, {R"(listen = "0.0.0.0:8080")", tls, "[[listener.route]]",
+                                 R"(alpn = ["h2", "grpc-exp"])", R"(upstream = "app")"}),
+              ElementsAre(testing::HasSubstr("route ALPN 'grpc-exp' is not in the listener's "
+                                             "tls alpn")));
   // PROXY headers: from anyone on a reachable listener; fine on loopback or when restricted.
   EXPECT_THAT(warnings({local}, {R"(listen = "0.0.0.0:8080")", "accept_proxy_protocol = true"}),
               SizeIs(1));
@@ -1308,7 +1317,8 @@ TEST(LoaderTest, RoutesByServerName) {
       errorsOf(file({"[[listener.route]]", R"(sni = ["a.example"])", R"(upstream = "nope")"})),
       ElementsAre("t.toml:13:12: unknown upstream 'nope'"));
   EXPECT_THAT(errorsOf(file({"[[listener.route]]", R"(upstream = "api")"})),
-              ElementsAre(testing::HasSubstr("missing required key 'sni' in [[listener.route]]")));
+              ElementsAre("t.toml:11:1: a [[listener.route]] needs 'sni' or 'alpn' (or both): "
+                          "what it takes sessions by"));
   EXPECT_THAT(errorsOf(file({"[[listener.route]]", R"(sni = ["a.example"])"})),
               ElementsAre(testing::HasSubstr("missing required key 'upstream'")));
   EXPECT_THAT(errorsOf(file({"[[listener.route]]", R"(sni = [])", R"(upstream = "api")"})),
@@ -1328,6 +1338,59 @@ TEST(LoaderTest, RoutesByServerName) {
                              R"(upstream = "admin")"})),
               ElementsAre("t.toml:14:1: listener 'web': 'a.example' is in two routes (also line "
                           "11)"));
+}
+
+TEST(LoaderTest, RoutesByAlpnToo) {
+  auto file = [](const std::string& routes) {
+    return lines({"[upstream.web]", R"(servers = ["127.0.0.1:8000"])", "[upstream.grpc]",
+                  R"(servers = ["127.0.0.1:8001"])", "[upstream.acme]",
+                  R"(servers = ["127.0.0.1:8002"])", "[[listener]]", R"(name = "edge")",
+                  R"(listen = "127.0.0.1:8443")", R"(upstream = "web")"}) +
+           routes;
+  };
+  LoadResult result = loadString(
+      file(lines({"[[listener.route]]", R"(alpn = ["acme-tls/1"])", R"(upstream = "acme")",
+                  "[[listener.route]]", R"(sni = ["api.example.com", "*.example.com"])",
+                  R"(alpn = ["h2"])", R"(upstream = "grpc")", "[[listener.route]]",
+                  R"(sni = ["*.example.com"])", R"(upstream = "web")"})),
+      "t.toml");
+  ASSERT_TRUE(result.ok()) << result.errors[0].toString();
+  const config::ListenerConfig& l = result.config->listeners[0];
+  ASSERT_EQ(l.routes.size(), 3u);
+  EXPECT_TRUE(l.routes[0].sni.empty());
+  EXPECT_THAT(l.routes[1].alpn, ElementsAre("h2"));
+  using P = std::vector<std::string>;
+  // ACME's challenge goes to its responder whatever the name (ALPN first).
+  EXPECT_EQ(config::routeFor(l, "api.example.com", P{"acme-tls/1"}), 0u);
+  EXPECT_EQ(config::routeFor(l, "", P{"acme-tls/1"}), 0u);
+  // h2 to gRPC for example.com's names; the rest of them to web.
+  EXPECT_EQ(config::routeFor(l, "api.example.com", P{"h2", "http/1.1"}), 1u);
+  EXPECT_EQ(config::routeFor(l, "www.example.com", P{"h2"}), 1u);
+  EXPECT_EQ(config::routeFor(l, "www.example.com", P{"http/1.1"}), 2u);
+  EXPECT_EQ(config::routeFor(l, "www.example.com"), 2u);
+  EXPECT_EQ(config::routeFor(l, "other.org", P{"h2"}), config::kNoRoute);
+  EXPECT_EQ(config::routeFor(l, "", P{"h2"}), config::kNoRoute);
+
+  // What could tie is refused; a name with and without a protocol may coexist.
+  EXPECT_THAT(errorsOf(file(lines({"[[listener.route]]", R"(alpn = ["acme-tls/1", "x"])",
+                                   R"(upstream = "acme")", "[[listener.route]]",
+                                   R"(alpn = ["acme-tls/1"])", R"(upstream = "web")"}))),
+              ElementsAre("t.toml:14:1: listener 'edge': any name with ALPN 'acme-tls/1' is in "
+                          "two routes (also line 11)"));
+  EXPECT_THAT(
+      errorsOf(file(lines({"[[listener.route]]", R"(sni = ["a.example"])", R"(alpn = ["h2"])",
+                           R"(upstream = "grpc")", "[[listener.route]]", R"(sni = ["a.example"])",
+                           R"(alpn = ["h2", "h3"])", R"(upstream = "web")"}))),
+      ElementsAre(testing::HasSubstr("'a.example' with ALPN 'h2' is in two routes")));
+  EXPECT_TRUE(
+      loadString(file(lines({"[[listener.route]]", R"(sni = ["a.example"])", R"(alpn = ["h2"])",
+                             R"(upstream = "grpc")", "[[listener.route]]", R"(sni = ["a.example"])",
+                             R"(upstream = "web")"})),
+                 "t.toml")
+          .ok());
+  EXPECT_THAT(errorsOf(file(lines({"[[listener.route]]", R"(alpn = [])", R"(upstream = "web")"}))),
+              ElementsAre("t.toml:12:8: 'alpn' must not be empty (leave it out to match any "
+                          "protocol)"));
 }
 
 }  // namespace

@@ -17,6 +17,8 @@
 #include <string>
 #include <string_view>
 #include <tuple>
+#include <utility>
+#include <vector>
 
 #include "config/loader.h"
 #include "tests/fuzz/fuzz_util.h"
@@ -128,12 +130,33 @@ void checkAccepted(const Config& c) {
                                   : l.upstream_index < c.upstreams.size() &&
                                         c.upstreams[l.upstream_index].name == l.upstream,
                "listener " + l.name + " upstream '" + printable(l.upstream) + "'");
-    std::set<std::string> routeNames;
+    std::set<std::pair<std::string, std::string>> routeKeys;  // (name or "", protocol or "")
     for (const RouteConfig& r : l.routes) {
+      const size_t index = static_cast<size_t>(&r - &l.routes[0]);
       FUZZ_CHECK(
           r.upstream_index < c.upstreams.size() && c.upstreams[r.upstream_index].name == r.upstream,
           "listener " + l.name + " route upstream '" + printable(r.upstream) + "'");
-      FUZZ_CHECK(!r.sni.empty(), "listener " + l.name + ": a route without names");
+      FUZZ_CHECK(!r.sni.empty() || !r.alpn.empty(),
+                 "listener " + l.name + ": a route without names or protocols");
+      std::vector<std::string> protocols = r.alpn;
+      for (const std::string& p : protocols) {
+        FUZZ_CHECK(!p.empty() && p.size() <= 255, "route ALPN '" + printable(p) + "'");
+      }
+      if (protocols.empty()) {
+        protocols.push_back("");
+      }
+      for (const std::string& p : protocols) {
+        const std::vector<std::string> offered =
+            p.empty() ? std::vector<std::string>{} : std::vector<std::string>{p};
+        for (const std::string& name : r.sni.empty() ? std::vector<std::string>{""} : r.sni) {
+          FUZZ_CHECK(routeKeys.insert({name, p}).second,
+                     "a name and protocol in two routes: " + printable(name) + " " + printable(p));
+          // Each exact name (or none) with each protocol (or none) routes to its own route:
+          // no other route can tie or win.
+          FUZZ_CHECK(name.starts_with("*.") || routeFor(l, name, offered) == index,
+                     "routeFor '" + printable(name) + "' '" + printable(p) + "'");
+        }
+      }
       for (const std::string& name : r.sni) {
         const std::string_view host =
             name.starts_with("*.") ? std::string_view(name).substr(2) : std::string_view(name);
@@ -145,11 +168,6 @@ void checkAccepted(const Config& c) {
                                             ch == '-' || ch == '_' || ch == '.';
                                    }),
                    "route name '" + printable(name) + "'");
-        FUZZ_CHECK(routeNames.insert(name).second, "a name in two routes: " + printable(name));
-        // Each name routes to its own route (no other exact name or wildcard can win).
-        FUZZ_CHECK(
-            name.starts_with("*.") || routeFor(l, name) == static_cast<size_t>(&r - &l.routes[0]),
-            "routeFor '" + printable(name) + "'");
       }
     }
     FUZZ_CHECK(l.connect_timeout.count() >= 1 && l.connect_timeout <= kDay, "connect_timeout");

@@ -22,6 +22,8 @@ own `upstream`.
   log's `upstream` and `sni` fields.
 - A listener with routes and no upstream of its own resets a client asking for another
   name (or a plaintext one), before anything connects, counted and logged.
+- ALPN: an ACME TLS-ALPN-01 challenge (acme-tls/1) goes to its responder whatever the
+  name; on a terminating listener, the protocol grelay's handshake chose routes (h2).
 - A reload that points a route at another pool moves new sessions there.
 """
 
@@ -48,6 +50,22 @@ def refragment(hello: bytes, size: int) -> bytes:
         piece = body[i:i + size]
         out += hello[:3] + struct.pack("!H", len(piece)) + piece
     return out + hello[5 + length:]
+
+
+def hello_offering(name, protocols) -> bytes:
+    """A real ClientHello (Python's ssl) asking for `name` and offering ALPN `protocols`."""
+    import ssl
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    ctx.set_alpn_protocols(protocols)
+    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
+    obj = ctx.wrap_bio(incoming, outgoing, server_hostname=name)
+    try:
+        obj.do_handshake()
+    except ssl.SSLWantReadError:
+        pass
+    return outgoing.read()
 
 
 class RoutingTest(h.TlsTest):
@@ -307,6 +325,45 @@ class RoutingTest(h.TlsTest):
         self.assertEqual(sorted((x["sni"] or "", x["upstream"] or "", x["end"]) for x in lines),
                          [("", "", "error"), ("api.example.test", "api", "normal"),
                           ("www.example.test", "", "error")])
+
+    def test_alpn_routes_acme_challenges_and_h2(self):
+        acme = self.enter(h.SinkServer())
+        api = self.enter(h.SinkServer())
+        web = self.enter(h.SinkServer())
+        cfg = h.Config()
+        for pool, sink in (("web", web), ("api", api), ("acme", acme)):
+            cfg.upstream(pool, [sink.address])
+        port = cfg.listener("web", "web", route=[
+            {"alpn": ["acme-tls/1"], "upstream": "acme"},
+            {"sni": API, "upstream": "api"}])
+        with h.Grelay(cfg):
+            # The TLS-ALPN-01 challenge (RFC 8737) for a routed name goes to the responder.
+            challenge = hello_offering("api.example.test", ["acme-tls/1"])
+            normal = hello_offering("api.example.test", ["h2", "http/1.1"])
+            other = hello_offering("www.example.test", ["acme-tls/1"])
+            for hello in (challenge, normal, other):
+                self.send(port, [hello])
+            self.assertEqual(self.received(acme, 2), [challenge, other])
+            self.assertEqual(self.received(api, 1), [normal])
+            self.assertEqual(web.conns, [])
+
+    def test_termination_routes_by_the_protocol_its_handshake_chose(self):
+        import ssl
+        certs = self.certs
+        cfg, grpc, web, port = self.routed(
+            tls={"cert": certs.server[0], "key": certs.server[1], "alpn": ["h2", "http/1.1"]})
+        cfg.listeners[0]["keys"]["route"] = [{"alpn": ["h2"], "upstream": "api"}]
+        for offered, sink in ((["h2", "http/1.1"], grpc), (["http/1.1"], web), (None, web)):
+            ctx = h.tls_client_context(certs.ca, verify=False)
+            if offered:
+                ctx.set_alpn_protocols(offered)
+            with h.Grelay(cfg):
+                before = len(sink.conns)
+                r = h.tls_stream_session(port, b"x", context=ctx, expect=b"")
+                self.assertTrue(r.ok, f"{offered}: {r}")
+                self.assertEqual(self.received(sink, before + 1)[-1], b"x")
+        self.assertEqual(len(grpc.conns), 1)
+        del ssl
 
     def test_reload_moves_a_route(self):
         cfg, api, web, port = self.routed()

@@ -1441,5 +1441,24 @@ TEST_F(RoutedSessionTest, WithoutAnUpstreamOfItsOwnAListenerResetsWhatNoRouteTak
   EXPECT_NE(ring().pending(OpKind::Connect, 100), nullptr);
 }
 
+TEST_F(RoutedSessionTest, AnAlpnRouteTakesTheProtocolsTheClientHelloOffers) {
+  config::RouteConfig acme;
+  acme.alpn = {"acme-tls/1"};
+  acme.upstream = "api";
+  listenerConfig_.routes.insert(listenerConfig_.routes.begin(), acme);
+  stats_ = std::make_unique<metrics::ListenerStats>(0, 2);
+  context_.stats = stats_.get();
+  ListenerContext acmeContext = routeContext_;
+  acmeContext.stats = stats_.get();
+  acmeContext.upstreamUse = 1;
+  routeContext_.stats = stats_.get();
+  routeContext_.upstreamUse = 2;
+  context_.routed = {&acmeContext, &routeContext_};
+  Session& challenge = begin(testing::clientHelloFor("api.example.test", {"h2", "acme-tls/1"}));
+  EXPECT_EQ(&challenge.listener(), &acmeContext);
+  Session& other = begin(testing::clientHelloFor("api.example.test", {"h2"}));
+  EXPECT_EQ(&other.listener(), &routeContext_);
+}
+
 }  // namespace
 }  // namespace grelay::proxy
