@@ -2182,13 +2182,15 @@ class Tmpfs:
             pass
 
 
-def tls_client_hello(server_hostname: str = "localhost") -> bytes:
-    """The bytes of a real TLS ClientHello (Python's defaults): sent slowly, a handshake
-    that is valid so far but never completes."""
+def tls_client_hello(server_hostname: str = "localhost", alpn=None) -> bytes:
+    """The bytes of a real TLS ClientHello (Python's defaults; offering the ALPN protocols
+    `alpn` if given): sent slowly, a handshake that is valid so far but never completes."""
     import ssl
     ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
     ctx.check_hostname = False
     ctx.verify_mode = ssl.CERT_NONE
+    if alpn:
+        ctx.set_alpn_protocols(alpn)
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
     obj = ctx.wrap_bio(incoming, outgoing, server_hostname=server_hostname)
     try:

@@ -52,22 +52,6 @@ def refragment(hello: bytes, size: int) -> bytes:
     return out + hello[5 + length:]
 
 
-def hello_offering(name, protocols) -> bytes:
-    """A real ClientHello (Python's ssl) asking for `name` and offering ALPN `protocols`."""
-    import ssl
-    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    ctx.check_hostname = False
-    ctx.verify_mode = ssl.CERT_NONE
-    ctx.set_alpn_protocols(protocols)
-    incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    obj = ctx.wrap_bio(incoming, outgoing, server_hostname=name)
-    try:
-        obj.do_handshake()
-    except ssl.SSLWantReadError:
-        pass
-    return outgoing.read()
-
-
 class RoutingTest(h.TlsTest):
 
     def enter(self, server):
@@ -338,9 +322,9 @@ class RoutingTest(h.TlsTest):
             {"sni": API, "upstream": "api"}])
         with h.Grelay(cfg):
             # The TLS-ALPN-01 challenge (RFC 8737) for a routed name goes to the responder.
-            challenge = hello_offering("api.example.test", ["acme-tls/1"])
-            normal = hello_offering("api.example.test", ["h2", "http/1.1"])
-            other = hello_offering("www.example.test", ["acme-tls/1"])
+            challenge = h.tls_client_hello("api.example.test", alpn=["acme-tls/1"])
+            normal = h.tls_client_hello("api.example.test", alpn=["h2", "http/1.1"])
+            other = h.tls_client_hello("www.example.test", alpn=["acme-tls/1"])
             for hello in (challenge, normal, other):
                 self.send(port, [hello])
             self.assertEqual(self.received(acme, 2), [challenge, other])
@@ -348,7 +332,6 @@ class RoutingTest(h.TlsTest):
             self.assertEqual(web.conns, [])
 
     def test_termination_routes_by_the_protocol_its_handshake_chose(self):
-        import ssl
         certs = self.certs
         cfg, grpc, web, port = self.routed(
             tls={"cert": certs.server[0], "key": certs.server[1], "alpn": ["h2", "http/1.1"]})
@@ -363,7 +346,6 @@ class RoutingTest(h.TlsTest):
                 self.assertTrue(r.ok, f"{offered}: {r}")
                 self.assertEqual(self.received(sink, before + 1)[-1], b"x")
         self.assertEqual(len(grpc.conns), 1)
-        del ssl
 
     def test_reload_moves_a_route(self):
         cfg, api, web, port = self.routed()
