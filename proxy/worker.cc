@@ -329,20 +329,12 @@ void Worker::route(ListenerContext& context, size_t listener, WorkerRoutes& rout
   const size_t pool = context.upstreamUse == 0 ? l.upstream_index
                                                : l.routes[context.upstreamUse - 1].upstream_index;
   context.upstreamIndex = pool;
-  if (context.upstreamUse == 0 && l.upstream.empty()) {
-    // No pool of its own: a session no route takes is reset (Session::chooseRoute).
-    context.upstream = nullptr;
-    context.slotQueue = nullptr;
-    context.upstreamTls = nullptr;
-    context.mirrorHealth.clear();
-    for (const auto& h : routes.routes->mirrorHealth[listener]) {
-      context.mirrorHealth.push_back(h.get());
-    }
-    return;
-  }
-  context.upstream = routes.routes->upstreams[pool].get();
-  context.slotQueue = routes.slotQueues[pool].get();
-  context.upstreamTls = runtime_.tls != nullptr ? runtime_.tls->upstream(pool) : nullptr;
+  // No pool of its own (a listener with routes only): a session no route takes is reset
+  // (Session::chooseRoute).
+  const bool none = context.upstreamUse == 0 && l.upstream.empty();
+  context.upstream = none ? nullptr : routes.routes->upstreams[pool].get();
+  context.slotQueue = none ? nullptr : routes.slotQueues[pool].get();
+  context.upstreamTls = none || runtime_.tls == nullptr ? nullptr : runtime_.tls->upstream(pool);
   context.mirrorHealth.clear();
   for (const auto& h : routes.routes->mirrorHealth[listener]) {
     context.mirrorHealth.push_back(h.get());
