@@ -620,8 +620,9 @@ void HealthChecker::report(const Pool& p, const Target& t, uint64_t now) {
                       : error == ETIMEDOUT
                           ? "no answer within " + std::to_string(uc.check_timeout.count()) + " ms"
                           : strerror(error);
+    // The count is shared with sessions' connects: "failures", and the last one named.
     GRELAY_LOG_WARN(
-        "upstream %s: server %s marked down for %lld ms after %u failed connect%s (health "
+        "upstream %s: server %s marked down for %lld ms after %u failure%s in a row (health "
         "check: %s)",
         uc.name.c_str(), pool.server(server).text.c_str(),
         static_cast<long long>(uc.fail_timeout.count()), uc.max_fails, uc.max_fails == 1 ? "" : "s",

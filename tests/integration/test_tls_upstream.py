@@ -239,7 +239,7 @@ class TlsUpstreamTest(h.TlsTest):
                     lambda: g.metric("grelay_upstream_servers_down", upstream="pool") == 2, 15),
                     g.log())
                 self.assertRegex(g.log(), r"server 127\.0\.0\.1:\d+ marked down for 60000 ms after "
-                                          r"1 failed connect \(health check: TLS handshake: "
+                                          r"1 failure in a row \(health check: TLS handshake: "
                                           r"certificate verify failed: [^)]*\)")
                 self.assertEqual(g.metric("grelay_upstream_server_up", upstream="pool",
                                           server="good"), 1)

@@ -491,7 +491,7 @@ class UpstreamRefusedTest(h.GrelayTest):
                     lambda: g.metric("grelay_upstream_servers_down", upstream="app") == 1, 10),
                     "the blackhole was not marked down by a health check")
                 self.assertRegex(g.log(), r"upstream app: server 127\.0\.0\.1:\d+ marked down for "
-                                          r"5000 ms after 1 failed connect \(health check: no "
+                                          r"5000 ms after 1 failure in a row \(health check: no "
                                           r"answer within 300 ms\)")
                 # No session waits for the blackhole's connect_timeout (3 s): every one of
                 # them goes to the live server first, and none fails a connect.
