@@ -71,12 +71,13 @@ std::string accessLogLine(const AccessRecord& r) {
   std::snprintf(mirrors, sizeof(mirrors), ",\"mirrors\":%u,\"mirrors_cut\":%u}\n", r.mirrors,
                 r.mirrorsCut);
   const std::string sni = r.sni.empty() ? "null" : jsonString(r.sni);
+  const std::string alpn = r.alpn.empty() ? "null" : jsonString(r.alpn);
   const std::string cert = r.clientCert == nullptr ? "null" : jsonString(*r.clientCert);
   return std::string("{\"time\":\"") + time + "\",\"listener\":\"" + *r.listener +
          "\",\"worker\":" + std::to_string(r.worker) + ",\"session\":" + std::to_string(r.session) +
          ",\"id\":\"" + sessionId(r.worker, r.session) + "\"" + ",\"client\":\"" +
          formatAddress(r.client) + "\",\"upstream\":" + upstream + ",\"server\":" + server + "," +
-         numbers + sni + ",\"client_cert\":" + cert + mirrors;
+         numbers + sni + ",\"alpn\":" + alpn + ",\"client_cert\":" + cert + mirrors;
 }
 
 AccessLog::AccessLog(int fd, std::string path, std::string listener, metrics::ListenerStats& stats,

@@ -40,6 +40,9 @@ struct AccessRecord {
   // The server name the client sent in TLS SNI (terminated here, or read ahead for
   // routes); empty = none.
   std::string_view sni;
+  // The ALPN protocol: the one the handshake chose (terminated here), else the ones the
+  // ClientHello offered, comma-separated in its order (read ahead for routes); empty = none.
+  std::string_view alpn;
   const std::string* clientCert = nullptr;  // the subject of its certificate (mTLS), or null
   uint32_t mirrors = 0;                     // mirrors sampled for the session
   uint32_t mirrorsCut = 0;
@@ -61,10 +64,10 @@ std::string sessionId(uint32_t worker, uint64_t session);
 //  "client":"192.0.2.1:5555",
 //  "server":"127.0.0.1:8000","duration":0.004512,"queue":0.000000,"connect":0.000210,
 //  "request_bytes":78,"response_bytes":4321,
-//  "end":"normal","reset":false,"tls":true,"sni":"api.example.com",
+//  "end":"normal","reset":false,"tls":true,"sni":"api.example.com","alpn":"h2",
 //  "client_cert":"CN=alice,O=Example","mirrors":1,"mirrors_cut":0}  + "\n"
-// (one line; "server" and "connect" are null when no server was connected, "sni" and
-// "client_cert" when the client sent none; what the client sent is escaped as JSON needs).
+// (one line; "server" and "connect" are null when no server was connected, "sni", "alpn"
+// and "client_cert" when the client sent none; what the client sent is escaped as JSON needs).
 std::string accessLogLine(const AccessRecord& record);
 
 class AccessLog {

@@ -2043,8 +2043,10 @@ void Session::writeAccessLog() {
   r.reset = resetClient_;
   r.tls = cfg().tls.has_value();
   std::string clientCert;
+  std::string offered;
   if (client_.tls_ != nullptr) {
     r.sni = client_.tls_->serverName();  // known once the ClientHello was read, even if it failed
+    r.alpn = client_.tls_->alpn();
     relay::TlsChannel::PeerCertificate cert = client_.tls_->peerCertificate();
     if (cert.present) {
       clientCert = std::move(cert.subject);
@@ -2052,6 +2054,10 @@ void Session::writeAccessLog() {
     }
   } else {
     r.sni = peekedName_;
+    for (const std::string& protocol : peekedAlpn_) {  // as nginx's $ssl_preread_alpn_protocols
+      offered += (offered.empty() ? "" : ",") + protocol;
+    }
+    r.alpn = offered;
   }
   for (const auto& m : mirrors_) {
     r.mirrors += m->state != MirrorState::Unsampled ? 1 : 0;

@@ -67,7 +67,7 @@ class AccessLogTest(h.GrelayTest):
             self.assertEqual(set(line), {"time", "listener", "worker", "session", "id", "client",
                                          "upstream", "server", "duration", "queue", "connect",
                                          "request_bytes", "response_bytes", "end", "reset",
-                                         "tls", "sni", "client_cert", "mirrors",
+                                         "tls", "sni", "alpn", "client_cert", "mirrors",
                                          "mirrors_cut"})
             by_end.setdefault((line["listener"], line["end"]), []).append(line)
         normal = [x for x in by_end[("web", "normal")] if x["request_bytes"] == len(stream)]
@@ -76,8 +76,8 @@ class AccessLogTest(h.GrelayTest):
         self.assertEqual(n["client"], f"127.0.0.1:{seen['port']}")
         self.assertEqual((n["upstream"], n["server"]), ("app", echo.address))
         self.assertEqual(n["response_bytes"], len(stream))
-        self.assertEqual((n["reset"], n["tls"], n["sni"], n["mirrors"], n["mirrors_cut"]),
-                         (False, False, None, 1, 0))
+        self.assertEqual((n["reset"], n["tls"], n["sni"], n["alpn"], n["mirrors"],
+                          n["mirrors_cut"]), (False, False, None, None, 1, 0))
         self.assertGreater(n["duration"], 0)
         self.assertEqual(n["queue"], 0)
         self.assertGreaterEqual(n["connect"], 0)

@@ -29,6 +29,7 @@ own `upstream`.
 
 import json
 import os
+import shutil
 import signal
 import socket
 import struct
@@ -52,12 +53,24 @@ def refragment(hello: bytes, size: int) -> bytes:
     return out + hello[5 + length:]
 
 
+def read_json(path):
+    """The lines of an access log."""
+    with open(path) as f:
+        return [json.loads(x) for x in f.read().splitlines()]
+
+
 class RoutingTest(h.TlsTest):
 
     def enter(self, server):
         server.__enter__()
         self.addCleanup(server.__exit__, None, None, None)
         return server
+
+    def access_log(self):
+        """A path for an access log, removed after the test."""
+        directory = tempfile.mkdtemp(prefix="grelay-route-")
+        self.addCleanup(shutil.rmtree, directory, True)
+        return os.path.join(directory, "access.log")
 
     def routed(self, *, tls=None, connect_timeout="5s", access_log=None):
         """A config with listener `web` (pool web) and a route to pool api, each pool a
@@ -219,8 +232,7 @@ class RoutingTest(h.TlsTest):
 
     def test_termination_routes_by_the_handshakes_name(self):
         certs = self.certs
-        log = os.path.join(tempfile.mkdtemp(prefix="grelay-route-"), "access.log")
-        self.addCleanup(lambda: os.path.exists(log) and os.remove(log))
+        log = self.access_log()
         cfg, api, web, port = self.routed(
             tls={"cert": certs.server[0], "key": certs.server[1]}, access_log=log)
         ctx = h.tls_client_context(certs.ca, verify=False)
@@ -234,8 +246,7 @@ class RoutingTest(h.TlsTest):
             self.assertEqual(self.received(web, 1), [b"www.example.test"])
             self.assertEqual(self.route_misses(g), {"unmatched": 1})
             g.stop()
-        with open(log) as f:
-            lines = [json.loads(x) for x in f.read().splitlines()]
+        lines = read_json(log)
         self.assertEqual(sorted((x["sni"], x["upstream"]) for x in lines),
                          [("Z.API.example.test", "api"), ("api.example.test", "api"),
                           ("www.example.test", "web")])
@@ -283,8 +294,7 @@ class RoutingTest(h.TlsTest):
 
     def test_a_listener_with_routes_only_resets_other_names(self):
         api = self.enter(h.SinkServer())
-        log = os.path.join(tempfile.mkdtemp(prefix="grelay-route-"), "access.log")
-        self.addCleanup(lambda: os.path.exists(log) and os.remove(log))
+        log = self.access_log()
         cfg = h.Config()
         cfg.upstream("api", [api.address])
         port = cfg.listener("web", "api", access_log=log,
@@ -304,8 +314,7 @@ class RoutingTest(h.TlsTest):
                                                     "closed": 0})
             self.assertTrue(h.wait_for(lambda: "which no route has" in g.log(), h.slack(5)))
             g.stop()
-        with open(log) as f:
-            lines = [json.loads(x) for x in f.read().splitlines()]
+        lines = read_json(log)
         self.assertEqual(sorted((x["sni"] or "", x["upstream"] or "", x["end"]) for x in lines),
                          [("", "", "error"), ("api.example.test", "api", "normal"),
                           ("www.example.test", "", "error")])
@@ -317,10 +326,11 @@ class RoutingTest(h.TlsTest):
         cfg = h.Config()
         for pool, sink in (("web", web), ("api", api), ("acme", acme)):
             cfg.upstream(pool, [sink.address])
-        port = cfg.listener("web", "web", route=[
+        log = self.access_log()
+        port = cfg.listener("web", "web", access_log=log, route=[
             {"alpn": ["acme-tls/1"], "upstream": "acme"},
             {"sni": API, "upstream": "api"}])
-        with h.Grelay(cfg):
+        with h.Grelay(cfg) as g:
             # The TLS-ALPN-01 challenge (RFC 8737) for a routed name goes to the responder.
             challenge = h.tls_client_hello("api.example.test", alpn=["acme-tls/1"])
             normal = h.tls_client_hello("api.example.test", alpn=["h2", "http/1.1"])
@@ -330,11 +340,19 @@ class RoutingTest(h.TlsTest):
             self.assertEqual(self.received(acme, 2), [challenge, other])
             self.assertEqual(self.received(api, 1), [normal])
             self.assertEqual(web.conns, [])
+            g.stop()
+        # The access log has what each client offered, as nginx's $ssl_preread_alpn_protocols.
+        self.assertEqual(sorted((x["sni"], x["alpn"], x["upstream"]) for x in read_json(log)),
+                         [("api.example.test", "acme-tls/1", "acme"),
+                          ("api.example.test", "h2,http/1.1", "api"),
+                          ("www.example.test", "acme-tls/1", "acme")])
 
     def test_termination_routes_by_the_protocol_its_handshake_chose(self):
         certs = self.certs
+        log = self.access_log()
         cfg, grpc, web, port = self.routed(
-            tls={"cert": certs.server[0], "key": certs.server[1], "alpn": ["h2", "http/1.1"]})
+            tls={"cert": certs.server[0], "key": certs.server[1], "alpn": ["h2", "http/1.1"]},
+            access_log=log)
         cfg.listeners[0]["keys"]["route"] = [{"alpn": ["h2"], "upstream": "api"}]
         for offered, sink in ((["h2", "http/1.1"], grpc), (["http/1.1"], web), (None, web)):
             ctx = h.tls_client_context(certs.ca, verify=False)
@@ -346,6 +364,9 @@ class RoutingTest(h.TlsTest):
                 self.assertTrue(r.ok, f"{offered}: {r}")
                 self.assertEqual(self.received(sink, before + 1)[-1], b"x")
         self.assertEqual(len(grpc.conns), 1)
+        # Terminated here, the access log has the protocol the handshake chose.
+        self.assertEqual([(x["alpn"], x["upstream"]) for x in read_json(log)],
+                         [("h2", "api"), ("http/1.1", "web"), (None, "web")])
 
     def test_reload_moves_a_route(self):
         cfg, api, web, port = self.routed()
