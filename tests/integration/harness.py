@@ -2200,6 +2200,30 @@ def tls_client_hello(server_hostname: str = "localhost", alpn=None) -> bytes:
     return outgoing.read()
 
 
+V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"  # a PROXY protocol v2 header's first 12 bytes
+
+
+def split_proxy_v2(data: bytes) -> tuple[bytes, bytes]:
+    """A PROXY v2 header at the start of `data`, and the bytes after it."""
+    assert data[:12] == V2_SIGNATURE, data[:16]
+    end = 16 + struct.unpack("!H", data[14:16])[0]
+    return data[:end], data[end:]
+
+
+def read_tlvs(header: bytes) -> list[tuple[int, bytes]]:
+    """The TLVs of a TCP4 v2 header, checking that they fill it exactly."""
+    assert header[:12] == V2_SIGNATURE and header[13] == 0x11, header[:16]
+    end = 16 + struct.unpack("!H", header[14:16])[0]
+    assert end == len(header), (end, len(header))
+    out, at = [], 28
+    while at < end:
+        kind, n = header[at], struct.unpack("!H", header[at + 1:at + 3])[0]
+        out.append((kind, header[at + 3:at + 3 + n]))
+        at += 3 + n
+    assert at == end
+    return out
+
+
 def sample_rss(pid: int) -> int:
     """VmRSS of a process in KiB (0 if it is gone)."""
     try:

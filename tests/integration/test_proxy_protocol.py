@@ -24,9 +24,6 @@ import time
 
 import harness as h
 
-V2_SIGNATURE = b"\r\n\r\n\x00\r\nQUIT\n"
-
-
 def expected_header(version: str, client: tuple, server: tuple) -> bytes:
     """The header for a connection from `client` to `server` ((host, port) pairs)."""
     v6 = ":" in client[0]
@@ -36,7 +33,8 @@ def expected_header(version: str, client: tuple, server: tuple) -> bytes:
     family = socket.AF_INET6 if v6 else socket.AF_INET
     addrs = socket.inet_pton(family, client[0]) + socket.inet_pton(family, server[0])
     body = addrs + struct.pack("!HH", client[1], server[1])
-    return V2_SIGNATURE + bytes([0x21, 0x21 if v6 else 0x11]) + struct.pack("!H", len(body)) + body
+    return (h.V2_SIGNATURE + bytes([0x21, 0x21 if v6 else 0x11]) + struct.pack("!H", len(body)) +
+            body)
 
 
 def crc32c(data: bytes) -> int:
@@ -60,20 +58,6 @@ def with_tlvs(header: bytes, tlvs: bytes, checksum: bool = True, flip: int = 0) 
     if checksum:
         out[-4:] = struct.pack("!I", crc32c(bytes(out)) ^ flip)
     return bytes(out)
-
-
-def read_tlvs(header: bytes) -> list[tuple[int, bytes]]:
-    """The TLVs of a TCP4 v2 header, checking that they fill it exactly."""
-    assert header[:12] == V2_SIGNATURE and header[13] == 0x11, header[:16]
-    end = 16 + struct.unpack("!H", header[14:16])[0]
-    assert end == len(header), (end, len(header))
-    out, at = [], 28
-    while at < end:
-        kind, n = header[at], struct.unpack("!H", header[at + 1:at + 3])[0]
-        out.append((kind, header[at + 3:at + 3 + n]))
-        at += 3 + n
-    assert at == end
-    return out
 
 
 def ipv6_loopback() -> bool:
@@ -325,13 +309,11 @@ class ProxyProtocolTest(h.GrelayTest):
                 recs = sorted(up.records(), key=lambda rec: len(rec.data))
                 self.assertEqual(len(recs), 2)
                 for rec, payload in zip(recs, (b"over TLS", stream.bytes())):
-                    data = bytes(rec.data)
-                    end = 16 + struct.unpack("!H", data[14:16])[0]
-                    header = data[:end]
-                    self.assertEqual(data[end:], payload, "the stream after the header")
+                    header, rest = h.split_proxy_v2(bytes(rec.data))
+                    self.assertEqual(rest, payload, "the stream after the header")
                     self.assertEqual(header[:28], addresses[:14] + header[14:16] +
                                      addresses[16:], "the addresses")
-                    got = read_tlvs(header)
+                    got = h.read_tlvs(header)
                     kinds = [k for k, _ in got]
                     self.assertEqual(kinds, [0x01, 0x02, 0x20, 0xEA, 0x03], got)
                     checked = bytearray(header)
