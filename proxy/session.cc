@@ -982,8 +982,12 @@ void Session::proxyHeaderFailed(const std::string& why) {
   close(true, false, false, tap::CloseReason::kError);
 }
 
+std::string_view Session::clientServerName() const {
+  return client_.tls_ != nullptr ? client_.tls_->serverName() : std::string_view(peekedName_);
+}
+
 void Session::forwardServerName(UpstreamPeerName& peer, bool verify) const {
-  std::string_view name = client_.tls_ != nullptr ? client_.tls_->serverName() : std::string_view();
+  std::string_view name = clientServerName();
   if (name.empty()) {
     name = findTlv(receivedTlvs_, kTlvAuthority);
   }
@@ -1012,7 +1016,7 @@ std::string Session::upstreamProxyHeader(const config::UpstreamConfig& pool) con
     }
   }
   if (wanted.authority) {
-    tlvs.authority = tls != nullptr ? tls->serverName() : std::string_view();
+    tlvs.authority = clientServerName();
     if (tlvs.authority.empty()) {
       tlvs.authority = findTlv(receivedTlvs_, kTlvAuthority);
     }
@@ -1157,8 +1161,7 @@ bool Session::chooseRoute() {
   if (listener_->routed.empty()) {
     return true;
   }
-  const std::string_view name =
-      client_.tls_ != nullptr ? client_.tls_->serverName() : std::string_view(peekedName_);
+  const std::string_view name = clientServerName();
   // Terminated here: the protocol the handshake chose; else those the ClientHello offers.
   std::vector<std::string> chosen;
   if (client_.tls_ != nullptr && !client_.tls_->alpn().empty()) {
@@ -2044,8 +2047,8 @@ void Session::writeAccessLog() {
   r.tls = cfg().tls.has_value();
   std::string clientCert;
   std::string offered;
+  r.sni = clientServerName();  // known once the ClientHello was read, even if it failed
   if (client_.tls_ != nullptr) {
-    r.sni = client_.tls_->serverName();  // known once the ClientHello was read, even if it failed
     r.alpn = client_.tls_->alpn();
     relay::TlsChannel::PeerCertificate cert = client_.tls_->peerCertificate();
     if (cert.present) {
@@ -2053,7 +2056,6 @@ void Session::writeAccessLog() {
       r.clientCert = &clientCert;
     }
   } else {
-    r.sni = peekedName_;
     for (const std::string& protocol : peekedAlpn_) {  // as nginx's $ssl_preread_alpn_protocols
       offered += (offered.empty() ? "" : ",") + protocol;
     }

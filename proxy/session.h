@@ -404,6 +404,9 @@ private:
   // The route for the server name the client asked for (beginSession); false when there is
   // none and the listener has no upstream of its own: the session is reset.
   bool chooseRoute();
+  // The server name the client sent in TLS SNI: to grelay's own handshake, or read ahead of
+  // its ClientHello for routes; empty = none.
+  std::string_view clientServerName() const;
   // forward_sni: the name the client asked for, when it is a host name, becomes the SNI of
   // the upstream handshake and the name its certificate must have.
   void forwardServerName(UpstreamPeerName& peer, bool verify) const;

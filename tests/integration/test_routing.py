@@ -347,6 +347,34 @@ class RoutingTest(h.TlsTest):
                           ("api.example.test", "h2,http/1.1", "api"),
                           ("www.example.test", "acme-tls/1", "acme")])
 
+    def test_passthrough_sends_the_name_as_the_proxy_authority(self):
+        api = self.enter(h.SinkServer())
+        web = self.enter(h.SinkServer())
+        cfg = h.Config()
+        for pool, sink in (("web", web), ("api", api)):
+            cfg.upstream(pool, [sink.address], proxy_protocol="v2",
+                         proxy_protocol_tlvs=["authority"])
+        port = cfg.listener("web", "web", route=[{"sni": API, "upstream": "api"}])
+        routed = h.tls_client_hello("Z.api.example.test")
+        other = h.tls_client_hello("www.example.test")
+        plain = b"GET / HTTP/1.0\r\n\r\n"
+        with h.Grelay(cfg):
+            self.send(port, [routed])
+            self.assertEqual(len(self.received(api, 1)), 1)
+            for data in (other, plain):
+                self.send(port, [data])
+            self.assertEqual(len(self.received(web, 2)), 2)
+        # The name as the client sent it (PP2_TYPE_AUTHORITY), then its bytes unchanged;
+        # a client that named none gets no authority.
+        got = []
+        for sink in (api, web):
+            for data in self.received(sink, len(sink.conns)):
+                header, rest = h.split_proxy_v2(data)
+                got.append((h.read_tlvs(header), rest))
+        self.assertEqual(sorted(got), sorted([([(0x02, b"Z.api.example.test")], routed),
+                                              ([(0x02, b"www.example.test")], other),
+                                              ([], plain)]))
+
     def test_termination_routes_by_the_protocol_its_handshake_chose(self):
         certs = self.certs
         log = self.access_log()
