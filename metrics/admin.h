@@ -33,8 +33,10 @@ public:
   // mirror, in config order; both must stay valid until retire(config).
   // `upstreams[u]` (may be empty, or nullptr entries) are the health-check stats of
   // config->upstreams[u]; they must stay valid until retire(config) too.
+  // `tlsDates`: what its TLS contexts loaded (the newest generation's are exposed).
   void add(std::shared_ptr<const config::Config> config, std::vector<const WorkerStats*> workers,
-           std::string relayPath, std::vector<const UpstreamStats*> upstreams = {});
+           std::string relayPath, std::vector<const UpstreamStats*> upstreams = {},
+           std::vector<TlsFileDate> tlsDates = {});
   // Folds the generation's counters into the retired totals and forgets its pointers.
   void retire(const config::Config* config);
   // A DNS move applied in place: the generation registered with `config` goes on with
@@ -54,6 +56,7 @@ public:
     std::shared_ptr<const config::Config> config;
     std::vector<const WorkerStats*> workers;
     std::vector<const UpstreamStats*> upstreams;  // [upstream], may be shorter
+    std::vector<TlsFileDate> tlsDates;
   };
   // Runs `f(generations, retired, relayPath)` under the registry's lock; the newest
   // generation is last.
@@ -81,6 +84,7 @@ struct AdminInputs {
   std::vector<const WorkerStats*> workers;
   std::vector<const UpstreamStats*> upstreams;  // [upstream]: health checks; may be empty
   std::string relayPath;                        // the path in use: "group", "mainline" or "copy"
+  std::vector<TlsFileDate> tlsDates;            // certificates and CRLs loaded; may be empty
   const ReloadStats* reloads = nullptr;         // reloads and generations; may be null
   std::string version;
   const StatsRegistry* registry = nullptr;  // when set, read instead of config/workers

@@ -358,9 +358,11 @@ StatsRegistry::~StatsRegistry() = default;
 
 void StatsRegistry::add(std::shared_ptr<const config::Config> config,
                         std::vector<const WorkerStats*> workers, std::string relayPath,
-                        std::vector<const UpstreamStats*> upstreams) {
+                        std::vector<const UpstreamStats*> upstreams,
+                        std::vector<TlsFileDate> tlsDates) {
   std::lock_guard<std::mutex> lock(mutex_);
-  generations_.push_back(Generation{std::move(config), std::move(workers), std::move(upstreams)});
+  generations_.push_back(
+      Generation{std::move(config), std::move(workers), std::move(upstreams), std::move(tlsDates)});
   relayPath_ = std::move(relayPath);
 }
 
@@ -438,8 +440,9 @@ std::vector<MetricFamily> StatsCollector::collectGrelay() const {
     });
   }
   std::shared_ptr<const config::Config> unowned(inputs_.config, [](const config::Config*) {});
-  return collectFrom({StatsRegistry::Generation{unowned, inputs_.workers, inputs_.upstreams}},
-                     nullptr, inputs_.relayPath, inputs_.reloads);
+  return collectFrom(
+      {StatsRegistry::Generation{unowned, inputs_.workers, inputs_.upstreams, inputs_.tlsDates}},
+      nullptr, inputs_.relayPath, inputs_.reloads);
 }
 
 std::vector<MetricFamily> StatsCollector::collectFrom(
@@ -664,6 +667,22 @@ std::vector<MetricFamily> StatsCollector::collectFrom(
                                "TLS handshakes with upstream servers that failed (certificate "
                                "verification, protocol); counted in connect errors too.",
                                MetricType::Counter);
+  auto& certificateExpiry =
+      list.add("grelay_tls_certificate_expiry_timestamp_seconds",
+               "When each certificate a TLS listener serves (cert and certs) expires: its "
+               "notAfter as Unix time, read when the configuration was loaded.",
+               MetricType::Gauge);
+  auto& upstreamCertificateExpiry =
+      list.add("grelay_upstream_tls_certificate_expiry_timestamp_seconds",
+               "When the client certificate a TLS pool presents to its servers expires "
+               "(notAfter, Unix time).",
+               MetricType::Gauge);
+  auto& crlNextUpdate =
+      list.add("grelay_tls_crl_next_update_timestamp_seconds",
+               "The earliest nextUpdate (Unix time) of the revocation lists in a listener's "
+               "client_crl file: past it, client certificates of that CA are refused until the "
+               "file is refreshed and grelay reloaded.",
+               MetricType::Gauge);
   auto& healthChecks = list.add("grelay_upstream_health_checks_total",
                                 "Active health checks of the pool's servers (pools with "
                                 "check_interval), by result (ok, failed).",
@@ -916,6 +935,22 @@ std::vector<MetricFamily> StatsCollector::collectFrom(
     sample(healthChecks, {name, {"result", "failed"}}, asDouble(sum.checkFailures));
     sample(checkMarkedDown, {name}, asDouble(sum.markedDown));
     sample(serversDown, {name}, now != nullptr ? static_cast<double>(now->serversDown.value()) : 0);
+  }
+  // The files of the configuration running now (a draining generation's may be older).
+  for (const TlsFileDate& date : gens.back().tlsDates) {
+    const ClientMetric::Label file{"file", date.file};
+    const auto seconds = static_cast<double>(date.unixSeconds);
+    switch (date.kind) {
+      case TlsFileDate::Kind::kListenerCertificate:
+        sample(certificateExpiry, {{"listener", date.owner}, file}, seconds);
+        break;
+      case TlsFileDate::Kind::kUpstreamCertificate:
+        sample(upstreamCertificateExpiry, {{"upstream", date.owner}, file}, seconds);
+        break;
+      case TlsFileDate::Kind::kClientCrl:
+        sample(crlNextUpdate, {{"listener", date.owner}, file}, seconds);
+        break;
+    }
   }
   return list.take();
 }

@@ -240,6 +240,17 @@ struct Liveness {
   std::atomic<uint64_t> stallNanos{10'000'000'000ull};
 };
 
+// A certificate or revocation list a configuration's TLS contexts loaded, and when it
+// stops being good: the grelay_*tls_certificate_expiry_* and grelay_tls_crl_next_update_*
+// gauges. Fixed for a generation (the files are read when it is built).
+struct TlsFileDate {
+  enum class Kind : uint8_t { kListenerCertificate, kUpstreamCertificate, kClientCrl };
+  Kind kind = Kind::kListenerCertificate;
+  std::string owner;        // the listener's or upstream pool's name
+  std::string file;         // the path as the configuration wrote it
+  int64_t unixSeconds = 0;  // a certificate's notAfter; the earliest nextUpdate of a CRL file
+};
+
 struct ReloadStats {
   std::array<Counter, 2> ok;      // [ReloadCause]: a new generation took over (SIGHUP), or
                                   // new sessions take the moved addresses (DNS)

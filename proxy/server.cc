@@ -717,7 +717,8 @@ int runServer(config::Config initial, const relay::Features& features) {
     for (auto& u : gen.upstreamStats) {
       us.push_back(u.get());
     }
-    registry.add(gen.config, std::move(ws), config::toString(gen.path), std::move(us));
+    registry.add(gen.config, std::move(ws), config::toString(gen.path), std::move(us),
+                 gen.tls->dates());
   };
   publish(*current);
   registry.liveness().stallNanos.store(nanos(cfg->admin.stall_timeout));

@@ -7,7 +7,10 @@
 
 #include <algorithm>
 #include <cctype>
+#include <ctime>
+#include <functional>
 #include <memory>
+#include <optional>
 #include <unordered_map>
 
 namespace grelay::proxy {
@@ -26,6 +29,112 @@ std::string lastError() {
 
 std::string at(const config::Location& l, const std::string& message) {
   return l.file + ":" + std::to_string(l.line) + ":" + std::to_string(l.column) + ": " + message;
+}
+
+std::optional<int64_t> unixTime(const ASN1_TIME* t) {
+  tm out{};
+  if (t == nullptr || ASN1_TIME_to_tm(t, &out) != 1) {
+    return std::nullopt;
+  }
+  return static_cast<int64_t>(timegm(&out));
+}
+
+std::string isoTime(int64_t unixSeconds) {
+  const auto seconds = static_cast<time_t>(unixSeconds);
+  tm utc{};
+  gmtime_r(&seconds, &utc);
+  char text[32];
+  std::strftime(text, sizeof(text), "%Y-%m-%dT%H:%M:%SZ", &utc);
+  return text;
+}
+
+using Kind = metrics::TlsFileDate::Kind;
+
+// Records when the certificate `ctx` serves (or presents, upstream) expires, and warns of
+// one that has expired or is not valid yet: OpenSSL loads either, and then every peer that
+// verifies refuses it.
+void noteCertificate(SSL_CTX* ctx, Kind kind, const std::string& owner,
+                     const config::CertificateFiles& files,
+                     std::vector<metrics::TlsFileDate>* dates, std::vector<std::string>* warnings) {
+  const X509* cert = SSL_CTX_get0_certificate(ctx);
+  const std::optional<int64_t> notAfter =
+      cert != nullptr ? unixTime(X509_get0_notAfter(cert)) : std::nullopt;
+  if (!notAfter) {
+    return;
+  }
+  dates->push_back({kind, owner, files.cert, *notAfter});
+  if (warnings == nullptr) {
+    return;
+  }
+  const bool listener = kind == Kind::kListenerCertificate;
+  const std::string what = (listener ? "warning: listener " : "warning: upstream ") + owner +
+                           ": the " + (listener ? "" : "client ") + "certificate in cert file '" +
+                           files.cert + "' ";
+  const std::string refused =
+      listener ? "clients that verify refuse it" : "servers that ask for one refuse it";
+  const int64_t now = static_cast<int64_t>(std::time(nullptr));
+  if (*notAfter < now) {
+    warnings->push_back(
+        at(files.location, what + "expired at " + isoTime(*notAfter) + ": " + refused));
+  } else if (const std::optional<int64_t> notBefore = unixTime(X509_get0_notBefore(cert));
+             notBefore && *notBefore > now) {
+    warnings->push_back(
+        at(files.location, what + "is not valid before " + isoTime(*notBefore) + ": " + refused));
+  }
+}
+
+// Records the earliest nextUpdate of the revocation lists in `ctx`'s store (a listener's
+// client_crl), and warns of a CA whose list is past it: OpenSSL then fails every
+// certificate of that CA (X509_V_ERR_CRL_HAS_EXPIRED), revoked or not. Of several lists of
+// one CA, OpenSSL takes a current one, so the newest of each CA counts.
+void noteRevocationLists(SSL_CTX* ctx, const config::ListenerConfig& l,
+                         std::vector<metrics::TlsFileDate>* dates,
+                         std::vector<std::string>* warnings) {
+  std::vector<std::pair<const X509_NAME*, int64_t>> newest;  // by issuer
+  STACK_OF(X509_OBJECT)* objects = X509_STORE_get0_objects(SSL_CTX_get_cert_store(ctx));
+  for (int i = 0; i < sk_X509_OBJECT_num(objects); ++i) {
+    X509_CRL* crl = X509_OBJECT_get0_X509_CRL(sk_X509_OBJECT_value(objects, i));
+    const std::optional<int64_t> next =
+        crl != nullptr ? unixTime(X509_CRL_get0_nextUpdate(crl)) : std::nullopt;
+    if (!next) {
+      continue;  // not a CRL, or one without a nextUpdate: never stale
+    }
+    const X509_NAME* issuer = X509_CRL_get_issuer(crl);
+    auto it = std::find_if(newest.begin(), newest.end(),
+                           [issuer](const auto& n) { return X509_NAME_cmp(n.first, issuer) == 0; });
+    if (it == newest.end()) {
+      newest.emplace_back(issuer, *next);
+    } else {
+      it->second = std::max(it->second, *next);
+    }
+  }
+  if (newest.empty()) {
+    return;
+  }
+  int64_t earliest = newest.front().second;
+  const int64_t now = static_cast<int64_t>(std::time(nullptr));
+  for (const auto& [issuer, next] : newest) {
+    earliest = std::min(earliest, next);
+    if (next >= now || warnings == nullptr) {
+      continue;
+    }
+    std::string name = "?";
+    if (BIO* bio = BIO_new(BIO_s_mem())) {
+      if (X509_NAME_print_ex(bio, issuer, 0, XN_FLAG_RFC2253) >= 0) {
+        char* data = nullptr;
+        const long size = BIO_get_mem_data(bio, &data);
+        name.assign(data, static_cast<size_t>(std::max(size, 0L)));
+      }
+      BIO_free(bio);
+    }
+    warnings->push_back(
+        at(l.tls->location, "warning: listener " + l.name + ": the revocation list of " + name +
+                                " in client_crl file '" + l.tls->client_crl + "' expired at " +
+                                isoTime(next) +
+                                " (nextUpdate): every client certificate that CA signed is "
+                                "refused until the file is refreshed and grelay reloaded"));
+  }
+  dates->push_back({Kind::kClientCrl, l.name, l.tls->client_crl, earliest});
 }
 
 void commonOptions(SSL_CTX* ctx, bool ktls) {
@@ -241,8 +350,9 @@ int selectCertificate(SSL* ssl, int* alert, void* arg) {
 
 // Names -> contexts for the default certificate and `t.certs`; an extra certificate
 // without DNS names, or a name in two of them, is an error.
-void addSniCertificates(SSL_CTX* def, const config::ListenerTlsConfig& t, bool ktls,
-                        std::vector<std::string>* errors) {
+void addSniCertificates(
+    SSL_CTX* def, const config::ListenerTlsConfig& t, bool ktls, std::vector<std::string>* errors,
+    const std::function<void(SSL_CTX*, const config::CertificateFiles&)>& loaded) {
   auto table = std::make_unique<SniTable>();
   table->strict = t.strict_sni;
   std::unordered_map<std::string, std::string> whose;  // name -> the cert file with it
@@ -280,6 +390,7 @@ void addSniCertificates(SSL_CTX* def, const config::ListenerTlsConfig& t, bool k
     }
     table->owned.push_back(ctx);
     add(ctx, files.cert, files.location, true);
+    loaded(ctx, files);
   }
   SniTable* raw = table.release();
   SSL_CTX_set_ex_data(def, sniTableIndex(), raw);
@@ -352,6 +463,7 @@ bool TlsContexts::build(const config::Config& cfg, bool ktls, std::vector<std::s
   const size_t before = errors->size();
   listeners_.assign(cfg.listeners.size(), nullptr);
   upstreams_.assign(cfg.upstreams.size(), nullptr);
+  dates_.clear();
   for (size_t i = 0; i < cfg.listeners.size(); ++i) {
     const auto& l = cfg.listeners[i];
     if (!l.tls) {
@@ -359,10 +471,20 @@ bool TlsContexts::build(const config::Config& cfg, bool ktls, std::vector<std::s
     }
     const config::ListenerTlsConfig& t = *l.tls;
     listeners_[i] = serverContext(t, {t.cert, t.key, t.location}, ktls, errors);
-    if (listeners_[i] != nullptr && (!t.certs.empty() || t.strict_sni)) {
-      addSniCertificates(listeners_[i], t, ktls, errors);
+    if (listeners_[i] == nullptr) {
+      continue;
     }
-    if (listeners_[i] != nullptr && warnings != nullptr && !l.routes.empty()) {
+    auto loaded = [&](SSL_CTX* ctx, const config::CertificateFiles& files) {
+      noteCertificate(ctx, Kind::kListenerCertificate, l.name, files, &dates_, warnings);
+    };
+    loaded(listeners_[i], {t.cert, t.key, t.location});
+    if (!t.client_ca.empty() && !t.client_crl.empty()) {
+      noteRevocationLists(listeners_[i], l, &dates_, warnings);
+    }
+    if (!t.certs.empty() || t.strict_sni) {
+      addSniCertificates(listeners_[i], t, ktls, errors, loaded);
+    }
+    if (warnings != nullptr && !l.routes.empty()) {
       checkRouteNames(l, listeners_[i], warnings);
     }
   }
@@ -385,7 +507,10 @@ bool TlsContexts::build(const config::Config& cfg, bool ktls, std::vector<std::s
     SSL_CTX_set_cipher_list(ctx, kIntermediateCiphers);
     if (!u.tls.cert.empty() && !u.tls.key.empty()) {
       // Presented to servers that ask for a certificate (sessions and health checks alike).
-      loadCertificate(ctx, {u.tls.cert, u.tls.key, u.tls.location}, errors);
+      const config::CertificateFiles files{u.tls.cert, u.tls.key, u.tls.location};
+      if (loadCertificate(ctx, files, errors)) {
+        noteCertificate(ctx, Kind::kUpstreamCertificate, u.name, files, &dates_, warnings);
+      }
     }
     if (!u.tls.alpn.empty()) {
       const std::string wire = alpnWire(u.tls.alpn);

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "config/config.h"
+#include "metrics/stats.h"
 
 namespace grelay::proxy {
 
@@ -29,9 +30,13 @@ public:
   // Builds every context `config` needs. `ktls`: let OpenSSL hand records to kernel TLS.
   // On failure returns false and appends "FILE:LINE:COL: message" lines to `errors`.
   // `warnings` (if given) gets "FILE:LINE:COL: warning: message" lines for what works but
-  // is likely a mistake: a route of a TLS listener for a name no certificate has.
+  // is likely a mistake: a route of a TLS listener for a name no certificate has, a
+  // certificate out of its dates, a revocation list past its nextUpdate.
   bool build(const config::Config& config, bool ktls, std::vector<std::string>* errors,
              std::vector<std::string>* warnings = nullptr);
+
+  // When each certificate and revocation list build() loaded stops being good.
+  const std::vector<metrics::TlsFileDate>& dates() const { return dates_; }
 
   SSL_CTX* listener(size_t i) const { return i < listeners_.size() ? listeners_[i] : nullptr; }
   SSL_CTX* upstream(size_t i) const { return i < upstreams_.size() ? upstreams_[i] : nullptr; }
@@ -39,6 +44,7 @@ public:
 private:
   std::vector<SSL_CTX*> listeners_;  // by listener index; nullptr = plaintext
   std::vector<SSL_CTX*> upstreams_;  // by upstream index; nullptr = plaintext
+  std::vector<metrics::TlsFileDate> dates_;
 };
 
 // The name an upstream server's certificate must match: `sni` if set, else the host part

@@ -1606,17 +1606,20 @@ extendedKeyUsage = {usage}
         """A client certificate (clientAuth) signed by the CA, for mTLS."""
         return self._signed(name, subject, f"DNS:{name}.test", usage="clientAuth")
 
-    def crl(self, revoked: list[str]) -> str:
+    def crl(self, revoked: list[str], dates: tuple[str, str] | None = None,
+            name: str = "crl.pem") -> str:
         """The CA's certificate revocation list, revoking the certificates `revoked`
-        (paths): the path of the PEM file."""
+        (paths), current for 30 days or with `dates` (lastUpdate, nextUpdate): the path of
+        the PEM file `name`."""
         d = self.dir
         cnf = os.path.join(d, "crl.cnf")
         with open(cnf, "w") as f:
             f.write(self._ca_config() + "default_crl_days = 30\n")
         for cert in revoked:
             self._openssl("ca", "-batch", "-config", cnf, "-revoke", cert)
-        out = os.path.join(d, "crl.pem")
-        self._openssl("ca", "-batch", "-config", cnf, "-gencrl", "-out", out)
+        out = os.path.join(d, name)
+        args = ["-crl_lastupdate", dates[0], "-crl_nextupdate", dates[1]] if dates else []
+        self._openssl("ca", "-batch", "-config", cnf, "-gencrl", *args, "-out", out)
         return out
 
     def cleanup(self) -> None:

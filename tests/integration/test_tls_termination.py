@@ -21,14 +21,23 @@ Certificates are made at test time with the openssl CLI (harness.Certs).
   did not sign, fails its handshake and reaches no upstream; with one, its subject is in
   the access log. `client_verify = "optional"` lets a client without one in; one that
   `client_crl` revokes is refused.
+- Dates: when each certificate expires and each CRL file needs refreshing are gauges
+  (checked against `openssl x509 -enddate`/`openssl crl -nextupdate`); `--check` and
+  startup warn of an expired certificate and of a CA whose newest list is past its
+  nextUpdate, which then refuses every client of that CA until the file is refreshed and
+  grelay reloaded (a stale list next to a current one of the same CA is harmless).
 - Resets propagate both ways: an upstream reset reaches the TLS client as a TCP reset
   (no close_notify); a TLS client's reset reaches the upstream after the bytes it sent.
 """
 
+import calendar
 import os
 import random
 import shutil
+import signal
 import subprocess
+import tempfile
+import time
 
 import harness as h
 
@@ -249,6 +258,99 @@ class TlsTerminationTest(h.TlsTest):
                     5))
             echo.settle()
             self.assertEqual(len(echo.conns), 1)
+
+    def test_certificate_and_crl_dates_are_gauges_and_stale_ones_are_warned_of(self):
+        c = self.certs
+        carol = c.client("carol", "/CN=carol")
+        january = ("20200101000000Z", "20200201000000Z")
+        stale = c.crl([], dates=january, name="stale.pem")
+        both = os.path.join(c.dir, "both.pem")
+        with open(both, "w") as f:  # a stale list and a current one of the same CA
+            f.write(open(stale).read() + open(c.crl([], name="fresh.pem")).read())
+
+        def unix(openssl_args):
+            out = subprocess.run(["openssl", *openssl_args], capture_output=True, text=True,
+                                 check=True).stdout
+            when = out.strip().split("=", 1)[1]  # "Jan  6 10:00:00 2027 GMT"
+            return calendar.timegm(time.strptime(when, "%b %d %H:%M:%S %Y %Z"))
+
+        def not_after(cert):
+            return unix(["x509", "-in", cert, "-noout", "-enddate"])
+
+        def next_update(crl):
+            return unix(["crl", "-in", crl, "-noout", "-nextupdate"])
+
+        with h.EchoServer() as echo:
+            cfg = h.Config()
+            cfg.upstream("app", [echo.address])
+            cfg.upstream("signed", ["127.0.0.1:9"],
+                         tls={"verify": False, "cert": c.expired[0], "key": c.expired[1]})
+            current = cfg.listener("current", "app", tls={
+                **tls_listener(c), "certs": [{"cert": c.wrong_host[0], "key": c.wrong_host[1]}],
+                "client_ca": c.ca, "client_crl": both})
+            old = cfg.listener("old", "app", tls={
+                "cert": c.expired[0], "key": c.expired[1], "client_ca": c.ca,
+                "client_crl": stale})
+            cfg.with_admin()
+            path = os.path.join(tempfile.mkdtemp(prefix="grelay-dates-"), "grelay.toml")
+            self.addCleanup(shutil.rmtree, os.path.dirname(path), True)
+            with open(path, "w") as f:
+                f.write(cfg.render())
+            r = h.run_grelay(["-c", path, "--check"])
+            self.assertEqual(r.returncode, 0, r.stderr)
+            warnings = [x for x in r.stderr.splitlines() if "warning:" in x]
+            self.assertEqual(len(warnings), 3, r.stderr)
+            warnings = "\n".join(warnings)
+            self.assertIn(f"warning: listener old: the certificate in cert file '{c.expired[0]}' "
+                          "expired at 2020-02-01T00:00:00Z: clients that verify refuse it",
+                          warnings)
+            self.assertIn(f"warning: listener old: the revocation list of CN=grelay test CA in "
+                          f"client_crl file '{stale}' expired at 2020-02-01T00:00:00Z "
+                          "(nextUpdate): every client certificate that CA signed is refused",
+                          warnings)
+            self.assertIn(f"warning: upstream signed: the client certificate in cert file "
+                          f"'{c.expired[0]}' expired at 2020-02-01T00:00:00Z", warnings)
+
+            def handshake(port):
+                ctx = h.tls_client_context(verify=False)  # (old serves an expired cert)
+                ctx.load_cert_chain(*carol)
+                try:
+                    with ctx.wrap_socket(h.connect(port), server_hostname="localhost") as s:
+                        s.sendall(b"ping")
+                        return s.recv(4)
+                except OSError as e:  # ssl.SSLError included
+                    return repr(e)
+
+            with h.Grelay(cfg) as g:
+                self.assertEqual(g.log().count("warning:"), 3, g.log_tail())
+                january_end = calendar.timegm((2020, 2, 1, 0, 0, 0))
+                self.assertEqual(
+                    {(dict(ls).get("listener") or dict(ls)["upstream"], dict(ls)["file"]): v
+                     for (n, ls), v in g.metrics().items()
+                     if n in ("grelay_tls_certificate_expiry_timestamp_seconds",
+                              "grelay_upstream_tls_certificate_expiry_timestamp_seconds")},
+                    {("current", c.server[0]): not_after(c.server[0]),
+                     ("current", c.wrong_host[0]): not_after(c.wrong_host[0]),
+                     ("old", c.expired[0]): january_end,
+                     ("signed", c.expired[0]): january_end})
+                self.assertEqual(g.metric("grelay_tls_crl_next_update_timestamp_seconds",
+                                          listener="current", file=both),
+                                 next_update(os.path.join(c.dir, "fresh.pem")))
+                self.assertEqual(g.metric("grelay_tls_crl_next_update_timestamp_seconds",
+                                          listener="old", file=stale), january_end)
+                # What the warning says: the stale list refuses carol, revoked or not; next
+                # to a current list of the same CA it does not.
+                self.assertEqual(handshake(current), b"ping")
+                self.assertNotEqual(handshake(old), b"ping")
+                self.assertTrue(h.wait_for(lambda: "CRL has expired" in g.log(), 5),
+                                g.log_tail())
+                # The remedy: refresh the file and reload.
+                shutil.copy(os.path.join(c.dir, "fresh.pem"), stale)
+                g.send_signal(signal.SIGHUP)
+                self.assertTrue(h.wait_for(lambda: g.metric(
+                    "grelay_tls_crl_next_update_timestamp_seconds", listener="old",
+                    file=stale) > time.time(), 10), g.log_tail())
+                self.assertEqual(handshake(old), b"ping")
 
     def test_concurrent_random_streams_are_byte_exact_both_ways(self):
         rng = random.Random(5005)

@@ -203,6 +203,9 @@ grelay_tap_errors_total{listener="web"} 187
 grelay_proxy_protocol_errors_total{listener="web"} 220
 grelay_proxy_protocol_errors_total{listener="api"} 1320
 grelay_access_log_dropped_lines_total{listener="web"} 231
+grelay_tls_certificate_expiry_timestamp_seconds{listener="web",file="/etc/grelay/web.pem"} 1780000000
+grelay_upstream_tls_certificate_expiry_timestamp_seconds{upstream="secure_api",file="/etc/grelay/client.pem"} 1770000000
+grelay_tls_crl_next_update_timestamp_seconds{listener="web",file="/etc/grelay/crl.pem"} 1765000000
 grelay_upstream_health_checks_total{upstream="app",result="ok"} 25
 grelay_upstream_health_checks_total{upstream="app",result="failed"} 5
 grelay_upstream_health_check_marked_down_total{upstream="app"} 2
@@ -324,6 +327,7 @@ protected:
     in.relayPath = "mainline";
     in.version = "0.0.0-test";
     in.reloads = &reloads_;
+    in.tlsDates = testing::knownTlsDates();
     return in;
   }
 
@@ -452,7 +456,7 @@ TEST_F(AdminTest, EveryFamilyHasHelpAndTypeAndCountersEndInTotal) {
   for (const auto& s : expo.samples) {
     families.insert(testing::familyOf(s, expo));
   }
-  EXPECT_EQ(families.size(), 57u);  // 51 grelay_* and 6 process_*
+  EXPECT_EQ(families.size(), 60u);  // 54 grelay_* and 6 process_*
   for (const auto& family : families) {
     ASSERT_EQ(expo.type.count(family), 1u) << family;
     EXPECT_FALSE(expo.help.at(family).empty()) << family;
@@ -488,10 +492,25 @@ TEST_F(AdminTest, EveryFamilyHasHelpAndTypeAndCountersEndInTotal) {
 }
 
 TEST_F(AdminTest, LabelsComeOnlyFromConfigNames) {
-  std::set<std::string> allowedValues = {"request", "response",  "group",    "mainline",
-                                         "copy",    "splice",    "ok",       "0.0.0-test",
-                                         "failed",  "unchanged", "changed",  "sighup",
-                                         "dns",     "server",    "listener", "client"};  // limit
+  std::set<std::string> allowedValues = {"request",
+                                         "response",
+                                         "group",
+                                         "mainline",
+                                         "copy",
+                                         "splice",
+                                         "ok",
+                                         "0.0.0-test",
+                                         "failed",
+                                         "unchanged",
+                                         "changed",
+                                         "sighup",
+                                         "dns",
+                                         "server",
+                                         "listener",
+                                         "client",  // limit
+                                         "/etc/grelay/web.pem",
+                                         "/etc/grelay/client.pem",
+                                         "/etc/grelay/crl.pem"};  // file
   for (const auto& u : config_.upstreams) {
     allowedValues.insert(u.name);
     for (size_t s = 0; s < u.servers.size(); ++s) {
@@ -515,7 +534,7 @@ TEST_F(AdminTest, LabelsComeOnlyFromConfigNames) {
   }
   const std::set<std::string> allowedNames = {"listener", "direction", "target",  "path",
                                               "mirror",   "upstream",  "version", "result",
-                                              "server",   "cause",     "limit"};
+                                              "server",   "cause",     "limit",   "file"};
   const auto expo = parseExposition(StatsCollector(inputs()).render());
   size_t labelled = 0;
   for (const auto& s : expo.samples) {
@@ -725,6 +744,51 @@ TEST(StatsRegistryTest, PerServerSeriesComeFromTheNewestGenerationsView) {
             }));
 }
 
+// Certificate and CRL dates are read when a generation is built: a reload that brings a
+// renewed certificate or a refreshed list moves the gauges, and a draining generation's
+// older files are not exposed.
+TEST(StatsRegistryTest, TlsDatesComeFromTheNewestGeneration) {
+  auto first = std::make_shared<config::Config>(makeConfig(address("127.0.0.1", 0)));
+  auto second = std::make_shared<config::Config>(*first);
+  auto workers1 = makeWorkers(*first, 1);
+  auto workers2 = makeWorkers(*second, 1);
+  using Kind = TlsFileDate::Kind;
+  StatsRegistry registry;
+  registry.add(first, {workers1[0].get()}, "copy", {},
+               {{Kind::kListenerCertificate, "web", "/etc/grelay/web.pem", 1780000000},
+                {Kind::kClientCrl, "web", "/etc/grelay/crl.pem", 1765000000}});
+  AdminInputs inputs;
+  inputs.registry = &registry;
+  auto lines = [&] {
+    const std::string text = StatsCollector(inputs).render();
+    std::vector<std::string> out = sampleLines(text, "grelay_tls_c");
+    for (const auto& l : sampleLines(text, "grelay_upstream_tls_certificate")) {
+      out.push_back(l);
+    }
+    return out;
+  };
+  EXPECT_EQ(
+      lines(),
+      (std::vector<std::string>{
+          R"(grelay_tls_certificate_expiry_timestamp_seconds{listener="web",file="/etc/grelay/web.pem"} 1780000000)",
+          R"(grelay_tls_crl_next_update_timestamp_seconds{listener="web",file="/etc/grelay/crl.pem"} 1765000000)",
+      }));
+  registry.add(second, {workers2[0].get()}, "copy", {},
+               {{Kind::kListenerCertificate, "web", "/etc/grelay/web.pem", 1790000000},
+                {Kind::kListenerCertificate, "web", "/etc/grelay/api.pem", 1785000000},
+                {Kind::kUpstreamCertificate, "secure_api", "/etc/grelay/client.pem", 1770000000},
+                {Kind::kClientCrl, "web", "/etc/grelay/crl.pem", 1766000000}});
+  const std::vector<std::string> renewed = {
+      R"(grelay_tls_certificate_expiry_timestamp_seconds{listener="web",file="/etc/grelay/web.pem"} 1790000000)",
+      R"(grelay_tls_certificate_expiry_timestamp_seconds{listener="web",file="/etc/grelay/api.pem"} 1785000000)",
+      R"(grelay_tls_crl_next_update_timestamp_seconds{listener="web",file="/etc/grelay/crl.pem"} 1766000000)",
+      R"(grelay_upstream_tls_certificate_expiry_timestamp_seconds{upstream="secure_api",file="/etc/grelay/client.pem"} 1770000000)",
+  };
+  EXPECT_EQ(lines(), renewed);
+  registry.retire(first.get());
+  EXPECT_EQ(lines(), renewed);
+}
+
 TEST(AdminWorkersTest, NoWorkersExposesZerosForEveryConfiguredSeries) {
   const config::Config config = makeConfig(address("127.0.0.1", 0));
   AdminInputs inputs;
@@ -749,9 +813,10 @@ TEST(AdminWorkersTest, NoWorkersExposesZerosForEveryConfiguredSeries) {
       EXPECT_EQ(s.value, "0") << s.line;
     }
   }
-  // All but the 10 per-server series, which need a live view of the pool, and the 6
-  // reload series, which need the server's ReloadStats.
-  EXPECT_EQ(grelay, splitLines(kExpectedGrelaySamples).size() - 10 - 6);
+  // All but the 10 per-server series, which need a live view of the pool, the 6 reload
+  // series, which need the server's ReloadStats, and the 3 certificate and CRL dates,
+  // which need the TLS contexts.
+  EXPECT_EQ(grelay, splitLines(kExpectedGrelaySamples).size() - 10 - 6 - 3);
 }
 
 TEST_F(AdminTest, BusyPortFailsWithAClearError) {

@@ -155,6 +155,15 @@ inline void fillKnownReloads(ReloadStats& reloads) {
   reloads.generations.set(2);
 }
 
+// Certificate and CRL dates (Unix seconds): listener web's certificate, secure_api's client
+// certificate and web's client_crl.
+inline std::vector<TlsFileDate> knownTlsDates() {
+  using Kind = TlsFileDate::Kind;
+  return {{Kind::kListenerCertificate, "web", "/etc/grelay/web.pem", 1780000000},
+          {Kind::kUpstreamCertificate, "secure_api", "/etc/grelay/client.pem", 1770000000},
+          {Kind::kClientCrl, "web", "/etc/grelay/crl.pem", 1765000000}};
+}
+
 inline std::vector<std::unique_ptr<WorkerStats>> makeWorkers(const config::Config& c,
                                                              size_t count) {
   std::vector<std::unique_ptr<WorkerStats>> workers;

@@ -142,7 +142,7 @@ def main():
 
         # Every series carries the scrape's job and instance, and only config-derived labels.
         allowed = {"__name__", "job", "instance", "listener", "direction", "target", "path", "mirror",
-                   "upstream", "version", "le", "result", "server", "cause", "limit"}
+                   "upstream", "version", "le", "result", "server", "cause", "limit", "file"}
         for r in prom.query('{__name__=~"grelay_.+"}'):
             extra = set(r["metric"]) - allowed
             check(not extra, "%s has labels %s" % (r["metric"]["__name__"], extra))

@@ -68,6 +68,7 @@ int main(int argc, char** argv) {
   metrics::ReloadStats reloads;
   metrics::testing::fillKnownReloads(reloads);
   inputs.reloads = &reloads;
+  inputs.tlsDates = metrics::testing::knownTlsDates();
   inputs.version = "0.0.0-test";
   std::string error;
   auto admin = metrics::startAdmin(inputs, &error);
