@@ -1256,6 +1256,22 @@ void Session::handshakeDone(Peer& peer) {
   }
 }
 
+void Session::discardUnread(int fd) {
+  // OpenSSL stops reading at the message it refuses (a TLS 1.3 client's certificate comes
+  // with its CertificateVerify and Finished): closing over those bytes would send a reset
+  // right behind the alert, and a client writing its first request meets the reset before
+  // it reads the alert ("connection reset" instead of "certificate revoked"). Bounded: a
+  // client that keeps sending is reset after all.
+  uint8_t scratch[16 * 1024];
+  for (size_t taken = 0; taken < 16 * sizeof(scratch);) {
+    const ssize_t n = host_.sockets().receiveNow(fd, scratch, sizeof(scratch), false);
+    if (n <= 0) {
+      return;
+    }
+    taken += static_cast<size_t>(n);
+  }
+}
+
 void Session::handshakeFailed(Peer& peer, bool timedOut) {
   if (peer.kind_ == Peer::Kind::Client) {
     // A plaintext client on a TLS port, an old protocol version, a scanner: OpenSSL has
@@ -1272,6 +1288,7 @@ void Session::handshakeFailed(Peer& peer, bool timedOut) {
         *listener_,
         "TLS: client " + formatAddress(clientAddress_) + ": " +
             (timedOut ? std::string("no handshake within handshake_timeout") : peer.tls_->error()));
+    discardUnread(peer.fd_);
     close(false, false, false, tap::CloseReason::kError);
     return;
   }

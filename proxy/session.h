@@ -404,6 +404,9 @@ private:
   // The route for the server name the client asked for (beginSession); false when there is
   // none and the listener has no upstream of its own: the session is reset.
   bool chooseRoute();
+  // Reads and drops what the client sent and nobody will read (up to 256 KiB), so the
+  // close that follows sends a FIN after an alert, not a reset.
+  void discardUnread(int fd);
   // The server name the client sent in TLS SNI: to grelay's own handshake, or read ahead of
   // its ClientHello for routes; empty = none.
   std::string_view clientServerName() const;
