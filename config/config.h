@@ -274,6 +274,11 @@ struct UpstreamConfig {
   // addresses.
   ProxyProtocolTlvs proxy_protocol_tlvs;
   UpstreamTlsConfig tls;
+  // The local address connections to the servers and health checks leave from (nginx's
+  // proxy_bind, HAProxy's source, Envoy's source_address): an IP address of the servers'
+  // family, port 0 (the port is picked at connect, IP_BIND_ADDRESS_NO_PORT). Absent = the
+  // kernel's choice.
+  std::optional<Address> source_address;
   Location location;
 };
 
@@ -288,8 +293,9 @@ struct MirrorConfig {
   // 0 = every sampled session tries it.
   uint32_t max_fails = 1;
   Duration fail_timeout{10'000};
-  Duration resolve_interval{0};  // as for upstream pools; a host name only
-  Duration resolve_hold{0};      // as for upstream pools
+  Duration resolve_interval{0};           // as for upstream pools; a host name only
+  Duration resolve_hold{0};               // as for upstream pools
+  std::optional<Address> source_address;  // as for upstream pools
   Location location;
 };
 

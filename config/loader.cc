@@ -627,7 +627,14 @@ private:
                                        {ProxyProtocol::Off, ProxyProtocol::V1, ProxyProtocol::V2})},
               {"proxy_protocol_tlvs", proxyTlvs(&u.proxy_protocol_tlvs)},
               {"tls", upstreamTls(&u.tls, "in " + header + " tls")},
+              {"source_address", sourceAddress(&u.source_address)},
           });
+      if (u.source_address) {
+        for (const UpstreamServer& server : u.servers) {
+          sameFamily(*t->get("source_address"), *u.source_address, server.address,
+                     "server " + quoted(server.address.text));
+        }
+      }
       if (const toml::node* tlvs = t->get("proxy_protocol_tlvs");
           tlvs != nullptr && u.proxy_protocol_tlvs.any() && u.proxy_protocol != ProxyProtocol::V2) {
         error(tlvs->source(), "'proxy_protocol_tlvs' needs 'proxy_protocol = \"v2\"' " +
@@ -1099,7 +1106,52 @@ private:
             {"fail_timeout", duration(&m.fail_timeout, 1ms, kMaxTimeout)},
             {"resolve_interval", resolveInterval(&m.resolve_interval)},
             {"resolve_hold", duration(&m.resolve_hold, 0ms, kMaxTimeout)},
+            {"source_address", sourceAddress(&m.source_address)},
         });
+    if (m.source_address && m.address.length != 0) {
+      sameFamily(*table.get("source_address"), *m.source_address, m.address,
+                 "the mirror's address " + quoted(m.address.text));
+    }
+  }
+
+  // source_address: an IP address (no port, no name) grelay binds its connects to.
+  Reader sourceAddress(std::optional<Address>* out) {
+    return [this, out](std::string_view key, const toml::node& node) {
+      std::string text;
+      if (!string(&text)(key, node))
+        return false;
+      Address a;
+      a.text = text;
+      auto* v4 = reinterpret_cast<sockaddr_in*>(&a.storage);
+      auto* v6 = reinterpret_cast<sockaddr_in6*>(&a.storage);
+      if (text.find('\0') == std::string::npos &&
+          inet_pton(AF_INET, text.c_str(), &v4->sin_addr) == 1) {
+        v4->sin_family = AF_INET;
+        a.length = sizeof(sockaddr_in);
+      } else if (text.find('\0') == std::string::npos &&
+                 inet_pton(AF_INET6, text.c_str(), &v6->sin6_addr) == 1) {
+        v6->sin6_family = AF_INET6;
+        a.length = sizeof(sockaddr_in6);
+      } else {
+        error(node.source(), quoted(key) + " must be an IPv4 or IPv6 address of this host, " +
+                                 "like \"10.0.0.5\" or \"fd00::5\" (no port, no name), got " +
+                                 quoted(text));
+        return false;
+      }
+      *out = std::move(a);
+      return true;
+    };
+  }
+
+  // A connect from `source` to `to` needs both of one family.
+  void sameFamily(const toml::node& where, const Address& source, const Address& to,
+                  const std::string& what) {
+    if (source.family() != to.family()) {
+      auto family = [](const Address& a) { return a.family() == AF_INET ? "IPv4" : "IPv6"; };
+      error(where.source(), "source_address " + quoted(source.text) + " is " + family(source) +
+                                " but " + what + " is " + family(to) +
+                                ": a connection cannot leave from one family to the other");
+    }
   }
 
   // 0 (off) or at least 100ms: a lookup is a round trip to the resolver at worst.

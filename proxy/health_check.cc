@@ -14,6 +14,7 @@
 
 #include "proxy/log.h"
 #include "proxy/proxy_protocol.h"
+#include "proxy/sockets.h"
 #include "proxy/tls_context.h"
 #include "relay/tls_channel.h"
 
@@ -578,6 +579,19 @@ void HealthChecker::open(Target& t, uint64_t now) {
                       pool.config().name.c_str(), strerror(errno));
     }
     return;
+  }
+  if (const std::optional<config::Address>& source = pool.config().source_address) {
+    if (const int err = bindSourceAddress(t.fd, *source); err < 0) {
+      // Like a socket that cannot be opened: nothing about the server.
+      t.done = true;
+      t.verdict = false;
+      uint64_t suppressed = 0;
+      if (socketErrorLog.allow(now, &suppressed)) {
+        GRELAY_LOG_WARN("health check of upstream %s: cannot bind source_address %s: %s",
+                        pool.config().name.c_str(), source->text.c_str(), strerror(-err));
+      }
+      return;
+    }
   }
   if (::connect(t.fd, a.sockaddrPtr(), a.length) == 0) {
     connected(t);

@@ -381,6 +381,42 @@ int startWatchers(Generation& gen, const char** what) {
 // nullptr with *error set and leaves nothing open. `previous` hands over its listening
 // sockets for addresses it shares with `cfg` (they are dup'ed: both generations accept
 // from the same socket until the previous one stops).
+// Every source_address can be bound here: one this host does not have would fail every
+// connect of its pool or mirror, so it fails the start (or the reload) instead.
+bool sourceAddressesUsable(const config::Config& cfg, std::string* error) {
+  auto usable = [error](const std::optional<config::Address>& source, const config::Location& where,
+                        const std::string& what) {
+    if (!source) {
+      return true;
+    }
+    const int fd = ::socket(source->family(), SOCK_STREAM | SOCK_CLOEXEC, 0);
+    const int err = fd < 0 ? -errno : bindSourceAddress(fd, *source);
+    if (fd >= 0) {
+      ::close(fd);
+    }
+    if (err == 0) {
+      return true;
+    }
+    *error = where.file + ":" + std::to_string(where.line) + ":" + std::to_string(where.column) +
+             ": " + what + ": source_address " + source->text +
+             " cannot be used on this host: " + std::strerror(-err);
+    return false;
+  };
+  for (const config::UpstreamConfig& u : cfg.upstreams) {
+    if (!usable(u.source_address, u.location, "upstream " + u.name)) {
+      return false;
+    }
+  }
+  for (const config::ListenerConfig& l : cfg.listeners) {
+    for (const config::MirrorConfig& m : l.mirrors) {
+      if (!usable(m.source_address, m.location, "listener " + l.name + ": mirror " + m.name)) {
+        return false;
+      }
+    }
+  }
+  return true;
+}
+
 std::unique_ptr<Generation> buildGeneration(std::shared_ptr<const config::Config> cfg,
                                             const relay::Features& features,
                                             const Generation* previous, int* exitCode,
@@ -469,6 +505,9 @@ std::unique_ptr<Generation> buildGeneration(std::shared_ptr<const config::Config
     return nullptr;
   }
   gen->runtime->tls = gen->tls.get();
+  if (!sourceAddressesUsable(*cfg, error)) {
+    return nullptr;
+  }
 
   uint32_t workers = cfg->server.workers;
   if (workers == 0) {

@@ -1363,6 +1363,19 @@ void Session::connectPrimary() {
       upstreamStats().connectErrors.inc();
       continue;
     }
+    if (const std::optional<config::Address>& source = pool.config().source_address) {
+      // Not the server's fault (the address left this host, or a DNS move changed the
+      // server's family): counted and logged, the server's health untouched.
+      if (const int err = host_.sockets().bindSource(fd, *source); err < 0) {
+        host_.sockets().close(fd, false);
+        pool.release(index);
+        upstreamStats().connectErrors.inc();
+        host_.listenerTrouble(
+            *listener_, "upstream " + pool.config().name + ": cannot connect to " + address.text +
+                            " from source_address " + source->text + ": " + describe(err));
+        continue;
+      }
+    }
     upstreamCounted_ = true;
     leaveQueue();
     keepAlive(fd);
@@ -1603,6 +1616,16 @@ void Session::connectMirrors() {
       stats().mirrors[i].connectErrors.inc();
       cutMirror(i, ("cannot create socket: " + describe(fd)).c_str());
       continue;
+    }
+    if (mc.source_address) {
+      if (const int err = host_.sockets().bindSource(fd, *mc.source_address); err < 0) {
+        host_.sockets().close(fd, false);
+        stats().mirrors[i].connectErrors.inc();
+        cutMirror(i,
+                  ("cannot bind source_address " + mc.source_address->text + ": " + describe(err))
+                      .c_str());
+        continue;
+      }
     }
     keepAlive(fd);
     m.peer.fd_ = fd;

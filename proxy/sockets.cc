@@ -23,6 +23,12 @@ int SystemSockets::openStream(int family) {
   return fd;
 }
 
+int bindSourceAddress(int fd, const config::Address& source) {
+  const int on = 1;
+  ::setsockopt(fd, IPPROTO_IP, IP_BIND_ADDRESS_NO_PORT, &on, sizeof(on));  // (best effort)
+  return ::bind(fd, source.sockaddrPtr(), source.length) == 0 ? 0 : -errno;
+}
+
 void SystemSockets::shutdownWrite(int fd) {
   ::shutdown(fd, SHUT_WR);
 }

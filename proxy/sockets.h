@@ -16,6 +16,9 @@ public:
   virtual ~Sockets() = default;
   // A non-blocking, close-on-exec TCP socket with TCP_NODELAY; -errno on failure.
   virtual int openStream(int family) = 0;
+  // Binds fd to `source` (source_address; its port, 0, is chosen at connect: see
+  // bindSourceAddress()); 0 or -errno.
+  virtual int bindSource(int fd, const config::Address& source) = 0;
   virtual void shutdownWrite(int fd) = 0;
   // Closes fd; with `reset`, the peer gets an RST instead of a FIN (SO_LINGER 0).
   virtual void close(int fd, bool reset) = 0;
@@ -45,9 +48,18 @@ public:
   virtual void setReceiveLowWater(int fd, int bytes) = 0;
 };
 
+// Binds a socket about to connect to `source` with IP_BIND_ADDRESS_NO_PORT, so the kernel
+// picks the port at connect, per destination, rather than reserving one at bind for good
+// (connects from one address to many servers would run out of ports otherwise); 0 or
+// -errno. Shared with the health checker.
+int bindSourceAddress(int fd, const config::Address& source);
+
 class SystemSockets final : public Sockets {
 public:
   int openStream(int family) override;
+  int bindSource(int fd, const config::Address& source) override {
+    return bindSourceAddress(fd, source);
+  }
   void shutdownWrite(int fd) override;
   void close(int fd, bool reset) override;
   bool addresses(int fd, sockaddr_storage* peer, sockaddr_storage* local) override;

@@ -832,6 +832,56 @@ TEST(LoaderTest, ProxyProtocolTlvsNeedVersion2AndKnownNames) {
               SizeIs(1));
 }
 
+TEST(LoaderTest, SourceAddressIsAnIpOfTheServersFamily) {
+  // Line 3 of [upstream.app] (servers on line 2) and line 4 of its mirror.
+  auto config = [](const std::string& servers, const std::string& source, const std::string& mirror,
+                   const std::string& mirrorSource) {
+    return lines({"[upstream.app]", "servers = " + servers, source, "[[listener]]",
+                  R"(name = "web")", R"(listen = "127.0.0.1:8080")", R"(upstream = "app")",
+                  "[[listener.mirror]]", R"(name = "m")", "address = " + mirror, mirrorSource});
+  };
+  LoadResult result = loadString(
+      config(R"(["127.0.0.1:8000", "127.0.0.1:8001"])", R"(source_address = "127.0.0.2")",
+             R"("[::1]:9000")", R"(source_address = "::1")"),
+      "t.toml");
+  ASSERT_TRUE(result.ok()) << result.errors[0].toString();
+  const std::optional<config::Address>& source = result.config->upstreams[0].source_address;
+  ASSERT_TRUE(source.has_value());
+  EXPECT_EQ(source->family(), AF_INET);
+  EXPECT_EQ(source->text, "127.0.0.2");
+  EXPECT_EQ(reinterpret_cast<const sockaddr_in&>(source->storage).sin_port, 0);
+  const auto& mirrorSource = result.config->listeners[0].mirrors[0].source_address;
+  ASSERT_TRUE(mirrorSource.has_value());
+  EXPECT_EQ(mirrorSource->family(), AF_INET6);
+  EXPECT_FALSE(loadString(config(R"(["127.0.0.1:8000"])", "", R"("127.0.0.1:9000")", ""), "t.toml")
+                   .config->upstreams[0]
+                   .source_address.has_value());
+
+  EXPECT_THAT(errorsOf(config(R"(["127.0.0.1:8000", "[::1]:8001"])",
+                              R"(source_address = "127.0.0.2")", R"("127.0.0.1:9000")", "")),
+              ElementsAre("t.toml:3:18: source_address '127.0.0.2' is IPv4 but server "
+                          "'[::1]:8001' is IPv6: a connection cannot leave from one family to "
+                          "the other"));
+  EXPECT_THAT(errorsOf(config(R"(["127.0.0.1:8000"])", "", R"("127.0.0.1:9000")",
+                              R"(source_address = "fd00::5")")),
+              ElementsAre("t.toml:11:18: source_address 'fd00::5' is IPv6 but the mirror's "
+                          "address '127.0.0.1:9000' is IPv4: a connection cannot leave from one "
+                          "family to the other"));
+  for (const char* bad : {"127.0.0.2:80", "[::1]", "localhost", "10.0.0.0/8", ""}) {
+    EXPECT_THAT(
+        errorsOf(config(R"(["127.0.0.1:8000"])", "source_address = \"" + std::string(bad) + "\"",
+                        R"("127.0.0.1:9000")", "")),
+        ElementsAre("t.toml:3:18: 'source_address' must be an IPv4 or IPv6 address of "
+                    "this host, like \"10.0.0.5\" or \"fd00::5\" (no port, no name), "
+                    "got '" +
+                    std::string(bad) + "'"))
+        << bad;
+  }
+  EXPECT_THAT(
+      errorsOf(config(R"(["127.0.0.1:8000"])", "source_address = 5", R"("127.0.0.1:9000")", "")),
+      SizeIs(1));
+}
+
 TEST(LoaderTest, ProxyProtocolFromKeepsEveryNetwork) {
   LoadResult result = loadString(
       validWith({"accept_proxy_protocol = true",

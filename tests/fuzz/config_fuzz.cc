@@ -13,6 +13,7 @@
 #include <cstddef>
 #include <cstdint>
 #include <cstring>
+#include <optional>
 #include <set>
 #include <string>
 #include <string_view>
@@ -85,6 +86,19 @@ void checkAccepted(const Config& c) {
     endpoints.insert(oracleKey(*c.admin.listen));
   }
 
+  // source_address: an IP (port 0) of the family of every address it connects to.
+  auto checkSource = [](const std::optional<Address>& source, const Address& to) {
+    if (!source) {
+      return;
+    }
+    const bool v4 = source->family() == AF_INET;
+    FUZZ_CHECK(source->family() == to.family(), "source_address of another family");
+    FUZZ_CHECK(source->length == (v4 ? sizeof(sockaddr_in) : sizeof(sockaddr_in6)),
+               "source_address length");
+    FUZZ_CHECK(reinterpret_cast<const sockaddr_in&>(source->storage).sin_port == 0,
+               "source_address with a port");
+  };
+
   std::set<std::string> upstreamNames;
   for (const UpstreamConfig& u : c.upstreams) {
     FUZZ_CHECK(isName(u.name), "upstream name '" + printable(u.name) + "'");
@@ -95,6 +109,7 @@ void checkAccepted(const Config& c) {
     std::set<std::string> names;
     for (const UpstreamServer& s : u.servers) {
       checkAddress(s.address, "upstream server");
+      checkSource(u.source_address, s.address);
       FUZZ_CHECK(servers.insert(oracleKey(s.address)).second, "duplicate server in " + u.name);
       FUZZ_CHECK(s.weight >= 1 && s.weight <= 256, "server weight " + std::to_string(s.weight));
       primary = primary || !s.backup;
@@ -193,6 +208,7 @@ void checkAccepted(const Config& c) {
       FUZZ_CHECK(isName(m.name), "mirror name '" + printable(m.name) + "'");
       FUZZ_CHECK(mirrorNames.insert(m.name).second, "duplicate mirror " + m.name);
       checkAddress(m.address, "mirror address");
+      checkSource(m.source_address, m.address);
       FUZZ_CHECK(m.sample_percent <= 100, "sample_percent 0..100");
       FUZZ_CHECK(m.max_fails <= 1000, "mirror max_fails 0..1000");
       FUZZ_CHECK(m.fail_timeout.count() >= 1, "mirror fail_timeout >= 1ms");

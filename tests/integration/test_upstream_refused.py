@@ -6,7 +6,9 @@ they stop waiting for a blackhole's connect_timeout. Server weights split sessio
 proportion; backup servers serve only when the others fail; with queue_timeout a session
 that finds every server at max_conns waits for a slot. Active health checks
 (check_interval) find a dead server before any session does and bring a revived one
-back at once; slow_start eases it back in."""
+back at once; slow_start eases it back in. With source_address, sessions' connects,
+health checks and a mirror's connects leave from the configured local address, and one
+this host does not have fails the start with the reason."""
 
 import json
 import os
@@ -734,6 +736,38 @@ class UpstreamRefusedTest(h.GrelayTest):
                     self.assertLess(r.elapsed, h.slack(0.4), str(r))
                 self.assertEqual(g.metric("grelay_upstream_connect_errors_total",
                                           listener="web"), 1)
+
+    def test_connects_and_checks_leave_from_the_source_address(self):
+        with h.EchoServer() as echo, h.SinkServer() as sink:
+            cfg = h.Config()
+            cfg.upstream("app", [echo.address], source_address="127.0.0.2",
+                         check_interval="100ms")
+            port = cfg.listener("web", "app", mirrors=[
+                {"name": "m", "address": sink.address, "source_address": "127.0.0.3"}])
+            with h.Grelay(cfg):
+                stream = h.Stream(7, 256 * h.KiB)
+                r = h.stream_session(port, stream)
+                self.assertTrue(r.ok, str(r))
+                self.assertTrue(sink.wait_connections(1, timeout=10))
+                self.assertTrue(h.wait_for(lambda: len(echo.conns) >= 3, 5))  # + checks
+            # Every connection the server took (the session's and the health checks') and
+            # the mirror's came from the configured address, on ports the kernel picked.
+            self.assertEqual({c.peer[0] for c in echo.conns}, {"127.0.0.2"})
+            self.assertEqual([c.peer[0] for c in sink.conns], ["127.0.0.3"])
+            self.assertEqual(bytes(sink.records()[0].data), stream.bytes())
+        # An address this host lacks: refused at start, not at each connect.
+        cfg = h.Config()
+        cfg.upstream("app", ["127.0.0.1:9"], source_address="192.0.2.77")
+        cfg.listener("web", "app")
+        path = os.path.join(tempfile.mkdtemp(prefix="grelay-source-"), "grelay.toml")
+        self.addCleanup(shutil.rmtree, os.path.dirname(path), True)
+        with open(path, "w") as f:
+            f.write(cfg.render())
+        self.assertEqual(h.run_grelay(["-c", path, "--check"]).returncode, 0)
+        r = h.run_grelay(["-c", path])
+        self.assertEqual(r.returncode, 1, r.stderr)
+        self.assertRegex(r.stderr, r"upstream app: source_address 192\.0\.2\.77 cannot be used "
+                                   r"on this host: Cannot assign requested address")
 
     def test_pool_with_every_server_dead_resets_client(self):
         with h.RefusingPort() as d1, h.RefusingPort() as d2, h.EchoServer() as echo:

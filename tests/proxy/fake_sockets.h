@@ -25,6 +25,14 @@ public:
     }
     return nextFd++;
   }
+  // Records the source address by fd; `bindResult` scripts a failure (e.g. -EADDRNOTAVAIL).
+  int bindSource(int fd, const config::Address& source) override {
+    if (bindResult != 0) {
+      return bindResult;
+    }
+    bound[fd] = source.text;
+    return 0;
+  }
   void shutdownWrite(int fd) override { shutdowns.push_back(fd); }
   void close(int fd, bool reset) override {
     EXPECT_EQ(closed.count(fd), 0u) << "fd " << fd << " closed twice";
@@ -95,6 +103,8 @@ public:
 
   int nextFd = 100;
   bool failOpen = false;
+  int bindResult = 0;
+  std::map<int, std::string> bound;
   std::vector<int> shutdowns;
   std::map<int, bool> closed;  // fd -> reset
   struct SpliceCall {

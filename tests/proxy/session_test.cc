@@ -92,6 +92,17 @@ config::Address address(const char* text) {
   return *a;
 }
 
+// An IPv4 source_address (port 0), as the loader makes it.
+config::Address sourceAddress(const char* ip) {
+  config::Address a;
+  auto& v4 = reinterpret_cast<sockaddr_in&>(a.storage);
+  v4.sin_family = AF_INET;
+  EXPECT_EQ(inet_pton(AF_INET, ip, &v4.sin_addr), 1) << ip;
+  a.length = sizeof(sockaddr_in);
+  a.text = ip;
+  return a;
+}
+
 class SessionTest : public ::testing::Test {
 protected:
   void SetUp() override { configure(0); }
@@ -620,6 +631,39 @@ TEST_F(SessionTest, AFailedConnectMarksTheServerDownAndASuccessfulOneClearsIt) {
   host_.advance(10'000'000'000ull);
   EXPECT_FALSE(pool_->down(0, host_.now()));
   EXPECT_EQ(stats_->upstreams[0].markedDown.value(), 1u);
+}
+
+TEST_F(SessionTest, ConnectsLeaveFromTheSourceAddresses) {
+  upstreamConfig_.source_address = sourceAddress("127.0.0.2");
+  configure(1);
+  listenerConfig_.mirrors[0].source_address = sourceAddress("127.0.0.3");
+  session_ = std::make_unique<Session>(host_, context_, kClientFd);
+  session_->start();
+  // The mirror's socket (100) is opened first, then the primary's (101): each bound
+  // before its connect.
+  ASSERT_NE(ring().pending(OpKind::Connect, 100), nullptr);
+  ASSERT_NE(ring().pending(OpKind::Connect, 101), nullptr);
+  EXPECT_EQ(host_.sockets_.bound,
+            (std::map<int, std::string>{{100, "127.0.0.3"}, {101, "127.0.0.2"}}));
+}
+
+TEST_F(SessionTest, ASourceAddressThatCannotBeBoundSparesTheServers) {
+  upstreamConfig_.source_address = sourceAddress("192.0.2.1");
+  configure(0, 4 * kChunk, 2);
+  host_.sockets_.bindResult = -EADDRNOTAVAIL;
+  session_ = std::make_unique<Session>(host_, context_, kClientFd);
+  session_->start();
+  // Each server's socket is closed unconnected; the client is reset as when every
+  // server fails, and no server is marked down for it.
+  EXPECT_EQ(ring().pendingCount(OpKind::Connect, 100), 0u);
+  EXPECT_EQ(ring().pendingCount(OpKind::Connect, 101), 0u);
+  EXPECT_FALSE(host_.sockets_.closed.at(100));
+  EXPECT_FALSE(host_.sockets_.closed.at(101));
+  EXPECT_EQ(stats_->upstreams[0].connectErrors.value(), 2u);
+  EXPECT_EQ(stats_->upstreams[0].markedDown.value(), 0u);
+  EXPECT_FALSE(pool_->down(0, host_.now()));
+  EXPECT_EQ(stats_->noUpstream.value(), 1u);
+  EXPECT_TRUE(host_.sockets_.closed.at(kClientFd));
 }
 
 TEST_F(SessionTest, ProxyProtocolHeaderGoesFirstOnTheUpstreamConnection) {
