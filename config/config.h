@@ -296,6 +296,11 @@ struct MirrorConfig {
   Duration resolve_interval{0};           // as for upstream pools; a host name only
   Duration resolve_hold{0};               // as for upstream pools
   std::optional<Address> source_address;  // as for upstream pools
+  // A PROXY protocol header first on every connection to the mirror (the client's and the
+  // listener's address, and with v2 the TLVs asked for), so a sink attributes the traffic
+  // it analyses; as for upstream pools.
+  ProxyProtocol proxy_protocol = ProxyProtocol::Off;
+  ProxyProtocolTlvs proxy_protocol_tlvs;
   Location location;
 };
 

@@ -635,11 +635,7 @@ private:
                      "server " + quoted(server.address.text));
         }
       }
-      if (const toml::node* tlvs = t->get("proxy_protocol_tlvs");
-          tlvs != nullptr && u.proxy_protocol_tlvs.any() && u.proxy_protocol != ProxyProtocol::V2) {
-        error(tlvs->source(), "'proxy_protocol_tlvs' needs 'proxy_protocol = \"v2\"' " +
-                                  ("in " + header) + ": only version 2 headers carry TLVs");
-      }
+      tlvsNeedVersion2(*t, u.proxy_protocol_tlvs, u.proxy_protocol, "in " + header);
       for (const char* key : {"check_send", "check_expect", "check_port"}) {
         if (const toml::node* node = t->get(key);
             node != nullptr && u.check_interval.count() == 0) {
@@ -1107,10 +1103,23 @@ private:
             {"resolve_interval", resolveInterval(&m.resolve_interval)},
             {"resolve_hold", duration(&m.resolve_hold, 0ms, kMaxTimeout)},
             {"source_address", sourceAddress(&m.source_address)},
+            {"proxy_protocol",
+             oneOf(&m.proxy_protocol, {ProxyProtocol::Off, ProxyProtocol::V1, ProxyProtocol::V2})},
+            {"proxy_protocol_tlvs", proxyTlvs(&m.proxy_protocol_tlvs)},
         });
+    tlvsNeedVersion2(table, m.proxy_protocol_tlvs, m.proxy_protocol, "in [[listener.mirror]]");
     if (m.source_address && m.address.length != 0) {
       sameFamily(*table.get("source_address"), *m.source_address, m.address,
                  "the mirror's address " + quoted(m.address.text));
+    }
+  }
+
+  void tlvsNeedVersion2(const toml::table& t, const ProxyProtocolTlvs& tlvs, ProxyProtocol version,
+                        const std::string& where) {
+    if (const toml::node* node = t.get("proxy_protocol_tlvs");
+        node != nullptr && tlvs.any() && version != ProxyProtocol::V2) {
+      error(node->source(), "'proxy_protocol_tlvs' needs 'proxy_protocol = \"v2\"' " + where +
+                                ": only version 2 headers carry TLVs");
     }
   }
 

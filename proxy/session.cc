@@ -1002,10 +1002,10 @@ void Session::forwardServerName(UpstreamPeerName& peer, bool verify) const {
   }
 }
 
-std::string Session::upstreamProxyHeader(const config::UpstreamConfig& pool) const {
-  const config::ProxyProtocolTlvs& wanted = pool.proxy_protocol_tlvs;
+std::string Session::outgoingProxyHeader(config::ProxyProtocol version,
+                                         const config::ProxyProtocolTlvs& wanted) const {
   if (!wanted.any()) {
-    return proxyHeader(pool.proxy_protocol, clientAddress_, localAddress_);
+    return proxyHeader(version, clientAddress_, localAddress_);
   }
   const relay::TlsChannel* tls = client_.tls_.get();
   ProxyTlvs tlvs;
@@ -1043,7 +1043,7 @@ std::string Session::upstreamProxyHeader(const config::UpstreamConfig& pool) con
     tlvs.received = passed;
   }
   tlvs.crc32c = wanted.crc32c;
-  return proxyHeader(pool.proxy_protocol, clientAddress_, localAddress_, &tlvs);
+  return proxyHeader(version, clientAddress_, localAddress_, &tlvs);
 }
 
 void Session::afterProxyHeader() {
@@ -1530,7 +1530,8 @@ void Session::primaryConnected(int32_t res) {
     // socket that just connected is empty and far larger than the header (at most 108
     // bytes, or about 8 KiB with TLVs passed on), so one non-blocking send takes it
     // whole; anything else is a dead server.
-    const std::string header = upstreamProxyHeader(poolConfig);
+    const std::string header =
+        outgoingProxyHeader(poolConfig.proxy_protocol, poolConfig.proxy_protocol_tlvs);
     const ssize_t sent = host_.sockets().sendNow(primary_.fd_, header.data(), header.size());
     if (sent != static_cast<ssize_t>(header.size())) {
       res = sent < 0 ? static_cast<int32_t>(sent) : -EAGAIN;
@@ -1662,6 +1663,19 @@ void Session::mirrorConnected(size_t index, int32_t res) {
     }
     cutMirror(index, why.c_str());
     return;
+  }
+  const config::MirrorConfig& mc = cfg().mirrors[index];
+  if (mc.proxy_protocol != config::ProxyProtocol::Off) {
+    // First on the connection, whole, as to an upstream server (connectedPrimary).
+    const std::string header = outgoingProxyHeader(mc.proxy_protocol, mc.proxy_protocol_tlvs);
+    const ssize_t sent = host_.sockets().sendNow(m.peer.fd_, header.data(), header.size());
+    if (sent != static_cast<ssize_t>(header.size())) {
+      stats().mirrors[index].connectErrors.inc();
+      cutMirror(index, ("PROXY protocol header not sent: " +
+                        describe(sent < 0 ? static_cast<int32_t>(sent) : -EAGAIN))
+                           .c_str());
+      return;
+    }
   }
   if (health != nullptr) {
     health->connectSucceeded(host_.now());

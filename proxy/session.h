@@ -413,8 +413,10 @@ private:
   // forward_sni: the name the client asked for, when it is a host name, becomes the SNI of
   // the upstream handshake and the name its certificate must have.
   void forwardServerName(UpstreamPeerName& peer, bool verify) const;
-  // The PROXY protocol header that starts a connection to `pool`'s server.
-  std::string upstreamProxyHeader(const config::UpstreamConfig& pool) const;
+  // The PROXY protocol header that starts a connection to a server or a mirror: `version`
+  // with the TLVs `wanted` (proxy_protocol, proxy_protocol_tlvs).
+  std::string outgoingProxyHeader(config::ProxyProtocol version,
+                                  const config::ProxyProtocolTlvs& wanted) const;
   void beginSession();
   void continueHandshake(Peer& peer);
   void handshakeDone(Peer& peer);

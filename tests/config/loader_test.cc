@@ -882,6 +882,28 @@ TEST(LoaderTest, SourceAddressIsAnIpOfTheServersFamily) {
       SizeIs(1));
 }
 
+TEST(LoaderTest, AMirrorMayAskForAProxyProtocolHeader) {
+  auto mirror = [](const std::string& third, const std::string& fourth) {
+    return lines({"[upstream.app]", R"(servers = ["127.0.0.1:8000"])", "[[listener]]",
+                  R"(name = "web")", R"(listen = "127.0.0.1:8080")", R"(upstream = "app")",
+                  "[[listener.mirror]]", R"(name = "m")", R"(address = "127.0.0.1:9000")", third,
+                  fourth});
+  };
+  LoadResult result = loadString(
+      mirror(R"(proxy_protocol = "v2")", R"(proxy_protocol_tlvs = ["unique_id"])"), "t.toml");
+  ASSERT_TRUE(result.ok()) << result.errors[0].toString();
+  const config::MirrorConfig& m = result.config->listeners[0].mirrors[0];
+  EXPECT_EQ(m.proxy_protocol, config::ProxyProtocol::V2);
+  EXPECT_TRUE(m.proxy_protocol_tlvs.unique_id);
+  EXPECT_FALSE(m.proxy_protocol_tlvs.crc32c);
+  EXPECT_EQ(loadString(mirror("", ""), "t.toml").config->listeners[0].mirrors[0].proxy_protocol,
+            config::ProxyProtocol::Off);
+  EXPECT_THAT(errorsOf(mirror(R"(proxy_protocol = "v1")", R"(proxy_protocol_tlvs = ["crc32c"])")),
+              ElementsAre("t.toml:11:23: 'proxy_protocol_tlvs' needs 'proxy_protocol = \"v2\"' "
+                          "in [[listener.mirror]]: only version 2 headers carry TLVs"));
+  EXPECT_THAT(errorsOf(mirror(R"(proxy_protocol = "v3")", "")), SizeIs(1));
+}
+
 TEST(LoaderTest, ProxyProtocolFromKeepsEveryNetwork) {
   LoadResult result = loadString(
       validWith({"accept_proxy_protocol = true",

@@ -209,6 +209,8 @@ void checkAccepted(const Config& c) {
       FUZZ_CHECK(mirrorNames.insert(m.name).second, "duplicate mirror " + m.name);
       checkAddress(m.address, "mirror address");
       checkSource(m.source_address, m.address);
+      FUZZ_CHECK(!m.proxy_protocol_tlvs.any() || m.proxy_protocol == ProxyProtocol::V2,
+                 "mirror TLVs without a v2 header");
       FUZZ_CHECK(m.sample_percent <= 100, "sample_percent 0..100");
       FUZZ_CHECK(m.max_fails <= 1000, "mirror max_fails 0..1000");
       FUZZ_CHECK(m.fail_timeout.count() >= 1, "mirror fail_timeout >= 1ms");

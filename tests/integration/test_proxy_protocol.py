@@ -1,7 +1,9 @@
 #!/usr/bin/env python3
 """[upstream.NAME] proxy_protocol: every upstream connection starts with a PROXY protocol
 header (v1 text or v2 binary) carrying the client's address and the address it connected
-to; then the client's bytes follow unchanged. Mirrors get no header. Debian's
+to; then the client's bytes follow unchanged. A mirror gets one only when it asks
+(its own proxy_protocol and TLVs: the session's ID joins a sink's records with the access
+log). Debian's
 nginx (listen ... proxy_protocol) reads the client's address from it, in front of TLS too.
 
 [[listener]] accept_proxy_protocol: grelay behind a load balancer reads the header its
@@ -18,8 +20,10 @@ received header whose TLVs are malformed or whose checksum does not match is ref
 import json
 import os
 import re
+import shutil
 import socket
 import struct
+import tempfile
 import time
 
 import harness as h
@@ -118,6 +122,41 @@ class ProxyProtocolTest(h.GrelayTest):
                     self.assertTrue(g == w, "the stream after the header differs")
                 self.assertEqual(sorted(bytes(r.data) for r in mirror.records()),
                                  sorted(mirrored_data), "a mirror must get the client's bytes only")
+
+    def test_a_mirror_that_asks_gets_a_header_with_the_session_id(self):
+        log = os.path.join(tempfile.mkdtemp(prefix="grelay-pp-"), "access.log")
+        self.addCleanup(shutil.rmtree, os.path.dirname(log), True)
+        with h.SinkServer() as up, h.SinkServer() as m1, h.SinkServer() as m2:
+            cfg = h.Config()
+            cfg.upstream("app", [up.address])
+            port = cfg.listener("web", "app", access_log=log, mirrors=[
+                {"name": "one", "address": m1.address, "proxy_protocol": "v1"},
+                {"name": "two", "address": m2.address, "proxy_protocol": "v2",
+                 "proxy_protocol_tlvs": ["unique_id", "crc32c"]}])
+            with h.Grelay(cfg):
+                stream = h.Stream(77, h.scaled(256 * h.KiB))
+                seen = {}
+                r = h.stream_session(port, stream, expect=b"", on_connect=lambda s: seen.update(
+                    client=s.getsockname()[:2], server=s.getpeername()[:2]))
+                self.assertTrue(r.ok, str(r))
+                for sink in (up, m1, m2):
+                    self.assertTrue(sink.wait_connections(1, timeout=10))
+            with open(log) as f:
+                session_id = json.loads(f.readline())["id"]
+        # The upstream pool asked for none; each mirror gets its header, then the stream.
+        self.assertEqual(bytes(up.records()[0].data), stream.bytes())
+        v1 = expected_header("v1", seen["client"], seen["server"])
+        self.assertEqual(bytes(m1.records()[0].data), v1 + stream.bytes())
+        header, rest = h.split_proxy_v2(bytes(m2.records()[0].data))
+        self.assertEqual(rest, stream.bytes())
+        addresses = expected_header("v2", seen["client"], seen["server"])
+        self.assertEqual(header[:13] + header[16:28], addresses[:13] + addresses[16:28])
+        tlvs = h.read_tlvs(header)
+        self.assertEqual([k for k, _ in tlvs], [0x05, 0x03], tlvs)
+        self.assertEqual(tlvs[0][1], session_id.encode(), "PP2_TYPE_UNIQUE_ID")
+        checked = bytearray(header)
+        checked[-4:] = b"\0" * 4
+        self.assertEqual(struct.unpack("!I", tlvs[1][1])[0], crc32c(bytes(checked)))
 
     def _nginx_sees_the_client(self, version: str, tls: bool):
         lines = ('return 200 "$proxy_protocol_addr $proxy_protocol_port '

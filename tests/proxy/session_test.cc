@@ -1178,6 +1178,32 @@ TEST_F(SessionTest, MirrorStillConnectingQueuesThenSendsInOrder) {
   EXPECT_EQ(std::string(static_cast<const char*>(send->buf), send->len), "one");
 }
 
+TEST_F(SessionTest, AMirrorAskingForAProxyHeaderGetsItBeforeWhatWasQueued) {
+  configure(1);
+  listenerConfig_.mirrors[0].proxy_protocol = config::ProxyProtocol::V1;
+  startConnected();
+  ring().receive(ring().pendingReceive(kClientFd), "one");
+  ring().complete(ring().pending(OpKind::Connect, 100), 0);
+  EXPECT_EQ(host_.sockets_.sent[100], "PROXY TCP4 127.0.0.1 127.0.0.1 40000 40000\r\n");
+  FakeOp* send = ring().pending(OpKind::Send, 100);
+  ASSERT_NE(send, nullptr);
+  EXPECT_EQ(std::string(static_cast<const char*>(send->buf), send->len), "one");
+  EXPECT_EQ(host_.sockets_.sent.count(primaryFd()), 0u);  // the pool asked for none
+}
+
+TEST_F(SessionTest, AMirrorWhoseProxyHeaderCannotBeSentIsCut) {
+  configure(1);
+  listenerConfig_.mirrors[0].proxy_protocol = config::ProxyProtocol::V2;
+  host_.sockets_.sendResult[100] = -EPIPE;
+  startConnected();
+  ring().complete(ring().pending(OpKind::Connect, 100), 0);
+  EXPECT_EQ(stats_->mirrors[0].cuts.value(), 1u);
+  EXPECT_EQ(stats_->mirrors[0].connectErrors.value(), 1u);
+  ring().receive(ring().pendingReceive(kClientFd), "abc");
+  EXPECT_EQ(ring().pendingCount(OpKind::Send, 100), 0u);
+  EXPECT_EQ(ring().pendingCount(OpKind::Send, primaryFd()), 1u);
+}
+
 TEST_F(SessionTest, AMirrorThatFailsToConnectIsSkippedBySessionsUntilFailTimeout) {
   configure(1);
   PeerHealth health;
