@@ -1666,7 +1666,7 @@ void Session::mirrorConnected(size_t index, int32_t res) {
   }
   const config::MirrorConfig& mc = cfg().mirrors[index];
   if (mc.proxy_protocol != config::ProxyProtocol::Off) {
-    // First on the connection, whole, as to an upstream server (connectedPrimary).
+    // First on the connection, whole, as to an upstream server (primaryConnected).
     const std::string header = outgoingProxyHeader(mc.proxy_protocol, mc.proxy_protocol_tlvs);
     const ssize_t sent = host_.sockets().sendNow(m.peer.fd_, header.data(), header.size());
     if (sent != static_cast<ssize_t>(header.size())) {
