@@ -172,8 +172,11 @@ struct UpstreamTlsConfig {
   // PROXY header's authority) as SNI and verify the server's certificate against it;
   // without one, `sni` (or the host) as usual. Health checks use `sni` too.
   bool forward_sni = false;
-  std::string cert;   // a client certificate chain (PEM) for servers that ask (mTLS); "" = none
-  std::string key;    // its private key (PEM)
+  std::string cert;  // a client certificate chain (PEM) for servers that ask (mTLS); "" = none
+  std::string key;   // its private key (PEM)
+  // Key exchange groups offered, in order of preference (OpenSSL names: "X25519", "P-256",
+  // "P-384", "ffdhe2048", ...); empty = X25519, P-256, P-384.
+  std::vector<std::string> groups;
   Location location;  // of the tls value
 };
 
@@ -330,6 +333,9 @@ struct ListenerTlsConfig {
   std::string min_version = "1.2";  // "1.2" or "1.3"
   std::string ciphers;              // TLS 1.2 cipher list; "" = Mozilla "intermediate"
   std::string ciphersuites;         // TLS 1.3 suites; "" = OpenSSL's defaults (all AEAD)
+  // Key exchange groups (curves) accepted, in order of preference (nginx's ssl_ecdh_curve,
+  // HAProxy's curves); empty = X25519, P-256, P-384.
+  std::vector<std::string> groups;
   // ALPN: the first of these (in this order) that the client offers is chosen; none in
   // common (or an empty list) = no ALPN, the handshake goes on.
   std::vector<std::string> alpn;

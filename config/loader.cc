@@ -693,6 +693,37 @@ private:
     };
   }
 
+  // TLS key exchange groups: ["X25519", "P-256"]: names of 1..64 [A-Za-z0-9_-] characters,
+  // none twice, at least one. Whether OpenSSL knows them is checked when the TLS contexts
+  // are built (--check does it too).
+  Reader groups(std::vector<std::string>* out) {
+    return [this, out](std::string_view key, const toml::node& node) {
+      const toml::array* array = node.as_array();
+      if (array == nullptr)
+        return typeError(key, node, "an array of group names like [\"X25519\", \"P-256\"]");
+      if (array->empty()) {
+        error(node.source(), quoted(key) + " must not be empty (leave it out for the default)");
+        return false;
+      }
+      bool ok = true;
+      for (const toml::node& element : *array) {
+        const std::optional<std::string_view> text = element.value<std::string_view>();
+        if (!text || text->empty() || text->size() > 64 || !isName(*text)) {
+          error(element.source(), quoted(key) +
+                                      " entries must be group names like \"X25519\" or "
+                                      "\"P-256\" ([A-Za-z0-9_-], 1 to 64 characters)");
+          ok = false;
+        } else if (std::find(out->begin(), out->end(), *text) != out->end()) {
+          error(element.source(), quoted(key) + " names " + quoted(*text) + " twice");
+          ok = false;
+        } else {
+          out->emplace_back(*text);
+        }
+      }
+      return ok;
+    };
+  }
+
   // ["alpn", "authority", "ssl", "unique_id", "received", "crc32c"], any of them.
   Reader proxyTlvs(ProxyProtocolTlvs* out) {
     return [this, out](std::string_view key, const toml::node& node) {
@@ -843,6 +874,7 @@ private:
                       {"sni", string(&tls->sni)},
                       {"verify", boolean(&tls->verify)},
                       {"alpn", protocols(&tls->alpn)},
+                      {"groups", groups(&tls->groups)},
                       {"forward_sni", boolean(&tls->forward_sni)},
                       {"cert", file(&tls->cert, "cert")},
                       {"key", file(&tls->key, "key")},
@@ -1060,6 +1092,7 @@ private:
              }},
             {"ciphers", string(&tls.ciphers, true)},
             {"ciphersuites", string(&tls.ciphersuites, true)},
+            {"groups", groups(&tls.groups)},
             {"alpn", protocols(&tls.alpn)},
             {"strict_sni", boolean(&tls.strict_sni)},
             {"client_ca", file(&tls.client_ca, "client_ca")},

@@ -137,12 +137,34 @@ void noteRevocationLists(SSL_CTX* ctx, const config::ListenerConfig& l,
   dates->push_back({Kind::kClientCrl, l.name, l.tls->client_crl, earliest});
 }
 
+constexpr const char* kDefaultGroups = "X25519:prime256v1:secp384r1";
+
+// The key exchange groups a context offers or accepts (config `groups`); false (an error
+// appended) when OpenSSL does not know one.
+bool setGroups(SSL_CTX* ctx, const std::vector<std::string>& groups, const config::Location& where,
+               std::vector<std::string>* errors) {
+  if (groups.empty()) {
+    return true;
+  }
+  std::string list;
+  for (const std::string& g : groups) {
+    list += (list.empty() ? "" : ":") + g;
+  }
+  if (SSL_CTX_set1_groups_list(ctx, list.c_str()) != 1) {
+    errors->push_back(at(where, "groups '" + list + "': " + lastError() +
+                                    " (OpenSSL names: X25519, X448, P-256, P-384, P-521, "
+                                    "ffdhe2048, ...)"));
+    return false;
+  }
+  return true;
+}
+
 void commonOptions(SSL_CTX* ctx, bool ktls) {
   SSL_CTX_set_min_proto_version(ctx, TLS1_2_VERSION);
   SSL_CTX_set_options(ctx, SSL_OP_NO_RENEGOTIATION | SSL_OP_NO_COMPRESSION);
   // Idle sessions keep no read/write buffers (memory per connection).
   SSL_CTX_set_mode(ctx, SSL_MODE_RELEASE_BUFFERS);
-  SSL_CTX_set1_groups_list(ctx, "X25519:prime256v1:secp384r1");
+  SSL_CTX_set1_groups_list(ctx, kDefaultGroups);
   if (ktls) {
     SSL_CTX_set_options(ctx, SSL_OP_ENABLE_KTLS);
   }
@@ -266,6 +288,7 @@ SSL_CTX* serverContext(const config::ListenerTlsConfig& t, const config::Certifi
     errors->push_back(at(t.location, "ciphersuites '" + t.ciphersuites + "': " + lastError()));
     ok = false;
   }
+  ok = setGroups(ctx, t.groups, t.location, errors) && ok;
   if (loadCertificate(ctx, files, errors) && ok) {
     return ctx;
   }
@@ -505,6 +528,7 @@ bool TlsContexts::build(const config::Config& cfg, bool ktls, std::vector<std::s
     // read and ignored (Session::ktlsRecordReceived).
     commonOptions(ctx, ktls);
     SSL_CTX_set_cipher_list(ctx, kIntermediateCiphers);
+    setGroups(ctx, u.tls.groups, u.tls.location.line != 0 ? u.tls.location : u.location, errors);
     if (!u.tls.cert.empty() && !u.tls.key.empty()) {
       // Presented to servers that ask for a certificate (sessions and health checks alike).
       const config::CertificateFiles files{u.tls.cert, u.tls.key, u.tls.location};

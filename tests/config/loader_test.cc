@@ -1141,6 +1141,34 @@ TEST(LoaderTest, AlpnProtocolsOnBothSides) {
   EXPECT_THAT(errorsOf(file("\"h2\"", "[]")), SizeIs(1));
 }
 
+TEST(LoaderTest, KeyExchangeGroupsOnBothSides) {
+  TempDir dir;
+  const std::string key = dir.write("key.pem", "x");
+  const std::string tls = "tls = { cert = \"" + key + "\", key = \"" + key + "\", groups = ";
+  auto file = [&](const std::string& listenerGroups, const std::string& upstreamGroups) {
+    return lines({"[upstream.app]", R"(servers = ["127.0.0.1:8000"])",
+                  "tls = { groups = " + upstreamGroups + " }", "[[listener]]", R"(name = "web")",
+                  R"(listen = "127.0.0.1:8080")", R"(upstream = "app")",
+                  tls + listenerGroups + " }"});
+  };
+  LoadResult result = loadString(file(R"(["P-384", "P-256"])", R"(["X25519"])"), "t.toml");
+  ASSERT_TRUE(result.ok()) << result.errors[0].toString();
+  EXPECT_THAT(result.config->listeners[0].tls->groups, ElementsAre("P-384", "P-256"));
+  EXPECT_THAT(result.config->upstreams[0].tls.groups, ElementsAre("X25519"));
+  EXPECT_THAT(errorsOf(file(R"(["P-256", "P-256"])", R"(["X25519"])")),
+              ElementsAre(testing::HasSubstr("'groups' names 'P-256' twice")));
+  EXPECT_THAT(
+      errorsOf(file("[]", R"(["X25519"])")),
+      ElementsAre(testing::HasSubstr("'groups' must not be empty (leave it out for the default)")));
+  for (const std::string& bad : {std::string(R"([""])"), std::string(R"(["P:256"])"),
+                                 std::string("[2]"), "[\"" + std::string(65, 'p') + "\"]"}) {
+    EXPECT_THAT(errorsOf(file(R"(["P-256"])", bad)),
+                ElementsAre(testing::HasSubstr("'groups' entries must be group names like")))
+        << bad;
+  }
+  EXPECT_THAT(errorsOf(file("\"P-256\"", R"(["X25519"])")), SizeIs(1));
+}
+
 TEST(LoaderTest, CheckSendAndExpectNeedHealthChecks) {
   auto pool = [](const std::string& line) {
     return lines({"[upstream.app]", R"(servers = ["127.0.0.1:8000"])", "check_interval = \"1s\"",

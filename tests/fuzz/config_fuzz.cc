@@ -99,8 +99,18 @@ void checkAccepted(const Config& c) {
                "source_address with a port");
   };
 
+  // TLS groups: names, none twice.
+  auto checkGroups = [](const std::vector<std::string>& groups) {
+    std::set<std::string> seen;
+    for (const std::string& g : groups) {
+      FUZZ_CHECK(isName(g) && g.size() <= 64, "group '" + printable(g) + "'");
+      FUZZ_CHECK(seen.insert(g).second, "group twice: " + g);
+    }
+  };
+
   std::set<std::string> upstreamNames;
   for (const UpstreamConfig& u : c.upstreams) {
+    checkGroups(u.tls.groups);
     FUZZ_CHECK(isName(u.name), "upstream name '" + printable(u.name) + "'");
     FUZZ_CHECK(upstreamNames.insert(u.name).second, "duplicate upstream " + u.name);
     FUZZ_CHECK(!u.servers.empty(), "upstream " + u.name + " without servers");
@@ -202,6 +212,7 @@ void checkAccepted(const Config& c) {
       FUZZ_CHECK(l.tls->handshake_timeout.count() >= 1 && l.tls->handshake_timeout <= kDay,
                  "handshake_timeout");
       FUZZ_CHECK(l.tls->min_version == "1.2" || l.tls->min_version == "1.3", "min_version");
+      checkGroups(l.tls->groups);
     }
     std::set<std::string> mirrorNames;
     for (const MirrorConfig& m : l.mirrors) {

@@ -33,6 +33,7 @@ Certificates are made at test time with the openssl CLI (harness.Certs).
 import calendar
 import os
 import random
+import re
 import shutil
 import signal
 import subprocess
@@ -172,6 +173,24 @@ class TlsTerminationTest(h.TlsTest):
                     ctx.set_alpn_protocols(offered)
                     with ctx.wrap_socket(h.connect(port), server_hostname="localhost") as s:
                         self.assertEqual(s.selected_alpn_protocol(), chosen, offered)
+
+    def test_groups_limit_the_key_exchange(self):
+        c = self.certs
+        with h.EchoServer() as echo:
+            cfg = h.Config()
+            cfg.upstream("app", [echo.address])
+            port = cfg.listener("tls", "app", tls={**tls_listener(c), "groups": ["P-384"]})
+            with h.Grelay(cfg):
+                def handshake(groups):
+                    r = subprocess.run(
+                        ["openssl", "s_client", "-connect", f"127.0.0.1:{port}", "-groups", groups,
+                         "-CAfile", c.ca, "-servername", "localhost", "-verify_return_error"],
+                        input="", capture_output=True, text=True, timeout=30)
+                    m = re.search(r"Server Temp Key: (.*)", r.stdout)
+                    return m.group(1) if m else r.stdout + r.stderr
+                self.assertEqual(handshake("X25519:P-384"), "ECDH, secp384r1, 384 bits")
+                refused = handshake("X25519:P-256")
+                self.assertIn("alert handshake failure", refused)
 
     def test_client_certificates_required_or_optional(self):
         import json

@@ -97,6 +97,28 @@ class TlsUpstreamTest(h.TlsTest):
             self.assertEqual(both.protocols, ["http/1.1"])
             self.assertEqual(other.protocols, [None])
 
+    def test_groups_are_the_key_exchanges_offered_to_servers(self):
+        with h.TlsEchoServer(*self.certs.upstream) as server:
+            server.context.set_ecdh_curve("secp384r1")  # a server that takes P-384 only
+            cfg = h.Config()
+            cfg.with_admin()
+            base = {"ca": self.certs.ca, "sni": "localhost"}
+            ports = {}
+            for name, groups in (("default", None), ("p384", ["X25519", "P-384"]),
+                                 ("p256", ["P-256"])):
+                cfg.upstream(name, [server.address],
+                             tls={**base, **({"groups": groups} if groups else {})})
+                ports[name] = cfg.listener(name, name)
+            with h.Grelay(cfg) as g:
+                for name in ("default", "p384"):
+                    r = h.stream_session(ports[name], h.Stream(5, 64 * h.KiB))
+                    self.assertTrue(r.ok, f"{name}: {r}")
+                r = h.stream_session(ports["p256"], h.Stream(6, 64 * h.KiB), expect=b"")
+                self.assertEqual((r.received, r.end), (0, "reset"), str(r))
+                self.assertEqual(g.metric("grelay_upstream_tls_failures_total", listener="p256"),
+                                 1)
+        self.assertEqual(server.handshakes, 2)
+
     def test_a_client_certificate_for_servers_that_ask(self):
         grelay_cert = self.certs.client("grelay", "/CN=grelay")
         with h.TlsEchoServer(*self.certs.upstream, client_ca=self.certs.ca) as server:
