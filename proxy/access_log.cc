@@ -72,12 +72,16 @@ std::string accessLogLine(const AccessRecord& r) {
                 r.mirrorsCut);
   const std::string sni = r.sni.empty() ? "null" : jsonString(r.sni);
   const std::string alpn = r.alpn.empty() ? "null" : jsonString(r.alpn);
+  // OpenSSL's names: letters, digits, '.', '_', '-'.
+  const std::string tlsVersion = r.tlsVersion.empty() ? "null" : jsonString(r.tlsVersion);
+  const std::string tlsCipher = r.tlsCipher.empty() ? "null" : jsonString(r.tlsCipher);
   const std::string cert = r.clientCert == nullptr ? "null" : jsonString(*r.clientCert);
   return std::string("{\"time\":\"") + time + "\",\"listener\":\"" + *r.listener +
          "\",\"worker\":" + std::to_string(r.worker) + ",\"session\":" + std::to_string(r.session) +
          ",\"id\":\"" + sessionId(r.worker, r.session) + "\"" + ",\"client\":\"" +
          formatAddress(r.client) + "\",\"upstream\":" + upstream + ",\"server\":" + server + "," +
-         numbers + sni + ",\"alpn\":" + alpn + ",\"client_cert\":" + cert + mirrors;
+         numbers + sni + ",\"alpn\":" + alpn + ",\"tls_version\":" + tlsVersion +
+         ",\"tls_cipher\":" + tlsCipher + ",\"client_cert\":" + cert + mirrors;
 }
 
 AccessLog::AccessLog(int fd, std::string path, std::string listener, metrics::ListenerStats& stats,

@@ -43,6 +43,10 @@ struct AccessRecord {
   // The ALPN protocol: the one the handshake chose (terminated here), else the ones the
   // ClientHello offered, comma-separated in its order (read ahead for routes); empty = none.
   std::string_view alpn;
+  // The protocol version and cipher of a handshake that completed here ("TLSv1.3",
+  // "TLS_AES_128_GCM_SHA256"); empty = none.
+  std::string_view tlsVersion;
+  std::string_view tlsCipher;
   const std::string* clientCert = nullptr;  // the subject of its certificate (mTLS), or null
   uint32_t mirrors = 0;                     // mirrors sampled for the session
   uint32_t mirrorsCut = 0;
@@ -65,9 +69,11 @@ std::string sessionId(uint32_t worker, uint64_t session);
 //  "server":"127.0.0.1:8000","duration":0.004512,"queue":0.000000,"connect":0.000210,
 //  "request_bytes":78,"response_bytes":4321,
 //  "end":"normal","reset":false,"tls":true,"sni":"api.example.com","alpn":"h2",
+//  "tls_version":"TLSv1.3","tls_cipher":"TLS_AES_128_GCM_SHA256",
 //  "client_cert":"CN=alice,O=Example","mirrors":1,"mirrors_cut":0}  + "\n"
 // (one line; "server" and "connect" are null when no server was connected, "sni", "alpn"
-// and "client_cert" when the client sent none; what the client sent is escaped as JSON needs).
+// and "client_cert" when the client sent none, "tls_version" and "tls_cipher" without a
+// completed handshake; what the client sent is escaped as JSON needs).
 std::string accessLogLine(const AccessRecord& record);
 
 class AccessLog {

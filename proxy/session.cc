@@ -2104,6 +2104,10 @@ void Session::writeAccessLog() {
   r.sni = clientServerName();  // known once the ClientHello was read, even if it failed
   if (client_.tls_ != nullptr) {
     r.alpn = client_.tls_->alpn();
+    if (client_.tls_->established()) {
+      r.tlsVersion = client_.tls_->version();
+      r.tlsCipher = client_.tls_->cipher();
+    }
     relay::TlsChannel::PeerCertificate cert = client_.tls_->peerCertificate();
     if (cert.present) {
       clientCert = std::move(cert.subject);

@@ -83,6 +83,8 @@ public:
   // on the server side, the name the client sent in SNI (empty if none).
   const char* version() const;
   const char* cipher() const;
+  // The handshake completed (version() and cipher() are the session's).
+  bool established() const;
   std::string_view serverName() const;
   // The protocol ALPN chose ("h2"); empty if none.
   std::string_view alpn() const;

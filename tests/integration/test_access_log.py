@@ -67,7 +67,8 @@ class AccessLogTest(h.GrelayTest):
             self.assertEqual(set(line), {"time", "listener", "worker", "session", "id", "client",
                                          "upstream", "server", "duration", "queue", "connect",
                                          "request_bytes", "response_bytes", "end", "reset",
-                                         "tls", "sni", "alpn", "client_cert", "mirrors",
+                                         "tls", "sni", "alpn", "tls_version", "tls_cipher",
+                                         "client_cert", "mirrors",
                                          "mirrors_cut"})
             by_end.setdefault((line["listener"], line["end"]), []).append(line)
         normal = [x for x in by_end[("web", "normal")] if x["request_bytes"] == len(stream)]
@@ -112,6 +113,7 @@ class AccessLogTest(h.GrelayTest):
                     with ctx.wrap_socket(h.connect(port), server_hostname=name) as s:
                         s.sendall(b"ping")
                         self.assertEqual(s.recv(4), b"ping")
+                        cipher = s.cipher()[0]
                 # A name the certificate does not have: the client gives up in the
                 # handshake, and the line still says what it asked for.
                 with self.assertRaises(ssl.SSLError):
@@ -120,9 +122,14 @@ class AccessLogTest(h.GrelayTest):
                 self.assertTrue(h.wait_for(lambda: len(read_lines(self.path)) == 3, 5),
                                 read_lines(self.path))
             lines = read_lines(self.path)
-        got = sorted(((x["sni"] or ""), x["end"], x["tls"], x["request_bytes"]) for x in lines)
-        self.assertEqual(got, [("", "normal", True, 4), ("localhost", "normal", True, 4),
-                               ("other.example", "error", True, 0)], lines)
+        got = sorted(((x["sni"] or ""), x["end"], x["tls"], x["request_bytes"], x["tls_version"])
+                     for x in lines)
+        self.assertEqual(got, [("", "normal", True, 4, "TLSv1.3"),
+                               ("localhost", "normal", True, 4, "TLSv1.3"),
+                               ("other.example", "error", True, 0, None)], lines)
+        # The cipher of each completed handshake, as OpenSSL names it; none for the failed one.
+        self.assertEqual(sorted(str(x["tls_cipher"]) for x in lines),
+                         sorted([cipher, cipher, "None"]), lines)
 
     def test_every_line_is_written_by_exit(self):
         with h.EchoServer() as echo:

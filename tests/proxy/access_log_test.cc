@@ -54,7 +54,8 @@ TEST(AccessLogTest, OneJsonLinePerSession) {
           "\"duration\":1.500250,"
           "\"queue\":0.250000,\"connect\":0.000512,\"request_bytes\":78,\"response_bytes\":4321,"
           "\"end\":\"normal\",\"reset\":false,"
-          "\"tls\":false,\"sni\":null,\"alpn\":null,\"client_cert\":null,\"mirrors\":2,\"mirrors_"
+          "\"tls\":false,\"sni\":null,\"alpn\":null,\"tls_version\":null,\"tls_cipher\":null,"
+          "\"client_cert\":null,\"mirrors\":2,\"mirrors_"
           "cut\":1}\n");
   AccessRecord r = record(&web, nullptr);
   auto& c6 = reinterpret_cast<sockaddr_in6&>(r.client);
@@ -92,7 +93,7 @@ TEST(AccessLogTest, TheClientsSniAndCertificateAreEscapedIntoValidJson) {
             std::string::npos);
   r.alpn = "h2";
   EXPECT_NE(
-      accessLogLine(r).find(",\"sni\":\"api.example.com\",\"alpn\":\"h2\",\"client_cert\":null,"),
+      accessLogLine(r).find(",\"sni\":\"api.example.com\",\"alpn\":\"h2\",\"tls_version\":null,"),
       std::string::npos)
       << accessLogLine(r);
   // Protocol names are any bytes too (RFC 7301), and an offered list is joined by commas.
@@ -100,6 +101,13 @@ TEST(AccessLogTest, TheClientsSniAndCertificateAreEscapedIntoValidJson) {
   EXPECT_NE(accessLogLine(r).find(R"("alpn":"h2,x\"\u0000y\u00ff",)"), std::string::npos)
       << accessLogLine(r);
   r.alpn = {};
+  r.tlsVersion = "TLSv1.3";
+  r.tlsCipher = "TLS_AES_128_GCM_SHA256";
+  EXPECT_NE(accessLogLine(r).find(
+                R"("alpn":null,"tls_version":"TLSv1.3","tls_cipher":"TLS_AES_128_GCM_SHA256",)"),
+            std::string::npos)
+      << accessLogLine(r);
+  r.tlsVersion = r.tlsCipher = {};
   // A client may send any bytes but NUL; the line stays one line of valid JSON.
   r.sni = "a\"b\\c\nd\x7f\xc3\xa9";
   EXPECT_NE(accessLogLine(r).find(R"("sni":"a\"b\\c\u000ad\u007f\u00c3\u00a9",)"),
@@ -114,9 +122,10 @@ TEST(AccessLogTest, TheClientsSniAndCertificateAreEscapedIntoValidJson) {
   r.clientCert = nullptr;
   const std::string longest(255, 'x');  // RFC 6066's limit, which OpenSSL keeps
   r.sni = longest;
-  EXPECT_NE(
-      accessLogLine(r).find("\"sni\":\"" + longest + "\",\"alpn\":null,\"client_cert\":null,"),
-      std::string::npos);
+  EXPECT_NE(accessLogLine(r).find(
+                "\"sni\":\"" + longest +
+                "\",\"alpn\":null,\"tls_version\":null,\"tls_cipher\":null,\"client_cert\":null,"),
+            std::string::npos);
 }
 
 class AccessLogFileTest : public ::testing::Test {
