@@ -73,6 +73,7 @@ void noteCertificate(SSL_CTX* ctx, Kind kind, const std::string& owner,
   const std::string refused =
       listener ? "clients that verify refuse it" : "servers that ask for one refuse it";
   const int64_t now = static_cast<int64_t>(std::time(nullptr));
+  constexpr int64_t kDay = 86400;
   if (*notAfter < now) {
     warnings->push_back(
         at(files.location, what + "expired at " + isoTime(*notAfter) + ": " + refused));
@@ -80,6 +81,14 @@ void noteCertificate(SSL_CTX* ctx, Kind kind, const std::string& owner,
              notBefore && *notBefore > now) {
     warnings->push_back(
         at(files.location, what + "is not valid before " + isoTime(*notBefore) + ": " + refused));
+  } else if (*notAfter - now < 14 * kDay) {
+    // As the GrelayTlsCertificateExpiresSoon alert, so --check in a deploy pipeline says it.
+    const int64_t days = (*notAfter - now) / kDay;
+    const std::string in = days == 0   ? "less than a day"
+                           : days == 1 ? "1 day"
+                                       : std::to_string(days) + " days";
+    warnings->push_back(at(files.location, what + "expires at " + isoTime(*notAfter) + " (in " +
+                                               in + "): renew it and reload"));
   }
 }
 

@@ -23,7 +23,8 @@ Certificates are made at test time with the openssl CLI (harness.Certs).
   `client_crl` revokes is refused.
 - Dates: when each certificate expires and each CRL file needs refreshing are gauges
   (checked against `openssl x509 -enddate`/`openssl crl -nextupdate`); `--check` and
-  startup warn of an expired certificate and of a CA whose newest list is past its
+  startup warn of a certificate expired or within 14 days of it, and of a CA whose newest
+  list is past its
   nextUpdate, which then refuses every client of that CA until the file is refreshed and
   grelay reloaded (a stale list next to a current one of the same CA is harmless).
 - Resets propagate both ways: an upstream reset reaches the TLS client as a TCP reset
@@ -312,6 +313,11 @@ class TlsTerminationTest(h.TlsTest):
             old = cfg.listener("old", "app", tls={
                 "cert": c.expired[0], "key": c.expired[1], "client_ca": c.ca,
                 "client_crl": stale})
+            # Valid for 5 more days: warned of as well.
+            end = time.gmtime(time.time() + 5 * 86400 + 3600)
+            soon = c._signed("soon", "/CN=localhost", c.NAMES,
+                             dates=("20200101000000Z", time.strftime("%Y%m%d%H%M%SZ", end)))
+            cfg.listener("soon", "app", tls={"cert": soon[0], "key": soon[1]})
             cfg.with_admin()
             path = os.path.join(tempfile.mkdtemp(prefix="grelay-dates-"), "grelay.toml")
             self.addCleanup(shutil.rmtree, os.path.dirname(path), True)
@@ -320,8 +326,11 @@ class TlsTerminationTest(h.TlsTest):
             r = h.run_grelay(["-c", path, "--check"])
             self.assertEqual(r.returncode, 0, r.stderr)
             warnings = [x for x in r.stderr.splitlines() if "warning:" in x]
-            self.assertEqual(len(warnings), 3, r.stderr)
+            self.assertEqual(len(warnings), 4, r.stderr)
             warnings = "\n".join(warnings)
+            self.assertRegex(warnings, rf"warning: listener soon: the certificate in cert file "
+                                       rf"'{soon[0]}' expires at \S+Z \(in 5 days\): renew it "
+                                       rf"and reload")
             self.assertIn(f"warning: listener old: the certificate in cert file '{c.expired[0]}' "
                           "expired at 2020-02-01T00:00:00Z: clients that verify refuse it",
                           warnings)
@@ -343,7 +352,7 @@ class TlsTerminationTest(h.TlsTest):
                     return repr(e)
 
             with h.Grelay(cfg) as g:
-                self.assertEqual(g.log().count("warning:"), 3, g.log_tail())
+                self.assertEqual(g.log().count("warning:"), 4, g.log_tail())
                 january_end = calendar.timegm((2020, 2, 1, 0, 0, 0))
                 self.assertEqual(
                     {(dict(ls).get("listener") or dict(ls)["upstream"], dict(ls)["file"]): v
@@ -352,6 +361,7 @@ class TlsTerminationTest(h.TlsTest):
                               "grelay_upstream_tls_certificate_expiry_timestamp_seconds")},
                     {("current", c.server[0]): not_after(c.server[0]),
                      ("current", c.wrong_host[0]): not_after(c.wrong_host[0]),
+                     ("soon", soon[0]): not_after(soon[0]),
                      ("old", c.expired[0]): january_end,
                      ("signed", c.expired[0]): january_end})
                 self.assertEqual(g.metric("grelay_tls_crl_next_update_timestamp_seconds",
