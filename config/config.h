@@ -329,6 +329,11 @@ struct ListenerTlsConfig {
   // Only clients whose SNI names a DNS name of a certificate (cert or certs) are served;
   // any other name, or none, fails the handshake (HAProxy's strict-sni).
   bool strict_sni = false;
+  // TLS session resumption by ticket (TLS 1.3 and 1.2): a returning client skips the key
+  // exchange and the certificate. The ticket keys are made when the configuration is
+  // loaded and shared by the workers; a reload makes new ones (older tickets then get a
+  // full handshake). false = no tickets (TLS 1.2 clients may still resume by session ID).
+  bool session_tickets = true;
   Duration handshake_timeout{10'000};
   std::string min_version = "1.2";  // "1.2" or "1.3"
   std::string ciphers;              // TLS 1.2 cipher list; "" = Mozilla "intermediate"

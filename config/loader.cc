@@ -1095,6 +1095,7 @@ private:
             {"groups", groups(&tls.groups)},
             {"alpn", protocols(&tls.alpn)},
             {"strict_sni", boolean(&tls.strict_sni)},
+            {"session_tickets", boolean(&tls.session_tickets)},
             {"client_ca", file(&tls.client_ca, "client_ca")},
             {"client_crl", file(&tls.client_crl, "client_crl")},
             {"client_verify",

@@ -245,10 +245,15 @@ SSL_CTX* serverContext(const config::ListenerTlsConfig& t, const config::Certifi
   if (t.min_version == "1.3") {
     SSL_CTX_set_min_proto_version(ctx, TLS1_3_VERSION);
   }
-  // No session tickets: nothing to send after the handshake, so kTLS starts clean, and
-  // no ticket keys to rotate across workers.
-  SSL_CTX_set_num_tickets(ctx, 0);
-  SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
+  if (t.session_tickets) {
+    // One ticket per full handshake (OpenSSL's default is two), written with the last
+    // handshake flight, before the session relays a byte (kTLS or not). One context per
+    // listener and generation: every worker's sessions share its ticket keys.
+    SSL_CTX_set_num_tickets(ctx, 1);
+  } else {
+    SSL_CTX_set_num_tickets(ctx, 0);
+    SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);
+  }
   if (!t.alpn.empty()) {
     // Owned by the context (ex_data): alive as long as any handshake may read it.
     auto* wire = new std::string(alpnWire(t.alpn));

@@ -1169,6 +1169,23 @@ TEST(LoaderTest, KeyExchangeGroupsOnBothSides) {
   EXPECT_THAT(errorsOf(file("\"P-256\"", R"(["X25519"])")), SizeIs(1));
 }
 
+TEST(LoaderTest, SessionTicketsAreOnUnlessTurnedOff) {
+  TempDir dir;
+  const std::string key = dir.write("key.pem", "x");
+  auto file = [&](const std::string& extra) {
+    return lines({"[upstream.app]", R"(servers = ["127.0.0.1:8000"])", "[[listener]]",
+                  R"(name = "web")", R"(listen = "127.0.0.1:8080")", R"(upstream = "app")",
+                  "tls = { cert = \"" + key + "\", key = \"" + key + "\"" + extra + " }"});
+  };
+  LoadResult result = loadString(file(""), "t.toml");
+  ASSERT_TRUE(result.ok()) << result.errors[0].toString();
+  EXPECT_TRUE(result.config->listeners[0].tls->session_tickets);
+  result = loadString(file(", session_tickets = false"), "t.toml");
+  ASSERT_TRUE(result.ok()) << result.errors[0].toString();
+  EXPECT_FALSE(result.config->listeners[0].tls->session_tickets);
+  EXPECT_THAT(errorsOf(file(", session_tickets = \"no\"")), SizeIs(1));
+}
+
 TEST(LoaderTest, CheckSendAndExpectNeedHealthChecks) {
   auto pool = [](const std::string& line) {
     return lines({"[upstream.app]", R"(servers = ["127.0.0.1:8000"])", "check_interval = \"1s\"",

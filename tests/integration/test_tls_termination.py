@@ -32,6 +32,7 @@ Certificates are made at test time with the openssl CLI (harness.Certs).
 """
 
 import calendar
+import json
 import os
 import random
 import re
@@ -174,6 +175,45 @@ class TlsTerminationTest(h.TlsTest):
                     ctx.set_alpn_protocols(offered)
                     with ctx.wrap_socket(h.connect(port), server_hostname="localhost") as s:
                         self.assertEqual(s.selected_alpn_protocol(), chosen, offered)
+
+    def test_a_returning_client_resumes_its_session(self):
+        import ssl
+        c = self.certs
+        alice = c.client("alice", "/CN=alice")
+        log = os.path.join(c.dir, "resume-access.log")
+        with h.EchoServer() as echo:
+            cfg = h.Config()
+            cfg.upstream("app", [echo.address])
+            port = cfg.listener("tls", "app", access_log=log,
+                                tls={**tls_listener(c), "client_ca": c.ca})
+            off = cfg.listener("off", "app",
+                               tls={**tls_listener(c), "session_tickets": False})
+            contexts = {}
+            for version in (ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2):
+                contexts[version] = h.tls_client_context(c.ca)
+                contexts[version].load_cert_chain(*alice)
+                contexts[version].maximum_version = version
+            with h.Grelay(cfg):
+                def session(port, version, ticket=None):
+                    with contexts[version].wrap_socket(h.connect(port), server_hostname="localhost",
+                                         session=ticket) as s:
+                        s.sendall(b"ping")
+                        self.assertEqual(s.recv(4), b"ping")  # (the ticket comes first)
+                        return s.session, s.session_reused
+
+                for version in (ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2):
+                    ticket, reused = session(port, version)
+                    self.assertFalse(reused)
+                    # Resumed whichever worker takes the connection (one ticket key).
+                    for _ in range(4):
+                        self.assertTrue(session(port, version, ticket)[1], version)
+                # Without tickets, a TLS 1.3 client does the whole handshake every time.
+                ticket, _ = session(off, ssl.TLSVersion.TLSv1_3)
+                self.assertFalse(session(off, ssl.TLSVersion.TLSv1_3, ticket)[1])
+        # A resumed session still names the client's certificate, as verified first.
+        with open(log) as f:
+            lines = [json.loads(x) for x in f.read().splitlines()]
+        self.assertEqual([x["client_cert"] for x in lines], ["CN=alice"] * 10)
 
     def test_groups_limit_the_key_exchange(self):
         c = self.certs
