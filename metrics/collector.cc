@@ -156,6 +156,7 @@ struct ListenerTotals {
   uint64_t tapDroppedBytes = 0;
   uint64_t tapErrors = 0;
   uint64_t tlsHandshakes = 0;
+  uint64_t tlsResumed = 0;
   uint64_t proxyProtocolErrors = 0;
   uint64_t accessLogDroppedLines = 0;
   uint64_t tlsHandshakeFailures = 0;
@@ -226,6 +227,7 @@ void addTo(ListenerTotals& total, const ListenerStats& stats, const config::List
   total.tapDroppedBytes += stats.tapDroppedBytes.value();
   total.tapErrors += stats.tapErrors.value();
   total.tlsHandshakes += stats.tlsHandshakes.value();
+  total.tlsResumed += stats.tlsResumed.value();
   total.proxyProtocolErrors += stats.proxyProtocolErrors.value();
   total.accessLogDroppedLines += stats.accessLogDroppedLines.value();
   total.tlsHandshakeFailures += stats.tlsHandshakeFailures.value();
@@ -262,6 +264,7 @@ void addTotals(ListenerTotals& into, const ListenerTotals& from) {
   into.tapDroppedBytes += from.tapDroppedBytes;
   into.tapErrors += from.tapErrors;
   into.tlsHandshakes += from.tlsHandshakes;
+  into.tlsResumed += from.tlsResumed;
   into.proxyProtocolErrors += from.proxyProtocolErrors;
   into.accessLogDroppedLines += from.accessLogDroppedLines;
   into.tlsHandshakeFailures += from.tlsHandshakeFailures;
@@ -655,6 +658,11 @@ std::vector<MetricFamily> StatsCollector::collectFrom(
   auto& tlsHandshakes =
       list.add("grelay_tls_handshakes_total", "Client TLS handshakes completed on a TLS listener.",
                MetricType::Counter);
+  auto& tlsResumed = list.add("grelay_tls_resumed_handshakes_total",
+                              "Client TLS handshakes that resumed a session (a ticket or session "
+                              "ID) instead of a full key exchange; counted in "
+                              "grelay_tls_handshakes_total too.",
+                              MetricType::Counter);
   auto& tlsFailures = list.add("grelay_tls_handshake_failures_total",
                                "Client TLS handshakes that failed (reason=error: protocol, "
                                "version, plaintext client; reason=timeout: handshake_timeout).",
@@ -872,6 +880,7 @@ std::vector<MetricFamily> StatsCollector::collectFrom(
     }
     if (listener.tls) {
       sample(tlsHandshakes, {name}, asDouble(total.tlsHandshakes));
+      sample(tlsResumed, {name}, asDouble(total.tlsResumed));
       sample(tlsFailures, {name, {"reason", "error"}}, asDouble(total.tlsHandshakeFailures));
       sample(tlsFailures, {name, {"reason", "timeout"}}, asDouble(total.tlsHandshakeTimeouts));
     }

@@ -171,6 +171,7 @@ struct ListenerStats {
   SessionHistogram sessionDuration;  // accept to close, of the sessions `connections` counts
   std::vector<MirrorStats> mirrors;  // in config order
   Counter tlsHandshakes;             // client TLS handshakes completed
+  Counter tlsResumed;                // of those, sessions resumed (a ticket or session ID)
   Counter proxyProtocolErrors;       // client connections without a valid PROXY header
   Counter accessLogDroppedLines;     // access log lines lost to failed writes
   Counter tlsHandshakeFailures;  // client handshakes that failed (protocol, plaintext client...)

@@ -1250,6 +1250,9 @@ void Session::handshakeDone(Peer& peer) {
   activity();
   if (peer.kind_ == Peer::Kind::Client) {
     stats().tlsHandshakes.inc();
+    if (tls.resumed()) {
+      stats().tlsResumed.inc();
+    }
     beginSession();
   } else {
     upstreamReady();

@@ -247,6 +247,10 @@ bool TlsChannel::established() const {
   return SSL_is_init_finished(ssl_) == 1;
 }
 
+bool TlsChannel::resumed() const {
+  return SSL_session_reused(ssl_) == 1;
+}
+
 std::string_view TlsChannel::serverName() const {
   const char* name = SSL_get_servername(ssl_, TLSEXT_NAMETYPE_host_name);
   return name != nullptr ? std::string_view(name) : std::string_view();

@@ -85,6 +85,8 @@ public:
   const char* cipher() const;
   // The handshake completed (version() and cipher() are the session's).
   bool established() const;
+  // The handshake resumed an earlier session (a ticket or session ID).
+  bool resumed() const;
   std::string_view serverName() const;
   // The protocol ALPN chose ("h2"); empty if none.
   std::string_view alpn() const;

@@ -193,7 +193,8 @@ class TlsTerminationTest(h.TlsTest):
                 contexts[version] = h.tls_client_context(c.ca)
                 contexts[version].load_cert_chain(*alice)
                 contexts[version].maximum_version = version
-            with h.Grelay(cfg):
+            cfg.with_admin()
+            with h.Grelay(cfg) as g:
                 def session(port, version, ticket=None):
                     with contexts[version].wrap_socket(h.connect(port), server_hostname="localhost",
                                          session=ticket) as s:
@@ -210,6 +211,10 @@ class TlsTerminationTest(h.TlsTest):
                 # Without tickets, a TLS 1.3 client does the whole handshake every time.
                 ticket, _ = session(off, ssl.TLSVersion.TLSv1_3)
                 self.assertFalse(session(off, ssl.TLSVersion.TLSv1_3, ticket)[1])
+                self.assertEqual(
+                    (g.metric("grelay_tls_handshakes_total", listener="tls"),
+                     g.metric("grelay_tls_resumed_handshakes_total", listener="tls"),
+                     g.metric("grelay_tls_resumed_handshakes_total", listener="off")), (10, 8, 0))
         # A resumed session still names the client's certificate, as verified first.
         with open(log) as f:
             lines = [json.loads(x) for x in f.read().splitlines()]
