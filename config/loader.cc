@@ -665,6 +665,28 @@ private:
     };
   }
 
+  // The strings of `array`, in order, into `out`: each must pass `valid` (else the error
+  // says it "must be " + `what`), none twice.
+  bool distinctStrings(std::string_view key, const toml::array& array,
+                       std::vector<std::string>* out,
+                       const std::function<bool(std::string_view)>& valid,
+                       const std::string& what) {
+    bool ok = true;
+    for (const toml::node& element : array) {
+      const std::optional<std::string_view> text = element.value<std::string_view>();
+      if (!text || !valid(*text)) {
+        error(element.source(), quoted(key) + " entries must be " + what);
+        ok = false;
+      } else if (std::find(out->begin(), out->end(), *text) != out->end()) {
+        error(element.source(), quoted(key) + " names " + quoted(*text) + " twice");
+        ok = false;
+      } else {
+        out->emplace_back(*text);
+      }
+    }
+    return ok;
+  }
+
   // ALPN protocol names, in order of preference: ["h2", "http/1.1"]. Each is 1..255
   // printable ASCII bytes (what the TLS extension can carry), none twice.
   Reader protocols(std::vector<std::string>* out) {
@@ -672,24 +694,13 @@ private:
       const toml::array* array = node.as_array();
       if (array == nullptr)
         return typeError(key, node, "an array of protocol names like [\"h2\", \"http/1.1\"]");
-      bool ok = true;
-      for (const toml::node& element : *array) {
-        const std::optional<std::string_view> text = element.value<std::string_view>();
-        const bool printable = text && std::all_of(text->begin(), text->end(),
-                                                   [](char c) { return c > ' ' && c < 127; });
-        if (!text || text->empty() || text->size() > 255 || !printable) {
-          error(element.source(), quoted(key) +
-                                      " entries must be protocol names of 1 to 255 printable "
-                                      "characters, like \"h2\" or \"http/1.1\"");
-          ok = false;
-        } else if (std::find(out->begin(), out->end(), *text) != out->end()) {
-          error(element.source(), quoted(key) + " names " + quoted(*text) + " twice");
-          ok = false;
-        } else {
-          out->emplace_back(*text);
-        }
-      }
-      return ok;
+      return distinctStrings(
+          key, *array, out,
+          [](std::string_view text) {
+            return !text.empty() && text.size() <= 255 &&
+                   std::all_of(text.begin(), text.end(), [](char c) { return c > ' ' && c < 127; });
+          },
+          "protocol names of 1 to 255 printable characters, like \"h2\" or \"http/1.1\"");
     };
   }
 
@@ -705,22 +716,9 @@ private:
         error(node.source(), quoted(key) + " must not be empty (leave it out for the default)");
         return false;
       }
-      bool ok = true;
-      for (const toml::node& element : *array) {
-        const std::optional<std::string_view> text = element.value<std::string_view>();
-        if (!text || text->empty() || text->size() > 64 || !isName(*text)) {
-          error(element.source(), quoted(key) +
-                                      " entries must be group names like \"X25519\" or "
-                                      "\"P-256\" ([A-Za-z0-9_-], 1 to 64 characters)");
-          ok = false;
-        } else if (std::find(out->begin(), out->end(), *text) != out->end()) {
-          error(element.source(), quoted(key) + " names " + quoted(*text) + " twice");
-          ok = false;
-        } else {
-          out->emplace_back(*text);
-        }
-      }
-      return ok;
+      return distinctStrings(
+          key, *array, out, [](std::string_view text) { return text.size() <= 64 && isName(text); },
+          "group names like \"X25519\" or \"P-256\" ([A-Za-z0-9_-], 1 to 64 characters)");
     };
   }
 
