@@ -1651,9 +1651,18 @@ void Session::mirrorConnected(size_t index, int32_t res) {
     res = -ETIMEDOUT;
   }
   PeerHealth* health = m.health;
+  const config::MirrorConfig& mc = cfg().mirrors[index];
+  if (res >= 0 && mc.proxy_protocol != config::ProxyProtocol::Off) {
+    // First on the connection, whole, as to an upstream server (primaryConnected); one
+    // that cannot be sent is a dead mirror, a failed connect.
+    const std::string header = outgoingProxyHeader(mc.proxy_protocol, mc.proxy_protocol_tlvs);
+    const ssize_t sent = host_.sockets().sendNow(m.peer.fd_, header.data(), header.size());
+    if (sent != static_cast<ssize_t>(header.size())) {
+      res = sent < 0 ? static_cast<int32_t>(sent) : -EAGAIN;
+    }
+  }
   if (res < 0) {
     stats().mirrors[index].connectErrors.inc();
-    const config::MirrorConfig& mc = cfg().mirrors[index];
     std::string why = "connect failed: " + describe(res);
     if (health != nullptr && health->connectFailed(host_.now(), mc.max_fails, mc.fail_timeout)) {
       stats().mirrors[index].markedDown.inc();
@@ -1666,19 +1675,6 @@ void Session::mirrorConnected(size_t index, int32_t res) {
     }
     cutMirror(index, why.c_str());
     return;
-  }
-  const config::MirrorConfig& mc = cfg().mirrors[index];
-  if (mc.proxy_protocol != config::ProxyProtocol::Off) {
-    // First on the connection, whole, as to an upstream server (primaryConnected).
-    const std::string header = outgoingProxyHeader(mc.proxy_protocol, mc.proxy_protocol_tlvs);
-    const ssize_t sent = host_.sockets().sendNow(m.peer.fd_, header.data(), header.size());
-    if (sent != static_cast<ssize_t>(header.size())) {
-      stats().mirrors[index].connectErrors.inc();
-      cutMirror(index, ("PROXY protocol header not sent: " +
-                        describe(sent < 0 ? static_cast<int32_t>(sent) : -EAGAIN))
-                           .c_str());
-      return;
-    }
   }
   if (health != nullptr) {
     health->connectSucceeded(host_.now());

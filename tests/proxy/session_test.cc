@@ -1191,14 +1191,18 @@ TEST_F(SessionTest, AMirrorAskingForAProxyHeaderGetsItBeforeWhatWasQueued) {
   EXPECT_EQ(host_.sockets_.sent.count(primaryFd()), 0u);  // the pool asked for none
 }
 
-TEST_F(SessionTest, AMirrorWhoseProxyHeaderCannotBeSentIsCut) {
+TEST_F(SessionTest, AMirrorWhoseProxyHeaderCannotBeSentIsCutAsAFailedConnect) {
   configure(1);
   listenerConfig_.mirrors[0].proxy_protocol = config::ProxyProtocol::V2;
+  PeerHealth health;
+  context_.mirrorHealth = {&health};
   host_.sockets_.sendResult[100] = -EPIPE;
   startConnected();
   ring().complete(ring().pending(OpKind::Connect, 100), 0);
   EXPECT_EQ(stats_->mirrors[0].cuts.value(), 1u);
   EXPECT_EQ(stats_->mirrors[0].connectErrors.value(), 1u);
+  EXPECT_EQ(stats_->mirrors[0].markedDown.value(), 1u);  // max_fails 1: counted toward it
+  EXPECT_TRUE(health.down(host_.now()));
   ring().receive(ring().pendingReceive(kClientFd), "abc");
   EXPECT_EQ(ring().pendingCount(OpKind::Send, 100), 0u);
   EXPECT_EQ(ring().pendingCount(OpKind::Send, primaryFd()), 1u);
