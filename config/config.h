@@ -334,6 +334,9 @@ struct ListenerTlsConfig {
   // loaded and shared by the workers; a reload makes new ones (older tickets then get a
   // full handshake). false = no tickets (TLS 1.2 clients may still resume by session ID).
   bool session_tickets = true;
+  // A new ticket key this often; a ticket opens with the newest key or the one before, so a
+  // key is used for at most two periods. 1s..24h.
+  Duration session_ticket_rotation{3'600'000};
   Duration handshake_timeout{10'000};
   std::string min_version = "1.2";  // "1.2" or "1.3"
   std::string ciphers;              // TLS 1.2 cipher list; "" = Mozilla "intermediate"

@@ -1094,6 +1094,7 @@ private:
             {"alpn", protocols(&tls.alpn)},
             {"strict_sni", boolean(&tls.strict_sni)},
             {"session_tickets", boolean(&tls.session_tickets)},
+            {"session_ticket_rotation", duration(&tls.session_ticket_rotation, 1s, 24h)},
             {"client_ca", file(&tls.client_ca, "client_ca")},
             {"client_crl", file(&tls.client_crl, "client_crl")},
             {"client_verify",

@@ -2,16 +2,24 @@
 
 #include <arpa/inet.h>
 
+#include <openssl/core_names.h>
 #include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/rand.h>
 #include <openssl/x509v3.h>
 
 #include <algorithm>
 #include <cctype>
+#include <cstring>
 #include <ctime>
+#include <deque>
 #include <functional>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <unordered_map>
+
+#include "proxy/log.h"
 
 namespace grelay::proxy {
 namespace {
@@ -198,6 +206,102 @@ int alpnWireIndex() {
   return index;
 }
 
+// Session ticket keys of one listener context (session_tickets): a fresh key every
+// `rotation`, made at the first handshake past the period; tickets are sealed with the
+// newest and opened with it or the one before, so a key lives at most two periods (what
+// a stolen key can decrypt is bounded, as with nginx's or HAProxy's rotated key files).
+// Handshakes of every worker share it: a mutex, taken once per ticket.
+class TicketKeys {
+public:
+  explicit TicketKeys(config::Duration rotation)
+      : rotationNanos_(static_cast<uint64_t>(rotation.count()) * 1'000'000) {}
+
+  // OpenSSL's ticket callback (SSL_CTX_set_tlsext_ticket_key_evp_cb): 1 = sealed, or
+  // opened with the newest key; 2 = opened with the older one (OpenSSL renews the
+  // ticket); 0 = unknown key (a full handshake); -1 = error.
+  int crypt(unsigned char name[16], unsigned char* iv, EVP_CIPHER_CTX* cipher, EVP_MAC_CTX* mac,
+            int seal) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    rotate(monotonicNanos());
+    const Key* key = nullptr;
+    bool newest = true;
+    if (seal == 1) {
+      key = &keys_.back();
+      std::memcpy(name, key->name, sizeof(key->name));
+      if (RAND_bytes(iv, EVP_CIPHER_get_iv_length(EVP_aes_256_cbc())) != 1) {
+        return -1;
+      }
+    } else {
+      for (auto it = keys_.rbegin(); it != keys_.rend(); ++it) {
+        if (std::memcmp(name, it->name, sizeof(it->name)) == 0) {
+          key = &*it;
+          break;
+        }
+        newest = false;
+      }
+      if (key == nullptr) {
+        return 0;
+      }
+    }
+    OSSL_PARAM params[] = {
+        OSSL_PARAM_construct_octet_string(OSSL_MAC_PARAM_KEY, const_cast<unsigned char*>(key->mac),
+                                          sizeof(key->mac)),
+        OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, const_cast<char*>("SHA256"), 0),
+        OSSL_PARAM_construct_end()};
+    const int ok = seal == 1 ? EVP_EncryptInit_ex(cipher, EVP_aes_256_cbc(), nullptr, key->aes, iv)
+                             : EVP_DecryptInit_ex(cipher, EVP_aes_256_cbc(), nullptr, key->aes, iv);
+    if (ok != 1 || EVP_MAC_CTX_set_params(mac, params) != 1) {
+      return -1;
+    }
+    return newest ? 1 : 2;
+  }
+
+private:
+  struct Key {
+    unsigned char name[16];
+    unsigned char aes[32];
+    unsigned char mac[32];
+  };
+
+  // Past the period: a new key, keeping the one before only if it was made in the last
+  // period (after a quiet spell both are too old).
+  void rotate(uint64_t now) {
+    if (!keys_.empty() && now < madeAt_ + rotationNanos_) {
+      return;
+    }
+    const bool keepLast = !keys_.empty() && now < madeAt_ + 2 * rotationNanos_;
+    while (keys_.size() > (keepLast ? 1u : 0u)) {
+      keys_.pop_front();
+    }
+    Key& key = keys_.emplace_back();
+    RAND_bytes(key.name, sizeof(key.name));
+    RAND_bytes(key.aes, sizeof(key.aes));
+    RAND_bytes(key.mac, sizeof(key.mac));
+    madeAt_ = now;
+  }
+
+  const uint64_t rotationNanos_;
+  std::mutex mutex_;
+  std::deque<Key> keys_;
+  uint64_t madeAt_ = 0;
+};
+
+void freeTicketKeys(void*, void* keys, CRYPTO_EX_DATA*, int, long, void*) {
+  delete static_cast<TicketKeys*>(keys);
+}
+
+int ticketKeysIndex() {
+  static const int index = SSL_CTX_get_ex_new_index(0, nullptr, nullptr, nullptr, freeTicketKeys);
+  return index;
+}
+
+int ticketKeyCallback(SSL* ssl, unsigned char name[16], unsigned char* iv, EVP_CIPHER_CTX* cipher,
+                      EVP_MAC_CTX* mac, int seal) {
+  auto* keys =
+      static_cast<TicketKeys*>(SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), ticketKeysIndex()));
+  return keys != nullptr ? keys->crypt(name, iv, cipher, mac, seal) : 0;
+}
+
 // The ALPN callback: the first of the listener's protocols the client offers, or no ALPN
 // at all (the handshake goes on: a TCP proxy has no reason to refuse a client over it).
 int selectAlpn(SSL*, const unsigned char** out, unsigned char* outLength, const unsigned char* in,
@@ -250,6 +354,8 @@ SSL_CTX* serverContext(const config::ListenerTlsConfig& t, const config::Certifi
     // handshake flight, before the session relays a byte (kTLS or not). One context per
     // listener and generation: every worker's sessions share its ticket keys.
     SSL_CTX_set_num_tickets(ctx, 1);
+    SSL_CTX_set_ex_data(ctx, ticketKeysIndex(), new TicketKeys(t.session_ticket_rotation));
+    SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, ticketKeyCallback);
   } else {
     SSL_CTX_set_num_tickets(ctx, 0);
     SSL_CTX_set_options(ctx, SSL_OP_NO_TICKET);

@@ -1180,6 +1180,12 @@ TEST(LoaderTest, SessionTicketsAreOnUnlessTurnedOff) {
   LoadResult result = loadString(file(""), "t.toml");
   ASSERT_TRUE(result.ok()) << result.errors[0].toString();
   EXPECT_TRUE(result.config->listeners[0].tls->session_tickets);
+  EXPECT_EQ(result.config->listeners[0].tls->session_ticket_rotation.count(), 3'600'000);
+  result = loadString(file(", session_ticket_rotation = \"10m\""), "t.toml");
+  ASSERT_TRUE(result.ok()) << result.errors[0].toString();
+  EXPECT_EQ(result.config->listeners[0].tls->session_ticket_rotation.count(), 600'000);
+  EXPECT_THAT(errorsOf(file(", session_ticket_rotation = \"500ms\"")), SizeIs(1));
+  EXPECT_THAT(errorsOf(file(", session_ticket_rotation = \"25h\"")), SizeIs(1));
   result = loadString(file(", session_tickets = false"), "t.toml");
   ASSERT_TRUE(result.ok()) << result.errors[0].toString();
   EXPECT_FALSE(result.config->listeners[0].tls->session_tickets);

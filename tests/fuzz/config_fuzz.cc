@@ -213,6 +213,9 @@ void checkAccepted(const Config& c) {
                  "handshake_timeout");
       FUZZ_CHECK(l.tls->min_version == "1.2" || l.tls->min_version == "1.3", "min_version");
       checkGroups(l.tls->groups);
+      FUZZ_CHECK(l.tls->session_ticket_rotation >= std::chrono::seconds(1) &&
+                     l.tls->session_ticket_rotation <= kDay,
+                 "session_ticket_rotation 1s..24h");
     }
     std::set<std::string> mirrorNames;
     for (const MirrorConfig& m : l.mirrors) {

@@ -220,6 +220,35 @@ class TlsTerminationTest(h.TlsTest):
             lines = [json.loads(x) for x in f.read().splitlines()]
         self.assertEqual([x["client_cert"] for x in lines], ["CN=alice"] * 10)
 
+    def test_ticket_keys_rotate(self):
+        """A ticket opens with the newest key or the one before: after one rotation period
+        a client still resumes (and gets a ticket of the new key); a ticket two periods old
+        gets a full handshake."""
+        c = self.certs
+        with h.EchoServer() as echo:
+            cfg = h.Config()
+            cfg.upstream("app", [echo.address])
+            port = cfg.listener("tls", "app", tls={**tls_listener(c),
+                                                   "session_ticket_rotation": "3s"})
+            ctx = h.tls_client_context(c.ca)
+            with h.Grelay(cfg):
+                def session(ticket=None):
+                    with ctx.wrap_socket(h.connect(port), server_hostname="localhost",
+                                         session=ticket) as s:
+                        s.sendall(b"ping")
+                        self.assertEqual(s.recv(4), b"ping")
+                        return s.session, s.session_reused
+
+                start = time.monotonic()
+                first, _ = session()  # the first key is made now
+                self.assertTrue(session(first)[1])
+                time.sleep(max(0.0, start + 3.3 - time.monotonic()))
+                renewed, reused = session(first)  # a second key; the first still opens
+                self.assertTrue(reused, "a ticket one period old")
+                time.sleep(6.5)  # two periods after the second key: both are gone
+                self.assertFalse(session(first)[1], "a ticket of a dropped key")
+                self.assertFalse(session(renewed)[1], "a ticket of a dropped key")
+
     def test_groups_limit_the_key_exchange(self):
         c = self.certs
         with h.EchoServer() as echo:
