@@ -20,6 +20,7 @@
 #include <unordered_map>
 
 #include "proxy/log.h"
+#include "relay/tls_channel.h"
 
 namespace grelay::proxy {
 namespace {
@@ -135,14 +136,9 @@ void noteRevocationLists(SSL_CTX* ctx, const config::ListenerConfig& l,
     if (next >= now || warnings == nullptr) {
       continue;
     }
-    std::string name = "?";
-    if (BIO* bio = BIO_new(BIO_s_mem())) {
-      if (X509_NAME_print_ex(bio, issuer, 0, XN_FLAG_RFC2253) >= 0) {
-        char* data = nullptr;
-        const long size = BIO_get_mem_data(bio, &data);
-        name.assign(data, static_cast<size_t>(std::max(size, 0L)));
-      }
-      BIO_free(bio);
+    std::string name = relay::rfc2253(issuer);
+    if (name.empty()) {
+      name = "?";
     }
     warnings->push_back(
         at(l.tls->location, "warning: listener " + l.name + ": the revocation list of " + name +

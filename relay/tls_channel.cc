@@ -282,13 +282,18 @@ TlsChannel::PeerCertificate TlsChannel::peerCertificate() const {
     }
     OPENSSL_free(utf8);
   }
-  BIO* text = BIO_new(BIO_s_mem());
-  if (text != nullptr) {
+  out.subject = rfc2253(name);
+  return out;
+}
+
+std::string rfc2253(const X509_NAME* name) {
+  std::string out;
+  if (BIO* text = BIO_new(BIO_s_mem())) {
     if (X509_NAME_print_ex(text, name, 0, XN_FLAG_RFC2253) >= 0) {
       char* data = nullptr;
       const long length = BIO_get_mem_data(text, &data);
       if (length > 0) {
-        out.subject.assign(data, static_cast<size_t>(length));
+        out.assign(data, static_cast<size_t>(length));
       }
     }
     BIO_free(text);

@@ -138,4 +138,8 @@ int ktlsControlRecord(uint8_t type, const uint8_t* body, size_t length, std::str
 constexpr size_t kMaxTlsRecord = 16384;
 int readKtlsRecord(int fd, uint8_t* type, uint8_t* body, size_t length);
 
+// An X.509 name in RFC 2253 form ("CN=alice,O=Example", as `openssl x509 -subject
+// -nameopt RFC2253` prints it; bytes past ASCII as \XX); "" if it cannot be printed.
+std::string rfc2253(const X509_NAME* name);
+
 }  // namespace grelay::relay
