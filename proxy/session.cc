@@ -1002,6 +1002,22 @@ void Session::forwardServerName(UpstreamPeerName& peer, bool verify) const {
   }
 }
 
+int32_t Session::sendProxyHeader(int fd, config::ProxyProtocol version,
+                                 const config::ProxyProtocolTlvs& wanted) const {
+  if (version == config::ProxyProtocol::Off) {
+    return 0;
+  }
+  // The send buffer of a socket that just connected is empty and far larger than the
+  // header (at most 108 bytes, or about 8 KiB with TLVs passed on), so one non-blocking
+  // send takes it whole; anything else is a dead peer.
+  const std::string header = outgoingProxyHeader(version, wanted);
+  const ssize_t sent = host_.sockets().sendNow(fd, header.data(), header.size());
+  if (sent == static_cast<ssize_t>(header.size())) {
+    return 0;
+  }
+  return sent < 0 ? static_cast<int32_t>(sent) : -EAGAIN;
+}
+
 std::string Session::outgoingProxyHeader(config::ProxyProtocol version,
                                          const config::ProxyProtocolTlvs& wanted) const {
   if (!wanted.any()) {
@@ -1528,17 +1544,8 @@ void Session::primaryConnected(int32_t res) {
     res = -ETIMEDOUT;
   }
   const config::UpstreamConfig& poolConfig = listener_->upstream->config();
-  if (res >= 0 && poolConfig.proxy_protocol != config::ProxyProtocol::Off) {
-    // First on the connection, before TLS and any relayed byte. The send buffer of a
-    // socket that just connected is empty and far larger than the header (at most 108
-    // bytes, or about 8 KiB with TLVs passed on), so one non-blocking send takes it
-    // whole; anything else is a dead server.
-    const std::string header =
-        outgoingProxyHeader(poolConfig.proxy_protocol, poolConfig.proxy_protocol_tlvs);
-    const ssize_t sent = host_.sockets().sendNow(primary_.fd_, header.data(), header.size());
-    if (sent != static_cast<ssize_t>(header.size())) {
-      res = sent < 0 ? static_cast<int32_t>(sent) : -EAGAIN;
-    }
+  if (res >= 0) {  // (before TLS and any relayed byte)
+    res = sendProxyHeader(primary_.fd_, poolConfig.proxy_protocol, poolConfig.proxy_protocol_tlvs);
   }
   if (res < 0) {
     upstreamFailed(describe(res));
@@ -1652,14 +1659,8 @@ void Session::mirrorConnected(size_t index, int32_t res) {
   }
   PeerHealth* health = m.health;
   const config::MirrorConfig& mc = cfg().mirrors[index];
-  if (res >= 0 && mc.proxy_protocol != config::ProxyProtocol::Off) {
-    // First on the connection, whole, as to an upstream server (primaryConnected); one
-    // that cannot be sent is a dead mirror, a failed connect.
-    const std::string header = outgoingProxyHeader(mc.proxy_protocol, mc.proxy_protocol_tlvs);
-    const ssize_t sent = host_.sockets().sendNow(m.peer.fd_, header.data(), header.size());
-    if (sent != static_cast<ssize_t>(header.size())) {
-      res = sent < 0 ? static_cast<int32_t>(sent) : -EAGAIN;
-    }
+  if (res >= 0) {  // (one that cannot be sent is a dead mirror: a failed connect)
+    res = sendProxyHeader(m.peer.fd_, mc.proxy_protocol, mc.proxy_protocol_tlvs);
   }
   if (res < 0) {
     stats().mirrors[index].connectErrors.inc();

@@ -417,6 +417,10 @@ private:
   // with the TLVs `wanted` (proxy_protocol, proxy_protocol_tlvs).
   std::string outgoingProxyHeader(config::ProxyProtocol version,
                                   const config::ProxyProtocolTlvs& wanted) const;
+  // Sends that header first on `fd`, just connected (nothing with version Off): 0, or
+  // -errno (-EAGAIN for a short send) for a connect that failed.
+  int32_t sendProxyHeader(int fd, config::ProxyProtocol version,
+                          const config::ProxyProtocolTlvs& wanted) const;
   void beginSession();
   void continueHandshake(Peer& peer);
   void handshakeDone(Peer& peer);
