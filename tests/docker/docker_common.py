@@ -243,10 +243,10 @@ def context_files() -> list[str]:
 
 # ---- processes and sockets -------------------------------------------------------------
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+# Below the ephemeral range: a port from it could become the local port of an outgoing
+# connection of a test running alongside before grelay binds it ("Address already in use").
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "integration"))
+from free_ports import free_port  # noqa: E402,F401
 
 
 def wait_for(pred, timeout: float, interval: float = 0.05) -> bool:

@@ -19,7 +19,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -42,10 +41,10 @@ def skip_unless_prometheus():
         sys.exit(SKIP)
 
 
-def free_port(host="127.0.0.1"):
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
+# Below the ephemeral range, so no outgoing connection of a test running alongside takes
+# the port before the server binds it.
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "integration"))
+from free_ports import free_port  # noqa: E402,F401
 
 
 def http_get(url, timeout=5):
