@@ -691,6 +691,12 @@ std::vector<MetricFamily> StatsCollector::collectFrom(
                "client_crl file: past it, client certificates of that CA are refused until the "
                "file is refreshed and grelay reloaded.",
                MetricType::Gauge);
+  auto& ocspNextUpdate =
+      list.add("grelay_tls_ocsp_next_update_timestamp_seconds",
+               "The nextUpdate (Unix time) of the OCSP response a TLS listener staples for a "
+               "certificate (ocsp_response): past it the response is no longer stapled until the "
+               "file is refreshed and grelay reloaded.",
+               MetricType::Gauge);
   auto& healthChecks = list.add("grelay_upstream_health_checks_total",
                                 "Active health checks of the pool's servers (pools with "
                                 "check_interval), by result (ok, failed).",
@@ -958,6 +964,9 @@ std::vector<MetricFamily> StatsCollector::collectFrom(
         break;
       case TlsFileDate::Kind::kClientCrl:
         sample(crlNextUpdate, {{"listener", date.owner}, file}, seconds);
+        break;
+      case TlsFileDate::Kind::kOcspResponse:
+        sample(ocspNextUpdate, {{"listener", date.owner}, file}, seconds);
         break;
     }
   }

@@ -245,11 +245,18 @@ struct Liveness {
 // stops being good: the grelay_*tls_certificate_expiry_* and grelay_tls_crl_next_update_*
 // gauges. Fixed for a generation (the files are read when it is built).
 struct TlsFileDate {
-  enum class Kind : uint8_t { kListenerCertificate, kUpstreamCertificate, kClientCrl };
+  enum class Kind : uint8_t {
+    kListenerCertificate,
+    kUpstreamCertificate,
+    kClientCrl,
+    kOcspResponse,
+  };
   Kind kind = Kind::kListenerCertificate;
-  std::string owner;        // the listener's or upstream pool's name
-  std::string file;         // the path as the configuration wrote it
-  int64_t unixSeconds = 0;  // a certificate's notAfter; the earliest nextUpdate of a CRL file
+  std::string owner;  // the listener's or upstream pool's name
+  std::string file;   // the path as the configuration wrote it
+  // A certificate's notAfter; the earliest nextUpdate of a CRL file; an OCSP response's
+  // nextUpdate.
+  int64_t unixSeconds = 0;
 };
 
 struct ReloadStats {

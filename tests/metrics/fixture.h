@@ -156,12 +156,13 @@ inline void fillKnownReloads(ReloadStats& reloads) {
 }
 
 // Certificate and CRL dates (Unix seconds): listener web's certificate, secure_api's client
-// certificate and web's client_crl.
+// certificate, web's client_crl and the OCSP response web staples.
 inline std::vector<TlsFileDate> knownTlsDates() {
   using Kind = TlsFileDate::Kind;
   return {{Kind::kListenerCertificate, "web", "/etc/grelay/web.pem", 1780000000},
           {Kind::kUpstreamCertificate, "secure_api", "/etc/grelay/client.pem", 1770000000},
-          {Kind::kClientCrl, "web", "/etc/grelay/crl.pem", 1765000000}};
+          {Kind::kClientCrl, "web", "/etc/grelay/crl.pem", 1765000000},
+          {Kind::kOcspResponse, "web", "/etc/grelay/web.ocsp", 1764000000}};
 }
 
 inline std::vector<std::unique_ptr<WorkerStats>> makeWorkers(const config::Config& c,
