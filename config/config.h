@@ -319,11 +319,15 @@ struct CertificateFiles {
   std::string cert;
   std::string key;
   Location location;
+  // A DER OCSP response for the certificate (from its CA's responder), stapled to the
+  // handshake of every client that asks (status_request) while it is current; "" = none.
+  std::string ocsp_response;
 };
 
 struct ListenerTlsConfig {
-  std::string cert;  // PEM certificate chain: the default
-  std::string key;   // PEM private key
+  std::string cert;           // PEM certificate chain: the default
+  std::string key;            // PEM private key
+  std::string ocsp_response;  // for `cert`: see CertificateFiles
   // More certificates, each chosen for the clients whose SNI names one of its DNS names.
   std::vector<CertificateFiles> certs;
   // Only clients whose SNI names a DNS name of a certificate (cert or certs) are served;

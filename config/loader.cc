@@ -1068,13 +1068,16 @@ private:
         {
             {"cert", file(&tls.cert, "cert"), true},
             {"key", file(&tls.key, "key"), true},
+            {"ocsp_response", file(&tls.ocsp_response, "ocsp_response")},
             {"certs", arrayOfTables("[[listener]] tls certs",
                                     [this, &tls](const toml::table& t) {
                                       CertificateFiles& c = tls.certs.emplace_back();
                                       c.location = locate(t.source());
                                       readTable(t, "in [[listener]] tls certs",
                                                 {{"cert", file(&c.cert, "cert"), true},
-                                                 {"key", file(&c.key, "key"), true}});
+                                                 {"key", file(&c.key, "key"), true},
+                                                 {"ocsp_response",
+                                                  file(&c.ocsp_response, "ocsp_response")}});
                                     })},
             {"handshake_timeout", duration(&tls.handshake_timeout, 1ms, kMaxTimeout)},
             {"min_version",

@@ -1267,6 +1267,28 @@ TEST(LoaderTest, ClientCertificatesNeedTheirCa) {
               ElementsAre(testing::HasSubstr("cannot read client_ca file 'no-such-ca.pem'")));
 }
 
+TEST(LoaderTest, OcspResponsesBelongToTheirCertificate) {
+  TempDir dir;
+  const std::string key = dir.write("key.pem", "x");
+  const std::string ocsp = dir.write("a.ocsp", "x");
+  const std::string pair = "cert = \"" + key + "\", key = \"" + key + "\"";
+  LoadResult result =
+      loadString(validWith({"tls = { " + pair + ", ocsp_response = \"" + ocsp + "\", certs = [{ " +
+                            pair + ", ocsp_response = \"" + ocsp + "\" }, { " + pair + " }] }"}),
+                 "t.toml");
+  ASSERT_TRUE(result.ok()) << result.errors[0].toString();
+  const config::ListenerTlsConfig& tls = *result.config->listeners[0].tls;
+  EXPECT_EQ(tls.ocsp_response, ocsp);
+  ASSERT_EQ(tls.certs.size(), 2u);
+  EXPECT_EQ(tls.certs[0].ocsp_response, ocsp);
+  EXPECT_EQ(tls.certs[1].ocsp_response, "");
+  EXPECT_THAT(errorsOf(validWith({"tls = { " + pair + ", ocsp_response = \"no-such.ocsp\" }"})),
+              ElementsAre(testing::HasSubstr("cannot read ocsp_response file 'no-such.ocsp'")));
+  EXPECT_THAT(errorsOf(validWith(
+                  {"tls = { " + pair + ", certs = [{ " + pair + ", ocsp_response = 1 }] }"})),
+              ElementsAre(testing::HasSubstr("'ocsp_response'")));
+}
+
 TEST(LoaderErrorTest, MissingCaFileIsNamed) {
   EXPECT_THAT(
       errorsOf(lines({"[upstream.app]", R"(servers = ["127.0.0.1:8000"])",

@@ -8,6 +8,7 @@
 // example configs, one file per feature, and inputs the fuzzer found interesting).
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstddef>
@@ -216,6 +217,17 @@ void checkAccepted(const Config& c) {
       FUZZ_CHECK(l.tls->session_ticket_rotation >= std::chrono::seconds(1) &&
                      l.tls->session_ticket_rotation <= kDay,
                  "session_ticket_rotation 1s..24h");
+      // Every file a listener's TLS names was readable when loaded (cert, key,
+      // ocsp_response), and each extra certificate has its pair.
+      auto readable = [](const std::string& path) {
+        return path.empty() || access(path.c_str(), R_OK) == 0;
+      };
+      FUZZ_CHECK(readable(l.tls->cert) && readable(l.tls->ocsp_response), "tls files readable");
+      for (const CertificateFiles& c : l.tls->certs) {
+        FUZZ_CHECK(!c.cert.empty() && !c.key.empty(), "certs cert and key");
+        FUZZ_CHECK(readable(c.cert) && readable(c.key) && readable(c.ocsp_response),
+                   "certs files readable");
+      }
     }
     std::set<std::string> mirrorNames;
     for (const MirrorConfig& m : l.mirrors) {

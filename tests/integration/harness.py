@@ -1591,6 +1591,24 @@ extendedKeyUsage = {usage}
         self._openssl("ca", "-batch", "-config", cnf, "-gencrl", *args, "-out", out)
         return out
 
+    def chain(self, cert: str) -> str:
+        """`cert` followed by the CA's certificate (a "fullchain" file): the path."""
+        out = cert[:-len(".pem")] + "_chain.pem" if cert.endswith(".pem") else cert + ".chain"
+        with open(out, "w") as f:
+            f.write(open(cert).read() + open(self.ca).read())
+        return out
+
+    def ocsp(self, cert: str, name: str, days: int = 7) -> str:
+        """The CA's OCSP response (DER, no nonce: fit to staple) about `cert`, current for
+        `days`, answered by `openssl ocsp` from the CA's database (good, or revoked after
+        crl() revoked it): the path of the file `name`."""
+        out = os.path.join(self.dir, name)
+        self._openssl("ocsp", "-index", os.path.join(self.dir, "db", "index.txt"),
+                      "-CA", self.ca, "-rsigner", self.ca, "-rkey", self.ca_key,
+                      "-issuer", self.ca, "-cert", cert, "-no_nonce", "-ndays", str(days),
+                      "-respout", out)
+        return out
+
     def cleanup(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)
 

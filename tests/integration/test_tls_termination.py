@@ -27,6 +27,11 @@ Certificates are made at test time with the openssl CLI (harness.Certs).
   list is past its
   nextUpdate, which then refuses every client of that CA until the file is refreshed and
   grelay reloaded (a stale list next to a current one of the same CA is harmless).
+- OCSP stapling (`ocsp_response`): `openssl s_client -status` over TLS 1.3 and 1.2 gets
+  the response `openssl ocsp` made for the certificate SNI chose (none for a certificate
+  without one), as `openssl ocsp -resp_text` reads the file; its nextUpdate is a gauge; a
+  fresh file and SIGHUP staple the new one; `--check` refuses a response saying the
+  certificate is revoked and a certificate file without the issuer to check against.
 - Resets propagate both ways: an upstream reset reaches the TLS client as a TCP reset
   (no close_notify); a TLS client's reset reaches the upstream after the bytes it sent.
 """
@@ -456,6 +461,102 @@ class TlsTerminationTest(h.TlsTest):
                     "grelay_tls_crl_next_update_timestamp_seconds", listener="old",
                     file=stale) > time.time(), 10), g.log_tail())
                 self.assertEqual(handshake(old), b"ping")
+
+    def test_ocsp_responses_are_stapled(self):
+        c = self.certs
+        api = c._signed("ocsp_api", "/CN=api", "DNS:api.test")
+        bare = c._signed("ocsp_bare", "/CN=bare", "DNS:bare.test")
+        server_ocsp = c.ocsp(c.server[0], "server.ocsp")
+        api_ocsp = c.ocsp(api[0], "api.ocsp", days=2)
+
+        def response_lines(printed):
+            """The lines naming an OCSP response in its printed form (before its signature
+            and the certificates it carries)."""
+            head = printed.split("OCSP Response Data:", 1)[-1].split("Signature Algorithm:")[0]
+            return [x.strip() for x in head.splitlines()
+                    if x.strip().startswith(("Produced At:", "Serial Number:", "Cert Status:",
+                                             "This Update:", "Next Update:"))]
+
+        def text(response):
+            """The lines of `openssl ocsp -resp_text` that name the response."""
+            out = subprocess.run(["openssl", "ocsp", "-respin", response, "-resp_text",
+                                  "-noverify"], capture_output=True, text=True, check=True).stdout
+            lines = response_lines(out)
+            self.assertEqual(len(lines), 5, out)
+            return lines
+
+        def next_update(response):
+            line = next(x for x in text(response) if x.startswith("Next Update:"))
+            when = line.split(":", 1)[1].strip()  # "Dec 14 17:26:08 2026 GMT"
+            return calendar.timegm(time.strptime(when, "%b %d %H:%M:%S %Y %Z"))
+
+        def s_client(port, sni, version):
+            """What openssl s_client asking for the status was stapled: the response's
+            lines, or None."""
+            r = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{port}",
+                                "-servername", sni, "-status", "-CAfile", c.ca,
+                                "-verify_return_error", version], input="", capture_output=True,
+                               text=True, timeout=30)
+            self.assertIn("Verify return code: 0 (ok)", r.stdout, r.stdout + r.stderr)
+            if "OCSP response: no response sent" in r.stdout:
+                return None
+            self.assertIn("OCSP Response Status: successful", r.stdout, r.stdout)
+            return response_lines(r.stdout)
+
+        with h.EchoServer() as echo:
+            cfg = h.Config()
+            cfg.upstream("app", [echo.address])
+            port = cfg.listener("tls", "app", tls={
+                "cert": c.chain(c.server[0]), "key": c.server[1], "ocsp_response": server_ocsp,
+                "certs": [{"cert": c.chain(api[0]), "key": api[1], "ocsp_response": api_ocsp},
+                          {"cert": c.chain(bare[0]), "key": bare[1]}]})
+            cfg.with_admin()
+            with h.Grelay(cfg) as g:
+                self.assertNotIn("warning:", g.log(), g.log_tail())
+                for version in ("-tls1_3", "-tls1_2"):
+                    self.assertEqual(s_client(port, "localhost", version), text(server_ocsp))
+                    self.assertEqual(s_client(port, "api.test", version), text(api_ocsp))
+                    self.assertIsNone(s_client(port, "bare.test", version))
+                # Stapled or not, the session relays.
+                with h.tls_client_context(c.ca).wrap_socket(
+                        h.connect(port), server_hostname="localhost") as s:
+                    s.sendall(b"ping")
+                    self.assertEqual(s.recv(4), b"ping")
+                self.assertEqual(g.metric("grelay_tls_ocsp_next_update_timestamp_seconds",
+                                          listener="tls", file=server_ocsp),
+                                 next_update(server_ocsp))
+                self.assertEqual(g.metric("grelay_tls_ocsp_next_update_timestamp_seconds",
+                                          listener="tls", file=api_ocsp), next_update(api_ocsp))
+                # A fresh response (what a cron job fetching from the CA does), then SIGHUP.
+                before = next_update(server_ocsp)
+                time.sleep(1.1)
+                c.ocsp(c.server[0], "server.ocsp", days=9)
+                g.send_signal(signal.SIGHUP)
+                self.assertTrue(h.wait_for(lambda: g.metric(
+                    "grelay_tls_ocsp_next_update_timestamp_seconds", listener="tls",
+                    file=server_ocsp) > before, 10), g.log_tail())
+                self.assertEqual(s_client(port, "localhost", "-tls1_3"), text(server_ocsp))
+        # A response that says the certificate is revoked, and one that cannot be checked
+        # (no issuer in the cert file): refused by --check, with the reason.
+        revoked = c._signed("ocsp_revoked", "/CN=localhost", c.NAMES)
+        c.crl([revoked[0]], name="ocsp_crl.pem")
+        revoked_ocsp = c.ocsp(revoked[0], "revoked.ocsp")
+        for tls, message in (
+                ({"cert": c.chain(revoked[0]), "key": revoked[1], "ocsp_response": revoked_ocsp},
+                 f"ocsp_response file '{revoked_ocsp}': it says the certificate in cert file "
+                 f"'{c.chain(revoked[0])}' was revoked at "),
+                ({**tls_listener(c), "ocsp_response": server_ocsp},
+                 f"ocsp_response file '{server_ocsp}': cert file '{c.server[0]}' has no issuer "
+                 "certificate after the server's")):
+            cfg = h.Config()
+            cfg.upstream("app", ["127.0.0.1:9"])
+            cfg.listener("tls", "app", tls=tls)
+            path = os.path.join(c.dir, "ocsp.toml")
+            with open(path, "w") as f:
+                f.write(cfg.render())
+            r = h.run_grelay(["-c", path, "--check"])
+            self.assertNotEqual(r.returncode, 0, r.stdout)
+            self.assertIn(message, r.stderr)
 
     def test_concurrent_random_streams_are_byte_exact_both_ways(self):
         rng = random.Random(5005)

@@ -1,0 +1,310 @@
+// TlsContexts: OCSP stapling (ocsp_response). Certificates and responses are made here
+// with OpenSSL, so every date and signature is the test's to choose; a client asking for
+// the status (status_request) does its handshake with the listener's context over a BIO
+// pair and reads what was stapled.
+#include <openssl/bio.h>
+#include <openssl/evp.h>
+#include <openssl/ocsp.h>
+#include <openssl/pem.h>
+#include <openssl/ssl.h>
+#include <openssl/x509v3.h>
+
+#include <cstdio>
+#include <ctime>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include <gtest/gtest.h>
+
+#include "proxy/tls_context.h"
+
+namespace grelay::proxy {
+namespace {
+
+using KeyPtr = std::unique_ptr<EVP_PKEY, decltype(&EVP_PKEY_free)>;
+using CertPtr = std::unique_ptr<X509, decltype(&X509_free)>;
+
+struct Issued {
+  KeyPtr key{nullptr, EVP_PKEY_free};
+  CertPtr cert{nullptr, X509_free};
+};
+
+// A P-256 certificate for `cn` (DNS name `dns` unless empty), signed by `issuer` (or
+// self-signed as a CA when it is null), with serial `serial`.
+Issued issue(const std::string& cn, const std::string& dns, const Issued* issuer, long serial) {
+  Issued out;
+  out.key.reset(EVP_EC_gen("P-256"));
+  out.cert.reset(X509_new());
+  X509* c = out.cert.get();
+  X509_set_version(c, 2);
+  ASN1_INTEGER_set(X509_get_serialNumber(c), serial);
+  X509_gmtime_adj(X509_getm_notBefore(c), -86400);
+  X509_gmtime_adj(X509_getm_notAfter(c), 30 * 86400);
+  X509_set_pubkey(c, out.key.get());
+  X509_NAME* name = X509_get_subject_name(c);
+  X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
+                             reinterpret_cast<const unsigned char*>(cn.c_str()), -1, -1, 0);
+  X509_set_issuer_name(c, issuer != nullptr ? X509_get_subject_name(issuer->cert.get()) : name);
+  X509V3_CTX v3;
+  X509V3_set_ctx_nodb(&v3);
+  X509V3_set_ctx(&v3, issuer != nullptr ? issuer->cert.get() : c, c, nullptr, nullptr, 0);
+  auto extend = [&](int nid, const std::string& value) {
+    X509_EXTENSION* ext = X509V3_EXT_conf_nid(nullptr, &v3, nid, value.c_str());
+    X509_add_ext(c, ext, -1);
+    X509_EXTENSION_free(ext);
+  };
+  extend(NID_basic_constraints, issuer == nullptr ? "critical,CA:TRUE" : "CA:FALSE");
+  extend(NID_subject_key_identifier, "hash");
+  if (!dns.empty()) {
+    extend(NID_subject_alt_name, "DNS:" + dns);
+  }
+  X509_sign(c, issuer != nullptr ? issuer->key.get() : out.key.get(), EVP_sha256());
+  return out;
+}
+
+std::string pem(X509* cert) {
+  BIO* bio = BIO_new(BIO_s_mem());
+  PEM_write_bio_X509(bio, cert);
+  char* data = nullptr;
+  const long n = BIO_get_mem_data(bio, &data);
+  std::string out(data, static_cast<size_t>(n));
+  BIO_free(bio);
+  return out;
+}
+
+std::string pem(EVP_PKEY* key) {
+  BIO* bio = BIO_new(BIO_s_mem());
+  PEM_write_bio_PrivateKey(bio, key, nullptr, nullptr, 0, nullptr, nullptr);
+  char* data = nullptr;
+  const long n = BIO_get_mem_data(bio, &data);
+  std::string out(data, static_cast<size_t>(n));
+  BIO_free(bio);
+  return out;
+}
+
+struct Response {
+  int status = V_OCSP_CERTSTATUS_GOOD;
+  long thisUpdate = -3600;  // seconds from now
+  long nextUpdate = 86400;
+  const Issued* signer = nullptr;  // the CA unless set
+  int responseStatus = OCSP_RESPONSE_STATUS_SUCCESSFUL;
+};
+
+// A DER OCSP response about `leaf` (issued by `ca`).
+std::string ocspResponse(const Issued& leaf, const Issued& ca, const Response& r) {
+  if (r.responseStatus != OCSP_RESPONSE_STATUS_SUCCESSFUL) {
+    OCSP_RESPONSE* response = OCSP_response_create(r.responseStatus, nullptr);
+    unsigned char* der = nullptr;
+    const int n = i2d_OCSP_RESPONSE(response, &der);
+    std::string out(reinterpret_cast<char*>(der), static_cast<size_t>(n));
+    OPENSSL_free(der);
+    OCSP_RESPONSE_free(response);
+    return out;
+  }
+  OCSP_BASICRESP* basic = OCSP_BASICRESP_new();
+  OCSP_CERTID* id = OCSP_cert_to_id(EVP_sha1(), leaf.cert.get(), ca.cert.get());
+  const time_t now = std::time(nullptr);
+  ASN1_GENERALIZEDTIME* thisUpdate = ASN1_GENERALIZEDTIME_adj(nullptr, now, 0, r.thisUpdate);
+  ASN1_GENERALIZEDTIME* nextUpdate = ASN1_GENERALIZEDTIME_adj(nullptr, now, 0, r.nextUpdate);
+  ASN1_GENERALIZEDTIME* revoked = r.status == V_OCSP_CERTSTATUS_REVOKED
+                                      ? ASN1_GENERALIZEDTIME_adj(nullptr, now, 0, -7200)
+                                      : nullptr;
+  OCSP_basic_add1_status(basic, id, r.status, OCSP_REVOKED_STATUS_KEYCOMPROMISE, revoked,
+                         thisUpdate, nextUpdate);
+  const Issued& signer = r.signer != nullptr ? *r.signer : ca;
+  OCSP_basic_sign(basic, signer.cert.get(), signer.key.get(), EVP_sha256(), nullptr, 0);
+  OCSP_RESPONSE* response = OCSP_response_create(OCSP_RESPONSE_STATUS_SUCCESSFUL, basic);
+  unsigned char* der = nullptr;
+  const int n = i2d_OCSP_RESPONSE(response, &der);
+  std::string out(reinterpret_cast<char*>(der), static_cast<size_t>(n));
+  OPENSSL_free(der);
+  OCSP_RESPONSE_free(response);
+  OCSP_BASICRESP_free(basic);
+  OCSP_CERTID_free(id);
+  ASN1_GENERALIZEDTIME_free(thisUpdate);
+  ASN1_GENERALIZEDTIME_free(nextUpdate);
+  ASN1_GENERALIZEDTIME_free(revoked);
+  return out;
+}
+
+class OcspStaplingTest : public ::testing::Test {
+protected:
+  void SetUp() override {
+    char pattern[] = "/tmp/grelay-ocsp-XXXXXX";
+    ASSERT_NE(mkdtemp(pattern), nullptr);
+    dir_ = pattern;
+    ca_ = issue("test CA", "", nullptr, 1);
+    server_ = issue("localhost", "localhost", &ca_, 2);
+    api_ = issue("api", "api.test", &ca_, 3);
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+
+  std::string write(const std::string& name, const std::string& bytes) {
+    const std::string path = dir_ + "/" + name;
+    std::ofstream(path, std::ios::binary) << bytes;
+    return path;
+  }
+
+  // A listener's tls serving `server_` (with the CA in its chain file unless `leafOnly`)
+  // and stapling `response` ("" = none).
+  config::Config listener(const std::string& response, bool leafOnly = false) {
+    config::Config cfg;
+    config::ListenerConfig& l = cfg.listeners.emplace_back();
+    l.name = "web";
+    config::ListenerTlsConfig& t = l.tls.emplace();
+    t.cert = write("server.pem", pem(server_.cert.get()) + (leafOnly ? "" : pem(ca_.cert.get())));
+    t.key = write("server.key", pem(server_.key.get()));
+    t.location = {"grelay.toml", 7, 1};
+    if (!response.empty()) {
+      t.ocsp_response = write("server.ocsp", response);
+    }
+    return cfg;
+  }
+
+  // What a client asking for the status is stapled over a handshake with `ctx` ("" =
+  // nothing); `sni` chooses the certificate.
+  static std::string stapled(SSL_CTX* ctx, int version, const char* sni = "localhost") {
+    SSL_CTX* clientCtx = SSL_CTX_new(TLS_client_method());
+    SSL_CTX_set_min_proto_version(clientCtx, version);
+    SSL_CTX_set_max_proto_version(clientCtx, version);
+    SSL* client = SSL_new(clientCtx);
+    SSL* server = SSL_new(ctx);
+    SSL_set_tlsext_status_type(client, TLSEXT_STATUSTYPE_ocsp);
+    SSL_set_tlsext_host_name(client, sni);
+    BIO* clientBio = nullptr;
+    BIO* serverBio = nullptr;
+    BIO_new_bio_pair(&clientBio, 0, &serverBio, 0);
+    SSL_set_bio(client, clientBio, clientBio);
+    SSL_set_bio(server, serverBio, serverBio);
+    SSL_set_connect_state(client);
+    SSL_set_accept_state(server);
+    bool clientDone = false;
+    bool serverDone = false;
+    for (int round = 0; round < 20 && !(clientDone && serverDone); ++round) {
+      clientDone = clientDone || SSL_do_handshake(client) == 1;
+      serverDone = serverDone || SSL_do_handshake(server) == 1;
+    }
+    EXPECT_TRUE(clientDone && serverDone) << "handshake did not complete";
+    const unsigned char* p = nullptr;
+    const long n = SSL_get_tlsext_status_ocsp_resp(client, &p);
+    std::string out = n > 0 && p != nullptr
+                          ? std::string(reinterpret_cast<const char*>(p), static_cast<size_t>(n))
+                          : "";
+    SSL_free(client);
+    SSL_free(server);
+    SSL_CTX_free(clientCtx);
+    return out;
+  }
+
+  std::string dir_;
+  Issued ca_;
+  Issued server_;
+  Issued api_;
+};
+
+TEST_F(OcspStaplingTest, ACurrentResponseIsStapledAsItIsOverTls12AndTls13) {
+  const std::string response = ocspResponse(server_, ca_, {});
+  const config::Config cfg = listener(response);
+  TlsContexts contexts;
+  std::vector<std::string> errors;
+  std::vector<std::string> warnings;
+  ASSERT_TRUE(contexts.build(cfg, false, &errors, &warnings)) << errors.front();
+  EXPECT_TRUE(warnings.empty()) << warnings.front();
+  EXPECT_EQ(stapled(contexts.listener(0), TLS1_2_VERSION), response);
+  EXPECT_EQ(stapled(contexts.listener(0), TLS1_3_VERSION), response);
+  bool dated = false;
+  for (const metrics::TlsFileDate& d : contexts.dates()) {
+    if (d.kind == metrics::TlsFileDate::Kind::kOcspResponse) {
+      dated = true;
+      EXPECT_EQ(d.owner, "web");
+      EXPECT_EQ(d.file, cfg.listeners[0].tls->ocsp_response);
+      EXPECT_NEAR(static_cast<double>(d.unixSeconds),
+                  static_cast<double>(std::time(nullptr)) + 86400, 5);
+    }
+  }
+  EXPECT_TRUE(dated);
+  // Without ocsp_response nothing is stapled.
+  TlsContexts plain;
+  ASSERT_TRUE(plain.build(listener(""), false, &errors));
+  EXPECT_EQ(stapled(plain.listener(0), TLS1_3_VERSION), "");
+}
+
+TEST_F(OcspStaplingTest, EachSniCertificateStaplesItsOwnResponse) {
+  const std::string serverResponse = ocspResponse(server_, ca_, {});
+  const std::string apiResponse = ocspResponse(api_, ca_, {});
+  config::Config cfg = listener(serverResponse);
+  config::ListenerTlsConfig& t = *cfg.listeners[0].tls;
+  t.certs.push_back({write("api.pem", pem(api_.cert.get()) + pem(ca_.cert.get())),
+                     write("api.key", pem(api_.key.get())), t.location,
+                     write("api.ocsp", apiResponse)});
+  TlsContexts contexts;
+  std::vector<std::string> errors;
+  ASSERT_TRUE(contexts.build(cfg, false, &errors)) << errors.front();
+  EXPECT_EQ(stapled(contexts.listener(0), TLS1_3_VERSION, "api.test"), apiResponse);
+  EXPECT_EQ(stapled(contexts.listener(0), TLS1_2_VERSION, "api.test"), apiResponse);
+  EXPECT_EQ(stapled(contexts.listener(0), TLS1_3_VERSION, "localhost"), serverResponse);
+}
+
+TEST_F(OcspStaplingTest, AResponseOutsideItsDatesIsWarnedOfAndNotStapled) {
+  const struct {
+    Response dates;
+    const char* warning;
+  } cases[] = {
+      {{.thisUpdate = -2 * 86400, .nextUpdate = -60}, "' expired at "},
+      {{.thisUpdate = 86400, .nextUpdate = 2 * 86400}, "' is not valid before "},
+  };
+  for (const auto& c : cases) {
+    TlsContexts contexts;
+    std::vector<std::string> errors;
+    std::vector<std::string> warnings;
+    const config::Config cfg = listener(ocspResponse(server_, ca_, c.dates));
+    ASSERT_TRUE(contexts.build(cfg, false, &errors, &warnings)) << errors.front();
+    ASSERT_EQ(warnings.size(), 1u) << c.warning;
+    EXPECT_EQ(warnings[0].rfind("grelay.toml:7:1: warning: listener web: ocsp_response file '" +
+                                    cfg.listeners[0].tls->ocsp_response + c.warning,
+                                0),
+              0u)
+        << warnings[0];
+    EXPECT_EQ(stapled(contexts.listener(0), TLS1_3_VERSION), "") << c.warning;
+    EXPECT_EQ(stapled(contexts.listener(0), TLS1_2_VERSION), "") << c.warning;
+  }
+}
+
+TEST_F(OcspStaplingTest, ABadResponseIsAConfigurationError) {
+  const Issued stranger = issue("stranger", "", nullptr, 9);
+  const struct {
+    std::string response;
+    bool leafOnly;
+    std::string error;
+  } cases[] = {
+      {"not DER", false, "not an OCSP response in DER"},
+      {ocspResponse(server_, ca_, {.responseStatus = OCSP_RESPONSE_STATUS_UNAUTHORIZED}), false,
+       "the responder did not answer: unauthorized"},
+      {ocspResponse(api_, ca_, {}), false, "it is not about the certificate in cert file"},
+      {ocspResponse(server_, ca_, {.status = V_OCSP_CERTSTATUS_REVOKED}), false, "was revoked at "},
+      {ocspResponse(server_, ca_, {.status = V_OCSP_CERTSTATUS_UNKNOWN}), false,
+       "its responder does not know the certificate"},
+      {ocspResponse(server_, ca_, {.signer = &stranger}), false,
+       "its signature does not verify against the issuer"},
+      {ocspResponse(server_, ca_, {}), true, "has no issuer certificate after the server's"},
+  };
+  for (const auto& c : cases) {
+    TlsContexts contexts;
+    std::vector<std::string> errors;
+    const config::Config cfg = listener(c.response, c.leafOnly);
+    EXPECT_FALSE(contexts.build(cfg, false, &errors)) << c.error;
+    ASSERT_EQ(errors.size(), 1u) << c.error;
+    EXPECT_EQ(errors[0].rfind("grelay.toml:7:1: ocsp_response file '" +
+                                  cfg.listeners[0].tls->ocsp_response + "': ",
+                              0),
+              0u)
+        << errors[0];
+    EXPECT_NE(errors[0].find(c.error), std::string::npos) << errors[0];
+  }
+}
+
+}  // namespace
+}  // namespace grelay::proxy
