@@ -341,6 +341,10 @@ struct ListenerTlsConfig {
   // A new ticket key this often; a ticket opens with the newest key or the one before, so a
   // key is used for at most two periods. 1s..24h.
   Duration session_ticket_rotation{3'600'000};
+  // Ticket keys from files instead (nginx's ssl_session_ticket_key): 80 bytes each (48:
+  // AES-128, nginx's older keys); the first seals tickets, every one opens them. Instances
+  // sharing the files resume each other's tickets; rotation is the files' (and SIGHUP).
+  std::vector<std::string> session_ticket_keys;
   Duration handshake_timeout{10'000};
   std::string min_version = "1.2";  // "1.2" or "1.3"
   std::string ciphers;              // TLS 1.2 cipher list; "" = Mozilla "intermediate"

@@ -704,6 +704,48 @@ private:
     };
   }
 
+  // Session ticket key files: ["ticket.key", "previous.key"], 1..8 distinct readable files
+  // of 80 or 48 bytes (nginx's ssl_session_ticket_key format; `openssl rand 80`). What is in
+  // them is read when the TLS contexts are built.
+  Reader ticketKeyFiles(std::vector<std::string>* out) {
+    return [this, out](std::string_view key, const toml::node& node) {
+      const toml::array* array = node.as_array();
+      if (array == nullptr)
+        return typeError(key, node, "an array of key files like [\"ticket.key\"]");
+      if (array->empty() || array->size() > 8) {
+        error(node.source(), quoted(key) +
+                                 " must name 1 to 8 files (leave it out for keys made "
+                                 "by grelay)");
+        return false;
+      }
+      if (!distinctStrings(
+              key, *array, out, [](std::string_view text) { return !text.empty(); },
+              "paths of key files")) {
+        return false;
+      }
+      bool ok = true;
+      for (size_t i = 0; i < out->size(); ++i) {
+        const toml::source_region where = (*array)[i].source();
+        const std::string& path = (*out)[i];
+        std::string reason = unreadableReason(path);
+        struct stat st {};
+        if (reason.empty() && stat(path.c_str(), &st) != 0) {
+          reason = std::strerror(errno);
+        }
+        const auto bytes = static_cast<uint64_t>(st.st_size);
+        if (!reason.empty()) {
+          error(where, "cannot read session ticket key file " + quoted(path) + ": " + reason);
+          ok = false;
+        } else if (bytes != 80 && bytes != 48) {
+          error(where, "session ticket key file " + quoted(path) + " has " + std::to_string(bytes) +
+                           " bytes, not 80 (make one with: openssl rand 80 > FILE) or 48");
+          ok = false;
+        }
+      }
+      return ok;
+    };
+  }
+
   // TLS key exchange groups: ["X25519", "P-256"]: names of 1..64 [A-Za-z0-9_-] characters,
   // none twice, at least one. Whether OpenSSL knows them is checked when the TLS contexts
   // are built (--check does it too).
@@ -1098,6 +1140,7 @@ private:
             {"strict_sni", boolean(&tls.strict_sni)},
             {"session_tickets", boolean(&tls.session_tickets)},
             {"session_ticket_rotation", duration(&tls.session_ticket_rotation, 1s, 24h)},
+            {"session_ticket_keys", ticketKeyFiles(&tls.session_ticket_keys)},
             {"client_ca", file(&tls.client_ca, "client_ca")},
             {"client_crl", file(&tls.client_crl, "client_crl")},
             {"client_verify",
@@ -1114,6 +1157,18 @@ private:
                return true;
              }},
         });
+    if (const toml::node* keys = table.get("session_ticket_keys")) {
+      if (const auto* on = table.get("session_tickets"); on != nullptr && !on->value_or(true)) {
+        error(keys->source(),
+              "'session_ticket_keys' with 'session_tickets = false': tickets are "
+              "off, so keys are of no use");
+      }
+      if (const toml::node* rotation = table.get("session_ticket_rotation")) {
+        error(rotation->source(),
+              "'session_ticket_rotation' with 'session_ticket_keys': keys from files change "
+              "when the files do (a new first key, the old one after it, then SIGHUP)");
+      }
+    }
     for (const char* key : {"client_verify", "client_crl"}) {
       if (const toml::node* node = table.get(key);
           node != nullptr && table.get("client_ca") == nullptr) {

@@ -392,23 +392,37 @@ int alpnWireIndex() {
   return index;
 }
 
-// Session ticket keys of one listener context (session_tickets): a fresh key every
-// `rotation`, made at the first handshake past the period; tickets are sealed with the
-// newest and opened with it or the one before, so a key lives at most two periods (what
-// a stolen key can decrypt is bounded, as with nginx's or HAProxy's rotated key files).
+// Session ticket keys of one listener context (session_tickets). Made by grelay: a fresh
+// key every `rotation`, made at the first handshake past the period; tickets are sealed
+// with the newest and opened with it or the one before, so a key lives at most two periods
+// (what a stolen key can decrypt is bounded, as with nginx's or HAProxy's rotated key
+// files). Or from files (session_ticket_keys): the first seals, each opens, none rotates.
 // Handshakes of every worker share it: a mutex, taken once per ticket.
 class TicketKeys {
 public:
+  struct Key {
+    unsigned char name[16];
+    unsigned char aes[32];
+    unsigned char mac[32];
+    bool aes128 = false;  // a 48-byte key file: AES-128 and a 16-byte HMAC key
+  };
+
   explicit TicketKeys(config::Duration rotation)
       : rotationNanos_(static_cast<uint64_t>(rotation.count()) * 1'000'000) {}
 
+  // Fixed keys, `keys.front()` sealing.
+  explicit TicketKeys(const std::vector<Key>& keys)
+      : rotationNanos_(0), keys_(keys.rbegin(), keys.rend()) {}
+
   // OpenSSL's ticket callback (SSL_CTX_set_tlsext_ticket_key_evp_cb): 1 = sealed, or
-  // opened with the newest key; 2 = opened with the older one (OpenSSL renews the
+  // opened with the newest key; 2 = opened with an older one (OpenSSL renews the
   // ticket); 0 = unknown key (a full handshake); -1 = error.
   int crypt(unsigned char name[16], unsigned char* iv, EVP_CIPHER_CTX* cipher, EVP_MAC_CTX* mac,
             int seal) {
     std::lock_guard<std::mutex> lock(mutex_);
-    rotate(monotonicNanos());
+    if (rotationNanos_ != 0) {
+      rotate(monotonicNanos());
+    }
     const Key* key = nullptr;
     bool newest = true;
     if (seal == 1) {
@@ -431,11 +445,12 @@ public:
     }
     OSSL_PARAM params[] = {
         OSSL_PARAM_construct_octet_string(OSSL_MAC_PARAM_KEY, const_cast<unsigned char*>(key->mac),
-                                          sizeof(key->mac)),
+                                          key->aes128 ? 16 : sizeof(key->mac)),
         OSSL_PARAM_construct_utf8_string(OSSL_MAC_PARAM_DIGEST, const_cast<char*>("SHA256"), 0),
         OSSL_PARAM_construct_end()};
-    const int ok = seal == 1 ? EVP_EncryptInit_ex(cipher, EVP_aes_256_cbc(), nullptr, key->aes, iv)
-                             : EVP_DecryptInit_ex(cipher, EVP_aes_256_cbc(), nullptr, key->aes, iv);
+    const EVP_CIPHER* aes = key->aes128 ? EVP_aes_128_cbc() : EVP_aes_256_cbc();
+    const int ok = seal == 1 ? EVP_EncryptInit_ex(cipher, aes, nullptr, key->aes, iv)
+                             : EVP_DecryptInit_ex(cipher, aes, nullptr, key->aes, iv);
     if (ok != 1 || EVP_MAC_CTX_set_params(mac, params) != 1) {
       return -1;
     }
@@ -443,12 +458,6 @@ public:
   }
 
 private:
-  struct Key {
-    unsigned char name[16];
-    unsigned char aes[32];
-    unsigned char mac[32];
-  };
-
   // Past the period: a new key, keeping the one before only if it was made in the last
   // period (after a quiet spell both are too old).
   void rotate(uint64_t now) {
@@ -466,11 +475,48 @@ private:
     madeAt_ = now;
   }
 
-  const uint64_t rotationNanos_;
+  const uint64_t rotationNanos_;  // 0: fixed keys
   std::mutex mutex_;
-  std::deque<Key> keys_;
+  std::deque<Key> keys_;  // oldest first: back() seals
   uint64_t madeAt_ = 0;
 };
+
+// Reads session_ticket_keys in nginx's format: 16 bytes of key name, then the HMAC key
+// and the AES key, 32 bytes each (80 in all; 16 each in a 48-byte file). false (errors
+// appended) when a file cannot be read, has another size, or names a key another has.
+bool readTicketKeys(const config::ListenerTlsConfig& t, std::vector<TicketKeys::Key>* out,
+                    std::vector<std::string>* errors) {
+  for (const std::string& path : t.session_ticket_keys) {
+    std::ifstream in(path, std::ios::binary);
+    std::string bytes((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+    if (in.bad() || !in.is_open()) {
+      errors->push_back(at(t.location, "cannot read session ticket key file '" + path + "'"));
+      return false;
+    }
+    if (bytes.size() != 80 && bytes.size() != 48) {
+      errors->push_back(at(t.location, "session ticket key file '" + path + "' has " +
+                                           std::to_string(bytes.size()) + " bytes, not 80 or 48"));
+      return false;
+    }
+    TicketKeys::Key& key = out->emplace_back();
+    const size_t half = bytes.size() == 80 ? 32 : 16;
+    key.aes128 = half == 16;
+    std::memcpy(key.name, bytes.data(), 16);
+    std::memcpy(key.mac, bytes.data() + 16, half);
+    std::memcpy(key.aes, bytes.data() + 16 + half, half);
+    OPENSSL_cleanse(bytes.data(), bytes.size());
+    for (size_t i = 0; i + 1 < out->size(); ++i) {
+      if (std::memcmp((*out)[i].name, key.name, sizeof(key.name)) == 0) {
+        errors->push_back(at(t.location, "session ticket key files '" + t.session_ticket_keys[i] +
+                                             "' and '" + path +
+                                             "' start with the same key name (16 bytes): each key "
+                                             "needs its own"));
+        return false;
+      }
+    }
+  }
+  return true;
+}
 
 void freeTicketKeys(void*, void* keys, CRYPTO_EX_DATA*, int, long, void*) {
   delete static_cast<TicketKeys*>(keys);
@@ -540,7 +586,15 @@ SSL_CTX* serverContext(const config::ListenerTlsConfig& t, const config::Certifi
     // handshake flight, before the session relays a byte (kTLS or not). One context per
     // listener and generation: every worker's sessions share its ticket keys.
     SSL_CTX_set_num_tickets(ctx, 1);
-    SSL_CTX_set_ex_data(ctx, ticketKeysIndex(), new TicketKeys(t.session_ticket_rotation));
+    std::vector<TicketKeys::Key> fromFiles;
+    if (!t.session_ticket_keys.empty() && !readTicketKeys(t, &fromFiles, errors)) {
+      SSL_CTX_free(ctx);
+      return nullptr;
+    }
+    SSL_CTX_set_ex_data(
+        ctx, ticketKeysIndex(),
+        fromFiles.empty() ? new TicketKeys(t.session_ticket_rotation) : new TicketKeys(fromFiles));
+    OPENSSL_cleanse(fromFiles.data(), fromFiles.size() * sizeof(TicketKeys::Key));
     SSL_CTX_set_tlsext_ticket_key_evp_cb(ctx, ticketKeyCallback);
   } else {
     SSL_CTX_set_num_tickets(ctx, 0);

@@ -1289,6 +1289,38 @@ TEST(LoaderTest, OcspResponsesBelongToTheirCertificate) {
               ElementsAre(testing::HasSubstr("'ocsp_response'")));
 }
 
+TEST(LoaderTest, SessionTicketKeyFiles) {
+  TempDir dir;
+  const std::string key = dir.write("key.pem", "x");
+  const std::string k80 = dir.write("k80", std::string(80, 'a'));
+  const std::string k48 = dir.write("k48", std::string(48, 'b'));
+  const std::string k10 = dir.write("k10", std::string(10, 'c'));
+  auto tls = [&](const std::string& more) {
+    return validWith({"tls = { cert = \"" + key + "\", key = \"" + key + "\"" + more + " }"});
+  };
+  LoadResult result =
+      loadString(tls(", session_ticket_keys = [\"" + k80 + "\", \"" + k48 + "\"]"), "t.toml");
+  ASSERT_TRUE(result.ok()) << result.errors[0].toString();
+  EXPECT_EQ(result.config->listeners[0].tls->session_ticket_keys,
+            (std::vector<std::string>{k80, k48}));
+  EXPECT_THAT(errorsOf(tls(", session_ticket_keys = [\"" + k10 + "\"]")),
+              ElementsAre(testing::HasSubstr("session ticket key file '" + k10 +
+                                             "' has 10 bytes, not 80 (make one with: openssl "
+                                             "rand 80 > FILE) or 48")));
+  EXPECT_THAT(errorsOf(tls(", session_ticket_keys = [\"no-such.key\"]")),
+              ElementsAre(testing::HasSubstr("cannot read session ticket key file 'no-such.key'")));
+  EXPECT_THAT(errorsOf(tls(", session_ticket_keys = [\"" + k80 + "\", \"" + k80 + "\"]")),
+              ElementsAre(testing::HasSubstr("names '" + k80 + "' twice")));
+  EXPECT_THAT(errorsOf(tls(", session_ticket_keys = []")),
+              ElementsAre(testing::HasSubstr("must name 1 to 8 files")));
+  EXPECT_THAT(
+      errorsOf(tls(", session_ticket_keys = [\"" + k80 + "\"], session_ticket_rotation = \"1h\"")),
+      ElementsAre(testing::HasSubstr("'session_ticket_rotation' with 'session_ticket_keys'")));
+  EXPECT_THAT(
+      errorsOf(tls(", session_ticket_keys = [\"" + k80 + "\"], session_tickets = false")),
+      ElementsAre(testing::HasSubstr("'session_ticket_keys' with 'session_tickets = false'")));
+}
+
 TEST(LoaderErrorTest, MissingCaFileIsNamed) {
   EXPECT_THAT(
       errorsOf(lines({"[upstream.app]", R"(servers = ["127.0.0.1:8000"])",

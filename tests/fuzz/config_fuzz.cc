@@ -223,6 +223,16 @@ void checkAccepted(const Config& c) {
         return path.empty() || access(path.c_str(), R_OK) == 0;
       };
       FUZZ_CHECK(readable(l.tls->cert) && readable(l.tls->ocsp_response), "tls files readable");
+      // session_ticket_keys: 1..8 distinct readable files, only with tickets on.
+      const std::vector<std::string>& keys = l.tls->session_ticket_keys;
+      FUZZ_CHECK(keys.size() <= 8, "session_ticket_keys 1..8");
+      FUZZ_CHECK(keys.empty() || l.tls->session_tickets, "ticket keys with tickets off");
+      for (size_t k = 0; k < keys.size(); ++k) {
+        FUZZ_CHECK(!keys[k].empty() && readable(keys[k]), "ticket key file readable");
+        FUZZ_CHECK(std::find(keys.begin(), keys.begin() + static_cast<ptrdiff_t>(k), keys[k]) ==
+                       keys.begin() + static_cast<ptrdiff_t>(k),
+                   "ticket key file twice");
+      }
       for (const CertificateFiles& c : l.tls->certs) {
         FUZZ_CHECK(!c.cert.empty() && !c.key.empty(), "certs cert and key");
         FUZZ_CHECK(readable(c.cert) && readable(c.key) && readable(c.ocsp_response),

@@ -27,6 +27,9 @@ Certificates are made at test time with the openssl CLI (harness.Certs).
   list is past its
   nextUpdate, which then refuses every client of that CA until the file is refreshed and
   grelay reloaded (a stale list next to a current one of the same CA is harmless).
+- Session tickets: a returning client resumes on any worker; keys rotate; instances sharing
+  `session_ticket_keys` files resume each other's tickets, a later file opens and the
+  first renews, 48-byte keys work, and bad files are named by `--check`.
 - OCSP stapling (`ocsp_response`): `openssl s_client -status` over TLS 1.3 and 1.2 gets
   the response `openssl ocsp` made for the certificate SNI chose (none for a certificate
   without one), as `openssl ocsp -resp_text` reads the file; its nextUpdate is a gauge; a
@@ -253,6 +256,75 @@ class TlsTerminationTest(h.TlsTest):
                 time.sleep(6.5)  # two periods after the second key: both are gone
                 self.assertFalse(session(first)[1], "a ticket of a dropped key")
                 self.assertFalse(session(renewed)[1], "a ticket of a dropped key")
+
+    def test_ticket_key_files_are_shared_by_instances(self):
+        """session_ticket_keys: instances with the same key file resume each other's
+        tickets; the first file seals, the others open (and the ticket is renewed with the
+        first); 48-byte keys (AES-128) work as 80-byte ones."""
+        import contextlib
+        import ssl
+        c = self.certs
+        keys = tempfile.mkdtemp(prefix="grelay-ticket-keys-")
+        self.addCleanup(shutil.rmtree, keys, True)
+
+        def key_file(name, size):
+            path = os.path.join(keys, name)
+            with open(path, "wb") as f:
+                f.write(os.urandom(size))
+            return path
+
+        k1, k2, k48 = key_file("k1", 80), key_file("k2", 80), key_file("k48", 48)
+        with h.EchoServer() as echo, contextlib.ExitStack() as stack:
+            ports = {}
+            for name, files in (("a", [k1]), ("b", [k2, k1]), ("c", [k2]), ("d", [k48]),
+                                ("e", [k1, k48])):
+                cfg = h.Config()
+                cfg.upstream("app", [echo.address])
+                ports[name] = cfg.listener("tls", "app", tls={**tls_listener(c),
+                                                              "session_ticket_keys": files})
+                stack.enter_context(h.Grelay(cfg))
+            for version in (ssl.TLSVersion.TLSv1_3, ssl.TLSVersion.TLSv1_2):
+                ctx = h.tls_client_context(c.ca, maximum=version)
+
+                def session(name, ticket=None):
+                    with ctx.wrap_socket(h.connect(ports[name]), server_hostname="localhost",
+                                         session=ticket) as s:
+                        s.sendall(b"ping")
+                        self.assertEqual(s.recv(4), b"ping")  # (the ticket comes first)
+                        return s.session, s.session_reused
+
+                t1, reused = session("a")
+                self.assertFalse(reused)
+                self.assertTrue(session("a", t1)[1], version)
+                t2, reused = session("b", t1)  # another instance, k1 second: opens, renews
+                self.assertTrue(reused, version)
+                self.assertTrue(session("c", t2)[1], f"{version}: renewed with k2")
+                self.assertFalse(session("a", t2)[1], f"{version}: a has no k2")
+                self.assertFalse(session("c", t1)[1], f"{version}: c has no k1")
+                t48, _ = session("d")
+                self.assertTrue(session("e", t48)[1], f"{version}: a 48-byte key")
+        # Bad key files are named by --check.
+        short = key_file("short", 10)
+        twin = os.path.join(keys, "twin")
+        shutil.copy(k1, twin)
+        for tls, message in (
+                ({"session_ticket_keys": [short]},
+                 f"session ticket key file '{short}' has 10 bytes, not 80"),
+                ({"session_ticket_keys": [k1, twin]},
+                 f"session ticket key files '{k1}' and '{twin}' start with the same key name"),
+                ({"session_ticket_keys": [k1], "session_ticket_rotation": "1h"},
+                 "'session_ticket_rotation' with 'session_ticket_keys'"),
+                ({"session_ticket_keys": [k1], "session_tickets": False},
+                 "'session_ticket_keys' with 'session_tickets = false'")):
+            cfg = h.Config()
+            cfg.upstream("app", ["127.0.0.1:9"])
+            cfg.listener("tls", "app", tls={**tls_listener(c), **tls})
+            path = os.path.join(keys, "keys.toml")
+            with open(path, "w") as f:
+                f.write(cfg.render())
+            r = h.run_grelay(["-c", path, "--check"])
+            self.assertNotEqual(r.returncode, 0, r.stdout)
+            self.assertIn(message, r.stderr)
 
     def test_groups_limit_the_key_exchange(self):
         c = self.certs
