@@ -691,6 +691,17 @@ std::vector<MetricFamily> StatsCollector::collectFrom(
                "client_crl file: past it, client certificates of that CA are refused until the "
                "file is refreshed and grelay reloaded.",
                MetricType::Gauge);
+  auto& clientCaExpiry =
+      list.add("grelay_tls_client_ca_expiry_timestamp_seconds",
+               "When the CAs of a listener's client_ca file stop being good: the earliest "
+               "notAfter (Unix time) of its CA certificates (of several with one subject, the "
+               "newest); past it, client certificates that CA signed fail verification.",
+               MetricType::Gauge);
+  auto& upstreamCaExpiry =
+      list.add("grelay_upstream_tls_ca_expiry_timestamp_seconds",
+               "The same for a TLS pool's ca file: past it, server certificates that CA "
+               "signed fail verification and the pool's connects fail.",
+               MetricType::Gauge);
   auto& ocspNextUpdate =
       list.add("grelay_tls_ocsp_next_update_timestamp_seconds",
                "The nextUpdate (Unix time) of the OCSP response a TLS listener staples for a "
@@ -967,6 +978,12 @@ std::vector<MetricFamily> StatsCollector::collectFrom(
         break;
       case TlsFileDate::Kind::kOcspResponse:
         sample(ocspNextUpdate, {{"listener", date.owner}, file}, seconds);
+        break;
+      case TlsFileDate::Kind::kClientCa:
+        sample(clientCaExpiry, {{"listener", date.owner}, file}, seconds);
+        break;
+      case TlsFileDate::Kind::kUpstreamCa:
+        sample(upstreamCaExpiry, {{"upstream", date.owner}, file}, seconds);
         break;
     }
   }

@@ -250,12 +250,14 @@ struct TlsFileDate {
     kUpstreamCertificate,
     kClientCrl,
     kOcspResponse,
+    kClientCa,    // a listener's client_ca
+    kUpstreamCa,  // a pool's ca
   };
   Kind kind = Kind::kListenerCertificate;
   std::string owner;  // the listener's or upstream pool's name
   std::string file;   // the path as the configuration wrote it
   // A certificate's notAfter; the earliest nextUpdate of a CRL file; an OCSP response's
-  // nextUpdate.
+  // nextUpdate; the earliest notAfter of the CAs in a file.
   int64_t unixSeconds = 0;
 };
 

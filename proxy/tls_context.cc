@@ -62,6 +62,44 @@ std::string isoTime(int64_t unixSeconds) {
 
 using Kind = metrics::TlsFileDate::Kind;
 
+constexpr int64_t kDay = 86400;
+
+// "less than a day", "1 day", "5 days".
+std::string timeLeft(int64_t seconds) {
+  const int64_t days = seconds / kDay;
+  return days == 0 ? "less than a day" : days == 1 ? "1 day" : std::to_string(days) + " days";
+}
+
+// Of the objects in `store` that `dated` gives a name and a date (a CA certificate's
+// subject and notAfter, a CRL's issuer and nextUpdate), the newest date of each name:
+// OpenSSL takes a current one of several, so an old one beside it is harmless.
+using NamedDates = std::vector<std::pair<const X509_NAME*, int64_t>>;
+NamedDates newestByName(
+    X509_STORE* store,
+    const std::function<std::optional<std::pair<const X509_NAME*, int64_t>>(X509_OBJECT*)>& dated) {
+  NamedDates newest;
+  STACK_OF(X509_OBJECT)* objects = X509_STORE_get0_objects(store);
+  for (int i = 0; i < sk_X509_OBJECT_num(objects); ++i) {
+    const auto date = dated(sk_X509_OBJECT_value(objects, i));
+    if (!date) {
+      continue;
+    }
+    auto it = std::find_if(newest.begin(), newest.end(),
+                           [&](const auto& n) { return X509_NAME_cmp(n.first, date->first) == 0; });
+    if (it == newest.end()) {
+      newest.push_back(*date);
+    } else {
+      it->second = std::max(it->second, date->second);
+    }
+  }
+  return newest;
+}
+
+std::string printableName(const X509_NAME* name) {
+  std::string text = relay::rfc2253(name);
+  return text.empty() ? "?" : text;
+}
+
 // Records when the certificate `ctx` serves (or presents, upstream) expires, and warns of
 // one that has expired or is not valid yet: OpenSSL loads either, and then every peer that
 // verifies refuses it.
@@ -85,7 +123,6 @@ void noteCertificate(SSL_CTX* ctx, Kind kind, const std::string& owner,
   const std::string refused =
       listener ? "clients that verify refuse it" : "servers that ask for one refuse it";
   const int64_t now = static_cast<int64_t>(std::time(nullptr));
-  constexpr int64_t kDay = 86400;
   if (*notAfter < now) {
     warnings->push_back(
         at(files.location, what + "expired at " + isoTime(*notAfter) + ": " + refused));
@@ -95,12 +132,9 @@ void noteCertificate(SSL_CTX* ctx, Kind kind, const std::string& owner,
         at(files.location, what + "is not valid before " + isoTime(*notBefore) + ": " + refused));
   } else if (*notAfter - now < 14 * kDay) {
     // As the GrelayTlsCertificateExpiresSoon alert, so --check in a deploy pipeline says it.
-    const int64_t days = (*notAfter - now) / kDay;
-    const std::string in = days == 0   ? "less than a day"
-                           : days == 1 ? "1 day"
-                                       : std::to_string(days) + " days";
     warnings->push_back(at(files.location, what + "expires at " + isoTime(*notAfter) + " (in " +
-                                               in + "): renew it and reload"));
+                                               timeLeft(*notAfter - now) +
+                                               "): renew it and reload"));
   }
 }
 
@@ -111,24 +145,17 @@ void noteCertificate(SSL_CTX* ctx, Kind kind, const std::string& owner,
 void noteRevocationLists(SSL_CTX* ctx, const config::ListenerConfig& l,
                          std::vector<metrics::TlsFileDate>* dates,
                          std::vector<std::string>* warnings) {
-  std::vector<std::pair<const X509_NAME*, int64_t>> newest;  // by issuer
-  STACK_OF(X509_OBJECT)* objects = X509_STORE_get0_objects(SSL_CTX_get_cert_store(ctx));
-  for (int i = 0; i < sk_X509_OBJECT_num(objects); ++i) {
-    X509_CRL* crl = X509_OBJECT_get0_X509_CRL(sk_X509_OBJECT_value(objects, i));
-    const std::optional<int64_t> next =
-        crl != nullptr ? unixTime(X509_CRL_get0_nextUpdate(crl)) : std::nullopt;
-    if (!next) {
-      continue;  // not a CRL, or one without a nextUpdate: never stale
-    }
-    const X509_NAME* issuer = X509_CRL_get_issuer(crl);
-    auto it = std::find_if(newest.begin(), newest.end(),
-                           [issuer](const auto& n) { return X509_NAME_cmp(n.first, issuer) == 0; });
-    if (it == newest.end()) {
-      newest.emplace_back(issuer, *next);
-    } else {
-      it->second = std::max(it->second, *next);
-    }
-  }
+  const NamedDates newest =
+      newestByName(SSL_CTX_get_cert_store(ctx),
+                   [](X509_OBJECT* o) -> std::optional<std::pair<const X509_NAME*, int64_t>> {
+                     X509_CRL* crl = X509_OBJECT_get0_X509_CRL(o);
+                     const std::optional<int64_t> next =
+                         crl != nullptr ? unixTime(X509_CRL_get0_nextUpdate(crl)) : std::nullopt;
+                     if (!next) {
+                       return std::nullopt;  // not a CRL, or one without a nextUpdate: never stale
+                     }
+                     return std::make_pair(X509_CRL_get_issuer(crl), *next);
+                   });
   if (newest.empty()) {
     return;
   }
@@ -139,18 +166,58 @@ void noteRevocationLists(SSL_CTX* ctx, const config::ListenerConfig& l,
     if (next >= now || warnings == nullptr) {
       continue;
     }
-    std::string name = relay::rfc2253(issuer);
-    if (name.empty()) {
-      name = "?";
-    }
     warnings->push_back(
-        at(l.tls->location, "warning: listener " + l.name + ": the revocation list of " + name +
-                                " in client_crl file '" + l.tls->client_crl + "' expired at " +
-                                isoTime(next) +
+        at(l.tls->location, "warning: listener " + l.name + ": the revocation list of " +
+                                printableName(issuer) + " in client_crl file '" +
+                                l.tls->client_crl + "' expired at " + isoTime(next) +
                                 " (nextUpdate): every client certificate that CA signed is "
                                 "refused until the file is refreshed and grelay reloaded"));
   }
   dates->push_back({Kind::kClientCrl, l.name, l.tls->client_crl, earliest});
+}
+
+// Records when the CA certificates of a verify file (a listener's client_ca, a pool's ca)
+// stop being good: the earliest of each subject's newest notAfter. Warns of a CA that has
+// expired or is within 14 days of it: OpenSSL then fails every certificate it signed.
+void noteCaFile(SSL_CTX* ctx, Kind kind, const std::string& owner, const std::string& file,
+                const config::Location& where, std::vector<metrics::TlsFileDate>* dates,
+                std::vector<std::string>* warnings) {
+  const NamedDates newest =
+      newestByName(SSL_CTX_get_cert_store(ctx),
+                   [](X509_OBJECT* o) -> std::optional<std::pair<const X509_NAME*, int64_t>> {
+                     X509* ca = X509_OBJECT_get0_X509(o);
+                     const std::optional<int64_t> notAfter =
+                         ca != nullptr ? unixTime(X509_get0_notAfter(ca)) : std::nullopt;
+                     if (!notAfter) {
+                       return std::nullopt;
+                     }
+                     return std::make_pair(X509_get_subject_name(ca), *notAfter);
+                   });
+  if (newest.empty()) {
+    return;
+  }
+  const bool listener = kind == Kind::kClientCa;
+  int64_t earliest = newest.front().second;
+  const int64_t now = static_cast<int64_t>(std::time(nullptr));
+  for (const auto& [subject, notAfter] : newest) {
+    earliest = std::min(earliest, notAfter);
+    if (notAfter - now >= 14 * kDay || warnings == nullptr) {
+      continue;
+    }
+    const std::string what = std::string("warning: ") + (listener ? "listener " : "upstream ") +
+                             owner + ": the CA " + printableName(subject) + " in " +
+                             (listener ? "client_ca" : "ca") + " file '" + file + "' ";
+    const std::string signedBy =
+        listener ? "every client certificate it signed" : "every server certificate it signed";
+    warnings->push_back(at(where, notAfter < now
+                                      ? what + "expired at " + isoTime(notAfter) + ": " + signedBy +
+                                            " fails verification until the file has a current one"
+                                      : what + "expires at " + isoTime(notAfter) + " (in " +
+                                            timeLeft(notAfter - now) + "): then " + signedBy +
+                                            " fails verification; put its renewal in the file and "
+                                            "reload"));
+  }
+  dates->push_back({kind, owner, file, earliest});
 }
 
 // An OCSP response a context staples (ocsp_response): the DER bytes as the CA's responder
@@ -864,6 +931,10 @@ bool TlsContexts::build(const config::Config& cfg, bool ktls, std::vector<std::s
       }
     };
     loaded(listeners_[i], {t.cert, t.key, t.location, t.ocsp_response});
+    if (!t.client_ca.empty()) {
+      noteCaFile(listeners_[i], Kind::kClientCa, l.name, t.client_ca, t.location, &dates_,
+                 warnings);
+    }
     if (!t.client_ca.empty() && !t.client_crl.empty()) {
       noteRevocationLists(listeners_[i], l, &dates_, warnings);
     }
@@ -911,8 +982,11 @@ bool TlsContexts::build(const config::Config& cfg, bool ktls, std::vector<std::s
       SSL_CTX_set_verify(ctx, SSL_VERIFY_PEER, nullptr);
       int ok = u.tls.ca.empty() ? SSL_CTX_set_default_verify_paths(ctx)
                                 : SSL_CTX_load_verify_locations(ctx, u.tls.ca.c_str(), nullptr);
+      const config::Location& where = u.tls.location.line != 0 ? u.tls.location : u.location;
+      if (ok == 1 && !u.tls.ca.empty()) {
+        noteCaFile(ctx, Kind::kUpstreamCa, u.name, u.tls.ca, where, &dates_, warnings);
+      }
       if (ok != 1) {
-        const config::Location& where = u.tls.location.line != 0 ? u.tls.location : u.location;
         errors->push_back(at(where, "cannot load CA certificates" +
                                         (u.tls.ca.empty() ? std::string(" (system store)")
                                                           : " from ca file '" + u.tls.ca + "'") +

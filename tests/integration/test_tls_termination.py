@@ -21,8 +21,9 @@ Certificates are made at test time with the openssl CLI (harness.Certs).
   did not sign, fails its handshake and reaches no upstream; with one, its subject is in
   the access log. `client_verify = "optional"` lets a client without one in; one that
   `client_crl` revokes is refused.
-- Dates: when each certificate expires and each CRL file needs refreshing are gauges
-  (checked against `openssl x509 -enddate`/`openssl crl -nextupdate`); `--check` and
+- Dates: when each certificate and the CA of each client_ca and ca file expire and each CRL
+  file needs refreshing are gauges (checked against `openssl x509 -enddate`/`openssl crl
+  -nextupdate`); `--check` and
   startup warn of a certificate expired or within 14 days of it, and of a CA whose newest
   list is past its
   nextUpdate, which then refuses every client of that CA until the file is refreshed and
@@ -458,6 +459,7 @@ class TlsTerminationTest(h.TlsTest):
             cfg.upstream("app", [echo.address])
             cfg.upstream("signed", ["127.0.0.1:9"],
                          tls={"verify": False, "cert": c.expired[0], "key": c.expired[1]})
+            cfg.upstream("verified", ["127.0.0.1:9"], tls={"ca": c.ca})
             current = cfg.listener("current", "app", tls={
                 **tls_listener(c), "certs": [{"cert": c.wrong_host[0], "key": c.wrong_host[1]}],
                 "client_ca": c.ca, "client_crl": both})
@@ -520,6 +522,16 @@ class TlsTerminationTest(h.TlsTest):
                                  next_update(os.path.join(c.dir, "fresh.pem")))
                 self.assertEqual(g.metric("grelay_tls_crl_next_update_timestamp_seconds",
                                           listener="old", file=stale), january_end)
+                # The CA files: when their CA expires (client_ca, a pool's ca).
+                self.assertEqual(
+                    {(n, dict(ls).get("listener") or dict(ls)["upstream"], dict(ls)["file"]): v
+                     for (n, ls), v in g.metrics().items()
+                     if n in ("grelay_tls_client_ca_expiry_timestamp_seconds",
+                              "grelay_upstream_tls_ca_expiry_timestamp_seconds")},
+                    {("grelay_tls_client_ca_expiry_timestamp_seconds", name, c.ca):
+                     not_after(c.ca) for name in ("current", "old")} |
+                    {("grelay_upstream_tls_ca_expiry_timestamp_seconds", "verified", c.ca):
+                     not_after(c.ca)})
                 # What the warning says: the stale list refuses carol, revoked or not; next
                 # to a current list of the same CA it does not.
                 self.assertEqual(handshake(current), b"ping")

@@ -1,7 +1,7 @@
-// TlsContexts: OCSP stapling (ocsp_response). Certificates and responses are made here
-// with OpenSSL, so every date and signature is the test's to choose; a client asking for
-// the status (status_request) does its handshake with the listener's context over a BIO
-// pair and reads what was stapled.
+// TlsContexts: OCSP stapling (ocsp_response), and the dates of CA files. Certificates and responses
+// are made here with OpenSSL, so every date and signature is the test's to choose; a client asking
+// for the status (status_request) does its handshake with the listener's context over a BIO pair
+// and reads what was stapled.
 #include <openssl/bio.h>
 #include <openssl/evp.h>
 #include <openssl/ocsp.h>
@@ -9,11 +9,13 @@
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
+#include <algorithm>
 #include <cstdio>
 #include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -33,16 +35,18 @@ struct Issued {
 };
 
 // A P-256 certificate for `cn` (DNS name `dns` unless empty), signed by `issuer` (or
-// self-signed as a CA when it is null), with serial `serial`.
-Issued issue(const std::string& cn, const std::string& dns, const Issued* issuer, long serial) {
+// self-signed as a CA when it is null), with serial `serial`, expiring in `notAfterDays`
+// (negative: expired).
+Issued issue(const std::string& cn, const std::string& dns, const Issued* issuer, long serial,
+             long notAfterDays = 30) {
   Issued out;
   out.key.reset(EVP_EC_gen("P-256"));
   out.cert.reset(X509_new());
   X509* c = out.cert.get();
   X509_set_version(c, 2);
   ASN1_INTEGER_set(X509_get_serialNumber(c), serial);
-  X509_gmtime_adj(X509_getm_notBefore(c), -86400);
-  X509_gmtime_adj(X509_getm_notAfter(c), 30 * 86400);
+  X509_gmtime_adj(X509_getm_notBefore(c), std::min(notAfterDays - 1, -1L) * 86400);
+  X509_gmtime_adj(X509_getm_notAfter(c), notAfterDays * 86400);
   X509_set_pubkey(c, out.key.get());
   X509_NAME* name = X509_get_subject_name(c);
   X509_NAME_add_entry_by_txt(name, "CN", MBSTRING_ASC,
@@ -304,6 +308,77 @@ TEST_F(OcspStaplingTest, ABadResponseIsAConfigurationError) {
         << errors[0];
     EXPECT_NE(errors[0].find(c.error), std::string::npos) << errors[0];
   }
+}
+
+// The CAs of a verify file: the gauge has the earliest of each subject's newest notAfter
+// (a renewed CA beside its expired predecessor is fine), and loading warns of a CA expired
+// or within 14 days of it.
+class CaFileDatesTest : public OcspStaplingTest {
+protected:
+  std::optional<metrics::TlsFileDate> dateOf(const TlsContexts& contexts,
+                                             metrics::TlsFileDate::Kind kind) {
+    for (const metrics::TlsFileDate& d : contexts.dates()) {
+      if (d.kind == kind) {
+        return d;
+      }
+    }
+    return std::nullopt;
+  }
+};
+
+TEST_F(CaFileDatesTest, ClientCaAndUpstreamCaExpiryAreDatedAndWarnedOf) {
+  const Issued renewed = issue("test CA", "", nullptr, 11, 400);
+  const Issued old = issue("test CA", "", nullptr, 12, -1);
+  const Issued soon = issue("soon CA", "", nullptr, 13, 10);
+  const Issued gone = issue("gone CA", "", nullptr, 14, -2);
+  config::Config cfg = listener("");
+  cfg.listeners[0].tls->client_ca =
+      write("clients.pem", pem(old.cert.get()) + pem(renewed.cert.get()) + pem(soon.cert.get()));
+  config::UpstreamConfig& u = cfg.upstreams.emplace_back();
+  u.name = "secure";
+  u.tls.enabled = true;
+  u.tls.verify = true;
+  u.tls.ca = write("servers.pem", pem(gone.cert.get()));
+  u.tls.location = {"grelay.toml", 3, 7};
+  TlsContexts contexts;
+  std::vector<std::string> errors;
+  std::vector<std::string> warnings;
+  ASSERT_TRUE(contexts.build(cfg, false, &errors, &warnings)) << errors.front();
+  const int64_t now = static_cast<int64_t>(std::time(nullptr));
+  const auto client = dateOf(contexts, metrics::TlsFileDate::Kind::kClientCa);
+  ASSERT_TRUE(client.has_value());
+  EXPECT_EQ(client->owner, "web");
+  EXPECT_EQ(client->file, cfg.listeners[0].tls->client_ca);
+  EXPECT_NEAR(static_cast<double>(client->unixSeconds), static_cast<double>(now + 10 * 86400), 5);
+  const auto upstream = dateOf(contexts, metrics::TlsFileDate::Kind::kUpstreamCa);
+  ASSERT_TRUE(upstream.has_value());
+  EXPECT_EQ(upstream->owner, "secure");
+  EXPECT_NEAR(static_cast<double>(upstream->unixSeconds), static_cast<double>(now - 2 * 86400), 5);
+  ASSERT_EQ(warnings.size(), 2u);
+  EXPECT_EQ(warnings[0].rfind("grelay.toml:7:1: warning: listener web: the CA CN=soon CA in "
+                              "client_ca file '" +
+                                  cfg.listeners[0].tls->client_ca + "' expires at ",
+                              0),
+            0u)
+      << warnings[0];
+  // (10 days, or 9 and a bit once the second has turned.)
+  EXPECT_TRUE(warnings[0].find(" (in 10 days)") != std::string::npos ||
+              warnings[0].find(" (in 9 days)") != std::string::npos)
+      << warnings[0];
+  EXPECT_NE(warnings[0].find(" days): then every client certificate it signed fails "
+                             "verification; put its renewal in the file and reload"),
+            std::string::npos)
+      << warnings[0];
+  EXPECT_EQ(warnings[1].rfind("grelay.toml:3:7: warning: upstream secure: the CA CN=gone CA in ca "
+                              "file '" +
+                                  u.tls.ca + "' expired at ",
+                              0),
+            0u)
+      << warnings[1];
+  EXPECT_NE(warnings[1].find(": every server certificate it signed fails verification until the "
+                             "file has a current one"),
+            std::string::npos)
+      << warnings[1];
 }
 
 }  // namespace
