@@ -177,6 +177,9 @@ struct UpstreamTlsConfig {
   // Key exchange groups offered, in order of preference (OpenSSL names: "X25519", "P-256",
   // "P-384", "ffdhe2048", ...); empty = X25519, P-256, P-384.
   std::vector<std::string> groups;
+  // Sessions resume the TLS session of an earlier connection to the same server and name
+  // (nginx's proxy_ssl_session_reuse): no key exchange, no certificate chain to verify.
+  bool session_reuse = true;
   Location location;  // of the tls value
 };
 

@@ -916,6 +916,7 @@ private:
                       {"alpn", protocols(&tls->alpn)},
                       {"groups", groups(&tls->groups)},
                       {"forward_sni", boolean(&tls->forward_sni)},
+                      {"session_reuse", boolean(&tls->session_reuse)},
                       {"cert", file(&tls->cert, "cert")},
                       {"key", file(&tls->key, "key")},
                   });

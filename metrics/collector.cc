@@ -91,6 +91,7 @@ struct UpstreamUseTotals {
   HistogramTotals<kSessionBuckets> queueDuration;
   HistogramTotals<kConnectBuckets> connectDuration;
   uint64_t tlsFailures = 0;
+  uint64_t tlsResumed = 0;
 
   void add(const UpstreamUseStats& stats) {
     sentBytes += stats.sentBytes.value();
@@ -102,6 +103,7 @@ struct UpstreamUseTotals {
     queueDuration.add(stats.queueDuration);
     connectDuration.add(stats.connectDuration);
     tlsFailures += stats.tlsFailures.value();
+    tlsResumed += stats.tlsResumed.value();
   }
   void add(const UpstreamUseTotals& other) {
     sentBytes += other.sentBytes;
@@ -113,6 +115,7 @@ struct UpstreamUseTotals {
     queueDuration.add(other.queueDuration);
     connectDuration.add(other.connectDuration);
     tlsFailures += other.tlsFailures;
+    tlsResumed += other.tlsResumed;
   }
 };
 
@@ -675,6 +678,11 @@ std::vector<MetricFamily> StatsCollector::collectFrom(
                                "TLS handshakes with upstream servers that failed (certificate "
                                "verification, protocol); counted in connect errors too.",
                                MetricType::Counter);
+  auto& upstreamTlsResumed =
+      list.add("grelay_upstream_tls_resumed_handshakes_total",
+               "TLS handshakes with upstream servers that resumed an earlier session "
+               "(session_reuse): no key exchange or certificate verification.",
+               MetricType::Counter);
   auto& certificateExpiry =
       list.add("grelay_tls_certificate_expiry_timestamp_seconds",
                "When each certificate a TLS listener serves (cert and certs) expires: its "
@@ -857,6 +865,7 @@ std::vector<MetricFamily> StatsCollector::collectFrom(
       if (use.pool->tls.enabled) {
         anyUpstreamTls = true;
         sample(upstreamTls, {name, upstream}, asDouble(t.tlsFailures));
+        sample(upstreamTlsResumed, {name, upstream}, asDouble(t.tlsResumed));
       }
     }
     sample(unavailable, {name}, asDouble(total.noUpstream));

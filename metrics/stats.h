@@ -146,6 +146,7 @@ struct UpstreamUseStats {
   SessionHistogram queueDuration;  // each wait for a slot, observed as it ends
   ConnectHistogram connectDuration;
   Counter tlsFailures;  // upstream handshakes that failed (certificate, protocol)
+  Counter tlsResumed;   // upstream handshakes that resumed a session (session_reuse)
 };
 
 struct ListenerStats {

@@ -1271,6 +1271,9 @@ void Session::handshakeDone(Peer& peer) {
     }
     beginSession();
   } else {
+    if (tls.resumed()) {
+      upstreamStats().tlsResumed.inc();
+    }
     upstreamReady();
   }
 }
@@ -1314,6 +1317,9 @@ void Session::handshakeFailed(Peer& peer, bool timedOut) {
   // The upstream server's certificate or protocol was refused: like a failed connect,
   // try the pool's next server.
   upstreamStats().tlsFailures.inc();
+  if (primary_.tls_->valid()) {
+    forgetUpstreamSession(primary_.tls_->handle());
+  }
   const config::Address& a = listener_->upstream->server(static_cast<size_t>(server_));
   const std::string why =
       timedOut ? std::string("TLS handshake timed out") : primary_.tls_->error();
@@ -1569,6 +1575,12 @@ void Session::primaryConnected(int32_t res) {
       forwardServerName(peer, pool.tls.verify);
     }
     primary_.tls_->setPeerName(peer.sni, peer.verifyHost);
+    if (primary_.tls_->valid()) {
+      // A session is only resumed with the server, the name sent and the name verified
+      // it was made with.
+      offerUpstreamSession(primary_.tls_->handle(),
+                           lastServer_->text + '\0' + peer.sni + '\0' + peer.verifyHost);
+    }
     state_ = State::UpstreamHandshake;
     handshakeTimedOut_ = false;
     handshakeDeadline_ = host_.now() + nanos(cfg().connect_timeout);

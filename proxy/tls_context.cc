@@ -601,6 +601,96 @@ int ticketKeyCallback(SSL* ssl, unsigned char name[16], unsigned char* iv, EVP_C
   return keys != nullptr ? keys->crypt(name, iv, cipher, mac, seal) : 0;
 }
 
+// The sessions of one upstream pool's context (session_reuse), one per key (server
+// address, SNI, name verified), the newest kept: a TLS 1.3 server sends a fresh ticket with
+// every handshake, resumed or not. Bounded: forward_sni lets clients choose names, so past
+// kMax the oldest key goes. Workers share it: a mutex, taken once per connect and ticket.
+class ClientSessions {
+public:
+  static constexpr size_t kMax = 1024;
+
+  ~ClientSessions() {
+    for (auto& [key, session] : sessions_) {
+      SSL_SESSION_free(session);
+    }
+  }
+
+  // Takes `session`'s reference.
+  void put(const std::string& key, SSL_SESSION* session) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto [it, added] = sessions_.try_emplace(key, session);
+    if (!added) {
+      SSL_SESSION_free(it->second);
+      it->second = session;
+      return;
+    }
+    order_.push_back(key);
+    while (sessions_.size() > kMax) {
+      if (auto old = sessions_.find(order_.front()); old != sessions_.end()) {
+        SSL_SESSION_free(old->second);
+        sessions_.erase(old);
+      }
+      order_.pop_front();
+    }
+  }
+
+  // A reference to the session filed under `key`, or nullptr.
+  SSL_SESSION* get(const std::string& key) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    auto it = sessions_.find(key);
+    if (it == sessions_.end() || SSL_SESSION_up_ref(it->second) != 1) {
+      return nullptr;
+    }
+    return it->second;
+  }
+
+  void forget(const std::string& key) {
+    std::lock_guard<std::mutex> lock(mutex_);
+    if (auto it = sessions_.find(key); it != sessions_.end()) {
+      SSL_SESSION_free(it->second);
+      sessions_.erase(it);  // (its place in order_ goes when it comes up)
+    }
+  }
+
+private:
+  std::mutex mutex_;
+  std::unordered_map<std::string, SSL_SESSION*> sessions_;
+  std::deque<std::string> order_;  // keys as first filed, oldest first
+};
+
+void freeClientSessions(void*, void* sessions, CRYPTO_EX_DATA*, int, long, void*) {
+  delete static_cast<ClientSessions*>(sessions);
+}
+
+int clientSessionsIndex() {
+  static const int index =
+      SSL_CTX_get_ex_new_index(0, nullptr, nullptr, nullptr, freeClientSessions);
+  return index;
+}
+
+void freeSessionKey(void*, void* key, CRYPTO_EX_DATA*, int, long, void*) {
+  delete static_cast<std::string*>(key);
+}
+
+// An upstream connection's key in its pool's ClientSessions (SSL ex_data); health checks
+// have none, so their sessions are not filed.
+int sessionKeyIndex() {
+  static const int index = SSL_get_ex_new_index(0, nullptr, nullptr, nullptr, freeSessionKey);
+  return index;
+}
+
+// OpenSSL's new-session callback on an upstream context: 1 = the reference is ours.
+int fileClientSession(SSL* ssl, SSL_SESSION* session) {
+  auto* sessions = static_cast<ClientSessions*>(
+      SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), clientSessionsIndex()));
+  const auto* key = static_cast<const std::string*>(SSL_get_ex_data(ssl, sessionKeyIndex()));
+  if (sessions == nullptr || key == nullptr || SSL_SESSION_is_resumable(session) != 1) {
+    return 0;
+  }
+  sessions->put(*key, session);
+  return 1;
+}
+
 // The ALPN callback: the first of the listener's protocols the client offers, or no ALPN
 // at all (the handshake goes on: a TCP proxy has no reason to refuse a client over it).
 int selectAlpn(SSL*, const unsigned char** out, unsigned char* outLength, const unsigned char* in,
@@ -970,6 +1060,13 @@ bool TlsContexts::build(const config::Config& cfg, bool ktls, std::vector<std::s
         noteCertificate(ctx, Kind::kUpstreamCertificate, u.name, files, &dates_, warnings);
       }
     }
+    if (u.tls.session_reuse) {
+      // Filed by fileClientSession(), offered by offerUpstreamSession(); OpenSSL's own
+      // client cache would not know which server a session belongs to.
+      SSL_CTX_set_ex_data(ctx, clientSessionsIndex(), new ClientSessions());
+      SSL_CTX_set_session_cache_mode(ctx, SSL_SESS_CACHE_CLIENT | SSL_SESS_CACHE_NO_INTERNAL_STORE);
+      SSL_CTX_sess_set_new_cb(ctx, fileClientSession);
+    }
     if (!u.tls.alpn.empty()) {
       const std::string wire = alpnWire(u.tls.alpn);
       // (0 is success here.)
@@ -997,6 +1094,31 @@ bool TlsContexts::build(const config::Config& cfg, bool ktls, std::vector<std::s
     }
   }
   return errors->size() == before;
+}
+
+void offerUpstreamSession(SSL* ssl, std::string key) {
+  auto* sessions = static_cast<ClientSessions*>(
+      SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), clientSessionsIndex()));
+  if (sessions == nullptr) {
+    return;
+  }
+  if (SSL_SESSION* session = sessions->get(key)) {
+    SSL_set_session(ssl, session);  // (takes its own reference)
+    SSL_SESSION_free(session);
+  }
+  auto* owned = new std::string(std::move(key));
+  if (SSL_set_ex_data(ssl, sessionKeyIndex(), owned) != 1) {
+    delete owned;
+  }
+}
+
+void forgetUpstreamSession(SSL* ssl) {
+  auto* sessions = static_cast<ClientSessions*>(
+      SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), clientSessionsIndex()));
+  const auto* key = static_cast<const std::string*>(SSL_get_ex_data(ssl, sessionKeyIndex()));
+  if (sessions != nullptr && key != nullptr) {
+    sessions->forget(*key);
+  }
 }
 
 std::string upstreamVerifyHost(const config::UpstreamConfig& u,

@@ -47,6 +47,13 @@ private:
   std::vector<metrics::TlsFileDate> dates_;
 };
 
+// Upstream session resumption (session_reuse): offers `ssl`, about to connect, the session
+// last made with the same server under the same key (address, SNI, name verified), and
+// files the sessions it gets under that key. Nothing when its pool has session_reuse off.
+void offerUpstreamSession(SSL* ssl, std::string key);
+// Drops the session filed under `ssl`'s key: its handshake failed.
+void forgetUpstreamSession(SSL* ssl);
+
 // The name an upstream server's certificate must match: `sni` if set, else the host part
 // of the address as written ("10.0.0.1", "api.internal"; for one of a name's addresses,
 // all_addresses, the name).

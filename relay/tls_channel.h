@@ -37,6 +37,7 @@ public:
   TlsChannel& operator=(const TlsChannel&) = delete;
 
   bool valid() const { return ssl_ != nullptr; }
+  SSL* handle() const { return ssl_; }  // for what the channel does not wrap (sessions)
   // Client side: SNI to send ("" = none) and the name or IP address the certificate must
   // match ("" = chain only). Call before the first handshake().
   void setPeerName(const std::string& sni, const std::string& verifyHost);

@@ -136,7 +136,8 @@ TEST(LoaderTest, EveryValueIsStored) {
           R"(resolve_hold = "2m")",
           R"(proxy_protocol = "v2")",
           R"(proxy_protocol_tlvs = ["alpn", "authority", "ssl", "unique_id", "received", "crc32c"])",
-          "tls = { ca = \"" + ca + "\", sni = \"app.test\", verify = false, forward_sni = true }",
+          "tls = { ca = \"" + ca +
+              "\", sni = \"app.test\", verify = false, forward_sni = true, session_reuse = false }",
           R"([[listener]])",
           R"(name = "web-1_a")",
           R"(listen = "0.0.0.0:8080")",
@@ -198,6 +199,7 @@ TEST(LoaderTest, EveryValueIsStored) {
   EXPECT_EQ(app.tls.sni, "app.test");
   EXPECT_FALSE(app.tls.verify);
   EXPECT_TRUE(app.tls.forward_sni);
+  EXPECT_FALSE(app.tls.session_reuse);
   const ListenerConfig& web = c.listeners[0];
   EXPECT_EQ(web.name, "web-1_a");
   EXPECT_EQ(web.connect_timeout, Duration(250));
@@ -1128,6 +1130,7 @@ TEST(LoaderTest, AlpnProtocolsOnBothSides) {
   EXPECT_THAT(result.config->listeners[0].tls->alpn, ElementsAre("h2", "http/1.1"));
   EXPECT_THAT(result.config->upstreams[0].tls.alpn, ElementsAre("h2"));
   EXPECT_FALSE(result.config->upstreams[0].tls.forward_sni);
+  EXPECT_TRUE(result.config->upstreams[0].tls.session_reuse);  // nginx's default too
   EXPECT_TRUE(result.config->upstreams[0].tls.enabled);
   EXPECT_THAT(errorsOf(file(R"(["h2", "h2"])", "[]")),
               ElementsAre(testing::HasSubstr("'alpn' names 'h2' twice")));

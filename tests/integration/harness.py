@@ -1816,6 +1816,7 @@ class TlsEchoServer(Server):
         self.handshakes = 0
         self.server_names: list = []  # the SNI of every ClientHello (None: none sent)
         self.protocols: list = []  # the protocol ALPN chose in each handshake (None: none)
+        self.resumed: list = []  # whether each handshake resumed a session
         self.context.sni_callback = self._sni
         if alpn:
             self.context.set_alpn_protocols(alpn)
@@ -1831,6 +1832,7 @@ class TlsEchoServer(Server):
         with self._cond:
             self.handshakes += 1
             self.protocols.append(t.selected_alpn_protocol())
+            self.resumed.append(t.session_reused)
             peer = t.getpeercert() if self.context.verify_mode else None
             if peer:
                 self.client_subjects.append(dict(x[0] for x in peer["subject"])["commonName"])

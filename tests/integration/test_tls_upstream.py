@@ -15,12 +15,16 @@ Python ssl echo upstreams with certificates made at test time (harness.Certs):
 - a pool [self-signed server, good server] fails over to the good one for every session;
 - an upstream that accepts TCP but never answers the handshake is given up after
   connect_timeout;
+- sessions resume the TLS session of the connection before to the same server under the
+  same name (TLS 1.3 and 1.2), counted in grelay_upstream_tls_resumed_handshakes_total;
+  never under another name (forward_sni); not with session_reuse = false;
 - health checks of a TLS pool complete a verified handshake and close with close_notify:
   a server with a certificate for another host and a plaintext server (which accepts the
   TCP connect a bare check would pass) are marked down before any session meets them.
 """
 
 import re
+import socket
 
 import harness as h
 
@@ -164,6 +168,52 @@ class TlsUpstreamTest(h.TlsTest):
                 self.assertNotEqual(session("api.test"), b"ping")
             self.assertEqual(server.server_names, ["localhost", None, "api.test"])
             self.assertEqual(server.handshakes, 2)  # grelay refused the third certificate
+
+    def test_sessions_resume_with_the_same_server_and_name(self):
+        """session_reuse: the second and later connections to a server resume the session
+        of the one before (TLS 1.3 and 1.2); never under another name (forward_sni), and
+        not at all with session_reuse = false."""
+        import ssl
+        c = self.certs
+        servers = [h.TlsEchoServer(*c.upstream) for _ in range(4)]
+        servers[1].context.maximum_version = ssl.TLSVersion.TLSv1_2
+        with servers[0] as v13, servers[1] as v12, servers[2] as off, servers[3] as fwd:
+            cfg = h.Config()
+            cfg.with_admin()
+            cfg.upstream("v13", [v13.address], tls={"ca": c.ca, "sni": "localhost"})
+            cfg.upstream("v12", [v12.address], tls={"ca": c.ca, "sni": "localhost"})
+            cfg.upstream("off", [off.address], tls={"ca": c.ca, "session_reuse": False})
+            cfg.upstream("fwd", [fwd.address], tls={"ca": c.ca, "forward_sni": True})
+            ports = {name: cfg.listener(name, name) for name in ("v13", "v12", "off")}
+            ports["fwd"] = cfg.listener("fwd", "fwd",
+                                        tls={"cert": c.server[0], "key": c.server[1]})
+            with h.Grelay(cfg) as g:
+                for name in ("v13", "v12", "off"):
+                    for i in range(4):
+                        data = f"{name} {i}".encode()
+                        with h.connect(ports[name]) as s:
+                            s.sendall(data)
+                            s.shutdown(socket.SHUT_WR)
+                            got = b""
+                            while chunk := s.recv(4096):
+                                got += chunk
+                            self.assertEqual(got, data)
+                ctx = h.tls_client_context(c.ca)
+                ctx.check_hostname = False
+                for sni in ("localhost", None, "localhost", None):
+                    with ctx.wrap_socket(h.connect(ports["fwd"]), server_hostname=sni) as s:
+                        s.sendall(b"ping")
+                        self.assertEqual(s.recv(4), b"ping")
+                self.assertEqual(v13.resumed, [False, True, True, True])
+                self.assertEqual(v12.resumed, [False, True, True, True])
+                self.assertEqual(off.resumed, [False] * 4)
+                # The name sent and verified is part of the key: "localhost", then none
+                # (the pool's own: the IP address, verified as such).
+                self.assertEqual(fwd.server_names, ["localhost", None, "localhost", None])
+                self.assertEqual(fwd.resumed, [False, False, True, True])
+                for name, resumed in (("v13", 3), ("v12", 3), ("off", 0), ("fwd", 2)):
+                    self.assertEqual(g.metric("grelay_upstream_tls_resumed_handshakes_total",
+                                              listener=name, upstream=name), resumed, name)
 
     def test_bad_certificates_are_refused_with_a_reason(self):
         c = self.certs
