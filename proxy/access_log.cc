@@ -1,5 +1,9 @@
 #include "proxy/access_log.h"
 
+#include <limits.h>
+#include <poll.h>
+#include <sys/stat.h>
+
 #include <sys/random.h>
 #include <unistd.h>
 
@@ -86,7 +90,25 @@ std::string accessLogLine(const AccessRecord& r) {
 
 AccessLog::AccessLog(int fd, std::string path, std::string listener, metrics::ListenerStats& stats,
                      relay::Ring* ring)
-    : fd_(fd), path_(std::move(path)), listener_(std::move(listener)), stats_(stats), ring_(ring) {}
+    : fd_(fd), path_(std::move(path)), listener_(std::move(listener)), stats_(stats), ring_(ring) {
+  struct stat st {};
+  if (::fstat(fd_, &st) == 0 && (S_ISFIFO(st.st_mode) || S_ISSOCK(st.st_mode))) {
+    atomicLimit_ = PIPE_BUF;
+  }
+}
+
+size_t AccessLog::nextWrite(const std::string& data, size_t from) const {
+  const size_t left = data.size() - from;
+  if (atomicLimit_ == 0 || left <= atomicLimit_) {
+    return left;
+  }
+  if (const size_t cut = data.rfind('\n', from + atomicLimit_ - 1);
+      cut != std::string::npos && cut >= from) {
+    return cut + 1 - from;
+  }
+  const size_t end = data.find('\n', from);  // one line longer than the limit: alone
+  return end == std::string::npos ? left : end + 1 - from;
+}
 
 void AccessLog::add(const AccessRecord& record, uint64_t now) {
   if (buffer_.size() >= kMaxBuffered) {
@@ -130,7 +152,8 @@ void AccessLog::submit() {
   inFlight_ = true;
   submitted_ = monotonicNanos();
   // Offset -1: the file position, which O_APPEND puts at the end for each write.
-  ring_->write(fd_, writing_.data(), static_cast<uint32_t>(writing_.size()), UINT64_MAX, &done_);
+  ring_->write(fd_, writing_.data(), static_cast<uint32_t>(nextWrite(writing_, 0)), UINT64_MAX,
+               &done_);
 }
 
 void AccessLog::onWritten(int32_t res, uint32_t) noexcept {
@@ -138,9 +161,9 @@ void AccessLog::onWritten(int32_t res, uint32_t) noexcept {
     written_ += static_cast<size_t>(res);
   }
   if ((res > 0 && written_ < writing_.size()) || res == -EINTR || res == -EAGAIN) {
-    // A short write: the rest, whole lines still in order behind it.
-    ring_->write(fd_, writing_.data() + written_, static_cast<uint32_t>(writing_.size() - written_),
-                 UINT64_MAX, &done_);
+    // A short write, or the next piece for a pipe: the rest, whole lines still in order.
+    ring_->write(fd_, writing_.data() + written_,
+                 static_cast<uint32_t>(nextWrite(writing_, written_)), UINT64_MAX, &done_);
     return;
   }
   if (res <= 0) {
@@ -163,9 +186,17 @@ void AccessLog::finish() {
   size_t done = 0;
   int err = 0;
   while (done < buffer_.size()) {
-    const ssize_t n = ::write(fd_, buffer_.data() + done, buffer_.size() - done);
+    const ssize_t n = ::write(fd_, buffer_.data() + done, nextWrite(buffer_, done));
     if (n < 0 && errno == EINTR) {
       continue;
+    }
+    if (n < 0 && errno == EAGAIN) {
+      // A non-blocking pipe (standard output as a container runtime may set it up) that
+      // is full: wait for its reader, a while.
+      pollfd p{fd_, POLLOUT, 0};
+      if (::poll(&p, 1, 5000) > 0) {
+        continue;
+      }
     }
     if (n <= 0) {
       err = n < 0 ? errno : ENOSPC;

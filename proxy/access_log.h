@@ -109,6 +109,10 @@ public:
 
 private:
   void submit();
+  // How many bytes of `data` from `from` on the next write takes: all of them, or on a
+  // pipe or socket (standard output: every worker writes it) whole lines up to PIPE_BUF,
+  // which the kernel never interleaves with another writer's; a longer line alone.
+  size_t nextWrite(const std::string& data, size_t from) const;
   void onWritten(int32_t res, uint32_t flags) noexcept;
   // Lines of `data` from byte `done` on were not written (errno `err`): counted and logged.
   void dropped(const std::string& data, size_t done, int err);
@@ -120,9 +124,10 @@ private:
   std::string listener_;
   metrics::ListenerStats& stats_;
   relay::Ring* ring_;
-  std::string buffer_;   // lines not yet handed to a write
-  std::string writing_;  // the write in flight
-  size_t written_ = 0;   // of writing_
+  size_t atomicLimit_ = 0;  // 0: a file, written in any size; else PIPE_BUF
+  std::string buffer_;      // lines not yet handed to a write
+  std::string writing_;     // the write in flight
+  size_t written_ = 0;      // of writing_
   bool inFlight_ = false;
   bool flushAfter_ = false;  // flush() came while a write was in flight
   uint64_t submitted_ = 0;   // monotonic ns when the write in flight was submitted

@@ -546,9 +546,14 @@ std::unique_ptr<Generation> buildGeneration(std::shared_ptr<const config::Config
     if (l.access_log.empty()) {
       continue;
     }
-    int fd = ::open(l.access_log.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
+    // "-": grelay's standard output (a container's log), used as it is: reopening it by
+    // /dev/stdout fails for an unprivileged user on a pipe the runtime made.
+    int fd = l.access_log == "-"
+                 ? ::fcntl(STDOUT_FILENO, F_DUPFD_CLOEXEC, 3)
+                 : ::open(l.access_log.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
     if (fd < 0) {
-      *error = "listener " + l.name + ": cannot open access log " + l.access_log + ": " +
+      *error = "listener " + l.name + ": cannot open access log " +
+               (l.access_log == "-" ? std::string("- (standard output)") : l.access_log) + ": " +
                strerror(errno);
       return nullptr;
     }
@@ -677,6 +682,9 @@ void reopenAccessLogs(Generation& gen) {
       continue;
     }
     const std::string& path = cfg.listeners[li].access_log;
+    if (path == "-") {
+      continue;  // standard output: nothing to reopen
+    }
     int fresh = ::open(path.c_str(), O_WRONLY | O_APPEND | O_CREAT | O_CLOEXEC, 0640);
     if (fresh < 0) {
       GRELAY_LOG_ERROR("SIGUSR1: cannot reopen access log %s: %s; still writing the old file",

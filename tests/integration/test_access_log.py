@@ -4,7 +4,8 @@ PROXY protocol header names, when the listener accepts them), the server, the du
 the bytes each way, how it ended and the mirrors. Lines reach the file within about two
 seconds and all of them by the time grelay exits; a path that cannot be opened stops
 startup with a clear error; a full disk drops lines (counted), never traffic; SIGUSR1
-reopens the file (logrotate)."""
+reopens the file (logrotate). access_log = "-" writes grelay's standard output (a pipe, as
+in a container): lines of several workers never cut each other."""
 
 import json
 import os
@@ -176,6 +177,57 @@ class AccessLogTest(h.GrelayTest):
                 self.assertTrue(g.alive())
                 self.assertTrue(h.stream_session(port, h.Stream(60, 4 * h.KiB)).ok)
             self.assertEqual(len(read_lines(self.path)), 3)
+
+    def test_dash_writes_whole_lines_to_standard_output(self):
+        """access_log = "-": grelay's standard output, a pipe here as in a container; two
+        workers and two listeners write it at once, and every line arrives whole."""
+        import subprocess
+        import threading
+        with h.EchoServer() as echo:
+            cfg = h.Config(workers=2)
+            cfg.upstream("app", [echo.address])
+            ports = [cfg.listener(name, "app", access_log="-") for name in ("a", "b")]
+            conf = os.path.join(self.dir, "grelay.toml")
+            with open(conf, "w") as f:
+                f.write(cfg.render())
+            err = open(os.path.join(self.dir, "grelay.log"), "w+")
+            self.addCleanup(err.close)
+            proc = subprocess.Popen([h.GRELAY_BIN, "-c", conf], stdin=subprocess.DEVNULL,
+                                    stdout=subprocess.PIPE, stderr=err)
+            out = []
+
+            def read_slowly():
+                # A slow reader keeps the pipe full, so both workers' writes wait on it at
+                # once: where lines longer than the kernel's atomic size would be cut.
+                data = b""
+                while chunk := os.read(proc.stdout.fileno(), 4096):
+                    data += chunk
+                    time.sleep(0.001)
+                out.append(data)
+
+            reader = threading.Thread(target=read_slowly)
+            reader.start()
+            try:
+                # (Ready once it says so: a probe connection would be a session too.)
+                self.assertTrue(h.wait_for(
+                    lambda: " running: " in open(err.name).read(), 15))
+                proc.send_signal(signal.SIGUSR1)  # nothing to reopen: still the same pipe
+                n = 1000
+                results = h.run_concurrently(
+                    h.stream_session,
+                    [(ports[i % 2], h.Stream(300 + i, 2 * h.KiB)) for i in range(n)])
+                self.assertTrue(all(r.ok for r in results))
+            finally:
+                proc.send_signal(signal.SIGTERM)
+                self.assertEqual(proc.wait(30), 0)
+                reader.join(30)
+            text = out[0].decode()
+            lines = [json.loads(x) for x in text.splitlines()]  # a cut line fails here
+            self.assertEqual(len(lines), n, text[-2000:])
+            self.assertEqual(sorted(x["listener"] for x in lines), ["a"] * 500 + ["b"] * 500)
+            self.assertEqual({x["worker"] for x in lines}, {0, 1})
+            err.seek(0)
+            self.assertNotIn("cannot reopen", err.read())
 
     def test_an_access_log_that_cannot_be_opened_stops_startup(self):
         with h.EchoServer() as echo:

@@ -3,6 +3,7 @@
 
 #include <arpa/inet.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <netinet/in.h>
 #include <unistd.h>
 
@@ -262,6 +263,38 @@ TEST(AccessLogRingTest, LinesPastTheLimitBehindAStuckWriteAreDroppedAndCounted) 
   ASSERT_NE(next, nullptr);
   EXPECT_EQ(std::string(static_cast<const char*>(next->buf), next->len), line);
   ring.complete(next, static_cast<int32_t>(next->len));
+}
+
+TEST(AccessLogRingTest, ToAPipeEachWriteIsWholeLinesOfAtMostPipeBuf) {
+  // Standard output ("-") is a pipe every worker writes: a write of more than PIPE_BUF
+  // may interleave with another worker's, cutting lines; up to PIPE_BUF it cannot.
+  int fds[2];
+  ASSERT_EQ(::pipe(fds), 0);
+  testing::FakeRing ring;
+  metrics::ListenerStats stats(0);
+  const std::string web = "web";
+  const std::string line = accessLogLine(record(&web, nullptr));
+  ASSERT_LT(line.size(), static_cast<size_t>(PIPE_BUF));
+  AccessLog log(fds[1], "-", "web", stats, &ring);
+  const size_t lines = 3 * PIPE_BUF / line.size() + 1;
+  for (size_t i = 0; i < lines; ++i) {
+    log.add(record(&web, nullptr), kSecond);
+  }
+  log.flush();
+  std::string written;
+  for (testing::FakeOp* write = ring.pending(testing::OpKind::Write, fds[1]); write != nullptr;
+       write = ring.pending(testing::OpKind::Write, fds[1])) {
+    EXPECT_LE(write->len, static_cast<uint32_t>(PIPE_BUF));
+    const std::string piece(static_cast<const char*>(write->buf), write->len);
+    EXPECT_EQ(piece.back(), '\n');
+    EXPECT_EQ(piece.size() % line.size(), 0u);
+    written += piece;
+    ring.complete(write, static_cast<int32_t>(write->len));
+  }
+  EXPECT_EQ(written.size(), lines * line.size());
+  EXPECT_FALSE(log.writing());
+  ::close(fds[0]);
+  ::close(fds[1]);
 }
 
 TEST(AccessLogFailureTest, AFullDiskDropsAndCountsTheLines) {
