@@ -172,6 +172,9 @@ struct UpstreamTlsConfig {
   // PROXY header's authority) as SNI and verify the server's certificate against it;
   // without one, `sni` (or the host) as usual. Health checks use `sni` too.
   bool forward_sni = false;
+  // With verify: certificate revocation lists (PEM, one per CA of a chain); a server whose
+  // certificate is revoked fails its handshake. "" = none.
+  std::string crl;
   std::string cert;  // a client certificate chain (PEM) for servers that ask (mTLS); "" = none
   std::string key;   // its private key (PEM)
   // Key exchange groups offered, in order of preference (OpenSSL names: "X25519", "P-256",

@@ -911,6 +911,7 @@ private:
         readTable(*t, label,
                   {
                       {"ca", file(&tls->ca, "ca")},
+                      {"crl", file(&tls->crl, "crl")},
                       {"sni", string(&tls->sni)},
                       {"verify", boolean(&tls->verify)},
                       {"alpn", protocols(&tls->alpn)},
@@ -920,6 +921,10 @@ private:
                       {"cert", file(&tls->cert, "cert")},
                       {"key", file(&tls->key, "key")},
                   });
+        if (const toml::node* crl = t->get("crl"); crl != nullptr && !tls->verify) {
+          error(crl->source(), "'crl' with 'verify = false' " + label +
+                                   ": nothing is verified, so nothing is revoked");
+        }
         if ((t->get("cert") == nullptr) != (t->get("key") == nullptr)) {
           error(t->source(), "'cert' and 'key' go together " + label +
                                  ": a client certificate needs its private key");

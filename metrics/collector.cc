@@ -699,6 +699,12 @@ std::vector<MetricFamily> StatsCollector::collectFrom(
                "client_crl file: past it, client certificates of that CA are refused until the "
                "file is refreshed and grelay reloaded.",
                MetricType::Gauge);
+  auto& upstreamCrlNextUpdate =
+      list.add("grelay_upstream_tls_crl_next_update_timestamp_seconds",
+               "The earliest nextUpdate (Unix time) of the revocation lists in a TLS pool's crl "
+               "file: past it, server certificates of that CA are refused until the file is "
+               "refreshed and grelay reloaded.",
+               MetricType::Gauge);
   auto& clientCaExpiry =
       list.add("grelay_tls_client_ca_expiry_timestamp_seconds",
                "When the CAs of a listener's client_ca file stop being good: the earliest "
@@ -993,6 +999,9 @@ std::vector<MetricFamily> StatsCollector::collectFrom(
         break;
       case TlsFileDate::Kind::kUpstreamCa:
         sample(upstreamCaExpiry, {{"upstream", date.owner}, file}, seconds);
+        break;
+      case TlsFileDate::Kind::kUpstreamCrl:
+        sample(upstreamCrlNextUpdate, {{"upstream", date.owner}, file}, seconds);
         break;
     }
   }

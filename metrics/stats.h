@@ -253,6 +253,7 @@ struct TlsFileDate {
     kOcspResponse,
     kClientCa,    // a listener's client_ca
     kUpstreamCa,  // a pool's ca
+    kUpstreamCrl,
   };
   Kind kind = Kind::kListenerCertificate;
   std::string owner;  // the listener's or upstream pool's name

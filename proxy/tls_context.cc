@@ -139,11 +139,11 @@ void noteCertificate(SSL_CTX* ctx, Kind kind, const std::string& owner,
 }
 
 // Records the earliest nextUpdate of the revocation lists in `ctx`'s store (a listener's
-// client_crl), and warns of a CA whose list is past it: OpenSSL then fails every
-// certificate of that CA (X509_V_ERR_CRL_HAS_EXPIRED), revoked or not. Of several lists of
-// one CA, OpenSSL takes a current one, so the newest of each CA counts.
-void noteRevocationLists(SSL_CTX* ctx, const config::ListenerConfig& l,
-                         std::vector<metrics::TlsFileDate>* dates,
+// client_crl, a pool's crl), and warns of a CA whose list is past it: OpenSSL then fails
+// every certificate of that CA (X509_V_ERR_CRL_HAS_EXPIRED), revoked or not. Of several
+// lists of one CA, OpenSSL takes a current one, so the newest of each CA counts.
+void noteRevocationLists(SSL_CTX* ctx, Kind kind, const std::string& owner, const std::string& file,
+                         const config::Location& where, std::vector<metrics::TlsFileDate>* dates,
                          std::vector<std::string>* warnings) {
   const NamedDates newest =
       newestByName(SSL_CTX_get_cert_store(ctx),
@@ -159,6 +159,7 @@ void noteRevocationLists(SSL_CTX* ctx, const config::ListenerConfig& l,
   if (newest.empty()) {
     return;
   }
+  const bool listener = kind == Kind::kClientCrl;
   int64_t earliest = newest.front().second;
   const int64_t now = static_cast<int64_t>(std::time(nullptr));
   for (const auto& [issuer, next] : newest) {
@@ -167,13 +168,14 @@ void noteRevocationLists(SSL_CTX* ctx, const config::ListenerConfig& l,
       continue;
     }
     warnings->push_back(
-        at(l.tls->location, "warning: listener " + l.name + ": the revocation list of " +
-                                printableName(issuer) + " in client_crl file '" +
-                                l.tls->client_crl + "' expired at " + isoTime(next) +
-                                " (nextUpdate): every client certificate that CA signed is "
-                                "refused until the file is refreshed and grelay reloaded"));
+        at(where, std::string("warning: ") + (listener ? "listener " : "upstream ") + owner +
+                      ": the revocation list of " + printableName(issuer) + " in " +
+                      (listener ? "client_crl" : "crl") + " file '" + file + "' expired at " +
+                      isoTime(next) + " (nextUpdate): every " + (listener ? "client" : "server") +
+                      " certificate that CA signed is refused until the file is refreshed and "
+                      "grelay reloaded"));
   }
-  dates->push_back({Kind::kClientCrl, l.name, l.tls->client_crl, earliest});
+  dates->push_back({kind, owner, file, earliest});
 }
 
 // Records when the CA certificates of a verify file (a listener's client_ca, a pool's ca)
@@ -1026,7 +1028,8 @@ bool TlsContexts::build(const config::Config& cfg, bool ktls, std::vector<std::s
                  warnings);
     }
     if (!t.client_ca.empty() && !t.client_crl.empty()) {
-      noteRevocationLists(listeners_[i], l, &dates_, warnings);
+      noteRevocationLists(listeners_[i], Kind::kClientCrl, l.name, t.client_crl, t.location,
+                          &dates_, warnings);
     }
     if (!t.certs.empty() || t.strict_sni) {
       addSniCertificates(listeners_[i], t, ktls, errors, loaded);
@@ -1082,6 +1085,20 @@ bool TlsContexts::build(const config::Config& cfg, bool ktls, std::vector<std::s
       const config::Location& where = u.tls.location.line != 0 ? u.tls.location : u.location;
       if (ok == 1 && !u.tls.ca.empty()) {
         noteCaFile(ctx, Kind::kUpstreamCa, u.name, u.tls.ca, where, &dates_, warnings);
+      }
+      if (!u.tls.crl.empty()) {
+        // As a listener's client_crl: every CA of a server's chain needs its list (nginx's
+        // proxy_ssl_crl); health checks use this context too.
+        X509_STORE* store = SSL_CTX_get_cert_store(ctx);
+        X509_LOOKUP* lookup = X509_STORE_add_lookup(store, X509_LOOKUP_file());
+        if (lookup == nullptr ||
+            X509_load_crl_file(lookup, u.tls.crl.c_str(), X509_FILETYPE_PEM) <= 0) {
+          errors->push_back(at(where, "cannot load revocation lists from crl file '" + u.tls.crl +
+                                          "': " + lastError()));
+        } else {
+          X509_STORE_set_flags(store, X509_V_FLAG_CRL_CHECK | X509_V_FLAG_CRL_CHECK_ALL);
+          noteRevocationLists(ctx, Kind::kUpstreamCrl, u.name, u.tls.crl, where, &dates_, warnings);
+        }
       }
       if (ok != 1) {
         errors->push_back(at(where, "cannot load CA certificates" +

@@ -1270,6 +1270,24 @@ TEST(LoaderTest, ClientCertificatesNeedTheirCa) {
               ElementsAre(testing::HasSubstr("cannot read client_ca file 'no-such-ca.pem'")));
 }
 
+TEST(LoaderTest, UpstreamCrlNeedsVerification) {
+  TempDir dir;
+  const std::string crl = dir.write("crl.pem", "x");
+  auto file = [&](const std::string& tls) {
+    return lines({"[upstream.app]", R"(servers = ["127.0.0.1:8000"])", "tls = " + tls,
+                  "[[listener]]", R"(name = "web")", R"(listen = "127.0.0.1:8080")",
+                  R"(upstream = "app")"});
+  };
+  LoadResult result = loadString(file("{ crl = \"" + crl + "\" }"), "t.toml");
+  ASSERT_TRUE(result.ok()) << result.errors[0].toString();
+  EXPECT_EQ(result.config->upstreams[0].tls.crl, crl);
+  EXPECT_THAT(errorsOf(file("{ crl = \"" + crl + "\", verify = false }")),
+              ElementsAre(testing::HasSubstr("'crl' with 'verify = false' in [upstream.app] tls: "
+                                             "nothing is verified, so nothing is revoked")));
+  EXPECT_THAT(errorsOf(file("{ crl = \"no-such-crl.pem\" }")),
+              ElementsAre(testing::HasSubstr("cannot read crl file 'no-such-crl.pem'")));
+}
+
 TEST(LoaderTest, OcspResponsesBelongToTheirCertificate) {
   TempDir dir;
   const std::string key = dir.write("key.pem", "x");

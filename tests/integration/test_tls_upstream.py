@@ -6,11 +6,14 @@ Python ssl echo upstreams with certificates made at test time (harness.Certs):
 - a valid CA-signed certificate, verified against the server address's IP (no SNI sent)
   or against sni = "localhost" (sent): concurrent sessions byte for byte; also behind a
   TLS listener (TLS on both sides);
-- an expired certificate, a self-signed one, one for another host (IP and name),
+- an expired certificate, a self-signed one, one for another host (IP and name), a revoked
+  one (crl),
   and our CA's certificate checked against the system store (tls = true): each refused
   like a failed connect: the client is reset without data,
   grelay_upstream_tls_failures_total and grelay_upstream_connect_errors_total count it,
   and the log line names the upstream and the reason;
+- with crl, a server whose certificate the list revokes is refused the same way
+  ("certificate revoked"); a current one is served, and the list's nextUpdate is a gauge;
 - verify = false accepts the self-signed certificate;
 - a pool [self-signed server, good server] fails over to the good one for every session;
 - an upstream that accepts TCP but never answers the handshake is given up after
@@ -25,6 +28,7 @@ Python ssl echo upstreams with certificates made at test time (harness.Certs):
 
 import re
 import socket
+import subprocess
 
 import harness as h
 
@@ -217,9 +221,12 @@ class TlsUpstreamTest(h.TlsTest):
 
     def test_bad_certificates_are_refused_with_a_reason(self):
         c = self.certs
+        revoked = c._signed("up_revoked", "/CN=localhost", c.NAMES)
+        crl = c.crl([revoked[0]], name="servers-crl.pem")
         with h.TlsEchoServer(*c.expired) as expired, \
                 h.TlsEchoServer(*c.self_signed) as self_signed, \
                 h.TlsEchoServer(*c.wrong_host) as wrong, \
+                h.TlsEchoServer(*revoked) as revoked_server, \
                 h.TlsEchoServer(*c.upstream) as good:
             cases = {
                 # listener: (server, upstream tls, reason in the log)
@@ -228,6 +235,7 @@ class TlsUpstreamTest(h.TlsTest):
                 "wrong_ip": (wrong, {"ca": c.ca}, "IP address mismatch"),
                 "wrong_name": (wrong, {"ca": c.ca, "sni": "localhost"}, "hostname mismatch"),
                 "system_store": (good, True, "unable to get local issuer certificate"),
+                "revoked": (revoked_server, {"ca": c.ca, "crl": crl}, "certificate revoked"),
             }
             cfg = h.Config()
             cfg.with_admin()
@@ -240,6 +248,28 @@ class TlsUpstreamTest(h.TlsTest):
                     with self.subTest(name):
                         self._refused(g, ports[name], name, server, reason)
                 self.assertEqual(good.handshakes, 0)
+
+    def test_crl_lets_current_certificates_through_and_dates_the_lists(self):
+        """crl: a server whose certificate the lists do not revoke is served as before, and
+        when each list needs refreshing is a gauge (the revoked server: above)."""
+        import calendar
+        import time
+        c = self.certs
+        crl = c.crl([], name="servers-crl-none.pem")
+        out = subprocess.run(["openssl", "crl", "-in", crl, "-noout", "-nextupdate"],
+                               capture_output=True, text=True, check=True).stdout
+        next_update = calendar.timegm(time.strptime(out.strip().split("=", 1)[1],
+                                                    "%b %d %H:%M:%S %Y %Z"))
+        with h.TlsEchoServer(*c.upstream) as good:
+            cfg = h.Config()
+            cfg.with_admin()
+            cfg.upstream("app", [good.address], tls={"ca": c.ca, "sni": "localhost", "crl": crl})
+            port = cfg.listener("web", "app")
+            with h.Grelay(cfg) as g:
+                self.assertTrue(h.stream_session(port, h.Stream(77, 64 * h.KiB)).ok)
+                self.assertEqual(good.handshakes, 1)
+                self.assertEqual(g.metric("grelay_upstream_tls_crl_next_update_timestamp_seconds",
+                                          upstream="app", file=crl), next_update)
 
     def test_verify_false_accepts_a_self_signed_certificate(self):
         with h.TlsEchoServer(*self.certs.self_signed) as up:

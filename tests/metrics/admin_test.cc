@@ -206,6 +206,7 @@ grelay_access_log_dropped_lines_total{listener="web"} 231
 grelay_tls_certificate_expiry_timestamp_seconds{listener="web",file="/etc/grelay/web.pem"} 1780000000
 grelay_upstream_tls_certificate_expiry_timestamp_seconds{upstream="secure_api",file="/etc/grelay/client.pem"} 1770000000
 grelay_tls_crl_next_update_timestamp_seconds{listener="web",file="/etc/grelay/crl.pem"} 1765000000
+grelay_upstream_tls_crl_next_update_timestamp_seconds{upstream="secure_api",file="/etc/grelay/servers-crl.pem"} 1766000000
 grelay_tls_client_ca_expiry_timestamp_seconds{listener="web",file="/etc/grelay/clients-ca.pem"} 1900000000
 grelay_upstream_tls_ca_expiry_timestamp_seconds{upstream="secure_api",file="/etc/grelay/ca.pem"} 1890000000
 grelay_tls_ocsp_next_update_timestamp_seconds{listener="web",file="/etc/grelay/web.ocsp"} 1764000000
@@ -459,7 +460,7 @@ TEST_F(AdminTest, EveryFamilyHasHelpAndTypeAndCountersEndInTotal) {
   for (const auto& s : expo.samples) {
     families.insert(testing::familyOf(s, expo));
   }
-  EXPECT_EQ(families.size(), 63u);  // 57 grelay_* and 6 process_*
+  EXPECT_EQ(families.size(), 64u);  // 58 grelay_* and 6 process_*
   for (const auto& family : families) {
     ASSERT_EQ(expo.type.count(family), 1u) << family;
     EXPECT_FALSE(expo.help.at(family).empty()) << family;
@@ -516,7 +517,8 @@ TEST_F(AdminTest, LabelsComeOnlyFromConfigNames) {
                                          "/etc/grelay/crl.pem",
                                          "/etc/grelay/web.ocsp",
                                          "/etc/grelay/clients-ca.pem",
-                                         "/etc/grelay/ca.pem"};  // file
+                                         "/etc/grelay/ca.pem",
+                                         "/etc/grelay/servers-crl.pem"};  // file
   for (const auto& u : config_.upstreams) {
     allowedValues.insert(u.name);
     for (size_t s = 0; s < u.servers.size(); ++s) {
@@ -820,9 +822,9 @@ TEST(AdminWorkersTest, NoWorkersExposesZerosForEveryConfiguredSeries) {
     }
   }
   // All but the 10 per-server series, which need a live view of the pool, the 6 reload
-  // series, which need the server's ReloadStats, and the 6 certificate, CA, CRL and OCSP
+  // series, which need the server's ReloadStats, and the 7 certificate, CA, CRL and OCSP
   // dates, which need the TLS contexts.
-  EXPECT_EQ(grelay, splitLines(kExpectedGrelaySamples).size() - 10 - 6 - 6);
+  EXPECT_EQ(grelay, splitLines(kExpectedGrelaySamples).size() - 10 - 6 - 7);
 }
 
 TEST_F(AdminTest, BusyPortFailsWithAClearError) {

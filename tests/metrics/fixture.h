@@ -156,8 +156,8 @@ inline void fillKnownReloads(ReloadStats& reloads) {
 }
 
 // Certificate and CRL dates (Unix seconds): listener web's certificate, secure_api's client
-// certificate, web's client_crl, the OCSP response web staples, web's client_ca and
-// secure_api's ca.
+// certificate, web's client_crl, the OCSP response web staples, web's client_ca, and
+// secure_api's ca and crl.
 inline std::vector<TlsFileDate> knownTlsDates() {
   using Kind = TlsFileDate::Kind;
   return {{Kind::kListenerCertificate, "web", "/etc/grelay/web.pem", 1780000000},
@@ -165,7 +165,8 @@ inline std::vector<TlsFileDate> knownTlsDates() {
           {Kind::kClientCrl, "web", "/etc/grelay/crl.pem", 1765000000},
           {Kind::kOcspResponse, "web", "/etc/grelay/web.ocsp", 1764000000},
           {Kind::kClientCa, "web", "/etc/grelay/clients-ca.pem", 1900000000},
-          {Kind::kUpstreamCa, "secure_api", "/etc/grelay/ca.pem", 1890000000}};
+          {Kind::kUpstreamCa, "secure_api", "/etc/grelay/ca.pem", 1890000000},
+          {Kind::kUpstreamCrl, "secure_api", "/etc/grelay/servers-crl.pem", 1766000000}};
 }
 
 inline std::vector<std::unique_ptr<WorkerStats>> makeWorkers(const config::Config& c,
