@@ -650,7 +650,10 @@ public:
     std::lock_guard<std::mutex> lock(mutex_);
     if (auto it = sessions_.find(key); it != sessions_.end()) {
       SSL_SESSION_free(it->second);
-      sessions_.erase(it);  // (its place in order_ goes when it comes up)
+      sessions_.erase(it);
+      // Its place in the order too: filed again later, it goes to the back, and a server
+      // that keeps failing handshakes does not grow the order without end.
+      order_.erase(std::find(order_.begin(), order_.end(), key));
     }
   }
 
@@ -1120,7 +1123,13 @@ void offerUpstreamSession(SSL* ssl, std::string key) {
     return;
   }
   if (SSL_SESSION* session = sessions->get(key)) {
-    SSL_set_session(ssl, session);  // (takes its own reference)
+    // A copy for each connection: OpenSSL takes a TLS 1.3 session it resumed out of use,
+    // and a server that sends no new ticket after a resumption would get every other
+    // connection in full (HAProxy hands each connection a copy too).
+    if (SSL_SESSION* copy = SSL_SESSION_dup(session)) {
+      SSL_set_session(ssl, copy);  // (takes its own reference)
+      SSL_SESSION_free(copy);
+    }
     SSL_SESSION_free(session);
   }
   auto* owned = new std::string(std::move(key));

@@ -181,18 +181,24 @@ class TlsUpstreamTest(h.TlsTest):
         c = self.certs
         servers = [h.TlsEchoServer(*c.upstream) for _ in range(4)]
         servers[1].context.maximum_version = ssl.TLSVersion.TLSv1_2
-        with servers[0] as v13, servers[1] as v12, servers[2] as off, servers[3] as fwd:
+        with servers[0] as v13, servers[1] as v12, servers[2] as off, servers[3] as fwd, \
+                h.EchoServer() as echo:
             cfg = h.Config()
             cfg.with_admin()
             cfg.upstream("v13", [v13.address], tls={"ca": c.ca, "sni": "localhost"})
             cfg.upstream("v12", [v12.address], tls={"ca": c.ca, "sni": "localhost"})
             cfg.upstream("off", [off.address], tls={"ca": c.ca, "session_reuse": False})
             cfg.upstream("fwd", [fwd.address], tls={"ca": c.ca, "forward_sni": True})
-            ports = {name: cfg.listener(name, name) for name in ("v13", "v12", "off")}
+            # A server that sends no new ticket after a resumption (grelay's own TLS
+            # listener): the one session still resumes every time.
+            cfg.upstream("plain", [echo.address])
+            inner = cfg.listener("inner", "plain", tls={"cert": c.server[0], "key": c.server[1]})
+            cfg.upstream("grelay", [f"127.0.0.1:{inner}"], tls={"ca": c.ca, "sni": "localhost"})
+            ports = {name: cfg.listener(name, name) for name in ("v13", "v12", "off", "grelay")}
             ports["fwd"] = cfg.listener("fwd", "fwd",
                                         tls={"cert": c.server[0], "key": c.server[1]})
             with h.Grelay(cfg) as g:
-                for name in ("v13", "v12", "off"):
+                for name in ("v13", "v12", "off", "grelay"):
                     for i in range(4):
                         data = f"{name} {i}".encode()
                         with h.connect(ports[name]) as s:
@@ -215,7 +221,10 @@ class TlsUpstreamTest(h.TlsTest):
                 # (the pool's own: the IP address, verified as such).
                 self.assertEqual(fwd.server_names, ["localhost", None, "localhost", None])
                 self.assertEqual(fwd.resumed, [False, False, True, True])
-                for name, resumed in (("v13", 3), ("v12", 3), ("off", 0), ("fwd", 2)):
+                self.assertEqual(g.metric("grelay_tls_resumed_handshakes_total",
+                                          listener="inner"), 3)
+                for name, resumed in (("v13", 3), ("v12", 3), ("off", 0), ("fwd", 2),
+                                      ("grelay", 3)):
                     self.assertEqual(g.metric("grelay_upstream_tls_resumed_handshakes_total",
                                               listener=name, upstream=name), resumed, name)
 

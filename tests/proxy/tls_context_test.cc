@@ -310,6 +310,68 @@ TEST_F(OcspStaplingTest, ABadResponseIsAConfigurationError) {
   }
 }
 
+// Upstream session reuse: a connection resumes the session filed under its key (server,
+// SNI, name verified) by an earlier one, never another key's; a forgotten key (its
+// handshake failed) starts afresh and is filed again.
+TEST_F(OcspStaplingTest, UpstreamSessionsAreFiledByKeyAndForgotten) {
+  config::Config cfg = listener("");
+  config::UpstreamConfig& u = cfg.upstreams.emplace_back();
+  u.name = "secure";
+  u.tls.enabled = true;
+  u.tls.verify = false;
+  TlsContexts contexts;
+  std::vector<std::string> errors;
+  ASSERT_TRUE(contexts.build(cfg, false, &errors)) << errors.front();
+  for (const int version : {TLS1_3_VERSION, TLS1_2_VERSION}) {
+    // Connects with `key` (nothing when empty): whether the handshake resumed.
+    auto connect = [&](const std::string& key) {
+      SSL* client = SSL_new(contexts.upstream(0));
+      SSL* server = SSL_new(contexts.listener(0));
+      SSL_set_max_proto_version(client, version);
+      if (!key.empty()) {
+        offerUpstreamSession(client, key);
+      }
+      BIO* clientBio = nullptr;
+      BIO* serverBio = nullptr;
+      BIO_new_bio_pair(&clientBio, 0, &serverBio, 0);
+      SSL_set_bio(client, clientBio, clientBio);
+      SSL_set_bio(server, serverBio, serverBio);
+      SSL_set_connect_state(client);
+      SSL_set_accept_state(server);
+      bool clientDone = false;
+      bool serverDone = false;
+      for (int round = 0; round < 20 && !(clientDone && serverDone); ++round) {
+        clientDone = clientDone || SSL_do_handshake(client) == 1;
+        serverDone = serverDone || SSL_do_handshake(server) == 1;
+      }
+      EXPECT_TRUE(clientDone && serverDone);
+      // A byte from the server: the client reads the TLS 1.3 ticket that came before it.
+      char byte = 'x';
+      EXPECT_EQ(SSL_write(server, &byte, 1), 1);
+      EXPECT_EQ(SSL_read(client, &byte, 1), 1);
+      const bool resumed = SSL_session_reused(client) == 1;
+      // A clean close: OpenSSL never resumes the session of a connection freed without one.
+      SSL_shutdown(client);
+      SSL_free(client);
+      SSL_free(server);
+      return resumed;
+    };
+    const std::string v = version == TLS1_3_VERSION ? "1.3 " : "1.2 ";
+    EXPECT_FALSE(connect(v + "a")) << v;
+    EXPECT_TRUE(connect(v + "a")) << v;
+    EXPECT_TRUE(connect(v + "a")) << v;
+    EXPECT_FALSE(connect(v + "b")) << v;  // another server or name: its own session
+    EXPECT_FALSE(connect(""));            // (a health check: nothing offered, nothing filed)
+    SSL* failed = SSL_new(contexts.upstream(0));
+    offerUpstreamSession(failed, v + "a");
+    forgetUpstreamSession(failed);
+    SSL_free(failed);
+    EXPECT_FALSE(connect(v + "a")) << v;
+    EXPECT_TRUE(connect(v + "a")) << v;
+    EXPECT_TRUE(connect(v + "b")) << v;
+  }
+}
+
 // The CAs of a verify file: the gauge has the earliest of each subject's newest notAfter
 // (a renewed CA beside its expired predecessor is fine), and loading warns of a CA expired
 // or within 14 days of it.
