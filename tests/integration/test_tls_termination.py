@@ -58,6 +58,23 @@ def tls_listener(certs: h.Certs, **kw) -> dict:
     return {"cert": certs.server[0], "key": certs.server[1], **kw}
 
 
+def check_listener_tls(test, directory: str, tls: dict, message: str | None) -> None:
+    """`grelay --check` of one listener with `tls` (its pool a dead address): it passes when
+    `message` is None, else fails saying `message`."""
+    cfg = h.Config()
+    cfg.upstream("app", ["127.0.0.1:9"])
+    cfg.listener("tls", "app", tls=tls)
+    path = os.path.join(directory, "check.toml")
+    with open(path, "w") as f:
+        f.write(cfg.render())
+    r = h.run_grelay(["-c", path, "--check"])
+    if message is None:
+        test.assertEqual(r.returncode, 0, r.stderr)
+        return
+    test.assertNotEqual(r.returncode, 0, r.stdout)
+    test.assertIn(message, r.stderr)
+
+
 class TlsTerminationTest(h.TlsTest):
     def test_curl_through_grelay_to_nginx_gets_the_file_exactly(self):
         if h.NginxServer.available():
@@ -139,18 +156,7 @@ class TlsTerminationTest(h.TlsTest):
                 ({**ip_tls, "certs": [api_tls], "strict_sni": True},
                  f"cert file '{ip_only[0]}' has no DNS names (subjectAltName) for SNI"),
                 ({**ip_tls, "certs": [api_tls]}, None)):
-            cfg = h.Config()
-            cfg.upstream("app", ["127.0.0.1:9"])
-            cfg.listener("tls", "app", tls=tls)
-            path = os.path.join(c.dir, "sni.toml")
-            with open(path, "w") as f:
-                f.write(cfg.render())
-            r = h.run_grelay(["-c", path, "--check"])
-            if message is None:
-                self.assertEqual(r.returncode, 0, r.stderr)
-                continue
-            self.assertNotEqual(r.returncode, 0, r.stdout)
-            self.assertIn(message, r.stderr)
+            check_listener_tls(self, c.dir, tls, message)
 
     def test_alpn_lets_http2_clients_through_to_a_cleartext_http2_server(self):
         if h.NginxServer.available():
@@ -317,15 +323,7 @@ class TlsTerminationTest(h.TlsTest):
                  "'session_ticket_rotation' with 'session_ticket_keys'"),
                 ({"session_ticket_keys": [k1], "session_tickets": False},
                  "'session_ticket_keys' with 'session_tickets = false'")):
-            cfg = h.Config()
-            cfg.upstream("app", ["127.0.0.1:9"])
-            cfg.listener("tls", "app", tls={**tls_listener(c), **tls})
-            path = os.path.join(keys, "keys.toml")
-            with open(path, "w") as f:
-                f.write(cfg.render())
-            r = h.run_grelay(["-c", path, "--check"])
-            self.assertNotEqual(r.returncode, 0, r.stdout)
-            self.assertIn(message, r.stderr)
+            check_listener_tls(self, keys, {**tls_listener(c), **tls}, message)
 
     def test_groups_limit_the_key_exchange(self):
         c = self.certs
@@ -632,15 +630,7 @@ class TlsTerminationTest(h.TlsTest):
                 ({**tls_listener(c), "ocsp_response": server_ocsp},
                  f"ocsp_response file '{server_ocsp}': cert file '{c.server[0]}' has no issuer "
                  "certificate after the server's")):
-            cfg = h.Config()
-            cfg.upstream("app", ["127.0.0.1:9"])
-            cfg.listener("tls", "app", tls=tls)
-            path = os.path.join(c.dir, "ocsp.toml")
-            with open(path, "w") as f:
-                f.write(cfg.render())
-            r = h.run_grelay(["-c", path, "--check"])
-            self.assertNotEqual(r.returncode, 0, r.stdout)
-            self.assertIn(message, r.stderr)
+            check_listener_tls(self, c.dir, tls, message)
 
     def test_concurrent_random_streams_are_byte_exact_both_ways(self):
         rng = random.Random(5005)

@@ -134,6 +134,24 @@ std::string ocspResponse(const Issued& leaf, const Issued& ca, const Response& r
   return out;
 }
 
+// Connects `client` and `server` over a BIO pair and runs both handshakes to the end.
+void handshake(SSL* client, SSL* server) {
+  BIO* clientBio = nullptr;
+  BIO* serverBio = nullptr;
+  BIO_new_bio_pair(&clientBio, 0, &serverBio, 0);
+  SSL_set_bio(client, clientBio, clientBio);
+  SSL_set_bio(server, serverBio, serverBio);
+  SSL_set_connect_state(client);
+  SSL_set_accept_state(server);
+  bool clientDone = false;
+  bool serverDone = false;
+  for (int round = 0; round < 20 && !(clientDone && serverDone); ++round) {
+    clientDone = clientDone || SSL_do_handshake(client) == 1;
+    serverDone = serverDone || SSL_do_handshake(server) == 1;
+  }
+  EXPECT_TRUE(clientDone && serverDone) << "handshake did not complete";
+}
+
 class OcspStaplingTest : public ::testing::Test {
 protected:
   void SetUp() override {
@@ -178,20 +196,7 @@ protected:
     SSL* server = SSL_new(ctx);
     SSL_set_tlsext_status_type(client, TLSEXT_STATUSTYPE_ocsp);
     SSL_set_tlsext_host_name(client, sni);
-    BIO* clientBio = nullptr;
-    BIO* serverBio = nullptr;
-    BIO_new_bio_pair(&clientBio, 0, &serverBio, 0);
-    SSL_set_bio(client, clientBio, clientBio);
-    SSL_set_bio(server, serverBio, serverBio);
-    SSL_set_connect_state(client);
-    SSL_set_accept_state(server);
-    bool clientDone = false;
-    bool serverDone = false;
-    for (int round = 0; round < 20 && !(clientDone && serverDone); ++round) {
-      clientDone = clientDone || SSL_do_handshake(client) == 1;
-      serverDone = serverDone || SSL_do_handshake(server) == 1;
-    }
-    EXPECT_TRUE(clientDone && serverDone) << "handshake did not complete";
+    handshake(client, server);
     const unsigned char* p = nullptr;
     const long n = SSL_get_tlsext_status_ocsp_resp(client, &p);
     std::string out = n > 0 && p != nullptr
@@ -331,20 +336,7 @@ TEST_F(OcspStaplingTest, UpstreamSessionsAreFiledByKeyAndForgotten) {
       if (!key.empty()) {
         offerUpstreamSession(client, key);
       }
-      BIO* clientBio = nullptr;
-      BIO* serverBio = nullptr;
-      BIO_new_bio_pair(&clientBio, 0, &serverBio, 0);
-      SSL_set_bio(client, clientBio, clientBio);
-      SSL_set_bio(server, serverBio, serverBio);
-      SSL_set_connect_state(client);
-      SSL_set_accept_state(server);
-      bool clientDone = false;
-      bool serverDone = false;
-      for (int round = 0; round < 20 && !(clientDone && serverDone); ++round) {
-        clientDone = clientDone || SSL_do_handshake(client) == 1;
-        serverDone = serverDone || SSL_do_handshake(server) == 1;
-      }
-      EXPECT_TRUE(clientDone && serverDone);
+      handshake(client, server);
       // A byte from the server: the client reads the TLS 1.3 ticket that came before it.
       char byte = 'x';
       EXPECT_EQ(SSL_write(server, &byte, 1), 1);
