@@ -139,6 +139,11 @@ class TlsTerminationTest(h.TlsTest):
                     except ssl.SSLError as e:
                         got = e.reason
                     self.assertEqual(got, b"ping" if served else "TLSV1_UNRECOGNIZED_NAME", sni)
+                # (Counted once grelay has sent its alert and closed, which the client may
+                # see first.)
+                self.assertTrue(h.wait_for(lambda: g.metric(
+                    "grelay_tls_handshake_failures_total", listener="strict",
+                    reason="error") >= 3, 10), g.log_tail())
                 self.assertEqual(g.metric("grelay_tls_handshake_failures_total", listener="strict",
                                           reason="error"), 3)
         # A certificate SNI cannot choose, and a name in two certificates: refused.
