@@ -3,6 +3,7 @@
 #include <arpa/inet.h>
 
 #include <algorithm>
+#include <cctype>
 #include <cstring>
 #include <iterator>
 #include <unordered_set>
@@ -22,6 +23,64 @@ std::string canonicalHostName(std::string_view name) {
     c = c >= 'A' && c <= 'Z' ? static_cast<char>(c - 'A' + 'a') : c;
   }
   return out;
+}
+
+std::optional<HttpUrl> parseHttpUrl(std::string_view text) {
+  constexpr std::string_view kScheme = "http://";
+  if (text.size() < kScheme.size() ||
+      canonicalHostName(text.substr(0, kScheme.size())) != kScheme ||
+      std::any_of(text.begin(), text.end(),
+                  [](char c) { return static_cast<unsigned char>(c) <= ' ' || c == 127; })) {
+    return std::nullopt;
+  }
+  text.remove_prefix(kScheme.size());
+  const size_t slash = text.find_first_of("/?");
+  std::string_view authority = text.substr(0, slash);
+  HttpUrl url;
+  if (slash != std::string_view::npos) {
+    url.path = (text[slash] == '?' ? "/" : "") + std::string(text.substr(slash));
+  }
+  if (authority.find('@') != std::string_view::npos || url.path.find('#') != std::string::npos) {
+    return std::nullopt;
+  }
+  std::string_view port;
+  if (authority.starts_with("[")) {
+    const size_t close = authority.find(']');
+    if (close == std::string_view::npos || close == 1) {
+      return std::nullopt;
+    }
+    url.host = std::string(authority.substr(1, close - 1));
+    authority.remove_prefix(close + 1);
+    if (!authority.empty() && !authority.starts_with(":")) {
+      return std::nullopt;
+    }
+    port = authority.empty() ? std::string_view() : authority.substr(1);
+    in6_addr v6{};
+    if (inet_pton(AF_INET6, url.host.c_str(), &v6) != 1) {
+      return std::nullopt;
+    }
+  } else {
+    const size_t colon = authority.find(':');
+    url.host = std::string(authority.substr(0, colon));
+    port = colon == std::string_view::npos ? std::string_view() : authority.substr(colon + 1);
+    if (url.host.empty() || !std::all_of(url.host.begin(), url.host.end(), [](char c) {
+          return std::isalnum(static_cast<unsigned char>(c)) || c == '-' || c == '.' || c == '_';
+        })) {
+      return std::nullopt;
+    }
+  }
+  if (authority.find(':') != std::string_view::npos) {
+    if (port.empty() || port.size() > 5 ||
+        !std::all_of(port.begin(), port.end(), [](char c) { return c >= '0' && c <= '9'; })) {
+      return std::nullopt;
+    }
+    const int number = std::stoi(std::string(port));
+    if (number < 1 || number > 65535) {
+      return std::nullopt;
+    }
+    url.port = static_cast<uint16_t>(number);
+  }
+  return url;
 }
 
 namespace {

@@ -117,6 +117,18 @@ size_t routeFor(const ListenerConfig& listener, std::string_view serverName,
 // "10.0.0.5:8080", "[fd00::5]:8080" ("?" for another family).
 std::string formatEndpoint(const sockaddr_storage& address);
 
+// An "http://HOST[:PORT][/PATH]" URL, as OCSP responders have (a certificate's
+// authorityInfoAccess, ocsp_responder). HOST: a name, an IPv4 address or a bracketed IPv6
+// one (kept without brackets); PATH: "/" when absent, else as written (query included).
+struct HttpUrl {
+  std::string host;
+  uint16_t port = 80;
+  std::string path = "/";
+};
+// nullopt when `text` is not such a URL (another scheme, no host, a bad port, spaces or
+// control characters, user info, a fragment).
+std::optional<HttpUrl> parseHttpUrl(std::string_view text);
+
 enum class RelayPath { Auto, Group, Mainline, Copy };
 enum class Balance { RoundRobin, LeastConn, Source };
 enum class HashType { Map, Consistent };
@@ -369,6 +381,14 @@ struct ListenerTlsConfig {
   // With client_ca: certificate revocation lists (PEM), one for each CA of a chain;
   // a revoked client certificate fails the handshake. "" = none.
   std::string client_crl;
+  // OCSP responses fetched by grelay (nginx's ssl_stapling, HAProxy's ocsp-update): each
+  // certificate's (cert and certs) from its CA's responder (its authorityInfoAccess URL,
+  // or ocsp_responder), at start and then before the one stapled gets old: halfway
+  // through its validity, within min_delay..max_delay (min_delay after a failure).
+  bool ocsp_update = false;
+  std::string ocsp_responder;                 // "http://..." for every certificate; "" = AIA
+  Duration ocsp_update_min_delay{300'000};    // 1s..24h
+  Duration ocsp_update_max_delay{3'600'000};  // 1s..24h, >= min_delay
   Location location;
 };
 

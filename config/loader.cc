@@ -1149,6 +1149,23 @@ private:
             {"session_ticket_keys", ticketKeyFiles(&tls.session_ticket_keys)},
             {"client_ca", file(&tls.client_ca, "client_ca")},
             {"client_crl", file(&tls.client_crl, "client_crl")},
+            {"ocsp_update", boolean(&tls.ocsp_update)},
+            {"ocsp_responder",
+             [this, &tls](std::string_view key, const toml::node& node) {
+               if (!string(&tls.ocsp_responder)(key, node))
+                 return false;
+               if (!parseHttpUrl(tls.ocsp_responder)) {
+                 error(node.source(), quoted(key) +
+                                          " must be an http:// URL like "
+                                          "\"http://ocsp.example.com/\" or "
+                                          "\"http://10.0.0.5:8080/ocsp\", got " +
+                                          quoted(tls.ocsp_responder));
+                 return false;
+               }
+               return true;
+             }},
+            {"ocsp_update_min_delay", duration(&tls.ocsp_update_min_delay, 1s, 24h)},
+            {"ocsp_update_max_delay", duration(&tls.ocsp_update_max_delay, 1s, 24h)},
             {"client_verify",
              [this, &tls](std::string_view key, const toml::node& node) {
                std::string text;
@@ -1173,6 +1190,26 @@ private:
         error(rotation->source(),
               "'session_ticket_rotation' with 'session_ticket_keys': keys from files change "
               "when the files do (a new first key, the old one after it, then SIGHUP)");
+      }
+    }
+    for (const char* key : {"ocsp_responder", "ocsp_update_min_delay", "ocsp_update_max_delay"}) {
+      if (const toml::node* node = table.get(key); node != nullptr && !tls.ocsp_update) {
+        error(node->source(), quoted(key) +
+                                  " needs 'ocsp_update = true' in [[listener]] tls: it is how "
+                                  "grelay fetches OCSP responses");
+      }
+    }
+    if (tls.ocsp_update_min_delay > tls.ocsp_update_max_delay) {
+      if (const toml::node* node = table.get("ocsp_update_min_delay")) {
+        error(node->source(), "'ocsp_update_min_delay' (" +
+                                  formatDuration(tls.ocsp_update_min_delay) +
+                                  ") must not exceed 'ocsp_update_max_delay' (" +
+                                  formatDuration(tls.ocsp_update_max_delay) + ")");
+      } else if (const toml::node* max = table.get("ocsp_update_max_delay")) {
+        error(max->source(), "'ocsp_update_max_delay' (" +
+                                 formatDuration(tls.ocsp_update_max_delay) +
+                                 ") must not be below 'ocsp_update_min_delay' (" +
+                                 formatDuration(tls.ocsp_update_min_delay) + ")");
       }
     }
     for (const char* key : {"client_verify", "client_crl"}) {

@@ -1310,6 +1310,50 @@ TEST(LoaderTest, OcspResponsesBelongToTheirCertificate) {
               ElementsAre(testing::HasSubstr("'ocsp_response'")));
 }
 
+TEST(LoaderTest, OcspUpdateAndItsResponderAndDelays) {
+  TempDir dir;
+  const std::string key = dir.write("key.pem", "x");
+  auto tls = [&](const std::string& more) {
+    return validWith({"tls = { cert = \"" + key + "\", key = \"" + key + "\"" + more + " }"});
+  };
+  LoadResult result = loadString(tls(""), "t.toml");
+  ASSERT_TRUE(result.ok()) << result.errors[0].toString();
+  const config::ListenerTlsConfig& defaults = *result.config->listeners[0].tls;
+  EXPECT_FALSE(defaults.ocsp_update);
+  EXPECT_EQ(defaults.ocsp_responder, "");
+  EXPECT_EQ(defaults.ocsp_update_min_delay, std::chrono::minutes(5));
+  EXPECT_EQ(defaults.ocsp_update_max_delay, std::chrono::hours(1));
+  result = loadString(tls(", ocsp_update = true, ocsp_responder = \"http://10.0.0.5:2560/\", "
+                          "ocsp_update_min_delay = \"1s\", ocsp_update_max_delay = \"10m\""),
+                      "t.toml");
+  ASSERT_TRUE(result.ok()) << result.errors[0].toString();
+  const config::ListenerTlsConfig& t = *result.config->listeners[0].tls;
+  EXPECT_TRUE(t.ocsp_update);
+  EXPECT_EQ(t.ocsp_responder, "http://10.0.0.5:2560/");
+  EXPECT_EQ(t.ocsp_update_min_delay, std::chrono::seconds(1));
+  EXPECT_EQ(t.ocsp_update_max_delay, std::chrono::minutes(10));
+  EXPECT_THAT(errorsOf(tls(", ocsp_update = true, ocsp_responder = \"https://ocsp.test/\"")),
+              ElementsAre(testing::HasSubstr("'ocsp_responder' must be an http:// URL like "
+                                             "\"http://ocsp.example.com/\" or "
+                                             "\"http://10.0.0.5:8080/ocsp\", got "
+                                             "'https://ocsp.test/'")));
+  EXPECT_THAT(errorsOf(tls(", ocsp_responder = \"http://ocsp.test/\"")),
+              ElementsAre(testing::HasSubstr("'ocsp_responder' needs 'ocsp_update = true'")));
+  EXPECT_THAT(
+      errorsOf(tls(", ocsp_update = false, ocsp_update_max_delay = \"1h\"")),
+      ElementsAre(testing::HasSubstr("'ocsp_update_max_delay' needs 'ocsp_update = true'")));
+  EXPECT_THAT(errorsOf(tls(", ocsp_update = true, ocsp_update_min_delay = \"2h\"")),
+              ElementsAre(testing::HasSubstr(
+                  "'ocsp_update_min_delay' (2h) must not exceed 'ocsp_update_max_delay' (1h)")));
+  EXPECT_THAT(errorsOf(tls(", ocsp_update = true, ocsp_update_max_delay = \"1m\"")),
+              ElementsAre(testing::HasSubstr(
+                  "'ocsp_update_max_delay' (1m) must not be below 'ocsp_update_min_delay' (5m)")));
+  EXPECT_THAT(errorsOf(tls(", ocsp_update = true, ocsp_update_min_delay = \"500ms\"")),
+              ElementsAre(testing::HasSubstr("'ocsp_update_min_delay'")));
+  EXPECT_THAT(errorsOf(tls(", ocsp_update = \"yes\"")),
+              ElementsAre(testing::HasSubstr("'ocsp_update'")));
+}
+
 TEST(LoaderTest, SessionTicketKeyFiles) {
   TempDir dir;
   const std::string key = dir.write("key.pem", "x");

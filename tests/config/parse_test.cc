@@ -239,6 +239,36 @@ TEST(ParseNetworkTest, RejectsWhatIsNotANetwork) {
   }
 }
 
+TEST(ParseHttpUrlTest, TakesWhatOcspRespondersAre) {
+  const struct {
+    const char* text;
+    const char* host;
+    uint16_t port;
+    const char* path;
+  } good[] = {
+      {"http://ocsp.example.com", "ocsp.example.com", 80, "/"},
+      {"HTTP://r3.o.lencr.org/", "r3.o.lencr.org", 80, "/"},
+      {"http://10.0.0.5:8080/ocsp", "10.0.0.5", 8080, "/ocsp"},
+      {"http://[fd00::5]:2560/a/b?c=d", "fd00::5", 2560, "/a/b?c=d"},
+      {"http://[::1]", "::1", 80, "/"},
+      {"http://ocsp_1.internal?x", "ocsp_1.internal", 80, "/?x"},
+  };
+  for (const auto& g : good) {
+    const std::optional<HttpUrl> url = parseHttpUrl(g.text);
+    ASSERT_TRUE(url.has_value()) << g.text;
+    EXPECT_EQ(url->host, g.host) << g.text;
+    EXPECT_EQ(url->port, g.port) << g.text;
+    EXPECT_EQ(url->path, g.path) << g.text;
+  }
+  for (const char* bad : {"", "https://ocsp.example.com/", "ldap://x", "http://", "http:///path",
+                          "http://a b/", "http://host:0/", "http://host:65536/", "http://host:/",
+                          "http://host:80x/", "http://user@host/", "http://host/#frag",
+                          "http://[fd00::5/", "http://[]/", "http://[nothost]/", "http://[::1]x/",
+                          "http://ho\x01st/", "http://a/\x7f", "ocsp.example.com"}) {
+    EXPECT_FALSE(parseHttpUrl(bad).has_value()) << bad;
+  }
+}
+
 TEST(FormatTest, SizesAndDurationsUseTheLargestExactUnit) {
   EXPECT_EQ(formatSize(0), "0B");
   EXPECT_EQ(formatSize(1000), "1000B");

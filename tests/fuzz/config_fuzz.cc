@@ -233,6 +233,18 @@ void checkAccepted(const Config& c) {
                        keys.begin() + static_cast<ptrdiff_t>(k),
                    "ticket key file twice");
       }
+      // ocsp_update: an http:// responder if any, delays 1s..24h with min <= max, and
+      // neither a responder nor delays other than the defaults without it.
+      FUZZ_CHECK(l.tls->ocsp_responder.empty() || parseHttpUrl(l.tls->ocsp_responder),
+                 "ocsp_responder an http URL");
+      FUZZ_CHECK(l.tls->ocsp_update_min_delay >= std::chrono::seconds(1) &&
+                     l.tls->ocsp_update_max_delay <= kDay &&
+                     l.tls->ocsp_update_min_delay <= l.tls->ocsp_update_max_delay,
+                 "ocsp_update delays 1s <= min <= max <= 24h");
+      FUZZ_CHECK(l.tls->ocsp_update || (l.tls->ocsp_responder.empty() &&
+                                        l.tls->ocsp_update_min_delay == std::chrono::minutes(5) &&
+                                        l.tls->ocsp_update_max_delay == std::chrono::hours(1)),
+                 "ocsp_update settings without ocsp_update");
       for (const CertificateFiles& c : l.tls->certs) {
         FUZZ_CHECK(!c.cert.empty() && !c.key.empty(), "certs cert and key");
         FUZZ_CHECK(readable(c.cert) && readable(c.key) && readable(c.ocsp_response),
