@@ -719,9 +719,16 @@ std::vector<MetricFamily> StatsCollector::collectFrom(
   auto& ocspNextUpdate =
       list.add("grelay_tls_ocsp_next_update_timestamp_seconds",
                "The nextUpdate (Unix time) of the OCSP response a TLS listener staples for a "
-               "certificate (ocsp_response): past it the response is no longer stapled until the "
-               "file is refreshed and grelay reloaded.",
+               "certificate (ocsp_response, or fetched by ocsp_update; 0 while none is): past it "
+               "the response is no longer stapled until a new one is fetched, or the file is "
+               "refreshed and grelay reloaded.",
                MetricType::Gauge);
+  auto& ocspUpdates =
+      list.add("grelay_tls_ocsp_updates_total",
+               "OCSP responses grelay fetched from a certificate's responder (ocsp_update), by "
+               "result: ok (stapled), error (unreachable, an HTTP error, not a good response "
+               "for the certificate, revoked, out of date).",
+               MetricType::Counter);
   auto& healthChecks = list.add("grelay_upstream_health_checks_total",
                                 "Active health checks of the pool's servers (pools with "
                                 "check_interval), by result (ok, failed).",
@@ -992,7 +999,18 @@ std::vector<MetricFamily> StatsCollector::collectFrom(
         sample(crlNextUpdate, {{"listener", date.owner}, file}, seconds);
         break;
       case TlsFileDate::Kind::kOcspResponse:
-        sample(ocspNextUpdate, {{"listener", date.owner}, file}, seconds);
+        if (date.ocsp == nullptr) {
+          sample(ocspNextUpdate, {{"listener", date.owner}, file}, seconds);
+          break;
+        }
+        if (const int64_t next = date.ocsp->nextUpdate.load(std::memory_order_relaxed);
+            next != OcspUpdateStats::kNoNextUpdate) {
+          sample(ocspNextUpdate, {{"listener", date.owner}, file}, static_cast<double>(next));
+        }
+        sample(ocspUpdates, {{"listener", date.owner}, file, {"result", "ok"}},
+               asDouble(date.ocsp->ok.value()));
+        sample(ocspUpdates, {{"listener", date.owner}, file, {"result", "error"}},
+               asDouble(date.ocsp->failed.value()));
         break;
       case TlsFileDate::Kind::kClientCa:
         sample(clientCaExpiry, {{"listener", date.owner}, file}, seconds);

@@ -242,9 +242,21 @@ struct Liveness {
   std::atomic<uint64_t> stallNanos{10'000'000'000ull};
 };
 
+// What grelay's OCSP fetcher (ocsp_update) did for one certificate of a listener, updated
+// as it goes (by the fetcher's thread alone).
+struct OcspUpdateStats {
+  // The nextUpdate of the response stapled now (Unix seconds); 0 = none is stapled;
+  // kNoNextUpdate = one without a nextUpdate.
+  static constexpr int64_t kNoNextUpdate = -1;
+  std::atomic<int64_t> nextUpdate{0};
+  Counter ok;      // fetches whose response was stapled
+  Counter failed;  // fetches that failed, or whose response could not be stapled
+};
+
 // A certificate or revocation list a configuration's TLS contexts loaded, and when it
 // stops being good: the grelay_*tls_certificate_expiry_* and grelay_tls_crl_next_update_*
-// gauges. Fixed for a generation (the files are read when it is built).
+// gauges. Fixed for a generation (the files are read when it is built), but for the OCSP
+// responses grelay fetches itself.
 struct TlsFileDate {
   enum class Kind : uint8_t {
     kListenerCertificate,
@@ -261,6 +273,9 @@ struct TlsFileDate {
   // A certificate's notAfter; the earliest nextUpdate of a CRL file; an OCSP response's
   // nextUpdate; the earliest notAfter of the CAs in a file.
   int64_t unixSeconds = 0;
+  // kOcspResponse with ocsp_update: the response's date is read from here instead, and
+  // `file` is the ocsp_response file if there is one, else the certificate's.
+  std::shared_ptr<const OcspUpdateStats> ocsp{};
 };
 
 struct ReloadStats {

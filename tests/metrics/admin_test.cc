@@ -210,6 +210,9 @@ grelay_upstream_tls_crl_next_update_timestamp_seconds{upstream="secure_api",file
 grelay_tls_client_ca_expiry_timestamp_seconds{listener="web",file="/etc/grelay/clients-ca.pem"} 1900000000
 grelay_upstream_tls_ca_expiry_timestamp_seconds{upstream="secure_api",file="/etc/grelay/ca.pem"} 1890000000
 grelay_tls_ocsp_next_update_timestamp_seconds{listener="web",file="/etc/grelay/web.ocsp"} 1764000000
+grelay_tls_ocsp_next_update_timestamp_seconds{listener="web",file="/etc/grelay/api.pem"} 1765500000
+grelay_tls_ocsp_updates_total{listener="web",file="/etc/grelay/api.pem",result="ok"} 12
+grelay_tls_ocsp_updates_total{listener="web",file="/etc/grelay/api.pem",result="error"} 3
 grelay_upstream_health_checks_total{upstream="app",result="ok"} 25
 grelay_upstream_health_checks_total{upstream="app",result="failed"} 5
 grelay_upstream_health_check_marked_down_total{upstream="app"} 2
@@ -460,7 +463,7 @@ TEST_F(AdminTest, EveryFamilyHasHelpAndTypeAndCountersEndInTotal) {
   for (const auto& s : expo.samples) {
     families.insert(testing::familyOf(s, expo));
   }
-  EXPECT_EQ(families.size(), 64u);  // 58 grelay_* and 6 process_*
+  EXPECT_EQ(families.size(), 65u);  // 59 grelay_* and 6 process_*
   for (const auto& family : families) {
     ASSERT_EQ(expo.type.count(family), 1u) << family;
     EXPECT_FALSE(expo.help.at(family).empty()) << family;
@@ -505,6 +508,7 @@ TEST_F(AdminTest, LabelsComeOnlyFromConfigNames) {
                                          "ok",
                                          "0.0.0-test",
                                          "failed",
+                                         "error",
                                          "unchanged",
                                          "changed",
                                          "sighup",
@@ -518,7 +522,8 @@ TEST_F(AdminTest, LabelsComeOnlyFromConfigNames) {
                                          "/etc/grelay/web.ocsp",
                                          "/etc/grelay/clients-ca.pem",
                                          "/etc/grelay/ca.pem",
-                                         "/etc/grelay/servers-crl.pem"};  // file
+                                         "/etc/grelay/servers-crl.pem",
+                                         "/etc/grelay/api.pem"};  // file
   for (const auto& u : config_.upstreams) {
     allowedValues.insert(u.name);
     for (size_t s = 0; s < u.servers.size(); ++s) {
@@ -823,8 +828,8 @@ TEST(AdminWorkersTest, NoWorkersExposesZerosForEveryConfiguredSeries) {
   }
   // All but the 10 per-server series, which need a live view of the pool, the 6 reload
   // series, which need the server's ReloadStats, and the 7 certificate, CA, CRL and OCSP
-  // dates, which need the TLS contexts.
-  EXPECT_EQ(grelay, splitLines(kExpectedGrelaySamples).size() - 10 - 6 - 7);
+  // dates and the 3 series of a fetched OCSP response, which need the TLS contexts.
+  EXPECT_EQ(grelay, splitLines(kExpectedGrelaySamples).size() - 10 - 6 - 7 - 3);
 }
 
 TEST_F(AdminTest, BusyPortFailsWithAClearError) {

@@ -157,16 +157,24 @@ inline void fillKnownReloads(ReloadStats& reloads) {
 
 // Certificate and CRL dates (Unix seconds): listener web's certificate, secure_api's client
 // certificate, web's client_crl, the OCSP response web staples, web's client_ca, and
-// secure_api's ca and crl.
+// secure_api's ca and crl, and the OCSP response web fetches for api.pem.
 inline std::vector<TlsFileDate> knownTlsDates() {
   using Kind = TlsFileDate::Kind;
+  // The response web fetches for its api.pem certificate (ocsp_update).
+  auto fetched = std::make_shared<OcspUpdateStats>();
+  fetched->nextUpdate.store(1765500000);
+  fetched->ok.add(12);
+  fetched->failed.add(3);
+  TlsFileDate live{Kind::kOcspResponse, "web", "/etc/grelay/api.pem"};
+  live.ocsp = fetched;
   return {{Kind::kListenerCertificate, "web", "/etc/grelay/web.pem", 1780000000},
           {Kind::kUpstreamCertificate, "secure_api", "/etc/grelay/client.pem", 1770000000},
           {Kind::kClientCrl, "web", "/etc/grelay/crl.pem", 1765000000},
           {Kind::kOcspResponse, "web", "/etc/grelay/web.ocsp", 1764000000},
           {Kind::kClientCa, "web", "/etc/grelay/clients-ca.pem", 1900000000},
           {Kind::kUpstreamCa, "secure_api", "/etc/grelay/ca.pem", 1890000000},
-          {Kind::kUpstreamCrl, "secure_api", "/etc/grelay/servers-crl.pem", 1766000000}};
+          {Kind::kUpstreamCrl, "secure_api", "/etc/grelay/servers-crl.pem", 1766000000},
+          live};
 }
 
 inline std::vector<std::unique_ptr<WorkerStats>> makeWorkers(const config::Config& c,
