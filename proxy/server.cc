@@ -27,6 +27,7 @@
 #include "proxy/dns_watcher.h"
 #include "proxy/health_check.h"
 #include "proxy/log.h"
+#include "proxy/ocsp.h"
 #include "proxy/sockets.h"
 #include "proxy/tap/layout.h"
 #include "proxy/worker.h"
@@ -799,6 +800,14 @@ int runServer(config::Config initial, const relay::Features& features) {
     GRELAY_LOG_ERROR("%s", error.c_str());
     return exitCode;
   }
+  // OCSP responses of listeners with ocsp_update, fetched from here on.
+  OcspUpdater ocspUpdater;
+  auto watchOcsp = [&ocspUpdater](const Generation& gen) {
+    if (std::string why; !ocspUpdater.watch(gen.tls->ocspWatches(), &why)) {
+      GRELAY_LOG_ERROR("ocsp_update: %s: responses are not fetched", why.c_str());
+    }
+  };
+  watchOcsp(*current);
   // GET /ready: from here on (before the line that says so).
   metrics::Liveness& liveness = registry.liveness();
   liveness.serving.store(metrics::Serving::kReady);
@@ -860,6 +869,7 @@ int runServer(config::Config initial, const relay::Features& features) {
     }
     old.push_back(std::move(current));
     current = std::move(gen);
+    watchOcsp(*current);
     registry.liveness().stallNanos.store(nanos(current->config->admin.stall_timeout));
     reloads.ok[metrics::kReloadSighup].inc();
     reloads.lastOk.set(1);

@@ -23,6 +23,7 @@
 #include <unordered_map>
 
 #include "proxy/log.h"
+#include "proxy/ocsp.h"
 #include "relay/tls_channel.h"
 
 namespace grelay::proxy {
@@ -222,23 +223,12 @@ void noteCaFile(SSL_CTX* ctx, Kind kind, const std::string& owner, const std::st
   dates->push_back({kind, owner, file, earliest});
 }
 
-// An OCSP response a context staples (ocsp_response): the DER bytes as the CA's responder
-// gave them, and the window in which they are current.
-struct OcspStaple {
-  std::string der;
-  int64_t thisUpdate = 0;
-  std::optional<int64_t> nextUpdate;  // none: current until replaced
-};
-
-// Clocks differ: a response is stapled from a little before its thisUpdate.
-constexpr int64_t kOcspClockSkew = 300;
-
-void freeOcspStaple(void*, void* staple, CRYPTO_EX_DATA*, int, long, void*) {
-  delete static_cast<OcspStaple*>(staple);
+void freeOcspSlot(void*, void* slot, CRYPTO_EX_DATA*, int, long, void*) {
+  delete static_cast<std::shared_ptr<OcspSlot>*>(slot);
 }
 
-int ocspStapleIndex() {
-  static const int index = SSL_CTX_get_ex_new_index(0, nullptr, nullptr, nullptr, freeOcspStaple);
+int ocspSlotIndex() {
+  static const int index = SSL_CTX_get_ex_new_index(0, nullptr, nullptr, nullptr, freeOcspSlot);
   return index;
 }
 
@@ -246,11 +236,10 @@ int ocspStapleIndex() {
 // (status_request), with the context SNI chose: its response while current, else none
 // (the client asks the CA itself, or goes without, as with no stapling at all).
 int stapleOcspResponse(SSL* ssl, void*) {
-  const auto* staple =
-      static_cast<const OcspStaple*>(SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), ocspStapleIndex()));
-  const int64_t now = static_cast<int64_t>(std::time(nullptr));
-  if (staple == nullptr || now + kOcspClockSkew < staple->thisUpdate ||
-      (staple->nextUpdate && now >= *staple->nextUpdate)) {
+  const auto* slot = static_cast<const std::shared_ptr<OcspSlot>*>(
+      SSL_CTX_get_ex_data(SSL_get_SSL_CTX(ssl), ocspSlotIndex()));
+  const std::shared_ptr<const OcspStaple> staple = slot != nullptr ? (*slot)->staple() : nullptr;
+  if (staple == nullptr || !staple->currentAt(static_cast<int64_t>(std::time(nullptr)))) {
     return SSL_TLSEXT_ERR_NOACK;
   }
   void* copy = OPENSSL_memdup(staple->der.data(), staple->der.size());
@@ -263,150 +252,50 @@ int stapleOcspResponse(SSL* ssl, void*) {
   return SSL_TLSEXT_ERR_OK;
 }
 
-// The certificate in `ctx`'s chain that issued its own certificate; nullptr if the chain
-// does not have it.
-X509* issuerOf(SSL_CTX* ctx) {
-  X509* leaf = SSL_CTX_get0_certificate(ctx);
-  STACK_OF(X509)* chain = nullptr;
-  SSL_CTX_get0_chain_certs(ctx, &chain);
-  for (int i = 0; leaf != nullptr && i < sk_X509_num(chain); ++i) {
-    X509* candidate = sk_X509_value(chain, i);
-    if (X509_check_issued(candidate, leaf) == X509_V_OK) {
-      return candidate;
-    }
-  }
-  return nullptr;
-}
-
-// The response's entry for `leaf`, matched by certificate ID with whichever hash the
-// responder used; nullptr if it has none.
-OCSP_SINGLERESP* findOcspEntry(OCSP_BASICRESP* basic, X509* leaf, X509* issuer) {
-  for (const EVP_MD* md : {EVP_sha1(), EVP_sha256(), EVP_sha384(), EVP_sha512()}) {
-    OCSP_CERTID* id = OCSP_cert_to_id(md, leaf, issuer);
-    const int at = id != nullptr ? OCSP_resp_find(basic, id, -1) : -1;
-    OCSP_CERTID_free(id);
-    if (at >= 0) {
-      return OCSP_resp_get0(basic, at);
-    }
-  }
-  return nullptr;
-}
-
-// Whether `basic` is signed by the certificate's issuer or a responder the issuer
-// authorised (OCSP signing); the reason when not.
-std::string ocspSignatureProblem(OCSP_BASICRESP* basic, SSL_CTX* ctx, X509* issuer) {
-  STACK_OF(X509)* chain = nullptr;
-  SSL_CTX_get0_chain_certs(ctx, &chain);
-  X509_STORE* store = X509_STORE_new();
-  std::string problem;
-  if (store == nullptr || X509_STORE_add_cert(store, issuer) != 1) {
-    problem = lastError();
-  } else {
-    // The issuer is trusted as it stands: it may be an intermediate CA.
-    X509_STORE_set_flags(store, X509_V_FLAG_PARTIAL_CHAIN);
-    if (OCSP_basic_verify(basic, chain, store, 0) != 1) {
-      // With the verifier's own words ("Verify error:unable to get local issuer
-      // certificate") when it left them.
-      const char* data = nullptr;
-      int flags = 0;
-      ERR_peek_last_error_data(&data, &flags);
-      const std::string detail = data != nullptr && (flags & ERR_TXT_STRING) != 0 ? data : "";
-      problem = lastError() + (detail.empty() ? "" : " (" + detail + ")");
-    }
-  }
-  X509_STORE_free(store);
-  return problem;
-}
-
-// Loads `files.ocsp_response` for the certificate in `ctx` and staples it: false (an
-// error appended) when it cannot be read, is not a successful response, has no entry for
-// the certificate, says it is revoked or unknown, or is not signed for its CA. One past
-// its nextUpdate (or before its thisUpdate) loads with a warning and is not stapled.
-bool loadOcspResponse(SSL_CTX* ctx, const std::string& listener,
-                      const config::CertificateFiles& files,
-                      std::vector<metrics::TlsFileDate>* dates, std::vector<std::string>* errors,
-                      std::vector<std::string>* warnings) {
+// Loads `files.ocsp_response` about `subject` (nullptr: the cert file has no issuer): the
+// response to staple, or nullptr (an error appended) when it cannot be read, is not a
+// successful response, has no entry for the certificate, says it is revoked or unknown, or
+// is not signed for its CA. One past its nextUpdate (or before its thisUpdate) loads with a
+// warning and is not stapled; `updated` (ocsp_update) says grelay fetches the next one.
+std::shared_ptr<const OcspStaple> loadOcspResponse(const OcspSubject* subject,
+                                                   const std::string& listener,
+                                                   const config::CertificateFiles& files,
+                                                   bool updated, std::vector<std::string>* errors,
+                                                   std::vector<std::string>* warnings) {
   const std::string what = "ocsp_response file '" + files.ocsp_response + "'";
   auto fail = [&](const std::string& why) {
     errors->push_back(at(files.location, what + ": " + why));
-    return false;
+    return nullptr;
   };
   std::ifstream in(files.ocsp_response, std::ios::binary);
-  auto staple = std::make_unique<OcspStaple>();
-  staple->der.assign(std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>());
+  std::string der(std::istreambuf_iterator<char>(in), (std::istreambuf_iterator<char>()));
   if (!in.good() && !in.eof()) {
     return fail("cannot read it");
   }
-  const auto* p = reinterpret_cast<const unsigned char*>(staple->der.data());
-  std::unique_ptr<OCSP_RESPONSE, decltype(&OCSP_RESPONSE_free)> response(
-      d2i_OCSP_RESPONSE(nullptr, &p, static_cast<long>(staple->der.size())), OCSP_RESPONSE_free);
-  if (response == nullptr ||
-      p != reinterpret_cast<const unsigned char*>(staple->der.data()) + staple->der.size()) {
-    ERR_clear_error();
-    return fail("not an OCSP response in DER (openssl ocsp -respout writes one)");
-  }
-  if (const int status = OCSP_response_status(response.get());
-      status != OCSP_RESPONSE_STATUS_SUCCESSFUL) {
-    return fail(std::string("the responder did not answer: ") + OCSP_response_status_str(status));
-  }
-  std::unique_ptr<OCSP_BASICRESP, decltype(&OCSP_BASICRESP_free)> basic(
-      OCSP_response_get1_basic(response.get()), OCSP_BASICRESP_free);
-  X509* leaf = SSL_CTX_get0_certificate(ctx);
-  X509* issuer = issuerOf(ctx);
-  if (basic == nullptr) {
-    ERR_clear_error();
-    return fail("not a basic OCSP response");
-  }
-  if (leaf == nullptr || issuer == nullptr) {
+  if (subject == nullptr) {
     return fail("cert file '" + files.cert +
                 "' has no issuer certificate after the server's, which a response is "
                 "checked against: append the CA's certificate");
   }
-  OCSP_SINGLERESP* entry = findOcspEntry(basic.get(), leaf, issuer);
-  if (entry == nullptr) {
-    return fail("it is not about the certificate in cert file '" + files.cert + "'");
+  const OcspVerdict verdict = checkOcspResponse(std::move(der), *subject, files.cert);
+  if (verdict.staple == nullptr) {
+    return fail(verdict.problem);
   }
-  int reason = 0;
-  ASN1_GENERALIZEDTIME* revoked = nullptr;
-  ASN1_GENERALIZEDTIME* thisUpdate = nullptr;
-  ASN1_GENERALIZEDTIME* nextUpdate = nullptr;
-  const int status = OCSP_single_get0_status(entry, &reason, &revoked, &thisUpdate, &nextUpdate);
-  if (status == V_OCSP_CERTSTATUS_REVOKED) {
-    const std::optional<int64_t> when = unixTime(revoked);
-    return fail("it says the certificate in cert file '" + files.cert + "' was revoked" +
-                (when ? " at " + isoTime(*when) : std::string()) +
-                ": clients that check refuse it; get a new certificate");
-  }
-  if (status != V_OCSP_CERTSTATUS_GOOD) {
-    return fail("its responder does not know the certificate in cert file '" + files.cert + "'");
-  }
-  if (const std::string problem = ocspSignatureProblem(basic.get(), ctx, issuer);
-      !problem.empty()) {
-    return fail("its signature does not verify against the issuer in cert file '" + files.cert +
-                "': " + problem);
-  }
-  const std::optional<int64_t> from = unixTime(thisUpdate);
-  staple->thisUpdate = from.value_or(0);
-  staple->nextUpdate = unixTime(nextUpdate);
+  const OcspStaple& staple = *verdict.staple;
   const int64_t now = static_cast<int64_t>(std::time(nullptr));
   const std::string warning = "warning: listener " + listener + ": " + what;
-  if (staple->nextUpdate) {
-    dates->push_back({Kind::kOcspResponse, listener, files.ocsp_response, *staple->nextUpdate});
-    if (*staple->nextUpdate <= now && warnings != nullptr) {
-      warnings->push_back(at(files.location, warning + " expired at " +
-                                                 isoTime(*staple->nextUpdate) +
-                                                 " (nextUpdate): it is not stapled until the file "
-                                                 "is refreshed and grelay reloaded"));
-    }
+  const std::string until = updated ? "grelay fetches a new one (ocsp_update)"
+                                    : "the file is refreshed and grelay reloaded";
+  if (warnings != nullptr && staple.nextUpdate && *staple.nextUpdate <= now) {
+    warnings->push_back(at(files.location, warning + " expired at " + isoTime(*staple.nextUpdate) +
+                                               " (nextUpdate): it is not stapled until " + until));
   }
-  if (staple->thisUpdate > now + kOcspClockSkew && warnings != nullptr) {
+  if (warnings != nullptr && staple.thisUpdate > now + kOcspClockSkew) {
     warnings->push_back(at(files.location, warning + " is not valid before " +
-                                               isoTime(staple->thisUpdate) +
+                                               isoTime(staple.thisUpdate) +
                                                " (thisUpdate): it is not stapled until then"));
   }
-  SSL_CTX_set_ex_data(ctx, ocspStapleIndex(), staple.release());
-  SSL_CTX_set_tlsext_status_cb(ctx, stapleOcspResponse);
-  return true;
+  return verdict.staple;
 }
 
 constexpr const char* kDefaultGroups = "X25519:prime256v1:secp384r1";
@@ -945,6 +834,67 @@ void addSniCertificates(
 
 }  // namespace
 
+void TlsContexts::staple(SSL_CTX* ctx, const config::ListenerConfig& l,
+                         const config::CertificateFiles& files, std::vector<std::string>* errors,
+                         std::vector<std::string>* warnings) {
+  const config::ListenerTlsConfig& t = *l.tls;
+  if (files.ocsp_response.empty() && !t.ocsp_update) {
+    return;
+  }
+  const std::shared_ptr<const OcspSubject> subject = OcspSubject::of(ctx);
+  std::shared_ptr<const OcspStaple> loaded;
+  if (!files.ocsp_response.empty()) {
+    loaded = loadOcspResponse(subject.get(), l.name, files, t.ocsp_update, errors, warnings);
+    if (loaded == nullptr) {
+      return;
+    }
+  }
+  std::shared_ptr<OcspSlot> slot;
+  if (t.ocsp_update) {
+    if (subject == nullptr) {
+      errors->push_back(at(files.location, "ocsp_update: cert file '" + files.cert +
+                                               "' has no issuer certificate after the server's, "
+                                               "which OCSP requests name and responses are "
+                                               "checked against: append the CA's certificate"));
+      return;
+    }
+    std::string url = t.ocsp_responder.empty() ? subject->responderUrl() : t.ocsp_responder;
+    const std::optional<config::HttpUrl> responder = config::parseHttpUrl(url);
+    if (!responder) {
+      if (warnings != nullptr) {
+        warnings->push_back(
+            at(files.location,
+               "warning: listener " + l.name + ": ocsp_update: the certificate in cert file '" +
+                   files.cert + "' " +
+                   (url.empty() ? std::string("names no OCSP responder (authorityInfoAccess)")
+                                : "names OCSP responder '" + url + "', not an http:// URL") +
+                   ": nothing is fetched for it (set ocsp_responder)"));
+      }
+    } else {
+      // Shared with the contexts of the generations still running, which keep it up to date
+      // until this one's watches replace theirs.
+      slot = sharedOcspSlot(l.name, *subject);
+      ocspWatches_.push_back({slot, subject, l.name, files.cert, std::move(url), *responder,
+                              t.ocsp_update_min_delay, t.ocsp_update_max_delay});
+      metrics::TlsFileDate date{Kind::kOcspResponse, l.name,
+                                files.ocsp_response.empty() ? files.cert : files.ocsp_response};
+      date.ocsp = slot->stats();
+      dates_.push_back(std::move(date));
+    }
+  }
+  if (slot == nullptr) {
+    slot = std::make_shared<OcspSlot>();
+    if (loaded != nullptr && loaded->nextUpdate) {
+      dates_.push_back({Kind::kOcspResponse, l.name, files.ocsp_response, *loaded->nextUpdate});
+    }
+  }
+  if (loaded != nullptr) {
+    slot->offer(loaded);
+  }
+  SSL_CTX_set_ex_data(ctx, ocspSlotIndex(), new std::shared_ptr<OcspSlot>(std::move(slot)));
+  SSL_CTX_set_tlsext_status_cb(ctx, stapleOcspResponse);
+}
+
 TlsContexts::~TlsContexts() {
   for (SSL_CTX* c : listeners_) {
     SSL_CTX_free(c);
@@ -1009,6 +959,7 @@ bool TlsContexts::build(const config::Config& cfg, bool ktls, std::vector<std::s
   listeners_.assign(cfg.listeners.size(), nullptr);
   upstreams_.assign(cfg.upstreams.size(), nullptr);
   dates_.clear();
+  ocspWatches_.clear();
   for (size_t i = 0; i < cfg.listeners.size(); ++i) {
     const auto& l = cfg.listeners[i];
     if (!l.tls) {
@@ -1021,9 +972,7 @@ bool TlsContexts::build(const config::Config& cfg, bool ktls, std::vector<std::s
     }
     auto loaded = [&](SSL_CTX* ctx, const config::CertificateFiles& files) {
       noteCertificate(ctx, Kind::kListenerCertificate, l.name, files, &dates_, warnings);
-      if (!files.ocsp_response.empty()) {
-        loadOcspResponse(ctx, l.name, files, &dates_, errors, warnings);
-      }
+      staple(ctx, l, files, errors, warnings);
     };
     loaded(listeners_[i], {t.cert, t.key, t.location, t.ocsp_response});
     if (!t.client_ca.empty()) {

@@ -10,6 +10,7 @@
 
 #include "config/config.h"
 #include "metrics/stats.h"
+#include "proxy/ocsp.h"
 
 namespace grelay::proxy {
 
@@ -37,14 +38,22 @@ public:
 
   // When each certificate and revocation list build() loaded stops being good.
   const std::vector<metrics::TlsFileDate>& dates() const { return dates_; }
+  // The certificates of listeners with ocsp_update whose responses grelay fetches.
+  const std::vector<OcspWatch>& ocspWatches() const { return ocspWatches_; }
 
   SSL_CTX* listener(size_t i) const { return i < listeners_.size() ? listeners_[i] : nullptr; }
   SSL_CTX* upstream(size_t i) const { return i < upstreams_.size() ? upstreams_[i] : nullptr; }
 
 private:
+  // Staples the ocsp_response of `files` on `ctx` (a certificate of `l`), and watches it
+  // for ocsp_update.
+  void staple(SSL_CTX* ctx, const config::ListenerConfig& l, const config::CertificateFiles& files,
+              std::vector<std::string>* errors, std::vector<std::string>* warnings);
+
   std::vector<SSL_CTX*> listeners_;  // by listener index; nullptr = plaintext
   std::vector<SSL_CTX*> upstreams_;  // by upstream index; nullptr = plaintext
   std::vector<metrics::TlsFileDate> dates_;
+  std::vector<OcspWatch> ocspWatches_;
 };
 
 // Upstream session resumption (session_reuse): offers `ssl`, about to connect, the session

@@ -1546,7 +1546,7 @@ default_md = sha256
 
     def _signed(self, name: str, subject: str, san: str, rsa: bool = False,
                 dates: tuple[str, str] | None = None,
-                usage: str = "serverAuth") -> tuple[str, str]:
+                usage: str = "serverAuth", ocsp_url: str = "") -> tuple[str, str]:
         d = self.dir
         key, csr, cert = (os.path.join(d, f"{name}.{x}") for x in ("key", "csr", "pem"))
         keyopts = ["-newkey", "rsa:2048"] if rsa else self._ec()
@@ -1563,7 +1563,7 @@ subjectAltName = {san}
 basicConstraints = CA:FALSE
 keyUsage = critical,digitalSignature,keyEncipherment
 extendedKeyUsage = {usage}
-""")
+""" + (f"authorityInfoAccess = OCSP;URI:{ocsp_url}\n" if ocsp_url else ""))
         args = ["ca", "-batch", "-config", cnf, "-in", csr, "-out", cert, "-extensions", "ext",
                 "-notext"]
         if dates:
@@ -1608,6 +1608,27 @@ extendedKeyUsage = {usage}
                       "-issuer", self.ca, "-cert", cert, "-no_nonce", "-ndays", str(days),
                       "-respout", out)
         return out
+
+    def revoke(self, cert: str) -> None:
+        """Marks `cert` revoked in the CA's database (what crl() and ocsp() answer from)."""
+        cnf = os.path.join(self.dir, "revoke.cnf")
+        with open(cnf, "w") as f:
+            f.write(self._ca_config())
+        self._openssl("ca", "-batch", "-config", cnf, "-revoke", cert)
+
+    def ocsp_responder(self, port: int, minutes: int = 1) -> subprocess.Popen:
+        """The CA's OCSP responder (`openssl ocsp -port`) on 127.0.0.1:`port`, answering from
+        the CA's database (re-read when it changes) with responses current for `minutes`.
+        Returns once it accepts connections; the caller terminates it."""
+        p = subprocess.Popen(["openssl", "ocsp", "-index", os.path.join(self.dir, "db", "index.txt"),
+                              "-port", str(port), "-CA", self.ca, "-rsigner", self.ca,
+                              "-rkey", self.ca_key, "-nmin", str(minutes), "-ignore_err"],
+                             cwd=self.dir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        # (Not by connecting: a connection that closes without a request wedges it.)
+        if not wait_for(lambda: _listening_inodes(port), 10):
+            p.kill()
+            raise RuntimeError(f"openssl ocsp did not listen on port {port}")
+        return p
 
     def cleanup(self) -> None:
         shutil.rmtree(self.dir, ignore_errors=True)

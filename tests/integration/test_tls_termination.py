@@ -637,6 +637,88 @@ class TlsTerminationTest(h.TlsTest):
                  "certificate after the server's")):
             check_listener_tls(self, c.dir, tls, message)
 
+    def test_ocsp_responses_are_fetched_from_the_responder(self):
+        """ocsp_update: grelay asks the CA's responder (`openssl ocsp -port`, named by the
+        certificate's authorityInfoAccess) itself, staples the answer, keeps it over a
+        reload and while the responder is down, and stops stapling once it says revoked."""
+        c = self.certs
+        responder_port = h.free_port()
+        url = f"http://127.0.0.1:{responder_port}/"
+        cert, key = c._signed("ocsp_fetched", "/CN=localhost", c.NAMES, ocsp_url=url)
+        chain = c.chain(cert)
+
+        def status(port, version):
+            """What openssl s_client asking for the status was stapled: 'good', 'revoked',
+            or None."""
+            r = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{port}",
+                                "-servername", "localhost", "-status", "-CAfile", c.ca,
+                                "-verify_return_error", version], input="", capture_output=True,
+                               text=True, timeout=30)
+            self.assertIn("Verify return code: 0 (ok)", r.stdout, r.stdout + r.stderr)
+            if "OCSP response: no response sent" in r.stdout:
+                return None
+            self.assertIn("OCSP Response Status: successful", r.stdout, r.stdout)
+            return re.search(r"Cert Status: (\w+)", r.stdout).group(1)
+
+        def updates(g, result):
+            return g.metric("grelay_tls_ocsp_updates_total", listener="tls", file=chain,
+                            result=result)
+
+        responder = c.ocsp_responder(responder_port)
+        try:
+            with h.EchoServer() as echo:
+                cfg = h.Config()
+                cfg.upstream("app", [echo.address])
+                port = cfg.listener("tls", "app", tls={
+                    "cert": chain, "key": key, "ocsp_update": True,
+                    "ocsp_update_min_delay": "1s", "ocsp_update_max_delay": "2s"})
+                cfg.with_admin()
+                with h.Grelay(cfg) as g:
+                    self.assertTrue(h.wait_for(lambda: updates(g, "ok") >= 1, 20), g.log_tail())
+                    self.assertIn(f"listener tls: OCSP response for cert file '{chain}' from {url}: "
+                                  "updated, good until ", g.log())
+                    for version in ("-tls1_3", "-tls1_2"):
+                        self.assertEqual(status(port, version), "good")
+                    # The responder answers for a minute: the gauge says until when.
+                    next_update = g.metric("grelay_tls_ocsp_next_update_timestamp_seconds",
+                                           listener="tls", file=chain)
+                    self.assertAlmostEqual(next_update, time.time() + 60, delta=15)
+                    # Refreshed before it gets old (every 2s here: halfway is 30s away).
+                    ok = updates(g, "ok")
+                    self.assertTrue(h.wait_for(lambda: updates(g, "ok") >= ok + 2, 20),
+                                    g.log_tail())
+                    # A reload serves the response fetched, at once.
+                    g.send_signal(signal.SIGHUP)
+                    self.assertTrue(h.wait_for(lambda: g.metric(
+                        "grelay_config_reloads_total", result="ok") >= 1, 10), g.log_tail())
+                    self.assertEqual(status(port, "-tls1_3"), "good")
+                    # The responder down: the response stapled stays.
+                    responder.terminate()
+                    responder.wait(10)
+                    errors = updates(g, "error")
+                    self.assertTrue(h.wait_for(lambda: updates(g, "error") > errors, 20),
+                                    g.log_tail())
+                    self.assertIn(f"from {url} failed: connect: Connection refused; the response "
+                                  "stapled stays, until ", g.log())
+                    self.assertEqual(status(port, "-tls1_3"), "good")
+                    # Back, saying revoked: nothing is stapled.
+                    c.revoke(cert)
+                    responder = c.ocsp_responder(responder_port)
+                    self.assertTrue(h.wait_for(lambda: status(port, "-tls1_3") is None, 20),
+                                    g.log_tail())
+                    self.assertIn(f"' was revoked at ", g.log())
+                    self.assertIn("nothing is stapled for it", g.log())
+                    self.assertEqual(g.metric("grelay_tls_ocsp_next_update_timestamp_seconds",
+                                              listener="tls", file=chain), 0)
+                    # Sessions go on, stapled or not.
+                    with h.tls_client_context(c.ca).wrap_socket(
+                            h.connect(port), server_hostname="localhost") as s:
+                        s.sendall(b"ping")
+                        self.assertEqual(s.recv(4), b"ping")
+        finally:
+            responder.kill()
+            responder.wait(10)
+
     def test_concurrent_random_streams_are_byte_exact_both_ways(self):
         rng = random.Random(5005)
         n = 12

@@ -21,6 +21,18 @@
 
 #include <gtest/gtest.h>
 
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/eventfd.h>
+#include <sys/socket.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <functional>
+#include <mutex>
+#include <thread>
+
+#include "proxy/ocsp.h"
 #include "proxy/tls_context.h"
 
 namespace grelay::proxy {
@@ -36,9 +48,9 @@ struct Issued {
 
 // A P-256 certificate for `cn` (DNS name `dns` unless empty), signed by `issuer` (or
 // self-signed as a CA when it is null), with serial `serial`, expiring in `notAfterDays`
-// (negative: expired).
+// (negative: expired), naming OCSP responder `ocsp` (authorityInfoAccess) unless empty.
 Issued issue(const std::string& cn, const std::string& dns, const Issued* issuer, long serial,
-             long notAfterDays = 30) {
+             long notAfterDays = 30, const std::string& ocsp = "") {
   Issued out;
   out.key.reset(EVP_EC_gen("P-256"));
   out.cert.reset(X509_new());
@@ -64,6 +76,9 @@ Issued issue(const std::string& cn, const std::string& dns, const Issued* issuer
   extend(NID_subject_key_identifier, "hash");
   if (!dns.empty()) {
     extend(NID_subject_alt_name, "DNS:" + dns);
+  }
+  if (!ocsp.empty()) {
+    extend(NID_info_access, "OCSP;URI:" + ocsp);
   }
   X509_sign(c, issuer != nullptr ? issuer->key.get() : out.key.get(), EVP_sha256());
   return out;
@@ -433,6 +448,314 @@ TEST_F(CaFileDatesTest, ClientCaAndUpstreamCaExpiryAreDatedAndWarnedOf) {
                              "file has a current one"),
             std::string::npos)
       << warnings[1];
+}
+
+// An HTTP server on 127.0.0.1 that reads each request whole (headers and Content-Length
+// body) and answers it with what `reply` returns, then closes; nullopt: answers nothing and
+// holds the connection until the client closes it.
+class ScriptedResponder {
+public:
+  using Reply = std::function<std::optional<std::string>(const std::string& request)>;
+  explicit ScriptedResponder(Reply reply) : reply_(std::move(reply)) {
+    fd_ = socket(AF_INET, SOCK_STREAM | SOCK_CLOEXEC, 0);
+    sockaddr_in a{};
+    a.sin_family = AF_INET;
+    a.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+    bind(fd_, reinterpret_cast<sockaddr*>(&a), sizeof(a));
+    listen(fd_, 16);
+    socklen_t len = sizeof(a);
+    getsockname(fd_, reinterpret_cast<sockaddr*>(&a), &len);
+    port_ = ntohs(a.sin_port);
+    thread_ = std::thread([this] { serve(); });
+  }
+  ~ScriptedResponder() {
+    shutdown(fd_, SHUT_RDWR);  // wakes accept()
+    thread_.join();
+    close(fd_);
+  }
+  uint16_t port() const { return port_; }
+  std::string url(const std::string& path = "/") const {
+    return "http://127.0.0.1:" + std::to_string(port_) + path;
+  }
+  std::vector<std::string> requests() const {
+    std::lock_guard<std::mutex> lock(mutex_);
+    return requests_;
+  }
+
+private:
+  void serve() {
+    for (;;) {
+      const int c = accept4(fd_, nullptr, nullptr, SOCK_CLOEXEC);
+      if (c < 0) {
+        return;
+      }
+      std::string request;
+      char buffer[4096];
+      size_t want = std::string::npos;
+      while (want == std::string::npos || request.size() < want) {
+        const ssize_t n = recv(c, buffer, sizeof(buffer), 0);
+        if (n <= 0) {
+          break;
+        }
+        request.append(buffer, static_cast<size_t>(n));
+        const size_t end = request.find("\r\n\r\n");
+        const size_t length = request.find("Content-Length: ");
+        if (end != std::string::npos && length != std::string::npos) {
+          want = end + 4 + std::stoul(request.substr(length + 16));
+        }
+      }
+      {
+        std::lock_guard<std::mutex> lock(mutex_);
+        requests_.push_back(request);
+      }
+      const std::optional<std::string> reply = reply_(request);
+      if (reply) {
+        send(c, reply->data(), reply->size(), MSG_NOSIGNAL);
+      } else {
+        while (recv(c, buffer, sizeof(buffer), 0) > 0) {
+        }
+      }
+      close(c);
+    }
+  }
+
+  Reply reply_;
+  int fd_ = -1;
+  uint16_t port_ = 0;
+  std::thread thread_;
+  mutable std::mutex mutex_;
+  std::vector<std::string> requests_;
+};
+
+std::string httpOk(const std::string& body) {
+  return "HTTP/1.0 200 OK\r\nContent-Type: application/ocsp-response\r\nContent-Length: " +
+         std::to_string(body.size()) + "\r\n\r\n" + body;
+}
+
+TEST(OcspFetchTest, TheNextFetchIsHalfwayThroughTheResponseWithinTheDelays) {
+  using std::chrono::milliseconds;
+  const int64_t now = 1'000'000'000'000;  // Unix ms
+  const milliseconds min(300'000);
+  const milliseconds max(3'600'000);
+  OcspStaple week{"", now / 1000 - 3600, now / 1000 + 7 * 86400};
+  EXPECT_EQ(nextOcspFetch(&week, now, min, max), now + max.count());  // halfway is days away
+  OcspStaple hour{"", now / 1000 - 1200, now / 1000 + 2400};
+  EXPECT_EQ(nextOcspFetch(&hour, now, min, max), now + 600'000);  // halfway: 10 min from now
+  OcspStaple late{"", now / 1000 - 3000, now / 1000 + 600};
+  EXPECT_EQ(nextOcspFetch(&late, now, min, max), now + min.count());  // halfway has passed
+  OcspStaple open{"", now / 1000, std::nullopt};
+  EXPECT_EQ(nextOcspFetch(&open, now, min, max), now + max.count());
+  EXPECT_EQ(nextOcspFetch(nullptr, now, min, max), now + min.count());  // after a failure
+}
+
+TEST(OcspFetchTest, ARequestIsPostedAndTheBodyOfA200Returned) {
+  const std::string body(3000, '\x30');
+  ScriptedResponder responder([&](const std::string&) { return httpOk(body); });
+  const std::string request("\x30\x03\x02\x01\x00", 5);
+  std::string error;
+  const auto got =
+      postOcspRequest(*config::parseHttpUrl(responder.url("/ocsp?x=1")), request, 5000, -1, &error);
+  ASSERT_TRUE(got.has_value()) << error;
+  EXPECT_EQ(*got, body);
+  ASSERT_EQ(responder.requests().size(), 1u);
+  EXPECT_EQ(responder.requests()[0],
+            "POST /ocsp?x=1 HTTP/1.0\r\nHost: 127.0.0.1:" + std::to_string(responder.port()) +
+                "\r\nContent-Type: application/ocsp-request\r\nContent-Length: 5\r\n"
+                "Accept: application/ocsp-response\r\nConnection: close\r\n\r\n" +
+                request);
+}
+
+TEST(OcspFetchTest, EveryWayAFetchFailsIsNamed) {
+  const struct {
+    std::optional<std::string> reply;
+    const char* error;
+  } cases[] = {
+      {"HTTP/1.0 404 Not Found\r\nContent-Length: 0\r\n\r\n",
+       "the responder answered 404 Not Found"},
+      {"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\nabc",
+       "the responder closed after 3 of 10 bytes"},
+      {"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
+       "the responder sent a chunked body to an HTTP/1.0 request"},
+      {"", "the responder closed without answering"},
+      {"SSH-2.0-OpenSSH\r\n\r\n", "not an HTTP response"},
+      {std::nullopt, "no answer within 0s"},
+  };
+  for (const auto& c : cases) {
+    ScriptedResponder responder([&](const std::string&) { return c.reply; });
+    std::string error;
+    EXPECT_FALSE(
+        postOcspRequest(*config::parseHttpUrl(responder.url()), "x", 300, -1, &error).has_value())
+        << c.error;
+    EXPECT_EQ(error, c.error);
+  }
+  // Nothing listening.
+  uint16_t closed = 0;
+  {
+    closed = ScriptedResponder([](const std::string&) { return ""; }).port();
+  }
+  std::string error;
+  EXPECT_FALSE(postOcspRequest(*config::parseHttpUrl("http://127.0.0.1:" + std::to_string(closed)),
+                               "x", 300, -1, &error)
+                   .has_value());
+  EXPECT_EQ(error, "connect: Connection refused");
+  // A stop interrupts a fetch at once.
+  ScriptedResponder silent([](const std::string&) { return std::nullopt; });
+  const int stop = eventfd(1, EFD_CLOEXEC);
+  const auto start = std::chrono::steady_clock::now();
+  EXPECT_FALSE(
+      postOcspRequest(*config::parseHttpUrl(silent.url()), "x", 10'000, stop, &error).has_value());
+  EXPECT_EQ(error, "stopped");
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(5));
+  close(stop);
+}
+
+// ocsp_update: the updater fetches each certificate's response from its responder, checks it
+// and staples it; a failed fetch keeps what is stapled, a revoked answer staples nothing, and
+// a reload's contexts share what was fetched.
+class OcspUpdateTest : public OcspStaplingTest {
+protected:
+  // Waits up to 10 s for `done`.
+  static bool eventually(const std::function<bool()>& done) {
+    for (int i = 0; i < 1000; ++i) {
+      if (done()) {
+        return true;
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+    return done();
+  }
+};
+
+TEST_F(OcspUpdateTest, ResponsesAreFetchedCheckedAndStapled) {
+  std::mutex mutex;
+  const std::string first = ocspResponse(server_, ca_, {.thisUpdate = -3600});
+  std::string reply = httpOk(first);
+  ScriptedResponder responder([&](const std::string&) {
+    std::lock_guard<std::mutex> lock(mutex);
+    return std::optional<std::string>(reply);
+  });
+  auto answer = [&](const std::string& next) {
+    std::lock_guard<std::mutex> lock(mutex);
+    reply = next;
+  };
+  config::Config cfg = listener("");
+  config::ListenerTlsConfig& t = *cfg.listeners[0].tls;
+  t.ocsp_update = true;
+  t.ocsp_responder = responder.url("/ocsp");
+  t.ocsp_update_min_delay = std::chrono::milliseconds(1000);
+  t.ocsp_update_max_delay = std::chrono::milliseconds(1000);
+  TlsContexts contexts;
+  std::vector<std::string> errors;
+  std::vector<std::string> warnings;
+  ASSERT_TRUE(contexts.build(cfg, false, &errors, &warnings)) << errors.front();
+  EXPECT_TRUE(warnings.empty()) << warnings.front();
+  ASSERT_EQ(contexts.ocspWatches().size(), 1u);
+  const std::shared_ptr<metrics::OcspUpdateStats> stats = contexts.ocspWatches()[0].slot->stats();
+  const metrics::TlsFileDate* date = nullptr;
+  for (const metrics::TlsFileDate& d : contexts.dates()) {
+    date = d.kind == metrics::TlsFileDate::Kind::kOcspResponse ? &d : date;
+  }
+  ASSERT_NE(date, nullptr);
+  EXPECT_EQ(date->file, t.cert);  // no ocsp_response file: named by the certificate
+  EXPECT_EQ(date->ocsp, stats);
+  EXPECT_EQ(stats->nextUpdate.load(), 0);  // nothing stapled yet
+  EXPECT_EQ(stapled(contexts.listener(0), TLS1_3_VERSION), "");
+
+  OcspUpdater updater;
+  std::string error;
+  ASSERT_TRUE(updater.watch(contexts.ocspWatches(), &error)) << error;
+  ASSERT_TRUE(eventually([&] { return stapled(contexts.listener(0), TLS1_3_VERSION) == first; }));
+  EXPECT_EQ(stapled(contexts.listener(0), TLS1_2_VERSION), first);
+  EXPECT_EQ(stats->ok.value(), 1u);
+  EXPECT_NEAR(static_cast<double>(stats->nextUpdate.load()),
+              static_cast<double>(std::time(nullptr)) + 86400, 5);
+  // The request names the certificate.
+  const std::vector<std::string> requests = responder.requests();
+  ASSERT_FALSE(requests.empty());
+  EXPECT_EQ(requests[0].rfind("POST /ocsp HTTP/1.0\r\n", 0), 0u);
+  const std::string body = requests[0].substr(requests[0].find("\r\n\r\n") + 4);
+  const auto* p = reinterpret_cast<const unsigned char*>(body.data());
+  OCSP_REQUEST* request = d2i_OCSP_REQUEST(nullptr, &p, static_cast<long>(body.size()));
+  ASSERT_NE(request, nullptr);
+  ASSERT_EQ(OCSP_request_onereq_count(request), 1);
+  OCSP_CERTID* id = OCSP_cert_to_id(EVP_sha1(), server_.cert.get(), ca_.cert.get());
+  EXPECT_EQ(OCSP_id_cmp(OCSP_onereq_get0_id(OCSP_request_onereq_get0(request, 0)), id), 0);
+  OCSP_CERTID_free(id);
+  OCSP_REQUEST_free(request);
+
+  // A failed fetch keeps the response stapled.
+  answer("HTTP/1.0 503 Service Unavailable\r\n\r\n");
+  ASSERT_TRUE(eventually([&] { return stats->failed.value() >= 1; }));
+  EXPECT_EQ(stapled(contexts.listener(0), TLS1_3_VERSION), first);
+  // So does an answer about another certificate.
+  answer(httpOk(ocspResponse(api_, ca_, {})));
+  ASSERT_TRUE(eventually([&] { return stats->failed.value() >= 2; }));
+  EXPECT_EQ(stapled(contexts.listener(0), TLS1_3_VERSION), first);
+  // A newer response replaces it; a reload's contexts staple it at once.
+  const std::string second = ocspResponse(server_, ca_, {.thisUpdate = -60, .nextUpdate = 3600});
+  answer(httpOk(second));
+  ASSERT_TRUE(eventually([&] { return stapled(contexts.listener(0), TLS1_3_VERSION) == second; }));
+  TlsContexts reloaded;
+  ASSERT_TRUE(reloaded.build(cfg, false, &errors)) << errors.front();
+  EXPECT_EQ(stapled(reloaded.listener(0), TLS1_3_VERSION), second);
+  ASSERT_TRUE(updater.watch(reloaded.ocspWatches(), &error)) << error;
+  // Revoked: nothing is stapled any more.
+  answer(httpOk(ocspResponse(server_, ca_, {.status = V_OCSP_CERTSTATUS_REVOKED})));
+  ASSERT_TRUE(eventually([&] { return stapled(reloaded.listener(0), TLS1_3_VERSION).empty(); }));
+  EXPECT_EQ(stapled(contexts.listener(0), TLS1_3_VERSION), "");
+  EXPECT_EQ(stats->nextUpdate.load(), 0);
+  updater.stop();
+}
+
+TEST_F(OcspUpdateTest, TheResponderIsTheCertificatesUnlessConfigured) {
+  const Issued named = issue("localhost", "localhost", &ca_, 21, 30, "http://ocsp.test:8080/x");
+  const Issued https = issue("localhost", "localhost", &ca_, 22, 30, "https://ocsp.test/");
+  const struct {
+    const Issued* leaf;
+    std::string responder;
+    std::string url;  // watched; "" = a warning instead
+    std::string warning;
+  } cases[] = {
+      {&named, "", "http://ocsp.test:8080/x", ""},
+      {&named, "http://10.1.2.3/", "http://10.1.2.3/", ""},
+      {&server_, "", "", "names no OCSP responder (authorityInfoAccess)"},
+      {&https, "", "", "names OCSP responder 'https://ocsp.test/', not an http:// URL"},
+  };
+  for (const auto& c : cases) {
+    config::Config cfg = listener("");
+    config::ListenerTlsConfig& t = *cfg.listeners[0].tls;
+    t.cert = write("named.pem", pem(c.leaf->cert.get()) + pem(ca_.cert.get()));
+    t.key = write("named.key", pem(c.leaf->key.get()));
+    t.ocsp_update = true;
+    t.ocsp_responder = c.responder;
+    TlsContexts contexts;
+    std::vector<std::string> errors;
+    std::vector<std::string> warnings;
+    ASSERT_TRUE(contexts.build(cfg, false, &errors, &warnings)) << errors.front();
+    if (c.url.empty()) {
+      EXPECT_TRUE(contexts.ocspWatches().empty());
+      ASSERT_EQ(warnings.size(), 1u) << c.warning;
+      EXPECT_EQ(warnings[0],
+                "grelay.toml:7:1: warning: listener web: ocsp_update: the certificate "
+                "in cert file '" +
+                    t.cert + "' " + c.warning + ": nothing is fetched for it (set ocsp_responder)");
+    } else {
+      EXPECT_TRUE(warnings.empty()) << warnings.front();
+      ASSERT_EQ(contexts.ocspWatches().size(), 1u);
+      EXPECT_EQ(contexts.ocspWatches()[0].url, c.url);
+    }
+  }
+  // The issuer is needed to ask.
+  config::Config cfg = listener("", true);
+  cfg.listeners[0].tls->ocsp_update = true;
+  TlsContexts contexts;
+  std::vector<std::string> errors;
+  EXPECT_FALSE(contexts.build(cfg, false, &errors));
+  ASSERT_EQ(errors.size(), 1u);
+  EXPECT_NE(errors[0].find("ocsp_update: cert file '" + cfg.listeners[0].tls->cert +
+                           "' has no issuer certificate after the server's"),
+            std::string::npos)
+      << errors[0];
 }
 
 }  // namespace
