@@ -18,37 +18,10 @@
 #include <map>
 
 #include "proxy/log.h"
+#include "proxy/tls_util.h"
 
 namespace grelay::proxy {
 namespace {
-
-std::string lastError() {
-  unsigned long e = ERR_peek_last_error();
-  std::string out;
-  if (e != 0) {
-    const char* r = ERR_reason_error_string(e);
-    out = r != nullptr ? r : "unknown OpenSSL error";
-  }
-  ERR_clear_error();
-  return out.empty() ? "unknown OpenSSL error" : out;
-}
-
-std::optional<int64_t> unixTime(const ASN1_TIME* t) {
-  tm out{};
-  if (t == nullptr || ASN1_TIME_to_tm(t, &out) != 1) {
-    return std::nullopt;
-  }
-  return static_cast<int64_t>(timegm(&out));
-}
-
-std::string isoTime(int64_t unixSeconds) {
-  const auto seconds = static_cast<time_t>(unixSeconds);
-  tm utc{};
-  gmtime_r(&seconds, &utc);
-  char text[32];
-  std::strftime(text, sizeof(text), "%Y-%m-%dT%H:%M:%SZ", &utc);
-  return text;
-}
 
 // The response's entry for `leaf`, matched by certificate ID with whichever hash the
 // responder used; nullptr if it has none.
@@ -70,7 +43,7 @@ std::string ocspSignatureProblem(OCSP_BASICRESP* basic, const OcspSubject& subje
   X509_STORE* store = X509_STORE_new();
   std::string problem;
   if (store == nullptr || X509_STORE_add_cert(store, subject.issuer()) != 1) {
-    problem = lastError();
+    problem = takeOpensslError();
   } else {
     // The issuer is trusted as it stands: it may be an intermediate CA.
     X509_STORE_set_flags(store, X509_V_FLAG_PARTIAL_CHAIN);
@@ -81,7 +54,7 @@ std::string ocspSignatureProblem(OCSP_BASICRESP* basic, const OcspSubject& subje
       int flags = 0;
       ERR_peek_last_error_data(&data, &flags);
       const std::string detail = data != nullptr && (flags & ERR_TXT_STRING) != 0 ? data : "";
-      problem = lastError() + (detail.empty() ? "" : " (" + detail + ")");
+      problem = takeOpensslError() + (detail.empty() ? "" : " (" + detail + ")");
     }
   }
   X509_STORE_free(store);

@@ -24,41 +24,14 @@
 
 #include "proxy/log.h"
 #include "proxy/ocsp.h"
+#include "proxy/tls_util.h"
 #include "relay/tls_channel.h"
 
 namespace grelay::proxy {
 namespace {
 
-std::string lastError() {
-  unsigned long e = ERR_peek_last_error();
-  std::string out;
-  if (e != 0) {
-    const char* r = ERR_reason_error_string(e);
-    out = r != nullptr ? r : "unknown OpenSSL error";
-  }
-  ERR_clear_error();
-  return out.empty() ? "unknown OpenSSL error" : out;
-}
-
 std::string at(const config::Location& l, const std::string& message) {
   return l.file + ":" + std::to_string(l.line) + ":" + std::to_string(l.column) + ": " + message;
-}
-
-std::optional<int64_t> unixTime(const ASN1_TIME* t) {
-  tm out{};
-  if (t == nullptr || ASN1_TIME_to_tm(t, &out) != 1) {
-    return std::nullopt;
-  }
-  return static_cast<int64_t>(timegm(&out));
-}
-
-std::string isoTime(int64_t unixSeconds) {
-  const auto seconds = static_cast<time_t>(unixSeconds);
-  tm utc{};
-  gmtime_r(&seconds, &utc);
-  char text[32];
-  std::strftime(text, sizeof(text), "%Y-%m-%dT%H:%M:%SZ", &utc);
-  return text;
 }
 
 using Kind = metrics::TlsFileDate::Kind;
@@ -312,7 +285,7 @@ bool setGroups(SSL_CTX* ctx, const std::vector<std::string>& groups, const confi
     list += (list.empty() ? "" : ":") + g;
   }
   if (SSL_CTX_set1_groups_list(ctx, list.c_str()) != 1) {
-    errors->push_back(at(where, "groups '" + list + "': " + lastError() +
+    errors->push_back(at(where, "groups '" + list + "': " + takeOpensslError() +
                                     " (OpenSSL names: X25519, X448, P-256, P-384, P-521, "
                                     "ffdhe2048, ...)"));
     return false;
@@ -606,13 +579,13 @@ bool loadCertificate(SSL_CTX* ctx, const config::CertificateFiles& files,
                      std::vector<std::string>* errors) {
   if (SSL_CTX_use_certificate_chain_file(ctx, files.cert.c_str()) != 1) {
     errors->push_back(at(files.location, "cannot load certificate from cert file '" + files.cert +
-                                             "': " + lastError()));
+                                             "': " + takeOpensslError()));
   } else if (SSL_CTX_use_PrivateKey_file(ctx, files.key.c_str(), SSL_FILETYPE_PEM) != 1) {
     errors->push_back(at(files.location, "cannot load private key from key file '" + files.key +
-                                             "': " + lastError()));
+                                             "': " + takeOpensslError()));
   } else if (SSL_CTX_check_private_key(ctx) != 1) {
     errors->push_back(at(files.location, "key file '" + files.key + "' does not match cert file '" +
-                                             files.cert + "': " + lastError()));
+                                             files.cert + "': " + takeOpensslError()));
   } else {
     return true;
   }
@@ -625,7 +598,7 @@ SSL_CTX* serverContext(const config::ListenerTlsConfig& t, const config::Certifi
                        bool ktls, std::vector<std::string>* errors) {
   SSL_CTX* ctx = SSL_CTX_new(TLS_server_method());
   if (ctx == nullptr) {
-    errors->push_back(at(t.location, "cannot create a TLS context: " + lastError()));
+    errors->push_back(at(t.location, "cannot create a TLS context: " + takeOpensslError()));
     return nullptr;
   }
   commonOptions(ctx, ktls);
@@ -665,7 +638,7 @@ SSL_CTX* serverContext(const config::ListenerTlsConfig& t, const config::Certifi
     STACK_OF(X509_NAME)* names = SSL_load_client_CA_file(t.client_ca.c_str());
     if (names == nullptr || SSL_CTX_load_verify_locations(ctx, t.client_ca.c_str(), nullptr) != 1) {
       errors->push_back(at(t.location, "cannot load client CA certificates from client_ca file '" +
-                                           t.client_ca + "': " + lastError()));
+                                           t.client_ca + "': " + takeOpensslError()));
       ok = false;
     } else {
       SSL_CTX_set_client_CA_list(ctx, names);  // named in the CertificateRequest
@@ -680,7 +653,7 @@ SSL_CTX* serverContext(const config::ListenerTlsConfig& t, const config::Certifi
       if (lookup == nullptr ||
           X509_load_crl_file(lookup, t.client_crl.c_str(), X509_FILETYPE_PEM) <= 0) {
         errors->push_back(at(t.location, "cannot load revocation lists from client_crl file '" +
-                                             t.client_crl + "': " + lastError()));
+                                             t.client_crl + "': " + takeOpensslError()));
         ok = false;
       }
       X509_STORE_set_flags(store, X509_V_FLAG_CRL_CHECK | X509_V_FLAG_CRL_CHECK_ALL);
@@ -692,11 +665,12 @@ SSL_CTX* serverContext(const config::ListenerTlsConfig& t, const config::Certifi
     SSL_CTX_set_session_id_context(ctx, kSessionContext, sizeof(kSessionContext) - 1);
   }
   if (SSL_CTX_set_cipher_list(ctx, ciphers.c_str()) != 1) {
-    errors->push_back(at(t.location, "ciphers '" + ciphers + "': " + lastError()));
+    errors->push_back(at(t.location, "ciphers '" + ciphers + "': " + takeOpensslError()));
     ok = false;
   }
   if (!t.ciphersuites.empty() && SSL_CTX_set_ciphersuites(ctx, t.ciphersuites.c_str()) != 1) {
-    errors->push_back(at(t.location, "ciphersuites '" + t.ciphersuites + "': " + lastError()));
+    errors->push_back(
+        at(t.location, "ciphersuites '" + t.ciphersuites + "': " + takeOpensslError()));
     ok = false;
   }
   ok = setGroups(ctx, t.groups, t.location, errors) && ok;
@@ -997,7 +971,7 @@ bool TlsContexts::build(const config::Config& cfg, bool ktls, std::vector<std::s
     }
     SSL_CTX* ctx = SSL_CTX_new(TLS_client_method());
     if (ctx == nullptr) {
-      errors->push_back(at(u.location, "cannot create a TLS context: " + lastError()));
+      errors->push_back(at(u.location, "cannot create a TLS context: " + takeOpensslError()));
       continue;
     }
     upstreams_[i] = ctx;
@@ -1027,7 +1001,7 @@ bool TlsContexts::build(const config::Config& cfg, bool ktls, std::vector<std::s
       // (0 is success here.)
       if (SSL_CTX_set_alpn_protos(ctx, reinterpret_cast<const unsigned char*>(wire.data()),
                                   static_cast<unsigned int>(wire.size())) != 0) {
-        errors->push_back(at(u.tls.location, "alpn: " + lastError()));
+        errors->push_back(at(u.tls.location, "alpn: " + takeOpensslError()));
       }
     }
     if (u.tls.verify) {
@@ -1046,7 +1020,7 @@ bool TlsContexts::build(const config::Config& cfg, bool ktls, std::vector<std::s
         if (lookup == nullptr ||
             X509_load_crl_file(lookup, u.tls.crl.c_str(), X509_FILETYPE_PEM) <= 0) {
           errors->push_back(at(where, "cannot load revocation lists from crl file '" + u.tls.crl +
-                                          "': " + lastError()));
+                                          "': " + takeOpensslError()));
         } else {
           X509_STORE_set_flags(store, X509_V_FLAG_CRL_CHECK | X509_V_FLAG_CRL_CHECK_ALL);
           noteRevocationLists(ctx, Kind::kUpstreamCrl, u.name, u.tls.crl, where, &dates_, warnings);
@@ -1056,7 +1030,7 @@ bool TlsContexts::build(const config::Config& cfg, bool ktls, std::vector<std::s
         errors->push_back(at(where, "cannot load CA certificates" +
                                         (u.tls.ca.empty() ? std::string(" (system store)")
                                                           : " from ca file '" + u.tls.ca + "'") +
-                                        ": " + lastError()));
+                                        ": " + takeOpensslError()));
       }
     } else {
       SSL_CTX_set_verify(ctx, SSL_VERIFY_NONE, nullptr);
