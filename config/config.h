@@ -387,6 +387,7 @@ struct ListenerTlsConfig {
   // through its validity, within min_delay..max_delay (min_delay after a failure).
   bool ocsp_update = false;
   std::string ocsp_responder;                 // "http://..." for every certificate; "" = AIA
+  std::string ocsp_proxy;                     // "http://HOST:PORT": an HTTP proxy to ask through
   Duration ocsp_update_min_delay{300'000};    // 1s..24h
   Duration ocsp_update_max_delay{3'600'000};  // 1s..24h, >= min_delay
   Location location;

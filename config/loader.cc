@@ -704,6 +704,27 @@ private:
     };
   }
 
+  // An "http://HOST[:PORT][/PATH]" URL (an OCSP responder); `proxy`: an HTTP proxy's,
+  // "http://HOST:PORT" with no path.
+  Reader httpUrl(std::string* out, bool proxy) {
+    return [this, out, proxy](std::string_view key, const toml::node& node) {
+      if (!string(out)(key, node))
+        return false;
+      const std::optional<HttpUrl> url = parseHttpUrl(*out);
+      if (!url || (proxy && url->path != "/")) {
+        error(node.source(), quoted(key) +
+                                 (proxy ? " must be an HTTP proxy's http:// URL like "
+                                          "\"http://proxy.internal:3128\", got "
+                                        : " must be an http:// URL like "
+                                          "\"http://ocsp.example.com/\" or "
+                                          "\"http://10.0.0.5:8080/ocsp\", got ") +
+                                 quoted(*out));
+        return false;
+      }
+      return true;
+    };
+  }
+
   // Session ticket key files: ["ticket.key", "previous.key"], 1..8 distinct readable files
   // of 80 or 48 bytes (nginx's ssl_session_ticket_key format; `openssl rand 80`). What is in
   // them is read when the TLS contexts are built.
@@ -1150,20 +1171,8 @@ private:
             {"client_ca", file(&tls.client_ca, "client_ca")},
             {"client_crl", file(&tls.client_crl, "client_crl")},
             {"ocsp_update", boolean(&tls.ocsp_update)},
-            {"ocsp_responder",
-             [this, &tls](std::string_view key, const toml::node& node) {
-               if (!string(&tls.ocsp_responder)(key, node))
-                 return false;
-               if (!parseHttpUrl(tls.ocsp_responder)) {
-                 error(node.source(), quoted(key) +
-                                          " must be an http:// URL like "
-                                          "\"http://ocsp.example.com/\" or "
-                                          "\"http://10.0.0.5:8080/ocsp\", got " +
-                                          quoted(tls.ocsp_responder));
-                 return false;
-               }
-               return true;
-             }},
+            {"ocsp_responder", httpUrl(&tls.ocsp_responder, false)},
+            {"ocsp_proxy", httpUrl(&tls.ocsp_proxy, true)},
             {"ocsp_update_min_delay", duration(&tls.ocsp_update_min_delay, 1s, 24h)},
             {"ocsp_update_max_delay", duration(&tls.ocsp_update_max_delay, 1s, 24h)},
             {"client_verify",
@@ -1192,7 +1201,8 @@ private:
               "when the files do (a new first key, the old one after it, then SIGHUP)");
       }
     }
-    for (const char* key : {"ocsp_responder", "ocsp_update_min_delay", "ocsp_update_max_delay"}) {
+    for (const char* key :
+         {"ocsp_responder", "ocsp_proxy", "ocsp_update_min_delay", "ocsp_update_max_delay"}) {
       if (const toml::node* node = table.get(key); node != nullptr && !tls.ocsp_update) {
         error(node->source(), quoted(key) +
                                   " needs 'ocsp_update = true' in [[listener]] tls: it is how "

@@ -383,16 +383,22 @@ int64_t nextOcspFetch(const OcspStaple* staple, int64_t nowMs, config::Duration 
 }
 
 std::optional<std::string> postOcspRequest(const config::HttpUrl& url, const std::string& request,
-                                           int timeoutMs, int stopFd, std::string* error) {
+                                           int timeoutMs, int stopFd, std::string* error,
+                                           const config::HttpUrl* proxy) {
   const int64_t deadline = monotonicMs() + timeoutMs;
-  const int fd = connectTo(url, deadline, stopFd, timeoutMs, error);
+  const int fd = connectTo(proxy != nullptr ? *proxy : url, deadline, stopFd, timeoutMs, error);
   if (fd < 0) {
+    if (proxy != nullptr) {
+      *error = "proxy " + proxy->host + ":" + std::to_string(proxy->port) + ": " + *error;
+    }
     return std::nullopt;
   }
   const bool v6 = url.host.find(':') != std::string::npos;
   const std::string host = (v6 ? "[" + url.host + "]" : url.host) +
                            (url.port == 80 ? "" : ":" + std::to_string(url.port));
-  const std::string out = "POST " + url.path + " HTTP/1.0\r\nHost: " + host +
+  // (A proxy is given the absolute form of the URL, RFC 9112 3.2.2.)
+  const std::string target = (proxy != nullptr ? "http://" + host : "") + url.path;
+  const std::string out = "POST " + target + " HTTP/1.0\r\nHost: " + host +
                           "\r\nContent-Type: application/ocsp-request\r\nContent-Length: " +
                           std::to_string(request.size()) +
                           "\r\nAccept: application/ocsp-response\r\nConnection: close\r\n\r\n" +
@@ -543,7 +549,8 @@ void OcspUpdater::fetch(Entry& entry) {
   const OcspWatch& w = entry.watch;
   std::string error;
   const std::optional<std::string> body =
-      postOcspRequest(w.responder, w.subject->request(), kOcspFetchTimeoutMs, stopFd_, &error);
+      postOcspRequest(w.responder, w.subject->request(), kOcspFetchTimeoutMs, stopFd_, &error,
+                      w.proxy ? &*w.proxy : nullptr);
   if (!body && error == kStopped) {
     return;  // grelay is stopping: not a failure of the responder's
   }
@@ -561,7 +568,9 @@ void OcspUpdater::fetch(Entry& entry) {
     staple.reset();
   }
   const std::string what =
-      "listener " + w.listener + ": OCSP response for cert file '" + w.certFile + "' from " + w.url;
+      "listener " + w.listener + ": OCSP response for cert file '" + w.certFile + "' from " +
+      w.url +
+      (w.proxy ? " through proxy " + w.proxy->host + ":" + std::to_string(w.proxy->port) : "");
   metrics::OcspUpdateStats& stats = *w.slot->stats();
   if (staple != nullptr) {
     w.slot->offer(staple);

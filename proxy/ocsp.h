@@ -113,6 +113,7 @@ struct OcspWatch {
   std::string certFile;
   std::string url;  // the responder, as written (ocsp_responder or the certificate's)
   config::HttpUrl responder;
+  std::optional<config::HttpUrl> proxy;  // ocsp_proxy
   config::Duration minDelay{300'000};
   config::Duration maxDelay{3'600'000};
 };
@@ -124,11 +125,13 @@ struct OcspWatch {
 int64_t nextOcspFetch(const OcspStaple* staple, int64_t nowMs, config::Duration minDelay,
                       config::Duration maxDelay);
 
-// POSTs a DER OCSP request to `url` over HTTP/1.0 and returns the response's body; nullopt
-// with `error` set when the responder cannot be reached, answers other than 200, sends more
+// POSTs a DER OCSP request to `url` over HTTP/1.0 (through the HTTP proxy `proxy` if set:
+// the request names the whole URL) and returns the response's body; nullopt with `error`
+// set when the responder (or proxy) cannot be reached, answers other than 200, sends more
 // than 1 MiB, or does not finish within `timeoutMs`, or when `stopFd` becomes readable.
 std::optional<std::string> postOcspRequest(const config::HttpUrl& url, const std::string& request,
-                                           int timeoutMs, int stopFd, std::string* error);
+                                           int timeoutMs, int stopFd, std::string* error,
+                                           const config::HttpUrl* proxy = nullptr);
 
 // The thread that fetches responses for the watched certificates, each on its own
 // schedule (nextOcspFetch), one at a time, each within kOcspFetchTimeoutMs; it checks

@@ -849,7 +849,8 @@ void TlsContexts::staple(SSL_CTX* ctx, const config::ListenerConfig& l,
       // until this one's watches replace theirs.
       slot = sharedOcspSlot(l.name, *subject);
       ocspWatches_.push_back({slot, subject, l.name, files.cert, std::move(url), *responder,
-                              t.ocsp_update_min_delay, t.ocsp_update_max_delay});
+                              config::parseHttpUrl(t.ocsp_proxy), t.ocsp_update_min_delay,
+                              t.ocsp_update_max_delay});
       metrics::TlsFileDate date{Kind::kOcspResponse, l.name,
                                 files.ocsp_response.empty() ? files.cert : files.ocsp_response};
       date.ocsp = slot->stats();

@@ -1339,6 +1339,20 @@ TEST(LoaderTest, OcspUpdateAndItsResponderAndDelays) {
                                              "'https://ocsp.test/'")));
   EXPECT_THAT(errorsOf(tls(", ocsp_responder = \"http://ocsp.test/\"")),
               ElementsAre(testing::HasSubstr("'ocsp_responder' needs 'ocsp_update = true'")));
+  result = loadString(tls(", ocsp_update = true, ocsp_proxy = \"http://proxy.internal:3128\""),
+                      "t.toml");
+  ASSERT_TRUE(result.ok()) << result.errors[0].toString();
+  EXPECT_EQ(result.config->listeners[0].tls->ocsp_proxy, "http://proxy.internal:3128");
+  for (const char* bad : {"http://proxy.internal:3128/path", "https://proxy.internal:3128", "x"}) {
+    EXPECT_THAT(
+        errorsOf(tls(", ocsp_update = true, ocsp_proxy = \"" + std::string(bad) + "\"")),
+        ElementsAre(testing::HasSubstr("'ocsp_proxy' must be an HTTP proxy's http:// URL like "
+                                       "\"http://proxy.internal:3128\", got '" +
+                                       std::string(bad) + "'")))
+        << bad;
+  }
+  EXPECT_THAT(errorsOf(tls(", ocsp_proxy = \"http://proxy.internal:3128\"")),
+              ElementsAre(testing::HasSubstr("'ocsp_proxy' needs 'ocsp_update = true'")));
   EXPECT_THAT(
       errorsOf(tls(", ocsp_update = false, ocsp_update_max_delay = \"1h\"")),
       ElementsAre(testing::HasSubstr("'ocsp_update_max_delay' needs 'ocsp_update = true'")));

@@ -237,6 +237,9 @@ void checkAccepted(const Config& c) {
       // neither a responder nor delays other than the defaults without it.
       FUZZ_CHECK(l.tls->ocsp_responder.empty() || parseHttpUrl(l.tls->ocsp_responder),
                  "ocsp_responder an http URL");
+      FUZZ_CHECK(l.tls->ocsp_proxy.empty() || (parseHttpUrl(l.tls->ocsp_proxy) &&
+                                               parseHttpUrl(l.tls->ocsp_proxy)->path == "/"),
+                 "ocsp_proxy an http URL without a path");
       FUZZ_CHECK(l.tls->ocsp_update_min_delay >= std::chrono::seconds(1) &&
                      l.tls->ocsp_update_max_delay <= kDay &&
                      l.tls->ocsp_update_min_delay <= l.tls->ocsp_update_max_delay,

@@ -565,6 +565,34 @@ TEST(OcspFetchTest, ARequestIsPostedAndTheBodyOfA200Returned) {
                 request);
 }
 
+TEST(OcspFetchTest, ThroughAProxyTheRequestNamesTheWholeUrl) {
+  const std::string body = "response";
+  ScriptedResponder proxy([&](const std::string&) { return httpOk(body); });
+  std::string error;
+  const std::optional<config::HttpUrl> via = config::parseHttpUrl(proxy.url());
+  const auto got = postOcspRequest(*config::parseHttpUrl("http://ocsp.ca.test/r3"), "req", 5000, -1,
+                                   &error, &*via);
+  ASSERT_TRUE(got.has_value()) << error;
+  EXPECT_EQ(*got, body);
+  ASSERT_EQ(proxy.requests().size(), 1u);
+  EXPECT_EQ(proxy.requests()[0].rfind("POST http://ocsp.ca.test/r3 HTTP/1.0\r\nHost: "
+                                      "ocsp.ca.test\r\n",
+                                      0),
+            0u)
+      << proxy.requests()[0];
+  // A proxy that is not there is named.
+  uint16_t closed = 0;
+  {
+    closed = ScriptedResponder([](const std::string&) { return ""; }).port();
+  }
+  const std::optional<config::HttpUrl> gone =
+      config::parseHttpUrl("http://127.0.0.1:" + std::to_string(closed));
+  EXPECT_FALSE(
+      postOcspRequest(*config::parseHttpUrl("http://ocsp.ca.test/"), "req", 300, -1, &error, &*gone)
+          .has_value());
+  EXPECT_EQ(error, "proxy 127.0.0.1:" + std::to_string(closed) + ": connect: Connection refused");
+}
+
 TEST(OcspFetchTest, EveryWayAFetchFailsIsNamed) {
   const struct {
     std::optional<std::string> reply;
