@@ -232,8 +232,11 @@ OcspSubject::~OcspSubject() {
   sk_X509_pop_free(chain_, X509_free);
 }
 
-std::string OcspSubject::responderUrl() const {
-  STACK_OF(OPENSSL_STRING)* urls = X509_get1_ocsp(leaf_);
+std::string ocspResponderUrl(X509* leaf) {
+  if (leaf == nullptr) {
+    return "";
+  }
+  STACK_OF(OPENSSL_STRING)* urls = X509_get1_ocsp(leaf);
   std::string url = sk_OPENSSL_STRING_num(urls) > 0 ? sk_OPENSSL_STRING_value(urls, 0) : "";
   X509_email_free(urls);
   return url;

@@ -54,8 +54,6 @@ public:
   X509* leaf() const { return leaf_; }
   X509* issuer() const { return issuer_; }
   STACK_OF(X509) * chain() const { return chain_; }
-  // The OCSP responder the certificate names (authorityInfoAccess), "" if none.
-  std::string responderUrl() const;
   // A DER OCSP request for the certificate (SHA-1 certificate ID, no nonce, as RFC 5019
   // profiles it for responders that cache).
   std::string request() const;
@@ -66,6 +64,9 @@ private:
   X509* issuer_ = nullptr;
   STACK_OF(X509) * chain_ = nullptr;
 };
+
+// The OCSP responder `leaf` names (its first authorityInfoAccess OCSP URL), "" if none.
+std::string ocspResponderUrl(X509* leaf);
 
 // What a response says about a certificate.
 struct OcspVerdict {

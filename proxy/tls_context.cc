@@ -825,15 +825,17 @@ void TlsContexts::staple(SSL_CTX* ctx, const config::ListenerConfig& l,
   }
   std::shared_ptr<OcspSlot> slot;
   if (t.ocsp_update) {
-    if (subject == nullptr) {
+    // (A certificate with no responder, a self-signed default one say, goes without.)
+    std::string url = t.ocsp_responder.empty() ? ocspResponderUrl(SSL_CTX_get0_certificate(ctx))
+                                               : t.ocsp_responder;
+    const std::optional<config::HttpUrl> responder = config::parseHttpUrl(url);
+    if (responder && subject == nullptr) {
       errors->push_back(at(files.location, "ocsp_update: cert file '" + files.cert +
                                                "' has no issuer certificate after the server's, "
                                                "which OCSP requests name and responses are "
                                                "checked against: append the CA's certificate"));
       return;
     }
-    std::string url = t.ocsp_responder.empty() ? subject->responderUrl() : t.ocsp_responder;
-    const std::optional<config::HttpUrl> responder = config::parseHttpUrl(url);
     if (!responder) {
       if (warnings != nullptr) {
         warnings->push_back(

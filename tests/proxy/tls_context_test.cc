@@ -773,11 +773,16 @@ TEST_F(OcspUpdateTest, TheResponderIsTheCertificatesUnlessConfigured) {
       EXPECT_EQ(contexts.ocspWatches()[0].url, c.url);
     }
   }
-  // The issuer is needed to ask.
+  // The issuer is needed to ask; a certificate with no responder to ask, a self-signed
+  // default one say, goes without.
   config::Config cfg = listener("", true);
   cfg.listeners[0].tls->ocsp_update = true;
   TlsContexts contexts;
   std::vector<std::string> errors;
+  std::vector<std::string> warnings;
+  EXPECT_TRUE(contexts.build(cfg, false, &errors, &warnings)) << errors.front();
+  EXPECT_EQ(warnings.size(), 1u);
+  cfg.listeners[0].tls->ocsp_responder = "http://127.0.0.1:1/";
   EXPECT_FALSE(contexts.build(cfg, false, &errors));
   ASSERT_EQ(errors.size(), 1u);
   EXPECT_NE(errors[0].find("ocsp_update: cert file '" + cfg.listeners[0].tls->cert +
