@@ -427,6 +427,9 @@ struct ListenerConfig {
   // Sessions one client address may have open on this listener (behind a PROXY header,
   // the address it carries); 0 = no limit.
   uint32_t max_connections_per_client = 0;
+  // New connections one client address may open per second on this listener (all workers,
+  // a burst of as many); more are reset. 0 = no limit.
+  uint32_t max_connection_rate_per_client = 0;
   // New connections the listener accepts per second (all workers), spaced evenly with a
   // burst of a tenth of a second's worth; the others wait in the kernel's accept queue.
   // 0 = no limit.

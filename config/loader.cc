@@ -976,6 +976,8 @@ private:
             {"max_connections", integer(&l.max_connections, 0, 10'000'000)},
             {"max_connections_per_client", integer(&l.max_connections_per_client, 0, 10'000'000)},
             {"max_connection_rate", integer(&l.max_connection_rate, 0, 1'000'000)},
+            {"max_connection_rate_per_client",
+             integer(&l.max_connection_rate_per_client, 0, 1'000'000)},
             {"accept_proxy_protocol", boolean(&l.accept_proxy_protocol)},
             {"proxy_protocol_from",
              networks(&l.proxy_protocol_from, "to accept a header from any peer")},

@@ -806,7 +806,8 @@ std::vector<MetricFamily> StatsCollector::collectFrom(
     // A limit the listener does not set has no series (the server-wide one always exists).
     for (int r = kServerLimit; r < kRejectLimitCount; ++r) {
       if ((r == kListenerLimit && listener.max_connections == 0) ||
-          (r == kClientLimit && listener.max_connections_per_client == 0)) {
+          (r == kClientLimit && listener.max_connections_per_client == 0) ||
+          (r == kClientRateLimit && listener.max_connection_rate_per_client == 0)) {
         continue;
       }
       sample(rejected, {name, {"limit", rejectLimitName(r)}}, asDouble(total.rejected[r]));

@@ -91,10 +91,18 @@ inline const char* routeMissName(int r) {
                               : "closed";
 }
 
-enum RejectLimit : uint8_t { kServerLimit = 0, kListenerLimit = 1, kClientLimit = 2 };
-inline constexpr int kRejectLimitCount = 3;
+enum RejectLimit : uint8_t {
+  kServerLimit = 0,
+  kListenerLimit = 1,
+  kClientLimit = 2,
+  kClientRateLimit = 3,
+};
+inline constexpr int kRejectLimitCount = 4;
 inline const char* rejectLimitName(int l) {
-  return l == kServerLimit ? "server" : l == kListenerLimit ? "listener" : "client";
+  return l == kServerLimit     ? "server"
+         : l == kListenerLimit ? "listener"
+         : l == kClientLimit   ? "client"
+                               : "client_rate";
 }
 
 enum Direction : uint8_t { kRequest = 0, kResponse = 1 };

@@ -464,6 +464,13 @@ std::unique_ptr<Generation> buildGeneration(std::shared_ptr<const config::Config
           limit = previous->runtime->clientLimits[p];
           limit->setLimit(value);
         }
+        // And each client's connection rate: a reload gives no client a fresh burst.
+        auto& clientRate = gen->runtime->clientRates[l];
+        if (clientRate != nullptr && previous->runtime->clientRates[p] != nullptr) {
+          const uint32_t value = clientRate->rate();
+          clientRate = previous->runtime->clientRates[p];
+          clientRate->setRate(value);
+        }
         // So does the connection rate's pacing: a reload opens no fresh burst.
         auto& rate = gen->runtime->acceptRates[l];
         if (rate != nullptr && previous->runtime->acceptRates[p] != nullptr) {

@@ -1070,6 +1070,16 @@ void Session::afterProxyHeader() {
     close(true, false, false, tap::CloseReason::kError);
     return;
   }
+  if (listener_->clientRate != nullptr &&
+      !listener_->clientRate->admit(clientAddress_, host_.now())) {
+    stats().rejected[metrics::kClientRateLimit].inc();
+    host_.listenerTrouble(*listener_, "client " + formatAddress(clientAddress_) +
+                                          " opens connections faster than " +
+                                          std::to_string(listener_->clientRate->rate()) +
+                                          " a second (max_connection_rate_per_client): reset");
+    close(true, false, false, tap::CloseReason::kError);
+    return;
+  }
   if (listener_->clientLimit != nullptr) {
     if (!listener_->clientLimit->acquire(clientAddress_)) {
       stats().rejected[metrics::kClientLimit].inc();

@@ -121,6 +121,7 @@ struct ListenerContext {
   SSL_CTX* upstreamTls = nullptr;               // TLS toward the upstream pool
   std::atomic<int64_t>* connections = nullptr;  // the listener's open sessions (all workers)
   ClientLimiter* clientLimit = nullptr;         // max_connections_per_client (all workers)
+  ClientRateLimiter* clientRate = nullptr;      // max_connection_rate_per_client (all workers)
   SlotQueue* slotQueue = nullptr;               // this worker's waiters for the upstream's slots
   std::vector<PeerHealth*> mirrorHealth;        // [mirror], shared by all workers (may be empty)
   uint32_t chunkSize = 64 * 1024;

@@ -110,6 +110,9 @@ Runtime::Runtime(const config::Config& cfg)
     troubleLogs.push_back(std::make_unique<LogLimiter>());
     const uint32_t perClient = cfg.listeners[i].max_connections_per_client;
     clientLimits.push_back(perClient > 0 ? std::make_shared<ClientLimiter>(perClient) : nullptr);
+    const uint32_t clientRate = cfg.listeners[i].max_connection_rate_per_client;
+    clientRates.push_back(clientRate > 0 ? std::make_shared<ClientRateLimiter>(clientRate)
+                                         : nullptr);
     const uint32_t rate = cfg.listeners[i].max_connection_rate;
     acceptRates.push_back(
         rate > 0 ? std::make_shared<RateLimiter>(rate, RateLimiter::defaultBurst(rate)) : nullptr);
@@ -185,6 +188,7 @@ Worker::Worker(Runtime& runtime, uint32_t index, metrics::WorkerStats& stats,
       context->splice = runtime.splice && pathIndex_ == metrics::kMainlinePath;
       context->connections = &runtime.listenerConnections[i];
       context->clientLimit = runtime.clientLimits[i].get();
+      context->clientRate = runtime.clientRates[i].get();
       a->rate = runtime.acceptRates[i].get();
       if (runtime.tls != nullptr) {
         context->tls = runtime.tls->listener(i);

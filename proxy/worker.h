@@ -72,9 +72,10 @@ struct Runtime {
   // drain), so what waits in their queues is not this generation's to take.
   std::unique_ptr<std::atomic<bool>[]> listenerHandedOver;
   std::vector<std::vector<std::unique_ptr<LogLimiter>>> mirrorLogs;  // [listener][mirror]
-  std::vector<std::unique_ptr<LogLimiter>> troubleLogs;      // [listener]: TLS, PROXY protocol
-  std::vector<std::shared_ptr<ClientLimiter>> clientLimits;  // [listener]; nullptr = no limit
-  std::vector<std::shared_ptr<RateLimiter>> acceptRates;     // [listener]; nullptr = no limit
+  std::vector<std::unique_ptr<LogLimiter>> troubleLogs;         // [listener]: TLS, PROXY protocol
+  std::vector<std::shared_ptr<ClientLimiter>> clientLimits;     // [listener]; nullptr = no limit
+  std::vector<std::shared_ptr<ClientRateLimiter>> clientRates;  // [listener]; nullptr = none
+  std::vector<std::shared_ptr<RateLimiter>> acceptRates;        // [listener]; nullptr = no limit
   const TlsContexts* tls = nullptr;
   std::vector<int> accessLogFds;  // [listener]: the access log (O_APPEND, shared) or -1
   LogLimiter acceptErrorLog;

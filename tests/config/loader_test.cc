@@ -241,6 +241,18 @@ TEST(LoaderTest, MaxConnectionsPerClientIsStored) {
   EXPECT_EQ(loadString(kValid, "t.toml").config->listeners[0].max_connections_per_client, 0u);
 }
 
+TEST(LoaderTest, MaxConnectionRatePerClientIsStoredAndBounded) {
+  LoadResult result = loadString(kValid + "max_connection_rate_per_client = 50\n", "t.toml");
+  ASSERT_TRUE(result.ok()) << result.errors[0].toString();
+  EXPECT_EQ(result.config->listeners[0].max_connection_rate_per_client, 50u);
+  EXPECT_EQ(loadString(kValid, "t.toml").config->listeners[0].max_connection_rate_per_client, 0u);
+  for (const char* bad : {"-1", "1000001", "\"10/s\""}) {
+    EXPECT_THAT(errorsOf(kValid + "max_connection_rate_per_client = " + bad + "\n"),
+                ElementsAre(testing::HasSubstr("'max_connection_rate_per_client'")))
+        << bad;
+  }
+}
+
 TEST(LoaderTest, AdminStallTimeoutIsStoredAndBounded) {
   EXPECT_EQ(loadString(kValid, "t.toml").config->admin.stall_timeout, Duration(10'000));
   LoadResult result = loadString(

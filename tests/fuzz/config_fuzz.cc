@@ -200,6 +200,7 @@ void checkAccepted(const Config& c) {
     FUZZ_CHECK(l.idle_timeout.count() >= 1 && l.idle_timeout <= kDay, "idle_timeout");
     FUZZ_CHECK(l.max_connections_per_client <= 10'000'000, "max_connections_per_client");
     FUZZ_CHECK(l.max_connection_rate <= 1'000'000, "max_connection_rate");
+    FUZZ_CHECK(l.max_connection_rate_per_client <= 1'000'000, "max_connection_rate_per_client");
     FUZZ_CHECK(l.proxy_protocol_from.empty() || l.accept_proxy_protocol,
                "proxy_protocol_from without accept_proxy_protocol");
     for (const Network& n : l.allow) {

@@ -324,6 +324,72 @@ class LimitTest(h.GrelayTest):
                 for s in held:
                     s.close()
 
+    def test_max_connection_rate_per_client(self):
+        """A client address opening connections faster than the rate is reset before
+        anything connects; other addresses are not; tokens come back with time and a
+        reload gives no fresh burst."""
+        rate = 2
+        with h.EchoServer() as echo:
+            cfg = h.Config()
+            cfg.upstream("echo", [echo.address])
+            port = cfg.listener("web", "echo", max_connection_rate_per_client=rate)
+            cfg.with_admin()
+
+            def outcomes(ip, n):
+                """Opens n connections from `ip` at once, each sending "ping" and closing
+                its side: how many were echoed, and the seconds it took to open them."""
+                start = time.monotonic()
+                socks = []
+                for _ in range(n):
+                    try:
+                        s = socket.create_connection(("127.0.0.1", port), timeout=10,
+                                                     source_address=(ip, 0))
+                    except ConnectionResetError:
+                        continue  # reset before connect() returned (loopback is that fast)
+                    try:
+                        s.sendall(b"ping")
+                        s.shutdown(socket.SHUT_WR)
+                    except OSError:
+                        pass  # already reset
+                    socks.append(s)
+                opened = time.monotonic() - start
+                echoed = 0
+                for s in socks:
+                    end, data = h.read_outcome(s, 10)
+                    self.assertIn((end, data), (("eof", b"ping"), ("eof", b""), ("reset", b"")))
+                    echoed += data == b"ping"
+                    s.close()
+                return echoed, opened
+
+            def rejected():
+                return g.metric("grelay_connections_rejected_total", listener="web",
+                                limit="client_rate")
+
+            with h.Grelay(cfg) as g:
+                echoed, opened = outcomes("127.0.0.1", 10)
+                # The burst, and at most what came back while the ten were opened.
+                self.assertGreaterEqual(echoed, rate)
+                self.assertLessEqual(echoed, rate + rate * opened + 1, f"opened in {opened:.2f}s")
+                self.assertTrue(h.wait_for(lambda: rejected() == 10 - echoed, 10),
+                                f"{rejected()} rejected, {echoed} echoed")
+                self.assertEqual(len(echo.conns), echoed, "a limited client reaches no upstream")
+                self.assertIn(f"opens connections faster than {rate} a second "
+                              "(max_connection_rate_per_client): reset", g.log())
+                # Another address has its own bucket.
+                self.assertEqual(outcomes("127.0.0.2", rate)[0], rate)
+                # Tokens come back: a second later the burst is whole again.
+                time.sleep(1.1)
+                self.assertEqual(outcomes("127.0.0.1", 1)[0], 1)
+                # A reload keeps each client's bucket: emptied just before, it has no token
+                # for a connection right after (unless 1/rate s passed meanwhile).
+                emptied = time.monotonic()
+                outcomes("127.0.0.1", 4)
+                g.send_signal(signal.SIGHUP)
+                self.assertTrue(h.wait_for(lambda: "SIGHUP: reloaded" in g.log(), 10), g.log())
+                echoed, _ = outcomes("127.0.0.1", 1)
+                if time.monotonic() - emptied < 0.45:
+                    self.assertEqual(echoed, 0, "a reload gave the client a fresh burst")
+
     def test_server_wide_max_connections(self):
         with h.EchoServer() as echo:
             cfg = h.Config(max_connections=4)
