@@ -806,6 +806,20 @@ void addSniCertificates(
   SSL_CTX_set_tlsext_servername_arg(def, raw);
 }
 
+// Whether `cert` requires its OCSP status in the handshake ("must-staple": a TLS Feature
+// extension with status_request or status_request_v2, RFC 7633).
+bool mustStaple(X509* cert) {
+  auto* features = static_cast<TLS_FEATURE*>(
+      cert != nullptr ? X509_get_ext_d2i(cert, NID_tlsfeature, nullptr, nullptr) : nullptr);
+  bool must = false;
+  for (int i = 0; i < sk_ASN1_INTEGER_num(features); ++i) {
+    const long feature = ASN1_INTEGER_get(sk_ASN1_INTEGER_value(features, i));
+    must = must || feature == TLSEXT_TYPE_status_request || feature == 17;  // status_request_v2
+  }
+  sk_ASN1_INTEGER_pop_free(features, ASN1_INTEGER_free);
+  return must;
+}
+
 }  // namespace
 
 void TlsContexts::staple(SSL_CTX* ctx, const config::ListenerConfig& l,
@@ -813,6 +827,15 @@ void TlsContexts::staple(SSL_CTX* ctx, const config::ListenerConfig& l,
                          std::vector<std::string>* warnings) {
   const config::ListenerTlsConfig& t = *l.tls;
   if (files.ocsp_response.empty() && !t.ocsp_update) {
+    if (warnings != nullptr && mustStaple(SSL_CTX_get0_certificate(ctx))) {
+      warnings->push_back(
+          at(files.location, "warning: listener " + l.name + ": the certificate in cert file '" +
+                                 files.cert +
+                                 "' requires OCSP stapling (\"must-staple\", TLS Feature "
+                                 "status_request) and the listener staples nothing: clients "
+                                 "that honour it (Firefox) refuse it; set ocsp_update = true "
+                                 "or ocsp_response"));
+    }
     return;
   }
   const std::shared_ptr<const OcspSubject> subject = OcspSubject::of(ctx);

@@ -50,7 +50,7 @@ struct Issued {
 // self-signed as a CA when it is null), with serial `serial`, expiring in `notAfterDays`
 // (negative: expired), naming OCSP responder `ocsp` (authorityInfoAccess) unless empty.
 Issued issue(const std::string& cn, const std::string& dns, const Issued* issuer, long serial,
-             long notAfterDays = 30, const std::string& ocsp = "") {
+             long notAfterDays = 30, const std::string& ocsp = "", bool mustStaple = false) {
   Issued out;
   out.key.reset(EVP_EC_gen("P-256"));
   out.cert.reset(X509_new());
@@ -79,6 +79,9 @@ Issued issue(const std::string& cn, const std::string& dns, const Issued* issuer
   }
   if (!ocsp.empty()) {
     extend(NID_info_access, "OCSP;URI:" + ocsp);
+  }
+  if (mustStaple) {
+    extend(NID_tlsfeature, "status_request");
   }
   X509_sign(c, issuer != nullptr ? issuer->key.get() : out.key.get(), EVP_sha256());
   return out;
@@ -733,6 +736,38 @@ TEST_F(OcspUpdateTest, ResponsesAreFetchedCheckedAndStapled) {
   EXPECT_EQ(stapled(contexts.listener(0), TLS1_3_VERSION), "");
   EXPECT_EQ(stats->nextUpdate.load(), 0);
   updater.stop();
+}
+
+TEST_F(OcspUpdateTest, AMustStapleCertificateThatIsNotStapledIsWarnedOf) {
+  const Issued must = issue("localhost", "localhost", &ca_, 31, 30, "http://ocsp.test/", true);
+  config::Config cfg = listener("");
+  config::ListenerTlsConfig& t = *cfg.listeners[0].tls;
+  t.cert = write("must.pem", pem(must.cert.get()) + pem(ca_.cert.get()));
+  t.key = write("must.key", pem(must.key.get()));
+  for (const bool stapled : {false, true}) {
+    t.ocsp_update = stapled;
+    TlsContexts contexts;
+    std::vector<std::string> errors;
+    std::vector<std::string> warnings;
+    ASSERT_TRUE(contexts.build(cfg, false, &errors, &warnings)) << errors.front();
+    if (stapled) {
+      EXPECT_TRUE(warnings.empty()) << warnings.front();
+      continue;
+    }
+    ASSERT_EQ(warnings.size(), 1u);
+    EXPECT_EQ(warnings[0],
+              "grelay.toml:7:1: warning: listener web: the certificate in cert file '" + t.cert +
+                  "' requires OCSP stapling (\"must-staple\", TLS Feature "
+                  "status_request) and the listener staples nothing: clients that "
+                  "honour it (Firefox) refuse it; set ocsp_update = true or "
+                  "ocsp_response");
+  }
+  // Others are not.
+  TlsContexts contexts;
+  std::vector<std::string> errors;
+  std::vector<std::string> warnings;
+  ASSERT_TRUE(contexts.build(listener(""), false, &errors, &warnings)) << errors.front();
+  EXPECT_TRUE(warnings.empty()) << warnings.front();
 }
 
 TEST_F(OcspUpdateTest, TheResponderIsTheCertificatesUnlessConfigured) {
