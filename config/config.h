@@ -420,6 +420,9 @@ struct ListenerConfig {
   size_t upstream_index = 0;  // index into Config::upstreams (with an upstream)
   Duration connect_timeout{5'000};
   Duration idle_timeout{3'600'000};
+  // A session open this long is reset, busy or not (Envoy's max_connection_duration), so
+  // long-lived connections come back through the balancing now and then. 0 = no limit.
+  Duration max_session_duration{0};
   // TCP keepalive on the session's sockets (client, upstream, mirrors): probes after this
   // long without traffic, every third of it, 3 unanswered ones end the connection. 0 = off.
   Duration tcp_keepalive{0};

@@ -972,6 +972,7 @@ private:
              }},
             {"connect_timeout", duration(&l.connect_timeout, 1ms, kMaxTimeout)},
             {"idle_timeout", duration(&l.idle_timeout, 1ms, kMaxTimeout)},
+            {"max_session_duration", duration(&l.max_session_duration, 0ms, 30 * kMaxTimeout)},
             {"tcp_keepalive", duration(&l.tcp_keepalive, 0ms, 2h)},
             {"max_connections", integer(&l.max_connections, 0, 10'000'000)},
             {"max_connections_per_client", integer(&l.max_connections_per_client, 0, 10'000'000)},

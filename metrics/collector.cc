@@ -152,6 +152,7 @@ struct ListenerTotals {
   uint64_t noUpstream = 0;
   std::array<uint64_t, kRouteMissCount> routeMisses{};
   uint64_t idleTimeouts = 0;
+  uint64_t maxDurations = 0;
   uint64_t resets = 0;
   HistogramTotals<kSessionBuckets> sessionDuration;
   std::vector<MirrorTotals> mirrors;
@@ -208,6 +209,7 @@ void addTo(ListenerTotals& total, const ListenerStats& stats, const config::List
   }
   total.noUpstream += stats.noUpstream.value();
   total.idleTimeouts += stats.idleTimeouts.value();
+  total.maxDurations += stats.maxDurations.value();
   total.resets += stats.resets.value();
   total.sessionDuration.add(stats.sessionDuration);
   for (size_t m = 0; m < stats.mirrors.size() && m < mirrorMap.size(); ++m) {
@@ -261,6 +263,7 @@ void addTotals(ListenerTotals& into, const ListenerTotals& from) {
   }
   into.noUpstream += from.noUpstream;
   into.idleTimeouts += from.idleTimeouts;
+  into.maxDurations += from.maxDurations;
   into.resets += from.resets;
   into.sessionDuration.add(from.sessionDuration);
   into.tapBytes += from.tapBytes;
@@ -564,6 +567,10 @@ std::vector<MetricFamily> StatsCollector::collectFrom(
   auto& idleTimeouts =
       list.add("grelay_idle_timeouts_total", "Sessions closed by the listener's idle_timeout.",
                MetricType::Counter);
+  auto& maxDurations =
+      list.add("grelay_max_session_duration_resets_total",
+               "Sessions reset at the listener's max_session_duration (listeners that set one).",
+               MetricType::Counter);
   auto& resets = list.add("grelay_session_resets_total",
                           "Sessions ended by a TCP reset from either side.", MetricType::Counter);
   auto& connectErrors =
@@ -855,6 +862,9 @@ std::vector<MetricFamily> StatsCollector::collectFrom(
       sample(chunks, {name, {"path", pathName(p)}}, asDouble(total.chunks[p]));
     }
     sample(idleTimeouts, {name}, asDouble(total.idleTimeouts));
+    if (listener.max_session_duration.count() > 0) {
+      sample(maxDurations, {name}, asDouble(total.maxDurations));
+    }
     sample(resets, {name}, asDouble(total.resets));
 
     bool anyUpstreamTls = false;

@@ -176,6 +176,7 @@ struct ListenerStats {
   Counter noUpstream;                                // sessions closed because every server failed
   std::array<Counter, kRouteMissCount> routeMisses;  // by RouteMiss
   Counter idleTimeouts;
+  Counter maxDurations;              // sessions reset at max_session_duration
   Counter resets;                    // sessions ended by a reset (either side)
   SessionHistogram sessionDuration;  // accept to close, of the sessions `connections` counts
   std::vector<MirrorStats> mirrors;  // in config order

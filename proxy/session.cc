@@ -2319,6 +2319,16 @@ void Session::onTimer(uint64_t now) noexcept {
   }
   const uint64_t idleSince =
       state_ == State::Closing ? std::max(lastActivity_, closeStart_) : lastActivity_;
+  if (state_ != State::Closing && cfg().max_session_duration.count() > 0 &&
+      now >= started_ + nanos(cfg().max_session_duration)) {
+    // Reset, not ended: bytes still on their way are not delivered, and a FIN would pass
+    // a cut stream off as a whole one.
+    stats().maxDurations.inc();
+    close(true, true, false, tap::CloseReason::kMaxDuration);
+    if (done_) {
+      return;
+    }
+  }
   if (now >= idleSince + nanos(cfg().idle_timeout)) {
     if (state_ == State::Closing) {
       // Only mirrors that stopped reading keep a finished session: cut them.
@@ -2364,6 +2374,9 @@ void Session::rescheduleTimer() {
     return;
   }
   uint64_t next = lastActivity_ + nanos(cfg().idle_timeout);
+  if (cfg().max_session_duration.count() > 0) {
+    next = std::min(next, started_ + nanos(cfg().max_session_duration));
+  }
   if ((state_ == State::ProxyHeader || state_ == State::ClientHello ||
        state_ == State::Handshaking || state_ == State::UpstreamHandshake) &&
       !handshakeTimedOut_) {

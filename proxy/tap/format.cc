@@ -88,6 +88,8 @@ const char* toString(CloseReason reason) {
       return "shutdown";
     case CloseReason::kError:
       return "error";
+    case CloseReason::kMaxDuration:
+      return "max_duration";
   }
   return "unknown";
 }

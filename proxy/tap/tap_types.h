@@ -30,8 +30,9 @@ enum class CloseReason : uint32_t {
   kNormal = 0,         // both directions ended
   kConnectFailed = 1,  // the upstream connect failed (upstream address may be unknown)
   kIdleTimeout = 2,
-  kShutdown = 3,  // grelay stopped (drain deadline)
-  kError = 4,     // an I/O error; see the record's error field
+  kShutdown = 3,     // grelay stopped (drain deadline)
+  kError = 4,        // an I/O error; see the record's error field
+  kMaxDuration = 5,  // open for the listener's max_session_duration
 };
 const char* toString(CloseReason reason);
 

@@ -253,6 +253,21 @@ TEST(LoaderTest, MaxConnectionRatePerClientIsStoredAndBounded) {
   }
 }
 
+TEST(LoaderTest, MaxSessionDurationIsStoredAndBounded) {
+  EXPECT_EQ(loadString(kValid, "t.toml").config->listeners[0].max_session_duration, Duration(0));
+  for (const auto& [text, value] :
+       {std::pair<const char*, int64_t>{"0s", 0}, {"90s", 90'000}, {"720h", 720ll * 3'600'000}}) {
+    LoadResult result = loadString(kValid + "max_session_duration = \"" + text + "\"\n", "t.toml");
+    ASSERT_TRUE(result.ok()) << text << ": " << result.errors[0].toString();
+    EXPECT_EQ(result.config->listeners[0].max_session_duration, Duration(value)) << text;
+  }
+  for (const char* bad : {"\"721h\"", "60", "\"-1s\""}) {
+    EXPECT_THAT(errorsOf(kValid + "max_session_duration = " + bad + "\n"),
+                ElementsAre(testing::HasSubstr("'max_session_duration'")))
+        << bad;
+  }
+}
+
 TEST(LoaderTest, AdminStallTimeoutIsStoredAndBounded) {
   EXPECT_EQ(loadString(kValid, "t.toml").config->admin.stall_timeout, Duration(10'000));
   LoadResult result = loadString(

@@ -198,6 +198,8 @@ void checkAccepted(const Config& c) {
     }
     FUZZ_CHECK(l.connect_timeout.count() >= 1 && l.connect_timeout <= kDay, "connect_timeout");
     FUZZ_CHECK(l.idle_timeout.count() >= 1 && l.idle_timeout <= kDay, "idle_timeout");
+    FUZZ_CHECK(l.max_session_duration.count() >= 0 && l.max_session_duration <= 30 * kDay,
+               "max_session_duration 0..30d");
     FUZZ_CHECK(l.max_connections_per_client <= 10'000'000, "max_connections_per_client");
     FUZZ_CHECK(l.max_connection_rate <= 1'000'000, "max_connection_rate");
     FUZZ_CHECK(l.max_connection_rate_per_client <= 1'000'000, "max_connection_rate_per_client");

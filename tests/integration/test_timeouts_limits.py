@@ -15,13 +15,19 @@
   and counted; one inside is relayed.
 - max_connection_rate: connections past the rate wait in the accept queue and are served
   in turn (none reset), across a reload and through a drain.
+- max_connection_rate_per_client: a client over its rate is reset, others are served, a
+  reload gives nobody a fresh burst.
+- max_session_duration: a busy session is reset at the limit, a short one is untouched.
 """
 
+import json
+import os
 import re
 import shutil
 import signal
 import socket
 import subprocess
+import tempfile
 import threading
 import time
 
@@ -89,6 +95,58 @@ class TimeoutTest(h.GrelayTest):
                 self.assertEqual(active_result, {"end": "eof"},
                                  "the active session should live on and end cleanly")
                 self.assertGreaterEqual(g.metric("grelay_idle_timeouts_total", listener="web"), 1)
+
+    def test_max_session_duration_resets_a_busy_session(self):
+        """A session is reset once open for max_session_duration, however busy; what came
+        before is relayed byte for byte, the access log says why, and a short session on
+        the same listener is untouched."""
+        tmp = tempfile.mkdtemp(prefix="grelay-duration-")
+        self.addCleanup(shutil.rmtree, tmp, True)
+        log_path = os.path.join(tmp, "access.log")
+        with h.EchoServer() as echo:
+            cfg = h.Config()
+            cfg.upstream("app", [echo.address])
+            port = cfg.listener("web", "app", max_session_duration="1500ms", idle_timeout="10s",
+                                access_log=log_path)
+            cfg.with_admin()
+            with h.Grelay(cfg) as g:
+                s = open_session(port)
+                opened = time.monotonic()
+                echoed = bytearray()
+                end = None
+                try:
+                    for i in range(100):  # a byte every 100 ms: never idle
+                        s.sendall(bytes([i]))
+                        got = s.recv(1)
+                        if not got:
+                            end = "eof"
+                            break
+                        echoed += got
+                        time.sleep(0.1)
+                except OSError as e:
+                    end = "reset" if isinstance(e, ConnectionResetError) else repr(e)
+                lived = time.monotonic() - opened
+                s.close()
+                self.assertEqual(end, "reset", "the session was not reset")
+                self.assertEqual(bytes(echoed), bytes(range(len(echoed))))
+                self.assertGreaterEqual(lived, 1.4, "reset before max_session_duration")
+                self.assertLessEqual(lived, 4.0, "reset long after max_session_duration")
+                # A short session goes on as ever.
+                short = open_session(port)
+                short.sendall(b"ping")
+                self.assertEqual(short.recv(4), b"ping")
+                self.assertEqual(end_session(short), "eof")
+                self.assertTrue(h.wait_for(lambda: g.metric(
+                    "grelay_max_session_duration_resets_total", listener="web") == 1, 10))
+
+                def ends():
+                    try:
+                        with open(log_path) as f:
+                            return [json.loads(x)["end"] for x in f if x.strip()]
+                    except OSError:
+                        return []
+                self.assertTrue(h.wait_for(lambda: sorted(ends()) == ["max_duration", "normal"],
+                                           10), ends())
 
     def test_tcp_keepalive_runs_on_grelays_sockets(self):
         if not shutil.which("ss"):

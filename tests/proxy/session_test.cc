@@ -859,6 +859,45 @@ TEST_F(SessionTest, IdleTimeoutClosesTheSession) {
   EXPECT_EQ(stats_->idleTimeouts.value(), 1u);
 }
 
+TEST_F(SessionTest, MaxSessionDurationResetsTheSessionBusyOrNot) {
+  listenerConfig_.max_session_duration = std::chrono::seconds(30);
+  startConnected();
+  // Busy: bytes every 10 s, so idle_timeout (60 s) never comes near.
+  for (int i = 0; i < 2; ++i) {
+    host_.advance(10'000'000'000ull);
+    ring().receive(ring().pendingReceive(kClientFd), "data");
+    ring().complete(ring().pending(OpKind::Send, primaryFd()), 4);
+  }
+  host_.advance(9'000'000'000ull);  // 29 s from the accept
+  EXPECT_EQ(host_.done, 0);
+  // A chunk on its way when the time is up is not delivered: both sides are reset.
+  ring().receive(ring().pendingReceive(kClientFd), "late");
+  host_.advance(2'000'000'000ull);
+  ring().completeCancelled();
+  EXPECT_EQ(host_.done, 1);
+  EXPECT_TRUE(host_.sockets_.closed.at(kClientFd));  // reset
+  EXPECT_TRUE(host_.sockets_.closed.at(primaryFd()));
+  EXPECT_EQ(stats_->maxDurations.value(), 1u);
+  EXPECT_EQ(stats_->idleTimeouts.value(), 0u);
+}
+
+TEST_F(SessionTest, AClientOverItsConnectionRateIsResetBeforeAnythingConnects) {
+  ClientRateLimiter rate(1);
+  context_.clientRate = &rate;
+  session_ = std::make_unique<Session>(host_, context_, kClientFd);
+  session_->start();  // the fake peer, 127.0.0.1:40000: its first, admitted
+  EXPECT_EQ(stats_->rejected[metrics::kClientRateLimit].value(), 0u);
+  EXPECT_FALSE(host_.sockets_.closed.count(kClientFd));
+  session_ = std::make_unique<Session>(host_, context_, kClientFd + 1);
+  session_->start();  // its second within the second
+  EXPECT_EQ(stats_->rejected[metrics::kClientRateLimit].value(), 1u);
+  EXPECT_TRUE(host_.sockets_.closed.at(kClientFd + 1));  // reset
+  ASSERT_FALSE(host_.troubles.empty());
+  EXPECT_EQ(host_.troubles.back(),
+            "client 127.0.0.1:40000 opens connections faster than 1 a second "
+            "(max_connection_rate_per_client): reset");
+}
+
 // Splice ([server] splice on the mainline path): a direction with a single target starts
 // on RECV/SEND; a full chunk switches it to splice (source -> pipe -> target, polled) once
 // the target has sent what was received, and a source that runs dry switches it back.
