@@ -1063,31 +1063,29 @@ std::string Session::outgoingProxyHeader(config::ProxyProtocol version,
 }
 
 void Session::afterProxyHeader() {
-  if (!config::admits(cfg().allow, clientAddress_)) {
-    stats().denied.inc();
-    host_.listenerTrouble(*listener_, "client " + formatAddress(clientAddress_) +
-                                          " is outside the listener's allow networks: reset");
+  // A client turned away before anything connects: counted, logged, reset.
+  auto refuse = [this](metrics::Counter& counter, const std::string& why) {
+    counter.inc();
+    host_.listenerTrouble(*listener_,
+                          "client " + formatAddress(clientAddress_) + " " + why + ": reset");
     close(true, false, false, tap::CloseReason::kError);
+  };
+  if (!config::admits(cfg().allow, clientAddress_)) {
+    refuse(stats().denied, "is outside the listener's allow networks");
     return;
   }
   if (listener_->clientRate != nullptr &&
       !listener_->clientRate->admit(clientAddress_, host_.now())) {
-    stats().rejected[metrics::kClientRateLimit].inc();
-    host_.listenerTrouble(*listener_, "client " + formatAddress(clientAddress_) +
-                                          " opens connections faster than " +
-                                          std::to_string(listener_->clientRate->rate()) +
-                                          " a second (max_connection_rate_per_client): reset");
-    close(true, false, false, tap::CloseReason::kError);
+    refuse(stats().rejected[metrics::kClientRateLimit],
+           "opens connections faster than " + std::to_string(listener_->clientRate->rate()) +
+               " a second (max_connection_rate_per_client)");
     return;
   }
   if (listener_->clientLimit != nullptr) {
     if (!listener_->clientLimit->acquire(clientAddress_)) {
-      stats().rejected[metrics::kClientLimit].inc();
-      host_.listenerTrouble(*listener_, "client " + formatAddress(clientAddress_) +
-                                            " already has " +
-                                            std::to_string(listener_->clientLimit->limit()) +
-                                            " sessions open (max_connections_per_client): reset");
-      close(true, false, false, tap::CloseReason::kError);
+      refuse(stats().rejected[metrics::kClientLimit],
+             "already has " + std::to_string(listener_->clientLimit->limit()) +
+                 " sessions open (max_connections_per_client)");
       return;
     }
     clientCounted_ = true;

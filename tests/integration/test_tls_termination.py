@@ -75,6 +75,20 @@ def check_listener_tls(test, directory: str, tls: dict, message: str | None) -> 
     test.assertIn(message, r.stderr)
 
 
+
+def s_client_status(test, ca, port, sni, version):
+    """`openssl s_client -status` to 127.0.0.1:`port` with `sni` and `version` ("-tls1_3"),
+    verifying against `ca`: its output when a successful OCSP response was stapled, None
+    when none was."""
+    r = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{port}",
+                        "-servername", sni, "-status", "-CAfile", ca, "-verify_return_error",
+                        version], input="", capture_output=True, text=True, timeout=30)
+    test.assertIn("Verify return code: 0 (ok)", r.stdout, r.stdout + r.stderr)
+    if "OCSP response: no response sent" in r.stdout:
+        return None
+    test.assertIn("OCSP Response Status: successful", r.stdout, r.stdout)
+    return r.stdout
+
 class TlsTerminationTest(h.TlsTest):
     def test_curl_through_grelay_to_nginx_gets_the_file_exactly(self):
         if h.NginxServer.available():
@@ -580,15 +594,8 @@ class TlsTerminationTest(h.TlsTest):
         def s_client(port, sni, version):
             """What openssl s_client asking for the status was stapled: the response's
             lines, or None."""
-            r = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{port}",
-                                "-servername", sni, "-status", "-CAfile", c.ca,
-                                "-verify_return_error", version], input="", capture_output=True,
-                               text=True, timeout=30)
-            self.assertIn("Verify return code: 0 (ok)", r.stdout, r.stdout + r.stderr)
-            if "OCSP response: no response sent" in r.stdout:
-                return None
-            self.assertIn("OCSP Response Status: successful", r.stdout, r.stdout)
-            return response_lines(r.stdout)
+            out = s_client_status(self, c.ca, port, sni, version)
+            return None if out is None else response_lines(out)
 
         with h.EchoServer() as echo:
             cfg = h.Config()
@@ -650,15 +657,8 @@ class TlsTerminationTest(h.TlsTest):
         def status(port, version):
             """What openssl s_client asking for the status was stapled: 'good', 'revoked',
             or None."""
-            r = subprocess.run(["openssl", "s_client", "-connect", f"127.0.0.1:{port}",
-                                "-servername", "localhost", "-status", "-CAfile", c.ca,
-                                "-verify_return_error", version], input="", capture_output=True,
-                               text=True, timeout=30)
-            self.assertIn("Verify return code: 0 (ok)", r.stdout, r.stdout + r.stderr)
-            if "OCSP response: no response sent" in r.stdout:
-                return None
-            self.assertIn("OCSP Response Status: successful", r.stdout, r.stdout)
-            return re.search(r"Cert Status: (\w+)", r.stdout).group(1)
+            out = s_client_status(self, c.ca, port, "localhost", version)
+            return None if out is None else re.search(r"Cert Status: (\w+)", out).group(1)
 
         def updates(g, result):
             return g.metric("grelay_tls_ocsp_updates_total", listener="tls", file=chain,
