@@ -896,12 +896,20 @@ void TlsContexts::staple(SSL_CTX* ctx, const config::ListenerConfig& l,
 }
 
 TlsContexts::~TlsContexts() {
+  clear();
+}
+
+void TlsContexts::clear() {
   for (SSL_CTX* c : listeners_) {
     SSL_CTX_free(c);
   }
   for (SSL_CTX* c : upstreams_) {
     SSL_CTX_free(c);
   }
+  listeners_.clear();
+  upstreams_.clear();
+  dates_.clear();
+  ocspWatches_.clear();
 }
 
 namespace {
@@ -956,10 +964,9 @@ void checkRouteNames(const config::ListenerConfig& l, SSL_CTX* def,
 bool TlsContexts::build(const config::Config& cfg, bool ktls, std::vector<std::string>* errors,
                         std::vector<std::string>* warnings) {
   const size_t before = errors->size();
+  clear();  // what an earlier build() made
   listeners_.assign(cfg.listeners.size(), nullptr);
   upstreams_.assign(cfg.upstreams.size(), nullptr);
-  dates_.clear();
-  ocspWatches_.clear();
   for (size_t i = 0; i < cfg.listeners.size(); ++i) {
     const auto& l = cfg.listeners[i];
     if (!l.tls) {

@@ -28,7 +28,8 @@ public:
   TlsContexts(const TlsContexts&) = delete;
   TlsContexts& operator=(const TlsContexts&) = delete;
 
-  // Builds every context `config` needs. `ktls`: let OpenSSL hand records to kernel TLS.
+  // Builds every context `config` needs (anew: what an earlier build() made is freed).
+  // `ktls`: let OpenSSL hand records to kernel TLS.
   // On failure returns false and appends "FILE:LINE:COL: message" lines to `errors`.
   // `warnings` (if given) gets "FILE:LINE:COL: warning: message" lines for what works but
   // is likely a mistake: a route of a TLS listener for a name no certificate has, a
@@ -45,6 +46,7 @@ public:
   SSL_CTX* upstream(size_t i) const { return i < upstreams_.size() ? upstreams_[i] : nullptr; }
 
 private:
+  void clear();
   // Staples the ocsp_response of `files` on `ctx` (a certificate of `l`), and watches it
   // for ocsp_update.
   void staple(SSL_CTX* ctx, const config::ListenerConfig& l, const config::CertificateFiles& files,
