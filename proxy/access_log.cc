@@ -58,7 +58,7 @@ std::string accessLogLine(const AccessRecord& r) {
                 utc.tm_mon + 1, utc.tm_mday, utc.tm_hour, utc.tm_min, utc.tm_sec, millis);
   // Names are [A-Za-z0-9_-] and addresses digits, dots, colons and brackets: nothing to
   // escape.
-  const std::string server = r.server != nullptr ? "\"" + *r.server + "\"" : "null";
+  const std::string server = r.server != nullptr ? jsonString(*r.server) : "null";  // a path too
   const std::string upstream = r.upstream != nullptr ? "\"" + *r.upstream + "\"" : "null";
   char connect[32] = "null";
   if (r.connectNanos >= 0) {
