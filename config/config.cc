@@ -1,6 +1,7 @@
 #include "config/config.h"
 
 #include <arpa/inet.h>
+#include <sys/un.h>
 
 #include <algorithm>
 #include <cctype>
@@ -237,6 +238,13 @@ std::string formatEndpoint(const sockaddr_storage& address) {
     const auto& a = reinterpret_cast<const sockaddr_in6&>(address);
     inet_ntop(AF_INET6, &a.sin6_addr, host, sizeof(host));
     return "[" + std::string(host) + "]:" + std::to_string(ntohs(a.sin6_port));
+  }
+  if (address.ss_family == AF_UNIX) {
+    const auto& a = reinterpret_cast<const sockaddr_un&>(address);
+    const size_t size = strnlen(a.sun_path + 1, sizeof(a.sun_path) - 1);
+    return a.sun_path[0] == '\0'
+               ? "unix:@" + std::string(a.sun_path + 1, size)
+               : "unix:" + std::string(a.sun_path, strnlen(a.sun_path, sizeof(a.sun_path)));
   }
   return "?";
 }

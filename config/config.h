@@ -39,6 +39,9 @@ struct Address {
   bool host_name = false;
 
   int family() const { return storage.ss_family; }
+  // A Unix domain socket ("unix:/run/app.sock", "unix:@name" for the abstract namespace):
+  // only upstream servers and mirrors may be one.
+  bool isUnix() const { return storage.ss_family == AF_UNIX; }
   // The same socket address (whatever the text says).
   bool sameEndpoint(const Address& other) const {
     return length == other.length && std::memcmp(&storage, &other.storage, length) == 0;
@@ -114,7 +117,8 @@ struct ListenerConfig;
 size_t routeFor(const ListenerConfig& listener, std::string_view serverName,
                 const std::vector<std::string>& protocols = {});
 
-// "10.0.0.5:8080", "[fd00::5]:8080" ("?" for another family).
+// "10.0.0.5:8080", "[fd00::5]:8080", "unix:/run/app.sock", "unix:@name" ("?" for another
+// family).
 std::string formatEndpoint(const sockaddr_storage& address);
 
 // An "http://HOST[:PORT][/PATH]" URL, as OCSP responders have (a certificate's

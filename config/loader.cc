@@ -4,6 +4,7 @@
 #include <fcntl.h>
 #include <netdb.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <toml++/toml.h>
@@ -495,6 +496,25 @@ private:
     };
   }
 
+  // Where grelay connects to (an upstream server, a mirror): "HOST:PORT" or a Unix socket.
+  Reader targetAddress(Address* out) {
+    return [this, out](std::string_view key, const toml::node& node) {
+      const std::optional<std::string_view> text = node.value<std::string_view>();
+      if (!text || !isUnixAddressText(*text)) {
+        return address(out)(key, node);
+      }
+      std::string why;
+      std::optional<Address> parsed = parseUnixAddress(*text, &why);
+      if (!parsed) {
+        error(node.source(),
+              "bad address " + quoted(std::string(*text)) + " for " + quoted(key) + ": " + why);
+        return false;
+      }
+      *out = std::move(*parsed);
+      return true;
+    };
+  }
+
   // A socket grelay binds (admin and listener listen addresses): unique across the file.
   Reader listenAddress(Address* out) {
     return [this, out](std::string_view key, const toml::node& node) {
@@ -636,6 +656,7 @@ private:
         }
       }
       tlvsNeedVersion2(*t, u.proxy_protocol_tlvs, u.proxy_protocol, "in " + header);
+      unixServerRules(*t, u, "in " + header);
       for (const char* key : {"check_send", "check_expect", "check_port"}) {
         if (const toml::node* node = t->get(key);
             node != nullptr && u.check_interval.count() == 0) {
@@ -648,6 +669,28 @@ private:
               "'check_interval' needs 'max_fails' > 0 " + ("in " + header) +
                   ": health checks mark servers down through it");
       }
+    }
+  }
+
+  // What a Unix-socket server does not have: a port for check_port, a host name for TLS
+  // to verify its certificate against (unless tls.sni names it).
+  void unixServerRules(const toml::table& t, const UpstreamConfig& u, const std::string& where) {
+    auto unixServer = std::find_if(u.servers.begin(), u.servers.end(),
+                                   [](const UpstreamServer& s) { return s.address.isUnix(); });
+    if (unixServer == u.servers.end()) {
+      return;
+    }
+    const std::string server = quoted(unixServer->address.text);
+    if (const toml::node* node = t.get("check_port")) {
+      error(node->source(), "'check_port' " + where + " needs every server to have a port: " +
+                                server + " is a Unix socket");
+    }
+    if (u.tls.enabled && u.tls.verify && u.tls.sni.empty()) {
+      error(t.get("tls")->source(),
+            "'tls' " + where + " verifies each server's certificate against its host name, and " +
+                server +
+                " (a Unix socket) has none: set tls.sni to the name its certificate "
+                "has (or verify = false)");
     }
   }
 
@@ -844,7 +887,7 @@ private:
                     {
                         {"address",
                          [&](std::string_view k, const toml::node& n) {
-                           return ok = address(&server.address)(k, n);
+                           return ok = targetAddress(&server.address)(k, n);
                          },
                          true},
                         {"name", name(&server.name)},
@@ -858,7 +901,7 @@ private:
             continue;
           }
         } else if (element.is_string()) {
-          if (!address(&server.address)(key, element)) {
+          if (!targetAddress(&server.address)(key, element)) {
             readAll = false;
             continue;
           }
@@ -870,6 +913,14 @@ private:
           continue;
         }
         std::vector<UpstreamServer> add{server};
+        if (server.all_addresses && server.address.isUnix()) {
+          error(element.source(), "'all_addresses' " + label +
+                                      " needs a host name to look up, "
+                                      "not the Unix socket " +
+                                      quoted(server.address.text));
+          readAll = false;
+          continue;
+        }
         if (server.all_addresses) {
           // Every address the name has now (parseAddress kept the first).
           std::string why;
@@ -1241,7 +1292,7 @@ private:
         table, "in [[listener.mirror]]",
         {
             {"name", uniqueName(&m.name, &mirror_names_, "mirror"), true},
-            {"address", address(&m.address), true},
+            {"address", targetAddress(&m.address), true},
             {"sample_percent", integer(&m.sample_percent, 0, 100)},
             {"max_lag", maxLag(&m.max_lag)},
             {"direction", oneOf(&m.direction, {MirrorDirection::Request, MirrorDirection::Both})},
@@ -1302,6 +1353,11 @@ private:
   // A connect from `source` to `to` needs both of one family.
   void sameFamily(const toml::node& where, const Address& source, const Address& to,
                   const std::string& what) {
+    if (to.isUnix()) {
+      error(where.source(), "source_address " + quoted(source.text) + " cannot apply to " + what +
+                                ", a Unix socket: a connection to it leaves from no IP address");
+      return;
+    }
     if (source.family() != to.family()) {
       auto family = [](const Address& a) { return a.family() == AF_INET ? "IPv4" : "IPv6"; };
       error(where.source(), "source_address " + quoted(source.text) + " is " + family(source) +
@@ -1620,6 +1676,9 @@ std::vector<Address> resolveAddresses(std::string_view text, std::string* error)
       *error = std::move(why);
     return {};
   };
+  if (isUnixAddressText(text)) {
+    return fail("a Unix socket can only be an upstream server or a mirror");
+  }
   std::string host;
   std::string_view port;
   bool bracketed = !text.empty() && text[0] == '[';
@@ -1705,6 +1764,42 @@ std::vector<Address> resolveAddresses(std::string_view text, std::string* error)
     return fail("cannot resolve host " + quoted(host) + ": no IPv4 or IPv6 address");
   }
   return addresses;
+}
+
+std::optional<Address> parseUnixAddress(std::string_view text, std::string* error) {
+  auto fail = [error](std::string why) -> std::optional<Address> {
+    if (error)
+      *error = std::move(why);
+    return std::nullopt;
+  };
+  if (!isUnixAddressText(text)) {
+    return fail("not a Unix socket address (unix:PATH or unix:@NAME)");
+  }
+  std::string_view path = text.substr(5);
+  const bool abstract = !path.empty() && path.front() == '@';
+  if (abstract) {
+    path.remove_prefix(1);
+  }
+  if (path.empty()) {
+    return fail(
+        "missing socket path (e.g. unix:/run/app.sock, or unix:@name for the abstract "
+        "namespace)");
+  }
+  if (path.find('\0') != std::string_view::npos) {
+    return fail("the socket path has a NUL byte");
+  }
+  Address a;
+  auto* un = reinterpret_cast<sockaddr_un*>(&a.storage);
+  // The path and its terminating NUL, or the abstract name after its leading NUL.
+  if (path.size() + 1 > sizeof(un->sun_path)) {
+    return fail("the socket path is longer than " + std::to_string(sizeof(un->sun_path) - 1) +
+                " bytes");
+  }
+  un->sun_family = AF_UNIX;
+  std::memcpy(un->sun_path + (abstract ? 1 : 0), path.data(), path.size());
+  a.length = static_cast<socklen_t>(offsetof(sockaddr_un, sun_path) + 1 + path.size());
+  a.text = std::string(text);
+  return a;
 }
 
 std::optional<Address> parseAddress(std::string_view text, std::string* error) {

@@ -84,6 +84,14 @@ std::optional<Network> parseNetwork(std::string_view text, std::string* error = 
 // duplicates (one for an IP literal); empty with `error` set when it does not resolve.
 // parseAddress() is its first. Blocks for as long as the system's resolver takes.
 std::vector<Address> resolveAddresses(std::string_view text, std::string* error = nullptr);
+// "unix:PATH" (a socket file; PATH up to 107 bytes, relative to grelay's working directory)
+// or "unix:@NAME" (Linux's abstract namespace): an upstream server or a mirror listening on
+// a Unix domain socket.
+std::optional<Address> parseUnixAddress(std::string_view text, std::string* error = nullptr);
+// Whether `text` names a Unix domain socket ("unix:...").
+inline bool isUnixAddressText(std::string_view text) {
+  return text.starts_with("unix:");
+}
 
 // Formatting used in messages: 65536 -> "64KiB", 100 -> "100B"; 90000ms -> "90s".
 std::string formatSize(uint64_t bytes);

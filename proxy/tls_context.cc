@@ -1109,6 +1109,9 @@ std::string upstreamVerifyHost(const config::UpstreamConfig& u,
     return u.tls.sni;
   }
   const std::string& text = server.written();
+  if (server.address.isUnix()) {
+    return "";  // no host name (the loader asks for tls.sni when verify is on)
+  }
   if (!text.empty() && text.front() == '[') {
     size_t close = text.find(']');
     return close == std::string::npos ? "" : text.substr(1, close - 1);

@@ -1,6 +1,7 @@
 // Validation of whole config files: every error kind with its exact
 // "FILE:LINE:COL: message" text, defaults, stored values and the shipped examples.
 #include <netdb.h>
+#include <sys/un.h>
 
 #include <gmock/gmock.h>
 #include <gtest/gtest.h>
@@ -15,6 +16,7 @@ namespace {
 using test::errorsOf;
 using test::lines;
 using test::TempDir;
+using ::testing::Contains;
 using ::testing::ElementsAre;
 using ::testing::IsEmpty;
 using ::testing::SizeIs;
@@ -859,6 +861,96 @@ TEST(LoaderTest, ProxyProtocolTlvsNeedVersion2AndKnownNames) {
                   "ssl, unique_id, received, crc32c, got a non-string"));
   EXPECT_THAT(errorsOf(pool(R"(proxy_protocol = "v2")", R"(proxy_protocol_tlvs = "crc32c")")),
               SizeIs(1));
+}
+
+TEST(LoaderTest, UnixSocketServersAndMirrors) {
+  LoadResult result = loadString(
+      lines({"[upstream.app]",
+             R"(servers = ["unix:/run/app.sock", { address = "unix:@app", name = "abstract" },)",
+             R"(           "127.0.0.1:8000", "unix:relative.sock"])", "[[listener]]",
+             R"(name = "web")", R"(listen = "127.0.0.1:8080")", R"(upstream = "app")",
+             "[[listener.mirror]]", R"(name = "m")", R"(address = "unix:/run/sink.sock")"}),
+      "t.toml");
+  ASSERT_TRUE(result.ok()) << result.errors[0].toString();
+  const auto& servers = result.config->upstreams[0].servers;
+  ASSERT_EQ(servers.size(), 4u);
+  const Address& file = servers[0].address;
+  EXPECT_TRUE(file.isUnix());
+  EXPECT_FALSE(file.host_name);
+  EXPECT_EQ(file.text, "unix:/run/app.sock");
+  const auto& un = reinterpret_cast<const sockaddr_un&>(file.storage);
+  EXPECT_STREQ(un.sun_path, "/run/app.sock");
+  EXPECT_EQ(file.length, offsetof(sockaddr_un, sun_path) + sizeof("/run/app.sock"));
+  EXPECT_EQ(formatEndpoint(file.storage), "unix:/run/app.sock");
+  // The abstract namespace: a NUL, then the name (no terminator in the length).
+  const Address& abstract = servers[1].address;
+  const auto& an = reinterpret_cast<const sockaddr_un&>(abstract.storage);
+  EXPECT_EQ(an.sun_path[0], '\0');
+  EXPECT_EQ(std::string(an.sun_path + 1, 3), "app");
+  EXPECT_EQ(abstract.length, offsetof(sockaddr_un, sun_path) + 4);
+  EXPECT_EQ(formatEndpoint(abstract.storage), "unix:@app");
+  EXPECT_FALSE(servers[2].address.isUnix());
+  EXPECT_EQ(formatEndpoint(servers[3].address.storage), "unix:relative.sock");
+  EXPECT_TRUE(result.config->listeners[0].mirrors[0].address.isUnix());
+  // Distinct sockets are distinct servers; the same path twice is a duplicate.
+  EXPECT_NE(endpointKey(servers[0].address), endpointKey(servers[3].address));
+  EXPECT_NE(endpointKey(servers[0].address), endpointKey(servers[1].address));
+}
+
+TEST(LoaderErrorTest, UnixSocketsOnlyWhereAConnectionGoes) {
+  auto config = [](const std::string& servers, const std::string& pool,
+                   const std::string& listen = "127.0.0.1:8080", const std::string& mirror = "") {
+    return errorsOf(lines({"[upstream.app]", "servers = " + servers, pool, "[[listener]]",
+                           R"(name = "web")", "listen = \"" + listen + "\"", R"(upstream = "app")",
+                           mirror.empty() ? "" : "[[listener.mirror]]",
+                           mirror.empty() ? "" : R"(name = "m")", mirror}));
+  };
+  EXPECT_THAT(config(R"(["127.0.0.1:8000"])", "", "unix:/run/grelay.sock"),
+              ElementsAre("t.toml:6:10: bad address 'unix:/run/grelay.sock' for 'listen': a "
+                          "Unix socket can only be an upstream server or a mirror"));
+  EXPECT_THAT(errorsOf(lines({"[admin]", R"(listen = "unix:/run/admin.sock")"})),
+              Contains("t.toml:2:10: bad address 'unix:/run/admin.sock' for 'listen': a "
+                       "Unix socket can only be an upstream server or a mirror"));
+  EXPECT_THAT(config(R"(["unix:"])", ""),
+              ElementsAre("t.toml:2:12: bad address 'unix:' for 'servers': missing socket "
+                          "path (e.g. unix:/run/app.sock, or unix:@name for the abstract "
+                          "namespace)"));
+  EXPECT_THAT(config(R"(["unix:@"])", ""), SizeIs(1));
+  const std::string longest = "/" + std::string(106, 'x');
+  EXPECT_THAT(config("[\"unix:" + longest + "\"]", ""), IsEmpty());
+  EXPECT_THAT(config("[\"unix:@" + longest + "\"]", ""), IsEmpty());
+  EXPECT_THAT(config("[\"unix:" + longest + "x\"]", ""),
+              ElementsAre("t.toml:2:12: bad address 'unix:" + longest +
+                          "x' for 'servers': the socket path is longer than 107 bytes"));
+  EXPECT_THAT(config(R"(["unix:/a.sock", { address = "unix:/a.sock", backup = true }])", ""),
+              ElementsAre("t.toml:2:28: duplicate server 'unix:/a.sock' in [upstream.app] "
+                          "(first at 2:12)"));
+  EXPECT_THAT(config(R"([{ address = "unix:/a.sock", all_addresses = true }])", ""),
+              ElementsAre("t.toml:2:12: 'all_addresses' in [upstream.app] needs a host name "
+                          "to look up, not the Unix socket 'unix:/a.sock'"));
+  EXPECT_THAT(config(R"(["127.0.0.1:8000", "unix:/a.sock"])", R"(source_address = "127.0.0.2")"),
+              ElementsAre("t.toml:3:18: source_address '127.0.0.2' cannot apply to server "
+                          "'unix:/a.sock', a Unix socket: a connection to it leaves from no IP "
+                          "address"));
+  EXPECT_THAT(config(R"(["127.0.0.1:8000"])", "", "127.0.0.1:8080",
+                     R"(address = "unix:/m.sock")"
+                     "\n"
+                     R"(source_address = "127.0.0.2")"),
+              ElementsAre("t.toml:11:18: source_address '127.0.0.2' cannot apply to the "
+                          "mirror's address 'unix:/m.sock', a Unix socket: a connection to it "
+                          "leaves from no IP address"));
+  EXPECT_THAT(config(R"(["unix:/a.sock"])", R"(check_interval = "1s")"
+                                            "\n"
+                                            "check_port = 9000"),
+              ElementsAre("t.toml:4:14: 'check_port' in [upstream.app] needs every server to "
+                          "have a port: 'unix:/a.sock' is a Unix socket"));
+  EXPECT_THAT(config(R"(["unix:/a.sock"])", "tls = true"),
+              ElementsAre("t.toml:3:7: 'tls' in [upstream.app] verifies each server's "
+                          "certificate against its host name, and 'unix:/a.sock' (a Unix "
+                          "socket) has none: set tls.sni to the name its certificate has (or "
+                          "verify = false)"));
+  EXPECT_THAT(config(R"(["unix:/a.sock"])", R"(tls = { sni = "app.internal" })"), IsEmpty());
+  EXPECT_THAT(config(R"(["unix:/a.sock"])", "tls = { verify = false }"), IsEmpty());
 }
 
 TEST(LoaderTest, SourceAddressIsAnIpOfTheServersFamily) {

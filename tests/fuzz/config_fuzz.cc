@@ -8,6 +8,7 @@
 // example configs, one file per feature, and inputs the fuzzer found interesting).
 #include <netinet/in.h>
 #include <sys/socket.h>
+#include <sys/un.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -53,6 +54,27 @@ void checkAddress(const Address& a, const char* what) {
   FUZZ_CHECK(!a.text.empty(), ctx);
 }
 
+// Where grelay connects (upstream servers, mirrors): an IP endpoint as above, or a Unix
+// socket "unix:PATH" / "unix:@NAME" whose sockaddr holds exactly the text's path.
+void checkTarget(const Address& a, const char* what) {
+  if (a.family() != AF_UNIX) {
+    checkAddress(a, what);
+    return;
+  }
+  const std::string ctx = std::string(what) + " '" + printable(a.text) + "'";
+  FUZZ_CHECK(a.text.rfind("unix:", 0) == 0, ctx + ": a Unix socket not written unix:");
+  const bool abstract = a.text.size() > 5 && a.text[5] == '@';
+  const std::string path = a.text.substr(abstract ? 6 : 5);
+  FUZZ_CHECK(!path.empty() && path.size() <= 107, ctx + ": socket path length");
+  FUZZ_CHECK(path.find('\0') == std::string::npos, ctx + ": NUL in the path");
+  const auto& un = reinterpret_cast<const sockaddr_un&>(a.storage);
+  FUZZ_CHECK(a.length == offsetof(sockaddr_un, sun_path) + 1 + path.size(), ctx + ": length");
+  FUZZ_CHECK((un.sun_path[0] == '\0') == abstract, ctx + ": abstract or not");
+  FUZZ_CHECK(std::memcmp(un.sun_path + (abstract ? 1 : 0), path.data(), path.size()) == 0,
+             ctx + ": path");
+  FUZZ_CHECK(!a.host_name, ctx + ": looked up");
+}
+
 // The same endpoint (family, address, port): listeners and [admin] must not share one.
 // Written apart from config::endpointKey, which the loader's own checks use.
 std::string oracleKey(const Address& a) {
@@ -61,6 +83,8 @@ std::string oracleKey(const Address& a) {
     const auto& in = reinterpret_cast<const sockaddr_in&>(a.storage);
     key.append(reinterpret_cast<const char*>(&in.sin_addr), sizeof(in.sin_addr));
     key.append(reinterpret_cast<const char*>(&in.sin_port), sizeof(in.sin_port));
+  } else if (a.family() == AF_UNIX) {
+    key.append(reinterpret_cast<const char*>(&a.storage), a.length);
   } else {
     const auto& in6 = reinterpret_cast<const sockaddr_in6&>(a.storage);
     key.append(reinterpret_cast<const char*>(&in6.sin6_addr), sizeof(in6.sin6_addr));
@@ -93,6 +117,7 @@ void checkAccepted(const Config& c) {
       return;
     }
     const bool v4 = source->family() == AF_INET;
+    FUZZ_CHECK(to.family() != AF_UNIX, "source_address toward a Unix socket");
     FUZZ_CHECK(source->family() == to.family(), "source_address of another family");
     FUZZ_CHECK(source->length == (v4 ? sizeof(sockaddr_in) : sizeof(sockaddr_in6)),
                "source_address length");
@@ -119,7 +144,12 @@ void checkAccepted(const Config& c) {
     bool primary = false;
     std::set<std::string> names;
     for (const UpstreamServer& s : u.servers) {
-      checkAddress(s.address, "upstream server");
+      checkTarget(s.address, "upstream server");
+      FUZZ_CHECK(s.address.family() != AF_UNIX || !s.all_addresses, "all_addresses of a socket");
+      FUZZ_CHECK(s.address.family() != AF_UNIX || u.check_port == 0, "check_port of a socket");
+      FUZZ_CHECK(
+          s.address.family() != AF_UNIX || !u.tls.enabled || !u.tls.verify || !u.tls.sni.empty(),
+          "TLS verifying a socket server without sni");
       checkSource(u.source_address, s.address);
       FUZZ_CHECK(servers.insert(oracleKey(s.address)).second, "duplicate server in " + u.name);
       FUZZ_CHECK(s.weight >= 1 && s.weight <= 256, "server weight " + std::to_string(s.weight));
@@ -261,7 +291,7 @@ void checkAccepted(const Config& c) {
     for (const MirrorConfig& m : l.mirrors) {
       FUZZ_CHECK(isName(m.name), "mirror name '" + printable(m.name) + "'");
       FUZZ_CHECK(mirrorNames.insert(m.name).second, "duplicate mirror " + m.name);
-      checkAddress(m.address, "mirror address");
+      checkTarget(m.address, "mirror address");
       checkSource(m.source_address, m.address);
       FUZZ_CHECK(!m.proxy_protocol_tlvs.any() || m.proxy_protocol == ProxyProtocol::V2,
                  "mirror TLVs without a v2 header");

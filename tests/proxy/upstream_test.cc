@@ -654,5 +654,19 @@ TEST(UpstreamPeerNameTest, OneOfANamesAddressesIsVerifiedAndNamedByTheName) {
   EXPECT_EQ(upstreamPeerName(pool, ip).sni, "cafe.be");
 }
 
+TEST(UpstreamPeerNameTest, AUnixSocketServerIsNamedByTlsSniOnly) {
+  config::UpstreamConfig pool;
+  pool.tls.enabled = true;
+  pool.tls.verify = true;
+  config::UpstreamServer server;
+  server.address = *config::parseUnixAddress("unix:/run/app:443.sock");
+  // Without tls.sni (the loader refuses that with verify on): no name, not "unix".
+  EXPECT_EQ(upstreamPeerName(pool, server).sni, "");
+  EXPECT_EQ(upstreamPeerName(pool, server).verifyHost, "");
+  pool.tls.sni = "app.internal";
+  EXPECT_EQ(upstreamPeerName(pool, server).sni, "app.internal");
+  EXPECT_EQ(upstreamPeerName(pool, server).verifyHost, "app.internal");
+}
+
 }  // namespace
 }  // namespace grelay::proxy
