@@ -912,22 +912,32 @@ class ConnRecord:
 
 class Server:
     """A TCP server on 127.0.0.1 with one thread per connection. Subclasses define
-    handle(conn, record). Context manager; .address is "127.0.0.1:PORT"."""
+    handle(conn, record). Context manager; .address is "127.0.0.1:PORT". With
+    `unix="PATH"` it listens on a Unix domain socket instead ("@NAME": the abstract
+    namespace), and .address is grelay's "unix:PATH" ("unix:@NAME")."""
 
     def __init__(self, *, host: str = "127.0.0.1", port: int = 0, backlog: int = 1024,
-                 rcvbuf: int | None = None, sndbuf: int | None = None, keep: str = "count"):
+                 rcvbuf: int | None = None, sndbuf: int | None = None, keep: str = "count",
+                 unix: str | None = None):
         self.keep = keep
-        self.sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.unix = unix
+        self.sock = socket.socket(socket.AF_UNIX if unix else socket.AF_INET, socket.SOCK_STREAM)
+        if not unix:
+            self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         if rcvbuf:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
         if sndbuf:
             self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, sndbuf)
-        self.sock.bind((host, port))
+        if unix:
+            self.sock.bind("\0" + unix[1:] if unix.startswith("@") else unix)
+            self.host, self.port = None, None
+            self.address = "unix:" + unix
+        else:
+            self.sock.bind((host, port))
+            self.host, self.port = self.sock.getsockname()[:2]
+            self.address = f"{self.host}:{self.port}"
         self.sock.listen(backlog)
         self.sock.settimeout(0.1)
-        self.host, self.port = self.sock.getsockname()[:2]
-        self.address = f"{self.host}:{self.port}"
         self.conns: list[ConnRecord] = []
         self._open: dict[int, socket.socket] = {}
         self._cond = threading.Condition()
@@ -1047,6 +1057,11 @@ class Server:
             self.sock.close()
         except OSError:
             pass
+        if self.unix and not self.unix.startswith("@"):
+            try:
+                os.unlink(self.unix)  # a server gone for good leaves no socket file
+            except FileNotFoundError:
+                pass
         with self._cond:
             socks = list(self._open.values())
         for c in socks:

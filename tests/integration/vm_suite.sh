@@ -21,7 +21,7 @@ export GRELAY_TEST_SCALE=${GRELAY_TEST_SCALE:-0.15}
 # NAME@PATH runs a test on another relay path: kTLS exists only in the VM, so its tests
 # also run there on the mainline path.
 tests=(half_close resets upstream_refused proxy_protocol access_log mirrors echo_concurrent tap reload metrics
-       ktls ktls@mainline tls_termination tls_mirror_tap tls_upstream routing)
+       ktls ktls@mainline tls_termination tls_mirror_tap tls_upstream routing unix_sockets)
 [ $# -gt 0 ] && tests=("$@")
 
 case "$("$GRELAY_BIN" --features | sed -n 's/^relay path chosen by auto: //p')" in
