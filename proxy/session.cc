@@ -1850,6 +1850,12 @@ bool Session::groupReady(const Flow& flow) const {
         (m.state == MirrorState::Open && (m.peer.sending_ || !m.peer.queue_.empty()))) {
       return false;
     }
+    // A group's send to a mirror must fit its socket buffer at once, and a Unix socket's
+    // (not autotuned; net.core.wmem_max, 208 KiB by default) is far below max_lag: its
+    // chunks go the mainline way, where max_lag is the budget.
+    if (m.state == MirrorState::Open && m.address != nullptr && m.address->isUnix()) {
+      return false;
+    }
   }
   return true;
 }

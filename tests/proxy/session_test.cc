@@ -1419,6 +1419,25 @@ TEST_F(GroupPathTest, AMirrorStillDrainingMainlineChunksNeverHoldsThePrimary) {
   EXPECT_EQ(ring().pendingReceives(kClientFd), 1u);
 }
 
+TEST_F(GroupPathTest, AMirrorOnAUnixSocketTakesItsChunksTheMainlineWay) {
+  configure(1);
+  listenerConfig_.mirrors[0].address = *config::parseUnixAddress("unix:/run/sink.sock");
+  startConnected();
+  ring().complete(ring().pending(OpKind::Connect, 100), 0);
+  for (const char* chunk : {"a", "b", "c"}) {
+    ring().receive(ring().pendingReceive(kClientFd), chunk);
+    ring().complete(ring().pending(OpKind::Send, 100), 1);
+    ring().complete(ring().pending(OpKind::Send, primaryFd()), 1);
+    // Drained, and still no group: its socket buffer is no budget for max_lag.
+    EXPECT_EQ(ring().pendingCount(OpKind::Group, kClientFd), 0u);
+    EXPECT_EQ(ring().pendingReceives(kClientFd), 1u);
+  }
+  EXPECT_EQ(stats_->mirrors[0].sentBytes.value(), 3u);
+  EXPECT_EQ(stats_->chunks[metrics::kMainlinePath].value(), 3u);
+  // The responses, which the mirror does not take, go as groups.
+  EXPECT_EQ(ring().pendingCount(OpKind::Group, primaryFd()), 1u);
+}
+
 TEST_F(GroupPathTest, EnobufsFromTheKernelFallsBackToMainlineForAMoment) {
   startConnected();
   FakeOp* group = ring().pending(OpKind::Group, kClientFd);
