@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import shutil
+import socket
 import tempfile
 
 import harness as h
@@ -111,6 +112,25 @@ class UnixSocketTest(h.GrelayTest):
                     self.assertTrue(all(r.ok for r in results), results)
                     self.assertGreater(len(again.conns), 0)
                 self.assertIn(f"server {first.address} marked down", g.log_tail(200))
+
+    def test_a_proxy_protocol_header_carries_the_tcp_client(self):
+        """proxy_protocol toward a socket server: the header names the TCP client and the
+        address it connected to, then the client's bytes follow unchanged."""
+        with h.SinkServer(unix=self.path("pp.sock"), keep="bytes") as sink:
+            cfg = h.Config()
+            cfg.upstream("app", [sink.address], proxy_protocol="v1")
+            port = cfg.listener("web", "app")
+            with h.Grelay(cfg):
+                c = h.connect(port)
+                client_port = c.getsockname()[1]
+                c.sendall(b"hello over a socket")
+                c.shutdown(socket.SHUT_WR)
+                self.assertEqual(c.recv(10), b"")
+                c.close()
+                (record,) = sink.records()
+            self.assertEqual(bytes(record.data),
+                             f"PROXY TCP4 127.0.0.1 127.0.0.1 {client_port} {port}\r\n"
+                             .encode() + b"hello over a socket")
 
     def test_tls_reaches_a_socket_server_by_the_name_in_sni(self):
         """TLS toward a server on a socket verifies its certificate against tls.sni (it has
