@@ -11,12 +11,16 @@
 #include <openssl/x509v3.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cerrno>
 #include <chrono>
 #include <cstring>
 #include <ctime>
 #include <map>
+#include <system_error>
+#include <thread>
 
+#include "config/loader.h"
 #include "proxy/log.h"
 #include "proxy/tls_util.h"
 
@@ -63,6 +67,10 @@ std::string ocspSignatureProblem(OCSP_BASICRESP* basic, const OcspSubject& subje
 
 constexpr const char* kStopped = "stopped";
 
+std::vector<config::Address> systemResolve(const std::string& text, std::string* error) {
+  return config::resolveAddresses(text, error);
+}
+
 int64_t monotonicMs() {
   return std::chrono::duration_cast<std::chrono::milliseconds>(
              std::chrono::steady_clock::now().time_since_epoch())
@@ -104,28 +112,73 @@ bool waitFor(int fd, short events, int64_t deadline, int stopFd, int timeoutMs,
   }
 }
 
+// The addresses of `url`'s host and port, looked up by `resolve` in a thread of its own and
+// waited for within `deadline` and `stopFd`: a resolver that hangs (a DNS server gone) holds
+// neither SIGTERM nor the next fetch past the deadline. The thread is detached and shares
+// its state: left behind, it frees that state when its lookup returns.
+std::optional<std::vector<config::Address>> lookUp(const config::HttpUrl& url,
+                                                   const OcspResolve& resolve, int64_t deadline,
+                                                   int stopFd, int timeoutMs, std::string* error) {
+  struct Lookup {
+    int doneFd = -1;
+    std::atomic<bool> done{false};
+    std::vector<config::Address> answers;
+    std::string error;
+    ~Lookup() {
+      if (doneFd >= 0) {
+        close(doneFd);
+      }
+    }
+  };
+  auto lookup = std::make_shared<Lookup>();
+  lookup->doneFd = eventfd(0, EFD_CLOEXEC | EFD_NONBLOCK);
+  if (lookup->doneFd < 0) {
+    *error = std::string("eventfd: ") + std::strerror(errno);
+    return std::nullopt;
+  }
+  const bool v6 = url.host.find(':') != std::string::npos;
+  std::string text = (v6 ? "[" + url.host + "]" : url.host) + ":" + std::to_string(url.port);
+  try {
+    std::thread([lookup, text = std::move(text), resolve] {
+      lookup->answers = resolve(text, &lookup->error);
+      lookup->done.store(true, std::memory_order_release);
+      const uint64_t one = 1;
+      [[maybe_unused]] const ssize_t n = write(lookup->doneFd, &one, sizeof(one));
+    }).detach();
+  } catch (const std::system_error& e) {
+    *error = std::string("cannot start a lookup of ") + url.host + ": " + e.what();
+    return std::nullopt;
+  }
+  if (!waitFor(lookup->doneFd, POLLIN, deadline, stopFd, timeoutMs, error)) {
+    if (*error != kStopped) {
+      *error = "cannot resolve " + url.host + ": " + *error;
+    }
+    return std::nullopt;
+  }
+  if (!lookup->done.load(std::memory_order_acquire) || lookup->answers.empty()) {
+    *error = lookup->error.empty() ? "cannot resolve " + url.host : lookup->error;
+    return std::nullopt;
+  }
+  return std::move(lookup->answers);
+}
+
 // A connected non-blocking socket to `url`'s host and port (each of its addresses in turn),
 // or -1 with `error` set.
-int connectTo(const config::HttpUrl& url, int64_t deadline, int stopFd, int timeoutMs,
-              std::string* error) {
-  addrinfo hints{};
-  hints.ai_family = AF_UNSPEC;
-  hints.ai_socktype = SOCK_STREAM;
-  addrinfo* found = nullptr;
-  if (const int rc =
-          getaddrinfo(url.host.c_str(), std::to_string(url.port).c_str(), &hints, &found);
-      rc != 0) {
-    *error = "cannot resolve " + url.host + ": " + gai_strerror(rc);
+int connectTo(const config::HttpUrl& url, const OcspResolve& resolve, int64_t deadline, int stopFd,
+              int timeoutMs, std::string* error) {
+  const std::optional<std::vector<config::Address>> addresses =
+      lookUp(url, resolve, deadline, stopFd, timeoutMs, error);
+  if (!addresses) {
     return -1;
   }
   int fd = -1;
-  for (addrinfo* ai = found; ai != nullptr && fd < 0; ai = ai->ai_next) {
-    fd = socket(ai->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+  for (const config::Address& a : *addresses) {
+    fd = socket(a.family(), SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
     if (fd < 0) {
       *error = std::string("socket: ") + std::strerror(errno);
       continue;
     }
-    int rc = connect(fd, ai->ai_addr, ai->ai_addrlen);
+    int rc = connect(fd, a.sockaddrPtr(), a.length);
     if (rc != 0 && errno == EINPROGRESS) {
       if (!waitFor(fd, POLLOUT, deadline, stopFd, timeoutMs, error)) {
         close(fd);
@@ -142,9 +195,10 @@ int connectTo(const config::HttpUrl& url, int64_t deadline, int stopFd, int time
       *error = std::string("connect: ") + std::strerror(errno);
       close(fd);
       fd = -1;
+      continue;
     }
+    break;
   }
-  freeaddrinfo(found);
   return fd;
 }
 
@@ -387,9 +441,12 @@ int64_t nextOcspFetch(const OcspStaple* staple, int64_t nowMs, config::Duration 
 
 std::optional<std::string> postOcspRequest(const config::HttpUrl& url, const std::string& request,
                                            int timeoutMs, int stopFd, std::string* error,
-                                           const config::HttpUrl* proxy) {
+                                           const config::HttpUrl* proxy,
+                                           const OcspResolve& resolve) {
   const int64_t deadline = monotonicMs() + timeoutMs;
-  const int fd = connectTo(proxy != nullptr ? *proxy : url, deadline, stopFd, timeoutMs, error);
+  const int fd =
+      connectTo(proxy != nullptr ? *proxy : url, resolve ? resolve : OcspResolve(systemResolve),
+                deadline, stopFd, timeoutMs, error);
   if (fd < 0) {
     if (proxy != nullptr) {
       *error = "proxy " + proxy->host + ":" + std::to_string(proxy->port) + ": " + *error;

@@ -12,6 +12,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <mutex>
 #include <optional>
@@ -130,9 +131,15 @@ int64_t nextOcspFetch(const OcspStaple* staple, int64_t nowMs, config::Duration 
 // the request names the whole URL) and returns the response's body; nullopt with `error`
 // set when the responder (or proxy) cannot be reached, answers other than 200, sends more
 // than 1 MiB, or does not finish within `timeoutMs`, or when `stopFd` becomes readable.
+// The responder's (or proxy's) host is looked up by `resolve` ("HOST:PORT" -> addresses;
+// default config::resolveAddresses) in a thread of its own, so a hung lookup counts against
+// `timeoutMs` and is left behind at once on a stop.
+using OcspResolve =
+    std::function<std::vector<config::Address>(const std::string& text, std::string* error)>;
 std::optional<std::string> postOcspRequest(const config::HttpUrl& url, const std::string& request,
                                            int timeoutMs, int stopFd, std::string* error,
-                                           const config::HttpUrl* proxy = nullptr);
+                                           const config::HttpUrl* proxy = nullptr,
+                                           const OcspResolve& resolve = {});
 
 // The thread that fetches responses for the watched certificates, each on its own
 // schedule (nextOcspFetch), one at a time, each within kOcspFetchTimeoutMs; it checks

@@ -28,10 +28,12 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <condition_variable>
 #include <functional>
 #include <mutex>
 #include <thread>
 
+#include "config/loader.h"
 #include "proxy/ocsp.h"
 #include "proxy/tls_context.h"
 
@@ -638,6 +640,52 @@ TEST(OcspFetchTest, EveryWayAFetchFailsIsNamed) {
   EXPECT_EQ(error, "stopped");
   EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(5));
   close(stop);
+}
+
+TEST(OcspFetchTest, AHungLookupHoldsNeitherAStopNorTheDeadline) {
+  // A resolver that answers only when the test lets it (a DNS server gone).
+  struct Gate {
+    std::mutex mutex;
+    std::condition_variable cv;
+    bool open = false;
+    int lookups = 0;
+    int returned = 0;
+  };
+  auto gate = std::make_shared<Gate>();
+  const OcspResolve hung = [gate](const std::string& text, std::string*) {
+    std::unique_lock lock(gate->mutex);
+    ++gate->lookups;
+    gate->cv.wait(lock, [&] { return gate->open; });
+    ++gate->returned;
+    gate->cv.notify_all();
+    return std::vector<config::Address>{*config::parseAddress(text)};
+  };
+  const config::HttpUrl url = *config::parseHttpUrl("http://127.0.0.1:9/");
+  std::string error;
+  const int stop = eventfd(1, EFD_CLOEXEC);
+  EXPECT_FALSE(postOcspRequest(url, "x", 60'000, stop, &error, nullptr, hung).has_value());
+  EXPECT_EQ(error, "stopped");
+  close(stop);
+  EXPECT_FALSE(postOcspRequest(url, "x", 200, -1, &error, nullptr, hung).has_value());
+  EXPECT_EQ(error, "cannot resolve 127.0.0.1: no answer within 0s");
+  {
+    // Both lookups were left behind, still blocked; let them finish (they free their state).
+    std::unique_lock lock(gate->mutex);
+    EXPECT_EQ(gate->lookups, 2);
+    EXPECT_EQ(gate->returned, 0);
+    gate->open = true;
+    gate->cv.notify_all();
+    gate->cv.wait(lock, [&] { return gate->returned == 2; });
+  }
+  // A lookup that fails says why.
+  const OcspResolve fails = [](const std::string&, std::string* why) {
+    *why = "cannot resolve host 'ocsp.ca.test': Name or service not known";
+    return std::vector<config::Address>{};
+  };
+  EXPECT_FALSE(postOcspRequest(*config::parseHttpUrl("http://ocsp.ca.test/"), "x", 5000, -1, &error,
+                               nullptr, fails)
+                   .has_value());
+  EXPECT_EQ(error, "cannot resolve host 'ocsp.ca.test': Name or service not known");
 }
 
 // ocsp_update: the updater fetches each certificate's response from its responder, checks it
