@@ -80,10 +80,17 @@ int openTapFile(const config::ListenerConfig& l, uint32_t worker, std::string* p
   if (err < 0) {
     return err;
   }
-  *path = dir + "/" +
-          tap::tapFileName(l.name, worker, tap::tapNowNs(), static_cast<uint32_t>(getpid()));
-  int fd = ::open(path->c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
-  return fd < 0 ? -errno : fd;
+  // A reload within the second of the previous generation's files takes the next sequence
+  // number rather than failing on their name.
+  const uint64_t now = tap::tapNowNs();
+  for (uint32_t sequence = 0;; ++sequence) {
+    *path = dir + "/" +
+            tap::tapFileName(l.name, worker, now, static_cast<uint32_t>(getpid()), sequence);
+    const int fd = ::open(path->c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0640);
+    if (fd >= 0 || errno != EEXIST || sequence == 999) {
+      return fd < 0 ? -errno : fd;
+    }
+  }
 }
 
 uint64_t nanos(config::Duration d) {

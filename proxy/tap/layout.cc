@@ -351,7 +351,7 @@ TapStatus TapLayout::finish(uint64_t droppedBytes, uint64_t timeNs, TapRecord* r
 }
 
 std::string tapFileName(std::string_view listener, uint32_t worker, uint64_t createdNs,
-                        uint32_t pid) {
+                        uint32_t pid, uint32_t sequence) {
   std::string name;
   for (char c : listener) {
     const bool ok = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
@@ -366,7 +366,8 @@ std::string tapFileName(std::string_view listener, uint32_t worker, uint64_t cre
   gmtime_r(&secs, &tm);
   char stamp[32];
   strftime(stamp, sizeof(stamp), "%Y%m%dT%H%M%SZ", &tm);
-  return name + "-w" + std::to_string(worker) + "-" + stamp + "-" + std::to_string(pid) + ".gtap";
+  return name + "-w" + std::to_string(worker) + "-" + stamp + "-" + std::to_string(pid) +
+         (sequence > 0 ? "-" + std::to_string(sequence) : std::string()) + ".gtap";
 }
 
 uint64_t tapNowNs() {

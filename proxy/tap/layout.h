@@ -189,9 +189,10 @@ private:
 };
 
 // "<listener>-w<worker>-<YYYYmmddTHHMMSSZ>-<pid>.gtap"; characters outside [A-Za-z0-9._-] in
-// the listener name become '_'.
+// the listener name become '_'. With `sequence` > 0 "...-<pid>-<sequence>.gtap": a later file
+// of the same worker, process and second (a reload right after another).
 std::string tapFileName(std::string_view listener, uint32_t worker, uint64_t createdNs,
-                        uint32_t pid);
+                        uint32_t pid, uint32_t sequence = 0);
 // CLOCK_REALTIME in ns: the clock of every tap timestamp.
 uint64_t tapNowNs();
 // 64 random bits from getrandom().

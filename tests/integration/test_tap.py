@@ -6,6 +6,7 @@ counters match; max_size stops recording without touching the relay."""
 
 import os
 import shutil
+import signal
 import socket
 import struct
 import subprocess
@@ -168,6 +169,75 @@ class TapTest(h.GrelayTest):
         self.assertLessEqual(size, 1 * h.MiB)
         r, pcap = self.export(tap_dir)
         self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+
+    def test_sighup_rotates_the_files_and_sessions_finish_in_theirs(self):
+        """A reload starts new files for the sessions after it; a session open across it
+        stays whole in the old file, which is finished (file-end record) once that session
+        ends."""
+        tap_dir = os.path.join(self.dir, "tap")
+        with h.EchoServer() as echo:
+            cfg = h.Config(workers=1)
+            cfg.upstream("app", [echo.address])
+            admin = cfg.with_admin()
+            port = cfg.listener("web", "app", tap={"path": tap_dir})
+            g = h.Grelay(cfg).start()
+            old = h.connect(port)
+            old.settimeout(20)
+            old_port = old.getsockname()[1]
+            first = h.Stream(300, 256 * h.KiB).bytes()
+            old.sendall(first)
+            got = bytearray()
+            while len(got) < len(first):
+                got += old.recv(len(first) - len(got))
+            self.assertEqual(bytes(got), first)
+            (old_file,) = os.listdir(tap_dir)
+            # Files of the names this second (and the next few) would give, as when reloads
+            # come within one second: the new file takes the next number instead of failing.
+            now = int(time.time())
+            taken = [os.path.join(tap_dir, time.strftime(f"web-w0-%Y%m%dT%H%M%SZ-{g.proc.pid}.gtap",
+                                                         time.gmtime(now + i)))
+                     for i in range(5)]
+            for path in taken:
+                open(path, "a").close()
+            g.proc.send_signal(signal.SIGHUP)
+            self.assertTrue(h.wait_for(lambda: "SIGHUP: reloaded" in g.log(), 10), g.log())
+            for path in taken:
+                if os.path.getsize(path) == 0:
+                    os.unlink(path)
+            self.assertTrue(any(f.endswith(f"-{g.proc.pid}-1.gtap") for f in os.listdir(tap_dir)),
+                            os.listdir(tap_dir))
+            new_stream = h.Stream(301, 384 * h.KiB)
+            new = h.stream_session(port, new_stream)
+            self.assertTrue(new.ok, str(new))
+            files = sorted(os.listdir(tap_dir))
+            self.assertEqual(len(files), 2, files)
+            self.assertEqual(self.export(os.path.join(tap_dir, old_file))[0].returncode, 1,
+                             "the old file is unfinished while its session is open")
+            last = h.Stream(302, 64 * h.KiB).bytes()
+            old.sendall(last)
+            old.shutdown(socket.SHUT_WR)
+            got = bytearray()
+            while True:
+                d = old.recv(64 * h.KiB)
+                if not d:
+                    break
+                got += d
+            old.close()
+            self.assertEqual(bytes(got), last)
+            self.assertTrue(h.wait_for(
+                lambda: "finished its last session" in g.log(), 10), g.log())
+            r, pcap = self.export(os.path.join(tap_dir, old_file))
+            self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+            (stream,) = client_ports_by_stream(pcap)
+            sent, received = follow_all(pcap, [stream])[stream]
+            self.assertTrue(sent == first + last and received == first + last)
+            m = h.parse_metrics(h.scrape_metrics(admin))
+            self.assertEqual(m[("grelay_tap_dropped_bytes_total", (("listener", "web"),))], 0)
+            g.stop()
+        r, pcap = self.export(tap_dir)
+        self.assertEqual(r.returncode, 0, r.stdout + r.stderr)
+        self.assertEqual(sorted(client_ports_by_stream(pcap).values()),
+                         sorted([old_port, new.local_port]))
 
 
 if __name__ == "__main__":

@@ -446,6 +446,7 @@ TEST(TapLayout, FileNameNamesListenerWorkerStartTimeAndPid) {
             "web-w2-20231114T221320Z-4242.gtap");
   EXPECT_EQ(tapFileName("a/b c", 0, 0, 1), "a_b_c-w0-19700101T000000Z-1.gtap");
   EXPECT_EQ(tapFileName("..", 0, 0, 1), "_..-w0-19700101T000000Z-1.gtap");
+  EXPECT_EQ(tapFileName("web", 1, 0, 7, 2), "web-w1-19700101T000000Z-7-2.gtap");
 }
 
 }  // namespace
