@@ -1445,8 +1445,12 @@ std::vector<ConfigError> lintConfig(const Config& config) {
     if (u.resolve_interval.count() > 0 &&
         std::none_of(u.servers.begin(), u.servers.end(),
                      [](const UpstreamServer& s) { return s.address.host_name; })) {
-      warnings.push_back({u.location, pool + "resolve_interval has no effect: every server is "
-                                             "an IP address"});
+      const bool sockets = std::any_of(u.servers.begin(), u.servers.end(),
+                                       [](const UpstreamServer& s) { return s.address.isUnix(); });
+      warnings.push_back({u.location, pool +
+                                          "resolve_interval has no effect: every server is "
+                                          "an IP address" +
+                                          (sockets ? std::string(" or a Unix socket") : "")});
     }
     if (u.resolve_hold.count() > 0 && u.resolve_interval.count() == 0) {
       warnings.push_back({u.location, pool + "resolve_hold has no effect without "
@@ -1473,9 +1477,10 @@ std::vector<ConfigError> lintConfig(const Config& config) {
     }
     for (const MirrorConfig& m : l.mirrors) {
       if (m.resolve_interval.count() > 0 && !m.address.host_name) {
-        warnings.push_back({m.location, "listener " + l.name + ", mirror " + m.name +
-                                            ": resolve_interval has no effect: the address is "
-                                            "an IP address"});
+        warnings.push_back(
+            {m.location, "listener " + l.name + ", mirror " + m.name +
+                             ": resolve_interval has no effect: the address is " +
+                             (m.address.isUnix() ? "a Unix socket" : "an IP address")});
       }
       if (m.resolve_hold.count() > 0 && m.resolve_interval.count() == 0) {
         warnings.push_back({m.location, "listener " + l.name + ", mirror " + m.name +

@@ -953,6 +953,24 @@ TEST(LoaderErrorTest, UnixSocketsOnlyWhereAConnectionGoes) {
   EXPECT_THAT(config(R"(["unix:/a.sock"])", "tls = { verify = false }"), IsEmpty());
 }
 
+TEST(LintTest, ResolveIntervalWithUnixSocketsSaysSo) {
+  LoadResult result = loadString(
+      lines({"[upstream.app]", R"(servers = ["127.0.0.1:8000", "unix:/a.sock"])",
+             R"(resolve_interval = "1s")", "[[listener]]", R"(name = "web")",
+             R"(listen = "127.0.0.1:8080")", R"(upstream = "app")", "[[listener.mirror]]",
+             R"(name = "m")", R"(address = "unix:@sink")", R"(resolve_interval = "1s")"}),
+      "t.toml");
+  ASSERT_TRUE(result.ok());
+  std::vector<std::string> warnings;
+  for (const ConfigError& w : lintConfig(*result.config)) {
+    warnings.push_back(w.message);
+  }
+  EXPECT_THAT(warnings, ElementsAre("upstream app: resolve_interval has no effect: every server "
+                                    "is an IP address or a Unix socket",
+                                    "listener web, mirror m: resolve_interval has no effect: the "
+                                    "address is a Unix socket"));
+}
+
 TEST(LoaderTest, SourceAddressIsAnIpOfTheServersFamily) {
   // Line 3 of [upstream.app] (servers on line 2) and line 4 of its mirror.
   auto config = [](const std::string& servers, const std::string& source, const std::string& mirror,
