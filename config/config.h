@@ -255,6 +255,10 @@ struct UpstreamConfig {
   // 0 = never.
   uint32_t max_fails = 1;
   Duration fail_timeout{10'000};
+  // Per connect attempt to a server of the pool (and its TLS handshake); absent: the
+  // listener's connect_timeout (a local pool and a distant one behind one listener's routes
+  // want different ones: Envoy's cluster connect_timeout, HAProxy's backend timeout connect).
+  std::optional<Duration> connect_timeout;
   // Active health checks: every check_interval each server gets a TCP connect (then a
   // close); a failed or timed-out check counts like a failed connect toward max_fails,
   // and a good one brings a server marked down back at once. 0 = off (the default).

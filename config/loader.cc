@@ -632,6 +632,10 @@ private:
               {"hash_type", oneOf(&u.hash_type, {HashType::Map, HashType::Consistent})},
               {"max_fails", integer(&u.max_fails, 0, 1000)},
               {"fail_timeout", duration(&u.fail_timeout, 1ms, kMaxTimeout)},
+              {"connect_timeout",
+               [&](std::string_view key, const toml::node& node) {
+                 return duration(&u.connect_timeout.emplace(), 1ms, kMaxTimeout)(key, node);
+               }},
               {"check_interval", duration(&u.check_interval, 0ms, kMaxTimeout)},
               {"check_timeout", duration(&u.check_timeout, 1ms, 1min)},
               {"check_passes", integer(&u.check_passes, 1, 1000)},

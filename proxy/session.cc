@@ -1367,6 +1367,10 @@ void Session::releaseServer() {
   }
 }
 
+config::Duration Session::upstreamConnectTimeout() const {
+  return listener_->upstream->config().connect_timeout.value_or(cfg().connect_timeout);
+}
+
 void Session::connectPrimary() {
   UpstreamPool& pool = *listener_->upstream;
   const bool newcomer =
@@ -1416,7 +1420,7 @@ void Session::connectPrimary() {
     primary_.connecting_ = true;
     server_ = index;
     connectStart_ = host_.now();
-    connectDeadline_ = connectStart_ + nanos(cfg().connect_timeout);
+    connectDeadline_ = connectStart_ + nanos(upstreamConnectTimeout());
     connectTimedOut_ = false;
     ++inflight_;
     host_.ring().connect(fd, address.sockaddrPtr(), address.length, &primary_.connectDone_);
@@ -1591,7 +1595,7 @@ void Session::primaryConnected(int32_t res) {
     }
     state_ = State::UpstreamHandshake;
     handshakeTimedOut_ = false;
-    handshakeDeadline_ = host_.now() + nanos(cfg().connect_timeout);
+    handshakeDeadline_ = host_.now() + nanos(upstreamConnectTimeout());
     rescheduleTimer();
     continueHandshake(primary_);
     return;

@@ -383,6 +383,8 @@ private:
   };
 
   const config::ListenerConfig& cfg() const { return *listener_->config; }
+  // The pool's connect_timeout, else the listener's.
+  config::Duration upstreamConnectTimeout() const;
   metrics::ListenerStats& stats() { return *listener_->stats; }
   // Toward the pool the session's route chose.
   metrics::UpstreamUseStats& upstreamStats() {

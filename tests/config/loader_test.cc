@@ -863,6 +863,21 @@ TEST(LoaderTest, ProxyProtocolTlvsNeedVersion2AndKnownNames) {
               SizeIs(1));
 }
 
+TEST(LoaderTest, APoolsConnectTimeoutIsItsOwnOrTheListeners) {
+  auto pool = [](const std::string& line) {
+    return lines({"[upstream.app]", R"(servers = ["127.0.0.1:8000"])", line, "[[listener]]",
+                  R"(name = "web")", R"(listen = "127.0.0.1:8080")", R"(upstream = "app")"});
+  };
+  LoadResult result = loadString(pool(R"(connect_timeout = "250ms")"), "t.toml");
+  ASSERT_TRUE(result.ok()) << result.errors[0].toString();
+  EXPECT_EQ(result.config->upstreams[0].connect_timeout, std::chrono::milliseconds(250));
+  result = loadString(pool(""), "t.toml");
+  ASSERT_TRUE(result.ok());
+  EXPECT_FALSE(result.config->upstreams[0].connect_timeout.has_value());
+  EXPECT_THAT(errorsOf(pool(R"(connect_timeout = "0s")")),
+              ElementsAre("t.toml:3:19: 'connect_timeout' must be in 1ms..24h, got 0s"));
+}
+
 TEST(LoaderTest, UnixSocketServersAndMirrors) {
   LoadResult result = loadString(
       lines({"[upstream.app]",

@@ -158,6 +158,9 @@ void checkAccepted(const Config& c) {
       FUZZ_CHECK(s.name.empty() || names.insert(s.name).second, "duplicate server name");
     }
     FUZZ_CHECK(primary, "upstream " + u.name + " has only backup servers");
+    FUZZ_CHECK(
+        !u.connect_timeout || (u.connect_timeout->count() >= 1 && *u.connect_timeout <= kDay),
+        "upstream connect_timeout 1ms..24h");
     FUZZ_CHECK(u.check_interval.count() == 0 || u.max_fails > 0,
                "health checks without max_fails in " + u.name);
     FUZZ_CHECK(u.check_timeout.count() >= 1 && u.check_timeout.count() <= 60'000,

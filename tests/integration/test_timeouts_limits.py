@@ -229,6 +229,20 @@ class TimeoutTest(h.GrelayTest):
                 self.assertTrue(r.ok, str(r))
 
 
+    def test_a_pools_connect_timeout_overrides_the_listeners(self):
+        """Routes to a near pool and a far one: each pool's connect_timeout, not the
+        listener's (30 s), bounds a connect to its servers."""
+        with h.Blackhole() as hole:
+            cfg = h.Config()
+            cfg.upstream("near", [hole.address], connect_timeout="500ms")
+            p = cfg.listener("web", "near", connect_timeout="30s")
+            with h.Grelay(cfg):
+                end, data, took = h.try_request(p, b"hello", timeout=20)
+                self.assertEqual((end, data), ("reset", b""))
+                self.assertGreaterEqual(took, 0.45, "reset before the pool's connect_timeout")
+                self.assertLessEqual(took, 5.0, "the listener's connect_timeout was used")
+
+
 class LimitTest(h.GrelayTest):
     def _assert_rejected(self, port: int, what: str) -> None:
         end, data, took = h.try_request(port, b"hello", timeout=5)

@@ -647,6 +647,26 @@ TEST_F(SessionTest, ConnectsLeaveFromTheSourceAddresses) {
             (std::map<int, std::string>{{100, "127.0.0.3"}, {101, "127.0.0.2"}}));
 }
 
+TEST_F(SessionTest, ThePoolsConnectTimeoutOverridesTheListeners) {
+  upstreamConfig_.connect_timeout = std::chrono::milliseconds(200);
+  configure(0, 4 * kChunk, 2);  // the listener's connect_timeout: 5 s
+  session_ = std::make_unique<Session>(host_, context_, kClientFd);
+  session_->start();
+  FakeOp* first = ring().pending(OpKind::Connect, 100);
+  ASSERT_NE(first, nullptr);
+  host_.advance(199'000'000);
+  EXPECT_EQ(ring().pendingCount(OpKind::Connect, 100), 1u);
+  host_.advance(1'000'000);  // the pool's 200 ms: cancelled, a timeout
+  ring().completeCancelled();
+  EXPECT_EQ(stats_->upstreams[0].connectErrors.value(), 1u);
+  // The next server, with its own 200 ms.
+  ASSERT_NE(ring().pending(OpKind::Connect, 101), nullptr);
+  host_.advance(200'000'000);
+  ring().completeCancelled();
+  EXPECT_EQ(stats_->upstreams[0].connectErrors.value(), 2u);
+  EXPECT_EQ(stats_->noUpstream.value(), 1u);
+}
+
 TEST_F(SessionTest, ASourceAddressThatCannotBeBoundSparesTheServers) {
   upstreamConfig_.source_address = sourceAddress("192.0.2.1");
   configure(0, 4 * kChunk, 2);
