@@ -313,7 +313,12 @@ struct UpstreamConfig {
 
 struct MirrorConfig {
   std::string name;
-  Address address;
+  Address address;  // one of address and upstream (then length 0)
+  // The name of an [upstream.NAME] pool: each sampled session's copy goes to one of its
+  // servers, picked by the pool's balance among those not marked down and below max_conns
+  // (the pool's health checks, passive health and DNS moves apply, not this mirror's).
+  std::string upstream;
+  size_t upstream_index = 0;
   uint32_t sample_percent = 100;       // 0..100
   uint64_t max_lag = 8 * 1024 * 1024;  // bytes, >= chunk_size
   MirrorDirection direction = MirrorDirection::Request;

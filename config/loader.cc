@@ -1296,7 +1296,8 @@ private:
         table, "in [[listener.mirror]]",
         {
             {"name", uniqueName(&m.name, &mirror_names_, "mirror"), true},
-            {"address", targetAddress(&m.address), true},
+            {"address", targetAddress(&m.address)},
+            {"upstream", string(&m.upstream, true)},
             {"sample_percent", integer(&m.sample_percent, 0, 100)},
             {"max_lag", maxLag(&m.max_lag)},
             {"direction", oneOf(&m.direction, {MirrorDirection::Request, MirrorDirection::Both})},
@@ -1310,9 +1311,47 @@ private:
             {"proxy_protocol_tlvs", proxyTlvs(&m.proxy_protocol_tlvs)},
         });
     tlvsNeedVersion2(table, m.proxy_protocol_tlvs, m.proxy_protocol, "in [[listener.mirror]]");
+    mirrorTarget(table, m);
     if (m.source_address && m.address.length != 0) {
       sameFamily(*table.get("source_address"), *m.source_address, m.address,
                  "the mirror's address " + quoted(m.address.text));
+    }
+  }
+
+  // A mirror sends to its `address` or to a server of its `upstream` pool, whose own
+  // settings then stand for the mirror's address-bound ones.
+  void mirrorTarget(const toml::table& table, MirrorConfig& m) {
+    const toml::node* address = table.get("address");
+    const toml::node* upstream = table.get("upstream");
+    if ((address == nullptr) == (upstream == nullptr)) {
+      error(address != nullptr ? address->source() : table.source(),
+            std::string(address != nullptr ? "both 'address' and 'upstream'"
+                                           : "neither 'address' nor 'upstream'") +
+                " in [[listener.mirror]]: a mirror sends to one address or to a pool's servers");
+      return;
+    }
+    if (upstream == nullptr || m.upstream.empty()) {
+      return;
+    }
+    size_t before = errors_.size();
+    findUpstream(*upstream, m.upstream, &m.upstream_index);
+    if (errors_.size() != before) {
+      return;
+    }
+    for (const char* key :
+         {"max_fails", "fail_timeout", "resolve_interval", "resolve_hold", "source_address"}) {
+      if (const toml::node* node = table.get(key)) {
+        error(node->source(), quoted(key) +
+                                  " with 'upstream' in [[listener.mirror]]: the "
+                                  "pool's own applies to its servers (set it in "
+                                  "[upstream." +
+                                  m.upstream + "])");
+      }
+    }
+    if (config_.upstreams[m.upstream_index].tls.enabled) {
+      error(upstream->source(), "mirror " + quoted(m.name) + ": upstream " + quoted(m.upstream) +
+                                    " has 'tls': mirrors send the bytes as they are, never "
+                                    "through TLS");
     }
   }
 

@@ -1637,6 +1637,22 @@ void Session::connectMirrors() {
     m.wantsResponses = mc.direction == config::MirrorDirection::Both;
     m.health = mirrorHealth(i);
     m.address = &mc.address;
+    std::optional<config::Address> source = mc.source_address;
+    if (UpstreamPool* pool =
+            i < listener_->mirrorPools.size() ? listener_->mirrorPools[i] : nullptr) {
+      // A pool's server, by its balance, health and max_conns; none free: skipped.
+      m.health = nullptr;
+      m.server = pickMirrorServer(*pool);
+      if (m.server < 0) {
+        m.state = MirrorState::Cut;
+        ++mirrorsCut_;
+        stats().mirrors[i].skippedSessions.inc();
+        continue;
+      }
+      m.pool = pool;
+      m.address = &pool->server(static_cast<size_t>(m.server));
+      source = pool->config().source_address;
+    }
     if (m.health != nullptr && m.health->down(host_.now())) {
       // Marked down: this session does without it (its bytes count as dropped), and no
       // connect is spent on a dead host. The first session after fail_timeout probes.
@@ -1646,19 +1662,17 @@ void Session::connectMirrors() {
       continue;
     }
     m.state = MirrorState::Connecting;
-    int fd = host_.sockets().openStream(mc.address.family());
+    int fd = host_.sockets().openStream(m.address->family());
     if (fd < 0) {
       stats().mirrors[i].connectErrors.inc();
       cutMirror(i, ("cannot create socket: " + describe(fd)).c_str());
       continue;
     }
-    if (mc.source_address) {
-      if (const int err = host_.sockets().bindSource(fd, *mc.source_address); err < 0) {
+    if (source) {
+      if (const int err = host_.sockets().bindSource(fd, *source); err < 0) {
         host_.sockets().close(fd, false);
         stats().mirrors[i].connectErrors.inc();
-        cutMirror(i,
-                  ("cannot bind source_address " + mc.source_address->text + ": " + describe(err))
-                      .c_str());
+        cutMirror(i, ("cannot bind source_address " + source->text + ": " + describe(err)).c_str());
         continue;
       }
     }
@@ -1666,10 +1680,25 @@ void Session::connectMirrors() {
     m.peer.fd_ = fd;
     m.peer.connecting_ = true;
     m.connectStart = host_.now();
-    m.connectDeadline = m.connectStart + nanos(cfg().connect_timeout);
+    m.connectDeadline =
+        m.connectStart +
+        nanos(m.pool != nullptr ? m.pool->config().connect_timeout.value_or(cfg().connect_timeout)
+                                : cfg().connect_timeout);
     ++inflight_;
-    host_.ring().connect(fd, mc.address.sockaddrPtr(), mc.address.length, &m.peer.connectDone_);
+    host_.ring().connect(fd, m.address->sockaddrPtr(), m.address->length, &m.peer.connectDone_);
   }
+}
+
+int32_t Session::pickMirrorServer(UpstreamPool& pool) {
+  thread_local std::vector<uint32_t> order;  // (the worker's: no allocation per session)
+  const bool bySource = pool.config().balance == config::Balance::Source;
+  pool.pickOrder(order, host_.now(), bySource ? clientHash(clientAddress_, false) : 0);
+  for (const uint32_t server : order) {
+    if (!pool.down(server, host_.now()) && pool.acquire(server)) {
+      return static_cast<int32_t>(server);
+    }
+  }
+  return -1;
 }
 
 void Session::mirrorConnected(size_t index, int32_t res) {
@@ -1689,6 +1718,20 @@ void Session::mirrorConnected(size_t index, int32_t res) {
   if (res < 0) {
     stats().mirrors[index].connectErrors.inc();
     std::string why = "connect failed: " + describe(res);
+    if (m.pool != nullptr) {
+      const auto server = static_cast<uint32_t>(m.server);
+      m.pool->sessionConnectFailed(server);
+      if (m.pool->connectFailed(server, host_.now())) {
+        stats().mirrors[index].markedDown.inc();
+        const config::UpstreamConfig& uc = m.pool->config();
+        GRELAY_LOG_WARN(
+            "listener %s: mirror %s: upstream %s: server %s marked down for %lld ms "
+            "after %u failed connect%s (%s)",
+            cfg().name.c_str(), mc.name.c_str(), uc.name.c_str(), m.address->text.c_str(),
+            static_cast<long long>(uc.fail_timeout.count()), uc.max_fails,
+            uc.max_fails == 1 ? "" : "s", describe(res).c_str());
+      }
+    }
     if (health != nullptr && health->connectFailed(host_.now(), mc.max_fails, mc.fail_timeout)) {
       stats().mirrors[index].markedDown.inc();
       GRELAY_LOG_WARN(
@@ -1703,6 +1746,10 @@ void Session::mirrorConnected(size_t index, int32_t res) {
   }
   if (health != nullptr) {
     health->connectSucceeded(host_.now());
+  }
+  if (m.pool != nullptr) {
+    m.pool->sessionConnected(static_cast<uint32_t>(m.server));
+    m.pool->connectSucceeded(static_cast<uint32_t>(m.server), host_.now());
   }
   m.state = MirrorState::Open;
   m.peer.connected_ = true;
@@ -2078,6 +2125,10 @@ void Session::maybeFinish() {
       m->peer.fd_ = -1;
     }
     m->peer.dropQueue();
+    if (m->pool != nullptr && m->server >= 0) {
+      m->pool->release(static_cast<uint32_t>(m->server));
+      m->server = -1;
+    }
   }
   releaseServer();
   if (clientCounted_) {

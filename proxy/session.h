@@ -124,6 +124,7 @@ struct ListenerContext {
   ClientRateLimiter* clientRate = nullptr;      // max_connection_rate_per_client (all workers)
   SlotQueue* slotQueue = nullptr;               // this worker's waiters for the upstream's slots
   std::vector<PeerHealth*> mirrorHealth;        // [mirror], shared by all workers (may be empty)
+  std::vector<UpstreamPool*> mirrorPools;       // [mirror]: the pool of a mirror with `upstream`
   uint32_t chunkSize = 64 * 1024;
   bool splice = false;  // single-target directions may splice ([server] splice, mainline path)
 };
@@ -376,6 +377,10 @@ private:
     // that moves to a DNS move's routes may have a connect to the old address in flight).
     PeerHealth* health = nullptr;
     const config::Address* address = nullptr;
+    // A mirror with `upstream`: its pool and the server this session's copy goes to (a
+    // slot of the pool's, held until the session ends).
+    UpstreamPool* pool = nullptr;
+    int32_t server = -1;
     uint64_t connectDeadline = 0;
     uint64_t connectStart = 0;
     bool timedOut = false;
@@ -441,6 +446,9 @@ private:
   void upstreamReady();
   void upstreamFailed(const std::string& why);
   PeerHealth* mirrorHealth(size_t index) const;
+  // A mirror with `upstream`: the first server of the pool's order (its balance) that is
+  // not marked down and takes a slot, which it then holds; -1 when none does.
+  int32_t pickMirrorServer(UpstreamPool& pool);
   // Gives back the slot the session holds on server_ (see UpstreamPool::acquire).
   void releaseServer();
   void connectMirrors();

@@ -343,6 +343,11 @@ void Worker::route(ListenerContext& context, size_t listener, WorkerRoutes& rout
   for (const auto& h : routes.routes->mirrorHealth[listener]) {
     context.mirrorHealth.push_back(h.get());
   }
+  context.mirrorPools.clear();
+  for (const config::MirrorConfig& m : l.mirrors) {
+    context.mirrorPools.push_back(
+        m.upstream.empty() ? nullptr : routes.routes->upstreams[m.upstream_index].get());
+  }
 }
 
 void Worker::addRouteContexts(ListenerContext& own, WorkerRoutes& routes) {

@@ -878,6 +878,40 @@ TEST(LoaderTest, APoolsConnectTimeoutIsItsOwnOrTheListeners) {
               ElementsAre("t.toml:3:19: 'connect_timeout' must be in 1ms..24h, got 0s"));
 }
 
+TEST(LoaderTest, AMirrorSendsToAnAddressOrToAPool) {
+  auto config = [](const std::string& mirror, const std::string& sinks = "") {
+    return lines({"[upstream.app]", R"(servers = ["127.0.0.1:8000"])", "[upstream.sinks]",
+                  R"(servers = ["127.0.0.1:9000", "127.0.0.1:9001"])", sinks, "[[listener]]",
+                  R"(name = "web")", R"(listen = "127.0.0.1:8080")", R"(upstream = "app")",
+                  "[[listener.mirror]]", R"(name = "m")", mirror});
+  };
+  LoadResult result = loadString(config(R"(upstream = "sinks")"), "t.toml");
+  ASSERT_TRUE(result.ok()) << result.errors[0].toString();
+  const MirrorConfig& m = result.config->listeners[0].mirrors[0];
+  EXPECT_EQ(m.upstream, "sinks");
+  EXPECT_EQ(m.upstream_index, 1u);
+  EXPECT_EQ(m.address.length, 0u);
+  EXPECT_THAT(errorsOf(config(R"(address = "127.0.0.1:9000")"
+                              "\n"
+                              R"(upstream = "sinks")")),
+              ElementsAre("t.toml:12:11: both 'address' and 'upstream' in [[listener.mirror]]: "
+                          "a mirror sends to one address or to a pool's servers"));
+  EXPECT_THAT(errorsOf(config("sample_percent = 5")),
+              ElementsAre("t.toml:10:1: neither 'address' nor 'upstream' in "
+                          "[[listener.mirror]]: a mirror sends to one address or to a pool's "
+                          "servers"));
+  EXPECT_THAT(errorsOf(config(R"(upstream = "nope")")),
+              ElementsAre("t.toml:12:12: unknown upstream 'nope'"));
+  EXPECT_THAT(errorsOf(config(R"(upstream = "sinks")"
+                              "\n"
+                              "max_fails = 3")),
+              ElementsAre("t.toml:13:13: 'max_fails' with 'upstream' in [[listener.mirror]]: "
+                          "the pool's own applies to its servers (set it in [upstream.sinks])"));
+  EXPECT_THAT(errorsOf(config(R"(upstream = "sinks")", "tls = true")),
+              ElementsAre("t.toml:12:12: mirror 'm': upstream 'sinks' has 'tls': mirrors send "
+                          "the bytes as they are, never through TLS"));
+}
+
 TEST(LoaderTest, UnixSocketServersAndMirrors) {
   LoadResult result = loadString(
       lines({"[upstream.app]",
@@ -1223,7 +1257,8 @@ TEST(LoaderErrorTest, MissingRequiredKeyPointsAtItsTable) {
                           "t.toml:3:1: missing required key 'name' in [[listener]]"));
   EXPECT_THAT(errorsOf(validWith({"  [[listener.mirror]]", R"(  name = "m")", "  [listener.tap]",
                                   "  max_size = \"1GiB\""})),
-              ElementsAre("t.toml:8:3: missing required key 'address' in [[listener.mirror]]",
+              ElementsAre("t.toml:8:3: neither 'address' nor 'upstream' in [[listener.mirror]]: "
+                          "a mirror sends to one address or to a pool's servers",
                           "t.toml:10:3: missing required key 'path' in [listener.tap]"));
 }
 

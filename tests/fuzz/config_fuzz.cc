@@ -294,8 +294,19 @@ void checkAccepted(const Config& c) {
     for (const MirrorConfig& m : l.mirrors) {
       FUZZ_CHECK(isName(m.name), "mirror name '" + printable(m.name) + "'");
       FUZZ_CHECK(mirrorNames.insert(m.name).second, "duplicate mirror " + m.name);
-      checkTarget(m.address, "mirror address");
-      checkSource(m.source_address, m.address);
+      if (m.upstream.empty()) {
+        checkTarget(m.address, "mirror address");
+        checkSource(m.source_address, m.address);
+      } else {
+        // A pool's servers: its settings, never TLS.
+        FUZZ_CHECK(m.address.length == 0, "mirror with both address and upstream");
+        FUZZ_CHECK(m.upstream_index < c.upstreams.size() &&
+                       c.upstreams[m.upstream_index].name == m.upstream,
+                   "mirror upstream index");
+        FUZZ_CHECK(!c.upstreams[m.upstream_index].tls.enabled, "mirror to a TLS pool");
+        FUZZ_CHECK(!m.source_address && m.resolve_interval.count() == 0,
+                   "mirror upstream with its own source_address or resolve_interval");
+      }
       FUZZ_CHECK(!m.proxy_protocol_tlvs.any() || m.proxy_protocol == ProxyProtocol::V2,
                  "mirror TLVs without a v2 header");
       FUZZ_CHECK(m.sample_percent <= 100, "sample_percent 0..100");

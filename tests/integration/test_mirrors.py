@@ -12,6 +12,8 @@
 - An unreachable mirror costs the primary nothing, and while it is marked down the
   sessions it would have taken splice.
 - direction = "both": the mirror gets the request bytes, then the response bytes.
+- A mirror to an upstream pool spreads the sessions' copies over its servers by its
+  balance, follows its health and max_conns.
 """
 
 import random
@@ -299,6 +301,80 @@ class MirrorTest(h.GrelayTest):
                 self.assertTrue(r.ok, str(r))
                 self.assertTrue(h.wait_for(
                     lambda: count("grelay_mirror_connect_errors_total") >= 2, 5))
+
+    def test_a_mirror_to_a_pool_spreads_sessions_and_follows_its_health(self):
+        """`upstream` instead of `address`: each session's copy goes to one server of the
+        pool, byte for byte, by the pool's balance; a dead server is marked
+        down by the pool and the copies go to the others; every server at max_conns means
+        the session is skipped; the pool's per-server counts include the copies."""
+        with h.EchoServer() as echo, h.SinkServer() as a, h.SinkServer() as b, \
+                h.RefusingPort() as dead:
+            cfg = h.Config(workers=1)
+            cfg.with_admin()
+            cfg.upstream("app", [echo.address])
+            cfg.upstream("sinks", [{"address": a.address, "name": "a"},
+                                   {"address": b.address, "name": "b", "weight": 2},
+                                   {"address": dead.address, "name": "dead"}],
+                         fail_timeout="1h")
+            port = cfg.listener("web", "app", mirrors=[
+                {"name": "analytics", "upstream": "sinks", "proxy_protocol": "v1"}])
+            with h.Grelay(cfg) as g:
+                streams = {s: h.Stream(s, h.scaled(96 * h.KiB) + s) for s in range(7000, 7012)}
+                for s in streams.values():  # one at a time: the rotation's order is exact
+                    r = h.stream_session(port, s)
+                    self.assertTrue(r.ok, str(r))
+                self.assertTrue(h.wait_for(lambda: g.metric(
+                    "grelay_upstream_server_up", upstream="sinks", server="dead") == 0, 5))
+                self.assertIn("listener web: mirror analytics: upstream sinks: server "
+                              f"{dead.address} marked down", g.log())
+                got = {}
+                for name, sink in (("a", a), ("b", b)):
+                    for rec in sink.records():
+                        self.assertEqual(rec.end, "eof")
+                        header, _, data = bytes(rec.data).partition(b"\r\n")
+                        self.assertTrue(header.startswith(b"PROXY TCP4 127.0.0.1 127.0.0.1 "))
+                        seed = seed_of(data)
+                        self.assertEqual(data, streams[seed].bytes(), f"session {seed} on {name}")
+                        got.setdefault(name, []).append(seed)
+                # 12 sessions: the dead server's first turn lost its copy (its later turns,
+                # marked down, fall to the next server, as for sessions); the other 11
+                # went to a and b.
+                self.assertEqual(len(got["a"]) + len(got["b"]), 11, got)
+                self.assertGreater(len(got["a"]), 0, got)
+                self.assertGreater(len(got["b"]), 0, got)
+                self.assertEqual(g.metric("grelay_mirror_connect_errors_total",
+                                          mirror="analytics"), 1)
+                self.assertEqual(g.metric("grelay_mirror_marked_down_total",
+                                          mirror="analytics"), 1)
+                self.assertEqual(g.metric("grelay_upstream_server_sessions_total",
+                                          upstream="sinks", server="b"), len(got["b"]))
+                self.assertTrue(h.wait_for(lambda: g.metric(
+                    "grelay_upstream_server_active_connections", upstream="sinks",
+                    server="a") == 0, 5))
+
+    def test_a_mirror_to_a_full_pool_skips_the_session(self):
+        with h.EchoServer() as echo, h.SinkServer() as sink:
+            cfg = h.Config(workers=1)
+            cfg.with_admin()
+            cfg.upstream("app", [echo.address])
+            cfg.upstream("sinks", [{"address": sink.address, "max_conns": 1}])
+            port = cfg.listener("web", "app", mirrors=[{"name": "m", "upstream": "sinks"}])
+            with h.Grelay(cfg) as g:
+                held = h.connect(port)
+                held.sendall(b"first")
+                self.assertEqual(held.recv(5), b"first")
+                self.assertTrue(sink.wait_connections(1, ended=False))
+                r = h.stream_session(port, b"second")  # the sink's one slot is taken
+                self.assertTrue(r.ok, str(r))
+                self.assertEqual(g.metric("grelay_mirror_skipped_sessions_total", mirror="m"), 1)
+                held.close()
+                self.assertTrue(h.wait_for(lambda: g.metric(
+                    "grelay_upstream_server_active_connections", upstream="sinks",
+                    server="0") == 0, 5))
+                r = h.stream_session(port, b"third")  # free again
+                self.assertTrue(r.ok, str(r))
+                recs = sink.records()
+                self.assertEqual([bytes(rec.data) for rec in recs], [b"first", b"third"])
 
     def test_direction_both_mirrors_request_then_response(self):
         sessions = 10

@@ -647,6 +647,52 @@ TEST_F(SessionTest, ConnectsLeaveFromTheSourceAddresses) {
             (std::map<int, std::string>{{100, "127.0.0.3"}, {101, "127.0.0.2"}}));
 }
 
+TEST_F(SessionTest, AMirrorToAPoolHoldsAServerSlotAndFeedsItsHealth) {
+  configure(1);
+  config::UpstreamConfig sinksConfig;
+  sinksConfig.name = "sinks";
+  sinksConfig.servers.push_back({address("127.0.0.1:9100")});
+  sinksConfig.servers.push_back({address("127.0.0.1:9101")});
+  UpstreamPool sinks(sinksConfig);
+  listenerConfig_.mirrors[0].address = {};
+  listenerConfig_.mirrors[0].upstream = "sinks";
+  context_.mirrorPools = {&sinks};
+  auto run = [&](int32_t mirrorResult) {
+    host_.sockets_.closed.clear();  // one client fd for every session here
+    session_ = std::make_unique<Session>(host_, context_, kClientFd);
+    session_->start();
+    FakeOp* mirror = ring().pending(OpKind::Connect);  // the mirror's comes first
+    EXPECT_NE(mirror, nullptr);
+    const auto port = static_cast<uint16_t>(mirror->offset);
+    EXPECT_EQ(sinks.activeConnections(port - 9100), 1);  // held from the connect on
+    ring().complete(mirror, mirrorResult);
+    FakeOp* primary = ring().pending(OpKind::Connect);
+    const int primaryFd = primary->fd;
+    ring().complete(primary, 0);
+    ring().complete(ring().pendingReceive(kClientFd), 0);
+    ring().complete(ring().pendingReceive(primaryFd), 0);
+    ring().completeCancelled();
+    EXPECT_EQ(sinks.activeConnections(port - 9100), 0);  // given back at the end
+    return port;
+  };
+  // Round robin over the pool; a failed connect marks its server down (max_fails 1).
+  const uint16_t first = run(0);
+  const uint16_t second = run(-ECONNREFUSED);
+  EXPECT_NE(first, second);
+  EXPECT_TRUE(sinks.down(second - 9100, host_.now()));
+  EXPECT_EQ(stats_->mirrors[0].markedDown.value(), 1u);
+  EXPECT_EQ(run(0), first);  // the other one is down: the next copies skip it
+  EXPECT_EQ(run(0), first);
+  EXPECT_EQ(sinks.serverSessions(first - 9100), 3u);
+  // Every server down: the session goes without its copy (skipped).
+  ASSERT_TRUE(sinks.connectFailed(first - 9100, host_.now()));
+  host_.sockets_.closed.clear();
+  session_ = std::make_unique<Session>(host_, context_, kClientFd);
+  session_->start();
+  EXPECT_EQ(stats_->mirrors[0].skippedSessions.value(), 1u);
+  EXPECT_EQ(ring().pendingCount(OpKind::Connect), 1u);  // the primary's, not a mirror's
+}
+
 TEST_F(SessionTest, ThePoolsConnectTimeoutOverridesTheListeners) {
   upstreamConfig_.connect_timeout = std::chrono::milliseconds(200);
   configure(0, 4 * kChunk, 2);  // the listener's connect_timeout: 5 s
