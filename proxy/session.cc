@@ -1367,10 +1367,6 @@ void Session::releaseServer() {
   }
 }
 
-config::Duration Session::upstreamConnectTimeout() const {
-  return listener_->upstream->config().connect_timeout.value_or(cfg().connect_timeout);
-}
-
 void Session::connectPrimary() {
   UpstreamPool& pool = *listener_->upstream;
   const bool newcomer =
@@ -1420,7 +1416,7 @@ void Session::connectPrimary() {
     primary_.connecting_ = true;
     server_ = index;
     connectStart_ = host_.now();
-    connectDeadline_ = connectStart_ + nanos(upstreamConnectTimeout());
+    connectDeadline_ = connectStart_ + nanos(connectTimeoutOf(*listener_->upstream));
     connectTimedOut_ = false;
     ++inflight_;
     host_.ring().connect(fd, address.sockaddrPtr(), address.length, &primary_.connectDone_);
@@ -1595,7 +1591,7 @@ void Session::primaryConnected(int32_t res) {
     }
     state_ = State::UpstreamHandshake;
     handshakeTimedOut_ = false;
-    handshakeDeadline_ = host_.now() + nanos(upstreamConnectTimeout());
+    handshakeDeadline_ = host_.now() + nanos(connectTimeoutOf(*listener_->upstream));
     rescheduleTimer();
     continueHandshake(primary_);
     return;
@@ -1604,26 +1600,39 @@ void Session::primaryConnected(int32_t res) {
 }
 
 void Session::upstreamReady() {
-  UpstreamPool& pool = *listener_->upstream;
-  pool.connectSucceeded(static_cast<uint32_t>(server_), host_.now());
-  pool.sessionConnected(static_cast<uint32_t>(server_));
+  serverConnected(*listener_->upstream, static_cast<uint32_t>(server_));
   openTap(true);
   startRelaying();
 }
 
 void Session::upstreamFailed(const std::string& why) {
   upstreamStats().connectErrors.inc();
-  UpstreamPool& pool = *listener_->upstream;
-  const auto server = static_cast<uint32_t>(server_);
-  pool.sessionConnectFailed(server);
-  if (pool.connectFailed(server, host_.now())) {
+  if (serverConnectFailed(*listener_->upstream, static_cast<uint32_t>(server_), why, "")) {
     upstreamStats().markedDown.inc();
-    const config::UpstreamConfig& uc = pool.config();
-    GRELAY_LOG_WARN("upstream %s: server %s marked down for %lld ms after %u failed connect%s (%s)",
-                    uc.name.c_str(), pool.server(server).text.c_str(),
-                    static_cast<long long>(uc.fail_timeout.count()), uc.max_fails,
-                    uc.max_fails == 1 ? "" : "s", why.c_str());
   }
+}
+
+void Session::serverConnected(UpstreamPool& pool, uint32_t server) {
+  pool.connectSucceeded(server, host_.now());
+  pool.sessionConnected(server);
+}
+
+bool Session::serverConnectFailed(UpstreamPool& pool, uint32_t server, const std::string& why,
+                                  const std::string& who) {
+  pool.sessionConnectFailed(server);
+  if (!pool.connectFailed(server, host_.now())) {
+    return false;
+  }
+  const config::UpstreamConfig& uc = pool.config();
+  GRELAY_LOG_WARN("%supstream %s: server %s marked down for %lld ms after %u failed connect%s (%s)",
+                  who.c_str(), uc.name.c_str(), pool.server(server).text.c_str(),
+                  static_cast<long long>(uc.fail_timeout.count()), uc.max_fails,
+                  uc.max_fails == 1 ? "" : "s", why.c_str());
+  return true;
+}
+
+config::Duration Session::connectTimeoutOf(const UpstreamPool& pool) const {
+  return pool.config().connect_timeout.value_or(cfg().connect_timeout);
 }
 
 void Session::connectMirrors() {
@@ -1680,10 +1689,8 @@ void Session::connectMirrors() {
     m.peer.fd_ = fd;
     m.peer.connecting_ = true;
     m.connectStart = host_.now();
-    m.connectDeadline =
-        m.connectStart +
-        nanos(m.pool != nullptr ? m.pool->config().connect_timeout.value_or(cfg().connect_timeout)
-                                : cfg().connect_timeout);
+    m.connectDeadline = m.connectStart + nanos(m.pool != nullptr ? connectTimeoutOf(*m.pool)
+                                                                 : cfg().connect_timeout);
     ++inflight_;
     host_.ring().connect(fd, m.address->sockaddrPtr(), m.address->length, &m.peer.connectDone_);
   }
@@ -1718,19 +1725,10 @@ void Session::mirrorConnected(size_t index, int32_t res) {
   if (res < 0) {
     stats().mirrors[index].connectErrors.inc();
     std::string why = "connect failed: " + describe(res);
-    if (m.pool != nullptr) {
-      const auto server = static_cast<uint32_t>(m.server);
-      m.pool->sessionConnectFailed(server);
-      if (m.pool->connectFailed(server, host_.now())) {
-        stats().mirrors[index].markedDown.inc();
-        const config::UpstreamConfig& uc = m.pool->config();
-        GRELAY_LOG_WARN(
-            "listener %s: mirror %s: upstream %s: server %s marked down for %lld ms "
-            "after %u failed connect%s (%s)",
-            cfg().name.c_str(), mc.name.c_str(), uc.name.c_str(), m.address->text.c_str(),
-            static_cast<long long>(uc.fail_timeout.count()), uc.max_fails,
-            uc.max_fails == 1 ? "" : "s", describe(res).c_str());
-      }
+    if (m.pool != nullptr &&
+        serverConnectFailed(*m.pool, static_cast<uint32_t>(m.server), describe(res),
+                            "listener " + cfg().name + ": mirror " + mc.name + ": ")) {
+      stats().mirrors[index].markedDown.inc();
     }
     if (health != nullptr && health->connectFailed(host_.now(), mc.max_fails, mc.fail_timeout)) {
       stats().mirrors[index].markedDown.inc();
@@ -1748,8 +1746,7 @@ void Session::mirrorConnected(size_t index, int32_t res) {
     health->connectSucceeded(host_.now());
   }
   if (m.pool != nullptr) {
-    m.pool->sessionConnected(static_cast<uint32_t>(m.server));
-    m.pool->connectSucceeded(static_cast<uint32_t>(m.server), host_.now());
+    serverConnected(*m.pool, static_cast<uint32_t>(m.server));
   }
   m.state = MirrorState::Open;
   m.peer.connected_ = true;

@@ -388,8 +388,8 @@ private:
   };
 
   const config::ListenerConfig& cfg() const { return *listener_->config; }
-  // The pool's connect_timeout, else the listener's.
-  config::Duration upstreamConnectTimeout() const;
+  // A pool's connect_timeout, else the listener's.
+  config::Duration connectTimeoutOf(const UpstreamPool& pool) const;
   metrics::ListenerStats& stats() { return *listener_->stats; }
   // Toward the pool the session's route chose.
   metrics::UpstreamUseStats& upstreamStats() {
@@ -449,6 +449,12 @@ private:
   // A mirror with `upstream`: the first server of the pool's order (its balance) that is
   // not marked down and takes a slot, which it then holds; -1 when none does.
   int32_t pickMirrorServer(UpstreamPool& pool);
+  // A connect (and TLS handshake) to `server` of `pool`, the primary's or a mirror's,
+  // succeeded or failed: its health and per-server counts. serverConnectFailed() logs the
+  // marking down (after `who`) and returns true when this failure marked the server down.
+  void serverConnected(UpstreamPool& pool, uint32_t server);
+  bool serverConnectFailed(UpstreamPool& pool, uint32_t server, const std::string& why,
+                           const std::string& who);
   // Gives back the slot the session holds on server_ (see UpstreamPool::acquire).
   void releaseServer();
   void connectMirrors();
