@@ -889,6 +889,17 @@ void Session::start() {
   stats().active.inc();
   counted_ = true;
   started_ = host_.now();
+  if (const uint64_t limit = nanos(cfg().max_session_duration); limit > 0) {
+    // Within +-10% of the limit, a different point for each session (gRPC's
+    // MaxConnectionAge jitter): connections opened together, by a deploy or a failover,
+    // are not all reset in the same instant, nor all reconnect in the next.
+    uint64_t x = id_ * 0x9e3779b97f4a7c15ull + started_;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    x ^= x >> 31;
+    const uint64_t span = limit / 5;
+    maxDurationDeadline_ = started_ + limit - span / 2 + x % (span + 1);
+  }
   keepAlive(client_.fd_);
   host_.sockets().addresses(client_.fd_, &clientAddress_, &localAddress_);
   activity();
@@ -2375,8 +2386,7 @@ void Session::onTimer(uint64_t now) noexcept {
   }
   const uint64_t idleSince =
       state_ == State::Closing ? std::max(lastActivity_, closeStart_) : lastActivity_;
-  if (state_ != State::Closing && cfg().max_session_duration.count() > 0 &&
-      now >= started_ + nanos(cfg().max_session_duration)) {
+  if (state_ != State::Closing && maxDurationDeadline_ != 0 && now >= maxDurationDeadline_) {
     // Reset, not ended: bytes still on their way are not delivered, and a FIN would pass
     // a cut stream off as a whole one.
     stats().maxDurations.inc();
@@ -2430,8 +2440,8 @@ void Session::rescheduleTimer() {
     return;
   }
   uint64_t next = lastActivity_ + nanos(cfg().idle_timeout);
-  if (cfg().max_session_duration.count() > 0) {
-    next = std::min(next, started_ + nanos(cfg().max_session_duration));
+  if (maxDurationDeadline_ != 0) {
+    next = std::min(next, maxDurationDeadline_);
   }
   if ((state_ == State::ProxyHeader || state_ == State::ClientHello ||
        state_ == State::Handshaking || state_ == State::UpstreamHandshake) &&

@@ -550,6 +550,8 @@ private:
   TapStream tap_;
   bool counted_ = false;
   uint64_t started_ = 0;  // monotonic ns (access log)
+  // max_session_duration: when this session is reset, jittered per session (0 = never).
+  uint64_t maxDurationDeadline_ = 0;
   tap::CloseReason closeReason_ = tap::CloseReason::kNormal;
   uint32_t mirrorsCut_ = 0;
   bool upstreamCounted_ = false;  // holds a slot on server_ (UpstreamPool::acquire)

@@ -934,17 +934,42 @@ TEST_F(SessionTest, MaxSessionDurationResetsTheSessionBusyOrNot) {
     ring().receive(ring().pendingReceive(kClientFd), "data");
     ring().complete(ring().pending(OpKind::Send, primaryFd()), 4);
   }
-  host_.advance(9'000'000'000ull);  // 29 s from the accept
+  host_.advance(6'900'000'000ull);  // 26.9 s from the accept: before 30 s - 10%
   EXPECT_EQ(host_.done, 0);
   // A chunk on its way when the time is up is not delivered: both sides are reset.
   ring().receive(ring().pendingReceive(kClientFd), "late");
-  host_.advance(2'000'000'000ull);
+  host_.advance(6'200'000'000ull);  // 33.1 s: past 30 s + 10%
   ring().completeCancelled();
   EXPECT_EQ(host_.done, 1);
   EXPECT_TRUE(host_.sockets_.closed.at(kClientFd));  // reset
   EXPECT_TRUE(host_.sockets_.closed.at(primaryFd()));
   EXPECT_EQ(stats_->maxDurations.value(), 1u);
   EXPECT_EQ(stats_->idleTimeouts.value(), 0u);
+}
+
+TEST_F(SessionTest, MaxSessionDurationIsSpreadOverTenPercentEitherSide) {
+  // Sessions accepted together are reset at different times within 27..33 s.
+  listenerConfig_.max_session_duration = std::chrono::seconds(30);
+  std::set<uint64_t> resetAt;
+  for (uint64_t id = 1; id <= 16; ++id) {
+    host_.sockets_.closed.clear();
+    host_.done = 0;
+    session_ = std::make_unique<Session>(host_, context_, kClientFd);
+    session_->setId(id);
+    const uint64_t start = host_.now();
+    session_->start();
+    ring().complete(ring().pending(OpKind::Connect), 0);
+    while (host_.done == 0 && host_.now() - start < 40'000'000'000ull) {
+      host_.advance(100'000'000);
+      ring().completeCancelled();
+    }
+    ASSERT_EQ(host_.done, 1);
+    const uint64_t lived = host_.now() - start;
+    EXPECT_GE(lived, 27'000'000'000ull);
+    EXPECT_LE(lived, 33'100'000'000ull);
+    resetAt.insert(lived / 100'000'000);
+  }
+  EXPECT_GE(resetAt.size(), 8u);  // spread, not one instant
 }
 
 TEST_F(SessionTest, AClientOverItsConnectionRateIsResetBeforeAnythingConnects) {
