@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import json
 import mmap
 import os
 import pwd
@@ -604,6 +605,16 @@ def no_uring_helper() -> str:
     r = subprocess.run([cc, "-O2", "-o", out, os.path.join(HERE, "no_uring.c")],
                        capture_output=True, text=True)
     return out if r.returncode == 0 else ""
+
+
+def read_json_lines(path: str) -> list:
+    """The complete lines of a JSON-lines file (an access log) so far, parsed; [] if the
+    file is not there yet. A line still being written is left for the next read."""
+    try:
+        with open(path) as f:
+            return [json.loads(line) for line in f if line.endswith("\n")]
+    except FileNotFoundError:
+        return []
 
 
 def scrape_metrics(port: int, host: str = "127.0.0.1", timeout: float = 5.0) -> str:

@@ -8,21 +8,12 @@ is gone down and bring it back; TLS reaches a socket server by the name in tls.s
 a listener cannot be a Unix socket (a clear --check error)."""
 
 import hashlib
-import json
 import os
 import shutil
 import socket
 import tempfile
 
 import harness as h
-
-
-def read_lines(path):
-    try:
-        with open(path) as f:
-            return [json.loads(line) for line in f if line.endswith("\n")]
-    except FileNotFoundError:
-        return []
 
 
 class UnixSocketTest(h.GrelayTest):
@@ -64,7 +55,7 @@ class UnixSocketTest(h.GrelayTest):
                 for i in range(4):
                     r = h.stream_session(port, b"ping %d" % i)
                     self.assertTrue(r.ok, str(r))
-                self.assertTrue(h.wait_for(lambda: len(read_lines(log)) == n + 4, 10))
+                self.assertTrue(h.wait_for(lambda: len(h.read_json_lines(log)) == n + 4, 10))
                 self.assertEqual(len(a.conns) + len(b.conns), n + 4)
                 self.assertGreater(len(a.conns), 0)
                 self.assertGreater(len(b.conns), 0)
@@ -74,7 +65,7 @@ class UnixSocketTest(h.GrelayTest):
                                   [hashlib.sha256(b"ping %d" % i).hexdigest() for i in range(4)])
                 records = sink.records()
                 self.assertEqual(sorted(r.sha256 for r in records), expected)
-                lines = read_lines(log)
+                lines = h.read_json_lines(log)
                 self.assertEqual({line["server"] for line in lines}, {a.address, b.address})
                 self.assertTrue(all(line["end"] == "normal" for line in lines), lines)
                 self.assertEqual(g.metric("grelay_mirror_connect_errors_total",

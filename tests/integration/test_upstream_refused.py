@@ -10,7 +10,6 @@ back at once; slow_start eases it back in. With source_address, sessions' connec
 health checks and a mirror's connects leave from the configured local address, and one
 this host does not have fails the start with the reason."""
 
-import json
 import os
 import re
 import select
@@ -21,14 +20,6 @@ import tempfile
 import time
 
 import harness as h
-
-
-def read_lines(path):
-    try:
-        with open(path) as f:
-            return [json.loads(line) for line in f if line.endswith("\n")]
-    except FileNotFoundError:
-        return []
 
 
 class UpstreamRefusedTest(h.GrelayTest):
@@ -345,8 +336,8 @@ class UpstreamRefusedTest(h.GrelayTest):
                 self.assertGreaterEqual(g.metric("grelay_upstream_queue_duration_seconds_sum",
                                                  listener="one"), 0.3)
                 # The access log tells how long each session waited for its slot.
-                self.assertTrue(h.wait_for(lambda: len(read_lines(access_log)) == 2, 5))
-                waited = sorted(line["queue"] for line in read_lines(access_log))
+                self.assertTrue(h.wait_for(lambda: len(h.read_json_lines(access_log)) == 2, 5))
+                waited = sorted(line["queue"] for line in h.read_json_lines(access_log))
                 self.assertEqual(waited[0], 0)
                 self.assertGreaterEqual(waited[1], 0.3)
                 # With a short queue_timeout the wait ends in a reset, logged.
